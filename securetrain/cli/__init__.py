@@ -1,0 +1,50 @@
+"""The ``securetrain`` command line.
+
+Each command group lives in its own module with a ``register(subparsers)`` function that adds its
+sub-commands; a sub-command's handler takes the parsed arguments and returns an exit code. Errors the
+product can explain (:class:`~securetrain.errors.SecuretrainError`) print one line naming the cause and
+exit with the error's code; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from securetrain import __version__
+from securetrain.cli import sealed
+from securetrain.errors import SecuretrainError
+
+COMMAND_GROUPS = (sealed,)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="securetrain",
+        description="Confidential ML training: sealed data, attested TEEs, Secure Key Release.",
+    )
+    parser.add_argument("--version", action="version", version=f"securetrain {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress at debug level")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return args.handler(args)
+    except SecuretrainError as exc:
+        print(f"securetrain {args.command}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""The sealed-data format for datasets, checkpoints and models (docs/formats.md).
+
+    seal(src, dst, KekPublicKey, context)        anyone with the KEK's public key
+    SealedReader(src, KekPrivateKey, ...)         the TEE, after Secure Key Release
+    inspect(src)                                  anyone: the header, nothing decrypted
+"""
+
+from securetrain.sealed.envelope import SealedReader, inspect, seal, seal_file, unseal, unseal_file
+from securetrain.sealed.header import SealedHeader
+from securetrain.sealed.kek import KekPrivateKey, KekPublicKey
+from securetrain.sealed.stream import DEFAULT_SEGMENT_SIZE
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "KekPrivateKey",
+    "KekPublicKey",
+    "SealedHeader",
+    "SealedReader",
+    "inspect",
+    "seal",
+    "seal_file",
+    "unseal",
+    "unseal_file",
+]
