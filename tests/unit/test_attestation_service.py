@@ -1,0 +1,238 @@
+"""The attestation stand-in, in process: MAA's shapes, every refusal a specific 400, never a token for bad evidence."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+
+import jwt
+import pytest
+from cryptography import x509
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from emulators.attestation_service.app import ServiceConfig, create_app
+from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
+from securetrain.appraisal import AppraisalPolicy
+from securetrain.attestation.maa import report_data_for, runtime_data_bytes, sev_snp_request
+from securetrain.snp.report import GuestPolicy, TcbVersion
+
+MEASUREMENT = bytes.fromhex("ab" * 48)
+HOST_DATA = bytes.fromhex("cd" * 32)
+ISSUER = "https://attestation.securetrain.test"
+URL = "/attest/SevSnpVm?api-version=2022-08-01"
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory) -> SimulatedSnpPlatform:
+    return SimulatedSnpPlatform.load_or_create(tmp_path_factory.mktemp("platform"))
+
+
+@pytest.fixture(scope="module")
+def other_platform(tmp_path_factory) -> SimulatedSnpPlatform:
+    return SimulatedSnpPlatform.load_or_create(tmp_path_factory.mktemp("other-platform"))
+
+
+@pytest.fixture(scope="module")
+def policy(platform) -> AppraisalPolicy:
+    return AppraisalPolicy(
+        allowed_measurements=frozenset({MEASUREMENT}),
+        allowed_host_data=frozenset({HOST_DATA}),
+        min_tcb=DEFAULT_TCB,
+        trusted_roots=(platform.root,),
+        accept_simulated_platform=True,
+    )
+
+
+@pytest.fixture
+def client(tmp_path, policy) -> TestClient:
+    return TestClient(create_app(ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path / "maa")))
+
+
+def evidence_body(platform, *, nonce=None, runtime=None, bound_runtime=None, **report_fields) -> dict:
+    """A request as the TEE builds it. ``bound_runtime`` is what REPORT_DATA binds, if not the runtime sent."""
+    nonce = nonce if nonce is not None else secrets.token_hex(16)
+    runtime = runtime if runtime is not None else {"keys": [{"kid": "tee", "kty": "RSA", "n": "AQAB", "e": "AQAB"}], "nonce": nonce}
+    data = runtime_data_bytes(runtime)
+    bound = runtime_data_bytes(bound_runtime) if bound_runtime is not None else data
+    fields = {"measurement": MEASUREMENT, "host_data": HOST_DATA, **report_fields}
+    evidence = platform.report(report_data=report_data_for(bound), **fields)
+    return sev_snp_request(evidence.report, evidence.vcek_chain_pem, data, nonce)
+
+
+def published_key(client, kid):
+    keys = {k["kid"]: k for k in client.get("/certs").json()["keys"]}
+    cert = x509.load_der_x509_certificate(base64.b64decode(keys[kid]["x5c"][0]))
+    return cert.public_key()
+
+
+def decode(client, token):
+    kid = jwt.get_unverified_header(token)["kid"]
+    return jwt.decode(token, published_key(client, kid), algorithms=["RS256"], issuer=ISSUER)
+
+
+def test_metadata_and_certs_have_maas_shape(client):
+    meta = client.get("/.well-known/openid-configuration").json()
+    assert meta["issuer"] == ISSUER and meta["jwks_uri"] == f"{ISSUER}/certs"
+    (key,) = client.get("/certs").json()["keys"]
+    assert {"kid", "kty", "x5c"} <= set(key) and key["kty"] == "RSA"
+
+
+def test_simulated_report_earns_a_token_with_maas_claims(client, platform, policy):
+    body = evidence_body(platform, nonce="job-nonce-1")
+    response = client.post(URL, json=body)
+    assert response.status_code == 200, response.text
+    claims = decode(client, response.json()["token"])
+    assert claims["x-ms-attestation-type"] == "sevsnpvm"
+    assert claims["x-ms-sevsnpvm-launchmeasurement"] == MEASUREMENT.hex()
+    assert claims["x-ms-sevsnpvm-hostdata"] == HOST_DATA.hex()
+    assert claims["x-ms-sevsnpvm-is-debuggable"] is False
+    assert claims["x-ms-sevsnpvm-vmpl"] == 0
+    assert claims["x-ms-sevsnpvm-snpfw-svn"] == DEFAULT_TCB.snp
+    assert claims["x-ms-runtime"]["nonce"] == "job-nonce-1" and claims["x-ms-runtime"]["keys"][0]["kid"] == "tee"
+    assert claims["nonce"] == "job-nonce-1"
+    assert claims["x-ms-policy-hash"] == policy.sha256
+    # The simulation says what it is, and never earns MAA's compliance status.
+    assert claims["x-securetrain-platform"] == "simulated"
+    assert claims["x-ms-compliance-status"] == "securetrain-simulated-cvm"
+    assert claims["exp"] > claims["iat"] == claims["nbf"]
+
+
+def refused(client, body, code: str, message: str = "") -> None:
+    response = client.post(URL, json=body) if isinstance(body, dict) else client.post(URL, content=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == code, error
+    assert message in error["message"], error
+    assert "token" not in response.json()
+
+
+def test_api_version_is_required(client, platform):
+    response = client.post("/attest/SevSnpVm", json=evidence_body(platform))
+    assert response.status_code == 400 and "api-version" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (b"not json", "request body is not JSON"),
+        (b"[]", "not a JSON object"),
+        (json.dumps({"report": "***", "runtimeData": {"data": "", "dataType": "JSON"}}).encode(), "not valid base64url"),
+        (json.dumps({"runtimeData": {"data": "", "dataType": "JSON"}}).encode(), "report must be a base64url"),
+        (b"{" + b" " * (65 << 10) + b"}", "at most"),
+    ],
+)
+def test_malformed_bodies(client, body, message):
+    refused(client, body, "InvalidParameter", message)
+
+
+def test_runtime_data_type_must_be_json(client, platform):
+    body = evidence_body(platform)
+    body["runtimeData"]["dataType"] = "Binary"
+    refused(client, body, "InvalidParameter", "dataType")
+
+
+def test_truncated_report(client, platform):
+    body = evidence_body(platform)
+    evidence = json.loads(base64.urlsafe_b64decode(body["report"] + "=="))
+    report = base64.urlsafe_b64decode(evidence["SnpReport"] + "==")[:1000]
+    evidence["SnpReport"] = base64.urlsafe_b64encode(report).rstrip(b"=").decode()
+    body["report"] = base64.urlsafe_b64encode(json.dumps(evidence).encode()).rstrip(b"=").decode()
+    refused(client, body, "ReportSizeError", "1184")
+
+
+def test_chain_from_an_untrusted_root(client, other_platform):
+    refused(client, evidence_body(other_platform), "UntrustedRoot")
+
+
+def test_runtime_data_not_bound_by_report_data(client, platform):
+    body = evidence_body(platform, nonce="n1", bound_runtime={"keys": [], "nonce": "n1"})
+    refused(client, body, "RuntimeDataMismatch", "REPORT_DATA[0:32]")
+
+
+def test_nonce_not_in_attested_runtime_data_is_stale(client, platform):
+    body = evidence_body(platform, nonce="new", runtime={"keys": [], "nonce": "old"})
+    refused(client, body, "NonceMismatch", "stale evidence")
+
+
+def test_replayed_nonce(client, platform):
+    body = evidence_body(platform, nonce="once")
+    assert client.post(URL, json=body).status_code == 200
+    refused(client, body, "NonceReplayed", "already used")
+
+
+@pytest.mark.parametrize(
+    "fields, rule",
+    [
+        ({"policy": GuestPolicy.build(debug=True)}, "debug"),
+        ({"tcb": TcbVersion(bootloader=3, tee=0, snp=7, microcode=115)}, "snp"),
+        ({"measurement": bytes(48)}, "measurement"),
+        ({"host_data": bytes(32)}, "host_data"),
+        ({"vmpl": 2}, "vmpl"),
+    ],
+)
+def test_policy_refusals_name_the_rule(client, platform, fields, rule):
+    refused(client, evidence_body(platform, **fields), "AppraisalFailed", rule)
+
+
+def test_every_decision_is_logged(tmp_path, policy, platform):
+    client = TestClient(create_app(ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path)))
+    client.post(URL, json=evidence_body(platform))
+    client.post(URL, json=evidence_body(platform, measurement=bytes(48)))
+    lines = [json.loads(line) for line in (tmp_path / "issuance.jsonl").read_text().splitlines()]
+    assert [line["decision"] for line in lines] == ["issued", "refused"]
+    assert lines[0]["measurement"] == MEASUREMENT.hex() and lines[1]["code"] == "AppraisalFailed"
+
+
+def test_signing_keys_persist_and_roll_over(tmp_path, policy, platform):
+    from emulators.attestation_service.signing import SigningKeyStore
+
+    config = ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path)
+    first = TestClient(create_app(config))
+    token = first.post(URL, json=evidence_body(platform)).json()["token"]
+    SigningKeyStore(tmp_path / "signing", token_lifetime=config.token_lifetime_s).roll_over()
+    restarted = TestClient(create_app(config))
+    kids = [k["kid"] for k in restarted.get("/certs").json()["keys"]]
+    assert len(kids) == 2 and jwt.get_unverified_header(token)["kid"] in kids
+    assert decode(restarted, token)["iss"] == ISSUER
+    new_token = restarted.post(URL, json=evidence_body(platform)).json()["token"]
+    assert jwt.get_unverified_header(new_token)["kid"] != jwt.get_unverified_header(token)["kid"]
+
+
+def test_retired_key_leaves_certs_after_its_tokens_expire(tmp_path):
+    from emulators.attestation_service.signing import SigningKeyStore
+
+    store = SigningKeyStore(tmp_path, token_lifetime=60)
+    old = store.current
+    store.roll_over()
+    assert old.kid in [k.kid for k in store.published()]
+    assert old.kid not in [k.kid for k in store.published(now=old.created_at + 3600)]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzzed_requests_never_crash_and_never_earn_a_token(client, platform, data):
+    body = evidence_body(platform)
+    raw = bytearray(json.dumps(body).encode())
+    if data.draw(st.booleans(), label="mutate the report's signed bytes"):
+        evidence = json.loads(base64.urlsafe_b64decode(body["report"] + "=="))
+        report = bytearray(base64.urlsafe_b64decode(evidence["SnpReport"] + "=="))
+        for _ in range(data.draw(st.integers(1, 4))):
+            report[data.draw(st.integers(0, 0x29F))] ^= data.draw(st.integers(1, 255))
+        assume(report != base64.urlsafe_b64decode(evidence["SnpReport"] + "=="))  # two flips cancelled out
+        evidence["SnpReport"] = base64.urlsafe_b64encode(bytes(report)).rstrip(b"=").decode()
+        body["report"] = base64.urlsafe_b64encode(json.dumps(evidence).encode()).rstrip(b"=").decode()
+        raw = bytearray(json.dumps(body).encode())
+    else:
+        sent = json.loads(raw)
+        for _ in range(data.draw(st.integers(1, 8))):
+            raw[data.draw(st.integers(0, len(raw) - 1))] = data.draw(st.integers(0, 255))
+        try:
+            assume(json.loads(raw) != sent)  # only white space changed, or nothing: the same request
+        except ValueError:
+            pass
+    response = client.post(URL, content=bytes(raw), headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert "token" not in response.json()
