@@ -1,0 +1,81 @@
+"""Fixtures shared by the whole suite.
+
+``local_stack`` runs the real launcher (``securetrain.stack.up``) once per test session in a temporary
+state directory, every service on a free loopback port, and brings it down at the end. Tests reach the
+services through ``local_stack.env``: the parsed ``stack.env``, exactly what a user's shell would load.
+
+``stack_config`` is for tests that start, kill and stop a stack of their own: a configuration in a fresh
+state directory with free ports, brought down after the test whatever it left running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from securetrain.stack import StackConfig, down, read_stack_env, up
+from securetrain.stack.registry import SERVICES
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports that were free a moment ago (held together so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
+def _config_with_free_ports(state_dir: Path) -> StackConfig:
+    """A configuration for a stack in ``state_dir`` with every declared service on a free port."""
+    ports = free_ports(len(SERVICES))
+    return StackConfig.resolve(state_dir, {service.name: port for service, port in zip(SERVICES, ports, strict=True)})
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    """A running local stack: its configuration and the settings it wrote to ``stack.env``."""
+
+    config: StackConfig
+    env: dict[str, str]
+
+    @property
+    def state_dir(self) -> Path:
+        """The stack's state directory."""
+        return self.config.layout.root
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The stack CA certificate every client must trust."""
+        return Path(self.env["SECURETRAIN_CA_BUNDLE"])
+
+    @property
+    def blob_endpoint(self) -> str:
+        """Azurite's account URL."""
+        return self.env["SECURETRAIN_BLOB_ENDPOINT"]
+
+
+@pytest.fixture(scope="session")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """The local stack, up for the whole session (its services shared by the tests that use it)."""
+    config = _config_with_free_ports(tmp_path_factory.mktemp("local-stack"))
+    try:
+        up(config)
+        yield LocalStack(config, read_stack_env(config.layout.env_file))
+    finally:
+        down(config)
+
+
+@pytest.fixture
+def stack_config(tmp_path: Path) -> Iterator[StackConfig]:
+    """A stack configuration of the test's own (not started); whatever it starts is stopped afterwards."""
+    config = _config_with_free_ports(tmp_path / "state")
+    try:
+        yield config
+    finally:
+        down(config)
