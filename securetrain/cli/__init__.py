@@ -13,10 +13,10 @@ import logging
 import sys
 
 from securetrain import __version__
-from securetrain.cli import sealed
+from securetrain.cli import demo, sealed, snp, stack
 from securetrain.errors import SecuretrainError
 
-COMMAND_GROUPS = (sealed,)
+COMMAND_GROUPS = (sealed, snp, stack, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # The Azure SDK logs every HTTP request and its headers at INFO; only its warnings matter here.
+        logging.getLogger("azure").setLevel(logging.WARNING)
     try:
         return args.handler(args)
     except SecuretrainError as exc:

@@ -1,0 +1,24 @@
+"""``securetrain demo``: run the end-to-end demo on the local stack (what ``make demo`` runs)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from securetrain import demo  # deferred: it imports scikit-learn and pyarrow
+
+    demo.run(args.state_dir)
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run the secure training path end to end on the local stack",
+        description="Bring up the local stack and run the secure training path end to end, saying what "
+        "each step did. Safe to run again.",
+    )
+    parser.add_argument("--state-dir", type=Path, default=None, help="the stack's state directory (default .securetrain/)")
+    parser.set_defaults(handler=_demo)
