@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from securetrain.stack import StackConfig, down, read_stack_env, up
+from securetrain.stack.azurite import AZURITE
 from securetrain.stack.registry import SERVICES
+from securetrain.stack.service import Service
 
 
 def free_ports(count: int) -> list[int]:
@@ -31,10 +33,12 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def _config_with_free_ports(state_dir: Path) -> StackConfig:
-    """A configuration for a stack in ``state_dir`` with every declared service on a free port."""
-    ports = free_ports(len(SERVICES))
-    return StackConfig.resolve(state_dir, {service.name: port for service, port in zip(SERVICES, ports, strict=True)})
+def _config_with_free_ports(state_dir: Path, services: Sequence[Service] = SERVICES) -> StackConfig:
+    """A configuration for a stack of ``services`` in ``state_dir``, each on a free port."""
+    ports = free_ports(len(services))
+    return StackConfig.resolve(
+        state_dir, {service.name: port for service, port in zip(services, ports, strict=True)}, services
+    )
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,9 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
 
 @pytest.fixture
 def stack_config(tmp_path: Path) -> Iterator[StackConfig]:
-    """A stack configuration of the test's own (not started); whatever it starts is stopped afterwards."""
-    config = _config_with_free_ports(tmp_path / "state")
+    """A stack of the test's own (not started) for testing the launcher; whatever it starts is stopped
+    afterwards. It runs Azurite alone: the launcher's mechanics do not depend on which service it runs."""
+    config = _config_with_free_ports(tmp_path / "state", (AZURITE,))
     try:
         yield config
     finally:

@@ -35,6 +35,7 @@ from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
 logger = logging.getLogger(__name__)
 
 _HEALTH_POLL_INTERVAL_S = 0.2
+_PORT_RELEASE_WAIT_S = 3.0
 _LOG_TAIL_LINES = 20
 
 
@@ -173,19 +174,28 @@ def _fingerprint(argv: Sequence[str], environment: Mapping[str, str], certificat
 
 
 def _check_port_free(service: Service, context: ServiceContext) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        # Node.js listens with SO_REUSEADDR too, so a port held only by connections in TIME_WAIT counts as free.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((context.host, context.port))
-        except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            raise PortInUse(
-                f"cannot start {service.name}: port {context.port} on {context.host} is in use by a process "
-                f"this stack did not start; stop it, or choose another port with `--port "
-                f"{service.name}=PORT` or {service.port_variable}"
-            ) from exc
+    # A service that has just died may hold its listening socket for a moment after it exited (the
+    # kernel tears it down asynchronously): wait briefly before blaming another program.
+    deadline = time.monotonic() + _PORT_RELEASE_WAIT_S
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # Node.js listens with SO_REUSEADDR too, so a port held only by connections in TIME_WAIT is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((context.host, context.port))
+                return
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+                if time.monotonic() < deadline:
+                    time.sleep(0.1)
+                    continue
+                error = exc
+        raise PortInUse(
+            f"cannot start {service.name}: port {context.port} on {context.host} is in use by a process "
+            f"this stack did not start; stop it, or choose another port with `--port "
+            f"{service.name}=PORT` or {service.port_variable}"
+        ) from error
 
 
 def _wait_healthy(service: Service, context: ServiceContext, process: ProcessIdentity) -> float:

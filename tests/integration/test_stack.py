@@ -22,6 +22,7 @@ from securetrain.stack.errors import PortInUse, StackConfigurationError
 from securetrain.stack.process import PidRecord, ProcessIdentity
 from securetrain.stack.registry import start_order
 from securetrain.stack.service import Service, ServiceContext
+from tests.conftest import _config_with_free_ports
 
 pytestmark = pytest.mark.integration
 
@@ -143,7 +144,7 @@ def test_up_restarts_a_service_asked_for_on_another_port(stack_config: StackConf
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         new_port = probe.getsockname()[1]
-    moved = StackConfig.resolve(stack_config.layout.root, {"azurite": new_port})
+    moved = StackConfig.resolve(stack_config.layout.root, {"azurite": new_port}, stack_config.services)
     env = up(moved)
     assert env["SECURETRAIN_BLOB_ENDPOINT"] == f"https://127.0.0.1:{new_port}/devstoreaccount1"
     assert ProcessIdentity.of(old_pid) is None
@@ -161,17 +162,25 @@ def test_port_taken_by_another_program_is_reported(stack_config: StackConfig) ->
     assert not stack_config.layout.env_file.exists()
 
 
-def test_command_line_up_status_down(stack_config: StackConfig, capsys: pytest.CaptureFixture[str]) -> None:
-    state = ["--state-dir", str(stack_config.layout.root)]
-    port = stack_config.ports["azurite"]
-    assert main(["stack", "up", *state, "--port", f"azurite={port}"]) == 0
-    assert f"source {stack_config.layout.env_file}" in capsys.readouterr().out
-    assert main(["stack", "status", *state]) == 0
-    assert f"azurite      healthy pid {running_pid(stack_config)} https://127.0.0.1:{port}" in capsys.readouterr().out
-    assert main(["stack", "down", *state]) == 0
-    assert capsys.readouterr().out.strip() == "stopped: azurite"
-    assert main(["stack", "down", *state]) == 0
-    assert capsys.readouterr().out.strip() == "nothing was running"
+def test_command_line_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The command line runs the whole registry; every service gets a free port.
+    config = _config_with_free_ports(tmp_path / "state")
+    state = ["--state-dir", str(config.layout.root)]
+    ports = [option for name, port in config.ports.items() for option in ("--port", f"{name}={port}")]
+    try:
+        assert main(["stack", "up", *state, *ports]) == 0
+        assert f"source {config.layout.env_file}" in capsys.readouterr().out
+        assert main(["stack", "status", *state]) == 0
+        printed = capsys.readouterr().out
+        for name, port in config.ports.items():
+            assert f"{name:<12} healthy pid {running_pid(config, name)} https://127.0.0.1:{port}" in printed
+        assert main(["stack", "down", *state]) == 0
+        stop_order = [service.name for service in reversed(start_order(config.services))]
+        assert capsys.readouterr().out.strip() == f"stopped: {', '.join(stop_order)}"
+        assert main(["stack", "down", *state]) == 0
+        assert capsys.readouterr().out.strip() == "nothing was running"
+    finally:
+        down(config)
 
 
 def test_command_line_reports_a_bad_port_option(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -183,10 +192,10 @@ def test_ports_come_from_options_then_environment_then_defaults(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("SECURETRAIN_AZURITE_PORT", raising=False)
-    assert StackConfig.resolve(tmp_path).ports == {"azurite": 10000}
+    assert StackConfig.resolve(tmp_path).ports["azurite"] == 10000
     monkeypatch.setenv("SECURETRAIN_AZURITE_PORT", "12345")
-    assert StackConfig.resolve(tmp_path).ports == {"azurite": 12345}
-    assert StackConfig.resolve(tmp_path, {"azurite": 23456}).ports == {"azurite": 23456}
+    assert StackConfig.resolve(tmp_path).ports["azurite"] == 12345
+    assert StackConfig.resolve(tmp_path, {"azurite": 23456}).ports["azurite"] == 23456
     monkeypatch.setenv("SECURETRAIN_AZURITE_PORT", "http")
     with pytest.raises(StackConfigurationError, match="SECURETRAIN_AZURITE_PORT is 'http'"):
         StackConfig.resolve(tmp_path)
