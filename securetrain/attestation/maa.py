@@ -23,6 +23,7 @@ from typing import Any
 import requests
 import rfc8785
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import SSLError
 from urllib3.util.retry import Retry
 
 from securetrain.attestation.tokens import AuthorityUnreachable
@@ -67,6 +68,16 @@ def sev_snp_request(report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, n
     return body
 
 
+class _RetryExceptTls(Retry):
+    """Bounded retries for transient faults; a TLS verification failure is not one and fails at once."""
+
+    def increment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        error = kwargs.get("error")
+        if isinstance(error, SSLError):
+            raise error
+        return super().increment(*args, **kwargs)
+
+
 class AttestationServiceClient:
     """A client of one attestation endpoint (MAA, or the local stand-in) over verified TLS.
 
@@ -80,9 +91,10 @@ class AttestationServiceClient:
             raise SecurityViolation(f"attestation endpoint {endpoint!r} is not https")
         self.endpoint = endpoint.rstrip("/")
         self._timeout = timeout
+        # Passed per request: requests lets REQUESTS_CA_BUNDLE override a session-wide setting.
+        self._verify = verify
         self._session = requests.Session()
-        self._session.verify = verify
-        retry = Retry(
+        retry = _RetryExceptTls(
             total=4, connect=4, read=0, status=4, backoff_factor=0.5,
             status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False,
         )
@@ -98,6 +110,7 @@ class AttestationServiceClient:
                 url,
                 params={"api-version": API_VERSION},
                 json=sev_snp_request(report, vcek_chain_pem, runtime_data, nonce),
+                verify=self._verify,
                 timeout=self._timeout,
             )
         except requests.exceptions.SSLError as exc:

@@ -20,7 +20,7 @@ from securetrain.snp.certs import CertificateChain
 from securetrain.snp.report import GuestPolicy, TcbVersion
 from securetrain.snp.roots import AMD_ROOTS
 from securetrain.snp.verifier import verify_report
-from securetrain.stack.layout import resolve_state_dir
+from securetrain.stack.layout import StackLayout, resolve_state_dir
 
 _VERIFY_EXIT_CODES = """exit codes: 0 verified (and, with --policy, appraised), 2 bad argument, file or policy,
 3 evidence refused: the message names the check that failed"""
@@ -55,7 +55,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    platform = SimulatedSnpPlatform.load_or_create(args.state_dir or resolve_state_dir() / "snp-platform")
+    platform = SimulatedSnpPlatform.load_or_create(args.state_dir or StackLayout(resolve_state_dir()).snp_platform_dir)
     evidence = platform.report(
         report_data=args.report_data,
         measurement=args.measurement,

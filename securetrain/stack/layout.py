@@ -82,6 +82,16 @@ class StackLayout:
         """Held while ``up`` or ``down`` changes the stack."""
         return self.root / "run" / "stack.lock"
 
+    @property
+    def snp_platform_dir(self) -> Path:
+        """The simulated SEV-SNP platform's keys and certificates (``securetrain snp report`` uses them too)."""
+        return self.root / "snp-platform"
+
+    @property
+    def policies_dir(self) -> Path:
+        """The approved policies of the local stack: what the data owner's reviewers would sign off."""
+        return self.root / "policies"
+
     def data_dir(self, service: str) -> Path:
         """A service's own data directory."""
         return self.root / "data" / service

@@ -9,11 +9,12 @@ from __future__ import annotations
 import graphlib
 from collections.abc import Sequence
 
+from securetrain.stack.attestation import ATTESTATION
 from securetrain.stack.azurite import AZURITE
 from securetrain.stack.errors import StackConfigurationError
 from securetrain.stack.service import Service
 
-SERVICES: tuple[Service, ...] = (AZURITE,)
+SERVICES: tuple[Service, ...] = (AZURITE, ATTESTATION)
 
 
 def start_order(services: Sequence[Service]) -> list[Service]:

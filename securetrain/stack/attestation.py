@@ -1,0 +1,99 @@
+"""The attestation service (the MAA stand-in, :mod:`emulators.attestation_service`) as a stack service.
+
+On the first ``up`` it writes the local stack's approved appraisal policy,
+``<state>/policies/appraisal.yaml``: the simulated platform's root (trusted here, and only here), the
+local CVM's reference launch measurement, and HOST_DATA of the trainer code installed at that moment.
+The file is kept afterwards: approving a changed trainer is an explicit act (delete the file, or edit
+it with the digest ``securetrain cvm measure`` prints), exactly as a data owner's reviewers would
+approve a new build; until then a changed trainer is refused.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+import yaml
+
+from emulators.local_cvm import LAUNCH_MEASUREMENT
+from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
+from securetrain.appraisal import AppraisalPolicy
+from securetrain.fsutil import atomic_output
+from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
+from trainer.workload import host_data
+
+_HEALTH_TIMEOUT_S = 3
+
+
+def appraisal_policy_path(context: ServiceContext) -> Path:
+    return context.layout.policies_dir / "appraisal.yaml"
+
+
+def local_appraisal_policy(context: ServiceContext) -> AppraisalPolicy:
+    """The local stack's approved policy, written on first use and read from its file afterwards."""
+    path = appraisal_policy_path(context)
+    if not path.exists():
+        platform = SimulatedSnpPlatform.load_or_create(context.layout.snp_platform_dir)
+        policy = AppraisalPolicy(
+            allowed_measurements=frozenset({LAUNCH_MEASUREMENT}),
+            allowed_host_data=frozenset({host_data()}),
+            min_tcb=DEFAULT_TCB,
+            trusted_roots=(platform.root,),
+            accept_simulated_platform=True,
+        )
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with atomic_output(path, mode=0o644) as out:
+            out.write(b"# The local stack's approved appraisal policy (securetrain stack up wrote it).\n")
+            out.write(yaml.safe_dump(policy.to_document(), sort_keys=True).encode())
+    return AppraisalPolicy.load(path)
+
+
+def _argv(context: ServiceContext) -> Sequence[str]:
+    policy = appraisal_policy_path(context)
+    local_appraisal_policy(context)
+    return [
+        sys.executable, "-m", "emulators.attestation_service",
+        "--state-dir", str(context.data_dir),
+        "--policy", str(policy),
+        "--host", context.host,
+        "--port", str(context.port),
+        "--cert", str(context.cert_path),
+        "--key", str(context.key_path),
+    ]  # fmt: skip
+
+
+def _health_check(context: ServiceContext) -> None:
+    try:
+        response = requests.get(
+            f"{context.base_url}/.well-known/openid-configuration", verify=str(context.ca_bundle),
+            timeout=_HEALTH_TIMEOUT_S,
+        )
+        response.raise_for_status()
+        issuer = response.json().get("issuer")
+    except (requests.RequestException, ValueError) as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if issuer != context.base_url:
+        raise ServiceUnhealthy(f"the service says its issuer is {issuer!r}, expected {context.base_url}")
+
+
+def _exports(context: ServiceContext) -> Mapping[str, str]:
+    policy = local_appraisal_policy(context)
+    return {
+        "SECURETRAIN_ATTESTATION_ENDPOINT": context.base_url,
+        "SECURETRAIN_APPRAISAL_POLICY": str(appraisal_policy_path(context)),
+        "SECURETRAIN_APPRAISAL_POLICY_SHA256": policy.sha256,
+        "SECURETRAIN_SNP_PLATFORM_DIR": str(context.layout.snp_platform_dir),
+        "SECURETRAIN_CVM_LAUNCH_MEASUREMENT": LAUNCH_MEASUREMENT.hex(),
+    }
+
+
+ATTESTATION = Service(
+    name="attestation",
+    description="Azure Attestation (MAA) stand-in for SEV-SNP VMs",
+    default_port=10443,
+    argv=_argv,
+    health_check=_health_check,
+    exports=_exports,
+)

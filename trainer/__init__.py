@@ -1,0 +1,1 @@
+"""What runs inside the TEE (the confidential VM): the only place training data is plaintext."""
