@@ -12,7 +12,7 @@ counter in the nonce makes a moved or duplicated segment fail authentication; th
 cut at a segment boundary fail. ``tests/unit/test_sealed_tink.py`` proves the format against the
 ``tink`` package in both directions.
 
-We implement the framing rather than call ``tink`` because Tink's Python streaming API measured 3 to
+We implement the framing rather than call ``tink`` because Tink's Python streaming API measured 2.5 to
 8 times slower here (``make bench``: it copies every segment through a C++ file adapter) and cannot
 say *which* segment failed or why; ``cryptography``'s AESGCM with caller-owned buffers does both
 (docs/formats.md).
