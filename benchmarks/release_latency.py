@@ -1,0 +1,95 @@
+"""Secure Key Release latency: p50/p95 of 100 ``release_key`` calls beside ``get_key`` on the same vault.
+
+A stack of the attestation service, the identity service and the Key Vault stand-in runs in a temporary
+state directory on free ports. One attestation token (for an in-memory TEE key) is obtained; then the
+``cvm`` identity releases the demo KEK with it N times through ``KeyClient.release_key`` (token
+verification against the authority's cached keys, policy evaluation, wrapping to the TEE key, signing),
+and the TEE unwraps each response (``securetrain.skr``, timed separately). The baseline is ``get_key``
+of the same key by the ``pipeline`` identity, N times on one connection: what HTTPS, bearer-token
+checks and the key store alone cost.
+
+Usage: ``python -m benchmarks.release_latency [--requests 100]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import secrets
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+from benchmarks.attestation_latency import free_port, percentiles
+from securetrain.stack.identity import IDENTITY
+from securetrain.stack.keyvault import KEYVAULT
+from emulators.local_cvm import LAUNCH_MEASUREMENT
+from emulators.snp_platform import SimulatedSnpPlatform
+from securetrain.appraisal import AppraisalPolicy
+from securetrain.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.keyvault import KEK_NAME, key_client_from_stack_env
+from securetrain.skr import unwrap_released_key
+from securetrain.stack import StackConfig, down, up
+from securetrain.stack.attestation import ATTESTATION
+from trainer.attest import TeeKey
+
+
+def _token(env: dict[str, str], tee_key: TeeKey) -> str:
+    policy = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
+    platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
+    (host_data,) = policy.allowed_host_data
+    nonce = secrets.token_hex(16)
+    runtime = runtime_data_bytes({"keys": [tee_key.public_jwk()], "nonce": nonce})
+    evidence = platform.report(report_data=report_data_for(runtime), measurement=LAUNCH_MEASUREMENT, host_data=host_data)
+    client = AttestationServiceClient(env["SECURETRAIN_ATTESTATION_ENDPOINT"], verify=env["SECURETRAIN_CA_BUNDLE"])
+    return client.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, runtime, nonce)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=100)
+    args = parser.parse_args()
+    services = (ATTESTATION, IDENTITY, KEYVAULT)
+    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
+        config = StackConfig.resolve(Path(tmp), {service.name: free_port() for service in services}, services)
+        try:
+            env = dict(up(config))
+            roots = [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
+            tee_key = TeeKey()
+            token = _token(env, tee_key)
+            baseline, release, unwrap = [], [], []
+            with key_client_from_stack_env(env, "pipeline") as pipeline, key_client_from_stack_env(env, "cvm") as cvm:
+                pipeline.get_key(KEK_NAME)  # the bearer challenge and token, once, outside the timing
+                cvm.release_key(KEK_NAME, token)
+                for _ in range(args.requests):
+                    start = time.perf_counter()
+                    pipeline.get_key(KEK_NAME)
+                    baseline.append(time.perf_counter() - start)
+                for _ in range(args.requests):
+                    start = time.perf_counter()
+                    released = cvm.release_key(KEK_NAME, token)
+                    middle = time.perf_counter()
+                    unwrap_released_key(released.value, tee_key.private_key, roots)
+                    release.append(middle - start)
+                    unwrap.append(time.perf_counter() - middle)
+        finally:
+            down(config)
+    release_p50, release_p95 = percentiles(release)
+    unwrap_p50, unwrap_p95 = percentiles(unwrap)
+    base_p50, base_p95 = percentiles(baseline)
+    print(f"release_key (vault: verify token, evaluate policy, wrap, sign): p50 {release_p50:.1f} ms, p95 {release_p95:.1f} ms")
+    print(f"unwrap in the TEE (verify JWS, RSA-OAEP + AES-KWP, load key):   p50 {unwrap_p50:.1f} ms, p95 {unwrap_p95:.1f} ms")
+    print(f"baseline get_key (same vault, one connection):                 p50 {base_p50:.1f} ms, p95 {base_p95:.1f} ms")
+    print(json.dumps({"benchmark": "release_latency", "requests": args.requests,
+                      "release_p50_ms": round(release_p50, 2), "release_p95_ms": round(release_p95, 2),
+                      "unwrap_p50_ms": round(unwrap_p50, 2), "unwrap_p95_ms": round(unwrap_p95, 2),
+                      "baseline_p50_ms": round(base_p50, 2), "baseline_p95_ms": round(base_p95, 2),
+                      "p50_ratio": round(release_p50 / base_p50, 2)}))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

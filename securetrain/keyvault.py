@@ -1,0 +1,173 @@
+"""Key Vault clients for the project: one place that builds ``KeyClient`` / ``CryptographyClient``.
+
+Against Azure, pass an ``azure.identity`` credential and leave ``ca_bundle`` None (the system's trust
+store). Against the local stack, :func:`key_client_from_stack_env` takes the vault URL, the CA bundle and
+the named identity's credential from ``stack.env``. ``verify_challenge_resource=False`` is needed only
+because the local vault is addressed by IP (``127.0.0.1``), which the SDK cannot match against the
+challenge's resource (``https://vault.azure.net``); on Azure it stays on.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
+from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+from azure.storage.blob import BlobClient, ContainerClient
+
+from securetrain.errors import ConfigurationError, SecuretrainError
+from securetrain.identity import LocalIdentityCredential
+from securetrain.sealed import KekPublicKey, SealedHeader
+from securetrain.sealed.errors import SealedFileError
+from securetrain.sealed.header import KeyWrap, read_header
+from securetrain.sealed.kek import WRAP_ALGORITHM
+
+log = logging.getLogger(__name__)
+
+KEK_NAME = "securetrain-kek"
+VAULT_URL_VARIABLE = "SECURETRAIN_KEYVAULT_URL"
+
+
+def _is_local(vault_url: str) -> bool:
+    host = vault_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    return host in ("127.0.0.1", "localhost")
+
+
+def key_client(vault_url: str, credential: TokenCredential, *, ca_bundle: str | os.PathLike[str] | None = None) -> KeyClient:
+    """A ``KeyClient`` for ``vault_url``, verifying TLS against ``ca_bundle`` (None: the system store)."""
+    return KeyClient(
+        vault_url,
+        credential,
+        connection_verify=str(ca_bundle) if ca_bundle is not None else True,
+        verify_challenge_resource=not _is_local(vault_url),
+    )
+
+
+def cryptography_client(
+    key_id: str, credential: TokenCredential, *, ca_bundle: str | os.PathLike[str] | None = None
+) -> CryptographyClient:
+    """A ``CryptographyClient`` for the versioned ``key_id``, verifying TLS as :func:`key_client`."""
+    return CryptographyClient(
+        key_id,
+        credential,
+        connection_verify=str(ca_bundle) if ca_bundle is not None else True,
+        verify_challenge_resource=not _is_local(key_id),
+    )
+
+
+def key_client_from_stack_env(env: Mapping[str, str], identity: str) -> KeyClient:
+    """The local vault's ``KeyClient``, authenticated as ``identity`` (``pipeline``, ``cvm``, ``key-rotator``)."""
+    try:
+        vault_url, ca_bundle = env[VAULT_URL_VARIABLE], env["SECURETRAIN_CA_BUNDLE"]
+    except KeyError as exc:
+        raise ConfigurationError(f"stack.env lacks {exc.args[0]}: run `securetrain stack up`") from None
+    return key_client(vault_url, LocalIdentityCredential.from_stack_env(env, identity), ca_bundle=ca_bundle)
+
+
+def kek_public_key(key: KeyVaultKey) -> KekPublicKey:
+    """The public half of a vault RSA key as the sealed format's KEK (its id is the versioned key URL)."""
+    jwk = key.key
+    if jwk.kty not in ("RSA", "RSA-HSM") or jwk.n is None or jwk.e is None or key.id is None:
+        raise ConfigurationError(f"key {key.name} is not an RSA key (kty {jwk.kty}); a KEK is RSA")
+    return KekPublicKey.from_modulus(jwk.n, jwk.e, key.id)
+
+
+# --- KEK rotation over a container of sealed blobs ------------------------------------------------------
+
+_HEADER_READ_BYTES = 1024 * 1024  # a sealed header is a few hundred bytes; its context is small
+
+
+class RotationError(SecuretrainError):
+    """A blob could not be rewrapped; the message names it and why."""
+
+
+@dataclass
+class RotationReport:
+    """What a rotation did: the new KEK version and each blob's outcome."""
+
+    kek_id: str
+    rewrapped: list[str] = field(default_factory=list)
+    already_current: list[str] = field(default_factory=list)
+    not_this_kek: list[str] = field(default_factory=list)
+    changed_meanwhile: list[str] = field(default_factory=list)
+
+
+def _read_blob_header(blob: BlobClient, etag: str, size: int) -> SealedHeader:
+    head = blob.download_blob(
+        offset=0, length=min(size, _HEADER_READ_BYTES), etag=etag, match_condition=MatchConditions.IfNotModified
+    ).readall()
+    try:
+        return read_header(io.BytesIO(head))
+    except SealedFileError as exc:
+        raise RotationError(f"blob {blob.blob_name} is not a sealed file: {exc}") from None
+
+
+def rewrap_blob(
+    blob: BlobClient, new_kek: KekPublicKey, unwrap_client: Callable[[str], CryptographyClient]
+) -> str:
+    """Rewrap one sealed blob's data key to ``new_kek``; return 'rewrapped', 'current' or 'other-kek'.
+
+    The DEK is unwrapped by the vault (``unwrapKey`` on the version that wrapped it), checked against the
+    header's tag, wrapped to ``new_kek`` locally, and the blob is replaced by the new header plus its
+    unchanged stream in one upload conditional on the ETag it had when read: a blob written by someone
+    else meanwhile is left alone (``ResourceModifiedError``), and a crash leaves the old blob, whose
+    key version still unwraps.
+    """
+    properties = blob.get_blob_properties()
+    etag, size = properties.etag, properties.size
+    header = _read_blob_header(blob, etag, size)
+    if header.key.kek_id == new_kek.kek_id:
+        return "current"
+    old_id = KeyVaultKeyIdentifier(header.key.kek_id)
+    new_id = KeyVaultKeyIdentifier(new_kek.kek_id)
+    if (old_id.vault_url, old_id.name) != (new_id.vault_url, new_id.name):
+        return "other-kek"
+    unwrapped = unwrap_client(header.key.kek_id).unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, header.key.wrapped_dek)
+    dek = unwrapped.key
+    header.check_tag(dek)  # the vault gave back the key this header was sealed with
+    new_header = header.with_key(
+        KeyWrap(new_kek.kek_id, new_kek.thumbprint, WRAP_ALGORITHM, new_kek.wrap(dek))
+    ).to_bytes()
+    stream = blob.download_blob(offset=header.size, etag=etag, match_condition=MatchConditions.IfNotModified)
+    blob.upload_blob(
+        itertools.chain([new_header], stream.chunks()),
+        length=len(new_header) + size - header.size,
+        overwrite=True,
+        metadata=properties.metadata,
+        etag=etag,
+        match_condition=MatchConditions.IfNotModified,
+    )
+    return "rewrapped"
+
+
+def rotate_container(
+    container: ContainerClient,
+    new_kek: KekPublicKey,
+    unwrap_client: Callable[[str], CryptographyClient],
+    *,
+    prefix: str = "",
+) -> RotationReport:
+    """Rewrap every sealed blob under ``prefix`` whose KEK is an older version of ``new_kek``'s key."""
+    report = RotationReport(new_kek.kek_id)
+    outcomes = {"rewrapped": report.rewrapped, "current": report.already_current, "other-kek": report.not_this_kek}
+    for item in container.list_blobs(name_starts_with=prefix or None):
+        try:
+            outcome = rewrap_blob(container.get_blob_client(item.name), new_kek, unwrap_client)
+        except ResourceModifiedError:
+            log.warning("%s changed while it was rewrapped: left as it is; run the rotation again", item.name)
+            report.changed_meanwhile.append(item.name)
+            continue
+        except HttpResponseError as exc:
+            raise RotationError(f"rewrapping {item.name} failed: {exc.message}") from None
+        outcomes[outcome].append(item.name)
+        if outcome == "rewrapped":
+            log.info("rewrapped %s to %s", item.name, new_kek.kek_id)
+    return report

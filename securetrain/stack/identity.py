@@ -1,0 +1,86 @@
+"""The identity service as a stack service, and the stack's identities.
+
+``up`` creates each identity's credentials file once (``<state>/secrets/identities/<name>.json``, 0600)
+and exports its path as ``SECURETRAIN_IDENTITY_<NAME>_CREDENTIALS``, with the service's URL as
+``SECURETRAIN_IDENTITY_ENDPOINT``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+
+from securetrain.identity import (
+    CVM_IDENTITY,
+    LOCAL_TENANT,
+    PIPELINE_IDENTITY,
+    ROTATOR_IDENTITY,
+    LocalIdentity,
+    credentials_variable,
+)
+from securetrain.stack.layout import StackLayout
+from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
+
+IDENTITIES = (PIPELINE_IDENTITY, CVM_IDENTITY, ROTATOR_IDENTITY)
+_HEALTH_TIMEOUT_S = 3
+
+
+def identities_dir(layout: StackLayout) -> Path:
+    return layout.secrets_dir / "identities"
+
+
+def stack_identities(layout: StackLayout) -> dict[str, LocalIdentity]:
+    """The stack's identities by name, created on first use."""
+    directory = identities_dir(layout)
+    return {name: LocalIdentity.load_or_create(directory / f"{name}.json", name) for name in IDENTITIES}
+
+
+def issuer(context: ServiceContext) -> str:
+    """The issuer URL the service's access tokens carry."""
+    return f"{context.base_url}/{LOCAL_TENANT}"
+
+
+def _argv(context: ServiceContext) -> Sequence[str]:
+    stack_identities(context.layout)
+    return [
+        sys.executable, "-m", "emulators.identity",
+        "--identities-dir", str(identities_dir(context.layout)),
+        "--state-dir", str(context.data_dir),
+        "--host", context.host,
+        "--port", str(context.port),
+        "--cert", str(context.cert_path),
+        "--key", str(context.key_path),
+    ]  # fmt: skip
+
+
+def _health_check(context: ServiceContext) -> None:
+    try:
+        response = requests.get(
+            f"{issuer(context)}/.well-known/openid-configuration", verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S
+        )
+        response.raise_for_status()
+        seen = response.json().get("issuer")
+    except (requests.RequestException, ValueError) as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if seen != issuer(context):
+        raise ServiceUnhealthy(f"the service says its issuer is {seen!r}, expected {issuer(context)}")
+
+
+def _exports(context: ServiceContext) -> Mapping[str, str]:
+    exports = {"SECURETRAIN_IDENTITY_ENDPOINT": context.base_url}
+    for name in IDENTITIES:
+        exports[credentials_variable(name)] = str(identities_dir(context.layout) / f"{name}.json")
+    return exports
+
+
+IDENTITY = Service(
+    name="identity",
+    description="OAuth 2.0 token issuer for the stack's identities (Entra ID stand-in)",
+    default_port=10700,
+    argv=_argv,
+    health_check=_health_check,
+    exports=_exports,
+)

@@ -1,0 +1,165 @@
+"""The Key Vault stand-in as a stack service: roles, master key, approved release policy, the demo KEK.
+
+On every ``up``:
+
+* ``<state>/policies/keyvault-roles.json`` assigns the stack's identities their roles: ``pipeline`` Key
+  Vault Crypto Officer, ``cvm`` Crypto Service Release User, ``key-rotator`` Crypto User;
+* ``<state>/policies/release-policy.json`` is the approved release policy, derived from the approved
+  appraisal policy and the attestation service's URL (:func:`securetrain.release_policy.approved_release_policy`);
+* once the vault is healthy, the KEK ``securetrain-kek`` (RSA 3072, exportable) exists with that
+  policy; a KEK whose policy differs (the attestation service moved to another port) gets it updated.
+
+The master key that encrypts private key material at rest is ``<state>/secrets/keyvault-master-key``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+from azure.keyvault.keys import KeyReleasePolicy
+
+from emulators.attestation_service.app import SIMULATED
+from securetrain.stack.identity import IDENTITY, issuer, stack_identities
+from securetrain.fsutil import atomic_output
+from securetrain.identity import CVM_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentityCredential
+from securetrain.keyvault import KEK_NAME, VAULT_URL_VARIABLE, key_client
+from securetrain.release_policy import ReleasePolicy, approved_release_policy, policy_matches
+from securetrain.stack.attestation import ATTESTATION, local_appraisal_policy
+from securetrain.stack.errors import StackConfigurationError
+from securetrain.stack.layout import StackLayout
+from securetrain.stack.process import PidRecord
+from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
+
+log = logging.getLogger(__name__)
+
+ROLE_OF = {
+    PIPELINE_IDENTITY: "Key Vault Crypto Officer",
+    CVM_IDENTITY: "Key Vault Crypto Service Release User",
+    ROTATOR_IDENTITY: "Key Vault Crypto User",
+}
+KEK_SIZE = 3072
+_HEALTH_TIMEOUT_S = 3
+
+
+def roles_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "keyvault-roles.json"
+
+
+def release_policy_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "release-policy.json"
+
+
+def master_key_path(layout: StackLayout) -> Path:
+    return layout.secrets_dir / "keyvault-master-key"
+
+
+def _dependency(context: ServiceContext, service: Service) -> ServiceContext:
+    record = PidRecord.read(context.layout.pid_file(service.name))
+    if record is None:
+        raise StackConfigurationError(f"the keyvault service needs {service.name} running; it has no PID record")
+    return ServiceContext(service.name, record.host, record.port, context.layout)
+
+
+def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
+    """The local stack's approved release policy, (re)written to its file."""
+    attestation = _dependency(context, ATTESTATION)
+    policy = approved_release_policy(
+        attestation.base_url, local_appraisal_policy(attestation), compliance_status=SIMULATED
+    )
+    path = release_policy_path(context.layout)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=0o644) as out:
+        out.write(policy.to_bytes())
+    return policy
+
+
+def _write_roles(layout: StackLayout) -> None:
+    identities = stack_identities(layout)
+    assignments = [
+        {"principalId": identities[name].object_id, "principalName": name, "role": role} for name, role in ROLE_OF.items()
+    ]
+    path = roles_path(layout)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=0o644) as out:
+        out.write(json.dumps({"assignments": assignments}, indent=2).encode())
+
+
+def _argv(context: ServiceContext) -> Sequence[str]:
+    _write_roles(context.layout)
+    approved_local_policy(context)
+    return [
+        sys.executable, "-m", "emulators.keyvault",
+        "--data-dir", str(context.data_dir),
+        "--master-key", str(master_key_path(context.layout)),
+        "--roles", str(roles_path(context.layout)),
+        "--identity-issuer", issuer(_dependency(context, IDENTITY)),
+        "--ca-bundle", str(context.ca_bundle),
+        "--host", context.host,
+        "--port", str(context.port),
+        "--cert", str(context.cert_path),
+        "--key", str(context.key_path),
+    ]  # fmt: skip
+
+
+def _health_check(context: ServiceContext) -> None:
+    # Unauthenticated, the vault must answer Key Vault's challenge: 401 naming the identity authority.
+    try:
+        response = requests.get(
+            f"{context.base_url}/keys", params={"api-version": "7.6"}, verify=str(context.ca_bundle),
+            timeout=_HEALTH_TIMEOUT_S,
+        )  # fmt: skip
+    except requests.RequestException as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if response.status_code != 401 or "authorization=" not in challenge:
+        raise ServiceUnhealthy(f"expected a 401 bearer challenge, got HTTP {response.status_code} {challenge!r}")
+
+
+def ensure_kek(context: ServiceContext) -> str:
+    """The versioned id of the demo KEK, created (or its policy brought up to date) as the pipeline."""
+    policy = approved_local_policy(context)
+    identity_ctx = _dependency(context, IDENTITY)
+    pipeline = stack_identities(context.layout)[PIPELINE_IDENTITY]
+    credential = LocalIdentityCredential(identity_ctx.base_url, pipeline, ca_bundle=context.ca_bundle)
+    with credential, key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
+        release_policy = KeyReleasePolicy(policy.to_bytes(), immutable=False)
+        # Listing rather than catching get_key's 404: the error would keep its connection open (the
+        # exception's traceback holds the response) and delay the vault's shutdown until it times out.
+        if KEK_NAME not in {properties.name for properties in client.list_properties_of_keys()}:
+            kek = client.create_rsa_key(
+                KEK_NAME, size=KEK_SIZE, hardware_protected=True, exportable=True, release_policy=release_policy
+            )
+            log.info("created the KEK %s", kek.id)
+            return str(kek.id)
+        kek = client.get_key(KEK_NAME)
+        current = kek.properties.release_policy
+        if current is None or not policy_matches(current.encoded_policy, policy):
+            kek = client.update_key_properties(KEK_NAME, kek.properties.version, release_policy=release_policy)
+            log.info("the KEK's release policy now names the approved policy (%s)", release_policy_path(context.layout))
+        return str(kek.id)
+
+
+def _exports(context: ServiceContext) -> Mapping[str, str]:
+    return {
+        VAULT_URL_VARIABLE: context.base_url,
+        "SECURETRAIN_KEK_ID": ensure_kek(context),
+        "SECURETRAIN_RELEASE_POLICY": str(release_policy_path(context.layout)),
+        "SECURETRAIN_KEYVAULT_ACCESS_LOG": str(context.data_dir / "access.jsonl"),
+        "SECURETRAIN_KEYVAULT_RELEASE_ROOT": str(context.ca_bundle),
+    }
+
+
+KEYVAULT = Service(
+    name="keyvault",
+    description="Azure Key Vault stand-in: keys API, Secure Key Release, RBAC roles",
+    default_port=10800,
+    argv=_argv,
+    health_check=_health_check,
+    exports=_exports,
+    depends_on=(IDENTITY.name, ATTESTATION.name),
+)

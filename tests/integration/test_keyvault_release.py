@@ -1,0 +1,290 @@
+"""Secure Key Release end to end, and every way it must refuse, through the real ``KeyClient``.
+
+The TEE's side: simulated SEV-SNP report binding the TEE key -> the stack's attestation service over
+HTTPS -> token -> ``KeyClient.release_key`` as the ``cvm`` identity -> ``securetrain.skr`` unwraps the KEK
+with the TEE key -> the KEK opens a file sealed to it. Claims an honest attestation service never signs
+(debuggable guest, unknown measurement, no runtime key) come from a second, lax attestation service
+started here, named by the keys' policies: the release policy must stop what the appraisal let through.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import jwt
+import pytest
+import requests
+import yaml
+from azure.core.exceptions import HttpResponseError
+from azure.keyvault.keys import KeyClient, KeyReleasePolicy
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from emulators.local_cvm import LAUNCH_MEASUREMENT
+from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
+from securetrain.appraisal import AppraisalPolicy
+from securetrain.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.keyvault import kek_public_key, key_client_from_stack_env
+from securetrain.pki import LocalCA
+from securetrain.release_policy import ReleasePolicy, approved_release_policy
+from securetrain.sealed import KekPrivateKey, seal, unseal
+from securetrain.skr import ReleasedKeyRejected, unwrap_released_key
+from securetrain.snp.report import GuestPolicy
+from tests.conftest import free_ports
+from trainer.attest import TeeKey
+
+pytestmark = pytest.mark.integration
+
+
+class Attester:
+    """A TEE on the simulated platform attesting to one attestation service."""
+
+    def __init__(self, env: dict[str, str], endpoint: str) -> None:
+        self.endpoint, self.ca = endpoint, env["SECURETRAIN_CA_BUNDLE"]
+        self.platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
+        (self.host_data,) = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"])).allowed_host_data
+
+    def token(self, tee_key: TeeKey | None, *, with_key: bool = True, **report_fields) -> str:
+        nonce = secrets.token_hex(16)
+        statement = {"keys": [tee_key.public_jwk()] if with_key and tee_key else [], "nonce": nonce}
+        runtime = runtime_data_bytes(statement)
+        fields = {"measurement": LAUNCH_MEASUREMENT, "host_data": self.host_data, **report_fields}
+        evidence = self.platform.report(report_data=report_data_for(runtime), **fields)
+        client = AttestationServiceClient(self.endpoint, verify=self.ca)
+        return client.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, runtime, nonce)
+
+
+@pytest.fixture(scope="module")
+def env(local_stack) -> dict[str, str]:
+    return local_stack.env
+
+
+@pytest.fixture(scope="module")
+def lax_authority(local_stack, tmp_path_factory) -> tuple[str, str]:
+    """A second attestation service whose appraisal accepts debug guests and any measurement."""
+    env = local_stack.env
+    directory = tmp_path_factory.mktemp("lax-attestation")
+    platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
+    (host_data,) = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"])).allowed_host_data
+    policy = AppraisalPolicy(
+        allowed_measurements=frozenset({LAUNCH_MEASUREMENT, bytes(48)}),
+        allowed_host_data=frozenset({host_data}),
+        min_tcb=DEFAULT_TCB,
+        allow_debug=True,
+        trusted_roots=(platform.root,),
+        accept_simulated_platform=True,
+    )
+    (directory / "policy.yaml").write_text(yaml.safe_dump(policy.to_document()))
+    files = LocalCA.load_or_create(local_stack.config.layout.ca_dir).issue_server_certificate(directory, "lax")
+    (port,) = free_ports(1)
+    log = (directory / "service.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "emulators.attestation_service", "--state-dir", str(directory / "state"),
+         "--policy", str(directory / "policy.yaml"), "--port", str(port),
+         "--cert", str(files.cert_path), "--key", str(files.key_path)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"https://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(f"{url}/certs", verify=env["SECURETRAIN_CA_BUNDLE"], timeout=1).raise_for_status()
+                break
+            except requests.RequestException:
+                time.sleep(0.1)
+        yield url, policy.sha256
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def pipeline(env) -> KeyClient:
+    with key_client_from_stack_env(env, "pipeline") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def cvm(env) -> KeyClient:
+    with key_client_from_stack_env(env, "cvm") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def vault_roots(env) -> list[x509.Certificate]:
+    return [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
+
+
+def _key_with_policy(pipeline: KeyClient, policy: ReleasePolicy, **kwargs) -> str:
+    name = f"skr-{uuid.uuid4().hex[:10]}"
+    key = pipeline.create_rsa_key(
+        name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy.to_bytes()), **kwargs
+    )
+    return key.name
+
+
+def _approved_for(env, authority: str, **kwargs) -> ReleasePolicy:
+    appraisal = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
+    return approved_release_policy(authority, appraisal, **kwargs)
+
+
+def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
+    """``policy`` expecting tokens appraised under ``policy_hash``: isolates the condition a test is about."""
+    document = policy.to_document()
+    for condition in document["anyOf"][0]["allOf"]:
+        if condition.get("claim") == "x-ms-policy-hash":
+            condition["equals"] = policy_hash
+    return ReleasePolicy.parse(document)
+
+
+def _lax_key(env, pipeline, lax_authority) -> str:
+    """A key whose policy is the approved one, but trusting the lax authority (and its appraisal hash)."""
+    url, policy_hash = lax_authority
+    policy = _approved_for(env, url, compliance_status="securetrain-simulated-cvm")
+    return _key_with_policy(pipeline, _with_policy_hash(policy, policy_hash))
+
+
+def _denied(cvm: KeyClient, name: str, token: str, status: int = 403) -> str:
+    with pytest.raises(HttpResponseError) as refused:
+        cvm.release_key(name, token)
+    assert refused.value.status_code == status
+    return refused.value.message
+
+
+def test_release_to_the_attested_tee_opens_a_sealed_file(env, pipeline, cvm, vault_roots):
+    kek_id = env["SECURETRAIN_KEK_ID"]
+    kek = kek_public_key(pipeline.get_key("securetrain-kek", kek_id.rsplit("/", 1)[1]))
+    sealed = io.BytesIO()
+    seal(io.BytesIO(b"training rows" * 1000), sealed, kek, {"dataset": "demo"})
+
+    tee_key = TeeKey()
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(tee_key)
+    released = cvm.release_key("securetrain-kek", token, version=kek.kek_id.rsplit("/", 1)[1])
+    private_key = unwrap_released_key(released.value, tee_key.private_key, vault_roots, expected_key_id=kek.kek_id)
+
+    opened = io.BytesIO()
+    sealed.seek(0)
+    unseal(sealed, opened, KekPrivateKey(private_key))
+    assert opened.getvalue() == b"training rows" * 1000
+
+
+@pytest.mark.parametrize("enc", ["CKM_RSA_AES_KEY_WRAP", "RSA_AES_KEY_WRAP_256", "RSA_AES_KEY_WRAP_384"])
+def test_each_wrapping_algorithm_unwraps_in_the_tee(env, cvm, enc, vault_roots):
+    tee_key = TeeKey()
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(tee_key)
+    released = cvm.release_key("securetrain-kek", token, algorithm=enc)
+    assert isinstance(unwrap_released_key(released.value, tee_key.private_key, vault_roots), rsa.RSAPrivateKey)
+
+
+def test_another_tee_key_cannot_open_the_release(env, cvm, vault_roots):
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    released = cvm.release_key("securetrain-kek", token)
+    with pytest.raises(ReleasedKeyRejected, match="not wrapped to this TEE"):
+        unwrap_released_key(released.value, TeeKey().private_key, vault_roots)
+
+
+def test_a_release_signed_outside_the_trusted_roots_is_refused(env, cvm):
+    tee_key = TeeKey()
+    released = cvm.release_key("securetrain-kek", Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(tee_key))
+    other_root = LocalCA.load_or_create(Path(env["SECURETRAIN_STATE_DIR"]) / "unrelated-ca").certificate
+    with pytest.raises(ReleasedKeyRejected, match="trusted vault root"):
+        unwrap_released_key(released.value, tee_key.private_key, [other_root])
+
+
+def test_no_token(cvm):
+    assert "target" in _denied(cvm, "securetrain-kek", "", status=400)
+
+
+def _signed_like_the_authority(env, claims: dict, *, forged: bool) -> str:
+    signing_dir = Path(env["SECURETRAIN_STATE_DIR"]) / "data" / "attestation" / "signing"
+    key_file = sorted(signing_dir.glob("*.key.pem"))[-1]
+    kid = key_file.name.removesuffix(".key.pem")
+    key = rsa.generate_private_key(65537, 2048) if forged else serialization.load_pem_private_key(key_file.read_bytes(), None)
+    return jwt.encode(claims, key, algorithm="RS256", headers={"kid": kid})
+
+
+def test_expired_token(env, cvm):
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    claims = jwt.decode(token, options={"verify_signature": False})
+    claims.update(iat=claims["iat"] - 7200, nbf=claims["nbf"] - 7200, exp=int(time.time()) - 3600)
+    assert "expired" in _denied(cvm, "securetrain-kek", _signed_like_the_authority(env, claims, forged=False))
+
+
+def test_forged_signature(env, cvm):
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    claims = jwt.decode(token, options={"verify_signature": False})
+    assert "signature" in _denied(cvm, "securetrain-kek", _signed_like_the_authority(env, claims, forged=True))
+
+
+def test_token_from_an_unknown_authority(env, cvm, lax_authority):
+    token = Attester(env, lax_authority[0]).token(TeeKey())
+    assert "not an authority of the release policy" in _denied(cvm, "securetrain-kek", token)
+
+
+def test_wrong_measurement(env, pipeline, cvm, lax_authority):
+    name = _lax_key(env, pipeline, lax_authority)
+    token = Attester(env, lax_authority[0]).token(TeeKey(), measurement=bytes(48))
+    message = _denied(cvm, name, token)
+    assert "x-ms-sevsnpvm-launchmeasurement" in message and "0" * 96 in message
+
+
+def test_wrong_host_data(env, pipeline, cvm):
+    appraisal = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
+    strict = AppraisalPolicy(
+        allowed_measurements=appraisal.allowed_measurements, allowed_host_data=frozenset({b"\x01" * 32}),
+        min_tcb=appraisal.min_tcb, trusted_roots=appraisal.trusted_roots, accept_simulated_platform=True,
+    )  # fmt: skip
+    policy = approved_release_policy(
+        env["SECURETRAIN_ATTESTATION_ENDPOINT"], strict, compliance_status="securetrain-simulated-cvm"
+    )
+    name = _key_with_policy(pipeline, _with_policy_hash(policy, env["SECURETRAIN_APPRAISAL_POLICY_SHA256"]))
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    assert "x-ms-sevsnpvm-hostdata" in _denied(cvm, name, token)
+
+
+def test_debuggable_tee(env, pipeline, cvm, lax_authority):
+    name = _lax_key(env, pipeline, lax_authority)
+    token = Attester(env, lax_authority[0]).token(TeeKey(), policy=GuestPolicy.build(debug=True))
+    assert "x-ms-sevsnpvm-is-debuggable is True" in _denied(cvm, name, token)
+
+
+def test_simulated_platform_under_the_production_policy(env, pipeline, cvm):
+    name = _key_with_policy(pipeline, _approved_for(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]))
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    message = _denied(cvm, name, token)
+    assert "x-ms-compliance-status is 'securetrain-simulated-cvm'" in message and "azure-compliant-cvm" in message
+
+
+def test_no_runtime_key(env, cvm):
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey(), with_key=False)
+    assert "runtime" in _denied(cvm, "securetrain-kek", token)
+
+
+def test_a_key_that_is_not_exportable(env, pipeline, cvm):
+    name = f"plain-{uuid.uuid4().hex[:10]}"
+    pipeline.create_rsa_key(name, size=2048)
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    assert "not exportable" in _denied(cvm, name, token)
+
+
+def test_the_pipeline_may_not_release(env, pipeline):
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
+    message = _denied(pipeline, "securetrain-kek", token)
+    assert "keys/release/action" in message
+
+
+def test_denials_are_in_the_access_log(env):
+    lines = Path(env["SECURETRAIN_KEYVAULT_ACCESS_LOG"]).read_text().splitlines()
+    decisions = {(entry["decision"], entry.get("identity")) for entry in map(json.loads, lines)}
+    assert ("released", "cvm") in decisions
+    assert ("release-denied", "cvm") in decisions
+    assert ("denied", "pipeline") in decisions

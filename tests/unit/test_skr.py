@@ -1,0 +1,127 @@
+"""The TEE's half of Secure Key Release: verify the vault's JWS, open key_hsm, check the key it names."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+from pathlib import Path
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from securetrain.pki import LocalCA
+from securetrain.skr import WRAP_ALGORITHMS, ReleasedKeyRejected, unwrap_key_hsm, unwrap_released_key, wrap_key_material
+
+KEK_ID = "https://vault.example/keys/kek/0123456789abcdef0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def tee_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 3072)
+
+
+@pytest.fixture(scope="module")
+def kek() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory) -> tuple[LocalCA, Path, Path]:
+    directory = tmp_path_factory.mktemp("pki")
+    ca = LocalCA.load_or_create(directory / "ca")
+    files = ca.issue_server_certificate(directory / "certs", "keyvault")
+    return ca, files.cert_path, files.key_path
+
+
+def _b64url(value: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+
+def release_jws(vault, kek, tee_key, *, enc="CKM_RSA_AES_KEY_WRAP", kid=KEK_ID, named=None, key=None, chain=None) -> str:
+    _, cert_path, key_path = vault
+    der = kek.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    numbers = (named or kek).public_key().public_numbers()
+    jwk = {"kid": kid, "kty": "RSA-HSM", "n": _b64url(numbers.n), "e": _b64url(numbers.e),
+           "key_hsm": wrap_key_material(der, tee_key.public_key(), algorithm=enc, wrapping_kid="tee")}  # fmt: skip
+    certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    signer = key or serialization.load_pem_private_key(key_path.read_bytes(), None)
+    x5c = chain or [base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
+    return jwt.encode({"response": {"key": {"key": jwk}}}, signer, algorithm="ES256", headers={"x5c": x5c})
+
+
+@pytest.mark.parametrize("enc", sorted(WRAP_ALGORITHMS))
+def test_the_released_kek_comes_out(vault, kek, tee_key, enc):
+    released = unwrap_released_key(release_jws(vault, kek, tee_key, enc=enc), tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
+    assert released.private_numbers() == kek.private_numbers()
+
+
+def test_key_hsm_layout(tee_key):
+    blob = json.loads(base64.urlsafe_b64decode(wrap_key_material(b"m" * 40, tee_key.public_key(), wrapping_kid="t") + "=="))
+    assert blob["header"] == {"alg": "dir", "enc": "CKM_RSA_AES_KEY_WRAP", "kid": "t"}
+    ciphertext = base64.urlsafe_b64decode(blob["ciphertext"] + "==")
+    assert len(ciphertext) == 384 + 48  # RSA-3072 block + RFC 5649 wrap of 40 bytes (padded to 48, plus 8)
+
+
+def test_another_tee_cannot_unwrap(vault, kek, tee_key):
+    with pytest.raises(ReleasedKeyRejected, match="not wrapped to this TEE"):
+        unwrap_released_key(release_jws(vault, kek, tee_key), rsa.generate_private_key(65537, 3072), [vault[0].certificate])
+
+
+def test_untrusted_signer(vault, kek, tee_key, tmp_path):
+    other = LocalCA.load_or_create(tmp_path / "other")
+    with pytest.raises(ReleasedKeyRejected, match="trusted vault root"):
+        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [other.certificate])
+    with pytest.raises(ReleasedKeyRejected, match="no trusted vault root"):
+        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [])
+
+
+def test_signature_by_another_key_than_the_certificate(vault, kek, tee_key):
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    forged = release_jws(vault, kek, tee_key, key=ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(ReleasedKeyRejected, match="signature does not verify"):
+        unwrap_released_key(forged, tee_key, [vault[0].certificate])
+
+
+def test_a_self_signed_x5c_is_not_trusted(vault, kek, tee_key):
+    key = rsa.generate_private_key(65537, 2048)
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "evil")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))  # fmt: skip
+    chain = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
+    token = jwt.encode({"response": {}}, key, algorithm="RS256", headers={"x5c": chain})
+    with pytest.raises(ReleasedKeyRejected, match="trusted vault root"):
+        unwrap_released_key(token, tee_key, [vault[0].certificate])
+
+
+def test_wrong_key_id_and_mismatched_public_key(vault, kek, tee_key):
+    with pytest.raises(ReleasedKeyRejected, match="not the key asked for"):
+        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [vault[0].certificate], expected_key_id=KEK_ID + "x")
+    other = rsa.generate_private_key(65537, 2048)
+    with pytest.raises(ReleasedKeyRejected, match="does not match the public key"):
+        unwrap_released_key(release_jws(vault, kek, tee_key, named=other), tee_key, [vault[0].certificate])
+
+
+def test_tampered_key_hsm(tee_key):
+    blob = json.loads(base64.urlsafe_b64decode(wrap_key_material(b"m" * 40, tee_key.public_key(), wrapping_kid="t") + "=="))
+    raw = bytearray(base64.urlsafe_b64decode(blob["ciphertext"] + "=="))
+    raw[-1] ^= 1
+    blob["ciphertext"] = base64.urlsafe_b64encode(bytes(raw)).decode()
+    with pytest.raises(ReleasedKeyRejected, match="integrity"):
+        unwrap_key_hsm(base64.urlsafe_b64encode(json.dumps(blob).encode()).decode(), tee_key)
+    blob["header"]["enc"] = "AES-GCM"
+    with pytest.raises(ReleasedKeyRejected, match="not one of"):
+        unwrap_key_hsm(base64.urlsafe_b64encode(json.dumps(blob).encode()).decode(), tee_key)
+    with pytest.raises(ReleasedKeyRejected, match="JSON"):
+        unwrap_key_hsm("bm90IGpzb24", tee_key)
+
+
+def test_not_a_jws(tee_key, vault):
+    with pytest.raises(ReleasedKeyRejected, match="not a JWS"):
+        unwrap_released_key("garbage", tee_key, [vault[0].certificate])
