@@ -13,10 +13,10 @@ import logging
 import sys
 
 from securetrain import __version__
-from securetrain.cli import demo, sealed, snp, stack
+from securetrain.cli import cvm, demo, keys, sealed, snp, stack
 from securetrain.errors import SecuretrainError
 
-COMMAND_GROUPS = (sealed, snp, stack, demo)
+COMMAND_GROUPS = (sealed, snp, stack, demo, cvm, keys)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """The services of the local stack, in one place, and the order they start in.
 
-Later parts of the project add the Key Vault stand-in, the attestation service and the trainer agent
-here, one :class:`~securetrain.stack.service.Service` each, naming what they depend on.
+Each is one :class:`~securetrain.stack.service.Service` naming what it depends on; ``up`` starts them
+after their dependencies.
 """
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ from collections.abc import Sequence
 
 from securetrain.stack.attestation import ATTESTATION
 from securetrain.stack.azurite import AZURITE
+from securetrain.stack.cvm import CVM
 from securetrain.stack.errors import StackConfigurationError
+from securetrain.stack.identity import IDENTITY
+from securetrain.stack.keyvault import KEYVAULT
 from securetrain.stack.service import Service
 
-SERVICES: tuple[Service, ...] = (AZURITE, ATTESTATION)
+SERVICES: tuple[Service, ...] = (AZURITE, ATTESTATION, CVM, IDENTITY, KEYVAULT)
 
 
 def start_order(services: Sequence[Service]) -> list[Service]:

@@ -1,0 +1,125 @@
+"""``python -m trainer.agent``: the trainer agent, serving its API over mutual TLS.
+
+Settings that name other services come from the environment, as ``securetrain stack up`` writes them to
+``stack.env`` (``SECURETRAIN_BLOB_*``, ``SECURETRAIN_ATTESTATION_ENDPOINT``, ``SECURETRAIN_CA_BUNDLE``,
+``SECURETRAIN_SNP_PLATFORM_DIR``); options on the command line say how the agent itself listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+from pathlib import Path
+
+import uvicorn
+from cryptography import x509
+
+from securetrain.attestation.maa import AttestationServiceClient
+from securetrain.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.errors import ConfigurationError, SecuretrainError
+from securetrain.identity import LocalIdentityCredential
+from securetrain.storage import BlobStore
+from trainer.agent.app import create_app
+from trainer.agent.health import GpuProbe
+from trainer.agent.jobs import JobRunner, JobStore, TrainingFunction
+from trainer.agent.tls import MutualTlsH11Protocol
+from trainer.attest import Attester
+from trainer.evidence import ConfigfsTsmProvider, EvidenceProvider, SimulatedSnpProvider
+from trainer.release import VaultKeyReleaser
+
+log = logging.getLogger("trainer.agent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer.agent",
+        description="The confidential trainer agent: attests, obtains the KEK, trains on sealed data.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--cert", type=Path, required=True, help="the agent's TLS server certificate (PEM)")
+    parser.add_argument("--key", type=Path, required=True, help="the private key of --cert (PEM)")
+    parser.add_argument(
+        "--client-ca", type=Path, required=True,
+        help="CA that issues client certificates; clients without one from it are refused at the handshake",
+    )  # fmt: skip
+    parser.add_argument("--work-dir", type=Path, required=True, help="job records (JSON, no secrets) live here")
+    parser.add_argument(
+        "--evidence", choices=("simulated", "configfs-tsm"), default="simulated",
+        help="where hardware evidence comes from: the local simulated SEV-SNP platform "
+        "($SECURETRAIN_SNP_PLATFORM_DIR), or the guest kernel's configfs-tsm on a real SEV-SNP VM",
+    )  # fmt: skip
+    return parser
+
+
+def _environment(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise ConfigurationError(f"${name} is not set: start the agent with the local stack's settings (stack.env)")
+    return value
+
+
+def _evidence_provider(kind: str) -> EvidenceProvider:
+    if kind == "configfs-tsm":
+        return ConfigfsTsmProvider()
+    return SimulatedSnpProvider(Path(_environment("SECURETRAIN_SNP_PLATFORM_DIR")))
+
+
+def _training() -> TrainingFunction:
+    # Loaded with the first job, not at start: torch takes seconds to import and health must answer now.
+    from trainer.training import run_training  # noqa: PLC0415
+
+    return run_training
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        ca_bundle = _environment("SECURETRAIN_CA_BUNDLE")
+        attestation_endpoint = _environment("SECURETRAIN_ATTESTATION_ENDPOINT")
+        attester = Attester(
+            _evidence_provider(args.evidence),
+            AttestationServiceClient(attestation_endpoint, verify=ca_bundle),
+            TokenValidator(AuthorityKeys(attestation_endpoint, verify=ca_bundle)),
+        )
+        # The vault signs release responses with a certificate under this root (the local stack's CA locally).
+        vault_roots = x509.load_pem_x509_certificates(Path(_environment("SECURETRAIN_KEYVAULT_RELEASE_ROOT")).read_bytes())
+        releaser = VaultKeyReleaser(
+            LocalIdentityCredential.from_stack_env(os.environ, "cvm"), ca_bundle=Path(ca_bundle), trusted_roots=vault_roots
+        )
+        runner = JobRunner(
+            JobStore(args.work_dir / "jobs"), attester, releaser, BlobStore.from_stack_env(os.environ), _training
+        )
+    except SecuretrainError as exc:
+        print(f"trainer agent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    app = create_app(runner, GpuProbe())
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        ssl_certfile=str(args.cert),
+        ssl_keyfile=str(args.key),
+        ssl_ca_certs=str(args.client_ca),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+        http=MutualTlsH11Protocol,
+        lifespan="off",
+        # Idle keep-alive connections of pollers must not hold a shutdown (and a restart) up.
+        timeout_graceful_shutdown=10,
+        log_level="info",
+    )
+    runner.start()
+    log.info("trainer agent (%s) listening on https://%s:%d", attester.tee_type, args.host, args.port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        runner.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

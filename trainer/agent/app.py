@@ -1,0 +1,158 @@
+"""The agent's HTTP API (FastAPI), served over mutual TLS by ``python -m trainer.agent``.
+
+Roles come from the client certificate's common name (see :mod:`trainer.agent.tls`): ``pipeline`` may
+submit, cancel and read; ``monitor`` may only read; any other certificate from the stack CA gets 403. A
+client without a certificate never gets this far: the TLS handshake refuses it.
+
+    POST /v1/jobs                  pipeline   submit a job spec (201 new, 200 same run id again, 400, 409)
+    GET  /v1/jobs                  both       every job on this agent
+    GET  /v1/jobs/{id}             both       state, epoch, step, metrics, last sealed checkpoint, error
+    POST /v1/jobs/{id}/cancel      pipeline   stop at the next safe point (202), 409 if already finished
+    GET  /v1/health                both       TEE type, attestation age, CPU, memory, GPU
+    GET  /v1/attestation           both       the latest token and its claims (404 before the first)
+    GET  /metrics                  both       Prometheus text
+
+Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from securetrain.errors import SecuretrainError
+from trainer.agent import metrics
+from trainer.agent.health import GpuProbe, machine_health
+from trainer.agent.jobs import JobConflict, JobNotFound, JobRunner
+from trainer.agent.tls import TLS_EXTENSION
+from trainer.job_spec import JobSpec, JobSpecError
+
+log = logging.getLogger(__name__)
+
+MAX_SPEC_BYTES = 1 << 20
+
+
+class Role(enum.StrEnum):
+    """What a client certificate's common name allows."""
+
+    PIPELINE = "pipeline"
+    MONITOR = "monitor"
+
+
+class Forbidden(SecuretrainError):
+    """The client's identity may not do this."""
+
+
+class InvalidRequest(SecuretrainError):
+    """The request body is not a JSON object of acceptable size."""
+
+
+def client_role(request: Request) -> Role:
+    """The caller's role from its verified client certificate; :class:`Forbidden` for anyone else."""
+    tls = (request.scope.get("extensions") or {}).get(TLS_EXTENSION)
+    common_name = tls.get("client_cert_cn") if isinstance(tls, dict) else None
+    if common_name is None:
+        raise Forbidden("no verified client certificate on this connection")
+    try:
+        return Role(common_name)
+    except ValueError:
+        raise Forbidden(f"client {common_name!r} has no role on this agent (pipeline or monitor)") from None
+
+
+def require_pipeline(role: Annotated[Role, Depends(client_role)]) -> Role:
+    if role is not Role.PIPELINE:
+        raise Forbidden(f"the {role.value} identity may only read; submitting and cancelling need pipeline")
+    return role
+
+
+def _error(status: int, exc: SecuretrainError, **extra: Any) -> JSONResponse:
+    error = {"code": type(exc).__name__, "message": str(exc), **extra}
+    return JSONResponse(status_code=status, content={"error": error})
+
+
+def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
+    """The API for ``runner``'s jobs."""
+    app = FastAPI(title="securetrain trainer agent", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(JobSpecError)
+    async def _bad_spec(_: Request, exc: JobSpecError) -> JSONResponse:
+        return _error(400, exc, field=exc.field)
+
+    for error_type, status in ((InvalidRequest, 400), (Forbidden, 403), (JobNotFound, 404), (JobConflict, 409)):
+
+        async def _handler(_: Request, exc: SecuretrainError, status: int = status) -> JSONResponse:
+            return _error(status, exc)
+
+        app.add_exception_handler(error_type, _handler)  # type: ignore[arg-type]
+
+    @app.post("/v1/jobs", dependencies=[Depends(require_pipeline)])
+    async def submit(request: Request) -> JSONResponse:
+        body = await request.body()
+        if len(body) > MAX_SPEC_BYTES:
+            raise InvalidRequest(f"job spec is {len(body)} bytes; at most {MAX_SPEC_BYTES} are accepted")
+        try:
+            document = json.loads(body)
+        except ValueError as exc:
+            raise InvalidRequest(f"the body is not JSON: {exc}") from None
+        spec = JobSpec.from_json(document)
+        record, created = runner.submit(spec)
+        return JSONResponse(status_code=201 if created else 200, content=record.public_view())
+
+    @app.get("/v1/jobs", dependencies=[Depends(client_role)])
+    async def list_jobs() -> dict[str, Any]:
+        return {"jobs": [record.public_view() for record in runner.jobs()]}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(client_role)])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        return runner.get(job_id).public_view()
+
+    @app.post("/v1/jobs/{job_id}/cancel", dependencies=[Depends(require_pipeline)])
+    async def cancel(job_id: str) -> JSONResponse:
+        return JSONResponse(status_code=202, content=runner.cancel(job_id).public_view())
+
+    @app.get("/v1/health", dependencies=[Depends(client_role)])
+    async def health() -> dict[str, Any]:
+        latest = runner.latest_attestation
+        attestation = None
+        if latest is not None:
+            attestation = {
+                "age_seconds": round(time.time() - latest.attested_at, 3),
+                "expires_at": latest.token.expires_at,
+                "sequence": latest.sequence,
+            }
+        return {
+            "status": "ok",
+            "tee_type": runner.tee_type,
+            "attestation": attestation,
+            "device": runner.device or gpu.device(),
+            **machine_health(gpu),
+        }
+
+    @app.get("/v1/attestation", dependencies=[Depends(client_role)])
+    async def attestation() -> JSONResponse:
+        latest = runner.latest_attestation
+        if latest is None:
+            return JSONResponse(
+                status_code=404,
+                content={"error": {"code": "NoAttestation", "message": "this agent has not attested yet"}},
+            )
+        return JSONResponse(
+            content={
+                "token": latest.token.raw,
+                "claims": dict(latest.token.claims),
+                "attested_at": latest.attested_at,
+                "sequence": latest.sequence,
+            }
+        )
+
+    @app.get("/metrics", dependencies=[Depends(client_role)])
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(runner), media_type=metrics.CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,429 @@
+"""The agent's jobs: their records on disk and the worker that runs them one at a time.
+
+A job record is JSON under ``<work dir>/jobs/<job id>.json``, rewritten atomically on every change. It
+holds the spec, the state, progress and the error, and never a secret or a byte of training data: the
+released KEK and the TEE key live only in the worker's memory. After a crash the agent loads the records,
+and every job that had not finished is queued again; it re-attests (with a fresh nonce: the attestation
+sequence is in the record), obtains the key again, and the training side resumes from its newest
+checkpoint.
+
+States::
+
+    queued -> attesting -> releasing -> validating -> training -> sealing -> succeeded
+       \\-----------\\------------\\------------\\-----------\\---------> failed | cancelled
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from securetrain.attestation.tokens import ValidatedToken
+from securetrain.errors import SecuretrainError
+from securetrain.fsutil import atomic_output
+from securetrain.storage import BlobStore
+from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
+from trainer.job_spec import JobKeys, JobSpec, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    ATTESTING = "attesting"
+    RELEASING = "releasing"
+    VALIDATING = "validating"
+    TRAINING = "training"
+    SEALING = "sealing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobNotFound(SecuretrainError):
+    """No job has this id."""
+
+
+class JobConflict(SecuretrainError):
+    """The request contradicts the job's record (another spec under the same run id, cancel after the end)."""
+
+
+class TrainingFunction(Protocol):
+    """``trainer.training.run_training``'s signature (see trainer.job_spec)."""
+
+    def __call__(
+        self,
+        spec: TrainingSpec,
+        keys: JobKeys,
+        store: BlobStore,
+        progress: ProgressSink,
+        cancel: threading.Event,
+    ) -> TrainingResult: ...
+
+
+class KeyReleaser(Protocol):
+    """Secure Key Release (trainer.release.VaultKeyReleaser): the KEK, released to ``tee_key``."""
+
+    def release(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> JobKeys: ...
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: the error's class name, its message, and whether a security check said no."""
+
+    code: str
+    message: str
+    security_violation: bool
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobError:
+        if isinstance(exc, SecuretrainError):
+            return cls(type(exc).__name__, str(exc), exc.security_violation)
+        return cls("InternalError", f"{type(exc).__name__}: {exc}", False)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the agent knows about one job; served (less the spec's details) on ``GET /v1/jobs/{id}``."""
+
+    job_id: str
+    run_id: str
+    spec: Mapping[str, Any]
+    state: JobState = JobState.QUEUED
+    epoch: int = 0
+    step: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+    validation: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+    # The next unused attestation number: nonces are spent by the attestation service, never reused.
+    attestation_sequence: int = 0
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["state"] = self.state.value
+        return document
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> JobRecord:
+        values = dict(document)
+        values["state"] = JobState(values["state"])
+        values["error"] = JobError(**values["error"]) if values.get("error") else None
+        return cls(**values)
+
+    def public_view(self) -> dict[str, Any]:
+        """The job as the API shows it: state and progress, the spec's run id and locations, no nonce."""
+        view = self.to_json()
+        del view["spec"], view["attestation_sequence"]
+        view["kek_id"] = self.spec["kek_id"]
+        view["output"] = self.spec["output"]
+        view["checkpoints"] = self.spec["checkpoints"]
+        return view
+
+
+class JobStore:
+    """Job records in a directory, one JSON file each (0600; the directory 0700)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._directory = directory
+
+    def _path(self, job_id: str) -> Path:
+        return self._directory / f"{job_id}.json"
+
+    def save(self, record: JobRecord) -> None:
+        with atomic_output(self._path(record.job_id)) as out:
+            out.write(json.dumps(record.to_json(), sort_keys=True).encode())
+
+    def load_all(self) -> list[JobRecord]:
+        records = []
+        for path in sorted(self._directory.glob("*.json")):
+            try:
+                records.append(JobRecord.from_json(json.loads(path.read_text())))
+            except (ValueError, KeyError, TypeError) as exc:
+                # A record we cannot read is left for an operator; it must not stop the agent.
+                log.error("ignoring unreadable job record %s: %s", path, exc)
+        return sorted(records, key=lambda record: record.created_at)
+
+
+class _JobProgress:
+    """The :class:`ProgressSink` the training side reports to; it updates the job's record."""
+
+    def __init__(
+        self, runner: JobRunner, job_id: str, renewal_failure: Callable[[], ReattestationFailed | None]
+    ) -> None:
+        self._runner = runner
+        self._job_id = job_id
+        self._renewal_failure = renewal_failure
+
+    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        self._runner._update(self._job_id, state=JobState.TRAINING, validation=dict(aggregates))
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        self._runner._update(
+            self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob
+        )
+        self._runner.metrics.epochs_completed += 1
+        failure = self._renewal_failure()
+        if failure is not None:
+            raise failure
+
+    def sealing_model(self) -> None:
+        self._runner._update(self._job_id, state=JobState.SEALING)
+
+
+class _JobRun:
+    """One run of a job in the worker: its cancel event and what the background re-attestation reported."""
+
+    def __init__(self, runner: JobRunner, job_id: str, cancel: threading.Event) -> None:
+        self._runner = runner
+        self.job_id = job_id
+        self.cancel = cancel
+        self._renewal_failure: ReattestationFailed | None = None
+
+    def attested(self, state: AttestationState) -> None:
+        self._runner.latest_attestation = state
+        self._runner.metrics.attestations += 1
+        # Persisted before the token is used: a restarted job must never reuse a spent nonce.
+        self._runner._update(self.job_id, attestation_sequence=state.sequence + 1)
+
+    def renewal_failed(self, failure: ReattestationFailed) -> None:
+        self._runner.metrics.attestation_failures += 1
+        self._renewal_failure = failure
+        self.cancel.set()
+
+    def renewal_failure(self) -> ReattestationFailed | None:
+        return self._renewal_failure
+
+    def check_cancelled(self) -> None:
+        """Between the agent's own steps: stop if re-attestation failed or a cancel came."""
+        if self._renewal_failure is not None:
+            raise self._renewal_failure
+        if self.cancel.is_set():
+            raise TrainingCancelled("cancelled before training started")
+
+    def stopped(self, exc: TrainingCancelled) -> None:
+        """The job stopped at a safe point: failed re-attestation, a cancel, or the agent shutting down."""
+        if self._renewal_failure is not None:
+            self._runner._finish(self.job_id, JobState.FAILED, error=JobError.from_exception(self._renewal_failure))
+        elif self._runner.get(self.job_id).cancel_requested:
+            self._runner._finish(self.job_id, JobState.CANCELLED)
+        else:
+            # The job keeps its state and resumes when the agent starts again.
+            log.info("job %s interrupted by shutdown (%s); it resumes when the agent restarts", self.job_id, exc)
+
+
+@dataclass
+class RunnerMetrics:
+    """Counters for ``/metrics``; only the worker thread writes them."""
+
+    jobs_finished: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in JobState if s.finished})
+    epochs_completed: int = 0
+    attestations: int = 0
+    attestation_failures: int = 0
+    key_releases: int = 0
+
+
+class JobRunner:
+    """Accepts jobs and runs them one at a time in a worker thread.
+
+    The steps of a job: attest a fresh TEE key, have the KEK released to it, start re-attestation in
+    the background, hand over to training, record the result. A failure at any step fails the job with
+    the error's own message (a refused release names the policy condition the vault reported).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        attester: Attester,
+        releaser: KeyReleaser,
+        blob_store: BlobStore,
+        train: Callable[[], TrainingFunction],
+    ) -> None:
+        self._store = store
+        self._attester = attester
+        self._releaser = releaser
+        self._blob_store = blob_store
+        self._load_training = train
+        self._lock = threading.Lock()
+        self._records: dict[str, JobRecord] = {}
+        self._cancel_events: dict[str, threading.Event] = {}
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.latest_attestation: AttestationState | None = None
+        self.metrics = RunnerMetrics()
+        self.device: str | None = None
+        for record in store.load_all():
+            self._records[record.job_id] = record
+            if not record.state.finished:
+                log.info(
+                    "job %s (run %s) was %s when the agent stopped: resuming it",
+                    record.job_id,
+                    record.run_id,
+                    record.state.value,
+                )
+                self._enqueue(record.job_id)
+
+    @property
+    def tee_type(self) -> str:
+        return self._attester.tee_type
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="job-runner", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Ask the running job to stop at a safe point (it stays resumable) and end the worker."""
+        self._stopping.set()
+        with self._lock:
+            for event in self._cancel_events.values():
+                event.set()
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+
+    def _enqueue(self, job_id: str) -> None:
+        self._cancel_events[job_id] = threading.Event()
+        self._queue.put(job_id)
+
+    def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
+        """Queue ``spec``; returns its record and whether it is new (False: this run id was submitted before)."""
+        document = spec.to_json()
+        with self._lock:
+            existing = self._records.get(spec.job_id)
+            if existing is not None:
+                if dict(existing.spec) != document:
+                    changed = sorted(
+                        k for k in document.keys() | existing.spec.keys() if document.get(k) != existing.spec.get(k)
+                    )
+                    raise JobConflict(
+                        f"run id {spec.run_id!r} was already submitted with another spec (differs in "
+                        f"{', '.join(changed)}); a new run needs a new run id"
+                    )
+                return existing, False
+            record = JobRecord(job_id=spec.job_id, run_id=spec.run_id, spec=document)
+            self._store.save(record)
+            self._records[record.job_id] = record
+            self._enqueue(record.job_id)
+        log.info("job %s queued for run %s", record.job_id, record.run_id)
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            try:
+                return self._records[job_id]
+            except KeyError:
+                raise JobNotFound(f"no job {job_id!r} on this agent") from None
+
+    def jobs(self) -> list[JobRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job: a queued one at once, a running one at its next safe point (end of a step)."""
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None:
+                raise JobNotFound(f"no job {job_id!r} on this agent")
+            if record.state.finished:
+                raise JobConflict(f"job {job_id} already {record.state.value}; nothing to cancel")
+            event = self._cancel_events.get(job_id)
+            if event is not None:
+                event.set()
+            if record.state is JobState.QUEUED:
+                record = self._set(record, state=JobState.CANCELLED, cancel_requested=True)
+                self.metrics.jobs_finished[JobState.CANCELLED.value] += 1
+            else:
+                record = self._set(record, cancel_requested=True)
+        log.info("job %s: cancel requested", job_id)
+        return record
+
+    def _set(self, record: JobRecord, **changes: Any) -> JobRecord:
+        """Replace and persist a record; the caller holds the lock."""
+        updated = replace(record, **changes, updated_at=time.time())
+        self._store.save(updated)
+        self._records[updated.job_id] = updated
+        return updated
+
+    def _update(self, job_id: str, **changes: Any) -> JobRecord:
+        with self._lock:
+            record = self._set(self._records[job_id], **changes)
+        if "state" in changes:
+            log.info("job %s: %s", job_id, record.state.value)
+        return record
+
+    def _work(self) -> None:
+        while (job_id := self._queue.get()) is not None and not self._stopping.is_set():
+            record = self.get(job_id)
+            if record.state.finished:
+                continue
+            self._run(record)
+
+    def _run(self, record: JobRecord) -> None:
+        run = _JobRun(self, record.job_id, self._cancel_events[record.job_id])
+        session: AttestationSession | None = None
+        try:
+            spec = JobSpec.from_json(record.spec)
+            self._update(run.job_id, state=JobState.ATTESTING)
+            session = AttestationSession(
+                self._attester, TeeKey(), spec.nonce, next_sequence=record.attestation_sequence,
+                on_attested=run.attested, on_failure=run.renewal_failed,
+            )  # fmt: skip
+            try:
+                token = session.attest().token
+            except SecuretrainError:
+                self.metrics.attestation_failures += 1
+                raise
+            run.check_cancelled()
+            self._update(run.job_id, state=JobState.RELEASING)
+            keys = self._releaser.release(spec.kek_id, token, session.key)
+            self.metrics.key_releases += 1
+            session.start_renewal()
+            run.check_cancelled()
+            self._update(run.job_id, state=JobState.VALIDATING)
+            progress = _JobProgress(self, run.job_id, run.renewal_failure)
+            result = self._load_training()(spec.training, keys, self._blob_store, progress, run.cancel)
+            self.device = result.device
+            self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result))
+        except TrainingCancelled as exc:
+            run.stopped(exc)
+        except Exception as exc:  # noqa: BLE001 - every failure must end the job with its reason, fail closed
+            if isinstance(exc, SecuretrainError):
+                log.error("job %s failed: %s", run.job_id, exc)
+            else:
+                log.exception("job %s failed with an unexpected error", run.job_id)
+            self._finish(run.job_id, JobState.FAILED, error=JobError.from_exception(exc))
+        finally:
+            if session is not None:
+                session.stop()
+
+    def _result_view(self, result: TrainingResult) -> dict[str, Any]:
+        return {
+            "model": {"container": result.model_blob.container, "blob": result.model_blob.blob},
+            "metrics": dict(result.metrics),
+            "device": result.device,
+            "tee_type": self.tee_type,
+            "epochs_completed": result.epochs_completed,
+            "steps_completed": result.steps_completed,
+        }
+
+    def _finish(self, job_id: str, state: JobState, **changes: Any) -> None:
+        self._update(job_id, state=state, **changes)
+        self.metrics.jobs_finished[state.value] += 1

@@ -1,0 +1,496 @@
+"""The job spec: what Airflow asks the trainer to do, and the contract between orchestration and training.
+
+A job spec arrives as JSON on ``POST /v1/jobs``. :data:`JOB_SPEC_SCHEMA` (JSON Schema 2020-12,
+``additionalProperties: false`` on every object whose keys we define) says what is allowed;
+:meth:`JobSpec.from_json` checks it and raises :class:`JobSpecError` naming the first offending field,
+which the agent answers with ``400``. The two free-form maps are ``model.params`` (checked by the model
+builder it names, which rejects parameters it does not know) and the kwargs of an expectation (checked by
+Great Expectations).
+
+The rest of this module is the interface between the agent (attest, release keys, report progress) and
+the training side (``trainer.training.run_training``)::
+
+    run_training(spec: TrainingSpec, keys: JobKeys, store: BlobStore,
+                 progress: ProgressSink, cancel: threading.Event) -> TrainingResult
+
+Nothing here holds plaintext training data; :class:`JobKeys` holds the released KEK, so it is never
+persisted, logged or put into a response.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, Protocol
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from securetrain.errors import ConfigurationError, SecuretrainError
+from securetrain.sealed import KekPrivateKey, KekPublicKey
+
+# Azure Blob Storage naming rules: containers 3-63 lowercase letters, digits and single hyphens.
+_CONTAINER = {
+    "type": "string",
+    "pattern": r"^(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$",
+    "description": "Storage container name (Azure rules: 3-63 lowercase letters, digits, single hyphens).",
+}
+# Blob names: no leading slash, no empty, '.' or '..' path segments, no control characters, so that a
+# name means the same thing to every tool that turns it into a path or URL.
+_BLOB_NAME = r"^(?!/)(?!.*//)(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f\\]{1,1024}$"
+_BLOB = {"type": "string", "pattern": _BLOB_NAME, "description": "Blob name inside the container."}
+_PREFIX = {
+    "type": "string",
+    "pattern": r"^(?!/)(?!.*//)(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f\\]{1,1023}/$",
+    "description": "Blob name prefix, ending in '/'.",
+}
+_CONTEXT = {
+    "type": "object",
+    "description": (
+        "The seal context the shard must carry (dataset id, classification, shard, ...); opening a shard "
+        "sealed under any other context fails. At least one entry, so a shard cannot be swapped for any "
+        "other file sealed to the same KEK."
+    ),
+    "minProperties": 1,
+    "maxProperties": 32,
+    "propertyNames": {"pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
+    "additionalProperties": {"type": "string", "maxLength": 1024},
+}
+_IDENTIFIER = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"}
+
+JOB_SPEC_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://securetrain.example/schemas/job-spec-v1.json",
+    "title": "securetrain trainer job spec",
+    "type": "object",
+    "additionalProperties": False,
+    "required": [
+        "run_id",
+        "nonce",
+        "kek_id",
+        "datasets",
+        "columns",
+        "model",
+        "hyperparameters",
+        "checkpoints",
+        "output",
+    ],
+    "properties": {
+        "run_id": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,249}$",
+            "description": (
+                "The Airflow run id. Submitting the same run id again returns the existing job, so "
+                "Airflow may retry a submit safely."
+            ),
+        },
+        "nonce": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9_-]{22,200}$",
+            "description": (
+                "Fresh random value from the orchestrator (base64url or hex, at least 128 bits); it goes "
+                "into the attestation runtime data and must come back in the token's claims."
+            ),
+        },
+        "kek_id": {
+            "type": "string",
+            "pattern": r"^https://[A-Za-z0-9.-]+(:[0-9]{1,5})?/keys/[A-Za-z0-9-]{1,127}/[A-Za-z0-9]{1,64}$",
+            "description": (
+                "Versioned Key Vault key URL of the KEK (https://VAULT/keys/NAME/VERSION): the key that "
+                "is released after attestation and to which datasets, checkpoints and the model are sealed."
+            ),
+        },
+        "datasets": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 10000,
+            "description": "The sealed shards of the training data, in the order they are read.",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["container", "blob", "format", "context"],
+                "properties": {
+                    "container": _CONTAINER,
+                    "blob": _BLOB,
+                    "format": {
+                        # "arrow" (Arrow IPC stream) added by the training side: shards larger than memory.
+                        "enum": ["parquet", "safetensors", "arrow"],
+                        "description": (
+                            "Plaintext format inside the seal: a Parquet table, safetensors tensors, or an "
+                            "Arrow IPC stream (read batch by batch: for shards larger than memory)."
+                        ),
+                    },
+                    "context": _CONTEXT,
+                },
+            },
+        },
+        "columns": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["label"],
+            "description": "Which columns (Parquet) or tensors (safetensors) hold the label and the features.",
+            "properties": {
+                "label": {**_IDENTIFIER, "description": "Name of the label column or tensor."},
+                "features": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 100000,
+                    "uniqueItems": True,
+                    "items": _IDENTIFIER,
+                    "description": "Feature columns or tensors; all but the label when absent.",
+                },
+            },
+        },
+        "model": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name"],
+            "properties": {
+                "name": {
+                    "type": "string",
+                    "pattern": r"^[a-z][a-z0-9_]{0,63}$",
+                    "description": "A model registered in the trainer's model registry (e.g. 'mlp', 'cnn').",
+                },
+                "params": {
+                    "type": "object",
+                    "maxProperties": 64,
+                    "propertyNames": {"pattern": r"^[a-z][a-z0-9_]{0,63}$"},
+                    "description": "Builder parameters; the named builder rejects any it does not know.",
+                },
+            },
+        },
+        "hyperparameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["epochs", "batch_size", "learning_rate", "seed"],
+            "properties": {
+                "epochs": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "Epochs to train."},
+                "batch_size": {"type": "integer", "minimum": 1, "maximum": 1048576, "description": "Rows per batch."},
+                "learning_rate": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "maximum": 10,
+                    "description": "Optimizer learning rate.",
+                },
+                "seed": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "maximum": 4294967295,
+                    "description": "Seeds every random generator, so a run (and a resumed run) is reproducible.",
+                },
+                "optimizer": {"enum": ["adam", "sgd"], "default": "adam", "description": "Optimizer."},
+            },
+        },
+        "expectation_suite": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["name", "expectations"],
+            "description": (
+                "A Great Expectations suite (ExpectationSuite.to_json_dict()) run inside the TEE on the "
+                "decrypted data before training; only its aggregate results leave the TEE."
+            ),
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "maxLength": 256},
+                "id": {"type": ["string", "null"]},
+                "meta": {"type": "object"},
+                "notes": {"type": ["string", "array", "null"]},
+                "expectations": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": 1000,
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["type"],
+                        "properties": {
+                            "type": {"type": "string", "pattern": r"^expect_[a-z0-9_]{1,128}$"},
+                            "kwargs": {"type": "object"},
+                            "meta": {"type": "object"},
+                            "id": {"type": ["string", "null"]},
+                            "notes": {"type": ["string", "array", "null"]},
+                            "description": {"type": ["string", "null"]},
+                            "severity": {"enum": ["critical", "warning", "info"]},
+                        },
+                    },
+                },
+            },
+        },
+        "checkpoints": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["container", "prefix"],
+            "description": "Where the sealed per-epoch checkpoints go; a restarted job resumes from here.",
+            "properties": {"container": _CONTAINER, "prefix": _PREFIX},
+        },
+        "output": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["container", "blob"],
+            "description": "Where the sealed final model goes.",
+            "properties": {"container": _CONTAINER, "blob": _BLOB},
+        },
+    },
+}
+
+_VALIDATOR = Draft202012Validator(JOB_SPEC_SCHEMA)
+
+
+class JobSpecError(ConfigurationError):
+    """A job spec is malformed; ``field`` is the dotted path of what is wrong (``datasets[0].blob``)."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"job spec field {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class TrainingCancelled(SecuretrainError):
+    """``run_training`` stopped at a safe point because its cancel event was set."""
+
+
+def _field_path(path: Any) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(the job spec)"
+
+
+def _error_for(error: ValidationError) -> JobSpecError:
+    """The most specific, readable error for one schema violation."""
+    where = list(error.absolute_path)
+    if error.validator == "additionalProperties":
+        unexpected = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return JobSpecError(_field_path([*where, unexpected[0]]), "unknown field; remove it (see the job spec schema)")
+    if error.validator == "required":
+        missing = next(name for name in error.validator_value if name not in error.instance)
+        return JobSpecError(_field_path([*where, missing]), "required field is missing")
+    if error.validator == "pattern":
+        description = error.schema.get("description", "")
+        return JobSpecError(_field_path(where), f"{error.instance!r} is not allowed here. {description}".strip())
+    return JobSpecError(_field_path(where), error.message)
+
+
+def _frozen(value: Any) -> Any:
+    """A read-only deep copy of JSON data, so a spec cannot change after it was validated."""
+    if isinstance(value, Mapping):
+        return MappingProxyType({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(_frozen(item) for item in value)
+    return value
+
+
+def _thawed(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _thawed(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thawed(item) for item in value]
+    return value
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """One blob in storage."""
+
+    container: str
+    blob: str
+
+
+@dataclass(frozen=True)
+class DatasetShard:
+    """One sealed shard of training data and the seal context it must carry."""
+
+    container: str
+    blob: str
+    format: Literal["parquet", "safetensors", "arrow"]
+    context: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The label column (or tensor) and the feature columns; ``features`` None means all but the label."""
+
+    label: str
+    features: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model builder's name and its parameters."""
+
+    name: str
+    params: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    optimizer: Literal["adam", "sgd"] = "adam"
+
+
+@dataclass(frozen=True)
+class CheckpointLocation:
+    """Container and prefix under which the per-epoch sealed checkpoints are written."""
+
+    container: str
+    prefix: str
+
+
+@dataclass(frozen=True)
+class TrainingSpec:
+    """The training part of a job spec: everything ``run_training`` needs besides keys and storage.
+
+    ``run_training`` resumes from the newest checkpoint under ``checkpoints`` that opens and verifies,
+    so calling it again for the same spec after a crash continues the run.
+    """
+
+    run_id: str
+    datasets: tuple[DatasetShard, ...]
+    columns: Columns
+    model: ModelSpec
+    hyperparameters: Hyperparameters
+    expectation_suite: Mapping[str, Any] | None
+    checkpoints: CheckpointLocation
+    output: BlobRef
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """A validated job spec: the attestation inputs (nonce, KEK id) and the training spec."""
+
+    run_id: str
+    nonce: str
+    kek_id: str
+    training: TrainingSpec
+
+    @property
+    def job_id(self) -> str:
+        """The agent's id for this job: derived from the run id, so a resubmit names the same job."""
+        return hashlib.sha256(self.run_id.encode()).hexdigest()[:32]
+
+    @classmethod
+    def from_json(cls, document: Any) -> JobSpec:
+        """Validate a decoded JSON document; :class:`JobSpecError` names the first field that is wrong."""
+        errors = sorted(_VALIDATOR.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
+        if errors:
+            raise _error_for(errors[0])
+        spec = cls._build(document)
+        spec._check_consistent()
+        return spec
+
+    @classmethod
+    def _build(cls, doc: Mapping[str, Any]) -> JobSpec:
+        columns = doc["columns"]
+        model = doc["model"]
+        suite = doc.get("expectation_suite")
+        training = TrainingSpec(
+            run_id=doc["run_id"],
+            datasets=tuple(
+                DatasetShard(s["container"], s["blob"], s["format"], _frozen(s["context"])) for s in doc["datasets"]
+            ),
+            columns=Columns(columns["label"], tuple(columns["features"]) if "features" in columns else None),
+            model=ModelSpec(model["name"], _frozen(model.get("params", {}))),
+            hyperparameters=Hyperparameters(**doc["hyperparameters"]),
+            expectation_suite=_frozen(suite) if suite is not None else None,
+            checkpoints=CheckpointLocation(**doc["checkpoints"]),
+            output=BlobRef(**doc["output"]),
+        )
+        return cls(run_id=doc["run_id"], nonce=doc["nonce"], kek_id=doc["kek_id"], training=training)
+
+    def _check_consistent(self) -> None:
+        """Rules across fields that JSON Schema cannot say."""
+        shards = self.training.datasets
+        formats = {shard.format for shard in shards}
+        if len(formats) > 1:
+            raise JobSpecError("datasets", f"all shards must have one format, got {sorted(formats)}")
+        seen: set[tuple[str, str]] = set()
+        for index, shard in enumerate(shards):
+            if (shard.container, shard.blob) in seen:
+                raise JobSpecError(f"datasets[{index}]", f"shard {shard.container}/{shard.blob} is listed twice")
+            seen.add((shard.container, shard.blob))
+        features = self.training.columns.features
+        if features is not None and self.training.columns.label in features:
+            raise JobSpecError("columns.features", "the label column must not also be a feature")
+        output, checkpoints = self.training.output, self.training.checkpoints
+        if output.container == checkpoints.container and output.blob.startswith(checkpoints.prefix):
+            # Resume picks the newest blob under the checkpoint prefix; the model must not be mistaken for one.
+            raise JobSpecError("output.blob", f"must not lie under the checkpoint prefix {checkpoints.prefix!r}")
+        if (output.container, output.blob) in seen:
+            raise JobSpecError("output.blob", "must not overwrite a dataset shard")
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as a JSON document that :meth:`from_json` accepts (for the agent's job record)."""
+        t = self.training
+        document: dict[str, Any] = {
+            "run_id": self.run_id,
+            "nonce": self.nonce,
+            "kek_id": self.kek_id,
+            "datasets": [
+                {"container": s.container, "blob": s.blob, "format": s.format, "context": dict(s.context)}
+                for s in t.datasets
+            ],
+            "columns": {"label": t.columns.label}
+            | ({"features": list(t.columns.features)} if t.columns.features is not None else {}),
+            "model": {"name": t.model.name, "params": _thawed(t.model.params)},
+            "hyperparameters": {
+                "epochs": t.hyperparameters.epochs,
+                "batch_size": t.hyperparameters.batch_size,
+                "learning_rate": t.hyperparameters.learning_rate,
+                "seed": t.hyperparameters.seed,
+                "optimizer": t.hyperparameters.optimizer,
+            },
+            "checkpoints": {"container": t.checkpoints.container, "prefix": t.checkpoints.prefix},
+            "output": {"container": t.output.container, "blob": t.output.blob},
+        }
+        if t.expectation_suite is not None:
+            document["expectation_suite"] = _thawed(t.expectation_suite)
+        return document
+
+
+@dataclass(frozen=True, repr=False)
+class JobKeys:
+    """The released KEK of one job: the private half opens datasets, the public half seals outputs."""
+
+    kek_private: KekPrivateKey
+    kek_public: KekPublicKey
+
+    @classmethod
+    def from_released(cls, kek_private: KekPrivateKey, kek_id: str) -> JobKeys:
+        """Keys for a KEK released under ``kek_id`` (the versioned key URL the outputs will name)."""
+        return cls(kek_private, KekPublicKey(kek_id, kek_private.private_key.public_key()))
+
+    def __repr__(self) -> str:
+        # Never print key material, even by accident in a log line or traceback.
+        return f"JobKeys(kek_id={self.kek_public.kek_id!r}, thumbprint={self.kek_public.thumbprint[:16]}…)"
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    """What a finished training run reports back: only sealed locations and aggregates, no data."""
+
+    model_blob: BlobRef
+    metrics: Mapping[str, float]
+    device: str
+    epochs_completed: int
+    steps_completed: int
+
+
+class ProgressSink(Protocol):
+    """How the training side reports progress to the agent (which serves it on ``GET /v1/jobs/{id}``).
+
+    Calls come from the training thread; an implementation must be quick and must not raise except to
+    stop the job (the agent raises from ``epoch_done`` when re-attestation failed).
+    """
+
+    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        """The expectation suite passed (or there was none); ``aggregates`` are its aggregate results only."""
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        """Epoch ``epoch`` (1-based) finished at global ``step`` and its sealed checkpoint is uploaded."""
+
+    def sealing_model(self) -> None:
+        """Training is over; the final model is being sealed and uploaded."""
