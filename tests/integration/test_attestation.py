@@ -152,3 +152,24 @@ def test_stale_nonce_and_other_policy(tee):
 def test_authority_over_untrusted_tls_is_refused(tee):
     with pytest.raises(TokenRejected, match="TLS verification"):
         TokenValidator(AuthorityKeys(tee.endpoint)).validate(tee.attest(secrets.token_hex(8)))
+
+
+def test_azure_sdk_reads_metadata_and_certs_and_accepts_our_tokens(tee, local_stack):
+    """azure-security-attestation has no SEV-SNP call; what it has works against the stand-in unchanged."""
+    from azure.security.attestation import AttestationClient, AttestationToken, AttestationTokenValidationException
+
+    from securetrain.identity import LocalIdentityCredential
+
+    credential = LocalIdentityCredential.from_stack_env(local_stack.env, "pipeline")
+    client = AttestationClient(tee.endpoint, credential, connection_verify=tee.ca)
+    assert client.get_open_id_metadata()["issuer"] == tee.endpoint
+    signers = client.get_signing_certificates()
+    assert signers and all(signer.certificates for signer in signers)
+    token = AttestationToken(token=tee.attest(secrets.token_hex(8)))
+    # The SDK's own validation: signature against /certs' x5c[0], expiry, issuer.
+    token._validate_token(signers, validate_issuer=True, issuer=tee.endpoint)
+    forged = AttestationToken(
+        token=resign(token.to_jwt_string(), rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    )
+    with pytest.raises(AttestationTokenValidationException, match="signature"):
+        forged._validate_token(signers, validate_issuer=True, issuer=tee.endpoint)
