@@ -1,14 +1,14 @@
 """``securetrain demo``: the deepest real path that exists, end to end on the local stack, narrated.
 
-1. the local stack comes up (Azurite over HTTPS, certificates from the local CA);
-2. the data owner turns a dataset that ships inside scikit-learn into Parquet and seals it for the
-   KEK's public key, binding its dataset id and classification;
+1. the local stack comes up: Azurite, the attestation service, identities, the Key Vault stand-in and
+   the local confidential VM, all over HTTPS under the stack's CA;
+2. the data owner fetches the KEK's *public* key from Key Vault (as the pipeline identity) and seals a
+   dataset that ships inside scikit-learn, binding its dataset id and classification;
 3. the sealed file is streamed to blob storage; what storage holds is checked to be ciphertext;
-4. a reader holding the KEK's private key (the TEE's role) streams the blob back and opens it in
-   memory: every segment authenticates and the plaintext digest equals the data owner's.
-
-The KEK pair is a local file in the stack's state directory until the Key Vault stand-in holds it
-(a later stage); the data key, the wrap and the stream are the production ones.
+4. the TEE's path: an ephemeral key in memory, simulated SEV-SNP evidence binding it and a nonce, a
+   token from the attestation service, Secure Key Release of the KEK wrapped to that key;
+5. the TEE streams the blob back and opens it in memory: every segment authenticates and the
+   plaintext digest equals the data owner's.
 """
 
 from __future__ import annotations
@@ -16,40 +16,34 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from azure.keyvault.keys import KeyVaultKeyIdentifier
+from cryptography import x509
 
-from securetrain.errors import SecurityViolation
+from securetrain.attestation.maa import AttestationServiceClient
+from securetrain.attestation.tokens import AuthorityKeys, TokenValidator
 from securetrain.datasets import bundled_table, to_parquet
-from securetrain.fsutil import atomic_output
-from securetrain.sealed import KekPrivateKey, KekPublicKey, SealedReader, inspect, seal
+from securetrain.errors import SecurityViolation
+from securetrain.identity import LocalIdentityCredential
+from securetrain.keyvault import kek_public_key, key_client_from_stack_env
+from securetrain.sealed import SealedReader, inspect, seal
 from securetrain.stack import StackConfig, up
 from securetrain.storage import BlobStore
+from trainer.attest import Attester, TeeKey
+from trainer.evidence import SimulatedSnpProvider
+from trainer.release import VaultKeyReleaser
 
 log = logging.getLogger(__name__)
 
 DATASET = "breast-cancer"
 CONTAINER = "datasets"
 BLOB = f"{DATASET}/v1/shard-00000.parquet.sealed"
-DEMO_KEK_ID = "https://securetrain-local/keys/demo-kek/1"
 
 
 def _step(number: int, text: str) -> None:
     print(f"[{number}] {text}", flush=True)
-
-
-def _demo_kek(folder: Path) -> KekPrivateKey:
-    """The demo KEK pair, made once (RSA 3072) and kept owner-only in the state directory."""
-    path = folder / "demo-kek.pem"
-    if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-        with atomic_output(path, mode=0o600) as out:
-            out.write(key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return KekPrivateKey.from_pem(path.read_bytes())
 
 
 def run(state_dir: Path | None = None) -> dict[str, object]:
@@ -58,8 +52,9 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     env = up(config)
     print(f"    blob storage: {env['SECURETRAIN_BLOB_ENDPOINT']} (TLS verified with {env['SECURETRAIN_CA_BUNDLE']})")
 
-    kek_private = _demo_kek(config.layout.root / "demo")
-    kek = KekPublicKey(DEMO_KEK_ID, kek_private.private_key.public_key())
+    kek_ref = KeyVaultKeyIdentifier(env["SECURETRAIN_KEK_ID"])
+    with key_client_from_stack_env(env, "pipeline") as keys:
+        kek = kek_public_key(keys.get_key(kek_ref.name, kek_ref.version))
     table = bundled_table(DATASET)
     plaintext = to_parquet(table)
     digest = hashlib.sha256(plaintext).hexdigest()
@@ -84,9 +79,28 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
         print(f"    storage holds ciphertext only; header readable without a key: "
               f"context {dict(inspect(io.BytesIO(stored)).content.context)}")
 
-        _step(4, "TEE role: streaming the blob back and opening it in memory with the KEK private key")
+        _step(4, "TEE: attesting an ephemeral key on the simulated SEV-SNP platform, then Secure Key Release")
+        endpoint, ca = env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"]
+        attester = Attester(
+            SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"])),
+            AttestationServiceClient(endpoint, verify=ca),
+            TokenValidator(AuthorityKeys(endpoint, verify=ca)),
+        )
+        tee_key = TeeKey()
+        token = attester.attest(tee_key, secrets.token_hex(16))
+        print(f"    token from {endpoint}: platform {token.claims['x-securetrain-platform']}, HOST_DATA "
+              f"{token.claims['x-ms-sevsnpvm-hostdata'][:16]}…, policy {token.claims['x-ms-policy-hash'][:16]}…")
+        releaser = VaultKeyReleaser(
+            LocalIdentityCredential.from_stack_env(env, "cvm"),
+            ca_bundle=Path(ca),
+            trusted_roots=x509.load_pem_x509_certificates(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes()),
+        )
+        job_keys = releaser.release(kek.kek_id, token, tee_key)
+        print(f"    Key Vault released {kek.kek_id} wrapped to the TEE's key; unwrapped in memory")
+
+        _step(5, "TEE: streaming the blob back and opening it in memory")
         with store.open_read(CONTAINER, BLOB) as blob:
-            reader = SealedReader(blob, kek_private, expected_context={"dataset_id": DATASET}, verify_digest=True)
+            reader = SealedReader(blob, job_keys.kek_private, expected_context={"dataset_id": DATASET}, verify_digest=True)
             opened = hashlib.sha256()
             for segment in reader.segments():
                 opened.update(segment)
