@@ -10,22 +10,17 @@ approve a new build; until then a changed trainer is refused.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import requests
 import yaml
 
 from emulators.local_cvm import LAUNCH_MEASUREMENT
 from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.appraisal import AppraisalPolicy
 from securetrain.fsutil import atomic_output
-from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.stack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 from trainer.workload import host_data
-
-_HEALTH_TIMEOUT_S = 3
-
 
 def appraisal_policy_path(context: ServiceContext) -> Path:
     return context.layout.policies_dir / "appraisal.yaml"
@@ -51,31 +46,16 @@ def local_appraisal_policy(context: ServiceContext) -> AppraisalPolicy:
 
 
 def _argv(context: ServiceContext) -> Sequence[str]:
-    policy = appraisal_policy_path(context)
     local_appraisal_policy(context)
-    return [
-        sys.executable, "-m", "emulators.attestation_service",
+    return python_service_argv(
+        "emulators.attestation_service", context,
         "--state-dir", str(context.data_dir),
-        "--policy", str(policy),
-        "--host", context.host,
-        "--port", str(context.port),
-        "--cert", str(context.cert_path),
-        "--key", str(context.key_path),
-    ]  # fmt: skip
+        "--policy", str(appraisal_policy_path(context)),
+    )  # fmt: skip
 
 
 def _health_check(context: ServiceContext) -> None:
-    try:
-        response = requests.get(
-            f"{context.base_url}/.well-known/openid-configuration", verify=str(context.ca_bundle),
-            timeout=_HEALTH_TIMEOUT_S,
-        )
-        response.raise_for_status()
-        issuer = response.json().get("issuer")
-    except (requests.RequestException, ValueError) as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    if issuer != context.base_url:
-        raise ServiceUnhealthy(f"the service says its issuer is {issuer!r}, expected {context.base_url}")
+    check_openid_issuer(context, context.base_url)
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:

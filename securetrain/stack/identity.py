@@ -7,11 +7,9 @@ and exports its path as ``SECURETRAIN_IDENTITY_<NAME>_CREDENTIALS``, with the se
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import requests
 
 from securetrain.identity import (
     CVM_IDENTITY,
@@ -22,10 +20,9 @@ from securetrain.identity import (
     credentials_variable,
 )
 from securetrain.stack.layout import StackLayout
-from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.stack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 
 IDENTITIES = (PIPELINE_IDENTITY, CVM_IDENTITY, ROTATOR_IDENTITY)
-_HEALTH_TIMEOUT_S = 3
 
 
 def identities_dir(layout: StackLayout) -> Path:
@@ -45,28 +42,15 @@ def issuer(context: ServiceContext) -> str:
 
 def _argv(context: ServiceContext) -> Sequence[str]:
     stack_identities(context.layout)
-    return [
-        sys.executable, "-m", "emulators.identity",
+    return python_service_argv(
+        "emulators.identity", context,
         "--identities-dir", str(identities_dir(context.layout)),
         "--state-dir", str(context.data_dir),
-        "--host", context.host,
-        "--port", str(context.port),
-        "--cert", str(context.cert_path),
-        "--key", str(context.key_path),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def _health_check(context: ServiceContext) -> None:
-    try:
-        response = requests.get(
-            f"{issuer(context)}/.well-known/openid-configuration", verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S
-        )
-        response.raise_for_status()
-        seen = response.json().get("issuer")
-    except (requests.RequestException, ValueError) as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
-    if seen != issuer(context):
-        raise ServiceUnhealthy(f"the service says its issuer is {seen!r}, expected {issuer(context)}")
+    check_openid_issuer(context, issuer(context))
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:

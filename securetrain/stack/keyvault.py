@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from securetrain.stack.attestation import ATTESTATION, local_appraisal_policy
 from securetrain.stack.errors import StackConfigurationError
 from securetrain.stack.layout import StackLayout
 from securetrain.stack.process import PidRecord
-from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy, python_service_argv
 
 log = logging.getLogger(__name__)
 
@@ -92,18 +91,14 @@ def _write_roles(layout: StackLayout) -> None:
 def _argv(context: ServiceContext) -> Sequence[str]:
     _write_roles(context.layout)
     approved_local_policy(context)
-    return [
-        sys.executable, "-m", "emulators.keyvault",
+    return python_service_argv(
+        "emulators.keyvault", context,
         "--data-dir", str(context.data_dir),
         "--master-key", str(master_key_path(context.layout)),
         "--roles", str(roles_path(context.layout)),
         "--identity-issuer", issuer(_dependency(context, IDENTITY)),
         "--ca-bundle", str(context.ca_bundle),
-        "--host", context.host,
-        "--port", str(context.port),
-        "--cert", str(context.cert_path),
-        "--key", str(context.key_path),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def _health_check(context: ServiceContext) -> None:

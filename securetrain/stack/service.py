@@ -7,12 +7,18 @@ one :class:`Service` to :data:`securetrain.stack.registry.SERVICES`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from securetrain.stack.errors import StackError
 from securetrain.stack.layout import StackLayout
+
+
+_HEALTH_TIMEOUT_S = 3
 
 
 class ServiceUnhealthy(StackError):
@@ -52,6 +58,33 @@ class ServiceContext:
     def data_dir(self) -> Path:
         """The service's own data directory."""
         return self.layout.data_dir(self.name)
+
+
+def python_service_argv(module: str, context: ServiceContext, *options: str) -> list[str]:
+    """The command line of a stand-in written in Python: ``python -m MODULE OPTIONS`` plus where it listens
+    and its TLS certificate, which every such service takes the same way."""
+    return [
+        sys.executable, "-m", module, *options,
+        "--host", context.host,
+        "--port", str(context.port),
+        "--cert", str(context.cert_path),
+        "--key", str(context.key_path),
+    ]  # fmt: skip
+
+
+def check_openid_issuer(context: ServiceContext, issuer: str) -> None:
+    """Health check of a token issuer: its OpenID metadata answers over TLS verified with the stack CA and
+    names ``issuer`` (an issuer that names another would make every token it signs fail validation)."""
+    try:
+        response = requests.get(
+            f"{issuer}/.well-known/openid-configuration", verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S
+        )
+        response.raise_for_status()
+        seen = response.json().get("issuer")
+    except (requests.RequestException, ValueError) as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if seen != issuer:
+        raise ServiceUnhealthy(f"the service says its issuer is {seen!r}, expected {issuer}")
 
 
 def _nothing(_: ServiceContext) -> Mapping[str, str]:
