@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.sealed", "benchmarks.attestation_latency"]
+BENCHMARKS = ["benchmarks.sealed", "benchmarks.attestation_latency", "benchmarks.release_latency", "benchmarks.trainer"]
 
 
 def main() -> int:
