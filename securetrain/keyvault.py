@@ -80,6 +80,23 @@ def kek_public_key(key: KeyVaultKey) -> KekPublicKey:
     return KekPublicKey.from_modulus(jwk.n, jwk.e, key.id)
 
 
+def fetch_kek_public_key(key_id: str, stack_env: Mapping[str, str] | None = None) -> KekPublicKey:
+    """The KEK's public half from Key Vault by its key id (with a version, or the latest).
+
+    The local stack's vault (``stack_env`` names it) is reached as its ``pipeline`` identity; any other
+    vault with azure-identity's ``DefaultAzureCredential`` (a managed identity, the Azure CLI, ...).
+    """
+    ref = KeyVaultKeyIdentifier(key_id)
+    if stack_env is not None and stack_env.get(VAULT_URL_VARIABLE, "").rstrip("/") == ref.vault_url.rstrip("/"):
+        client = key_client_from_stack_env(stack_env, "pipeline")
+    else:
+        from azure.identity import DefaultAzureCredential  # deferred: only a real vault needs it
+
+        client = key_client(ref.vault_url, DefaultAzureCredential())
+    with client:
+        return kek_public_key(client.get_key(ref.name, ref.version))
+
+
 # --- KEK rotation over a container of sealed blobs ------------------------------------------------------
 
 _HEADER_READ_BYTES = 1024 * 1024  # a sealed header is a few hundred bytes; its context is small

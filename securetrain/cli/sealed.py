@@ -40,8 +40,21 @@ def _existing(path: Path) -> Path:
     return path
 
 
+def _kek(args: argparse.Namespace) -> KekPublicKey:
+    if args.kek_url is not None:
+        from securetrain.keyvault import fetch_kek_public_key  # deferred: the Azure SDK is slow to import
+        from securetrain.stack import StackLayout, read_stack_env
+        from securetrain.stack.layout import resolve_state_dir
+
+        env_file = StackLayout(resolve_state_dir()).env_file
+        return fetch_kek_public_key(args.kek_url, read_stack_env(env_file) if env_file.exists() else None)
+    if args.kek_id is None:
+        raise ConfigurationError("--kek-public-key needs --kek-id (the Key Vault key id with its version)")
+    return KekPublicKey.from_pem(_read_file(args.kek_public_key, "KEK public key"), args.kek_id)
+
+
 def _seal(args: argparse.Namespace) -> int:
-    kek = KekPublicKey.from_pem(_read_file(args.kek_public_key, "KEK public key"), args.kek_id)
+    kek = _kek(args)
     header = seal_file(_existing(args.input), args.output, kek, _context(args.context), segment_size=args.segment_size)
     print(json.dumps(header.to_json(), indent=2))
     return 0
@@ -79,10 +92,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     seal.add_argument("input", type=Path, metavar="INPUT")
     seal.add_argument("output", type=Path, metavar="OUTPUT")
-    seal.add_argument("--kek-public-key", type=Path, required=True, metavar="PEM", help="the KEK's RSA public key")
+    kek = seal.add_mutually_exclusive_group(required=True)
+    kek.add_argument("--kek-public-key", type=Path, metavar="PEM", help="the KEK's RSA public key (with --kek-id)")
+    kek.add_argument(
+        "--kek-url", metavar="URL",
+        help="fetch the KEK's public key from Key Vault (KeyClient): https://VAULT/keys/NAME[/VERSION]; the local "
+        "stack's vault as its pipeline identity, any other with azure-identity's DefaultAzureCredential",
+    )
     seal.add_argument(
-        "--kek-id", required=True, metavar="URL",
-        help="the KEK's Key Vault key id with its version, e.g. https://VAULT/keys/NAME/VERSION",
+        "--kek-id", metavar="URL",
+        help="with --kek-public-key: the KEK's Key Vault key id with its version, e.g. https://VAULT/keys/NAME/VERSION",
     )
     seal.add_argument(
         "--context", action="append", default=[], metavar="KEY=VALUE",

@@ -257,3 +257,18 @@ def test_keys_survive_a_restart_and_are_encrypted_at_rest(local_stack, env, offi
     assert b"PRIVATE KEY" not in stored and b"sealed_private" in stored
     master = layout.secrets_dir / "keyvault-master-key"
     assert os.stat(master).st_mode & 0o777 == 0o600
+
+
+def test_seal_fetches_the_kek_public_key_from_the_vault(local_stack, tmp_path, monkeypatch, capsys):
+    """`securetrain seal --kek-url` reads the public key with KeyClient as the pipeline identity."""
+    import json as _json
+
+    from securetrain.cli import main
+
+    monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
+    plain = tmp_path / "data.csv"
+    plain.write_bytes(b"a,b\n1,2\n")
+    kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
+    assert main(["seal", str(plain), str(tmp_path / "data.sealed"), "--kek-url", kek_id]) == 0
+    header = _json.loads(capsys.readouterr().out)
+    assert header["key"]["kek_id"] == kek_id
