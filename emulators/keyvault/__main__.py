@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
-import uvicorn
 
 from emulators.keyvault.app import VaultConfig, create_app
+from emulators.serving import add_listen_arguments, configure_logging, serve
 
 
 def main() -> None:
@@ -22,12 +21,9 @@ def main() -> None:
     parser.add_argument("--identity-issuer", required=True, help="issuer URL of the access tokens (identity service)")
     parser.add_argument("--ca-bundle", type=Path, required=True,
                         help="CA the identity service's and attestation authorities' TLS must chain to")  # fmt: skip
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, required=True, help="port to listen on")
-    parser.add_argument("--cert", type=Path, required=True, help="TLS server certificate (PEM); also signs releases")
-    parser.add_argument("--key", type=Path, required=True, help="its private key (PEM)")
+    add_listen_arguments(parser, cert_help="TLS server certificate (PEM); also signs releases")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     config = VaultConfig(
         data_dir=args.data_dir,
         master_key_file=args.master_key,
@@ -37,10 +33,7 @@ def main() -> None:
         cert_file=args.cert,
         key_file=args.key,
     )
-    uvicorn.run(
-        create_app(config), host=args.host, port=args.port,
-        ssl_certfile=str(args.cert), ssl_keyfile=str(args.key), log_level="warning",
-    )  # fmt: skip
+    serve(create_app(config), args)
 
 
 if __name__ == "__main__":
