@@ -12,10 +12,8 @@ appended to ``issuance.jsonl`` for the audit trail.
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from securetrain.appraisal import Appraisal, AppraisalPolicy
 from securetrain.errors import SecuretrainError
 from emulators.attestation_service.evidence import EvidenceRefused, NonceLedger, SnpEvidence, appraise
 from emulators.attestation_service.signing import SigningKeyStore
+from emulators.decision_log import DecisionLog
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +80,6 @@ def sev_snp_claims(appraisal: Appraisal, evidence: SnpEvidence, policy_hash: str
     return claims
 
 
-class IssuanceLog:
-    """Append-only JSON lines: one per decision, for the audit stage."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-
-    def record(self, **entry: Any) -> None:
-        line = json.dumps({"time": time.time(), **entry}, sort_keys=True)
-        with self._lock, self._path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
-
-
 def _error(code: str, message: str) -> JSONResponse:
     return JSONResponse(status_code=400, content={"error": {"code": code, "message": message}})
 
@@ -102,7 +88,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = SigningKeyStore(config.state_dir / "signing", token_lifetime=config.token_lifetime_s)
     nonces = NonceLedger(config.state_dir / "nonces.sqlite", retention_s=config.token_lifetime_s)
-    issuance = IssuanceLog(config.state_dir / "issuance.jsonl")
+    issuance = DecisionLog(config.state_dir / "issuance.jsonl")
     policy_hash = config.policy.sha256
     issuer = config.issuer.rstrip("/")
     app = FastAPI(title="securetrain attestation service (MAA-compatible)", docs_url=None, redoc_url=None)

@@ -35,9 +35,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from emulators.decision_log import DecisionLog
 from emulators.keyvault.authz import (
     VAULT_RESOURCE,
-    AccessLog,
     Action,
     Authorizer,
     Caller,
@@ -305,7 +305,7 @@ def create_app(config: VaultConfig) -> FastAPI:
     store = KeyStore(config.data_dir, load_or_create_master_key(config.master_key_file))
     authorizer = Authorizer(config.identity_issuer, str(config.ca_bundle), config.roles_file)
     releaser = KeyReleaser(str(config.ca_bundle), ReleaseSigner.from_files(str(config.cert_file), str(config.key_file)))
-    access_log = AccessLog(config.data_dir / "access.jsonl")
+    access_log = DecisionLog(config.data_dir / "access.jsonl")
     challenge = f'Bearer authorization="{authorizer.issuer}", resource="{VAULT_RESOURCE}"'
     app = FastAPI(title="securetrain Key Vault stand-in", docs_url=None, redoc_url=None, openapi_url=None)
 

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import enum
 import json
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,19 +94,6 @@ class RoleAssignments:
 
     def allows(self, object_id: str, action: Action) -> bool:
         return any(action in ROLES[role] for role in self.by_principal.get(object_id, ()))
-
-
-class AccessLog:
-    """Append-only JSON lines, one per decision: time, identity, operation, key, decision, reason."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-        self._lock = threading.Lock()
-
-    def record(self, **entry: Any) -> None:
-        line = json.dumps({"time": time.time(), **entry}, sort_keys=True)
-        with self._lock, self._path.open("a", encoding="utf-8") as out:
-            out.write(line + "\n")
 
 
 class Authorizer:
