@@ -20,20 +20,17 @@ import secrets
 from pathlib import Path
 
 from azure.keyvault.keys import KeyVaultKeyIdentifier
-from cryptography import x509
 
-from securetrain.attestation.maa import AttestationServiceClient
-from securetrain.attestation.tokens import AuthorityKeys, TokenValidator
 from securetrain.datasets import bundled_table, to_parquet
 from securetrain.errors import SecurityViolation
-from securetrain.identity import LocalIdentityCredential
 from securetrain.keyvault import kek_public_key, key_client_from_stack_env
-from securetrain.sealed import SealedReader, inspect, seal
+from securetrain.onboarding import seal_and_upload
+from securetrain.sealed import SealedReader, inspect
 from securetrain.stack import StackConfig, up
 from securetrain.storage import BlobStore
-from trainer.attest import Attester, TeeKey
+from trainer.attest import TeeKey
 from trainer.evidence import SimulatedSnpProvider
-from trainer.release import VaultKeyReleaser
+from trainer.tee_services import attester_from_env, releaser_from_env
 
 log = logging.getLogger(__name__)
 
@@ -57,45 +54,30 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
         kek = kek_public_key(keys.get_key(kek_ref.name, kek_ref.version))
     table = bundled_table(DATASET)
     plaintext = to_parquet(table)
-    digest = hashlib.sha256(plaintext).hexdigest()
     _step(2, f"data owner: sealing {DATASET} ({table.num_rows} rows, {len(plaintext)} bytes of Parquet) "
              f"for KEK {kek.kek_id}")
-    sealed = io.BytesIO()
-    header = seal(io.BytesIO(plaintext), sealed, kek, {"dataset_id": DATASET, "classification": "phi-demo",
-                                                        "format": "parquet"})
-    print(f"    plaintext SHA-256 {digest[:16]}…, {header.content.layout.segment_count} segment(s), "
-          f"data key wrapped {header.key.algorithm} to KEK thumbprint {header.key.kek_thumbprint[:16]}…")
-
     with BlobStore.from_stack_env(env) as store:
-        store.ensure_container(CONTAINER)
-        sealed.seek(0)
-        info = store.upload_stream(CONTAINER, BLOB, sealed, length=len(sealed.getvalue()), overwrite=True,
-                                   metadata={"dataset_id": DATASET, "plaintext_sha256": digest})
-        _step(3, f"uploaded {CONTAINER}/{BLOB} ({info.size} bytes) to Azurite over HTTPS")
+        shard = seal_and_upload(plaintext, kek=kek, store=store, container=CONTAINER, blob=BLOB, file_format="parquet",
+                                context={"dataset_id": DATASET, "classification": "phi-demo"}, overwrite=True)
+        digest = shard.plaintext_sha256
+        _step(3, f"uploaded {CONTAINER}/{BLOB} ({shard.sealed_bytes} bytes) to Azurite over HTTPS")
         with store.open_read(CONTAINER, BLOB) as blob:
             stored = blob.read()
         if plaintext[:64] in stored or plaintext[-64:] in stored:
             raise SecurityViolation("storage holds plaintext: the demo found Parquet bytes in the blob")
-        print(f"    storage holds ciphertext only; header readable without a key: "
-              f"context {dict(inspect(io.BytesIO(stored)).content.context)}")
+        header = inspect(io.BytesIO(stored))
+        print(f"    plaintext SHA-256 {digest[:16]}…, {header.content.layout.segment_count} segment(s), "
+              f"data key wrapped {header.key.algorithm} to KEK thumbprint {header.key.kek_thumbprint[:16]}…")
+        print(f"    storage holds ciphertext only; header readable without a key: context {dict(header.content.context)}")
 
         _step(4, "TEE: attesting an ephemeral key on the simulated SEV-SNP platform, then Secure Key Release")
-        endpoint, ca = env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"]
-        attester = Attester(
-            SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"])),
-            AttestationServiceClient(endpoint, verify=ca),
-            TokenValidator(AuthorityKeys(endpoint, verify=ca)),
-        )
+        attester = attester_from_env(env, SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"])))
         tee_key = TeeKey()
         token = attester.attest(tee_key, secrets.token_hex(16))
-        print(f"    token from {endpoint}: platform {token.claims['x-securetrain-platform']}, HOST_DATA "
-              f"{token.claims['x-ms-sevsnpvm-hostdata'][:16]}…, policy {token.claims['x-ms-policy-hash'][:16]}…")
-        releaser = VaultKeyReleaser(
-            LocalIdentityCredential.from_stack_env(env, "cvm"),
-            ca_bundle=Path(ca),
-            trusted_roots=x509.load_pem_x509_certificates(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes()),
-        )
-        job_keys = releaser.release(kek.kek_id, token, tee_key)
+        claims = token.claims
+        print(f"    token from {env['SECURETRAIN_ATTESTATION_ENDPOINT']}: platform {claims['x-securetrain-platform']}, "
+              f"HOST_DATA {claims['x-ms-sevsnpvm-hostdata'][:16]}…, policy {claims['x-ms-policy-hash'][:16]}…")
+        job_keys = releaser_from_env(env).release(kek.kek_id, token, tee_key)
         print(f"    Key Vault released {kek.kek_id} wrapped to the TEE's key; unwrapped in memory")
 
         _step(5, "TEE: streaming the blob back and opening it in memory")
@@ -107,7 +89,7 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     if opened.hexdigest() != digest:
         raise SecurityViolation("the opened plaintext differs from the data owner's")
     print(f"    every segment authenticated; plaintext SHA-256 {opened.hexdigest()[:16]}… matches the data owner's")
-    summary = {"dataset": DATASET, "blob": f"{CONTAINER}/{BLOB}", "sealed_bytes": info.size,
+    summary = {"dataset": DATASET, "blob": f"{CONTAINER}/{BLOB}", "sealed_bytes": shard.sealed_bytes,
                "plaintext_sha256": digest, "kek_id": kek.kek_id}
     print("demo complete:", summary)
     return summary

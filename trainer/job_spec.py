@@ -246,6 +246,14 @@ class JobSpecError(ConfigurationError):
         self.reason = reason
 
 
+class DataValidationFailed(SecuretrainError):
+    """The expectation suite failed on the decrypted data; ``aggregates`` say which expectations and how."""
+
+    def __init__(self, message: str, aggregates: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.aggregates = aggregates
+
+
 class TrainingCancelled(SecuretrainError):
     """``run_training`` stopped at a safe point because its cancel event was set."""
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import socket
 import ssl
@@ -30,6 +29,7 @@ from securetrain.cvm_client import (
     CvmUnreachable,
 )
 from securetrain.pki import LocalCA
+from tests.agent_process import AgentProcess, wait_port
 from tests.conftest import free_ports
 from trainer.agent.jobs import JobRecord, JobState, JobStore
 from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
@@ -212,32 +212,12 @@ def restarted_agent(local_stack, tmp_path: Path):
         job_id=spec.job_id, run_id=spec.run_id, spec=spec.to_json(), state=JobState.TRAINING,
         epoch=2, step=40, last_checkpoint="run/epoch-0002.sealed", attestation_sequence=1,
     )  # fmt: skip
-    JobStore(tmp_path / "work" / "jobs").save(interrupted)
-    server = LocalCA.load_or_create(local_stack.state_dir / "ca").issue_server_certificate(tmp_path, "agent")
-    (port,) = free_ports(1)
-    log = (tmp_path / "agent.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "trainer.agent", "--port", str(port), "--cert", str(server.cert_path),
-         "--key", str(server.key_path), "--client-ca", str(local_stack.ca_bundle),
-         "--work-dir", str(tmp_path / "work")],
-        env={**os.environ, **local_stack.env}, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    wait_port(port, process)
-    env = local_stack.env
-    client = CvmClient(f"https://127.0.0.1:{port}", cert=Path(env["SECURETRAIN_CVM_PIPELINE_CERT"]),
-                       key=Path(env["SECURETRAIN_CVM_PIPELINE_KEY"]), ca_bundle=local_stack.ca_bundle)  # fmt: skip
+    agent = AgentProcess(local_stack, tmp_path)
+    JobStore(agent.work_dir / "jobs").save(interrupted)
     try:
-        yield client, spec
+        yield agent.start(), spec
     finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            log.close()
+        agent.stop()
 
 
 def test_a_restarted_agent_resumes_unfinished_jobs_with_a_fresh_nonce(restarted_agent) -> None:
@@ -252,16 +232,6 @@ def test_a_restarted_agent_resumes_unfinished_jobs_with_a_fresh_nonce(restarted_
 def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while process.poll() is None and time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 @pytest.mark.slow

@@ -15,20 +15,15 @@ import sys
 from pathlib import Path
 
 import uvicorn
-from cryptography import x509
 
-from securetrain.attestation.maa import AttestationServiceClient
-from securetrain.attestation.tokens import AuthorityKeys, TokenValidator
-from securetrain.errors import ConfigurationError, SecuretrainError
-from securetrain.identity import LocalIdentityCredential
+from securetrain.errors import SecuretrainError
 from securetrain.storage import BlobStore
 from trainer.agent.app import create_app
 from trainer.agent.health import GpuProbe
 from trainer.agent.jobs import JobRunner, JobStore, TrainingFunction
 from trainer.agent.tls import MutualTlsH11Protocol
-from trainer.attest import Attester
 from trainer.evidence import ConfigfsTsmProvider, EvidenceProvider, SimulatedSnpProvider
-from trainer.release import VaultKeyReleaser
+from trainer.tee_services import attester_from_env, releaser_from_env, setting
 
 log = logging.getLogger("trainer.agent")
 
@@ -55,17 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _environment(name: str) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ConfigurationError(f"${name} is not set: start the agent with the local stack's settings (stack.env)")
-    return value
-
-
 def _evidence_provider(kind: str) -> EvidenceProvider:
     if kind == "configfs-tsm":
         return ConfigfsTsmProvider()
-    return SimulatedSnpProvider(Path(_environment("SECURETRAIN_SNP_PLATFORM_DIR")))
+    return SimulatedSnpProvider(Path(setting(os.environ, "SECURETRAIN_SNP_PLATFORM_DIR")))
 
 
 def _training() -> TrainingFunction:
@@ -79,18 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        ca_bundle = _environment("SECURETRAIN_CA_BUNDLE")
-        attestation_endpoint = _environment("SECURETRAIN_ATTESTATION_ENDPOINT")
-        attester = Attester(
-            _evidence_provider(args.evidence),
-            AttestationServiceClient(attestation_endpoint, verify=ca_bundle),
-            TokenValidator(AuthorityKeys(attestation_endpoint, verify=ca_bundle)),
-        )
-        # The vault signs release responses with a certificate under this root (the local stack's CA locally).
-        vault_roots = x509.load_pem_x509_certificates(Path(_environment("SECURETRAIN_KEYVAULT_RELEASE_ROOT")).read_bytes())
-        releaser = VaultKeyReleaser(
-            LocalIdentityCredential.from_stack_env(os.environ, "cvm"), ca_bundle=Path(ca_bundle), trusted_roots=vault_roots
-        )
+        attester = attester_from_env(os.environ, _evidence_provider(args.evidence))
+        releaser = releaser_from_env(os.environ)
         runner = JobRunner(
             JobStore(args.work_dir / "jobs"), attester, releaser, BlobStore.from_stack_env(os.environ), _training
         )
@@ -109,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         http=MutualTlsH11Protocol,
         lifespan="off",
         # Idle keep-alive connections of pollers must not hold a shutdown (and a restart) up.
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=3,
         log_level="info",
     )
     runner.start()

@@ -31,7 +31,15 @@ from securetrain.errors import SecuretrainError
 from securetrain.fsutil import atomic_output
 from securetrain.storage import BlobStore
 from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
-from trainer.job_spec import JobKeys, JobSpec, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
+from trainer.job_spec import (
+    DataValidationFailed,
+    JobKeys,
+    JobSpec,
+    ProgressSink,
+    TrainingCancelled,
+    TrainingResult,
+    TrainingSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -404,6 +412,10 @@ class JobRunner:
             self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result))
         except TrainingCancelled as exc:
             run.stopped(exc)
+        except DataValidationFailed as exc:
+            # The suite's aggregates (never rows) are what the data owner needs to see why.
+            log.error("job %s failed: %s", run.job_id, exc)
+            self._finish(run.job_id, JobState.FAILED, validation=dict(exc.aggregates), error=JobError.from_exception(exc))
         except Exception as exc:  # noqa: BLE001 - every failure must end the job with its reason, fail closed
             if isinstance(exc, SecuretrainError):
                 log.error("job %s failed: %s", run.job_id, exc)

@@ -32,8 +32,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from securetrain.errors import ConfigurationError, SecuretrainError
-from trainer.job_spec import _thawed
+from securetrain.errors import ConfigurationError
+from trainer.job_spec import DataValidationFailed, _thawed
 
 if TYPE_CHECKING:
     import pandas
@@ -52,14 +52,6 @@ _COUNT_KEYS = (
 # Expectation arguments that name columns; checked against the data before the suite runs.
 _COLUMN_KWARGS = ("column", "column_A", "column_B")
 _COLUMN_LIST_KWARGS = ("column_list", "column_set")
-
-
-class DataValidationFailed(SecuretrainError):
-    """The expectation suite failed on the decrypted data; ``aggregates`` say which expectations and how."""
-
-    def __init__(self, message: str, aggregates: Mapping[str, Any]) -> None:
-        super().__init__(message)
-        self.aggregates = aggregates
 
 
 class ExpectationSuiteError(ConfigurationError):

@@ -1,0 +1,81 @@
+"""A trainer agent process of a test's own, beside the stack's: it can be killed, restarted, or run changed code."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from securetrain.cvm_client import CvmClient
+from securetrain.pki import LocalCA
+from tests.conftest import free_ports
+
+
+def wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while process.poll() is None and time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on port {port} (agent exit code {process.poll()})")
+
+
+class AgentProcess:
+    """``python -m trainer.agent`` over ``work_dir`` with the stack's settings, on a free port.
+
+    ``code_root``, when given, is put first on ``PYTHONPATH``: the agent then runs (and measures into
+    HOST_DATA) the ``trainer`` package found there instead of the installed one.
+    """
+
+    def __init__(self, stack, directory: Path, *, code_root: Path | None = None) -> None:
+        self._stack = stack
+        self.directory = directory
+        self.work_dir = directory / "work"
+        self.log_path = directory / "agent.log"
+        self._code_root = code_root
+        self._server = LocalCA.load_or_create(stack.state_dir / "ca").issue_server_certificate(directory, "agent")
+        (self.port,) = free_ports(1)
+        self._process: subprocess.Popen[bytes] | None = None
+        self.client = CvmClient(
+            f"https://127.0.0.1:{self.port}", cert=Path(stack.env["SECURETRAIN_CVM_PIPELINE_CERT"]),
+            key=Path(stack.env["SECURETRAIN_CVM_PIPELINE_KEY"]), ca_bundle=stack.ca_bundle,
+        )  # fmt: skip
+
+    def start(self) -> CvmClient:
+        env = {**os.environ, **self._stack.env}
+        if self._code_root is not None:
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._code_root), env.get("PYTHONPATH")]))
+        with self.log_path.open("ab") as log:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "trainer.agent", "--port", str(self.port), "--cert",
+                 str(self._server.cert_path), "--key", str(self._server.key_path), "--client-ca",
+                 str(self._stack.ca_bundle), "--work-dir", str(self.work_dir)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+            )  # fmt: skip
+        wait_port(self.port, self._process)
+        return self.client
+
+    def kill(self) -> None:
+        """SIGKILL: the agent gets no chance to save anything, as in a crash."""
+        assert self._process is not None
+        self._process.send_signal(signal.SIGKILL)
+        self._process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self.client.close()
+        if self._process is None or self._process.poll() is not None:
+            return
+        self._process.terminate()
+        try:
+            self._process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")

@@ -1,0 +1,198 @@
+"""Whole jobs through a running agent: submit over mTLS, attest, release from the stack's vault, train, seal.
+
+The stack's own agent runs the plain job; the fault tests start agents of their own (tests/agent_process.py)
+so they can kill one mid-epoch or run a trainer whose code was changed.
+"""
+
+from __future__ import annotations
+
+import io
+import secrets
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import safetensors.torch
+import torch
+
+import trainer
+from securetrain.cvm_client import CvmClient
+from securetrain.datasets import bundled_table, to_parquet
+from securetrain.keyvault import fetch_kek_public_key
+from securetrain.onboarding import SealedShard, seal_and_upload
+from securetrain.sealed import KekPrivateKey, SealedReader, inspect
+from securetrain.storage import BlobStore
+from tests.agent_process import AgentProcess
+from trainer.attest import TeeKey
+from trainer.evidence import SimulatedSnpProvider
+from trainer.tee_services import attester_from_env, releaser_from_env
+
+pytestmark = pytest.mark.integration
+
+SUITE = {"name": "breast-cancer", "expectations": [
+    {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "label"}},
+    {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}},
+]}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(local_stack):
+    with BlobStore.from_stack_env(local_stack.env) as blob_store:
+        # The pipeline's environment preparation makes these before it submits a job.
+        for container in ("checkpoints", "models"):
+            blob_store.ensure_container(container)
+        yield blob_store
+
+
+@pytest.fixture(scope="module")
+def shard(local_stack, store) -> SealedShard:
+    """Breast-cancer sealed by the data owner for the stack's KEK and uploaded to Azurite."""
+    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    return seal_and_upload(
+        to_parquet(bundled_table("breast-cancer")), kek=kek, store=store, container="datasets",
+        blob=f"agent-job-{uuid.uuid4().hex[:8]}/shard-0.parquet.sealed", file_format="parquet",
+        context={"dataset_id": "breast-cancer"},
+    )  # fmt: skip
+
+
+def job_spec(local_stack, shard: SealedShard, *, epochs: int = 3, batch_size: int = 32, **changes: Any) -> dict:
+    run = f"test__{uuid.uuid4().hex}"
+    return {
+        "run_id": run,
+        "nonce": secrets.token_urlsafe(24),
+        "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
+        "datasets": [shard.job_dataset()],
+        "columns": {"label": "label"},
+        "model": {"name": "mlp", "params": {"hidden": [16]}},
+        "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.01, "seed": 7},
+        "expectation_suite": SUITE,
+        "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
+        "output": {"container": "models", "blob": f"{run}/model.sealed"},
+        **changes,
+    }
+
+
+def wait_for(client: CvmClient, job_id: str, done, timeout_s: float = 180) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = client.job(job_id)
+        if done(job):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not there in {timeout_s} s: {client.job(job_id)}")
+
+
+def finished(job: dict[str, Any]) -> bool:
+    return job["state"] in ("succeeded", "failed", "cancelled")
+
+
+def released_kek(local_stack, kek_id: str) -> KekPrivateKey:
+    """The KEK as a TEE gets it: attest an ephemeral key on the simulated platform, then Secure Key Release."""
+    env = local_stack.env
+    tee_key = TeeKey()
+    token = attester_from_env(env, SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))).attest(
+        tee_key, secrets.token_urlsafe(24)
+    )
+    return releaser_from_env(env).release(kek_id, token, tee_key).kek_private
+
+
+def model_weights(store: BlobStore, kek: KekPrivateKey, output: dict[str, str]) -> dict[str, torch.Tensor]:
+    with store.open_read(output["container"], output["blob"]) as blob:
+        plaintext = b"".join(SealedReader(blob, kek, expected_context={"kind": "model"}).segments())
+    return safetensors.torch.load(plaintext)
+
+
+@pytest.fixture
+def pipeline(local_stack):
+    """The stack's own agent, as the pipeline identity."""
+    with CvmClient.from_stack_env(local_stack.env, "pipeline") as client:
+        yield client
+
+
+def test_a_job_submitted_over_mtls_trains_on_sealed_data_and_seals_its_outputs(
+    local_stack, store, shard, pipeline
+) -> None:
+    spec = job_spec(local_stack, shard)
+    job = wait_for(pipeline, pipeline.submit(spec)["job_id"], finished)
+
+    assert job["state"] == "succeeded", job["error"]
+    assert job["epoch"] == 3 and job["metrics"]["val_accuracy"] > 0.8
+    assert job["validation"]["success"] is True and job["validation"]["statistics"]["evaluated_expectations"] == 2
+    assert job["result"]["tee_type"] == "sev-snp-simulated" and job["result"]["device"]
+    assert job["result"]["model"] == spec["output"]
+    checkpoints = sorted(info.name for info in store.list_blobs("checkpoints", spec["checkpoints"]["prefix"]))
+    assert len(checkpoints) == 3 and job["last_checkpoint"] == checkpoints[-1]
+    kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
+    for container, name in [("models", spec["output"]["blob"])] + [("checkpoints", c) for c in checkpoints]:
+        with store.open_read(container, name) as blob:
+            header = inspect(io.BytesIO(blob.read()))
+        assert header.key.kek_id == kek_id and header.content.context["run_id"] == spec["run_id"]
+    weights = model_weights(store, released_kek(local_stack, kek_id), spec["output"])
+    assert weights and all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_an_agent_killed_mid_training_resumes_to_the_same_model(
+    local_stack, store, shard, pipeline, tmp_path: Path
+) -> None:
+    agent = AgentProcess(local_stack, tmp_path)
+    client = agent.start()
+    try:
+        # Small batches make epochs long enough to kill the agent between two of them.
+        spec = job_spec(local_stack, shard, epochs=8, batch_size=4)
+        job_id = client.submit(spec)["job_id"]
+        interrupted = wait_for(client, job_id, lambda job: job["epoch"] >= 2 or finished(job))
+        agent.kill()
+        assert interrupted["state"] == "training", interrupted
+        client = agent.start()
+        resumed = wait_for(client, job_id, finished)
+        assert resumed["state"] == "succeeded", resumed["error"]
+        assert resumed["epoch"] == 8
+        assert f"resuming run {spec['run_id']} from checkpoints/" in agent.log()
+        # The same job again on the stack's agent, never interrupted, under another run id.
+        uninterrupted = job_spec(local_stack, shard, epochs=8, batch_size=4)
+        assert wait_for(pipeline, pipeline.submit(uninterrupted)["job_id"], finished)["state"] == "succeeded"
+    finally:
+        agent.stop()
+    kek = released_kek(local_stack, local_stack.env["SECURETRAIN_KEK_ID"])
+    resumed_weights = model_weights(store, kek, spec["output"])
+    plain_weights = model_weights(store, kek, uninterrupted["output"])
+    assert resumed_weights.keys() == plain_weights.keys()
+    for name, tensor in resumed_weights.items():
+        assert torch.equal(tensor, plain_weights[name]), name
+
+
+def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, shard, tmp_path: Path) -> None:
+    code_root = tmp_path / "code"
+    shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    with (code_root / "trainer" / "training" / "loop.py").open("a") as source:
+        source.write("# one changed line\n")
+    agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
+    client = agent.start()
+    try:
+        job = wait_for(client, client.submit(job_spec(local_stack, shard))["job_id"], finished)
+    finally:
+        agent.stop()
+    assert job["state"] == "failed" and job["error"]["security_violation"], job
+    # The approved policy pins the trainer's HOST_DATA: the changed code's differs, and the error says so.
+    assert "host" in job["error"]["message"].lower(), job["error"]
+    assert job["epoch"] == 0 and job["last_checkpoint"] is None
+
+
+def test_a_failed_suite_fails_the_job_with_its_aggregates(local_stack, shard, pipeline) -> None:
+    strict = {"name": "strict", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "mean_area", "max_value": 100}},
+    ]}  # fmt: skip
+    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, shard, expectation_suite=strict))["job_id"], finished)
+    assert job["state"] == "failed" and job["error"]["code"] == "DataValidationFailed"
+    assert job["validation"]["success"] is False
+    assert job["validation"]["statistics"]["unsuccessful_expectations"] == 1
+    assert job["epoch"] == 0
+
+
+def test_storage_unreachable_fails_the_job_after_bounded_retries(local_stack, shard, pipeline) -> None:
+    missing = {**shard.job_dataset(), "container": "no-such-container"}
+    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, shard, datasets=[missing]))["job_id"], finished)
+    assert job["state"] == "failed" and "no-such-container" in job["error"]["message"], job["error"]
