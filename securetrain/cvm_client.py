@@ -47,6 +47,10 @@ class CvmAccessDenied(CvmError, SecurityViolation):
     """The agent refused this client's identity (403)."""
 
 
+class CvmAttestationRefused(CvmError, SecurityViolation):
+    """The agent's attestation for our nonce was refused: its evidence or token did not verify (424)."""
+
+
 class CvmJobNotFound(CvmError):
     """The agent has no such job (404)."""
 
@@ -70,7 +74,12 @@ class _RetryExceptTls(Retry):
         return super().increment(*args, **kwargs)
 
 
-_ERRORS_BY_STATUS: dict[int, type[CvmError]] = {403: CvmAccessDenied, 404: CvmJobNotFound, 409: CvmConflict}
+_ERRORS_BY_STATUS: dict[int, type[CvmError]] = {
+    403: CvmAccessDenied,
+    404: CvmJobNotFound,
+    409: CvmConflict,
+    424: CvmAttestationRefused,
+}
 
 
 class CvmClient:
@@ -161,6 +170,10 @@ class CvmClient:
 
     def attestation(self) -> dict[str, Any]:
         return self._request("GET", "/v1/attestation").json()
+
+    def attest(self, nonce: str) -> dict[str, Any]:
+        """Have the TEE attest now for ``nonce``: ``{"token", "claims", "attested_at"}``; validate the token yourself."""
+        return self._request("POST", "/v1/attestation", {"nonce": nonce}).json()
 
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text

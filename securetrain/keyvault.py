@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError, ResourceModifiedError
-from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
+from azure.keyvault.keys import KeyClient, KeyReleasePolicy, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from azure.storage.blob import BlobClient, ContainerClient
 
-from securetrain.errors import ConfigurationError, SecuretrainError
+from securetrain.errors import ConfigurationError, SecuretrainError, SecurityViolation
 from securetrain.identity import LocalIdentityCredential
+from securetrain.release_policy import ReleasePolicy, policy_matches
 from securetrain.sealed import KekPublicKey, SealedHeader
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import KeyWrap, read_header
@@ -33,6 +34,7 @@ from securetrain.sealed.kek import WRAP_ALGORITHM
 log = logging.getLogger(__name__)
 
 KEK_NAME = "securetrain-kek"
+KEK_SIZE = 3072
 VAULT_URL_VARIABLE = "SECURETRAIN_KEYVAULT_URL"
 
 
@@ -95,6 +97,41 @@ def fetch_kek_public_key(key_id: str, stack_env: Mapping[str, str] | None = None
         client = key_client(ref.vault_url, DefaultAzureCredential())
     with client:
         return kek_public_key(client.get_key(ref.name, ref.version))
+
+
+class KekPolicyMismatch(SecurityViolation):
+    """The KEK exists, but Key Vault would release it under another policy than the approved one."""
+
+
+def ensure_kek(client: KeyClient, name: str, approved: ReleasePolicy, *, update: bool = False) -> KeyVaultKey:
+    """The KEK ``name``: created (exportable, RSA-HSM, released only under ``approved``) if absent.
+
+    An existing KEK whose release policy is not ``approved`` is brought up to it when ``update`` is True
+    (the vault's administrator, as ``securetrain stack up``), and otherwise refused with
+    :class:`KekPolicyMismatch` (the pipeline: it must not train under a key whose policy it did not approve).
+    """
+    release_policy = KeyReleasePolicy(approved.to_bytes(), immutable=False)
+    # Listing rather than catching get_key's 404: the error would keep its connection open (the
+    # exception's traceback holds the response) and delay the vault's shutdown until it times out.
+    if name not in {properties.name for properties in client.list_properties_of_keys()}:
+        kek = client.create_rsa_key(
+            name, size=KEK_SIZE, hardware_protected=True, exportable=True, release_policy=release_policy
+        )
+        log.info("created the KEK %s under the approved release policy (sha256 %s)", kek.id, approved.sha256)
+        return kek
+    kek = client.get_key(name)
+    current = kek.properties.release_policy
+    if current is not None and policy_matches(current.encoded_policy, approved):
+        return kek
+    if not update:
+        raise KekPolicyMismatch(
+            f"the KEK {kek.id} would be released under {'no' if current is None else 'another'} release policy than "
+            f"the approved one (sha256 {approved.sha256}); have the vault's administrator set the approved policy, "
+            "or approve the KEK's policy"
+        )
+    kek = client.update_key_properties(name, kek.properties.version, release_policy=release_policy)
+    log.info("the KEK %s now carries the approved release policy (sha256 %s)", kek.id, approved.sha256)
+    return kek
 
 
 # --- KEK rotation over a container of sealed blobs ------------------------------------------------------

@@ -45,7 +45,13 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.blob import BlobProperties, BlobServiceClient, ExponentialRetry, StorageStreamDownloader
+from azure.storage.blob import (
+    BlobProperties,
+    BlobServiceClient,
+    ContainerClient,
+    ExponentialRetry,
+    StorageStreamDownloader,
+)
 
 from securetrain.errors import ConfigurationError, SecuretrainError, SecurityViolation
 from securetrain.stack.envfile import read_stack_env
@@ -347,13 +353,32 @@ class BlobStore:
                 logger.info("created container %s at %s", container, self._account_url)
                 return True
             except ResourceExistsError:
-                public_access = client.get_container_properties().public_access
+                pass
+        self.check_private(container)
+        return False
+
+    def check_private(self, container: str) -> None:
+        """Make sure the existing ``container`` allows no anonymous access.
+
+        Raises:
+            ContainerNotFound: it does not exist.
+            PublicContainer: it allows anonymous public access.
+        """
+        with self._translate_errors("read the properties of", container):
+            public_access = self._client.get_container_client(container).get_container_properties().public_access
         if public_access is not None:
             raise PublicContainer(
                 f"container '{container}' at {self._account_url} allows anonymous public access "
                 f"({public_access}); make it private before using it for securetrain data"
             )
-        return False
+
+    def container_client(self, container: str) -> ContainerClient:
+        """The SDK's client for ``container``, with this store's credential, TLS trust and retries.
+
+        For what this class does not wrap (append blobs for the audit log, conditional writes); the
+        caller translates the SDK's errors itself.
+        """
+        return self._client.get_container_client(container)
 
     def upload_stream(
         self,

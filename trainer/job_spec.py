@@ -366,6 +366,11 @@ class TrainingSpec:
     output: BlobRef
 
 
+def job_id_for_run(run_id: str) -> str:
+    """The agent's job id for ``run_id`` (the orchestrator computes it to find a job it submitted)."""
+    return hashlib.sha256(run_id.encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A validated job spec: the attestation inputs (nonce, KEK id) and the training spec."""
@@ -378,7 +383,7 @@ class JobSpec:
     @property
     def job_id(self) -> str:
         """The agent's id for this job: derived from the run id, so a resubmit names the same job."""
-        return hashlib.sha256(self.run_id.encode()).hexdigest()[:32]
+        return job_id_for_run(self.run_id)
 
     @classmethod
     def from_json(cls, document: Any) -> JobSpec:

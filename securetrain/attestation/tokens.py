@@ -88,6 +88,13 @@ class AuthorityKeys:
                     f"the token is signed with key {kid!r}, which {self.issuer} does not publish"
                 ) from None
 
+    def key_ids(self) -> list[str]:
+        """The ids of the keys the authority publishes now (fetched afresh: this is also a reachability check)."""
+        with self._lock:
+            self._keys = self._fetch()
+            self._fetched_at = time.monotonic()
+            return sorted(self._keys)
+
     def _get_json(self, url: str) -> Any:
         try:
             response = requests.get(url, verify=self._verify, timeout=self._timeout)

@@ -62,6 +62,7 @@ def _exports(context: ServiceContext) -> Mapping[str, str]:
     policy = local_appraisal_policy(context)
     return {
         "SECURETRAIN_ATTESTATION_ENDPOINT": context.base_url,
+        "SECURETRAIN_ATTESTATION_LOG": str(context.data_dir / "issuance.jsonl"),
         "SECURETRAIN_APPRAISAL_POLICY": str(appraisal_policy_path(context)),
         "SECURETRAIN_APPRAISAL_POLICY_SHA256": policy.sha256,
         "SECURETRAIN_SNP_PLATFORM_DIR": str(context.layout.snp_platform_dir),

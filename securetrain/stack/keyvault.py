@@ -20,14 +20,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import requests
-from azure.keyvault.keys import KeyReleasePolicy
 
 from emulators.attestation_service.app import SIMULATED
 from securetrain.stack.identity import IDENTITY, issuer, stack_identities
 from securetrain.fsutil import atomic_output
 from securetrain.identity import CVM_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentityCredential
-from securetrain.keyvault import KEK_NAME, VAULT_URL_VARIABLE, key_client
-from securetrain.release_policy import ReleasePolicy, approved_release_policy, policy_matches
+from securetrain.keyvault import KEK_NAME, VAULT_URL_VARIABLE, ensure_kek, key_client
+from securetrain.release_policy import ReleasePolicy, approved_release_policy
 from securetrain.stack.attestation import ATTESTATION, local_appraisal_policy
 from securetrain.stack.errors import StackConfigurationError
 from securetrain.stack.layout import StackLayout
@@ -41,7 +40,6 @@ ROLE_OF = {
     CVM_IDENTITY: "Key Vault Crypto Service Release User",
     ROTATOR_IDENTITY: "Key Vault Crypto User",
 }
-KEK_SIZE = 3072
 _HEALTH_TIMEOUT_S = 3
 
 
@@ -77,7 +75,7 @@ def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
     return policy
 
 
-def _write_roles(layout: StackLayout) -> None:
+def write_roles(layout: StackLayout) -> None:
     identities = stack_identities(layout)
     assignments = [
         {"principalId": identities[name].object_id, "principalName": name, "role": role} for name, role in ROLE_OF.items()
@@ -89,7 +87,7 @@ def _write_roles(layout: StackLayout) -> None:
 
 
 def _argv(context: ServiceContext) -> Sequence[str]:
-    _write_roles(context.layout)
+    write_roles(context.layout)
     approved_local_policy(context)
     return python_service_argv(
         "emulators.keyvault", context,
@@ -115,34 +113,20 @@ def _health_check(context: ServiceContext) -> None:
         raise ServiceUnhealthy(f"expected a 401 bearer challenge, got HTTP {response.status_code} {challenge!r}")
 
 
-def ensure_kek(context: ServiceContext) -> str:
+def _demo_kek_id(context: ServiceContext) -> str:
     """The versioned id of the demo KEK, created (or its policy brought up to date) as the pipeline."""
     policy = approved_local_policy(context)
     identity_ctx = _dependency(context, IDENTITY)
     pipeline = stack_identities(context.layout)[PIPELINE_IDENTITY]
     credential = LocalIdentityCredential(identity_ctx.base_url, pipeline, ca_bundle=context.ca_bundle)
     with credential, key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
-        release_policy = KeyReleasePolicy(policy.to_bytes(), immutable=False)
-        # Listing rather than catching get_key's 404: the error would keep its connection open (the
-        # exception's traceback holds the response) and delay the vault's shutdown until it times out.
-        if KEK_NAME not in {properties.name for properties in client.list_properties_of_keys()}:
-            kek = client.create_rsa_key(
-                KEK_NAME, size=KEK_SIZE, hardware_protected=True, exportable=True, release_policy=release_policy
-            )
-            log.info("created the KEK %s", kek.id)
-            return str(kek.id)
-        kek = client.get_key(KEK_NAME)
-        current = kek.properties.release_policy
-        if current is None or not policy_matches(current.encoded_policy, policy):
-            kek = client.update_key_properties(KEK_NAME, kek.properties.version, release_policy=release_policy)
-            log.info("the KEK's release policy now names the approved policy (%s)", release_policy_path(context.layout))
-        return str(kek.id)
+        return str(ensure_kek(client, KEK_NAME, policy, update=True).id)
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:
     return {
         VAULT_URL_VARIABLE: context.base_url,
-        "SECURETRAIN_KEK_ID": ensure_kek(context),
+        "SECURETRAIN_KEK_ID": _demo_kek_id(context),
         "SECURETRAIN_RELEASE_POLICY": str(release_policy_path(context.layout)),
         "SECURETRAIN_KEYVAULT_ACCESS_LOG": str(context.data_dir / "access.jsonl"),
         "SECURETRAIN_KEYVAULT_RELEASE_ROOT": str(context.ca_bundle),

@@ -10,6 +10,8 @@ client without a certificate never gets this far: the TLS handshake refuses it.
     POST /v1/jobs/{id}/cancel      pipeline   stop at the next safe point (202), 409 if already finished
     GET  /v1/health                both       TEE type, attestation age, CPU, memory, GPU
     GET  /v1/attestation           both       the latest token and its claims (404 before the first)
+    POST /v1/attestation           both       attest now for the caller's nonce ({"nonce": ...}): a fresh token
+                                              proving the TEE is genuine and running the approved trainer now
     GET  /metrics                  both       Prometheus text
 
 Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
@@ -20,11 +22,13 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import re
 import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.concurrency import run_in_threadpool
 
 from securetrain.errors import SecuretrainError
 from trainer.agent import metrics
@@ -34,6 +38,8 @@ from trainer.agent.tls import TLS_EXTENSION
 from trainer.job_spec import JobSpec, JobSpecError
 
 log = logging.getLogger(__name__)
+
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,200}")
 
 MAX_SPEC_BYTES = 1 << 20
 
@@ -146,10 +152,26 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
             content={
                 "token": latest.token.raw,
                 "claims": dict(latest.token.claims),
+                "job_id": runner.latest_attestation_job,
                 "attested_at": latest.attested_at,
                 "sequence": latest.sequence,
             }
         )
+
+    @app.post("/v1/attestation", dependencies=[Depends(client_role)])
+    async def attest_challenge(request: Request) -> JSONResponse:
+        try:
+            nonce = json.loads(await request.body())["nonce"]
+        except (ValueError, KeyError, TypeError):
+            raise InvalidRequest('the body must be JSON {"nonce": "..."}') from None
+        if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
+            raise InvalidRequest("the nonce must be 22-200 characters of base64url (at least 128 bits)")
+        try:
+            token = await run_in_threadpool(runner.attest_challenge, nonce)
+        except SecuretrainError as exc:
+            # 424: the TEE's evidence or token was refused (a security verdict); 503: a service was down.
+            return _error(424 if exc.security_violation else 503, exc)
+        return JSONResponse(content={"token": token.raw, "claims": dict(token.claims), "attested_at": time.time()})
 
     @app.get("/metrics", dependencies=[Depends(client_role)])
     async def prometheus() -> PlainTextResponse:

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -42,6 +43,10 @@ from trainer.job_spec import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class JobState(enum.StrEnum):
@@ -115,6 +120,12 @@ class JobRecord:
     metrics: Mapping[str, float] = field(default_factory=dict)
     last_checkpoint: str | None = None
     validation: Mapping[str, Any] | None = None
+    # Per epoch: {"epoch", "step", and the epoch's metrics}; the training curve the run report plots.
+    history: list[Mapping[str, Any]] = field(default_factory=list)
+    # {"kek_id", "released_at"} once Key Vault released the KEK to this job's TEE key.
+    key_release: Mapping[str, Any] | None = None
+    # Every state the job entered, with its time: the job's events for the audit log.
+    transitions: list[Mapping[str, Any]] = field(default_factory=list)
     result: Mapping[str, Any] | None = None
     error: JobError | None = None
     cancel_requested: bool = False
@@ -184,8 +195,9 @@ class _JobProgress:
         self._runner._update(self._job_id, state=JobState.TRAINING, validation=dict(aggregates))
 
     def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        history = [*self._runner.get(self._job_id).history, {"epoch": epoch, "step": step, **metrics}]
         self._runner._update(
-            self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob
+            self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob, history=history
         )
         self._runner.metrics.epochs_completed += 1
         failure = self._renewal_failure()
@@ -207,6 +219,7 @@ class _JobRun:
 
     def attested(self, state: AttestationState) -> None:
         self._runner.latest_attestation = state
+        self._runner.latest_attestation_job = self.job_id
         self._runner.metrics.attestations += 1
         # Persisted before the token is used: a restarted job must never reuse a spent nonce.
         self._runner._update(self.job_id, attestation_sequence=state.sequence + 1)
@@ -276,6 +289,7 @@ class JobRunner:
         self._worker: threading.Thread | None = None
         self._stopping = threading.Event()
         self.latest_attestation: AttestationState | None = None
+        self.latest_attestation_job: str | None = None
         self.metrics = RunnerMetrics()
         self.device: str | None = None
         for record in store.load_all():
@@ -306,6 +320,12 @@ class JobRunner:
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout=60)
+
+    def attest_challenge(self, nonce: str) -> ValidatedToken:
+        """Attest a throwaway key with a caller's ``nonce``: the TEE's answer to "prove what you are, now"."""
+        token = self._attester.attest(TeeKey(), nonce)
+        self.metrics.attestations += 1
+        return token
 
     def _enqueue(self, job_id: str) -> None:
         self._cancel_events[job_id] = threading.Event()
@@ -356,7 +376,8 @@ class JobRunner:
             if event is not None:
                 event.set()
             if record.state is JobState.QUEUED:
-                record = self._set(record, state=JobState.CANCELLED, cancel_requested=True)
+                transitions = [*record.transitions, {"state": JobState.CANCELLED.value, "time": _now()}]
+                record = self._set(record, state=JobState.CANCELLED, cancel_requested=True, transitions=transitions)
                 self.metrics.jobs_finished[JobState.CANCELLED.value] += 1
             else:
                 record = self._set(record, cancel_requested=True)
@@ -372,7 +393,10 @@ class JobRunner:
 
     def _update(self, job_id: str, **changes: Any) -> JobRecord:
         with self._lock:
-            record = self._set(self._records[job_id], **changes)
+            record = self._records[job_id]
+            if "state" in changes:
+                changes["transitions"] = [*record.transitions, {"state": changes["state"].value, "time": _now()}]
+            record = self._set(record, **changes)
         if "state" in changes:
             log.info("job %s: %s", job_id, record.state.value)
         return record
@@ -403,6 +427,7 @@ class JobRunner:
             self._update(run.job_id, state=JobState.RELEASING)
             keys = self._releaser.release(spec.kek_id, token, session.key)
             self.metrics.key_releases += 1
+            self._update(run.job_id, key_release={"kek_id": spec.kek_id, "released_at": _now()})
             session.start_renewal()
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)

@@ -20,9 +20,10 @@ Three plaintext formats:
 
 The bound: a buffered (Parquet or safetensors) shard may hold at most
 :attr:`DataLimits.max_buffered_shard_bytes` of plaintext. While it is parsed it exists up to three
-times (plaintext buffer, decoded columns, tensors), so the default is a quarter of physical memory
-(at most 4 GiB): one shard's peak stays below the machine's memory with room for the tensors of the
-shards already read. A larger shard is refused before it is downloaded, naming the bound and the two
+times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
+once (the next shard downloads and decrypts while the current one decodes: storage, AES-GCM and the
+Parquet decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB):
+the shards in flight stay below the machine's memory with room for the tensors of those already read. A larger shard is refused before it is downloaded, naming the bound and the two
 ways out (smaller shards, or the ``arrow`` format).
 
 What must fit in memory is the training tensors of the whole dataset: training makes several passes
@@ -40,8 +41,11 @@ from __future__ import annotations
 import io
 import logging
 import os
+from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import islice
 from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 import numpy as np
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 GiB = 1 << 30
+SHARDS_IN_FLIGHT = 2
 
 
 class DatasetContentError(ConfigurationError):
@@ -95,7 +100,7 @@ class Blobs(Protocol):
 
 def _default_buffered_shard_bytes() -> int:
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return min(4 * GiB, physical // 4)
+    return min(4 * GiB, physical // (4 * SHARDS_IN_FLIGHT))
 
 
 @dataclass(frozen=True)
@@ -314,12 +319,37 @@ def _check_same_layout(first: _ShardArrays, other: _ShardArrays, shard: DatasetS
         )
 
 
+def _read_in_order(
+    spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits
+) -> Iterator[tuple[DatasetShard, _ShardArrays]]:
+    """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once.
+
+    The first failure, in shard order, is raised; shards not yet started are then not read at all.
+    """
+
+    def read(shard: DatasetShard) -> _ShardArrays:
+        with store.open_read(shard.container, shard.blob) as src:
+            return read_shard(src, kek, shard, spec.columns, limits)
+
+    shards = iter(spec.datasets)
+    pool = ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-reader")
+    try:
+        pending = deque((shard, pool.submit(read, shard)) for shard in islice(shards, SHARDS_IN_FLIGHT))
+        while pending:
+            shard, future = pending.popleft()
+            part = future.result()
+            following = next(shards, None)
+            if following is not None:
+                pending.append((following, pool.submit(read, following)))
+            yield shard, part
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits) -> TrainingData:
     """Read, authenticate and decode every shard of ``spec``; returns only when all of them opened."""
     parts: list[_ShardArrays] = []
-    for shard in spec.datasets:
-        with store.open_read(shard.container, shard.blob) as src:
-            part = read_shard(src, kek, shard, spec.columns, limits)
+    for shard, part in _read_in_order(spec, kek, store, limits):
         if parts:
             _check_same_layout(parts[0], part, shard)
         log.info("opened %s: %d rows", _where(shard), part.labels.shape[0])
