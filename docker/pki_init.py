@@ -1,0 +1,111 @@
+"""The docker-compose deployment's one-shot ``pki`` service: the trust material every container starts from.
+
+The local stack (``securetrain stack up``) makes its CA, certificates, identities and policies in one state
+directory that every local process can read. Containers must not share that much: the trainer's keys (its
+TLS key and the simulated SEV-SNP platform's signing keys) belong in the trainer's container only, an
+identity's secret only where that identity acts. So this script makes the same material with the same
+library functions the launcher uses, and hands each container a tree of its own, laid out like a state
+directory (:class:`~securetrain.stack.layout.StackLayout`), holding exactly what that container needs::
+
+    OUT/<service>/ca/ca.pem                        the CA certificate (never its key)
+    OUT/<service>/certs/server/<service>.pem/.key  the service's TLS certificate: CN and SAN = its compose name
+    OUT/trainer/certs/client/monitor.pem/.key      the trainer's health check (read-only client)
+    OUT/trainer/secrets/identities/cvm.json        the identity the TEE releases keys as
+    OUT/trainer/snp-platform/                      the simulated SEV-SNP platform (private keys)
+    OUT/identity/secrets/identities/*.json         every identity (the token issuer checks their secrets)
+    OUT/keyvault/policies/keyvault-roles.json      role assignments
+    OUT/attestation/policies/appraisal.yaml        the approved appraisal policy
+    OUT/airflow/certs/client/pipeline.pem/.key     Airflow's client certificate for the trainer's API
+    OUT/airflow/secrets/identities/{pipeline,key-rotator}.json
+    OUT/airflow/policies/{appraisal.yaml,release-policy.json}
+
+The CA and its key stay in CA_DIR, a volume no other container mounts. Running it again keeps what is
+valid (the CA, keys, identities, the approved policy) and reissues only certificates close to expiry,
+exactly as ``securetrain stack up`` does.
+
+Usage: ``python pki_init.py OUT CA_DIR``. The securetrain CLI has no command that makes this material
+without also starting the local processes; this script stands in for one.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from emulators.attestation_service.app import SIMULATED
+from securetrain.errors import SecuretrainError
+from securetrain.fsutil import atomic_output
+from securetrain.identity import CVM_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
+from securetrain.pki import LocalCA
+from securetrain.release_policy import approved_release_policy
+from securetrain.stack.attestation import appraisal_policy_path, local_appraisal_policy
+from securetrain.stack.cvm import MONITOR_IDENTITY
+from securetrain.stack.identity import identities_dir, stack_identities
+from securetrain.stack.keyvault import write_roles, roles_path
+from securetrain.stack.layout import StackLayout
+from securetrain.stack.service import ServiceContext
+
+log = logging.getLogger("pki_init")
+
+#: The containers that serve HTTPS, by compose service name (also the name their certificate carries).
+SERVERS = ("azurite", "attestation", "identity", "keyvault", "trainer")
+#: The URL tokens of the attestation service name as their issuer: release policies pin it.
+ATTESTATION_URL = "https://attestation:10443"
+
+
+def _hand_over(source: Path, target: Path) -> None:
+    """Copy a file into a container's tree, keeping its mode (0600 for keys and secrets)."""
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.copy2(source, target)
+
+
+def make_trust_material(out: Path, ca_dir: Path) -> None:
+    """Make (or bring up to date) every container's tree under ``out``; the CA lives in ``ca_dir``."""
+    ca = LocalCA.load_or_create(ca_dir)
+    trees = {name: StackLayout(out / name) for name in (*SERVERS, "airflow")}
+    for layout in trees.values():
+        _hand_over(ca.cert_path, layout.ca_bundle)
+    for name in SERVERS:
+        ca.issue_server_certificate(trees[name].server_certs_dir, name, (name,))
+    ca.issue_client_certificate(trees["trainer"].client_certs_dir, MONITOR_IDENTITY)
+    ca.issue_client_certificate(trees["airflow"].client_certs_dir, PIPELINE_IDENTITY)
+
+    # The token issuer holds every identity; each other container gets only the identities it acts as.
+    identity_files = identities_dir(trees["identity"])
+    stack_identities(trees["identity"])
+    for container, names in (("trainer", (CVM_IDENTITY,)), ("airflow", (PIPELINE_IDENTITY, ROTATOR_IDENTITY))):
+        for name in names:
+            _hand_over(identity_files / f"{name}.json", identities_dir(trees[container]) / f"{name}.json")
+    # Role assignments name the identities' object ids: written beside them, then handed to the vault.
+    write_roles(trees["identity"])
+    _hand_over(roles_path(trees["identity"]), roles_path(trees["keyvault"]))
+
+    # The approved appraisal policy trusts the simulated platform's root, so it is made where the platform
+    # (and its private keys) live, the trainer's tree, and only the policy is handed on.
+    trainer_context = ServiceContext("attestation", "attestation", 10443, trees["trainer"])
+    appraisal = local_appraisal_policy(trainer_context)
+    for container in ("attestation", "airflow"):
+        _hand_over(appraisal_policy_path(trainer_context), trees[container].policies_dir / "appraisal.yaml")
+    release_policy = approved_release_policy(ATTESTATION_URL, appraisal, compliance_status=SIMULATED)
+    with atomic_output(trees["airflow"].policies_dir / "release-policy.json", mode=0o644) as out_file:
+        out_file.write(release_policy.to_bytes())
+    log.info("trust material for %s is ready in %s", ", ".join(trees), out)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print(f"usage: {argv[0]} OUT CA_DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        make_trust_material(Path(argv[1]), Path(argv[2]))
+    except SecuretrainError as exc:
+        print(f"pki: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

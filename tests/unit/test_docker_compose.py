@@ -1,0 +1,278 @@
+"""docker-compose.yaml, checked through the model `docker-compose config` resolves (anchors merged, variables
+substituted), and the `pki` service's script run for real into a temporary directory.
+
+No Docker engine runs here, so nothing is started: these tests are what stands between the file and a
+deployment that has never run (docs/deployment.md says so).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cryptography import x509
+
+from emulators.keyvault.authz import Action, RoleAssignments
+from securetrain.airflow_env import securetrain_connections
+from securetrain.appraisal import AppraisalPolicy
+from securetrain.identity import LocalIdentity
+from securetrain.stack.registry import SERVICES
+from trainer.workload import host_data
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yaml"
+PKI_SCRIPT = REPO / "docker" / "pki_init.py"
+
+#: What docs/deployment.md tells an operator to put in .env; test values, distinct so substitutions show.
+SECRETS = {
+    "SECURETRAIN_BLOB_ACCOUNT_KEY": "dGVzdC1hY2NvdW50LWtleQ==",
+    "POSTGRES_PASSWORD": "test-postgres-password",
+    "REDIS_PASSWORD": "test-redis-password",
+    "AIRFLOW_FERNET_KEY": "test-fernet-key",
+    "AIRFLOW_JWT_SECRET": "test-jwt-secret",
+    "AIRFLOW_API_SECRET_KEY": "test-api-secret-key",
+    "AIRFLOW_ADMIN_PASSWORD": "test-admin-password",
+}
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+#: Named volumes holding private keys or secrets, and the only services that may mount them.
+PRIVATE_VOLUMES = {
+    "pki-ca": {"pki"},
+    "trainer-pki": {"pki", "trainer"},
+    "trainer-data": {"trainer"},
+    "keyvault-pki": {"pki", "keyvault"},
+    "keyvault-data": {"keyvault"},
+    "identity-pki": {"pki", "identity"},
+    "attestation-data": {"attestation"},
+    "identity-data": {"identity"},
+}
+
+
+def _compose_config(tmp_path: Path, variables: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    executable = shutil.which("docker-compose")
+    if executable is None:
+        pytest.fail("docker-compose is not installed: run `make setup` (it installs Debian's docker-compose package)")
+    env_file = tmp_path / "compose.env"
+    env_file.write_text("".join(f"{name}={value}\n" for name, value in variables.items()))
+    # --env-file: only these values, never a developer's own .env in the repository.
+    return subprocess.run(
+        [executable, "--env-file", str(env_file), "--project-directory", str(REPO), "-f", str(COMPOSE_FILE), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    result = _compose_config(tmp_path_factory.mktemp("compose"), SECRETS)
+    assert result.returncode == 0, f"docker-compose config failed:\n{result.stderr}"
+    document = yaml.safe_load(result.stdout)
+    assert isinstance(document, dict)
+    return document
+
+
+def _services(model: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    return model["services"]
+
+
+def _one_shot(service: Mapping[str, Any]) -> bool:
+    return service.get("restart") == "no"
+
+
+def _volume_mounts(service: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(source, target, mode) of each volume entry (docker-compose v1 writes them as strings)."""
+    mounts = []
+    for entry in service.get("volumes", []):
+        source, target, *mode = entry.split(":")
+        mounts.append((source, target, mode[0] if mode else "rw"))
+    return mounts
+
+
+def test_every_long_running_service_has_a_healthcheck(model: dict[str, Any]) -> None:
+    for name, service in _services(model).items():
+        if _one_shot(service):
+            assert "healthcheck" not in service, f"{name} runs once and exits: a health check cannot apply"
+            continue
+        healthcheck = service.get("healthcheck")
+        assert healthcheck, f"{name} has no healthcheck"
+        assert not healthcheck.get("disable"), f"{name} disables its healthcheck"
+        assert healthcheck["test"][0] in ("CMD", "CMD-SHELL") and len(healthcheck["test"]) > 1, name
+
+
+def test_dependencies_wait_for_health_or_completion(model: dict[str, Any]) -> None:
+    services = _services(model)
+    for name, service in services.items():
+        for dependency, how in service.get("depends_on", {}).items():
+            target = services[dependency]
+            expected = "service_completed_successfully" if _one_shot(target) else "service_healthy"
+            assert how == {"condition": expected}, f"{name} depends on {dependency} with {how}, not {expected}"
+    # What must exist before the rest starts: trust material, then the identity and attestation services
+    # before the vault, and every stand-in before the trainer.
+    assert services["keyvault"]["depends_on"].keys() == {"pki", "identity", "attestation"}
+    assert services["trainer"]["depends_on"].keys() == {"pki", "azurite", "attestation", "identity", "keyvault"}
+    for name in AIRFLOW_SERVICES - {"airflow-init"}:
+        assert {"postgres", "redis", "airflow-init", "pki"} <= services[name]["depends_on"].keys(), name
+
+
+def test_airflow_runs_celery_on_postgres_and_redis(model: dict[str, Any]) -> None:
+    services = _services(model)
+    assert {name for name in services if name.startswith("airflow-")} == AIRFLOW_SERVICES
+    commands = {name: services[name]["command"] for name in AIRFLOW_SERVICES - {"airflow-init"}}
+    assert commands == {
+        "airflow-apiserver": "api-server",
+        "airflow-scheduler": "scheduler",
+        "airflow-dag-processor": "dag-processor",
+        "airflow-triggerer": "triggerer",
+        "airflow-worker": "celery worker",
+    }
+    init_script = services["airflow-init"]["command"][-1]
+    assert "airflow db migrate" in init_script and "airflow users create --role Admin" in init_script
+    password = SECRETS["POSTGRES_PASSWORD"]
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        assert services[name]["build"]["dockerfile"] == "docker/airflow.Dockerfile", name
+        assert environment["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert environment["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"postgresql+psycopg2://airflow:{password}@postgres:5432/airflow"
+        assert environment["AIRFLOW__CELERY__RESULT_BACKEND"] == f"db+postgresql://airflow:{password}@postgres:5432/airflow"
+        assert environment["AIRFLOW__CELERY__BROKER_URL"] == f"redis://:{SECRETS['REDIS_PASSWORD']}@redis:6379/0"
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["redis"]["image"].startswith("redis:7")
+
+
+def test_airflow_connections_are_the_local_stacks(model: dict[str, Any]) -> None:
+    # The same AIRFLOW_CONN_* names and shapes as the local environment, built by its own code from the
+    # SECURETRAIN_* settings the compose file gives Airflow: the hooks cannot tell the two apart.
+    environment = _services(model)["airflow-worker"]["environment"]
+    compose_connections = {name: value for name, value in environment.items() if name.startswith("AIRFLOW_CONN_")}
+    expected = securetrain_connections(environment, COMPOSE_FILE)
+    assert compose_connections.keys() == expected.keys()
+    for name, value in expected.items():
+        assert json.loads(compose_connections[name]) == json.loads(value), name
+    storage = json.loads(environment["AIRFLOW_CONN_SECURETRAIN_STORAGE"])
+    assert storage == {
+        "conn_type": "wasb",
+        "host": "https://azurite:10000/devstoreaccount1",
+        "login": "devstoreaccount1",
+        "password": SECRETS["SECURETRAIN_BLOB_ACCOUNT_KEY"],
+        "extra": {"connection_verify": "/srv/securetrain/ca/ca.pem"},
+    }
+
+
+def test_private_material_stays_with_its_owner(model: dict[str, Any]) -> None:
+    services = _services(model)
+    mounted_by: dict[str, set[str]] = {}
+    for name, service in services.items():
+        for source, target, mode in _volume_mounts(service):
+            # Named volumes only: a host path could hand a container the developer's .securetrain/.
+            assert not source.startswith(("/", ".", "~")), f"{name} mounts the host path {source}"
+            mounted_by.setdefault(source, set()).add(name)
+            if source.endswith("-pki") and name != "pki":
+                assert (target, mode) == ("/srv/securetrain", "ro"), f"{name} mounts {source} at {target}:{mode}"
+    for volume, owners in PRIVATE_VOLUMES.items():
+        assert mounted_by.get(volume, set()) <= owners, f"{volume} is mounted by {sorted(mounted_by[volume] - owners)}"
+    for name, service in services.items():
+        if name != "trainer":
+            assert "snp-platform" not in json.dumps(service.get("environment", {})), name
+    # Only the Airflow API server is reachable from the host, and only on its loopback address.
+    published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
+    assert published == {"airflow-apiserver": ["127.0.0.1:8080:8080/tcp"]}
+
+
+def test_secrets_are_required(tmp_path: Path) -> None:
+    for missing in ("SECURETRAIN_BLOB_ACCOUNT_KEY", "POSTGRES_PASSWORD", "AIRFLOW_JWT_SECRET"):
+        result = _compose_config(tmp_path, {name: value for name, value in SECRETS.items() if name != missing})
+        assert result.returncode != 0, f"docker-compose accepted the file without {missing}"
+        assert f"set {missing}" in result.stderr
+
+
+def test_dockerfiles_named_by_build_exist(model: dict[str, Any]) -> None:
+    dockerfiles = set()
+    for name, service in _services(model).items():
+        if "build" in service:
+            path = Path(service["build"]["context"]) / service["build"]["dockerfile"]
+            assert path.is_file(), f"{name} builds from {path}, which does not exist"
+            dockerfiles.add(path.relative_to(REPO).as_posix())
+    assert dockerfiles == {"docker/airflow.Dockerfile", "docker/securetrain.Dockerfile"}
+    pinned = re.search(r"^apache-airflow==(\S+)$", (REPO / "constraints.txt").read_text(), re.MULTILINE)
+    assert pinned is not None
+    airflow_base = re.search(r"^FROM (\S+)$", (REPO / "docker/airflow.Dockerfile").read_text(), re.MULTILINE)
+    assert airflow_base is not None and airflow_base.group(1) == f"apache/airflow:{pinned.group(1)}-python3.11"
+    assert re.search(r"^FROM python:3\.11-slim", (REPO / "docker/securetrain.Dockerfile").read_text(), re.MULTILINE)
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {".git", ".env", ".venv", "node_modules", ".securetrain"} <= set(ignored)
+
+
+def test_stand_in_health_checks_name_registered_services(model: dict[str, Any]) -> None:
+    registered = {service.name for service in SERVICES}
+    for name in ("attestation", "identity", "keyvault", "trainer"):
+        test = _services(model)[name]["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], name
+        stack_name, host, port = test[4:]
+        assert stack_name in registered and host == name, name
+        assert f"--port={port}" in _services(model)[name]["command"], name
+
+
+def _tree_files(root: Path) -> set[str]:
+    return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file() and path.name != ".lock"}
+
+
+def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_path: Path) -> None:
+    pki = _services(model)["pki"]
+    assert pki["command"][-2:] == ["/srv/pki/out", "/srv/pki/ca"]
+    trees = {target.removeprefix("/srv/pki/out/"): source for source, target, _ in _volume_mounts(pki)}
+    assert trees.pop("/srv/pki/ca") == "pki-ca"
+    assert trees == {name: f"{name}-pki" for name in ("azurite", "attestation", "identity", "keyvault", "trainer", "airflow")}
+
+    out, ca_dir = tmp_path / "out", tmp_path / "ca"
+    for _ in range(2):  # a second run (every `docker compose up`) keeps what is valid
+        subprocess.run([sys.executable, str(PKI_SCRIPT), str(out), str(ca_dir)], check=True, capture_output=True, timeout=120)
+    server = {name: {"ca/ca.pem", f"certs/server/{name}.pem", f"certs/server/{name}.key"} for name in trees}
+    assert _tree_files(out / "azurite") == server["azurite"]
+    assert _tree_files(out / "attestation") == server["attestation"] | {"policies/appraisal.yaml"}
+    assert _tree_files(out / "keyvault") == server["keyvault"] | {"policies/keyvault-roles.json"}
+    identities = {f"secrets/identities/{name}.json" for name in ("pipeline", "cvm", "key-rotator")}
+    assert identities <= _tree_files(out / "identity")
+    trainer_files = _tree_files(out / "trainer")
+    assert {"certs/client/monitor.pem", "certs/client/monitor.key", "secrets/identities/cvm.json"} <= trainer_files
+    assert any(path.startswith("snp-platform/") and path.endswith(".key") for path in trainer_files)
+    assert _tree_files(out / "airflow") == {
+        "ca/ca.pem",
+        "certs/client/pipeline.pem",
+        "certs/client/pipeline.key",
+        "secrets/identities/pipeline.json",
+        "secrets/identities/key-rotator.json",
+        "policies/appraisal.yaml",
+        "policies/release-policy.json",
+    }
+    everywhere = {path for path in out.rglob("*") if path.is_file()}
+    assert not any(path.name == "ca.key" for path in everywhere), "the CA key left the pki-ca volume"
+    assert not any("snp-platform" in path.parts for path in everywhere if out / "trainer" not in path.parents)
+
+    for name in ("azurite", "attestation", "identity", "keyvault", "trainer"):
+        certificate = x509.load_pem_x509_certificate((out / name / f"certs/server/{name}.pem").read_bytes())
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert name in names.get_values_for_type(x509.DNSName), f"{name}'s certificate does not name it"
+    # The vault's roles name the identities the token issuer knows; the policy pins the installed trainer.
+    pipeline = LocalIdentity.load(out / "identity/secrets/identities/pipeline.json")
+    assert LocalIdentity.load(out / "airflow/secrets/identities/pipeline.json") == pipeline
+    roles = RoleAssignments.load(out / "keyvault/policies/keyvault-roles.json")
+    assert roles.allows(pipeline.object_id, Action.CREATE)
+    assert not roles.allows(pipeline.object_id, Action.RELEASE)
+    assert host_data() in AppraisalPolicy.load(out / "attestation/policies/appraisal.yaml").allowed_host_data
