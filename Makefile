@@ -7,13 +7,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+DEBIAN_STAMP := $(VENV)/.debian-packages
 
-.PHONY: setup test test-fast demo bench stack-up stack-down clean help
+.PHONY: setup test test-fast demo airflow bench stack-up stack-down clean help
 
 help:
 	@echo "make demo       set up, start the local stack and run the secure training path end to end"
 	@echo "make test       set up and run the whole test suite (unit, integration, end-to-end)"
 	@echo "make test-fast  the suite without the slow end-to-end tests"
+	@echo "make airflow    start the Airflow UI (standalone) against the local stack"
 	@echo "make bench      throughput and memory benchmarks beside their baselines"
 	@echo "make stack-down stop the local stack's processes"
 	@echo "make clean      remove the venv, node_modules and the stack state (.securetrain/)"
@@ -28,7 +30,14 @@ $(NODE_STAMP): package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-setup: $(PY_STAMP) $(NODE_STAMP)
+# Debian's chromium (the browser test drives it; never a Playwright download) and docker-compose (the
+# compose file is validated with `docker-compose config`), installed only when missing.
+$(DEBIAN_STAMP): $(PY_STAMP)
+	test -x /usr/bin/chromium && command -v docker-compose >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium docker-compose)
+	touch $@
+
+setup: $(PY_STAMP) $(NODE_STAMP) $(DEBIAN_STAMP)
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -38,6 +47,10 @@ test-fast: setup
 
 demo: setup
 	$(BIN)/securetrain demo
+
+airflow: setup
+	$(BIN)/securetrain stack up
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/securetrain airflow standalone
 
 bench: setup
 	$(BIN)/python -m benchmarks

@@ -21,8 +21,6 @@ import io
 import json
 import os
 import re
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile

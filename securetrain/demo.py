@@ -1,95 +1,114 @@
-"""``securetrain demo``: the deepest real path that exists, end to end on the local stack, narrated.
+"""``securetrain demo`` (what ``make demo`` runs): the secure training DAG end to end on the local stack.
 
-1. the local stack comes up: Azurite, the attestation service, identities, the Key Vault stand-in and
-   the local confidential VM, all over HTTPS under the stack's CA;
-2. the data owner fetches the KEK's *public* key from Key Vault (as the pipeline identity) and seals a
-   dataset that ships inside scikit-learn, binding its dataset id and classification;
-3. the sealed file is streamed to blob storage; what storage holds is checked to be ciphertext;
-4. the TEE's path: an ephemeral key in memory, simulated SEV-SNP evidence binding it and a nonce, a
-   token from the attestation service, Secure Key Release of the KEK wrapped to that key;
-5. the TEE streams the blob back and opens it in memory: every segment authenticates and the
-   plaintext digest equals the data owner's.
+1. the local stack comes up (Azurite, attestation, identities, Key Vault, the local confidential VM);
+2. Airflow's metadata database is migrated under the state directory, its connections come from stack.env;
+3. ``airflow dags test data_onboarding``: the data owner validates the bundled breast-cancer data with
+   Great Expectations, seals it for the KEK's public key and publishes it as a dataset version;
+4. ``airflow dags test secure_training``: every stage, from environment preparation to cleanup;
+5. a summary, read back from what the run left behind: the registered model version's manifest (lineage:
+   attestation claims, key release, validation, metrics) and the audit log, verified afresh.
+
+The full Airflow output goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import logging
-import secrets
+import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
-from azure.keyvault.keys import KeyVaultKeyIdentifier
-
-from securetrain.datasets import bundled_table, to_parquet
-from securetrain.errors import SecurityViolation
-from securetrain.keyvault import kek_public_key, key_client_from_stack_env
-from securetrain.onboarding import seal_and_upload
-from securetrain.sealed import SealedReader, inspect
+from securetrain.airflow_env import airflow_environment, migrate
+from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.audit.log import AuditLog
+from securetrain.audit.store import BlobAuditStore
+from securetrain.errors import SecuretrainError
+from securetrain.model_registry import ModelRegistry
 from securetrain.stack import StackConfig, up
 from securetrain.storage import BlobStore
-from trainer.attest import TeeKey
-from trainer.evidence import SimulatedSnpProvider
-from trainer.tee_services import attester_from_env, releaser_from_env
 
-log = logging.getLogger(__name__)
+MODEL = "breast-cancer-classifier"
+# What of Airflow's output the console shows: stage boundaries, training progress, the run's end.
+_SHOWN = re.compile(r"\[DAG TEST\] starting task_id=(\S+)|(epoch \d+ done.*?)(?: \[|$)|(Marking run .*? (successful|failed))")
 
-DATASET = "breast-cancer"
-CONTAINER = "datasets"
-BLOB = f"{DATASET}/v1/shard-00000.parquet.sealed"
+
+class DemoFailed(SecuretrainError):
+    """A DAG of the demo did not succeed; its log says why."""
 
 
 def _step(number: int, text: str) -> None:
     print(f"[{number}] {text}", flush=True)
 
 
+def _dags_test(state_dir: Path, dag_id: str) -> str:
+    """Run ``airflow dags test dag_id``, echoing its stages; the whole output."""
+    log_path = state_dir / "demo" / f"{dag_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **airflow_environment(state_dir)}
+    airflow = str(Path(sys.executable).parent / "airflow")
+    lines = []
+    with log_path.open("w") as log, subprocess.Popen(
+        [airflow, "dags", "test", dag_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            lines.append(line)
+            match = _SHOWN.search(line)
+            if match and match.group(1):
+                print(f"    {dag_id}: {match.group(1)}", flush=True)
+            elif match and match.group(2):
+                print(f"      {match.group(2).strip()}", flush=True)
+    text = "".join(lines)
+    if process.returncode != 0:
+        raise DemoFailed(f"`airflow dags test {dag_id}` failed (exit {process.returncode}); see {log_path}")
+    return text
+
+
 def run(state_dir: Path | None = None) -> dict[str, object]:
     config = StackConfig.resolve(state_dir)
-    _step(1, f"bringing up the local stack in {config.layout.root}")
+    root = config.layout.root
+    _step(1, f"bringing up the local stack in {root}")
     env = up(config)
-    print(f"    blob storage: {env['SECURETRAIN_BLOB_ENDPOINT']} (TLS verified with {env['SECURETRAIN_CA_BUNDLE']})")
+    _step(2, "migrating Airflow's metadata database (SQLite under the state directory)")
+    migrate(root)
+    _step(3, "data owner: airflow dags test data_onboarding (validate, seal for the KEK, upload, publish)")
+    _dags_test(root, "data_onboarding")
+    _step(4, "airflow dags test secure_training")
+    output = _dags_test(root, "secure_training")
+    match = re.search(r"report reports/([^/\s]+)/audit\.json", output)
+    if match is None:
+        raise DemoFailed("the audit stage named no report")
+    run_name = match.group(1)
 
-    kek_ref = KeyVaultKeyIdentifier(env["SECURETRAIN_KEK_ID"])
-    with key_client_from_stack_env(env, "pipeline") as keys:
-        kek = kek_public_key(keys.get_key(kek_ref.name, kek_ref.version))
-    table = bundled_table(DATASET)
-    plaintext = to_parquet(table)
-    _step(2, f"data owner: sealing {DATASET} ({table.num_rows} rows, {len(plaintext)} bytes of Parquet) "
-             f"for KEK {kek.kek_id}")
+    _step(5, "summary, read back from the model registry and the audit log")
     with BlobStore.from_stack_env(env) as store:
-        shard = seal_and_upload(plaintext, kek=kek, store=store, container=CONTAINER, blob=BLOB, file_format="parquet",
-                                context={"dataset_id": DATASET, "classification": "phi-demo"}, overwrite=True)
-        digest = shard.plaintext_sha256
-        _step(3, f"uploaded {CONTAINER}/{BLOB} ({shard.sealed_bytes} bytes) to Azurite over HTTPS")
-        with store.open_read(CONTAINER, BLOB) as blob:
-            stored = blob.read()
-        if plaintext[:64] in stored or plaintext[-64:] in stored:
-            raise SecurityViolation("storage holds plaintext: the demo found Parquet bytes in the blob")
-        header = inspect(io.BytesIO(stored))
-        print(f"    plaintext SHA-256 {digest[:16]}…, {header.content.layout.segment_count} segment(s), "
-              f"data key wrapped {header.key.algorithm} to KEK thumbprint {header.key.kek_thumbprint[:16]}…")
-        print(f"    storage holds ciphertext only; header readable without a key: context {dict(header.content.context)}")
-
-        _step(4, "TEE: attesting an ephemeral key on the simulated SEV-SNP platform, then Secure Key Release")
-        attester = attester_from_env(env, SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"])))
-        tee_key = TeeKey()
-        token = attester.attest(tee_key, secrets.token_hex(16))
-        claims = token.claims
-        print(f"    token from {env['SECURETRAIN_ATTESTATION_ENDPOINT']}: platform {claims['x-securetrain-platform']}, "
-              f"HOST_DATA {claims['x-ms-sevsnpvm-hostdata'][:16]}…, policy {claims['x-ms-policy-hash'][:16]}…")
-        job_keys = releaser_from_env(env).release(kek.kek_id, token, tee_key)
-        print(f"    Key Vault released {kek.kek_id} wrapped to the TEE's key; unwrapped in memory")
-
-        _step(5, "TEE: streaming the blob back and opening it in memory")
-        with store.open_read(CONTAINER, BLOB) as blob:
-            reader = SealedReader(blob, job_keys.kek_private, expected_context={"dataset_id": DATASET}, verify_digest=True)
-            opened = hashlib.sha256()
-            for segment in reader.segments():
-                opened.update(segment)
-    if opened.hexdigest() != digest:
-        raise SecurityViolation("the opened plaintext differs from the data owner's")
-    print(f"    every segment authenticated; plaintext SHA-256 {opened.hexdigest()[:16]}… matches the data owner's")
-    summary = {"dataset": DATASET, "blob": f"{CONTAINER}/{BLOB}", "sealed_bytes": shard.sealed_bytes,
-               "plaintext_sha256": digest, "kek_id": kek.kek_id}
-    print("demo complete:", summary)
+        registry = ModelRegistry(store)
+        version = registry.get(MODEL, registry.versions(MODEL)[-1])
+        report = json.loads(b"".join(store.download_chunks("reports", f"{run_name}/audit.json")))
+    lineage = version.manifest["lineage"]
+    claims = lineage["attestation"]
+    with BlobAuditStore.from_stack_env(env, run_name) as audit_store:
+        public_key = load_or_create_signing_key(local_signing_key_path(root)).public_key()
+        verdict = AuditLog(audit_store).verify(public_key)
+        events = [json.loads(entry.line)["event"] for entry in AuditLog(audit_store).entries()]
+    releases = {event["source"] for event in events if event["kind"] == "key_released"}
+    cleaned = [event["details"] for event in events if event["kind"] == "cleanup_done"]
+    metrics = lineage["metrics"]
+    validation = lineage.get("validation") or {}
+    print(f"    attestation:  {lineage['tee_type']}, HOST_DATA {claims['x-ms-sevsnpvm-hostdata'][:16]}…, "
+          f"launch measurement {claims['x-ms-sevsnpvm-launchmeasurement'][:16]}…, validated by Airflow against "
+          f"release policy {lineage['release_policy_sha256'][:16]}…")
+    print(f"    key release:  {version.manifest['sealed_model']['kek_id']} released to the TEE's key "
+          f"(recorded by {' and '.join(sorted(releases)) or 'nobody'})")
+    print(f"    validation:   {validation.get('statistics', {})} (inside the TEE; aggregates only)")
+    print(f"    training:     {lineage['hyperparameters']['epochs']} epochs on {lineage['device']}; "
+          + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    print(f"    model:        {MODEL} version {version.version}, sealed sha256 {version.manifest['sealed_model']['sha256'][:16]}…")
+    print(f"    audit:        {verdict.summary()} (report reports/{report['run']}/audit.json)")
+    print(f"    cleanup:      {cleaned[-1] if cleaned else 'not recorded'}")
+    summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics}
+    print("demo complete:", json.dumps(summary))
     return summary

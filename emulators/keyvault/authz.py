@@ -17,7 +17,6 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from securetrain.attestation.tokens import AuthorityKeys, AuthorityUnreachable, TokenRejected, TokenValidator
 from securetrain.errors import ConfigurationError

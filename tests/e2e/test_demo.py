@@ -1,4 +1,4 @@
-"""``securetrain demo`` end to end: the path ``make demo`` runs, in a state directory of its own."""
+"""``securetrain demo`` end to end: the DAGs ``make demo`` runs, in a state directory of its own."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ def test_demo_runs_end_to_end_and_again(tmp_path):
     ports = {service.port_variable: str(port) for service, port in zip(SERVICES, free_ports(len(SERVICES)), strict=True)}
     env = {**os.environ, "SECURETRAIN_STATE_DIR": str(tmp_path / "state"), **ports}
     try:
-        for _ in range(2):  # a second run reuses the running stack and the demo KEK
-            result = subprocess.run([str(script), "demo"], env=env, capture_output=True, text=True, timeout=300)
-            assert result.returncode == 0, result.stderr
-            assert "every segment authenticated" in result.stdout
-            assert "demo complete" in result.stdout
+        for _ in range(2):  # a second run reuses the stack, the Airflow database and the KEK
+            result = subprocess.run([str(script), "demo"], env=env, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+            for stage in ("prepare_environment", "train", "register_model", "audit", "cleanup"):
+                assert f"secure_training: {stage}" in result.stdout
+            assert "audit log verifies" in result.stdout and "demo complete" in result.stdout
     finally:
         subprocess.run([str(script), "stack", "down"], env=env, capture_output=True, timeout=60)

@@ -1,0 +1,186 @@
+"""Stage 5, audit: the run's security events into its hash-chained log, verified, and a report written.
+
+Sources: the stages' own results (XCom: environment, data check, the TEE's attestation claims, model
+version), the trainer agent's record of the job (every state it entered, the key release, validation
+aggregates, each sealed checkpoint, the error if it failed), and, where the deployment exposes them as
+files (the local stack does), the Key Vault access log and the attestation service's issuance log for
+the run's time window. The log is ``securetrain-audit/audit/<run>.jsonl`` (append blobs), checkpoints
+signed with the pipeline's audit key; ``securetrain audit verify`` checks it later, byte for byte.
+
+Trigger rule ``all_done``: a failed run is audited too (that is when it matters most).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context, TriggerRule
+from operators.failures import SecurityCheckFailed, fail_closed
+from operators.hooks.cvm import ConfidentialVmHook
+from operators.hooks.storage import SecureStorageHook
+from operators.locations import REPORTS_CONTAINER, job_run_id
+from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.audit.errors import AuditChainBroken
+from securetrain.audit.events import AuditEvent, EventKind, EventSource, rfc3339_utc
+from securetrain.audit.log import AuditLog
+from securetrain.audit.sources import attestation_events, keyvault_events
+from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
+from securetrain.cvm_client import CvmJobNotFound
+from securetrain.errors import ConfigurationError
+from securetrain.storage import BlobStore
+
+#: The audit signing key (Ed25519 PEM); default: the local stack's, under its state directory.
+SIGNING_KEY_VARIABLE = "SECURETRAIN_AUDIT_SIGNING_KEY"
+_STAGES = ("prepare_environment", "check_data_security", "attestation_status", "train", "register_model")
+
+
+def audit_signing_key_path() -> Path:
+    explicit = os.environ.get(SIGNING_KEY_VARIABLE)
+    if explicit:
+        return Path(explicit)
+    state_dir = os.environ.get("SECURETRAIN_STATE_DIR")
+    if not state_dir:
+        raise ConfigurationError(f"no audit signing key: set ${SIGNING_KEY_VARIABLE} (or SECURETRAIN_STATE_DIR)")
+    return local_signing_key_path(Path(state_dir))
+
+
+def _parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def stage_events(run: str, results: dict[str, Any]) -> list[AuditEvent]:
+    """What the pipeline's own stages established, from their XCom results."""
+    now = rfc3339_utc(datetime.datetime.now(datetime.UTC))
+    events = []
+    if env := results.get("prepare_environment"):
+        events.append(AuditEvent(EventKind.RUN_STARTED, run, EventSource.PIPELINE, now,
+                                 {"kek_id": env["kek_id"], "release_policy_sha256": env["release_policy_sha256"],
+                                  "tee": env["tee"], "cvm_endpoint": env["cvm_endpoint"]}))  # fmt: skip
+    if data := results.get("check_data_security"):
+        events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.PIPELINE, now,
+                                 {"check": "sealed dataset verified without decrypting", "dataset_id": data["dataset_id"],
+                                  "version": data["version"], "manifest": data["manifest_blob"],
+                                  "shards": [{"blob": f"{d['container']}/{d['blob']}", "plaintext_sha256": d["plaintext_sha256"]}
+                                             for d in data["datasets"]]}))  # fmt: skip
+    if claims := results.get("attestation_status"):
+        events.append(AuditEvent(EventKind.EVIDENCE_APPRAISED, run, EventSource.PIPELINE, now,
+                                 {"check": "TEE attested for Airflow's nonce; token validated against the KEK's "
+                                           "release policy", "claims": claims}))  # fmt: skip
+    if model := results.get("register_model"):
+        events.append(AuditEvent(EventKind.MODEL_REGISTERED, run, EventSource.PIPELINE, now, dict(model)))
+    return events
+
+
+def job_events(run: str, job: dict[str, Any]) -> list[AuditEvent]:
+    """The trainer's record of the job: state changes, key release, validation, checkpoints, error."""
+    events = [AuditEvent(EventKind.JOB_EVENT, run, EventSource.TRAINER, t["time"], {"job_id": job["job_id"], "state": t["state"]})
+              for t in job.get("transitions", [])]  # fmt: skip
+    if release := job.get("key_release"):
+        events.append(AuditEvent(EventKind.KEY_RELEASED, run, EventSource.TRAINER, release["released_at"],
+                                 {"job_id": job["job_id"], "kek_id": release["kek_id"]}))  # fmt: skip
+    finished = job.get("transitions", [{}])[-1].get("time") or rfc3339_utc(datetime.datetime.now(datetime.UTC))
+    if job.get("validation"):
+        events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.TRAINER, finished,
+                                 {"job_id": job["job_id"], "inside_tee": True, "aggregates": job["validation"]}))  # fmt: skip
+    for entry in job.get("history", []):
+        events.append(AuditEvent(EventKind.CHECKPOINT_WRITTEN, run, EventSource.TRAINER, finished,
+                                 {"job_id": job["job_id"], **entry}))  # fmt: skip
+    if error := job.get("error"):
+        # A security failure before the KEK was released is the TEE being refused its key (attestation or policy).
+        refused = error["security_violation"] and not job.get("key_release")
+        kind = EventKind.KEY_DENIED if refused else EventKind.JOB_EVENT
+        events.append(AuditEvent(kind, run, EventSource.TRAINER, finished, {"job_id": job["job_id"], "error": error}))
+    return events
+
+
+def service_log_events(run: str, since: datetime.datetime, until: datetime.datetime, kek_id: str | None) -> list[AuditEvent]:
+    """The Key Vault access log and the attestation issuance log for the run's window, where they are files."""
+    events: list[AuditEvent] = []
+    if path := os.environ.get("SECURETRAIN_KEYVAULT_ACCESS_LOG"):
+        names = [kek_id.split("/keys/", 1)[1].split("/", 1)[0]] if kek_id else None
+        events += keyvault_events(Path(path), run_id=run, since=since, until=until, key_names=names)
+    if path := os.environ.get("SECURETRAIN_ATTESTATION_LOG"):
+        events += attestation_events(Path(path), run_id=run, since=since, until=until)
+    return events
+
+
+def record_events(store: BlobStore, run: str, events: Iterable[AuditEvent]) -> BlobAuditStore:
+    """Append ``events`` to the run's audit log (checkpoint signed at the end); the log's store."""
+    store.ensure_container(AUDIT_CONTAINER)
+    audit_store = BlobAuditStore(store.container_client(AUDIT_CONTAINER), run)
+    with AuditLog(audit_store, load_or_create_signing_key(audit_signing_key_path())) as log:
+        for event in events:
+            log.record(event)
+    return audit_store
+
+
+class AuditOperator(BaseOperator):
+    """Collects the run's events into its hash-chained audit log, verifies the chain, writes a report.
+
+    Returns (XCom) ``{"verdict": "verified" | "broken", "log", "entries", "head", "report_blob", "first_bad"}``;
+    a broken chain fails the task (no retry) after the report is written.
+    """
+
+    ui_color = "#f4d6d6"
+
+    def __init__(
+        self,
+        *,
+        storage_conn_id: str = SecureStorageHook.default_conn_name,
+        cvm_conn_id: str = ConfidentialVmHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("trigger_rule", TriggerRule.ALL_DONE)
+        super().__init__(**kwargs)
+        self.storage_conn_id = storage_conn_id
+        self.cvm_conn_id = cvm_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from trainer.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
+
+        run = job_run_id(context["dag"].dag_id, context["run_id"])
+        results = {stage: context["ti"].xcom_pull(task_ids=stage) for stage in _STAGES}
+        with fail_closed("audit"):
+            with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
+                try:
+                    job = client.job(job_id_for_run(run))
+                except CvmJobNotFound:
+                    job = None
+            since = context["dag_run"].start_date or datetime.datetime.now(datetime.UTC)
+            until = datetime.datetime.now(datetime.UTC)
+            kek_id = (results.get("prepare_environment") or {}).get("kek_id")
+            events = stage_events(run, results) + (job_events(run, job) if job else [])
+            events += service_log_events(run, since, until, kek_id)
+            events.sort(key=lambda event: event.time)
+            with SecureStorageHook(self.storage_conn_id).blob_store() as store:
+                audit_store = record_events(store, run, events)
+                try:
+                    public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
+                    verdict = AuditLog(audit_store).verify(public_key)
+                    outcome = {"verdict": "verified", "entries": verdict.entries, "head": verdict.head_hash,
+                               "first_bad": None, "summary": verdict.summary()}  # fmt: skip
+                except AuditChainBroken as exc:
+                    outcome = {"verdict": "broken", "entries": None, "head": None, "first_bad": exc.seq, "summary": str(exc)}
+                report_blob = f"{run}/audit.json"
+                report = {"run": run, "dag_run": context["run_id"], "log": f"{AUDIT_CONTAINER}/audit/{run}.jsonl",
+                          **outcome, "events": _counts(events)}  # fmt: skip
+                body = json.dumps(report, indent=2, sort_keys=True).encode()
+                store.upload_stream(REPORTS_CONTAINER, report_blob, io.BytesIO(body), length=len(body), overwrite=True)
+        self.log.info("%s (%d events recorded this run); report %s/%s", outcome["summary"], len(events),
+                      REPORTS_CONTAINER, report_blob)  # fmt: skip
+        if outcome["verdict"] != "verified":
+            raise SecurityCheckFailed(f"audit: the audit log of run {run} does not verify: {outcome['summary']}")
+        return {**outcome, "log": report["log"], "report_blob": f"{REPORTS_CONTAINER}/{report_blob}"}
+
+
+def _counts(events: Iterable[AuditEvent]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[str(event.kind)] = counts.get(str(event.kind), 0) + 1
+    return counts

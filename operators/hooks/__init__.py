@@ -1,0 +1,1 @@
+"""One hook per service; each owns its client and reads its Airflow connection."""

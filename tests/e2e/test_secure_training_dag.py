@@ -1,0 +1,115 @@
+"""The DAGs end to end under `airflow dags test`, against the real local stack.
+
+data_onboarding publishes a sealed dataset; secure_training runs every stage to success; and with a
+trainer whose code was changed, the run fails at training with the attestation reason while audit and
+cleanup still run and the audit log records the refusal.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import trainer
+from securetrain.airflow_env import migrate, run_airflow
+from securetrain.audit.log import AuditLog
+from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.audit.store import BlobAuditStore
+from securetrain.model_registry import ModelRegistry
+from securetrain.storage import BlobStore
+from tests.agent_process import AgentProcess
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODEL = "breast-cancer-classifier"
+
+
+def dags_test(state_dir: Path, dag_id: str, *extra: str, overrides: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_airflow(state_dir, ["dags", "test", dag_id, *extra], capture_output=True, overrides=overrides)
+
+
+def output(result: subprocess.CompletedProcess[str]) -> str:
+    return result.stdout + result.stderr
+
+
+def audit_log_of(text: str) -> str:
+    match = re.search(r"report reports/([^/\s]+)/audit\.json", text)
+    assert match, "the audit stage named no report"
+    return match.group(1)
+
+
+def audit_entries(local_stack, log_name: str) -> list[dict]:
+    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store:
+        log = AuditLog(store)
+        public_key = load_or_create_signing_key(local_signing_key_path(local_stack.state_dir)).public_key()
+        log.verify(public_key)
+        return [json.loads(entry.line) for entry in log.entries()]
+
+
+@pytest.fixture(scope="module")
+def onboarded(local_stack) -> Path:
+    migrate(local_stack.state_dir)
+    result = dags_test(local_stack.state_dir, "data_onboarding")
+    assert result.returncode == 0, output(result)[-5000:]
+    return local_stack.state_dir
+
+
+def test_secure_training_reaches_success_through_every_stage(onboarded, local_stack) -> None:
+    with BlobStore.from_stack_env(local_stack.env) as store:
+        before = ModelRegistry(store).versions(MODEL) if any(store.list_blobs("model-registry")) else []
+    result = dags_test(onboarded, "secure_training")
+    text = output(result)
+    assert result.returncode == 0, text[-8000:]
+    for stage in ("prepare_environment", "check_data_security", "attestation_status", "train", "enclave_health",
+                  "register_model", "audit", "cleanup"):  # fmt: skip
+        assert f"[DAG TEST] end task task_id={stage}" in text, stage
+    assert re.search(r"Marking run <DagRun secure_training .*> successful", text)
+    assert "epoch 5 done" in text and "the TEE attested for Airflow's nonce" in text
+    with BlobStore.from_stack_env(local_stack.env) as store:
+        versions = ModelRegistry(store).versions(MODEL)
+        manifest = ModelRegistry(store).get(MODEL, versions[-1]).manifest
+        assert not any(store.list_blobs("checkpoints", manifest["lineage"]["run_id"] + "/"))  # cleaned up
+    assert len(versions) == len(before) + 1
+    lineage = manifest["lineage"]
+    assert lineage["attestation"]["x-ms-sevsnpvm-hostdata"] == local_stack.env["SECURETRAIN_CVM_HOST_DATA"]
+    assert lineage["release_policy_sha256"] and lineage["dataset"]["shards"][0]["plaintext_sha256"]
+    kinds = {entry["event"]["kind"] for entry in audit_entries(local_stack, audit_log_of(text))}
+    assert {"run_started", "evidence_appraised", "key_released", "data_validated", "checkpoint_written",
+            "model_registered", "cleanup_done"} <= kinds  # fmt: skip
+
+
+def test_a_changed_trainer_fails_the_run_at_training_and_audit_and_cleanup_still_run(
+    onboarded, local_stack, tmp_path: Path
+) -> None:
+    code_root = tmp_path / "code"
+    shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
+    with (code_root / "trainer" / "training" / "loop.py").open("a") as source:
+        source.write("# an unreviewed change\n")
+    agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
+    agent.start()
+    connection = json.loads(json.dumps({"conn_type": "securetrain_cvm", "host": f"https://127.0.0.1:{agent.port}",
+        "extra": {"backend": "local", "ca_bundle": str(local_stack.ca_bundle),
+                  "client_cert": local_stack.env["SECURETRAIN_CVM_PIPELINE_CERT"],
+                  "client_key": local_stack.env["SECURETRAIN_CVM_PIPELINE_KEY"]}}))  # fmt: skip
+    try:
+        # The attestation sensor would refuse this TEE first (see test_sensors); here it is passed over so
+        # the run reaches training, where Key Vault is the one to say no.
+        result = dags_test(onboarded, "secure_training", "--mark-success-pattern", "attestation_status",
+                           overrides={"AIRFLOW_CONN_SECURETRAIN_CVM": json.dumps(connection)})  # fmt: skip
+    finally:
+        agent.stop()
+    text = output(result)
+    assert result.returncode != 0
+    assert re.search(r"Marking run <DagRun secure_training .*> failed", text)
+    assert re.search(r"the training job \w+ failed: \w+: .*(HOST_DATA|hostdata)", text, re.IGNORECASE), text[-8000:]
+    assert "[DAG TEST] end task task_id=cleanup" in text and "[DAG TEST] end task task_id=audit" in text
+    entries = audit_entries(local_stack, audit_log_of(text))
+    denials = [e["event"] for e in entries if e["event"]["kind"] in ("key_denied", "evidence_appraised")
+               and "refused" in json.dumps(e["event"]).lower() or e["event"]["kind"] == "key_denied"]  # fmt: skip
+    assert denials, entries
+    assert any(e["event"]["kind"] == "cleanup_done" for e in entries)
