@@ -28,7 +28,8 @@ with DAG(
     params={
         "source": Param(DATASET, type="string", title="Source",
                         description="A bundled dataset (breast-cancer, digits) or the path of a Parquet file"),
-        "version": Param("", type="string", pattern=r"^([A-Za-z0-9._-]{1,64})?$", title="Version",
+        # null, not "": the trigger form sends an emptied text field as null.
+        "version": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9._-]{1,64}$", title="Version",
                          description="Empty: v<run timestamp>"),
         "expectation_suite": Param(DEFAULT_SUITE, type="object", title="Expectation suite"),
     },  # fmt: skip

@@ -110,7 +110,8 @@ def training_params(*, dataset_version: str) -> dict[str, Any]:
                                    description="Great Expectations suite run inside the TEE before training"),
         "model_name": Param("breast-cancer-classifier", type="string", pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
                             title="Registered model name"),
-        "release_policy": Param("", type="string", title="Approved release policy (JSON file)",
+        # null, not "": the trigger form sends an emptied text field as null.
+        "release_policy": Param(None, type=["null", "string"], title="Approved release policy (JSON file)",
                                 description="Empty: the deployment's approved policy ($SECURETRAIN_RELEASE_POLICY)"),
     }  # fmt: skip
 

@@ -28,7 +28,7 @@ from securetrain.errors import ConfigurationError, SecuretrainError, SecurityVio
 from securetrain.sealed import SealedHeader
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
-from securetrain.storage import BlobAlreadyExists, BlobStore
+from securetrain.storage import BlobAlreadyExists, BlobStore, ContainerNotFound
 
 log = logging.getLogger(__name__)
 
@@ -102,10 +102,13 @@ class ModelRegistry:
         """The registered version numbers of ``name``, ascending."""
         check_model_name(name)
         found = set()
-        for info in self._store.list_blobs(self.container, f"{name}/v"):
-            match = re.fullmatch(rf"{re.escape(name)}/v([0-9]+)/manifest\.json", info.name)
-            if match:
-                found.add(int(match.group(1)))
+        try:
+            for info in self._store.list_blobs(self.container, f"{name}/v"):
+                match = re.fullmatch(rf"{re.escape(name)}/v([0-9]+)/manifest\.json", info.name)
+                if match:
+                    found.add(int(match.group(1)))
+        except ContainerNotFound:
+            return []  # nothing registered yet
         return sorted(found)
 
     def get(self, name: str, version: int) -> ModelVersion:
