@@ -4,9 +4,11 @@ The data: at least ``--size-mib`` MiB of generated tabular data (64 float32 feat
 label per row, a label a small MLP can learn), as ``--shards`` Parquet shards. Each side runs in a
 process of its own, so that peak RSS is its own:
 
-- ``plain``: the Parquet shards in memory (plaintext, as a data owner would hold them) read into
+- ``plain``: the same Parquet shards, unsealed, downloaded from the same Azurite into memory, read into
   tensors and trained by a plain PyTorch loop (same model class, optimizer, batch size, shuffling and
-  per-epoch held-out evaluation as the trainer);
+  per-epoch held-out evaluation as the trainer): what training without securetrain would do. Both
+  sides read from storage, so the ratio is the cost of securetrain (sealing, authentication, sealed
+  checkpoints), not of where the data lives;
 - ``secure``: ``run_training`` from the shards sealed in Azurite (a local stack in a temporary state
   directory, Azurite only): download, authenticate and decrypt in memory, train, seal a checkpoint
   after every epoch, seal the model.
@@ -58,6 +60,7 @@ MODEL = {"name": "mlp", "params": {"hidden": [128, 64]}}
 BATCH_SIZE = 1024
 LEARNING_RATE = 0.001
 CONTEXT = {"dataset_id": "bench-tabular"}
+PLAINTEXT_CONTAINER = "plaintext"
 
 
 def free_port() -> int:
@@ -82,16 +85,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_plain(rows: int, shards: int, epochs: int) -> dict[str, Any]:
-    """Plain PyTorch from the plaintext Parquet shards in memory."""
+def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
+    """Plain PyTorch from the plaintext Parquet shards in Azurite."""
     import torch  # noqa: PLC0415 - only the child processes train
 
     from trainer.training.loop import VALIDATION_FRACTION, epoch_order  # noqa: PLC0415
     from trainer.training.models import DataShape, build_model  # noqa: PLC0415
 
-    plaintext = [shard_parquet(i, rows) for i in range(shards)]
     start = time.perf_counter()
+    with BlobStore.from_stack_env(stack_env) as store:
+        plaintext = [b"".join(store.download_chunks(PLAINTEXT_CONTAINER, f"bench/part-{i}.parquet")) for i in range(shards)]
     tables = [pq.read_table(pa.BufferReader(data)) for data in plaintext]
+    del plaintext
     features = torch.from_numpy(np.concatenate(
         [np.stack([column.to_numpy() for column in t.drop(["label"]).columns], axis=1) for t in tables]))  # fmt: skip
     labels = torch.from_numpy(np.concatenate([t.column("label").to_numpy() for t in tables]))
@@ -183,7 +188,7 @@ def main() -> int:
     args = parser.parse_args()
     rows = math.ceil(args.size_mib * MIB / ROW_BYTES / args.shards)
     if args.role == "plain":
-        print(json.dumps(run_plain(rows, args.shards, args.epochs)))
+        print(json.dumps(run_plain(args.stack_env, args.shards, args.epochs)))
         return 0
     if args.role == "secure":
         print(json.dumps(run_secure(args.stack_env, json.loads(args.spec))))
@@ -200,32 +205,35 @@ def main() -> int:
             up(config)
             sealed_bytes = 0
             with BlobStore.from_stack_env(config.layout.env_file) as store:
-                for container in ("datasets", "checkpoints", "models"):
+                for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
                     store.ensure_container(container)
                 for index in range(args.shards):
+                    plaintext = shard_parquet(index, rows)
+                    store.upload_stream(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet", io.BytesIO(plaintext),
+                                        length=len(plaintext))  # fmt: skip
                     sealed = io.BytesIO()
-                    seal(io.BytesIO(shard_parquet(index, rows)), sealed, public, CONTEXT)
+                    seal(io.BytesIO(plaintext), sealed, public, CONTEXT)
                     sealed_bytes += len(sealed.getbuffer())
                     sealed.seek(0)
                     blob = f"bench/part-{index}.sealed"
                     store.upload_stream("datasets", blob, sealed, length=len(sealed.getbuffer()))
-            common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs)]
+            common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
+                      "--stack-env", str(config.layout.env_file)]
             plains, secures = [], []
             for repeat in range(args.repeats):
                 # Alternating, so that a burst of load on a shared machine does not fall on one side only.
                 plains.append(child("plain", common))
                 spec = job_spec(f"bench-{repeat}", args.shards, args.epochs)  # a run of its own: nothing to resume
-                secures.append(child("secure", [*common, "--stack-env", str(config.layout.env_file),
-                                                "--spec", json.dumps(spec)], stdin=keys_pem))  # fmt: skip
+                secures.append(child("secure", [*common, "--spec", json.dumps(spec)], stdin=keys_pem))
             plain, secure = _best(plains), _best(secures)
         finally:
             down(config)
     ratio = secure["seconds"] / plain["seconds"]
     print(f"data: {args.shards} shards, {rows * args.shards} rows, {sealed_bytes / MIB:.0f} MiB sealed; "
           f"{args.epochs} epochs of {MODEL}")  # fmt: skip
-    print(f"plain PyTorch (plaintext in memory): {plain['seconds']:.1f} s, peak RSS {plain['peak_rss_mib']:.0f} MiB, "
+    print(f"plain PyTorch (plaintext, Azurite): {plain['seconds']:.1f} s, peak RSS {plain['peak_rss_mib']:.0f} MiB, "
           f"val_accuracy {plain['val_accuracy']:.4f}")  # fmt: skip
-    print(f"run_training (sealed, Azurite):      {secure['seconds']:.1f} s, peak RSS {secure['peak_rss_mib']:.0f} MiB, "
+    print(f"run_training (sealed, Azurite):     {secure['seconds']:.1f} s, peak RSS {secure['peak_rss_mib']:.0f} MiB, "
           f"val_accuracy {secure['val_accuracy']:.4f}")  # fmt: skip
     print(f"secure/plain wall-time ratio: {ratio:.3f} (target <= 1.05); "
           f"secure overhead {secure['seconds'] - plain['seconds']:.1f} s")  # fmt: skip

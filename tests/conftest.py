@@ -84,3 +84,14 @@ def stack_config(tmp_path: Path) -> Iterator[StackConfig]:
         yield config
     finally:
         down(config)
+
+
+@pytest.fixture(scope="session")
+def onboarded_dataset(local_stack: LocalStack) -> Path:
+    """The local stack with Airflow's database migrated and breast-cancer onboarded by ``data_onboarding``."""
+    from securetrain.airflow_env import migrate, run_airflow  # noqa: PLC0415 - only the Airflow tests need it
+
+    migrate(local_stack.state_dir)
+    result = run_airflow(local_stack.state_dir, ["dags", "test", "data_onboarding"], capture_output=True)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
+    return local_stack.state_dir

@@ -67,7 +67,7 @@ def _wait_for_dag(url: str, password: str, process: subprocess.Popen, log: Path)
 
 
 @pytest.fixture
-def airflow_ui(local_stack: LocalStack, tmp_path: Path) -> Iterator[RunningAirflow]:
+def airflow_ui(local_stack: LocalStack, onboarded_dataset: Path, tmp_path: Path) -> Iterator[RunningAirflow]:
     api_port, worker_log_port, trigger_log_port = free_ports(3)
     airflow_environment(local_stack.state_dir, api_port=api_port)  # makes the admin password on first use
     password = read_admin_password(local_stack.state_dir)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import trainer
-from securetrain.airflow_env import migrate, run_airflow
+from securetrain.airflow_env import run_airflow
 from securetrain.audit.log import AuditLog
 from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
 from securetrain.audit.store import BlobAuditStore
@@ -51,18 +51,10 @@ def audit_entries(local_stack, log_name: str) -> list[dict]:
         return [json.loads(entry.line) for entry in log.entries()]
 
 
-@pytest.fixture(scope="module")
-def onboarded(local_stack) -> Path:
-    migrate(local_stack.state_dir)
-    result = dags_test(local_stack.state_dir, "data_onboarding")
-    assert result.returncode == 0, output(result)[-5000:]
-    return local_stack.state_dir
-
-
-def test_secure_training_reaches_success_through_every_stage(onboarded, local_stack) -> None:
+def test_secure_training_reaches_success_through_every_stage(onboarded_dataset, local_stack) -> None:
     with BlobStore.from_stack_env(local_stack.env) as store:
         before = ModelRegistry(store).versions(MODEL)
-    result = dags_test(onboarded, "secure_training")
+    result = dags_test(onboarded_dataset, "secure_training")
     text = output(result)
     assert result.returncode == 0, text[-8000:]
     for stage in ("prepare_environment", "check_data_security", "attestation_status", "train", "enclave_health",
@@ -84,7 +76,7 @@ def test_secure_training_reaches_success_through_every_stage(onboarded, local_st
 
 
 def test_a_changed_trainer_fails_the_run_at_training_and_audit_and_cleanup_still_run(
-    onboarded, local_stack, tmp_path: Path
+    onboarded_dataset, local_stack, tmp_path: Path
 ) -> None:
     code_root = tmp_path / "code"
     shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
@@ -99,7 +91,7 @@ def test_a_changed_trainer_fails_the_run_at_training_and_audit_and_cleanup_still
     try:
         # The attestation sensor would refuse this TEE first (see test_sensors); here it is passed over so
         # the run reaches training, where Key Vault is the one to say no.
-        result = dags_test(onboarded, "secure_training", "--mark-success-pattern", "attestation_status",
+        result = dags_test(onboarded_dataset, "secure_training", "--mark-success-pattern", "attestation_status",
                            overrides={"AIRFLOW_CONN_SECURETRAIN_CVM": json.dumps(connection)})  # fmt: skip
     finally:
         agent.stop()
