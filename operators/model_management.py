@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from operators.failures import fail_closed
 from operators.hooks.storage import SecureStorageHook
-from securetrain.model_registry import ModelRegistry
+from operators.signing_keys import signing_key_path
+from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
+from securetrain.model_registry import ModelRegistry, ModelRejected
+
+#: The pipeline's model-signing key (Ed25519 PEM); default: the local stack's, under its state directory.
+SIGNING_KEY_VARIABLE = "SECURETRAIN_MODEL_SIGNING_KEY"
+
+
+def pipeline_signing_key_path() -> Path:
+    return signing_key_path(SIGNING_KEY_VARIABLE, local_pipeline_key_path, "model signing key")
 
 
 class ModelManagementOperator(BaseOperator):
@@ -17,7 +27,9 @@ class ModelManagementOperator(BaseOperator):
     The model is checked without decrypting it (its sealed header must name the run's KEK, the run and the
     kind "model"; its length must match) and copied into the registry; the version's manifest records the
     lineage: the datasets and their plaintext digests, the release-policy hash, the attestation claims of
-    the TEE that trained it, hyperparameters and metrics.
+    the TEE that trained it, hyperparameters and metrics. It also carries the job's provenance (the model
+    statement the TEE signed with its attested key, the signature, the attestation token) and is signed
+    with the pipeline's model-signing key; ``securetrain models verify`` checks the whole chain.
 
     ``training``, ``data`` and ``environment`` are the XComs of the training, data-check and preparation
     stages. Returns (XCom) ``{"name", "version", "manifest_blob", "sealed_sha256"}``.
@@ -64,10 +76,18 @@ class ModelManagementOperator(BaseOperator):
             "validation": self.training.get("validation"),
         }  # fmt: skip
         model = self.training["model"]
+        provenance = self.training.get("provenance")
+        if not provenance:
+            raise ModelRejected(
+                "the training stage's result carries no provenance (the TEE-signed model statement and the "
+                "attestation token): a model without it cannot be registered"
+            )
         with fail_closed("model management"), SecureStorageHook(self.storage_conn_id).blob_store() as store:
             version = ModelRegistry(store).register(
                 self.model_name, source_container=model["container"], source_blob=model["blob"],
                 kek_id=self.environment["kek_id"], run_id=self.training["run_id"], lineage=lineage,
+                provenance=provenance,
+                signing_key=load_or_create_pipeline_key(pipeline_signing_key_path()),
             )  # fmt: skip
         sealed = version.manifest["sealed_model"]
         self.log.info("registered %s version %d: sealed model sha256 %s, trained in %s under policy %s",

@@ -166,6 +166,8 @@ class AttestedTrainingOperator(BaseOperator):
             "device": result["device"],
             "tee_type": result["tee_type"],
             "transitions": job.get("transitions", []),
+            # The TEE's signed statement about the model and the token that names its key (docs/models.md).
+            "provenance": result["provenance"],
         }
 
     def _job_attestation(self, job: dict[str, Any]) -> dict[str, Any]:

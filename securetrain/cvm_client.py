@@ -175,5 +175,20 @@ class CvmClient:
         """Have the TEE attest now for ``nonce``: ``{"token", "claims", "attested_at"}``; validate the token yourself."""
         return self._request("POST", "/v1/attestation", {"nonce": nonce}).json()
 
+    def export_model(
+        self, *, kek_id: str, run_id: str, container: str, blob: str, sealed_sha256: str, recipient_public_key_pem: str,
+        nonce: str,
+    ) -> bytes:  # fmt: skip
+        """Have the TEE re-seal a registered model for a recipient's RSA public key; the sealed bytes.
+
+        The TEE attests with ``nonce``, has the KEK released to it, checks the stored model's digest and
+        seal, and re-seals it: the KEK's private half never leaves the TEE.
+        """
+        body = {
+            "kek_id": kek_id, "run_id": run_id, "container": container, "blob": blob, "sealed_sha256": sealed_sha256,
+            "recipient_public_key": recipient_public_key_pem, "nonce": nonce,
+        }  # fmt: skip
+        return self._request("POST", "/v1/exports", body).content
+
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text

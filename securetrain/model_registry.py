@@ -6,6 +6,11 @@ sealed model's SHA-256 and header (KEK id and thumbprint, the run id bound into 
 the lineage the pipeline vouches for: run, datasets and their plaintext digests, the release-policy hash,
 the attestation claims of the TEE that trained it, hyperparameters, metrics and the parent version.
 
+Each manifest also carries the model's ``provenance`` (the statement the TEE signed with its attested key,
+the signature and the attestation token; see :mod:`securetrain.model_provenance`) and ``signatures``: the
+pipeline's signature over everything else in the manifest. Registration checks the TEE's signature and
+that the statement names the very sealed model being registered before anything is written.
+
 Versions are numbered 1, 2, ... per name. The manifest is written last and never overwritten
 (``If-None-Match: *``): it is what makes a version exist, so a crash half-way leaves no version, and two
 pipelines registering at once get different numbers. The model copy is named by its digest, so writing it
@@ -24,7 +29,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import jwt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from securetrain.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.model_provenance import (
+    ProvenanceInvalid,
+    rsa_public_key_from_jwk,
+    sign_manifest,
+    verify_statement_signature,
+)
 from securetrain.sealed import SealedHeader
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
@@ -33,7 +47,7 @@ from securetrain.storage import BlobAlreadyExists, BlobStore, ContainerNotFound
 log = logging.getLogger(__name__)
 
 REGISTRY_CONTAINER = "model-registry"
-MANIFEST_SCHEMA = "securetrain.model-manifest/v1"
+MANIFEST_SCHEMA = "securetrain.model-manifest/v2"
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_ATTEMPTS = 5
 
@@ -91,6 +105,31 @@ def verify_sealed_model(header: SealedHeader, *, kek_id: str, run_id: str) -> No
         raise ModelRejected("the sealed model does not verify: " + "; ".join(problems))
 
 
+def check_statement_names(
+    provenance: Mapping[str, Any], *, sealed_sha256: str, plaintext_sha256: str, run_id: str
+) -> None:
+    """Check that the TEE signed ``provenance``'s statement and that it names this sealed model and run.
+
+    The attestation token itself is checked by ``securetrain models verify`` (it needs the authority's
+    keys and the release policy); here its runtime key only identifies who signed the statement.
+    """
+    try:
+        claims = jwt.decode(provenance["attestation_token"], options={"verify_signature": False})
+        keys = claims["x-ms-runtime"]["keys"]
+        verify_statement_signature(rsa_public_key_from_jwk(keys[0]), provenance["statement"], provenance["tee_signature"])
+    except (KeyError, IndexError, TypeError, jwt.PyJWTError) as exc:
+        raise ModelRejected(f"the job's provenance is incomplete or malformed ({type(exc).__name__}: {exc})") from None
+    except ProvenanceInvalid as exc:
+        raise ModelRejected(f"the model's provenance does not verify: {exc}") from None
+    statement = provenance["statement"]
+    expected = {"run_id": run_id, "sealed_model_sha256": sealed_sha256, "model_plaintext_sha256": plaintext_sha256}
+    for field, value in expected.items():
+        if statement.get(field) != value:
+            raise ModelRejected(
+                f"the TEE's statement names {field} {statement.get(field)!r}, but the model being registered has {value!r}"
+            )
+
+
 class ModelRegistry:
     """The registry in ``container`` of ``store``."""
 
@@ -112,17 +151,43 @@ class ModelRegistry:
         return sorted(found)
 
     def get(self, name: str, version: int) -> ModelVersion:
+        """The manifest of ``name`` version ``version``; :class:`ModelVersionNotFound` if there is none."""
         check_model_name(name)
         blob = manifest_blob(name, version)
         if not any(info.name == blob for info in self._store.list_blobs(self.container, blob)):
             raise ModelVersionNotFound(f"model {name} has no version {version} in {self.container}")
-        manifest = json.loads(b"".join(self._store.download_chunks(self.container, blob)))
+        try:
+            manifest = json.loads(b"".join(self._store.download_chunks(self.container, blob)))
+        except ValueError as exc:
+            raise ProvenanceInvalid(f"the manifest of {name} version {version} is not JSON: {exc}") from None
+        if not isinstance(manifest, dict):
+            raise ProvenanceInvalid(f"the manifest of {name} version {version} is not a JSON object")
         return ModelVersion(name, version, self.container, manifest)
 
+    def sealed_model(self, version: ModelVersion) -> bytes:
+        """The sealed model ``version``'s manifest points at, as stored now (to check, never to trust)."""
+        return b"".join(self._store.download_chunks(self.container, version.model_blob))
+
     def register(
-        self, name: str, *, source_container: str, source_blob: str, kek_id: str, run_id: str, lineage: Mapping[str, Any]
+        self,
+        name: str,
+        *,
+        source_container: str,
+        source_blob: str,
+        kek_id: str,
+        run_id: str,
+        lineage: Mapping[str, Any],
+        provenance: Mapping[str, Any],
+        signing_key: Ed25519PrivateKey,
     ) -> ModelVersion:
-        """Verify the sealed model at ``source_container/source_blob`` and register it as the next version."""
+        """Verify the sealed model at ``source_container/source_blob`` and register it as the next version.
+
+        ``provenance`` is the job result's ``{statement, tee_signature, attestation_token}``; the manifest
+        is signed with the pipeline's ``signing_key``.
+
+        Raises:
+            ModelRejected: the sealed model does not verify, or the TEE's statement is not about it.
+        """
         check_model_name(name)
         self._store.ensure_container(self.container)
         sealed = b"".join(self._store.download_chunks(source_container, source_blob))
@@ -136,6 +201,8 @@ class ModelRegistry:
             )
         verify_sealed_model(header, kek_id=kek_id, run_id=run_id)
         digest = hashlib.sha256(sealed).hexdigest()
+        check_statement_names(provenance, sealed_sha256=digest, plaintext_sha256=header.content.plaintext_sha256,
+                              run_id=run_id)  # fmt: skip
         model_blob = f"{name}/sealed/{digest}.sealed"
         self._store.upload_stream(self.container, model_blob, io.BytesIO(sealed), length=len(sealed), overwrite=True)
         for _ in range(_MAX_ATTEMPTS):
@@ -157,7 +224,9 @@ class ModelRegistry:
                     "plaintext_sha256": header.content.plaintext_sha256,
                 },
                 "lineage": {"run_id": run_id, **lineage},
+                "provenance": {key: provenance[key] for key in ("statement", "tee_signature", "attestation_token")},
             }
+            manifest["signatures"] = [sign_manifest(signing_key, manifest)]
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             try:
                 self._store.upload_stream(self.container, manifest_blob(name, version), io.BytesIO(body), length=len(body))

@@ -12,6 +12,8 @@ client without a certificate never gets this far: the TLS handshake refuses it.
     GET  /v1/attestation           both       the latest token and its claims (404 before the first)
     POST /v1/attestation           both       attest now for the caller's nonce ({"nonce": ...}): a fresh token
                                               proving the TEE is genuine and running the approved trainer now
+    POST /v1/exports               pipeline   re-seal a registered model for a recipient's RSA public key: the
+                                              sealed bytes (424 if a security check refused, 400 bad request)
     GET  /metrics                  both       Prometheus text
 
 Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
@@ -27,13 +29,14 @@ import time
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from securetrain.errors import SecuretrainError
+from securetrain.model_provenance import RecipientKeyInvalid, recipient_key
 from trainer.agent import metrics
 from trainer.agent.health import GpuProbe, machine_health
-from trainer.agent.jobs import JobConflict, JobNotFound, JobRunner
+from trainer.agent.jobs import ExportRequest, JobConflict, JobNotFound, JobRunner
 from trainer.agent.tls import TLS_EXTENSION
 from trainer.job_spec import JobSpec, JobSpecError
 
@@ -80,6 +83,33 @@ def require_pipeline(role: Annotated[Role, Depends(client_role)]) -> Role:
 def _error(status: int, exc: SecuretrainError, **extra: Any) -> JSONResponse:
     error = {"code": type(exc).__name__, "message": str(exc), **extra}
     return JSONResponse(status_code=status, content={"error": error})
+
+
+_EXPORT_FIELDS = {"kek_id", "run_id", "container", "blob", "sealed_sha256", "recipient_public_key", "nonce"}
+
+
+def _export_request(body: bytes) -> ExportRequest:
+    """Parse ``POST /v1/exports``: a JSON object of exactly :data:`_EXPORT_FIELDS`, all strings."""
+    try:
+        document = json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"the body is not JSON: {exc}") from None
+    if not isinstance(document, dict) or set(document) != _EXPORT_FIELDS:
+        raise InvalidRequest(f"the export request must be a JSON object with exactly {sorted(_EXPORT_FIELDS)}")
+    if not all(isinstance(value, str) and value for value in document.values()):
+        raise InvalidRequest("every field of the export request is a non-empty string")
+    if not NONCE_PATTERN.fullmatch(document["nonce"]):
+        raise InvalidRequest("the nonce must be 22-200 characters of base64url (at least 128 bits)")
+    if not re.fullmatch(r"[0-9a-f]{64}", document["sealed_sha256"]):
+        raise InvalidRequest("sealed_sha256 must be a lowercase hex SHA-256")
+    try:
+        recipient = recipient_key(document["recipient_public_key"].encode())
+    except RecipientKeyInvalid as exc:
+        raise InvalidRequest(str(exc)) from None
+    return ExportRequest(
+        kek_id=document["kek_id"], run_id=document["run_id"], container=document["container"],
+        blob=document["blob"], sealed_sha256=document["sealed_sha256"], recipient=recipient, nonce=document["nonce"],
+    )  # fmt: skip
 
 
 def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
@@ -172,6 +202,19 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
             # 424: the TEE's evidence or token was refused (a security verdict); 503: a service was down.
             return _error(424 if exc.security_violation else 503, exc)
         return JSONResponse(content={"token": token.raw, "claims": dict(token.claims), "attested_at": time.time()})
+
+    @app.post("/v1/exports", dependencies=[Depends(require_pipeline)])
+    async def export(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_SPEC_BYTES:
+            raise InvalidRequest(f"the export request is {len(body)} bytes; at most {MAX_SPEC_BYTES} are accepted")
+        export_request = _export_request(body)
+        try:
+            sealed = await run_in_threadpool(runner.export_model, export_request)
+        except SecuretrainError as exc:
+            # Not 503: the client retries those, and a retry would present the spent nonce again.
+            return _error(424 if exc.security_violation else 500, exc)
+        return Response(content=sealed, media_type="application/octet-stream")
 
     @app.get("/metrics", dependencies=[Depends(client_role)])
     async def prometheus() -> PlainTextResponse:

@@ -16,6 +16,8 @@ States::
 from __future__ import annotations
 
 import enum
+import hashlib
+import io
 import json
 import logging
 import queue
@@ -25,12 +27,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from securetrain.attestation.tokens import ValidatedToken
-from securetrain.errors import SecuretrainError
+from securetrain.errors import SecuretrainError, SecurityViolation
 from securetrain.fsutil import atomic_output
-from securetrain.storage import BlobStore
+from securetrain.model_provenance import DatasetDigest, model_statement, sign_statement
+from securetrain.sealed import KekPublicKey, SealedHeader, SealedReader, seal
+from securetrain.sealed.errors import SealedFileError
+from securetrain.sealed.header import read_header
+from securetrain.storage import BlobInfo, BlobStore
 from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from trainer.job_spec import (
     DataValidationFailed,
@@ -71,6 +77,109 @@ class JobNotFound(SecuretrainError):
 
 class JobConflict(SecuretrainError):
     """The request contradicts the job's record (another spec under the same run id, cancel after the end)."""
+
+
+class ProvenanceNotWitnessed(SecurityViolation):
+    """The agent did not see what it would have to sign: a shard's sealed header or the sealed model."""
+
+
+class _HeaderWitness:
+    """A shard's read stream that keeps the bytes read until they hold the whole sealed header."""
+
+    # The header is at most two 64 KiB sections plus a few fixed bytes (securetrain.sealed.header).
+    _LIMIT = 2 * (64 << 10) + 64
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._prefix = bytearray()
+        self.header: SealedHeader | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        if self.header is None and len(self._prefix) < self._LIMIT:
+            self._prefix += data
+            try:
+                self.header = read_header(io.BytesIO(bytes(self._prefix)))
+            except SealedFileError:
+                pass  # not all of it read yet; a header that never parses leaves the shard unwitnessed
+        return data
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> _HeaderWitness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _WitnessedStore:
+    """The job's storage as training sees it, with the agent as witness.
+
+    It records the sealed header of every dataset shard training reads and the digests of the sealed model
+    it uploads, so that the statement the TEE signs names exactly the bytes training read and wrote, not
+    whatever storage holds when someone looks later (anyone can seal a file for the KEK's public key).
+    """
+
+    def __init__(self, store: BlobStore, spec: TrainingSpec) -> None:
+        self._store = store
+        self._spec = spec
+        self._shards: dict[tuple[str, str], _HeaderWitness] = {}
+        self.model: tuple[str, str] | None = None  # (sealed SHA-256, plaintext SHA-256)
+
+    def open_read(self, container: str, blob: str) -> BinaryIO:
+        src = self._store.open_read(container, blob)
+        if not any(s.container == container and s.blob == blob for s in self._spec.datasets):
+            return src
+        witness = _HeaderWitness(src)
+        self._shards[(container, blob)] = witness
+        return witness  # type: ignore[return-value]
+
+    def upload_stream(self, container: str, blob: str, stream: BinaryIO, **options: Any) -> BlobInfo:
+        output = self._spec.output
+        if (container, blob) != (output.container, output.blob):
+            return self._store.upload_stream(container, blob, stream, **options)
+        # The sealed model is small enough to be in memory already (training sealed it there).
+        length = options.pop("length", None)
+        sealed = stream.read() if length is None else stream.read(length)
+        header = read_header(io.BytesIO(sealed))
+        self.model = (hashlib.sha256(sealed).hexdigest(), header.content.plaintext_sha256)
+        return self._store.upload_stream(container, blob, io.BytesIO(sealed), length=len(sealed), **options)
+
+    def list_blobs(self, container: str, prefix: str = "") -> Any:
+        return self._store.list_blobs(container, prefix)
+
+    def dataset_digests(self) -> list[DatasetDigest]:
+        """The plaintext digest of every shard of the spec, from the header training read; all must be there."""
+        digests = []
+        for shard in self._spec.datasets:
+            witness = self._shards.get((shard.container, shard.blob))
+            if witness is None or witness.header is None:
+                raise ProvenanceNotWitnessed(
+                    f"the agent did not see the sealed header of {shard.container}/{shard.blob}: cannot attest "
+                    "which data the model was trained on"
+                )
+            digests.append(DatasetDigest(f"{shard.container}/{shard.blob}", witness.header.content.plaintext_sha256))
+        return digests
+
+
+class ExportRejected(SecurityViolation):
+    """The model to export is not the one asked for: another digest, or sealed for another run or KEK."""
+
+
+@dataclass(frozen=True)
+class ExportRequest:
+    """Re-seal the sealed model at ``container/blob`` (SHA-256 ``sealed_sha256``, trained by ``run_id`` under
+    ``kek_id``) for ``recipient``'s RSA public key; ``nonce`` is the fresh attestation nonce for this export."""
+
+    kek_id: str
+    run_id: str
+    container: str
+    blob: str
+    sealed_sha256: str
+    recipient: KekPublicKey
+    nonce: str
 
 
 class TrainingFunction(Protocol):
@@ -327,6 +436,37 @@ class JobRunner:
         self.metrics.attestations += 1
         return token
 
+    def export_model(self, request: ExportRequest) -> bytes:
+        """The model re-sealed for the recipient: attest a fresh key, have the KEK released, open, re-seal.
+
+        This is the only place a model is decrypted outside training, and it is inside the TEE: whoever
+        asks for an export (the pipeline) never holds the KEK. The stored model must have the digest the
+        registry recorded, and its seal must say it is run ``run_id``'s model.
+        """
+        tee_key = TeeKey()
+        token = self._attester.attest(tee_key, request.nonce)
+        self.metrics.attestations += 1
+        keys = self._releaser.release(request.kek_id, token, tee_key)
+        self.metrics.key_releases += 1
+        with self._blob_store.open_read(request.container, request.blob) as src:
+            sealed = src.read()
+        digest = hashlib.sha256(sealed).hexdigest()
+        if digest != request.sealed_sha256:
+            raise ExportRejected(
+                f"{request.container}/{request.blob} has SHA-256 {digest}, not the registered {request.sealed_sha256}"
+            )
+        reader = SealedReader(
+            io.BytesIO(sealed), keys.kek_private, expected_context={"run_id": request.run_id, "kind": "model"},
+            verify_digest=True,
+        )  # fmt: skip
+        plaintext = b"".join(bytes(segment) for segment in reader.segments())
+        context = {"run_id": request.run_id, "kind": "model-export", "source_sha256": digest}
+        out = io.BytesIO()
+        seal(io.BytesIO(plaintext), out, request.recipient, context)
+        log.info("exported the model of run %s (sha256 %s) for recipient key %s…", request.run_id, digest,
+                 request.recipient.thumbprint[:16])  # fmt: skip
+        return out.getvalue()
+
     def _enqueue(self, job_id: str) -> None:
         self._cancel_events[job_id] = threading.Event()
         self._queue.put(job_id)
@@ -432,9 +572,11 @@ class JobRunner:
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)
             progress = _JobProgress(self, run.job_id, run.renewal_failure)
-            result = self._load_training()(spec.training, keys, self._blob_store, progress, run.cancel)
+            witness = _WitnessedStore(self._blob_store, spec.training)
+            result = self._load_training()(spec.training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
             self.device = result.device
-            self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result))
+            provenance = self._provenance(spec, result, witness, session)
+            self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result, provenance))
         except TrainingCancelled as exc:
             run.stopped(exc)
         except DataValidationFailed as exc:
@@ -451,7 +593,27 @@ class JobRunner:
             if session is not None:
                 session.stop()
 
-    def _result_view(self, result: TrainingResult) -> dict[str, Any]:
+    def _provenance(
+        self, spec: JobSpec, result: TrainingResult, witness: _WitnessedStore, session: AttestationSession
+    ) -> dict[str, Any]:
+        """The model statement signed with the job's TEE key, and the token that attests that key."""
+        if witness.model is None or session.state is None:
+            raise ProvenanceNotWitnessed("the agent did not see the sealed model uploaded: cannot attest it")
+        sealed_sha256, plaintext_sha256 = witness.model
+        document = spec.to_json()
+        statement = model_statement(
+            run_id=spec.run_id, sealed_model_sha256=sealed_sha256, model_plaintext_sha256=plaintext_sha256,
+            datasets=witness.dataset_digests(),
+            hyperparameters={"model": document["model"], **document["hyperparameters"]}, metrics=result.metrics,
+        )  # fmt: skip
+        log.info("job %s: signed the model statement (sealed model sha256 %s)", spec.job_id, sealed_sha256)
+        return {
+            "statement": statement,
+            "tee_signature": sign_statement(session.key.private_key, statement),
+            "attestation_token": session.state.token.raw,
+        }
+
+    def _result_view(self, result: TrainingResult, provenance: Mapping[str, Any]) -> dict[str, Any]:
         return {
             "model": {"container": result.model_blob.container, "blob": result.model_blob.blob},
             "metrics": dict(result.metrics),
@@ -459,6 +621,8 @@ class JobRunner:
             "tee_type": self.tee_type,
             "epochs_completed": result.epochs_completed,
             "steps_completed": result.steps_completed,
+            # The TEE-signed model statement and the attestation token that carries the signing key.
+            "provenance": dict(provenance),
         }
 
     def _finish(self, job_id: str, state: JobState, **changes: Any) -> None:
