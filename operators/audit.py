@@ -25,6 +25,9 @@ from operators.failures import SecurityCheckFailed, fail_closed
 from operators.hooks.cvm import ConfidentialVmHook
 from operators.hooks.storage import SecureStorageHook
 from operators.locations import REPORTS_CONTAINER, job_run_id
+from operators.notifiers import deliver_alerts, load_alert_thresholds
+from operators.signing_keys import signing_key_path
+from securetrain.alerts import evaluate
 from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
 from securetrain.audit.errors import AuditChainBroken
 from securetrain.audit.events import AuditEvent, EventKind, EventSource, rfc3339_utc
@@ -32,7 +35,7 @@ from securetrain.audit.log import AuditLog
 from securetrain.audit.sources import attestation_events, keyvault_events
 from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.cvm_client import CvmJobNotFound
-from securetrain.errors import ConfigurationError
+from securetrain.run_report import run_record, write_run_report
 from securetrain.storage import BlobStore
 
 #: The audit signing key (Ed25519 PEM); default: the local stack's, under its state directory.
@@ -41,13 +44,7 @@ _STAGES = ("prepare_environment", "check_data_security", "attestation_status", "
 
 
 def audit_signing_key_path() -> Path:
-    explicit = os.environ.get(SIGNING_KEY_VARIABLE)
-    if explicit:
-        return Path(explicit)
-    state_dir = os.environ.get("SECURETRAIN_STATE_DIR")
-    if not state_dir:
-        raise ConfigurationError(f"no audit signing key: set ${SIGNING_KEY_VARIABLE} (or SECURETRAIN_STATE_DIR)")
-    return local_signing_key_path(Path(state_dir))
+    return signing_key_path(SIGNING_KEY_VARIABLE, local_signing_key_path, "audit signing key")
 
 
 def _parse_time(text: str) -> datetime.datetime:
@@ -123,8 +120,9 @@ def record_events(store: BlobStore, run: str, events: Iterable[AuditEvent]) -> B
 class AuditOperator(BaseOperator):
     """Collects the run's events into its hash-chained audit log, verifies the chain, writes a report.
 
-    Returns (XCom) ``{"verdict": "verified" | "broken", "log", "entries", "head", "report_blob", "first_bad"}``;
-    a broken chain fails the task (no retry) after the report is written.
+    Returns (XCom) ``{"verdict": "verified" | "broken", "log", "entries", "head", "report_blob", "first_bad",
+    "run_report"}``; a broken chain fails the task (no retry) after the reports are written. The run's
+    events are also evaluated for security alerts (``securetrain.alerts``), delivered by the notifiers.
     """
 
     ui_color = "#f4d6d6"
@@ -172,11 +170,18 @@ class AuditOperator(BaseOperator):
                           **outcome, "events": _counts(events)}  # fmt: skip
                 body = json.dumps(report, indent=2, sort_keys=True).encode()
                 store.upload_stream(REPORTS_CONTAINER, report_blob, io.BytesIO(body), length=len(body), overwrite=True)
+                # After the log is stored: a bad threshold setting then fails the task without losing events.
+                alerts = evaluate(events, load_alert_thresholds(), run_id=run)
+                record = run_record(store, run=run, dag_run_id=context["run_id"], results=results, audit=outcome,
+                                    events=events, alerts=alerts)  # fmt: skip
+                run_report = write_run_report(store, REPORTS_CONTAINER, record)
+        deliver_alerts(alerts)
+        self.log.info("run report: %s (%d alerts)", run_report, len(alerts))
         self.log.info("%s (%d events recorded this run); report %s/%s", outcome["summary"], len(events),
                       REPORTS_CONTAINER, report_blob)  # fmt: skip
         if outcome["verdict"] != "verified":
             raise SecurityCheckFailed(f"audit: the audit log of run {run} does not verify: {outcome['summary']}")
-        return {**outcome, "log": report["log"], "report_blob": f"{REPORTS_CONTAINER}/{report_blob}"}
+        return {**outcome, "log": report["log"], "report_blob": f"{REPORTS_CONTAINER}/{report_blob}", "run_report": run_report}
 
 
 def _counts(events: Iterable[AuditEvent]) -> dict[str, int]:

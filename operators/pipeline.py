@@ -23,11 +23,12 @@ from operators.data_security import DataSecurityCheckOperator
 from operators.environment import EnvironmentPreparationOperator
 from operators.failures import RETRY_ARGS
 from operators.model_management import ModelManagementOperator
+from operators.notifiers import default_notifiers
 from operators.sensors import AttestationStatusSensor, EnclaveHealthSensor
 from operators.training import AttestedTrainingOperator
 
-#: Default arguments of every securetrain DAG.
-DEFAULT_ARGS: dict[str, Any] = {"owner": "securetrain", **RETRY_ARGS}
+#: Default arguments of every securetrain DAG. A failed task raises an alert (log line, webhook).
+DEFAULT_ARGS: dict[str, Any] = {"owner": "securetrain", "on_failure_callback": default_notifiers(), **RETRY_ARGS}
 
 
 @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)

@@ -6,6 +6,12 @@ value escaped) what the runs of the ``secure_training`` DAG left in Airflow's me
 state and times, its tasks' states, and the return values (XCom ``return_value``) of its stages: the
 attestation claims, the key release, the dataset checks, epochs and metrics, the model version and the audit
 chain's verdict. It needs no other data source; those return values hold no secret (docs/airflow.md).
+The one exception is a run's report (``/report``), the HTML page the ``audit`` task wrote to blob storage
+(securetrain/run_report.py): the page reads it through the storage connection and serves it as it is,
+under a content security policy that lets it run no script and load nothing from elsewhere.
+
+The plugin also registers the audit-trail listener (plugins/securetrain_listener.py): task and DAG-run
+state changes of securetrain's DAGs go into each run's audit log.
 
 Access: Airflow does not authenticate the apps plugins mount, so every route here depends on Airflow's own
 authorization dependencies (``requires_access_dag``): the caller must be logged in (the UI's JWT cookie or a
@@ -16,6 +22,7 @@ session is sent to Airflow's login page and back.
 from __future__ import annotations
 
 import datetime
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +43,7 @@ from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XCOM_RETURN_KEY, XComModel
 from airflow.plugins_manager import AirflowPlugin
+from securetrain_listener import audit_trail_listener
 
 DAG_ID = "secure_training"
 URL_PREFIX = "/securetrain"
@@ -237,10 +245,41 @@ def run_detail(session: SessionDep, run_id: str = Query(..., max_length=250)) ->
     return _page("run.html", run=runs[0])
 
 
+#: What a served run report may do: show its own inline styles and data: images; no script, nothing fetched.
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+
+
+@app.get("/report", response_class=HTMLResponse)
+def run_report(session: SessionDep, run_id: str = Query(..., max_length=250)) -> Response:
+    """One run's report (``reports/<run>/report.html``), read from blob storage."""
+    from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415 - only this route needs storage
+    from operators.locations import REPORTS_CONTAINER, job_run_id  # noqa: PLC0415
+    from airflow.exceptions import AirflowNotFoundException  # noqa: PLC0415
+    from securetrain.errors import SecuretrainError  # noqa: PLC0415
+    from securetrain.run_report import REPORT_BLOB  # noqa: PLC0415
+    from securetrain.storage import BlobNotFound, ContainerNotFound  # noqa: PLC0415
+
+    if not load_runs(session, run_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{DAG_ID} has no run {run_id!r}")
+    # The blob name is derived from the run, never taken from a request or a stored value.
+    blob = REPORT_BLOB.format(run=job_run_id(DAG_ID, run_id))
+    try:
+        with SecureStorageHook().blob_store() as store:
+            buffer = io.BytesIO()
+            store.download_to(REPORTS_CONTAINER, blob, buffer)
+    except (BlobNotFound, ContainerNotFound):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no report yet (the audit task writes it)") from None
+    except (SecuretrainError, AirflowNotFoundException) as exc:  # storage failed, or no storage connection here
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the report of run {run_id!r} cannot be read: {exc}") from None
+    headers = {"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+    return HTMLResponse(buffer.getvalue(), headers=headers)
+
+
 class SecuretrainPlugin(AirflowPlugin):
-    """The "Secure training" page and its navigation entry."""
+    """The "Secure training" page, its navigation entry, and the audit-trail listener."""
 
     name = "securetrain"
+    listeners = [audit_trail_listener]
     fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Secure training"}]
     external_views = [
         {
