@@ -136,6 +136,16 @@ def securetrain_connections(stack_env: Mapping[str, str], env_file: Path) -> dic
                 "identity_endpoint": setting("SECURETRAIN_IDENTITY_ENDPOINT"),
             },
         },
+        # Key rotation's identity: rotates nothing itself, but may unwrap data keys to verify a rewrap.
+        "securetrain_keyvault_rotator": {
+            "conn_type": "securetrain_keyvault",
+            "host": setting("SECURETRAIN_KEYVAULT_URL"),
+            "extra": {
+                "ca_bundle": ca_bundle,
+                "credentials": setting("SECURETRAIN_IDENTITY_KEY_ROTATOR_CREDENTIALS"),
+                "identity_endpoint": setting("SECURETRAIN_IDENTITY_ENDPOINT"),
+            },
+        },
         "securetrain_attestation": {
             "conn_type": "securetrain_attestation",
             "host": setting("SECURETRAIN_ATTESTATION_ENDPOINT"),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cached_property
 
 from azure.core.credentials import TokenCredential
 from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
+from azure.keyvault.keys.crypto import CryptographyClient
 
 from airflow.sdk import BaseHook
 from operators.hooks._connection import ServiceConnection
 from securetrain.errors import SecurityViolation
 from securetrain.identity import LocalIdentity, LocalIdentityCredential
-from securetrain.keyvault import ensure_kek, kek_public_key, key_client
+from securetrain.keyvault import cryptography_client, ensure_kek, kek_public_key, key_client
 from securetrain.release_policy import ReleasePolicy, ReleasePolicyInvalid
 from securetrain.sealed import KekPublicKey
 
@@ -77,6 +79,25 @@ class KeyVaultHook(BaseHook):
         """The KEK ``name``, created under ``approved`` if absent, refused if it exists under another policy."""
         with self.get_conn() as client:
             return ensure_kek(client, name, approved)
+
+    def new_kek_version(self, name: str) -> KekPublicKey:
+        """Rotate the KEK ``name``: a new version with the latest one's settings (size, exportable, release
+        policy); its public half. Needs the key's rotate action (Crypto Officer)."""
+        with self.get_conn() as client:
+            return kek_public_key(client.rotate_key(name))
+
+    def latest_kek(self, name: str) -> KekPublicKey:
+        """The public half of the latest version of the KEK ``name`` (resuming a rotation makes no new one)."""
+        with self.get_conn() as client:
+            return kek_public_key(client.get_key(name))
+
+    def unwrap_clients(self) -> Callable[[str], CryptographyClient]:
+        """A factory of ``CryptographyClient`` per versioned key id, all as this connection's identity and
+        sharing one credential (one token); what :func:`securetrain.keyvault.rewrap_blob` takes. The
+        vault unwraps with the key's private half, which never leaves it."""
+        credential = self.credential()
+        ca_bundle = self.connection.ca_bundle
+        return lambda key_id: cryptography_client(key_id, credential, ca_bundle=ca_bundle)
 
     def test_connection(self) -> tuple[bool, str]:
         try:
