@@ -6,6 +6,8 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
+from azure.keyvault.keys import KeyVaultKeyIdentifier
+
 from airflow.sdk import BaseOperator, Context
 from operators.failures import fail_closed
 from operators.hooks.keyvault import KeyVaultHook
@@ -21,6 +23,12 @@ from securetrain.storage import BlobStore
 #: ``version`` that means the newest sealed version (scheduled retraining).
 LATEST = "latest"
 _HEADER_BYTES = 64 * 1024  # a sealed header is a few hundred bytes; its context is small
+
+
+def _versionless(kek_id: str) -> str:
+    """The key a versioned KEK id names, whatever the version: ``<vault>/keys/<name>``."""
+    ref = KeyVaultKeyIdentifier(kek_id)
+    return f"{ref.vault_url.rstrip('/')}/keys/{ref.name}"
 
 
 class DatasetCheckFailed(SecurityViolation):
@@ -111,7 +119,9 @@ class DataSecurityCheckOperator(BaseOperator):
                     self.log.info("the latest version of %s is %s", self.dataset_id, self.version)
                 manifest_blob = DatasetManifest.blob_name(self.dataset_id, self.version)
                 manifest = DatasetManifest.read(store, self.container, manifest_blob)
-                if manifest.kek_id != self.kek_id or manifest.dataset_id != self.dataset_id:
+                # The manifest names the KEK the owner sealed for; a rotation since then rewrapped the shards to a
+                # newer version of the same key, which their headers (checked below) must name.
+                if _versionless(manifest.kek_id) != _versionless(self.kek_id) or manifest.dataset_id != self.dataset_id:
                     raise DatasetCheckFailed(
                         f"{self.container}/{manifest_blob} describes {manifest.dataset_id} sealed for {manifest.kek_id}, "
                         f"not {self.dataset_id} for the approved KEK {self.kek_id}"

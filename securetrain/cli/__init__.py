@@ -13,10 +13,10 @@ import logging
 import sys
 
 from securetrain import __version__
-from securetrain.cli import airflow, audit, cvm, demo, keys, sealed, snp, stack
+from securetrain.cli import airflow, audit, cvm, demo, keys, models, sealed, snp, stack
 from securetrain.errors import SecuretrainError
 
-COMMAND_GROUPS = (sealed, snp, stack, demo, cvm, keys, airflow, audit)
+COMMAND_GROUPS = (sealed, snp, stack, demo, cvm, keys, airflow, audit, models)
 
 
 def build_parser() -> argparse.ArgumentParser:

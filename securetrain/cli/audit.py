@@ -11,10 +11,15 @@ import json
 from pathlib import Path
 
 from securetrain.audit.chain import AuditEntry
-from securetrain.audit.checkpoints import load_public_key, load_signing_key, local_signing_key_path
+from securetrain.audit.checkpoints import (
+    load_public_key,
+    load_signing_key,
+    local_signing_key_path,
+)
 from securetrain.audit.errors import AuditChainBroken, AuditKeyError
 from securetrain.audit.log import AuditLog
 from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
+from securetrain.cli.options import add_stack_storage_options
 from securetrain.errors import ConfigurationError
 from securetrain.stack.envfile import read_stack_env
 from securetrain.stack.layout import resolve_state_dir
@@ -80,13 +85,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Audit logs kept as append blobs in the local stack's Azurite (stack.env settings). "
         "See docs/audit.md for the format and what verification proves.",
     )  # fmt: skip
-    group.add_argument(
-        "--state-dir", type=Path, default=None,
-        help="the local stack's state directory (default: $SECURETRAIN_STATE_DIR or <repo>/.securetrain)",
-    )  # fmt: skip
-    group.add_argument(
-        "--container", default=AUDIT_CONTAINER, help=f"the container holding audit logs (default {AUDIT_CONTAINER})"
-    )
+    add_stack_storage_options(group, container=AUDIT_CONTAINER, holds="audit logs")
     commands = group.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
 
     verify = commands.add_parser(

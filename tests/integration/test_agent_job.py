@@ -20,9 +20,7 @@ import torch
 
 import trainer
 from securetrain.cvm_client import CvmClient
-from securetrain.datasets import bundled_table, to_parquet
-from securetrain.keyvault import fetch_kek_public_key
-from securetrain.onboarding import SealedShard, seal_and_upload
+from securetrain.onboarding import SealedShard
 from securetrain.sealed import KekPrivateKey, SealedReader, inspect
 from securetrain.storage import BlobStore
 from tests.agent_process import AgentProcess
@@ -36,26 +34,6 @@ SUITE = {"name": "breast-cancer", "expectations": [
     {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "label"}},
     {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}},
 ]}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def store(local_stack):
-    with BlobStore.from_stack_env(local_stack.env) as blob_store:
-        # The pipeline's environment preparation makes these before it submits a job.
-        for container in ("checkpoints", "models"):
-            blob_store.ensure_container(container)
-        yield blob_store
-
-
-@pytest.fixture(scope="module")
-def shard(local_stack, store) -> SealedShard:
-    """Breast-cancer sealed by the data owner for the stack's KEK and uploaded to Azurite."""
-    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
-    return seal_and_upload(
-        to_parquet(bundled_table("breast-cancer")), kek=kek, store=store, container="datasets",
-        blob=f"agent-job-{uuid.uuid4().hex[:8]}/shard-0.parquet.sealed", file_format="parquet",
-        context={"dataset_id": "breast-cancer"},
-    )  # fmt: skip
 
 
 def job_spec(local_stack, shard: SealedShard, *, epochs: int = 3, batch_size: int = 32, **changes: Any) -> dict:

@@ -14,15 +14,9 @@ from securetrain.datasets import bundled_table, to_parquet
 from securetrain.keyvault import fetch_kek_public_key
 from securetrain.onboarding import seal_and_upload
 from securetrain.sealed import KekPublicKey
-from securetrain.storage import BlobStore, PublicContainer
+from securetrain.storage import PublicContainer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def store(local_stack):
-    with BlobStore.from_stack_env(local_stack.env) as blob_store:
-        yield blob_store
 
 
 @pytest.fixture(scope="module")
