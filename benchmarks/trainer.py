@@ -20,7 +20,7 @@ has no validation step to match it.
 Figures: ``secure_plain_ratio`` (target <= 1.05), wall seconds and peak RSS of both, sealed bytes.
 Each side runs ``--repeats`` times, alternating, and its fastest run counts (the machine may be shared).
 
-Usage: ``python -m benchmarks.trainer [--size-mib 256] [--shards 4] [--epochs 5] [--repeats 2]``
+Usage: ``python -m benchmarks.trainer [--size-mib 256] [--shards 4] [--epochs 5] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=256, help="generated tabular data, at least this much")
     parser.add_argument("--shards", type=int, default=4, help="number of Parquet shards")
     parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=2, help="runs of each side, alternating; the fastest counts")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, alternating; the fastest counts")
     parser.add_argument("--role", choices=["plain", "secure"], help=argparse.SUPPRESS)
     parser.add_argument("--stack-env", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
