@@ -117,6 +117,30 @@ def training_params(*, dataset_version: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def training_dag(dag_id: str, *, description: str, schedule: Any, doc_md: str | None) -> Any:
+    """A DAG running the secure training workflow with the trigger form of :func:`training_params`."""
+    import pendulum  # noqa: PLC0415
+
+    from airflow.sdk import DAG  # noqa: PLC0415
+
+    with DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=training_params(dataset_version="latest"),
+        # Params keep their JSON types in the job spec (an integer stays an integer).
+        render_template_as_native_obj=True,
+        tags=["securetrain"],
+        doc_md=doc_md,
+    ) as dag:
+        secure_training_from_params()
+    return dag
+
+
 def secure_training_from_params() -> dict[str, Any]:
     """:func:`secure_training_tasks` with every argument taken from the run's ``params``."""
     return secure_training_tasks(

@@ -167,7 +167,7 @@ class AttestedTrainingOperator(BaseOperator):
             "tee_type": result["tee_type"],
             "transitions": job.get("transitions", []),
             # The TEE's signed statement about the model and the token that names its key (docs/models.md).
-            "provenance": result["provenance"],
+            "provenance": result.get("provenance"),
         }
 
     def _job_attestation(self, job: dict[str, Any]) -> dict[str, Any]:
