@@ -109,6 +109,9 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     print(f"    model:        {MODEL} version {version.version}, sealed sha256 {version.manifest['sealed_model']['sha256'][:16]}…")
     print(f"    audit:        {verdict.summary()} (report reports/{report['run']}/audit.json)")
     print(f"    cleanup:      {cleaned[-1] if cleaned else 'not recorded'}")
+    print(f"    run report:   reports/{run_name}/report.html (also on the Secure training page: make airflow)")
+    print(f"    verify it:    .venv/bin/securetrain models verify {MODEL} {version.version}; "
+          f".venv/bin/securetrain audit verify --log {run_name}")
     summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics}
     print("demo complete:", json.dumps(summary))
     return summary
