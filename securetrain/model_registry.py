@@ -19,7 +19,6 @@ again (a retry, or the same model twice) never changes what an existing manifest
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -39,7 +38,7 @@ from securetrain.model_provenance import (
     sign_manifest,
     verify_statement_signature,
 )
-from securetrain.sealed import SealedHeader
+from securetrain.sealed import SealedHeader, content_digest
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
 from securetrain.storage import BlobAlreadyExists, BlobStore, ContainerNotFound
@@ -200,7 +199,7 @@ class ModelRegistry:
                 f"{source_container}/{source_blob} is {len(sealed)} bytes; its header says {header.sealed_length}"
             )
         verify_sealed_model(header, kek_id=kek_id, run_id=run_id)
-        digest = hashlib.sha256(sealed).hexdigest()
+        digest = content_digest(sealed)
         check_statement_names(provenance, sealed_sha256=digest, plaintext_sha256=header.content.plaintext_sha256,
                               run_id=run_id)  # fmt: skip
         model_blob = f"{name}/sealed/{digest}.sealed"

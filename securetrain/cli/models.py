@@ -39,6 +39,7 @@ from securetrain.model_provenance import (
 )
 from securetrain.model_registry import REGISTRY_CONTAINER, ModelRegistry
 from securetrain.release_policy import ReleasePolicy
+from securetrain.sealed import content_digest
 from securetrain.stack.envfile import read_stack_env
 from securetrain.stack.layout import resolve_state_dir
 from securetrain.storage import BlobStore
@@ -114,7 +115,7 @@ def _verify(args: argparse.Namespace) -> int:
     with BlobStore.from_stack_env(env) as store:
         registry = ModelRegistry(store, args.container)
         version = registry.get(args.name, args.version)
-        stored_sha256 = hashlib.sha256(registry.sealed_model(version)).hexdigest()
+        stored_sha256 = content_digest(registry.sealed_model(version))
     try:
         checked = verify_provenance(
             version.manifest, stored_sha256, pipeline_key=pipeline_key, release_policy=policy, keys_for=keys_for

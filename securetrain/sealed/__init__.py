@@ -5,12 +5,13 @@
     inspect(src)                                  anyone: the header, nothing decrypted
 """
 
-from securetrain.sealed.envelope import SealedReader, inspect, seal, seal_file, unseal, unseal_file
+from securetrain.sealed.envelope import SealedReader, content_digest, inspect, seal, seal_file, unseal, unseal_file
 from securetrain.sealed.header import SealedHeader
 from securetrain.sealed.kek import KekPrivateKey, KekPublicKey
 from securetrain.sealed.stream import DEFAULT_SEGMENT_SIZE
 
 __all__ = [
+    "content_digest",
     "DEFAULT_SEGMENT_SIZE",
     "KekPrivateKey",
     "KekPublicKey",

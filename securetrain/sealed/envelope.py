@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from securetrain.fsutil import atomic_output
-from securetrain.sealed.errors import PlaintextDigestMismatch, SealInputError, WrongContext
+from securetrain.sealed.errors import PlaintextDigestMismatch, SealInputError, TrailingData, Truncated, WrongContext
 from securetrain.sealed.header import KeyWrap, SealedContent, SealedHeader, read_header
 from securetrain.sealed.kek import WRAP_ALGORITHM, KekPrivateKey, KekPublicKey
 from securetrain.sealed.stream import DEFAULT_SEGMENT_SIZE, StreamDecryptor, encrypt_stream
@@ -186,6 +186,27 @@ def unseal_file(
         header = unseal(src, dst, kek, expected_context=expected_context, verify_digest=verify_digest)
     log.info("opened %s -> %s: %d bytes", src_path, Path(dst_path), header.content.plaintext_length)
     return header
+
+
+def content_digest(sealed: bytes) -> str:
+    """SHA-256 (hex) of what a KEK rotation keeps of a sealed file: header content, header tag, ciphertext.
+
+    Rotation rewrites only the key section (which KEK wraps the data key, and the wrapped key), so this
+    digest names the same sealed content before and after it, where a digest of the whole file would
+    not. Nothing is lost by leaving the key section out: the header tag is keyed by the data key, so a
+    swapped wrapped key that opened to another data key would fail the tag.
+
+    Raises:
+        SealedFileError subclasses: the header does not parse, or the length is not the header's.
+    """
+    header = read_header(io.BytesIO(sealed))
+    if len(sealed) != header.sealed_length:
+        error = Truncated if len(sealed) < header.sealed_length else TrailingData
+        raise error(f"the sealed file is {len(sealed)} bytes; its header says {header.sealed_length}")
+    digest = hashlib.sha256(header.content.authenticated_bytes())
+    digest.update(header.tag)
+    digest.update(memoryview(sealed)[header.size :])
+    return digest.hexdigest()
 
 
 def inspect(src: BinaryIO) -> SealedHeader:

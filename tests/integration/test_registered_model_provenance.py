@@ -26,7 +26,7 @@ from securetrain.model_provenance import load_or_create_pipeline_key, local_pipe
 from securetrain.model_registry import ModelRegistry, ModelRejected, ModelVersion, manifest_blob
 from securetrain.onboarding import SealedShard
 from securetrain.release_policy import ReleasePolicy
-from securetrain.sealed import KekPrivateKey, SealedReader
+from securetrain.sealed import KekPrivateKey, SealedReader, content_digest
 from securetrain.storage import BlobStore
 
 pytestmark = pytest.mark.integration
@@ -79,7 +79,7 @@ def test_the_job_result_carries_a_statement_of_what_the_tee_read_and_wrote(job, 
     provenance = job["result"]["provenance"]
     statement = provenance["statement"]
     sealed = b"".join(store.download_chunks("models", job["result"]["model"]["blob"]))
-    assert statement["sealed_model_sha256"] == hashlib.sha256(sealed).hexdigest()
+    assert statement["sealed_model_sha256"] == content_digest(sealed)
     assert statement["datasets"] == [
         {"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}
     ]

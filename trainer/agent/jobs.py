@@ -16,7 +16,6 @@ States::
 from __future__ import annotations
 
 import enum
-import hashlib
 import io
 import json
 import logging
@@ -33,7 +32,7 @@ from securetrain.attestation.tokens import ValidatedToken
 from securetrain.errors import SecuretrainError, SecurityViolation
 from securetrain.fsutil import atomic_output
 from securetrain.model_provenance import DatasetDigest, model_statement, sign_statement
-from securetrain.sealed import KekPublicKey, SealedHeader, SealedReader, seal
+from securetrain.sealed import KekPublicKey, SealedHeader, SealedReader, content_digest, seal
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
 from securetrain.storage import BlobInfo, BlobStore
@@ -144,7 +143,7 @@ class _WitnessedStore:
         length = options.pop("length", None)
         sealed = stream.read() if length is None else stream.read(length)
         header = read_header(io.BytesIO(sealed))
-        self.model = (hashlib.sha256(sealed).hexdigest(), header.content.plaintext_sha256)
+        self.model = (content_digest(sealed), header.content.plaintext_sha256)
         return self._store.upload_stream(container, blob, io.BytesIO(sealed), length=len(sealed), **options)
 
     def list_blobs(self, container: str, prefix: str = "") -> Any:
@@ -450,7 +449,7 @@ class JobRunner:
         self.metrics.key_releases += 1
         with self._blob_store.open_read(request.container, request.blob) as src:
             sealed = src.read()
-        digest = hashlib.sha256(sealed).hexdigest()
+        digest = content_digest(sealed)
         if digest != request.sealed_sha256:
             raise ExportRejected(
                 f"{request.container}/{request.blob} has SHA-256 {digest}, not the registered {request.sealed_sha256}"
