@@ -33,7 +33,8 @@ with DAG(
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
+    # The rewrap holds data keys in memory: its own worker queue, away from the shared workers (docs/maintenance.md).
+    default_args={**DEFAULT_ARGS, "queue": "key-rotator"},
     params={
         "key": Param(KEK_NAME, type="string", pattern=r"^[0-9A-Za-z-]{1,127}$", title="KEK name"),
         "resume": Param(False, type="boolean", title="Resume",

@@ -140,7 +140,7 @@ def test_airflow_runs_celery_on_postgres_and_redis(model: dict[str, Any]) -> Non
         "airflow-scheduler": "scheduler",
         "airflow-dag-processor": "dag-processor",
         "airflow-triggerer": "triggerer",
-        "airflow-worker": "celery worker",
+        "airflow-worker": "celery worker --queues default,data-owner,key-rotator",
     }
     init_script = services["airflow-init"]["command"][-1]
     assert "airflow db migrate" in init_script and "airflow users create --role Admin" in init_script
