@@ -123,6 +123,8 @@ def test_trigger_secure_training_in_the_ui_and_read_the_secure_training_page(air
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(30_000)
+            # Assertions wait as long as actions: on a loaded 2-core machine the UI takes seconds to answer.
+            expect.set_options(timeout=30_000)
 
             # Log in: the DAG's page sends an anonymous browser to the login form and back.
             page.goto(f"{airflow_ui.url}dags/{DAG_ID}")
