@@ -7,6 +7,7 @@ records what it did in the audit log of its DAG run (``operators.audit.record_ev
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import json
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+from azure.core.exceptions import HttpResponseError
 from azure.keyvault.keys import KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 from azure.storage.blob import BlobClient
@@ -39,7 +40,7 @@ from securetrain.audit.log import AuditLog
 from securetrain.audit.sources import read_decision_log
 from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.keyvault import RotationError, rewrap_blob
+from securetrain.keyvault import rewrap_blobs
 from securetrain.model_registry import REGISTRY_CONTAINER
 from securetrain.retention import RetentionPolicy, apply_retention, plan_retention
 from securetrain.sealed import KekPublicKey, SealedHeader
@@ -60,10 +61,6 @@ UnwrapClients = Callable[[str], CryptographyClient]
 
 class RotationIncomplete(SecuretrainError):
     """Some blobs changed while they were rewrapped; they were left as they were. Transient: run again."""
-
-
-class RotationAccessDenied(SecurityViolation):
-    """The vault refused the rotator identity an unwrap: it lacks the role (Key Vault Crypto User)."""
 
 
 class RotationNotVerified(SecurityViolation):
@@ -102,29 +99,12 @@ def rewrap_containers(
     Resumable: blobs already on ``new_kek`` are skipped, and a crash leaves each blob old or new, both
     readable. Raises :class:`RotationIncomplete` (after trying every blob) if some changed meanwhile.
     """
-    outcomes: dict[str, list[str]] = {"rewrapped": [], "current": [], "other-kek": []}
-    changed = []
-    for container, blob in _sealed_blobs(store, containers):
-        name = f"{container}/{blob.blob_name}"
-        try:
-            outcome = rewrap_blob(blob, new_kek, unwrap)
-        except ResourceModifiedError:
-            changed.append(name)
-            continue
-        except HttpResponseError as exc:
-            if exc.status_code in (401, 403):
-                raise RotationAccessDenied(
-                    f"the vault refused to unwrap the data key of {name}: {exc.message}; the rotator connection's "
-                    "identity needs the unwrap action (Key Vault Crypto User)"
-                ) from None
-            raise RotationError(f"rewrapping {name} failed: {exc.message}") from None
-        outcomes[outcome].append(name)
-        if outcome == "rewrapped":
-            log.info("rewrapped %s to %s", name, new_kek.kek_id)
-    summary = {"kek_id": new_kek.kek_id, "rewrapped": outcomes["rewrapped"], "already_current": outcomes["current"],
-               "not_this_kek": outcomes["other-kek"], "changed_meanwhile": changed}  # fmt: skip
+    named = ((f"{container}/{blob.blob_name}", blob) for container, blob in _sealed_blobs(store, containers))
+    report = rewrap_blobs(named, new_kek, unwrap)
+    changed = report.changed_meanwhile
+    summary = dataclasses.asdict(report)
     log.info("rotation to %s: %d rewrapped, %d already current, %d of other keys", new_kek.kek_id,
-             len(outcomes["rewrapped"]), len(outcomes["current"]), len(outcomes["other-kek"]))  # fmt: skip
+             len(report.rewrapped), len(report.already_current), len(report.not_this_kek))  # fmt: skip
     if changed:
         raise RotationIncomplete(
             f"{len(changed)} blob(s) changed while they were rewrapped and were left as they were: {', '.join(changed)}; "

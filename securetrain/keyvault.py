@@ -13,7 +13,7 @@ import io
 import itertools
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from azure.core import MatchConditions
@@ -143,6 +143,10 @@ class RotationError(SecuretrainError):
     """A blob could not be rewrapped; the message names it and why."""
 
 
+class RotationAccessDenied(RotationError, SecurityViolation):
+    """The vault refused the rotator identity an unwrap: it lacks the role (Key Vault Crypto User)."""
+
+
 @dataclass
 class RotationReport:
     """What a rotation did: the new KEK version and each blob's outcome."""
@@ -202,6 +206,38 @@ def rewrap_blob(
     return "rewrapped"
 
 
+def rewrap_blobs(
+    blobs: Iterable[tuple[str, BlobClient]],
+    new_kek: KekPublicKey,
+    unwrap_client: Callable[[str], CryptographyClient],
+) -> RotationReport:
+    """Rewrap each sealed blob (named for the report) whose KEK is an older version of ``new_kek``'s key.
+
+    One ETag-conditional replacement per blob (:func:`rewrap_blob`): a blob that changed meanwhile is left
+    as it was and reported, so the rotation can be run again; every blob stays readable throughout.
+    """
+    report = RotationReport(new_kek.kek_id)
+    outcomes = {"rewrapped": report.rewrapped, "current": report.already_current, "other-kek": report.not_this_kek}
+    for name, blob in blobs:
+        try:
+            outcome = rewrap_blob(blob, new_kek, unwrap_client)
+        except ResourceModifiedError:
+            log.warning("%s changed while it was rewrapped: left as it is; run the rotation again", name)
+            report.changed_meanwhile.append(name)
+            continue
+        except HttpResponseError as exc:
+            if exc.status_code in (401, 403):
+                raise RotationAccessDenied(
+                    f"the vault refused to unwrap the data key of {name}: {exc.message}; the rotating identity "
+                    "needs the unwrap action (Key Vault Crypto User)"
+                ) from None
+            raise RotationError(f"rewrapping {name} failed: {exc.message}") from None
+        outcomes[outcome].append(name)
+        if outcome == "rewrapped":
+            log.info("rewrapped %s to %s", name, new_kek.kek_id)
+    return report
+
+
 def rotate_container(
     container: ContainerClient,
     new_kek: KekPublicKey,
@@ -210,18 +246,5 @@ def rotate_container(
     prefix: str = "",
 ) -> RotationReport:
     """Rewrap every sealed blob under ``prefix`` whose KEK is an older version of ``new_kek``'s key."""
-    report = RotationReport(new_kek.kek_id)
-    outcomes = {"rewrapped": report.rewrapped, "current": report.already_current, "other-kek": report.not_this_kek}
-    for item in container.list_blobs(name_starts_with=prefix or None):
-        try:
-            outcome = rewrap_blob(container.get_blob_client(item.name), new_kek, unwrap_client)
-        except ResourceModifiedError:
-            log.warning("%s changed while it was rewrapped: left as it is; run the rotation again", item.name)
-            report.changed_meanwhile.append(item.name)
-            continue
-        except HttpResponseError as exc:
-            raise RotationError(f"rewrapping {item.name} failed: {exc.message}") from None
-        outcomes[outcome].append(item.name)
-        if outcome == "rewrapped":
-            log.info("rewrapped %s to %s", item.name, new_kek.kek_id)
-    return report
+    items = container.list_blobs(name_starts_with=prefix or None)
+    return rewrap_blobs(((item.name, container.get_blob_client(item.name)) for item in items), new_kek, unwrap_client)
