@@ -136,13 +136,19 @@ class _Quiet:
         pass
 
 
-def run_secure(stack_env: Path, spec_json: dict[str, Any]) -> dict[str, Any]:
-    """``run_training`` from the sealed shards in Azurite; the KEK's private key arrives on stdin."""
-    from trainer.job_spec import JobKeys, JobSpec  # noqa: PLC0415
+def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[str, Any]:
+    """``run_training`` from the sealed shards in Azurite; the KEK's private key arrives on stdin.
+
+    The shards are handed over as the agent hands them after it resolved the owner-signed manifest (that
+    lookup is one small blob per job, not part of what training costs).
+    """
+    from trainer.job_spec import DatasetShard, JobKeys, JobSpec  # noqa: PLC0415
     from trainer.training import run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
-    spec = JobSpec.from_json(spec_json).training
+    spec = JobSpec.from_json(spec_json).training_on(
+        [DatasetShard("datasets", f"bench/part-{i}.sealed", "parquet", CONTEXT) for i in range(shards)]
+    )
     with BlobStore.from_stack_env(stack_env) as store:
         start = time.perf_counter()
         result = run_training(spec, keys, store, _Quiet(), threading.Event())
@@ -150,11 +156,10 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": seconds, "val_accuracy": result.metrics["val_accuracy"], "peak_rss_mib": peak_rss_mib()}
 
 
-def job_spec(run_id: str, shards: int, epochs: int) -> dict[str, Any]:
+def job_spec(run_id: str, epochs: int) -> dict[str, Any]:
     return {
         "run_id": run_id, "nonce": "n" * 32, "kek_id": KEK_ID,
-        "datasets": [{"container": "datasets", "blob": f"bench/part-{i}.sealed", "format": "parquet",
-                      "context": CONTEXT} for i in range(shards)],
+        "datasets": [{"container": "datasets", "manifest": "bench/manifest.json"}],
         "columns": {"label": "label"}, "model": MODEL,
         "hyperparameters": {"epochs": epochs, "batch_size": BATCH_SIZE, "learning_rate": LEARNING_RATE, "seed": SEED},
         "checkpoints": {"container": "checkpoints", "prefix": f"{run_id}/"},
@@ -191,7 +196,7 @@ def main() -> int:
         print(json.dumps(run_plain(args.stack_env, args.shards, args.epochs)))
         return 0
     if args.role == "secure":
-        print(json.dumps(run_secure(args.stack_env, json.loads(args.spec))))
+        print(json.dumps(run_secure(args.stack_env, json.loads(args.spec), args.shards)))
         return 0
 
     private_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
@@ -223,7 +228,7 @@ def main() -> int:
             for repeat in range(args.repeats):
                 # Alternating, so that a burst of load on a shared machine does not fall on one side only.
                 plains.append(child("plain", common))
-                spec = job_spec(f"bench-{repeat}", args.shards, args.epochs)  # a run of its own: nothing to resume
+                spec = job_spec(f"bench-{repeat}", args.epochs)  # a run of its own: nothing to resume
                 secures.append(child("secure", [*common, "--spec", json.dumps(spec)], stdin=keys_pem))
             plain, secure = _best(plains), _best(secures)
         finally:

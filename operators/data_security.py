@@ -14,7 +14,7 @@ from operators.hooks.keyvault import KeyVaultHook
 from operators.hooks.storage import SecureStorageHook
 from operators.locations import DATASETS_CONTAINER
 from securetrain.errors import SecurityViolation
-from securetrain.onboarding import DatasetManifest, SealedShard
+from securetrain.onboarding import DatasetManifest, DatasetRef, SealedShard
 from securetrain.sealed import KekPublicKey
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
@@ -74,8 +74,10 @@ class DataSecurityCheckOperator(BaseOperator):
     containers must be private; and the KEK must still carry the approved release policy
     (``release_policy_sha256``, from environment preparation).
 
-    Returns (XCom) ``{"dataset_id", "version", "manifest_blob", "datasets": [{"container", "blob", "format",
-    "context", "kek_id", "plaintext_sha256", "size"}]}``: the shards, as the training job takes them.
+    Returns (XCom) ``{"dataset_id", "version", "manifest_blob", "job_datasets": [{"container", "manifest"}],
+    "datasets": [{"container", "blob", "format", "context", "kek_id", "plaintext_sha256", "size"}]}``:
+    the manifest as the training job names it, and its shards for the record (the TEE reads the shards from
+    the owner-signed manifest itself; docs/security.md).
     """
 
     template_fields: Sequence[str] = ("dataset_id", "version", "kek_id", "release_policy_sha256")
@@ -118,6 +120,7 @@ class DataSecurityCheckOperator(BaseOperator):
                     self.version = DatasetManifest.latest_version(store, self.container, self.dataset_id)
                     self.log.info("the latest version of %s is %s", self.dataset_id, self.version)
                 manifest_blob = DatasetManifest.blob_name(self.dataset_id, self.version)
+                ref = DatasetRef(self.container, manifest_blob)
                 manifest = DatasetManifest.read(store, self.container, manifest_blob)
                 # The manifest names the KEK the owner sealed for; a rotation since then rewrapped the shards to a
                 # newer version of the same key, which their headers (checked below) must name.
@@ -134,9 +137,10 @@ class DataSecurityCheckOperator(BaseOperator):
             "dataset_id": self.dataset_id,
             "version": self.version,
             "manifest_blob": f"{self.container}/{manifest_blob}",
+            "job_datasets": [ref.to_json()],
             "datasets": [
-                {**shard.job_dataset(), "kek_id": shard.kek_id, "plaintext_sha256": shard.plaintext_sha256,
-                 "size": shard.sealed_bytes}
+                {"container": shard.container, "blob": shard.blob, "format": shard.format, "context": dict(shard.context),
+                 "kek_id": shard.kek_id, "plaintext_sha256": shard.plaintext_sha256, "size": shard.sealed_bytes}
                 for shard in manifest.shards
             ],  # fmt: skip
         }

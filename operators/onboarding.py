@@ -14,6 +14,9 @@ from typing import Any
 from securetrain.errors import ConfigurationError
 
 DATA_OWNER_QUEUE = "data-owner"
+#: The connection that holds the data owner's signing key (extra ``signing_key``: a PEM file path). Only the
+#: data owner's own deployment or worker has it; the pipeline's Airflow does not (docs/security.md).
+DATA_OWNER_CONN_ID = "securetrain_data_owner"
 
 
 def load_plaintext(source: str) -> bytes:
@@ -50,11 +53,15 @@ def publish_sealed_dataset(
     kek_name: str | None = None,
     storage_conn_id: str | None = None,
     keyvault_conn_id: str | None = None,
+    data_owner_conn_id: str = DATA_OWNER_CONN_ID,
 ) -> dict[str, Any]:
-    """Seal ``source`` for the KEK's latest version, upload it and its manifest; the manifest's summary.
+    """Seal ``source`` for the KEK's latest version, upload it and its owner-signed manifest; its summary.
 
     The plaintext must be the one validated (same SHA-256): a source that changed in between is refused.
     """
+    from airflow.sdk import BaseHook  # noqa: PLC0415
+
+    from securetrain.audit.checkpoints import load_signing_key  # noqa: PLC0415
     from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
     from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
     from operators.locations import DATASETS_CONTAINER  # noqa: PLC0415
@@ -65,6 +72,10 @@ def publish_sealed_dataset(
     digest = hashlib.sha256(plaintext).hexdigest()
     if digest != validated_sha256:
         raise ConfigurationError(f"{source} changed since it was validated (sha256 {digest}, validated {validated_sha256})")
+    key_file = BaseHook.get_connection(data_owner_conn_id).extra_dejson.get("signing_key")
+    if not key_file:
+        raise ConfigurationError(f"the connection {data_owner_conn_id} names no signing_key (the data owner's PEM key file)")
+    owner_key = load_signing_key(Path(key_file))
     vault = KeyVaultHook(keyvault_conn_id or KeyVaultHook.default_conn_name)
     with vault.get_conn() as client:
         kek = kek_public_key(client.get_key(kek_name or KEK_NAME))
@@ -72,7 +83,7 @@ def publish_sealed_dataset(
         shard = seal_and_upload(plaintext, kek=kek, store=store, container=DATASETS_CONTAINER,
                                 blob=f"{dataset_id}/{version}/shard-00000.parquet.sealed", file_format="parquet",
                                 context={"dataset_id": dataset_id, "version": version})  # fmt: skip
-        manifest = new_manifest(dataset_id, version, kek.kek_id, [shard])
-        blob = manifest.write(store, DATASETS_CONTAINER)
-    return {"dataset_id": dataset_id, "version": version, "kek_id": kek.kek_id, "manifest_blob": f"{DATASETS_CONTAINER}/{blob}",
-            "shards": 1, "sealed_bytes": shard.sealed_bytes}  # fmt: skip
+        manifest = new_manifest(dataset_id, version, kek.kek_id, [shard], owner_key)
+        ref = manifest.write(store, DATASETS_CONTAINER)
+    return {"dataset_id": dataset_id, "version": version, "kek_id": kek.kek_id,
+            "manifest_blob": f"{ref.container}/{ref.manifest}", "shards": 1, "sealed_bytes": shard.sealed_bytes}  # fmt: skip

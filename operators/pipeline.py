@@ -62,7 +62,7 @@ def secure_training_tasks(
     )  # fmt: skip
     attestation = AttestationStatusSensor(task_id="attestation_status", kek_id=kek_id)
     train = AttestedTrainingOperator(
-        task_id="train", kek_id=kek_id, datasets=_from_stage(check.task_id, "datasets"), model=model,
+        task_id="train", kek_id=kek_id, datasets=_from_stage(check.task_id, "job_datasets"), model=model,
         hyperparameters=hyperparameters, columns=columns, expectation_suite=expectation_suite,
     )  # fmt: skip
     # Beside training. In reschedule mode (the default unless [operators] default_deferrable is on) it

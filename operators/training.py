@@ -30,10 +30,6 @@ from securetrain.attestation.tokens import TokenRejected
 from securetrain.cvm_client import CvmConflict
 from trainer.job_spec import JobSpec
 
-#: Job spec fields of a dataset shard (the data check's output carries more, for the record).
-_SHARD_FIELDS = ("container", "blob", "format", "context")
-
-
 class AttestedTrainingOperator(BaseOperator):
     """Submits the training job to the confidential VM and waits for it (deferred by default).
 
@@ -81,7 +77,7 @@ class AttestedTrainingOperator(BaseOperator):
             "run_id": run,
             "nonce": secrets.token_urlsafe(32),
             "kek_id": self.kek_id,
-            "datasets": [{name: shard[name] for name in _SHARD_FIELDS} for shard in self.datasets],
+            "datasets": [{"container": ref["container"], "manifest": ref["manifest"]} for ref in self.datasets],
             "columns": dict(self.columns),
             "model": dict(self.model),
             "hyperparameters": dict(self.hyperparameters),
@@ -100,7 +96,7 @@ class AttestedTrainingOperator(BaseOperator):
             with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
                 try:
                     job = client.submit(spec)
-                    self.log.info("submitted job %s (run %s) to %s: %d shard(s), model %s, %s epochs", job_id, run,
+                    self.log.info("submitted job %s (run %s) to %s: %d dataset(s), model %s, %s epochs", job_id, run,
                                   client.endpoint, len(spec["datasets"]), spec["model"]["name"],
                                   spec["hyperparameters"]["epochs"])  # fmt: skip
                 except CvmConflict:

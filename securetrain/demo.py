@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from securetrain.airflow_env import airflow_environment, migrate
@@ -26,7 +27,7 @@ from securetrain.audit.log import AuditLog
 from securetrain.audit.store import BlobAuditStore
 from securetrain.errors import SecuretrainError
 from securetrain.model_registry import ModelRegistry
-from securetrain.stack import StackConfig, up
+from securetrain.stack import StackConfig, data_owner, up
 from securetrain.storage import BlobStore
 
 MODEL = "breast-cancer-classifier"
@@ -42,11 +43,12 @@ def _step(number: int, text: str) -> None:
     print(f"[{number}] {text}", flush=True)
 
 
-def _dags_test(state_dir: Path, dag_id: str) -> str:
-    """Run ``airflow dags test dag_id``, echoing its stages; the whole output."""
+def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None = None) -> str:
+    """Run ``airflow dags test dag_id``, echoing its stages; the whole output. ``overrides`` add variables
+    to the pipeline's Airflow environment (the data owner's connection, for the owner's own DAG)."""
     log_path = state_dir / "demo" / f"{dag_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **airflow_environment(state_dir)}
+    env = {**os.environ, **airflow_environment(state_dir), **(overrides or {})}
     airflow = str(Path(sys.executable).parent / "airflow")
     lines = []
     with log_path.open("w") as log, subprocess.Popen(
@@ -75,7 +77,8 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     _step(2, "migrating Airflow's metadata database (SQLite under the state directory)")
     migrate(root)
     _step(3, "data owner: airflow dags test data_onboarding (validate, seal for the KEK, upload, publish)")
-    _dags_test(root, "data_onboarding")
+    # The data owner's run: only it gets the owner's signing key for the manifest.
+    _dags_test(root, "data_onboarding", overrides=data_owner.airflow_connection(config.layout))
     _step(4, "airflow dags test secure_training")
     output = _dags_test(root, "secure_training")
     match = re.search(r"report reports/([^/\s]+)/audit\.json", output)

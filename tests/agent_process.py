@@ -54,7 +54,8 @@ class AgentProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "trainer.agent", "--port", str(self.port), "--cert",
                  str(self._server.cert_path), "--key", str(self._server.key_path), "--client-ca",
-                 str(self._stack.ca_bundle), "--work-dir", str(self.work_dir)],
+                 str(self._stack.ca_bundle), "--work-dir", str(self.work_dir), "--data-owner-key",
+                 str(self._stack.state_dir / "policies" / "data-owner-key.pem")],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
             )  # fmt: skip
         wait_port(self.port, self._process)

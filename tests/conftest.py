@@ -6,22 +6,30 @@ services through ``local_stack.env``: the parsed ``stack.env``, exactly what a u
 
 ``stack_config`` is for tests that start, kill and stop a stack of their own: a configuration in a fresh
 state directory with free ports, brought down after the test whatever it left running.
+
+``store``, ``shard`` and ``dataset_ref`` are for tests that run jobs: the stack's storage, breast-cancer
+sealed by the stack's data owner, and the owner-signed manifest a job spec names.
 """
 
 from __future__ import annotations
 
 import contextlib
 import socket
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from securetrain.stack import StackConfig, down, read_stack_env, up
+from securetrain.datasets import bundled_table, to_parquet
+from securetrain.keyvault import fetch_kek_public_key
+from securetrain.onboarding import DatasetRef, SealedShard, new_manifest, seal_and_upload
+from securetrain.stack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
 from securetrain.stack.azurite import AZURITE
 from securetrain.stack.registry import SERVICES
 from securetrain.stack.service import Service
+from securetrain.storage import BlobStore
 
 
 def free_ports(count: int) -> list[int]:
@@ -92,6 +100,37 @@ def onboarded_dataset(local_stack: LocalStack) -> Path:
     from securetrain.airflow_env import migrate, run_airflow  # noqa: PLC0415 - only the Airflow tests need it
 
     migrate(local_stack.state_dir)
-    result = run_airflow(local_stack.state_dir, ["dags", "test", "data_onboarding"], capture_output=True)
+    # The data owner's run of its own DAG: only it gets the owner's signing key.
+    owner = data_owner.airflow_connection(StackLayout(local_stack.state_dir))
+    result = run_airflow(local_stack.state_dir, ["dags", "test", "data_onboarding"], capture_output=True, overrides=owner)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return local_stack.state_dir
+
+
+@pytest.fixture(scope="module")
+def store(local_stack):
+    """The stack's Azurite, with the containers the pipeline's environment preparation makes before a job."""
+    with BlobStore.from_stack_env(local_stack.env) as blob_store:
+        for container in ("checkpoints", "models"):
+            blob_store.ensure_container(container)
+        yield blob_store
+
+
+@pytest.fixture(scope="module")
+def shard(local_stack, store) -> SealedShard:
+    """Breast-cancer sealed by the data owner for the stack's KEK and uploaded to Azurite."""
+    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    return seal_and_upload(
+        to_parquet(bundled_table("breast-cancer")), kek=kek, store=store, container="datasets",
+        blob=f"job-{uuid.uuid4().hex[:8]}/shard-0.parquet.sealed", file_format="parquet",
+        context={"dataset_id": "breast-cancer"},
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def dataset_ref(local_stack, store, shard) -> DatasetRef:
+    """The manifest of ``shard`` as the stack's data owner signs it: what a job spec names."""
+    owner_key = data_owner.signing_key(StackLayout(local_stack.state_dir))
+    version = shard.blob.split("/", 1)[0]
+    manifest = new_manifest(shard.context["dataset_id"], version, shard.kek_id, [shard], owner_key)
+    return manifest.write(store, shard.container)

@@ -20,8 +20,8 @@ persisted, logged or put into a response.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
@@ -29,6 +29,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from securetrain.errors import ConfigurationError, SecuretrainError
+from securetrain.onboarding import DatasetRef
 from securetrain.sealed import KekPrivateKey, KekPublicKey
 
 # Azure Blob Storage naming rules: containers 3-63 lowercase letters, digits and single hyphens.
@@ -45,18 +46,6 @@ _PREFIX = {
     "type": "string",
     "pattern": r"^(?!/)(?!.*//)(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f\\]{1,1023}/$",
     "description": "Blob name prefix, ending in '/'.",
-}
-_CONTEXT = {
-    "type": "object",
-    "description": (
-        "The seal context the shard must carry (dataset id, classification, shard, ...); opening a shard "
-        "sealed under any other context fails. At least one entry, so a shard cannot be swapped for any "
-        "other file sealed to the same KEK."
-    ),
-    "minProperties": 1,
-    "maxProperties": 32,
-    "propertyNames": {"pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
-    "additionalProperties": {"type": "string", "maxLength": 1024},
 }
 _IDENTIFIER = {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"}
 
@@ -105,24 +94,19 @@ JOB_SPEC_SCHEMA: dict[str, Any] = {
         "datasets": {
             "type": "array",
             "minItems": 1,
-            "maxItems": 10000,
-            "description": "The sealed shards of the training data, in the order they are read.",
+            "maxItems": 16,
+            "description": (
+                "The dataset versions to train on, each named by its manifest, which the data owner signed. The "
+                "TEE reads each manifest, checks the owner's signature and opens exactly the shards it lists, "
+                "under the seal contexts it names; shards and contexts never come from the job spec."
+            ),
             "items": {
                 "type": "object",
                 "additionalProperties": False,
-                "required": ["container", "blob", "format", "context"],
+                "required": ["container", "manifest"],
                 "properties": {
                     "container": _CONTAINER,
-                    "blob": _BLOB,
-                    "format": {
-                        # "arrow" (Arrow IPC stream) added by the training side: shards larger than memory.
-                        "enum": ["parquet", "safetensors", "arrow"],
-                        "description": (
-                            "Plaintext format inside the seal: a Parquet table, safetensors tensors, or an "
-                            "Arrow IPC stream (read batch by batch: for shards larger than memory)."
-                        ),
-                    },
-                    "context": _CONTEXT,
+                    "manifest": {**_BLOB, "description": "The manifest's blob name (<dataset>/<version>/manifest.json)."},
                 },
             },
         },
@@ -307,7 +291,7 @@ class BlobRef:
 
 @dataclass(frozen=True)
 class DatasetShard:
-    """One sealed shard of training data and the seal context it must carry."""
+    """One sealed shard of training data and the seal context it must carry (both from the owner's manifest)."""
 
     container: str
     blob: str
@@ -352,7 +336,8 @@ class CheckpointLocation:
 class TrainingSpec:
     """The training part of a job spec: everything ``run_training`` needs besides keys and storage.
 
-    ``run_training`` resumes from the newest checkpoint under ``checkpoints`` that opens and verifies,
+    The TEE builds it (:meth:`JobSpec.training_on`) once it has resolved the job's datasets into shards
+    from the owners' signed manifests. ``run_training`` resumes from the newest checkpoint under ``checkpoints`` that opens and verifies,
     so calling it again for the same spec after a crash continues the run.
     """
 
@@ -373,12 +358,17 @@ def job_id_for_run(run_id: str) -> str:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A validated job spec: the attestation inputs (nonce, KEK id) and the training spec."""
+    """A validated job spec: the attestation inputs (nonce, KEK id), the datasets' manifests, and the plan.
+
+    ``plan`` is the training spec without shards (its ``datasets`` is empty): the shards come from the
+    data owners' signed manifests, which only the TEE resolves (:meth:`training_on`).
+    """
 
     run_id: str
     nonce: str
     kek_id: str
-    training: TrainingSpec
+    datasets: tuple[DatasetRef, ...]
+    plan: TrainingSpec
 
     @property
     def job_id(self) -> str:
@@ -400,11 +390,9 @@ class JobSpec:
         columns = doc["columns"]
         model = doc["model"]
         suite = doc.get("expectation_suite")
-        training = TrainingSpec(
+        plan = TrainingSpec(
             run_id=doc["run_id"],
-            datasets=tuple(
-                DatasetShard(s["container"], s["blob"], s["format"], _frozen(s["context"])) for s in doc["datasets"]
-            ),
+            datasets=(),
             columns=Columns(columns["label"], tuple(columns["features"]) if "features" in columns else None),
             model=ModelSpec(model["name"], _frozen(model.get("params", {}))),
             hyperparameters=Hyperparameters(**doc["hyperparameters"]),
@@ -412,40 +400,52 @@ class JobSpec:
             checkpoints=CheckpointLocation(**doc["checkpoints"]),
             output=BlobRef(**doc["output"]),
         )
-        return cls(run_id=doc["run_id"], nonce=doc["nonce"], kek_id=doc["kek_id"], training=training)
+        datasets = tuple(DatasetRef(entry["container"], entry["manifest"]) for entry in doc["datasets"])
+        return cls(run_id=doc["run_id"], nonce=doc["nonce"], kek_id=doc["kek_id"], datasets=datasets, plan=plan)
 
     def _check_consistent(self) -> None:
         """Rules across fields that JSON Schema cannot say."""
-        shards = self.training.datasets
-        formats = {shard.format for shard in shards}
-        if len(formats) > 1:
-            raise JobSpecError("datasets", f"all shards must have one format, got {sorted(formats)}")
-        seen: set[tuple[str, str]] = set()
-        for index, shard in enumerate(shards):
-            if (shard.container, shard.blob) in seen:
-                raise JobSpecError(f"datasets[{index}]", f"shard {shard.container}/{shard.blob} is listed twice")
-            seen.add((shard.container, shard.blob))
-        features = self.training.columns.features
-        if features is not None and self.training.columns.label in features:
+        if len(set(self.datasets)) != len(self.datasets):
+            raise JobSpecError("datasets", "a dataset manifest is listed twice")
+        features = self.plan.columns.features
+        if features is not None and self.plan.columns.label in features:
             raise JobSpecError("columns.features", "the label column must not also be a feature")
-        output, checkpoints = self.training.output, self.training.checkpoints
+        output, checkpoints = self.plan.output, self.plan.checkpoints
         if output.container == checkpoints.container and output.blob.startswith(checkpoints.prefix):
             # Resume picks the newest blob under the checkpoint prefix; the model must not be mistaken for one.
             raise JobSpecError("output.blob", f"must not lie under the checkpoint prefix {checkpoints.prefix!r}")
+        if any((output.container, output.blob) == (ref.container, ref.manifest) for ref in self.datasets):
+            raise JobSpecError("output.blob", "must not overwrite a dataset manifest")
+
+    def training_on(self, shards: Sequence[DatasetShard]) -> TrainingSpec:
+        """The training spec over ``shards`` (resolved by the TEE from the signed manifests).
+
+        Raises:
+            JobSpecError: the shards mix formats, repeat, or the outputs would overwrite one.
+        """
+        formats = {shard.format for shard in shards}
+        if len(formats) != 1:
+            raise JobSpecError("datasets", f"the shards must have exactly one format, got {sorted(formats)}")
+        seen: set[tuple[str, str]] = set()
+        for shard in shards:
+            if (shard.container, shard.blob) in seen:
+                raise JobSpecError("datasets", f"shard {shard.container}/{shard.blob} is listed twice")
+            seen.add((shard.container, shard.blob))
+        output, checkpoints = self.plan.output, self.plan.checkpoints
         if (output.container, output.blob) in seen:
             raise JobSpecError("output.blob", "must not overwrite a dataset shard")
+        if any(s.container == checkpoints.container and s.blob.startswith(checkpoints.prefix) for s in shards):
+            raise JobSpecError("checkpoints.prefix", "must not hold a dataset shard")
+        return replace(self.plan, datasets=tuple(shards))
 
     def to_json(self) -> dict[str, Any]:
         """The spec as a JSON document that :meth:`from_json` accepts (for the agent's job record)."""
-        t = self.training
+        t = self.plan
         document: dict[str, Any] = {
             "run_id": self.run_id,
             "nonce": self.nonce,
             "kek_id": self.kek_id,
-            "datasets": [
-                {"container": s.container, "blob": s.blob, "format": s.format, "context": dict(s.context)}
-                for s in t.datasets
-            ],
+            "datasets": [ref.to_json() for ref in self.datasets],
             "columns": {"label": t.columns.label}
             | ({"features": list(t.columns.features)} if t.columns.features is not None else {}),
             "model": {"name": t.model.name, "params": _thawed(t.model.params)},

@@ -2,7 +2,8 @@
 
 On the first ``up`` it writes the local stack's approved appraisal policy,
 ``<state>/policies/appraisal.yaml``: the simulated platform's root (trusted here, and only here), the
-local CVM's reference launch measurement, and HOST_DATA of the trainer code installed at that moment.
+local CVM's reference launch measurement, and HOST_DATA of the workload installed at that moment (its code,
+dependencies and the data owner key it trusts: :func:`securetrain.stack.data_owner.stack_host_data`).
 The file is kept afterwards: approving a changed trainer is an explicit act (delete the file, or edit
 it with the digest ``securetrain cvm measure`` prints), exactly as a data owner's reviewers would
 approve a new build; until then a changed trainer is refused.
@@ -20,7 +21,7 @@ from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.appraisal import AppraisalPolicy
 from securetrain.fsutil import atomic_output
 from securetrain.stack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
-from trainer.workload import host_data
+from securetrain.stack.data_owner import stack_host_data
 
 def appraisal_policy_path(context: ServiceContext) -> Path:
     return context.layout.policies_dir / "appraisal.yaml"
@@ -33,7 +34,7 @@ def local_appraisal_policy(context: ServiceContext) -> AppraisalPolicy:
         platform = SimulatedSnpPlatform.load_or_create(context.layout.snp_platform_dir)
         policy = AppraisalPolicy(
             allowed_measurements=frozenset({LAUNCH_MEASUREMENT}),
-            allowed_host_data=frozenset({host_data()}),
+            allowed_host_data=frozenset({stack_host_data(context.layout)}),
             min_tcb=DEFAULT_TCB,
             trusted_roots=(platform.root,),
             accept_simulated_platform=True,

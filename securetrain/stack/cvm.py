@@ -24,7 +24,7 @@ from securetrain.stack.identity import IDENTITY
 from securetrain.stack.keyvault import KEYVAULT
 from securetrain.stack.process import PidRecord
 from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy
-from trainer.workload import host_data
+from securetrain.stack.data_owner import public_key_path, signing_key, stack_host_data
 
 PIPELINE_IDENTITY = "pipeline"
 MONITOR_IDENTITY = "monitor"
@@ -52,6 +52,7 @@ def _dependency_exports(context: ServiceContext) -> dict[str, str]:
 def _argv(context: ServiceContext) -> Sequence[str]:
     for identity in (PIPELINE_IDENTITY, MONITOR_IDENTITY):
         client_certificate(context, identity)
+    signing_key(context.layout)  # the data owner's public key, which the TEE pins, exists from now on
     context.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return [
         sys.executable, "-m", "trainer.agent",
@@ -62,6 +63,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--client-ca", str(context.ca_bundle),
         "--work-dir", str(context.data_dir),
         "--evidence", "simulated",
+        "--data-owner-key", str(public_key_path(context.layout)),
     ]  # fmt: skip
 
 
@@ -95,7 +97,7 @@ def _exports(context: ServiceContext) -> Mapping[str, str]:
     monitor_cert, monitor_key = _client_pair(context, MONITOR_IDENTITY)
     return {
         "SECURETRAIN_CVM_ENDPOINT": context.base_url,
-        "SECURETRAIN_CVM_HOST_DATA": host_data().hex(),
+        "SECURETRAIN_CVM_HOST_DATA": stack_host_data(context.layout).hex(),
         "SECURETRAIN_CVM_PIPELINE_CERT": pipeline_cert,
         "SECURETRAIN_CVM_PIPELINE_KEY": pipeline_key,
         "SECURETRAIN_CVM_MONITOR_CERT": monitor_cert,

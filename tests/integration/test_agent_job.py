@@ -20,8 +20,9 @@ import torch
 
 import trainer
 from securetrain.cvm_client import CvmClient
-from securetrain.onboarding import SealedShard
+from securetrain.onboarding import DatasetRef
 from securetrain.sealed import KekPrivateKey, SealedReader, inspect
+from securetrain.stack import StackLayout, data_owner
 from securetrain.storage import BlobStore
 from tests.agent_process import AgentProcess
 from trainer.attest import TeeKey
@@ -36,13 +37,13 @@ SUITE = {"name": "breast-cancer", "expectations": [
 ]}  # fmt: skip
 
 
-def job_spec(local_stack, shard: SealedShard, *, epochs: int = 3, batch_size: int = 32, **changes: Any) -> dict:
+def job_spec(local_stack, dataset: DatasetRef, *, epochs: int = 3, batch_size: int = 32, **changes: Any) -> dict:
     run = f"test__{uuid.uuid4().hex}"
     return {
         "run_id": run,
         "nonce": secrets.token_urlsafe(24),
         "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [shard.job_dataset()],
+        "datasets": [dataset.to_json()],
         "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [16]}},
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.01, "seed": 7},
@@ -71,7 +72,7 @@ def released_kek(local_stack, kek_id: str) -> KekPrivateKey:
     """The KEK as a TEE gets it: attest an ephemeral key on the simulated platform, then Secure Key Release."""
     env = local_stack.env
     tee_key = TeeKey()
-    token = attester_from_env(env, SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))).attest(
+    token = attester_from_env(env, SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir)))).attest(
         tee_key, secrets.token_urlsafe(24)
     )
     return releaser_from_env(env).release(kek_id, token, tee_key).kek_private
@@ -91,9 +92,9 @@ def pipeline(local_stack):
 
 
 def test_a_job_submitted_over_mtls_trains_on_sealed_data_and_seals_its_outputs(
-    local_stack, store, shard, pipeline
+    local_stack, store, dataset_ref, pipeline
 ) -> None:
-    spec = job_spec(local_stack, shard)
+    spec = job_spec(local_stack, dataset_ref)
     job = wait_for(pipeline, pipeline.submit(spec)["job_id"], finished)
 
     assert job["state"] == "succeeded", job["error"]
@@ -113,13 +114,13 @@ def test_a_job_submitted_over_mtls_trains_on_sealed_data_and_seals_its_outputs(
 
 
 def test_an_agent_killed_mid_training_resumes_to_the_same_model(
-    local_stack, store, shard, pipeline, tmp_path: Path
+    local_stack, store, dataset_ref, pipeline, tmp_path: Path
 ) -> None:
     agent = AgentProcess(local_stack, tmp_path)
     client = agent.start()
     try:
         # Small batches make epochs long enough to kill the agent between two of them.
-        spec = job_spec(local_stack, shard, epochs=8, batch_size=4)
+        spec = job_spec(local_stack, dataset_ref, epochs=8, batch_size=4)
         job_id = client.submit(spec)["job_id"]
         interrupted = wait_for(client, job_id, lambda job: job["epoch"] >= 2 or finished(job))
         agent.kill()
@@ -130,7 +131,7 @@ def test_an_agent_killed_mid_training_resumes_to_the_same_model(
         assert resumed["epoch"] == 8
         assert f"resuming run {spec['run_id']} from checkpoints/" in agent.log()
         # The same job again on the stack's agent, never interrupted, under another run id.
-        uninterrupted = job_spec(local_stack, shard, epochs=8, batch_size=4)
+        uninterrupted = job_spec(local_stack, dataset_ref, epochs=8, batch_size=4)
         assert wait_for(pipeline, pipeline.submit(uninterrupted)["job_id"], finished)["state"] == "succeeded"
     finally:
         agent.stop()
@@ -142,7 +143,7 @@ def test_an_agent_killed_mid_training_resumes_to_the_same_model(
         assert torch.equal(tensor, plain_weights[name]), name
 
 
-def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, shard, tmp_path: Path) -> None:
+def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, dataset_ref, tmp_path: Path) -> None:
     code_root = tmp_path / "code"
     shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
     with (code_root / "trainer" / "training" / "loop.py").open("a") as source:
@@ -150,7 +151,7 @@ def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, shard, tmp
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
     client = agent.start()
     try:
-        job = wait_for(client, client.submit(job_spec(local_stack, shard))["job_id"], finished)
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref))["job_id"], finished)
     finally:
         agent.stop()
     assert job["state"] == "failed" and job["error"]["security_violation"], job
@@ -159,18 +160,18 @@ def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, shard, tmp
     assert job["epoch"] == 0 and job["last_checkpoint"] is None
 
 
-def test_a_failed_suite_fails_the_job_with_its_aggregates(local_stack, shard, pipeline) -> None:
+def test_a_failed_suite_fails_the_job_with_its_aggregates(local_stack, dataset_ref, pipeline) -> None:
     strict = {"name": "strict", "expectations": [
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "mean_area", "max_value": 100}},
     ]}  # fmt: skip
-    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, shard, expectation_suite=strict))["job_id"], finished)
+    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, dataset_ref, expectation_suite=strict))["job_id"], finished)
     assert job["state"] == "failed" and job["error"]["code"] == "DataValidationFailed"
     assert job["validation"]["success"] is False
     assert job["validation"]["statistics"]["unsuccessful_expectations"] == 1
     assert job["epoch"] == 0
 
 
-def test_storage_unreachable_fails_the_job_after_bounded_retries(local_stack, shard, pipeline) -> None:
-    missing = {**shard.job_dataset(), "container": "no-such-container"}
-    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, shard, datasets=[missing]))["job_id"], finished)
+def test_storage_unreachable_fails_the_job_after_bounded_retries(local_stack, dataset_ref, pipeline) -> None:
+    missing = {**dataset_ref.to_json(), "container": "no-such-container"}
+    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, dataset_ref, datasets=[missing]))["job_id"], finished)
     assert job["state"] == "failed" and "no-such-container" in job["error"]["message"], job["error"]

@@ -28,7 +28,10 @@ from securetrain.cvm_client import (
     CvmTlsError,
     CvmUnreachable,
 )
+from securetrain.onboarding import DatasetRef, SealedShard, new_manifest
 from securetrain.pki import LocalCA
+from securetrain.stack import StackLayout, data_owner
+from securetrain.storage import BlobStore
 from tests.agent_process import AgentProcess, wait_port
 from tests.conftest import free_ports
 from trainer.agent.jobs import JobRecord, JobState, JobStore
@@ -41,13 +44,17 @@ pytestmark = pytest.mark.integration
 RELEASE_ERRORS = {"KeyReleaseUnavailable", "KeyReleaseDenied", "KeyVaultUnreachable"}
 
 
+KEK_ID = "https://127.0.0.1:9/keys/kek/0123456789abcdef"
+VERSION = f"v-{uuid.uuid4().hex[:8]}"
+DATASET = DatasetRef("datasets", f"breast-cancer/{VERSION}/manifest.json")
+
+
 def job_spec(run_id: str | None = None, **changes: Any) -> dict[str, Any]:
     return {
         "run_id": run_id or f"manual__{uuid.uuid4().hex}",
         "nonce": secrets.token_urlsafe(24),
-        "kek_id": "https://127.0.0.1:9/keys/kek/0123456789abcdef",
-        "datasets": [{"container": "datasets", "blob": "bc/part-0.sealed", "format": "parquet",
-                      "context": {"dataset_id": "breast-cancer"}}],
+        "kek_id": KEK_ID,
+        "datasets": [DATASET.to_json()],
         "columns": {"label": "target"},
         "model": {"name": "mlp", "params": {}},
         "hyperparameters": {"epochs": 1, "batch_size": 32, "learning_rate": 0.01, "seed": 1},
@@ -55,6 +62,18 @@ def job_spec(run_id: str | None = None, **changes: Any) -> dict[str, Any]:
         "output": {"container": "models", "blob": "run/model.sealed"},
         **changes,
     }  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def dataset(local_stack) -> None:
+    """A dataset manifest the stack's data owner signed for the jobs' KEK: the TEE accepts it, attests, and
+    then asks the vault at ``KEK_ID`` (nothing listens there) for the key."""
+    shard = SealedShard("datasets", "bc/part-0.sealed", "parquet", {"dataset_id": "breast-cancer", "kind": "dataset",
+                        "format": "parquet"}, KEK_ID, "0" * 64, 1, 1)  # fmt: skip
+    owner_key = data_owner.signing_key(StackLayout(local_stack.state_dir))
+    with BlobStore.from_stack_env(local_stack.env) as store:
+        store.ensure_container(DATASET.container)
+        assert new_manifest("breast-cancer", VERSION, KEK_ID, [shard], owner_key).write(store, DATASET.container) == DATASET
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +272,7 @@ def test_reattestation_renews_the_token_and_reports_when_it_fails(local_stack, t
     try:
         wait_port(port, service)
         attester = Attester(
-            SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"])),
+            SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir))),
             AttestationServiceClient(endpoint, verify=ca),
             TokenValidator(AuthorityKeys(endpoint, verify=ca)),
         )

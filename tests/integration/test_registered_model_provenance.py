@@ -33,12 +33,12 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def job(local_stack, shard) -> dict[str, Any]:
+def job(local_stack, dataset_ref) -> dict[str, Any]:
     """A finished job of the stack's agent: two quick epochs."""
     run = f"test__{uuid.uuid4().hex}"
     spec = {
         "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [shard.job_dataset()], "columns": {"label": "label"},
+        "datasets": [dataset_ref.to_json()], "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [8]}},
         "hyperparameters": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
         "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},

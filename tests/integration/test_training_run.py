@@ -25,7 +25,7 @@ from securetrain.datasets import bundled_table, to_parquet
 from securetrain.sealed import KekPrivateKey, SealedReader, seal
 from securetrain.sealed.errors import SegmentTampered
 from securetrain.storage import BlobStore
-from trainer.job_spec import JobKeys, JobSpec, TrainingCancelled, TrainingSpec
+from trainer.job_spec import DatasetShard, JobKeys, JobSpec, TrainingCancelled, TrainingSpec
 from trainer.training import run_training
 from trainer.training.checkpoint import safetensors_metadata
 from trainer.training.validation import DataValidationFailed
@@ -94,7 +94,7 @@ def training_spec(run: str, shards: list[str], fmt: str = "parquet", **changes: 
         "run_id": run,
         "nonce": "n" * 32,
         "kek_id": KEK_ID,
-        "datasets": [{"container": "datasets", "blob": b, "format": fmt, "context": CONTEXT} for b in shards],
+        "datasets": [{"container": "datasets", "manifest": f"{run}/manifest.json"}],
         "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [16]}},
         "hyperparameters": {"epochs": 3, "batch_size": 64, "learning_rate": 0.01, "seed": SEED},
@@ -103,7 +103,8 @@ def training_spec(run: str, shards: list[str], fmt: str = "parquet", **changes: 
     }
     for key, value in changes.items():
         document[key] = {**document[key], **value} if isinstance(value, dict) and key != "expectation_suite" else value
-    return JobSpec.from_json(document).training
+    # The shards as the agent resolves them from the owner-signed manifest (tests/security covers that step).
+    return JobSpec.from_json(document).training_on([DatasetShard("datasets", blob, fmt, CONTEXT) for blob in shards])
 
 
 @pytest.fixture(scope="module")

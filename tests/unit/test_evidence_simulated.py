@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
+import re
 import shutil
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import securetrain
 import trainer
 from emulators.local_cvm import LAUNCH_MEASUREMENT
 from emulators.snp_platform import SimulatedSnpPlatform
@@ -14,7 +19,10 @@ from securetrain.cli import main
 from securetrain.snp.certs import CertificateChain
 from securetrain.snp.verifier import verify_report
 from trainer.evidence import EvidenceError, SimulatedSnpProvider
-from trainer.workload import host_data
+from securetrain.audit.checkpoints import public_key_pem
+from securetrain.signed_documents import key_id
+from trainer.data_owners import load_owner_key
+from trainer.workload import host_data, manifest
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +31,23 @@ def platform_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def provider(platform_dir: Path) -> SimulatedSnpProvider:
-    return SimulatedSnpProvider(platform_dir)
+def owner_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("owner") / "owner.pem"
+    path.write_bytes(public_key_pem(Ed25519PrivateKey.generate()))
+    return path
 
 
-def test_report_carries_report_data_measurement_and_host_data(provider, platform_dir) -> None:
+@pytest.fixture(scope="module")
+def owner_ids(owner_key_file: Path) -> list[str]:
+    return [key_id(load_owner_key(owner_key_file))]
+
+
+@pytest.fixture(scope="module")
+def provider(platform_dir: Path, owner_ids: list[str]) -> SimulatedSnpProvider:
+    return SimulatedSnpProvider(platform_dir, owner_ids)
+
+
+def test_report_carries_report_data_measurement_and_host_data(provider, platform_dir, owner_ids) -> None:
     report_data = bytes(range(64))
     evidence = provider.report(report_data)
     root = SimulatedSnpPlatform.load_or_create(platform_dir).root
@@ -35,7 +55,7 @@ def test_report_carries_report_data_measurement_and_host_data(provider, platform
     assert verified.simulated
     assert verified.report.report_data == report_data
     assert verified.report.measurement == LAUNCH_MEASUREMENT
-    assert verified.report.host_data == host_data()
+    assert verified.report.host_data == host_data(owner_ids)
     assert provider.tee_type == "sev-snp-simulated"
 
 
@@ -45,19 +65,36 @@ def test_report_data_of_the_wrong_size_is_refused(provider, size: int) -> None:
         provider.report(bytes(size))
 
 
-def test_one_changed_byte_of_trainer_code_changes_host_data(tmp_path: Path) -> None:
-    copy = tmp_path / "trainer"
-    shutil.copytree(Path(trainer.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert host_data(copy) == host_data()
-    source = copy / "attest.py"
+@pytest.mark.parametrize(
+    ("package", "file"),
+    [(trainer, "attest.py"), (securetrain, "sealed/stream.py"), (securetrain, "skr.py")],
+)
+def test_one_changed_byte_of_code_the_tee_runs_changes_host_data(tmp_path: Path, package, file: str) -> None:
+    """The trainer and the core library it imports (the decryption in sealed/stream.py among it)."""
+    name = package.__name__
+    copy = tmp_path / name
+    shutil.copytree(Path(package.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert host_data(roots={name: copy}) == host_data()
+    source = copy / file
     content = bytearray(source.read_bytes())
     content[-2] ^= 0x01
     source.write_bytes(bytes(content))
-    assert host_data(copy) != host_data()
+    assert host_data(roots={name: copy}) != host_data()
 
 
-def test_cvm_measure_prints_the_host_data_the_provider_reports(provider, capsys) -> None:
-    assert main(["cvm", "measure"]) == 0
+def test_the_measurement_names_the_dependency_set_python_and_trusted_owners(owner_ids) -> None:
+    measured = manifest(owner_ids)
+    torch_entry = measured["distributions"]["torch"]
+    assert torch_entry["version"] == importlib.metadata.version("torch")
+    assert re.fullmatch(r"[0-9a-f]{64}", torch_entry["record_sha256"])
+    assert "securetrain" not in measured["distributions"]  # measured by its files instead
+    assert measured["python"]["version"] == platform.python_version()
+    assert measured["configuration"]["data_owner_keys"] == owner_ids
+    assert host_data(owner_ids) != host_data() != host_data(["0" * 64])
+
+
+def test_cvm_measure_prints_the_host_data_the_provider_reports(provider, owner_key_file, capsys) -> None:
+    assert main(["cvm", "measure", "--data-owner-key", str(owner_key_file)]) == 0
     assert capsys.readouterr().out.strip() == provider.host_data.hex()
     assert main(["cvm", "measure", "--manifest"]) == 0
     assert '"job_spec.py"' in capsys.readouterr().out

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trainer.job_spec import JOB_SPEC_SCHEMA, JobKeys, JobSpec, JobSpecError
+from trainer.job_spec import JOB_SPEC_SCHEMA, DatasetShard, JobKeys, JobSpec, JobSpecError
 
 
 def valid_spec() -> dict[str, Any]:
@@ -16,10 +16,8 @@ def valid_spec() -> dict[str, Any]:
         "nonce": "n0nce-0f-at-least-22-chars",
         "kek_id": "https://127.0.0.1:8443/keys/kek/0123456789abcdef",
         "datasets": [
-            {"container": "datasets", "blob": "bc/part-0.sealed", "format": "parquet",
-             "context": {"dataset_id": "breast-cancer", "shard": "0"}},
-            {"container": "datasets", "blob": "bc/part-1.sealed", "format": "parquet",
-             "context": {"dataset_id": "breast-cancer", "shard": "1"}},
+            {"container": "datasets", "manifest": "bc/v1/manifest.json"},
+            {"container": "datasets", "manifest": "bc/v2/manifest.json"},
         ],
         "columns": {"label": "target"},
         "model": {"name": "mlp", "params": {"hidden": [32, 16]}},
@@ -40,12 +38,18 @@ def rejected_field(document: Any) -> str:
     return caught.value.field
 
 
-def test_a_valid_spec_builds_the_training_spec() -> None:
+def shards(*formats: str) -> list[DatasetShard]:
+    """Shards as the TEE resolves them from owner-signed manifests."""
+    return [DatasetShard("datasets", f"bc/part-{i}.sealed", fmt, {"kind": "dataset"}) for i, fmt in enumerate(formats)]
+
+
+def test_a_valid_spec_builds_the_training_spec_on_the_resolved_shards() -> None:
     spec = JobSpec.from_json(valid_spec())
-    training = spec.training
+    assert [ref.manifest for ref in spec.datasets] == ["bc/v1/manifest.json", "bc/v2/manifest.json"]
+    training = spec.training_on(shards("parquet", "parquet"))
     assert training.run_id == spec.run_id
     assert [shard.blob for shard in training.datasets] == ["bc/part-0.sealed", "bc/part-1.sealed"]
-    assert training.datasets[0].context["dataset_id"] == "breast-cancer"
+    assert spec.plan.datasets == ()
     assert training.columns.label == "target" and training.columns.features is None
     assert training.model.name == "mlp" and training.model.params["hidden"] == (32, 16)
     assert training.hyperparameters.optimizer == "adam"
@@ -61,7 +65,7 @@ def test_to_json_round_trips() -> None:
 def test_the_spec_is_read_only_after_validation() -> None:
     spec = JobSpec.from_json(valid_spec())
     with pytest.raises(TypeError):
-        spec.training.model.params["hidden"] = (1,)  # type: ignore[index]
+        spec.plan.model.params["hidden"] = (1,)  # type: ignore[index]
 
 
 def test_job_id_follows_the_run_id() -> None:
@@ -109,11 +113,9 @@ def test_required_fields_are_named_when_missing(missing: str) -> None:
         (lambda d: d.update(kek_id="https://vault/keys/kek"), "kek_id"),
         (lambda d: d.update(kek_id="http://vault/keys/kek/1"), "kek_id"),
         (lambda d: d.update(datasets=[]), "datasets"),
-        (lambda d: d["datasets"][0].update(blob="../escape"), "datasets[0].blob"),
-        (lambda d: d["datasets"][0].update(blob="/absolute"), "datasets[0].blob"),
+        (lambda d: d["datasets"][0].update(manifest="../escape"), "datasets[0].manifest"),
+        (lambda d: d["datasets"][0].update(manifest="/absolute"), "datasets[0].manifest"),
         (lambda d: d["datasets"][0].update(container="Upper"), "datasets[0].container"),
-        (lambda d: d["datasets"][0].update(context={}), "datasets[0].context"),
-        (lambda d: d["datasets"][1].update(format="csv"), "datasets[1].format"),
         (lambda d: d["hyperparameters"].update(epochs=0), "hyperparameters.epochs"),
         (lambda d: d["hyperparameters"].update(learning_rate=0), "hyperparameters.learning_rate"),
         (lambda d: d["hyperparameters"].update(seed=-1), "hyperparameters.seed"),
@@ -131,17 +133,32 @@ def test_bad_values_are_rejected_by_field(change: Any, field: str) -> None:
 @pytest.mark.parametrize(
     ("change", "field"),
     [
-        (lambda d: d["datasets"][1].update(format="safetensors"), "datasets"),
-        (lambda d: d["datasets"].append(copy.deepcopy(d["datasets"][0])), "datasets[2]"),
+        (lambda d: d["datasets"].append(copy.deepcopy(d["datasets"][0])), "datasets"),
         (lambda d: d["columns"].update(features=["a", "target"]), "columns.features"),
         (lambda d: d.update(output={"container": "checkpoints", "blob": "run-1/model.sealed"}), "output.blob"),
-        (lambda d: d.update(output={"container": "datasets", "blob": "bc/part-0.sealed"}), "output.blob"),
+        (lambda d: d.update(output={"container": "datasets", "blob": "bc/v1/manifest.json"}), "output.blob"),
     ],
 )
 def test_rules_across_fields(change: Any, field: str) -> None:
     document = valid_spec()
     change(document)
     assert rejected_field(document) == field
+
+
+@pytest.mark.parametrize(
+    ("resolved", "field"),
+    [
+        (shards("parquet", "safetensors"), "datasets"),
+        ([], "datasets"),
+        (shards("parquet") * 2, "datasets"),
+        ([DatasetShard("models", "run-1/model.sealed", "parquet", {"kind": "dataset"})], "output.blob"),
+        ([DatasetShard("checkpoints", "run-1/epoch-1", "parquet", {"kind": "dataset"})], "checkpoints.prefix"),
+    ],
+)
+def test_rules_over_the_resolved_shards(resolved: list[DatasetShard], field: str) -> None:
+    with pytest.raises(JobSpecError) as caught:
+        JobSpec.from_json(valid_spec()).training_on(resolved)
+    assert caught.value.field == field
 
 
 def test_a_document_that_is_not_an_object_is_rejected() -> None:

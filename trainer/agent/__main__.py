@@ -22,6 +22,7 @@ from trainer.agent.app import create_app
 from trainer.agent.health import GpuProbe
 from trainer.agent.jobs import JobRunner, JobStore, TrainingFunction
 from trainer.agent.tls import MutualTlsH11Protocol
+from trainer.data_owners import DataOwnerKeys
 from trainer.evidence import ConfigfsTsmProvider, EvidenceProvider, SimulatedSnpProvider
 from trainer.tee_services import attester_from_env, releaser_from_env, setting
 
@@ -47,13 +48,18 @@ def _parser() -> argparse.ArgumentParser:
         help="where hardware evidence comes from: the local simulated SEV-SNP platform "
         "($SECURETRAIN_SNP_PLATFORM_DIR), or the guest kernel's configfs-tsm on a real SEV-SNP VM",
     )  # fmt: skip
+    parser.add_argument(
+        "--data-owner-key", type=Path, action="append", default=[], metavar="PEM",
+        help="a data owner's Ed25519 public key (repeatable): only manifests and export approvals signed by "
+        "one of these are accepted. Part of the measured configuration (HOST_DATA)",
+    )  # fmt: skip
     return parser
 
 
-def _evidence_provider(kind: str) -> EvidenceProvider:
+def _evidence_provider(kind: str, owners: DataOwnerKeys) -> EvidenceProvider:
     if kind == "configfs-tsm":
         return ConfigfsTsmProvider()
-    return SimulatedSnpProvider(Path(setting(os.environ, "SECURETRAIN_SNP_PLATFORM_DIR")))
+    return SimulatedSnpProvider(Path(setting(os.environ, "SECURETRAIN_SNP_PLATFORM_DIR")), owners.key_ids)
 
 
 def _training() -> TrainingFunction:
@@ -67,10 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        attester = attester_from_env(os.environ, _evidence_provider(args.evidence))
+        owners = DataOwnerKeys.from_files(args.data_owner_key)
+        attester = attester_from_env(os.environ, _evidence_provider(args.evidence, owners))
         releaser = releaser_from_env(os.environ)
         runner = JobRunner(
-            JobStore(args.work_dir / "jobs"), attester, releaser, BlobStore.from_stack_env(os.environ), _training
+            JobStore(args.work_dir / "jobs"), attester, releaser, BlobStore.from_stack_env(os.environ), _training,
+            owners,
         )
     except SecuretrainError as exc:
         print(f"trainer agent: error: {exc}", file=sys.stderr)

@@ -37,6 +37,8 @@ from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
 from securetrain.storage import BlobInfo, BlobStore
 from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
+from trainer.data_owners import DataOwnerKeys
+from trainer.datasets import resolve_training
 from trainer.job_spec import (
     DataValidationFailed,
     JobKeys,
@@ -384,12 +386,15 @@ class JobRunner:
         releaser: KeyReleaser,
         blob_store: BlobStore,
         train: Callable[[], TrainingFunction],
+        data_owners: DataOwnerKeys,
     ) -> None:
         self._store = store
         self._attester = attester
         self._releaser = releaser
         self._blob_store = blob_store
         self._load_training = train
+        #: The data owners whose signatures this TEE accepts (pinned in its measured configuration).
+        self.data_owners = data_owners
         self._lock = threading.Lock()
         self._records: dict[str, JobRecord] = {}
         self._cancel_events: dict[str, threading.Event] = {}
@@ -552,6 +557,8 @@ class JobRunner:
         session: AttestationSession | None = None
         try:
             spec = JobSpec.from_json(record.spec)
+            # Before any attestation or key: the TEE itself decides which blobs are this job's data.
+            training = resolve_training(spec, self._blob_store, self.data_owners)
             self._update(run.job_id, state=JobState.ATTESTING)
             session = AttestationSession(
                 self._attester, TeeKey(), spec.nonce, next_sequence=record.attestation_sequence,
@@ -571,8 +578,8 @@ class JobRunner:
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)
             progress = _JobProgress(self, run.job_id, run.renewal_failure)
-            witness = _WitnessedStore(self._blob_store, spec.training)
-            result = self._load_training()(spec.training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
+            witness = _WitnessedStore(self._blob_store, training)
+            result = self._load_training()(training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
             self.device = result.device
             provenance = self._provenance(spec, result, witness, session)
             self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result, provenance))

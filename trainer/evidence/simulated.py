@@ -2,8 +2,8 @@
 
 The local CVM is a process, so nothing measures it; the provider states what a real launch would have
 measured: the simulated image's launch MEASUREMENT (:data:`emulators.local_cvm.LAUNCH_MEASUREMENT`) and,
-as HOST_DATA, the digest of the trainer code that is running now (:func:`trainer.workload.host_data`),
-computed when the provider is made. A changed trainer therefore reports another HOST_DATA, and a release
+as HOST_DATA, the digest of the workload that is running now (:func:`trainer.workload.host_data`: its
+code, dependencies and the data owner keys it trusts), computed when the provider is made. A changed trainer therefore reports another HOST_DATA, and a release
 policy that pins the approved one refuses it. Tokens earned with this evidence say they came from a
 simulated platform.
 """
@@ -11,6 +11,7 @@ simulated platform.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from emulators.local_cvm import LAUNCH_MEASUREMENT
@@ -26,9 +27,9 @@ class SimulatedSnpProvider:
 
     tee_type = "sev-snp-simulated"
 
-    def __init__(self, platform_dir: Path) -> None:
+    def __init__(self, platform_dir: Path, data_owner_key_ids: Sequence[str]) -> None:
         self._platform = SimulatedSnpPlatform.load_or_create(platform_dir)
-        self.host_data = host_data()
+        self.host_data = host_data(data_owner_key_ids)
         log.info("simulated SEV-SNP evidence provider: HOST_DATA %s", self.host_data.hex())
 
     def report(self, report_data: bytes) -> Evidence:
