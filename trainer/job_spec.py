@@ -3,9 +3,10 @@
 A job spec arrives as JSON on ``POST /v1/jobs``. :data:`JOB_SPEC_SCHEMA` (JSON Schema 2020-12,
 ``additionalProperties: false`` on every object whose keys we define) says what is allowed;
 :meth:`JobSpec.from_json` checks it and raises :class:`JobSpecError` naming the first offending field,
-which the agent answers with ``400``. The two free-form maps are ``model.params`` (checked by the model
-builder it names, which rejects parameters it does not know) and the kwargs of an expectation (checked by
-Great Expectations).
+which the agent answers with ``400``. Types are strict (:func:`securetrain.json_input.strict_validator`: an
+integer is a JSON integer, not ``1.0``; a number is finite). ``model.params`` holds JSON scalars and flat
+lists of numbers (the model builder it names rejects parameters it does not know); the expectation suite
+is data checked against an allow-list (:mod:`trainer.suite_policy`), never evaluated.
 
 The rest of this module is the interface between the agent (attest, release keys, report progress) and
 the training side (``trainer.training.run_training``)::
@@ -25,12 +26,13 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Literal, Protocol
 
-from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from securetrain.errors import ConfigurationError, SecuretrainError
+from securetrain.json_input import strict_validator
 from securetrain.onboarding import DatasetRef
 from securetrain.sealed import KekPrivateKey, KekPublicKey
+from trainer.suite_policy import SUITE_SCHEMA, SuiteRefused, check_suite
 
 # Azure Blob Storage naming rules: containers 3-63 lowercase letters, digits and single hyphens.
 _CONTAINER = {
@@ -141,6 +143,13 @@ JOB_SPEC_SCHEMA: dict[str, Any] = {
                     "type": "object",
                     "maxProperties": 64,
                     "propertyNames": {"pattern": r"^[a-z][a-z0-9_]{0,63}$"},
+                    # Scalars and flat lists of numbers (layer widths): nothing nested, nothing unbounded.
+                    "additionalProperties": {
+                        "type": ["number", "boolean", "string", "array"],
+                        "maxLength": 128,
+                        "maxItems": 64,
+                        "items": {"type": "number"},
+                    },
                     "description": "Builder parameters; the named builder rejects any it does not know.",
                 },
             },
@@ -167,40 +176,7 @@ JOB_SPEC_SCHEMA: dict[str, Any] = {
                 "optimizer": {"enum": ["adam", "sgd"], "default": "adam", "description": "Optimizer."},
             },
         },
-        "expectation_suite": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["name", "expectations"],
-            "description": (
-                "A Great Expectations suite (ExpectationSuite.to_json_dict()) run inside the TEE on the "
-                "decrypted data before training; only its aggregate results leave the TEE."
-            ),
-            "properties": {
-                "name": {"type": "string", "minLength": 1, "maxLength": 256},
-                "id": {"type": ["string", "null"]},
-                "meta": {"type": "object"},
-                "notes": {"type": ["string", "array", "null"]},
-                "expectations": {
-                    "type": "array",
-                    "minItems": 1,
-                    "maxItems": 1000,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["type"],
-                        "properties": {
-                            "type": {"type": "string", "pattern": r"^expect_[a-z0-9_]{1,128}$"},
-                            "kwargs": {"type": "object"},
-                            "meta": {"type": "object"},
-                            "id": {"type": ["string", "null"]},
-                            "notes": {"type": ["string", "array", "null"]},
-                            "description": {"type": ["string", "null"]},
-                            "severity": {"enum": ["critical", "warning", "info"]},
-                        },
-                    },
-                },
-            },
-        },
+        "expectation_suite": SUITE_SCHEMA,
         "checkpoints": {
             "type": "object",
             "additionalProperties": False,
@@ -218,7 +194,7 @@ JOB_SPEC_SCHEMA: dict[str, Any] = {
     },
 }
 
-_VALIDATOR = Draft202012Validator(JOB_SPEC_SCHEMA)
+_VALIDATOR = strict_validator(JOB_SPEC_SCHEMA)
 
 
 class JobSpecError(ConfigurationError):
@@ -381,6 +357,11 @@ class JobSpec:
         errors = sorted(_VALIDATOR.iter_errors(document), key=lambda e: (list(map(str, e.absolute_path)), e.validator))
         if errors:
             raise _error_for(errors[0])
+        if "expectation_suite" in document:
+            try:
+                check_suite(document["expectation_suite"])
+            except SuiteRefused as exc:
+                raise JobSpecError(exc.field, exc.reason) from None
         spec = cls._build(document)
         spec._check_consistent()
         return spec

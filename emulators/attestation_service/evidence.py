@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import sqlite3
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any
 
 from securetrain.appraisal import Appraisal, AppraisalPolicy
 from securetrain.errors import SecurityViolation
+from securetrain.json_input import JsonInputError, read_json_object
 from securetrain.snp.certs import CertificateChain
 from securetrain.snp.verifier import verify_report
 
@@ -57,12 +57,9 @@ def _b64url(text: Any, field: str) -> bytes:
 
 def _json_object(raw: bytes, field: str) -> dict[str, Any]:
     try:
-        value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EvidenceRefused("InvalidParameter", f"{field} is not JSON: {exc}") from None
-    if not isinstance(value, dict):
-        raise EvidenceRefused("InvalidParameter", f"{field} is not a JSON object")
-    return value
+        return read_json_object(raw, max_bytes=MAX_BODY_BYTES, what=field)
+    except JsonInputError as exc:
+        raise EvidenceRefused("InvalidParameter", str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -77,8 +74,6 @@ class SnpEvidence:
 
     @classmethod
     def from_body(cls, body: bytes) -> SnpEvidence:
-        if len(body) > MAX_BODY_BYTES:
-            raise EvidenceRefused("InvalidParameter", f"request body is {len(body)} bytes; at most {MAX_BODY_BYTES}")
         request = _json_object(body, "request body")
         evidence = _json_object(_b64url(request.get("report"), "report"), "report")
         runtime_data = request.get("runtimeData")

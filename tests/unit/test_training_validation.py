@@ -1,4 +1,4 @@
-"""The expectation suite inside the TEE: aggregates only, a failed suite stops, no files written."""
+"""The expectation suite inside the TEE: whole-column aggregates only, a failed suite stops, no files written."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from trainer.suite_policy import MIN_GROUP_SIZE, SuiteRefused
 from trainer.training.validation import DataValidationFailed, ExpectationSuiteError, validate
 
 SECRET_VALUE = 987654.25
@@ -57,9 +58,56 @@ def test_a_failing_suite_raises_with_aggregates_and_never_a_row_value(frame) -> 
         )
     aggregates = err.value.aggregates
     failed = aggregates["expectations"][0]
-    assert not aggregates["success"] and failed["unexpected_count"] == 1 and failed["element_count"] == 100
+    assert not aggregates["success"] and failed["element_count"] == 100
+    # One row out of range: its count would say that one row lies above 100, so it stays in the TEE.
+    assert "unexpected_count" not in failed and "unexpected_count" in failed["withheld"]
     text = json.dumps(aggregates)
     assert "partial_unexpected" not in text and str(SECRET_VALUE) not in text and "987654" not in text
+
+
+@pytest.mark.parametrize(
+    ("max_value", "leaves"),
+    [
+        (1e6, True),  # no row above: 0 unexpected
+        (9.0, True),  # the 10 largest regular values and the secret: 11 rows, a group large enough
+        (9.5, False),  # 5 regular values and the secret: a small group
+        (-1, True),  # every row: its complement is empty
+    ],
+)
+def test_counts_leave_only_for_groups_of_at_least_the_minimum_size(frame, max_value: float, leaves: bool) -> None:
+    expectation = {"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "max_value": max_value}}
+    try:
+        aggregates = validate(suite(expectation), frame)
+    except DataValidationFailed as failed:
+        aggregates = failed.aggregates
+    entry = aggregates["expectations"][0]
+    if leaves:
+        assert entry["unexpected_count"] in (0, 100) or entry["unexpected_count"] >= MIN_GROUP_SIZE
+        assert "withheld" not in entry
+    else:
+        assert "unexpected_count" not in entry and "unexpected_percent" not in entry
+        assert set(entry["withheld"]) >= {"unexpected_count", "unexpected_percent"}
+
+
+def test_a_per_row_statistic_never_leaves_only_its_success(frame) -> None:
+    """The single-row probe: the column's maximum is the secret cell; only whether it lies in range leaves."""
+    aggregates = validate(
+        suite({"type": "expect_column_max_to_be_between", "kwargs": {"column": "x", "min_value": 0}},
+              {"type": "expect_column_median_to_be_between", "kwargs": {"column": "x", "min_value": 0}},
+              {"type": "expect_column_mean_to_be_between", "kwargs": {"column": "x", "min_value": 0}}),
+        frame,
+    )  # fmt: skip
+    largest, median, mean = aggregates["expectations"]
+    assert largest == {"expectation": "expect_column_max_to_be_between", "success": True, "columns": ["x"],
+                       "withheld": ["observed_value"]}  # fmt: skip
+    assert "observed_value" not in median
+    assert mean["observed_value"] == pytest.approx(float(frame["x"].mean()))
+
+
+def test_a_whole_column_aggregate_of_a_small_table_stays_inside(frame) -> None:
+    small = frame.head(MIN_GROUP_SIZE - 1)
+    aggregates = validate(suite({"type": "expect_column_mean_to_be_between", "kwargs": {"column": "x", "min_value": 0}}), small)
+    assert "observed_value" not in aggregates["expectations"][0]
 
 
 def test_a_list_valued_observation_is_not_returned(frame) -> None:
@@ -77,7 +125,7 @@ def test_a_column_the_data_lacks_is_named_before_the_suite_runs(frame) -> None:
 
 
 def test_an_unknown_expectation_is_refused(frame) -> None:
-    with pytest.raises(ExpectationSuiteError, match=r"expectations\[0\] \(expect_the_moon\)"):
+    with pytest.raises(SuiteRefused, match=r"expectations\[0\]\.type.*'expect_the_moon' is not an expectation the TEE runs"):
         validate(suite({"type": "expect_the_moon", "kwargs": {}}), frame)
 
 
