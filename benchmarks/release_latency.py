@@ -63,16 +63,18 @@ def main() -> int:
             baseline, release, unwrap = [], [], []
             with key_client_from_stack_env(env, "pipeline") as pipeline, key_client_from_stack_env(env, "cvm") as cvm:
                 pipeline.get_key(KEK_NAME)  # the bearer challenge and token, once, outside the timing
-                cvm.release_key(KEK_NAME, token)
+                kek_id = env["SECURETRAIN_KEK_ID"]
+                version = kek_id.rsplit("/", 1)[1]
+                cvm.release_key(KEK_NAME, token, version=version)
                 for _ in range(args.requests):
                     start = time.perf_counter()
                     pipeline.get_key(KEK_NAME)
                     baseline.append(time.perf_counter() - start)
                 for _ in range(args.requests):
                     start = time.perf_counter()
-                    released = cvm.release_key(KEK_NAME, token)
+                    released = cvm.release_key(KEK_NAME, token, version=version)
                     middle = time.perf_counter()
-                    unwrap_released_key(released.value, tee_key.private_key, roots)
+                    unwrap_released_key(released.value, tee_key.private_key, roots, expected_key_id=kek_id)
                     release.append(middle - start)
                     unwrap.append(time.perf_counter() - middle)
         finally:

@@ -1,13 +1,16 @@
-"""key_rotation: monthly, a new KEK version; every sealed blob's data key rewrapped to it; verified; audited.
+"""key_rotation: monthly, a new KEK version; every sealed blob's data key rewrapped to it in the TEE; verified; audited.
 
-1. ``new_kek_version``: the pipeline identity (Crypto Officer) rotates the KEK in Key Vault (same size,
-   exportable, same release policy). With ``resume`` it makes none and takes the latest version.
-2. ``rewrap``: the ``key-rotator`` identity (Crypto User: unwrap only, never release) has the vault unwrap
-   each blob's data key with the version that wrapped it; it is wrapped to the new version's public key and
-   the blob replaced atomically, only if unchanged since read. A crash leaves each blob old or new, both
-   readable; the retry (or a run with ``resume``) finishes.
-3. ``verify``: every sealed blob names the new version and its thumbprint; the vault opens a sample under
-   the new version (Airflow never holds the KEK's private half).
+1. ``new_kek_version``: the ``key-rotator`` identity, whose role allows making a new version of an existing
+   key and nothing else, rotates the KEK (same parameters, same immutable release policy); the new version
+   must carry the approved release policy. With ``resume`` it makes none and takes the latest version.
+2. ``rewrap``: the TEE rewraps (``POST /v1/rewraps`` with a fresh nonce): it attests, has the new version and
+   each older one released to it, unwraps every data key in its memory, checks it against its header's
+   tag, wraps it to the new version and writes the header back under the blob's ETag. Airflow checks the
+   TEE's signed statement (the approved TEE, this nonce, this version) and never holds a data key. Blobs
+   that changed meanwhile are left as they were: the retry (or a run with ``resume``) finishes.
+3. ``verify``: every sealed blob of the key names the new version and its thumbprint (or a version whose
+   release policy is not the approved one: no approved TEE opens those, they are listed for their data
+   owner); the TEE's statement says which data keys it checked.
 4. ``audit`` (whatever happened before): a ``rotation`` event in this run's audit log, marked complete or
    not; an incomplete rotation fails the run. See docs/maintenance.md.
 """
@@ -19,27 +22,25 @@ from typing import Any
 import pendulum
 
 from airflow.sdk import DAG, Param, TriggerRule, task
-from operators.maintenance import DEFAULT_VERIFY_SAMPLE
 from operators.pipeline import DEFAULT_ARGS
 from securetrain.keyvault import KEK_NAME
 
-#: The connection whose identity unwraps data keys during rotation (the stack's ``key-rotator``).
+#: The connection whose identity makes the new KEK version (the stack's ``key-rotator``: rotate only).
 ROTATOR_CONN_ID = "securetrain_keyvault_rotator"
 
 with DAG(
     dag_id="key_rotation",
-    description="New KEK version, every sealed blob's data key rewrapped to it, verified, audited",
+    description="New KEK version, every sealed blob's data key rewrapped to it in the TEE, verified, audited",
     schedule="@monthly",
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    # The rewrap holds data keys in memory: its own worker queue, away from the shared workers (docs/maintenance.md).
+    # Only the workers of this queue need the rotator's credential (docs/maintenance.md).
     default_args={**DEFAULT_ARGS, "queue": "key-rotator"},
     params={
         "key": Param(KEK_NAME, type="string", pattern=r"^[0-9A-Za-z-]{1,127}$", title="KEK name"),
         "resume": Param(False, type="boolean", title="Resume",
                         description="Make no new version: finish rewrapping to the latest one (after an interrupted rotation)"),
-        "verify_sample": Param(DEFAULT_VERIFY_SAMPLE, type="integer", minimum=1, maximum=1000, title="Blobs the vault opens to verify"),
     },  # fmt: skip
     tags=["securetrain", "maintenance"],
     doc_md=__doc__,
@@ -47,35 +48,63 @@ with DAG(
 
     @task
     def new_kek_version(params: dict[str, Any]) -> str:
-        from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415 - keeps DAG parsing light
+        from operators.environment import approved_release_policy  # noqa: PLC0415 - keeps DAG parsing light
+        from operators.failures import fail_closed  # noqa: PLC0415
+        from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
 
-        vault = KeyVaultHook()
-        kek = vault.latest_kek(params["key"]) if params["resume"] else vault.new_kek_version(params["key"])
+        with fail_closed("new_kek_version"):
+            approved = approved_release_policy(None)
+            if params["resume"]:
+                kek = KeyVaultHook().latest_kek(params["key"], approved)
+            else:
+                kek = KeyVaultHook(ROTATOR_CONN_ID).new_kek_version(params["key"], approved)
         print(f"{'resuming the rotation to' if params['resume'] else 'new KEK version'} {kek.kek_id}")
         return kek.kek_id
 
     @task
-    def rewrap(kek_id: str) -> dict[str, Any]:
+    def rewrap(kek_id: str, ti: Any) -> dict[str, Any]:
+        from operators.environment import approved_release_policy  # noqa: PLC0415
         from operators.failures import fail_closed  # noqa: PLC0415
-        from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
-        from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
-        from operators.maintenance import rewrap_containers  # noqa: PLC0415
+        from operators.hooks.attestation import AttestationHook  # noqa: PLC0415
+        from operators.hooks.cvm import ConfidentialVmHook  # noqa: PLC0415
+        from operators.maintenance import SEALED_CONTAINERS  # noqa: PLC0415
+        from securetrain.rotation import require_complete, rewrap_in_tee  # noqa: PLC0415
 
-        with fail_closed("rewrap"), SecureStorageHook().blob_store() as store:
-            kek = KeyVaultHook().kek_public_key(kek_id)
-            return rewrap_containers(store, kek, KeyVaultHook(ROTATOR_CONN_ID).unwrap_clients())
+        with fail_closed("rewrap"):
+            approved = approved_release_policy(None)
+            attestation = AttestationHook()
+            cvm = ConfidentialVmHook()
+            cvm.start()
+            try:
+                with cvm.get_conn() as client:
+                    statement = rewrap_in_tee(client, kek_id, SEALED_CONTAINERS,
+                                              lambda token: attestation.validate(token, policy=approved))  # fmt: skip
+            finally:
+                print(cvm.release())
+            # Kept for the audit step even when the checks below fail the task.
+            ti.xcom_push(key="statement", value=statement)
+            require_complete(statement)
+        print(f"the TEE rewrapped {len(statement['rewrapped'])} blob(s) and checked {len(statement['dek_checked'])} data key(s)")
+        return statement
 
     @task(retries=0)
-    def verify(kek_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    def verify(kek_id: str, statement: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        from operators.environment import approved_release_policy  # noqa: PLC0415
         from operators.failures import fail_closed  # noqa: PLC0415
         from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
         from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
-        from operators.maintenance import verify_rotation  # noqa: PLC0415
+        from operators.maintenance import SEALED_CONTAINERS  # noqa: PLC0415
+        from securetrain.rotation import verify_rotation  # noqa: PLC0415
 
         with fail_closed("verify"), SecureStorageHook().blob_store() as store:
-            kek = KeyVaultHook().kek_public_key(kek_id)
-            return verify_rotation(store, kek, KeyVaultHook(ROTATOR_CONN_ID).unwrap_clients(),
-                                   sample_size=params["verify_sample"])  # fmt: skip
+            vault = KeyVaultHook()
+            # Blobs of versions no approved TEE is released may stay (their owner re-seals or deletes them).
+            other = vault.versions_under_other_policies(params["key"], approved_release_policy(None))
+            summary = verify_rotation(store, vault.kek_public_key(kek_id), statement, SEALED_CONTAINERS, other_policies=other)
+        if summary["left_under_another_policy"]:
+            print(f"left on versions under another release policy (no approved TEE opens them): "
+                  f"{', '.join(summary['left_under_another_policy'])}")  # fmt: skip
+        return summary
 
     @task(trigger_rule=TriggerRule.ALL_DONE, retries=0)
     def audit(ti: Any, dag_run: Any) -> dict[str, Any]:
@@ -88,14 +117,19 @@ with DAG(
 
         run = job_run_id(dag_run.dag_id, dag_run.run_id)
         kek_id = ti.xcom_pull(task_ids="new_kek_version")
-        rewrapped = ti.xcom_pull(task_ids="rewrap")
+        statement = ti.xcom_pull(task_ids="rewrap", key="statement")
         verified = ti.xcom_pull(task_ids="verify")
-        details: dict[str, Any] = {"kek_id": kek_id, "complete": rewrapped is not None and verified is not None}
-        if rewrapped is not None:
-            details |= {"rewrapped": len(rewrapped["rewrapped"]), "already_current": len(rewrapped["already_current"]),
-                        "not_this_kek": len(rewrapped["not_this_kek"])}  # fmt: skip
+        details: dict[str, Any] = {"kek_id": kek_id, "complete": verified is not None}
+        if statement is not None:
+            details |= {
+                "rewrapped": len(statement["rewrapped"]), "already_current": len(statement["already_current"]),
+                "not_this_kek": len(statement["not_this_kek"]), "dek_checked_in_tee": len(statement["dek_checked"]),
+                "released_versions": statement["released_versions"], "refused": statement["refused"],
+                "unreleasable": statement["unreleasable"], "changed_meanwhile": statement["changed_meanwhile"],
+            }  # fmt: skip
         if verified is not None:
-            details |= {"verified": verified["verified"], "sample_opened": verified["sample_opened"]}
+            details |= {"verified": verified["verified"], "sealed_after_the_rewrap": verified["sealed_after_the_rewrap"],
+                        "left_under_another_policy": verified["left_under_another_policy"]}  # fmt: skip
         with SecureStorageHook().blob_store() as store:
             record_events(store, run, [AuditEvent.now(EventKind.ROTATION, EventSource.PIPELINE, run_id=run, details=details)])
         print(f"rotation recorded in audit log {run}: {details}")
@@ -107,7 +141,5 @@ with DAG(
         return {"log": run, **details}
 
     kek_id = new_kek_version()
-    rewrapped = rewrap(kek_id)
-    verified = verify(kek_id)
-    rewrapped >> verified  # verify what the rewrap left, not the blobs while it works
-    [rewrapped, verified] >> audit()
+    statement = rewrap(kek_id)
+    verify(kek_id, statement) >> audit()

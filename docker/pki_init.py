@@ -12,12 +12,16 @@ directory (:class:`~securetrain.stack.layout.StackLayout`), holding exactly what
     OUT/trainer/certs/client/monitor.pem/.key      the trainer's health check (read-only client)
     OUT/trainer/secrets/identities/cvm.json        the identity the TEE releases keys as
     OUT/trainer/snp-platform/                      the simulated SEV-SNP platform (private keys)
+    OUT/trainer/policies/data-owner-key.pem        the data owner's public key the TEE pins (measured)
     OUT/identity/secrets/identities/*.json         every identity (the token issuer checks their secrets)
-    OUT/keyvault/policies/keyvault-roles.json      role assignments
+    OUT/keyvault/policies/keyvault-roles.json      role definitions and assignments
     OUT/attestation/policies/appraisal.yaml        the approved appraisal policy
     OUT/airflow/certs/client/pipeline.pem/.key     Airflow's client certificate for the trainer's API
-    OUT/airflow/secrets/identities/{pipeline,key-rotator}.json
-    OUT/airflow/policies/{appraisal.yaml,release-policy.json}
+    OUT/airflow/secrets/identities/{pipeline,key-rotator}.json   (read keys; make a new key version)
+    OUT/airflow/policies/release-policy.json       the approved release policy Airflow checks the KEK against
+    OUT/data-owner/secrets/identities/data-owner.json            the identity that creates the KEK
+    OUT/data-owner/policies/release-policy.json    the approved release policy it creates the KEK under
+    OUT/data-owner/secrets/data-owner/signing-key.pem   the owner's manifest and export-approval key
 
 The CA and its key stay in CA_DIR, a volume no other container mounts. Running it again keeps what is
 valid (the CA, keys, identities, the approved policy) and reissues only certificates close to expiry,
@@ -37,13 +41,14 @@ from pathlib import Path
 from emulators.attestation_service.app import SIMULATED
 from securetrain.errors import SecuretrainError
 from securetrain.fsutil import atomic_output
-from securetrain.identity import CVM_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
+from securetrain.identity import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
 from securetrain.pki import LocalCA
 from securetrain.release_policy import approved_release_policy
+from securetrain.stack import data_owner
 from securetrain.stack.attestation import appraisal_policy_path, local_appraisal_policy
 from securetrain.stack.cvm import MONITOR_IDENTITY
 from securetrain.stack.identity import identities_dir, stack_identities
-from securetrain.stack.keyvault import write_roles, roles_path
+from securetrain.stack.keyvault import release_policy_path, roles_path, write_roles
 from securetrain.stack.layout import StackLayout
 from securetrain.stack.service import ServiceContext
 
@@ -64,7 +69,7 @@ def _hand_over(source: Path, target: Path) -> None:
 def make_trust_material(out: Path, ca_dir: Path) -> None:
     """Make (or bring up to date) every container's tree under ``out``; the CA lives in ``ca_dir``."""
     ca = LocalCA.load_or_create(ca_dir)
-    trees = {name: StackLayout(out / name) for name in (*SERVERS, "airflow")}
+    trees = {name: StackLayout(out / name) for name in (*SERVERS, "airflow", "data-owner")}
     for layout in trees.values():
         _hand_over(ca.cert_path, layout.ca_bundle)
     for name in SERVERS:
@@ -75,22 +80,29 @@ def make_trust_material(out: Path, ca_dir: Path) -> None:
     # The token issuer holds every identity; each other container gets only the identities it acts as.
     identity_files = identities_dir(trees["identity"])
     stack_identities(trees["identity"])
-    for container, names in (("trainer", (CVM_IDENTITY,)), ("airflow", (PIPELINE_IDENTITY, ROTATOR_IDENTITY))):
+    handed = (("trainer", (CVM_IDENTITY,)), ("airflow", (PIPELINE_IDENTITY, ROTATOR_IDENTITY)),
+              ("data-owner", (DATA_OWNER_IDENTITY,)))  # fmt: skip
+    for container, names in handed:
         for name in names:
             _hand_over(identity_files / f"{name}.json", identities_dir(trees[container]) / f"{name}.json")
     # Role assignments name the identities' object ids: written beside them, then handed to the vault.
     write_roles(trees["identity"])
     _hand_over(roles_path(trees["identity"]), roles_path(trees["keyvault"]))
 
+    # The data owner's signing key stays in the owner's tree; the trainer gets the public half, before the
+    # appraisal policy below measures the workload that trusts it.
+    data_owner.signing_key(trees["data-owner"])
+    _hand_over(data_owner.public_key_path(trees["data-owner"]), data_owner.public_key_path(trees["trainer"]))
     # The approved appraisal policy trusts the simulated platform's root, so it is made where the platform
     # (and its private keys) live, the trainer's tree, and only the policy is handed on.
     trainer_context = ServiceContext("attestation", "attestation", 10443, trees["trainer"])
     appraisal = local_appraisal_policy(trainer_context)
-    for container in ("attestation", "airflow"):
-        _hand_over(appraisal_policy_path(trainer_context), trees[container].policies_dir / "appraisal.yaml")
+    _hand_over(appraisal_policy_path(trainer_context), trees["attestation"].policies_dir / "appraisal.yaml")
     release_policy = approved_release_policy(ATTESTATION_URL, appraisal, compliance_status=SIMULATED)
-    with atomic_output(trees["airflow"].policies_dir / "release-policy.json", mode=0o644) as out_file:
-        out_file.write(release_policy.to_bytes())
+    for container in ("airflow", "data-owner"):
+        trees[container].policies_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with atomic_output(release_policy_path(trees[container]), mode=0o644) as out_file:
+            out_file.write(release_policy.to_bytes())
     log.info("trust material for %s is ready in %s", ", ".join(trees), out)
 
 

@@ -38,8 +38,9 @@ class EnvironmentPreparationOperator(BaseOperator):
     """Makes the run's environment and checks it before anything secret moves.
 
     - every container the pipeline uses exists and is private;
-    - the KEK ``kek_name`` exists with exactly the approved release policy (created under it if absent;
-      an existing KEK under any other policy fails the task: Key Vault would release it to other TEEs);
+    - the KEK ``kek_name`` exists and its latest version carries exactly the approved release policy,
+      immutably (checked, never created or changed: the data owner creates KEKs; a missing KEK or one under
+      any other policy fails the task, since Key Vault would release it to other TEEs);
     - the attestation service publishes its signing keys over verified TLS;
     - the confidential VM is up (azure backend: started) and its agent answers over mutual TLS.
 
@@ -77,7 +78,7 @@ class EnvironmentPreparationOperator(BaseOperator):
                     created = store.ensure_container(container)
                     self.log.info("container %s %s (private)", container, "created" if created else "exists")
             approved = approved_release_policy(self.release_policy_path)
-            kek = KeyVaultHook(self.keyvault_conn_id).ensure_kek(self.kek_name, approved)
+            kek = KeyVaultHook(self.keyvault_conn_id).check_kek(self.kek_name, approved)
             self.log.info("KEK %s carries the approved release policy (sha256 %s)", kek.id, approved.sha256)
             attestation = AttestationHook(self.attestation_conn_id)
             keys = attestation.signing_key_ids()

@@ -1,29 +1,25 @@
-"""The maintenance DAGs' steps: KEK rotation over the pipeline's containers, retention, access review.
+"""The maintenance DAGs' steps: retention and access review, and the containers a KEK rotation covers.
 
-Each function takes its clients (a :class:`BlobStore`, Key Vault factories) and returns a JSON-able
-summary for XCom, so the DAG files stay thin and the steps run the same outside Airflow. Every step
-records what it did in the audit log of its DAG run (``operators.audit.record_events``).
+Each function takes its clients (a :class:`BlobStore`) and returns a JSON-able summary for XCom, so the DAG
+files stay thin and the steps run the same outside Airflow. Every step records what it did in the audit log
+of its DAG run (``operators.audit.record_events``). KEK rotation's steps are in :mod:`securetrain.rotation`
+(the CLI runs them too): the rewrap itself runs in the TEE.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import io
 import json
 import logging
 import os
-import random
-from collections.abc import Callable, Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from azure.core.exceptions import HttpResponseError
-from azure.keyvault.keys import KeyVaultKeyIdentifier
-from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
-from azure.storage.blob import BlobClient
-
 from operators.audit import audit_signing_key_path, record_events
+from operators.environment import approved_release_policy
+from operators.hooks.attestation import AttestationHook
 from operators.locations import CHECKPOINTS_CONTAINER, DATASETS_CONTAINER, MODELS_CONTAINER, REPORTS_CONTAINER
 from securetrain.access_review import (
     AccessReview,
@@ -34,140 +30,21 @@ from securetrain.access_review import (
     summarize_audit_log,
 )
 from securetrain.audit.checkpoints import load_or_create_signing_key
-from securetrain.audit.errors import AuditChainBroken
+from securetrain.audit.chain import AuditEntry
 from securetrain.audit.events import AuditEvent, EventKind, EventSource
-from securetrain.audit.log import AuditLog
 from securetrain.audit.sources import read_decision_log
 from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
-from securetrain.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.keyvault import rewrap_blobs
+from securetrain.audit.trail import verify_trail
+from securetrain.errors import ConfigurationError, SecurityViolation
+from securetrain.model_provenance import published_keys, verify_attestation_token
 from securetrain.model_registry import REGISTRY_CONTAINER
 from securetrain.retention import RetentionPolicy, apply_retention, plan_retention
-from securetrain.sealed import KekPublicKey, SealedHeader
-from securetrain.sealed.errors import SealedFileError
-from securetrain.sealed.header import MAGIC, read_header
 from securetrain.storage import BlobStore, ContainerNotFound
 
 log = logging.getLogger(__name__)
 
 #: The containers that hold sealed blobs, which a KEK rotation rewraps.
 SEALED_CONTAINERS = (DATASETS_CONTAINER, CHECKPOINTS_CONTAINER, MODELS_CONTAINER, REGISTRY_CONTAINER)
-#: How many blobs the vault unwraps again after a rotation, under the new version, to prove it opens them.
-DEFAULT_VERIFY_SAMPLE = 5
-_HEADER_READ_BYTES = 1024 * 1024
-
-UnwrapClients = Callable[[str], CryptographyClient]
-
-
-class RotationIncomplete(SecuretrainError):
-    """Some blobs changed while they were rewrapped; they were left as they were. Transient: run again."""
-
-
-class RotationNotVerified(SecurityViolation):
-    """After the rotation, a sealed blob does not name the new KEK version or does not open under it."""
-
-
-# --- KEK rotation -----------------------------------------------------------------------------------
-
-
-def _sealed_blobs(store: BlobStore, containers: tuple[str, ...]) -> Iterator[tuple[str, BlobClient]]:
-    """Every blob of ``containers`` that starts with the sealed format's magic (manifests and reports do not)."""
-    for container in containers:
-        client = store.container_client(container)
-        try:
-            # Sizes first: a ranged read of an empty blob is an error, and an empty blob is not sealed.
-            names = [info.name for info in store.list_blobs(container) if info.size >= len(MAGIC)]
-        except ContainerNotFound:
-            continue
-        for name in names:
-            blob = client.get_blob_client(name)
-            if blob.download_blob(offset=0, length=len(MAGIC)).readall() == MAGIC:
-                yield container, blob
-
-
-def _same_key(kek_id: str, kek: KekPublicKey) -> bool:
-    ref, new = KeyVaultKeyIdentifier(kek_id), KeyVaultKeyIdentifier(kek.kek_id)
-    return (ref.vault_url.rstrip("/"), ref.name) == (new.vault_url.rstrip("/"), new.name)
-
-
-def rewrap_containers(
-    store: BlobStore, new_kek: KekPublicKey, unwrap: UnwrapClients, containers: tuple[str, ...] = SEALED_CONTAINERS
-) -> dict[str, Any]:
-    """Rewrap the data key of every sealed blob of ``containers`` that an older version of ``new_kek``'s key
-    wraps (:func:`securetrain.keyvault.rewrap_blob`: one atomic, ETag-conditional replacement per blob).
-
-    Resumable: blobs already on ``new_kek`` are skipped, and a crash leaves each blob old or new, both
-    readable. Raises :class:`RotationIncomplete` (after trying every blob) if some changed meanwhile.
-    """
-    named = ((f"{container}/{blob.blob_name}", blob) for container, blob in _sealed_blobs(store, containers))
-    report = rewrap_blobs(named, new_kek, unwrap)
-    changed = report.changed_meanwhile
-    summary = dataclasses.asdict(report)
-    log.info("rotation to %s: %d rewrapped, %d already current, %d of other keys", new_kek.kek_id,
-             len(report.rewrapped), len(report.already_current), len(report.not_this_kek))  # fmt: skip
-    if changed:
-        raise RotationIncomplete(
-            f"{len(changed)} blob(s) changed while they were rewrapped and were left as they were: {', '.join(changed)}; "
-            "the task's retry (or another run with resume) rewraps them"
-        )
-    return summary
-
-
-def _header(blob: BlobClient) -> SealedHeader:
-    size = blob.get_blob_properties().size
-    head = blob.download_blob(offset=0, length=min(size, _HEADER_READ_BYTES)).readall()
-    try:
-        header = read_header(io.BytesIO(head))
-    except SealedFileError as exc:
-        raise RotationNotVerified(f"{blob.container_name}/{blob.blob_name} starts like a sealed file but: {exc}") from None
-    if header.sealed_length != size:
-        raise RotationNotVerified(
-            f"{blob.container_name}/{blob.blob_name} is {size} bytes; its header says {header.sealed_length}"
-        )
-    return header
-
-
-def verify_rotation(
-    store: BlobStore,
-    new_kek: KekPublicKey,
-    unwrap: UnwrapClients,
-    *,
-    sample_size: int = DEFAULT_VERIFY_SAMPLE,
-    containers: tuple[str, ...] = SEALED_CONTAINERS,
-) -> dict[str, Any]:
-    """Check every sealed blob of the key: its header parses, names ``new_kek``'s version and thumbprint, and
-    its length is the header's. Then, for a random sample, have the vault unwrap the data key under the new
-    version and check it against the header's tag: the rewrapped key opens, and Airflow never holds the
-    KEK's private half (the vault does the unwrap; the TEE, given that version, does the same).
-
-    Raises:
-        RotationNotVerified: naming every blob that failed.
-    """
-    problems, checked = [], []
-    for container, blob in _sealed_blobs(store, containers):
-        name = f"{container}/{blob.blob_name}"
-        header = _header(blob)
-        if not _same_key(header.key.kek_id, new_kek):
-            continue
-        if header.key.kek_id != new_kek.kek_id:
-            problems.append(f"{name} is still wrapped for {header.key.kek_id} (written during the rotation by a run "
-                            "that started before it? run key_rotation with resume: true)")  # fmt: skip
-        elif header.key.kek_thumbprint != new_kek.thumbprint:
-            problems.append(f"{name} names {new_kek.kek_id} but another public key (thumbprint {header.key.kek_thumbprint})")
-        else:
-            checked.append((name, header))
-    sample = random.SystemRandom().sample(checked, min(sample_size, len(checked)))
-    with unwrap(new_kek.kek_id) as crypto:
-        for name, header in sample:
-            try:
-                dek = crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, header.key.wrapped_dek).key
-                header.check_tag(dek)
-            except (HttpResponseError, SealedFileError) as exc:
-                problems.append(f"{name} does not open under {new_kek.kek_id}: {exc}")
-    if problems:
-        raise RotationNotVerified("after the rotation: " + "; ".join(problems))
-    log.info("verified %d sealed blob(s) on %s; %d opened by the vault as a sample", len(checked), new_kek.kek_id, len(sample))
-    return {"kek_id": new_kek.kek_id, "verified": len(checked), "sample_opened": sorted(name for name, _ in sample)}
 
 
 # --- Retention --------------------------------------------------------------------------------------
@@ -224,8 +101,20 @@ def access_log_file() -> Path:
 
 
 def audit_log_summaries(store: BlobStore, *, since: datetime.datetime, until: datetime.datetime) -> list[AuditLogSummary]:
-    """Every audit log in the audit container, verified with the audit key, its events in the period."""
+    """Every audit log in the audit container, verified as a whole trail (the chain under the audit key, and
+    the TEE's signed logs in it against the approved release policy), its events in the period.
+
+    The TEE's own logs (``model-exports``: appended by the TEE, which holds no audit key) verify by the
+    TEE's signatures alone; any other entry must be under a signed checkpoint.
+    """
     public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
+    policy = approved_release_policy(None)
+    ca_bundle = AttestationHook().connection.ca_bundle
+    keys_for = published_keys(str(ca_bundle) if ca_bundle else True)
+
+    def check_token(raw: str) -> Mapping[str, Any]:
+        return verify_attestation_token(raw, policy, keys_for)
+
     try:
         names = sorted(info.name.removeprefix("audit/").removesuffix(".jsonl") for info in store.list_blobs(AUDIT_CONTAINER, "audit/")
                        if info.name.endswith(".jsonl") and not info.name.endswith(".checkpoints.jsonl"))  # fmt: skip
@@ -234,13 +123,15 @@ def audit_log_summaries(store: BlobStore, *, since: datetime.datetime, until: da
     container = store.container_client(AUDIT_CONTAINER)
     summaries = []
     for name in names:
-        audit_log = AuditLog(BlobAuditStore(container, name))
+        audit_store = BlobAuditStore(container, name)
+        lines = audit_store.read_all().lines
         try:
-            audit_log.verify(public_key)
-        except AuditChainBroken as exc:
+            verify_trail(lines, audit_store.read_checkpoints(), public_key, check_token=check_token)
+        except SecurityViolation as exc:
             summaries.append(AuditLogSummary(name, False, str(exc), {}))
             continue
-        summaries.append(summarize_audit_log(name, (entry.event for entry in audit_log.entries()), since=since, until=until))
+        events = (AuditEntry.parse(line, position).event for position, line in enumerate(lines))
+        summaries.append(summarize_audit_log(name, events, since=since, until=until))
     return summaries
 
 

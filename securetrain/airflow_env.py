@@ -12,7 +12,14 @@ Airflow reads its configuration from ``AIRFLOW__SECTION__KEY`` environment varia
 from ``AIRFLOW_CONN_<ID>`` variables, so the whole environment is a mapping of variables
 (:func:`airflow_environment`) that every Airflow command of this project runs with: the DAGs and the plugin
 from this repository, no example DAGs, SimpleAuthManager with one admin user, the API server on loopback
-only, every setting of ``stack.env`` and the connections the hooks in ``operators/`` read.
+only, the connections the hooks in ``operators/`` read, and of ``stack.env`` only the settings Airflow
+uses (:data:`AIRFLOW_STACK_SETTINGS`).
+
+Airflow is the zone trusted least (docs/security.md): ``stack.env`` also names the TEE's identity, the
+simulated SEV-SNP platform's keys, the data owner's identity, the monitor's certificate and the release
+root the TEE trusts, none of which Airflow needs, so none of it is in Airflow's environment. (On the local
+stack one Unix user owns the whole state directory, so this keeps material out of Airflow's environment
+and process listing, not out of reach of the user's own files; docker-compose separates by volumes.)
 
 Why connections come from variables and not from the metadata database: the values change whenever the
 stack comes up on other ports or reissues a certificate, and a variable is read afresh by every Airflow
@@ -44,6 +51,24 @@ ADMIN_USER = "admin"
 DEFAULT_API_PORT = 8080
 #: The environment variable that changes that port (the ``--port`` option wins over it).
 API_PORT_ENV = "SECURETRAIN_AIRFLOW_PORT"
+
+#: What of ``stack.env`` Airflow's environment carries: the endpoints, the CA bundle, the storage connection,
+#: the approved release policy and the logs the audit and access review read, and the state directory
+#: (where the local stack keeps the pipeline's own signing keys). Anything else stays out: a new setting
+#: Airflow needs is added here deliberately.
+AIRFLOW_STACK_SETTINGS = (
+    "SECURETRAIN_STATE_DIR",
+    "SECURETRAIN_CA_BUNDLE",
+    "AIRFLOW_CONN_SECURETRAIN_STORAGE",
+    "SECURETRAIN_BLOB_ENDPOINT",
+    "SECURETRAIN_ATTESTATION_ENDPOINT",
+    "SECURETRAIN_ATTESTATION_LOG",
+    "SECURETRAIN_IDENTITY_ENDPOINT",
+    "SECURETRAIN_KEYVAULT_URL",
+    "SECURETRAIN_KEYVAULT_ACCESS_LOG",
+    "SECURETRAIN_RELEASE_POLICY",
+    "SECURETRAIN_CVM_ENDPOINT",
+)
 
 _SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
 _PASSWORD_BYTES = 24
@@ -130,13 +155,13 @@ def securetrain_connections(stack_env: Mapping[str, str], env_file: Path) -> dic
             "host": setting("SECURETRAIN_KEYVAULT_URL"),
             "extra": {
                 "ca_bundle": ca_bundle,
-                # The pipeline identity: allowed to create keys and read their public parts, never to
-                # release a key (docs/keys.md, "Roles").
+                # The pipeline identity (Key Vault Reader): reads keys, their public parts and release
+                # policies; never creates, changes, unwraps or releases one (docs/keys.md, "Roles").
                 "credentials": setting("SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS"),
                 "identity_endpoint": setting("SECURETRAIN_IDENTITY_ENDPOINT"),
             },
         },
-        # Key rotation's identity: rotates nothing itself, but may unwrap data keys to verify a rewrap.
+        # Key rotation's identity: makes a new version of an existing key, nothing else (the TEE rewraps).
         "securetrain_keyvault_rotator": {
             "conn_type": "securetrain_keyvault",
             "host": setting("SECURETRAIN_KEYVAULT_URL"),
@@ -174,11 +199,11 @@ def airflow_environment(
 ) -> dict[str, str]:
     """The environment variables every Airflow command of the local environment runs with.
 
-    Reads ``<state_dir>/stack.env`` (the stack must have been brought up there) and returns its settings,
-    the connections of :func:`securetrain_connections` and Airflow's configuration. ``dags_folder``
-    replaces the repository's ``dags/`` (to try DAGs kept elsewhere). On first use it creates
-    ``AIRFLOW_HOME`` and the admin password file. The result holds no password itself, but stack.env's
-    account key and the storage connection; treat it like stack.env.
+    Reads ``<state_dir>/stack.env`` (the stack must have been brought up there) and returns the settings of
+    it Airflow uses (:data:`AIRFLOW_STACK_SETTINGS`), the connections of :func:`securetrain_connections` and
+    Airflow's configuration. ``dags_folder`` replaces the repository's ``dags/`` (to try DAGs kept
+    elsewhere). On first use it creates ``AIRFLOW_HOME`` and the admin password file. The result holds no
+    password itself, but the storage connection holds the account key; treat it like stack.env.
 
     Raises:
         StackConfigurationError: stack.env is missing or malformed.
@@ -193,7 +218,7 @@ def airflow_environment(
     repo = repo_root()
     base_url = f"http://127.0.0.1:{api_port}"
     return {
-        **stack_env,
+        **{name: stack_env[name] for name in AIRFLOW_STACK_SETTINGS if name in stack_env},
         **securetrain_connections(stack_env, layout.env_file),
         # `airflow standalone` starts its components as `airflow ...` from PATH: this venv's first.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
@@ -211,6 +236,22 @@ def airflow_environment(
         # Tasks reach the execution API at {base_url}/execution/; without it they would try port 8080.
         "AIRFLOW__API__BASE_URL": base_url,
     }
+
+
+def process_environment(
+    state_dir: Path,
+    *,
+    api_port: int = DEFAULT_API_PORT,
+    dags_folder: Path | None = None,
+    overrides: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The whole environment of an Airflow process: this process's, less every ``stack.env`` setting that
+    is not Airflow's (a shell that sourced stack.env carries them all), plus :func:`airflow_environment`
+    and ``overrides``."""
+    environment = airflow_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
+    withheld = set(read_stack_env(StackLayout(state_dir.resolve()).env_file)) - set(AIRFLOW_STACK_SETTINGS)
+    inherited = {name: value for name, value in os.environ.items() if name not in withheld}
+    return {**inherited, **environment, **(overrides or {})}
 
 
 def api_url(environment: Mapping[str, str]) -> str:
@@ -239,11 +280,7 @@ def run_airflow(
     ``overrides`` replace variables of the environment (a connection pointing elsewhere, say). The caller
     decides what a non-zero exit means (``airflow dags test`` exits 1 for a failed run).
     """
-    environment = {
-        **os.environ,
-        **airflow_environment(state_dir, api_port=api_port, dags_folder=dags_folder),
-        **(overrides or {}),
-    }
+    environment = process_environment(state_dir, api_port=api_port, dags_folder=dags_folder, overrides=overrides)
     argv = [str(_airflow_executable()), *args]
     log.debug("running %s", " ".join(argv))
     return subprocess.run(argv, env=environment, capture_output=capture_output, text=True, check=False)
@@ -280,7 +317,7 @@ def exec_standalone(
     directly, which then stops its components itself; a waiting parent could die first and orphan them.
     Never returns.
     """
-    environment = airflow_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
+    environment = process_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
     migrate(state_dir)
     executable = _airflow_executable()
     password_file = admin_password_file(state_dir.resolve())
@@ -288,4 +325,4 @@ def exec_standalone(
     print(f"Secure training page: {api_url(environment)}securetrain/")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(executable, [str(executable), "standalone"], {**os.environ, **environment})
+    os.execve(executable, [str(executable), "standalone"], environment)

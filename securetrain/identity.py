@@ -39,9 +39,10 @@ log = logging.getLogger(__name__)
 
 LOCAL_TENANT = "securetrain-local"
 #: The identities the local stack creates, and what each is for (docs/keys.md, "Roles").
-PIPELINE_IDENTITY = "pipeline"
-CVM_IDENTITY = "cvm"
-ROTATOR_IDENTITY = "key-rotator"
+PIPELINE_IDENTITY = "pipeline"  # Airflow: reads keys (public halves, release policies)
+CVM_IDENTITY = "cvm"  # the TEE: Secure Key Release only
+ROTATOR_IDENTITY = "key-rotator"  # Airflow's key rotation: makes a new version of an existing key, nothing else
+DATA_OWNER_IDENTITY = "data-owner"  # creates KEKs under immutable release policies; never unwraps or releases
 # Refresh a cached token this long before it expires, so that a request never leaves with a token that
 # expires on the way.
 _REFRESH_MARGIN_S = 300
@@ -120,7 +121,7 @@ class LocalIdentityCredential(TokenCredential):
 
     @classmethod
     def from_stack_env(cls, env: Mapping[str, str], identity: str) -> LocalIdentityCredential:
-        """The credential of ``identity`` (``pipeline``, ``cvm``, ``key-rotator``) from parsed ``stack.env``."""
+        """The credential of ``identity`` (``pipeline``, ``cvm``, ``key-rotator``, ``data-owner``) from parsed ``stack.env``."""
         try:
             authority = env["SECURETRAIN_IDENTITY_ENDPOINT"]
             ca_bundle = env["SECURETRAIN_CA_BUNDLE"]

@@ -16,27 +16,33 @@ form CKM_RSA_AES_KEY_WRAP wraps private keys in, and the one Key Vault's BYOK im
 direction.
 
 :func:`wrap_key_material` is the vault's half (the Key Vault stand-in uses it), :func:`unwrap_released_key`
-the TEE's: it trusts the response only when the signature verifies with a certificate that chains to a
-root it was configured with, and only the TEE's private key (made in memory, attested through
-REPORT_DATA) can open ``key_hsm``.
+the TEE's: it trusts the response only when the signature verifies with a TLS server certificate for the
+vault's own host (the host of the key id asked for) that chains to a root it was configured with
+(pyca/cryptography's X.509 path validation, the same checks a TLS client makes), and only the TEE's
+private key (made in memory, attested through REPORT_DATA) can open ``key_hsm``. Any other certificate
+from the same roots (a client certificate the pipeline holds, another service's server certificate) does
+not make a release response.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import ipaddress
 import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, keywrap, serialization
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from securetrain.errors import SecurityViolation
 
@@ -136,40 +142,38 @@ def _load_chain(header: Mapping[str, Any]) -> list[x509.Certificate]:
         raise ReleasedKeyRejected(f"the release response's x5c does not hold DER certificates: {exc}") from None
 
 
-def _within_validity(certificate: x509.Certificate, now: datetime.datetime) -> None:
-    if not certificate.not_valid_before_utc <= now <= certificate.not_valid_after_utc:
-        raise ReleasedKeyRejected(f"certificate {certificate.subject.rfc4514_string()} is not valid now")
-
-
-def _issued_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+def _server_name(host: str) -> x509.DNSName | x509.IPAddress:
     try:
-        certificate.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
 
 
-def verify_signer_chain(chain: Sequence[x509.Certificate], trusted_roots: Sequence[x509.Certificate]) -> None:
-    """Check that ``chain`` (leaf first) chains to one of ``trusted_roots`` and is valid now."""
+def verify_signer_chain(chain: Sequence[x509.Certificate], trusted_roots: Sequence[x509.Certificate], host: str) -> None:
+    """Check that ``chain`` (leaf first) is a TLS server certificate for ``host`` chaining to ``trusted_roots``.
+
+    RFC 5280 path validation and the CA/Browser Forum server profile as pyca/cryptography implements them:
+    validity now, issuers that are CAs, the serverAuth extended key usage, ``host`` among the leaf's subject
+    alternative names. Revocation is not checked.
+    """
     if not trusted_roots:
         raise ReleasedKeyRejected("no trusted vault root is configured: a release response cannot be trusted")
-    now = datetime.datetime.now(datetime.timezone.utc)
-    for certificate in chain:
-        _within_validity(certificate, now)
-    for child, parent in zip(chain, chain[1:]):
-        constraints = parent.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if not constraints.ca or not _issued_by(child, parent):
-            raise ReleasedKeyRejected(f"x5c is not a chain: {child.subject.rfc4514_string()} is not issued by the next")
-    top = chain[-1]
-    if not any(top == root or _issued_by(top, root) for root in trusted_roots):
+    name = _server_name(host)
+    try:
+        verifier = (
+            PolicyBuilder().store(Store(list(trusted_roots))).time(datetime.datetime.now(datetime.timezone.utc))
+            .build_server_verifier(name)
+        )  # fmt: skip
+        verifier.verify(chain[0], list(chain[1:]))
+    except (VerificationError, ValueError) as exc:  # ValueError: a certificate pyca cannot even evaluate
         raise ReleasedKeyRejected(
-            f"the release response is signed by {chain[0].subject.rfc4514_string()}, whose chain does not end "
-            "at a trusted vault root"
-        )
+            f"the release response is signed by {chain[0].subject.rfc4514_string()}, which is not a TLS server "
+            f"certificate for the vault's host {host} chaining to a trusted vault root: {exc}"
+        ) from None
 
 
-def verify_release_response(jws: str, trusted_roots: Sequence[x509.Certificate]) -> dict[str, Any]:
-    """The payload of a release response whose signature chains to ``trusted_roots``."""
+def verify_release_response(jws: str, trusted_roots: Sequence[x509.Certificate], host: str) -> dict[str, Any]:
+    """The payload of a release response signed by a server certificate for ``host`` under ``trusted_roots``."""
     try:
         header = jwt.get_unverified_header(jws)
     except jwt.DecodeError as exc:
@@ -178,7 +182,7 @@ def verify_release_response(jws: str, trusted_roots: Sequence[x509.Certificate])
     if algorithm not in RESPONSE_ALGORITHMS:
         raise ReleasedKeyRejected(f"the release response is signed with {algorithm!r}, not one of {RESPONSE_ALGORITHMS}")
     chain = _load_chain(header)
-    verify_signer_chain(chain, trusted_roots)
+    verify_signer_chain(chain, trusted_roots, host)
     try:
         payload = jwt.api_jws.decode(jws, key=chain[0].public_key(), algorithms=[algorithm])  # type: ignore[arg-type]
     except jwt.InvalidTokenError as exc:
@@ -192,30 +196,44 @@ def verify_release_response(jws: str, trusted_roots: Sequence[x509.Certificate])
     return document
 
 
-def unwrap_released_key(
-    jws: str,
-    tee_private_key: rsa.RSAPrivateKey,
-    trusted_vault_roots: Sequence[x509.Certificate],
-    *,
-    expected_key_id: str | None = None,
-) -> rsa.RSAPrivateKey:
-    """The RSA private key a release response carries, for use as :class:`securetrain.sealed.KekPrivateKey`.
+@dataclass(frozen=True)
+class ReleasedKey:
+    """A key Key Vault released to the TEE: its id, its private half, and when the vault says it was created."""
 
-    Checks, in order: the JWS signature and its chain to ``trusted_vault_roots``; that the released key is
-    ``expected_key_id`` (a versioned key URL) when given; that ``key_hsm`` unwraps with ``tee_private_key``;
-    that the unwrapped private key is the one whose public half (``n``, ``e``) the response names.
+    kid: str
+    private_key: rsa.RSAPrivateKey
+    #: ``response.key.attributes.created`` (Unix seconds) as the vault signed it; None if it says nothing.
+    created: int | None
+
+    def __repr__(self) -> str:
+        return f"ReleasedKey(kid={self.kid!r}, created={self.created})"  # never the key material
+
+
+def open_release_response(
+    jws: str, tee_private_key: rsa.RSAPrivateKey, trusted_vault_roots: Sequence[x509.Certificate], *, expected_key_id: str
+) -> ReleasedKey:
+    """The key a release response carries, once every check passed.
+
+    Checks, in order: the JWS signature, by a TLS server certificate for the host of ``expected_key_id`` (the
+    vault asked) that chains to ``trusted_vault_roots``; that the released key is ``expected_key_id`` (a
+    versioned key URL); that ``key_hsm`` unwraps with ``tee_private_key``; that the unwrapped private key is
+    the one whose public half (``n``, ``e``) the response names.
 
     Raises:
         ReleasedKeyRejected: any check failed; the message says which.
     """
-    payload = verify_release_response(jws, trusted_vault_roots)
+    host = urlsplit(expected_key_id).hostname
+    if not host:
+        raise ReleasedKeyRejected(f"the key id {expected_key_id!r} names no vault host")
+    payload = verify_release_response(jws, trusted_vault_roots, host)
     try:
-        jwk = payload["response"]["key"]["key"]
+        bundle = payload["response"]["key"]
+        jwk = bundle["key"]
     except (KeyError, TypeError):
         raise ReleasedKeyRejected("the release response carries no key (response.key.key)") from None
     if not isinstance(jwk, dict):
         raise ReleasedKeyRejected("the release response's key is not a JWK object")
-    if expected_key_id is not None and jwk.get("kid") != expected_key_id:
+    if jwk.get("kid") != expected_key_id:
         raise ReleasedKeyRejected(f"the vault released {jwk.get('kid')!r}, not the key asked for ({expected_key_id})")
     if jwk.get("kty") not in ("RSA", "RSA-HSM"):
         raise ReleasedKeyRejected(f"the released key is of type {jwk.get('kty')!r}; a KEK is RSA")
@@ -233,5 +251,16 @@ def unwrap_released_key(
     )
     if (numbers.n, numbers.e) != named:
         raise ReleasedKeyRejected("the released private key does not match the public key the response names")
-    log.info("released key %s unwrapped in the TEE", jwk.get("kid"))
-    return private_key
+    attributes = bundle.get("attributes") if isinstance(bundle, dict) else None
+    created = attributes.get("created") if isinstance(attributes, dict) else None
+    log.info("released key %s unwrapped in the TEE", expected_key_id)
+    return ReleasedKey(
+        expected_key_id, private_key, created if isinstance(created, int) and not isinstance(created, bool) else None
+    )
+
+
+def unwrap_released_key(
+    jws: str, tee_private_key: rsa.RSAPrivateKey, trusted_vault_roots: Sequence[x509.Certificate], *, expected_key_id: str
+) -> rsa.RSAPrivateKey:
+    """The RSA private key a release response carries (:func:`open_release_response`'s checks)."""
+    return open_release_response(jws, tee_private_key, trusted_vault_roots, expected_key_id=expected_key_id).private_key

@@ -3,21 +3,24 @@
 The flow, with the real ``azure-keyvault-keys`` client (against Azure Key Vault / Managed HSM, or the
 local stand-in)::
 
-    KeyClient(vault_url, credential, connection_verify=CA, verify_challenge_resource=False)
+    KeyClient(vault_url, credential, connection_verify=CA, verify_challenge_resource=<off for loopback only>)
         .release_key(name, target=token, version=version)        -> {"value": JWS}
-    securetrain.skr.unwrap_released_key(JWS, TEE private key, trusted roots) -> RSA private key (the KEK)
+    securetrain.skr.open_release_response(JWS, TEE private key, trusted roots, expected_key_id=...)
+        -> the KEK version's RSA private key (and its creation time, as the vault signed it)
 
 The vault evaluates its release policy against the token's claims and answers 403 with the condition
 that failed; that becomes :class:`KeyReleaseDenied`, which fails the job with the vault's reason. The
 JWS is checked (signature chain to the trusted roots, the key it carries is the versioned KEK asked for,
-the private key matches the public key it names) and unwrapped with the TEE key by
-:mod:`securetrain.skr`, the relying party's half of Secure Key Release.
+the private key matches the public key it names; the signer is a TLS server certificate for the vault's
+host) and unwrapped with the TEE key by :mod:`securetrain.skr`, the relying party's half of Secure Key
+Release.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from azure.core.credentials import TokenCredential
@@ -27,8 +30,9 @@ from cryptography import x509
 
 from securetrain.attestation.tokens import ValidatedToken
 from securetrain.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.keyvault import challenge_resource_verified
 from securetrain.sealed import KekPrivateKey
-from securetrain.skr import unwrap_released_key
+from securetrain.skr import open_release_response
 from trainer.attest import TeeKey
 from trainer.job_spec import JobKeys
 
@@ -45,6 +49,19 @@ class KeyVaultUnreachable(SecuretrainError):
 
 class KeyReleaseUnavailable(ConfigurationError):
     """This agent cannot perform Secure Key Release: a component it needs is missing."""
+
+
+@dataclass(frozen=True)
+class ReleasedKek:
+    """One KEK version released to this TEE: its versioned id, its private half, its creation time (Unix
+    seconds, as the vault signed it in the release response; None if the response does not say)."""
+
+    kek_id: str
+    private: KekPrivateKey
+    created: int | None
+
+    def __repr__(self) -> str:
+        return f"ReleasedKek(kek_id={self.kek_id!r}, created={self.created})"  # never the key material
 
 
 class VaultKeyReleaser:
@@ -65,6 +82,10 @@ class VaultKeyReleaser:
 
     def release(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> JobKeys:
         """Have ``kek_id`` released to ``tee_key`` on the strength of ``token``; the keys of the job."""
+        return JobKeys.from_released(self.release_version(kek_id, token, tee_key).private, kek_id)
+
+    def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek:
+        """Have the KEK version ``kek_id`` released to ``tee_key`` on the strength of ``token``."""
         if self._credential is None:
             raise KeyReleaseUnavailable(
                 "this agent was started without a Key Vault identity, so it cannot ask for the KEK; "
@@ -77,7 +98,7 @@ class VaultKeyReleaser:
             key_id.vault_url,
             self._credential,  # type: ignore[arg-type]  # checked above
             connection_verify=str(self._ca_bundle) if self._ca_bundle else True,
-            verify_challenge_resource=False,
+            verify_challenge_resource=challenge_resource_verified(key_id.vault_url),
         )
         try:
             with client:
@@ -90,8 +111,6 @@ class VaultKeyReleaser:
             raise KeyVaultUnreachable(f"Key Vault failed to release {kek_id}: {exc.message}") from None
         except ServiceRequestError as exc:
             raise KeyVaultUnreachable(f"cannot reach Key Vault at {key_id.vault_url}: {exc.message}") from None
-        private_key = unwrap_released_key(
-            released.value, tee_key.private_key, self._trusted_roots, expected_key_id=kek_id
-        )
+        key = open_release_response(released.value, tee_key.private_key, self._trusted_roots, expected_key_id=kek_id)
         log.info("KEK %s released to TEE key %s", kek_id, tee_key.kid)
-        return JobKeys.from_released(KekPrivateKey(private_key), kek_id)
+        return ReleasedKek(kek_id, KekPrivateKey(key.private_key), key.created)

@@ -21,6 +21,10 @@ def main() -> None:
     parser.add_argument("--identity-issuer", required=True, help="issuer URL of the access tokens (identity service)")
     parser.add_argument("--ca-bundle", type=Path, required=True,
                         help="CA the identity service's and attestation authorities' TLS must chain to")  # fmt: skip
+    parser.add_argument(
+        "--purge-protection", action="store_true",
+        help="Azure's purge protection: a deleted key cannot be purged before its 90-day retention ends",
+    )  # fmt: skip
     add_listen_arguments(parser, cert_help="TLS server certificate (PEM); also signs releases")
     args = parser.parse_args()
     configure_logging()
@@ -32,6 +36,7 @@ def main() -> None:
         ca_bundle=args.ca_bundle,
         cert_file=args.cert,
         key_file=args.key,
+        purge_protection=args.purge_protection,
     )
     serve(create_app(config), args)
 

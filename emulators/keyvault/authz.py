@@ -1,58 +1,109 @@
-"""Who may do what to the vault's keys: access-token validation, RBAC roles, and the access log.
+"""Who may do what to the vault's keys: access-token validation, RBAC role definitions, and the access log.
 
 Authentication: a bearer token from the identity service (:mod:`emulators.identity`), validated like
 every other token in the project (:class:`securetrain.attestation.tokens.TokenValidator`: RS256 with a
 key the issuer publishes over verified TLS, issuer, ``exp``/``nbf``) plus the audience, which must be
 Key Vault's resource. A missing token gets Key Vault's 401 challenge; a bad one a 401 naming the fault.
 
-Authorization: Azure RBAC's built-in Key Vault roles, reduced to what the project uses, assigned to
-identities' object ids in a role-assignment file (``stack up`` writes it). Every decision, allowed or
-denied, is appended to the access log (JSON lines) for the audit stage.
+Authorization is Azure RBAC's: a role definition grants ``dataActions`` and takes away ``notDataActions``
+(both may hold ``*`` wildcards, matched case-insensitively); a principal may do what any of its roles
+grants. The built-in Key Vault roles are defined here with the data actions Azure documents for them; a
+deployment's custom roles (``roleDefinitions``) and the assignments are in the role-assignment file
+``stack up`` writes::
+
+    {"roleDefinitions": [{"roleName", "description", "dataActions": [...], "notDataActions": [...]}],
+     "assignments": [{"principalId", "principalName", "role"}]}
+
+Sources (docs/keys.md, "Roles"): https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/security
+(the built-in roles), https://learn.microsoft.com/azure/role-based-access-control/permissions/security#microsoftkeyvault
+(the data actions), https://learn.microsoft.com/azure/role-based-access-control/role-definitions#notdataactions.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 import json
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from securetrain.attestation.tokens import AuthorityKeys, AuthorityUnreachable, TokenRejected, TokenValidator
 from securetrain.errors import ConfigurationError
 
 #: The resource (token audience) Key Vault's data plane asks for; the SDK requests ``<it>/.default``.
 VAULT_RESOURCE = "https://vault.azure.net"
+_KEYS = "Microsoft.KeyVault/vaults/keys"
 
 
 class Action(enum.Enum):
-    """Key Vault data actions (``Microsoft.KeyVault/vaults/keys/...``) the stand-in implements."""
+    """The Key Vault data actions the stand-in's operations need, by their Azure names."""
 
-    READ = "keys/read"
-    CREATE = "keys/create"
-    ROTATE = "keys/rotate/action"
-    UPDATE = "keys/update/action"
-    DELETE = "keys/delete"
-    RECOVER = "keys/recover/action"
-    PURGE = "deletedkeys/delete"
-    READ_DELETED = "deletedkeys/read/action"
-    ENCRYPT = "keys/encrypt/action"
-    DECRYPT = "keys/decrypt/action"
-    WRAP = "keys/wrap/action"
-    UNWRAP = "keys/unwrap/action"
-    RELEASE = "keys/release/action"
+    READ = f"{_KEYS}/read"  # get and list keys and versions, and deleted keys
+    CREATE = f"{_KEYS}/create/action"  # a new key, or a new version of one
+    ROTATE = f"{_KEYS}/rotate/action"  # a new version with the latest version's parameters
+    UPDATE = f"{_KEYS}/update/action"
+    DELETE = f"{_KEYS}/delete"
+    RECOVER = f"{_KEYS}/recover/action"
+    PURGE = f"{_KEYS}/purge/action"
+    ENCRYPT = f"{_KEYS}/encrypt/action"
+    DECRYPT = f"{_KEYS}/decrypt/action"
+    WRAP = f"{_KEYS}/wrap/action"
+    UNWRAP = f"{_KEYS}/unwrap/action"
+    RELEASE = f"{_KEYS}/release/action"
 
 
-#: Built-in role name -> the actions it allows (Azure's names; the action sets are the project's subset).
-ROLES: Mapping[str, frozenset[Action]] = {
-    "Key Vault Crypto Officer": frozenset(
-        {Action.READ, Action.CREATE, Action.ROTATE, Action.UPDATE, Action.DELETE, Action.RECOVER,
-         Action.PURGE, Action.READ_DELETED}
-    ),
-    "Key Vault Crypto User": frozenset(
-        {Action.READ, Action.ENCRYPT, Action.DECRYPT, Action.WRAP, Action.UNWRAP}
-    ),
-    "Key Vault Crypto Service Release User": frozenset({Action.RELEASE}),
+@functools.lru_cache(maxsize=256)
+def _pattern(action: str) -> re.Pattern[str]:
+    """An Azure action pattern (``*`` matches any run of characters) as a case-insensitive regex."""
+    return re.compile(".*".join(re.escape(part) for part in action.split("*")), re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class RoleDefinition:
+    """A role: the data actions it grants, less the ones it excludes (Azure's ``notDataActions``)."""
+
+    name: str
+    data_actions: tuple[str, ...]
+    not_data_actions: tuple[str, ...] = ()
+
+    def allows(self, action: Action) -> bool:
+        def matches(patterns: Iterable[str]) -> bool:
+            return any(_pattern(pattern).fullmatch(action.value) for pattern in patterns)
+
+        return matches(self.data_actions) and not matches(self.not_data_actions)
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> RoleDefinition:
+        name, granted, excluded = document["roleName"], document["dataActions"], document.get("notDataActions", [])
+        if not isinstance(name, str) or not name:
+            raise ValueError("a role definition needs a roleName")
+        for field, value in (("dataActions", granted), ("notDataActions", excluded)):
+            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+                raise ValueError(f"role {name!r}: {field} must be a list of action strings")
+        return cls(name, tuple(granted), tuple(excluded))
+
+    def to_json(self, description: str) -> dict[str, Any]:
+        return {"roleName": self.name, "description": description, "dataActions": list(self.data_actions),
+                "notDataActions": list(self.not_data_actions)}  # fmt: skip
+
+
+#: The built-in Key Vault roles, with the data actions Azure documents for each (not a reduced set: a
+#: deployment that assigns one gets all of it, which is why the project assigns custom roles where a
+#: built-in role grants more than an identity needs).
+BUILT_IN_ROLES: Mapping[str, RoleDefinition] = {
+    role.name: role
+    for role in (
+        RoleDefinition("Key Vault Reader", ("Microsoft.KeyVault/vaults/*/read",
+                                            "Microsoft.KeyVault/vaults/secrets/readMetadata/action")),
+        RoleDefinition("Key Vault Crypto Officer", (f"{_KEYS}/*", "Microsoft.KeyVault/vaults/keyrotationpolicies/*")),
+        RoleDefinition("Key Vault Crypto User", tuple(f"{_KEYS}/{action}" for action in (
+            "read", "update/action", "backup/action", "encrypt/action", "decrypt/action", "wrap/action",
+            "unwrap/action", "sign/action", "verify/action"))),
+        RoleDefinition("Key Vault Crypto Service Release User", (f"{_KEYS}/release/action",)),
+    )
 }  # fmt: skip
 
 
@@ -74,25 +125,32 @@ class Caller:
 
 @dataclass(frozen=True)
 class RoleAssignments:
-    """``{"assignments": [{"principalId", "principalName", "role"}]}``: who holds which role on the vault."""
+    """Who holds which role on the vault, and what each role (built-in or the file's custom ones) grants."""
 
     by_principal: Mapping[str, frozenset[str]]
+    roles: Mapping[str, RoleDefinition]
 
     @classmethod
     def load(cls, path: Path) -> RoleAssignments:
         try:
             document = json.loads(path.read_text())
+            roles = dict(BUILT_IN_ROLES)
+            for entry in document.get("roleDefinitions", []):
+                role = RoleDefinition.from_json(entry)
+                if role.name in roles:
+                    raise ConfigurationError(f"{path}: role {role.name!r} is defined twice (or redefines a built-in role)")
+                roles[role.name] = role
             grants: dict[str, set[str]] = {}
             for entry in document["assignments"]:
-                if entry["role"] not in ROLES:
-                    raise ConfigurationError(f"{path}: unknown role {entry['role']!r} (roles: {', '.join(ROLES)})")
+                if entry["role"] not in roles:
+                    raise ConfigurationError(f"{path}: unknown role {entry['role']!r} (roles: {', '.join(roles)})")
                 grants.setdefault(entry["principalId"], set()).add(entry["role"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigurationError(f"cannot read the role assignments {path}: {exc}") from None
-        return cls({principal: frozenset(roles) for principal, roles in grants.items()})
+        return cls({principal: frozenset(names) for principal, names in grants.items()}, roles)
 
     def allows(self, object_id: str, action: Action) -> bool:
-        return any(action in ROLES[role] for role in self.by_principal.get(object_id, ()))
+        return any(self.roles[role].allows(action) for role in self.by_principal.get(object_id, ()))
 
 
 class Authorizer:
@@ -132,6 +190,6 @@ class Authorizer:
         if not RoleAssignments.load(self._roles_file).allows(caller.object_id, action):
             raise NotPermitted(
                 f"Caller is not authorized to perform action on resource. Caller: name={caller.name};"
-                f"oid={caller.object_id}; Action: 'Microsoft.KeyVault/vaults/{action.value}'; "
+                f"oid={caller.object_id}; Action: '{action.value}'; "
                 f"Resource: '{resource}'"
             )

@@ -1,19 +1,31 @@
-"""Key Vault: the KEK, its release policy, and its public key (never its private half)."""
+"""Key Vault: the KEK, its release policy, and its public key (never its private half).
+
+Airflow holds two identities (docs/keys.md, "Roles"): the pipeline's (connection ``securetrain_keyvault``,
+Key Vault Reader: reads keys, their public halves and release policies) and key rotation's
+(``securetrain_keyvault_rotator``: makes a new version of an existing key and nothing else). Neither can
+create, update, delete, unwrap, decrypt or release; the data owner creates KEKs, the TEE alone releases.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cached_property
 
 from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError
 from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
-from azure.keyvault.keys.crypto import CryptographyClient
 
 from airflow.sdk import BaseHook
 from operators.hooks._connection import ServiceConnection
 from securetrain.errors import SecurityViolation
 from securetrain.identity import LocalIdentity, LocalIdentityCredential
-from securetrain.keyvault import cryptography_client, ensure_kek, kek_public_key, key_client
+from securetrain.keyvault import (
+    KeyVaultAccessDenied,
+    check_kek,
+    check_kek_version,
+    kek_public_key,
+    key_client,
+    versions_under_other_policies,
+)
 from securetrain.release_policy import ReleasePolicy, ReleasePolicyInvalid
 from securetrain.sealed import KekPublicKey
 
@@ -75,29 +87,38 @@ class KeyVaultHook(BaseHook):
         except ReleasePolicyInvalid as exc:
             raise KekWithoutPolicy(f"the KEK {key.id}'s release policy does not parse: {exc}") from None
 
-    def ensure_kek(self, name: str, approved: ReleasePolicy) -> KeyVaultKey:
-        """The KEK ``name``, created under ``approved`` if absent, refused if it exists under another policy."""
-        with self.get_conn() as client:
-            return ensure_kek(client, name, approved)
+    def check_kek(self, name: str, approved: ReleasePolicy) -> KeyVaultKey:
+        """The latest version of the KEK ``name``, checked to be released only under ``approved``, immutably.
 
-    def new_kek_version(self, name: str) -> KekPublicKey:
-        """Rotate the KEK ``name``: a new version with the latest one's settings (size, exportable, release
-        policy); its public half. Needs the key's rotate action (Crypto Officer)."""
+        Reads only: a missing KEK or one under another policy is refused with an error saying that its data
+        owner must create it (:func:`securetrain.keyvault.check_kek`)."""
         with self.get_conn() as client:
-            return kek_public_key(client.rotate_key(name))
+            return check_kek(client, name, approved)
 
-    def latest_kek(self, name: str) -> KekPublicKey:
-        """The public half of the latest version of the KEK ``name`` (resuming a rotation makes no new one)."""
+    def new_kek_version(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
+        """Rotate the KEK ``name``: a new version with the latest one's parameters and release policy; its
+        public half, once the new version is checked to carry ``approved`` immutably. Needs the key's rotate
+        action (the rotator's role)."""
         with self.get_conn() as client:
-            return kek_public_key(client.get_key(name))
+            try:
+                rotated = client.rotate_key(name)
+            except HttpResponseError as exc:
+                if exc.status_code in (401, 403):
+                    raise KeyVaultAccessDenied(
+                        f"Key Vault refused connection {self.keyvault_conn_id!r} a new version of {name}: {exc.message}"
+                    ) from None
+                raise
+            return kek_public_key(check_kek_version(rotated, approved))
 
-    def unwrap_clients(self) -> Callable[[str], CryptographyClient]:
-        """A factory of ``CryptographyClient`` per versioned key id, all as this connection's identity and
-        sharing one credential (one token); what :func:`securetrain.keyvault.rewrap_blob` takes. The
-        vault unwraps with the key's private half, which never leaves it."""
-        credential = self.credential()
-        ca_bundle = self.connection.ca_bundle
-        return lambda key_id: cryptography_client(key_id, credential, ca_bundle=ca_bundle)
+    def versions_under_other_policies(self, name: str, approved: ReleasePolicy) -> set[str]:
+        """The versions of the KEK ``name`` Key Vault releases under another policy than ``approved``."""
+        with self.get_conn() as client:
+            return versions_under_other_policies(client, name, approved)
+
+    def latest_kek(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
+        """The public half of the latest version of the KEK ``name``, checked as :meth:`check_kek` (resuming a
+        rotation makes no new version)."""
+        return kek_public_key(self.check_kek(name, approved))
 
     def test_connection(self) -> tuple[bool, str]:
         try:

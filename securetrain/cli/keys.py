@@ -1,8 +1,10 @@
 """``securetrain keys rotate | public-key``: the KEK in Key Vault, against the local stack's settings.
 
-``rotate`` makes a new KEK version (as the ``pipeline`` identity, Crypto Officer) and rewraps the data
-key in every sealed blob of a container (unwrapping with the vault as ``key-rotator``, Crypto User),
-without re-encrypting any data; see docs/keys.md. ``public-key`` writes the KEK's public key for sealing.
+``rotate`` rotates the KEK as key rotation does in the ``key_rotation`` DAG: the ``key-rotator`` identity
+makes a new version (it can do nothing else), the TEE rewraps the data key of every sealed blob of the
+containers to it (``POST /v1/rewraps``: no data key is unwrapped outside the TEE, and no data is
+re-encrypted), and this command checks the TEE's signed statement and every header; see docs/keys.md.
+``public-key`` writes the KEK's public key for sealing.
 """
 
 from __future__ import annotations
@@ -11,22 +13,32 @@ import argparse
 import json
 from pathlib import Path
 
-from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import AzureError
-from azure.storage.blob import ContainerClient
 from cryptography.hazmat.primitives import serialization
 
+from securetrain.cvm_client import CvmClient
 from securetrain.errors import ConfigurationError, SecuretrainError
-from securetrain.identity import PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentityCredential
+from securetrain.identity import PIPELINE_IDENTITY, ROTATOR_IDENTITY
 from securetrain.keyvault import (
     KEK_NAME,
-    cryptography_client,
+    check_kek,
+    check_kek_version,
     kek_public_key,
     key_client_from_stack_env,
-    rotate_container,
+    versions_under_other_policies,
 )
+from securetrain.release_policy import ReleasePolicy
+from securetrain.rotation import (
+    RotationIncomplete,
+    approved_tee_validator,
+    require_complete,
+    rewrap_in_tee,
+    verify_rotation,
+)
+from securetrain.sealed import KekPublicKey
 from securetrain.stack.envfile import read_stack_env
 from securetrain.stack.layout import resolve_state_dir
+from securetrain.storage import BlobStore
 
 
 class KeyVaultRequestFailed(SecuretrainError):
@@ -40,36 +52,37 @@ def _stack_env(args: argparse.Namespace) -> dict[str, str]:
     return dict(read_stack_env(path))
 
 
-def _container(env: dict[str, str], name: str) -> ContainerClient:
-    return ContainerClient(
-        env["SECURETRAIN_BLOB_ENDPOINT"], name,
-        credential=AzureNamedKeyCredential(env["SECURETRAIN_BLOB_ACCOUNT_NAME"], env["SECURETRAIN_BLOB_ACCOUNT_KEY"]),
-        connection_verify=env["SECURETRAIN_CA_BUNDLE"],
-    )  # fmt: skip
+def _new_version(env: dict[str, str], name: str, approved: ReleasePolicy, *, resume: bool) -> KekPublicKey:
+    """The version to rotate to: a new one made by the rotator, or (``resume``) the latest, read by the
+    pipeline; either way checked to carry the approved release policy, immutably."""
+    try:
+        if resume:
+            with key_client_from_stack_env(env, PIPELINE_IDENTITY) as keys:
+                return kek_public_key(check_kek(keys, name, approved))
+        with key_client_from_stack_env(env, ROTATOR_IDENTITY) as keys:
+            return kek_public_key(check_kek_version(keys.rotate_key(name), approved))
+    except AzureError as exc:
+        raise KeyVaultRequestFailed(f"{'reading' if resume else 'rotating'} {name} failed: {exc.message}") from None
 
 
 def _rotate(args: argparse.Namespace) -> int:
     env = _stack_env(args)
-    rotator = LocalIdentityCredential.from_stack_env(env, ROTATOR_IDENTITY)
+    approved = ReleasePolicy.parse(Path(env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
+    new_kek = _new_version(env, args.key, approved, resume=args.resume)
+    print(f"{'resuming the rotation to' if args.resume else 'new KEK version'} {new_kek.kek_id}")
+    approved_tee = approved_tee_validator(env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"], approved)
+    with CvmClient.from_stack_env(env, PIPELINE_IDENTITY) as cvm:
+        statement = rewrap_in_tee(cvm, new_kek.kek_id, args.container, approved_tee)
+    print(json.dumps(statement, indent=2))
     try:
-        with key_client_from_stack_env(env, PIPELINE_IDENTITY) as keys, _container(env, args.container) as container:
-            kek = keys.get_key(args.key) if args.resume else keys.rotate_key(args.key)
-            new_kek = kek_public_key(kek)
-            print(f"{'resuming the rotation to' if args.resume else 'new KEK version'} {new_kek.kek_id}")
-            report = rotate_container(
-                container,
-                new_kek,
-                lambda key_id: cryptography_client(key_id, rotator, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]),
-                prefix=args.prefix,
-            )
-    except AzureError as exc:
-        raise KeyVaultRequestFailed(f"rotation of {args.key} failed: {exc.message}") from None
-    finally:
-        rotator.close()
-    print(json.dumps(vars(report), indent=2))
-    if report.changed_meanwhile:
-        print("some blobs changed during the rotation: run `securetrain keys rotate --resume` to finish them")
+        require_complete(statement)
+    except RotationIncomplete as exc:
+        print(f"{exc}: run `securetrain keys rotate --resume` to finish them")
         return 1
+    with key_client_from_stack_env(env, PIPELINE_IDENTITY) as keys:
+        other = versions_under_other_policies(keys, args.key, approved)
+    with BlobStore.from_stack_env(env) as store:
+        print(json.dumps(verify_rotation(store, new_kek, statement, args.container, other_policies=other), indent=2))
     return 0
 
 
@@ -99,14 +112,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = group.add_subparsers(dest="keys_command", metavar="COMMAND", required=True)
 
     rotate = commands.add_parser(
-        "rotate", help="new KEK version; rewrap every sealed blob's data key in a container",
-        description="Create a new version of the KEK and rewrap the data key in the header of every sealed "
-        "blob in CONTAINER (under PREFIX) to it, one blob at a time, each replaced atomically and only if "
-        "unchanged since read. Bulk data is not re-encrypted. Old versions stay usable for unwrap. Exits 1 "
-        "if a blob changed meanwhile (rerun with --resume).",
+        "rotate", help="new KEK version; the TEE rewraps every sealed blob's data key in the containers",
+        description="Create a new version of the KEK (as the key-rotator identity) and have the TEE rewrap the "
+        "data key in the header of every sealed blob of each CONTAINER to it: the TEE has the versions released "
+        "to it, unwraps, checks and rewraps each data key in its memory, and replaces each header atomically, "
+        "only if the blob is unchanged since read. Bulk data is not re-encrypted. Old versions stay usable. The "
+        "TEE's signed statement and then every header are checked. Exits 1 if a blob changed meanwhile (rerun "
+        "with --resume).",
     )  # fmt: skip
-    rotate.add_argument("--container", required=True, help="the blob container holding sealed files")
-    rotate.add_argument("--prefix", default="", help="only blobs whose names start with this")
+    rotate.add_argument("--container", required=True, action="append",
+                        help="a blob container holding sealed files (repeat for several)")  # fmt: skip
     rotate.add_argument("--key", default=KEK_NAME, help=f"the KEK's name in the vault (default {KEK_NAME})")
     rotate.add_argument(
         "--resume", action="store_true",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from securetrain.identity import (
     CVM_IDENTITY,
+    DATA_OWNER_IDENTITY,
     LOCAL_TENANT,
     PIPELINE_IDENTITY,
     ROTATOR_IDENTITY,
@@ -22,7 +23,7 @@ from securetrain.identity import (
 from securetrain.stack.layout import StackLayout
 from securetrain.stack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 
-IDENTITIES = (PIPELINE_IDENTITY, CVM_IDENTITY, ROTATOR_IDENTITY)
+IDENTITIES = (PIPELINE_IDENTITY, CVM_IDENTITY, ROTATOR_IDENTITY, DATA_OWNER_IDENTITY)
 
 
 def identities_dir(layout: StackLayout) -> Path:

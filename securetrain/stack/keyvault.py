@@ -2,12 +2,17 @@
 
 On every ``up``:
 
-* ``<state>/policies/keyvault-roles.json`` assigns the stack's identities their roles: ``pipeline`` Key
-  Vault Crypto Officer, ``cvm`` Crypto Service Release User, ``key-rotator`` Crypto User;
+* ``<state>/policies/keyvault-roles.json`` defines the project's custom roles and assigns each of the
+  stack's identities the narrowest role that does its work (:data:`ROLE_OF`, docs/keys.md "Roles"):
+  ``pipeline`` Key Vault Reader, ``cvm`` Key Vault Crypto Service Release User, ``key-rotator`` the custom
+  "KEK Rotator" (read and rotate), ``data-owner`` the custom "KEK Owner" (Crypto Officer without decrypt,
+  unwrap, sign or release);
 * ``<state>/policies/release-policy.json`` is the approved release policy, derived from the approved
   appraisal policy and the attestation service's URL (:func:`securetrain.release_policy.approved_release_policy`);
-* once the vault is healthy, the KEK ``securetrain-kek`` (RSA 3072, exportable) exists with that
-  policy; a KEK whose policy differs (the attestation service moved to another port) gets it updated.
+* the vault runs with purge protection: no deleted key can be purged;
+* once the vault is healthy, the data owner makes sure the KEK ``securetrain-kek`` (RSA 3072, exportable)
+  has a latest version released only under that policy, immutably; when the approved policy changed (the
+  trainer's measurement, the attestation service's port), that is a new KEK version.
 
 The master key that encrypts private key material at rest is ``<state>/secrets/keyvault-master-key``.
 """
@@ -22,12 +27,19 @@ from pathlib import Path
 import requests
 
 from emulators.attestation_service.app import SIMULATED
-from securetrain.stack.identity import IDENTITY, issuer, stack_identities
+from emulators.keyvault.authz import RoleDefinition
 from securetrain.fsutil import atomic_output
-from securetrain.identity import CVM_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentityCredential
-from securetrain.keyvault import KEK_NAME, VAULT_URL_VARIABLE, ensure_kek, key_client
+from securetrain.identity import (
+    CVM_IDENTITY,
+    DATA_OWNER_IDENTITY,
+    PIPELINE_IDENTITY,
+    ROTATOR_IDENTITY,
+    LocalIdentityCredential,
+)
+from securetrain.keyvault import KEK_NAME, VAULT_URL_VARIABLE, create_kek_version, key_client
 from securetrain.release_policy import ReleasePolicy, approved_release_policy
 from securetrain.stack.attestation import ATTESTATION, local_appraisal_policy
+from securetrain.stack.identity import IDENTITY, issuer, stack_identities
 from securetrain.stack.errors import StackConfigurationError
 from securetrain.stack.layout import StackLayout
 from securetrain.stack.process import PidRecord
@@ -35,10 +47,22 @@ from securetrain.stack.service import Service, ServiceContext, ServiceUnhealthy,
 
 log = logging.getLogger(__name__)
 
+_KEYS = "Microsoft.KeyVault/vaults/keys"
+#: The project's custom roles (an Azure deployment defines the same with ``az role definition create``):
+#: what each grants, and why no built-in role would do.
+CUSTOM_ROLES = {
+    RoleDefinition("securetrain KEK Owner", (f"{_KEYS}/*",), tuple(
+        f"{_KEYS}/{action}" for action in ("decrypt/action", "unwrap/action", "sign/action", "release/action")
+    )): "Key Vault Crypto Officer less every use of a private key: the data owner creates KEK versions under "
+        "immutable release policies and manages their lifecycle, but never unwraps, decrypts or releases",
+    RoleDefinition("securetrain KEK Rotator", (f"{_KEYS}/read", f"{_KEYS}/rotate/action")):
+        "read a key and make a new version of it with the same parameters and release policy; nothing else",
+}  # fmt: skip
 ROLE_OF = {
-    PIPELINE_IDENTITY: "Key Vault Crypto Officer",
+    PIPELINE_IDENTITY: "Key Vault Reader",
     CVM_IDENTITY: "Key Vault Crypto Service Release User",
-    ROTATOR_IDENTITY: "Key Vault Crypto User",
+    ROTATOR_IDENTITY: "securetrain KEK Rotator",
+    DATA_OWNER_IDENTITY: "securetrain KEK Owner",
 }
 _HEALTH_TIMEOUT_S = 3
 
@@ -80,10 +104,11 @@ def write_roles(layout: StackLayout) -> None:
     assignments = [
         {"principalId": identities[name].object_id, "principalName": name, "role": role} for name, role in ROLE_OF.items()
     ]
+    definitions = [role.to_json(description) for role, description in CUSTOM_ROLES.items()]
     path = roles_path(layout)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with atomic_output(path, mode=0o644) as out:
-        out.write(json.dumps({"assignments": assignments}, indent=2).encode())
+        out.write(json.dumps({"roleDefinitions": definitions, "assignments": assignments}, indent=2).encode())
 
 
 def _argv(context: ServiceContext) -> Sequence[str]:
@@ -96,6 +121,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--roles", str(roles_path(context.layout)),
         "--identity-issuer", issuer(_dependency(context, IDENTITY)),
         "--ca-bundle", str(context.ca_bundle),
+        "--purge-protection",
     )  # fmt: skip
 
 
@@ -114,13 +140,13 @@ def _health_check(context: ServiceContext) -> None:
 
 
 def _demo_kek_id(context: ServiceContext) -> str:
-    """The versioned id of the demo KEK, created (or its policy brought up to date) as the pipeline."""
+    """The versioned id of the demo KEK's latest version, made by the data owner under the approved policy."""
     policy = approved_local_policy(context)
     identity_ctx = _dependency(context, IDENTITY)
-    pipeline = stack_identities(context.layout)[PIPELINE_IDENTITY]
-    credential = LocalIdentityCredential(identity_ctx.base_url, pipeline, ca_bundle=context.ca_bundle)
+    owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
+    credential = LocalIdentityCredential(identity_ctx.base_url, owner, ca_bundle=context.ca_bundle)
     with credential, key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
-        return str(ensure_kek(client, KEK_NAME, policy, update=True).id)
+        return str(create_kek_version(client, KEK_NAME, policy).id)
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:

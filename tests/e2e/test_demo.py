@@ -25,6 +25,9 @@ def test_demo_runs_end_to_end_and_again(tmp_path):
             assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
             for stage in ("prepare_environment", "train", "register_model", "audit", "cleanup"):
                 assert f"secure_training: {stage}" in result.stdout
+            for stage in ("new_kek_version", "rewrap", "verify"):
+                assert f"key_rotation: {stage}" in result.stdout
+            assert "rotation:     new KEK version" in result.stdout and "the TEE rewrapped" in result.stdout
             assert "audit log verifies" in result.stdout and "demo complete" in result.stdout
     finally:
         subprocess.run([str(script), "stack", "down"], env=env, capture_output=True, timeout=60)

@@ -1,7 +1,7 @@
 """The maintenance DAGs under `airflow dags test` against the real local stack, and rotation's crash safety.
 
 key_rotation rotates a KEK of the test's own (the stack's KEK is left alone: other tests' datasets name
-it), so that its sealed blobs in the pipeline's containers are the ones rewrapped. retention refuses a
+it), so that its sealed blobs in the pipeline's containers are the ones the TEE rewraps. retention refuses a
 policy that would delete the newest model version and deletes nothing, lists in a dry run, deletes for
 real otherwise. access_review writes its reports. Each run's audit log records what it did.
 """
@@ -13,6 +13,7 @@ import io
 import json
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +25,8 @@ from securetrain.airflow_env import airflow_environment, migrate, run_airflow
 from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
 from securetrain.audit.log import AuditLog
 from securetrain.audit.store import BlobAuditStore
-from securetrain.identity import LocalIdentityCredential
-from securetrain.keyvault import cryptography_client, fetch_kek_public_key, kek_public_key, key_client_from_stack_env, rewrap_blob
+from securetrain.cvm_client import CvmClient
+from securetrain.keyvault import fetch_kek_public_key, kek_public_key, key_client_from_stack_env, rewrap_blob
 from securetrain.model_registry import MANIFEST_SCHEMA, REGISTRY_CONTAINER, ModelRegistry, manifest_blob
 from securetrain.sealed import KekPublicKey, inspect, seal
 from securetrain.storage import BlobStore
@@ -71,11 +72,11 @@ def store(local_stack) -> Iterator[BlobStore]:
 
 @pytest.fixture
 def test_kek(local_stack) -> KekPublicKey:
-    """A KEK of the test's own, under the stack's approved release policy."""
-    with key_client_from_stack_env(local_stack.env, "pipeline") as keys:
+    """A KEK of the test's own, made by the data owner under the stack's approved release policy."""
+    with key_client_from_stack_env(local_stack.env, "data-owner") as keys:
         policy = Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes()
         key = keys.create_rsa_key(f"kek-{uuid.uuid4().hex[:8]}", size=2048, exportable=True,
-                                  release_policy=KeyReleasePolicy(policy))  # fmt: skip
+                                  release_policy=KeyReleasePolicy(policy, immutable=True))  # fmt: skip
     return kek_public_key(key)
 
 
@@ -110,7 +111,7 @@ def _connection_as(local_stack, identity_variable: str) -> dict[str, str]:
 def test_key_rotation_rewraps_every_sealed_blob_of_the_key_verifies_and_audits(airflow_ready, local_stack, store, test_kek) -> None:
     prefix = f"rotation-{uuid.uuid4().hex[:8]}"
     planted = _plant(store, test_kek, prefix)
-    result = dags_test(airflow_ready, "key_rotation", {"key": _key_name(test_kek), "verify_sample": 2})
+    result = dags_test(airflow_ready, "key_rotation", {"key": _key_name(test_kek)})
     text = output(result)
     assert result.returncode == 0, text[-8000:]
     assert re.search(r"Marking run <DagRun key_rotation .*> successful", text)
@@ -122,8 +123,11 @@ def test_key_rotation_rewraps_every_sealed_blob_of_the_key_verifies_and_audits(a
         assert _stream_of(after) == _stream_of(before)  # the data was not re-encrypted
     log_name = re.search(r"rotation recorded in audit log (\S+):", text).group(1)
     rotations = [event for event in audit_events(local_stack, log_name) if event["kind"] == "rotation"]
-    assert rotations and rotations[0]["details"]["kek_id"] == new_id and rotations[0]["details"]["complete"] is True
-    assert rotations[0]["details"]["rewrapped"] >= 3 and len(rotations[0]["details"]["sample_opened"]) == 2
+    details = rotations[0]["details"]
+    assert details["kek_id"] == new_id and details["complete"] is True
+    # The TEE rewrapped the three blobs and checked each data key; Airflow verified every header.
+    assert details["rewrapped"] >= 3 and details["dek_checked_in_tee"] >= 3 and details["verified"] >= 3
+    assert set(details["released_versions"]) == {new_id, test_kek.kek_id}
 
 
 def test_a_rotation_that_fails_is_audited_as_incomplete_and_leaves_the_blobs_as_they_were(
@@ -131,49 +135,56 @@ def test_a_rotation_that_fails_is_audited_as_incomplete_and_leaves_the_blobs_as_
 ) -> None:
     prefix = f"refused-{uuid.uuid4().hex[:8]}"
     planted = _plant(store, test_kek, prefix)
-    # The pipeline identity may rotate keys but not unwrap: as the "rotator" it is refused at the first blob.
+    # The pipeline identity only reads keys: as the "rotator" it cannot even make the new version.
     result = dags_test(airflow_ready, "key_rotation", {"key": _key_name(test_kek)},
                        overrides=_connection_as(local_stack, "SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS"))  # fmt: skip
     text = output(result)
     assert result.returncode != 0
     assert re.search(r"Marking run <DagRun key_rotation .*> failed", text)
-    assert "RotationAccessDenied: the vault refused to unwrap the data key of" in text, text[-8000:]
+    assert "KeyVaultAccessDenied: Key Vault refused connection 'securetrain_keyvault_rotator' a new version" in text, text[-8000:]
+    assert "keys/rotate/action" in text
     for (container, name), before in planted.items():
         assert b"".join(store.download_chunks(container, name)) == before  # untouched, still opens under its version
+    with key_client_from_stack_env(local_stack.env, "pipeline") as keys:
+        assert len(list(keys.list_properties_of_key_versions(_key_name(test_kek)))) == 1
     log_name = re.search(r"rotation recorded in audit log (\S+):", text).group(1)
     [event] = [e for e in audit_events(local_stack, log_name) if e["kind"] == "rotation"]
-    assert event["details"]["complete"] is False and event["details"]["kek_id"] != test_kek.kek_id
+    assert event["details"]["complete"] is False and event["details"]["kek_id"] is None
 
 
 def test_an_interrupted_rotation_leaves_every_blob_readable_and_resumes(local_stack, store, test_kek) -> None:
-    from operators.maintenance import RotationNotVerified, rewrap_containers, verify_rotation
+    from operators.maintenance import SEALED_CONTAINERS
+    from securetrain.release_policy import ReleasePolicy
+    from securetrain.rotation import RotationNotVerified, approved_tee_validator, rewrap_in_tee, verify_rotated_headers, verify_rotation
+    from tests.integration.test_agent_job import released_kek
 
     prefix = f"crash-{uuid.uuid4().hex[:8]}"
     planted = _plant(store, test_kek, prefix)
-    with key_client_from_stack_env(local_stack.env, "pipeline") as keys:
+    time.sleep(1.1)  # Key Vault's creation times are whole seconds: the rotated version must be the newer one
+    with key_client_from_stack_env(local_stack.env, "key-rotator") as keys:
         new_kek = kek_public_key(keys.rotate_key(_key_name(test_kek)))
-    rotator = LocalIdentityCredential.from_stack_env(local_stack.env, "key-rotator")
-    ca_bundle = local_stack.env["SECURETRAIN_CA_BUNDLE"]
+    versions = {kek.kek_id: released_kek(local_stack, kek.kek_id) for kek in (test_kek, new_kek)}  # as the TEE has them
 
-    def unwrap(key_id: str):
-        return cryptography_client(key_id, rotator, ca_bundle=ca_bundle)
+    def tee_unwrap(key):
+        return versions[key.kek_id].unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
 
-    with rotator:
-        # The "crash": only the first blob was rewrapped before the rotation stopped.
-        first = ("datasets", f"{prefix}/part-0.sealed")
-        assert rewrap_blob(store.container_client(first[0]).get_blob_client(first[1]), new_kek, unwrap) == "rewrapped"
-        # Every blob still opens: the rewrapped one under the new version, the others under the old one.
-        for (container, name) in planted:
-            header = inspect(io.BytesIO(b"".join(store.download_chunks(container, name))))
-            with unwrap(header.key.kek_id) as crypto:
-                header.check_tag(crypto.unwrap_key("RSA-OAEP-256", header.key.wrapped_dek).key)
-        with pytest.raises(RotationNotVerified, match=rf"checkpoints/{prefix}/epoch-1.sealed is still wrapped for"):
-            verify_rotation(store, new_kek, unwrap)
-        # Resuming rewraps what is left and skips what is done.
-        summary = rewrap_containers(store, new_kek, unwrap)
-        assert f"datasets/{prefix}/part-0.sealed" in summary["already_current"]
-        assert {f"checkpoints/{prefix}/epoch-1.sealed", f"models/{prefix}/model.sealed"} <= set(summary["rewrapped"])
-        assert verify_rotation(store, new_kek, unwrap, sample_size=3)["verified"] >= 3
+    # The "crash": only the first blob was rewrapped before the rotation stopped.
+    first = ("datasets", f"{prefix}/part-0.sealed")
+    assert rewrap_blob(store.container_client(first[0]).get_blob_client(first[1]), new_kek, tee_unwrap) == "rewrapped"
+    # Every blob still opens: the rewrapped one under the new version, the others under the old one.
+    for container, name in planted:
+        header = inspect(io.BytesIO(b"".join(store.download_chunks(container, name))))
+        header.check_tag(tee_unwrap(header.key))
+    with pytest.raises(RotationNotVerified, match=rf"checkpoints/{prefix}/epoch-1.sealed is still wrapped for"):
+        verify_rotated_headers(store, new_kek, SEALED_CONTAINERS)
+    # Resuming in the TEE rewraps what is left and only checks what is done.
+    with CvmClient.from_stack_env(local_stack.env, "pipeline") as cvm:
+        approved = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
+        validate = approved_tee_validator(local_stack.env["SECURETRAIN_ATTESTATION_ENDPOINT"], str(local_stack.ca_bundle), approved)
+        statement = rewrap_in_tee(cvm, new_kek.kek_id, SEALED_CONTAINERS, validate)
+    assert f"datasets/{prefix}/part-0.sealed" in statement["already_current"]
+    assert {f"checkpoints/{prefix}/epoch-1.sealed", f"models/{prefix}/model.sealed"} <= set(statement["rewrapped"])
+    assert verify_rotation(store, new_kek, statement, SEALED_CONTAINERS)["verified"] >= 3
 
 
 @pytest.fixture
@@ -238,9 +249,10 @@ def test_access_review_reports_identities_roles_and_what_each_did(airflow_ready,
     blob = re.search(r"access review written to reports/(\S+\.json)", text).group(1)
     report = json.loads(b"".join(store.download_chunks("reports", blob)))
     by_name = {"/".join(entry["names"]): entry for entry in report["identities"]}
-    assert by_name["pipeline"]["roles"] == ["Key Vault Crypto Officer"] and by_name["pipeline"]["requests"] > 0
+    assert by_name["pipeline"]["roles"] == ["Key Vault Reader"] and by_name["pipeline"]["requests"] > 0
     assert by_name["cvm"]["roles"] == ["Key Vault Crypto Service Release User"]
-    assert by_name["key-rotator"]["roles"] == ["Key Vault Crypto User"]
+    assert by_name["key-rotator"]["roles"] == ["securetrain KEK Rotator"]
+    assert by_name["data-owner"]["roles"] == ["securetrain KEK Owner"]
     assert report["audit_logs"], "the audit logs of earlier runs are reviewed"
     markdown = b"".join(store.download_chunks("reports", blob.removesuffix(".json") + ".md")).decode()
     assert markdown.startswith("# Access review") and "| pipeline |" in markdown

@@ -1,8 +1,12 @@
-"""``securetrain keys rotate``: new KEK version, every sealed blob's data key rewrapped, no data re-encrypted."""
+"""``securetrain keys rotate``: the rotator makes a new KEK version, the TEE rewraps every sealed blob's data
+key to it (no data re-encrypted, no data key outside the TEE), the CLI checks the TEE's statement and the
+headers; an interrupted rotation leaves every blob readable and ``--resume`` finishes it."""
 
 from __future__ import annotations
 
 import io
+import json
+import time
 import uuid
 
 import pytest
@@ -11,9 +15,11 @@ from azure.keyvault.keys import KeyReleasePolicy
 from azure.storage.blob import ContainerClient
 
 from securetrain.cli import main
-from securetrain.identity import LocalIdentityCredential
-from securetrain.keyvault import cryptography_client, kek_public_key, key_client_from_stack_env, rewrap_blob
-from securetrain.sealed import inspect, seal
+from securetrain.keyvault import kek_public_key, key_client_from_stack_env, rewrap_blob
+from securetrain.rotation import RotationNotVerified, verify_rotated_headers
+from securetrain.sealed import SealedReader, inspect, seal
+from securetrain.storage import BlobStore
+from tests.integration.test_agent_job import released_kek
 
 pytestmark = pytest.mark.integration
 
@@ -23,9 +29,9 @@ def setup(local_stack, monkeypatch):
     env = local_stack.env
     monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
     name = f"kek-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(env, "pipeline") as keys:
+    with key_client_from_stack_env(env, "data-owner") as keys:
         policy = open(env["SECURETRAIN_RELEASE_POLICY"], "rb").read()
-        first = keys.create_rsa_key(name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy))
+        first = keys.create_rsa_key(name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy, immutable=True))
     container = ContainerClient(
         env["SECURETRAIN_BLOB_ENDPOINT"], f"rot-{uuid.uuid4().hex[:8]}",
         credential=AzureNamedKeyCredential(env["SECURETRAIN_BLOB_ACCOUNT_NAME"], env["SECURETRAIN_BLOB_ACCOUNT_KEY"]),
@@ -39,6 +45,7 @@ def setup(local_stack, monkeypatch):
         plaintexts[f"data/part-{i}.sealed"] = data = bytes([i]) * (300_000 + i)
         seal(io.BytesIO(data), sealed, kek, {"part": str(i)}, segment_size=65536)
         container.upload_blob(f"data/part-{i}.sealed", sealed.getvalue(), metadata={"part": str(i)})
+    time.sleep(1.1)  # Key Vault's creation times are whole seconds: the rotated version must be the newer one
     yield env, name, container, kek, plaintexts
     container.delete_container()
     container.close()
@@ -53,38 +60,56 @@ def _stream(container: ContainerClient, blob: str) -> bytes:
     return data[inspect(io.BytesIO(data)).size :]
 
 
+def _opens(container: ContainerClient, blob: str, kek) -> bytes:
+    return b"".join(bytes(s) for s in SealedReader(io.BytesIO(container.download_blob(blob).readall()), kek).segments())
+
+
+def _statement(output: str) -> dict:
+    """The TEE's statement the command prints (the first JSON document of its output)."""
+    start = output.index("{")
+    return json.JSONDecoder().raw_decode(output[start:])[0]
+
+
 def test_rotation_rewraps_headers_only(setup, local_stack, capsys):
-    env, name, container, old_kek, _ = setup
-    streams = {blob: _stream(container, blob) for blob in ("data/part-0.sealed", "data/part-1.sealed", "data/part-2.sealed")}
-    assert main(["keys", "rotate", "--container", container.container_name, "--key", name, "--prefix", "data/"]) == 0
+    env, name, container, old_kek, plaintexts = setup
+    streams = {blob: _stream(container, blob) for blob in plaintexts}
+    assert main(["keys", "rotate", "--container", container.container_name, "--key", name]) == 0
+    statement = _statement(capsys.readouterr().out)
     with key_client_from_stack_env(env, "pipeline") as keys:
         new_id = keys.get_key(name).id
-    assert new_id != old_kek.kek_id
+    assert new_id != old_kek.kek_id and statement["kek_id"] == new_id
+    assert sorted(statement["dek_checked"]) == sorted(f"{container.container_name}/{blob}" for blob in plaintexts)
+    new_kek = released_kek(local_stack, new_id)
     for blob, stream in streams.items():
         assert _header(container, blob).key.kek_id == new_id
         assert _stream(container, blob) == stream  # bulk data untouched
         assert container.get_blob_client(blob).get_blob_properties().metadata["part"] == blob[-8]
+        assert _opens(container, blob, new_kek) == plaintexts[blob]
     # Rerunning with --resume finds nothing left to do.
     assert main(["keys", "rotate", "--container", container.container_name, "--key", name, "--resume"]) == 0
-    assert '"already_current": [\n    "data/part-0.sealed"' in capsys.readouterr().out
+    again = _statement(capsys.readouterr().out)
+    assert again["rewrapped"] == [] and f"{container.container_name}/data/part-0.sealed" in again["already_current"]
 
 
-def test_old_versions_still_unwrap_and_resume_finishes(setup, local_stack):
-    """An interrupted rotation leaves old blobs readable; --resume rewraps what is left."""
-    env, name, container, old_kek, _ = setup
-    with key_client_from_stack_env(env, "pipeline") as keys:
+def test_old_versions_still_open_and_resume_finishes(setup, local_stack):
+    """An interrupted rotation leaves old blobs readable (in the TEE, with the old version); --resume finishes."""
+    env, name, container, old_kek, plaintexts = setup
+    with key_client_from_stack_env(env, "key-rotator") as keys:
         new_kek = kek_public_key(keys.rotate_key(name))
-    rotator = LocalIdentityCredential.from_stack_env(env, "key-rotator")
-    ca = env["SECURETRAIN_CA_BUNDLE"]
+    old_private, new_private = released_kek(local_stack, old_kek.kek_id), released_kek(local_stack, new_kek.kek_id)
+    by_id = {old_kek.kek_id: old_private, new_kek.kek_id: new_private}
+
+    def tee_unwrap(key):  # what the TEE's rewrap does with the versions released to it
+        return by_id[key.kek_id].unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
+
     # "Crash" after the first blob: only part-0 is rewrapped.
-    outcome = rewrap_blob(container.get_blob_client("data/part-0.sealed"), new_kek,
-                          lambda key_id: cryptography_client(key_id, rotator, ca_bundle=ca))  # fmt: skip
-    assert outcome == "rewrapped"
-    left = _header(container, "data/part-1.sealed")
-    assert left.key.kek_id == old_kek.kek_id
-    with cryptography_client(old_kek.kek_id, rotator, ca_bundle=ca) as crypto:
-        assert len(crypto.unwrap_key("RSA-OAEP-256", left.key.wrapped_dek).key) == 32
+    assert rewrap_blob(container.get_blob_client("data/part-0.sealed"), new_kek, tee_unwrap) == "rewrapped"
+    assert _header(container, "data/part-1.sealed").key.kek_id == old_kek.kek_id
+    assert _opens(container, "data/part-0.sealed", new_private) == plaintexts["data/part-0.sealed"]
+    assert _opens(container, "data/part-1.sealed", old_private) == plaintexts["data/part-1.sealed"]
+    with BlobStore.from_stack_env(env) as store, pytest.raises(RotationNotVerified, match="part-1.sealed is still wrapped for"):
+        verify_rotated_headers(store, new_kek, [container.container_name])
     assert main(["keys", "rotate", "--container", container.container_name, "--key", name, "--resume"]) == 0
-    for i in range(3):
-        assert _header(container, f"data/part-{i}.sealed").key.kek_id == new_kek.kek_id
-    rotator.close()
+    for blob in plaintexts:
+        assert _header(container, blob).key.kek_id == new_kek.kek_id
+        assert _opens(container, blob, new_private) == plaintexts[blob]

@@ -1,5 +1,10 @@
 """The Key Vault stand-in's keys API through the real ``KeyClient`` / ``CryptographyClient``, with its
-roles, its authentication failures, its error shapes, and its keys surviving a restart."""
+roles, its authentication failures, its error shapes, purge protection, and its keys surviving a restart.
+
+Keys are made by the ``data-owner`` identity (the only stack identity that may create them). No stack
+identity may decrypt or unwrap, so the vault's cryptographic operations are exercised by an identity this
+module adds, as an operator would, with the built-in Key Vault Crypto User role.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +25,12 @@ from azure.keyvault.keys.crypto import EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.identity import LocalIdentityCredential
+from securetrain.identity import LocalIdentity, LocalIdentityCredential
 from securetrain.keyvault import cryptography_client, key_client, key_client_from_stack_env
 from securetrain.release_policy import ReleasePolicy
 from securetrain.stack import up
+from securetrain.stack.identity import identities_dir
+from securetrain.stack.keyvault import roles_path
 from securetrain.stack.process import PidRecord, stop_process
 
 pytestmark = pytest.mark.integration
@@ -46,14 +53,37 @@ def env(local_stack) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def officer(env) -> KeyClient:
-    with key_client_from_stack_env(env, "pipeline") as client:
+    with key_client_from_stack_env(env, "data-owner") as client:
         yield client
 
 
+def _assign(layout, identity: LocalIdentity, role: str) -> None:
+    """Add a role assignment, as an operator would; the vault reads the assignments per decision."""
+    path = roles_path(layout)
+    document = json.loads(path.read_text())
+    entry = {"principalId": identity.object_id, "principalName": identity.name, "role": role}
+    if entry not in document["assignments"]:
+        document["assignments"].append(entry)
+        path.write_text(json.dumps(document))
+
+
 @pytest.fixture(scope="module")
-def rotator(env) -> LocalIdentityCredential:
-    with LocalIdentityCredential.from_stack_env(env, "key-rotator") as credential:
-        yield credential
+def crypto_user(local_stack) -> LocalIdentityCredential:
+    """A service principal of the test's own with Key Vault Crypto User (decrypt, unwrap, ...)."""
+    layout = local_stack.config.layout
+    identity_file = identities_dir(layout) / "test-crypto-user.json"
+    identity = LocalIdentity.load_or_create(identity_file, "test-crypto-user")
+    original = roles_path(layout).read_text()
+    _assign(layout, identity, "Key Vault Crypto User")
+    credential = LocalIdentityCredential(
+        local_stack.env["SECURETRAIN_IDENTITY_ENDPOINT"], identity, ca_bundle=local_stack.ca_bundle
+    )
+    try:
+        with credential:
+            yield credential
+    finally:
+        roles_path(layout).write_text(original)
+        identity_file.unlink()
 
 
 def _policy(env) -> KeyReleasePolicy:
@@ -85,15 +115,18 @@ def test_create_get_list_rotate_update_delete(env, officer):
 
     deleted = officer.begin_delete_key(name).result()
     assert deleted.recovery_id.endswith(f"/deletedkeys/{name}")
+    assert deleted.properties.recovery_level == "Recoverable"  # soft delete with purge protection
     with pytest.raises(ResourceNotFoundError):
         officer.get_key(name)
     assert officer.get_deleted_key(name).name == name
     officer.begin_recover_deleted_key(name).result()
     assert officer.get_key(name).id == rotated.id
     officer.begin_delete_key(name).result()
-    officer.purge_deleted_key(name)
-    with pytest.raises(ResourceNotFoundError):
-        officer.get_deleted_key(name)
+    # Purge protection: nobody, the key's owner included, destroys a deleted key before its retention ends.
+    with pytest.raises(HttpResponseError) as purge:
+        officer.purge_deleted_key(name)
+    assert purge.value.status_code == 403 and "purge protection is enabled" in purge.value.message
+    assert officer.get_deleted_key(name).name == name
 
 
 @pytest.mark.parametrize("size,hsm", [(3072, True), (4096, False)])
@@ -114,9 +147,9 @@ def test_api_versions(env, api_version):
 
 
 @pytest.mark.parametrize("algorithm", [EncryptionAlgorithm.rsa_oaep_256, EncryptionAlgorithm.rsa_oaep])
-def test_crypto_operations(env, officer, rotator, algorithm):
+def test_crypto_operations(env, officer, crypto_user, algorithm):
     key = officer.create_rsa_key(_name(), size=2048)
-    with cryptography_client(key.id, rotator, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
+    with cryptography_client(key.id, crypto_user, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         encrypted = crypto.encrypt(algorithm, b"data key")
         assert crypto.decrypt(algorithm, encrypted.ciphertext).plaintext == b"data key"
         wrapped = crypto.wrap_key(KeyWrapAlgorithm(algorithm.value), b"k" * 32)
@@ -131,14 +164,14 @@ def _raw(env, credential, method: str, path: str, body=None, api_version: str = 
     )  # fmt: skip
 
 
-def test_server_side_encrypt_and_wrap(env, officer, rotator):
+def test_server_side_encrypt_and_wrap(env, officer, crypto_user):
     # CryptographyClient encrypts and wraps locally with the public key; the vault's own endpoints too must work.
     key = officer.create_rsa_key(_name(), size=2048)
     for operation, inverse in (("encrypt", "decrypt"), ("wrapkey", "unwrapkey")):
-        out = _raw(env, rotator, "POST", f"/keys/{key.name}/{key.properties.version}/{operation}",
+        out = _raw(env, crypto_user, "POST", f"/keys/{key.name}/{key.properties.version}/{operation}",
                    {"alg": "RSA-OAEP-256", "value": "c2VjcmV0"})  # fmt: skip
         assert out.status_code == 200, out.text
-        back = _raw(env, rotator, "POST", f"/keys/{key.name}/{key.properties.version}/{inverse}",
+        back = _raw(env, crypto_user, "POST", f"/keys/{key.name}/{key.properties.version}/{inverse}",
                     {"alg": "RSA-OAEP-256", "value": out.json()["value"]})  # fmt: skip
         assert back.json()["value"] == "c2VjcmV0"
 
@@ -165,7 +198,7 @@ def test_errors_have_key_vault_shapes(env, officer):
         officer.create_rsa_key(_name(), exportable=True, release_policy=KeyReleasePolicy(b'{"version": "1.0.0"}'))
     assert bad_policy.value.status_code == 400 and "anyOf" in bad_policy.value.message
 
-    credential = LocalIdentityCredential.from_stack_env(env, "pipeline")
+    credential = LocalIdentityCredential.from_stack_env(env, "data-owner")
     malformed = _raw(env, credential, "POST", f"/keys/{_name()}/create", None)
     assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "BadParameter"
     old_api = _raw(env, credential, "GET", "/keys/securetrain-kek/", api_version="1999-01-01")
@@ -179,27 +212,37 @@ def test_an_immutable_policy_cannot_change(env, officer):
     )
     document = json.loads(policy)
     document["anyOf"][0]["allOf"] = document["anyOf"][0]["allOf"][:1]
-    with pytest.raises(HttpResponseError) as refused:
-        officer.update_key_properties(
-            key.name, release_policy=KeyReleasePolicy(json.dumps(document).encode(), immutable=True)
-        )
-    assert refused.value.status_code == 403 and "immutable" in refused.value.message
+    looser = json.dumps(document).encode()
+    for attempt in (KeyReleasePolicy(looser, immutable=True), KeyReleasePolicy(policy, immutable=False)):
+        with pytest.raises(HttpResponseError) as refused:
+            officer.update_key_properties(key.name, release_policy=attempt)
+        assert refused.value.status_code == 403 and "immutable" in refused.value.message
+    assert officer.get_key(key.name).properties.release_policy.immutable is True
     assert officer.update_key_properties(key.name, tags={"ok": "yes"}).properties.tags == {"ok": "yes"}
+    # Another policy is another version, made by the key's owner; the old version keeps its own.
+    rotated = officer.rotate_key(key.name)
+    assert rotated.properties.release_policy.immutable is True
+    assert rotated.properties.release_policy.encoded_policy == officer.get_key(key.name, key.properties.version).properties.release_policy.encoded_policy
+    replaced = officer.create_rsa_key(key.name, size=2048, exportable=True,
+                                      release_policy=KeyReleasePolicy(looser, immutable=True))  # fmt: skip
+    assert replaced.properties.version not in (key.properties.version, rotated.properties.version)
+    assert json.loads(officer.get_key(key.name, key.properties.version).properties.release_policy.encoded_policy) == json.loads(policy)
 
 
-def test_roles_limit_each_identity(env, officer, rotator):
+def test_roles_limit_each_identity(env, officer):
+    # The attacks on these limits are in tests/security/test_key_custody.py; here, that each role works.
     with key_client_from_stack_env(env, "cvm") as cvm, pytest.raises(HttpResponseError) as read:
         cvm.get_key("securetrain-kek")
     assert read.value.status_code == 403 and "keys/read" in read.value.message
-    with key_client_from_stack_env(env, "key-rotator") as user, pytest.raises(HttpResponseError) as create:
-        user.create_rsa_key(_name())
-    assert create.value.status_code == 403
+    with key_client_from_stack_env(env, "key-rotator") as rotator, pytest.raises(HttpResponseError) as create:
+        rotator.create_rsa_key(_name())
+    assert create.value.status_code == 403 and "keys/create/action" in create.value.message
     kek = officer.get_key("securetrain-kek")
-    credential = LocalIdentityCredential.from_stack_env(env, "pipeline")
+    credential = LocalIdentityCredential.from_stack_env(env, "data-owner")
     with cryptography_client(kek.id, credential, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         with pytest.raises(HttpResponseError) as unwrap:
             crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"\0" * 384)
-    assert unwrap.value.status_code == 403 and "keys/unwrap" in unwrap.value.message
+    assert unwrap.value.status_code == 403 and "keys/unwrap/action" in unwrap.value.message
 
 
 def _identity_token(env, *, expired: bool = False, forged: bool = False, audience: str = "https://vault.azure.net") -> str:
@@ -242,16 +285,17 @@ def test_a_request_without_a_token_gets_the_challenge(env):
     assert 'resource="https://vault.azure.net"' in challenge
 
 
-def test_keys_survive_a_restart_and_are_encrypted_at_rest(local_stack, env, officer, rotator):
+def test_keys_survive_a_restart_and_are_encrypted_at_rest(local_stack, env, officer, crypto_user):
     key = officer.create_rsa_key(_name(), size=2048)
-    with cryptography_client(key.id, rotator, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
+    with cryptography_client(key.id, crypto_user, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         ciphertext = crypto.encrypt(EncryptionAlgorithm.rsa_oaep_256, b"kept").ciphertext
     layout = local_stack.config.layout
     record = PidRecord.read(layout.pid_file("keyvault"))
     assert stop_process(record.process)
-    up(local_stack.config)  # restarts only the service that died
+    up(local_stack.config)  # restarts only the service that died (and rewrites the stack's role assignments)
     assert officer.get_key(key.name).id == key.id
-    with cryptography_client(key.id, rotator, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
+    _assign(layout, crypto_user.identity, "Key Vault Crypto User")
+    with cryptography_client(key.id, crypto_user, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         assert crypto.decrypt(EncryptionAlgorithm.rsa_oaep_256, ciphertext).plaintext == b"kept"
     stored = (layout.data_dir("keyvault") / "keys" / f"{key.name}.json").read_bytes()
     assert b"PRIVATE KEY" not in stored and b"sealed_private" in stored

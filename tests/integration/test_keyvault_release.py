@@ -114,6 +114,13 @@ def pipeline(env) -> KeyClient:
 
 
 @pytest.fixture(scope="module")
+def owner(env) -> KeyClient:
+    """The data owner's identity: the one that creates keys and chooses their release policies."""
+    with key_client_from_stack_env(env, "data-owner") as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def cvm(env) -> KeyClient:
     with key_client_from_stack_env(env, "cvm") as client:
         yield client
@@ -124,9 +131,9 @@ def vault_roots(env) -> list[x509.Certificate]:
     return [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
 
 
-def _key_with_policy(pipeline: KeyClient, policy: ReleasePolicy, **kwargs) -> str:
+def _key_with_policy(owner: KeyClient, policy: ReleasePolicy, **kwargs) -> str:
     name = f"skr-{uuid.uuid4().hex[:10]}"
-    key = pipeline.create_rsa_key(
+    key = owner.create_rsa_key(
         name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy.to_bytes()), **kwargs
     )
     return key.name
@@ -146,11 +153,11 @@ def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
     return ReleasePolicy.parse(document)
 
 
-def _lax_key(env, pipeline, lax_authority) -> str:
+def _lax_key(env, owner, lax_authority) -> str:
     """A key whose policy is the approved one, but trusting the lax authority (and its appraisal hash)."""
     url, policy_hash = lax_authority
     policy = _approved_for(env, url, compliance_status="securetrain-simulated-cvm")
-    return _key_with_policy(pipeline, _with_policy_hash(policy, policy_hash))
+    return _key_with_policy(owner, _with_policy_hash(policy, policy_hash))
 
 
 def _denied(cvm: KeyClient, name: str, token: str, status: int = 403) -> str:
@@ -177,27 +184,32 @@ def test_release_to_the_attested_tee_opens_a_sealed_file(env, pipeline, cvm, vau
     assert opened.getvalue() == b"training rows" * 1000
 
 
+def _release(env, cvm: KeyClient, tee_key: TeeKey, **options) -> str:
+    """The release response for the stack's KEK (its versioned id in env), to ``tee_key``."""
+    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(tee_key)
+    return cvm.release_key("securetrain-kek", token, version=env["SECURETRAIN_KEK_ID"].rsplit("/", 1)[1], **options).value
+
+
 @pytest.mark.parametrize("enc", ["CKM_RSA_AES_KEY_WRAP", "RSA_AES_KEY_WRAP_256", "RSA_AES_KEY_WRAP_384"])
 def test_each_wrapping_algorithm_unwraps_in_the_tee(env, cvm, enc, vault_roots):
     tee_key = TeeKey()
-    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(tee_key)
-    released = cvm.release_key("securetrain-kek", token, algorithm=enc)
-    assert isinstance(unwrap_released_key(released.value, tee_key.private_key, vault_roots), rsa.RSAPrivateKey)
+    released = _release(env, cvm, tee_key, algorithm=enc)
+    private_key = unwrap_released_key(released, tee_key.private_key, vault_roots, expected_key_id=env["SECURETRAIN_KEK_ID"])
+    assert isinstance(private_key, rsa.RSAPrivateKey)
 
 
 def test_another_tee_key_cannot_open_the_release(env, cvm, vault_roots):
-    token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
-    released = cvm.release_key("securetrain-kek", token)
+    released = _release(env, cvm, TeeKey())
     with pytest.raises(ReleasedKeyRejected, match="not wrapped to this TEE"):
-        unwrap_released_key(released.value, TeeKey().private_key, vault_roots)
+        unwrap_released_key(released, TeeKey().private_key, vault_roots, expected_key_id=env["SECURETRAIN_KEK_ID"])
 
 
 def test_a_release_signed_outside_the_trusted_roots_is_refused(env, cvm):
     tee_key = TeeKey()
-    released = cvm.release_key("securetrain-kek", Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(tee_key))
+    released = _release(env, cvm, tee_key)
     other_root = LocalCA.load_or_create(Path(env["SECURETRAIN_STATE_DIR"]) / "unrelated-ca").certificate
     with pytest.raises(ReleasedKeyRejected, match="trusted vault root"):
-        unwrap_released_key(released.value, tee_key.private_key, [other_root])
+        unwrap_released_key(released, tee_key.private_key, [other_root], expected_key_id=env["SECURETRAIN_KEK_ID"])
 
 
 def test_no_token(cvm):
@@ -230,14 +242,14 @@ def test_token_from_an_unknown_authority(env, cvm, lax_authority):
     assert "not an authority of the release policy" in _denied(cvm, "securetrain-kek", token)
 
 
-def test_wrong_measurement(env, pipeline, cvm, lax_authority):
-    name = _lax_key(env, pipeline, lax_authority)
+def test_wrong_measurement(env, owner, cvm, lax_authority):
+    name = _lax_key(env, owner, lax_authority)
     token = Attester(env, lax_authority[0]).token(TeeKey(), measurement=bytes(48))
     message = _denied(cvm, name, token)
     assert "x-ms-sevsnpvm-launchmeasurement" in message and "0" * 96 in message
 
 
-def test_wrong_host_data(env, pipeline, cvm):
+def test_wrong_host_data(env, owner, cvm):
     appraisal = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
     strict = AppraisalPolicy(
         allowed_measurements=appraisal.allowed_measurements, allowed_host_data=frozenset({b"\x01" * 32}),
@@ -246,19 +258,19 @@ def test_wrong_host_data(env, pipeline, cvm):
     policy = approved_release_policy(
         env["SECURETRAIN_ATTESTATION_ENDPOINT"], strict, compliance_status="securetrain-simulated-cvm"
     )
-    name = _key_with_policy(pipeline, _with_policy_hash(policy, env["SECURETRAIN_APPRAISAL_POLICY_SHA256"]))
+    name = _key_with_policy(owner, _with_policy_hash(policy, env["SECURETRAIN_APPRAISAL_POLICY_SHA256"]))
     token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
     assert "x-ms-sevsnpvm-hostdata" in _denied(cvm, name, token)
 
 
-def test_debuggable_tee(env, pipeline, cvm, lax_authority):
-    name = _lax_key(env, pipeline, lax_authority)
+def test_debuggable_tee(env, owner, cvm, lax_authority):
+    name = _lax_key(env, owner, lax_authority)
     token = Attester(env, lax_authority[0]).token(TeeKey(), policy=GuestPolicy.build(debug=True))
     assert "x-ms-sevsnpvm-is-debuggable is True" in _denied(cvm, name, token)
 
 
-def test_simulated_platform_under_the_production_policy(env, pipeline, cvm):
-    name = _key_with_policy(pipeline, _approved_for(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]))
+def test_simulated_platform_under_the_production_policy(env, owner, cvm):
+    name = _key_with_policy(owner, _approved_for(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]))
     token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
     message = _denied(cvm, name, token)
     assert "x-ms-compliance-status is 'securetrain-simulated-cvm'" in message and "azure-compliant-cvm" in message
@@ -269,9 +281,9 @@ def test_no_runtime_key(env, cvm):
     assert "runtime" in _denied(cvm, "securetrain-kek", token)
 
 
-def test_a_key_that_is_not_exportable(env, pipeline, cvm):
+def test_a_key_that_is_not_exportable(env, owner, cvm):
     name = f"plain-{uuid.uuid4().hex[:10]}"
-    pipeline.create_rsa_key(name, size=2048)
+    owner.create_rsa_key(name, size=2048)
     token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
     assert "not exportable" in _denied(cvm, name, token)
 

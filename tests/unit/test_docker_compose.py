@@ -21,9 +21,10 @@ import yaml
 from cryptography import x509
 
 from emulators.keyvault.authz import Action, RoleAssignments
-from securetrain.airflow_env import securetrain_connections
+from securetrain.airflow_env import AIRFLOW_STACK_SETTINGS, securetrain_connections
 from securetrain.appraisal import AppraisalPolicy
 from securetrain.identity import LocalIdentity
+from securetrain.stack import StackLayout, data_owner
 from securetrain.stack.registry import SERVICES
 from trainer.workload import host_data
 
@@ -53,6 +54,7 @@ AIRFLOW_SERVICES = {
 PRIVATE_VOLUMES = {
     "pki-ca": {"pki"},
     "trainer-pki": {"pki", "trainer"},
+    "data-owner-pki": {"pki", "data-owner-kek"},
     "trainer-data": {"trainer"},
     "keyvault-pki": {"pki", "keyvault"},
     "keyvault-data": {"keyvault"},
@@ -161,7 +163,14 @@ def test_airflow_connections_are_the_local_stacks(model: dict[str, Any]) -> None
     # SECURETRAIN_* settings the compose file gives Airflow: the hooks cannot tell the two apart.
     environment = _services(model)["airflow-worker"]["environment"]
     compose_connections = {name: value for name, value in environment.items() if name.startswith("AIRFLOW_CONN_")}
-    expected = securetrain_connections(environment, COMPOSE_FILE)
+    # The files the connections name are in airflow-pki, where the local stack's settings would name them.
+    files = {
+        "SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS": "/srv/securetrain/secrets/identities/pipeline.json",
+        "SECURETRAIN_IDENTITY_KEY_ROTATOR_CREDENTIALS": "/srv/securetrain/secrets/identities/key-rotator.json",
+        "SECURETRAIN_CVM_PIPELINE_CERT": "/srv/securetrain/certs/client/pipeline.pem",
+        "SECURETRAIN_CVM_PIPELINE_KEY": "/srv/securetrain/certs/client/pipeline.key",
+    }
+    expected = securetrain_connections({**environment, **files}, COMPOSE_FILE)
     assert compose_connections.keys() == expected.keys()
     for name, value in expected.items():
         assert json.loads(compose_connections[name]) == json.loads(value), name
@@ -190,6 +199,13 @@ def test_private_material_stays_with_its_owner(model: dict[str, Any]) -> None:
     for name, service in services.items():
         if name != "trainer":
             assert "snp-platform" not in json.dumps(service.get("environment", {})), name
+    # Airflow's environment carries only the settings Airflow uses: no TEE identity, platform keys, data owner.
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        settings = {key for key in environment if key.startswith("SECURETRAIN_")}
+        assert settings <= set(AIRFLOW_STACK_SETTINGS), f"{name} gets {sorted(settings - set(AIRFLOW_STACK_SETTINGS))}"
+        text = json.dumps(environment)
+        assert not any(secret in text for secret in ("cvm.json", "data-owner", "snp-platform", "master-key")), name
     # Only the Airflow API server is reachable from the host, and only on its loopback address.
     published = {name: service["ports"] for name, service in services.items() if service.get("ports")}
     assert published == {"airflow-apiserver": ["127.0.0.1:8080:8080/tcp"]}
@@ -238,16 +254,18 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     assert pki["command"][-2:] == ["/srv/pki/out", "/srv/pki/ca"]
     trees = {target.removeprefix("/srv/pki/out/"): source for source, target, _ in _volume_mounts(pki)}
     assert trees.pop("/srv/pki/ca") == "pki-ca"
-    assert trees == {name: f"{name}-pki" for name in ("azurite", "attestation", "identity", "keyvault", "trainer", "airflow")}
+    assert trees == {
+        name: f"{name}-pki" for name in ("azurite", "attestation", "identity", "keyvault", "trainer", "airflow", "data-owner")
+    }
 
     out, ca_dir = tmp_path / "out", tmp_path / "ca"
     for _ in range(2):  # a second run (every `docker compose up`) keeps what is valid
         subprocess.run([sys.executable, str(PKI_SCRIPT), str(out), str(ca_dir)], check=True, capture_output=True, timeout=120)
-    server = {name: {"ca/ca.pem", f"certs/server/{name}.pem", f"certs/server/{name}.key"} for name in trees}
+    server = {name: {"ca/ca.pem", f"certs/server/{name}.pem", f"certs/server/{name}.key"} for name in trees if name != "data-owner"}
     assert _tree_files(out / "azurite") == server["azurite"]
     assert _tree_files(out / "attestation") == server["attestation"] | {"policies/appraisal.yaml"}
     assert _tree_files(out / "keyvault") == server["keyvault"] | {"policies/keyvault-roles.json"}
-    identities = {f"secrets/identities/{name}.json" for name in ("pipeline", "cvm", "key-rotator")}
+    identities = {f"secrets/identities/{name}.json" for name in ("pipeline", "cvm", "key-rotator", "data-owner")}
     assert identities <= _tree_files(out / "identity")
     trainer_files = _tree_files(out / "trainer")
     assert {"certs/client/monitor.pem", "certs/client/monitor.key", "secrets/identities/cvm.json"} <= trainer_files
@@ -258,21 +276,35 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
         "certs/client/pipeline.key",
         "secrets/identities/pipeline.json",
         "secrets/identities/key-rotator.json",
-        "policies/appraisal.yaml",
         "policies/release-policy.json",
     }
+    assert _tree_files(out / "data-owner") == {
+        "ca/ca.pem", "secrets/identities/data-owner.json", "policies/release-policy.json",
+        "secrets/data-owner/signing-key.pem", "policies/data-owner-key.pem",
+    }  # fmt: skip
     everywhere = {path for path in out.rglob("*") if path.is_file()}
     assert not any(path.name == "ca.key" for path in everywhere), "the CA key left the pki-ca volume"
     assert not any("snp-platform" in path.parts for path in everywhere if out / "trainer" not in path.parents)
+    assert not any(path.name == "cvm.json" for path in everywhere if out / "trainer" not in path.parents and out / "identity" not in path.parents)
+    assert not any(path.name == "data-owner.json" for path in everywhere if out / "data-owner" not in path.parents and out / "identity" not in path.parents)
 
     for name in ("azurite", "attestation", "identity", "keyvault", "trainer"):
         certificate = x509.load_pem_x509_certificate((out / name / f"certs/server/{name}.pem").read_bytes())
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert name in names.get_values_for_type(x509.DNSName), f"{name}'s certificate does not name it"
     # The vault's roles name the identities the token issuer knows; the policy pins the installed trainer.
-    pipeline = LocalIdentity.load(out / "identity/secrets/identities/pipeline.json")
-    assert LocalIdentity.load(out / "airflow/secrets/identities/pipeline.json") == pipeline
+    identity = {name: LocalIdentity.load(out / f"identity/secrets/identities/{name}.json").object_id
+                for name in ("pipeline", "key-rotator", "data-owner", "cvm")}  # fmt: skip
+    assert LocalIdentity.load(out / "airflow/secrets/identities/pipeline.json").object_id == identity["pipeline"]
     roles = RoleAssignments.load(out / "keyvault/policies/keyvault-roles.json")
-    assert roles.allows(pipeline.object_id, Action.CREATE)
-    assert not roles.allows(pipeline.object_id, Action.RELEASE)
-    assert host_data() in AppraisalPolicy.load(out / "attestation/policies/appraisal.yaml").allowed_host_data
+    private_use = {Action.UNWRAP, Action.DECRYPT, Action.RELEASE}
+    granted = {name: {action for action in Action if roles.allows(oid, action)} for name, oid in identity.items()}
+    assert granted["pipeline"] == {Action.READ}
+    assert granted["key-rotator"] == {Action.READ, Action.ROTATE}
+    assert {Action.CREATE, Action.READ} <= granted["data-owner"] and not granted["data-owner"] & private_use
+    assert granted["cvm"] == {Action.RELEASE}
+    # The trainer holds the data owner's public key only; the policy pins the workload trusting that key.
+    assert not (out / "trainer" / "secrets" / "data-owner").exists()
+    trusted = data_owner.key_ids(StackLayout(out / "trainer"))
+    assert trusted == data_owner.key_ids(StackLayout(out / "data-owner"))
+    assert host_data(trusted) in AppraisalPolicy.load(out / "attestation/policies/appraisal.yaml").allowed_host_data

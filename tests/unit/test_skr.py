@@ -1,4 +1,5 @@
-"""The TEE's half of Secure Key Release: verify the vault's JWS, open key_hsm, check the key it names."""
+"""The TEE's half of Secure Key Release: verify the vault's JWS (signed by a TLS server certificate for the
+vault's host, under the trusted roots), open key_hsm, check the key it names."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.pki import LocalCA
-from securetrain.skr import WRAP_ALGORITHMS, ReleasedKeyRejected, unwrap_key_hsm, unwrap_released_key, wrap_key_material
+from securetrain.skr import (
+    WRAP_ALGORITHMS,
+    ReleasedKeyRejected,
+    open_release_response,
+    unwrap_key_hsm,
+    unwrap_released_key,
+    wrap_key_material,
+)
 
 KEK_ID = "https://vault.example/keys/kek/0123456789abcdef0123456789abcdef"
 
@@ -33,7 +41,7 @@ def kek() -> rsa.RSAPrivateKey:
 def vault(tmp_path_factory) -> tuple[LocalCA, Path, Path]:
     directory = tmp_path_factory.mktemp("pki")
     ca = LocalCA.load_or_create(directory / "ca")
-    files = ca.issue_server_certificate(directory / "certs", "keyvault")
+    files = ca.issue_server_certificate(directory / "certs", "keyvault", ("vault.example",))
     return ca, files.cert_path, files.key_path
 
 
@@ -41,8 +49,9 @@ def _b64url(value: int) -> str:
     return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
 
 
-def release_jws(vault, kek, tee_key, *, enc="CKM_RSA_AES_KEY_WRAP", kid=KEK_ID, named=None, key=None, chain=None) -> str:
-    _, cert_path, key_path = vault
+def release_jws(vault, kek, tee_key, *, enc="CKM_RSA_AES_KEY_WRAP", kid=KEK_ID, named=None, key=None, chain=None,
+                signer=None) -> str:
+    _, cert_path, key_path = signer or vault
     der = kek.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     numbers = (named or kek).public_key().public_numbers()
     jwk = {"kid": kid, "kty": "RSA-HSM", "n": _b64url(numbers.n), "e": _b64url(numbers.e),
@@ -50,7 +59,9 @@ def release_jws(vault, kek, tee_key, *, enc="CKM_RSA_AES_KEY_WRAP", kid=KEK_ID, 
     certificate = x509.load_pem_x509_certificate(cert_path.read_bytes())
     signer = key or serialization.load_pem_private_key(key_path.read_bytes(), None)
     x5c = chain or [base64.b64encode(certificate.public_bytes(serialization.Encoding.DER)).decode()]
-    return jwt.encode({"response": {"key": {"key": jwk}}}, signer, algorithm="ES256", headers={"x5c": x5c})
+    attributes = {"created": 1_700_000_000, "enabled": True}
+    return jwt.encode({"response": {"key": {"key": jwk, "attributes": attributes}}}, signer, algorithm="ES256",
+                      headers={"x5c": x5c})  # fmt: skip
 
 
 @pytest.mark.parametrize("enc", sorted(WRAP_ALGORITHMS))
@@ -68,15 +79,15 @@ def test_key_hsm_layout(tee_key):
 
 def test_another_tee_cannot_unwrap(vault, kek, tee_key):
     with pytest.raises(ReleasedKeyRejected, match="not wrapped to this TEE"):
-        unwrap_released_key(release_jws(vault, kek, tee_key), rsa.generate_private_key(65537, 3072), [vault[0].certificate])
+        unwrap_released_key(release_jws(vault, kek, tee_key), rsa.generate_private_key(65537, 3072), [vault[0].certificate], expected_key_id=KEK_ID)
 
 
 def test_untrusted_signer(vault, kek, tee_key, tmp_path):
     other = LocalCA.load_or_create(tmp_path / "other")
-    with pytest.raises(ReleasedKeyRejected, match="trusted vault root"):
-        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [other.certificate])
+    with pytest.raises(ReleasedKeyRejected, match="chaining to a trusted vault root"):
+        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [other.certificate], expected_key_id=KEK_ID)
     with pytest.raises(ReleasedKeyRejected, match="no trusted vault root"):
-        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [])
+        unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [], expected_key_id=KEK_ID)
 
 
 def test_signature_by_another_key_than_the_certificate(vault, kek, tee_key):
@@ -84,7 +95,7 @@ def test_signature_by_another_key_than_the_certificate(vault, kek, tee_key):
 
     forged = release_jws(vault, kek, tee_key, key=ec.generate_private_key(ec.SECP256R1()))
     with pytest.raises(ReleasedKeyRejected, match="signature does not verify"):
-        unwrap_released_key(forged, tee_key, [vault[0].certificate])
+        unwrap_released_key(forged, tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
 
 
 def test_a_self_signed_x5c_is_not_trusted(vault, kek, tee_key):
@@ -97,7 +108,7 @@ def test_a_self_signed_x5c_is_not_trusted(vault, kek, tee_key):
     chain = [base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()]
     token = jwt.encode({"response": {}}, key, algorithm="RS256", headers={"x5c": chain})
     with pytest.raises(ReleasedKeyRejected, match="trusted vault root"):
-        unwrap_released_key(token, tee_key, [vault[0].certificate])
+        unwrap_released_key(token, tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
 
 
 def test_wrong_key_id_and_mismatched_public_key(vault, kek, tee_key):
@@ -105,7 +116,7 @@ def test_wrong_key_id_and_mismatched_public_key(vault, kek, tee_key):
         unwrap_released_key(release_jws(vault, kek, tee_key), tee_key, [vault[0].certificate], expected_key_id=KEK_ID + "x")
     other = rsa.generate_private_key(65537, 2048)
     with pytest.raises(ReleasedKeyRejected, match="does not match the public key"):
-        unwrap_released_key(release_jws(vault, kek, tee_key, named=other), tee_key, [vault[0].certificate])
+        unwrap_released_key(release_jws(vault, kek, tee_key, named=other), tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
 
 
 def test_tampered_key_hsm(tee_key):
@@ -124,4 +135,28 @@ def test_tampered_key_hsm(tee_key):
 
 def test_not_a_jws(tee_key, vault):
     with pytest.raises(ReleasedKeyRejected, match="not a JWS"):
-        unwrap_released_key("garbage", tee_key, [vault[0].certificate])
+        unwrap_released_key("garbage", tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
+
+
+def test_the_released_version_says_when_it_was_created(vault, kek, tee_key):
+    released = open_release_response(release_jws(vault, kek, tee_key), tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
+    assert (released.kid, released.created) == (KEK_ID, 1_700_000_000)
+    assert "PRIVATE" not in repr(released) and str(kek.private_numbers().d) not in repr(released)
+
+
+def test_only_a_server_certificate_for_the_vaults_own_host_signs_a_release(vault, kek, tee_key, tmp_path):
+    ca = vault[0]
+    # The same CA's client certificate (the kind the pipeline holds for the trainer's API) signs nothing.
+    client = ca.issue_client_certificate(tmp_path / "client", "pipeline")
+    with pytest.raises(ReleasedKeyRejected, match="not a TLS server certificate for the vault's host vault.example"):
+        unwrap_released_key(release_jws(vault, kek, tee_key, signer=(ca, client.cert_path, client.key_path)), tee_key,
+                            [ca.certificate], expected_key_id=KEK_ID)  # fmt: skip
+    # Nor does a server certificate of the same CA for another host (another service of the deployment).
+    other = ca.issue_server_certificate(tmp_path / "server", "attestation", ("attestation.example",))
+    with pytest.raises(ReleasedKeyRejected, match="vault.example"):
+        unwrap_released_key(release_jws(vault, kek, tee_key, signer=(ca, other.cert_path, other.key_path)), tee_key,
+                            [ca.certificate], expected_key_id=KEK_ID)  # fmt: skip
+    # Asked of a vault on another host, the vault's own certificate does not vouch either.
+    elsewhere = "https://other-vault.example/keys/kek/0123456789abcdef0123456789abcdef"
+    with pytest.raises(ReleasedKeyRejected, match="other-vault.example"):
+        unwrap_released_key(release_jws(vault, kek, tee_key, kid=elsewhere), tee_key, [ca.certificate], expected_key_id=elsewhere)

@@ -1,0 +1,61 @@
+"""The docker-compose deployment's one-shot ``data-owner-kek`` service: the data owner creates the KEK.
+
+Airflow's identities can read keys and make new versions of existing ones, never create a key or choose
+its release policy (docs/keys.md, "Roles"). So before Airflow's first run, the data owner's identity makes
+sure the KEK ``securetrain-kek`` has a latest version that Key Vault releases only under the approved
+release policy, immutably: created on the first run, a new version when the approved policy changed,
+nothing otherwise. It is the function ``securetrain stack up`` uses
+(:func:`securetrain.keyvault.create_kek_version`).
+
+TREE is the container's share of the trust material (``docker/pki_init.py``): the CA certificate, the
+data owner's identity and the approved release policy, laid out like a state directory.
+
+Usage: ``python data_owner_kek.py TREE VAULT_URL IDENTITY_URL``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+from azure.core.exceptions import AzureError
+
+from securetrain.errors import SecuretrainError
+from securetrain.identity import DATA_OWNER_IDENTITY, LocalIdentity, LocalIdentityCredential
+from securetrain.keyvault import KEK_NAME, create_kek_version, key_client
+from securetrain.release_policy import ReleasePolicy
+from securetrain.stack.identity import identities_dir
+from securetrain.stack.keyvault import release_policy_path
+from securetrain.stack.layout import StackLayout
+
+log = logging.getLogger("data_owner_kek")
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 4:
+        print(f"usage: {argv[0]} TREE VAULT_URL IDENTITY_URL", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    tree, vault_url, identity_url = StackLayout(Path(argv[1])), argv[2], argv[3]
+    try:
+        owner = LocalIdentity.load(identities_dir(tree) / f"{DATA_OWNER_IDENTITY}.json")
+        approved = ReleasePolicy.parse(release_policy_path(tree).read_bytes())
+        with (
+            LocalIdentityCredential(identity_url, owner, ca_bundle=tree.ca_bundle) as credential,
+            key_client(vault_url, credential, ca_bundle=tree.ca_bundle) as client,
+        ):
+            kek = create_kek_version(client, KEK_NAME, approved)
+    except SecuretrainError as exc:
+        print(f"data-owner-kek: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except (AzureError, OSError) as exc:
+        print(f"data-owner-kek: error: {exc}", file=sys.stderr)
+        return 1
+    log.info("the KEK %s is released only under the approved policy (sha256 %s)", kek.id, approved.sha256)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
