@@ -1,11 +1,16 @@
 """Stage 5, audit: the run's security events into its hash-chained log, verified, and a report written.
 
 Sources: the stages' own results (XCom: environment, data check, the TEE's attestation claims, model
-version), the trainer agent's record of the job (every state it entered, the key release, validation
-aggregates, each sealed checkpoint, the error if it failed), and, where the deployment exposes them as
+version), the trainer agent's record of the job (every state it entered, the error if it failed), the
+TEE's own event log from that record, recorded verbatim (each attestation with its token, the key
+release, the validation aggregates, each sealed checkpoint and the sealed model with their digests, and
+the heads the TEE signed: :mod:`securetrain.audit.tee_log`), and, where the deployment exposes them as
 files (the local stack does), the Key Vault access log and the attestation service's issuance log for
 the run's time window. The log is ``securetrain-audit/audit/<run>.jsonl`` (append blobs), checkpoints
-signed with the pipeline's audit key; ``securetrain audit verify`` checks it later, byte for byte.
+signed with the pipeline's audit key; ``securetrain audit verify`` checks it later, byte for byte, with
+the audit key pinned and the TEE's signatures against the attestation tokens. The stage checks the same
+(:func:`securetrain.audit.trail.verify_trail`), including that the log holds the TEE's events up to the
+head the registered model's statement names.
 
 Trigger rule ``all_done``: a failed run is audited too (that is when it matters most).
 """
@@ -16,25 +21,33 @@ import datetime
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
 from operators.failures import SecurityCheckFailed, fail_closed
+from operators.hooks.attestation import AttestationHook
 from operators.hooks.cvm import ConfidentialVmHook
+from operators.hooks.keyvault import KeyVaultHook
 from operators.hooks.storage import SecureStorageHook
 from operators.locations import REPORTS_CONTAINER, job_run_id
 from operators.notifiers import deliver_alerts, load_alert_thresholds
 from operators.signing_keys import signing_key_path
 from securetrain.alerts import evaluate
 from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
-from securetrain.audit.errors import AuditChainBroken
 from securetrain.audit.events import AuditEvent, EventKind, EventSource, rfc3339_utc
 from securetrain.audit.log import AuditLog
 from securetrain.audit.sources import attestation_events, keyvault_events
 from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
+from securetrain.audit.tee_log import TeeLogInvalid
+from securetrain.audit.tee_log import audit_events as tee_audit_events
+from securetrain.audit.trail import TrailVerdict, attested_head, verify_trail
 from securetrain.cvm_client import CvmJobNotFound
+from securetrain.errors import SecurityViolation
+from securetrain.model_provenance import published_keys, verify_attestation_token
+from securetrain.model_registry import ModelRegistry
+from securetrain.release_policy import ReleasePolicy
 from securetrain.run_report import run_record, write_run_report
 from securetrain.storage import BlobStore
 
@@ -75,19 +88,13 @@ def stage_events(run: str, results: dict[str, Any]) -> list[AuditEvent]:
 
 
 def job_events(run: str, job: dict[str, Any]) -> list[AuditEvent]:
-    """The trainer's record of the job: state changes, key release, validation, checkpoints, error."""
+    """The agent's record of the job: state changes and the error (unsigned), and the TEE's own event log
+    (key release, validation, checkpoints, model: signed in the TEE), verbatim."""
     events = [AuditEvent(EventKind.JOB_EVENT, run, EventSource.TRAINER, t["time"], {"job_id": job["job_id"], "state": t["state"]})
               for t in job.get("transitions", [])]  # fmt: skip
-    if release := job.get("key_release"):
-        events.append(AuditEvent(EventKind.KEY_RELEASED, run, EventSource.TRAINER, release["released_at"],
-                                 {"job_id": job["job_id"], "kek_id": release["kek_id"]}))  # fmt: skip
+    if job.get("tee_log"):
+        events += tee_audit_events(job["tee_log"])
     finished = job.get("transitions", [{}])[-1].get("time") or rfc3339_utc(datetime.datetime.now(datetime.UTC))
-    if job.get("validation"):
-        events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.TRAINER, finished,
-                                 {"job_id": job["job_id"], "inside_tee": True, "aggregates": job["validation"]}))  # fmt: skip
-    for entry in job.get("history", []):
-        events.append(AuditEvent(EventKind.CHECKPOINT_WRITTEN, run, EventSource.TRAINER, finished,
-                                 {"job_id": job["job_id"], **entry}))  # fmt: skip
     if error := job.get("error"):
         # A security failure before the KEK was released is the TEE being refused its key (attestation or policy).
         refused = error["security_violation"] and not job.get("key_release")
@@ -159,12 +166,12 @@ class AuditOperator(BaseOperator):
             with SecureStorageHook(self.storage_conn_id).blob_store() as store:
                 audit_store = record_events(store, run, events)
                 try:
-                    public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
-                    verdict = AuditLog(audit_store).verify(public_key)
-                    outcome = {"verdict": "verified", "entries": verdict.entries, "head": verdict.head_hash,
-                               "first_bad": None, "summary": verdict.summary()}  # fmt: skip
-                except AuditChainBroken as exc:
-                    outcome = {"verdict": "broken", "entries": None, "head": None, "first_bad": exc.seq, "summary": str(exc)}
+                    verdict = _verify(store, audit_store, kek_id, results.get("register_model"))
+                    outcome = {"verdict": "verified", "entries": verdict.chain.entries, "head": verdict.chain.head_hash,
+                               "first_bad": None, "summary": "; ".join(verdict.lines())}  # fmt: skip
+                except SecurityViolation as exc:
+                    outcome = {"verdict": "broken", "entries": None, "head": None, "first_bad": getattr(exc, "seq", None),
+                               "summary": str(exc)}  # fmt: skip
                 report_blob = f"{run}/audit.json"
                 report = {"run": run, "dag_run": context["run_id"], "log": f"{AUDIT_CONTAINER}/audit/{run}.jsonl",
                           **outcome, "events": _counts(events)}  # fmt: skip
@@ -182,6 +189,33 @@ class AuditOperator(BaseOperator):
         if outcome["verdict"] != "verified":
             raise SecurityCheckFailed(f"audit: the audit log of run {run} does not verify: {outcome['summary']}")
         return {**outcome, "log": report["log"], "report_blob": f"{REPORTS_CONTAINER}/{report_blob}", "run_report": run_report}
+
+
+def _verify(
+    store: BlobStore, audit_store: BlobAuditStore, kek_id: str | None, model: dict[str, Any] | None
+) -> TrailVerdict:
+    """The run's log verified as ``securetrain audit verify`` does it: chain and checkpoints, the TEE's logs
+    against tokens checked with the KEK's release policy and the attestation service's keys, and that the
+    log holds the TEE events up to the head the registered model's statement names."""
+    policy: ReleasePolicy | None = None
+
+    def check_token(raw: str) -> Mapping[str, Any]:
+        nonlocal policy
+        if kek_id is None:
+            raise TeeLogInvalid("the run's log holds TEE events, but the run names no KEK whose policy checks their tokens")
+        policy = policy or KeyVaultHook().release_policy(kek_id)
+        return verify_attestation_token(raw, policy, keys_for)
+
+    ca_bundle = AttestationHook().connection.ca_bundle
+    keys_for = published_keys(str(ca_bundle) if ca_bundle else True)
+    anchors = []
+    if model:
+        version = ModelRegistry(store).get(model["name"], model["version"])
+        anchors.append((f"model {version.name} version {version.version}",
+                        attested_head(version.manifest.get("provenance") or {}, check_token)))  # fmt: skip
+    public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
+    return verify_trail(audit_store.read_all().lines, audit_store.read_checkpoints(), public_key,
+                        check_token=check_token, anchors=anchors)  # fmt: skip
 
 
 def _counts(events: Iterable[AuditEvent]) -> dict[str, int]:

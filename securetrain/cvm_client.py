@@ -124,11 +124,13 @@ class CvmClient:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> requests.Response:
+    def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> requests.Response:
         url = f"{self.endpoint}{path}"
         try:
             response = self._session.request(
-                method, url, json=body, cert=self._cert, verify=self._verify, timeout=self._timeout
+                method, url, json=body, cert=self._cert, verify=self._verify, timeout=timeout or self._timeout
             )
         except requests.exceptions.SSLError as exc:
             raise CvmTlsError(f"TLS with the agent at {url} failed: {exc}") from None
@@ -177,18 +179,30 @@ class CvmClient:
 
     def export_model(
         self, *, kek_id: str, run_id: str, container: str, blob: str, sealed_sha256: str, recipient_public_key_pem: str,
-        nonce: str,
+        nonce: str, approval: Mapping[str, Any],
     ) -> bytes:  # fmt: skip
         """Have the TEE re-seal a registered model for a recipient's RSA public key; the sealed bytes.
 
-        The TEE attests with ``nonce``, has the KEK released to it, checks the stored model's digest and
-        seal, and re-seals it: the KEK's private half never leaves the TEE.
+        The TEE checks ``approval`` (the data owner's signed export approval for this recipient and KEK),
+        attests with ``nonce``, has the KEK released to it, checks the stored model's digest and seal,
+        re-seals it and records the export in the audit log: the KEK's private half never leaves the TEE.
         """
         body = {
             "kek_id": kek_id, "run_id": run_id, "container": container, "blob": blob, "sealed_sha256": sealed_sha256,
-            "recipient_public_key": recipient_public_key_pem, "nonce": nonce,
+            "recipient_public_key": recipient_public_key_pem, "nonce": nonce, "approval": dict(approval),
         }  # fmt: skip
         return self._request("POST", "/v1/exports", body).content
+
+    def rewrap(self, *, kek_id: str, containers: list[str], nonce: str, timeout_s: float = 600) -> dict[str, Any]:
+        """Have the TEE rewrap every sealed blob of ``containers`` to the KEK version ``kek_id``.
+
+        The TEE attests with ``nonce``, has the versions released to it and rewraps each data key in its
+        memory; the answer is its signed statement of what it did (check it with
+        :func:`securetrain.rotation.verify_rewrap_answer`). It reads and rewrites every blob of an older
+        version, hence the longer timeout.
+        """
+        body = {"kek_id": kek_id, "containers": containers, "nonce": nonce}
+        return self._request("POST", "/v1/rewraps", body, timeout=timeout_s).json()
 
     def metrics(self) -> str:
         return self._request("GET", "/metrics").text

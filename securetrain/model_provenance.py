@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import logging
 import re
@@ -42,23 +41,25 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from securetrain import signed_documents
+from securetrain.attestation.tokens import AuthorityKeys
 from securetrain.audit.checkpoints import load_or_create_signing_key, load_signing_key
 from securetrain.errors import ConfigurationError, SecurityViolation
 from securetrain.release_policy import ReleaseDenied, ReleasePolicy, evaluate
 from securetrain.sealed import KekPublicKey
 from securetrain.sealed.errors import SealInputError
+from securetrain.signed_documents import SignatureInvalid, key_id
 
 log = logging.getLogger(__name__)
 
-STATEMENT_SCHEMA = "securetrain.model-statement/v1"
+STATEMENT_SCHEMA = "securetrain.model-statement/v2"
 TEE_SIGNATURE_ALGORITHM = "PS256"
-PIPELINE_SIGNATURE_ALGORITHM = "Ed25519"
 #: Where the local stack keeps the pipeline's model-signing key, relative to its state directory.
 LOCAL_PIPELINE_KEY = Path("models") / "signing-key.pem"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _STATEMENT_FIELDS = {
     "schema", "run_id", "sealed_model_sha256", "model_plaintext_sha256", "datasets", "hyperparameters", "metrics",
+    "tee_log_head",
 }  # fmt: skip
 
 
@@ -108,8 +109,14 @@ def model_statement(
     datasets: Sequence[DatasetDigest],
     hyperparameters: Mapping[str, Any],
     metrics: Mapping[str, float],
+    tee_log_head: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The statement the TEE signs about the model it trained (see the module documentation)."""
+    """The statement the TEE signs about the model it trained (see the module documentation).
+
+    ``tee_log_head`` is the final head of the job's TEE event log (``{"log_id", "seq", "head_hash"}``, see
+    :mod:`securetrain.audit.tee_log`): signed here, it lets a verifier tell a complete audit trail from one
+    rolled back or cut short.
+    """
     for name, digest in [("sealed_model_sha256", sealed_model_sha256), ("model_plaintext_sha256", model_plaintext_sha256),
                          *((f"datasets[{i}]", d.plaintext_sha256) for i, d in enumerate(datasets))]:  # fmt: skip
         if not _SHA256.fullmatch(digest):
@@ -124,6 +131,7 @@ def model_statement(
         "datasets": [d.to_json() for d in datasets],
         "hyperparameters": dict(hyperparameters),
         "metrics": dict(metrics),
+        "tee_log_head": dict(tee_log_head),
     }
 
 
@@ -167,9 +175,13 @@ def rsa_public_key_from_jwk(jwk: Mapping[str, Any]) -> rsa.RSAPublicKey:
 
 
 def verify_statement_signature(
-    public_key: rsa.RSAPublicKey, statement: Mapping[str, Any], signature: Mapping[str, Any]
+    public_key: rsa.RSAPublicKey,
+    statement: Mapping[str, Any],
+    signature: Mapping[str, Any],
+    *,
+    what: str = "the model statement",
 ) -> None:
-    """Check the TEE's signature over ``statement`` with the attested runtime key."""
+    """Check the TEE's signature over ``statement`` (``what`` names it in errors) with the attested runtime key."""
     if signature.get("algorithm") != TEE_SIGNATURE_ALGORITHM:
         raise ProvenanceInvalid(
             f"the TEE signature's algorithm is {signature.get('algorithm')!r}, not {TEE_SIGNATURE_ALGORITHM}"
@@ -179,8 +191,8 @@ def verify_statement_signature(
         public_key.verify(value, canonical_bytes(statement), _PSS, hashes.SHA256())
     except InvalidSignature:
         raise ProvenanceInvalid(
-            "the TEE signature over the model statement does not verify with the key the attestation token "
-            "carries: the statement was changed, or not signed by the attested TEE"
+            f"the TEE signature over {what} does not verify with the key the attestation token carries: it was "
+            "changed, or not signed by the attested TEE"
         ) from None
 
 
@@ -202,44 +214,17 @@ def load_pipeline_key(path: Path) -> Ed25519PrivateKey:
     return load_signing_key(path)
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
-    """SHA-256 of the raw public key: names the key a signature was made with."""
-    return hashlib.sha256(public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)).hexdigest()
-
-
-def manifest_signing_bytes(manifest: Mapping[str, Any]) -> bytes:
-    """What the pipeline signs: the manifest's canonical JSON without its ``signatures``."""
-    return canonical_bytes({k: v for k, v in manifest.items() if k != "signatures"})
-
-
 def sign_manifest(key: Ed25519PrivateKey, manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The pipeline's signature entry for ``manifest`` (hex, so that it has exactly one spelling)."""
-    return {
-        "algorithm": PIPELINE_SIGNATURE_ALGORITHM,
-        "key_id": key_id(key.public_key()),
-        "value": key.sign(manifest_signing_bytes(manifest)).hex(),
-    }
+    """The pipeline's signature entry for ``manifest`` (:mod:`securetrain.signed_documents`)."""
+    return signed_documents.signature_entry(key, manifest)
 
 
 def verify_manifest_signature(manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:
-    """Check that ``manifest`` carries a valid signature by ``public_key``."""
-    signatures = manifest.get("signatures")
-    if not isinstance(signatures, list) or not signatures:
-        raise ProvenanceInvalid("the manifest carries no pipeline signature")
-    wanted = key_id(public_key)
-    mine = [s for s in signatures if isinstance(s, Mapping) and s.get("key_id") == wanted]
-    if not mine:
-        raise ProvenanceInvalid(f"the manifest is not signed by the pipeline key {wanted[:16]}…")
-    for entry in mine:
-        value = entry.get("value", "")
-        if entry.get("algorithm") != PIPELINE_SIGNATURE_ALGORITHM or not _HEX_SIGNATURE.fullmatch(str(value)):
-            raise ProvenanceInvalid("the manifest's pipeline signature is malformed")
-        try:
-            public_key.verify(bytes.fromhex(value), manifest_signing_bytes(manifest))
-        except InvalidSignature:
-            raise ProvenanceInvalid(
-                "the manifest's pipeline signature does not verify: the manifest was changed after it was signed"
-            ) from None
+    """Check that ``manifest`` carries a valid signature by the pipeline's ``public_key``."""
+    try:
+        signed_documents.verify(manifest, public_key, what="the model manifest", signer="the pipeline key")
+    except SignatureInvalid as exc:
+        raise ProvenanceInvalid(str(exc)) from None
 
 
 # --- the attestation token ------------------------------------------------------------------------------------
@@ -286,6 +271,20 @@ class JwksKeys:
             raise ProvenanceInvalid(f"the attestation token is signed with key {kid!r}, which {self._source} lacks") from None
 
 
+def published_keys(verify: str | bool) -> Callable[[str], SigningKeys]:
+    """The signing keys each issuer publishes (its OpenID metadata over TLS verified with ``verify``: a CA
+    bundle path, or True for the system roots), fetched once per issuer. Call it only for an issuer the
+    release policy trusts (:func:`verify_attestation_token` checks that first)."""
+    fetched: dict[str, AuthorityKeys] = {}
+
+    def keys_for(issuer: str) -> SigningKeys:
+        if issuer not in fetched:
+            fetched[issuer] = AuthorityKeys(issuer, verify=verify)
+        return fetched[issuer]
+
+    return keys_for
+
+
 def verify_attestation_token(
     raw: str, policy: ReleasePolicy, keys_for: Callable[[str], SigningKeys]
 ) -> Mapping[str, Any]:
@@ -324,6 +323,15 @@ def verify_attestation_token(
     return claims
 
 
+def runtime_key(claims: Mapping[str, Any]) -> rsa.RSAPublicKey:
+    """The one TEE key a validated token attests (``x-ms-runtime.keys``): what the TEE signs with."""
+    runtime = claims.get("x-ms-runtime")
+    keys = runtime.get("keys") if isinstance(runtime, Mapping) else None
+    if not isinstance(keys, list) or len(keys) != 1 or not isinstance(keys[0], Mapping):
+        raise ProvenanceInvalid("the attestation token does not carry exactly one runtime key (x-ms-runtime.keys)")
+    return rsa_public_key_from_jwk(keys[0])
+
+
 # --- the whole chain ------------------------------------------------------------------------------------------
 
 
@@ -344,6 +352,11 @@ def _check_statement_against(manifest: Mapping[str, Any], statement: Mapping[str
     shards = (lineage.get("dataset") or {}).get("shards")
     if not isinstance(shards, list):
         raise ProvenanceInvalid("the manifest's lineage names no dataset shards")
+    if manifest.get("tee_log_head") != statement["tee_log_head"]:
+        raise ProvenanceInvalid(
+            f"the manifest's TEE log head {manifest.get('tee_log_head')} is not the one the TEE signed "
+            f"{statement['tee_log_head']}"
+        )
     attested = [(d.get("blob"), d.get("plaintext_sha256")) for d in statement["datasets"]]
     recorded = [(s.get("blob"), s.get("plaintext_sha256")) for s in shards]
     if attested != recorded:
@@ -391,13 +404,9 @@ def verify_provenance(
         f"attestation token signed by {claims['iss']}; measurement {claims.get('x-ms-sevsnpvm-launchmeasurement')} "
         f"and HOST_DATA {claims.get('x-ms-sevsnpvm-hostdata')} satisfy release policy {policy_hash}"
     )
-    runtime = claims.get("x-ms-runtime")
-    keys = runtime.get("keys") if isinstance(runtime, Mapping) else None
-    if not isinstance(keys, list) or len(keys) != 1 or not isinstance(keys[0], Mapping):
-        raise ProvenanceInvalid("the attestation token does not carry exactly one runtime key (x-ms-runtime.keys)")
     statement = provenance["statement"]
-    verify_statement_signature(rsa_public_key_from_jwk(keys[0]), statement, provenance["tee_signature"])
-    checked.append(f"model statement signed by the attested TEE key {keys[0].get('kid')}")
+    verify_statement_signature(runtime_key(claims), statement, provenance["tee_signature"])
+    checked.append(f"model statement signed by the attested TEE key {claims['x-ms-runtime']['keys'][0].get('kid')}")
     _check_statement_against(manifest, statement)
     checked.append("the statement's run, model and dataset digests match the manifest")
     log.info("provenance of %s version %s verified", manifest.get("name"), manifest.get("version"))

@@ -7,8 +7,10 @@ the lineage the pipeline vouches for: run, datasets and their plaintext digests,
 the attestation claims of the TEE that trained it, hyperparameters, metrics and the parent version.
 
 Each manifest also carries the model's ``provenance`` (the statement the TEE signed with its attested key,
-the signature and the attestation token; see :mod:`securetrain.model_provenance`) and ``signatures``: the
-pipeline's signature over everything else in the manifest. Registration checks the TEE's signature and
+the signature and the attestation token; see :mod:`securetrain.model_provenance`), the head of the job's
+TEE event log that the statement names (``tee_log_head``: the audit log must hold the TEE's events up to
+it, :mod:`securetrain.audit.tee_log`) and ``signatures``: the pipeline's signature over everything else in
+the manifest. Registration checks the TEE's signature and
 that the statement names the very sealed model being registered before anything is written.
 
 Versions are numbered 1, 2, ... per name. The manifest is written last and never overwritten
@@ -46,7 +48,7 @@ from securetrain.storage import BlobAlreadyExists, BlobStore, ContainerNotFound
 log = logging.getLogger(__name__)
 
 REGISTRY_CONTAINER = "model-registry"
-MANIFEST_SCHEMA = "securetrain.model-manifest/v2"
+MANIFEST_SCHEMA = "securetrain.model-manifest/v3"
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _MAX_ATTEMPTS = 5
 
@@ -121,6 +123,9 @@ def check_statement_names(
     except ProvenanceInvalid as exc:
         raise ModelRejected(f"the model's provenance does not verify: {exc}") from None
     statement = provenance["statement"]
+    if not isinstance(statement.get("tee_log_head"), Mapping):
+        raise ModelRejected("the TEE's statement names no head of its event log, so the run's audit trail could "
+                            "not be checked for completeness")  # fmt: skip
     expected = {"run_id": run_id, "sealed_model_sha256": sealed_sha256, "model_plaintext_sha256": plaintext_sha256}
     for field, value in expected.items():
         if statement.get(field) != value:
@@ -162,6 +167,23 @@ class ModelRegistry:
         if not isinstance(manifest, dict):
             raise ProvenanceInvalid(f"the manifest of {name} version {version} is not a JSON object")
         return ModelVersion(name, version, self.container, manifest)
+
+    def versions_of_run(self, run_id: str) -> list[ModelVersion]:
+        """Every registered version whose lineage names run ``run_id`` (a scan of all manifests)."""
+        found = []
+        try:
+            names = [info.name for info in self._store.list_blobs(self.container)]
+        except ContainerNotFound:
+            return []
+        for blob in names:
+            match = re.fullmatch(r"([a-z0-9-]+)/v([0-9]+)/manifest\.json", blob)
+            if match is None:
+                continue
+            version = self.get(match.group(1), int(match.group(2)))
+            lineage = version.manifest.get("lineage")
+            if isinstance(lineage, Mapping) and lineage.get("run_id") == run_id:
+                found.append(version)
+        return found
 
     def sealed_model(self, version: ModelVersion) -> bytes:
         """The sealed model ``version``'s manifest points at, as stored now (to check, never to trust)."""
@@ -224,6 +246,7 @@ class ModelRegistry:
                 },
                 "lineage": {"run_id": run_id, **lineage},
                 "provenance": {key: provenance[key] for key in ("statement", "tee_signature", "attestation_token")},
+                "tee_log_head": provenance["statement"]["tee_log_head"],
             }
             manifest["signatures"] = [sign_manifest(signing_key, manifest)]
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()

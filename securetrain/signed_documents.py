@@ -57,8 +57,9 @@ def sign(key: Ed25519PrivateKey, document: Mapping[str, Any]) -> dict[str, Any]:
     return {**document, "signatures": [*others, signature_entry(key, document)]}
 
 
-def verify(document: Mapping[str, Any], public_key: Ed25519PublicKey, *, what: str) -> None:
-    """Check that ``document`` carries a valid signature by ``public_key``; ``what`` names it in errors.
+def verify(document: Mapping[str, Any], public_key: Ed25519PublicKey, *, what: str, signer: str = "the key") -> None:
+    """Check that ``document`` carries a valid signature by ``public_key``; ``what`` and ``signer`` name the
+    document and the key in errors.
 
     Raises:
         SignatureInvalid: no signature by that key, a malformed one, or one that does not verify.
@@ -69,7 +70,7 @@ def verify(document: Mapping[str, Any], public_key: Ed25519PublicKey, *, what: s
     wanted = key_id(public_key)
     mine = [entry for entry in signatures if isinstance(entry, Mapping) and entry.get("key_id") == wanted]
     if not mine:
-        raise SignatureInvalid(f"{what} is not signed by the key {wanted[:16]}…")
+        raise SignatureInvalid(f"{what} is not signed by {signer} {wanted[:16]}…")
     for entry in mine:
         value = entry.get("value", "")
         if entry.get("algorithm") != ALGORITHM or not isinstance(value, str) or not _HEX_SIGNATURE.fullmatch(value):

@@ -7,7 +7,9 @@ See docs/audit.md for the format and what it proves. The pieces:
 * :mod:`~securetrain.audit.checkpoints`: signed heads and the audit signing key;
 * :mod:`~securetrain.audit.store`: append-blob and Confidential Ledger storage;
 * :mod:`~securetrain.audit.sources`: events from the Key Vault and attestation decision logs;
-* :mod:`~securetrain.audit.log`: :class:`AuditLog`, the facade that records and verifies.
+* :mod:`~securetrain.audit.log`: :class:`AuditLog`, the facade that records and verifies;
+* :mod:`~securetrain.audit.tee_log`: the TEE's own event log, signed inside the TEE with its attested key;
+* :mod:`~securetrain.audit.trail`: a whole log verified with the pinned audit key and the TEE's signatures.
 """
 
 from securetrain.audit.chain import AuditChain, AuditEntry, ChainVerdict, verify

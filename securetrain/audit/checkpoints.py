@@ -28,6 +28,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,13 +37,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securetrain.audit.errors import AuditKeyError, CheckpointInvalid
+from securetrain.audit.errors import AuditKeyError, AuditKeyNotPinned, AuditKeyUntrusted, CheckpointInvalid
 from securetrain.audit.events import rfc3339_utc
 
 _HASH = re.compile(r"[0-9a-f]{64}")
 _SIGNATURE = re.compile(r"[0-9a-f]{128}")
 _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
+#: The deployment setting that pins the audit public key for verification: its :func:`key_fingerprint`.
+PINNED_KEY_VARIABLE = "SECURETRAIN_AUDIT_KEY_FINGERPRINT"
 #: Where the local stack keeps the audit signing key, relative to its state directory.
 LOCAL_SIGNING_KEY = Path("audit") / "signing-key.pem"
 
@@ -122,9 +125,41 @@ def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
 
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """SHA-256 of the raw public key, hex: a short name for the key in messages."""
+    """SHA-256 of the raw public key, hex: names the key in messages, and pins it for verification."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()
+
+
+def pinned_fingerprint(given: str | None, environ: Mapping[str, str]) -> str:
+    """The pinned audit key's fingerprint: ``given`` (the command line), else the deployment setting
+    :data:`PINNED_KEY_VARIABLE`.
+
+    A verifier that took whatever key lies next to the log would accept a log re-signed with a key put
+    there by whoever rewrote it; the pin is the verifier's own knowledge of which key signs checkpoints.
+
+    Raises:
+        AuditKeyNotPinned: neither names one, or it is not 64 hex digits.
+    """
+    value = given if given is not None else environ.get(PINNED_KEY_VARIABLE, "")
+    if not value:
+        raise AuditKeyNotPinned(
+            f"no audit key is pinned: pass --audit-key-fingerprint SHA256HEX or set {PINNED_KEY_VARIABLE} to the "
+            "SHA-256 of the deployment's audit public key (`securetrain audit fingerprint --public-key PEM` prints "
+            "it). Verification does not trust a key found next to the log"
+        )
+    if not _HASH.fullmatch(value.lower()):
+        raise AuditKeyNotPinned(f"the pinned audit key fingerprint {value!r} is not 64 hex digits (a SHA-256)")
+    return value.lower()
+
+
+def check_pinned(key: Ed25519PublicKey, fingerprint: str) -> None:
+    """Raise :class:`AuditKeyUntrusted` unless ``key`` is the pinned one."""
+    actual = key_fingerprint(key)
+    if actual != fingerprint:
+        raise AuditKeyUntrusted(
+            f"the audit public key offered has fingerprint {actual}, not the pinned {fingerprint}: checkpoints "
+            "signed with it prove nothing (a rewritten log can be re-signed with any key put beside it)"
+        )
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,14 @@ class AuditKeyError(ConfigurationError):
     """The audit signing or verification key is missing, unreadable, of the wrong type or too widely readable."""
 
 
+class AuditKeyNotPinned(AuditKeyError):
+    """No audit public key is pinned (by fingerprint) for verification: the check cannot complete, so it denies."""
+
+
+class AuditKeyUntrusted(SecurityViolation):
+    """The audit public key offered for verification is not the pinned one."""
+
+
 class AuditStoreError(SecuretrainError):
     """The audit store could not be read or written; the message names the log and the cause."""
 

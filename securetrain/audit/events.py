@@ -29,6 +29,7 @@ class EventKind(enum.StrEnum):
     KEY_DENIED = "key_denied"
     DATA_VALIDATED = "data_validated"
     CHECKPOINT_WRITTEN = "checkpoint_written"
+    MODEL_SEALED = "model_sealed"
     MODEL_REGISTERED = "model_registered"
     ACCESS_DENIED = "access_denied"
     CLEANUP_DONE = "cleanup_done"
@@ -38,6 +39,7 @@ class EventKind(enum.StrEnum):
     EXPORT = "export"
     ROTATION = "rotation"
     RETENTION = "retention"
+    TEE_LOG_HEAD = "tee_log_head"
 
 
 class EventSource(enum.StrEnum):
@@ -48,6 +50,7 @@ class EventSource(enum.StrEnum):
     ATTESTATION = "attestation"
     TRAINER = "trainer"
     PIPELINE = "pipeline"
+    TEE = "tee"
 
 
 # RFC 3339, UTC only ("Z"), optional fraction of a second.
@@ -66,7 +69,8 @@ def rfc3339_utc(moment: datetime.datetime) -> str:
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _check_time(value: object) -> str:
+def check_time(value: object) -> str:
+    """``value`` if it is an RFC 3339 UTC time (``Z`` suffix) of a real instant; :class:`AuditEventInvalid` if not."""
     if not isinstance(value, str) or not _UTC_TIME.fullmatch(value):
         raise AuditEventInvalid(
             f"event time {value!r} is not RFC 3339 UTC like 2026-05-01T12:00:00Z (use rfc3339_utc())"
@@ -133,7 +137,7 @@ class AuditEvent:
         object.__setattr__(self, "source", _member(EventSource, self.source, "source"))
         if self.run_id is not None and (not isinstance(self.run_id, str) or not self.run_id):
             raise AuditEventInvalid(f"run_id {self.run_id!r} must be a non-empty string or None")
-        _check_time(self.time)
+        check_time(self.time)
         if not isinstance(self.details, dict):
             raise AuditEventInvalid(f"event details must be a dict, not {type(self.details).__name__}")
         _check_json(self.details, "details")

@@ -1,28 +1,40 @@
-"""``securetrain audit verify | show``: an audit log in the local stack's Azurite (settings from stack.env).
+"""``securetrain audit verify | show | fingerprint``: an audit log in the local stack's Azurite (stack.env).
 
-``verify`` checks the hash chain and the signed checkpoints and exits 0, or 3 with a message naming the
-first entry that was changed, removed, reordered or inserted; ``show`` lists the entries. See docs/audit.md.
+``verify`` checks the hash chain and the checkpoints against the pinned audit key, the TEE's own signed
+event logs in it against their attestation tokens, and that the log still holds the TEE's events up to
+the head each of the run's registered models names; it exits 0, or 3 naming the first thing that failed
+(2 if no audit key is pinned). ``show`` lists the entries. See docs/audit.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from securetrain.audit.chain import AuditEntry
 from securetrain.audit.checkpoints import (
+    PINNED_KEY_VARIABLE,
+    check_pinned,
+    key_fingerprint,
     load_public_key,
     load_signing_key,
     local_signing_key_path,
+    pinned_fingerprint,
 )
 from securetrain.audit.errors import AuditChainBroken, AuditKeyError
-from securetrain.audit.log import AuditLog
 from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
+from securetrain.audit.trail import attested_head, verify_trail
 from securetrain.cli.options import add_stack_storage_options
+from securetrain.cli.token_check import add_token_options, token_check
 from securetrain.errors import ConfigurationError
+from securetrain.model_registry import REGISTRY_CONTAINER, ModelRegistry
 from securetrain.stack.envfile import read_stack_env
 from securetrain.stack.layout import resolve_state_dir
+from securetrain.storage import BlobStore
 
 
 def _stack_env(state_dir: Path) -> dict[str, str]:
@@ -32,24 +44,50 @@ def _stack_env(state_dir: Path) -> dict[str, str]:
     return read_stack_env(path)
 
 
-def _verify(args: argparse.Namespace) -> int:
-    state_dir = resolve_state_dir(args.state_dir)
+def _audit_key(args: argparse.Namespace, state_dir: Path) -> Ed25519PublicKey:
+    """The audit public key offered: ``--public-key``, else the public half of the local stack's key. Only a
+    candidate: it counts once its fingerprint is the pinned one."""
     if args.public_key is not None:
         try:
-            public_key = load_public_key(args.public_key.read_bytes(), str(args.public_key))
+            return load_public_key(args.public_key.read_bytes(), str(args.public_key))
         except OSError as exc:
             raise AuditKeyError(f"cannot read the audit public key {args.public_key}: {exc.strerror}") from None
-    else:
-        key_path = local_signing_key_path(state_dir)
-        if not key_path.exists():
-            raise AuditKeyError(
-                f"no --public-key given and the local stack has no audit key at {key_path}: pass the audit public "
-                "key (PEM) the log was signed with"
-            )
-        public_key = load_signing_key(key_path).public_key()
-    with BlobAuditStore.from_stack_env(_stack_env(state_dir), args.log, container=args.container) as store:
-        verdict = AuditLog(store).verify(public_key, allow_unsigned_tail=args.allow_unsigned_tail)
-    print(verdict.summary())
+    key_path = local_signing_key_path(state_dir)
+    if not key_path.exists():
+        raise AuditKeyError(
+            f"no --public-key given and the local stack has no audit key at {key_path}: pass the audit public "
+            "key (PEM) the log was signed with"
+        )
+    return load_signing_key(key_path).public_key()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    state_dir = resolve_state_dir(args.state_dir)
+    pinned = pinned_fingerprint(args.audit_key_fingerprint, os.environ)  # before anything else: no pin, no verdict
+    public_key = _audit_key(args, state_dir)
+    check_pinned(public_key, pinned)
+    env = _stack_env(state_dir)
+    check_token = token_check(args, env)
+    with BlobAuditStore.from_stack_env(env, args.log, container=args.container) as store:
+        entries, checkpoints = store.read_all().lines, store.read_checkpoints()
+    with BlobStore.from_stack_env(env) as blobs:
+        versions = ModelRegistry(blobs, args.registry_container).versions_of_run(args.log)
+    # Each registered model of the run names, in its TEE-signed statement, how far the TEE's log reached.
+    anchors = [
+        (f"model {version.name} version {version.version}", attested_head(version.manifest.get("provenance") or {}, check_token))
+        for version in versions
+    ]
+    verdict = verify_trail(
+        entries, checkpoints, public_key, check_token=check_token, anchors=anchors,
+        allow_unsigned_tail=args.allow_unsigned_tail,
+    )  # fmt: skip
+    for line in verdict.lines():
+        print(line)
+    return 0
+
+
+def _fingerprint(args: argparse.Namespace) -> int:
+    print(key_fingerprint(_audit_key(args, resolve_state_dir(args.state_dir))))
     return 0
 
 
@@ -89,23 +127,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = group.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
 
     verify = commands.add_parser(
-        "verify", help="check a log's hash chain and signed checkpoints; name the first bad entry",
-        description="Verify audit log NAME: every checkpoint's Ed25519 signature, every entry's canonical form "
-        "and link to the one before, every signed head against the entries, and that the last entry is "
-        "covered by a checkpoint. Exits 0 if all holds; otherwise exits 3 naming the first entry that was "
-        "changed, removed, reordered or inserted, or the checkpoint that fails.",
+        "verify", help="check a log against the pinned audit key and the TEE's signatures; name the first fault",
+        description="Verify audit log NAME: every checkpoint's Ed25519 signature with the pinned audit key, every "
+        "entry's canonical form and link to the one before, every signed head against the entries, that the "
+        "last entry is covered by a checkpoint (or by the TEE's signature); every TEE event log in it "
+        "(complete, linked, each head signed by a TEE key that an attestation token in the log attests, each "
+        "token signed by the authority the release policy trusts and satisfying it); and, for each model "
+        "registered from run NAME, that the log holds the TEE's events up to the head its TEE-signed "
+        "statement names. Exits 0 if all holds, 3 naming the first fault, 2 if no audit key is pinned.",
     )  # fmt: skip
     verify.add_argument("--log", required=True, metavar="NAME", help="the log's name (audit/NAME.jsonl)")
     verify.add_argument(
-        "--public-key", type=Path, default=None, metavar="PEM",
-        help="the audit public key (PEM) to check checkpoints with (default: the public half of the local "
-        "stack's audit key in the state directory)",
+        "--audit-key-fingerprint", default=None, metavar="SHA256HEX",
+        help=f"the pinned audit public key: SHA-256 of its raw bytes (default: ${PINNED_KEY_VARIABLE}); required",
     )  # fmt: skip
+    verify.add_argument(
+        "--public-key", type=Path, default=None, metavar="PEM",
+        help="the audit public key (PEM) to check checkpoints with, if it is not the local stack's (either way "
+        "it must have the pinned fingerprint)",
+    )  # fmt: skip
+    verify.add_argument(
+        "--registry-container", default=REGISTRY_CONTAINER,
+        help=f"the model registry to find the run's models in (default {REGISTRY_CONTAINER})",
+    )  # fmt: skip
+    add_token_options(verify)
     verify.add_argument(
         "--allow-unsigned-tail", action="store_true",
         help="accept entries after the last checkpoint (a log still being written); they are reported as unsigned",
     )  # fmt: skip
     verify.set_defaults(handler=_verify)
+
+    fingerprint = commands.add_parser(
+        "fingerprint", help="print an audit public key's fingerprint, the value to pin",
+        description="Print the SHA-256 of an audit public key (--public-key PEM, default the local stack's "
+        f"audit key): the value to pin with --audit-key-fingerprint or ${PINNED_KEY_VARIABLE}. Take it where "
+        "the key is made, not from a copy an attacker could have replaced.",
+    )  # fmt: skip
+    fingerprint.add_argument("--public-key", type=Path, default=None, metavar="PEM", help="the audit public key")
+    fingerprint.set_defaults(handler=_fingerprint)
 
     show = commands.add_parser(
         "show", help="list a log's entries (no verification)",

@@ -19,8 +19,12 @@ import safetensors.torch
 import torch
 
 import trainer
+from securetrain.audit.tee_log import audit_events as tee_audit_events
+from securetrain.audit.tee_log import collect_tee_logs, verify_tee_log
 from securetrain.cvm_client import CvmClient
+from securetrain.model_provenance import published_keys, verify_attestation_token
 from securetrain.onboarding import DatasetRef
+from securetrain.release_policy import ReleasePolicy
 from securetrain.sealed import KekPrivateKey, SealedReader, inspect
 from securetrain.stack import StackLayout, data_owner
 from securetrain.storage import BlobStore
@@ -130,6 +134,13 @@ def test_an_agent_killed_mid_training_resumes_to_the_same_model(
         assert resumed["state"] == "succeeded", resumed["error"]
         assert resumed["epoch"] == 8
         assert f"resuming run {spec['run_id']} from checkpoints/" in agent.log()
+        # The TEE's event log ran on across the crash: the restarted job's new key was attested into it and
+        # signs everything before it too.
+        policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
+        keys_for = published_keys(local_stack.env["SECURETRAIN_CA_BUNDLE"])
+        tee_log = collect_tee_logs(tee_audit_events(resumed["tee_log"]))[job_id]
+        verdict = verify_tee_log(tee_log, lambda raw: verify_attestation_token(raw, policy, keys_for))
+        assert verdict.kinds["attested"] >= 2 and verdict.kinds["model_sealed"] == 1
         # The same job again on the stack's agent, never interrupted, under another run id.
         uninterrupted = job_spec(local_stack, dataset_ref, epochs=8, batch_size=4)
         assert wait_for(pipeline, pipeline.submit(uninterrupted)["job_id"], finished)["state"] == "succeeded"

@@ -21,6 +21,7 @@ from securetrain.audit import (
     local_signing_key_path,
     public_key_pem,
 )
+from securetrain.audit.checkpoints import key_fingerprint
 from securetrain.cli import main
 
 pytestmark = pytest.mark.integration
@@ -128,25 +129,39 @@ def test_a_tampered_log_is_not_extended(local_stack, log_name, signing_key, raw_
     assert caught.value.seq == 1
 
 
-def test_cli_verify_and_show(local_stack, log_name, signing_key, raw_container, tmp_path: Path, capsys) -> None:
+def test_cli_verify_and_show(
+    local_stack, log_name, signing_key, raw_container, tmp_path: Path, capsys, monkeypatch
+) -> None:
     _record(local_stack, log_name, 6, signing_key)
     state = ["audit", "--state-dir", str(local_stack.state_dir)]
+    pin = ["--audit-key-fingerprint", key_fingerprint(signing_key.public_key())]
 
-    assert main([*state, "verify", "--log", log_name]) == 0
+    # No pinned key: the check cannot complete, so it denies (a key file beside the log proves nothing).
+    monkeypatch.delenv("SECURETRAIN_AUDIT_KEY_FINGERPRINT", raising=False)
+    assert main([*state, "verify", "--log", log_name]) == 2
+    assert "no audit key is pinned" in capsys.readouterr().err
+    assert main([*state, "verify", "--log", log_name, *pin]) == 0
     assert "6 entries, chain intact" in capsys.readouterr().out
+    monkeypatch.setenv("SECURETRAIN_AUDIT_KEY_FINGERPRINT", pin[1])
+    assert main([*state, "verify", "--log", log_name]) == 0
+    capsys.readouterr()
 
     public = tmp_path / "audit.pub.pem"
     public.write_bytes(public_key_pem(signing_key))
-    assert main([*state, "verify", "--log", log_name, "--public-key", str(public)]) == 0
+    assert main([*state, "verify", "--log", log_name, "--public-key", str(public), *pin]) == 0
     capsys.readouterr()
 
     assert main([*state, "show", "--log", log_name]) == 0
     shown = capsys.readouterr().out
     assert "task_state" in shown and "6 entries" in shown
 
+    other_key = Ed25519PrivateKey.generate()
     other = tmp_path / "other.pub.pem"
-    other.write_bytes(public_key_pem(Ed25519PrivateKey.generate()))
-    assert main([*state, "verify", "--log", log_name, "--public-key", str(other)]) == 3
+    other.write_bytes(public_key_pem(other_key))
+    assert main([*state, "verify", "--log", log_name, "--public-key", str(other), *pin]) == 3
+    assert "not the pinned" in capsys.readouterr().err
+    other_pin = ["--audit-key-fingerprint", key_fingerprint(other_key.public_key())]
+    assert main([*state, "verify", "--log", log_name, "--public-key", str(other), *other_pin]) == 3
     assert "does not verify with the audit public key" in capsys.readouterr().err
 
     # One byte of entry 2 edited by someone holding the storage account key.
@@ -156,16 +171,18 @@ def test_cli_verify_and_show(local_stack, log_name, signing_key, raw_container, 
     offset = sum(map(len, lines[:2])) + lines[2].index(b'"i":2') + 4
     tampered = data[:offset] + b"7" + data[offset + 1 :]
     blob.upload_blob(tampered, blob_type=BlobType.APPENDBLOB, overwrite=True)
-    assert main([*state, "verify", "--log", log_name]) == 3
+    assert main([*state, "verify", "--log", log_name, *pin]) == 3
     error = capsys.readouterr().err
     assert "audit entry 2 was changed" in error
 
 
 def test_cli_verify_refuses_a_bad_log_name_or_key_file(local_stack, tmp_path: Path, capsys) -> None:
     state = ["audit", "--state-dir", str(local_stack.state_dir)]
-    assert main([*state, "verify", "--log", "bad/name", "--public-key", str(tmp_path / "none.pem")]) == 2
+    key = Ed25519PrivateKey.generate()
+    pin = ["--audit-key-fingerprint", key_fingerprint(key.public_key())]
+    assert main([*state, "verify", "--log", "bad/name", "--public-key", str(tmp_path / "none.pem"), *pin]) == 2
     assert "cannot read the audit public key" in capsys.readouterr().err
     public = tmp_path / "audit.pub.pem"
-    public.write_bytes(public_key_pem(Ed25519PrivateKey.generate()))
-    assert main([*state, "verify", "--log", "bad/name", "--public-key", str(public)]) == 2
+    public.write_bytes(public_key_pem(key))
+    assert main([*state, "verify", "--log", "bad/name", "--public-key", str(public), *pin]) == 2
     assert "audit log name 'bad/name' is invalid" in capsys.readouterr().err

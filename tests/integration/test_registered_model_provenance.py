@@ -20,6 +20,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.audit.log import AuditLog
+from securetrain.audit.store import BlobAuditStore
+from securetrain.audit.tee_log import audit_events as tee_audit_events
 from securetrain.cli import main
 from securetrain.cvm_client import CvmClient
 from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path, sign_manifest
@@ -51,6 +55,12 @@ def job(local_stack, dataset_ref) -> dict[str, Any]:
             assert time.monotonic() < deadline, current
             time.sleep(0.1)
     assert current["state"] == "succeeded", current["error"]
+    # As the audit stage does: the TEE's own event log into the run's audit log, where `models verify` looks
+    # for the TEE's events up to the head the statement names.
+    with BlobAuditStore.from_stack_env(local_stack.env, run) as audit_store:
+        with AuditLog(audit_store, load_or_create_signing_key(local_signing_key_path(local_stack.state_dir))) as log:
+            for event in tee_audit_events(current["tee_log"]):
+                log.record(event)
     return current
 
 
@@ -91,7 +101,7 @@ def test_a_fresh_version_verifies_and_lists(local_stack, store, shard, job, caps
     version = register(local_stack, store, shard, job)
     assert models_cli(local_stack, version, "verify", version.name, str(version.version)) == 0
     out = capsys.readouterr().out
-    assert "provenance verified" in out and "attested TEE key" in out
+    assert "provenance verified" in out and "attested TEE key" in out and "holds the TEE's events up to" in out
     assert models_cli(local_stack, version, "list", version.name) == 0
     assert job["run_id"] in capsys.readouterr().out
 
@@ -106,8 +116,8 @@ def _rewrite_manifest(store: BlobStore, version: ModelVersion, manifest: dict[st
     ("tamper", "message"),
     [
         ("sealed", "the model was replaced or changed"),
-        ("manifest", "pipeline signature does not verify"),
-        ("signature", "pipeline signature does not verify"),
+        ("manifest", "signature on the model manifest does not verify"),
+        ("signature", "signature on the model manifest does not verify"),
         ("statement", "TEE signature over the model statement does not verify"),
     ],
 )
@@ -149,8 +159,13 @@ def test_export_reseals_for_the_recipient_in_the_tee(local_stack, store, shard, 
     pem = tmp_path / "recipient.pem"
     pem.write_bytes(recipient.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))  # fmt: skip
+    approval = tmp_path / "approval.json"
+    kek = version.manifest["sealed_model"]["kek_id"]
+    assert models_cli(local_stack, version, "approve-export", "--recipient-public-key", str(pem), "--kek-id", kek,
+                      "--out", str(approval)) == 0  # fmt: skip
     out = tmp_path / "model.export.sealed"
-    args = ("export", version.name, str(version.version), "--recipient-public-key", str(pem), "--out", str(out))
+    args = ("export", version.name, str(version.version), "--recipient-public-key", str(pem), "--out", str(out),
+            "--approval", str(approval))  # fmt: skip
     assert models_cli(local_stack, version, *args) == 0
     with out.open("rb") as src:
         reader = SealedReader(src, KekPrivateKey(recipient), expected_context={"kind": "model-export"},
@@ -163,7 +178,8 @@ def test_export_reseals_for_the_recipient_in_the_tee(local_stack, store, shard, 
     bad = tmp_path / "bad.pem"
     bad.write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n-----END PUBLIC KEY-----\n")
     bad_out = tmp_path / "never.sealed"
-    args = ("export", version.name, str(version.version), "--recipient-public-key", str(bad), "--out", str(bad_out))
+    args = ("export", version.name, str(version.version), "--recipient-public-key", str(bad), "--out", str(bad_out),
+            "--approval", str(approval))  # fmt: skip
     assert models_cli(local_stack, version, *args) == 2
     assert "the recipient key is not a PEM public key" in capsys.readouterr().err
     assert not bad_out.exists()

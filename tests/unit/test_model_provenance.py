@@ -42,6 +42,7 @@ MEASUREMENT = "cd" * 48
 SEALED = hashlib.sha256(b"sealed model").hexdigest()
 PLAINTEXT = hashlib.sha256(b"model").hexdigest()
 SHARD = hashlib.sha256(b"shard").hexdigest()
+TEE_LOG_HEAD = {"log_id": "job-1", "seq": 4, "head_hash": hashlib.sha256(b"entry 4").hexdigest()}
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,7 @@ def statement() -> dict[str, Any]:
         run_id="manual__1", sealed_model_sha256=SEALED, model_plaintext_sha256=PLAINTEXT,
         datasets=[DatasetDigest("datasets/a/shard-0.sealed", SHARD)],
         hyperparameters={"epochs": 3, "learning_rate": 0.01}, metrics={"val_accuracy": 0.93},
+        tee_log_head=TEE_LOG_HEAD,
     )  # fmt: skip
 
 
@@ -102,7 +104,7 @@ def pipeline_key() -> Ed25519PrivateKey:
 def manifest(authority, policy, tee_key, pipeline_key) -> dict[str, Any]:
     body = statement()
     document: dict[str, Any] = {
-        "schema": "securetrain.model-manifest/v2", "name": "demo", "version": 1,
+        "schema": "securetrain.model-manifest/v3", "name": "demo", "version": 1, "tee_log_head": TEE_LOG_HEAD,
         "sealed_model": {"blob": f"demo/sealed/{SEALED}.sealed", "sha256": SEALED, "plaintext_sha256": PLAINTEXT},
         "lineage": {"run_id": "manual__1", "release_policy_sha256": policy.sha256,
                     "dataset": {"shards": [{"blob": "datasets/a/shard-0.sealed", "plaintext_sha256": SHARD}]}},
@@ -148,10 +150,10 @@ def _resign(pipeline_key: Ed25519PrivateKey) -> Callable[[dict[str, Any]], None]
 @pytest.mark.parametrize(
     ("tamper", "message"),
     [
-        (lambda m: m["lineage"].update(run_id="other"), "pipeline signature does not verify"),
-        (lambda m: m["sealed_model"].update(size=1), "pipeline signature does not verify"),
-        (lambda m: m["signatures"][0].update(value="00" * 64), "pipeline signature does not verify"),
-        (lambda m: m.pop("signatures"), "carries no pipeline signature"),
+        (lambda m: m["lineage"].update(run_id="other"), "signature on the model manifest does not verify"),
+        (lambda m: m["sealed_model"].update(size=1), "signature on the model manifest does not verify"),
+        (lambda m: m["signatures"][0].update(value="00" * 64), "signature on the model manifest does not verify"),
+        (lambda m: m.pop("signatures"), "the model manifest carries no signature"),
         (lambda m: m["signatures"][0].update(key_id="00" * 32), "not signed by the pipeline key"),
     ],
 )
@@ -180,6 +182,7 @@ def test_a_replaced_sealed_model_fails_first(manifest, authority, policy, pipeli
         (lambda m: m["sealed_model"].update(plaintext_sha256="4" * 64), "model_plaintext_sha256"),
         (lambda m: m["lineage"].update(run_id="manual__2"), "run_id"),
         (lambda m: m["lineage"].update(release_policy_sha256="5" * 64), "names release policy"),
+        (lambda m: m.update(tee_log_head={**TEE_LOG_HEAD, "seq": 2}), "TEE log head"),  # a rollback claimed
     ],
 )
 def test_a_statement_that_disagrees_with_the_manifest_fails_naming_it(
