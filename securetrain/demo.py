@@ -5,7 +5,9 @@
 3. ``airflow dags test data_onboarding``: the data owner validates the bundled breast-cancer data with
    Great Expectations, seals it for the KEK's public key and publishes it as a dataset version;
 4. ``airflow dags test secure_training``: every stage, from environment preparation to cleanup;
-5. a summary, read back from what the run left behind: the registered model version's manifest (lineage:
+5. ``airflow dags test key_rotation``: a new KEK version, and the TEE rewraps the data key of every sealed
+   blob (the dataset, the checkpoints, the model) to it; Airflow verifies the headers;
+6. a summary, read back from what the run left behind: the registered model version's manifest (lineage:
    attestation claims, key release, validation, metrics) and the audit log, verified afresh.
 
 The full Airflow output goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
@@ -14,15 +16,14 @@ The full Airflow output goes to ``<state>/demo/<dag>.log``; the console shows ea
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from securetrain.airflow_env import airflow_environment, migrate
-from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.airflow_env import migrate, process_environment
+from securetrain.audit.checkpoints import key_fingerprint, load_or_create_signing_key, local_signing_key_path
 from securetrain.audit.log import AuditLog
 from securetrain.audit.store import BlobAuditStore
 from securetrain.errors import SecuretrainError
@@ -48,7 +49,7 @@ def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None
     to the pipeline's Airflow environment (the data owner's connection, for the owner's own DAG)."""
     log_path = state_dir / "demo" / f"{dag_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **airflow_environment(state_dir), **(overrides or {})}
+    env = process_environment(state_dir, overrides=overrides)
     airflow = str(Path(sys.executable).parent / "airflow")
     lines = []
     with log_path.open("w") as log, subprocess.Popen(
@@ -69,6 +70,19 @@ def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None
     return text
 
 
+def _rotation(env: Mapping[str, str], output: str) -> dict[str, object]:
+    """The ``rotation`` event key_rotation recorded, from the audit log its output names."""
+    match = re.search(r"rotation recorded in audit log (\S+):", output)
+    if match is None:
+        raise DemoFailed("key_rotation named no audit log")
+    with BlobAuditStore.from_stack_env(env, match.group(1)) as audit_store:
+        events = [json.loads(entry.line)["event"] for entry in AuditLog(audit_store).entries()]
+    rotations = [event["details"] for event in events if event["kind"] == "rotation"]
+    if not rotations or not rotations[-1].get("complete"):
+        raise DemoFailed(f"key_rotation recorded no complete rotation in audit log {match.group(1)}")
+    return rotations[-1]
+
+
 def run(state_dir: Path | None = None) -> dict[str, object]:
     config = StackConfig.resolve(state_dir)
     root = config.layout.root
@@ -85,8 +99,10 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     if match is None:
         raise DemoFailed("the audit stage named no report")
     run_name = match.group(1)
+    _step(5, "airflow dags test key_rotation (new KEK version; the TEE rewraps every data key to it)")
+    rotation = _rotation(env, _dags_test(root, "key_rotation"))
 
-    _step(5, "summary, read back from the model registry and the audit log")
+    _step(6, "summary, read back from the model registry and the audit log")
     with BlobStore.from_stack_env(env) as store:
         registry = ModelRegistry(store)
         version = registry.get(MODEL, registry.versions(MODEL)[-1])
@@ -112,9 +128,13 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     print(f"    model:        {MODEL} version {version.version}, sealed sha256 {version.manifest['sealed_model']['sha256'][:16]}…")
     print(f"    audit:        {verdict.summary()} (report reports/{report['run']}/audit.json)")
     print(f"    cleanup:      {cleaned[-1] if cleaned else 'not recorded'}")
+    print(f"    rotation:     new KEK version {rotation['kek_id']}: the TEE rewrapped {rotation['rewrapped']} data "
+          f"key(s) and checked {rotation['dek_checked_in_tee']}; every sealed blob ({rotation['verified']}) names the "
+          "new version (no data re-encrypted, no data key outside the TEE)")
     print(f"    run report:   reports/{run_name}/report.html (also on the Secure training page: make airflow)")
     print(f"    verify it:    .venv/bin/securetrain models verify {MODEL} {version.version}; "
-          f".venv/bin/securetrain audit verify --log {run_name}")
-    summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics}
+          f".venv/bin/securetrain audit verify --log {run_name} --audit-key-fingerprint {key_fingerprint(public_key)}")
+    summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics,
+               "rotated_to": rotation["kek_id"]}  # fmt: skip
     print("demo complete:", json.dumps(summary))
     return summary

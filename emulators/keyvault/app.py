@@ -1,12 +1,13 @@
 """The HTTP face of the Key Vault stand-in: the keys REST API as ``azure-keyvault-keys`` calls it.
 
     POST   /keys/{name}/create                 create a key (or a new version of it)
-    POST   /keys/{name}/rotate                 new version with the latest version's settings
+    POST   /keys/{name}/rotate                 new version with the latest version's settings and release policy
     GET    /keys/{name}/{version}              a version ("" = the latest)
-    PATCH  /keys/{name}/{version}              update attributes, key_ops, tags, release policy
+    PATCH  /keys/{name}/{version}              update attributes, key_ops, tags, release policy (403 if immutable)
     GET    /keys                               list keys (latest version's attributes)
     GET    /keys/{name}/versions               list a key's versions
     DELETE /keys/{name}                        soft-delete; GET/DELETE /deletedkeys/{name}, POST .../recover
+                                               (purge refused with 403 while the vault has purge protection)
     POST   /keys/{name}/{version}/encrypt|decrypt|wrapkey|unwrapkey   RSA-OAEP, RSA-OAEP-256
     POST   /keys/{name}/{version}/release      Secure Key Release: {"target": token} -> {"value": JWS}
 
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -56,6 +56,7 @@ from emulators.keyvault.store import (
     StoredKey,
     load_or_create_master_key,
 )
+from securetrain.json_input import JsonInputError, read_json_object
 from securetrain.release_policy import ReleasePolicy, ReleasePolicyInvalid
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,13 @@ KEY_TYPES = ("RSA", "RSA-HSM")
 KEY_OPERATIONS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey", "import", "export")
 DEFAULT_KEY_OPS = ("encrypt", "decrypt", "sign", "verify", "wrapKey", "unwrapKey")
 POLICY_CONTENT_TYPE = "application/json; charset=utf-8"
-_RECOVERY_LEVEL = "Recoverable+Purgeable"
+# Key Vault documents no request size limit for the keys API; ours is far above any body it defines
+# (the largest is a release policy) and bounds what one request can make the stand-in hold.
+MAX_BODY_BYTES = 256 << 10
+# Soft delete is always on; purge protection is a vault setting (--purge-protection). The levels and their
+# meaning: DeletionRecoveryLevel in the Key Vault REST API (docs/keys.md, "Purge protection").
+RECOVERY_LEVEL_PURGEABLE = "Recoverable+Purgeable"
+RECOVERY_LEVEL_PROTECTED = "Recoverable"
 _OAEP = {
     "RSA-OAEP": padding.OAEP(mgf=padding.MGF1(hashes.SHA1()), algorithm=hashes.SHA1(), label=None),
     "RSA-OAEP-256": padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None),
@@ -118,6 +125,12 @@ class VaultConfig:
     ca_bundle: Path
     cert_file: Path
     key_file: Path
+    #: Azure's purge protection: a deleted key cannot be purged before its retention period ends.
+    purge_protection: bool = False
+
+    @property
+    def recovery_level(self) -> str:
+        return RECOVERY_LEVEL_PROTECTED if self.purge_protection else RECOVERY_LEVEL_PURGEABLE
 
 
 def _b64url(data: bytes) -> str:
@@ -133,12 +146,12 @@ def _unb64url(text: Any, field: str) -> bytes:
         raise _bad(f"'{field}' is not valid base64url") from None
 
 
-def _attributes(version: KeyVersion) -> dict[str, Any]:
+def _attributes(version: KeyVersion, recovery_level: str) -> dict[str, Any]:
     attributes: dict[str, Any] = {
         "enabled": version.enabled,
         "created": version.created,
         "updated": version.updated,
-        "recoveryLevel": _RECOVERY_LEVEL,
+        "recoveryLevel": recovery_level,
         "recoverableDays": RECOVERABLE_DAYS,
         "exportable": version.exportable,
     }
@@ -153,7 +166,7 @@ def _key_id(vault: str, version: KeyVersion) -> str:
     return f"{vault}/keys/{version.name}/{version.version}"
 
 
-def _key_bundle(vault: str, version: KeyVersion) -> dict[str, Any]:
+def _key_bundle(vault: str, version: KeyVersion, recovery_level: str) -> dict[str, Any]:
     numbers = version.public_numbers
     bundle: dict[str, Any] = {
         "key": {
@@ -163,7 +176,7 @@ def _key_bundle(vault: str, version: KeyVersion) -> dict[str, Any]:
             "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
             "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
         },
-        "attributes": _attributes(version),
+        "attributes": _attributes(version, recovery_level),
     }
     if version.tags:
         bundle["tags"] = dict(version.tags)
@@ -176,10 +189,10 @@ def _key_bundle(vault: str, version: KeyVersion) -> dict[str, Any]:
     return bundle
 
 
-def _deleted_bundle(vault: str, key: StoredKey) -> dict[str, Any]:
+def _deleted_bundle(vault: str, key: StoredKey, recovery_level: str) -> dict[str, Any]:
     assert key.deleted_at is not None
     return {
-        **_key_bundle(vault, key.latest),
+        **_key_bundle(vault, key.latest, recovery_level),
         "recoveryId": f"{vault}/deletedkeys/{key.name}",
         "deletedDate": key.deleted_at,
         "scheduledPurgeDate": key.deleted_at + RECOVERABLE_DAYS * 86400,
@@ -199,7 +212,7 @@ def _parse_policy(document: Any) -> tuple[bytes, bool]:
     if not isinstance(document, dict):
         raise _bad("'release_policy' must be an object with 'data' (base64url policy JSON)")
     content_type = document.get("contentType") or POLICY_CONTENT_TYPE
-    if content_type.replace(" ", "").lower() != POLICY_CONTENT_TYPE.replace(" ", ""):
+    if not isinstance(content_type, str) or content_type.replace(" ", "").lower() != POLICY_CONTENT_TYPE.replace(" ", ""):
         raise _bad(f"release_policy contentType {content_type!r} is not supported (only {POLICY_CONTENT_TYPE})")
     immutable = document.get("immutable", False)
     if not isinstance(immutable, bool):
@@ -227,12 +240,8 @@ def _create_spec(body: Mapping[str, Any]) -> KeySpec:
     kty = body.get("kty")
     if kty not in KEY_TYPES:
         raise _bad(f"The key type {kty!r} is not supported by this vault (supported: {', '.join(KEY_TYPES)})")
-    key_size = body.get("key_size") or 2048
-    if key_size not in RSA_KEY_SIZES:
-        raise _bad(f"RSA key size {key_size!r} is not supported (supported: {', '.join(map(str, RSA_KEY_SIZES))})")
-    exponent = body.get("public_exponent") or 65537
-    if exponent != 65537:
-        raise _bad(f"public exponent {exponent!r} is not supported (only 65537)")
+    key_size = _integer(body.get("key_size") or 2048, "RSA key size", RSA_KEY_SIZES)
+    exponent = _integer(body.get("public_exponent") or 65537, "public exponent", (65537,))
     attributes = body.get("attributes") or {}
     if not isinstance(attributes, dict):
         raise _bad("'attributes' must be an object")
@@ -290,14 +299,17 @@ def _updated(version: KeyVersion, body: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
     try:
-        body = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
-        raise _bad("The request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise _bad("The request body must be a JSON object")
-    return body
+        return read_json_object(await request.body(), max_bytes=MAX_BODY_BYTES, what="The request body")
+    except JsonInputError as exc:
+        raise _bad(str(exc)) from None
+
+
+def _integer(value: Any, field: str, allowed: tuple[int, ...]) -> int:
+    # Not ``value in allowed``: 2048.0 == 2048, and a float key size would fail deep in key generation.
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise _bad(f"{field} {value!r} is not supported (supported: {', '.join(map(str, allowed))})")
+    return value
 
 
 def create_app(config: VaultConfig) -> FastAPI:
@@ -306,6 +318,7 @@ def create_app(config: VaultConfig) -> FastAPI:
     authorizer = Authorizer(config.identity_issuer, str(config.ca_bundle), config.roles_file)
     releaser = KeyReleaser(str(config.ca_bundle), ReleaseSigner.from_files(str(config.cert_file), str(config.key_file)))
     access_log = DecisionLog(config.data_dir / "access.jsonl")
+    recovery_level = config.recovery_level
     challenge = f'Bearer authorization="{authorizer.issuer}", resource="{VAULT_RESOURCE}"'
     app = FastAPI(title="securetrain Key Vault stand-in", docs_url=None, redoc_url=None, openapi_url=None)
 
@@ -390,13 +403,15 @@ def create_app(config: VaultConfig) -> FastAPI:
         version = store.new_version(name, spec)
         store.save(StoredKey(name, (*(existing.versions if existing else ()), version)))
         log.info("created key %s version %s (%s %d)", name, version.version, spec.kty, spec.key_size)
-        return JSONResponse(_key_bundle(vault_url(request), version))
+        return JSONResponse(_key_bundle(vault_url(request), version, recovery_level))
 
     @app.post("/keys/{name}/rotate")
     async def rotate_key(name: str, request: Request) -> JSONResponse:
         guard(request, Action.ROTATE, name)
         key = live_key(name)
         latest = key.latest
+        # "Creates a new version of an existing key (with the same parameters)" (Azure's description of the
+        # rotate action): the new version keeps the latest one's release policy, immutability included.
         spec = KeySpec(
             kty=latest.kty, key_size=latest.key_size, public_exponent=latest.public_numbers.e, key_ops=latest.key_ops,
             enabled=True, not_before=None, expires=None, exportable=latest.exportable,
@@ -405,7 +420,7 @@ def create_app(config: VaultConfig) -> FastAPI:
         version = store.new_version(name, spec)
         store.save(StoredKey(name, (*key.versions, version)))
         log.info("rotated key %s: new version %s", name, version.version)
-        return JSONResponse(_key_bundle(vault_url(request), version))
+        return JSONResponse(_key_bundle(vault_url(request), version, recovery_level))
 
     @app.get("/keys")
     async def list_keys(request: Request) -> JSONResponse:
@@ -416,7 +431,7 @@ def create_app(config: VaultConfig) -> FastAPI:
             key = store.load(name)
             if key is None or key.deleted_at is not None:
                 continue
-            item: dict[str, Any] = {"kid": f"{vault}/keys/{name}", "attributes": _attributes(key.latest)}
+            item: dict[str, Any] = {"kid": f"{vault}/keys/{name}", "attributes": _attributes(key.latest, recovery_level)}
             if key.latest.tags:
                 item["tags"] = dict(key.latest.tags)
             items.append(item)
@@ -427,7 +442,7 @@ def create_app(config: VaultConfig) -> FastAPI:
         guard(request, Action.READ, name)
         vault = vault_url(request)
         items = [
-            {"kid": _key_id(vault, v), "attributes": _attributes(v), **({"tags": dict(v.tags)} if v.tags else {})}
+            {"kid": _key_id(vault, v), "attributes": _attributes(v, recovery_level), **({"tags": dict(v.tags)} if v.tags else {})}
             for v in live_key(name).versions
         ]
         return JSONResponse({"value": items, "nextLink": None})
@@ -435,7 +450,7 @@ def create_app(config: VaultConfig) -> FastAPI:
     @app.get("/keys/{name}/{version:optseg}")
     async def get_key(name: str, version: str, request: Request) -> JSONResponse:
         guard(request, Action.READ, name, version)
-        return JSONResponse(_key_bundle(vault_url(request), key_version(name, version)))
+        return JSONResponse(_key_bundle(vault_url(request), key_version(name, version), recovery_level))
 
     @app.patch("/keys/{name}/{version:optseg}")
     async def update_key(name: str, version: str, request: Request) -> JSONResponse:
@@ -446,7 +461,7 @@ def create_app(config: VaultConfig) -> FastAPI:
         new = store.updated(current, **changes)
         store.save(StoredKey(name, tuple(new if v.version == current.version else v for v in key.versions)))
         log.info("updated key %s version %s: %s", name, current.version, ", ".join(sorted(changes)) or "nothing")
-        return JSONResponse(_key_bundle(vault_url(request), new))
+        return JSONResponse(_key_bundle(vault_url(request), new, recovery_level))
 
     @app.delete("/keys/{name}")
     async def delete_key(name: str, request: Request) -> JSONResponse:
@@ -455,17 +470,21 @@ def create_app(config: VaultConfig) -> FastAPI:
         deleted = StoredKey(name, key.versions, int(time.time()))
         store.save(deleted)
         log.info("deleted key %s (recoverable for %d days)", name, RECOVERABLE_DAYS)
-        return JSONResponse(_deleted_bundle(vault_url(request), deleted))
+        return JSONResponse(_deleted_bundle(vault_url(request), deleted, recovery_level))
 
     @app.get("/deletedkeys/{name}")
     async def get_deleted_key(name: str, request: Request) -> JSONResponse:
-        guard(request, Action.READ_DELETED, name)
-        return JSONResponse(_deleted_bundle(vault_url(request), deleted_key(name)))
+        guard(request, Action.READ, name)
+        return JSONResponse(_deleted_bundle(vault_url(request), deleted_key(name), recovery_level))
 
     @app.delete("/deletedkeys/{name}")
     async def purge_deleted_key(name: str, request: Request) -> Response:
         guard(request, Action.PURGE, name)
         deleted_key(name)
+        if config.purge_protection:
+            # Azure's answer (403) and wording; with purge protection nobody purges, whatever their role.
+            raise VaultError(403, "Forbidden", 'Operation "purge" is not allowed because purge protection is enabled for '
+                             "this vault. Key Vault service will automatically purge it after the retention period has passed.")
         store.remove(name)
         log.info("purged key %s", name)
         return Response(status_code=204)
@@ -476,7 +495,7 @@ def create_app(config: VaultConfig) -> FastAPI:
         key = StoredKey(name, deleted_key(name).versions)
         store.save(key)
         log.info("recovered key %s", name)
-        return JSONResponse(_key_bundle(vault_url(request), key.latest))
+        return JSONResponse(_key_bundle(vault_url(request), key.latest, recovery_level))
 
     @app.post("/keys/{name}/{version:optseg}/{operation}")
     async def key_operation(name: str, version: str, operation: str, request: Request) -> JSONResponse:
@@ -489,7 +508,7 @@ def create_app(config: VaultConfig) -> FastAPI:
         found = key_version(name, version)
         body = await _json_body(request)
         algorithm = body.get("alg")
-        if algorithm not in _OAEP:
+        if not isinstance(algorithm, str) or algorithm not in _OAEP:
             raise _bad(f"Algorithm {algorithm!r} is not supported for {key_op} (supported: {', '.join(_OAEP)})")
         value = _unb64url(body.get("value"), "value")
         if key_op not in found.key_ops:
@@ -520,7 +539,7 @@ def create_app(config: VaultConfig) -> FastAPI:
         try:
             jws = releaser.release(
                 found, store.private_key_der(found), key_id, target=target, enc=enc, nonce=nonce,
-                api_version=request.query_params["api-version"], key_bundle=_key_bundle(vault, found),
+                api_version=request.query_params["api-version"], key_bundle=_key_bundle(vault, found, recovery_level),
             )  # fmt: skip
         except ReleaseRefused as exc:
             access_log.record(decision="release-denied", operation=Action.RELEASE.value, key=name,

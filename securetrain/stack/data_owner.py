@@ -18,6 +18,7 @@ from securetrain import signed_documents
 from securetrain.audit.checkpoints import load_or_create_signing_key, public_key_pem
 from securetrain.fsutil import atomic_output
 from securetrain.stack.layout import StackLayout
+from trainer.data_owners import load_owner_key
 from trainer.workload import host_data
 
 
@@ -41,8 +42,14 @@ def signing_key(layout: StackLayout) -> Ed25519PrivateKey:
 
 
 def key_ids(layout: StackLayout) -> list[str]:
-    """The ids of the data owner keys the local TEE trusts (the stack's one owner)."""
-    return [signed_documents.key_id(signing_key(layout).public_key())]
+    """The ids of the data owner keys the TEE of ``layout`` trusts: the public key in its policies.
+
+    In the local stack the owner's key is made here on first use; a deployment hands only the public
+    half to the trainer's tree (``docker/pki_init.py``), which then never holds the private key.
+    """
+    if not public_key_path(layout).exists():
+        signing_key(layout)
+    return [signed_documents.key_id(load_owner_key(public_key_path(layout)))]
 
 
 def stack_host_data(layout: StackLayout) -> bytes:

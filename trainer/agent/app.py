@@ -12,8 +12,13 @@ client without a certificate never gets this far: the TLS handshake refuses it.
     GET  /v1/attestation           both       the latest token and its claims (404 before the first)
     POST /v1/attestation           both       attest now for the caller's nonce ({"nonce": ...}): a fresh token
                                               proving the TEE is genuine and running the approved trainer now
-    POST /v1/exports               pipeline   re-seal a registered model for a recipient's RSA public key: the
-                                              sealed bytes (424 if a security check refused, 400 bad request)
+    POST /v1/exports               pipeline   re-seal a registered model for a recipient the data owner approved
+                                              (trainer.agent.exports): the sealed bytes, the export recorded by
+                                              the TEE (400 bad request, 403 not approved, 404 no such model,
+                                              424 a security check refused)
+    POST /v1/rewraps               pipeline   KEK rotation: rewrap every data key of the named containers to a
+                                              new KEK version, in the TEE; a TEE-signed statement of what was
+                                              done (trainer.agent.rewrap; 424 refused, 400 bad request)
     GET  /metrics                  both       Prometheus text
 
 Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
@@ -22,9 +27,7 @@ Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import re
 import time
 from typing import Annotated, Any
 
@@ -33,18 +36,22 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from securetrain.errors import SecuretrainError
-from securetrain.model_provenance import RecipientKeyInvalid, recipient_key
+from securetrain.json_input import JsonInputError, read_json
+from securetrain.model_export import ExportNotApproved
+from securetrain.storage import BlobNotFound, ContainerNotFound
 from trainer.agent import metrics
 from trainer.agent.health import GpuProbe, machine_health
-from trainer.agent.jobs import ExportRequest, JobConflict, JobNotFound, JobRunner
+from trainer.agent.exports import ExportRequestInvalid, parse_export_request
+from trainer.agent.jobs import JobConflict, JobNotFound, JobRunner
+from trainer.agent.rewrap import RewrapRequestInvalid, parse_rewrap_request
 from trainer.agent.tls import TLS_EXTENSION
+from trainer.attest import NONCE_PATTERN
 from trainer.job_spec import JobSpec, JobSpecError
 
 log = logging.getLogger(__name__)
 
-NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,200}")
-
 MAX_SPEC_BYTES = 1 << 20
+MAX_CHALLENGE_BYTES = 1 << 10
 
 
 class Role(enum.StrEnum):
@@ -85,33 +92,6 @@ def _error(status: int, exc: SecuretrainError, **extra: Any) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": error})
 
 
-_EXPORT_FIELDS = {"kek_id", "run_id", "container", "blob", "sealed_sha256", "recipient_public_key", "nonce"}
-
-
-def _export_request(body: bytes) -> ExportRequest:
-    """Parse ``POST /v1/exports``: a JSON object of exactly :data:`_EXPORT_FIELDS`, all strings."""
-    try:
-        document = json.loads(body)
-    except ValueError as exc:
-        raise InvalidRequest(f"the body is not JSON: {exc}") from None
-    if not isinstance(document, dict) or set(document) != _EXPORT_FIELDS:
-        raise InvalidRequest(f"the export request must be a JSON object with exactly {sorted(_EXPORT_FIELDS)}")
-    if not all(isinstance(value, str) and value for value in document.values()):
-        raise InvalidRequest("every field of the export request is a non-empty string")
-    if not NONCE_PATTERN.fullmatch(document["nonce"]):
-        raise InvalidRequest("the nonce must be 22-200 characters of base64url (at least 128 bits)")
-    if not re.fullmatch(r"[0-9a-f]{64}", document["sealed_sha256"]):
-        raise InvalidRequest("sealed_sha256 must be a lowercase hex SHA-256")
-    try:
-        recipient = recipient_key(document["recipient_public_key"].encode())
-    except RecipientKeyInvalid as exc:
-        raise InvalidRequest(str(exc)) from None
-    return ExportRequest(
-        kek_id=document["kek_id"], run_id=document["run_id"], container=document["container"],
-        blob=document["blob"], sealed_sha256=document["sealed_sha256"], recipient=recipient, nonce=document["nonce"],
-    )  # fmt: skip
-
-
 def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
     """The API for ``runner``'s jobs."""
     app = FastAPI(title="securetrain trainer agent", docs_url=None, redoc_url=None, openapi_url=None)
@@ -119,6 +99,10 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
     @app.exception_handler(JobSpecError)
     async def _bad_spec(_: Request, exc: JobSpecError) -> JSONResponse:
         return _error(400, exc, field=exc.field)
+
+    @app.exception_handler(JsonInputError)
+    async def _bad_json(_: Request, exc: JsonInputError) -> JSONResponse:
+        return _error(400, exc, **({"field": exc.field} if exc.field else {}))
 
     for error_type, status in ((InvalidRequest, 400), (Forbidden, 403), (JobNotFound, 404), (JobConflict, 409)):
 
@@ -129,13 +113,8 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
 
     @app.post("/v1/jobs", dependencies=[Depends(require_pipeline)])
     async def submit(request: Request) -> JSONResponse:
-        body = await request.body()
-        if len(body) > MAX_SPEC_BYTES:
-            raise InvalidRequest(f"job spec is {len(body)} bytes; at most {MAX_SPEC_BYTES} are accepted")
-        try:
-            document = json.loads(body)
-        except ValueError as exc:
-            raise InvalidRequest(f"the body is not JSON: {exc}") from None
+        # Nothing is queued, attested or spent before the spec passed every check.
+        document = read_json(await request.body(), max_bytes=MAX_SPEC_BYTES, what="the job spec")
         spec = JobSpec.from_json(document)
         record, created = runner.submit(spec)
         return JSONResponse(status_code=201 if created else 200, content=record.public_view())
@@ -190,10 +169,10 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
 
     @app.post("/v1/attestation", dependencies=[Depends(client_role)])
     async def attest_challenge(request: Request) -> JSONResponse:
-        try:
-            nonce = json.loads(await request.body())["nonce"]
-        except (ValueError, KeyError, TypeError):
-            raise InvalidRequest('the body must be JSON {"nonce": "..."}') from None
+        document = read_json(await request.body(), max_bytes=MAX_CHALLENGE_BYTES, what="the attestation request")
+        if not isinstance(document, dict) or set(document) != {"nonce"}:
+            raise InvalidRequest('the body must be the JSON object {"nonce": "..."} and nothing else')
+        nonce = document["nonce"]
         if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
             raise InvalidRequest("the nonce must be 22-200 characters of base64url (at least 128 bits)")
         try:
@@ -203,18 +182,37 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
             return _error(424 if exc.security_violation else 503, exc)
         return JSONResponse(content={"token": token.raw, "claims": dict(token.claims), "attested_at": time.time()})
 
+    @app.exception_handler(ExportRequestInvalid)
+    async def _bad_export(_: Request, exc: ExportRequestInvalid) -> JSONResponse:
+        return _error(400, exc, field=exc.field)
+
     @app.post("/v1/exports", dependencies=[Depends(require_pipeline)])
     async def export(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_SPEC_BYTES:
-            raise InvalidRequest(f"the export request is {len(body)} bytes; at most {MAX_SPEC_BYTES} are accepted")
-        export_request = _export_request(body)
+        export_request = parse_export_request(await request.body())  # nothing is spent on a bad request
         try:
             sealed = await run_in_threadpool(runner.export_model, export_request)
+        except ExportNotApproved as exc:
+            return _error(403, exc)
+        except (BlobNotFound, ContainerNotFound) as exc:
+            return _error(404, exc)
         except SecuretrainError as exc:
             # Not 503: the client retries those, and a retry would present the spent nonce again.
             return _error(424 if exc.security_violation else 500, exc)
         return Response(content=sealed, media_type="application/octet-stream")
+
+    @app.exception_handler(RewrapRequestInvalid)
+    async def _bad_rewrap(_: Request, exc: RewrapRequestInvalid) -> JSONResponse:
+        return _error(400, exc, **({"field": exc.field} if exc.field else {}))
+
+    @app.post("/v1/rewraps", dependencies=[Depends(require_pipeline)])
+    async def rewrap(request: Request) -> JSONResponse:
+        rewrap_request = parse_rewrap_request(await request.body())  # before any nonce is spent
+        try:
+            answer = await run_in_threadpool(runner.rewrap, rewrap_request)
+        except SecuretrainError as exc:
+            # As for exports: not 503, which the client retries with the nonce already spent.
+            return _error(424 if exc.security_violation else 500, exc)
+        return JSONResponse(content=answer)
 
     @app.get("/metrics", dependencies=[Depends(client_role)])
     async def prometheus() -> PlainTextResponse:

@@ -29,17 +29,22 @@ from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from securetrain.attestation.tokens import ValidatedToken
+from securetrain.audit.tee_log import TeeEventKind
 from securetrain.errors import SecuretrainError, SecurityViolation
 from securetrain.fsutil import atomic_output
 from securetrain.model_provenance import DatasetDigest, model_statement, sign_statement
-from securetrain.sealed import KekPublicKey, SealedHeader, SealedReader, content_digest, seal
+from securetrain.sealed import SealedHeader, content_digest
 from securetrain.sealed.errors import SealedFileError
 from securetrain.sealed.header import read_header
 from securetrain.storage import BlobInfo, BlobStore
+from trainer.agent.exports import ExportRequest, export_model
+from trainer.agent.rewrap import RewrapRequest, run_rewrap
+from trainer.agent.tee_events import TeeEvents
 from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from trainer.data_owners import DataOwnerKeys
 from trainer.datasets import resolve_training
 from trainer.job_spec import (
+    CheckpointLocation,
     DataValidationFailed,
     JobKeys,
     JobSpec,
@@ -48,6 +53,7 @@ from trainer.job_spec import (
     TrainingResult,
     TrainingSpec,
 )
+from trainer.release import ReleasedKek
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +125,8 @@ class _WitnessedStore:
     """The job's storage as training sees it, with the agent as witness.
 
     It records the sealed header of every dataset shard training reads and the digests of the sealed model
-    it uploads, so that the statement the TEE signs names exactly the bytes training read and wrote, not
-    whatever storage holds when someone looks later (anyone can seal a file for the KEK's public key).
+    and checkpoints it uploads, so that what the TEE signs names exactly the bytes training read and wrote,
+    not whatever storage holds when someone looks later (anyone can seal a file for the KEK's public key).
     """
 
     def __init__(self, store: BlobStore, spec: TrainingSpec) -> None:
@@ -128,6 +134,7 @@ class _WitnessedStore:
         self._spec = spec
         self._shards: dict[tuple[str, str], _HeaderWitness] = {}
         self.model: tuple[str, str] | None = None  # (sealed SHA-256, plaintext SHA-256)
+        self.checkpoints: dict[str, str] = {}  # checkpoint blob -> sealed SHA-256 (content digest)
 
     def open_read(self, container: str, blob: str) -> BinaryIO:
         src = self._store.open_read(container, blob)
@@ -138,14 +145,17 @@ class _WitnessedStore:
         return witness  # type: ignore[return-value]
 
     def upload_stream(self, container: str, blob: str, stream: BinaryIO, **options: Any) -> BlobInfo:
-        output = self._spec.output
-        if (container, blob) != (output.container, output.blob):
+        output, checkpoints = self._spec.output, self._spec.checkpoints
+        is_model = (container, blob) == (output.container, output.blob)
+        if not is_model and not (container == checkpoints.container and blob.startswith(checkpoints.prefix)):
             return self._store.upload_stream(container, blob, stream, **options)
-        # The sealed model is small enough to be in memory already (training sealed it there).
+        # Sealed models and checkpoints are small enough to be in memory already (training sealed them there).
         length = options.pop("length", None)
         sealed = stream.read() if length is None else stream.read(length)
-        header = read_header(io.BytesIO(sealed))
-        self.model = (content_digest(sealed), header.content.plaintext_sha256)
+        if is_model:
+            self.model = (content_digest(sealed), read_header(io.BytesIO(sealed)).content.plaintext_sha256)
+        else:
+            self.checkpoints[blob] = content_digest(sealed)
         return self._store.upload_stream(container, blob, io.BytesIO(sealed), length=len(sealed), **options)
 
     def list_blobs(self, container: str, prefix: str = "") -> Any:
@@ -165,24 +175,6 @@ class _WitnessedStore:
         return digests
 
 
-class ExportRejected(SecurityViolation):
-    """The model to export is not the one asked for: another digest, or sealed for another run or KEK."""
-
-
-@dataclass(frozen=True)
-class ExportRequest:
-    """Re-seal the sealed model at ``container/blob`` (SHA-256 ``sealed_sha256``, trained by ``run_id`` under
-    ``kek_id``) for ``recipient``'s RSA public key; ``nonce`` is the fresh attestation nonce for this export."""
-
-    kek_id: str
-    run_id: str
-    container: str
-    blob: str
-    sealed_sha256: str
-    recipient: KekPublicKey
-    nonce: str
-
-
 class TrainingFunction(Protocol):
     """``trainer.training.run_training``'s signature (see trainer.job_spec)."""
 
@@ -200,6 +192,8 @@ class KeyReleaser(Protocol):
     """Secure Key Release (trainer.release.VaultKeyReleaser): the KEK, released to ``tee_key``."""
 
     def release(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> JobKeys: ...
+
+    def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek: ...
 
 
 @dataclass(frozen=True)
@@ -236,6 +230,8 @@ class JobRecord:
     key_release: Mapping[str, Any] | None = None
     # Every state the job entered, with its time: the job's events for the audit log.
     transitions: list[Mapping[str, Any]] = field(default_factory=list)
+    # What the TEE witnessed, signed with its attested key (securetrain.audit.tee_log, trainer.agent.tee_events).
+    tee_log: Mapping[str, Any] | None = None
     result: Mapping[str, Any] | None = None
     error: JobError | None = None
     cancel_requested: bool = False
@@ -295,16 +291,26 @@ class _JobProgress:
     """The :class:`ProgressSink` the training side reports to; it updates the job's record."""
 
     def __init__(
-        self, runner: JobRunner, job_id: str, renewal_failure: Callable[[], ReattestationFailed | None]
-    ) -> None:
+        self, runner: JobRunner, job_id: str, renewal_failure: Callable[[], ReattestationFailed | None],
+        events: TeeEvents, witness: _WitnessedStore, checkpoints: CheckpointLocation,
+    ) -> None:  # fmt: skip
         self._runner = runner
         self._job_id = job_id
         self._renewal_failure = renewal_failure
+        self._events = events
+        self._witness = witness
+        self._checkpoints = checkpoints
 
     def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        self._events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(aggregates)})
         self._runner._update(self._job_id, state=JobState.TRAINING, validation=dict(aggregates))
 
     def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        self._events.record(TeeEventKind.CHECKPOINT_SEALED, {
+            "epoch": epoch, "step": step, "metrics": dict(metrics),
+            "blob": f"{self._checkpoints.container}/{checkpoint_blob}",
+            "sealed_sha256": self._witness.checkpoints[checkpoint_blob],
+        })  # fmt: skip
         history = [*self._runner.get(self._job_id).history, {"epoch": epoch, "step": step, **metrics}]
         self._runner._update(
             self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob, history=history
@@ -326,6 +332,7 @@ class _JobRun:
         self.job_id = job_id
         self.cancel = cancel
         self._renewal_failure: ReattestationFailed | None = None
+        self.events: TeeEvents | None = None  # the job's TEE event log, once the job has its TEE key
 
     def attested(self, state: AttestationState) -> None:
         self._runner.latest_attestation = state
@@ -333,6 +340,8 @@ class _JobRun:
         self._runner.metrics.attestations += 1
         # Persisted before the token is used: a restarted job must never reuse a spent nonce.
         self._runner._update(self.job_id, attestation_sequence=state.sequence + 1)
+        if self.events is not None:
+            self.events.attested(state.token, state.sequence)
 
     def renewal_failed(self, failure: ReattestationFailed) -> None:
         self._runner.metrics.attestation_failures += 1
@@ -441,35 +450,19 @@ class JobRunner:
         return token
 
     def export_model(self, request: ExportRequest) -> bytes:
-        """The model re-sealed for the recipient: attest a fresh key, have the KEK released, open, re-seal.
-
-        This is the only place a model is decrypted outside training, and it is inside the TEE: whoever
-        asks for an export (the pipeline) never holds the KEK. The stored model must have the digest the
-        registry recorded, and its seal must say it is run ``run_id``'s model.
-        """
-        tee_key = TeeKey()
-        token = self._attester.attest(tee_key, request.nonce)
-        self.metrics.attestations += 1
-        keys = self._releaser.release(request.kek_id, token, tee_key)
-        self.metrics.key_releases += 1
-        with self._blob_store.open_read(request.container, request.blob) as src:
-            sealed = src.read()
-        digest = content_digest(sealed)
-        if digest != request.sealed_sha256:
-            raise ExportRejected(
-                f"{request.container}/{request.blob} has SHA-256 {digest}, not the registered {request.sealed_sha256}"
-            )
-        reader = SealedReader(
-            io.BytesIO(sealed), keys.kek_private, expected_context={"run_id": request.run_id, "kind": "model"},
-            verify_digest=True,
+        """The model re-sealed for a recipient the data owner approved, the export recorded by the TEE
+        (:mod:`trainer.agent.exports`). The only place a model is decrypted outside training, inside the TEE."""
+        return export_model(
+            request, attester=self._attester, releaser=self._releaser, store=self._blob_store,
+            owners=self.data_owners, metrics=self.metrics,
         )  # fmt: skip
-        plaintext = b"".join(bytes(segment) for segment in reader.segments())
-        context = {"run_id": request.run_id, "kind": "model-export", "source_sha256": digest}
-        out = io.BytesIO()
-        seal(io.BytesIO(plaintext), out, request.recipient, context)
-        log.info("exported the model of run %s (sha256 %s) for recipient key %s…", request.run_id, digest,
-                 request.recipient.thumbprint[:16])  # fmt: skip
-        return out.getvalue()
+
+    def rewrap(self, request: RewrapRequest) -> dict[str, Any]:
+        """KEK rotation's rewrap, inside the TEE (:mod:`trainer.agent.rewrap`); the TEE-signed answer."""
+        answer = run_rewrap(request, self._attester, self._releaser, self._blob_store)
+        self.metrics.attestations += 1
+        self.metrics.key_releases += len(answer["statement"]["released_versions"])
+        return answer
 
     def _enqueue(self, job_id: str) -> None:
         self._cancel_events[job_id] = threading.Event()
@@ -560,8 +553,13 @@ class JobRunner:
             # Before any attestation or key: the TEE itself decides which blobs are this job's data.
             training = resolve_training(spec, self._blob_store, self.data_owners)
             self._update(run.job_id, state=JobState.ATTESTING)
+            tee_key = TeeKey()
+            run.events = TeeEvents.for_job(
+                record.tee_log, job_id=record.job_id, run_id=spec.run_id, key=tee_key,
+                save=lambda document: self._update(run.job_id, tee_log=document),
+            )  # fmt: skip
             session = AttestationSession(
-                self._attester, TeeKey(), spec.nonce, next_sequence=record.attestation_sequence,
+                self._attester, tee_key, spec.nonce, next_sequence=record.attestation_sequence,
                 on_attested=run.attested, on_failure=run.renewal_failed,
             )  # fmt: skip
             try:
@@ -573,21 +571,24 @@ class JobRunner:
             self._update(run.job_id, state=JobState.RELEASING)
             keys = self._releaser.release(spec.kek_id, token, session.key)
             self.metrics.key_releases += 1
+            run.events.record(TeeEventKind.KEY_RELEASED, {"kek_id": spec.kek_id})
             self._update(run.job_id, key_release={"kek_id": spec.kek_id, "released_at": _now()})
             session.start_renewal()
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)
-            progress = _JobProgress(self, run.job_id, run.renewal_failure)
             witness = _WitnessedStore(self._blob_store, training)
+            progress = _JobProgress(self, run.job_id, run.renewal_failure, run.events, witness, training.checkpoints)
             result = self._load_training()(training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
             self.device = result.device
-            provenance = self._provenance(spec, result, witness, session)
+            provenance = self._provenance(spec, result, witness, session, run.events)
             self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result, provenance))
         except TrainingCancelled as exc:
             run.stopped(exc)
         except DataValidationFailed as exc:
             # The suite's aggregates (never rows) are what the data owner needs to see why.
             log.error("job %s failed: %s", run.job_id, exc)
+            if run.events is not None:  # validation runs after the key release, so the log has its attested key
+                run.events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(exc.aggregates)})
             self._finish(run.job_id, JobState.FAILED, validation=dict(exc.aggregates), error=JobError.from_exception(exc))
         except Exception as exc:  # noqa: BLE001 - every failure must end the job with its reason, fail closed
             if isinstance(exc, SecuretrainError):
@@ -600,17 +601,26 @@ class JobRunner:
                 session.stop()
 
     def _provenance(
-        self, spec: JobSpec, result: TrainingResult, witness: _WitnessedStore, session: AttestationSession
-    ) -> dict[str, Any]:
-        """The model statement signed with the job's TEE key, and the token that attests that key."""
+        self, spec: JobSpec, result: TrainingResult, witness: _WitnessedStore, session: AttestationSession,
+        events: TeeEvents,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The model statement signed with the job's TEE key, and the token that attests that key.
+
+        The sealed model is the TEE log's final entry; the statement names the head that signs it, so the
+        TEE's events up to here can be checked for in the audit log (none removed, no rollback)."""
         if witness.model is None or session.state is None:
             raise ProvenanceNotWitnessed("the agent did not see the sealed model uploaded: cannot attest it")
         sealed_sha256, plaintext_sha256 = witness.model
+        events.record(TeeEventKind.MODEL_SEALED, {
+            "blob": f"{result.model_blob.container}/{result.model_blob.blob}", "sealed_sha256": sealed_sha256,
+            "plaintext_sha256": plaintext_sha256,
+        })  # fmt: skip
         document = spec.to_json()
         statement = model_statement(
             run_id=spec.run_id, sealed_model_sha256=sealed_sha256, model_plaintext_sha256=plaintext_sha256,
             datasets=witness.dataset_digests(),
             hyperparameters={"model": document["model"], **document["hyperparameters"]}, metrics=result.metrics,
+            tee_log_head=events.head_reference(),
         )  # fmt: skip
         log.info("job %s: signed the model statement (sealed model sha256 %s)", spec.job_id, sealed_sha256)
         return {
