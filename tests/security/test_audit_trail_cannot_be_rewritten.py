@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,11 +35,9 @@ from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.audit.tee_log import audit_events as tee_audit_events
 from securetrain.cli import main
 from securetrain.cvm_client import CvmClient
-from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
-from securetrain.model_registry import ModelRegistry, ModelVersion
-from securetrain.release_policy import ReleasePolicy
+from securetrain.model_registry import ModelVersion
 from securetrain.storage import BlobNotFound, BlobStore
-from tests.security.test_tee_decides_what_it_opens import job_spec, run_job
+from tests.jobs import job_spec, register, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +54,7 @@ def run(local_stack, store, dataset_ref, shard) -> dict[str, Any]:
         job = run_job(client, spec)
     assert job["state"] == "succeeded", job["error"]
     until = datetime.datetime.now(datetime.UTC)
-    policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
-    registry = ModelRegistry(store, f"reg-{uuid.uuid4().hex[:12]}")
-    version = registry.register(
-        "breast-cancer-mlp", source_container=spec["output"]["container"], source_blob=spec["output"]["blob"],
-        kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job["result"]["provenance"],
-        lineage={"dataset": {"shards": [{"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
-                 "release_policy_sha256": policy.sha256},
-        signing_key=load_or_create_pipeline_key(local_pipeline_key_path(local_stack.state_dir)),
-    )  # fmt: skip
+    version = register(local_stack, store, shard, spec, job)
     name = spec["run_id"]
     events = [AuditEvent.now(EventKind.RUN_STARTED, EventSource.PIPELINE, run_id=name, details={"kek_id": spec["kek_id"]})]
     events += attestation_events(Path(local_stack.env["SECURETRAIN_ATTESTATION_LOG"]), run_id=name, since=since,

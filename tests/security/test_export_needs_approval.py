@@ -16,7 +16,6 @@ import datetime
 import hashlib
 import json
 import secrets
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +31,12 @@ from securetrain.audit.store import AUDIT_CONTAINER
 from securetrain.cli import main
 from securetrain.cvm_client import CvmClient, CvmError
 from securetrain.model_export import EXPORT_AUDIT_LOG, approve_export
-from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path, recipient_key
-from securetrain.model_registry import ModelRegistry, ModelVersion
-from securetrain.release_policy import ReleasePolicy
+from securetrain.model_provenance import recipient_key
+from securetrain.model_registry import ModelVersion
 from securetrain.sealed import KekPrivateKey, SealedReader
 from securetrain.stack import StackLayout, data_owner
 from securetrain.storage import BlobNotFound, BlobStore
-from tests.security.test_tee_decides_what_it_opens import job_spec, run_job
+from tests.jobs import job_spec, register, run_job
 
 pytestmark = pytest.mark.integration
 
@@ -58,14 +56,7 @@ def model(local_stack, store, pipeline, dataset_ref, shard) -> ModelVersion:
     spec = job_spec(local_stack, dataset_ref)
     job = run_job(pipeline, spec)
     assert job["state"] == "succeeded", job["error"]
-    policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
-    return ModelRegistry(store, f"reg-{uuid.uuid4().hex[:12]}").register(
-        "breast-cancer-mlp", source_container=spec["output"]["container"], source_blob=spec["output"]["blob"],
-        kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job["result"]["provenance"],
-        lineage={"dataset": {"shards": [{"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
-                 "release_policy_sha256": policy.sha256},
-        signing_key=load_or_create_pipeline_key(local_pipeline_key_path(local_stack.state_dir)),
-    )  # fmt: skip
+    return register(local_stack, store, shard, spec, job)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import json
-import secrets
 import shutil
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -28,29 +26,9 @@ from securetrain.onboarding import DatasetManifest, DatasetRef, SealedShard, new
 from securetrain.stack import StackLayout, data_owner
 from securetrain.storage import BlobStore
 from tests.agent_process import AgentProcess
+from tests.jobs import job_spec, run_job
 
 pytestmark = pytest.mark.integration
-
-
-def job_spec(local_stack, *datasets: DatasetRef) -> dict[str, Any]:
-    run = f"attack__{uuid.uuid4().hex}"
-    return {
-        "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [ref.to_json() for ref in datasets], "columns": {"label": "label"},
-        "model": {"name": "mlp", "params": {"hidden": [8]}},
-        "hyperparameters": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
-        "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
-        "output": {"container": "models", "blob": f"{run}/model.sealed"},
-    }  # fmt: skip
-
-
-def run_job(client: CvmClient, spec: dict[str, Any], timeout_s: float = 180) -> dict[str, Any]:
-    job_id = client.submit(spec)["job_id"]
-    deadline = time.monotonic() + timeout_s
-    while (job := client.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.05)
-    return job
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,51 @@
+"""Jobs through the stack's agent, for tests that need a finished run: its spec, waiting for it, registering it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from securetrain.cvm_client import CvmClient
+from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
+from securetrain.model_registry import ModelRegistry, ModelVersion
+from securetrain.onboarding import DatasetRef, SealedShard
+from securetrain.release_policy import ReleasePolicy
+from securetrain.storage import BlobStore
+
+
+def job_spec(local_stack, *datasets: DatasetRef) -> dict[str, Any]:
+    """A one-epoch job on ``datasets`` under the stack's KEK, with a run id of its own."""
+    run = f"attack__{uuid.uuid4().hex}"
+    return {
+        "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
+        "datasets": [ref.to_json() for ref in datasets], "columns": {"label": "label"},
+        "model": {"name": "mlp", "params": {"hidden": [8]}},
+        "hyperparameters": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
+        "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
+        "output": {"container": "models", "blob": f"{run}/model.sealed"},
+    }  # fmt: skip
+
+
+def run_job(client: CvmClient, spec: dict[str, Any], timeout_s: float = 180) -> dict[str, Any]:
+    """Submit ``spec`` and return the job once it ended."""
+    job_id = client.submit(spec)["job_id"]
+    deadline = time.monotonic() + timeout_s
+    while (job := client.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.05)
+    return job
+
+
+def register(local_stack, store: BlobStore, shard: SealedShard, spec: dict[str, Any], job: dict[str, Any]) -> ModelVersion:
+    """Register a succeeded job's model as the model management stage does, in a registry container of its own."""
+    policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
+    return ModelRegistry(store, f"reg-{uuid.uuid4().hex[:12]}").register(
+        "breast-cancer-mlp", source_container=spec["output"]["container"], source_blob=spec["output"]["blob"],
+        kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job["result"]["provenance"],
+        lineage={"dataset": {"shards": [{"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
+                 "release_policy_sha256": policy.sha256},
+        signing_key=load_or_create_pipeline_key(local_pipeline_key_path(local_stack.state_dir)),
+    )  # fmt: skip
