@@ -23,7 +23,6 @@ Verification needs only the public key.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from securetrain import signed_documents
 from securetrain.audit.errors import AuditKeyError, AuditKeyNotPinned, AuditKeyUntrusted, CheckpointInvalid
 from securetrain.audit.events import rfc3339_utc
 
@@ -125,9 +125,11 @@ def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
 
 
 def key_fingerprint(key: Ed25519PublicKey) -> str:
-    """SHA-256 of the raw public key, hex: names the key in messages, and pins it for verification."""
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    """SHA-256 of the raw public key, hex: names the key in messages, and pins it for verification.
+
+    The same value that names a signer of a signed document (:func:`securetrain.signed_documents.key_id`).
+    """
+    return signed_documents.key_id(key)
 
 
 def pinned_fingerprint(given: str | None, environ: Mapping[str, str]) -> str:
