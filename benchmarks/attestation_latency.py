@@ -21,12 +21,12 @@ from pathlib import Path
 
 import requests
 
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
-from securetrain.attestation.tokens import AuthorityKeys, TokenValidator
-from securetrain.stack import StackConfig, down, up
-from securetrain.stack.registry import SERVICES
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.localstack import StackConfig, down, up
+from securetrain.localstack.registry import SERVICES
 
 
 def free_port() -> int:

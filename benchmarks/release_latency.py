@@ -4,7 +4,7 @@ A stack of the attestation service, the identity service and the Key Vault stand
 state directory on free ports. One attestation token (for an in-memory TEE key) is obtained; then the
 ``cvm`` identity releases the demo KEK with it N times through ``KeyClient.release_key`` (token
 verification against the authority's cached keys, policy evaluation, wrapping to the TEE key, signing),
-and the TEE unwraps each response (``securetrain.skr``, timed separately). The baseline is ``get_key``
+and the TEE unwraps each response (``securetrain.core.skr``, timed separately). The baseline is ``get_key``
 of the same key by the ``pipeline`` identity, N times on one connection: what HTTPS, bearer-token
 checks and the key store alone cost.
 
@@ -24,17 +24,17 @@ from pathlib import Path
 from cryptography import x509
 
 from benchmarks.attestation_latency import free_port, percentiles
-from securetrain.stack.identity import IDENTITY
-from securetrain.stack.keyvault import KEYVAULT
-from emulators.local_cvm import LAUNCH_MEASUREMENT
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
-from securetrain.keyvault import KEK_NAME, key_client_from_stack_env
-from securetrain.skr import unwrap_released_key
-from securetrain.stack import StackConfig, down, up
-from securetrain.stack.attestation import ATTESTATION
-from trainer.attest import TeeKey
+from securetrain.localstack.services.identity import IDENTITY
+from securetrain.localstack.services.keyvault import KEYVAULT
+from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.core.keyvault import KEK_NAME, key_client_from_stack_env
+from securetrain.core.skr import unwrap_released_key
+from securetrain.localstack import StackConfig, down, up
+from securetrain.localstack.services.attestation import ATTESTATION
+from securetrain.tee.attest import TeeKey
 
 
 def _token(env: dict[str, str], tee_key: TeeKey) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.sealed import KekPrivateKey, KekPublicKey, SealedReader, seal, seal_file, unseal_file
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, seal, seal_file, unseal_file
 
 KEK_ID = "https://vault.securetrain.bench/keys/kek/1"
 MIB = 1 << 20
@@ -87,7 +87,7 @@ def tink_consume(sealed: Path, kek: KekPrivateKey) -> None:
     from tink import cleartext_keyset_handle, streaming_aead
     from tink.proto import aes_gcm_hkdf_streaming_pb2, common_pb2, tink_pb2
 
-    from securetrain.sealed import inspect
+    from securetrain.core.sealed import inspect
 
     streaming_aead.register()
     with sealed.open("rb") as src:
@@ -116,7 +116,7 @@ def rss_growth_mib(mode: str, src: Path, dst: Path, key_pem: Path) -> float:
     code = f"""
 import resource, sys
 from pathlib import Path
-from securetrain.sealed import KekPrivateKey, KekPublicKey, seal_file, unseal_file
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal_file, unseal_file
 private = KekPrivateKey.from_pem(Path({str(key_pem)!r}).read_bytes())
 public = KekPublicKey({KEK_ID!r}, private.private_key.public_key())
 # The current RSS, not the peak so far: imports may have peaked higher than the operation will.

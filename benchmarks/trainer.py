@@ -46,10 +46,10 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.sealed import KekPrivateKey, KekPublicKey, seal
-from securetrain.stack import StackConfig, down, up
-from securetrain.stack.azurite import AZURITE
-from securetrain.storage import BlobStore
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
+from securetrain.localstack import StackConfig, down, up
+from securetrain.localstack.services.azurite import AZURITE
+from securetrain.core.storage import BlobStore
 
 KEK_ID = "https://vault.securetrain.bench/keys/kek/1"
 MIB = 1 << 20
@@ -89,8 +89,8 @@ def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
     """Plain PyTorch from the plaintext Parquet shards in Azurite."""
     import torch  # noqa: PLC0415 - only the child processes train
 
-    from trainer.training.loop import VALIDATION_FRACTION, epoch_order  # noqa: PLC0415
-    from trainer.training.models import DataShape, build_model  # noqa: PLC0415
+    from securetrain.tee.training.loop import VALIDATION_FRACTION, epoch_order  # noqa: PLC0415
+    from securetrain.tee.training.models import DataShape, build_model  # noqa: PLC0415
 
     start = time.perf_counter()
     with BlobStore.from_stack_env(stack_env) as store:
@@ -142,8 +142,8 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     The shards are handed over as the agent hands them after it resolved the owner-signed manifest (that
     lookup is one small blob per job, not part of what training costs).
     """
-    from trainer.job_spec import DatasetShard, JobKeys, JobSpec  # noqa: PLC0415
-    from trainer.training import run_training  # noqa: PLC0415
+    from securetrain.core.job_spec import DatasetShard, JobKeys, JobSpec  # noqa: PLC0415
+    from securetrain.tee.training import run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
     spec = JobSpec.from_json(spec_json).training_on(

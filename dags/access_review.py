@@ -13,7 +13,7 @@ from typing import Any
 import pendulum
 
 from airflow.sdk import DAG, Param, task
-from operators.pipeline import DEFAULT_ARGS
+from securetrain.airflow.pipeline import DEFAULT_ARGS
 
 with DAG(
     dag_id="access_review",
@@ -34,9 +34,9 @@ with DAG(
     def review_access(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
         import datetime  # noqa: PLC0415
 
-        from operators.failures import fail_closed  # noqa: PLC0415 - keeps DAG parsing light
-        from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
-        from operators.maintenance import write_access_review  # noqa: PLC0415
+        from securetrain.airflow.failures import fail_closed  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
+        from securetrain.airflow.maintenance import write_access_review  # noqa: PLC0415
 
         until = datetime.datetime.now(datetime.UTC)
         since = until - datetime.timedelta(days=params["period_days"])

@@ -12,9 +12,9 @@ from typing import Any
 import pendulum
 
 from airflow.sdk import DAG, Param, task
-from operators.assets import sealed_dataset_asset
-from operators.onboarding import DATA_OWNER_QUEUE
-from operators.pipeline import DEFAULT_ARGS, DEFAULT_SUITE
+from securetrain.airflow.assets import sealed_dataset_asset
+from securetrain.airflow.onboarding import DATA_OWNER_QUEUE
+from securetrain.airflow.pipeline import DEFAULT_ARGS, DEFAULT_SUITE
 
 DATASET = "breast-cancer"
 
@@ -39,7 +39,7 @@ with DAG(
 
     @task
     def validate(params: dict[str, Any]) -> dict[str, Any]:
-        from operators.onboarding import validate_plaintext  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.airflow.onboarding import validate_plaintext  # noqa: PLC0415 - keeps DAG parsing light
 
         result = validate_plaintext(params["source"], params["expectation_suite"])
         print(f"validation passed: {result['validation']['statistics']}")
@@ -47,7 +47,7 @@ with DAG(
 
     @task(outlets=[sealed_dataset_asset(DATASET)])
     def seal_and_publish(validated: dict[str, Any], params: dict[str, Any], outlet_events: Any, ts_nodash: str) -> dict[str, Any]:
-        from operators.onboarding import publish_sealed_dataset  # noqa: PLC0415
+        from securetrain.airflow.onboarding import publish_sealed_dataset  # noqa: PLC0415
 
         version = params["version"] or f"v{ts_nodash}"
         manifest = publish_sealed_dataset(DATASET, version, params["source"], validated["plaintext_sha256"])

@@ -22,8 +22,8 @@ from typing import Any
 import pendulum
 
 from airflow.sdk import DAG, Param, TriggerRule, task
-from operators.pipeline import DEFAULT_ARGS
-from securetrain.keyvault import KEK_NAME
+from securetrain.airflow.pipeline import DEFAULT_ARGS
+from securetrain.core.keyvault import KEK_NAME
 
 #: The connection whose identity makes the new KEK version (the stack's ``key-rotator``: rotate only).
 ROTATOR_CONN_ID = "securetrain_keyvault_rotator"
@@ -48,9 +48,9 @@ with DAG(
 
     @task
     def new_kek_version(params: dict[str, Any]) -> str:
-        from operators.environment import approved_release_policy  # noqa: PLC0415 - keeps DAG parsing light
-        from operators.failures import fail_closed  # noqa: PLC0415
-        from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
+        from securetrain.airflow.environment import approved_release_policy  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.airflow.failures import fail_closed  # noqa: PLC0415
+        from securetrain.airflow.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
 
         with fail_closed("new_kek_version"):
             approved = approved_release_policy(None)
@@ -63,12 +63,12 @@ with DAG(
 
     @task
     def rewrap(kek_id: str, ti: Any) -> dict[str, Any]:
-        from operators.environment import approved_release_policy  # noqa: PLC0415
-        from operators.failures import fail_closed  # noqa: PLC0415
-        from operators.hooks.attestation import AttestationHook  # noqa: PLC0415
-        from operators.hooks.cvm import ConfidentialVmHook  # noqa: PLC0415
-        from operators.maintenance import SEALED_CONTAINERS  # noqa: PLC0415
-        from securetrain.rotation import require_complete, rewrap_in_tee  # noqa: PLC0415
+        from securetrain.airflow.environment import approved_release_policy  # noqa: PLC0415
+        from securetrain.airflow.failures import fail_closed  # noqa: PLC0415
+        from securetrain.airflow.hooks.attestation import AttestationHook  # noqa: PLC0415
+        from securetrain.airflow.hooks.cvm import ConfidentialVmHook  # noqa: PLC0415
+        from securetrain.airflow.maintenance import SEALED_CONTAINERS  # noqa: PLC0415
+        from securetrain.core.rotation import require_complete, rewrap_in_tee  # noqa: PLC0415
 
         with fail_closed("rewrap"):
             approved = approved_release_policy(None)
@@ -89,12 +89,12 @@ with DAG(
 
     @task(retries=0)
     def verify(kek_id: str, statement: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        from operators.environment import approved_release_policy  # noqa: PLC0415
-        from operators.failures import fail_closed  # noqa: PLC0415
-        from operators.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
-        from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
-        from operators.maintenance import SEALED_CONTAINERS  # noqa: PLC0415
-        from securetrain.rotation import verify_rotation  # noqa: PLC0415
+        from securetrain.airflow.environment import approved_release_policy  # noqa: PLC0415
+        from securetrain.airflow.failures import fail_closed  # noqa: PLC0415
+        from securetrain.airflow.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
+        from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
+        from securetrain.airflow.maintenance import SEALED_CONTAINERS  # noqa: PLC0415
+        from securetrain.core.rotation import verify_rotation  # noqa: PLC0415
 
         with fail_closed("verify"), SecureStorageHook().blob_store() as store:
             vault = KeyVaultHook()
@@ -110,10 +110,10 @@ with DAG(
     def audit(ti: Any, dag_run: Any) -> dict[str, Any]:
         """Runs whatever happened before: a failed or partial rotation is recorded too, then fails the run."""
         from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
-        from operators.audit import record_events  # noqa: PLC0415
-        from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
-        from operators.locations import job_run_id  # noqa: PLC0415
-        from securetrain.audit.events import AuditEvent, EventKind, EventSource  # noqa: PLC0415
+        from securetrain.airflow.audit import record_events  # noqa: PLC0415
+        from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
+        from securetrain.airflow.locations import job_run_id  # noqa: PLC0415
+        from securetrain.core.audit.events import AuditEvent, EventKind, EventSource  # noqa: PLC0415
 
         run = job_run_id(dag_run.dag_id, dag_run.run_id)
         kek_id = ti.xcom_pull(task_ids="new_kek_version")

@@ -13,7 +13,7 @@ from typing import Any
 import pendulum
 
 from airflow.sdk import DAG, Param, task
-from operators.pipeline import DEFAULT_ARGS
+from securetrain.airflow.pipeline import DEFAULT_ARGS
 
 #: The default policy: a run's checkpoints and unregistered model output are temporary (cleanup deletes
 #: them at the end of a run; this catches runs that never reached cleanup); registered versions are kept.
@@ -42,10 +42,10 @@ with DAG(
 
     @task(retries=0)
     def apply_retention_policy(params: dict[str, Any], dag_run: Any) -> dict[str, Any]:
-        from operators.failures import fail_closed  # noqa: PLC0415 - keeps DAG parsing light
-        from operators.hooks.storage import SecureStorageHook  # noqa: PLC0415
-        from operators.locations import job_run_id  # noqa: PLC0415
-        from operators.maintenance import run_retention  # noqa: PLC0415
+        from securetrain.airflow.failures import fail_closed  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
+        from securetrain.airflow.locations import job_run_id  # noqa: PLC0415
+        from securetrain.airflow.maintenance import run_retention  # noqa: PLC0415
 
         run = job_run_id(dag_run.dag_id, dag_run.run_id)
         with fail_closed("retention"), SecureStorageHook().blob_store() as store:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from airflow.timetables.assets import AssetOrTimeSchedule
 from airflow.timetables.trigger import CronTriggerTimetable
-from operators.assets import sealed_dataset_asset
-from operators.pipeline import training_dag
+from securetrain.airflow.assets import sealed_dataset_asset
+from securetrain.airflow.pipeline import training_dag
 
 training_dag(
     "secure_retraining",

@@ -6,7 +6,7 @@ prepare -> check the sealed data -> attest the TEE -> train in the TEE (health w
 
 from __future__ import annotations
 
-from operators.pipeline import training_dag
+from securetrain.airflow.pipeline import training_dag
 
 training_dag(
     "secure_training",

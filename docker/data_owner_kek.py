@@ -5,7 +5,7 @@ its release policy (docs/keys.md, "Roles"). So before Airflow's first run, the d
 sure the KEK ``securetrain-kek`` has a latest version that Key Vault releases only under the approved
 release policy, immutably: created on the first run, a new version when the approved policy changed,
 nothing otherwise. It is the function ``securetrain stack up`` uses
-(:func:`securetrain.keyvault.create_kek_version`).
+(:func:`securetrain.core.keyvault.create_kek_version`).
 
 TREE is the container's share of the trust material (``docker/pki_init.py``): the CA certificate, the
 data owner's identity and the approved release policy, laid out like a state directory.
@@ -21,13 +21,13 @@ from pathlib import Path
 
 from azure.core.exceptions import AzureError
 
-from securetrain.errors import SecuretrainError
-from securetrain.identity import DATA_OWNER_IDENTITY, LocalIdentity, LocalIdentityCredential
-from securetrain.keyvault import KEK_NAME, create_kek_version, key_client
-from securetrain.release_policy import ReleasePolicy
-from securetrain.stack.identity import identities_dir
-from securetrain.stack.keyvault import release_policy_path
-from securetrain.stack.layout import StackLayout
+from securetrain.core.errors import SecuretrainError
+from securetrain.core.identity import DATA_OWNER_IDENTITY, LocalIdentity, LocalIdentityCredential
+from securetrain.core.keyvault import KEK_NAME, create_kek_version, key_client
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.localstack.services.identity import identities_dir
+from securetrain.localstack.services.keyvault import release_policy_path
+from securetrain.localstack.layout import StackLayout
 
 log = logging.getLogger("data_owner_kek")
 

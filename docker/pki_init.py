@@ -5,7 +5,7 @@ directory that every local process can read. Containers must not share that much
 TLS key and the simulated SEV-SNP platform's signing keys) belong in the trainer's container only, an
 identity's secret only where that identity acts. So this script makes the same material with the same
 library functions the launcher uses, and hands each container a tree of its own, laid out like a state
-directory (:class:`~securetrain.stack.layout.StackLayout`), holding exactly what that container needs::
+directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly what that container needs::
 
     OUT/<service>/ca/ca.pem                        the CA certificate (never its key)
     OUT/<service>/certs/server/<service>.pem/.key  the service's TLS certificate: CN and SAN = its compose name
@@ -38,19 +38,19 @@ import shutil
 import sys
 from pathlib import Path
 
-from emulators.attestation_service.app import SIMULATED
-from securetrain.errors import SecuretrainError
-from securetrain.fsutil import atomic_output
-from securetrain.identity import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
-from securetrain.pki import LocalCA
-from securetrain.release_policy import approved_release_policy
-from securetrain.stack import data_owner
-from securetrain.stack.attestation import appraisal_policy_path, local_appraisal_policy
-from securetrain.stack.cvm import MONITOR_IDENTITY
-from securetrain.stack.identity import identities_dir, stack_identities
-from securetrain.stack.keyvault import release_policy_path, roles_path, write_roles
-from securetrain.stack.layout import StackLayout
-from securetrain.stack.service import ServiceContext
+from securetrain.localstack.standins.attestation_service.app import SIMULATED
+from securetrain.core.errors import SecuretrainError
+from securetrain.core.fsutil import atomic_output
+from securetrain.core.identity import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
+from securetrain.localstack.pki import LocalCA
+from securetrain.core.release_policy import approved_release_policy
+from securetrain.localstack import data_owner
+from securetrain.localstack.services.attestation import appraisal_policy_path, local_appraisal_policy
+from securetrain.localstack.services.cvm import MONITOR_IDENTITY
+from securetrain.localstack.services.identity import identities_dir, stack_identities
+from securetrain.localstack.services.keyvault import release_policy_path, roles_path, write_roles
+from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.service import ServiceContext
 
 log = logging.getLogger("pki_init")
 

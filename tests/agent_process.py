@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -10,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-from securetrain.cvm_client import CvmClient
-from securetrain.pki import LocalCA
+import securetrain
+from securetrain.core.cvm_client import CvmClient
+from securetrain.localstack.pki import LocalCA
 from tests.conftest import free_ports
 
 
@@ -25,11 +27,21 @@ def wait_port(port: int, process: subprocess.Popen[bytes], timeout_s: float = 60
     raise AssertionError(f"nothing listens on port {port} (agent exit code {process.poll()})")
 
 
+def source_copy(directory: Path) -> Path:
+    """A copy of the installed ``securetrain`` package under ``directory``; returns the copy's package directory.
+
+    Put ``directory`` first on ``PYTHONPATH`` (``AgentProcess(code_root=directory)``) to run the copy.
+    """
+    copy = directory / "securetrain"
+    shutil.copytree(Path(securetrain.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    return copy
+
+
 class AgentProcess:
-    """``python -m trainer.agent`` over ``work_dir`` with the stack's settings, on a free port.
+    """``python -m securetrain.tee.agent`` over ``work_dir`` with the stack's settings, on a free port.
 
     ``code_root``, when given, is put first on ``PYTHONPATH``: the agent then runs (and measures into
-    HOST_DATA) the ``trainer`` package found there instead of the installed one.
+    HOST_DATA) the ``securetrain`` package found there (see :func:`source_copy`) instead of the installed one.
     """
 
     def __init__(self, stack, directory: Path, *, code_root: Path | None = None) -> None:
@@ -52,7 +64,7 @@ class AgentProcess:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._code_root), env.get("PYTHONPATH")]))
         with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "trainer.agent", "--port", str(self.port), "--cert",
+                [sys.executable, "-m", "securetrain.localstack.platform.local_cvm", "--port", str(self.port), "--cert",
                  str(self._server.cert_path), "--key", str(self._server.key_path), "--client-ca",
                  str(self._stack.ca_bundle), "--work-dir", str(self.work_dir), "--data-owner-key",
                  str(self._stack.state_dir / "policies" / "data-owner-key.pem")],

@@ -1,6 +1,6 @@
 """Fixtures shared by the whole suite.
 
-``local_stack`` runs the real launcher (``securetrain.stack.up``) once per test session in a temporary
+``local_stack`` runs the real launcher (``securetrain.localstack.up``) once per test session in a temporary
 state directory, every service on a free loopback port, and brings it down at the end. Tests reach the
 services through ``local_stack.env``: the parsed ``stack.env``, exactly what a user's shell would load.
 
@@ -22,14 +22,14 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.datasets import bundled_table, to_parquet
-from securetrain.keyvault import fetch_kek_public_key
-from securetrain.onboarding import DatasetRef, SealedShard, new_manifest, seal_and_upload
-from securetrain.stack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
-from securetrain.stack.azurite import AZURITE
-from securetrain.stack.registry import SERVICES
-from securetrain.stack.service import Service
-from securetrain.storage import BlobStore
+from securetrain.core.datasets import bundled_table, to_parquet
+from securetrain.core.keyvault import fetch_kek_public_key
+from securetrain.core.onboarding import DatasetRef, SealedShard, new_manifest, seal_and_upload
+from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
+from securetrain.localstack.services.azurite import AZURITE
+from securetrain.localstack.registry import SERVICES
+from securetrain.localstack.service import Service
+from securetrain.core.storage import BlobStore
 
 
 def free_ports(count: int) -> list[int]:
@@ -97,7 +97,7 @@ def stack_config(tmp_path: Path) -> Iterator[StackConfig]:
 @pytest.fixture(scope="session")
 def onboarded_dataset(local_stack: LocalStack) -> Path:
     """The local stack with Airflow's database migrated and breast-cancer onboarded by ``data_onboarding``."""
-    from securetrain.airflow_env import migrate, run_airflow  # noqa: PLC0415 - only the Airflow tests need it
+    from securetrain.localstack.airflow_env import migrate, run_airflow  # noqa: PLC0415 - only the Airflow tests need it
 
     migrate(local_stack.state_dir)
     # The data owner's run of its own DAG: only it gets the owner's signing key.

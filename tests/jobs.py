@@ -8,12 +8,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from securetrain.cvm_client import CvmClient
-from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
-from securetrain.model_registry import ModelRegistry, ModelVersion
-from securetrain.onboarding import DatasetRef, SealedShard
-from securetrain.release_policy import ReleasePolicy
-from securetrain.storage import BlobStore
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
+from securetrain.core.model_registry import ModelRegistry, ModelVersion
+from securetrain.core.onboarding import DatasetRef, SealedShard
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.storage import BlobStore
 
 
 def job_spec(local_stack, *datasets: DatasetRef) -> dict[str, Any]:

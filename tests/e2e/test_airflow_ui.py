@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from securetrain.airflow_env import ADMIN_USER, airflow_environment, read_admin_password
+from securetrain.localstack.airflow_env import ADMIN_USER, airflow_environment, read_admin_password
 from tests.conftest import LocalStack, free_ports
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.stack.registry import SERVICES
+from securetrain.localstack.registry import SERVICES
 from tests.conftest import free_ports
 
 pytestmark = pytest.mark.slow

@@ -21,15 +21,15 @@ from pathlib import Path
 import pytest
 from azure.keyvault.keys import KeyReleasePolicy
 
-from securetrain.airflow_env import airflow_environment, migrate, run_airflow
-from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
-from securetrain.audit.log import AuditLog
-from securetrain.audit.store import BlobAuditStore
-from securetrain.cvm_client import CvmClient
-from securetrain.keyvault import fetch_kek_public_key, kek_public_key, key_client_from_stack_env, rewrap_blob
-from securetrain.model_registry import MANIFEST_SCHEMA, REGISTRY_CONTAINER, ModelRegistry, manifest_blob
-from securetrain.sealed import KekPublicKey, inspect, seal
-from securetrain.storage import BlobStore
+from securetrain.localstack.airflow_env import airflow_environment, migrate, run_airflow
+from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import BlobAuditStore
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.keyvault import fetch_kek_public_key, kek_public_key, key_client_from_stack_env, rewrap_blob
+from securetrain.core.model_registry import MANIFEST_SCHEMA, REGISTRY_CONTAINER, ModelRegistry, manifest_blob
+from securetrain.core.sealed import KekPublicKey, inspect, seal
+from securetrain.core.storage import BlobStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -153,9 +153,9 @@ def test_a_rotation_that_fails_is_audited_as_incomplete_and_leaves_the_blobs_as_
 
 
 def test_an_interrupted_rotation_leaves_every_blob_readable_and_resumes(local_stack, store, test_kek) -> None:
-    from operators.maintenance import SEALED_CONTAINERS
-    from securetrain.release_policy import ReleasePolicy
-    from securetrain.rotation import RotationNotVerified, approved_tee_validator, rewrap_in_tee, verify_rotated_headers, verify_rotation
+    from securetrain.airflow.maintenance import SEALED_CONTAINERS
+    from securetrain.core.release_policy import ReleasePolicy
+    from securetrain.core.rotation import RotationNotVerified, approved_tee_validator, rewrap_in_tee, verify_rotated_headers, verify_rotation
     from tests.integration.test_agent_job import released_kek
 
     prefix = f"crash-{uuid.uuid4().hex[:8]}"

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-import trainer
-from securetrain.airflow_env import run_airflow
-from securetrain.audit.log import AuditLog
-from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
-from securetrain.audit.store import BlobAuditStore
-from securetrain.model_registry import ModelRegistry
-from securetrain.storage import BlobStore
-from tests.agent_process import AgentProcess
+from securetrain.localstack.airflow_env import run_airflow
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.store import BlobAuditStore
+from securetrain.core.model_registry import ModelRegistry
+from securetrain.core.storage import BlobStore
+from tests.agent_process import AgentProcess, source_copy
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -79,8 +77,7 @@ def test_a_changed_trainer_fails_the_run_at_training_and_audit_and_cleanup_still
     onboarded_dataset, local_stack, tmp_path: Path
 ) -> None:
     code_root = tmp_path / "code"
-    shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
-    with (code_root / "trainer" / "training" / "loop.py").open("a") as source:
+    with (source_copy(code_root) / "tee" / "training" / "loop.py").open("a") as source:
         source.write("# an unreviewed change\n")
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
     agent.start()

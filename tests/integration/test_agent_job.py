@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import shutil
 import time
 import uuid
 from pathlib import Path
@@ -18,20 +17,19 @@ import pytest
 import safetensors.torch
 import torch
 
-import trainer
-from securetrain.audit.tee_log import audit_events as tee_audit_events
-from securetrain.audit.tee_log import collect_tee_logs, verify_tee_log
-from securetrain.cvm_client import CvmClient
-from securetrain.model_provenance import published_keys, verify_attestation_token
-from securetrain.onboarding import DatasetRef
-from securetrain.release_policy import ReleasePolicy
-from securetrain.sealed import KekPrivateKey, SealedReader, inspect
-from securetrain.stack import StackLayout, data_owner
-from securetrain.storage import BlobStore
-from tests.agent_process import AgentProcess
-from trainer.attest import TeeKey
-from trainer.evidence import SimulatedSnpProvider
-from trainer.tee_services import attester_from_env, releaser_from_env
+from securetrain.core.audit.tee_log import audit_events as tee_audit_events
+from securetrain.core.audit.tee_log import collect_tee_logs, verify_tee_log
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.model_provenance import published_keys, verify_attestation_token
+from securetrain.core.onboarding import DatasetRef
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.sealed import KekPrivateKey, SealedReader, inspect
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.core.storage import BlobStore
+from tests.agent_process import AgentProcess, source_copy
+from securetrain.tee.attest import TeeKey
+from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
+from securetrain.tee.tee_services import attester_from_env, releaser_from_env
 
 pytestmark = pytest.mark.integration
 
@@ -156,8 +154,7 @@ def test_an_agent_killed_mid_training_resumes_to_the_same_model(
 
 def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, dataset_ref, tmp_path: Path) -> None:
     code_root = tmp_path / "code"
-    shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
-    with (code_root / "trainer" / "training" / "loop.py").open("a") as source:
+    with (source_copy(code_root) / "tee" / "training" / "loop.py").open("a") as source:
         source.write("# one changed line\n")
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
     client = agent.start()

@@ -11,17 +11,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.attestation.maa import (
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.maa import (
     AttestationRefused,
     AttestationServiceClient,
     report_data_for,
     runtime_data_bytes,
 )
-from securetrain.attestation.tokens import AuthorityKeys, TokenRejected, TokenValidator
-from securetrain.errors import SecurityViolation
-from securetrain.snp.report import GuestPolicy
+from securetrain.core.attestation.tokens import AuthorityKeys, TokenRejected, TokenValidator
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.snp.report import GuestPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -158,7 +158,7 @@ def test_azure_sdk_reads_metadata_and_certs_and_accepts_our_tokens(tee, local_st
     """azure-security-attestation has no SEV-SNP call; what it has works against the stand-in unchanged."""
     from azure.security.attestation import AttestationClient, AttestationToken, AttestationTokenValidationException
 
-    from securetrain.identity import LocalIdentityCredential
+    from securetrain.core.identity import LocalIdentityCredential
 
     credential = LocalIdentityCredential.from_stack_env(local_stack.env, "pipeline")
     client = AttestationClient(tee.endpoint, credential, connection_verify=tee.ca)

@@ -11,7 +11,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobType, ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.audit import (
+from securetrain.core.audit import (
     AUDIT_CONTAINER,
     AuditEvent,
     AuditLog,
@@ -21,8 +21,8 @@ from securetrain.audit import (
     local_signing_key_path,
     public_key_pem,
 )
-from securetrain.audit.checkpoints import key_fingerprint
-from securetrain.cli import main
+from securetrain.core.audit.checkpoints import key_fingerprint
+from securetrain.core.cli import main
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from securetrain.attestation.maa import AttestationServiceClient
-from securetrain.attestation.tokens import AuthorityKeys, TokenValidator
-from securetrain.cvm_client import (
+from securetrain.core.attestation.maa import AttestationServiceClient
+from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.core.cvm_client import (
     CvmAccessDenied,
     CvmClient,
     CvmConflict,
@@ -28,16 +28,16 @@ from securetrain.cvm_client import (
     CvmTlsError,
     CvmUnreachable,
 )
-from securetrain.onboarding import DatasetRef, SealedShard, new_manifest
-from securetrain.pki import LocalCA
-from securetrain.stack import StackLayout, data_owner
-from securetrain.storage import BlobStore
+from securetrain.core.onboarding import DatasetRef, SealedShard, new_manifest
+from securetrain.localstack.pki import LocalCA
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.core.storage import BlobStore
 from tests.agent_process import AgentProcess, wait_port
 from tests.conftest import free_ports
-from trainer.agent.jobs import JobRecord, JobState, JobStore
-from trainer.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
-from trainer.evidence import SimulatedSnpProvider
-from trainer.job_spec import JobSpec
+from securetrain.tee.agent.jobs import JobRecord, JobState, JobStore
+from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
+from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
+from securetrain.core.job_spec import JobSpec
 
 pytestmark = pytest.mark.integration
 
@@ -260,7 +260,7 @@ def test_reattestation_renews_the_token_and_reports_when_it_fails(local_stack, t
     server = LocalCA.load_or_create(local_stack.state_dir / "ca").issue_server_certificate(tmp_path, "maa")
     (port,) = free_ports(1)
     service = start_process(
-        [sys.executable, "-m", "emulators.attestation_service", "--state-dir", str(tmp_path / "maa"),
+        [sys.executable, "-m", "securetrain.localstack.standins.attestation_service", "--state-dir", str(tmp_path / "maa"),
          "--policy", env["SECURETRAIN_APPRAISAL_POLICY"], "--port", str(port), "--cert", str(server.cert_path),
          "--key", str(server.key_path), "--token-lifetime", "4"],
         tmp_path / "maa.log",

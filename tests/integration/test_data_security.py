@@ -9,12 +9,12 @@ import uuid
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from operators.data_security import DatasetCheckFailed, check_shard
-from securetrain.datasets import bundled_table, to_parquet
-from securetrain.keyvault import fetch_kek_public_key
-from securetrain.onboarding import seal_and_upload
-from securetrain.sealed import KekPublicKey
-from securetrain.storage import PublicContainer
+from securetrain.airflow.data_security import DatasetCheckFailed, check_shard
+from securetrain.core.datasets import bundled_table, to_parquet
+from securetrain.core.keyvault import fetch_kek_public_key
+from securetrain.core.onboarding import seal_and_upload
+from securetrain.core.sealed import KekPublicKey
+from securetrain.core.storage import PublicContainer
 
 pytestmark = pytest.mark.integration
 

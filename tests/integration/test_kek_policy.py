@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.keyvault import KekPolicyMismatch, check_kek, create_kek_version, key_client_from_stack_env
-from securetrain.release_policy import ReleasePolicy, policy_matches
+from securetrain.core.keyvault import KekPolicyMismatch, check_kek, create_kek_version, key_client_from_stack_env
+from securetrain.core.release_policy import ReleasePolicy, policy_matches
 
 pytestmark = pytest.mark.integration
 

@@ -14,11 +14,11 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.keyvault.keys import KeyReleasePolicy
 from azure.storage.blob import ContainerClient
 
-from securetrain.cli import main
-from securetrain.keyvault import kek_public_key, key_client_from_stack_env, rewrap_blob
-from securetrain.rotation import RotationNotVerified, verify_rotated_headers
-from securetrain.sealed import SealedReader, inspect, seal
-from securetrain.storage import BlobStore
+from securetrain.core.cli import main
+from securetrain.core.keyvault import kek_public_key, key_client_from_stack_env, rewrap_blob
+from securetrain.core.rotation import RotationNotVerified, verify_rotated_headers
+from securetrain.core.sealed import SealedReader, inspect, seal
+from securetrain.core.storage import BlobStore
 from tests.integration.test_agent_job import released_kek
 
 pytestmark = pytest.mark.integration

@@ -25,13 +25,13 @@ from azure.keyvault.keys.crypto import EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.identity import LocalIdentity, LocalIdentityCredential
-from securetrain.keyvault import cryptography_client, key_client, key_client_from_stack_env
-from securetrain.release_policy import ReleasePolicy
-from securetrain.stack import up
-from securetrain.stack.identity import identities_dir
-from securetrain.stack.keyvault import roles_path
-from securetrain.stack.process import PidRecord, stop_process
+from securetrain.core.identity import LocalIdentity, LocalIdentityCredential
+from securetrain.core.keyvault import cryptography_client, key_client, key_client_from_stack_env
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.localstack import up
+from securetrain.localstack.services.identity import identities_dir
+from securetrain.localstack.services.keyvault import roles_path
+from securetrain.localstack.process import PidRecord, stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -307,7 +307,7 @@ def test_seal_fetches_the_kek_public_key_from_the_vault(local_stack, tmp_path, m
     """`securetrain seal --kek-url` reads the public key with KeyClient as the pipeline identity."""
     import json as _json
 
-    from securetrain.cli import main
+    from securetrain.core.cli import main
 
     monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
     plain = tmp_path / "data.csv"

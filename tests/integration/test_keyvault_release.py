@@ -1,7 +1,7 @@
 """Secure Key Release end to end, and every way it must refuse, through the real ``KeyClient``.
 
 The TEE's side: simulated SEV-SNP report binding the TEE key -> the stack's attestation service over
-HTTPS -> token -> ``KeyClient.release_key`` as the ``cvm`` identity -> ``securetrain.skr`` unwraps the KEK
+HTTPS -> token -> ``KeyClient.release_key`` as the ``cvm`` identity -> ``securetrain.core.skr`` unwraps the KEK
 with the TEE key -> the KEK opens a file sealed to it. Claims an honest attestation service never signs
 (debuggable guest, unknown measurement, no runtime key) come from a second, lax attestation service
 started here, named by the keys' policies: the release policy must stop what the appraisal let through.
@@ -28,18 +28,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from emulators.local_cvm import LAUNCH_MEASUREMENT
-from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
-from securetrain.keyvault import kek_public_key, key_client_from_stack_env
-from securetrain.pki import LocalCA
-from securetrain.release_policy import ReleasePolicy, approved_release_policy
-from securetrain.sealed import KekPrivateKey, seal, unseal
-from securetrain.skr import ReleasedKeyRejected, unwrap_released_key
-from securetrain.snp.report import GuestPolicy
+from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
+from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.core.keyvault import kek_public_key, key_client_from_stack_env
+from securetrain.localstack.pki import LocalCA
+from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
+from securetrain.core.sealed import KekPrivateKey, seal, unseal
+from securetrain.core.skr import ReleasedKeyRejected, unwrap_released_key
+from securetrain.core.snp.report import GuestPolicy
 from tests.conftest import free_ports
-from trainer.attest import TeeKey
+from securetrain.tee.attest import TeeKey
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,7 @@ def lax_authority(local_stack, tmp_path_factory) -> tuple[str, str]:
     (port,) = free_ports(1)
     log = (directory / "service.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "emulators.attestation_service", "--state-dir", str(directory / "state"),
+        [sys.executable, "-m", "securetrain.localstack.standins.attestation_service", "--state-dir", str(directory / "state"),
          "--policy", str(directory / "policy.yaml"), "--port", str(port),
          "--cert", str(files.cert_path), "--key", str(files.key_path)],
         stdout=log, stderr=subprocess.STDOUT,

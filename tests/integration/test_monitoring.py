@@ -7,21 +7,19 @@ import io
 import json
 import types
 import uuid
-from pathlib import Path
 
 import pytest
 
-from operators.locations import REPORTS_CONTAINER, job_run_id
-from securetrain.alerts import AlertThresholds, evaluate
-from securetrain.audit import AuditLog, BlobAuditStore, load_or_create_signing_key, local_signing_key_path
-from securetrain.audit.events import AuditEvent, EventKind, EventSource
-from securetrain.model_registry import REGISTRY_CONTAINER
-from securetrain.run_report import run_record, write_run_report
-from securetrain.storage import BlobStore
+from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
+from securetrain.core.alerts import AlertThresholds, evaluate
+from securetrain.core.audit import AuditLog, BlobAuditStore, load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
+from securetrain.core.model_registry import REGISTRY_CONTAINER
+from securetrain.core.run_report import run_record, write_run_report
+from securetrain.core.storage import BlobStore
 
 pytestmark = pytest.mark.integration
 
-PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 
 @pytest.fixture
@@ -29,11 +27,10 @@ def airflow_storage(local_stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The storage connection and audit key as the local Airflow environment gives them to every process."""
     monkeypatch.setenv("AIRFLOW_CONN_SECURETRAIN_STORAGE", local_stack.env["AIRFLOW_CONN_SECURETRAIN_STORAGE"])
     monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
-    monkeypatch.syspath_prepend(str(PLUGINS))
 
 
 def test_the_listener_appends_signed_state_changes_to_the_runs_audit_log(local_stack, airflow_storage) -> None:
-    import securetrain_listener  # noqa: PLC0415
+    from securetrain.airflow import listener as securetrain_listener  # noqa: PLC0415
 
     run_id = f"manual__{uuid.uuid4().hex[:8]}"
     dag = types.SimpleNamespace(tags=["securetrain"])

@@ -20,18 +20,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
-from securetrain.audit.log import AuditLog
-from securetrain.audit.store import BlobAuditStore
-from securetrain.audit.tee_log import audit_events as tee_audit_events
-from securetrain.cli import main
-from securetrain.cvm_client import CvmClient
-from securetrain.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path, sign_manifest
-from securetrain.model_registry import ModelRegistry, ModelRejected, ModelVersion, manifest_blob
-from securetrain.onboarding import SealedShard
-from securetrain.release_policy import ReleasePolicy
-from securetrain.sealed import KekPrivateKey, SealedReader, content_digest
-from securetrain.storage import BlobStore
+from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import BlobAuditStore
+from securetrain.core.audit.tee_log import audit_events as tee_audit_events
+from securetrain.core.cli import main
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path, sign_manifest
+from securetrain.core.model_registry import ModelRegistry, ModelRejected, ModelVersion, manifest_blob
+from securetrain.core.onboarding import SealedShard
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.sealed import KekPrivateKey, SealedReader, content_digest
+from securetrain.core.storage import BlobStore
 
 pytestmark = pytest.mark.integration
 

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
-import trainer
-from operators.enclave import attest_now, watch_job
-from operators.hooks.attestation import AttestationHook
-from operators.hooks.cvm import ConfidentialVmHook
-from operators.hooks.keyvault import KeyVaultHook
-from securetrain.airflow_env import securetrain_connections
-from securetrain.errors import SecurityViolation
-from tests.agent_process import AgentProcess
+from securetrain.airflow.enclave import attest_now, watch_job
+from securetrain.airflow.hooks.attestation import AttestationHook
+from securetrain.airflow.hooks.cvm import ConfidentialVmHook
+from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.localstack.airflow_env import securetrain_connections
+from securetrain.core.errors import SecurityViolation
+from tests.agent_process import AgentProcess, source_copy
 
 pytestmark = pytest.mark.integration
 
@@ -38,8 +35,8 @@ def test_the_stack_tee_attests_for_airflows_nonce_under_the_kek_policy(local_sta
 
 def test_a_changed_trainer_is_refused_by_the_attestation_check(local_stack, connections, tmp_path, monkeypatch) -> None:
     code_root = tmp_path / "code"
-    shutil.copytree(Path(trainer.__file__).parent, code_root / "trainer", ignore=shutil.ignore_patterns("__pycache__"))
-    (code_root / "trainer" / "workload.py").write_text((code_root / "trainer" / "workload.py").read_text() + "\n# changed\n")
+    workload = source_copy(code_root) / "tee" / "workload.py"
+    workload.write_text(workload.read_text() + "\n# changed\n")
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
     agent.start()
     connection = json.loads(connections["AIRFLOW_CONN_SECURETRAIN_CVM"])

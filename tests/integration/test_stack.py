@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.cli import main
-from securetrain.stack import ServiceState, StackConfig, down, read_stack_env, status, up
-from securetrain.stack.envfile import MalformedStackEnv, format_stack_env, parse_stack_env
-from securetrain.stack.errors import PortInUse, StackConfigurationError
-from securetrain.stack.process import PidRecord, ProcessIdentity
-from securetrain.stack.registry import start_order
-from securetrain.stack.service import Service, ServiceContext
+from securetrain.core.cli import main
+from securetrain.localstack import ServiceState, StackConfig, down, read_stack_env, status, up
+from securetrain.localstack.envfile import MalformedStackEnv, format_stack_env, parse_stack_env
+from securetrain.localstack.errors import PortInUse, StackConfigurationError
+from securetrain.localstack.process import PidRecord, ProcessIdentity
+from securetrain.localstack.registry import start_order
+from securetrain.localstack.service import Service, ServiceContext
 from tests.conftest import _config_with_free_ports
 
 pytestmark = pytest.mark.integration

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 
-from securetrain.errors import SecurityViolation
-from securetrain.pki import LocalCA
-from securetrain.storage import (
+from securetrain.core.errors import SecurityViolation
+from securetrain.localstack.pki import LocalCA
+from securetrain.core.storage import (
     DOWNLOAD_CHUNK_SIZE,
     BlobAlreadyExists,
     BlobNotFound,
@@ -189,8 +189,8 @@ def test_airflow_wasb_connection_from_stack_env_reaches_azurite(
 _MEMORY_PROBE = """
 import resource, sys
 from pathlib import Path
-from securetrain.storage import BlobStore
-from securetrain.stack import read_stack_env
+from securetrain.core.storage import BlobStore
+from securetrain.localstack import read_stack_env
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

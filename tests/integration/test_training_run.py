@@ -21,14 +21,14 @@ import safetensors.torch
 import torch
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.datasets import bundled_table, to_parquet
-from securetrain.sealed import KekPrivateKey, SealedReader, seal
-from securetrain.sealed.errors import SegmentTampered
-from securetrain.storage import BlobStore
-from trainer.job_spec import DatasetShard, JobKeys, JobSpec, TrainingCancelled, TrainingSpec
-from trainer.training import run_training
-from trainer.training.checkpoint import safetensors_metadata
-from trainer.training.validation import DataValidationFailed
+from securetrain.core.datasets import bundled_table, to_parquet
+from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
+from securetrain.core.sealed.errors import SegmentTampered
+from securetrain.core.storage import BlobStore
+from securetrain.core.job_spec import DatasetShard, JobKeys, JobSpec, TrainingCancelled, TrainingSpec
+from securetrain.tee.training import run_training
+from securetrain.tee.training.checkpoint import safetensors_metadata
+from securetrain.core.validation import DataValidationFailed
 
 pytestmark = pytest.mark.integration
 
@@ -205,7 +205,7 @@ def test_an_interrupted_run_resumes_to_the_same_weights_bit_for_bit(store, keys,
     damaged[-10] ^= 1
     store.upload_stream("checkpoints", newest, io.BytesIO(bytes(damaged)), overwrite=True)
     progress = RecordingProgress()
-    with caplog.at_level(logging.INFO, logger="trainer.training"):
+    with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
         result = run_training(resumed, keys, store, progress, threading.Event())
 
     assert f"skipping checkpoint checkpoints/{newest}" in caplog.text and "segment" in caplog.text
@@ -234,7 +234,7 @@ def test_a_forged_checkpoint_sealed_with_the_public_key_is_not_resumed_from(stor
     context = {"run_id": spec.run_id, "kind": "checkpoint", "epoch": "1", "mac": "00" * 32}
     seal(io.BytesIO(forged_weights), sealed, keys.kek_public, context)
     store.upload_stream("checkpoints", f"{spec.run_id}/epoch-0001.safetensors.sealed", io.BytesIO(sealed.getvalue()))
-    with caplog.at_level(logging.WARNING, logger="trainer.training"):
+    with caplog.at_level(logging.WARNING, logger="securetrain.tee.training"):
         result = run_training(spec, keys, store, RecordingProgress(), threading.Event())
     assert "its MAC does not verify" in caplog.text
     assert result.epochs_completed == 2 and result.steps_completed == 16  # trained from the start

@@ -20,23 +20,23 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.audit.chain import AuditEntry
-from securetrain.audit.checkpoints import (
+from securetrain.core.audit.chain import AuditEntry
+from securetrain.core.audit.checkpoints import (
     Checkpoint,
     key_fingerprint,
     load_or_create_signing_key,
     local_signing_key_path,
     public_key_pem,
 )
-from securetrain.audit.events import AuditEvent, EventKind, EventSource
-from securetrain.audit.log import AuditLog
-from securetrain.audit.sources import attestation_events, keyvault_events
-from securetrain.audit.store import AUDIT_CONTAINER, BlobAuditStore
-from securetrain.audit.tee_log import audit_events as tee_audit_events
-from securetrain.cli import main
-from securetrain.cvm_client import CvmClient
-from securetrain.model_registry import ModelVersion
-from securetrain.storage import BlobNotFound, BlobStore
+from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.sources import attestation_events, keyvault_events
+from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
+from securetrain.core.audit.tee_log import audit_events as tee_audit_events
+from securetrain.core.cli import main
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.model_registry import ModelVersion
+from securetrain.core.storage import BlobNotFound, BlobStore
 from tests.jobs import job_spec, register, run_job
 
 pytestmark = pytest.mark.integration

@@ -24,18 +24,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.audit.chain import AuditEntry
-from securetrain.audit.checkpoints import key_fingerprint, load_or_create_signing_key, local_signing_key_path
-from securetrain.audit.events import EventSource
-from securetrain.audit.store import AUDIT_CONTAINER
-from securetrain.cli import main
-from securetrain.cvm_client import CvmClient, CvmError
-from securetrain.model_export import EXPORT_AUDIT_LOG, approve_export
-from securetrain.model_provenance import recipient_key
-from securetrain.model_registry import ModelVersion
-from securetrain.sealed import KekPrivateKey, SealedReader
-from securetrain.stack import StackLayout, data_owner
-from securetrain.storage import BlobNotFound, BlobStore
+from securetrain.core.audit.chain import AuditEntry
+from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.events import EventSource
+from securetrain.core.audit.store import AUDIT_CONTAINER
+from securetrain.core.cli import main
+from securetrain.core.cvm_client import CvmClient, CvmError
+from securetrain.core.model_export import EXPORT_AUDIT_LOG, approve_export
+from securetrain.core.model_provenance import recipient_key
+from securetrain.core.model_registry import ModelVersion
+from securetrain.core.sealed import KekPrivateKey, SealedReader
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.core.storage import BlobNotFound, BlobStore
 from tests.jobs import job_spec, register, run_job
 
 pytestmark = pytest.mark.integration

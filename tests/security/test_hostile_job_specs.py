@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 import requests
 
-from securetrain.cvm_client import CvmClient, CvmRequestRejected
-from securetrain.identity import LOCAL_TENANT, LocalIdentityCredential
-from securetrain.onboarding import DatasetRef
-from securetrain.stack.identity import IDENTITIES
-from trainer.job_spec import job_id_for_run
+from securetrain.core.cvm_client import CvmClient, CvmRequestRejected
+from securetrain.core.identity import LOCAL_TENANT, LocalIdentityCredential
+from securetrain.core.onboarding import DatasetRef
+from securetrain.localstack.services.identity import IDENTITIES
+from securetrain.core.job_spec import job_id_for_run
 
 pytestmark = pytest.mark.integration
 

@@ -32,10 +32,10 @@ from azure.keyvault.keys.crypto import EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from securetrain.airflow_env import AIRFLOW_STACK_SETTINGS, airflow_environment, process_environment
-from securetrain.cvm_client import CvmAccessDenied, CvmAttestationRefused, CvmClient
-from securetrain.identity import LocalIdentityCredential
-from securetrain.keyvault import (
+from securetrain.localstack.airflow_env import AIRFLOW_STACK_SETTINGS, airflow_environment, process_environment
+from securetrain.core.cvm_client import CvmAccessDenied, CvmAttestationRefused, CvmClient
+from securetrain.core.identity import LocalIdentityCredential
+from securetrain.core.keyvault import (
     KekPolicyMismatch,
     KekNotProvisioned,
     challenge_resource_verified,
@@ -45,8 +45,8 @@ from securetrain.keyvault import (
     key_client_from_stack_env,
     versions_under_other_policies,
 )
-from securetrain.release_policy import ReleasePolicy
-from securetrain.rotation import (
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.rotation import (
     RewrapNotVerified,
     RotationNotVerified,
     approved_tee_validator,
@@ -54,13 +54,13 @@ from securetrain.rotation import (
     verify_rewrap_answer,
     verify_rotation,
 )
-from securetrain.sealed import KekPrivateKey, SealedReader, inspect, seal
-from securetrain.skr import ReleasedKeyRejected, open_release_response
-from securetrain.stack import StackLayout, data_owner
-from securetrain.stack.keyvault import master_key_path
-from securetrain.storage import BlobStore
+from securetrain.core.sealed import KekPrivateKey, SealedReader, inspect, seal
+from securetrain.core.skr import ReleasedKeyRejected, open_release_response
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.localstack.services.keyvault import master_key_path
+from securetrain.core.storage import BlobStore
 from tests.integration.test_agent_job import released_kek
-from trainer.attest import TeeKey
+from securetrain.tee.attest import TeeKey
 
 pytestmark = pytest.mark.integration
 
@@ -367,9 +367,9 @@ def test_a_rewrap_statement_cannot_be_replayed_or_altered(pipeline, approved_tee
 
 def test_a_release_signed_by_anything_but_the_vaults_server_certificate_is_refused(local_stack, env, pipeline) -> None:
     """The pipeline's client certificate chains to the same CA the TEE trusts; it must not vouch for a key."""
-    from trainer.attest import Attester  # noqa: PLC0415 - the TEE's own attester, as the agent builds it
-    from trainer.evidence import SimulatedSnpProvider  # noqa: PLC0415
-    from trainer.tee_services import attester_from_env  # noqa: PLC0415
+    from securetrain.tee.attest import Attester  # noqa: PLC0415 - the TEE's own attester, as the agent builds it
+    from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider  # noqa: PLC0415
+    from securetrain.tee.tee_services import attester_from_env  # noqa: PLC0415
 
     tee_key = TeeKey()
     provider = SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir)))

@@ -27,10 +27,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from trainer.job_spec import JobSpec, JobSpecError
-from trainer.suite_policy import RULES, CheckedExpectation, CheckedSuite, Release, SuiteRefused, check_suite
-from trainer.training import validation
-from trainer.training.validation import DataValidationFailed, validate
+from securetrain.core.job_spec import JobSpec, JobSpecError
+from securetrain.core.suite_policy import RULES, CheckedExpectation, CheckedSuite, Release, SuiteRefused, check_suite
+from securetrain.core import validation
+from securetrain.core.validation import DataValidationFailed, validate
 
 COLUMNS = ("x", "label")
 SECRET = 987654.25

@@ -20,11 +20,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import securetrain
-from securetrain import signed_documents
-from securetrain.cvm_client import CvmClient
-from securetrain.onboarding import DatasetManifest, DatasetRef, SealedShard, new_manifest
-from securetrain.stack import StackLayout, data_owner
-from securetrain.storage import BlobStore
+from securetrain.core import signed_documents
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.onboarding import DatasetManifest, DatasetRef, SealedShard, new_manifest
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.core.storage import BlobStore
 from tests.agent_process import AgentProcess
 from tests.jobs import job_spec, run_job
 
@@ -124,7 +124,7 @@ def test_a_manifest_for_another_kek_is_refused(local_stack, pipeline, store, own
 
 
 def test_a_tee_running_one_changed_byte_of_the_core_library_gets_no_key(local_stack, dataset_ref, tmp_path: Path) -> None:
-    """Finding 8: the measurement covers the core library the agent imports, not only trainer/."""
+    """Finding 8: the measurement covers the core library the agent imports, not only securetrain/tee/."""
     code_root = tmp_path / "code"
     package = Path(securetrain.__file__).parent
     shutil.copytree(package, code_root / "securetrain", ignore=shutil.ignore_patterns("__pycache__"))
@@ -143,7 +143,7 @@ def test_a_tee_running_one_changed_byte_of_the_core_library_gets_no_key(local_st
 
 def test_the_owner_keys_the_tee_trusts_are_part_of_its_measurement(local_stack) -> None:
     """Started with another owner's key, the TEE is another workload: the approved HOST_DATA is not its."""
-    from trainer.workload import host_data  # noqa: PLC0415
+    from securetrain.tee.workload import host_data  # noqa: PLC0415
 
     approved = local_stack.env["SECURETRAIN_CVM_HOST_DATA"]
     assert host_data(data_owner.key_ids(StackLayout(local_stack.state_dir))).hex() == approved

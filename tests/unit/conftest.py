@@ -6,7 +6,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.sealed import KekPrivateKey, KekPublicKey
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey
 
 KEK_ID = "https://vault.securetrain.test/keys/kek/0123456789abcdef"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.access_review import (
+from securetrain.core.access_review import (
     AuditLogSummary,
     RoleAssignment,
     RoleAssignmentsInvalid,
@@ -17,8 +17,8 @@ from securetrain.access_review import (
     review_access,
     summarize_audit_log,
 )
-from securetrain.audit.events import AuditEvent, EventKind, EventSource
-from securetrain.errors import ConfigurationError
+from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
+from securetrain.core.errors import ConfigurationError
 
 UNTIL = datetime.datetime(2026, 6, 8, tzinfo=datetime.UTC)
 SINCE = UNTIL - datetime.timedelta(days=7)

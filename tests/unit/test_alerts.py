@@ -1,10 +1,10 @@
-"""Alert rules over audit events and task failures (securetrain.alerts)."""
+"""Alert rules over audit events and task failures (securetrain.core.alerts)."""
 
 from __future__ import annotations
 
 import pytest
 
-from securetrain.alerts import (
+from securetrain.core.alerts import (
     AlertCategory,
     AlertConfigurationError,
     AlertThresholds,
@@ -12,10 +12,10 @@ from securetrain.alerts import (
     classify_failure,
     evaluate,
 )
-from securetrain.audit.events import AuditEvent, EventKind, EventSource
-from securetrain.errors import SecurityViolation
-from securetrain.keyvault import KekPolicyMismatch
-from securetrain.sealed.errors import SealedFileError
+from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.keyvault import KekPolicyMismatch
+from securetrain.core.sealed.errors import SealedFileError
 
 
 def _denied(second: int, identity: str = "intruder") -> AuditEvent:

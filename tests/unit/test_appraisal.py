@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 import yaml
 
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.appraisal import AppraisalFailed, AppraisalPolicy, PolicyError
-from securetrain.errors import ConfigurationError, SecurityViolation
-from securetrain.snp.certs import CertificateChain
-from securetrain.snp.report import GuestPolicy, TcbVersion
-from securetrain.snp.roots import AMD_ROOTS
-from securetrain.snp.verifier import VerifiedReport, verify_report
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.appraisal import AppraisalFailed, AppraisalPolicy, PolicyError
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+from securetrain.core.snp.certs import CertificateChain
+from securetrain.core.snp.report import GuestPolicy, TcbVersion
+from securetrain.core.snp.roots import AMD_ROOTS
+from securetrain.core.snp.verifier import VerifiedReport, verify_report
 
 MILAN = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "amd-snp-milan"
 MILAN_MEASUREMENT = "7a1e5c266c0108dbc9bb94fa926951320940915d0aafb42464bd88b579ea158d3e1a0dc39b2c60bd95b9c480cd81841f"

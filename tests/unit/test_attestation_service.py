@@ -13,11 +13,11 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from emulators.attestation_service.app import ServiceConfig, create_app
-from emulators.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.attestation.maa import report_data_for, runtime_data_bytes, sev_snp_request
-from securetrain.snp.report import GuestPolicy, TcbVersion
+from securetrain.localstack.standins.attestation_service.app import ServiceConfig, create_app
+from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.maa import report_data_for, runtime_data_bytes, sev_snp_request
+from securetrain.core.snp.report import GuestPolicy, TcbVersion
 
 MEASUREMENT = bytes.fromhex("ab" * 48)
 HOST_DATA = bytes.fromhex("cd" * 32)
@@ -187,7 +187,7 @@ def test_every_decision_is_logged(tmp_path, policy, platform):
 
 
 def test_signing_keys_persist_and_roll_over(tmp_path, policy, platform):
-    from emulators.attestation_service.signing import SigningKeyStore
+    from securetrain.localstack.standins.attestation_service.signing import SigningKeyStore
 
     config = ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path)
     first = TestClient(create_app(config))
@@ -202,7 +202,7 @@ def test_signing_keys_persist_and_roll_over(tmp_path, policy, platform):
 
 
 def test_retired_key_leaves_certs_after_its_tokens_expire(tmp_path):
-    from emulators.attestation_service.signing import SigningKeyStore
+    from securetrain.localstack.standins.attestation_service.signing import SigningKeyStore
 
     store = SigningKeyStore(tmp_path, token_lifetime=60)
     old = store.current

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from emulators.decision_log import DecisionLog
-from securetrain.audit import (
+from securetrain.localstack.standins.decision_log import DecisionLog
+from securetrain.core.audit import (
     AuditChain,
     AuditChainBroken,
     AuditEntry,
@@ -34,8 +34,8 @@ from securetrain.audit import (
     public_key_pem,
     verify,
 )
-from securetrain.audit.chain import entry_hash
-from securetrain.audit.sources import attestation_events, keyvault_events
+from securetrain.core.audit.chain import entry_hash
+from securetrain.core.audit.sources import attestation_events, keyvault_events
 
 KEY = Ed25519PrivateKey.generate()
 PUBLIC = KEY.public_key()

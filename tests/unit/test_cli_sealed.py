@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.cli import main
+from securetrain.core.cli import main
 
 KEK_ID = "https://vault.securetrain.test/keys/kek/1"
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from securetrain.cli import main
+from securetrain.core.cli import main
 
 MILAN = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "amd-snp-milan"
 MILAN_REPORT = bytes.fromhex(MILAN.joinpath("report.hex").read_text())

@@ -20,13 +20,13 @@ import pytest
 import yaml
 from cryptography import x509
 
-from emulators.keyvault.authz import Action, RoleAssignments
-from securetrain.airflow_env import AIRFLOW_STACK_SETTINGS, securetrain_connections
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.identity import LocalIdentity
-from securetrain.stack import StackLayout, data_owner
-from securetrain.stack.registry import SERVICES
-from trainer.workload import host_data
+from securetrain.localstack.standins.keyvault.authz import Action, RoleAssignments
+from securetrain.localstack.airflow_env import AIRFLOW_STACK_SETTINGS, securetrain_connections
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.identity import LocalIdentity
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.localstack.registry import SERVICES
+from securetrain.tee.workload import host_data
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yaml"

@@ -22,10 +22,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.snp.certs import CertificateChain
-from trainer.evidence import ConfigfsTsmProvider, EvidenceError, EvidenceUnavailable
-from trainer.evidence.configfs_tsm import (
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.snp.certs import CertificateChain
+from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceError, EvidenceUnavailable
+from securetrain.tee.evidence.configfs_tsm import (
     ARK_GUID,
     ASK_GUID,
     VCEK_GUID,

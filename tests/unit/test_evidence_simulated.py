@@ -5,24 +5,23 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import securetrain
-import trainer
-from emulators.local_cvm import LAUNCH_MEASUREMENT
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.cli import main
-from securetrain.snp.certs import CertificateChain
-from securetrain.snp.verifier import verify_report
-from trainer.evidence import EvidenceError, SimulatedSnpProvider
-from securetrain.audit.checkpoints import public_key_pem
-from securetrain.signed_documents import key_id
-from trainer.data_owners import load_owner_key
-from trainer.workload import host_data, manifest
+from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.cli import main
+from securetrain.core.snp.certs import CertificateChain
+from securetrain.core.snp.verifier import verify_report
+from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
+from securetrain.tee.evidence import EvidenceError
+from securetrain.core.audit.checkpoints import public_key_pem
+from securetrain.core.signed_documents import key_id
+from securetrain.tee.data_owners import load_owner_key
+from securetrain.tee.workload import host_data, manifest
+from tests.agent_process import source_copy
 
 
 @pytest.fixture(scope="module")
@@ -65,21 +64,23 @@ def test_report_data_of_the_wrong_size_is_refused(provider, size: int) -> None:
         provider.report(bytes(size))
 
 
-@pytest.mark.parametrize(
-    ("package", "file"),
-    [(trainer, "attest.py"), (securetrain, "sealed/stream.py"), (securetrain, "skr.py")],
-)
-def test_one_changed_byte_of_code_the_tee_runs_changes_host_data(tmp_path: Path, package, file: str) -> None:
-    """The trainer and the core library it imports (the decryption in sealed/stream.py among it)."""
-    name = package.__name__
-    copy = tmp_path / name
-    shutil.copytree(Path(package.__file__).parent, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    assert host_data(roots={name: copy}) == host_data()
+@pytest.mark.parametrize("file", ["tee/attest.py", "core/sealed/stream.py", "core/skr.py", "__init__.py"])
+def test_one_changed_byte_of_code_the_tee_runs_changes_host_data(tmp_path: Path, file: str) -> None:
+    """The TEE zone, the core it imports (the decryption in sealed/stream.py among it) and the package root."""
+    copy = source_copy(tmp_path)
+    assert host_data(source=copy) == host_data()
     source = copy / file
     content = bytearray(source.read_bytes())
     content[-2] ^= 0x01
     source.write_bytes(bytes(content))
-    assert host_data(roots={name: copy}) != host_data()
+    assert host_data(source=copy) != host_data()
+
+
+@pytest.mark.parametrize("file", ["airflow/training.py", "localstack/demo.py"])
+def test_code_that_never_runs_in_the_tee_is_not_measured(tmp_path: Path, file: str) -> None:
+    copy = source_copy(tmp_path)
+    (copy / file).write_text((copy / file).read_text() + "# outside the TEE\n")
+    assert host_data(source=copy) == host_data()
 
 
 def test_the_measurement_names_the_dependency_set_python_and_trusted_owners(owner_ids) -> None:
@@ -100,6 +101,6 @@ def test_cvm_measure_prints_the_host_data_the_provider_reports(provider, owner_k
     assert '"job_spec.py"' in capsys.readouterr().out
 
 
-def test_cvm_measure_refuses_a_directory_that_is_no_trainer(tmp_path: Path, capsys) -> None:
-    assert main(["cvm", "measure", "--trainer-dir", str(tmp_path)]) == 2
-    assert "not a trainer package" in capsys.readouterr().err
+def test_cvm_measure_refuses_a_directory_that_is_no_securetrain_package(tmp_path: Path, capsys) -> None:
+    assert main(["cvm", "measure", "--source-dir", str(tmp_path)]) == 2
+    assert "not a securetrain package directory" in capsys.readouterr().err

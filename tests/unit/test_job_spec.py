@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trainer.job_spec import JOB_SPEC_SCHEMA, DatasetShard, JobKeys, JobSpec, JobSpecError
+from securetrain.core.job_spec import JOB_SPEC_SCHEMA, DatasetShard, JobKeys, JobSpec, JobSpecError
 
 
 def valid_spec() -> dict[str, Any]:

@@ -13,18 +13,16 @@ import pytest
 from airflow._shared.listeners.spec import taskinstance
 from airflow.listeners.listener import ListenerManager
 from airflow.listeners.spec import dagrun
-from securetrain.audit.events import EventKind, EventSource
+from securetrain.core.audit.events import EventKind, EventSource
 
 PLUGINS = Path(__file__).resolve().parents[2] / "plugins"
 
 
 @pytest.fixture
-def listener_module(monkeypatch: pytest.MonkeyPatch) -> types.ModuleType:
-    # Airflow puts the plugins folder on sys.path and imports the plugin files from there; so does this test.
-    monkeypatch.syspath_prepend(str(PLUGINS))
-    import securetrain_listener  # noqa: PLC0415
+def listener_module() -> types.ModuleType:
+    from securetrain.airflow import listener  # noqa: PLC0415
 
-    return securetrain_listener
+    return listener
 
 
 def _dag(*tags: str) -> types.SimpleNamespace:
@@ -50,6 +48,8 @@ def test_the_hooks_are_accepted_by_airflows_listener_specs(listener_module) -> N
 
 
 def test_the_plugin_registers_the_listener(listener_module, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Airflow puts the plugins folder on sys.path and imports the plugin files from there; so does this test.
+    monkeypatch.syspath_prepend(str(PLUGINS))
     import securetrain_plugin  # noqa: PLC0415
 
     assert listener_module.audit_trail_listener in securetrain_plugin.SecuretrainPlugin.listeners
@@ -73,7 +73,7 @@ def test_a_listener_failure_is_logged_never_raised(listener_module, monkeypatch:
     # No storage connection is defined here, so recording fails: the hook must log it and return.
     monkeypatch.delenv("AIRFLOW_CONN_SECURETRAIN_STORAGE", raising=False)
     listener = listener_module.audit_trail_listener
-    with caplog.at_level(logging.ERROR, logger="securetrain_listener"):
+    with caplog.at_level(logging.ERROR, logger="securetrain.airflow.listener"):
         listener.on_task_instance_failed(previous_state="running", task_instance=_task_instance("securetrain"),
                                          error=RuntimeError("boom"))  # fmt: skip
         listener.on_dag_run_failed(dag_run=types.SimpleNamespace(dag_id="secure_training", run_id="r",
@@ -83,7 +83,7 @@ def test_a_listener_failure_is_logged_never_raised(listener_module, monkeypatch:
 
 
 def test_dags_without_the_securetrain_tag_are_not_recorded(listener_module, caplog) -> None:
-    with caplog.at_level(logging.DEBUG, logger="securetrain_listener"):
+    with caplog.at_level(logging.DEBUG, logger="securetrain.airflow.listener"):
         listener_module.audit_trail_listener.on_task_instance_success(previous_state=None,
                                                                       task_instance=_task_instance("other"))  # fmt: skip
     assert caplog.records == []

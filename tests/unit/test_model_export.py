@@ -11,11 +11,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.model_export import ExportApproval, ExportApprovalInvalid, ExportNotApproved, approve_export
-from securetrain.model_provenance import recipient_key
-from securetrain.signed_documents import SignatureInvalid
-from trainer.agent.exports import ExportRequestInvalid, parse_export_request
-from trainer.data_owners import DataOwnerKeys
+from securetrain.core.model_export import ExportApproval, ExportApprovalInvalid, ExportNotApproved, approve_export
+from securetrain.core.model_provenance import recipient_key
+from securetrain.core.signed_documents import SignatureInvalid
+from securetrain.tee.agent.exports import ExportRequestInvalid, parse_export_request
+from securetrain.tee.data_owners import DataOwnerKeys
 
 KEK = "https://vault.test/keys/kek/0123456789abcdef0123456789abcdef"
 NOW = datetime.datetime(2026, 5, 1, 12, tzinfo=datetime.UTC)

@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-from securetrain.model_provenance import (
+from securetrain.core.model_provenance import (
     DatasetDigest,
     JwksKeys,
     ProvenanceInvalid,
@@ -33,8 +33,8 @@ from securetrain.model_provenance import (
     verify_provenance,
     verify_statement_signature,
 )
-from securetrain.release_policy import ReleasePolicy
-from trainer.attest import TeeKey
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.tee.attest import TeeKey
 
 AUTHORITY = "https://attestation.test"
 HOST_DATA = "ab" * 32

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 
 from airflow.sdk import DAG
-from operators.failures import SecurityCheckFailed
-from operators.notifiers import (
+from securetrain.airflow.failures import SecurityCheckFailed
+from securetrain.airflow.notifiers import (
     LogNotifier,
     WebhookNotConfigured,
     WebhookNotifier,
     deliver_alerts,
     load_alert_thresholds,
 )
-from securetrain.alerts import Alert, AlertCategory, Severity
-from securetrain.pki import LocalCA
+from securetrain.core.alerts import Alert, AlertCategory, Severity
+from securetrain.localstack.pki import LocalCA
 
 ALERT = Alert(AlertCategory.RELEASE_DENIED, Severity.CRITICAL, "secure_training.r1.0123456789ab",
               "Key Vault refused to release the key: <policy> mismatch", count=2,
@@ -138,7 +138,7 @@ def test_webhook_refuses_plain_http() -> None:
 
 def test_log_notifier_writes_one_structured_line_at_the_alert_level(caplog) -> None:
     warning = Alert(AlertCategory.TASK_FAILED, Severity.WARNING, None, "task train failed")
-    with caplog.at_level(logging.INFO, logger="operators.notifiers"):
+    with caplog.at_level(logging.INFO, logger="securetrain.airflow.notifiers"):
         deliver_alerts([ALERT, warning], [LogNotifier()])
     critical, warned = caplog.records
     assert critical.levelno == logging.ERROR and warned.levelno == logging.WARNING

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from securetrain.errors import ConfigurationError, SecurityViolation
-from securetrain.pki import (
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+from securetrain.localstack.pki import (
     LEAF_RENEW_BEFORE,
     CertificateFiles,
     CorruptCertificateAuthority,

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from securetrain.stack.layout import repo_root
+from securetrain.localstack.layout import repo_root
 
 PASSWORD = "correct horse battery staple"
 SUCCEEDED_RUN = "manual__succeeded"

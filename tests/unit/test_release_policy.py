@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emulators.snp_platform import DEFAULT_TCB
-from securetrain.appraisal import AppraisalPolicy
-from securetrain.release_policy import (
+from securetrain.localstack.platform.snp_platform import DEFAULT_TCB
+from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.release_policy import (
     ReleaseDenied,
     ReleasePolicy,
     ReleasePolicyInvalid,

@@ -6,14 +6,14 @@ import datetime
 
 import pytest
 
-from securetrain.retention import (
+from securetrain.core.retention import (
     NewestModelProtected,
     RegisteredVersion,
     RetentionPolicy,
     RetentionPolicyInvalid,
     select_deletions,
 )
-from securetrain.storage import BlobInfo
+from securetrain.core.storage import BlobInfo
 
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.UTC)
 

@@ -1,11 +1,11 @@
-"""The run report rendered from a fixture run record (securetrain.run_report)."""
+"""The run report rendered from a fixture run record (securetrain.core.run_report)."""
 
 from __future__ import annotations
 
 import base64
 import re
 
-from securetrain.run_report import RunRecord, render_run_report, training_curves_png
+from securetrain.core.run_report import RunRecord, render_run_report, training_curves_png
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

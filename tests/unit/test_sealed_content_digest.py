@@ -7,10 +7,10 @@ import io
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.sealed import KekPrivateKey, KekPublicKey, content_digest, inspect, seal
-from securetrain.sealed.errors import TrailingData, Truncated
-from securetrain.sealed.header import KeyWrap
-from securetrain.sealed.kek import WRAP_ALGORITHM
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, content_digest, inspect, seal
+from securetrain.core.sealed.errors import TrailingData, Truncated
+from securetrain.core.sealed.header import KeyWrap
+from securetrain.core.sealed.kek import WRAP_ALGORITHM
 
 
 def _kek(kek_id: str) -> tuple[KekPrivateKey, KekPublicKey]:

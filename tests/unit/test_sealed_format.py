@@ -11,10 +11,10 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securetrain.sealed import KekPrivateKey, KekPublicKey, SealedReader, inspect, seal, unseal, unseal_file
-from securetrain.sealed import errors
-from securetrain.sealed.header import KeyWrap, SealedContent, SealedHeader
-from securetrain.sealed.stream import STREAM_HEADER_SIZE, TAG_SIZE, SegmentLayout, encrypt_stream
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, inspect, seal, unseal, unseal_file
+from securetrain.core.sealed import errors
+from securetrain.core.sealed.header import KeyWrap, SealedContent, SealedHeader
+from securetrain.core.sealed.stream import STREAM_HEADER_SIZE, TAG_SIZE, SegmentLayout, encrypt_stream
 
 SEGMENT = 4096
 FIRST = SEGMENT - STREAM_HEADER_SIZE - TAG_SIZE

@@ -11,8 +11,8 @@ import tink
 from tink import cleartext_keyset_handle, streaming_aead
 from tink.proto import aes_gcm_hkdf_streaming_pb2, common_pb2, tink_pb2
 
-from securetrain.sealed import inspect, seal
-from securetrain.sealed.stream import STREAM_HEADER_SIZE, TAG_SIZE, SegmentLayout, StreamDecryptor, encrypt_stream
+from securetrain.core.sealed import inspect, seal
+from securetrain.core.sealed.stream import STREAM_HEADER_SIZE, TAG_SIZE, SegmentLayout, StreamDecryptor, encrypt_stream
 
 streaming_aead.register()
 

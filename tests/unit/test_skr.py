@@ -14,8 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.pki import LocalCA
-from securetrain.skr import (
+from securetrain.localstack.pki import LocalCA
+from securetrain.core.skr import (
     WRAP_ALGORITHMS,
     ReleasedKeyRejected,
     open_release_response,

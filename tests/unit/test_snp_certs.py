@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securetrain.snp.certs import (
+from securetrain.core.snp.certs import (
     CertificateChain,
     CertificateChainError,
     CertificateFormatError,
@@ -24,9 +24,9 @@ from securetrain.snp.certs import (
     SnpCertificate,
     UntrustedRoot,
 )
-from securetrain.snp.errors import SnpEvidenceError
-from securetrain.snp.report import TcbVersion
-from securetrain.snp.roots import AMD_ROOTS, TrustedRoot
+from securetrain.core.snp.errors import SnpEvidenceError
+from securetrain.core.snp.report import TcbVersion
+from securetrain.core.snp.roots import AMD_ROOTS, TrustedRoot
 
 MILAN = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "amd-snp-milan"
 VCEK_DER = MILAN.joinpath("vcek.der").read_bytes()

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securetrain.snp import der
-from securetrain.snp.der import DerDecodeError
+from securetrain.core.snp import der
+from securetrain.core.snp.der import DerDecodeError
 
 
 def test_decodes_nested_values() -> None:

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from emulators.snp_platform import SIMULATION_ORGANIZATION, SimulatedSnpPlatform
-from securetrain.errors import ConfigurationError
-from securetrain.snp.certs import CertificateChain, UntrustedRoot
-from securetrain.snp.report import AttestationReport, FieldValueError, GuestPolicy, SigningKey, TcbVersion
-from securetrain.snp.roots import AMD_ROOTS
-from securetrain.snp.verifier import verify_report
+from securetrain.localstack.platform.snp_platform import SIMULATION_ORGANIZATION, SimulatedSnpPlatform
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.snp.certs import CertificateChain, UntrustedRoot
+from securetrain.core.snp.report import AttestationReport, FieldValueError, GuestPolicy, SigningKey, TcbVersion
+from securetrain.core.snp.roots import AMD_ROOTS
+from securetrain.core.snp.verifier import verify_report
 
 TCB = TcbVersion(bootloader=4, tee=1, snp=22, microcode=213)
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securetrain.errors import ConfigurationError, SecurityViolation
-from securetrain.snp.report import (
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+from securetrain.core.snp.report import (
     REPORT_SIZE,
     AttestationReport,
     Cpuid,

@@ -10,12 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from emulators.snp_platform import SimulatedSnpPlatform
-from securetrain.snp.certs import CertificateChain, CertificateChainError, CertificateNotValidNow, UntrustedRoot
-from securetrain.snp.errors import SnpEvidenceError
-from securetrain.snp.report import REPORT_SIZE, SIGNED_SIZE, TcbVersion
-from securetrain.snp.roots import AMD_ROOTS
-from securetrain.snp.verifier import ReportSignatureInvalid, UnsupportedSigningKey, VcekReportMismatch, verify_report
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.core.snp.certs import CertificateChain, CertificateChainError, CertificateNotValidNow, UntrustedRoot
+from securetrain.core.snp.errors import SnpEvidenceError
+from securetrain.core.snp.report import REPORT_SIZE, SIGNED_SIZE, TcbVersion
+from securetrain.core.snp.roots import AMD_ROOTS
+from securetrain.core.snp.verifier import ReportSignatureInvalid, UnsupportedSigningKey, VcekReportMismatch, verify_report
 
 MILAN = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "amd-snp-milan"
 MILAN_REPORT = bytes.fromhex(MILAN.joinpath("report.hex").read_text())

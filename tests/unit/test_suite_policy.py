@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.job_spec import JobSpec, JobSpecError
-from trainer.suite_policy import MAX_EXPECTATIONS, MAX_VALUE_SET, RULES, SuiteRefused, check_suite
-from trainer.training.validation import validate
+from securetrain.core.job_spec import JobSpec, JobSpecError
+from securetrain.core.suite_policy import MAX_EXPECTATIONS, MAX_VALUE_SET, RULES, SuiteRefused, check_suite
+from securetrain.core.validation import validate
 
 
 def suite(*expectations: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +80,7 @@ def test_every_allowed_type_runs_on_great_expectations_and_passes() -> None:
 
 
 def test_the_repositorys_suites_pass() -> None:
-    from operators.pipeline import DEFAULT_SUITE  # noqa: PLC0415 - imports Airflow
+    from securetrain.airflow.pipeline import DEFAULT_SUITE  # noqa: PLC0415 - imports Airflow
 
     assert [e.type for e in check_suite(DEFAULT_SUITE).expectations] == [e["type"] for e in DEFAULT_SUITE["expectations"]]
     # The form Great Expectations writes (ExpectationSuite.to_json_dict()): ids, meta, notes, severity.

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.audit.chain import AuditChain
-from securetrain.audit.checkpoints import Checkpoint, check_pinned, key_fingerprint, pinned_fingerprint
-from securetrain.audit.errors import AuditKeyNotPinned, AuditKeyUntrusted, CheckpointInvalid, UnsignedEntries
-from securetrain.audit.events import AuditEvent, EventKind, EventSource
-from securetrain.audit.tee_log import (
+from securetrain.core.audit.chain import AuditChain
+from securetrain.core.audit.checkpoints import Checkpoint, check_pinned, key_fingerprint, pinned_fingerprint
+from securetrain.core.audit.errors import AuditKeyNotPinned, AuditKeyUntrusted, CheckpointInvalid, UnsignedEntries
+from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
+from securetrain.core.audit.tee_log import (
     TeeEventKind,
     TeeEventLog,
     TeeLogInvalid,
@@ -23,10 +23,10 @@ from securetrain.audit.tee_log import (
     collect_tee_logs,
     verify_tee_log,
 )
-from securetrain.audit.trail import verify_trail
-from securetrain.model_provenance import JwksKeys, ProvenanceInvalid, verify_attestation_token
+from securetrain.core.audit.trail import verify_trail
+from securetrain.core.model_provenance import JwksKeys, ProvenanceInvalid, verify_attestation_token
 from tests.unit.test_model_provenance import authority, policy, tee_key, token  # noqa: F401 - fixtures
-from trainer.attest import TeeKey
+from securetrain.tee.attest import TeeKey
 
 RUN = "manual__1"
 SHA = "ab" * 32

@@ -8,9 +8,9 @@ import json
 import pytest
 from joserfc.jwk import RSAKey
 
-from securetrain.attestation.maa import report_data_for
-from securetrain.attestation.tokens import ValidatedToken
-from trainer.attest import TEE_KEY_BITS, TeeKey, attestation_nonce, renewal_delay, runtime_data
+from securetrain.core.attestation.maa import report_data_for
+from securetrain.core.attestation.tokens import ValidatedToken
+from securetrain.tee.attest import TEE_KEY_BITS, TeeKey, attestation_nonce, renewal_delay, runtime_data
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from trainer.job_spec import CheckpointLocation
-from trainer.training.checkpoint import (
+from securetrain.core.job_spec import CheckpointLocation
+from securetrain.tee.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointInvalid,
     Progress,
@@ -18,7 +18,7 @@ from trainer.training.checkpoint import (
     restore_checkpoint,
     safetensors_metadata,
 )
-from trainer.training.models import DataShape, build_model
+from securetrain.tee.training.models import DataShape, build_model
 
 RUN = "manual__2026-01-01"
 

@@ -11,11 +11,11 @@ import pytest
 import safetensors.torch
 import torch
 
-from securetrain.datasets import bundled_table, to_parquet
-from securetrain.sealed import seal
-from securetrain.sealed.errors import SegmentTampered, WrongContext
-from trainer.job_spec import Columns, DatasetShard
-from trainer.training.data import DataLimits, DatasetContentError, ShardTooLarge, read_shard
+from securetrain.core.datasets import bundled_table, to_parquet
+from securetrain.core.sealed import seal
+from securetrain.core.sealed.errors import SegmentTampered, WrongContext
+from securetrain.core.job_spec import Columns, DatasetShard
+from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardTooLarge, read_shard
 
 CONTEXT = {"dataset_id": "breast-cancer"}
 LIMITS = DataLimits(max_buffered_shard_bytes=1 << 30)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from trainer.training.models import (
+from securetrain.tee.training.models import (
     MODELS,
     DataShape,
     ModelConfigurationError,

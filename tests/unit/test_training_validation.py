@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from trainer.suite_policy import MIN_GROUP_SIZE, SuiteRefused
-from trainer.training.validation import DataValidationFailed, ExpectationSuiteError, validate
+from securetrain.core.suite_policy import MIN_GROUP_SIZE, SuiteRefused
+from securetrain.core.validation import DataValidationFailed, ExpectationSuiteError, validate
 
 SECRET_VALUE = 987654.25
 IN_SET = {"type": "expect_column_distinct_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}}

@@ -1,4 +1,0 @@
-"""The local stand-in for Azure Attestation (MAA): same endpoints, same body and token shapes.
-
-``python -m emulators.attestation_service --help`` runs it; ``securetrain stack up`` starts it.
-"""

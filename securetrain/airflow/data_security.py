@@ -1,0 +1,146 @@
+"""Stage 2, data security check: the sealed dataset verified without decrypting it."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+from azure.keyvault.keys import KeyVaultKeyIdentifier
+
+from airflow.sdk import BaseOperator, Context
+from securetrain.airflow.failures import fail_closed
+from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.airflow.hooks.storage import SecureStorageHook
+from securetrain.airflow.locations import DATASETS_CONTAINER
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.onboarding import DatasetManifest, DatasetRef, SealedShard
+from securetrain.core.sealed import KekPublicKey
+from securetrain.core.sealed.errors import SealedFileError
+from securetrain.core.sealed.header import read_header
+from securetrain.core.storage import BlobStore
+
+#: ``version`` that means the newest sealed version (scheduled retraining).
+LATEST = "latest"
+_HEADER_BYTES = 64 * 1024  # a sealed header is a few hundred bytes; its context is small
+
+
+def _versionless(kek_id: str) -> str:
+    """The key a versioned KEK id names, whatever the version: ``<vault>/keys/<name>``."""
+    ref = KeyVaultKeyIdentifier(kek_id)
+    return f"{ref.vault_url.rstrip('/')}/keys/{ref.name}"
+
+
+class DatasetCheckFailed(SecurityViolation):
+    """A sealed shard or its manifest is not what the pipeline approved."""
+
+
+def check_shard(store: BlobStore, shard: SealedShard, kek: KekPublicKey) -> None:
+    """One shard against its manifest entry and the KEK, reading only its header and properties."""
+    where = f"{shard.container}/{shard.blob}"
+    store.check_private(shard.container)
+    info = store.properties(shard.container, shard.blob)
+    with store.open_read(shard.container, shard.blob) as blob:
+        head = blob.read(_HEADER_BYTES)
+    try:
+        header = read_header(io.BytesIO(head))
+    except SealedFileError as exc:
+        raise DatasetCheckFailed(f"{where}: the sealed header does not parse: {exc}") from None
+    problems = []
+    if header.key.kek_id != kek.kek_id:
+        problems.append(f"it is sealed for KEK {header.key.kek_id}, not the approved {kek.kek_id}")
+    if header.key.kek_thumbprint != kek.thumbprint:
+        problems.append("its KEK thumbprint is not the approved KEK's public key")
+    if header.content.plaintext_sha256 != shard.plaintext_sha256:
+        problems.append("its plaintext digest differs from the manifest's")
+    if header.content.plaintext_length != shard.plaintext_bytes:
+        problems.append(f"it holds {header.content.plaintext_length} plaintext bytes, the manifest says {shard.plaintext_bytes}")
+    if header.sealed_length != info.size or info.size != shard.sealed_bytes:
+        problems.append(f"it is {info.size} bytes; its header says {header.sealed_length}, the manifest {shard.sealed_bytes}")
+    missing = {key: value for key, value in shard.context.items() if header.content.context.get(key) != value}
+    if missing:
+        problems.append(f"its seal context lacks {missing}")
+    if info.metadata.get("plaintext_sha256") not in (None, shard.plaintext_sha256):
+        problems.append("its blob metadata names another plaintext digest")
+    if problems:
+        raise DatasetCheckFailed(f"{where}: " + "; ".join(problems))
+
+
+class DataSecurityCheckOperator(BaseOperator):
+    """Verifies the sealed dataset ``dataset_id``/``version`` (or ``latest``) before any TEE sees it, without a key.
+
+    The data owner's manifest must name the approved KEK; each shard's header must parse and match its
+    manifest entry (KEK id and thumbprint, plaintext length and digest, seal context, sealed size); the
+    containers must be private; and the KEK must still carry the approved release policy
+    (``release_policy_sha256``, from environment preparation).
+
+    Returns (XCom) ``{"dataset_id", "version", "manifest_blob", "job_datasets": [{"container", "manifest"}],
+    "datasets": [{"container", "blob", "format", "context", "kek_id", "plaintext_sha256", "size"}]}``:
+    the manifest as the training job names it, and its shards for the record (the TEE reads the shards from
+    the owner-signed manifest itself; docs/security.md).
+    """
+
+    template_fields: Sequence[str] = ("dataset_id", "version", "kek_id", "release_policy_sha256")
+    ui_color = "#e3f1dc"
+
+    def __init__(
+        self,
+        *,
+        dataset_id: str,
+        version: str,
+        kek_id: str,
+        release_policy_sha256: str,
+        container: str = DATASETS_CONTAINER,
+        storage_conn_id: str = SecureStorageHook.default_conn_name,
+        keyvault_conn_id: str = KeyVaultHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.dataset_id = dataset_id
+        self.version = version
+        self.kek_id = kek_id
+        self.release_policy_sha256 = release_policy_sha256
+        self.container = container
+        self.storage_conn_id = storage_conn_id
+        self.keyvault_conn_id = keyvault_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with fail_closed("data security check"):
+            vault = KeyVaultHook(self.keyvault_conn_id)
+            enforced = vault.release_policy(self.kek_id)
+            if enforced.sha256 != self.release_policy_sha256:
+                raise DatasetCheckFailed(
+                    f"the KEK {self.kek_id} is now released under policy sha256 {enforced.sha256}, not the approved "
+                    f"{self.release_policy_sha256}"
+                )
+            kek = vault.kek_public_key(self.kek_id)
+            with SecureStorageHook(self.storage_conn_id).blob_store() as store:
+                store.check_private(self.container)
+                if self.version == LATEST:
+                    self.version = DatasetManifest.latest_version(store, self.container, self.dataset_id)
+                    self.log.info("the latest version of %s is %s", self.dataset_id, self.version)
+                manifest_blob = DatasetManifest.blob_name(self.dataset_id, self.version)
+                ref = DatasetRef(self.container, manifest_blob)
+                manifest = DatasetManifest.read(store, self.container, manifest_blob)
+                # The manifest names the KEK the owner sealed for; a rotation since then rewrapped the shards to a
+                # newer version of the same key, which their headers (checked below) must name.
+                if _versionless(manifest.kek_id) != _versionless(self.kek_id) or manifest.dataset_id != self.dataset_id:
+                    raise DatasetCheckFailed(
+                        f"{self.container}/{manifest_blob} describes {manifest.dataset_id} sealed for {manifest.kek_id}, "
+                        f"not {self.dataset_id} for the approved KEK {self.kek_id}"
+                    )
+                for shard in manifest.shards:
+                    check_shard(store, shard, kek)
+                    self.log.info("%s/%s: header, digest, size and context match the manifest; sealed for %s",
+                                  shard.container, shard.blob, kek.kek_id)  # fmt: skip
+        return {
+            "dataset_id": self.dataset_id,
+            "version": self.version,
+            "manifest_blob": f"{self.container}/{manifest_blob}",
+            "job_datasets": [ref.to_json()],
+            "datasets": [
+                {"container": shard.container, "blob": shard.blob, "format": shard.format, "context": dict(shard.context),
+                 "kek_id": shard.kek_id, "plaintext_sha256": shard.plaintext_sha256, "size": shard.sealed_bytes}
+                for shard in manifest.shards
+            ],  # fmt: skip
+        }

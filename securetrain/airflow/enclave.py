@@ -1,0 +1,70 @@
+"""What the sensors check about the confidential VM, shared by their poke and their trigger.
+
+:func:`attest_now` asks the TEE to attest for a fresh nonce and validates the token in Airflow itself
+(signature against the service's published keys, issuer, lifetime, the nonce, and the KEK's release
+policy: the claims must be ones Key Vault would release the key for). :func:`watch_job` looks at the
+agent's health and the job of this run while it trains.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from securetrain.airflow.hooks.attestation import AttestationHook, claims_summary
+from securetrain.airflow.hooks.cvm import ConfidentialVmHook
+from securetrain.core.attestation.tokens import TokenRejected
+from securetrain.core.cvm_client import CvmJobNotFound
+from securetrain.core.release_policy import ReleasePolicy
+
+
+def attest_now(cvm: ConfidentialVmHook, attestation: AttestationHook, policy: ReleasePolicy) -> dict[str, Any]:
+    """The TEE's claims now, validated; raises a :class:`SecurityViolation` subclass when they do not hold."""
+    nonce = secrets.token_urlsafe(32)
+    with cvm.get_conn() as client:
+        answer = client.attest(nonce)
+    token = attestation.validate(answer["token"], policy=policy)
+    if token.claims.get("nonce") != nonce:
+        raise TokenRejected("the TEE's token does not carry the nonce Airflow sent: it is not an answer to this challenge")
+    return claims_summary(token.claims)
+
+
+@dataclass(frozen=True)
+class EnclaveWatch:
+    """One look at the enclave while a job trains: done (the job finished cleanly), or a security event."""
+
+    done: bool
+    security_event: str | None
+    job_state: str | None
+
+
+def watch_job(cvm: ConfidentialVmHook, job_id: str, *, expected_tee: str | None, max_attestation_age_s: float) -> EnclaveWatch:
+    """Health and the job ``job_id``: a wrong TEE, a stale or failed attestation are security events."""
+    with cvm.get_conn() as client:
+        health = client.health()
+        try:
+            job = client.job(job_id)
+        except CvmJobNotFound:
+            job = None
+    if health.get("status") != "ok":
+        return EnclaveWatch(False, f"the agent reports status {health.get('status')!r}", None)
+    if expected_tee is not None and health.get("tee_type") != expected_tee:
+        return EnclaveWatch(False, f"the agent reports TEE {health.get('tee_type')!r}, not {expected_tee!r}", None)
+    if job is None:
+        return EnclaveWatch(False, None, None)  # not submitted yet
+    state = job["state"]
+    error = job.get("error") or {}
+    if state == "failed" and error.get("security_violation"):
+        return EnclaveWatch(False, f"the job failed a security check: {error.get('code')}: {error.get('message')}", state)
+    if state in ("succeeded", "failed", "cancelled"):
+        return EnclaveWatch(True, None, state)
+    attestation = health.get("attestation")
+    if state not in ("queued", "attesting") and attestation is None:
+        return EnclaveWatch(False, f"the job is {state} but the agent holds no attestation", state)
+    if attestation is not None and attestation.get("age_seconds", 0) > max_attestation_age_s:
+        return EnclaveWatch(
+            False, f"the TEE's attestation is {attestation['age_seconds']:.0f} s old (at most {max_attestation_age_s:.0f})",
+            state,
+        )  # fmt: skip
+    return EnclaveWatch(False, None, state)

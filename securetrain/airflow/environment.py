@@ -1,0 +1,96 @@
+"""Stage 1, environment preparation: containers, the KEK under the approved release policy, the CVM up."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from securetrain.airflow.failures import fail_closed
+from securetrain.airflow.hooks.attestation import AttestationHook
+from securetrain.airflow.hooks.cvm import ConfidentialVmHook
+from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.airflow.hooks.storage import SecureStorageHook
+from securetrain.airflow.locations import CONTAINERS
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.keyvault import KEK_NAME
+from securetrain.core.release_policy import ReleasePolicy
+
+RELEASE_POLICY_VARIABLE = "SECURETRAIN_RELEASE_POLICY"
+
+
+def approved_release_policy(path: str | None) -> ReleasePolicy:
+    """The approved release policy from ``path`` (default: ``$SECURETRAIN_RELEASE_POLICY``, the local stack's)."""
+    source = path or os.environ.get(RELEASE_POLICY_VARIABLE)
+    if not source:
+        raise ConfigurationError(
+            f"no approved release policy: pass release_policy_path or set ${RELEASE_POLICY_VARIABLE} to its JSON file"
+        )
+    try:
+        return ReleasePolicy.parse(Path(source).read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the approved release policy {source}: {exc}") from None
+
+
+class EnvironmentPreparationOperator(BaseOperator):
+    """Makes the run's environment and checks it before anything secret moves.
+
+    - every container the pipeline uses exists and is private;
+    - the KEK ``kek_name`` exists and its latest version carries exactly the approved release policy,
+      immutably (checked, never created or changed: the data owner creates KEKs; a missing KEK or one under
+      any other policy fails the task, since Key Vault would release it to other TEEs);
+    - the attestation service publishes its signing keys over verified TLS;
+    - the confidential VM is up (azure backend: started) and its agent answers over mutual TLS.
+
+    Returns (XCom) ``{"kek_id", "release_policy_sha256", "cvm_endpoint", "tee", "containers"}``.
+    """
+
+    template_fields: Sequence[str] = ("kek_name", "release_policy_path")
+    ui_color = "#d9e8f5"
+
+    def __init__(
+        self,
+        *,
+        kek_name: str = KEK_NAME,
+        release_policy_path: str | None = None,
+        containers: Sequence[str] = CONTAINERS,
+        storage_conn_id: str = SecureStorageHook.default_conn_name,
+        keyvault_conn_id: str = KeyVaultHook.default_conn_name,
+        attestation_conn_id: str = AttestationHook.default_conn_name,
+        cvm_conn_id: str = ConfidentialVmHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.kek_name = kek_name
+        self.release_policy_path = release_policy_path
+        self.containers = tuple(containers)
+        self.storage_conn_id = storage_conn_id
+        self.keyvault_conn_id = keyvault_conn_id
+        self.attestation_conn_id = attestation_conn_id
+        self.cvm_conn_id = cvm_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        with fail_closed("environment preparation"):
+            with SecureStorageHook(self.storage_conn_id).blob_store() as store:
+                for container in self.containers:
+                    created = store.ensure_container(container)
+                    self.log.info("container %s %s (private)", container, "created" if created else "exists")
+            approved = approved_release_policy(self.release_policy_path)
+            kek = KeyVaultHook(self.keyvault_conn_id).check_kek(self.kek_name, approved)
+            self.log.info("KEK %s carries the approved release policy (sha256 %s)", kek.id, approved.sha256)
+            attestation = AttestationHook(self.attestation_conn_id)
+            keys = attestation.signing_key_ids()
+            self.log.info("attestation service %s publishes %d signing key(s)", attestation.connection.endpoint, len(keys))
+            cvm = ConfidentialVmHook(self.cvm_conn_id)
+            health = cvm.start()
+            self.log.info("confidential VM (%s backend) up: TEE %s, device %s", cvm.backend, health.get("tee_type"),
+                          health.get("device"))  # fmt: skip
+        return {
+            "kek_id": str(kek.id),
+            "release_policy_sha256": approved.sha256,
+            "cvm_endpoint": cvm.endpoint,
+            "tee": str(health.get("tee_type")),
+            "containers": list(self.containers),
+        }

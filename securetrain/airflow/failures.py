@@ -1,0 +1,40 @@
+"""How securetrain's errors fail an Airflow task.
+
+- a security violation (a check said no: forged token, wrong measurement, tampered seal, policy mismatch,
+  access denied) and a configuration error (retrying cannot fix it) fail the task at once, without retry
+  (``AirflowFailException``), with the reason;
+- every other securetrain error is transient (a service restarting, the network): it propagates, and
+  the task's ``retries`` with exponential backoff (see :data:`RETRY_ARGS`) try again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from airflow.sdk.exceptions import AirflowFailException
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+
+#: Default arguments for securetrain's stage operators: bounded retries with exponential backoff.
+RETRY_ARGS = {
+    "retries": 3,
+    "retry_delay": timedelta(seconds=10),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=5),
+}
+
+
+class SecurityCheckFailed(AirflowFailException):
+    """A security check of a stage said no; the task fails without retry."""
+
+
+@contextmanager
+def fail_closed(stage: str) -> Iterator[None]:
+    """Translate securetrain's errors raised inside into the task outcome they call for."""
+    try:
+        yield
+    except SecurityViolation as exc:
+        raise SecurityCheckFailed(f"{stage}: security check failed ({type(exc).__name__}): {exc}") from exc
+    except ConfigurationError as exc:
+        raise AirflowFailException(f"{stage}: {type(exc).__name__}: {exc}") from exc

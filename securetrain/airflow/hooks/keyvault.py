@@ -1,0 +1,129 @@
+"""Key Vault: the KEK, its release policy, and its public key (never its private half).
+
+Airflow holds two identities (docs/keys.md, "Roles"): the pipeline's (connection ``securetrain_keyvault``,
+Key Vault Reader: reads keys, their public halves and release policies) and key rotation's
+(``securetrain_keyvault_rotator``: makes a new version of an existing key and nothing else). Neither can
+create, update, delete, unwrap, decrypt or release; the data owner creates KEKs, the TEE alone releases.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import HttpResponseError
+from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
+
+from airflow.sdk import BaseHook
+from securetrain.airflow.hooks._connection import ServiceConnection
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.identity import LocalIdentity, LocalIdentityCredential
+from securetrain.core.keyvault import (
+    KeyVaultAccessDenied,
+    check_kek,
+    check_kek_version,
+    kek_public_key,
+    key_client,
+    versions_under_other_policies,
+)
+from securetrain.core.release_policy import ReleasePolicy, ReleasePolicyInvalid
+from securetrain.core.sealed import KekPublicKey
+
+
+class KekWithoutPolicy(SecurityViolation):
+    """The KEK carries no release policy Key Vault could enforce."""
+
+
+class KeyVaultHook(BaseHook):
+    """Key Vault through ``azure-keyvault-keys``.
+
+    The connection's host is the vault URL. Locally its extra names the stack's identity (``credentials``:
+    the pipeline's credentials file, ``identity_endpoint``) and ``ca_bundle``; on Azure both are left out
+    and ``DefaultAzureCredential`` (a managed identity, the CLI, ...) authenticates.
+    """
+
+    conn_name_attr = "keyvault_conn_id"
+    default_conn_name = "securetrain_keyvault"
+    conn_type = "securetrain_keyvault"
+    hook_name = "securetrain Key Vault"
+
+    def __init__(self, keyvault_conn_id: str = default_conn_name) -> None:
+        super().__init__()
+        self.keyvault_conn_id = keyvault_conn_id
+
+    @cached_property
+    def connection(self) -> ServiceConnection:
+        return ServiceConnection.of(self.get_connection(self.keyvault_conn_id))
+
+    def credential(self) -> TokenCredential:
+        credentials = self.connection.file("credentials")
+        if credentials is None:
+            from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only Azure needs it
+
+            return DefaultAzureCredential()
+        authority = self.connection.required("identity_endpoint")
+        return LocalIdentityCredential(authority, LocalIdentity.load(credentials), ca_bundle=self.connection.required("ca_bundle"))
+
+    def get_conn(self) -> KeyClient:
+        return key_client(self.connection.endpoint, self.credential(), ca_bundle=self.connection.ca_bundle)
+
+    def get_key(self, kek_id: str) -> KeyVaultKey:
+        ref = KeyVaultKeyIdentifier(kek_id)
+        with self.get_conn() as client:
+            return client.get_key(ref.name, ref.version)
+
+    def kek_public_key(self, kek_id: str) -> KekPublicKey:
+        """The KEK's public half, as data owners seal for it and as sealed headers must name it."""
+        return kek_public_key(self.get_key(kek_id))
+
+    def release_policy(self, kek_id: str) -> ReleasePolicy:
+        """The release policy Key Vault enforces for ``kek_id``."""
+        key = self.get_key(kek_id)
+        policy = key.properties.release_policy
+        if policy is None or not policy.encoded_policy:
+            raise KekWithoutPolicy(f"the KEK {key.id} has no release policy; it must not be used")
+        try:
+            return ReleasePolicy.parse(policy.encoded_policy)
+        except ReleasePolicyInvalid as exc:
+            raise KekWithoutPolicy(f"the KEK {key.id}'s release policy does not parse: {exc}") from None
+
+    def check_kek(self, name: str, approved: ReleasePolicy) -> KeyVaultKey:
+        """The latest version of the KEK ``name``, checked to be released only under ``approved``, immutably.
+
+        Reads only: a missing KEK or one under another policy is refused with an error saying that its data
+        owner must create it (:func:`securetrain.core.keyvault.check_kek`)."""
+        with self.get_conn() as client:
+            return check_kek(client, name, approved)
+
+    def new_kek_version(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
+        """Rotate the KEK ``name``: a new version with the latest one's parameters and release policy; its
+        public half, once the new version is checked to carry ``approved`` immutably. Needs the key's rotate
+        action (the rotator's role)."""
+        with self.get_conn() as client:
+            try:
+                rotated = client.rotate_key(name)
+            except HttpResponseError as exc:
+                if exc.status_code in (401, 403):
+                    raise KeyVaultAccessDenied(
+                        f"Key Vault refused connection {self.keyvault_conn_id!r} a new version of {name}: {exc.message}"
+                    ) from None
+                raise
+            return kek_public_key(check_kek_version(rotated, approved))
+
+    def versions_under_other_policies(self, name: str, approved: ReleasePolicy) -> set[str]:
+        """The versions of the KEK ``name`` Key Vault releases under another policy than ``approved``."""
+        with self.get_conn() as client:
+            return versions_under_other_policies(client, name, approved)
+
+    def latest_kek(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
+        """The public half of the latest version of the KEK ``name``, checked as :meth:`check_kek` (resuming a
+        rotation makes no new version)."""
+        return kek_public_key(self.check_kek(name, approved))
+
+    def test_connection(self) -> tuple[bool, str]:
+        try:
+            with self.get_conn() as client:
+                names = [properties.name for properties in client.list_properties_of_keys()]
+        except Exception as exc:  # noqa: BLE001 - the UI shows the reason
+            return False, str(exc)
+        return True, f"reached {self.connection.endpoint}: {len(names)} key(s) visible"

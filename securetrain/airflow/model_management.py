@@ -1,0 +1,101 @@
+"""Stage 4, model management: the sealed model verified and registered as a new version with its lineage."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from securetrain.airflow.failures import fail_closed
+from securetrain.airflow.hooks.storage import SecureStorageHook
+from securetrain.airflow.signing_keys import signing_key_path
+from securetrain.core.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
+from securetrain.core.model_registry import ModelRegistry, ModelRejected
+
+#: The pipeline's model-signing key (Ed25519 PEM); default: the local stack's, under its state directory.
+SIGNING_KEY_VARIABLE = "SECURETRAIN_MODEL_SIGNING_KEY"
+
+
+def pipeline_signing_key_path() -> Path:
+    return signing_key_path(SIGNING_KEY_VARIABLE, local_pipeline_key_path, "model signing key")
+
+
+class ModelManagementOperator(BaseOperator):
+    """Registers the run's sealed model as the next version of ``model_name``.
+
+    The model is checked without decrypting it (its sealed header must name the run's KEK, the run and the
+    kind "model"; its length must match) and copied into the registry; the version's manifest records the
+    lineage: the datasets and their plaintext digests, the release-policy hash, the attestation claims of
+    the TEE that trained it, hyperparameters and metrics. It also carries the job's provenance (the model
+    statement the TEE signed with its attested key, the signature, the attestation token) and is signed
+    with the pipeline's model-signing key; ``securetrain models verify`` checks the whole chain.
+
+    ``training``, ``data`` and ``environment`` are the XComs of the training, data-check and preparation
+    stages. Returns (XCom) ``{"name", "version", "manifest_blob", "sealed_sha256"}``.
+    """
+
+    template_fields: Sequence[str] = ("model_name", "training", "data", "environment", "hyperparameters")
+    ui_color = "#eadcf4"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        training: Mapping[str, Any],
+        data: Mapping[str, Any],
+        environment: Mapping[str, Any],
+        hyperparameters: Mapping[str, Any],
+        storage_conn_id: str = SecureStorageHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.training = training
+        self.data = data
+        self.environment = environment
+        self.hyperparameters = hyperparameters
+        self.storage_conn_id = storage_conn_id
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        lineage = {
+            "dag_run": {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
+            "job_id": self.training["job_id"],
+            "dataset": {"id": self.data["dataset_id"], "version": self.data["version"],
+                        "manifest": self.data["manifest_blob"],
+                        "shards": [{"blob": f"{d['container']}/{d['blob']}", "plaintext_sha256": d["plaintext_sha256"]}
+                                   for d in self.data["datasets"]]},
+            "release_policy_sha256": self.environment["release_policy_sha256"],
+            "attestation": dict(self.training["attestation"]),
+            "key_release": self.training.get("key_release"),
+            "history": list(self.training.get("history", [])),
+            "tee_type": self.training["tee_type"],
+            "device": self.training["device"],
+            "hyperparameters": dict(self.hyperparameters),
+            "metrics": dict(self.training["metrics"]),
+            "validation": self.training.get("validation"),
+        }  # fmt: skip
+        model = self.training["model"]
+        provenance = self.training.get("provenance")
+        if not provenance:
+            raise ModelRejected(
+                "the training stage's result carries no provenance (the TEE-signed model statement and the "
+                "attestation token): a model without it cannot be registered"
+            )
+        with fail_closed("model management"), SecureStorageHook(self.storage_conn_id).blob_store() as store:
+            version = ModelRegistry(store).register(
+                self.model_name, source_container=model["container"], source_blob=model["blob"],
+                kek_id=self.environment["kek_id"], run_id=self.training["run_id"], lineage=lineage,
+                provenance=provenance,
+                signing_key=load_or_create_pipeline_key(pipeline_signing_key_path()),
+            )  # fmt: skip
+        sealed = version.manifest["sealed_model"]
+        self.log.info("registered %s version %d: sealed model sha256 %s, trained in %s under policy %s",
+                      version.name, version.version, sealed["sha256"], self.training["tee_type"],
+                      self.environment["release_policy_sha256"])  # fmt: skip
+        return {
+            "name": version.name,
+            "version": version.version,
+            "manifest_blob": f"{version.container}/{version.manifest_blob}",
+            "sealed_sha256": sealed["sha256"],
+        }

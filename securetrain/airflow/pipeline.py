@@ -1,0 +1,156 @@
+"""The secure training workflow as Airflow tasks: built once here, used by every training DAG.
+
+Stages, in order (see ARCHITECTURE.md)::
+
+    prepare_environment >> check_data_security >> attestation_status >> train >> register_model
+                                                                   \\>> enclave_health
+    [register_model, enclave_health] >> audit >> cleanup;  every task >> run_verdict
+
+``audit`` and ``cleanup`` run whatever happened before them (``all_done``); ``run_verdict`` fails the DAG
+run when any stage failed (otherwise the successful cleanup, the last task, would make the run succeed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from airflow.sdk import TriggerRule, task
+from airflow.sdk.exceptions import AirflowFailException
+from securetrain.airflow.audit import AuditOperator
+from securetrain.airflow.cleanup import CleanupOperator
+from securetrain.airflow.data_security import DataSecurityCheckOperator
+from securetrain.airflow.environment import EnvironmentPreparationOperator
+from securetrain.airflow.failures import RETRY_ARGS
+from securetrain.airflow.model_management import ModelManagementOperator
+from securetrain.airflow.notifiers import default_notifiers
+from securetrain.airflow.sensors import AttestationStatusSensor, EnclaveHealthSensor
+from securetrain.airflow.training import AttestedTrainingOperator
+
+#: Default arguments of every securetrain DAG. A failed task raises an alert (log line, webhook).
+DEFAULT_ARGS: dict[str, Any] = {"owner": "securetrain", "on_failure_callback": default_notifiers(), **RETRY_ARGS}
+
+
+@task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
+def run_verdict() -> None:
+    """Runs only when a stage failed, and fails: the DAG run's state then says the run failed."""
+    raise AirflowFailException("a stage of this run failed; see its log (audit and cleanup ran regardless)")
+
+
+def _from_stage(task_id: str, field: str) -> str:
+    """A template for one field of a stage's result (rendered as a native value: the DAGs set that)."""
+    return f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{field}'] }}}}"
+
+
+def secure_training_tasks(
+    *,
+    dataset_id: str,
+    dataset_version: str,
+    model: Mapping[str, Any],
+    hyperparameters: Mapping[str, Any],
+    columns: Mapping[str, Any],
+    expectation_suite: Any,
+    model_name: str,
+    release_policy_path: str | None = None,
+) -> dict[str, Any]:
+    """Add the workflow's tasks to the DAG being defined; arguments may be Jinja templates (``params``)."""
+    prepare = EnvironmentPreparationOperator(task_id="prepare_environment", release_policy_path=release_policy_path)
+    kek_id = _from_stage(prepare.task_id, "kek_id")
+    check = DataSecurityCheckOperator(
+        task_id="check_data_security", dataset_id=dataset_id, version=dataset_version, kek_id=kek_id,
+        release_policy_sha256=_from_stage(prepare.task_id, "release_policy_sha256"),
+    )  # fmt: skip
+    attestation = AttestationStatusSensor(task_id="attestation_status", kek_id=kek_id)
+    train = AttestedTrainingOperator(
+        task_id="train", kek_id=kek_id, datasets=_from_stage(check.task_id, "job_datasets"), model=model,
+        hyperparameters=hyperparameters, columns=columns, expectation_suite=expectation_suite,
+    )  # fmt: skip
+    # Beside training. In reschedule mode (the default unless [operators] default_deferrable is on) it
+    # also interleaves with the deferred training task under `airflow dags test`, which runs one at a time.
+    health = EnclaveHealthSensor(task_id="enclave_health", expected_tee=_from_stage(prepare.task_id, "tee"))
+    register = ModelManagementOperator(
+        task_id="register_model", model_name=model_name, training=train.output, data=check.output,
+        environment=prepare.output, hyperparameters=hyperparameters,
+    )  # fmt: skip
+    audit = AuditOperator(task_id="audit", trigger_rule=TriggerRule.ALL_DONE)
+    cleanup = CleanupOperator(task_id="cleanup")
+    prepare >> check >> attestation >> [train, health]
+    [register, health] >> audit >> cleanup
+    stages = [prepare, check, attestation, train, health, register, audit, cleanup]
+    stages >> run_verdict()
+    return {task.task_id: task for task in stages}
+
+
+#: The expectation suite a run uses unless the trigger form gives another: labels present and binary.
+DEFAULT_SUITE: dict[str, Any] = {
+    "name": "training-data",
+    "expectations": [
+        {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "label"}},
+        {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "label", "value_set": [0, 1]}},
+    ],
+}
+
+
+def training_params(*, dataset_version: str) -> dict[str, Any]:
+    """The trigger form of a training DAG: each field a ``Param`` with a JSON schema the UI validates."""
+    from airflow.sdk import Param  # noqa: PLC0415
+
+    return {
+        "dataset_id": Param("breast-cancer", type="string", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
+                            title="Dataset", description="Sealed dataset id (onboarded by data_onboarding)"),
+        "dataset_version": Param(dataset_version, type="string", pattern=r"^(latest|[A-Za-z0-9._-]{1,64})$",
+                                 title="Dataset version", description="A version, or 'latest'"),
+        "model": Param("mlp", enum=["mlp", "cnn"], title="Model", description="Model from the trainer's registry"),
+        "model_params": Param({"hidden": [32, 16]}, type="object", title="Model parameters"),
+        "epochs": Param(5, type="integer", minimum=1, maximum=1000, title="Epochs"),
+        "batch_size": Param(32, type="integer", minimum=1, maximum=65536, title="Batch size"),
+        "learning_rate": Param(0.01, type="number", exclusiveMinimum=0, maximum=10, title="Learning rate"),
+        "seed": Param(7, type="integer", minimum=0, maximum=4294967295, title="Seed"),
+        "label_column": Param("label", type="string", title="Label column"),
+        "expectation_suite": Param(DEFAULT_SUITE, type="object", title="Expectation suite",
+                                   description="Great Expectations suite run inside the TEE before training"),
+        "model_name": Param("breast-cancer-classifier", type="string", pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$",
+                            title="Registered model name"),
+        # null, not "": the trigger form sends an emptied text field as null.
+        "release_policy": Param(None, type=["null", "string"], title="Approved release policy (JSON file)",
+                                description="Empty: the deployment's approved policy ($SECURETRAIN_RELEASE_POLICY)"),
+    }  # fmt: skip
+
+
+def training_dag(dag_id: str, *, description: str, schedule: Any, doc_md: str | None) -> Any:
+    """A DAG running the secure training workflow with the trigger form of :func:`training_params`."""
+    import pendulum  # noqa: PLC0415
+
+    from airflow.sdk import DAG  # noqa: PLC0415
+
+    with DAG(
+        dag_id=dag_id,
+        description=description,
+        schedule=schedule,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        max_active_runs=1,
+        default_args=DEFAULT_ARGS,
+        params=training_params(dataset_version="latest"),
+        # Params keep their JSON types in the job spec (an integer stays an integer).
+        render_template_as_native_obj=True,
+        tags=["securetrain"],
+        doc_md=doc_md,
+    ) as dag:
+        secure_training_from_params()
+    return dag
+
+
+def secure_training_from_params() -> dict[str, Any]:
+    """:func:`secure_training_tasks` with every argument taken from the run's ``params``."""
+    return secure_training_tasks(
+        dataset_id="{{ params.dataset_id }}",
+        dataset_version="{{ params.dataset_version }}",
+        model={"name": "{{ params.model }}", "params": "{{ params.model_params }}"},
+        hyperparameters={"epochs": "{{ params.epochs }}", "batch_size": "{{ params.batch_size }}",
+                         "learning_rate": "{{ params.learning_rate }}", "seed": "{{ params.seed }}"},
+        columns={"label": "{{ params.label_column }}"},
+        expectation_suite="{{ params.expectation_suite }}",
+        model_name="{{ params.model_name }}",
+        release_policy_path="{{ params.release_policy or None }}",
+    )  # fmt: skip

@@ -1,0 +1,292 @@
+"""securetrain's Airflow plugin: the "Secure training" page in the Airflow UI.
+
+The page is a small FastAPI app that the API server mounts at ``/securetrain`` (``fastapi_apps``), linked
+from the navigation bar (``external_views``, destination ``nav``). It renders on the server (Jinja2, every
+value escaped) what the runs of the ``secure_training`` DAG left in Airflow's metadata database: each run's
+state and times, its tasks' states, and the return values (XCom ``return_value``) of its stages: the
+attestation claims, the key release, the dataset checks, epochs and metrics, the model version and the audit
+chain's verdict. It needs no other data source; those return values hold no secret (docs/airflow.md).
+The one exception is a run's report (``/report``), the HTML page the ``audit`` task wrote to blob storage
+(securetrain/core/run_report.py): the page reads it through the storage connection and serves it as it is,
+under a content security policy that lets it run no script and load nothing from elsewhere.
+
+The plugin also registers the audit-trail listener (securetrain/airflow/listener.py): task and DAG-run
+state changes of securetrain's DAGs go into each run's audit log.
+
+Access: Airflow does not authenticate the apps plugins mount, so every route here depends on Airflow's own
+authorization dependencies (``requires_access_dag``): the caller must be logged in (the UI's JWT cookie or a
+bearer token) and may read runs, task instances and XComs of ``secure_training``. A browser without a
+session is sent to Airflow's login page and back.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from airflow.api_fastapi.app import get_auth_manager
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.models.dagrun import DagRun
+from airflow.models.taskinstance import TaskInstance
+from airflow.models.xcom import XCOM_RETURN_KEY, XComModel
+from airflow.plugins_manager import AirflowPlugin
+from securetrain.airflow.listener import audit_trail_listener
+
+DAG_ID = "secure_training"
+URL_PREFIX = "/securetrain"
+#: The stages of ``secure_training`` whose return values the page reads, in the order they run.
+STAGES = ("prepare_environment", "check_data_security", "train", "register_model", "audit", "cleanup")
+#: How many runs the overview lists, newest first.
+RUNS_SHOWN = 50
+#: The attestation claims shown first, with what they mean; the page lists every other claim below them.
+KEY_CLAIMS = {
+    "x-ms-attestation-type": "TEE type",
+    "x-ms-sevsnpvm-launchmeasurement": "launch measurement",
+    "x-ms-sevsnpvm-hostdata": "host data (workload digest)",
+    "iat": "issued at",
+    "exp": "expires at",
+}
+_TIME_CLAIMS = ("iat", "exp", "nbf")
+
+_templates = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).resolve().parent / "ui" / "templates"),
+    # Every value on the page comes from DAG run parameters and task results: escape all of it.
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """One stage of a run: its task instance's state and times, and what it returned (if it did)."""
+
+    task_id: str
+    state: str | None
+    start: datetime.datetime | None
+    end: datetime.datetime | None
+    result: Mapping[str, Any] | None
+    problem: str | None
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run of ``secure_training`` with the results of its stages, keyed by task id."""
+
+    run_id: str
+    state: str
+    start: datetime.datetime | None
+    end: datetime.datetime | None
+    stages: Mapping[str, StageResult]
+
+    def result(self, task_id: str) -> Mapping[str, Any]:
+        """What stage ``task_id`` returned, or an empty mapping when it returned nothing usable."""
+        stage = self.stages.get(task_id)
+        return stage.result if stage is not None and stage.result is not None else {}
+
+
+def _decode(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
+    """A stored XCom value as a JSON object, or why it is not one.
+
+    Values pushed through the Task SDK are stored as JSON text, values set directly as JSON documents.
+    Plain ``json`` decodes them, not Airflow's XCom decoder: that one imports and instantiates whatever
+    class a value names, and the page only ever shows data.
+    """
+    if isinstance(value, str | bytes):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None, "the return value is not JSON"
+    if not isinstance(value, dict):
+        return None, f"the return value is a JSON {type(value).__name__}, not an object"
+    return value, None
+
+
+def _return_values(session: Session, run_ids: Sequence[str], task_ids: Sequence[str]) -> dict[tuple[str, str], Any]:
+    rows = session.execute(
+        select(XComModel.run_id, XComModel.task_id, XComModel.value).where(
+            XComModel.dag_id == DAG_ID,
+            XComModel.run_id.in_(run_ids),
+            XComModel.task_id.in_(task_ids),
+            XComModel.key == XCOM_RETURN_KEY,
+            XComModel.map_index == -1,
+        )
+    )
+    return {(run_id, task_id): value for run_id, task_id, value in rows}
+
+
+def _task_instances(session: Session, run_ids: Sequence[str]) -> dict[tuple[str, str], TaskInstance]:
+    instances = session.scalars(
+        select(TaskInstance).where(
+            TaskInstance.dag_id == DAG_ID,
+            TaskInstance.run_id.in_(run_ids),
+            TaskInstance.task_id.in_(STAGES),
+            TaskInstance.map_index == -1,
+        )
+    )
+    return {(ti.run_id, ti.task_id): ti for ti in instances}
+
+
+def load_runs(session: Session, run_id: str | None = None) -> list[RunView]:
+    """The runs of ``secure_training`` (the newest :data:`RUNS_SHOWN`, or the one named ``run_id``)."""
+    query = select(DagRun).where(DagRun.dag_id == DAG_ID)
+    if run_id is not None:
+        query = query.where(DagRun.run_id == run_id)
+    runs = list(session.scalars(query.order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(RUNS_SHOWN)))
+    run_ids = [run.run_id for run in runs]
+    values = _return_values(session, run_ids, STAGES)
+    instances = _task_instances(session, run_ids)
+    views = []
+    for run in runs:
+        stages = {}
+        for task_id in STAGES:
+            ti = instances.get((run.run_id, task_id))
+            stored = values.get((run.run_id, task_id))
+            result, problem = _decode(stored) if stored is not None else (None, None)
+            stages[task_id] = StageResult(
+                task_id=task_id,
+                state=str(ti.state) if ti is not None and ti.state is not None else None,
+                start=ti.start_date if ti is not None else None,
+                end=ti.end_date if ti is not None else None,
+                result=result,
+                problem=problem,
+            )
+        views.append(RunView(run.run_id, str(run.state), run.start_date, run.end_date, stages))
+    return views
+
+
+def _time(value: datetime.datetime | None) -> str:
+    return value.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if value is not None else "—"
+
+
+def _claim(value: Any, name: str) -> str:
+    """A claim as text: times as UTC dates beside their number, objects and lists as compact JSON."""
+    if name in _TIME_CLAIMS and isinstance(value, int | float) and not isinstance(value, bool):
+        return f"{datetime.datetime.fromtimestamp(value, datetime.UTC):%Y-%m-%d %H:%M:%S UTC} ({value})"
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a malformed field shows as absent."""
+    return value if isinstance(value, dict) else {}
+
+
+def _records(value: Any) -> list[Mapping[str, Any]]:
+    """The JSON objects in ``value`` if it is a list, else none."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+_templates.filters.update(time=_time, claim=_claim, number=_number, mapping=_mapping, records=_records)
+_templates.globals.update(KEY_CLAIMS=KEY_CLAIMS, STAGES=STAGES, DAG_ID=DAG_ID)
+
+
+def _page(template: str, *, status_code: int = status.HTTP_200_OK, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_templates.get_template(template).render(**context), status_code=status_code)
+
+
+# Login and read access to the DAG's runs, task instances and XComs, checked by the auth manager for every
+# route of this app (a Starlette mount inherits none of the API server's own dependencies).
+_READ_ACCESS = [
+    Depends(requires_access_dag("GET", entity, DAG_ID))
+    for entity in (DagAccessEntity.RUN, DagAccessEntity.TASK_INSTANCE, DagAccessEntity.XCOM)
+]
+
+app = FastAPI(
+    title="Secure training",
+    description="Runs of secure_training: attestation, key release, validation, training, model, audit.",
+    dependencies=_READ_ACCESS,
+    # No interactive docs or schema: the app serves two HTML pages, nothing to explore.
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
+)
+
+
+@app.exception_handler(HTTPException)
+async def _login_or_error(request: Request, exc: HTTPException) -> Response:
+    """Send a browser without a (valid) session to Airflow's login page, which returns it here after."""
+    if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+        return RedirectResponse(get_auth_manager().get_url_login(next_url=str(request.url)), status.HTTP_303_SEE_OTHER)
+    return _page("error.html", status_code=exc.status_code, code=exc.status_code, detail=str(exc.detail))
+
+
+@app.get("/", response_class=HTMLResponse)
+def overview(session: SessionDep) -> HTMLResponse:
+    """Every recent run with its state, times, model version and audit verdict."""
+    return _page("overview.html", runs=load_runs(session))
+
+
+@app.get("/run", response_class=HTMLResponse)
+def run_detail(session: SessionDep, run_id: str = Query(..., max_length=250)) -> HTMLResponse:
+    """One run: task states, attestation claims, key release, dataset checks, training, model, audit."""
+    runs = load_runs(session, run_id)
+    if not runs:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{DAG_ID} has no run {run_id!r}")
+    return _page("run.html", run=runs[0])
+
+
+#: What a served run report may do: show its own inline styles and data: images; no script, nothing fetched.
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+
+
+@app.get("/report", response_class=HTMLResponse)
+def run_report(session: SessionDep, run_id: str = Query(..., max_length=250)) -> Response:
+    """One run's report (``reports/<run>/report.html``), read from blob storage."""
+    from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415 - only this route needs storage
+    from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id  # noqa: PLC0415
+    from airflow.exceptions import AirflowNotFoundException  # noqa: PLC0415
+    from securetrain.core.errors import SecuretrainError  # noqa: PLC0415
+    from securetrain.core.run_report import REPORT_BLOB  # noqa: PLC0415
+    from securetrain.core.storage import BlobNotFound, ContainerNotFound  # noqa: PLC0415
+
+    if not load_runs(session, run_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{DAG_ID} has no run {run_id!r}")
+    # The blob name is derived from the run, never taken from a request or a stored value.
+    blob = REPORT_BLOB.format(run=job_run_id(DAG_ID, run_id))
+    try:
+        with SecureStorageHook().blob_store() as store:
+            buffer = io.BytesIO()
+            store.download_to(REPORTS_CONTAINER, blob, buffer)
+    except (BlobNotFound, ContainerNotFound):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"run {run_id!r} has no report yet (the audit task writes it)") from None
+    except (SecuretrainError, AirflowNotFoundException) as exc:  # storage failed, or no storage connection here
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"the report of run {run_id!r} cannot be read: {exc}") from None
+    headers = {"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-store"}
+    return HTMLResponse(buffer.getvalue(), headers=headers)
+
+
+class SecuretrainPlugin(AirflowPlugin):
+    """The "Secure training" page, its navigation entry, and the audit-trail listener."""
+
+    name = "securetrain"
+    listeners = [audit_trail_listener]
+    fastapi_apps = [{"app": app, "url_prefix": URL_PREFIX, "name": "Secure training"}]
+    external_views = [
+        {
+            "name": "Secure training",
+            # Relative, as Airflow asks of plugin links, so that it also works under a base path.
+            "href": "securetrain/",
+            "destination": "nav",
+            "url_route": "secure-training",
+        }
+    ]

@@ -1,0 +1,70 @@
+"""Registers securetrain's connection types with Airflow (entry point ``apache_airflow_provider``).
+
+With it installed, the UI's connection form offers "securetrain Key Vault", "securetrain attestation" and
+"securetrain confidential VM", with their fields labelled. Storage uses the Azure provider's ``wasb`` type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_CA_BUNDLE = {"label": "CA bundle", "schema": {"type": ["string", "null"]},
+              "description": "PEM file of the CAs to trust instead of the system's (the local stack's CA)"}  # fmt: skip
+
+
+def get_provider_info() -> dict[str, Any]:
+    return {
+        "package-name": "securetrain",
+        "name": "securetrain",
+        "description": "Confidential training: Key Vault Secure Key Release, attestation, confidential VMs.",
+        "versions": ["0.1.0"],
+        "connection-types": [
+            {
+                "hook-class-name": "securetrain.airflow.hooks.keyvault.KeyVaultHook",
+                "hook-name": "securetrain Key Vault",
+                "connection-type": "securetrain_keyvault",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "password"],
+                    "relabeling": {"host": "Vault URL"},
+                    "placeholders": {"host": "https://my-vault.vault.azure.net"},
+                },
+                "conn-fields": {
+                    "ca_bundle": _CA_BUNDLE,
+                    "credentials": {"label": "Local identity file", "schema": {"type": ["string", "null"]},
+                                    "description": "the local stack's identity credentials; empty on Azure "
+                                                   "(DefaultAzureCredential: managed identity, CLI, ...)"},
+                    "identity_endpoint": {"label": "Local identity service", "schema": {"type": ["string", "null"]}},
+                },
+            },
+            {
+                "hook-class-name": "securetrain.airflow.hooks.attestation.AttestationHook",
+                "hook-name": "securetrain attestation",
+                "connection-type": "securetrain_attestation",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "password"],
+                    "relabeling": {"host": "Attestation provider URL"},
+                    "placeholders": {"host": "https://myprovider.weu.attest.azure.net"},
+                },
+                "conn-fields": {"ca_bundle": _CA_BUNDLE},
+            },
+            {
+                "hook-class-name": "securetrain.airflow.hooks.cvm.ConfidentialVmHook",
+                "hook-name": "securetrain confidential VM",
+                "connection-type": "securetrain_cvm",
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "login", "password"],
+                    "relabeling": {"host": "Trainer agent URL"},
+                    "placeholders": {"host": "https://10.0.0.4:8443"},
+                },
+                "conn-fields": {
+                    "backend": {"label": "Backend", "schema": {"type": "string", "enum": ["local", "azure"]}},
+                    "ca_bundle": _CA_BUNDLE,
+                    "client_cert": {"label": "Client certificate (PEM file)", "schema": {"type": ["string", "null"]}},
+                    "client_key": {"label": "Client key (PEM file)", "schema": {"type": ["string", "null"]}},
+                    "azure_conn_id": {"label": "Azure connection (azure backend)", "schema": {"type": ["string", "null"]}},
+                    "resource_group": {"label": "Resource group (azure backend)", "schema": {"type": ["string", "null"]}},
+                    "vm_name": {"label": "VM name (azure backend)", "schema": {"type": ["string", "null"]}},
+                },
+            },
+        ],
+    }

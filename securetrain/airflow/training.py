@@ -1,0 +1,184 @@
+"""Stage 3, attested training: the job goes to the TEE, which attests, obtains the key and trains.
+
+Airflow sends a job spec (sealed shard names, KEK id, model, hyperparameters, expectation suite, where
+checkpoints and the model go, a fresh nonce) and waits, deferred to :class:`TrainingJobTrigger`, logging
+each epoch as the agent reports it. The trainer's run id is derived from the DAG run, so a retried task
+finds the job it submitted rather than starting another.
+
+When the job succeeded, the attestation the job ran under is validated by Airflow itself against the
+KEK's release policy, and its claims (never the token) are returned with the metrics.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, Context
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from securetrain.airflow.enclave import attest_now
+from securetrain.airflow.failures import SecurityCheckFailed, fail_closed
+from securetrain.airflow.hooks.attestation import AttestationHook, claims_summary
+from securetrain.airflow.hooks.cvm import ConfidentialVmHook
+from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.airflow.hooks.storage import SecureStorageHook
+from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, MODELS_CONTAINER, checkpoint_prefix, job_run_id, model_output_blob
+from securetrain.airflow.triggers import FINISHED, TrainingJobTrigger, progress_lines
+from securetrain.core.attestation.tokens import TokenRejected
+from securetrain.core.cvm_client import CvmConflict
+from securetrain.core.job_spec import JobSpec
+
+class AttestedTrainingOperator(BaseOperator):
+    """Submits the training job to the confidential VM and waits for it (deferred by default).
+
+    Returns (XCom) ``{"job_id", "run_id", "state", "attestation" (claims), "key_release", "epochs", "metrics",
+    "history", "validation", "model", "model_blob", "checkpoints", "device", "tee_type", "transitions"}``.
+    """
+
+    template_fields: Sequence[str] = ("kek_id", "datasets", "model", "hyperparameters", "columns", "expectation_suite")
+    template_fields_renderers = {"model": "json", "hyperparameters": "json", "expectation_suite": "json"}
+    ui_color = "#fbe3c4"
+
+    def __init__(
+        self,
+        *,
+        kek_id: str,
+        datasets: Sequence[Mapping[str, Any]],
+        model: Mapping[str, Any],
+        hyperparameters: Mapping[str, Any],
+        columns: Mapping[str, Any],
+        expectation_suite: Mapping[str, Any] | None = None,
+        poll_interval: float = 5.0,
+        deferrable: bool = True,
+        cvm_conn_id: str = ConfidentialVmHook.default_conn_name,
+        attestation_conn_id: str = AttestationHook.default_conn_name,
+        keyvault_conn_id: str = KeyVaultHook.default_conn_name,
+        storage_conn_id: str = SecureStorageHook.default_conn_name,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.kek_id = kek_id
+        self.datasets = datasets
+        self.model = model
+        self.hyperparameters = hyperparameters
+        self.columns = columns
+        self.expectation_suite = expectation_suite
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+        self.cvm_conn_id = cvm_conn_id
+        self.attestation_conn_id = attestation_conn_id
+        self.keyvault_conn_id = keyvault_conn_id
+        self.storage_conn_id = storage_conn_id
+
+    def job_spec(self, run: str) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "run_id": run,
+            "nonce": secrets.token_urlsafe(32),
+            "kek_id": self.kek_id,
+            "datasets": [{"container": ref["container"], "manifest": ref["manifest"]} for ref in self.datasets],
+            "columns": dict(self.columns),
+            "model": dict(self.model),
+            "hyperparameters": dict(self.hyperparameters),
+            "checkpoints": {"container": CHECKPOINTS_CONTAINER, "prefix": checkpoint_prefix(run)},
+            "output": {"container": MODELS_CONTAINER, "blob": model_output_blob(run)},
+        }
+        if self.expectation_suite:
+            spec["expectation_suite"] = dict(self.expectation_suite)
+        return spec
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run = job_run_id(context["dag"].dag_id, context["run_id"])
+        spec = self.job_spec(run)
+        with fail_closed("attested training"):
+            job_id = JobSpec.from_json(spec).job_id  # validated here: a bad param fails before any TEE work
+            with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
+                try:
+                    job = client.submit(spec)
+                    self.log.info("submitted job %s (run %s) to %s: %d dataset(s), model %s, %s epochs", job_id, run,
+                                  client.endpoint, len(spec["datasets"]), spec["model"]["name"],
+                                  spec["hyperparameters"]["epochs"])  # fmt: skip
+                except CvmConflict:
+                    # A retry of this task: the job of this run was submitted before (with another nonce).
+                    job = client.job(job_id)
+                    self.log.info("job %s of run %s was submitted before; waiting for it", job_id, run)
+        if self.deferrable and job["state"] not in FINISHED:
+            self.defer(
+                trigger=TrainingJobTrigger(self.cvm_conn_id, job_id, self.poll_interval),
+                method_name="execute_complete",
+            )
+        return self._finish(self._wait(job_id, job))
+
+    def _wait(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
+        """The non-deferrable path: poll in the worker."""
+        reported = 0
+        with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
+            while job["state"] not in FINISHED:
+                time.sleep(self.poll_interval)
+                job = client.job(job_id)
+                for line in progress_lines(job, reported):
+                    self.log.info("%s", line)
+                reported = len(job.get("history", []))
+        return job
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
+        if event["status"] == "error":
+            if event.get("security_violation"):
+                raise SecurityCheckFailed(f"attested training: {event['message']}")
+            raise AirflowException(f"attested training: lost the job: {event['message']}")
+        return self._finish(event["job"])
+
+    def _finish(self, job: dict[str, Any]) -> dict[str, Any]:
+        error = job.get("error") or {}
+        if job["state"] == "failed":
+            text = f"the training job {job['job_id']} failed: {error.get('code')}: {error.get('message')}"
+            if job.get("validation"):
+                text += f" (data validation: {job['validation'].get('statistics')})"
+            # A failed job stays failed under this run id: retrying the task would only find it again.
+            raise SecurityCheckFailed(text) if error.get("security_violation") else AirflowFailException(text)
+        if job["state"] == "cancelled":
+            raise AirflowFailException(f"the training job {job['job_id']} was cancelled")
+        with fail_closed("attested training"):
+            attestation = self._job_attestation(job)
+            with SecureStorageHook(self.storage_conn_id).blob_store() as store:
+                checkpoints = sorted(info.name for info in store.list_blobs(CHECKPOINTS_CONTAINER, job["checkpoints"]["prefix"]))
+        result = job["result"]
+        self.log.info("job %s succeeded: %d epochs on %s in %s; metrics %s", job["job_id"], job["epoch"],
+                      result["device"], result["tee_type"], job["metrics"])  # fmt: skip
+        return {
+            "job_id": job["job_id"],
+            "run_id": job["run_id"],
+            "state": job["state"],
+            "attestation": attestation,
+            "key_release": job.get("key_release"),
+            "epochs": job["epoch"],
+            "metrics": job["metrics"],
+            "history": job.get("history", []),
+            "validation": job.get("validation"),
+            "model": result["model"],
+            "model_blob": f"{result['model']['container']}/{result['model']['blob']}",
+            "checkpoints": [f"{CHECKPOINTS_CONTAINER}/{name}" for name in checkpoints],
+            "device": result["device"],
+            "tee_type": result["tee_type"],
+            "transitions": job.get("transitions", []),
+            # The TEE's signed statement about the model and the token that names its key (docs/models.md).
+            "provenance": result.get("provenance"),
+        }
+
+    def _job_attestation(self, job: dict[str, Any]) -> dict[str, Any]:
+        """Claims of the token the job ran under, validated here; a fresh challenge if that token is gone.
+
+        The agent serves its latest token: another job's once it moved on, and expired after a long wait.
+        The challenge is validated just as strictly, so falling back to it never accepts less.
+        """
+        policy = KeyVaultHook(self.keyvault_conn_id).release_policy(self.kek_id)
+        cvm, attestation = ConfidentialVmHook(self.cvm_conn_id), AttestationHook(self.attestation_conn_id)
+        with cvm.get_conn() as client:
+            latest = client.attestation()
+        if latest.get("job_id") == job["job_id"]:
+            try:
+                return claims_summary(attestation.validate(latest["token"], policy=policy).claims)
+            except TokenRejected as exc:
+                self.log.info("the job's token no longer validates (%s); challenging the TEE afresh", exc)
+        return attest_now(cvm, attestation, policy)

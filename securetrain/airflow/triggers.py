@@ -1,0 +1,151 @@
+"""Triggers: the long waits of the training stage and the sensors, run in Airflow's triggerer.
+
+Each polls with the same synchronous code the operators use (in a worker thread, so the triggerer's
+event loop never blocks) and fires one event: ``{"status": "done", ...}`` or ``{"status": "error",
+"message", "security_violation"}``. A transient fault (agent restarting) is retried inside the poll by
+the client's bounded retries; what is left is reported, and the operator decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+from securetrain.airflow.enclave import attest_now, watch_job
+from securetrain.airflow.hooks.attestation import AttestationHook
+from securetrain.airflow.hooks.cvm import ConfidentialVmHook
+from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.core.errors import SecuretrainError
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+def _error(exc: SecuretrainError) -> TriggerEvent:
+    return TriggerEvent({"status": "error", "message": f"{type(exc).__name__}: {exc}",
+                         "security_violation": exc.security_violation})  # fmt: skip
+
+
+def progress_lines(job: dict[str, Any], reported_epochs: int) -> list[str]:
+    """Log lines for the epochs of ``job`` after the first ``reported_epochs``."""
+    lines = []
+    for entry in job.get("history", [])[reported_epochs:]:
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in entry.items() if name not in ("epoch", "step"))
+        lines.append(f"job {job['job_id']}: epoch {entry['epoch']} done (step {entry['step']}): {metrics}")
+    return lines
+
+
+class TrainingJobTrigger(BaseTrigger):
+    """Waits for the agent's job ``job_id`` to finish, logging each epoch's metrics as it completes."""
+
+    def __init__(self, cvm_conn_id: str, job_id: str, poll_interval: float = 5.0, reported_epochs: int = 0) -> None:
+        super().__init__()
+        self.cvm_conn_id = cvm_conn_id
+        self.job_id = job_id
+        self.poll_interval = poll_interval
+        self.reported_epochs = reported_epochs
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__name__}", {
+            "cvm_conn_id": self.cvm_conn_id, "job_id": self.job_id, "poll_interval": self.poll_interval,
+            "reported_epochs": self.reported_epochs,
+        })  # fmt: skip
+
+    def _job(self) -> dict[str, Any]:
+        with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
+            return client.job(self.job_id)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        reported, state = self.reported_epochs, None
+        while True:
+            try:
+                job = await asyncio.to_thread(self._job)
+            except SecuretrainError as exc:
+                yield _error(exc)
+                return
+            for line in progress_lines(job, reported):
+                self.log.info("%s", line)
+            reported = len(job.get("history", []))
+            if job["state"] != state:
+                state = job["state"]
+                self.log.info("job %s: %s", self.job_id, state)
+            if state in FINISHED:
+                yield TriggerEvent({"status": "done", "job": job})
+                return
+            await asyncio.sleep(self.poll_interval)
+
+
+class AttestationStatusTrigger(BaseTrigger):
+    """Challenges the TEE until it attests (the agent may still be starting); fails at once on a bad token."""
+
+    def __init__(self, cvm_conn_id: str, attestation_conn_id: str, keyvault_conn_id: str, kek_id: str,
+                 poll_interval: float = 10.0) -> None:  # fmt: skip
+        super().__init__()
+        self.cvm_conn_id = cvm_conn_id
+        self.attestation_conn_id = attestation_conn_id
+        self.keyvault_conn_id = keyvault_conn_id
+        self.kek_id = kek_id
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__name__}", {
+            "cvm_conn_id": self.cvm_conn_id, "attestation_conn_id": self.attestation_conn_id,
+            "keyvault_conn_id": self.keyvault_conn_id, "kek_id": self.kek_id, "poll_interval": self.poll_interval,
+        })  # fmt: skip
+
+    def _attest(self) -> dict[str, Any]:
+        policy = KeyVaultHook(self.keyvault_conn_id).release_policy(self.kek_id)
+        return attest_now(ConfidentialVmHook(self.cvm_conn_id), AttestationHook(self.attestation_conn_id), policy)
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        while True:
+            try:
+                claims = await asyncio.to_thread(self._attest)
+            except SecuretrainError as exc:
+                if exc.security_violation:
+                    yield _error(exc)
+                    return
+                self.log.info("the TEE cannot attest yet (%s); asking again in %.0f s", exc, self.poll_interval)
+                await asyncio.sleep(self.poll_interval)
+                continue
+            yield TriggerEvent({"status": "done", "claims": claims})
+            return
+
+
+class EnclaveHealthTrigger(BaseTrigger):
+    """Watches the enclave while the job ``job_id`` trains; fires when it finishes or on a security event."""
+
+    def __init__(self, cvm_conn_id: str, job_id: str, expected_tee: str | None, max_attestation_age_s: float,
+                 poll_interval: float = 10.0) -> None:  # fmt: skip
+        super().__init__()
+        self.cvm_conn_id = cvm_conn_id
+        self.job_id = job_id
+        self.expected_tee = expected_tee
+        self.max_attestation_age_s = max_attestation_age_s
+        self.poll_interval = poll_interval
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (f"{type(self).__module__}.{type(self).__name__}", {
+            "cvm_conn_id": self.cvm_conn_id, "job_id": self.job_id, "expected_tee": self.expected_tee,
+            "max_attestation_age_s": self.max_attestation_age_s, "poll_interval": self.poll_interval,
+        })  # fmt: skip
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = ConfidentialVmHook(self.cvm_conn_id)
+        while True:
+            try:
+                watch = await asyncio.to_thread(
+                    watch_job, hook, self.job_id, expected_tee=self.expected_tee,
+                    max_attestation_age_s=self.max_attestation_age_s,
+                )  # fmt: skip
+            except SecuretrainError as exc:
+                yield _error(exc)
+                return
+            if watch.security_event is not None:
+                yield TriggerEvent({"status": "security_event", "message": watch.security_event})
+                return
+            if watch.done:
+                yield TriggerEvent({"status": "done", "job_state": watch.job_state})
+                return
+            await asyncio.sleep(self.poll_interval)

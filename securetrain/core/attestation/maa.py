@@ -1,0 +1,133 @@
+"""Submitting SEV-SNP evidence to an attestation service with Azure Attestation's (MAA) REST shape.
+
+``azure-security-attestation`` has no call for SEV-SNP VMs, so this speaks MAA's documented body:
+
+    POST {endpoint}/attest/SevSnpVm?api-version=2022-08-01
+    {"report": b64url(JSON{"SnpReport": b64url(report), "VcekCertChain": b64url(PEM chain)}),
+     "runtimeData": {"data": b64url(runtime data JSON), "dataType": "JSON"},
+     "nonce": "..."}
+    -> 200 {"token": JWT}  |  400 {"error": {"code": ..., "message": ...}}
+
+The runtime data is the TEE's statement (its ephemeral public key, the job nonce); its SHA-256 is the
+first half of the report's REPORT_DATA, which is what binds the statement to the hardware.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import requests
+import rfc8785
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import SSLError
+from urllib3.util.retry import Retry
+
+from securetrain.core.attestation.tokens import AuthorityUnreachable
+from securetrain.core.errors import SecurityViolation
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "2022-08-01"
+REPORT_DATA_SIZE = 64
+
+
+class AttestationRefused(SecurityViolation):
+    """The attestation service appraised the evidence and refused it; the message is its reason."""
+
+    def __init__(self, message: str, *, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def runtime_data_bytes(runtime_data: Mapping[str, Any]) -> bytes:
+    """The runtime data as the TEE sends it: canonical JSON (RFC 8785), so its hash is well defined."""
+    return rfc8785.dumps(dict(runtime_data))
+
+
+def report_data_for(runtime_data: bytes) -> bytes:
+    """REPORT_DATA binding ``runtime_data``: its SHA-256 followed by 32 zero bytes, as MAA expects."""
+    return hashlib.sha256(runtime_data).digest() + bytes(REPORT_DATA_SIZE - 32)
+
+
+def sev_snp_request(report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None) -> dict[str, Any]:
+    evidence = rfc8785.dumps({"SnpReport": b64url(report), "VcekCertChain": b64url(vcek_chain_pem)})
+    body: dict[str, Any] = {
+        "report": b64url(evidence),
+        "runtimeData": {"data": b64url(runtime_data), "dataType": "JSON"},
+    }
+    if nonce is not None:
+        body["nonce"] = nonce
+    return body
+
+
+class _RetryExceptTls(Retry):
+    """Bounded retries for transient faults; a TLS verification failure is not one and fails at once."""
+
+    def increment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        error = kwargs.get("error")
+        if isinstance(error, SSLError):
+            raise error
+        return super().increment(*args, **kwargs)
+
+
+class AttestationServiceClient:
+    """A client of one attestation endpoint (MAA, or the local stand-in) over verified TLS.
+
+    Connection failures and 502/503/504 (a service restarting) are retried up to 4 times with
+    exponential backoff (0.5 s, 1 s, 2 s, 4 s); a request the service answered is never re-sent, so a
+    nonce is never spent twice by a retry.
+    """
+
+    def __init__(self, endpoint: str, *, verify: str | bool = True, timeout: float = 30.0) -> None:
+        if not endpoint.startswith("https://"):
+            raise SecurityViolation(f"attestation endpoint {endpoint!r} is not https")
+        self.endpoint = endpoint.rstrip("/")
+        self._timeout = timeout
+        # Passed per request: requests lets REQUESTS_CA_BUNDLE override a session-wide setting.
+        self._verify = verify
+        self._session = requests.Session()
+        retry = _RetryExceptTls(
+            total=4, connect=4, read=0, status=4, backoff_factor=0.5,
+            status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False,
+        )
+        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+
+    def attest_sev_snp_vm(
+        self, report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None = None
+    ) -> str:
+        """Submit evidence; return the signed token (validate it with :mod:`securetrain.core.attestation.tokens`)."""
+        url = f"{self.endpoint}/attest/SevSnpVm"
+        try:
+            response = self._session.post(
+                url,
+                params={"api-version": API_VERSION},
+                json=sev_snp_request(report, vcek_chain_pem, runtime_data, nonce),
+                verify=self._verify,
+                timeout=self._timeout,
+            )
+        except requests.exceptions.SSLError as exc:
+            raise SecurityViolation(f"TLS verification of {url} failed: {exc}") from None
+        except requests.RequestException as exc:
+            raise AuthorityUnreachable(f"cannot reach the attestation service at {url}: {exc}") from None
+        if response.status_code == 200:
+            token = response.json().get("token")
+            if not isinstance(token, str):
+                raise AuthorityUnreachable(f"{url} answered 200 without a token")
+            log.info("attestation service %s issued a token", self.endpoint)
+            return token
+        try:
+            error = response.json()["error"]
+            code, message = str(error["code"]), str(error["message"])
+        except (ValueError, KeyError, TypeError):
+            code, message = str(response.status_code), response.text[:500]
+        if 400 <= response.status_code < 500:
+            raise AttestationRefused(f"attestation refused ({code}): {message}", code=code)
+        raise AuthorityUnreachable(f"attestation service {url} failed with {response.status_code}: {message}")

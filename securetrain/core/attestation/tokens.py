@@ -1,0 +1,188 @@
+"""Validating attestation tokens: the relying party's side of Azure Attestation (MAA).
+
+Airflow's sensors, the Key Vault stand-in and the TEE itself all trust a token only after this module
+has checked it: an RS256 signature by a key the authority publishes (``x5c[0]`` of its ``/certs``, found
+through its OpenID metadata), the issuer, ``exp``/``nbf``/``iat`` with a small clock skew, and — where
+the caller knows them — the nonce and the appraisal policy's hash. PyJWT does the JWS work.
+
+The authority's keys are fetched over TLS that is verified (against the local stack's CA, or the
+system's store for Azure) and cached; an unknown ``kid`` refreshes the cache once, which is how a key
+rollover at the authority is followed.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from securetrain.core.errors import SecuretrainError, SecurityViolation
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEEWAY_SECONDS = 60
+_REQUIRED_CLAIMS = ["iss", "iat", "nbf", "exp"]
+_JWKS_MAX_AGE_SECONDS = 300
+
+
+class TokenRejected(SecurityViolation):
+    """The token failed a check; the message names which."""
+
+
+class AuthorityUnreachable(SecuretrainError):
+    """The attestation authority's metadata or keys could not be fetched: transient, may be retried."""
+
+
+@dataclass(frozen=True)
+class ValidatedToken:
+    """A token whose signature, issuer and lifetime were checked, with its claims."""
+
+    raw: str
+    claims: Mapping[str, Any]
+    kid: str
+
+    @property
+    def expires_at(self) -> int:
+        return int(self.claims["exp"])
+
+    @property
+    def runtime_keys(self) -> list[Mapping[str, Any]]:
+        """The JWKs the TEE put in its runtime data (``x-ms-runtime.keys``); empty if none."""
+        runtime = self.claims.get("x-ms-runtime")
+        keys = runtime.get("keys") if isinstance(runtime, Mapping) else None
+        return [k for k in keys if isinstance(k, Mapping)] if isinstance(keys, list) else []
+
+
+class AuthorityKeys:
+    """The signing keys an attestation authority publishes, fetched and cached."""
+
+    def __init__(self, issuer: str, *, verify: str | bool = True, timeout: float = 10.0) -> None:
+        if not issuer.startswith("https://"):
+            raise TokenRejected(f"attestation authority {issuer!r} is not an https URL")
+        self.issuer = issuer.rstrip("/")
+        self._verify = verify
+        self._timeout = timeout
+        self._keys: dict[str, rsa.RSAPublicKey] = {}
+        self._fetched_at = 0.0
+        self._lock = threading.Lock()
+
+    def key(self, kid: str) -> rsa.RSAPublicKey:
+        with self._lock:
+            stale = time.monotonic() - self._fetched_at > _JWKS_MAX_AGE_SECONDS
+            if kid not in self._keys or stale:
+                self._keys = self._fetch()
+                self._fetched_at = time.monotonic()
+            try:
+                return self._keys[kid]
+            except KeyError:
+                raise TokenRejected(
+                    f"the token is signed with key {kid!r}, which {self.issuer} does not publish"
+                ) from None
+
+    def key_ids(self) -> list[str]:
+        """The ids of the keys the authority publishes now (fetched afresh: this is also a reachability check)."""
+        with self._lock:
+            self._keys = self._fetch()
+            self._fetched_at = time.monotonic()
+            return sorted(self._keys)
+
+    def _get_json(self, url: str) -> Any:
+        try:
+            response = requests.get(url, verify=self._verify, timeout=self._timeout)
+            response.raise_for_status()
+            return response.json()
+        except requests.exceptions.SSLError as exc:
+            # A TLS failure is not transient: the authority is not who it claims to be (or not trusted).
+            raise TokenRejected(f"TLS verification of {url} failed: {exc}") from None
+        except (requests.RequestException, ValueError) as exc:
+            raise AuthorityUnreachable(f"cannot fetch {url}: {exc}") from None
+
+    def _fetch(self) -> dict[str, rsa.RSAPublicKey]:
+        metadata = self._get_json(f"{self.issuer}/.well-known/openid-configuration")
+        if not isinstance(metadata, dict) or metadata.get("issuer", "").rstrip("/") != self.issuer:
+            raise TokenRejected(f"{self.issuer}'s OpenID metadata names another issuer: {metadata.get('issuer')!r}")
+        jwks_uri = metadata.get("jwks_uri")
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(self.issuer + "/"):
+            raise TokenRejected(f"{self.issuer}'s jwks_uri {jwks_uri!r} is not under the issuer")
+        document = self._get_json(jwks_uri)
+        keys: dict[str, rsa.RSAPublicKey] = {}
+        for entry in document.get("keys", []) if isinstance(document, dict) else []:
+            try:
+                cert = x509.load_der_x509_certificate(base64.b64decode(entry["x5c"][0], validate=True))
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                log.warning("ignoring a malformed signing key from %s: %s", jwks_uri, exc)
+                continue
+            public_key = cert.public_key()
+            if isinstance(public_key, rsa.RSAPublicKey) and isinstance(entry.get("kid"), str):
+                keys[entry["kid"]] = public_key
+        log.debug("fetched %d signing keys from %s", len(keys), jwks_uri)
+        return keys
+
+
+class TokenValidator:
+    """Checks tokens from one attestation authority (its issuer URL)."""
+
+    def __init__(self, keys: AuthorityKeys, *, leeway: int = DEFAULT_LEEWAY_SECONDS) -> None:
+        self._keys = keys
+        self._leeway = leeway
+
+    @property
+    def issuer(self) -> str:
+        return self._keys.issuer
+
+    def validate(
+        self,
+        token: str,
+        *,
+        expected_nonce: str | None = None,
+        expected_policy_hash: str | None = None,
+    ) -> ValidatedToken:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.DecodeError as exc:
+            raise TokenRejected(f"the token is not a JWS: {exc}") from None
+        if header.get("alg") != "RS256":
+            raise TokenRejected(f"the token's algorithm is {header.get('alg')!r}; only RS256 is accepted")
+        kid = header.get("kid")
+        if not isinstance(kid, str):
+            raise TokenRejected("the token's header names no signing key (kid)")
+        try:
+            claims = jwt.decode(
+                token,
+                key=self._keys.key(kid),
+                algorithms=["RS256"],
+                issuer=self.issuer,
+                leeway=self._leeway,
+                options={"require": _REQUIRED_CLAIMS, "verify_aud": False},
+            )
+        except jwt.ExpiredSignatureError:
+            raise TokenRejected("the token has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise TokenRejected("the token is not yet valid (nbf or iat in the future)") from None
+        except jwt.InvalidIssuerError:
+            raise TokenRejected(f"the token was not issued by {self.issuer}") from None
+        except jwt.InvalidSignatureError:
+            raise TokenRejected(f"the token's signature does not verify with {self.issuer}'s key {kid}") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise TokenRejected(f"the token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidTokenError as exc:
+            raise TokenRejected(f"the token is invalid: {exc}") from None
+        if expected_nonce is not None and claims.get("nonce") != expected_nonce:
+            raise TokenRejected(
+                f"the token's nonce {claims.get('nonce')!r} is not this job's: stale or replayed evidence"
+            )
+        if expected_policy_hash is not None and claims.get("x-ms-policy-hash") != expected_policy_hash:
+            raise TokenRejected(
+                f"the token was appraised under policy {claims.get('x-ms-policy-hash')!r}, "
+                f"not the approved {expected_policy_hash!r}"
+            )
+        return ValidatedToken(token, claims, kid)

@@ -1,0 +1,321 @@
+"""Where audit logs are kept: append-only stores of entry lines and checkpoint lines.
+
+An :class:`AuditStore` keeps, per log, two append-only sequences of lines: the chain's entries and the
+signed checkpoints. Two implementations:
+
+* :class:`BlobAuditStore`: Azure Storage **append blobs** (Azurite locally). The service only lets a
+  writer add blocks at the end of an append blob, never rewrite one, and one entry is one block, so an
+  entry is never half-written. Concurrent writers are serialized with the Append Block operation's
+  ``appendpos`` condition: a writer appends only at the byte offset where it read the log's end, so a
+  second writer's entry cannot land between a first writer's read and write; it gets HTTP 412 and must
+  re-read the head (:class:`~securetrain.core.audit.errors.AuditAppendConflict`). An append blob holds at most
+  50,000 blocks, so one log holds at most 50,000 entries: a log per run stays far below that.
+  Whoever holds the storage account key can still delete or recreate a blob: that is what the signed
+  checkpoints detect (and, on Azure, a container with a time-based immutability policy that allows
+  protected append writes prevents).
+* :class:`ConfidentialLedgerAuditStore`: Azure Confidential Ledger (``azure-confidentialledger``), whose
+  entries are kept in a replicated, TEE-backed ledger that no operator can rewrite, so the log survives
+  even an attacker holding the signing key and the storage account. It is written against the SDK's
+  documented API (1.1) and **has not been run here**: there is no local stand-in for the service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from azure.core import MatchConditions
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
+from azure.confidentialledger import ConfidentialLedgerClient
+from azure.storage.blob import BlobClient, ContainerClient
+
+from securetrain.core.audit.errors import AuditAppendConflict, AuditStoreAccessDenied, AuditStoreError
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.storage import BlobStore
+
+logger = logging.getLogger(__name__)
+
+#: The container that holds audit logs.
+AUDIT_CONTAINER = "securetrain-audit"
+#: The largest entry or checkpoint line accepted: one append block (4 MiB in every service version).
+MAX_LINE_BYTES = 4 * 1024 * 1024
+_LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+
+
+def check_log_name(name: str) -> str:
+    """Return ``name`` if it is a valid log name: letters, digits, '.', '_', '-', at most 200, no leading dot.
+
+    Raises:
+        ConfigurationError: it is not.
+    """
+    if not _LOG_NAME.fullmatch(name):
+        raise ConfigurationError(
+            f"audit log name {name!r} is invalid: 1-200 letters, digits, '.', '_' or '-', starting with a letter "
+            "or digit (a DAG run's id, for example)"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class LogSnapshot:
+    """A log's entry lines (without newlines) as read, and the position to append the next one at."""
+
+    lines: list[bytes]
+    position: int
+
+
+class AuditStore(Protocol):
+    """Append-only storage for one audit log's entries and checkpoints."""
+
+    @property
+    def description(self) -> str:
+        """Where the log is, for messages."""
+        ...
+
+    def read_all(self) -> LogSnapshot:
+        """Every entry line written so far (an empty snapshot for a log never written)."""
+        ...
+
+    def append(self, entry: bytes, *, position: int) -> int:
+        """Append one entry line if the log still ends at ``position`` (from :meth:`read_all` or the
+        previous append); return the new end position.
+
+        Raises:
+            AuditAppendConflict: another writer appended since; re-read and rebuild the entry.
+        """
+        ...
+
+    def append_checkpoint(self, checkpoint: bytes) -> None:
+        """Append one checkpoint line (checkpoints are independent signed statements: no position)."""
+        ...
+
+    def read_checkpoints(self) -> list[bytes]:
+        """Every checkpoint line written so far."""
+        ...
+
+
+def _lines(data: bytes) -> list[bytes]:
+    """Split stored JSON lines. Canonical JSON never holds a raw newline, so a newline always ends a line;
+    a last line without one is kept (it was cut or edited, and verification will say so)."""
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return lines
+
+
+def _check_line(line: bytes) -> bytes:
+    if b"\n" in line or not line:
+        raise AuditStoreError("an audit line must be non-empty and hold no newline (it is one canonical JSON value)")
+    if len(line) + 1 > MAX_LINE_BYTES:
+        raise AuditStoreError(
+            f"an audit line of {len(line)} bytes exceeds the {MAX_LINE_BYTES}-byte limit of one append; keep event "
+            "details small (digests and ids, not documents)"
+        )
+    return line + b"\n"
+
+
+class BlobAuditStore:
+    """One audit log in append blobs: ``audit/<log>.jsonl`` and ``audit/<log>.checkpoints.jsonl``."""
+
+    def __init__(self, container: ContainerClient, log_name: str) -> None:
+        """Keep log ``log_name`` in ``container``, an azure-storage-blob client the caller configured
+        (credential, CA bundle) and owns. The container must exist and be private."""
+        self._log = check_log_name(log_name)
+        self._container = container
+        self._entries = container.get_blob_client(f"audit/{self._log}.jsonl")
+        self._checkpoints = container.get_blob_client(f"audit/{self._log}.checkpoints.jsonl")
+
+    @classmethod
+    @contextlib.contextmanager
+    def from_stack_env(
+        cls, env: Mapping[str, str], log_name: str, *, container: str = AUDIT_CONTAINER
+    ) -> Iterator[BlobAuditStore]:
+        """The log in the local stack's Azurite (settings as parsed from ``stack.env``), as a context manager
+        that closes the connection. Creates the container, private, if it does not exist.
+
+        Raises:
+            StorageError: the stack settings are incomplete, or the container exists and is public.
+        """
+        with BlobStore.from_stack_env(env) as blobs:
+            blobs.ensure_container(container)
+            yield cls(blobs.container_client(container), log_name)
+
+    @property
+    def description(self) -> str:
+        """The entries blob's URL."""
+        return self._entries.url
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str, blob: BlobClient) -> Iterator[None]:
+        """Turn the SDK's errors into audit store errors naming the blob."""
+        try:
+            yield
+        except (ClientAuthenticationError, HttpResponseError) as exc:
+            status = getattr(exc, "status_code", None)
+            if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+                raise AuditStoreAccessDenied(
+                    f"storage refused to {operation} {blob.url} (HTTP {status}): check the account key or the "
+                    "identity's Storage Blob Data role"
+                ) from exc
+            raise AuditStoreError(f"cannot {operation} {blob.url}: HTTP {status} {exc.reason or exc.message}") from exc
+        except AzureError as exc:
+            raise AuditStoreError(
+                f"cannot {operation} {blob.url}: {exc.message}; is the storage endpoint up and its TLS certificate "
+                "trusted (the local stack's CA bundle)?"
+            ) from exc
+
+    def _read(self, blob: BlobClient) -> bytes:
+        with self._errors("read", blob):
+            try:
+                return blob.download_blob().readall()
+            except ResourceNotFoundError:
+                return b""
+
+    def _create_if_missing(self, blob: BlobClient) -> None:
+        """Create the append blob unless it exists; never replace it (``If-None-Match: *``)."""
+        with self._errors("create", blob):
+            try:
+                blob.create_append_blob(match_condition=MatchConditions.IfMissing)
+                logger.info("created audit blob %s", blob.url)
+            except ResourceExistsError:
+                pass  # another writer created it first: that is the blob to append to
+            except HttpResponseError as exc:
+                if exc.status_code != 412:
+                    raise
+
+    def read_all(self) -> LogSnapshot:
+        """The entry lines and the blob's length (the next append position)."""
+        data = self._read(self._entries)
+        return LogSnapshot(lines=_lines(data), position=len(data))
+
+    def append(self, entry: bytes, *, position: int) -> int:
+        """Append ``entry`` as one block at byte offset ``position`` (the ``appendpos`` condition)."""
+        block = _check_line(entry)
+        if position == 0:
+            self._create_if_missing(self._entries)
+        with self._errors("append to", self._entries):
+            try:
+                self._entries.append_block(block, appendpos_condition=position)
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    raise AuditAppendConflict(
+                        f"{self._entries.url} no longer ends at byte {position}: another writer appended"
+                    ) from exc
+                if exc.status_code == 409 and "BlockCountExceedsLimit" in str(exc.error_code):
+                    raise AuditStoreError(
+                        f"{self._entries.url} holds the 50,000 blocks an append blob can: start a new log"
+                    ) from exc
+                raise
+        return position + len(block)
+
+    def append_checkpoint(self, checkpoint: bytes) -> None:
+        """Append one checkpoint line as one block."""
+        block = _check_line(checkpoint)
+        self._create_if_missing(self._checkpoints)
+        with self._errors("append to", self._checkpoints):
+            self._checkpoints.append_block(block)
+
+    def read_checkpoints(self) -> list[bytes]:
+        """The checkpoint lines."""
+        return _lines(self._read(self._checkpoints))
+
+
+class ConfidentialLedgerAuditStore:
+    """One audit log in Azure Confidential Ledger: a collection per log for entries, one for checkpoints.
+
+    **Not run here** (no local stand-in for the service); written against azure-confidentialledger 1.1's
+    documented API. Each line is one ledger entry, and ``append`` waits until the ledger reports it
+    committed (durably replicated). The ledger has no conditional write, so ``position`` (a count of
+    entries) is checked only against what this process last read: concurrent writers to one log are not
+    prevented here, and a lost race shows at verification as an inserted entry (a repeated seq). Keep one
+    writer per log, as the pipeline does.
+    """
+
+    def __init__(self, client: ConfidentialLedgerClient, log_name: str) -> None:
+        """``client``: an ``azure.confidentialledger.ConfidentialLedgerClient`` the caller built and owns."""
+        self._log = check_log_name(log_name)
+        self._client = client
+        self._entries_collection = f"securetrain-audit-{self._log}"
+        self._checkpoints_collection = f"securetrain-audit-{self._log}-checkpoints"
+        self._known_count: int | None = None
+
+    @classmethod
+    def for_azure(
+        cls, endpoint: str, credential: TokenCredential, ledger_certificate: Path, log_name: str
+    ) -> ConfidentialLedgerAuditStore:
+        """The log in the ledger at ``endpoint`` (``https://<name>.confidential-ledger.azure.com``).
+
+        ``ledger_certificate``: the ledger's TLS certificate (PEM). Pin it: give a file you obtained and
+        checked beforehand. If the file does not exist the SDK fetches it from the ledger identity service
+        and writes it there, trusting that service on first use.
+        """
+        client = ConfidentialLedgerClient(endpoint, credential, ledger_certificate_path=str(ledger_certificate))
+        return cls(client, log_name)
+
+    @property
+    def description(self) -> str:
+        """The ledger collection holding the entries."""
+        return f"confidential ledger collection {self._entries_collection}"
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except (ClientAuthenticationError, HttpResponseError) as exc:
+            status = getattr(exc, "status_code", None)
+            if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
+                raise AuditStoreAccessDenied(
+                    f"the confidential ledger refused to {operation} {self._log} (HTTP {status}): check the "
+                    "identity's ledger role (Contributor to write, Reader to read)"
+                ) from exc
+            raise AuditStoreError(f"cannot {operation} audit log {self._log} in the ledger: {exc.message}") from exc
+        except AzureError as exc:
+            raise AuditStoreError(f"cannot {operation} audit log {self._log} in the ledger: {exc.message}") from exc
+
+    def _read(self, collection: str) -> list[bytes]:
+        with self._errors("read"):
+            return [
+                str(item["contents"]).encode()
+                for item in self._client.list_ledger_entries(collection_id=collection)
+            ]
+
+    def _write(self, collection: str, line: bytes) -> None:
+        _check_line(line)
+        with self._errors("append to"):
+            self._client.begin_create_ledger_entry({"contents": line.decode()}, collection_id=collection).result()
+
+    def read_all(self) -> LogSnapshot:
+        """The entry lines; the position is their count."""
+        lines = self._read(self._entries_collection)
+        self._known_count = len(lines)
+        return LogSnapshot(lines=lines, position=len(lines))
+
+    def append(self, entry: bytes, *, position: int) -> int:
+        """Write ``entry`` and wait for it to commit; see the class docstring for what ``position`` guards."""
+        if self._known_count is not None and position != self._known_count:
+            raise AuditAppendConflict(
+                f"{self.description} has {self._known_count} entries as last read, not {position}"
+            )
+        self._write(self._entries_collection, entry)
+        self._known_count = position + 1
+        return position + 1
+
+    def append_checkpoint(self, checkpoint: bytes) -> None:
+        """Write one checkpoint line to the checkpoints collection."""
+        self._write(self._checkpoints_collection, checkpoint)
+
+    def read_checkpoints(self) -> list[bytes]:
+        """The checkpoint lines."""
+        return self._read(self._checkpoints_collection)

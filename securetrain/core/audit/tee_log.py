@@ -1,0 +1,486 @@
+"""The TEE's event log: what the TEE itself witnessed, hash-chained and signed inside the TEE.
+
+Airflow records most of a run's audit events, and what Airflow writes it could forge, drop or roll back
+(it holds the audit signing key). The events that matter most are witnessed inside the TEE: each
+attestation (with its token), the key release, the validation aggregates, each sealed checkpoint and the
+sealed model with their digests, each export. The TEE keeps them as a log of its own, one per job (or per
+export), and signs it with the job's attested TEE key, the RSA key whose public half the attestation
+token carries in ``x-ms-runtime.keys``. Nobody outside the TEE holds that key, so nobody outside can add,
+change, reorder or drop an entry without the signature failing.
+
+An entry is the RFC 8785 canonical JSON of::
+
+    {"details": {...}, "kind": "attested", "prev": "<hex SHA-256 of the previous entry>", "seq": 0,
+     "time": "2026-05-01T12:00:00.000000Z"}
+
+chained like the audit log's own entries (:mod:`securetrain.core.audit.chain`: ``prev`` of entry 0 is 64 zeros,
+an entry's hash is the SHA-256 of its canonical bytes). After every entry the TEE signs the new **head**::
+
+    {"head": {"head_hash": "<hash of entry seq>", "log_id": "<job id>", "run_id": "...",
+              "schema": "securetrain.tee-log-head/v1", "seq": 7, "time": "..."},
+     "signature": {"algorithm": "PS256", "kid": "<RFC 7638 thumbprint of the TEE key>", "value": "<base64url>"}}
+
+with RSA-PSS/SHA-256 over the head's canonical bytes (:func:`securetrain.core.model_provenance.sign_statement`).
+The key that signs is introduced by an ``attested`` entry: the token in it is the attestation service's
+word that this key lives in an approved TEE. A job resumed after a crash gets a new key; its first entry
+is a new ``attested`` one, and its heads sign everything before it too.
+
+**Rollback and truncation.** A signed head vouches for every entry up to it, but not that nothing came
+after. The final head of a successful job (the ``model_sealed`` entry) goes into the model statement the
+TEE signs, and so into the registry manifest: a verifier that finds the run's registered model checks
+that the audit log still holds the TEE's entries up to that head (:func:`check_holds`).
+
+In the run's audit log each entry becomes one :class:`~securetrain.core.audit.events.AuditEvent` from source
+``tee`` whose details are ``{"tee_log": <log id>, "entry": <the entry, verbatim>}``, and each signed head
+one of kind ``tee_log_head`` with ``{"tee_log": <log id>, "head": <the signed head, verbatim>}``
+(:func:`audit_events`); :func:`collect_tee_logs` gathers them back and :func:`verify_tee_log` checks them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import enum
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import rfc8785
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from securetrain.core.audit.chain import GENESIS_PREV, entry_hash
+from securetrain.core.audit.errors import AuditEventInvalid
+from securetrain.core.audit.events import AuditEvent, EventKind, EventSource, check_time, rfc3339_utc
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.model_provenance import (
+    TEE_SIGNATURE_ALGORITHM,
+    ProvenanceInvalid,
+    runtime_key,
+    sign_statement,
+    verify_statement_signature,
+)
+
+HEAD_SCHEMA = "securetrain.tee-log-head/v1"
+_HASH = re.compile(r"[0-9a-f]{64}")
+_LOG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,249}")
+_ENTRY_FIELDS = ["details", "kind", "prev", "seq", "time"]
+_HEAD_FIELDS = ["head_hash", "log_id", "run_id", "schema", "seq", "time"]
+
+#: Checks an attestation token (signature by a trusted authority, claims against the release policy) and
+#: returns its claims; raises a SecurityViolation if it does not verify.
+TokenCheck = Callable[[str], Mapping[str, Any]]
+
+
+class TeeLogInvalid(SecurityViolation):
+    """The TEE's event log does not verify: an entry changed, missing or added, or a head not signed by the TEE."""
+
+
+class TeeEventKind(enum.StrEnum):
+    """What the TEE witnessed."""
+
+    ATTESTED = "attested"  # {"token": raw JWT, "sequence": n}: introduces the key that signs the heads
+    KEY_RELEASED = "key_released"  # {"kek_id"}
+    DATA_VALIDATED = "data_validated"  # {"aggregates": the suite's aggregates}
+    CHECKPOINT_SEALED = "checkpoint_sealed"  # {"epoch", "step", "blob", "sealed_sha256", "metrics"}
+    MODEL_SEALED = "model_sealed"  # {"blob", "sealed_sha256", "plaintext_sha256"}: a job's final entry
+    MODEL_EXPORTED = "model_exported"  # {"source", "recipient_thumbprint", "export_sha256", "approval", ...}
+
+
+# How each TEE entry reads in the run's audit log.
+_AUDIT_KINDS = {
+    TeeEventKind.ATTESTED: EventKind.EVIDENCE_APPRAISED,
+    TeeEventKind.KEY_RELEASED: EventKind.KEY_RELEASED,
+    TeeEventKind.DATA_VALIDATED: EventKind.DATA_VALIDATED,
+    TeeEventKind.CHECKPOINT_SEALED: EventKind.CHECKPOINT_WRITTEN,
+    TeeEventKind.MODEL_SEALED: EventKind.MODEL_SEALED,
+    TeeEventKind.MODEL_EXPORTED: EventKind.EXPORT,
+}
+
+
+def _plain_json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``value`` as it reads back from its canonical JSON (so that writer and verifier hash the same value)."""
+    try:
+        return json.loads(rfc8785.dumps(dict(value)))  # type: ignore[no-any-return]
+    except (rfc8785.CanonicalizationError, TypeError) as exc:
+        raise ValueError(f"{what} is not plain JSON: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TeeEntry:
+    """One entry of a TEE log."""
+
+    seq: int
+    prev: str
+    kind: TeeEventKind
+    time: str
+    details: Mapping[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"details": self.details, "kind": self.kind.value, "prev": self.prev, "seq": self.seq, "time": self.time}
+
+    @property
+    def hash(self) -> str:
+        """SHA-256 of the entry's canonical bytes: what the next entry carries as ``prev``, a head as ``head_hash``."""
+        return entry_hash(rfc8785.dumps(self.to_json()))
+
+    @classmethod
+    def from_json(cls, value: object, log_id: str) -> TeeEntry:
+        """Parse an entry as stored.
+
+        Raises:
+            TeeLogInvalid: not an entry of the TEE log format.
+        """
+
+        def invalid(why: str) -> TeeLogInvalid:
+            return TeeLogInvalid(f"an entry of TEE log {log_id} is malformed ({why}): it is not what the TEE wrote")
+
+        if not isinstance(value, Mapping) or sorted(value) != _ENTRY_FIELDS:
+            raise invalid(f"not an object with exactly {_ENTRY_FIELDS}")
+        seq, prev, kind, time, details = (value[name] for name in ("seq", "prev", "kind", "time", "details"))
+        if type(seq) is not int or seq < 0:
+            raise invalid(f"seq {seq!r} is not a non-negative integer")
+        if not isinstance(prev, str) or not _HASH.fullmatch(prev):
+            raise invalid("prev is not 64 lowercase hex digits")
+        try:
+            kind = TeeEventKind(kind)
+            check_time(time)
+        except (ValueError, AuditEventInvalid) as exc:
+            raise invalid(str(exc)) from None
+        if not isinstance(details, Mapping):
+            raise invalid("details is not an object")
+        return cls(seq=seq, prev=prev, kind=kind, time=time, details=dict(details))
+
+
+@dataclass(frozen=True)
+class TeeLogHead:
+    """The head of a TEE log: entry ``seq`` of log ``log_id`` (run ``run_id``) hashes to ``head_hash``."""
+
+    log_id: str
+    run_id: str
+    seq: int
+    head_hash: str
+    time: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"head_hash": self.head_hash, "log_id": self.log_id, "run_id": self.run_id, "schema": HEAD_SCHEMA,
+                "seq": self.seq, "time": self.time}  # fmt: skip
+
+    def reference(self) -> dict[str, Any]:
+        """What a model statement carries of the head: enough to find the entries it vouches for."""
+        return {"head_hash": self.head_hash, "log_id": self.log_id, "seq": self.seq}
+
+
+@dataclass(frozen=True)
+class SignedHead:
+    """A head and the TEE's PS256 signature over it, by the key named ``kid`` (RFC 7638 thumbprint)."""
+
+    head: TeeLogHead
+    kid: str
+    value: str
+
+    @classmethod
+    def sign(cls, head: TeeLogHead, key: rsa.RSAPrivateKey, kid: str) -> SignedHead:
+        return cls(head, kid, sign_statement(key, head.to_json())["value"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {"head": self.head.to_json(),
+                "signature": {"algorithm": TEE_SIGNATURE_ALGORITHM, "kid": self.kid, "value": self.value}}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, value: object, log_id: str) -> SignedHead:
+        """Parse a signed head as stored (the signature is checked by :func:`verify_tee_log`).
+
+        Raises:
+            TeeLogInvalid: not a signed head.
+        """
+
+        def invalid(why: str) -> TeeLogInvalid:
+            return TeeLogInvalid(f"a signed head of TEE log {log_id} is malformed ({why})")
+
+        if not isinstance(value, Mapping) or sorted(value) != ["head", "signature"]:
+            raise invalid("not an object with exactly 'head' and 'signature'")
+        head, signature = value["head"], value["signature"]
+        if not isinstance(head, Mapping) or sorted(head) != _HEAD_FIELDS or head["schema"] != HEAD_SCHEMA:
+            raise invalid(f"the head is not a {HEAD_SCHEMA} object with exactly {_HEAD_FIELDS}")
+        if not isinstance(signature, Mapping) or sorted(signature) != ["algorithm", "kid", "value"]:
+            raise invalid("the signature is not an object with exactly algorithm, kid and value")
+        if signature["algorithm"] != TEE_SIGNATURE_ALGORITHM:
+            raise invalid(f"the signature algorithm is {signature['algorithm']!r}, not {TEE_SIGNATURE_ALGORITHM}")
+        if type(head["seq"]) is not int or head["seq"] < 0:
+            raise invalid(f"its seq {head['seq']!r} is not a non-negative integer")
+        if not isinstance(head["head_hash"], str) or not _HASH.fullmatch(head["head_hash"]):
+            raise invalid("its head_hash is not 64 lowercase hex digits")
+        if head["log_id"] != log_id or not isinstance(head["run_id"], str):
+            raise invalid(f"it names log {head['log_id']!r}")
+        if not all(isinstance(signature[name], str) for name in ("kid", "value")):
+            raise invalid("its kid or value is not a string")
+        try:
+            check_time(head["time"])
+        except AuditEventInvalid as exc:
+            raise invalid(str(exc)) from None
+        return cls(TeeLogHead(log_id, head["run_id"], head["seq"], head["head_hash"], head["time"]),
+                   signature["kid"], signature["value"])  # fmt: skip
+
+    def verify(self, key: rsa.RSAPublicKey) -> None:
+        try:
+            verify_statement_signature(
+                key, self.head.to_json(), {"algorithm": TEE_SIGNATURE_ALGORITHM, "value": self.value},
+                what=f"the head of TEE log {self.head.log_id} at seq {self.head.seq}",
+            )  # fmt: skip
+        except ProvenanceInvalid as exc:
+            raise TeeLogInvalid(str(exc)) from None
+
+
+class TeeEventLog:
+    """A TEE log as the TEE writes it: append an entry, sign the new head. The caller serializes appends."""
+
+    def __init__(self, log_id: str, run_id: str) -> None:
+        if not _LOG_ID.fullmatch(log_id):
+            raise ValueError(f"TEE log id {log_id!r} is not 1-250 letters, digits and . _ : + -")
+        self.log_id = log_id
+        self.run_id = run_id
+        self._entries: list[TeeEntry] = []
+        self.head: SignedHead | None = None
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> TeeEventLog:
+        """Continue a log from its stored form (:meth:`to_json`), after checking its links.
+
+        Raises:
+            TeeLogInvalid: the stored log is malformed or its links are broken.
+        """
+        log = cls(document["log_id"], document["run_id"])
+        collected = CollectedTeeLog(log.log_id, log.run_id)
+        for entry in document["entries"]:
+            collected.add_entry(TeeEntry.from_json(entry, log.log_id))
+        log._entries = collected.linked_entries()
+        log.head = SignedHead.from_json(document["head"], log.log_id) if document.get("head") else None
+        return log
+
+    def append(self, kind: TeeEventKind, details: Mapping[str, Any], *, key: rsa.RSAPrivateKey, kid: str) -> SignedHead:
+        """Append an entry of ``kind`` happening now and sign the new head with the TEE ``key`` named ``kid``.
+
+        Raises:
+            ValueError: ``details`` is not plain JSON (RFC 8785: finite numbers, integers within ±2^53).
+        """
+        now = rfc3339_utc(datetime.datetime.now(datetime.UTC))
+        prev = self._entries[-1].hash if self._entries else GENESIS_PREV
+        entry = TeeEntry(len(self._entries), prev, kind, now, _plain_json(details, f"the details of a {kind} entry"))
+        self._entries.append(entry)
+        self.head = SignedHead.sign(TeeLogHead(self.log_id, self.run_id, entry.seq, entry.hash, now), key, kid)
+        return self.head
+
+    @property
+    def entries(self) -> Sequence[TeeEntry]:
+        return tuple(self._entries)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored and served form: ``{"log_id", "run_id", "entries", "head"}``."""
+        return {
+            "log_id": self.log_id,
+            "run_id": self.run_id,
+            "entries": [entry.to_json() for entry in self._entries],
+            "head": self.head.to_json() if self.head else None,
+        }
+
+
+# --- in the audit log -----------------------------------------------------------------------------------------
+
+
+def audit_events(document: Mapping[str, Any]) -> list[AuditEvent]:
+    """A TEE log in its served form (:meth:`TeeEventLog.to_json`) as audit events, entries and head verbatim.
+
+    Raises:
+        TeeLogInvalid: the document is not a TEE log (it is parsed, not trusted: it came over the network).
+    """
+    if not isinstance(document, Mapping) or set(document) != {"log_id", "run_id", "entries", "head"}:
+        raise TeeLogInvalid("the TEE log is not an object with exactly log_id, run_id, entries and head")
+    log_id, run_id, entries = document["log_id"], document["run_id"], document["entries"]
+    if not isinstance(log_id, str) or not _LOG_ID.fullmatch(log_id):
+        raise TeeLogInvalid(f"the TEE log's log_id {log_id!r} is malformed")
+    if not isinstance(run_id, str) or not isinstance(entries, list):
+        raise TeeLogInvalid(f"TEE log {log_id}'s run_id or entries are malformed")
+    events = []
+    for value in entries:
+        entry = TeeEntry.from_json(value, log_id)
+        events.append(AuditEvent(_AUDIT_KINDS[entry.kind], run_id, EventSource.TEE, entry.time,
+                                 {"tee_log": log_id, "entry": entry.to_json()}))  # fmt: skip
+    if document["head"] is not None:
+        head = SignedHead.from_json(document["head"], log_id)
+        events.append(AuditEvent(EventKind.TEE_LOG_HEAD, run_id, EventSource.TEE, head.head.time,
+                                 {"tee_log": log_id, "head": head.to_json()}))  # fmt: skip
+    return events
+
+
+@dataclass
+class CollectedTeeLog:
+    """The entries and signed heads of one TEE log, as gathered from an audit log (or a stored TEE log)."""
+
+    log_id: str
+    run_id: str | None
+    entries: dict[int, TeeEntry] = field(default_factory=dict)
+    heads: list[SignedHead] = field(default_factory=list)
+
+    def add_entry(self, entry: TeeEntry) -> None:
+        """Add an entry; the same entry twice (an audit stage retried) counts once, two different ones refuse."""
+        known = self.entries.setdefault(entry.seq, entry)
+        if known != entry:
+            raise TeeLogInvalid(
+                f"two different entries claim seq {entry.seq} of TEE log {self.log_id}: one was forged or changed"
+            )
+
+    def add_head(self, head: SignedHead) -> None:
+        if head not in self.heads:
+            self.heads.append(head)
+
+    def linked_entries(self, upto: int | None = None) -> list[TeeEntry]:
+        """Entries 0..``upto`` (default: all), after checking none is missing and each links to the one before.
+
+        Raises:
+            TeeLogInvalid: naming the first entry missing or out of its chain.
+        """
+        last = max(self.entries, default=-1) if upto is None else upto
+        chain: list[TeeEntry] = []
+        for seq in range(last + 1):
+            entry = self.entries.get(seq)
+            if entry is None:
+                raise TeeLogInvalid(
+                    f"entry {seq} of TEE log {self.log_id} is missing (the log holds {len(self.entries)} of its "
+                    "entries): TEE events were removed from the audit log"
+                )
+            expected = chain[-1].hash if chain else GENESIS_PREV
+            if entry.prev != expected:
+                raise TeeLogInvalid(
+                    f"entry {seq} of TEE log {self.log_id} does not link to entry {seq - 1}: a TEE event was changed, "
+                    "replaced or reordered"
+                )
+            chain.append(entry)
+        return chain
+
+
+def collect_tee_logs(events: Iterable[AuditEvent]) -> dict[str, CollectedTeeLog]:
+    """Gather the TEE logs recorded in an audit log's events (source ``tee``), by log id.
+
+    Raises:
+        TeeLogInvalid: an event from source ``tee`` is not a TEE entry or head, or two of them conflict.
+    """
+    logs: dict[str, CollectedTeeLog] = {}
+    for event in events:
+        if event.source is not EventSource.TEE:
+            continue
+        details = event.details
+        log_id = details.get("tee_log")
+        if not isinstance(log_id, str) or sorted(details) not in (["entry", "tee_log"], ["head", "tee_log"]):
+            raise TeeLogInvalid(f"an audit event from the TEE ({event.kind}, {event.time}) is not a TEE log entry or head")
+        log = logs.setdefault(log_id, CollectedTeeLog(log_id, event.run_id))
+        if log.run_id != event.run_id:
+            raise TeeLogInvalid(f"the events of TEE log {log_id} are recorded under runs {log.run_id} and {event.run_id}")
+        if "entry" in details:
+            log.add_entry(TeeEntry.from_json(details["entry"], log_id))
+        else:
+            log.add_head(SignedHead.from_json(details["head"], log_id))
+    return logs
+
+
+# --- verifying ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TeeLogVerdict:
+    """What verifying one TEE log established."""
+
+    log_id: str
+    run_id: str
+    entries: int
+    head_hash: str
+    kinds: Mapping[str, int]
+
+    def summary(self) -> str:
+        kinds = ", ".join(f"{count} {kind}" for kind, count in sorted(self.kinds.items()))
+        return (
+            f"TEE log {self.log_id} (run {self.run_id}): {self.entries} entries signed by the attested TEE, "
+            f"head {self.head_hash[:16]}… ({kinds})"
+        )
+
+
+def verify_tee_log(log: CollectedTeeLog, check_token: TokenCheck) -> TeeLogVerdict:
+    """Check one TEE log: its entries are complete and linked, every token in it is genuine and approved
+    (``check_token``), every head is signed by a key such a token attested before it, and the last entry
+    is covered by a signed head.
+
+    Raises:
+        TeeLogInvalid: naming what failed.
+        SecurityViolation: ``check_token`` refused a token (its own subclass and message).
+    """
+    chain = log.linked_entries()
+    if not chain:
+        raise TeeLogInvalid(f"TEE log {log.log_id} holds signed heads but no entries: its entries were removed")
+    introduced: dict[str, tuple[int, rsa.RSAPublicKey]] = {}
+    for entry in chain:
+        if entry.kind is TeeEventKind.ATTESTED:
+            token = entry.details.get("token")
+            if not isinstance(token, str):
+                raise TeeLogInvalid(f"the attested entry {entry.seq} of TEE log {log.log_id} carries no token")
+            claims = check_token(token)
+            key = runtime_key(claims)  # exactly one key, checked
+            introduced.setdefault(str(claims["x-ms-runtime"]["keys"][0].get("kid")), (entry.seq, key))
+    if not log.heads:
+        raise TeeLogInvalid(f"TEE log {log.log_id} has no head signed by the TEE: nothing vouches for its entries")
+    run_ids = {head.head.run_id for head in log.heads}
+    if len(run_ids) != 1 or (log.run_id is not None and run_ids != {log.run_id}):
+        raise TeeLogInvalid(
+            f"the TEE signed TEE log {log.log_id} for run(s) {sorted(run_ids)}, but it is recorded for run {log.run_id}"
+        )
+    for signed in log.heads:
+        head = signed.head
+        if head.seq >= len(chain):
+            raise TeeLogInvalid(
+                f"the TEE signed entry {head.seq} of TEE log {log.log_id}, but the log ends before it: TEE events "
+                "were removed"
+            )
+        if chain[head.seq].hash != head.head_hash:
+            raise TeeLogInvalid(
+                f"the TEE signed entry {head.seq} of TEE log {log.log_id} as {head.head_hash[:16]}…, but the log "
+                "holds another entry there: TEE events were changed"
+            )
+        attested_at, key = introduced.get(signed.kid, (None, None))
+        if key is None or attested_at is None or attested_at > head.seq:
+            raise TeeLogInvalid(
+                f"the head of TEE log {log.log_id} at seq {head.seq} is signed by key {signed.kid!r}, which no "
+                "attestation token in the log before it attests"
+            )
+        signed.verify(key)
+    last_signed = max(signed.head.seq for signed in log.heads)
+    if last_signed != len(chain) - 1:
+        raise TeeLogInvalid(
+            f"entries {last_signed + 1}-{len(chain) - 1} of TEE log {log.log_id} are not covered by a head the TEE "
+            "signed: they were added by someone else"
+        )
+    kinds: dict[str, int] = {}
+    for entry in chain:
+        kinds[entry.kind.value] = kinds.get(entry.kind.value, 0) + 1
+    return TeeLogVerdict(log.log_id, run_ids.pop(), len(chain), chain[-1].hash, kinds)
+
+
+def check_holds(logs: Mapping[str, CollectedTeeLog], reference: Mapping[str, Any], where: str) -> None:
+    """Check that ``logs`` hold the TEE's entries up to the head ``reference`` (``{"log_id", "seq", "head_hash"}``,
+    as a model statement carries it): nothing the TEE recorded up to there was removed or rolled back.
+
+    Raises:
+        TeeLogInvalid: the entries are not all there, or not the ones the TEE signed.
+    """
+    log_id, seq, head_hash = (reference.get(name) for name in ("log_id", "seq", "head_hash"))
+    if not isinstance(log_id, str) or type(seq) is not int or seq < 0 or not isinstance(head_hash, str):
+        raise TeeLogInvalid(f"the TEE log head {dict(reference)} of {where} is malformed")
+    log = logs.get(log_id)
+    if log is None:
+        raise TeeLogInvalid(
+            f"the audit log holds none of the events of TEE log {log_id}, which {where} says the TEE signed up to "
+            f"entry {seq}: they were removed, or the log rolled back"
+        )
+    chain = log.linked_entries(upto=seq)
+    if chain[seq].hash != head_hash:
+        raise TeeLogInvalid(
+            f"entry {seq} of TEE log {log_id} is not the one the TEE signed in {where}: TEE events were changed"
+        )

@@ -1,0 +1,243 @@
+"""``securetrain models list | verify | approve-export | export``: the model registry in the local stack's Azurite.
+
+``verify`` checks a version's whole provenance chain (see docs/models.md) and exits 0, or 3 naming the
+link that failed. ``approve-export`` is the data owner's: it signs an approval for a recipient key.
+``export`` has the TEE re-seal a version for that recipient under that approval; the TEE records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import io
+import json
+import secrets
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from securetrain.core.audit.checkpoints import load_public_key, load_signing_key
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
+from securetrain.core.audit.tee_log import check_holds, collect_tee_logs
+from securetrain.core.cli.options import add_stack_storage_options
+from securetrain.core.cli.token_check import add_token_options, authority_keys, release_policy
+from securetrain.core.cvm_client import CvmClient
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.fsutil import atomic_output
+from securetrain.core.model_export import EXPORT_AUDIT_LOG, approve_export
+from securetrain.core.model_provenance import (
+    ProvenanceInvalid,
+    load_pipeline_key,
+    local_pipeline_key_path,
+    recipient_key,
+    verify_provenance,
+)
+from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
+from securetrain.core.sealed import content_digest, inspect
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.localstack.envfile import read_stack_env
+from securetrain.localstack.layout import resolve_state_dir
+from securetrain.core.storage import BlobStore
+
+
+def _stack_env(state_dir: Path) -> dict[str, str]:
+    path = state_dir / "stack.env"
+    if not path.exists():
+        raise ConfigurationError(f"{path} does not exist: run `securetrain stack up` first")
+    return read_stack_env(path)
+
+
+def _list(args: argparse.Namespace) -> int:
+    with BlobStore.from_stack_env(_stack_env(resolve_state_dir(args.state_dir))) as store:
+        registry = ModelRegistry(store, args.container)
+        versions = registry.versions(args.name)
+        if not versions:
+            print(f"model {args.name} has no versions in {args.container}")
+            return 0
+        print(f"{'version':>7}  {'registered':<20}  {'run':<40}  sealed sha256")
+        for number in versions:
+            manifest = registry.get(args.name, number).manifest
+            print(f"{number:>7}  {manifest.get('registered_at', '-'):<20}  "
+                  f"{manifest.get('lineage', {}).get('run_id', '-'):<40}  {manifest['sealed_model']['sha256']}")  # fmt: skip
+    return 0
+
+
+def _pipeline_public_key(args: argparse.Namespace, state_dir: Path) -> Ed25519PublicKey:
+    if args.public_key is not None:
+        try:
+            return load_public_key(args.public_key.read_bytes(), str(args.public_key))
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read the pipeline public key {args.public_key}: {exc.strerror}") from None
+    path = local_pipeline_key_path(state_dir)
+    if not path.exists():
+        raise ConfigurationError(
+            f"no --public-key given and the local stack has no pipeline model-signing key at {path}: pass the "
+            "pipeline's public key (PEM) the manifest was signed with"
+        )
+    return load_pipeline_key(path).public_key()
+
+
+def _verify(args: argparse.Namespace) -> int:
+    state_dir = resolve_state_dir(args.state_dir)
+    env = _stack_env(state_dir)
+    pipeline_key = _pipeline_public_key(args, state_dir)
+    policy = release_policy(args, env)
+    with BlobStore.from_stack_env(env) as store:
+        registry = ModelRegistry(store, args.container)
+        version = registry.get(args.name, args.version)
+        stored_sha256 = content_digest(registry.sealed_model(version))
+    try:
+        checked = verify_provenance(
+            version.manifest, stored_sha256, pipeline_key=pipeline_key, release_policy=policy,
+            keys_for=authority_keys(args, env),
+        )  # fmt: skip
+        # The statement (verified above) names how far the TEE's event log reached: the run's audit log must
+        # still hold every TEE event up to there, none removed, none rolled back.
+        run_id, head = version.manifest["lineage"]["run_id"], version.manifest["provenance"]["statement"]["tee_log_head"]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ProvenanceInvalid(f"the manifest of {args.name} version {args.version} is malformed: {exc!r}") from None
+    with BlobAuditStore.from_stack_env(env, run_id, container=args.audit_container) as audit_store:
+        events = [entry.event for entry in AuditLog(audit_store).entries()]
+    check_holds(collect_tee_logs(events), head, f"the statement of {args.name} version {args.version}")
+    checked.append(f"the audit log of run {run_id} holds the TEE's events up to the head it signed "
+                   f"({head['log_id']} entry {head['seq']})")  # fmt: skip
+    for line in checked:
+        print(f"ok  {line}")
+    print(f"{args.name} version {args.version}: provenance verified")
+    return 0
+
+
+def _recipient_pem(path: Path) -> bytes:
+    try:
+        pem = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the recipient key {path}: {exc.strerror}") from None
+    recipient_key(pem)  # a malformed key stops here, before anything is asked, signed or written
+    return pem
+
+
+def _approve_export(args: argparse.Namespace) -> int:
+    recipient = recipient_key(_recipient_pem(args.recipient_public_key))
+    key_path = args.signing_key or data_owner.signing_key_path(StackLayout(resolve_state_dir(args.state_dir)))
+    expires_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=args.valid_hours)
+    approval = approve_export(
+        load_signing_key(key_path), kek_id=args.kek_id, recipient_thumbprint=recipient.thumbprint, expires_at=expires_at
+    )
+    with atomic_output(args.out, mode=0o644) as out:
+        out.write(json.dumps(approval, indent=2, sort_keys=True).encode())
+    print(f"approved exports of models under {args.kek_id} to recipient key {recipient.thumbprint} until "
+          f"{approval['expires_at']}: {args.out}")  # fmt: skip
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    pem = _recipient_pem(args.recipient_public_key)
+    try:
+        approval = json.loads(args.approval.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the export approval {args.approval}: {exc}") from None
+    env = _stack_env(resolve_state_dir(args.state_dir))
+    with BlobStore.from_stack_env(env) as store:
+        registry = ModelRegistry(store, args.container)
+        version = registry.get(args.name, args.version)
+        # The KEK version the stored model is sealed under now: a rotation rewraps it to a newer one.
+        kek_id = inspect(io.BytesIO(registry.sealed_model(version))).key.kek_id
+    sealed = version.manifest["sealed_model"]
+    with CvmClient.from_stack_env(env, "pipeline") as agent:
+        exported = agent.export_model(
+            kek_id=kek_id, run_id=version.manifest["lineage"]["run_id"], container=version.container,
+            blob=sealed["blob"], sealed_sha256=sealed["sha256"], recipient_public_key_pem=pem.decode(),
+            nonce=secrets.token_urlsafe(24), approval=approval,
+        )  # fmt: skip
+    with atomic_output(args.out) as out:
+        out.write(exported)
+    details = {
+        "model": args.name, "version": args.version, "sealed_sha256": sealed["sha256"],
+        "recipient_thumbprint": recipient_key(pem).thumbprint, "export_sha256": hashlib.sha256(exported).hexdigest(),
+        "recorded_in": f"{AUDIT_CONTAINER}/audit/{EXPORT_AUDIT_LOG}.jsonl (by the TEE)",
+    }  # fmt: skip
+    print(json.dumps({"out": str(args.out), **details}, indent=2))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    group = subparsers.add_parser(
+        "models", help="the model registry: list versions, verify provenance, export",
+        description="Registered models in the local stack's Azurite (stack.env settings). See docs/models.md for "
+        "the provenance chain that `verify` checks.",
+    )  # fmt: skip
+    add_stack_storage_options(group, container=REGISTRY_CONTAINER, holds="the registry")
+    commands = group.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
+
+    listing = commands.add_parser("list", help="the versions of a model", description="List model NAME's versions.")
+    listing.add_argument("name", metavar="NAME", help="the model's name")
+    listing.set_defaults(handler=_list)
+
+    verify = commands.add_parser(
+        "verify", help="check a version's provenance chain; exit 3 naming the link that fails",
+        description="Verify model NAME version VERSION: the stored sealed model's digest against the manifest; "
+        "the pipeline's signature over the manifest; the attestation token's signature (the authority's "
+        "published keys, or --attestation-jwks) and its claims against the release policy the manifest names; "
+        "the TEE's signature over the model statement with the key the token attests; the statement's "
+        "digests and TEE log head against the manifest; and that the run's audit log holds the TEE's events up "
+        "to that head. Exits 0 if all holds, 3 naming the first link that fails.",
+    )  # fmt: skip
+    verify.add_argument("name", metavar="NAME", help="the model's name")
+    verify.add_argument("version", metavar="VERSION", type=int, help="the version number")
+    verify.add_argument(
+        "--public-key", type=Path, default=None, metavar="PEM",
+        help="the pipeline's model-signing public key (default: the local stack's key in the state directory)",
+    )  # fmt: skip
+    add_token_options(verify)  # the release policy's SHA-256 must also be the one the manifest names
+    verify.add_argument(
+        "--audit-container", default=AUDIT_CONTAINER,
+        help=f"the container of the run's audit log (default {AUDIT_CONTAINER})",
+    )  # fmt: skip
+    verify.set_defaults(handler=_verify)
+
+    approve = commands.add_parser(
+        "approve-export", help="(data owner) approve exports to a recipient key: a signed approval file",
+        description="The data owner's command: sign an export approval with the data owner's Ed25519 key, naming "
+        "the recipient's RSA public key (by its thumbprint), the KEK whose models may go to it, and an expiry. "
+        "The TEE re-seals a model only for a recipient such an approval names, checked against the data owner "
+        "keys pinned in its configuration.",
+    )  # fmt: skip
+    approve.add_argument(
+        "--recipient-public-key", type=Path, required=True, metavar="PEM",
+        help="the recipient's RSA public key (PEM, at least 2048 bits)",
+    )  # fmt: skip
+    approve.add_argument(
+        "--kek-id", required=True, metavar="URL",
+        help="the versioned Key Vault key id of the KEK the model to export is sealed under now (its sealed "
+        "header's kek_id, `securetrain inspect`; after a key rotation, the new version)",
+    )  # fmt: skip
+    approve.add_argument("--valid-hours", type=int, default=24, metavar="N", help="how long it is valid (default 24)")
+    approve.add_argument(
+        "--signing-key", type=Path, default=None, metavar="PEM",
+        help="the data owner's Ed25519 signing key (default: the local stack's data owner key)",
+    )  # fmt: skip
+    approve.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the approval (JSON)")
+    approve.set_defaults(handler=_approve_export)
+
+    export = commands.add_parser(
+        "export", help="re-seal a version for an approved recipient's RSA key (in the TEE), recorded by the TEE",
+        description="Have the TEE re-seal model NAME version VERSION for the recipient's RSA public key and "
+        "write it to --out; the recipient opens it with `securetrain unseal` and their private key. The TEE "
+        "does it only under a data owner's approval for this recipient and KEK (`securetrain models "
+        "approve-export`), and records the export, signed with its attested key, in audit log "
+        f"{EXPORT_AUDIT_LOG} before the bytes leave it. The KEK never leaves the TEE.",
+    )  # fmt: skip
+    export.add_argument("name", metavar="NAME", help="the model's name")
+    export.add_argument("version", metavar="VERSION", type=int, help="the version number")
+    export.add_argument(
+        "--recipient-public-key", type=Path, required=True, metavar="PEM",
+        help="the recipient's RSA public key (PEM, at least 2048 bits)",
+    )  # fmt: skip
+    export.add_argument(
+        "--approval", type=Path, required=True, metavar="JSON",
+        help="the data owner's export approval for this recipient (from `securetrain models approve-export`)",
+    )  # fmt: skip
+    export.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the sealed model")
+    export.set_defaults(handler=_export)

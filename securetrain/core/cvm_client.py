@@ -1,0 +1,208 @@
+"""A client of the trainer agent's API over mutual TLS (the Airflow hook wraps it).
+
+Transient faults (connection refused or reset, 502/503/504) are retried a bounded number of times with
+exponential backoff; every request may be repeated safely: a submit names its run id, and the agent
+answers a repeated one with the existing job. A TLS verification failure is never retried.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.exceptions import SSLError
+from urllib3.util.retry import Retry
+
+from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.localstack.envfile import read_stack_env
+
+log = logging.getLogger(__name__)
+
+_RETRIES = 4
+_BACKOFF_S = 0.5
+
+
+class CvmError(SecuretrainError):
+    """The agent answered with an error; ``code`` is its error code."""
+
+    def __init__(self, message: str, *, code: str, status: int) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+
+
+class CvmRequestRejected(CvmError, ConfigurationError):
+    """The agent refused the request as malformed (400); ``field`` names the job spec field, if any."""
+
+    def __init__(self, message: str, *, code: str, status: int, field: str | None) -> None:
+        super().__init__(message, code=code, status=status)
+        self.field = field
+
+
+class CvmAccessDenied(CvmError, SecurityViolation):
+    """The agent refused this client's identity (403)."""
+
+
+class CvmAttestationRefused(CvmError, SecurityViolation):
+    """The agent's attestation for our nonce was refused: its evidence or token did not verify (424)."""
+
+
+class CvmJobNotFound(CvmError):
+    """The agent has no such job (404)."""
+
+
+class CvmConflict(CvmError):
+    """The request contradicts the job (409): another spec under the same run id, or cancel after the end."""
+
+
+class CvmUnreachable(SecuretrainError):
+    """The agent could not be reached after the bounded retries."""
+
+
+class CvmTlsError(SecurityViolation):
+    """The agent's TLS certificate did not verify, or the agent refused ours."""
+
+
+class _RetryExceptTls(Retry):
+    def increment(self, *args: Any, **kwargs: Any) -> Retry:
+        if isinstance(kwargs.get("error"), SSLError):
+            raise kwargs["error"]
+        return super().increment(*args, **kwargs)
+
+
+_ERRORS_BY_STATUS: dict[int, type[CvmError]] = {
+    403: CvmAccessDenied,
+    404: CvmJobNotFound,
+    409: CvmConflict,
+    424: CvmAttestationRefused,
+}
+
+
+class CvmClient:
+    """The agent at ``endpoint``, called with the client certificate ``cert``/``key`` (PEM files)."""
+
+    def __init__(self, endpoint: str, *, cert: Path, key: Path, ca_bundle: Path | None, timeout: float = 30.0) -> None:
+        if not endpoint.startswith("https://"):
+            raise ConfigurationError(f"the agent endpoint {endpoint!r} is not https")
+        self.endpoint = endpoint.rstrip("/")
+        self._cert = (str(cert), str(key))
+        self._verify: str | bool = str(ca_bundle) if ca_bundle else True
+        self._timeout = timeout
+        self._session = requests.Session()
+        retry = _RetryExceptTls(
+            total=_RETRIES, connect=_RETRIES, read=_RETRIES, status=_RETRIES, backoff_factor=_BACKOFF_S,
+            status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False,
+        )  # fmt: skip
+        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+
+    @classmethod
+    def from_stack_env(cls, source: Path | Mapping[str, str], identity: str = "pipeline") -> CvmClient:
+        """The local stack's agent, as ``identity`` (``pipeline`` or ``monitor``), from ``stack.env``."""
+        values = read_stack_env(source) if isinstance(source, Path) else source
+        prefix = f"SECURETRAIN_CVM_{identity.upper()}"
+        names = ("SECURETRAIN_CVM_ENDPOINT", f"{prefix}_CERT", f"{prefix}_KEY", "SECURETRAIN_CA_BUNDLE")
+        missing = [name for name in names if not values.get(name)]
+        if missing:
+            raise ConfigurationError(f"the stack settings lack {', '.join(missing)}: run `securetrain stack up`")
+        return cls(
+            values["SECURETRAIN_CVM_ENDPOINT"],
+            cert=Path(values[f"{prefix}_CERT"]),
+            key=Path(values[f"{prefix}_KEY"]),
+            ca_bundle=Path(values["SECURETRAIN_CA_BUNDLE"]),
+        )
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> CvmClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> requests.Response:
+        url = f"{self.endpoint}{path}"
+        try:
+            response = self._session.request(
+                method, url, json=body, cert=self._cert, verify=self._verify, timeout=timeout or self._timeout
+            )
+        except requests.exceptions.SSLError as exc:
+            raise CvmTlsError(f"TLS with the agent at {url} failed: {exc}") from None
+        except requests.RequestException as exc:
+            raise CvmUnreachable(
+                f"cannot reach the agent at {url} after {_RETRIES} retries: {exc} (a connection closed without "
+                "an answer may also mean that the agent refused this client certificate)"
+            ) from None
+        if response.status_code < 400:
+            return response
+        try:
+            error = response.json()["error"]
+            code, message, field = str(error["code"]), str(error["message"]), error.get("field")
+        except (ValueError, KeyError, TypeError):
+            code, message, field = str(response.status_code), response.text[:500], None
+        text = f"agent {method} {path}: {response.status_code} {code}: {message}"
+        if response.status_code == 400:
+            raise CvmRequestRejected(text, code=code, status=400, field=field)
+        error_type = _ERRORS_BY_STATUS.get(response.status_code)
+        if error_type is not None:
+            raise error_type(text, code=code, status=response.status_code)
+        raise CvmUnreachable(text)
+
+    def submit(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Submit a job spec (a JSON document); the job, new or the one already submitted for its run id."""
+        return self._request("POST", "/v1/jobs", spec).json()
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/jobs/{job_id}").json()
+
+    def jobs(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/jobs").json()["jobs"]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+
+    def health(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/health").json()
+
+    def attestation(self) -> dict[str, Any]:
+        return self._request("GET", "/v1/attestation").json()
+
+    def attest(self, nonce: str) -> dict[str, Any]:
+        """Have the TEE attest now for ``nonce``: ``{"token", "claims", "attested_at"}``; validate the token yourself."""
+        return self._request("POST", "/v1/attestation", {"nonce": nonce}).json()
+
+    def export_model(
+        self, *, kek_id: str, run_id: str, container: str, blob: str, sealed_sha256: str, recipient_public_key_pem: str,
+        nonce: str, approval: Mapping[str, Any],
+    ) -> bytes:  # fmt: skip
+        """Have the TEE re-seal a registered model for a recipient's RSA public key; the sealed bytes.
+
+        The TEE checks ``approval`` (the data owner's signed export approval for this recipient and KEK),
+        attests with ``nonce``, has the KEK released to it, checks the stored model's digest and seal,
+        re-seals it and records the export in the audit log: the KEK's private half never leaves the TEE.
+        """
+        body = {
+            "kek_id": kek_id, "run_id": run_id, "container": container, "blob": blob, "sealed_sha256": sealed_sha256,
+            "recipient_public_key": recipient_public_key_pem, "nonce": nonce, "approval": dict(approval),
+        }  # fmt: skip
+        return self._request("POST", "/v1/exports", body).content
+
+    def rewrap(self, *, kek_id: str, containers: list[str], nonce: str, timeout_s: float = 600) -> dict[str, Any]:
+        """Have the TEE rewrap every sealed blob of ``containers`` to the KEK version ``kek_id``.
+
+        The TEE attests with ``nonce``, has the versions released to it and rewraps each data key in its
+        memory; the answer is its signed statement of what it did (check it with
+        :func:`securetrain.core.rotation.verify_rewrap_answer`). It reads and rewrites every blob of an older
+        version, hence the longer timeout.
+        """
+        body = {"kek_id": kek_id, "containers": containers, "nonce": nonce}
+        return self._request("POST", "/v1/rewraps", body, timeout=timeout_s).json()
+
+    def metrics(self) -> str:
+        return self._request("GET", "/metrics").text

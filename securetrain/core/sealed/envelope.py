@@ -1,0 +1,214 @@
+"""Sealing and opening files: the header (securetrain.core.sealed.header) followed by the segment stream.
+
+A fresh 256-bit data key (DEK) per file encrypts the stream and is wrapped to the KEK's public key.
+Opening authenticates before it interprets: the data key is unwrapped (:class:`WrongKey`), the header
+tag checked (:class:`HeaderTampered`), the caller's expected context compared (:class:`WrongContext`),
+and only then are segments decrypted, each one authenticated before it is handed out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import BinaryIO
+
+from securetrain.core.fsutil import atomic_output
+from securetrain.core.sealed.errors import PlaintextDigestMismatch, SealInputError, TrailingData, Truncated, WrongContext
+from securetrain.core.sealed.header import KeyWrap, SealedContent, SealedHeader, read_header
+from securetrain.core.sealed.kek import WRAP_ALGORITHM, KekPrivateKey, KekPublicKey
+from securetrain.core.sealed.stream import DEFAULT_SEGMENT_SIZE, StreamDecryptor, encrypt_stream
+
+log = logging.getLogger(__name__)
+
+DEK_SIZE = 32
+_HASH_CHUNK = 1 << 20
+
+
+def _measure(src: BinaryIO) -> tuple[int, str]:
+    """Length and SHA-256 of ``src`` from its position to its end; ``src`` is left where it was."""
+    if not src.seekable():
+        raise SealInputError("sealing needs a seekable input: the header records its length and SHA-256 first")
+    start = src.tell()
+    digest = hashlib.sha256()
+    buffer = memoryview(bytearray(_HASH_CHUNK))
+    length = 0
+    while n := src.readinto(buffer):  # type: ignore[attr-defined]
+        digest.update(buffer[:n])
+        length += n
+    src.seek(start)
+    return length, digest.hexdigest()
+
+
+def seal(
+    src: BinaryIO,
+    dst: BinaryIO,
+    kek: KekPublicKey,
+    context: Mapping[str, str] | None = None,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> SealedHeader:
+    """Seal the rest of ``src`` into ``dst`` for ``kek``; memory stays O(segment size).
+
+    ``context`` (dataset id, classification, ...) is recorded in the header and authenticated with
+    every segment. ``src`` is read twice: once for the length and digest the header records, once to
+    encrypt it.
+    """
+    length, digest = _measure(src)
+    content = SealedContent(segment_size, context or {}, length, digest)
+    dek = os.urandom(DEK_SIZE)
+    header = SealedHeader(
+        content=content,
+        tag=content.tag(dek),
+        key=KeyWrap(kek.kek_id, kek.thumbprint, WRAP_ALGORITHM, kek.wrap(dek)),
+    )
+    dst.write(header.to_bytes())
+    encrypt_stream(src, dst, dek=dek, associated_data=content.authenticated_bytes(), layout=content.layout)
+    return header
+
+
+class SealedReader(io.RawIOBase):
+    """The plaintext of a sealed file, decrypted segment by segment as it is read.
+
+    Use :meth:`segments` for zero-copy iteration, or the file interface (``read``/``readinto``). A
+    failure in any segment raises its specific error; a consumer must treat everything it has read
+    as untrusted until the stream has been read to its end without error.
+    """
+
+    def __init__(
+        self,
+        src: BinaryIO,
+        kek: KekPrivateKey,
+        *,
+        expected_context: Mapping[str, str] | None = None,
+        verify_digest: bool = False,
+    ) -> None:
+        super().__init__()
+        self.header = read_header(src)
+        content = self.header.content
+        dek = kek.unwrap(
+            self.header.key.wrapped_dek, kek_id=self.header.key.kek_id, kek_thumbprint=self.header.key.kek_thumbprint
+        )
+        self.header.check_tag(dek)
+        for key, expected in (expected_context or {}).items():
+            if content.context.get(key) != expected:
+                raise WrongContext(
+                    f"context {key!r} is {content.context.get(key)!r} in the sealed file, expected {expected!r}"
+                )
+        self._decryptor = StreamDecryptor(
+            src, dek=dek, associated_data=content.authenticated_bytes(), layout=content.layout
+        )
+        self._verify_digest = verify_digest
+        self._iterator: Iterator[memoryview] | None = None
+        self._pending = memoryview(b"")
+
+    def segments(self) -> Iterator[memoryview]:
+        """Yield each segment's plaintext; a view is valid until the next one is requested."""
+        if self._iterator is not None:
+            raise SealInputError("a sealed file's plaintext can be read once")
+        self._iterator = self._segments()
+        return self._iterator
+
+    def _segments(self) -> Iterator[memoryview]:
+        digest = hashlib.sha256() if self._verify_digest else None
+        for plaintext in self._decryptor.segments():
+            if digest is not None:
+                digest.update(plaintext)
+            yield plaintext
+        if digest is not None and digest.hexdigest() != self.header.content.plaintext_sha256:
+            raise PlaintextDigestMismatch(
+                f"the plaintext's SHA-256 is {digest.hexdigest()}, the header records "
+                f"{self.header.content.plaintext_sha256}"
+            )
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        if self._iterator is None:
+            self.segments()
+        while not self._pending:
+            try:
+                self._pending = next(self._iterator)  # type: ignore[arg-type]
+            except StopIteration:
+                return 0
+        n = min(len(buffer), len(self._pending))
+        memoryview(buffer)[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+
+def unseal(
+    src: BinaryIO,
+    dst: BinaryIO,
+    kek: KekPrivateKey,
+    *,
+    expected_context: Mapping[str, str] | None = None,
+    verify_digest: bool = False,
+) -> SealedHeader:
+    """Decrypt ``src`` into ``dst``. On failure ``dst`` holds a prefix: use :func:`unseal_file` for files."""
+    reader = SealedReader(src, kek, expected_context=expected_context, verify_digest=verify_digest)
+    for plaintext in reader.segments():
+        dst.write(plaintext)
+    return reader.header
+
+
+def seal_file(
+    src_path: str | os.PathLike[str],
+    dst_path: str | os.PathLike[str],
+    kek: KekPublicKey,
+    context: Mapping[str, str] | None = None,
+    *,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> SealedHeader:
+    with open(src_path, "rb") as src, atomic_output(dst_path, mode=0o644) as dst:
+        header = seal(src, dst, kek, context, segment_size=segment_size)
+    log.info(
+        "sealed %s -> %s: %d bytes in %d segments for KEK %s",
+        src_path, dst_path, header.content.plaintext_length, header.content.layout.segment_count, kek.kek_id,
+    )
+    return header
+
+
+def unseal_file(
+    src_path: str | os.PathLike[str],
+    dst_path: str | os.PathLike[str],
+    kek: KekPrivateKey,
+    *,
+    expected_context: Mapping[str, str] | None = None,
+    verify_digest: bool = False,
+) -> SealedHeader:
+    """Decrypt a sealed file; ``dst_path`` appears (owner-only) only if every check passed."""
+    with open(src_path, "rb") as src, atomic_output(dst_path) as dst:
+        header = unseal(src, dst, kek, expected_context=expected_context, verify_digest=verify_digest)
+    log.info("opened %s -> %s: %d bytes", src_path, Path(dst_path), header.content.plaintext_length)
+    return header
+
+
+def content_digest(sealed: bytes) -> str:
+    """SHA-256 (hex) of what a KEK rotation keeps of a sealed file: header content, header tag, ciphertext.
+
+    Rotation rewrites only the key section (which KEK wraps the data key, and the wrapped key), so this
+    digest names the same sealed content before and after it, where a digest of the whole file would
+    not. Nothing is lost by leaving the key section out: the header tag is keyed by the data key, so a
+    swapped wrapped key that opened to another data key would fail the tag.
+
+    Raises:
+        SealedFileError subclasses: the header does not parse, or the length is not the header's.
+    """
+    header = read_header(io.BytesIO(sealed))
+    if len(sealed) != header.sealed_length:
+        error = Truncated if len(sealed) < header.sealed_length else TrailingData
+        raise error(f"the sealed file is {len(sealed)} bytes; its header says {header.sealed_length}")
+    digest = hashlib.sha256(header.content.authenticated_bytes())
+    digest.update(header.tag)
+    digest.update(memoryview(sealed)[header.size :])
+    return digest.hexdigest()
+
+
+def inspect(src: BinaryIO) -> SealedHeader:
+    """Parse a sealed file's header without any key: nothing is decrypted or authenticated."""
+    return read_header(src)

@@ -1,0 +1,474 @@
+"""Blob storage for securetrain: one small class over azure-storage-blob, the same for Azure and Azurite.
+
+:class:`BlobStore` is what the CLI, the demo, the Airflow hook and the trainer use to move sealed data.
+Storage only ever holds ciphertext (see the architecture's trust boundaries), so this module moves bytes
+and never looks inside them. What it adds to the SDK:
+
+* **Streaming, bounded memory.** Uploads above :data:`SINGLE_PUT_LIMIT` go as blocks of
+  :data:`BLOCK_SIZE`, read from the source stream one block at a time; downloads fetch
+  :data:`DOWNLOAD_CHUNK_SIZE` per request. Memory stays near ``MAX_CONCURRENCY`` blocks whatever the size.
+* **Bounded retries.** The SDK's exponential retry policy with :data:`RETRY_TOTAL` retries (so at most
+  four attempts per request) waiting about 3, 5 and 9 s (±1 s jitter) in between, plus connect and read
+  timeouts (:data:`CONNECTION_TIMEOUT_S`, :data:`READ_TIMEOUT_S`). The SDK's default waits 18, 24 and
+  42 s: longer than an Airflow task should hang on a dead endpoint when the task itself is retried. A
+  failed TLS verification is never retried: it is a security check saying no.
+* **TLS verified against an explicit CA bundle** when one is given (the local stack's CA), else the
+  system's. There is no way to switch verification off.
+* **Errors that say what failed and what to do**, as :class:`StorageError` subclasses, instead of the
+  SDK's generic ones.
+
+Local use: ``BlobStore.from_stack_env(path_to_stack_env)``. Azure: ``BlobStore.for_azure(account_url,
+DefaultAzureCredential())``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import logging
+import ssl
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, BinaryIO
+from urllib.parse import urlparse
+
+from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.storage.blob import (
+    BlobProperties,
+    BlobServiceClient,
+    ContainerClient,
+    ExponentialRetry,
+    StorageStreamDownloader,
+)
+
+from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.localstack.envfile import read_stack_env
+
+logger = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+#: Uploads up to this size go in one request; larger ones as blocks.
+SINGLE_PUT_LIMIT = 4 * MiB
+#: The size of each uploaded block (Azure allows up to 4000 MiB; 4 MiB keeps memory small).
+BLOCK_SIZE = 4 * MiB
+#: The size of each download request, the first one included.
+DOWNLOAD_CHUNK_SIZE = 4 * MiB
+#: Blocks or chunks in flight at once per transfer; memory use is about this many blocks.
+MAX_CONCURRENCY = 2
+#: Retries after the first attempt of a request.
+RETRY_TOTAL = 3
+CONNECTION_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+
+_STACK_VARIABLES = (
+    "SECURETRAIN_BLOB_ENDPOINT",
+    "SECURETRAIN_BLOB_ACCOUNT_NAME",
+    "SECURETRAIN_BLOB_ACCOUNT_KEY",
+    "SECURETRAIN_CA_BUNDLE",
+)
+
+
+class StorageError(SecuretrainError):
+    """A blob storage operation failed; the message names the container, the blob and the cause."""
+
+
+class StorageConfigurationError(StorageError, ConfigurationError):
+    """The storage endpoint, credential or CA bundle given is unusable."""
+
+
+class ContainerNotFound(StorageError):
+    """The container does not exist."""
+
+
+class BlobNotFound(StorageError):
+    """The blob does not exist in its container."""
+
+
+class BlobAlreadyExists(StorageError):
+    """An upload would replace an existing blob and overwriting was not asked for."""
+
+
+class StorageAccessDenied(StorageError, SecurityViolation):
+    """The storage service refused the credential or its permissions (HTTP 401/403)."""
+
+
+class StorageTlsError(StorageError, SecurityViolation):
+    """The storage endpoint's TLS certificate did not verify against the trusted CAs."""
+
+
+class PublicContainer(StorageError, SecurityViolation):
+    """A container that must be private allows anonymous public access."""
+
+
+class StorageUnreachable(StorageError):
+    """No answer from the storage endpoint after the retries (connection refused, timeout, reset)."""
+
+
+class StorageRequestFailed(StorageError):
+    """The storage service answered with an error not covered by a more specific class."""
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """What storage says about a blob."""
+
+    container: str
+    name: str
+    size: int
+    content_md5: bytes | None
+    metadata: dict[str, str]
+    etag: str
+    last_modified: datetime.datetime
+
+    @classmethod
+    def _from_properties(cls, container: str, properties: BlobProperties) -> BlobInfo:
+        md5 = properties.content_settings.content_md5
+        return cls(
+            container=container,
+            name=properties.name,
+            size=properties.size,
+            content_md5=bytes(md5) if md5 else None,
+            metadata=dict(properties.metadata or {}),
+            etag=properties.etag,
+            last_modified=properties.last_modified,
+        )
+
+
+def _tls_failure(error: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind an SDK error, if a TLS handshake or verification caused it.
+
+    azure-core wraps the transport's exception (requests wraps urllib3's, which wraps ssl's) through
+    ``inner_exception``, ``__cause__``, ``__context__`` and ``args``; all are followed.
+    """
+    pending: list[object] = [error]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if not isinstance(current, BaseException) or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        pending.extend((current.__cause__, current.__context__, getattr(current, "inner_exception", None)))
+        pending.extend(current.args)
+    return None
+
+
+class _RetryExceptTls(ExponentialRetry):
+    """The SDK's exponential retry, except that a TLS failure fails at once instead of being retried."""
+
+    def increment(self, settings: dict[str, Any], request: Any, response: Any = None, error: Any = None) -> bool:
+        if error is not None and _tls_failure(error) is not None:
+            return False
+        return super().increment(settings, request, response=response, error=error)
+
+
+def _error_code(error: HttpResponseError) -> str:
+    code = getattr(error, "error_code", None)
+    return str(getattr(code, "value", code) or "no error code")
+
+
+class _BlobReader(io.RawIOBase):
+    """A blob as a readable raw stream; wrapped in a buffered reader by :meth:`BlobStore.open_read`."""
+
+    def __init__(self, store: BlobStore, container: str, blob: str, downloader: StorageStreamDownloader[bytes]):
+        super().__init__()
+        self._store, self._container, self._blob, self._downloader = store, container, blob, downloader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        with self._store._translate_errors("read", self._container, self._blob):
+            data = self._downloader.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+
+class BlobStore:
+    """Blob storage at one account endpoint, with one credential.
+
+    Build it with :meth:`from_stack_env` (local stack) or :meth:`for_azure` (Azure); the constructor is for
+    other credentials. Use it as a context manager, or call :meth:`close`, to release its connections.
+    """
+
+    def __init__(
+        self,
+        account_url: str,
+        credential: AzureNamedKeyCredential | TokenCredential,
+        *,
+        ca_bundle: Path | None = None,
+    ) -> None:
+        """Connect to ``account_url`` (https only) with ``credential``.
+
+        ``ca_bundle``: a PEM file of the CAs to trust instead of the system's (the local stack's CA).
+
+        Raises:
+            StorageConfigurationError: the URL is not https, or the CA bundle is not a readable file.
+        """
+        parsed = urlparse(account_url)
+        if parsed.scheme != "https" or not parsed.hostname:
+            raise StorageConfigurationError(
+                f"storage endpoint {account_url!r} is not an https URL; securetrain talks to storage over TLS only"
+            )
+        if ca_bundle is not None and not ca_bundle.is_file():
+            raise StorageConfigurationError(
+                f"CA bundle {ca_bundle} does not exist; for the local stack run `securetrain stack up` and use "
+                "SECURETRAIN_CA_BUNDLE from its stack.env"
+            )
+        self._account_url = account_url
+        self._trusted = str(ca_bundle) if ca_bundle is not None else "the system's trusted CAs"
+        self._client = BlobServiceClient(
+            account_url,
+            credential=credential,
+            connection_verify=str(ca_bundle) if ca_bundle is not None else True,
+            retry_policy=_RetryExceptTls(
+                initial_backoff=1, increment_base=2, retry_total=RETRY_TOTAL, random_jitter_range=1
+            ),
+            connection_timeout=CONNECTION_TIMEOUT_S,
+            read_timeout=READ_TIMEOUT_S,
+            max_single_put_size=SINGLE_PUT_LIMIT,
+            max_block_size=BLOCK_SIZE,
+            max_single_get_size=DOWNLOAD_CHUNK_SIZE,
+            max_chunk_get_size=DOWNLOAD_CHUNK_SIZE,
+        )
+
+    @classmethod
+    def from_stack_env(cls, source: Path | Mapping[str, str]) -> BlobStore:
+        """A store for the local stack's Azurite, from its ``stack.env`` file or values parsed from it.
+
+        Uses ``SECURETRAIN_BLOB_ENDPOINT``, ``SECURETRAIN_BLOB_ACCOUNT_NAME``, ``SECURETRAIN_BLOB_ACCOUNT_KEY``
+        and ``SECURETRAIN_CA_BUNDLE``.
+
+        Raises:
+            StorageConfigurationError: one of them is missing.
+        """
+        values = read_stack_env(source) if isinstance(source, Path) else source
+        missing = [name for name in _STACK_VARIABLES if not values.get(name)]
+        if missing:
+            raise StorageConfigurationError(
+                f"the local stack settings lack {', '.join(missing)}: run `securetrain stack up` and pass its stack.env"
+            )
+        return cls(
+            values["SECURETRAIN_BLOB_ENDPOINT"],
+            AzureNamedKeyCredential(values["SECURETRAIN_BLOB_ACCOUNT_NAME"], values["SECURETRAIN_BLOB_ACCOUNT_KEY"]),
+            ca_bundle=Path(values["SECURETRAIN_CA_BUNDLE"]),
+        )
+
+    @classmethod
+    def for_azure(cls, account_url: str, credential: TokenCredential) -> BlobStore:
+        """A store for an Azure storage account, authenticated with Microsoft Entra ID.
+
+        ``credential`` is an ``azure.identity`` credential (``DefaultAzureCredential``, a managed identity,
+        ...); the identity needs a data-plane role such as *Storage Blob Data Contributor*. TLS is verified
+        against the system's trusted CAs.
+        """
+        return cls(account_url, credential)
+
+    @property
+    def account_url(self) -> str:
+        """The account endpoint this store talks to."""
+        return self._account_url
+
+    def close(self) -> None:
+        """Release the connections."""
+        self._client.close()
+
+    def __enter__(self) -> BlobStore:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _translate_errors(self, operation: str, container: str, blob: str | None = None) -> Iterator[None]:
+        """Turn the SDK's exceptions raised inside into :class:`StorageError` subclasses."""
+        target = f"blob '{blob}' in container '{container}'" if blob is not None else f"container '{container}'"
+        where = f"{target} at {self._account_url}"
+        try:
+            yield
+        except ResourceNotFoundError as exc:
+            if _error_code(exc) == "ContainerNotFound" or blob is None:
+                raise ContainerNotFound(
+                    f"cannot {operation} {where}: container '{container}' does not exist; check the name or "
+                    "create it (BlobStore.ensure_container)"
+                ) from exc
+            raise BlobNotFound(
+                f"cannot {operation} {where}: the blob does not exist; check its name (list the container with "
+                "a prefix to see what is there) or upload it first"
+            ) from exc
+        except ResourceExistsError as exc:
+            raise BlobAlreadyExists(
+                f"cannot {operation} {where}: it already exists; pass overwrite=True to replace it"
+            ) from exc
+        except (ClientAuthenticationError, HttpResponseError) as exc:
+            if isinstance(exc, ClientAuthenticationError) or exc.status_code in (401, 403):
+                raise StorageAccessDenied(
+                    f"storage refused to {operation} {where} ({_error_code(exc)}, HTTP {exc.status_code}): check "
+                    "the account key, or that the identity has a Storage Blob Data role on the account"
+                ) from exc
+            raise StorageRequestFailed(
+                f"cannot {operation} {where}: HTTP {exc.status_code} {_error_code(exc)}: {exc.reason}"
+            ) from exc
+        except (ServiceRequestError, ServiceResponseError) as exc:
+            tls = _tls_failure(exc)
+            if tls is not None:
+                raise StorageTlsError(
+                    f"cannot {operation} {where}: TLS verification failed ({tls.reason or tls}); the server's "
+                    f"certificate is not trusted by {self._trusted}. For the local stack, pass the CA bundle "
+                    "from stack.env (SECURETRAIN_CA_BUNDLE)"
+                ) from exc
+            raise StorageUnreachable(
+                f"cannot {operation} {where}: no answer after {RETRY_TOTAL + 1} attempts ({exc.message}); is the "
+                "endpoint right and the service up (`securetrain stack status` for the local stack)?"
+            ) from exc
+        except AzureError as exc:
+            raise StorageRequestFailed(f"cannot {operation} {where}: {exc.message}") from exc
+
+    def ensure_container(self, container: str) -> bool:
+        """Make sure ``container`` exists and is private; True if it was created now.
+
+        Raises:
+            PublicContainer: it exists and allows anonymous public access; it is not used.
+        """
+        client = self._client.get_container_client(container)
+        with self._translate_errors("create", container):
+            try:
+                client.create_container(public_access=None)
+                logger.info("created container %s at %s", container, self._account_url)
+                return True
+            except ResourceExistsError:
+                pass
+        self.check_private(container)
+        return False
+
+    def check_private(self, container: str) -> None:
+        """Make sure the existing ``container`` allows no anonymous access.
+
+        Raises:
+            ContainerNotFound: it does not exist.
+            PublicContainer: it allows anonymous public access.
+        """
+        with self._translate_errors("read the properties of", container):
+            public_access = self._client.get_container_client(container).get_container_properties().public_access
+        if public_access is not None:
+            raise PublicContainer(
+                f"container '{container}' at {self._account_url} allows anonymous public access "
+                f"({public_access}); make it private before using it for securetrain data"
+            )
+
+    def container_client(self, container: str) -> ContainerClient:
+        """The SDK's client for ``container``, with this store's credential, TLS trust and retries.
+
+        For what this class does not wrap (append blobs for the audit log, conditional writes); the
+        caller translates the SDK's errors itself.
+        """
+        return self._client.get_container_client(container)
+
+    def upload_stream(
+        self,
+        container: str,
+        blob: str,
+        stream: BinaryIO,
+        *,
+        length: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> BlobInfo:
+        """Upload from a binary stream, reading it block by block; return the new blob's properties.
+
+        ``length``: the number of bytes to read, when known (files: give it; the SDK then never reads
+        ahead). Without it the stream is read to its end.
+
+        Raises:
+            BlobAlreadyExists: the blob exists and ``overwrite`` is False.
+        """
+        client = self._client.get_blob_client(container, blob)
+        with self._translate_errors("upload", container, blob):
+            client.upload_blob(
+                stream,
+                length=length,
+                metadata=dict(metadata) if metadata is not None else None,
+                overwrite=overwrite,
+                max_concurrency=MAX_CONCURRENCY,
+            )
+        info = self.properties(container, blob)
+        logger.info("uploaded %s/%s (%d bytes)", container, blob, info.size)
+        return info
+
+    def upload_file(
+        self,
+        container: str,
+        blob: str,
+        path: Path,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> BlobInfo:
+        """Upload the file at ``path`` (streamed, see :meth:`upload_stream`)."""
+        with open(path, "rb") as file:
+            return self.upload_stream(
+                container, blob, file, length=path.stat().st_size, metadata=metadata, overwrite=overwrite
+            )
+
+    def download_to(self, container: str, blob: str, destination: BinaryIO) -> int:
+        """Write the blob into the writable binary stream ``destination``, chunk by chunk; return its size."""
+        with self._translate_errors("download", container, blob):
+            downloader = self._client.get_blob_client(container, blob).download_blob(max_concurrency=MAX_CONCURRENCY)
+            return downloader.readinto(destination)
+
+    def download_chunks(self, container: str, blob: str) -> Iterator[bytes]:
+        """Yield the blob's content in chunks of at most :data:`DOWNLOAD_CHUNK_SIZE` bytes."""
+        with self._translate_errors("download", container, blob):
+            downloader = self._client.get_blob_client(container, blob).download_blob()
+            chunks: Iterable[bytes] = downloader.chunks()
+            yield from chunks
+
+    def open_read(self, container: str, blob: str) -> io.BufferedReader:
+        """Open the blob as a readable binary stream that downloads as it is read. Close it when done.
+
+        Raises:
+            BlobNotFound, ContainerNotFound: at once, not on the first read.
+        """
+        with self._translate_errors("open", container, blob):
+            downloader = self._client.get_blob_client(container, blob).download_blob()
+        return io.BufferedReader(_BlobReader(self, container, blob, downloader), buffer_size=DOWNLOAD_CHUNK_SIZE)
+
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]:
+        """Yield the blobs in ``container`` whose names start with ``prefix``, metadata included."""
+        with self._translate_errors("list", container):
+            for properties in self._client.get_container_client(container).list_blobs(
+                name_starts_with=prefix or None, include=["metadata"]
+            ):
+                yield BlobInfo._from_properties(container, properties)
+
+    def properties(self, container: str, blob: str) -> BlobInfo:
+        """The blob's size, content MD5 (when storage has one), metadata, ETag and modification time."""
+        with self._translate_errors("read the properties of", container, blob):
+            properties = self._client.get_blob_client(container, blob).get_blob_properties()
+        return BlobInfo._from_properties(container, properties)
+
+    def delete(self, container: str, blob: str) -> None:
+        """Delete the blob and its snapshots.
+
+        Raises:
+            BlobNotFound: there is no such blob.
+        """
+        with self._translate_errors("delete", container, blob):
+            self._client.get_blob_client(container, blob).delete_blob(delete_snapshots="include")
+        logger.info("deleted %s/%s", container, blob)

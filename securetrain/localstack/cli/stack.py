@@ -1,0 +1,116 @@
+"""``securetrain stack up | status | down``: the local stand-ins for Azure services."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from securetrain.localstack import ServiceState, StackConfig, down, status, up
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.layout import STATE_DIR_ENV
+from securetrain.localstack.registry import SERVICES
+
+_SERVICES_HELP = "services: " + "; ".join(
+    f"{service.name} ({service.description}, port {service.default_port}, {service.port_variable})"
+    for service in SERVICES
+)
+
+
+def _port_assignment(text: str) -> tuple[str, int]:
+    name, separator, port = text.partition("=")
+    if not separator or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not SERVICE=PORT (e.g. azurite=10010)")
+    return name, int(port)
+
+
+def _config(args: argparse.Namespace) -> StackConfig:
+    ports: dict[str, int] = {}
+    for name, port in getattr(args, "port", None) or []:
+        if name in ports:
+            raise StackConfigurationError(f"--port gives {name} twice")
+        ports[name] = port
+    return StackConfig.resolve(args.state_dir, ports)
+
+
+def _up(args: argparse.Namespace) -> int:
+    config = _config(args)
+    up(config)
+    print(f"stack is up; load its settings with: source {config.layout.env_file}")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = _config(args)
+    statuses = status(config)
+    print(f"state directory: {config.layout.root}")
+    for entry in statuses:
+        where = f" pid {entry.pid} {entry.url}" if entry.pid is not None else ""
+        print(f"{entry.name:<12} {entry.state.value}{where}")
+        if entry.detail:
+            print(f"{'':<12} {entry.detail}")
+        if entry.state in (ServiceState.DEAD, ServiceState.UNHEALTHY):
+            print(f"{'':<12} log: {entry.log_file}")
+    return 0 if all(entry.state is ServiceState.HEALTHY for entry in statuses) else 1
+
+
+def _down(args: argparse.Namespace) -> int:
+    stopped = down(_config(args))
+    print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``stack`` and its sub-commands."""
+    state = argparse.ArgumentParser(add_help=False)
+    state.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where the stack keeps its CA, certificates, logs, PID files and data "
+        f"(default: ${STATE_DIR_ENV}, else .securetrain/ at the repository root)",
+    )
+    stack = subparsers.add_parser(
+        "stack",
+        help="start, check or stop the local stand-ins for Azure services",
+        description="The local stack: stand-ins for Azure services as local processes speaking HTTPS with "
+        "certificates from a local CA. See docs/local-stack.md.",
+        epilog=_SERVICES_HELP,
+    )
+    commands = stack.add_subparsers(dest="stack_command", metavar="ACTION", required=True)
+
+    up_parser = commands.add_parser(
+        "up",
+        parents=[state],
+        help="start what is not running, wait until healthy, write stack.env",
+        description="Make the local CA and certificates, start every service that is not running, wait until "
+        "each answers its health check over verified HTTPS, then write <state>/stack.env (shell export "
+        "lines: endpoints, CA bundle, Airflow connections). Running it again starts nothing new.",
+        epilog=_SERVICES_HELP,
+    )
+    up_parser.add_argument(
+        "--port",
+        action="append",
+        type=_port_assignment,
+        metavar="SERVICE=PORT",
+        help="listen on PORT instead of the default (repeatable); the environment variable "
+        "SECURETRAIN_<SERVICE>_PORT does the same",
+    )
+    up_parser.set_defaults(handler=_up)
+
+    status_parser = commands.add_parser(
+        "status",
+        parents=[state],
+        help="show each service: healthy, running but not healthy, dead, or stopped",
+        description="Show each declared service's state. Exits 0 only when every service is healthy, 1 otherwise.",
+    )
+    status_parser.set_defaults(handler=_status)
+
+    down_parser = commands.add_parser(
+        "down",
+        parents=[state],
+        help="stop the processes the stack started (and nothing else)",
+        description="Stop every process `stack up` started, verified by PID, start time and boot id so that a "
+        "reused PID is never signalled: SIGTERM to its process group, then SIGKILL after a grace period. "
+        "Removes PID files and stack.env. Harmless when nothing runs.",
+    )
+    down_parser.set_defaults(handler=_down)

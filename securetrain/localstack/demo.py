@@ -1,0 +1,140 @@
+"""``securetrain demo`` (what ``make demo`` runs): the secure training DAG end to end on the local stack.
+
+1. the local stack comes up (Azurite, attestation, identities, Key Vault, the local confidential VM);
+2. Airflow's metadata database is migrated under the state directory, its connections come from stack.env;
+3. ``airflow dags test data_onboarding``: the data owner validates the bundled breast-cancer data with
+   Great Expectations, seals it for the KEK's public key and publishes it as a dataset version;
+4. ``airflow dags test secure_training``: every stage, from environment preparation to cleanup;
+5. ``airflow dags test key_rotation``: a new KEK version, and the TEE rewraps the data key of every sealed
+   blob (the dataset, the checkpoints, the model) to it; Airflow verifies the headers;
+6. a summary, read back from what the run left behind: the registered model version's manifest (lineage:
+   attestation claims, key release, validation, metrics) and the audit log, verified afresh.
+
+The full Airflow output goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from securetrain.localstack.airflow_env import migrate, process_environment
+from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import BlobAuditStore
+from securetrain.core.errors import SecuretrainError
+from securetrain.core.model_registry import ModelRegistry
+from securetrain.localstack import StackConfig, data_owner, up
+from securetrain.core.storage import BlobStore
+
+MODEL = "breast-cancer-classifier"
+# What of Airflow's output the console shows: stage boundaries, training progress, the run's end.
+_SHOWN = re.compile(r"\[DAG TEST\] starting task_id=(\S+)|(epoch \d+ done.*?)(?: \[|$)|(Marking run .*? (successful|failed))")
+
+
+class DemoFailed(SecuretrainError):
+    """A DAG of the demo did not succeed; its log says why."""
+
+
+def _step(number: int, text: str) -> None:
+    print(f"[{number}] {text}", flush=True)
+
+
+def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None = None) -> str:
+    """Run ``airflow dags test dag_id``, echoing its stages; the whole output. ``overrides`` add variables
+    to the pipeline's Airflow environment (the data owner's connection, for the owner's own DAG)."""
+    log_path = state_dir / "demo" / f"{dag_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = process_environment(state_dir, overrides=overrides)
+    airflow = str(Path(sys.executable).parent / "airflow")
+    lines = []
+    with log_path.open("w") as log, subprocess.Popen(
+        [airflow, "dags", "test", dag_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            lines.append(line)
+            match = _SHOWN.search(line)
+            if match and match.group(1):
+                print(f"    {dag_id}: {match.group(1)}", flush=True)
+            elif match and match.group(2):
+                print(f"      {match.group(2).strip()}", flush=True)
+    text = "".join(lines)
+    if process.returncode != 0:
+        raise DemoFailed(f"`airflow dags test {dag_id}` failed (exit {process.returncode}); see {log_path}")
+    return text
+
+
+def _rotation(env: Mapping[str, str], output: str) -> dict[str, object]:
+    """The ``rotation`` event key_rotation recorded, from the audit log its output names."""
+    match = re.search(r"rotation recorded in audit log (\S+):", output)
+    if match is None:
+        raise DemoFailed("key_rotation named no audit log")
+    with BlobAuditStore.from_stack_env(env, match.group(1)) as audit_store:
+        events = [json.loads(entry.line)["event"] for entry in AuditLog(audit_store).entries()]
+    rotations = [event["details"] for event in events if event["kind"] == "rotation"]
+    if not rotations or not rotations[-1].get("complete"):
+        raise DemoFailed(f"key_rotation recorded no complete rotation in audit log {match.group(1)}")
+    return rotations[-1]
+
+
+def run(state_dir: Path | None = None) -> dict[str, object]:
+    config = StackConfig.resolve(state_dir)
+    root = config.layout.root
+    _step(1, f"bringing up the local stack in {root}")
+    env = up(config)
+    _step(2, "migrating Airflow's metadata database (SQLite under the state directory)")
+    migrate(root)
+    _step(3, "data owner: airflow dags test data_onboarding (validate, seal for the KEK, upload, publish)")
+    # The data owner's run: only it gets the owner's signing key for the manifest.
+    _dags_test(root, "data_onboarding", overrides=data_owner.airflow_connection(config.layout))
+    _step(4, "airflow dags test secure_training")
+    output = _dags_test(root, "secure_training")
+    match = re.search(r"report reports/([^/\s]+)/audit\.json", output)
+    if match is None:
+        raise DemoFailed("the audit stage named no report")
+    run_name = match.group(1)
+    _step(5, "airflow dags test key_rotation (new KEK version; the TEE rewraps every data key to it)")
+    rotation = _rotation(env, _dags_test(root, "key_rotation"))
+
+    _step(6, "summary, read back from the model registry and the audit log")
+    with BlobStore.from_stack_env(env) as store:
+        registry = ModelRegistry(store)
+        version = registry.get(MODEL, registry.versions(MODEL)[-1])
+        report = json.loads(b"".join(store.download_chunks("reports", f"{run_name}/audit.json")))
+    lineage = version.manifest["lineage"]
+    claims = lineage["attestation"]
+    with BlobAuditStore.from_stack_env(env, run_name) as audit_store:
+        public_key = load_or_create_signing_key(local_signing_key_path(root)).public_key()
+        verdict = AuditLog(audit_store).verify(public_key)
+        events = [json.loads(entry.line)["event"] for entry in AuditLog(audit_store).entries()]
+    releases = {event["source"] for event in events if event["kind"] == "key_released"}
+    cleaned = [event["details"] for event in events if event["kind"] == "cleanup_done"]
+    metrics = lineage["metrics"]
+    validation = lineage.get("validation") or {}
+    print(f"    attestation:  {lineage['tee_type']}, HOST_DATA {claims['x-ms-sevsnpvm-hostdata'][:16]}…, "
+          f"launch measurement {claims['x-ms-sevsnpvm-launchmeasurement'][:16]}…, validated by Airflow against "
+          f"release policy {lineage['release_policy_sha256'][:16]}…")
+    print(f"    key release:  {version.manifest['sealed_model']['kek_id']} released to the TEE's key "
+          f"(recorded by {' and '.join(sorted(releases)) or 'nobody'})")
+    print(f"    validation:   {validation.get('statistics', {})} (inside the TEE; aggregates only)")
+    print(f"    training:     {lineage['hyperparameters']['epochs']} epochs on {lineage['device']}; "
+          + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    print(f"    model:        {MODEL} version {version.version}, sealed sha256 {version.manifest['sealed_model']['sha256'][:16]}…")
+    print(f"    audit:        {verdict.summary()} (report reports/{report['run']}/audit.json)")
+    print(f"    cleanup:      {cleaned[-1] if cleaned else 'not recorded'}")
+    print(f"    rotation:     new KEK version {rotation['kek_id']}: the TEE rewrapped {rotation['rewrapped']} data "
+          f"key(s) and checked {rotation['dek_checked_in_tee']}; every sealed blob ({rotation['verified']}) names the "
+          "new version (no data re-encrypted, no data key outside the TEE)")
+    print(f"    run report:   reports/{run_name}/report.html (also on the Secure training page: make airflow)")
+    print(f"    verify it:    .venv/bin/securetrain models verify {MODEL} {version.version}; "
+          f".venv/bin/securetrain audit verify --log {run_name} --audit-key-fingerprint {key_fingerprint(public_key)}")
+    summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics,
+               "rotated_to": rotation["kek_id"]}  # fmt: skip
+    print("demo complete:", json.dumps(summary))
+    return summary

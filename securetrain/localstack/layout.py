@@ -1,0 +1,117 @@
+"""Where the local stack keeps its state: the state directory and the files in it.
+
+The state directory is, in order of precedence, the ``--state-dir`` option, the ``SECURETRAIN_STATE_DIR``
+environment variable, or ``.securetrain/`` at the repository root (the parent of the ``securetrain``
+package directory, git-ignored). Its layout::
+
+    ca/ca.pem, ca/ca.key           the local CA (see securetrain.localstack.pki)
+    certs/server/<service>.pem     each service's TLS certificate and key
+    certs/client/<identity>.pem    client certificates for mutual TLS
+    secrets/                       generated service secrets (e.g. the Azurite account key), 0600
+    data/<service>/                each service's own data (Azurite's blobs)
+    logs/<service>.log             each service's stdout and stderr
+    run/<service>.pid              what the stack started: PID, process start time, boot id, port
+    run/stack.lock                 held while `up` or `down` runs, so that two never interleave
+    stack.env                      shell `export` lines for clients, written by `up` (0600)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import securetrain
+
+STATE_DIR_ENV = "SECURETRAIN_STATE_DIR"
+
+
+def repo_root() -> Path:
+    """The repository root: the directory that holds the ``securetrain`` package (and ``node_modules``)."""
+    return Path(securetrain.__file__).resolve().parent.parent
+
+
+def resolve_state_dir(explicit: Path | None = None) -> Path:
+    """The state directory: ``explicit`` if given, else ``$SECURETRAIN_STATE_DIR``, else ``<repo>/.securetrain``."""
+    if explicit is not None:
+        return explicit.expanduser().resolve()
+    from_environment = os.environ.get(STATE_DIR_ENV)
+    if from_environment:
+        return Path(from_environment).expanduser().resolve()
+    return repo_root() / ".securetrain"
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """The paths inside one state directory."""
+
+    root: Path
+
+    @property
+    def ca_dir(self) -> Path:
+        """The local CA's directory."""
+        return self.root / "ca"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The CA certificate clients trust (``SECURETRAIN_CA_BUNDLE``)."""
+        return self.ca_dir / "ca.pem"
+
+    @property
+    def server_certs_dir(self) -> Path:
+        """Where each service's TLS server certificate and key lie."""
+        return self.root / "certs" / "server"
+
+    @property
+    def client_certs_dir(self) -> Path:
+        """Where client certificates for mutual TLS lie."""
+        return self.root / "certs" / "client"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """Generated secrets (account keys); files 0600."""
+        return self.root / "secrets"
+
+    @property
+    def env_file(self) -> Path:
+        """The ``stack.env`` file written by ``up``."""
+        return self.root / "stack.env"
+
+    @property
+    def lock_file(self) -> Path:
+        """Held while ``up`` or ``down`` changes the stack."""
+        return self.root / "run" / "stack.lock"
+
+    @property
+    def snp_platform_dir(self) -> Path:
+        """The simulated SEV-SNP platform's keys and certificates (``securetrain snp report`` uses them too)."""
+        return self.root / "snp-platform"
+
+    @property
+    def policies_dir(self) -> Path:
+        """The approved policies of the local stack: what the data owner's reviewers would sign off."""
+        return self.root / "policies"
+
+    def data_dir(self, service: str) -> Path:
+        """A service's own data directory."""
+        return self.root / "data" / service
+
+    def log_file(self, service: str) -> Path:
+        """A service's log (its stdout and stderr)."""
+        return self.root / "logs" / f"{service}.log"
+
+    def pid_file(self, service: str) -> Path:
+        """A service's PID file."""
+        return self.root / "run" / f"{service}.pid"
+
+    def create(self) -> None:
+        """Create the directories, readable by this user only: they hold keys and a service's data."""
+        for directory in (
+            self.root,
+            self.root / "run",
+            self.root / "logs",
+            self.root / "data",
+            self.root / "certs",
+            self.secrets_dir,
+        ):
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -1,0 +1,46 @@
+"""The services of the local stack, in one place, and the order they start in.
+
+Each is one :class:`~securetrain.localstack.service.Service` naming what it depends on; ``up`` starts them
+after their dependencies.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Sequence
+
+from securetrain.localstack.services.attestation import ATTESTATION
+from securetrain.localstack.services.azurite import AZURITE
+from securetrain.localstack.services.cvm import CVM
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.services.identity import IDENTITY
+from securetrain.localstack.services.keyvault import KEYVAULT
+from securetrain.localstack.service import Service
+
+SERVICES: tuple[Service, ...] = (AZURITE, ATTESTATION, CVM, IDENTITY, KEYVAULT)
+
+
+def start_order(services: Sequence[Service]) -> list[Service]:
+    """``services`` ordered so that each comes after everything it depends on (stop in reverse).
+
+    Raises:
+        StackConfigurationError: two services share a name, one depends on a service not declared, or
+            the dependencies form a cycle.
+    """
+    by_name: dict[str, Service] = {}
+    for service in services:
+        if service.name in by_name:
+            raise StackConfigurationError(f"two stack services are named {service.name!r}")
+        by_name[service.name] = service
+    sorter: graphlib.TopologicalSorter[str] = graphlib.TopologicalSorter()
+    for service in services:
+        unknown = [name for name in service.depends_on if name not in by_name]
+        if unknown:
+            raise StackConfigurationError(
+                f"stack service {service.name!r} depends on {', '.join(unknown)}, which is not declared"
+            )
+        sorter.add(service.name, *service.depends_on)
+    try:
+        return [by_name[name] for name in sorter.static_order()]
+    except graphlib.CycleError as exc:
+        raise StackConfigurationError(f"stack services depend on each other in a cycle: {exc.args[1]}") from exc

@@ -1,0 +1,126 @@
+"""How a local service is declared: a :class:`Service` is data, the launcher does the rest.
+
+A service says how to build its command line and environment from a :class:`ServiceContext`, how to
+tell that it is healthy, and what it adds to ``stack.env``. Adding a stand-in to the stack is adding
+one :class:`Service` to :data:`securetrain.localstack.registry.SERVICES`.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+from securetrain.localstack.errors import StackError
+from securetrain.localstack.layout import StackLayout
+
+
+_HEALTH_TIMEOUT_S = 3
+
+
+class ServiceUnhealthy(StackError):
+    """A health check got no satisfactory answer; the message says what it saw."""
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a service's builders and health check are given: where it listens and where its files are."""
+
+    name: str
+    host: str
+    port: int
+    layout: StackLayout
+
+    @property
+    def base_url(self) -> str:
+        """``https://host:port``: every stack service speaks HTTPS only."""
+        return f"https://{self.host}:{self.port}"
+
+    @property
+    def ca_bundle(self) -> Path:
+        """The stack CA certificate; health checks verify the service's certificate against it."""
+        return self.layout.ca_bundle
+
+    @property
+    def cert_path(self) -> Path:
+        """The service's TLS server certificate (issued by ``up`` before the service starts)."""
+        return self.layout.server_certs_dir / f"{self.name}.pem"
+
+    @property
+    def key_path(self) -> Path:
+        """The private key of the service's TLS server certificate."""
+        return self.layout.server_certs_dir / f"{self.name}.key"
+
+    @property
+    def data_dir(self) -> Path:
+        """The service's own data directory."""
+        return self.layout.data_dir(self.name)
+
+
+def python_service_argv(module: str, context: ServiceContext, *options: str) -> list[str]:
+    """The command line of a stand-in written in Python: ``python -m MODULE OPTIONS`` plus where it listens
+    and its TLS certificate, which every such service takes the same way."""
+    return [
+        sys.executable, "-m", module, *options,
+        "--host", context.host,
+        "--port", str(context.port),
+        "--cert", str(context.cert_path),
+        "--key", str(context.key_path),
+    ]  # fmt: skip
+
+
+def check_openid_issuer(context: ServiceContext, issuer: str) -> None:
+    """Health check of a token issuer: its OpenID metadata answers over TLS verified with the stack CA and
+    names ``issuer`` (an issuer that names another would make every token it signs fail validation)."""
+    try:
+        response = requests.get(
+            f"{issuer}/.well-known/openid-configuration", verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S
+        )
+        response.raise_for_status()
+        seen = response.json().get("issuer")
+    except (requests.RequestException, ValueError) as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if seen != issuer:
+        raise ServiceUnhealthy(f"the service says its issuer is {seen!r}, expected {issuer}")
+
+
+def _nothing(_: ServiceContext) -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True)
+class Service:
+    """A local stand-in the stack runs.
+
+    Attributes:
+        name: short lower-case name; used for files (``logs/<name>.log``) and options (``--port name=N``).
+        description: one line for ``status`` and the docs.
+        default_port: the port it listens on unless ``--port`` or ``SECURETRAIN_<NAME>_PORT`` says otherwise.
+        argv: builds the command line. May raise :class:`~securetrain.localstack.errors.ToolNotInstalled`.
+        health_check: returns when the service answers correctly over HTTPS verified against the stack CA,
+            raises :class:`ServiceUnhealthy` otherwise. Called repeatedly while the service starts.
+        environment: variables added to the service's environment (on top of the caller's).
+        exports: what ``stack.env`` gets so that clients can reach the service.
+        depends_on: names of services that must be healthy before this one starts.
+        startup_timeout_s: how long ``up`` waits for the service to become healthy.
+        tls_names: DNS names or IP addresses its certificate carries besides localhost and 127.0.0.1.
+    """
+
+    name: str
+    description: str
+    default_port: int
+    argv: Callable[[ServiceContext], Sequence[str]]
+    health_check: Callable[[ServiceContext], None]
+    environment: Callable[[ServiceContext], Mapping[str, str]] = _nothing
+    exports: Callable[[ServiceContext], Mapping[str, str]] = _nothing
+    depends_on: tuple[str, ...] = ()
+    startup_timeout_s: float = 30.0
+    tls_names: tuple[str, ...] = field(default=())
+
+    @property
+    def port_variable(self) -> str:
+        """The environment variable that overrides the default port, e.g. ``SECURETRAIN_AZURITE_PORT``."""
+        return f"SECURETRAIN_{self.name.upper().replace('-', '_')}_PORT"

@@ -1,0 +1,118 @@
+"""The local confidential VM: the trainer agent (``python -m securetrain.tee.agent``) on the simulated SEV-SNP platform.
+
+``up`` issues the agent a server certificate like every service, and two client certificates for its
+mutual-TLS API: ``pipeline`` (submit, cancel, read) for Airflow and ``monitor`` (read only) for health
+checks and dashboards. The agent reaches storage and the attestation service with the settings those
+services export, read from their PID records (they are started first), and keeps its job records in
+``data/cvm/``. HOST_DATA, the digest of the trainer code it runs, is exported so that release policies
+and the appraisal policy can pin it (``securetrain cvm measure`` prints the same value).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+
+from securetrain.localstack.pki import CertificateFiles, LocalCA
+from securetrain.localstack.services.attestation import ATTESTATION
+from securetrain.localstack.services.azurite import AZURITE
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.services.identity import IDENTITY
+from securetrain.localstack.services.keyvault import KEYVAULT
+from securetrain.localstack.process import PidRecord
+from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.localstack.data_owner import public_key_path, signing_key, stack_host_data
+
+PIPELINE_IDENTITY = "pipeline"
+MONITOR_IDENTITY = "monitor"
+_DEPENDENCIES = (AZURITE, ATTESTATION, IDENTITY, KEYVAULT)
+_HEALTH_TIMEOUT_S = 3
+
+
+def client_certificate(context: ServiceContext, identity: str) -> CertificateFiles:
+    """The client certificate of ``identity`` for the agent's API, issued by the stack CA if not yet."""
+    ca = LocalCA.load_or_create(context.layout.ca_dir)
+    return ca.issue_client_certificate(context.layout.client_certs_dir, identity)
+
+
+def _dependency_exports(context: ServiceContext) -> dict[str, str]:
+    """What the services the agent depends on export, found through their PID records."""
+    settings = {"SECURETRAIN_CA_BUNDLE": str(context.ca_bundle)}
+    for service in _DEPENDENCIES:
+        record = PidRecord.read(context.layout.pid_file(service.name))
+        if record is None:
+            raise StackConfigurationError(f"the cvm service needs {service.name} running; it has no PID record")
+        settings.update(service.exports(ServiceContext(service.name, record.host, record.port, context.layout)))
+    return settings
+
+
+def _argv(context: ServiceContext) -> Sequence[str]:
+    for identity in (PIPELINE_IDENTITY, MONITOR_IDENTITY):
+        client_certificate(context, identity)
+    signing_key(context.layout)  # the data owner's public key, which the TEE pins, exists from now on
+    context.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return [
+        sys.executable, "-m", "securetrain.localstack.platform.local_cvm",
+        "--host", context.host,
+        "--port", str(context.port),
+        "--cert", str(context.cert_path),
+        "--key", str(context.key_path),
+        "--client-ca", str(context.ca_bundle),
+        "--work-dir", str(context.data_dir),
+        "--evidence", "simulated",
+        "--data-owner-key", str(public_key_path(context.layout)),
+    ]  # fmt: skip
+
+
+def _environment(context: ServiceContext) -> Mapping[str, str]:
+    return _dependency_exports(context)
+
+
+def _client_pair(context: ServiceContext, identity: str) -> tuple[str, str]:
+    directory: Path = context.layout.client_certs_dir
+    return str(directory / f"{identity}.pem"), str(directory / f"{identity}.key")
+
+
+def _health_check(context: ServiceContext) -> None:
+    try:
+        response = requests.get(
+            f"{context.base_url}/v1/health",
+            cert=_client_pair(context, MONITOR_IDENTITY),
+            verify=str(context.ca_bundle),
+            timeout=_HEALTH_TIMEOUT_S,
+        )
+        response.raise_for_status()
+        tee_type = response.json().get("tee_type")
+    except (requests.RequestException, ValueError) as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    if tee_type != "sev-snp-simulated":
+        raise ServiceUnhealthy(f"the agent reports TEE type {tee_type!r}, expected the simulated SEV-SNP platform")
+
+
+def _exports(context: ServiceContext) -> Mapping[str, str]:
+    pipeline_cert, pipeline_key = _client_pair(context, PIPELINE_IDENTITY)
+    monitor_cert, monitor_key = _client_pair(context, MONITOR_IDENTITY)
+    return {
+        "SECURETRAIN_CVM_ENDPOINT": context.base_url,
+        "SECURETRAIN_CVM_HOST_DATA": stack_host_data(context.layout).hex(),
+        "SECURETRAIN_CVM_PIPELINE_CERT": pipeline_cert,
+        "SECURETRAIN_CVM_PIPELINE_KEY": pipeline_key,
+        "SECURETRAIN_CVM_MONITOR_CERT": monitor_cert,
+        "SECURETRAIN_CVM_MONITOR_KEY": monitor_key,
+    }
+
+
+CVM = Service(
+    name="cvm",
+    description="the local confidential VM: trainer agent on the simulated SEV-SNP platform (mutual TLS)",
+    default_port=10600,
+    argv=_argv,
+    health_check=_health_check,
+    environment=_environment,
+    exports=_exports,
+    depends_on=tuple(service.name for service in _DEPENDENCIES),
+    startup_timeout_s=60.0,
+)

@@ -1,0 +1,170 @@
+"""The Key Vault stand-in as a stack service: roles, master key, approved release policy, the demo KEK.
+
+On every ``up``:
+
+* ``<state>/policies/keyvault-roles.json`` defines the project's custom roles and assigns each of the
+  stack's identities the narrowest role that does its work (:data:`ROLE_OF`, docs/keys.md "Roles"):
+  ``pipeline`` Key Vault Reader, ``cvm`` Key Vault Crypto Service Release User, ``key-rotator`` the custom
+  "KEK Rotator" (read and rotate), ``data-owner`` the custom "KEK Owner" (Crypto Officer without decrypt,
+  unwrap, sign or release);
+* ``<state>/policies/release-policy.json`` is the approved release policy, derived from the approved
+  appraisal policy and the attestation service's URL (:func:`securetrain.core.release_policy.approved_release_policy`);
+* the vault runs with purge protection: no deleted key can be purged;
+* once the vault is healthy, the data owner makes sure the KEK ``securetrain-kek`` (RSA 3072, exportable)
+  has a latest version released only under that policy, immutably; when the approved policy changed (the
+  trainer's measurement, the attestation service's port), that is a new KEK version.
+
+The master key that encrypts private key material at rest is ``<state>/secrets/keyvault-master-key``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import requests
+
+from securetrain.localstack.standins.attestation_service.app import SIMULATED
+from securetrain.localstack.standins.keyvault.authz import RoleDefinition
+from securetrain.core.fsutil import atomic_output
+from securetrain.core.identity import (
+    CVM_IDENTITY,
+    DATA_OWNER_IDENTITY,
+    PIPELINE_IDENTITY,
+    ROTATOR_IDENTITY,
+    LocalIdentityCredential,
+)
+from securetrain.core.keyvault import KEK_NAME, VAULT_URL_VARIABLE, create_kek_version, key_client
+from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
+from securetrain.localstack.services.attestation import ATTESTATION, local_appraisal_policy
+from securetrain.localstack.services.identity import IDENTITY, issuer, stack_identities
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.process import PidRecord
+from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy, python_service_argv
+
+log = logging.getLogger(__name__)
+
+_KEYS = "Microsoft.KeyVault/vaults/keys"
+#: The project's custom roles (an Azure deployment defines the same with ``az role definition create``):
+#: what each grants, and why no built-in role would do.
+CUSTOM_ROLES = {
+    RoleDefinition("securetrain KEK Owner", (f"{_KEYS}/*",), tuple(
+        f"{_KEYS}/{action}" for action in ("decrypt/action", "unwrap/action", "sign/action", "release/action")
+    )): "Key Vault Crypto Officer less every use of a private key: the data owner creates KEK versions under "
+        "immutable release policies and manages their lifecycle, but never unwraps, decrypts or releases",
+    RoleDefinition("securetrain KEK Rotator", (f"{_KEYS}/read", f"{_KEYS}/rotate/action")):
+        "read a key and make a new version of it with the same parameters and release policy; nothing else",
+}  # fmt: skip
+ROLE_OF = {
+    PIPELINE_IDENTITY: "Key Vault Reader",
+    CVM_IDENTITY: "Key Vault Crypto Service Release User",
+    ROTATOR_IDENTITY: "securetrain KEK Rotator",
+    DATA_OWNER_IDENTITY: "securetrain KEK Owner",
+}
+_HEALTH_TIMEOUT_S = 3
+
+
+def roles_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "keyvault-roles.json"
+
+
+def release_policy_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "release-policy.json"
+
+
+def master_key_path(layout: StackLayout) -> Path:
+    return layout.secrets_dir / "keyvault-master-key"
+
+
+def _dependency(context: ServiceContext, service: Service) -> ServiceContext:
+    record = PidRecord.read(context.layout.pid_file(service.name))
+    if record is None:
+        raise StackConfigurationError(f"the keyvault service needs {service.name} running; it has no PID record")
+    return ServiceContext(service.name, record.host, record.port, context.layout)
+
+
+def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
+    """The local stack's approved release policy, (re)written to its file."""
+    attestation = _dependency(context, ATTESTATION)
+    policy = approved_release_policy(
+        attestation.base_url, local_appraisal_policy(attestation), compliance_status=SIMULATED
+    )
+    path = release_policy_path(context.layout)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=0o644) as out:
+        out.write(policy.to_bytes())
+    return policy
+
+
+def write_roles(layout: StackLayout) -> None:
+    identities = stack_identities(layout)
+    assignments = [
+        {"principalId": identities[name].object_id, "principalName": name, "role": role} for name, role in ROLE_OF.items()
+    ]
+    definitions = [role.to_json(description) for role, description in CUSTOM_ROLES.items()]
+    path = roles_path(layout)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=0o644) as out:
+        out.write(json.dumps({"roleDefinitions": definitions, "assignments": assignments}, indent=2).encode())
+
+
+def _argv(context: ServiceContext) -> Sequence[str]:
+    write_roles(context.layout)
+    approved_local_policy(context)
+    return python_service_argv(
+        "securetrain.localstack.standins.keyvault", context,
+        "--data-dir", str(context.data_dir),
+        "--master-key", str(master_key_path(context.layout)),
+        "--roles", str(roles_path(context.layout)),
+        "--identity-issuer", issuer(_dependency(context, IDENTITY)),
+        "--ca-bundle", str(context.ca_bundle),
+        "--purge-protection",
+    )  # fmt: skip
+
+
+def _health_check(context: ServiceContext) -> None:
+    # Unauthenticated, the vault must answer Key Vault's challenge: 401 naming the identity authority.
+    try:
+        response = requests.get(
+            f"{context.base_url}/keys", params={"api-version": "7.6"}, verify=str(context.ca_bundle),
+            timeout=_HEALTH_TIMEOUT_S,
+        )  # fmt: skip
+    except requests.RequestException as exc:
+        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+    challenge = response.headers.get("WWW-Authenticate", "")
+    if response.status_code != 401 or "authorization=" not in challenge:
+        raise ServiceUnhealthy(f"expected a 401 bearer challenge, got HTTP {response.status_code} {challenge!r}")
+
+
+def _demo_kek_id(context: ServiceContext) -> str:
+    """The versioned id of the demo KEK's latest version, made by the data owner under the approved policy."""
+    policy = approved_local_policy(context)
+    identity_ctx = _dependency(context, IDENTITY)
+    owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
+    credential = LocalIdentityCredential(identity_ctx.base_url, owner, ca_bundle=context.ca_bundle)
+    with credential, key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
+        return str(create_kek_version(client, KEK_NAME, policy).id)
+
+
+def _exports(context: ServiceContext) -> Mapping[str, str]:
+    return {
+        VAULT_URL_VARIABLE: context.base_url,
+        "SECURETRAIN_KEK_ID": _demo_kek_id(context),
+        "SECURETRAIN_RELEASE_POLICY": str(release_policy_path(context.layout)),
+        "SECURETRAIN_KEYVAULT_ACCESS_LOG": str(context.data_dir / "access.jsonl"),
+        "SECURETRAIN_KEYVAULT_RELEASE_ROOT": str(context.ca_bundle),
+    }
+
+
+KEYVAULT = Service(
+    name="keyvault",
+    description="Azure Key Vault stand-in: keys API, Secure Key Release, RBAC roles",
+    default_port=10800,
+    argv=_argv,
+    health_check=_health_check,
+    exports=_exports,
+    depends_on=(IDENTITY.name, ATTESTATION.name),
+)

@@ -1,0 +1,131 @@
+"""From an MAA ``/attest/SevSnpVm`` request to the claims of a token, or a refusal naming the check.
+
+The order is that of a relying party that trusts nothing it has not checked:
+
+1. the body parses (JSON, base64url, the fields MAA defines, sizes);
+2. the report verifies: layout, VCEK → ASK → ARK chain to a root the policy trusts, signature
+   (:func:`securetrain.core.snp.verifier.verify_report`);
+3. REPORT_DATA[0:32] is SHA-256 of the runtime data as sent: the TEE's statement is bound to the chip;
+4. the runtime data is a JSON object, and the request's nonce (if any) is the one it states: a nonce
+   not covered by the hardware signature would make old evidence look fresh;
+5. the appraisal policy accepts the report (measurement, host data, debug, VMPL, TCB, migration agent);
+6. the nonce has not been used before (:class:`NonceLedger`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from securetrain.core.appraisal import Appraisal, AppraisalPolicy
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.json_input import JsonInputError, read_json_object
+from securetrain.core.snp.certs import CertificateChain
+from securetrain.core.snp.verifier import verify_report
+
+MAX_BODY_BYTES = 64 << 10
+MAX_NONCE_LENGTH = 256
+
+
+class EvidenceRefused(SecurityViolation):
+    """A request that must not earn a token; ``code`` is the MAA-style error code sent back."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _b64url(text: Any, field: str) -> bytes:
+    if not isinstance(text, str):
+        raise EvidenceRefused("InvalidParameter", f"{field} must be a base64url string")
+    try:
+        value = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+    except (binascii.Error, ValueError):
+        raise EvidenceRefused("InvalidParameter", f"{field} is not valid base64url") from None
+    # Only the canonical encoding: otherwise two different strings would carry the same evidence.
+    if base64.urlsafe_b64encode(value).rstrip(b"=").decode() != text.rstrip("="):
+        raise EvidenceRefused("InvalidParameter", f"{field} is not canonical base64url")
+    return value
+
+
+def _json_object(raw: bytes, field: str) -> dict[str, Any]:
+    try:
+        return read_json_object(raw, max_bytes=MAX_BODY_BYTES, what=field)
+    except JsonInputError as exc:
+        raise EvidenceRefused("InvalidParameter", str(exc)) from None
+
+
+@dataclass(frozen=True)
+class SnpEvidence:
+    """A parsed ``/attest/SevSnpVm`` request."""
+
+    report: bytes
+    vcek_chain_pem: bytes
+    runtime_data: bytes
+    runtime: dict[str, Any]
+    nonce: str | None
+
+    @classmethod
+    def from_body(cls, body: bytes) -> SnpEvidence:
+        request = _json_object(body, "request body")
+        evidence = _json_object(_b64url(request.get("report"), "report"), "report")
+        runtime_data = request.get("runtimeData")
+        if not isinstance(runtime_data, dict) or runtime_data.get("dataType") != "JSON":
+            raise EvidenceRefused("InvalidParameter", 'runtimeData must be {"data": ..., "dataType": "JSON"}')
+        data = _b64url(runtime_data.get("data"), "runtimeData.data")
+        nonce = request.get("nonce")
+        if nonce is not None and (not isinstance(nonce, str) or not 0 < len(nonce) <= MAX_NONCE_LENGTH):
+            raise EvidenceRefused("InvalidParameter", f"nonce must be a string of 1-{MAX_NONCE_LENGTH} characters")
+        return cls(
+            report=_b64url(evidence.get("SnpReport"), "report.SnpReport"),
+            vcek_chain_pem=_b64url(evidence.get("VcekCertChain"), "report.VcekCertChain"),
+            runtime_data=data,
+            runtime=_json_object(data, "runtimeData.data"),
+            nonce=nonce,
+        )
+
+
+def appraise(evidence: SnpEvidence, policy: AppraisalPolicy) -> Appraisal:
+    """Steps 2-5 above; raises the verifier's or the policy's specific error, or :class:`EvidenceRefused`."""
+    chain = CertificateChain.from_pem_bundle(evidence.vcek_chain_pem)
+    verified = verify_report(evidence.report, chain, policy.trusted_roots)
+    expected = hashlib.sha256(evidence.runtime_data).digest()
+    if verified.report.report_data[:32] != expected:
+        raise EvidenceRefused(
+            "RuntimeDataMismatch",
+            f"REPORT_DATA[0:32] is {verified.report.report_data[:32].hex()}, but SHA-256 of the runtime data "
+            f"is {expected.hex()}: the runtime data is not the one the TEE attested",
+        )
+    if evidence.nonce is not None and evidence.runtime.get("nonce") != evidence.nonce:
+        raise EvidenceRefused(
+            "NonceMismatch",
+            f"the request's nonce {evidence.nonce!r} is not the one in the attested runtime data "
+            f"({evidence.runtime.get('nonce')!r}): stale evidence",
+        )
+    return policy.appraise(verified)
+
+
+class NonceLedger:
+    """Nonces already spent on a token, kept (in SQLite, across restarts) as long as such a token lives."""
+
+    def __init__(self, path: Path, *, retention_s: int) -> None:
+        self._retention = retention_s
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("CREATE TABLE IF NOT EXISTS spent (nonce TEXT PRIMARY KEY, at REAL NOT NULL)")
+
+    def spend(self, nonce: str) -> None:
+        now = time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM spent WHERE at < ?", (now - self._retention,))
+            try:
+                self._db.execute("INSERT INTO spent (nonce, at) VALUES (?, ?)", (nonce, now))
+            except sqlite3.IntegrityError:
+                raise EvidenceRefused("NonceReplayed", f"nonce {nonce!r} was already used: replayed request") from None

@@ -1,0 +1,112 @@
+"""``python -m securetrain.tee.agent``: the trainer agent, serving its API over mutual TLS.
+
+Settings that name other services come from the environment, as ``securetrain stack up`` writes them to
+``stack.env`` (``SECURETRAIN_BLOB_*``, ``SECURETRAIN_ATTESTATION_ENDPOINT``, ``SECURETRAIN_CA_BUNDLE``);
+options on the command line say how the agent itself listens and where its evidence comes from. A platform
+that is not hardware (the local stack's simulated confidential VM) passes its own evidence provider to
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import uvicorn
+
+from securetrain.core.errors import SecuretrainError
+from securetrain.core.storage import BlobStore
+from securetrain.tee.agent.app import create_app
+from securetrain.tee.agent.health import GpuProbe
+from securetrain.tee.agent.jobs import JobRunner, JobStore, TrainingFunction
+from securetrain.tee.agent.tls import MutualTlsH11Protocol
+from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceProvider
+from securetrain.tee.tee_services import attester_from_env, releaser_from_env
+
+log = logging.getLogger("securetrain.tee.agent")
+
+#: Evidence providers by name: each builds the provider from the data owner keys the agent trusts.
+EvidenceProviders = Mapping[str, Callable[[DataOwnerKeys], EvidenceProvider]]
+HARDWARE_PROVIDERS: EvidenceProviders = {"configfs-tsm": lambda owners: ConfigfsTsmProvider()}
+
+
+def _parser(providers: EvidenceProviders) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m securetrain.tee.agent",
+        description="The confidential trainer agent: attests, obtains the KEK, trains on sealed data.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on")
+    parser.add_argument("--cert", type=Path, required=True, help="the agent's TLS server certificate (PEM)")
+    parser.add_argument("--key", type=Path, required=True, help="the private key of --cert (PEM)")
+    parser.add_argument(
+        "--client-ca", type=Path, required=True,
+        help="CA that issues client certificates; clients without one from it are refused at the handshake",
+    )  # fmt: skip
+    parser.add_argument("--work-dir", type=Path, required=True, help="job records (JSON, no secrets) live here")
+    parser.add_argument(
+        "--evidence", choices=sorted(providers), default=next(iter(providers)),
+        help="where hardware evidence comes from (configfs-tsm: the guest kernel of a SEV-SNP VM; default %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-owner-key", type=Path, action="append", default=[], metavar="PEM",
+        help="a data owner's Ed25519 public key (repeatable): only manifests and export approvals signed by "
+        "one of these are accepted. Part of the measured configuration (HOST_DATA)",
+    )  # fmt: skip
+    return parser
+
+
+def _training() -> TrainingFunction:
+    # Loaded with the first job, not at start: torch takes seconds to import and health must answer now.
+    from securetrain.tee.training import run_training  # noqa: PLC0415
+
+    return run_training
+
+
+def main(argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_PROVIDERS) -> int:
+    """Run the agent; ``providers`` names the evidence providers ``--evidence`` chooses from (the first is the default)."""
+    args = _parser(providers).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        owners = DataOwnerKeys.from_files(args.data_owner_key)
+        attester = attester_from_env(os.environ, providers[args.evidence](owners))
+        releaser = releaser_from_env(os.environ)
+        runner = JobRunner(
+            JobStore(args.work_dir / "jobs"), attester, releaser, BlobStore.from_stack_env(os.environ), _training,
+            owners,
+        )
+    except SecuretrainError as exc:
+        print(f"trainer agent: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    app = create_app(runner, GpuProbe())
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        ssl_certfile=str(args.cert),
+        ssl_keyfile=str(args.key),
+        ssl_ca_certs=str(args.client_ca),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+        http=MutualTlsH11Protocol,
+        lifespan="off",
+        # Idle keep-alive connections of pollers must not hold a shutdown (and a restart) up.
+        timeout_graceful_shutdown=3,
+        log_level="info",
+    )
+    runner.start()
+    log.info("trainer agent (%s) listening on https://%s:%d", attester.tee_type, args.host, args.port)
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        runner.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The agent's HTTP API (FastAPI), served over mutual TLS by ``python -m securetrain.tee.agent``.
+
+Roles come from the client certificate's common name (see :mod:`securetrain.tee.agent.tls`): ``pipeline`` may
+submit, cancel and read; ``monitor`` may only read; any other certificate from the stack CA gets 403. A
+client without a certificate never gets this far: the TLS handshake refuses it.
+
+    POST /v1/jobs                  pipeline   submit a job spec (201 new, 200 same run id again, 400, 409)
+    GET  /v1/jobs                  both       every job on this agent
+    GET  /v1/jobs/{id}             both       state, epoch, step, metrics, last sealed checkpoint, error
+    POST /v1/jobs/{id}/cancel      pipeline   stop at the next safe point (202), 409 if already finished
+    GET  /v1/health                both       TEE type, attestation age, CPU, memory, GPU
+    GET  /v1/attestation           both       the latest token and its claims (404 before the first)
+    POST /v1/attestation           both       attest now for the caller's nonce ({"nonce": ...}): a fresh token
+                                              proving the TEE is genuine and running the approved trainer now
+    POST /v1/exports               pipeline   re-seal a registered model for a recipient the data owner approved
+                                              (securetrain.tee.agent.exports): the sealed bytes, the export recorded by
+                                              the TEE (400 bad request, 403 not approved, 404 no such model,
+                                              424 a security check refused)
+    POST /v1/rewraps               pipeline   KEK rotation: rewrap every data key of the named containers to a
+                                              new KEK version, in the TEE; a TEE-signed statement of what was
+                                              done (securetrain.tee.agent.rewrap; 424 refused, 400 bad request)
+    GET  /metrics                  both       Prometheus text
+
+Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from securetrain.core.errors import SecuretrainError
+from securetrain.core.json_input import JsonInputError, read_json
+from securetrain.core.model_export import ExportNotApproved
+from securetrain.core.storage import BlobNotFound, ContainerNotFound
+from securetrain.tee.agent import metrics
+from securetrain.tee.agent.health import GpuProbe, machine_health
+from securetrain.tee.agent.exports import ExportRequestInvalid, parse_export_request
+from securetrain.tee.agent.jobs import JobConflict, JobNotFound, JobRunner
+from securetrain.tee.agent.rewrap import RewrapRequestInvalid, parse_rewrap_request
+from securetrain.tee.agent.tls import TLS_EXTENSION
+from securetrain.tee.attest import NONCE_PATTERN
+from securetrain.core.job_spec import JobSpec, JobSpecError
+
+log = logging.getLogger(__name__)
+
+MAX_SPEC_BYTES = 1 << 20
+MAX_CHALLENGE_BYTES = 1 << 10
+
+
+class Role(enum.StrEnum):
+    """What a client certificate's common name allows."""
+
+    PIPELINE = "pipeline"
+    MONITOR = "monitor"
+
+
+class Forbidden(SecuretrainError):
+    """The client's identity may not do this."""
+
+
+class InvalidRequest(SecuretrainError):
+    """The request body is not a JSON object of acceptable size."""
+
+
+def client_role(request: Request) -> Role:
+    """The caller's role from its verified client certificate; :class:`Forbidden` for anyone else."""
+    tls = (request.scope.get("extensions") or {}).get(TLS_EXTENSION)
+    common_name = tls.get("client_cert_cn") if isinstance(tls, dict) else None
+    if common_name is None:
+        raise Forbidden("no verified client certificate on this connection")
+    try:
+        return Role(common_name)
+    except ValueError:
+        raise Forbidden(f"client {common_name!r} has no role on this agent (pipeline or monitor)") from None
+
+
+def require_pipeline(role: Annotated[Role, Depends(client_role)]) -> Role:
+    if role is not Role.PIPELINE:
+        raise Forbidden(f"the {role.value} identity may only read; submitting and cancelling need pipeline")
+    return role
+
+
+def _error(status: int, exc: SecuretrainError, **extra: Any) -> JSONResponse:
+    error = {"code": type(exc).__name__, "message": str(exc), **extra}
+    return JSONResponse(status_code=status, content={"error": error})
+
+
+def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
+    """The API for ``runner``'s jobs."""
+    app = FastAPI(title="securetrain trainer agent", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(JobSpecError)
+    async def _bad_spec(_: Request, exc: JobSpecError) -> JSONResponse:
+        return _error(400, exc, field=exc.field)
+
+    @app.exception_handler(JsonInputError)
+    async def _bad_json(_: Request, exc: JsonInputError) -> JSONResponse:
+        return _error(400, exc, **({"field": exc.field} if exc.field else {}))
+
+    for error_type, status in ((InvalidRequest, 400), (Forbidden, 403), (JobNotFound, 404), (JobConflict, 409)):
+
+        async def _handler(_: Request, exc: SecuretrainError, status: int = status) -> JSONResponse:
+            return _error(status, exc)
+
+        app.add_exception_handler(error_type, _handler)  # type: ignore[arg-type]
+
+    @app.post("/v1/jobs", dependencies=[Depends(require_pipeline)])
+    async def submit(request: Request) -> JSONResponse:
+        # Nothing is queued, attested or spent before the spec passed every check.
+        document = read_json(await request.body(), max_bytes=MAX_SPEC_BYTES, what="the job spec")
+        spec = JobSpec.from_json(document)
+        record, created = runner.submit(spec)
+        return JSONResponse(status_code=201 if created else 200, content=record.public_view())
+
+    @app.get("/v1/jobs", dependencies=[Depends(client_role)])
+    async def list_jobs() -> dict[str, Any]:
+        return {"jobs": [record.public_view() for record in runner.jobs()]}
+
+    @app.get("/v1/jobs/{job_id}", dependencies=[Depends(client_role)])
+    async def get_job(job_id: str) -> dict[str, Any]:
+        return runner.get(job_id).public_view()
+
+    @app.post("/v1/jobs/{job_id}/cancel", dependencies=[Depends(require_pipeline)])
+    async def cancel(job_id: str) -> JSONResponse:
+        return JSONResponse(status_code=202, content=runner.cancel(job_id).public_view())
+
+    @app.get("/v1/health", dependencies=[Depends(client_role)])
+    async def health() -> dict[str, Any]:
+        latest = runner.latest_attestation
+        attestation = None
+        if latest is not None:
+            attestation = {
+                "age_seconds": round(time.time() - latest.attested_at, 3),
+                "expires_at": latest.token.expires_at,
+                "sequence": latest.sequence,
+            }
+        return {
+            "status": "ok",
+            "tee_type": runner.tee_type,
+            "attestation": attestation,
+            "device": runner.device or gpu.device(),
+            **machine_health(gpu),
+        }
+
+    @app.get("/v1/attestation", dependencies=[Depends(client_role)])
+    async def attestation() -> JSONResponse:
+        latest = runner.latest_attestation
+        if latest is None:
+            return JSONResponse(
+                status_code=404,
+                content={"error": {"code": "NoAttestation", "message": "this agent has not attested yet"}},
+            )
+        return JSONResponse(
+            content={
+                "token": latest.token.raw,
+                "claims": dict(latest.token.claims),
+                "job_id": runner.latest_attestation_job,
+                "attested_at": latest.attested_at,
+                "sequence": latest.sequence,
+            }
+        )
+
+    @app.post("/v1/attestation", dependencies=[Depends(client_role)])
+    async def attest_challenge(request: Request) -> JSONResponse:
+        document = read_json(await request.body(), max_bytes=MAX_CHALLENGE_BYTES, what="the attestation request")
+        if not isinstance(document, dict) or set(document) != {"nonce"}:
+            raise InvalidRequest('the body must be the JSON object {"nonce": "..."} and nothing else')
+        nonce = document["nonce"]
+        if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
+            raise InvalidRequest("the nonce must be 22-200 characters of base64url (at least 128 bits)")
+        try:
+            token = await run_in_threadpool(runner.attest_challenge, nonce)
+        except SecuretrainError as exc:
+            # 424: the TEE's evidence or token was refused (a security verdict); 503: a service was down.
+            return _error(424 if exc.security_violation else 503, exc)
+        return JSONResponse(content={"token": token.raw, "claims": dict(token.claims), "attested_at": time.time()})
+
+    @app.exception_handler(ExportRequestInvalid)
+    async def _bad_export(_: Request, exc: ExportRequestInvalid) -> JSONResponse:
+        return _error(400, exc, field=exc.field)
+
+    @app.post("/v1/exports", dependencies=[Depends(require_pipeline)])
+    async def export(request: Request) -> Response:
+        export_request = parse_export_request(await request.body())  # nothing is spent on a bad request
+        try:
+            sealed = await run_in_threadpool(runner.export_model, export_request)
+        except ExportNotApproved as exc:
+            return _error(403, exc)
+        except (BlobNotFound, ContainerNotFound) as exc:
+            return _error(404, exc)
+        except SecuretrainError as exc:
+            # Not 503: the client retries those, and a retry would present the spent nonce again.
+            return _error(424 if exc.security_violation else 500, exc)
+        return Response(content=sealed, media_type="application/octet-stream")
+
+    @app.exception_handler(RewrapRequestInvalid)
+    async def _bad_rewrap(_: Request, exc: RewrapRequestInvalid) -> JSONResponse:
+        return _error(400, exc, **({"field": exc.field} if exc.field else {}))
+
+    @app.post("/v1/rewraps", dependencies=[Depends(require_pipeline)])
+    async def rewrap(request: Request) -> JSONResponse:
+        rewrap_request = parse_rewrap_request(await request.body())  # before any nonce is spent
+        try:
+            answer = await run_in_threadpool(runner.rewrap, rewrap_request)
+        except SecuretrainError as exc:
+            # As for exports: not 503, which the client retries with the nonce already spent.
+            return _error(424 if exc.security_violation else 500, exc)
+        return JSONResponse(content=answer)
+
+    @app.get("/metrics", dependencies=[Depends(client_role)])
+    async def prometheus() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(runner), media_type=metrics.CONTENT_TYPE)
+
+    return app

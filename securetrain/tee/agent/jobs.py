@@ -1,0 +1,646 @@
+"""The agent's jobs: their records on disk and the worker that runs them one at a time.
+
+A job record is JSON under ``<work dir>/jobs/<job id>.json``, rewritten atomically on every change. It
+holds the spec, the state, progress and the error, and never a secret or a byte of training data: the
+released KEK and the TEE key live only in the worker's memory. After a crash the agent loads the records,
+and every job that had not finished is queued again; it re-attests (with a fresh nonce: the attestation
+sequence is in the record), obtains the key again, and the training side resumes from its newest
+checkpoint.
+
+States::
+
+    queued -> attesting -> releasing -> validating -> training -> sealing -> succeeded
+       \\-----------\\------------\\------------\\-----------\\---------> failed | cancelled
+"""
+
+from __future__ import annotations
+
+import enum
+import io
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from securetrain.core.attestation.tokens import ValidatedToken
+from securetrain.core.audit.tee_log import TeeEventKind
+from securetrain.core.errors import SecuretrainError, SecurityViolation
+from securetrain.core.fsutil import atomic_output
+from securetrain.core.model_provenance import DatasetDigest, model_statement, sign_statement
+from securetrain.core.sealed import SealedHeader, content_digest
+from securetrain.core.sealed.errors import SealedFileError
+from securetrain.core.sealed.header import read_header
+from securetrain.core.storage import BlobInfo, BlobStore
+from securetrain.tee.agent.exports import ExportRequest, export_model
+from securetrain.tee.agent.rewrap import RewrapRequest, run_rewrap
+from securetrain.tee.agent.tee_events import TeeEvents
+from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
+from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.tee.datasets import resolve_training
+from securetrain.core.job_spec import (
+    CheckpointLocation,
+    DataValidationFailed,
+    JobKeys,
+    JobSpec,
+    ProgressSink,
+    TrainingCancelled,
+    TrainingResult,
+    TrainingSpec,
+)
+from securetrain.tee.release import ReleasedKek
+
+log = logging.getLogger(__name__)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    ATTESTING = "attesting"
+    RELEASING = "releasing"
+    VALIDATING = "validating"
+    TRAINING = "training"
+    SEALING = "sealing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class JobNotFound(SecuretrainError):
+    """No job has this id."""
+
+
+class JobConflict(SecuretrainError):
+    """The request contradicts the job's record (another spec under the same run id, cancel after the end)."""
+
+
+class ProvenanceNotWitnessed(SecurityViolation):
+    """The agent did not see what it would have to sign: a shard's sealed header or the sealed model."""
+
+
+class _HeaderWitness:
+    """A shard's read stream that keeps the bytes read until they hold the whole sealed header."""
+
+    # The header is at most two 64 KiB sections plus a few fixed bytes (securetrain.core.sealed.header).
+    _LIMIT = 2 * (64 << 10) + 64
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._prefix = bytearray()
+        self.header: SealedHeader | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        if self.header is None and len(self._prefix) < self._LIMIT:
+            self._prefix += data
+            try:
+                self.header = read_header(io.BytesIO(bytes(self._prefix)))
+            except SealedFileError:
+                pass  # not all of it read yet; a header that never parses leaves the shard unwitnessed
+        return data
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> _HeaderWitness:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _WitnessedStore:
+    """The job's storage as training sees it, with the agent as witness.
+
+    It records the sealed header of every dataset shard training reads and the digests of the sealed model
+    and checkpoints it uploads, so that what the TEE signs names exactly the bytes training read and wrote,
+    not whatever storage holds when someone looks later (anyone can seal a file for the KEK's public key).
+    """
+
+    def __init__(self, store: BlobStore, spec: TrainingSpec) -> None:
+        self._store = store
+        self._spec = spec
+        self._shards: dict[tuple[str, str], _HeaderWitness] = {}
+        self.model: tuple[str, str] | None = None  # (sealed SHA-256, plaintext SHA-256)
+        self.checkpoints: dict[str, str] = {}  # checkpoint blob -> sealed SHA-256 (content digest)
+
+    def open_read(self, container: str, blob: str) -> BinaryIO:
+        src = self._store.open_read(container, blob)
+        if not any(s.container == container and s.blob == blob for s in self._spec.datasets):
+            return src
+        witness = _HeaderWitness(src)
+        self._shards[(container, blob)] = witness
+        return witness  # type: ignore[return-value]
+
+    def upload_stream(self, container: str, blob: str, stream: BinaryIO, **options: Any) -> BlobInfo:
+        output, checkpoints = self._spec.output, self._spec.checkpoints
+        is_model = (container, blob) == (output.container, output.blob)
+        if not is_model and not (container == checkpoints.container and blob.startswith(checkpoints.prefix)):
+            return self._store.upload_stream(container, blob, stream, **options)
+        # Sealed models and checkpoints are small enough to be in memory already (training sealed them there).
+        length = options.pop("length", None)
+        sealed = stream.read() if length is None else stream.read(length)
+        if is_model:
+            self.model = (content_digest(sealed), read_header(io.BytesIO(sealed)).content.plaintext_sha256)
+        else:
+            self.checkpoints[blob] = content_digest(sealed)
+        return self._store.upload_stream(container, blob, io.BytesIO(sealed), length=len(sealed), **options)
+
+    def list_blobs(self, container: str, prefix: str = "") -> Any:
+        return self._store.list_blobs(container, prefix)
+
+    def dataset_digests(self) -> list[DatasetDigest]:
+        """The plaintext digest of every shard of the spec, from the header training read; all must be there."""
+        digests = []
+        for shard in self._spec.datasets:
+            witness = self._shards.get((shard.container, shard.blob))
+            if witness is None or witness.header is None:
+                raise ProvenanceNotWitnessed(
+                    f"the agent did not see the sealed header of {shard.container}/{shard.blob}: cannot attest "
+                    "which data the model was trained on"
+                )
+            digests.append(DatasetDigest(f"{shard.container}/{shard.blob}", witness.header.content.plaintext_sha256))
+        return digests
+
+
+class TrainingFunction(Protocol):
+    """``securetrain.tee.training.run_training``'s signature (see securetrain.core.job_spec)."""
+
+    def __call__(
+        self,
+        spec: TrainingSpec,
+        keys: JobKeys,
+        store: BlobStore,
+        progress: ProgressSink,
+        cancel: threading.Event,
+    ) -> TrainingResult: ...
+
+
+class KeyReleaser(Protocol):
+    """Secure Key Release (securetrain.tee.release.VaultKeyReleaser): the KEK, released to ``tee_key``."""
+
+    def release(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> JobKeys: ...
+
+    def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek: ...
+
+
+@dataclass(frozen=True)
+class JobError:
+    """Why a job failed: the error's class name, its message, and whether a security check said no."""
+
+    code: str
+    message: str
+    security_violation: bool
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> JobError:
+        if isinstance(exc, SecuretrainError):
+            return cls(type(exc).__name__, str(exc), exc.security_violation)
+        return cls("InternalError", f"{type(exc).__name__}: {exc}", False)
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    """What the agent knows about one job; served (less the spec's details) on ``GET /v1/jobs/{id}``."""
+
+    job_id: str
+    run_id: str
+    spec: Mapping[str, Any]
+    state: JobState = JobState.QUEUED
+    epoch: int = 0
+    step: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    last_checkpoint: str | None = None
+    validation: Mapping[str, Any] | None = None
+    # Per epoch: {"epoch", "step", and the epoch's metrics}; the training curve the run report plots.
+    history: list[Mapping[str, Any]] = field(default_factory=list)
+    # {"kek_id", "released_at"} once Key Vault released the KEK to this job's TEE key.
+    key_release: Mapping[str, Any] | None = None
+    # Every state the job entered, with its time: the job's events for the audit log.
+    transitions: list[Mapping[str, Any]] = field(default_factory=list)
+    # What the TEE witnessed, signed with its attested key (securetrain.core.audit.tee_log, securetrain.tee.agent.tee_events).
+    tee_log: Mapping[str, Any] | None = None
+    result: Mapping[str, Any] | None = None
+    error: JobError | None = None
+    cancel_requested: bool = False
+    # The next unused attestation number: nonces are spent by the attestation service, never reused.
+    attestation_sequence: int = 0
+    created_at: float = field(default_factory=time.time)
+    updated_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict[str, Any]:
+        document = asdict(self)
+        document["state"] = self.state.value
+        return document
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> JobRecord:
+        values = dict(document)
+        values["state"] = JobState(values["state"])
+        values["error"] = JobError(**values["error"]) if values.get("error") else None
+        return cls(**values)
+
+    def public_view(self) -> dict[str, Any]:
+        """The job as the API shows it: state and progress, the spec's run id and locations, no nonce."""
+        view = self.to_json()
+        del view["spec"], view["attestation_sequence"]
+        view["kek_id"] = self.spec["kek_id"]
+        view["output"] = self.spec["output"]
+        view["checkpoints"] = self.spec["checkpoints"]
+        return view
+
+
+class JobStore:
+    """Job records in a directory, one JSON file each (0600; the directory 0700)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._directory = directory
+
+    def _path(self, job_id: str) -> Path:
+        return self._directory / f"{job_id}.json"
+
+    def save(self, record: JobRecord) -> None:
+        with atomic_output(self._path(record.job_id)) as out:
+            out.write(json.dumps(record.to_json(), sort_keys=True).encode())
+
+    def load_all(self) -> list[JobRecord]:
+        records = []
+        for path in sorted(self._directory.glob("*.json")):
+            try:
+                records.append(JobRecord.from_json(json.loads(path.read_text())))
+            except (ValueError, KeyError, TypeError) as exc:
+                # A record we cannot read is left for an operator; it must not stop the agent.
+                log.error("ignoring unreadable job record %s: %s", path, exc)
+        return sorted(records, key=lambda record: record.created_at)
+
+
+class _JobProgress:
+    """The :class:`ProgressSink` the training side reports to; it updates the job's record."""
+
+    def __init__(
+        self, runner: JobRunner, job_id: str, renewal_failure: Callable[[], ReattestationFailed | None],
+        events: TeeEvents, witness: _WitnessedStore, checkpoints: CheckpointLocation,
+    ) -> None:  # fmt: skip
+        self._runner = runner
+        self._job_id = job_id
+        self._renewal_failure = renewal_failure
+        self._events = events
+        self._witness = witness
+        self._checkpoints = checkpoints
+
+    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        self._events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(aggregates)})
+        self._runner._update(self._job_id, state=JobState.TRAINING, validation=dict(aggregates))
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        self._events.record(TeeEventKind.CHECKPOINT_SEALED, {
+            "epoch": epoch, "step": step, "metrics": dict(metrics),
+            "blob": f"{self._checkpoints.container}/{checkpoint_blob}",
+            "sealed_sha256": self._witness.checkpoints[checkpoint_blob],
+        })  # fmt: skip
+        history = [*self._runner.get(self._job_id).history, {"epoch": epoch, "step": step, **metrics}]
+        self._runner._update(
+            self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob, history=history
+        )
+        self._runner.metrics.epochs_completed += 1
+        failure = self._renewal_failure()
+        if failure is not None:
+            raise failure
+
+    def sealing_model(self) -> None:
+        self._runner._update(self._job_id, state=JobState.SEALING)
+
+
+class _JobRun:
+    """One run of a job in the worker: its cancel event and what the background re-attestation reported."""
+
+    def __init__(self, runner: JobRunner, job_id: str, cancel: threading.Event) -> None:
+        self._runner = runner
+        self.job_id = job_id
+        self.cancel = cancel
+        self._renewal_failure: ReattestationFailed | None = None
+        self.events: TeeEvents | None = None  # the job's TEE event log, once the job has its TEE key
+
+    def attested(self, state: AttestationState) -> None:
+        self._runner.latest_attestation = state
+        self._runner.latest_attestation_job = self.job_id
+        self._runner.metrics.attestations += 1
+        # Persisted before the token is used: a restarted job must never reuse a spent nonce.
+        self._runner._update(self.job_id, attestation_sequence=state.sequence + 1)
+        if self.events is not None:
+            self.events.attested(state.token, state.sequence)
+
+    def renewal_failed(self, failure: ReattestationFailed) -> None:
+        self._runner.metrics.attestation_failures += 1
+        self._renewal_failure = failure
+        self.cancel.set()
+
+    def renewal_failure(self) -> ReattestationFailed | None:
+        return self._renewal_failure
+
+    def check_cancelled(self) -> None:
+        """Between the agent's own steps: stop if re-attestation failed or a cancel came."""
+        if self._renewal_failure is not None:
+            raise self._renewal_failure
+        if self.cancel.is_set():
+            raise TrainingCancelled("cancelled before training started")
+
+    def stopped(self, exc: TrainingCancelled) -> None:
+        """The job stopped at a safe point: failed re-attestation, a cancel, or the agent shutting down."""
+        if self._renewal_failure is not None:
+            self._runner._finish(self.job_id, JobState.FAILED, error=JobError.from_exception(self._renewal_failure))
+        elif self._runner.get(self.job_id).cancel_requested:
+            self._runner._finish(self.job_id, JobState.CANCELLED)
+        else:
+            # The job keeps its state and resumes when the agent starts again.
+            log.info("job %s interrupted by shutdown (%s); it resumes when the agent restarts", self.job_id, exc)
+
+
+@dataclass
+class RunnerMetrics:
+    """Counters for ``/metrics``; only the worker thread writes them."""
+
+    jobs_finished: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in JobState if s.finished})
+    epochs_completed: int = 0
+    attestations: int = 0
+    attestation_failures: int = 0
+    key_releases: int = 0
+
+
+class JobRunner:
+    """Accepts jobs and runs them one at a time in a worker thread.
+
+    The steps of a job: attest a fresh TEE key, have the KEK released to it, start re-attestation in
+    the background, hand over to training, record the result. A failure at any step fails the job with
+    the error's own message (a refused release names the policy condition the vault reported).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        attester: Attester,
+        releaser: KeyReleaser,
+        blob_store: BlobStore,
+        train: Callable[[], TrainingFunction],
+        data_owners: DataOwnerKeys,
+    ) -> None:
+        self._store = store
+        self._attester = attester
+        self._releaser = releaser
+        self._blob_store = blob_store
+        self._load_training = train
+        #: The data owners whose signatures this TEE accepts (pinned in its measured configuration).
+        self.data_owners = data_owners
+        self._lock = threading.Lock()
+        self._records: dict[str, JobRecord] = {}
+        self._cancel_events: dict[str, threading.Event] = {}
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._worker: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.latest_attestation: AttestationState | None = None
+        self.latest_attestation_job: str | None = None
+        self.metrics = RunnerMetrics()
+        self.device: str | None = None
+        for record in store.load_all():
+            self._records[record.job_id] = record
+            if not record.state.finished:
+                log.info(
+                    "job %s (run %s) was %s when the agent stopped: resuming it",
+                    record.job_id,
+                    record.run_id,
+                    record.state.value,
+                )
+                self._enqueue(record.job_id)
+
+    @property
+    def tee_type(self) -> str:
+        return self._attester.tee_type
+
+    def start(self) -> None:
+        self._worker = threading.Thread(target=self._work, name="job-runner", daemon=True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Ask the running job to stop at a safe point (it stays resumable) and end the worker."""
+        self._stopping.set()
+        with self._lock:
+            for event in self._cancel_events.values():
+                event.set()
+        self._queue.put(None)
+        if self._worker is not None:
+            self._worker.join(timeout=60)
+
+    def attest_challenge(self, nonce: str) -> ValidatedToken:
+        """Attest a throwaway key with a caller's ``nonce``: the TEE's answer to "prove what you are, now"."""
+        token = self._attester.attest(TeeKey(), nonce)
+        self.metrics.attestations += 1
+        return token
+
+    def export_model(self, request: ExportRequest) -> bytes:
+        """The model re-sealed for a recipient the data owner approved, the export recorded by the TEE
+        (:mod:`securetrain.tee.agent.exports`). The only place a model is decrypted outside training, inside the TEE."""
+        return export_model(
+            request, attester=self._attester, releaser=self._releaser, store=self._blob_store,
+            owners=self.data_owners, metrics=self.metrics,
+        )  # fmt: skip
+
+    def rewrap(self, request: RewrapRequest) -> dict[str, Any]:
+        """KEK rotation's rewrap, inside the TEE (:mod:`securetrain.tee.agent.rewrap`); the TEE-signed answer."""
+        answer = run_rewrap(request, self._attester, self._releaser, self._blob_store)
+        self.metrics.attestations += 1
+        self.metrics.key_releases += len(answer["statement"]["released_versions"])
+        return answer
+
+    def _enqueue(self, job_id: str) -> None:
+        self._cancel_events[job_id] = threading.Event()
+        self._queue.put(job_id)
+
+    def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
+        """Queue ``spec``; returns its record and whether it is new (False: this run id was submitted before)."""
+        document = spec.to_json()
+        with self._lock:
+            existing = self._records.get(spec.job_id)
+            if existing is not None:
+                if dict(existing.spec) != document:
+                    changed = sorted(
+                        k for k in document.keys() | existing.spec.keys() if document.get(k) != existing.spec.get(k)
+                    )
+                    raise JobConflict(
+                        f"run id {spec.run_id!r} was already submitted with another spec (differs in "
+                        f"{', '.join(changed)}); a new run needs a new run id"
+                    )
+                return existing, False
+            record = JobRecord(job_id=spec.job_id, run_id=spec.run_id, spec=document)
+            self._store.save(record)
+            self._records[record.job_id] = record
+            self._enqueue(record.job_id)
+        log.info("job %s queued for run %s", record.job_id, record.run_id)
+        return record, True
+
+    def get(self, job_id: str) -> JobRecord:
+        with self._lock:
+            try:
+                return self._records[job_id]
+            except KeyError:
+                raise JobNotFound(f"no job {job_id!r} on this agent") from None
+
+    def jobs(self) -> list[JobRecord]:
+        with self._lock:
+            return list(self._records.values())
+
+    def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job: a queued one at once, a running one at its next safe point (end of a step)."""
+        with self._lock:
+            record = self._records.get(job_id)
+            if record is None:
+                raise JobNotFound(f"no job {job_id!r} on this agent")
+            if record.state.finished:
+                raise JobConflict(f"job {job_id} already {record.state.value}; nothing to cancel")
+            event = self._cancel_events.get(job_id)
+            if event is not None:
+                event.set()
+            if record.state is JobState.QUEUED:
+                transitions = [*record.transitions, {"state": JobState.CANCELLED.value, "time": _now()}]
+                record = self._set(record, state=JobState.CANCELLED, cancel_requested=True, transitions=transitions)
+                self.metrics.jobs_finished[JobState.CANCELLED.value] += 1
+            else:
+                record = self._set(record, cancel_requested=True)
+        log.info("job %s: cancel requested", job_id)
+        return record
+
+    def _set(self, record: JobRecord, **changes: Any) -> JobRecord:
+        """Replace and persist a record; the caller holds the lock."""
+        updated = replace(record, **changes, updated_at=time.time())
+        self._store.save(updated)
+        self._records[updated.job_id] = updated
+        return updated
+
+    def _update(self, job_id: str, **changes: Any) -> JobRecord:
+        with self._lock:
+            record = self._records[job_id]
+            if "state" in changes:
+                changes["transitions"] = [*record.transitions, {"state": changes["state"].value, "time": _now()}]
+            record = self._set(record, **changes)
+        if "state" in changes:
+            log.info("job %s: %s", job_id, record.state.value)
+        return record
+
+    def _work(self) -> None:
+        while (job_id := self._queue.get()) is not None and not self._stopping.is_set():
+            record = self.get(job_id)
+            if record.state.finished:
+                continue
+            self._run(record)
+
+    def _run(self, record: JobRecord) -> None:
+        run = _JobRun(self, record.job_id, self._cancel_events[record.job_id])
+        session: AttestationSession | None = None
+        try:
+            spec = JobSpec.from_json(record.spec)
+            # Before any attestation or key: the TEE itself decides which blobs are this job's data.
+            training = resolve_training(spec, self._blob_store, self.data_owners)
+            self._update(run.job_id, state=JobState.ATTESTING)
+            tee_key = TeeKey()
+            run.events = TeeEvents.for_job(
+                record.tee_log, job_id=record.job_id, run_id=spec.run_id, key=tee_key,
+                save=lambda document: self._update(run.job_id, tee_log=document),
+            )  # fmt: skip
+            session = AttestationSession(
+                self._attester, tee_key, spec.nonce, next_sequence=record.attestation_sequence,
+                on_attested=run.attested, on_failure=run.renewal_failed,
+            )  # fmt: skip
+            try:
+                token = session.attest().token
+            except SecuretrainError:
+                self.metrics.attestation_failures += 1
+                raise
+            run.check_cancelled()
+            self._update(run.job_id, state=JobState.RELEASING)
+            keys = self._releaser.release(spec.kek_id, token, session.key)
+            self.metrics.key_releases += 1
+            run.events.record(TeeEventKind.KEY_RELEASED, {"kek_id": spec.kek_id})
+            self._update(run.job_id, key_release={"kek_id": spec.kek_id, "released_at": _now()})
+            session.start_renewal()
+            run.check_cancelled()
+            self._update(run.job_id, state=JobState.VALIDATING)
+            witness = _WitnessedStore(self._blob_store, training)
+            progress = _JobProgress(self, run.job_id, run.renewal_failure, run.events, witness, training.checkpoints)
+            result = self._load_training()(training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
+            self.device = result.device
+            provenance = self._provenance(spec, result, witness, session, run.events)
+            self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result, provenance))
+        except TrainingCancelled as exc:
+            run.stopped(exc)
+        except DataValidationFailed as exc:
+            # The suite's aggregates (never rows) are what the data owner needs to see why.
+            log.error("job %s failed: %s", run.job_id, exc)
+            if run.events is not None:  # validation runs after the key release, so the log has its attested key
+                run.events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(exc.aggregates)})
+            self._finish(run.job_id, JobState.FAILED, validation=dict(exc.aggregates), error=JobError.from_exception(exc))
+        except Exception as exc:  # noqa: BLE001 - every failure must end the job with its reason, fail closed
+            if isinstance(exc, SecuretrainError):
+                log.error("job %s failed: %s", run.job_id, exc)
+            else:
+                log.exception("job %s failed with an unexpected error", run.job_id)
+            self._finish(run.job_id, JobState.FAILED, error=JobError.from_exception(exc))
+        finally:
+            if session is not None:
+                session.stop()
+
+    def _provenance(
+        self, spec: JobSpec, result: TrainingResult, witness: _WitnessedStore, session: AttestationSession,
+        events: TeeEvents,
+    ) -> dict[str, Any]:  # fmt: skip
+        """The model statement signed with the job's TEE key, and the token that attests that key.
+
+        The sealed model is the TEE log's final entry; the statement names the head that signs it, so the
+        TEE's events up to here can be checked for in the audit log (none removed, no rollback)."""
+        if witness.model is None or session.state is None:
+            raise ProvenanceNotWitnessed("the agent did not see the sealed model uploaded: cannot attest it")
+        sealed_sha256, plaintext_sha256 = witness.model
+        events.record(TeeEventKind.MODEL_SEALED, {
+            "blob": f"{result.model_blob.container}/{result.model_blob.blob}", "sealed_sha256": sealed_sha256,
+            "plaintext_sha256": plaintext_sha256,
+        })  # fmt: skip
+        document = spec.to_json()
+        statement = model_statement(
+            run_id=spec.run_id, sealed_model_sha256=sealed_sha256, model_plaintext_sha256=plaintext_sha256,
+            datasets=witness.dataset_digests(),
+            hyperparameters={"model": document["model"], **document["hyperparameters"]}, metrics=result.metrics,
+            tee_log_head=events.head_reference(),
+        )  # fmt: skip
+        log.info("job %s: signed the model statement (sealed model sha256 %s)", spec.job_id, sealed_sha256)
+        return {
+            "statement": statement,
+            "tee_signature": sign_statement(session.key.private_key, statement),
+            "attestation_token": session.state.token.raw,
+        }
+
+    def _result_view(self, result: TrainingResult, provenance: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "model": {"container": result.model_blob.container, "blob": result.model_blob.blob},
+            "metrics": dict(result.metrics),
+            "device": result.device,
+            "tee_type": self.tee_type,
+            "epochs_completed": result.epochs_completed,
+            "steps_completed": result.steps_completed,
+            # The TEE-signed model statement and the attestation token that carries the signing key.
+            "provenance": dict(provenance),
+        }
+
+    def _finish(self, job_id: str, state: JobState, **changes: Any) -> None:
+        self._update(job_id, state=state, **changes)
+        self.metrics.jobs_finished[state.value] += 1

@@ -1,0 +1,200 @@
+"""Attesting the TEE for one job: an ephemeral key bound to hardware evidence, and a token that says so.
+
+Per job the TEE makes an RSA-3072 key in memory (:class:`TeeKey`); it never leaves the process and dies
+with the job. The TEE's statement, the *runtime data*, is ``{"keys": [public JWK of that key], "nonce":
+attestation nonce}`` as canonical JSON; REPORT_DATA is its SHA-256 (padded to 64 bytes), so the hardware
+report vouches for exactly this key and nonce. The attestation service checks the evidence and signs a
+token whose ``x-ms-runtime`` repeats the statement; Key Vault wraps the released KEK to the key in it.
+
+The TEE trusts its token no more than anyone else would: :class:`Attester` validates the signature and
+issuer (``TokenValidator``), the nonce, and that the token's runtime key and REPORT_DATA are the ones it
+attested, before the token is used to ask for a key.
+
+Nonces: the attestation service spends every nonce once, so a job's first attestation uses the job
+nonce and each later one (renewal, or a restart after a crash) ``<job nonce>.<n>``
+(:func:`attestation_nonce`); Airflow can tie any of them to its job. :class:`AttestationSession`
+re-attests before the token expires and reports a failure so that the job stops.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.core.attestation.tokens import TokenRejected, TokenValidator, ValidatedToken
+from securetrain.core.errors import SecuretrainError
+from securetrain.tee.evidence import EvidenceProvider
+
+log = logging.getLogger(__name__)
+
+TEE_KEY_BITS = 3072
+#: A nonce a caller may hand the TEE to attest with: 22-200 base64url characters, at least 128 bits.
+NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,200}")
+# Re-attest when this fraction of the token's lifetime has passed, so that a slow attestation service
+# still answers before the old token expires.
+RENEW_AT_FRACTION = 0.75
+_MIN_RENEW_DELAY_S = 1.0
+
+
+class ReattestationFailed(SecuretrainError):
+    """Renewing the job's attestation failed; the job stops. The message carries the cause."""
+
+
+def _b64url_uint(value: int) -> str:
+    return base64.urlsafe_b64encode(value.to_bytes((value.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+
+
+def attestation_nonce(job_nonce: str, sequence: int) -> str:
+    """The nonce of the job's ``sequence``-th attestation (0-based): the job nonce, then ``<nonce>.<n>``."""
+    if sequence < 0:
+        raise ValueError("attestation sequence numbers start at 0")
+    return job_nonce if sequence == 0 else f"{job_nonce}.{sequence}"
+
+
+class TeeKey:
+    """The job's ephemeral RSA key: made in memory, public half attested, private half unwraps the KEK."""
+
+    def __init__(self) -> None:
+        self._private_key = rsa.generate_private_key(public_exponent=65537, key_size=TEE_KEY_BITS)
+        numbers = self._private_key.public_key().public_numbers()
+        self._n, self._e = _b64url_uint(numbers.n), _b64url_uint(numbers.e)
+        # RFC 7638 thumbprint: names the key by its content, so the token and the release name the same key.
+        thumbprint_input = json.dumps({"e": self._e, "kty": "RSA", "n": self._n}, separators=(",", ":"))
+        self.kid = base64.urlsafe_b64encode(hashlib.sha256(thumbprint_input.encode()).digest()).rstrip(b"=").decode()
+
+    @property
+    def private_key(self) -> rsa.RSAPrivateKey:
+        return self._private_key
+
+    def public_jwk(self) -> dict[str, Any]:
+        """The public key as the JWK the runtime data carries (MAA's ``x-ms-runtime.keys`` shape)."""
+        return {"kid": self.kid, "kty": "RSA", "key_ops": ["encrypt"], "e": self._e, "n": self._n}
+
+    def matches(self, jwk: Mapping[str, Any]) -> bool:
+        return jwk.get("kty") == "RSA" and jwk.get("n") == self._n and jwk.get("e") == self._e
+
+    def __repr__(self) -> str:
+        return f"TeeKey(kid={self.kid!r})"
+
+
+def runtime_data(key: TeeKey, nonce: str) -> bytes:
+    """The TEE's statement for one attestation, as the bytes whose hash goes into REPORT_DATA."""
+    return runtime_data_bytes({"keys": [key.public_jwk()], "nonce": nonce})
+
+
+class Attester:
+    """Turns hardware evidence into a validated token: evidence provider → attestation service → checks."""
+
+    def __init__(self, provider: EvidenceProvider, service: AttestationServiceClient, validator: TokenValidator):
+        self.provider = provider
+        self._service = service
+        self._validator = validator
+
+    @property
+    def tee_type(self) -> str:
+        return self.provider.tee_type
+
+    def attest(self, key: TeeKey, nonce: str) -> ValidatedToken:
+        """Attest ``key`` with ``nonce``; the token is checked before it is returned."""
+        statement = runtime_data(key, nonce)
+        report_data = report_data_for(statement)
+        evidence = self.provider.report(report_data)
+        raw = self._service.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, statement, nonce)
+        token = self._validator.validate(raw, expected_nonce=nonce)
+        if not any(key.matches(jwk) for jwk in token.runtime_keys):
+            raise TokenRejected("the token's runtime data does not carry this TEE's key: it was not issued for us")
+        if token.claims.get("x-ms-sevsnpvm-reportdata") != report_data.hex():
+            raise TokenRejected("the token's REPORT_DATA is not the one this TEE attested")
+        log.info("attested (%s): token %s valid until %s", self.tee_type, token.kid, time.ctime(token.expires_at))
+        return token
+
+
+def renewal_delay(token: ValidatedToken, now: float) -> float:
+    """Seconds from ``now`` until ``token`` should be renewed (at least one second)."""
+    issued, expires = int(token.claims["iat"]), token.expires_at
+    renew_at = issued + (expires - issued) * RENEW_AT_FRACTION
+    return max(renew_at - now, _MIN_RENEW_DELAY_S)
+
+
+@dataclass(frozen=True)
+class AttestationState:
+    """The latest attestation of a job: its token and when (Unix time) it was obtained."""
+
+    token: ValidatedToken
+    attested_at: float
+    sequence: int
+
+
+class AttestationSession:
+    """A job's attestations: the first one, then renewals in a background thread until :meth:`stop`.
+
+    ``next_sequence`` is the first unused attestation number (kept in the job record, so a restarted job
+    never reuses a spent nonce). ``on_attested`` is told each new state (to persist the sequence and
+    serve the token); ``on_failure`` is told when a renewal failed, after which no more are tried.
+    """
+
+    def __init__(
+        self,
+        attester: Attester,
+        key: TeeKey,
+        job_nonce: str,
+        *,
+        next_sequence: int,
+        on_attested: Callable[[AttestationState], None],
+        on_failure: Callable[[ReattestationFailed], None],
+    ) -> None:
+        self._attester = attester
+        self.key = key
+        self._job_nonce = job_nonce
+        self._next_sequence = next_sequence
+        self._on_attested = on_attested
+        self._on_failure = on_failure
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.state: AttestationState | None = None
+
+    def attest(self) -> AttestationState:
+        """Attest now with the next nonce; errors propagate to the caller."""
+        with self._lock:
+            sequence = self._next_sequence
+            self._next_sequence += 1
+            token = self._attester.attest(self.key, attestation_nonce(self._job_nonce, sequence))
+            self.state = AttestationState(token, time.time(), sequence)
+        self._on_attested(self.state)
+        return self.state
+
+    def start_renewal(self) -> None:
+        """Re-attest in the background before each token expires (call after the first :meth:`attest`)."""
+        if self.state is None:
+            raise RuntimeError("attest() before start_renewal()")
+        self._thread = threading.Thread(target=self._renew_loop, name="reattestation", daemon=True)
+        self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while self.state is not None:
+            if self._stopped.wait(renewal_delay(self.state.token, time.time())):
+                return
+            try:
+                self.attest()
+            except Exception as exc:  # noqa: BLE001 - whatever went wrong, the job must not go on unattested
+                failure = ReattestationFailed(f"re-attestation failed, the job stops: {exc}")
+                log.error("%s", failure)
+                self._on_failure(failure)
+                return
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=60)

@@ -1,0 +1,80 @@
+"""The TEE decides what it opens: a job's datasets resolved from their owners' signed manifests.
+
+A job spec names datasets only by their manifests (:class:`securetrain.core.onboarding.DatasetRef`). Before it
+attests or asks for a key, the TEE reads each manifest from storage and accepts it only if
+
+- a data owner whose key is pinned in this TEE's configuration signed it (:class:`DataOwnerKeys`), so
+  nobody else can declare a blob to be training data;
+- it describes data sealed for the job's KEK (same vault and key name; a rotation may have moved the
+  shards to a newer version);
+- every shard it lists carries ``kind: dataset`` in its seal context, so a model, a checkpoint or an
+  export sealed to the same KEK is never read as training data, even if its owner listed it by mistake.
+
+The shards, formats and seal contexts it returns come from the signed manifest, never from the job spec;
+the sealed reader then refuses any shard whose header carries another context.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from azure.keyvault.keys import KeyVaultKeyIdentifier
+
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.onboarding import DATASET_KIND, DatasetManifest, DatasetRef
+from securetrain.core.storage import BlobStore
+from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.core.job_spec import DatasetShard, JobSpec, TrainingSpec
+
+log = logging.getLogger(__name__)
+
+
+class DatasetRefused(SecurityViolation):
+    """A dataset manifest is not one this TEE may train on: unsigned, another KEK, or a shard that is no dataset."""
+
+
+def _same_key(first: str, second: str) -> bool:
+    a, b = KeyVaultKeyIdentifier(first), KeyVaultKeyIdentifier(second)
+    return (a.vault_url.rstrip("/"), a.name) == (b.vault_url.rstrip("/"), b.name)
+
+
+def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwnerKeys, kek_id: str) -> list[DatasetShard]:
+    """The shards of ``manifest`` (read from ``ref``) that the TEE may open for a job under ``kek_id``.
+
+    Raises:
+        DatasetRefused: naming the check that failed.
+    """
+    where = f"{ref.container}/{ref.manifest}"
+    try:
+        owner = owners.verify(manifest.to_json(), what=f"the dataset manifest {where}")
+    except SecurityViolation as exc:
+        raise DatasetRefused(str(exc)) from None
+    if not _same_key(manifest.kek_id, kek_id):
+        raise DatasetRefused(f"{where} describes data sealed for {manifest.kek_id}, not for the job's KEK {kek_id}")
+    shards = []
+    for shard in manifest.shards:
+        if shard.context.get("kind") != DATASET_KIND:
+            raise DatasetRefused(
+                f"{where} lists {shard.container}/{shard.blob} sealed as kind {shard.context.get('kind')!r}; "
+                f"only kind {DATASET_KIND!r} is training data"
+            )
+        if shard.format not in ("parquet", "safetensors", "arrow"):
+            raise DatasetRefused(f"{where} lists {shard.container}/{shard.blob} in unknown format {shard.format!r}")
+        shards.append(DatasetShard(shard.container, shard.blob, shard.format, dict(shard.context)))
+    log.info("dataset %s version %s: %d shard(s), manifest signed by data owner %s…", manifest.dataset_id,
+             manifest.version, len(shards), owner[:16])  # fmt: skip
+    return shards
+
+
+def resolve_training(spec: JobSpec, store: BlobStore, owners: DataOwnerKeys) -> TrainingSpec:
+    """The job's training spec over the shards of its owner-signed manifests.
+
+    Raises:
+        DatasetRefused: a manifest failed a check; ManifestInvalid: it does not parse;
+        JobSpecError: the shards cannot be trained together (formats, overlap with the outputs).
+    """
+    shards: list[DatasetShard] = []
+    for ref in spec.datasets:
+        manifest = DatasetManifest.read(store, ref.container, ref.manifest)
+        shards += dataset_shards(ref, manifest, owners, spec.kek_id)
+    return spec.training_on(shards)

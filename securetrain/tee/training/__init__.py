@@ -1,0 +1,102 @@
+"""Training inside the TEE: sealed shards to in-memory tensors, validation, training, sealed outputs.
+
+The agent calls :func:`run_training` after attestation and Secure Key Release::
+
+    run_training(spec, keys, store, progress, cancel) -> TrainingResult
+
+In order: open and authenticate every shard into memory (:mod:`.data`), run the job's expectation
+suite and report only its aggregates (:mod:`.validation`), resume from the newest checkpoint of the run
+that opens and verifies (:mod:`.checkpoint`), train epoch by epoch with a sealed checkpoint after each
+(:mod:`.loop`, models from :mod:`.models`), seal the final model to the job's output blob.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from securetrain.core.job_spec import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec, _thawed
+from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
+from securetrain.tee.training.data import Blobs, DataLimits, load_dataset
+from securetrain.tee.training.loop import (
+    Standardization,
+    build_trainee,
+    describe_device,
+    make_deterministic,
+    select_device,
+    split_rows,
+    train,
+)
+from securetrain.core.validation import validate
+
+__all__ = ["DataLimits", "run_training"]
+
+log = logging.getLogger(__name__)
+
+
+def run_training(
+    spec: TrainingSpec,
+    keys: JobKeys,
+    store: Blobs,
+    progress: ProgressSink,
+    cancel: threading.Event,
+    *,
+    limits: DataLimits | None = None,
+) -> TrainingResult:
+    """Train the model ``spec`` describes on its sealed dataset; return where the sealed model is.
+
+    ``store`` is a :class:`securetrain.core.storage.BlobStore`. Calling it again for the same spec (after a
+    crash or a cancel) resumes from the newest checkpoint that opens and verifies.
+
+    Raises:
+        SealedFileError subclasses: a shard failed its seal (the message names shard and segment);
+            nothing was trained.
+        DataValidationFailed: the expectation suite failed; nothing was trained.
+        TrainingCancelled: ``cancel`` was set; the checkpoints written so far are intact.
+        StorageError subclasses: storage failed after its bounded retries.
+    """
+    device = select_device()
+    make_deterministic(device)
+    log.info("run %s: training on %s", spec.run_id, describe_device(device))
+
+    data = load_dataset(spec, keys.kek_private, store, limits or DataLimits())
+    if cancel.is_set():
+        raise TrainingCancelled("cancelled after the data was opened, before training")
+    if spec.expectation_suite is not None:
+        aggregates = validate(spec.expectation_suite, data.validation_frame())
+    else:
+        aggregates = {"suite": None, "success": True, "rows": data.rows}
+    progress.validation_done(aggregates)
+
+    hyper = spec.hyperparameters
+    rows = split_rows(data.rows, hyper.seed)
+    stats = Standardization.of(data, rows[0])
+    trainee = build_trainee(spec.model.name, spec.model.params, hyper, data, stats, device)
+    checkpoints = Checkpoints(store, spec.checkpoints, spec.run_id, keys)
+    resumed = checkpoints.restore_latest(trainee.model, trainee.optimizer, hyper.epochs)
+    if resumed is None:
+        # A checkpoint refused half-way may have loaded part of its state: start from a clean build.
+        trainee = build_trainee(spec.model.name, spec.model.params, hyper, data, stats, device)
+    start = resumed[0] if resumed is not None else Progress(0, 0, {})
+
+    def end_of_epoch(done: Progress) -> None:
+        blob = checkpoints.save(trainee.model, trainee.optimizer, done)
+        progress.epoch_done(done.epoch, done.step, done.metrics, blob)
+
+    final = train(trainee, data, hyper, rows, start, device, cancel, end_of_epoch)
+    if cancel.is_set():
+        raise TrainingCancelled(f"cancelled after epoch {final.epoch}, before the model was sealed")
+    progress.sealing_model()
+    description = {
+        "model": spec.model.name,
+        "params": _thawed(spec.model.params),
+        "features": list(data.feature_names),
+        "feature_shape": list(trainee.shape.feature_shape),
+        "num_classes": trainee.shape.num_classes,
+        "label": data.label_name,
+        "epochs": final.epoch,
+        "steps": final.step,
+        "metrics": dict(final.metrics),
+    }
+    seal_model(store, spec.output, spec.run_id, keys, trainee.model, description)
+    return TrainingResult(spec.output, dict(final.metrics), describe_device(device), final.epoch, final.step)

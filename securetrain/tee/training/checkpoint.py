@@ -1,0 +1,294 @@
+"""Sealed checkpoints after every epoch, resume from the newest one that verifies, and the sealed model.
+
+A checkpoint is one safetensors file (no pickle, no ``torch.load``):
+
+- tensors ``model.<name>`` (the model's state dict), ``optimizer.<param index>.<key>`` (the optimizer's
+  per-parameter state: Adam's moments and step count), ``rng.torch`` and ``rng.cuda.<device>`` (the
+  generators' states; training uses no numpy or Python randomness);
+- metadata (strings): ``format``, ``run_id``, ``epoch`` (epochs completed), ``step`` (optimizer steps
+  taken), ``metrics`` (JSON), ``optimizer`` (JSON: the param groups, learning rate and betas included,
+  and any non-tensor per-parameter state).
+
+It is sealed with a fresh data key for the KEK's public key under the context ``{run_id, kind:
+"checkpoint", epoch, mac}`` and uploaded as ``<prefix>epoch-0003.safetensors.sealed``.
+
+**Why the MAC.** The KEK's public key is public: anyone who can write to the checkpoint container could
+seal a checkpoint of their own choosing for it, and a resumed job would train on from weights an
+attacker picked. ``mac`` is HMAC-SHA256 over ``{run_id, epoch, SHA-256 of the plaintext}`` with a key
+derived (HKDF) from the KEK's *private* key, which only a TEE that passed attestation holds. Resume
+accepts a checkpoint only if the seal opens *and* the MAC verifies.
+
+The final model is a safetensors file of the model's weights and a metadata description (model name and
+parameters, feature names and shape, classes, metrics), sealed under ``{run_id, kind: "model"}`` to the
+job's output blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import logging
+import re
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import rfc8785
+import safetensors
+import safetensors.torch
+import torch
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from securetrain.core.errors import SecuretrainError, SecurityViolation
+from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
+from securetrain.core.storage import StorageError
+from securetrain.core.job_spec import BlobRef, CheckpointLocation, JobKeys
+from securetrain.tee.training.data import Blobs
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "securetrain-checkpoint/1"
+MODEL_FORMAT = "securetrain-model/1"
+_MAC_INFO = b"securetrain checkpoint authentication v1"
+# The safetensors header is at most 100 MB by its specification.
+_MAX_SAFETENSORS_HEADER = 100_000_000
+
+
+class CheckpointInvalid(SecurityViolation):
+    """A checkpoint opened but is not one this run wrote: a bad MAC, a wrong run or epoch, a bad layout."""
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands after an epoch: epochs completed, optimizer steps taken, that epoch's metrics."""
+
+    epoch: int
+    step: int
+    metrics: Mapping[str, float]
+
+
+def checkpoint_blob(location: CheckpointLocation, epoch: int) -> str:
+    """The blob name of epoch ``epoch``'s checkpoint."""
+    return f"{location.prefix}epoch-{epoch:04d}.safetensors.sealed"
+
+
+def _authentication_key(kek: KekPrivateKey) -> bytes:
+    private_exponent = kek.private_key.private_numbers().d
+    secret = private_exponent.to_bytes((private_exponent.bit_length() + 7) // 8, "big")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MAC_INFO).derive(secret)
+
+
+def _mac(kek: KekPrivateKey, run_id: str, epoch: int, payload: bytes) -> str:
+    message = rfc8785.dumps({"run_id": run_id, "epoch": epoch, "sha256": hashlib.sha256(payload).hexdigest()})
+    return hmac.new(_authentication_key(kek), message, hashlib.sha256).hexdigest()
+
+
+def safetensors_metadata(payload: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file (``safetensors.torch.load`` returns only the tensors)."""
+    if len(payload) < 8:
+        raise CheckpointInvalid("the safetensors file is shorter than its 8-byte header length")
+    (length,) = struct.unpack("<Q", payload[:8])
+    if length > min(_MAX_SAFETENSORS_HEADER, len(payload) - 8):
+        raise CheckpointInvalid(f"the safetensors header length {length} exceeds the file")
+    try:
+        metadata = json.loads(payload[8 : 8 + length]).get("__metadata__", {})
+    except (ValueError, AttributeError) as exc:
+        raise CheckpointInvalid(f"the safetensors header is not a JSON object: {exc}") from None
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointInvalid("the safetensors metadata is not a map of strings")
+    return metadata
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The optimizer's state dict split into named tensors and a JSON description of everything else."""
+    state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, dict[str, Any]] = {}
+    for index, entries in state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                values.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "values": values}
+
+
+def encode_checkpoint(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, run_id: str
+) -> bytes:
+    """The checkpoint as safetensors bytes (see the module documentation for the layout)."""
+    tensors = {f"model.{name}": value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    optimizer_tensors, optimizer_json = _optimizer_tensors(optimizer)
+    tensors |= optimizer_tensors
+    tensors["rng.torch"] = torch.get_rng_state()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for device, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{device}"] = state
+    metadata = {
+        "format": CHECKPOINT_FORMAT,
+        "run_id": run_id,
+        "epoch": str(progress.epoch),
+        "step": str(progress.step),
+        "metrics": json.dumps(dict(progress.metrics)),
+        "optimizer": json.dumps(optimizer_json),
+    }
+    return safetensors.torch.save(tensors, metadata=metadata)
+
+
+def restore_checkpoint(
+    payload: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_id: str, epoch: int
+) -> Progress:
+    """Load a checkpoint's state into ``model``, ``optimizer`` and the RNGs; :class:`CheckpointInvalid` if unusable.
+
+    Everything is checked before anything is loaded, so a refused checkpoint leaves the model untouched.
+    """
+    metadata = safetensors_metadata(payload)
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointInvalid(f"format is {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if metadata.get("run_id") != run_id or metadata.get("epoch") != str(epoch):
+        raise CheckpointInvalid(
+            f"it is epoch {metadata.get('epoch')} of run {metadata.get('run_id')!r}, "
+            f"expected epoch {epoch} of {run_id!r}"
+        )
+    try:
+        tensors = safetensors.torch.load(payload)
+        step = int(metadata["step"])
+        metrics = {str(k): float(v) for k, v in json.loads(metadata["metrics"]).items()}
+        optimizer_json = json.loads(metadata["optimizer"])
+    except (safetensors.SafetensorError, KeyError, ValueError, TypeError, AttributeError) as exc:
+        raise CheckpointInvalid(f"its content does not parse: {exc}") from None
+
+    model_state = {name[len("model.") :]: value for name, value in tensors.items() if name.startswith("model.")}
+    optimizer_state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[key] = value
+    for index, values in optimizer_json["values"].items():
+        optimizer_state.setdefault(int(index), {}).update(values)
+    current_groups = optimizer.state_dict()["param_groups"]
+    if len(current_groups) != len(optimizer_json["param_groups"]):
+        raise CheckpointInvalid("its optimizer has another number of parameter groups")
+    # JSON turned tuples (Adam's betas) into lists; give them back the types the optimizer uses.
+    groups = [
+        {key: tuple(value) if isinstance(current.get(key), tuple) else value for key, value in saved.items()}
+        for current, saved in zip(current_groups, optimizer_json["param_groups"], strict=True)
+    ]
+    expected = model.state_dict()
+    if set(model_state) != set(expected) or any(model_state[k].shape != expected[k].shape for k in expected):
+        raise CheckpointInvalid("its model tensors do not match the model this job builds")
+    if "rng.torch" not in tensors:
+        raise CheckpointInvalid("it has no RNG state")
+    try:
+        optimizer.load_state_dict({"state": optimizer_state, "param_groups": groups})
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointInvalid(f"its optimizer state does not load: {exc}") from None
+    model.load_state_dict(model_state)
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
+    if cuda_states and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
+    elif any(name.startswith("rng.cuda.") for name in tensors):
+        log.warning("the checkpoint has CUDA RNG state for other devices; the resumed run is not bit-exact")
+    return Progress(epoch, step, metrics)
+
+
+def _sealed(payload: bytes, keys: JobKeys, context: Mapping[str, str]) -> io.BytesIO:
+    sealed = io.BytesIO()
+    seal(io.BytesIO(payload), sealed, keys.kek_public, context)
+    sealed.seek(0)
+    return sealed
+
+
+class Checkpoints:
+    """The sealed checkpoints of one run under its checkpoint location."""
+
+    _NAME = re.compile(r"epoch-(\d{4,})\.safetensors\.sealed")
+
+    def __init__(self, store: Blobs, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
+        self._store = store
+        self._location = location
+        self._run_id = run_id
+        self._keys = keys
+
+    def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> str:
+        """Seal and upload the checkpoint of ``progress.epoch``; return its blob name."""
+        payload = encode_checkpoint(model, optimizer, progress, self._run_id)
+        context = {
+            "run_id": self._run_id,
+            "kind": "checkpoint",
+            "epoch": str(progress.epoch),
+            "mac": _mac(self._keys.kek_private, self._run_id, progress.epoch, payload),
+        }
+        blob = checkpoint_blob(self._location, progress.epoch)
+        sealed = _sealed(payload, self._keys, context)
+        # A resumed run may redo an epoch whose checkpoint did not verify: replacing it is intended.
+        self._store.upload_stream(
+            self._location.container, blob, sealed, length=len(sealed.getbuffer()), overwrite=True
+        )
+        log.info("sealed checkpoint of epoch %d (step %d) to %s/%s", progress.epoch, progress.step,
+                 self._location.container, blob)  # fmt: skip
+        return blob
+
+    def _epochs(self, max_epoch: int) -> list[tuple[int, str]]:
+        found = []
+        for info in self._store.list_blobs(self._location.container, self._location.prefix):
+            match = self._NAME.fullmatch(info.name[len(self._location.prefix) :])
+            if match is None:
+                continue
+            epoch = int(match.group(1))
+            if 1 <= epoch <= max_epoch:
+                found.append((epoch, info.name))
+            else:
+                log.warning("ignoring checkpoint %s: epoch %d is outside this job's 1..%d", info.name, epoch, max_epoch)
+        return sorted(found, reverse=True)
+
+    def _open(self, blob: str, epoch: int) -> bytes:
+        expected = {"run_id": self._run_id, "kind": "checkpoint", "epoch": str(epoch)}
+        with self._store.open_read(self._location.container, blob) as src:
+            reader = SealedReader(src, self._keys.kek_private, expected_context=expected)
+            payload = b"".join(bytes(segment) for segment in reader.segments())
+        mac = reader.header.content.context.get("mac", "")
+        if not hmac.compare_digest(mac, _mac(self._keys.kek_private, self._run_id, epoch, payload)):
+            raise CheckpointInvalid("its MAC does not verify: it was not written by a TEE holding this run's KEK")
+        return payload
+
+    def restore_latest(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epoch: int
+    ) -> tuple[Progress, str] | None:
+        """Load the newest checkpoint that opens and verifies; None if there is none.
+
+        A checkpoint that fails (seal, MAC, content) is skipped with a warning and the next older one
+        tried. Storage failures are raised: starting over because storage did not answer would discard
+        the run's progress and overwrite its checkpoints.
+        """
+        for epoch, blob in self._epochs(max_epoch):
+            try:
+                progress = restore_checkpoint(self._open(blob, epoch), model, optimizer, self._run_id, epoch)
+            except StorageError:
+                raise
+            except SecuretrainError as exc:
+                log.warning("skipping checkpoint %s/%s, it does not verify: %s", self._location.container, blob, exc)
+                continue
+            log.info("resuming run %s from %s/%s (epoch %d, step %d)", self._run_id, self._location.container, blob,
+                     progress.epoch, progress.step)  # fmt: skip
+            return progress, blob
+        return None
+
+
+def seal_model(
+    store: Blobs, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any]
+) -> None:
+    """Seal the model's weights (safetensors, ``description`` as JSON metadata) and upload them to ``output``."""
+    tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
+    payload = safetensors.torch.save(
+        tensors, metadata={"format": MODEL_FORMAT, "run_id": run_id, "description": json.dumps(dict(description))}
+    )
+    sealed = _sealed(payload, keys, {"run_id": run_id, "kind": "model"})
+    # A run resumed after a crash while sealing writes the same model again.
+    store.upload_stream(output.container, output.blob, sealed, length=len(sealed.getbuffer()), overwrite=True)
+    log.info("sealed the model of run %s to %s/%s", run_id, output.container, output.blob)

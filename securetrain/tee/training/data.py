@@ -1,0 +1,366 @@
+"""Sealed dataset shards to training tensors, in memory only.
+
+Each shard is streamed from storage through :class:`~securetrain.core.sealed.SealedReader`, which checks the
+key, the header and the shard's expected context, and authenticates every segment before handing out
+its plaintext. Plaintext goes into memory and nowhere else: no temporary file, no cache.
+
+Three plaintext formats:
+
+``parquet``
+    Parquet keeps its schema and row-group index in a footer at the *end* of the file, so a reader
+    needs random access. The shard is decrypted segment by segment into one buffer of exactly its
+    plaintext length (known from the authenticated header before anything is decrypted) and read
+    with ``pyarrow.parquet`` from that buffer.
+``safetensors``
+    Likewise whole in memory (its header holds byte offsets), loaded with ``safetensors.torch.load``.
+``arrow`` (Arrow IPC *stream* format)
+    For shards larger than memory: record batches are decoded from the plaintext stream as it is
+    decrypted, reduced at once to the label and feature columns as float32/int64, and dropped. Memory
+    is one segment plus one record batch plus the tensors kept, whatever the shard's size.
+
+The bound: a buffered (Parquet or safetensors) shard may hold at most
+:attr:`DataLimits.max_buffered_shard_bytes` of plaintext. While it is parsed it exists up to three
+times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
+once (the next shard downloads and decrypts while the current one decodes: storage, AES-GCM and the
+Parquet decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB):
+the shards in flight stay below the machine's memory with room for the tensors of those already read. A larger shard is refused before it is downloaded, naming the bound and the two
+ways out (smaller shards, or the ``arrow`` format).
+
+What must fit in memory is the training tensors of the whole dataset: training makes several passes
+over them, and plaintext may not be cached on disk, so the alternative would be to download and decrypt
+everything once per epoch.
+
+Nothing is trained on partial data: :func:`load_dataset` returns only after *every* shard has been read
+to its end and authenticated (and the training side validates the whole dataset before the first
+optimizer step). A failed seal raises its own exception (``SegmentTampered``, ``Truncated``, ...), whose
+message is prefixed with the shard's name.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import islice
+from typing import TYPE_CHECKING, BinaryIO, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
+import pyarrow.parquet as pq
+import safetensors.torch
+import torch
+
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.sealed import KekPrivateKey, SealedReader
+from securetrain.core.sealed.errors import SealedFileError
+from securetrain.core.job_spec import Columns, DatasetShard, TrainingSpec
+
+if TYPE_CHECKING:
+    import pandas
+
+    from securetrain.core.storage import BlobInfo
+
+log = logging.getLogger(__name__)
+
+GiB = 1 << 30
+SHARDS_IN_FLIGHT = 2
+
+
+class DatasetContentError(ConfigurationError):
+    """An authentic shard does not hold what the job spec says (columns, types, shapes, labels)."""
+
+
+class ShardTooLarge(DatasetContentError):
+    """A Parquet or safetensors shard is larger than the trainer may buffer in memory."""
+
+
+class Blobs(Protocol):
+    """The storage operations training uses; :class:`securetrain.core.storage.BlobStore` provides them."""
+
+    def open_read(self, container: str, blob: str) -> BinaryIO: ...
+
+    def upload_stream(
+        self,
+        container: str,
+        blob: str,
+        stream: BinaryIO,
+        *,
+        length: int | None = None,
+        metadata: Mapping[str, str] | None = None,
+        overwrite: bool = False,
+    ) -> BlobInfo: ...
+
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]: ...
+
+
+def _default_buffered_shard_bytes() -> int:
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(4 * GiB, physical // (4 * SHARDS_IN_FLIGHT))
+
+
+@dataclass(frozen=True)
+class DataLimits:
+    """Memory bounds of the data path (see the module documentation for why these values)."""
+
+    max_buffered_shard_bytes: int = _default_buffered_shard_bytes()
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The decrypted dataset: ``features`` [rows, *feature_shape] float32, ``labels`` [rows] int64.
+
+    ``feature_names`` are the feature columns (tabular) or the feature tensor names (safetensors);
+    ``feature_columns`` name each of the ``prod(feature_shape)`` values of a row: the column names
+    (tabular), or a tensor's name, followed by ``_<i>`` for its flattened elements when it holds more than
+    one value per row (safetensors).
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    feature_names: tuple[str, ...]
+    feature_columns: tuple[str, ...]
+    label_name: str
+
+    @property
+    def rows(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def feature_shape(self) -> tuple[int, ...]:
+        return tuple(self.features.shape[1:])
+
+    def validation_frame(self) -> pandas.DataFrame:
+        """The ``feature_columns`` and the label as a pandas DataFrame that shares memory with the tensors."""
+        import pandas  # noqa: PLC0415 - pandas is only needed when a suite runs
+
+        frame = pandas.DataFrame(self.features.reshape(self.rows, -1).numpy(), columns=self.feature_columns, copy=False)
+        frame[self.label_name] = self.labels.numpy()
+        return frame
+
+
+@dataclass(frozen=True)
+class _ShardArrays:
+    features: np.ndarray
+    labels: np.ndarray
+    feature_names: tuple[str, ...]
+    feature_columns: tuple[str, ...]
+
+
+def _where(shard: DatasetShard) -> str:
+    return f"shard {shard.container}/{shard.blob}"
+
+
+def _tabular_columns(schema: pa.Schema, columns: Columns, where: str) -> tuple[str, ...]:
+    """The feature column names, checked against the shard's schema."""
+    names = schema.names
+    if columns.label not in names:
+        raise DatasetContentError(f"{where} has no label column {columns.label!r}; its columns are {names}")
+    if not pa.types.is_integer(schema.field(columns.label).type):
+        raise DatasetContentError(
+            f"{where}: label column {columns.label!r} has type {schema.field(columns.label).type}; labels must be "
+            "integer class ids"
+        )
+    features = columns.features or tuple(name for name in names if name != columns.label)
+    missing = [name for name in features if name not in names]
+    if missing:
+        raise DatasetContentError(f"{where} has no feature column {missing[0]!r}; its columns are {names}")
+    for name in features:
+        kind = schema.field(name).type
+        if not (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+            raise DatasetContentError(
+                f"{where}: feature column {name!r} has type {kind}; features must be numeric (name the numeric "
+                "columns in columns.features)"
+            )
+    if not features:
+        raise DatasetContentError(f"{where} has no feature columns besides the label {columns.label!r}")
+    return features
+
+
+def _tabular_arrays(data: pa.Table | pa.RecordBatch, features: Sequence[str], label: str, where: str) -> _ShardArrays:
+    """The feature columns as one float32 [rows, features] array and the label as int64."""
+    matrix = np.empty((data.num_rows, len(features)), dtype=np.float32)
+    for j, name in enumerate(features):
+        column = data.column(name)
+        if column.null_count:
+            raise DatasetContentError(
+                f"{where}: feature column {name!r} has {column.null_count} missing values; the trainer does not "
+                "impute them: fill or drop them before sealing, or leave the column out of columns.features"
+            )
+        matrix[:, j] = column.to_numpy(zero_copy_only=False)
+    labels = data.column(label)
+    if labels.null_count:
+        raise DatasetContentError(f"{where}: label column {label!r} has {labels.null_count} missing values")
+    # A copy: Arrow's own buffers are read-only, and the tensors must own their memory.
+    labels_array = labels.to_numpy(zero_copy_only=False).astype(np.int64)
+    return _ShardArrays(matrix, labels_array, tuple(features), tuple(features))
+
+
+def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
+    """The whole plaintext of ``reader``, decrypted segment by segment into one buffer of its exact size."""
+    buffer = bytearray(reader.header.content.plaintext_length)
+    view = memoryview(buffer)
+    filled = 0
+    for segment in reader.segments():
+        view[filled : filled + len(segment)] = segment
+        filled += len(segment)
+    if filled != len(buffer):  # the layout from the authenticated header makes this impossible; fail closed
+        raise DatasetContentError(f"{_where(shard)}: {filled} plaintext bytes, the header says {len(buffer)}")
+    return buffer
+
+
+def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -> _ShardArrays:
+    where = _where(shard)
+    buffer = _buffered_plaintext(reader, shard)
+    try:
+        file = pq.ParquetFile(pa.BufferReader(buffer))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetContentError(f"{where} is authentic but not a Parquet file: {exc}") from None
+    features = _tabular_columns(file.schema_arrow, columns, where)
+    table = file.read(columns=[*features, columns.label])
+    return _tabular_arrays(table, features, columns.label, where)
+
+
+def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Columns) -> _ShardArrays:
+    where = _where(shard)
+    # pyarrow takes a short read for the end of the file; the buffered reader reads until it has all
+    # the bytes asked for (the sealed reader returns at most the rest of one segment per read).
+    stream = io.BufferedReader(reader, buffer_size=reader.header.content.segment_size)
+    try:
+        batches = pyarrow.ipc.open_stream(stream)
+        features = _tabular_columns(batches.schema, columns, where)
+        parts = [_tabular_arrays(batch, features, columns.label, where) for batch in batches]
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetContentError(f"{where} is authentic but not a valid Arrow IPC stream: {exc}") from None
+    if stream.read(1):  # the Arrow end-of-stream marker came before the sealed plaintext's end
+        raise DatasetContentError(f"{where}: bytes follow the Arrow stream's end-of-stream marker")
+    if not parts:
+        return _ShardArrays(np.empty((0, len(features)), np.float32), np.empty(0, np.int64), features, features)
+    return _ShardArrays(
+        np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]), features, features
+    )
+
+
+def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Columns) -> _ShardArrays:
+    where = _where(shard)
+    try:
+        tensors = safetensors.torch.load(bytes(_buffered_plaintext(reader, shard)))
+    except safetensors.SafetensorError as exc:
+        raise DatasetContentError(f"{where} is authentic but not a safetensors file: {exc}") from None
+    if columns.label not in tensors:
+        raise DatasetContentError(f"{where} has no label tensor {columns.label!r}; its tensors are {sorted(tensors)}")
+    labels = tensors[columns.label]
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+        raise DatasetContentError(
+            f"{where}: label tensor {columns.label!r} is {labels.dtype} of shape {list(labels.shape)}; it must be "
+            "integer class ids of shape [rows]"
+        )
+    names = columns.features or tuple(sorted(name for name in tensors if name != columns.label))
+    missing = [name for name in names if name not in tensors]
+    if missing or not names:
+        raise DatasetContentError(
+            f"{where} has no feature tensor {missing[0] if missing else '(none)'!r}; its tensors are {sorted(tensors)}"
+        )
+    rows = labels.shape[0]
+    for name in names:
+        if tensors[name].dim() == 0 or tensors[name].shape[0] != rows:
+            raise DatasetContentError(
+                f"{where}: feature tensor {name!r} has shape {list(tensors[name].shape)}; its first dimension must be "
+                f"the {rows} rows of the label tensor"
+            )
+    flat_columns: list[str] = []
+    for name in names:
+        width = tensors[name][0].numel() if rows else 0
+        flat_columns += [name] if width == 1 else [f"{name}_{i}" for i in range(width)]
+    if len(names) == 1:
+        # One feature tensor keeps its per-row shape (an image stays C x H x W for the CNN).
+        features = tensors[names[0]].to(torch.float32).numpy()
+    else:
+        features = torch.cat([tensors[name].reshape(rows, -1).to(torch.float32) for name in names], dim=1).numpy()
+    return _ShardArrays(features, labels.to(torch.int64).numpy(), tuple(names), tuple(flat_columns))
+
+
+_READERS = {"parquet": _read_parquet, "arrow": _read_arrow_stream, "safetensors": _read_safetensors}
+_BUFFERED = {"parquet", "safetensors"}
+
+
+def read_shard(
+    src: BinaryIO, kek: KekPrivateKey, shard: DatasetShard, columns: Columns, limits: DataLimits
+) -> _ShardArrays:
+    """Open one sealed shard from ``src`` and decode it; seal failures name the shard and the segment."""
+    try:
+        reader = SealedReader(src, kek, expected_context=shard.context)
+        length = reader.header.content.plaintext_length
+        if shard.format in _BUFFERED and length > limits.max_buffered_shard_bytes:
+            raise ShardTooLarge(
+                f"{_where(shard)} holds {length} bytes of {shard.format}, more than the "
+                f"{limits.max_buffered_shard_bytes} bytes a {shard.format} shard may hold in the trainer's memory; "
+                "split it into smaller shards, or seal it as an Arrow IPC stream (format 'arrow'), which is read "
+                "batch by batch"
+            )
+        return _READERS[shard.format](reader, shard, columns)
+    except SealedFileError as exc:
+        # Keep the exception's class (the job error code and exit code depend on it) and its segment
+        # attributes; only say which shard it was.
+        exc.args = (f"{_where(shard)}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+        raise
+
+
+def _check_same_layout(first: _ShardArrays, other: _ShardArrays, shard: DatasetShard) -> None:
+    if other.feature_names != first.feature_names or other.features.shape[1:] != first.features.shape[1:]:
+        raise DatasetContentError(
+            f"{_where(shard)} has features {list(other.feature_names)} of shape {list(other.features.shape[1:])}, "
+            f"the first shard {list(first.feature_names)} of shape {list(first.features.shape[1:])}; every shard "
+            "must have the same features"
+        )
+
+
+def _read_in_order(
+    spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits
+) -> Iterator[tuple[DatasetShard, _ShardArrays]]:
+    """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once.
+
+    The first failure, in shard order, is raised; shards not yet started are then not read at all.
+    """
+
+    def read(shard: DatasetShard) -> _ShardArrays:
+        with store.open_read(shard.container, shard.blob) as src:
+            return read_shard(src, kek, shard, spec.columns, limits)
+
+    shards = iter(spec.datasets)
+    pool = ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-reader")
+    try:
+        pending = deque((shard, pool.submit(read, shard)) for shard in islice(shards, SHARDS_IN_FLIGHT))
+        while pending:
+            shard, future = pending.popleft()
+            part = future.result()
+            following = next(shards, None)
+            if following is not None:
+                pending.append((following, pool.submit(read, following)))
+            yield shard, part
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits) -> TrainingData:
+    """Read, authenticate and decode every shard of ``spec``; returns only when all of them opened."""
+    parts: list[_ShardArrays] = []
+    for shard, part in _read_in_order(spec, kek, store, limits):
+        if parts:
+            _check_same_layout(parts[0], part, shard)
+        log.info("opened %s: %d rows", _where(shard), part.labels.shape[0])
+        parts.append(part)
+    features = torch.from_numpy(np.concatenate([p.features for p in parts]) if len(parts) > 1 else parts[0].features)
+    labels = torch.from_numpy(np.concatenate([p.labels for p in parts]) if len(parts) > 1 else parts[0].labels)
+    if labels.numel() == 0:
+        raise DatasetContentError("the dataset has no rows")
+    if int(labels.min()) < 0:
+        raise DatasetContentError(f"label {spec.columns.label!r} has negative values; labels must be class ids 0..K-1")
+    first = parts[0]
+    return TrainingData(
+        features.contiguous(), labels.contiguous(), first.feature_names, first.feature_columns, spec.columns.label
+    )

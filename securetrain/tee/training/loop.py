@@ -1,0 +1,214 @@
+"""The training loop: one function a reader can hold in mind.
+
+Reproducibility is by construction, so that a resumed run reaches the same weights as one that was
+never interrupted, and plain PyTorch given the same rules reaches the same metrics:
+
+- ``torch.manual_seed(seed)`` right before the model is built: it fixes the initial weights;
+- the held-out split: ``torch.randperm(rows, generator=Generator().manual_seed(seed))``; its first
+  :data:`VALIDATION_FRACTION` of the rows (rounded, at least one) are held out, the rest train;
+- the standardization statistics: mean and (population) standard deviation of the training rows;
+- epoch ``e`` (1-based) visits the training rows in the order of
+  ``torch.randperm(len(train), generator=Generator().manual_seed(seed * 65536 + e))``: it depends on
+  the seed and the epoch only, so a resumed epoch replays exactly;
+- the global torch RNG (dropout) continues from its state in the checkpoint;
+- deterministic algorithms (``torch.use_deterministic_algorithms``) on CPU and CUDA.
+
+Devices: CUDA when available (the batches are copied from pinned host memory with non-blocking
+copies), the CPU otherwise. Batches are gathered by index from the in-memory tensors through a
+``DataLoader`` without worker processes: workers would pass plaintext batches through shared-memory
+files, and a process of their own would be one more place plaintext lives.
+
+Cancel is checked before every optimizer step and before the model is sealed: a cancelled job stops
+between steps, and the checkpoints already written stay as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from securetrain.core.job_spec import Hyperparameters, TrainingCancelled
+from securetrain.tee.training.checkpoint import Progress
+from securetrain.tee.training.data import TrainingData
+from securetrain.tee.training.models import DataShape, RegisteredModel, build_model
+
+log = logging.getLogger(__name__)
+
+VALIDATION_FRACTION = 0.2
+# Held-out batches are evaluated in fixed slices of this many rows, whatever the training batch size.
+EVALUATION_BATCH = 4096
+
+
+def select_device() -> torch.device:
+    """CUDA when PyTorch sees a GPU, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def describe_device(device: torch.device) -> str:
+    """``cpu``, or ``cuda:<index> (<GPU name>)``: what the job result and the log report."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    return "cpu"
+
+
+def make_deterministic(device: torch.device) -> None:
+    """Ask PyTorch for deterministic kernels (an error, not a silent difference, where there are none)."""
+    if device.type == "cuda":
+        # cuBLAS is deterministic only with a fixed workspace; it must be set before cuBLAS starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
+def split_rows(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training row indices, held-out row indices) for a dataset of ``rows`` rows."""
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
+    held_out = max(1, round(rows * VALIDATION_FRACTION)) if rows > 1 else 0
+    return order[held_out:], order[:held_out]
+
+
+def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits ``count`` training rows."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 65536 + epoch))
+
+
+class _Rows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Rows of the in-memory tensors, fetched a whole batch of indices at a time."""
+
+    def __init__(self, data: TrainingData) -> None:
+        self._features = data.features
+        self._labels = data.labels
+
+    def __len__(self) -> int:
+        return int(self._labels.shape[0])
+
+    def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self._features[indices], self._labels[indices]
+
+
+class _Batches(Sampler[torch.Tensor]):
+    """Index tensors of one epoch's batches, in :func:`epoch_order` (the last batch may be smaller)."""
+
+    def __init__(self, rows: torch.Tensor, batch_size: int, seed: int, epoch: int) -> None:
+        self._rows, self._batch_size, self._seed, self._epoch = rows, batch_size, seed, epoch
+
+    def __len__(self) -> int:
+        return math.ceil(len(self._rows) / self._batch_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        ordered = self._rows[epoch_order(len(self._rows), self._seed, self._epoch)]
+        return iter(ordered.split(self._batch_size))
+
+
+def _optimizer(model: nn.Module, hyper: Hyperparameters) -> torch.optim.Optimizer:
+    if hyper.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=hyper.learning_rate, momentum=0.9)
+    return torch.optim.Adam(model.parameters(), lr=hyper.learning_rate)
+
+
+@dataclass
+class Trainee:
+    """A model and its optimizer, built reproducibly for one dataset."""
+
+    model: RegisteredModel
+    optimizer: torch.optim.Optimizer
+    shape: DataShape
+
+
+@dataclass(frozen=True)
+class Standardization:
+    """Per-feature mean and (population) standard deviation of the training rows."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def of(cls, data: TrainingData, train_rows: torch.Tensor) -> Standardization:
+        train_features = data.features[train_rows]
+        return cls(train_features.mean(dim=0), train_features.std(dim=0, correction=0))
+
+
+def build_trainee(
+    name: str, params: Mapping[str, Any], hyper: Hyperparameters, data: TrainingData, stats: Standardization,
+    device: torch.device,
+) -> Trainee:  # fmt: skip
+    """Seed, build the model for ``data`` with standardization ``stats``, make its optimizer."""
+    shape = DataShape(data.feature_shape, int(data.labels.max()) + 1)
+    torch.manual_seed(hyper.seed)
+    model = build_model(name, params, shape)
+    model.standardize.fit(stats.mean, stats.std)
+    model.to(device)
+    return Trainee(model, _optimizer(model, hyper), shape)
+
+
+def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Loss and accuracy on ``rows`` (the held-out split)."""
+    if len(rows) == 0:
+        return {}
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    with torch.no_grad():
+        for batch in rows.split(EVALUATION_BATCH):
+            x = data.features[batch].to(device, non_blocking=True)
+            y = data.labels[batch].to(device, non_blocking=True)
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(dim=1) == y).sum())
+    return {"val_loss": loss_sum / len(rows), "val_accuracy": correct / len(rows)}
+
+
+def train(
+    trainee: Trainee,
+    data: TrainingData,
+    hyper: Hyperparameters,
+    rows: tuple[torch.Tensor, torch.Tensor],
+    start: Progress,
+    device: torch.device,
+    cancel: threading.Event,
+    end_of_epoch: Callable[[Progress], None],
+) -> Progress:
+    """Train from ``start`` to ``hyper.epochs`` epochs; ``end_of_epoch(progress)`` runs after each.
+
+    Raises:
+        TrainingCancelled: ``cancel`` was set; training stopped before its next step.
+    """
+    model, optimizer = trainee.model, trainee.optimizer
+    train_rows, held_out_rows = rows
+    progress = start
+    for epoch in range(start.epoch + 1, hyper.epochs + 1):
+        loader = DataLoader(
+            _Rows(data),
+            sampler=_Batches(train_rows, hyper.batch_size, hyper.seed, epoch),
+            batch_size=None,  # the sampler yields whole batches of indices
+            num_workers=0,
+            pin_memory=device.type == "cuda",
+        )
+        model.train()
+        # Summed on the device: reading the loss back every step would stall a GPU.
+        loss_sum, step = torch.zeros((), device=device), progress.step
+        for x, y in loader:
+            if cancel.is_set():
+                raise TrainingCancelled(f"cancelled during epoch {epoch} at step {step}; the last checkpoint is intact")
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(y)
+            step += 1
+        metrics = {"train_loss": float(loss_sum) / len(train_rows), **evaluate(model, data, held_out_rows, device)}
+        progress = Progress(epoch, step, metrics)
+        log.info("epoch %d/%d done at step %d: %s", epoch, hyper.epochs, step,
+                 ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip
+        end_of_epoch(progress)
+    return progress

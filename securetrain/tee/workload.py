@@ -1,0 +1,100 @@
+"""The workload manifest: everything the TEE runs beyond the platform image, reduced to one digest.
+
+The manifest lists
+
+- every file of the TEE zone (``securetrain.tee``), of the core it imports (``securetrain.core``) and the
+  package's own ``__init__.py``, each with its SHA-256, so that a changed line anywhere on the TEE's code
+  path — the sealed-format decryption, the verifiers, the agent — changes the measurement (the Airflow and
+  local-stack zones never run in the TEE and are not measured);
+- every installed distribution (name, version and the SHA-256 of its ``RECORD``, the wheel's own list of
+  file hashes), so that another torch, pandas or cryptography changes it too;
+- the Python implementation and version;
+- the TEE's fixed configuration, including the data owner keys it trusts (:mod:`securetrain.tee.data_owners`):
+  a TEE started with another owner's key is another workload.
+
+Its digest, ``SHA-256(canonical JSON of the manifest)``, is the HOST_DATA the confidential VM is launched
+with (as Azure confidential containers bind their policy), so the hardware report names the exact code
+and dependency set, and a release policy that pins it refuses the key to a TEE in which one byte changed.
+``securetrain cvm measure`` prints it.
+
+The project's own distribution is measured by its source files, not its metadata: an editable install's
+``RECORD`` lists a path file, not the code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+import securetrain
+
+MANIFEST_VERSION = 3
+#: The zones of the ``securetrain`` package whose source the TEE runs, measured file by file.
+MEASURED_ZONES = ("core", "tee")
+_PROJECT_DISTRIBUTION = "securetrain"
+# Configuration the trainer is launched with that the data owner approves together with the code.
+FIXED_CONFIGURATION: dict[str, Any] = {
+    "plaintext_to_disk": False,
+    "pickle": False,
+    "sealed_outputs": True,
+}
+
+
+def package_files(root: Path) -> dict[str, str]:
+    """SHA-256 of every file under the package directory ``root`` (compiled caches left out)."""
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    }
+
+
+def installed_distributions() -> dict[str, dict[str, str]]:
+    """Every installed distribution but the project's own: version and SHA-256 of its RECORD."""
+    distributions: dict[str, dict[str, str]] = {}
+    for distribution in importlib.metadata.distributions():
+        name = (distribution.metadata["Name"] or "").lower().replace("_", "-")
+        if not name or name == _PROJECT_DISTRIBUTION or name in distributions:
+            # The first one on sys.path is the one imported; a shadowed copy is never loaded.
+            continue
+        record = distribution.read_text("RECORD") or ""
+        distributions[name] = {"version": distribution.version, "record_sha256": hashlib.sha256(record.encode()).hexdigest()}
+    return dict(sorted(distributions.items()))
+
+
+def installed_source() -> Path:
+    """The directory of the ``securetrain`` package this process imported."""
+    return Path(securetrain.__file__).resolve().parent
+
+
+def source_files(source: Path) -> dict[str, dict[str, str]]:
+    """SHA-256 of the TEE's code in the ``securetrain`` package directory ``source``, by zone."""
+    init = source / "__init__.py"
+    files = {"securetrain": {init.name: hashlib.sha256(init.read_bytes()).hexdigest()}}
+    files.update({f"securetrain.{zone}": package_files(source / zone) for zone in MEASURED_ZONES})
+    return files
+
+
+def manifest(data_owner_key_ids: Sequence[str] = (), source: Path | None = None) -> dict[str, Any]:
+    """The manifest of the installed workload trusting ``data_owner_key_ids``.
+
+    ``source`` measures the ``securetrain`` package in another directory (a copy) instead of the installed one.
+    """
+    return {
+        "version": MANIFEST_VERSION,
+        "packages": source_files(source or installed_source()),
+        "distributions": installed_distributions(),
+        "python": {"implementation": platform.python_implementation(), "version": platform.python_version()},
+        "configuration": {**FIXED_CONFIGURATION, "data_owner_keys": sorted(data_owner_key_ids)},
+    }
+
+
+def host_data(data_owner_key_ids: Sequence[str] = (), source: Path | None = None) -> bytes:
+    """HOST_DATA of the workload: the 32-byte SHA-256 of its canonical manifest."""
+    return hashlib.sha256(rfc8785.dumps(manifest(data_owner_key_ids, source))).digest()
