@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,12 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-import securetrain
 from securetrain.core import signed_documents
 from securetrain.core.cvm_client import CvmClient
 from securetrain.core.onboarding import DatasetManifest, DatasetRef, SealedShard, new_manifest
 from securetrain.localstack import StackLayout, data_owner
 from securetrain.core.storage import BlobStore
-from tests.agent_process import AgentProcess
+from tests.agent_process import AgentProcess, source_copy
 from tests.jobs import job_spec, run_job
 
 pytestmark = pytest.mark.integration
@@ -126,9 +124,7 @@ def test_a_manifest_for_another_kek_is_refused(local_stack, pipeline, store, own
 def test_a_tee_running_one_changed_byte_of_the_core_library_gets_no_key(local_stack, dataset_ref, tmp_path: Path) -> None:
     """Finding 8: the measurement covers the core library the agent imports, not only securetrain/tee/."""
     code_root = tmp_path / "code"
-    package = Path(securetrain.__file__).parent
-    shutil.copytree(package, code_root / "securetrain", ignore=shutil.ignore_patterns("__pycache__"))
-    with (code_root / "securetrain" / "sealed" / "stream.py").open("a") as source:
+    with (source_copy(code_root) / "core" / "sealed" / "stream.py").open("a") as source:
         source.write("# one changed line in the code that decrypts inside the TEE\n")
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
     client = agent.start()
