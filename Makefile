@@ -39,10 +39,13 @@ $(DEBIAN_STAMP): $(PY_STAMP)
 
 setup: $(PY_STAMP) $(NODE_STAMP) $(DEBIAN_STAMP)
 
+# lint-imports: the trust zones' import contracts (pyproject.toml, docs/architecture.md).
 test: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q -m 'not slow'
 
 demo: setup

@@ -15,22 +15,27 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import secrets
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from azure.identity import ManagedIdentityCredential
 from cryptography import x509
 
 from benchmarks.attestation_latency import free_port, percentiles
-from securetrain.localstack.services.identity import IDENTITY
+from securetrain.core.settings import ServiceSettings
+from securetrain.localstack.identities import CVM_IDENTITY, PIPELINE_IDENTITY
+from securetrain.localstack.services.identity import IDENTITY, stack_identities
+from securetrain.localstack.settings import settings_path
 from securetrain.localstack.services.keyvault import KEYVAULT
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
 from securetrain.core.appraisal import AppraisalPolicy
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
-from securetrain.core.keyvault import KEK_NAME, key_client_from_stack_env
+from securetrain.core.keyvault import KEK_NAME, key_client, key_client_from_settings
 from securetrain.core.skr import unwrap_released_key
 from securetrain.localstack import StackConfig, down, up
 from securetrain.localstack.services.attestation import ATTESTATION
@@ -61,7 +66,13 @@ def main() -> int:
             tee_key = TeeKey()
             token = _token(env, tee_key)
             baseline, release, unwrap = [], [], []
-            with key_client_from_stack_env(env, "pipeline") as pipeline, key_client_from_stack_env(env, "cvm") as cvm:
+            pipeline = key_client_from_settings(ServiceSettings.load(settings_path(config.layout, PIPELINE_IDENTITY)))
+            # This process stands in the TEE's place: its managed identity, as the TEE's host exposes it.
+            os.environ["IDENTITY_ENDPOINT"] = f"{env['SECURETRAIN_IDENTITY_ENDPOINT']}/msi/token"
+            os.environ["IDENTITY_HEADER"] = stack_identities(config.layout)[CVM_IDENTITY].identity_header or ""
+            tee_identity = ManagedIdentityCredential(connection_verify=env["SECURETRAIN_CA_BUNDLE"])
+            cvm = key_client(env["SECURETRAIN_KEYVAULT_URL"], tee_identity, ca_bundle=env["SECURETRAIN_CA_BUNDLE"])
+            with pipeline, cvm:
                 pipeline.get_key(KEK_NAME)  # the bearer challenge and token, once, outside the timing
                 kek_id = env["SECURETRAIN_KEK_ID"]
                 version = kek_id.rsplit("/", 1)[1]

@@ -43,11 +43,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from azure.core.credentials import AzureNamedKeyCredential
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
-from securetrain.localstack import StackConfig, down, up
+from securetrain.localstack import StackConfig, down, read_stack_env, up
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.core.storage import BlobStore
 
@@ -85,6 +86,13 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def azurite_store(stack_env: Path) -> BlobStore:
+    """The benchmark's Azurite (its stack runs no identity service), with the account key its stack.env names."""
+    env = read_stack_env(stack_env)
+    key = AzureNamedKeyCredential(env["SECURETRAIN_BLOB_ACCOUNT_NAME"], env["SECURETRAIN_BLOB_ACCOUNT_KEY"])
+    return BlobStore(env["SECURETRAIN_BLOB_ENDPOINT"], key, ca_bundle=Path(env["SECURETRAIN_CA_BUNDLE"]))
+
+
 def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
     """Plain PyTorch from the plaintext Parquet shards in Azurite."""
     import torch  # noqa: PLC0415 - only the child processes train
@@ -93,7 +101,7 @@ def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
     from securetrain.tee.training.models import DataShape, build_model  # noqa: PLC0415
 
     start = time.perf_counter()
-    with BlobStore.from_stack_env(stack_env) as store:
+    with azurite_store(stack_env) as store:
         plaintext = [b"".join(store.download_chunks(PLAINTEXT_CONTAINER, f"bench/part-{i}.parquet")) for i in range(shards)]
     tables = [pq.read_table(pa.BufferReader(data)) for data in plaintext]
     del plaintext
@@ -149,7 +157,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     spec = JobSpec.from_json(spec_json).training_on(
         [DatasetShard("datasets", f"bench/part-{i}.sealed", "parquet", CONTEXT) for i in range(shards)]
     )
-    with BlobStore.from_stack_env(stack_env) as store:
+    with azurite_store(stack_env) as store:
         start = time.perf_counter()
         result = run_training(spec, keys, store, _Quiet(), threading.Event())
         seconds = time.perf_counter() - start
@@ -209,7 +217,7 @@ def main() -> int:
         try:
             up(config)
             sealed_bytes = 0
-            with BlobStore.from_stack_env(config.layout.env_file) as store:
+            with azurite_store(config.layout.env_file) as store:
                 for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
                     store.ensure_container(container)
                 for index in range(args.shards):

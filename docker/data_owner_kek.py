@@ -22,9 +22,9 @@ from pathlib import Path
 from azure.core.exceptions import AzureError
 
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.identity import DATA_OWNER_IDENTITY, LocalIdentity, LocalIdentityCredential
 from securetrain.core.keyvault import KEK_NAME, create_kek_version, key_client
 from securetrain.core.release_policy import ReleasePolicy
+from securetrain.localstack.identities import DATA_OWNER_IDENTITY, LocalIdentity, application_credential
 from securetrain.localstack.services.identity import identities_dir
 from securetrain.localstack.services.keyvault import release_policy_path
 from securetrain.localstack.layout import StackLayout
@@ -42,10 +42,8 @@ def main(argv: list[str]) -> int:
     try:
         owner = LocalIdentity.load(identities_dir(tree) / f"{DATA_OWNER_IDENTITY}.json")
         approved = ReleasePolicy.parse(release_policy_path(tree).read_bytes())
-        with (
-            LocalIdentityCredential(identity_url, owner, ca_bundle=tree.ca_bundle) as credential,
-            key_client(vault_url, credential, ca_bundle=tree.ca_bundle) as client,
-        ):
+        credential = application_credential(owner, identity_url, tree.ca_bundle)
+        with key_client(vault_url, credential, ca_bundle=tree.ca_bundle) as client:
             kek = create_kek_version(client, KEK_NAME, approved)
     except SecuretrainError as exc:
         print(f"data-owner-kek: error: {exc}", file=sys.stderr)

@@ -10,18 +10,23 @@ directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly
     OUT/<service>/ca/ca.pem                        the CA certificate (never its key)
     OUT/<service>/certs/server/<service>.pem/.key  the service's TLS certificate: CN and SAN = its compose name
     OUT/trainer/certs/client/monitor.pem/.key      the trainer's health check (read-only client)
-    OUT/trainer/secrets/identities/cvm.json        the identity the TEE releases keys as
     OUT/trainer/snp-platform/                      the simulated SEV-SNP platform (private keys)
     OUT/trainer/policies/data-owner-key.pem        the data owner's public key the TEE pins (measured)
     OUT/identity/secrets/identities/*.json         every identity (the token issuer checks their secrets)
     OUT/keyvault/policies/keyvault-roles.json      role definitions and assignments
     OUT/attestation/policies/appraisal.yaml        the approved appraisal policy
     OUT/airflow/certs/client/pipeline.pem/.key     Airflow's client certificate for the trainer's API
-    OUT/airflow/secrets/identities/{pipeline,key-rotator}.json   (read keys; make a new key version)
+    OUT/airflow/secrets/airflow-connections.json   Airflow's Key Vault connections: the pipeline's and key
+                                                   rotation's service principals (read keys; make a new
+                                                   key version), for its local-filesystem secrets backend
     OUT/airflow/policies/release-policy.json       the approved release policy Airflow checks the KEK against
     OUT/data-owner/secrets/identities/data-owner.json            the identity that creates the KEK
     OUT/data-owner/policies/release-policy.json    the approved release policy it creates the KEK under
     OUT/data-owner/secrets/data-owner/signing-key.pem   the owner's manifest and export-approval key
+
+The TEE's identity is a managed identity: no file of the trainer's holds a secret for it. Its host's
+secret (``IDENTITY_HEADER``) is the deployment's ``SECURETRAIN_CVM_IDENTITY_HEADER``, which this script
+gives the identity service and compose gives the trainer's environment.
 
 The CA and its key stay in CA_DIR, a volume no other container mounts. Running it again keeps what is
 valid (the CA, keys, identities, the approved policy) and reissues only certificates close to expiry,
@@ -33,7 +38,10 @@ without also starting the local processes; this script stands in for one.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -41,7 +49,8 @@ from pathlib import Path
 from securetrain.localstack.standins.attestation_service.app import SIMULATED
 from securetrain.core.errors import SecuretrainError
 from securetrain.core.fsutil import atomic_output
-from securetrain.core.identity import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
+from securetrain.localstack.airflow_env import keyvault_connections
+from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, LocalIdentity
 from securetrain.localstack.pki import LocalCA
 from securetrain.core.release_policy import approved_release_policy
 from securetrain.localstack import data_owner
@@ -58,6 +67,10 @@ log = logging.getLogger("pki_init")
 SERVERS = ("azurite", "attestation", "identity", "keyvault", "trainer")
 #: The URL tokens of the attestation service name as their issuer: release policies pin it.
 ATTESTATION_URL = "https://attestation:10443"
+#: The services Airflow's Key Vault connections name, by their compose names.
+KEYVAULT_URL, IDENTITY_URL = "https://keyvault:10800", "https://identity:10700"
+#: The deployment's secret for the TEE's managed identity (compose passes it from .env).
+CVM_IDENTITY_HEADER = "SECURETRAIN_CVM_IDENTITY_HEADER"
 
 
 def _hand_over(source: Path, target: Path) -> None:
@@ -66,8 +79,15 @@ def _hand_over(source: Path, target: Path) -> None:
     shutil.copy2(source, target)
 
 
-def make_trust_material(out: Path, ca_dir: Path) -> None:
-    """Make (or bring up to date) every container's tree under ``out``; the CA lives in ``ca_dir``."""
+def _attach_managed_identity(path: Path, identity: LocalIdentity, header: str) -> None:
+    """Make ``header`` the secret of the host the managed identity ``identity`` is attached to."""
+    if identity.identity_header != header:
+        dataclasses.replace(identity, identity_header=header).save(path)
+
+
+def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
+    """Make (or bring up to date) every container's tree under ``out``; the CA lives in ``ca_dir``; ``header``
+    is the trainer's host secret for the TEE's managed identity."""
     ca = LocalCA.load_or_create(ca_dir)
     trees = {name: StackLayout(out / name) for name in (*SERVERS, "airflow", "data-owner")}
     for layout in trees.values():
@@ -77,14 +97,16 @@ def make_trust_material(out: Path, ca_dir: Path) -> None:
     ca.issue_client_certificate(trees["trainer"].client_certs_dir, MONITOR_IDENTITY)
     ca.issue_client_certificate(trees["airflow"].client_certs_dir, PIPELINE_IDENTITY)
 
-    # The token issuer holds every identity; each other container gets only the identities it acts as.
+    # The token issuer holds every identity; the TEE's is attached to the trainer's host by the deployment's
+    # header; Airflow gets its two service principals as connections; the data owner its own identity.
     identity_files = identities_dir(trees["identity"])
-    stack_identities(trees["identity"])
-    handed = (("trainer", (CVM_IDENTITY,)), ("airflow", (PIPELINE_IDENTITY, ROTATOR_IDENTITY)),
-              ("data-owner", (DATA_OWNER_IDENTITY,)))  # fmt: skip
-    for container, names in handed:
-        for name in names:
-            _hand_over(identity_files / f"{name}.json", identities_dir(trees[container]) / f"{name}.json")
+    identities = stack_identities(trees["identity"])
+    _attach_managed_identity(identity_files / f"{CVM_IDENTITY}.json", identities[CVM_IDENTITY], header)
+    _hand_over(identity_files / f"{DATA_OWNER_IDENTITY}.json", identities_dir(trees["data-owner"]) / f"{DATA_OWNER_IDENTITY}.json")
+    connections = keyvault_connections(KEYVAULT_URL, IDENTITY_URL, "/srv/securetrain/ca/ca.pem", identities)
+    trees["airflow"].secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(trees["airflow"].secrets_dir / "airflow-connections.json", mode=0o600) as out_file:
+        out_file.write(json.dumps(connections, indent=2, sort_keys=True).encode())
     # Role assignments name the identities' object ids: written beside them, then handed to the vault.
     write_roles(trees["identity"])
     _hand_over(roles_path(trees["identity"]), roles_path(trees["keyvault"]))
@@ -111,8 +133,12 @@ def main(argv: list[str]) -> int:
         print(f"usage: {argv[0]} OUT CA_DIR", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    header = os.environ.get(CVM_IDENTITY_HEADER)
+    if not header:
+        print(f"pki: error: set {CVM_IDENTITY_HEADER} (see docs/deployment.md)", file=sys.stderr)
+        return 2
     try:
-        make_trust_material(Path(argv[1]), Path(argv[2]))
+        make_trust_material(Path(argv[1]), Path(argv[2]), header)
     except SecuretrainError as exc:
         print(f"pki: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -37,19 +37,27 @@ def source_copy(directory: Path) -> Path:
     return copy
 
 
+#: What of this process's environment an agent never inherits: another service's settings or identity.
+NOT_INHERITED = ("SECURETRAIN_", "AZURE_", "IDENTITY_", "AIRFLOW_", "MSI_", "IMDS_")
+
+
 class AgentProcess:
-    """``python -m securetrain.tee.agent`` over ``work_dir`` with the stack's settings, on a free port.
+    """The local CVM's agent over ``work_dir``, on a free port, with the environment the stack starts the
+    TEE with and nothing else of the stack's: its settings and its managed identity (``tee_environment``);
+    ``environment`` replaces any of it.
 
     ``code_root``, when given, is put first on ``PYTHONPATH``: the agent then runs (and measures into
     HOST_DATA) the ``securetrain`` package found there (see :func:`source_copy`) instead of the installed one.
     """
 
-    def __init__(self, stack, directory: Path, *, code_root: Path | None = None) -> None:
+    def __init__(self, stack, directory: Path, *, code_root: Path | None = None,
+                 environment: dict[str, str] | None = None) -> None:  # fmt: skip
         self._stack = stack
         self.directory = directory
         self.work_dir = directory / "work"
         self.log_path = directory / "agent.log"
         self._code_root = code_root
+        self._environment = {**stack.tee_environment(), **(environment or {})}
         self._server = LocalCA.load_or_create(stack.state_dir / "ca").issue_server_certificate(directory, "agent")
         (self.port,) = free_ports(1)
         self._process: subprocess.Popen[bytes] | None = None
@@ -59,7 +67,8 @@ class AgentProcess:
         )  # fmt: skip
 
     def start(self) -> CvmClient:
-        env = {**os.environ, **self._stack.env}
+        env = {name: value for name, value in os.environ.items() if not name.startswith(NOT_INHERITED)}
+        env.update(self._environment)
         if self._code_root is not None:
             env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self._code_root), env.get("PYTHONPATH")]))
         with self.log_path.open("ab") as log:

@@ -2,7 +2,9 @@
 
 ``local_stack`` runs the real launcher (``securetrain.localstack.up``) once per test session in a temporary
 state directory, every service on a free loopback port, and brings it down at the end. Tests reach the
-services through ``local_stack.env``: the parsed ``stack.env``, exactly what a user's shell would load.
+services as the production code does, through settings: ``local_stack.settings(identity)`` is what the stack
+wrote for one of its applications (what ``securetrain --settings FILE`` reads), ``tee_settings`` puts the test
+in the TEE's place; ``local_stack.env`` is the parsed ``stack.env`` (ports, paths, the stand-ins' logs).
 
 ``stack_config`` is for tests that start, kill and stop a stack of their own: a configuration in a fresh
 state directory with free ports, brought down after the test whatever it left running.
@@ -14,6 +16,7 @@ sealed by the stack's data owner, and the owner-signed manifest a job spec names
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import uuid
 from collections.abc import Iterator, Sequence
@@ -22,14 +25,38 @@ from pathlib import Path
 
 import pytest
 
+from azure.core.credentials import TokenCredential
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, public_key_pem
+from securetrain.core.cli.settings import CommandSettings
+from securetrain.core.cvm_client import CvmClient
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.keyvault import fetch_kek_public_key
 from securetrain.core.onboarding import DatasetRef, SealedShard, new_manifest, seal_and_upload
+from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
-from securetrain.localstack.services.azurite import AZURITE
+from securetrain.localstack.identities import PIPELINE_IDENTITY
 from securetrain.localstack.registry import SERVICES
 from securetrain.localstack.service import Service
-from securetrain.core.storage import BlobStore
+from securetrain.localstack.services.azurite import AZURITE
+from securetrain.localstack.settings import settings_path, tee_environment
+from securetrain.tee.settings import TeeSettings
+
+
+@contextlib.contextmanager
+def process_environment(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment for the duration, then the environment as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def free_ports(count: int) -> list[int]:
@@ -71,6 +98,41 @@ class LocalStack:
         """Azurite's account URL."""
         return self.env["SECURETRAIN_BLOB_ENDPOINT"]
 
+    @property
+    def layout(self) -> StackLayout:
+        return self.config.layout
+
+    def settings_file(self, identity: str = PIPELINE_IDENTITY) -> Path:
+        """The dotenv file of application ``identity``'s settings (``securetrain --settings FILE``)."""
+        return settings_path(self.layout, identity)
+
+    def settings(self, identity: str = PIPELINE_IDENTITY) -> CommandSettings:
+        """The settings of a process signing in as application ``identity`` (pipeline, key-rotator, data-owner)."""
+        return CommandSettings.load(self.settings_file(identity))
+
+    def credential(self, identity: str = PIPELINE_IDENTITY) -> TokenCredential:
+        """azure-identity's credential of application ``identity``, from its settings."""
+        return self.settings(identity).credential()
+
+    def public_key_file(self, key: Ed25519PrivateKey | Path) -> Path:
+        """The public half of ``key`` (or of the signing key in that PEM file, made if need be) as a PEM file:
+        what an operator publishes for ``--public-key``."""
+        private = load_or_create_signing_key(key) if isinstance(key, Path) else key
+        path = self.state_dir / "published" / f"{key_fingerprint(private.public_key())}.pem"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(public_key_pem(private))
+        return path
+
+    def agent_client(self, identity: str) -> CvmClient:
+        """A client of the agent's API with ``identity``'s client certificate (``pipeline`` or ``monitor``)."""
+        prefix = f"SECURETRAIN_CVM_{identity.upper()}"
+        return CvmClient(self.env["SECURETRAIN_CVM_ENDPOINT"], cert=Path(self.env[f"{prefix}_CERT"]),
+                         key=Path(self.env[f"{prefix}_KEY"]), ca_bundle=self.ca_bundle)  # fmt: skip
+
+    def tee_environment(self) -> dict[str, str]:
+        """The environment the stack starts the TEE's agent with."""
+        return tee_environment(self.env, self.layout)
+
 
 @pytest.fixture(scope="session")
 def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
@@ -81,6 +143,15 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
         yield LocalStack(config, read_stack_env(config.layout.env_file))
     finally:
         down(config)
+
+
+@pytest.fixture
+def tee_settings(local_stack: LocalStack, monkeypatch: pytest.MonkeyPatch) -> TeeSettings:
+    """The TEE's settings, with this test process in the TEE's place for the test: its managed-identity endpoint
+    and header in the environment, where ``ManagedIdentityCredential`` looks for them at each request."""
+    for name, value in local_stack.tee_environment().items():
+        monkeypatch.setenv(name, value)
+    return TeeSettings.load()
 
 
 @pytest.fixture
@@ -110,7 +181,7 @@ def onboarded_dataset(local_stack: LocalStack) -> Path:
 @pytest.fixture(scope="module")
 def store(local_stack):
     """The stack's Azurite, with the containers the pipeline's environment preparation makes before a job."""
-    with BlobStore.from_stack_env(local_stack.env) as blob_store:
+    with BlobStore.from_settings(local_stack.settings()) as blob_store:
         for container in ("checkpoints", "models"):
             blob_store.ensure_container(container)
         yield blob_store
@@ -119,7 +190,7 @@ def store(local_stack):
 @pytest.fixture(scope="module")
 def shard(local_stack, store) -> SealedShard:
     """Breast-cancer sealed by the data owner for the stack's KEK and uploaded to Azurite."""
-    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.settings())
     return seal_and_upload(
         to_parquet(bundled_table("breast-cancer")), kek=kek, store=store, container="datasets",
         blob=f"job-{uuid.uuid4().hex[:8]}/shard-0.parquet.sealed", file_format="parquet",

@@ -1,19 +1,46 @@
-"""Jobs through the stack's agent, for tests that need a finished run: its spec, waiting for it, registering it."""
+"""Jobs through the stack's agent, for tests that need a finished run: its spec, waiting for it, registering it;
+and the test process in the TEE's place, for tests that need what only a TEE gets (a released KEK)."""
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from securetrain.core.cvm_client import CvmClient
-from securetrain.core.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
+from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelVersion
 from securetrain.core.onboarding import DatasetRef, SealedShard
 from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.sealed import KekPrivateKey
 from securetrain.core.storage import BlobStore
+from securetrain.localstack import data_owner
+from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
+from securetrain.tee.attest import TeeKey
+from securetrain.tee.settings import TeeSettings
+from securetrain.tee.tee_services import attester, key_releaser
+from tests.conftest import process_environment
+
+
+@contextlib.contextmanager
+def in_the_tee(local_stack) -> Iterator[tuple[TeeSettings, SimulatedSnpProvider]]:
+    """This process in the TEE's place: the TEE's settings and managed identity, the simulated chip's evidence."""
+    with process_environment(local_stack.tee_environment()):
+        evidence = SimulatedSnpProvider(Path(local_stack.env["SECURETRAIN_SNP_PLATFORM_DIR"]),
+                                        data_owner.key_ids(local_stack.layout))  # fmt: skip
+        yield TeeSettings.load(), evidence
+
+
+def released_kek(local_stack, kek_id: str) -> KekPrivateKey:
+    """The KEK as a TEE gets it: attest an ephemeral key on the simulated platform, then Secure Key Release."""
+    with in_the_tee(local_stack) as (settings, evidence):
+        tee_key = TeeKey()
+        token = attester(settings, evidence).attest(tee_key, secrets.token_urlsafe(24))
+        return key_releaser(settings).release(kek_id, token, tee_key).kek_private
 
 
 def job_spec(local_stack, *datasets: DatasetRef) -> dict[str, Any]:
@@ -47,5 +74,5 @@ def register(local_stack, store: BlobStore, shard: SealedShard, spec: dict[str, 
         kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job["result"]["provenance"],
         lineage={"dataset": {"shards": [{"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
                  "release_policy_sha256": policy.sha256},
-        signing_key=load_or_create_pipeline_key(local_pipeline_key_path(local_stack.state_dir)),
+        signing_key=load_or_create_pipeline_key(local_stack.layout.model_signing_key),
     )  # fmt: skip

@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import io
 import json
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
 from securetrain.airflow.notifiers import deliver_alerts, load_alert_thresholds
-from securetrain.airflow.signing_keys import signing_key_path
+from securetrain.airflow.settings import PipelineSettings
 from securetrain.core.alerts import evaluate
-from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource, rfc3339_utc
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.sources import attestation_events, keyvault_events
@@ -51,13 +50,12 @@ from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.run_report import run_record, write_run_report
 from securetrain.core.storage import BlobStore
 
-#: The audit signing key (Ed25519 PEM); default: the local stack's, under its state directory.
-SIGNING_KEY_VARIABLE = "SECURETRAIN_AUDIT_SIGNING_KEY"
 _STAGES = ("prepare_environment", "check_data_security", "attestation_status", "train", "register_model")
 
 
 def audit_signing_key_path() -> Path:
-    return signing_key_path(SIGNING_KEY_VARIABLE, local_signing_key_path, "audit signing key")
+    """The audit signing key (``$SECURETRAIN_AUDIT_SIGNING_KEY``)."""
+    return PipelineSettings.load().required("audit_signing_key")
 
 
 def _parse_time(text: str) -> datetime.datetime:
@@ -105,12 +103,13 @@ def job_events(run: str, job: dict[str, Any]) -> list[AuditEvent]:
 
 def service_log_events(run: str, since: datetime.datetime, until: datetime.datetime, kek_id: str | None) -> list[AuditEvent]:
     """The Key Vault access log and the attestation issuance log for the run's window, where they are files."""
+    settings = PipelineSettings.load()
     events: list[AuditEvent] = []
-    if path := os.environ.get("SECURETRAIN_KEYVAULT_ACCESS_LOG"):
+    if settings.keyvault_access_log is not None:
         names = [kek_id.split("/keys/", 1)[1].split("/", 1)[0]] if kek_id else None
-        events += keyvault_events(Path(path), run_id=run, since=since, until=until, key_names=names)
-    if path := os.environ.get("SECURETRAIN_ATTESTATION_LOG"):
-        events += attestation_events(Path(path), run_id=run, since=since, until=until)
+        events += keyvault_events(settings.keyvault_access_log, run_id=run, since=since, until=until, key_names=names)
+    if settings.attestation_log is not None:
+        events += attestation_events(settings.attestation_log, run_id=run, since=since, until=until)
     return events
 
 

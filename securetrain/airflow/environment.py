@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from securetrain.airflow.failures import fail_closed
+from securetrain.airflow.settings import PipelineSettings
 from securetrain.airflow.hooks.attestation import AttestationHook
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
@@ -18,15 +18,12 @@ from securetrain.core.errors import ConfigurationError
 from securetrain.core.keyvault import KEK_NAME
 from securetrain.core.release_policy import ReleasePolicy
 
-RELEASE_POLICY_VARIABLE = "SECURETRAIN_RELEASE_POLICY"
-
-
 def approved_release_policy(path: str | None) -> ReleasePolicy:
-    """The approved release policy from ``path`` (default: ``$SECURETRAIN_RELEASE_POLICY``, the local stack's)."""
-    source = path or os.environ.get(RELEASE_POLICY_VARIABLE)
+    """The approved release policy from ``path`` (default: ``$SECURETRAIN_RELEASE_POLICY``)."""
+    source = path or PipelineSettings.load().release_policy
     if not source:
         raise ConfigurationError(
-            f"no approved release policy: pass release_policy_path or set ${RELEASE_POLICY_VARIABLE} to its JSON file"
+            "no approved release policy: pass release_policy_path or set $SECURETRAIN_RELEASE_POLICY to its JSON file"
         )
     try:
         return ReleasePolicy.parse(Path(source).read_bytes())

@@ -12,7 +12,6 @@ import datetime
 import io
 import json
 import logging
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from securetrain.airflow.audit import audit_signing_key_path, record_events
 from securetrain.airflow.environment import approved_release_policy
 from securetrain.airflow.hooks.attestation import AttestationHook
+from securetrain.airflow.settings import PipelineSettings
 from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, DATASETS_CONTAINER, MODELS_CONTAINER, REPORTS_CONTAINER
 from securetrain.core.access_review import (
     AccessReview,
@@ -81,23 +81,13 @@ def run_retention(store: BlobStore, policy_document: object, *, dry_run: bool, a
 
 
 def roles_file() -> Path:
-    """The vault's role assignments: ``$SECURETRAIN_KEYVAULT_ROLES``, or the local stack's file."""
-    if explicit := os.environ.get("SECURETRAIN_KEYVAULT_ROLES"):
-        return Path(explicit)
-    state_dir = os.environ.get("SECURETRAIN_STATE_DIR")
-    if not state_dir:
-        raise ConfigurationError("no role assignments: set SECURETRAIN_KEYVAULT_ROLES (or SECURETRAIN_STATE_DIR)")
-    from securetrain.localstack.services.keyvault import roles_path  # noqa: PLC0415 - the stack's modules only locally
-    from securetrain.localstack.layout import StackLayout  # noqa: PLC0415
-
-    return roles_path(StackLayout(Path(state_dir)))
+    """The vault's role assignments (``$SECURETRAIN_KEYVAULT_ROLES``)."""
+    return PipelineSettings.load().required("keyvault_roles")
 
 
 def access_log_file() -> Path:
-    path = os.environ.get("SECURETRAIN_KEYVAULT_ACCESS_LOG")
-    if not path:
-        raise ConfigurationError("no Key Vault access log: set SECURETRAIN_KEYVAULT_ACCESS_LOG")
-    return Path(path)
+    """The vault's access log (``$SECURETRAIN_KEYVAULT_ACCESS_LOG``)."""
+    return PipelineSettings.load().required("keyvault_access_log")
 
 
 def audit_log_summaries(store: BlobStore, *, since: datetime.datetime, until: datetime.datetime) -> list[AuditLogSummary]:

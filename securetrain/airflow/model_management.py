@@ -9,16 +9,13 @@ from typing import Any
 from airflow.sdk import BaseOperator, Context
 from securetrain.airflow.failures import fail_closed
 from securetrain.airflow.hooks.storage import SecureStorageHook
-from securetrain.airflow.signing_keys import signing_key_path
-from securetrain.core.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path
+from securetrain.airflow.settings import PipelineSettings
+from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelRejected
 
-#: The pipeline's model-signing key (Ed25519 PEM); default: the local stack's, under its state directory.
-SIGNING_KEY_VARIABLE = "SECURETRAIN_MODEL_SIGNING_KEY"
-
-
 def pipeline_signing_key_path() -> Path:
-    return signing_key_path(SIGNING_KEY_VARIABLE, local_pipeline_key_path, "model signing key")
+    """The pipeline's model-signing key (``$SECURETRAIN_MODEL_SIGNING_KEY``)."""
+    return PipelineSettings.load().required("model_signing_key")
 
 
 class ModelManagementOperator(BaseOperator):

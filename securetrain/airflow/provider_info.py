@@ -12,6 +12,10 @@ _CA_BUNDLE = {"label": "CA bundle", "schema": {"type": ["string", "null"]},
               "description": "PEM file of the CAs to trust instead of the system's (the local stack's CA)"}  # fmt: skip
 
 
+def _text_field(label: str, description: str) -> dict[str, Any]:
+    return {"label": label, "schema": {"type": ["string", "null"]}, "description": description}
+
+
 def get_provider_info() -> dict[str, Any]:
     return {
         "package-name": "securetrain",

@@ -18,7 +18,6 @@ from urllib3.exceptions import SSLError
 from urllib3.util.retry import Retry
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.localstack.envfile import read_stack_env
 
 log = logging.getLogger(__name__)
 
@@ -98,22 +97,6 @@ class CvmClient:
             status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False,
         )  # fmt: skip
         self._session.mount("https://", HTTPAdapter(max_retries=retry))
-
-    @classmethod
-    def from_stack_env(cls, source: Path | Mapping[str, str], identity: str = "pipeline") -> CvmClient:
-        """The local stack's agent, as ``identity`` (``pipeline`` or ``monitor``), from ``stack.env``."""
-        values = read_stack_env(source) if isinstance(source, Path) else source
-        prefix = f"SECURETRAIN_CVM_{identity.upper()}"
-        names = ("SECURETRAIN_CVM_ENDPOINT", f"{prefix}_CERT", f"{prefix}_KEY", "SECURETRAIN_CA_BUNDLE")
-        missing = [name for name in names if not values.get(name)]
-        if missing:
-            raise ConfigurationError(f"the stack settings lack {', '.join(missing)}: run `securetrain stack up`")
-        return cls(
-            values["SECURETRAIN_CVM_ENDPOINT"],
-            cert=Path(values[f"{prefix}_CERT"]),
-            key=Path(values[f"{prefix}_KEY"]),
-            ca_bundle=Path(values["SECURETRAIN_CA_BUNDLE"]),
-        )
 
     def close(self) -> None:
         self._session.close()

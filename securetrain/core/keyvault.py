@@ -1,8 +1,7 @@
 """Key Vault clients for the project: one place that builds ``KeyClient`` / ``CryptographyClient``.
 
-Against Azure, pass an ``azure.identity`` credential and leave ``ca_bundle`` None (the system's trust
-store). Against the local stack, :func:`key_client_from_stack_env` takes the vault URL, the CA bundle and
-the named identity's credential from ``stack.env``. The SDK checks that the resource a vault's 401
+Pass an ``azure.identity`` credential and the CA bundle to trust (None: the system's store), or build the
+client from a process's settings (:func:`key_client_from_settings`). The SDK checks that the resource a vault's 401
 challenge names (``https://vault.azure.net``) belongs to the vault's host; a vault addressed by a loopback
 address (the local stack's) cannot pass that check, so it is off for loopback vaults and only for them
 (:func:`challenge_resource_verified`).
@@ -15,7 +14,7 @@ import ipaddress
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -27,18 +26,17 @@ from azure.keyvault.keys.crypto import CryptographyClient
 from azure.storage.blob import BlobClient
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.core.identity import PIPELINE_IDENTITY, LocalIdentityCredential
 from securetrain.core.release_policy import ReleasePolicy, policy_matches
 from securetrain.core.sealed import KekPublicKey, SealedHeader
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import KeyWrap, read_header
 from securetrain.core.sealed.kek import WRAP_ALGORITHM
+from securetrain.core.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 KEK_NAME = "securetrain-kek"
 KEK_SIZE = 3072
-VAULT_URL_VARIABLE = "SECURETRAIN_KEYVAULT_URL"
 
 
 def vault_host(url: str) -> str:
@@ -86,13 +84,9 @@ def cryptography_client(
     )
 
 
-def key_client_from_stack_env(env: Mapping[str, str], identity: str) -> KeyClient:
-    """The local vault's ``KeyClient`` as ``identity`` (``pipeline``, ``cvm``, ``key-rotator``, ``data-owner``)."""
-    try:
-        vault_url, ca_bundle = env[VAULT_URL_VARIABLE], env["SECURETRAIN_CA_BUNDLE"]
-    except KeyError as exc:
-        raise ConfigurationError(f"stack.env lacks {exc.args[0]}: run `securetrain stack up`") from None
-    return key_client(vault_url, LocalIdentityCredential.from_stack_env(env, identity), ca_bundle=ca_bundle)
+def key_client_from_settings(settings: ServiceSettings, vault_url: str | None = None) -> KeyClient:
+    """A ``KeyClient`` for ``vault_url`` (default ``$SECURETRAIN_KEYVAULT_URL``) as the process's identity."""
+    return key_client(vault_url or settings.url("keyvault_url"), settings.credential(), ca_bundle=settings.ca_bundle)
 
 
 def kek_public_key(key: KeyVaultKey) -> KekPublicKey:
@@ -103,20 +97,11 @@ def kek_public_key(key: KeyVaultKey) -> KekPublicKey:
     return KekPublicKey.from_modulus(jwk.n, jwk.e, key.id)
 
 
-def fetch_kek_public_key(key_id: str, stack_env: Mapping[str, str] | None = None) -> KekPublicKey:
-    """The KEK's public half from Key Vault by its key id (with a version, or the latest).
-
-    The local stack's vault (``stack_env`` names it) is reached as its ``pipeline`` identity; any other
-    vault with azure-identity's ``DefaultAzureCredential`` (a managed identity, the Azure CLI, ...).
-    """
+def fetch_kek_public_key(key_id: str, settings: ServiceSettings) -> KekPublicKey:
+    """The KEK's public half from the vault its key id names (with a version, or the latest), as the
+    process's identity (any role that may read keys)."""
     ref = KeyVaultKeyIdentifier(key_id)
-    if stack_env is not None and stack_env.get(VAULT_URL_VARIABLE, "").rstrip("/") == ref.vault_url.rstrip("/"):
-        client = key_client_from_stack_env(stack_env, PIPELINE_IDENTITY)
-    else:
-        from azure.identity import DefaultAzureCredential  # deferred: only a real vault needs it
-
-        client = key_client(ref.vault_url, DefaultAzureCredential())
-    with client:
+    with key_client_from_settings(settings, ref.vault_url) as client:
         return kek_public_key(client.get_key(ref.name, ref.version))
 
 

@@ -11,8 +11,8 @@ Two signatures vouch for a registered model version:
    ``x-ms-runtime.keys``, and the token is signed by the attestation service after it appraised the
    hardware evidence. So the chain is: attestation service key → token → TEE key → statement → digests.
 2. **The pipeline's signature** over the whole manifest (canonical JSON without ``signatures``), with the
-   pipeline's Ed25519 key: the registry vouches that it registered this version with this lineage. For the
-   local stack the key is a PEM file in the state directory, made and checked by the same code as the
+   pipeline's Ed25519 key: the registry vouches that it registered this version with this lineage. The
+   key is a PEM file (``$SECURETRAIN_MODEL_SIGNING_KEY``), made and checked by the same code as the
    audit key (:mod:`securetrain.core.audit.checkpoints`). Why not OpenSSF ``model-signing``: it signs the files
    of a model directory (a manifest of file digests in a Sigstore bundle), not a JSON document of our own,
    and its keyless mode needs Sigstore's online services; see docs/models.md.
@@ -54,8 +54,6 @@ log = logging.getLogger(__name__)
 
 STATEMENT_SCHEMA = "securetrain.model-statement/v2"
 TEE_SIGNATURE_ALGORITHM = "PS256"
-#: Where the local stack keeps the pipeline's model-signing key, relative to its state directory.
-LOCAL_PIPELINE_KEY = Path("models") / "signing-key.pem"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _STATEMENT_FIELDS = {
     "schema", "run_id", "sealed_model_sha256", "model_plaintext_sha256", "datasets", "hyperparameters", "metrics",
@@ -197,11 +195,6 @@ def verify_statement_signature(
 
 
 # --- the pipeline's signature ---------------------------------------------------------------------------------
-
-
-def local_pipeline_key_path(state_dir: Path) -> Path:
-    """The local stack's pipeline model-signing key file in ``state_dir``."""
-    return state_dir / LOCAL_PIPELINE_KEY
 
 
 def load_or_create_pipeline_key(path: Path) -> Ed25519PrivateKey:

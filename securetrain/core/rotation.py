@@ -99,11 +99,11 @@ def rewrap_statement(
     }
 
 
-def approved_tee_validator(attestation_endpoint: str, ca_bundle: str, approved: ReleasePolicy) -> Callable[[str], ValidatedToken]:
+def approved_tee_validator(attestation_endpoint: str, verify: str | bool, approved: ReleasePolicy) -> Callable[[str], ValidatedToken]:
     """A ``validate`` for :func:`verify_rewrap_answer` outside Airflow (whose ``AttestationHook`` does the same):
-    the token is the attestation service's (keys fetched over TLS verified against ``ca_bundle``), and its
-    claims are a TEE Key Vault would release the KEK to under ``approved``."""
-    validator = TokenValidator(AuthorityKeys(attestation_endpoint, verify=ca_bundle))
+    the token is the attestation service's (keys fetched over TLS verified against ``verify``: a CA bundle,
+    or True for the system's roots), and its claims are a TEE Key Vault would release the KEK to under ``approved``."""
+    validator = TokenValidator(AuthorityKeys(attestation_endpoint, verify=verify))
 
     def validate(raw: str) -> ValidatedToken:
         token = validator.validate(raw)

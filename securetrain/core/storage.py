@@ -17,8 +17,8 @@ and never looks inside them. What it adds to the SDK:
 * **Errors that say what failed and what to do**, as :class:`StorageError` subclasses, instead of the
   SDK's generic ones.
 
-Local use: ``BlobStore.from_stack_env(path_to_stack_env)``. Azure: ``BlobStore.for_azure(account_url,
-DefaultAzureCredential())``.
+Build it from a process's settings with :meth:`BlobStore.from_settings` (the account URL, the CA bundle
+if any, and the process's azure-identity credential), or from an account URL and any credential.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from azure.storage.blob import (
 )
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.localstack.envfile import read_stack_env
+from securetrain.core.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
 
@@ -71,13 +71,6 @@ MAX_CONCURRENCY = 2
 RETRY_TOTAL = 3
 CONNECTION_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
-
-_STACK_VARIABLES = (
-    "SECURETRAIN_BLOB_ENDPOINT",
-    "SECURETRAIN_BLOB_ACCOUNT_NAME",
-    "SECURETRAIN_BLOB_ACCOUNT_KEY",
-    "SECURETRAIN_CA_BUNDLE",
-)
 
 
 class StorageError(SecuretrainError):
@@ -201,8 +194,7 @@ class _BlobReader(io.RawIOBase):
 class BlobStore:
     """Blob storage at one account endpoint, with one credential.
 
-    Build it with :meth:`from_stack_env` (local stack) or :meth:`for_azure` (Azure); the constructor is for
-    other credentials. Use it as a context manager, or call :meth:`close`, to release its connections.
+    Build it with :meth:`from_settings`; the constructor takes any other credential. Use it as a context manager, or call :meth:`close`, to release its connections.
     """
 
     def __init__(
@@ -226,8 +218,8 @@ class BlobStore:
             )
         if ca_bundle is not None and not ca_bundle.is_file():
             raise StorageConfigurationError(
-                f"CA bundle {ca_bundle} does not exist; for the local stack run `securetrain stack up` and use "
-                "SECURETRAIN_CA_BUNDLE from its stack.env"
+                f"CA bundle {ca_bundle} does not exist: set SECURETRAIN_CA_BUNDLE to a PEM file of the roots to "
+                "trust, or leave it unset for the system's"
             )
         self._account_url = account_url
         self._trusted = str(ca_bundle) if ca_bundle is not None else "the system's trusted CAs"
@@ -247,36 +239,12 @@ class BlobStore:
         )
 
     @classmethod
-    def from_stack_env(cls, source: Path | Mapping[str, str]) -> BlobStore:
-        """A store for the local stack's Azurite, from its ``stack.env`` file or values parsed from it.
+    def from_settings(cls, settings: ServiceSettings) -> BlobStore:
+        """The store at ``$SECURETRAIN_STORAGE_ACCOUNT_URL``, signed in as the process's identity.
 
-        Uses ``SECURETRAIN_BLOB_ENDPOINT``, ``SECURETRAIN_BLOB_ACCOUNT_NAME``, ``SECURETRAIN_BLOB_ACCOUNT_KEY``
-        and ``SECURETRAIN_CA_BUNDLE``.
-
-        Raises:
-            StorageConfigurationError: one of them is missing.
+        The identity needs a data-plane role such as *Storage Blob Data Contributor*.
         """
-        values = read_stack_env(source) if isinstance(source, Path) else source
-        missing = [name for name in _STACK_VARIABLES if not values.get(name)]
-        if missing:
-            raise StorageConfigurationError(
-                f"the local stack settings lack {', '.join(missing)}: run `securetrain stack up` and pass its stack.env"
-            )
-        return cls(
-            values["SECURETRAIN_BLOB_ENDPOINT"],
-            AzureNamedKeyCredential(values["SECURETRAIN_BLOB_ACCOUNT_NAME"], values["SECURETRAIN_BLOB_ACCOUNT_KEY"]),
-            ca_bundle=Path(values["SECURETRAIN_CA_BUNDLE"]),
-        )
-
-    @classmethod
-    def for_azure(cls, account_url: str, credential: TokenCredential) -> BlobStore:
-        """A store for an Azure storage account, authenticated with Microsoft Entra ID.
-
-        ``credential`` is an ``azure.identity`` credential (``DefaultAzureCredential``, a managed identity,
-        ...); the identity needs a data-plane role such as *Storage Blob Data Contributor*. TLS is verified
-        against the system's trusted CAs.
-        """
-        return cls(account_url, credential)
+        return cls(settings.url("storage_account_url"), settings.credential(), ca_bundle=settings.ca_bundle)
 
     @property
     def account_url(self) -> str:
@@ -317,6 +285,11 @@ class BlobStore:
                 f"cannot {operation} {where}: it already exists; pass overwrite=True to replace it"
             ) from exc
         except (ClientAuthenticationError, HttpResponseError) as exc:
+            if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
+                # Raised by the credential before any request reached storage: the identity got no token.
+                raise StorageAccessDenied(
+                    f"cannot {operation} {where}: this process's identity obtained no token ({exc.message})"
+                ) from exc
             if isinstance(exc, ClientAuthenticationError) or exc.status_code in (401, 403):
                 raise StorageAccessDenied(
                     f"storage refused to {operation} {where} ({_error_code(exc)}, HTTP {exc.status_code}): check "
@@ -330,12 +303,11 @@ class BlobStore:
             if tls is not None:
                 raise StorageTlsError(
                     f"cannot {operation} {where}: TLS verification failed ({tls.reason or tls}); the server's "
-                    f"certificate is not trusted by {self._trusted}. For the local stack, pass the CA bundle "
-                    "from stack.env (SECURETRAIN_CA_BUNDLE)"
+                    f"certificate is not trusted by {self._trusted}; SECURETRAIN_CA_BUNDLE names the roots to trust"
                 ) from exc
             raise StorageUnreachable(
                 f"cannot {operation} {where}: no answer after {RETRY_TOTAL + 1} attempts ({exc.message}); is the "
-                "endpoint right and the service up (`securetrain stack status` for the local stack)?"
+                "endpoint right and the service up?"
             ) from exc
         except AzureError as exc:
             raise StorageRequestFailed(f"cannot {operation} {where}: {exc.message}") from exc

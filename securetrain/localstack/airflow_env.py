@@ -41,7 +41,10 @@ from typing import NoReturn
 from securetrain.core.errors import ConfigurationError, SecuretrainError
 from securetrain.core.fsutil import atomic_output
 from securetrain.localstack import StackLayout, read_stack_env
+from securetrain.localstack.identities import PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentity
 from securetrain.localstack.layout import repo_root
+from securetrain.localstack.services.identity import stack_identities
+from securetrain.localstack.services.keyvault import roles_path
 
 log = logging.getLogger(__name__)
 
@@ -52,22 +55,14 @@ DEFAULT_API_PORT = 8080
 #: The environment variable that changes that port (the ``--port`` option wins over it).
 API_PORT_ENV = "SECURETRAIN_AIRFLOW_PORT"
 
-#: What of ``stack.env`` Airflow's environment carries: the endpoints, the CA bundle, the storage connection,
-#: the approved release policy and the logs the audit and access review read, and the state directory
-#: (where the local stack keeps the pipeline's own signing keys). Anything else stays out: a new setting
-#: Airflow needs is added here deliberately.
+#: What of ``stack.env`` Airflow's environment carries: the storage connection, and the approved release
+#: policy and the logs the audit and access review read (:class:`securetrain.airflow.settings.PipelineSettings`).
+#: Anything else stays out: a new setting Airflow needs is added here deliberately.
 AIRFLOW_STACK_SETTINGS = (
-    "SECURETRAIN_STATE_DIR",
-    "SECURETRAIN_CA_BUNDLE",
     "AIRFLOW_CONN_SECURETRAIN_STORAGE",
-    "SECURETRAIN_BLOB_ENDPOINT",
-    "SECURETRAIN_ATTESTATION_ENDPOINT",
     "SECURETRAIN_ATTESTATION_LOG",
-    "SECURETRAIN_IDENTITY_ENDPOINT",
-    "SECURETRAIN_KEYVAULT_URL",
     "SECURETRAIN_KEYVAULT_ACCESS_LOG",
     "SECURETRAIN_RELEASE_POLICY",
-    "SECURETRAIN_CVM_ENDPOINT",
 )
 
 _SIMPLE_AUTH_MANAGER = "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
@@ -137,12 +132,39 @@ def _required(stack_env: Mapping[str, str], name: str, env_file: Path) -> str:
         ) from None
 
 
+def keyvault_connections(
+    vault_url: str, authority_host: str, ca_bundle: str, identities: Mapping[str, LocalIdentity]
+) -> dict[str, dict[str, object]]:
+    """Airflow's two Key Vault connections (id -> connection), each a service principal as the Azure provider's
+    connections carry one: login, password, extra ``tenant_id``, with the identity stand-in as ``authority_host``.
+
+    ``securetrain_keyvault`` is the pipeline identity (Key Vault Reader: reads keys, their public parts and
+    release policies; never creates, changes, unwraps or releases one); ``securetrain_keyvault_rotator`` key
+    rotation's, which makes a new version of an existing key and nothing else (docs/keys.md, "Roles").
+    """
+
+    def connection(identity: str) -> dict[str, object]:
+        application = identities[identity]
+        return {
+            "conn_type": "securetrain_keyvault",
+            "host": vault_url,
+            "login": application.client_id,
+            "password": application.client_secret,
+            "extra": {"ca_bundle": ca_bundle, "tenant_id": application.tenant_id, "authority_host": authority_host,
+                      "disable_instance_discovery": True},  # fmt: skip
+        }
+
+    return {"securetrain_keyvault": connection(PIPELINE_IDENTITY),
+            "securetrain_keyvault_rotator": connection(ROTATOR_IDENTITY)}  # fmt: skip
+
+
 def securetrain_connections(stack_env: Mapping[str, str], env_file: Path) -> dict[str, str]:
     """The ``AIRFLOW_CONN_*`` variables of the securetrain hooks, in Airflow's JSON form, from ``stack.env``.
 
-    ``securetrain_storage`` (type ``wasb``) is already in ``stack.env``; the other three are built here.
-    Each names the stack CA as ``ca_bundle``: the hooks pass it to their clients explicitly and never trust
-    it process-wide.
+    ``securetrain_storage`` (type ``wasb``) is already in ``stack.env``; the others are built here. Each
+    names the stack CA as ``ca_bundle``: the hooks pass it to their clients explicitly and never trust it
+    process-wide. The Key Vault connections carry their service principal as the Azure provider's do
+    (login, password, extra ``tenant_id``), with the identity stand-in as ``authority_host``.
     """
 
     def setting(name: str) -> str:
@@ -150,27 +172,8 @@ def securetrain_connections(stack_env: Mapping[str, str], env_file: Path) -> dic
 
     ca_bundle = setting("SECURETRAIN_CA_BUNDLE")
     connections = {
-        "securetrain_keyvault": {
-            "conn_type": "securetrain_keyvault",
-            "host": setting("SECURETRAIN_KEYVAULT_URL"),
-            "extra": {
-                "ca_bundle": ca_bundle,
-                # The pipeline identity (Key Vault Reader): reads keys, their public parts and release
-                # policies; never creates, changes, unwraps or releases one (docs/keys.md, "Roles").
-                "credentials": setting("SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS"),
-                "identity_endpoint": setting("SECURETRAIN_IDENTITY_ENDPOINT"),
-            },
-        },
-        # Key rotation's identity: makes a new version of an existing key, nothing else (the TEE rewraps).
-        "securetrain_keyvault_rotator": {
-            "conn_type": "securetrain_keyvault",
-            "host": setting("SECURETRAIN_KEYVAULT_URL"),
-            "extra": {
-                "ca_bundle": ca_bundle,
-                "credentials": setting("SECURETRAIN_IDENTITY_KEY_ROTATOR_CREDENTIALS"),
-                "identity_endpoint": setting("SECURETRAIN_IDENTITY_ENDPOINT"),
-            },
-        },
+        **keyvault_connections(setting("SECURETRAIN_KEYVAULT_URL"), setting("SECURETRAIN_IDENTITY_ENDPOINT"), ca_bundle,
+                               stack_identities(StackLayout(env_file.parent))),  # fmt: skip
         "securetrain_attestation": {
             "conn_type": "securetrain_attestation",
             "host": setting("SECURETRAIN_ATTESTATION_ENDPOINT"),
@@ -220,6 +223,10 @@ def airflow_environment(
     return {
         **{name: stack_env[name] for name in AIRFLOW_STACK_SETTINGS if name in stack_env},
         **securetrain_connections(stack_env, layout.env_file),
+        # The rest of the pipeline's settings: where the local stack keeps its signing keys and role assignments.
+        "SECURETRAIN_AUDIT_SIGNING_KEY": str(layout.audit_signing_key),
+        "SECURETRAIN_MODEL_SIGNING_KEY": str(layout.model_signing_key),
+        "SECURETRAIN_KEYVAULT_ROLES": str(roles_path(layout)),
         # `airflow standalone` starts its components as `airflow ...` from PATH: this venv's first.
         "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]),
         "AIRFLOW_HOME": str(home),
@@ -245,11 +252,10 @@ def process_environment(
     dags_folder: Path | None = None,
     overrides: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The whole environment of an Airflow process: this process's, less every ``stack.env`` setting that
-    is not Airflow's (a shell that sourced stack.env carries them all), plus :func:`airflow_environment`
-    and ``overrides``."""
+    """The whole environment of an Airflow process: this process's, less every ``stack.env`` setting (a shell
+    that sourced stack.env carries them all), plus :func:`airflow_environment` and ``overrides``."""
     environment = airflow_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
-    withheld = set(read_stack_env(StackLayout(state_dir.resolve()).env_file)) - set(AIRFLOW_STACK_SETTINGS)
+    withheld = set(read_stack_env(StackLayout(state_dir.resolve()).env_file))
     inherited = {name: value for name, value in os.environ.items() if name not in withheld}
     return {**inherited, **environment, **(overrides or {})}
 

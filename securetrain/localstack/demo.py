@@ -23,13 +23,18 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from securetrain.localstack.airflow_env import migrate, process_environment
-from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, public_key_pem
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_registry import ModelRegistry
-from securetrain.localstack import StackConfig, data_owner, up
+from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
+from securetrain.localstack import StackConfig, data_owner, up
+from securetrain.localstack.identities import PIPELINE_IDENTITY
+from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.settings import settings_path
 
 MODEL = "breast-cancer-classifier"
 # What of Airflow's output the console shows: stage boundaries, training progress, the run's end.
@@ -70,12 +75,20 @@ def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None
     return text
 
 
-def _rotation(env: Mapping[str, str], output: str) -> dict[str, object]:
+def _publish(key_file: Path, public_file: Path) -> Path:
+    """Write the public half of the pipeline's signing key ``key_file`` to ``public_file``, as its operator
+    publishes it for verifiers."""
+    with atomic_output(public_file, mode=0o644) as out:
+        out.write(public_key_pem(load_or_create_signing_key(key_file)))
+    return public_file
+
+
+def _rotation(settings: ServiceSettings, output: str) -> dict[str, object]:
     """The ``rotation`` event key_rotation recorded, from the audit log its output names."""
     match = re.search(r"rotation recorded in audit log (\S+):", output)
     if match is None:
         raise DemoFailed("key_rotation named no audit log")
-    with BlobAuditStore.from_stack_env(env, match.group(1)) as audit_store:
+    with BlobAuditStore.from_settings(settings, match.group(1)) as audit_store:
         events = [json.loads(entry.line)["event"] for entry in AuditLog(audit_store).entries()]
     rotations = [event["details"] for event in events if event["kind"] == "rotation"]
     if not rotations or not rotations[-1].get("complete"):
@@ -87,7 +100,10 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     config = StackConfig.resolve(state_dir)
     root = config.layout.root
     _step(1, f"bringing up the local stack in {root}")
-    env = up(config)
+    up(config)
+    # The demo reads results back as the pipeline's identity, with the settings the stack wrote for it.
+    pipeline_settings = settings_path(config.layout, PIPELINE_IDENTITY)
+    settings = ServiceSettings.load(pipeline_settings)
     _step(2, "migrating Airflow's metadata database (SQLite under the state directory)")
     migrate(root)
     _step(3, "data owner: airflow dags test data_onboarding (validate, seal for the KEK, upload, publish)")
@@ -100,17 +116,20 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
         raise DemoFailed("the audit stage named no report")
     run_name = match.group(1)
     _step(5, "airflow dags test key_rotation (new KEK version; the TEE rewraps every data key to it)")
-    rotation = _rotation(env, _dags_test(root, "key_rotation"))
+    rotation = _rotation(settings, _dags_test(root, "key_rotation"))
 
     _step(6, "summary, read back from the model registry and the audit log")
-    with BlobStore.from_stack_env(env) as store:
+    with BlobStore.from_settings(settings) as store:
         registry = ModelRegistry(store)
         version = registry.get(MODEL, registry.versions(MODEL)[-1])
         report = json.loads(b"".join(store.download_chunks("reports", f"{run_name}/audit.json")))
     lineage = version.manifest["lineage"]
     claims = lineage["attestation"]
-    with BlobAuditStore.from_stack_env(env, run_name) as audit_store:
-        public_key = load_or_create_signing_key(local_signing_key_path(root)).public_key()
+    layout = StackLayout(root)
+    audit_public = _publish(layout.audit_signing_key, layout.policies_dir / "audit-public-key.pem")
+    model_public = _publish(layout.model_signing_key, layout.policies_dir / "model-signing-public-key.pem")
+    with BlobAuditStore.from_settings(settings, run_name) as audit_store:
+        public_key = load_or_create_signing_key(layout.audit_signing_key).public_key()
         verdict = AuditLog(audit_store).verify(public_key)
         events = [json.loads(entry.line)["event"] for entry in AuditLog(audit_store).entries()]
     releases = {event["source"] for event in events if event["kind"] == "key_released"}
@@ -132,8 +151,10 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
           f"key(s) and checked {rotation['dek_checked_in_tee']}; every sealed blob ({rotation['verified']}) names the "
           "new version (no data re-encrypted, no data key outside the TEE)")
     print(f"    run report:   reports/{run_name}/report.html (also on the Secure training page: make airflow)")
-    print(f"    verify it:    .venv/bin/securetrain models verify {MODEL} {version.version}; "
-          f".venv/bin/securetrain audit verify --log {run_name} --audit-key-fingerprint {key_fingerprint(public_key)}")
+    print(f"    verify it:    .venv/bin/securetrain --settings {pipeline_settings} models verify {MODEL} "
+          f"{version.version} --public-key {model_public}")
+    print(f"                  .venv/bin/securetrain --settings {pipeline_settings} audit verify --log {run_name} "
+          f"--public-key {audit_public} --audit-key-fingerprint {key_fingerprint(public_key)}")
     summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics,
                "rotated_to": rotation["kek_id"]}  # fmt: skip
     print("demo complete:", json.dumps(summary))

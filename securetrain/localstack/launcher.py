@@ -26,6 +26,7 @@ from pathlib import Path
 
 from securetrain.localstack.pki import LocalCA
 from securetrain.localstack.envfile import write_stack_env
+from securetrain.localstack.settings import settings_path, write_settings_files
 from securetrain.localstack.errors import PortInUse, ServiceStartFailed, StackConfigurationError
 from securetrain.localstack.layout import StackLayout, repo_root, resolve_state_dir
 from securetrain.localstack.process import PidRecord, ProcessIdentity, start_process, stop_process
@@ -292,7 +293,9 @@ def up(config: StackConfig) -> dict[str, str]:
             config.layout.env_file.unlink(missing_ok=True)
             raise
         write_stack_env(config.layout.env_file, exports)
-    logger.info("stack is up; settings written to %s", config.layout.env_file)
+        write_settings_files(exports, config.layout)
+    logger.info("stack is up; its services in %s, each application's settings in %s", config.layout.env_file,
+                settings_path(config.layout, "<identity>"))
     return exports
 
 

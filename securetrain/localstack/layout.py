@@ -88,6 +88,16 @@ class StackLayout:
         return self.root / "snp-platform"
 
     @property
+    def audit_signing_key(self) -> Path:
+        """The pipeline's audit signing key (Ed25519 PEM, made by the first task that signs)."""
+        return self.root / "audit" / "signing-key.pem"
+
+    @property
+    def model_signing_key(self) -> Path:
+        """The pipeline's model-signing key (Ed25519 PEM, made by the first model registration)."""
+        return self.root / "models" / "signing-key.pem"
+
+    @property
     def policies_dir(self) -> Path:
         """The approved policies of the local stack: what the data owner's reviewers would sign off."""
         return self.root / "policies"

@@ -72,13 +72,11 @@ def python_service_argv(module: str, context: ServiceContext, *options: str) -> 
     ]  # fmt: skip
 
 
-def check_openid_issuer(context: ServiceContext, issuer: str) -> None:
-    """Health check of a token issuer: its OpenID metadata answers over TLS verified with the stack CA and
-    names ``issuer`` (an issuer that names another would make every token it signs fail validation)."""
+def check_openid_issuer(context: ServiceContext, metadata_url: str, issuer: str) -> None:
+    """Health check of a token issuer: its OpenID metadata at ``metadata_url`` answers over TLS verified with
+    the stack CA and names ``issuer`` (one that names another would make every token it signs fail validation)."""
     try:
-        response = requests.get(
-            f"{issuer}/.well-known/openid-configuration", verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S
-        )
+        response = requests.get(metadata_url, verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S)
         response.raise_for_status()
         seen = response.json().get("issuer")
     except (requests.RequestException, ValueError) as exc:

@@ -22,11 +22,10 @@ import pytest
 from azure.keyvault.keys import KeyReleasePolicy
 
 from securetrain.localstack.airflow_env import airflow_environment, migrate, run_airflow
-from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
-from securetrain.core.cvm_client import CvmClient
-from securetrain.core.keyvault import fetch_kek_public_key, kek_public_key, key_client_from_stack_env, rewrap_blob
+from securetrain.core.keyvault import fetch_kek_public_key, kek_public_key, key_client_from_settings, rewrap_blob
 from securetrain.core.model_registry import MANIFEST_SCHEMA, REGISTRY_CONTAINER, ModelRegistry, manifest_blob
 from securetrain.core.sealed import KekPublicKey, inspect, seal
 from securetrain.core.storage import BlobStore
@@ -44,9 +43,9 @@ def output(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def audit_events(local_stack, log_name: str) -> list[dict]:
-    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store:
+    with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store:
         log = AuditLog(store)
-        log.verify(load_or_create_signing_key(local_signing_key_path(local_stack.state_dir)).public_key())
+        log.verify(load_or_create_signing_key(local_stack.layout.audit_signing_key).public_key())
         return [entry.event.to_json() for entry in log.entries()]
 
 
@@ -64,7 +63,7 @@ def airflow_ready(local_stack) -> Path:
 
 @pytest.fixture
 def store(local_stack) -> Iterator[BlobStore]:
-    with BlobStore.from_stack_env(local_stack.env) as blobs:
+    with BlobStore.from_settings(local_stack.settings()) as blobs:
         for container in ("datasets", "checkpoints", "models", "model-registry", "reports"):
             blobs.ensure_container(container)
         yield blobs
@@ -73,7 +72,7 @@ def store(local_stack) -> Iterator[BlobStore]:
 @pytest.fixture
 def test_kek(local_stack) -> KekPublicKey:
     """A KEK of the test's own, made by the data owner under the stack's approved release policy."""
-    with key_client_from_stack_env(local_stack.env, "data-owner") as keys:
+    with key_client_from_settings(local_stack.settings("data-owner")) as keys:
         policy = Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes()
         key = keys.create_rsa_key(f"kek-{uuid.uuid4().hex[:8]}", size=2048, exportable=True,
                                   release_policy=KeyReleasePolicy(policy, immutable=True))  # fmt: skip
@@ -101,10 +100,11 @@ def _stream_of(body: bytes) -> bytes:
     return body[inspect(io.BytesIO(body)).size :]
 
 
-def _connection_as(local_stack, identity_variable: str) -> dict[str, str]:
+def _connection_as(local_stack, identity: str) -> dict[str, str]:
     """The ``securetrain_keyvault_rotator`` connection, authenticated as another identity."""
     connection = json.loads(airflow_environment(local_stack.state_dir)["AIRFLOW_CONN_SECURETRAIN_KEYVAULT_ROTATOR"])
-    connection["extra"]["credentials"] = local_stack.env[identity_variable]
+    settings = local_stack.settings(identity)
+    connection["login"], connection["password"] = settings.client_id, settings.client_secret.get_secret_value()
     return {"AIRFLOW_CONN_SECURETRAIN_KEYVAULT_ROTATOR": json.dumps(connection)}
 
 
@@ -137,7 +137,7 @@ def test_a_rotation_that_fails_is_audited_as_incomplete_and_leaves_the_blobs_as_
     planted = _plant(store, test_kek, prefix)
     # The pipeline identity only reads keys: as the "rotator" it cannot even make the new version.
     result = dags_test(airflow_ready, "key_rotation", {"key": _key_name(test_kek)},
-                       overrides=_connection_as(local_stack, "SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS"))  # fmt: skip
+                       overrides=_connection_as(local_stack, "pipeline"))  # fmt: skip
     text = output(result)
     assert result.returncode != 0
     assert re.search(r"Marking run <DagRun key_rotation .*> failed", text)
@@ -145,7 +145,7 @@ def test_a_rotation_that_fails_is_audited_as_incomplete_and_leaves_the_blobs_as_
     assert "keys/rotate/action" in text
     for (container, name), before in planted.items():
         assert b"".join(store.download_chunks(container, name)) == before  # untouched, still opens under its version
-    with key_client_from_stack_env(local_stack.env, "pipeline") as keys:
+    with key_client_from_settings(local_stack.settings("pipeline")) as keys:
         assert len(list(keys.list_properties_of_key_versions(_key_name(test_kek)))) == 1
     log_name = re.search(r"rotation recorded in audit log (\S+):", text).group(1)
     [event] = [e for e in audit_events(local_stack, log_name) if e["kind"] == "rotation"]
@@ -156,12 +156,12 @@ def test_an_interrupted_rotation_leaves_every_blob_readable_and_resumes(local_st
     from securetrain.airflow.maintenance import SEALED_CONTAINERS
     from securetrain.core.release_policy import ReleasePolicy
     from securetrain.core.rotation import RotationNotVerified, approved_tee_validator, rewrap_in_tee, verify_rotated_headers, verify_rotation
-    from tests.integration.test_agent_job import released_kek
+    from tests.jobs import released_kek
 
     prefix = f"crash-{uuid.uuid4().hex[:8]}"
     planted = _plant(store, test_kek, prefix)
     time.sleep(1.1)  # Key Vault's creation times are whole seconds: the rotated version must be the newer one
-    with key_client_from_stack_env(local_stack.env, "key-rotator") as keys:
+    with key_client_from_settings(local_stack.settings("key-rotator")) as keys:
         new_kek = kek_public_key(keys.rotate_key(_key_name(test_kek)))
     versions = {kek.kek_id: released_kek(local_stack, kek.kek_id) for kek in (test_kek, new_kek)}  # as the TEE has them
 
@@ -178,7 +178,7 @@ def test_an_interrupted_rotation_leaves_every_blob_readable_and_resumes(local_st
     with pytest.raises(RotationNotVerified, match=rf"checkpoints/{prefix}/epoch-1.sealed is still wrapped for"):
         verify_rotated_headers(store, new_kek, SEALED_CONTAINERS)
     # Resuming in the TEE rewraps what is left and only checks what is done.
-    with CvmClient.from_stack_env(local_stack.env, "pipeline") as cvm:
+    with local_stack.settings().agent() as cvm:
         approved = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
         validate = approved_tee_validator(local_stack.env["SECURETRAIN_ATTESTATION_ENDPOINT"], str(local_stack.ca_bundle), approved)
         statement = rewrap_in_tee(cvm, new_kek.kek_id, SEALED_CONTAINERS, validate)
@@ -195,7 +195,7 @@ def registered_model(local_stack, store) -> str:
     rather than through ``ModelRegistry.register``, which needs a statement signed in an attested TEE
     (the secure_training e2e test registers that way); retention reads only this layout.
     """
-    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.settings())
     name = f"retention-test-{uuid.uuid4().hex[:8]}"
     body = sealed_bytes(kek, b"model weights" * 1000, {"kind": "model", "run_id": name})
     digest = hashlib.sha256(body).hexdigest()

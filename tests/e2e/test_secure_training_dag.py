@@ -16,7 +16,7 @@ import pytest
 
 from securetrain.localstack.airflow_env import run_airflow
 from securetrain.core.audit.log import AuditLog
-from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.model_registry import ModelRegistry
 from securetrain.core.storage import BlobStore
@@ -42,15 +42,15 @@ def audit_log_of(text: str) -> str:
 
 
 def audit_entries(local_stack, log_name: str) -> list[dict]:
-    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store:
+    with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store:
         log = AuditLog(store)
-        public_key = load_or_create_signing_key(local_signing_key_path(local_stack.state_dir)).public_key()
+        public_key = load_or_create_signing_key(local_stack.layout.audit_signing_key).public_key()
         log.verify(public_key)
         return [json.loads(entry.line) for entry in log.entries()]
 
 
 def test_secure_training_reaches_success_through_every_stage(onboarded_dataset, local_stack) -> None:
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         before = ModelRegistry(store).versions(MODEL)
     result = dags_test(onboarded_dataset, "secure_training")
     text = output(result)
@@ -60,7 +60,7 @@ def test_secure_training_reaches_success_through_every_stage(onboarded_dataset, 
         assert f"[DAG TEST] end task task_id={stage}" in text, stage
     assert re.search(r"Marking run <DagRun secure_training .*> successful", text)
     assert "epoch 5 done" in text and "the TEE attested for Airflow's nonce" in text
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         versions = ModelRegistry(store).versions(MODEL)
         manifest = ModelRegistry(store).get(MODEL, versions[-1]).manifest
         assert not any(store.list_blobs("checkpoints", manifest["lineage"]["run_id"] + "/"))  # cleaned up

@@ -24,12 +24,9 @@ from securetrain.core.model_provenance import published_keys, verify_attestation
 from securetrain.core.onboarding import DatasetRef
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.sealed import KekPrivateKey, SealedReader, inspect
-from securetrain.localstack import StackLayout, data_owner
 from securetrain.core.storage import BlobStore
 from tests.agent_process import AgentProcess, source_copy
-from securetrain.tee.attest import TeeKey
-from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
-from securetrain.tee.tee_services import attester_from_env, releaser_from_env
+from tests.jobs import released_kek
 
 pytestmark = pytest.mark.integration
 
@@ -70,16 +67,6 @@ def finished(job: dict[str, Any]) -> bool:
     return job["state"] in ("succeeded", "failed", "cancelled")
 
 
-def released_kek(local_stack, kek_id: str) -> KekPrivateKey:
-    """The KEK as a TEE gets it: attest an ephemeral key on the simulated platform, then Secure Key Release."""
-    env = local_stack.env
-    tee_key = TeeKey()
-    token = attester_from_env(env, SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir)))).attest(
-        tee_key, secrets.token_urlsafe(24)
-    )
-    return releaser_from_env(env).release(kek_id, token, tee_key).kek_private
-
-
 def model_weights(store: BlobStore, kek: KekPrivateKey, output: dict[str, str]) -> dict[str, torch.Tensor]:
     with store.open_read(output["container"], output["blob"]) as blob:
         plaintext = b"".join(SealedReader(blob, kek, expected_context={"kind": "model"}).segments())
@@ -89,7 +76,7 @@ def model_weights(store: BlobStore, kek: KekPrivateKey, output: dict[str, str]) 
 @pytest.fixture
 def pipeline(local_stack):
     """The stack's own agent, as the pipeline identity."""
-    with CvmClient.from_stack_env(local_stack.env, "pipeline") as client:
+    with local_stack.settings().agent() as client:
         yield client
 
 
@@ -113,6 +100,35 @@ def test_a_job_submitted_over_mtls_trains_on_sealed_data_and_seals_its_outputs(
         assert header.key.kek_id == kek_id and header.content.context["run_id"] == spec["run_id"]
     weights = model_weights(store, released_kek(local_stack, kek_id), spec["output"])
     assert weights and all(torch.isfinite(tensor).all() for tensor in weights.values())
+
+
+def test_an_agent_on_production_settings_alone_completes_a_job(local_stack, dataset_ref, tmp_path: Path) -> None:
+    """The agent as on Azure: TeeSettings from its environment, ManagedIdentityCredential through the host's
+    IDENTITY_ENDPOINT and IDENTITY_HEADER, no account key, no client secret, no stack.env."""
+    agent = AgentProcess(local_stack, tmp_path)
+    environment = local_stack.tee_environment()
+    assert not {"SECURETRAIN_BLOB_ACCOUNT_KEY", "AZURE_CLIENT_SECRET", "SECURETRAIN_STATE_DIR"} & environment.keys()
+    assert environment["IDENTITY_ENDPOINT"].endswith("/msi/token")
+    client = agent.start()
+    try:
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1))["job_id"], finished)
+    finally:
+        agent.stop()
+    assert job["state"] == "succeeded", job["error"]
+    assert job["key_release"]["kek_id"] == local_stack.env["SECURETRAIN_KEK_ID"]
+
+
+def test_a_host_without_the_tees_identity_header_gets_no_token_and_no_key(local_stack, dataset_ref, tmp_path: Path) -> None:
+    """A process on another host (or one that guessed) presents another header: the identity service refuses
+    it the managed identity's token, so Key Vault is never asked."""
+    agent = AgentProcess(local_stack, tmp_path, environment={"IDENTITY_HEADER": "not-this-hosts-secret"})
+    client = agent.start()
+    try:
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1))["job_id"], finished)
+    finally:
+        agent.stop()
+    assert job["state"] == "failed" and job["key_release"] is None and job["error"]["security_violation"], job
+    assert "identity obtained no token" in job["error"]["message"], job["error"]
 
 
 def test_an_agent_killed_mid_training_resumes_to_the_same_model(

@@ -158,9 +158,7 @@ def test_azure_sdk_reads_metadata_and_certs_and_accepts_our_tokens(tee, local_st
     """azure-security-attestation has no SEV-SNP call; what it has works against the stand-in unchanged."""
     from azure.security.attestation import AttestationClient, AttestationToken, AttestationTokenValidationException
 
-    from securetrain.core.identity import LocalIdentityCredential
-
-    credential = LocalIdentityCredential.from_stack_env(local_stack.env, "pipeline")
+    credential = local_stack.credential("pipeline")
     client = AttestationClient(tee.endpoint, credential, connection_verify=tee.ca)
     assert client.get_open_id_metadata()["issuer"] == tee.endpoint
     signers = client.get_signing_certificates()

@@ -18,7 +18,6 @@ from securetrain.core.audit import (
     BlobAuditStore,
     EntriesRemoved,
     load_or_create_signing_key,
-    local_signing_key_path,
     public_key_pem,
 )
 from securetrain.core.audit.checkpoints import key_fingerprint
@@ -34,7 +33,7 @@ def log_name() -> str:
 
 @pytest.fixture
 def signing_key(local_stack) -> Ed25519PrivateKey:
-    return load_or_create_signing_key(local_signing_key_path(local_stack.state_dir))
+    return load_or_create_signing_key(local_stack.layout.audit_signing_key)
 
 
 @pytest.fixture
@@ -54,7 +53,7 @@ def _event(i: int, writer: str = "pipeline") -> AuditEvent:
 
 
 def _record(local_stack, log_name: str, count: int, signing_key: Ed25519PrivateKey | None, every: int = 4) -> None:
-    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store, AuditLog(store, signing_key, every) as log:
+    with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store, AuditLog(store, signing_key, every) as log:
         for i in range(count):
             log.record(_event(i))
 
@@ -66,7 +65,7 @@ def test_a_recorded_log_is_in_append_blobs_and_verifies(local_stack, log_name, s
         assert raw_container.get_blob_client(blob).get_blob_properties().blob_type == BlobType.APPENDBLOB
     assert raw_container.get_container_properties().public_access is None
 
-    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store:
+    with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store:
         log = AuditLog(store)
         verdict = log.verify(signing_key.public_key())
         assert (verdict.entries, verdict.signed_through, verdict.unsigned_entries) == (10, 9, 0)
@@ -76,8 +75,8 @@ def test_a_recorded_log_is_in_append_blobs_and_verifies(local_stack, log_name, s
 
 def test_a_writer_that_lost_the_race_rereads_the_head(local_stack, log_name, signing_key) -> None:
     with (
-        BlobAuditStore.from_stack_env(local_stack.env, log_name) as first_store,
-        BlobAuditStore.from_stack_env(local_stack.env, log_name) as second_store,
+        BlobAuditStore.from_settings(local_stack.settings(), log_name) as first_store,
+        BlobAuditStore.from_settings(local_stack.settings(), log_name) as second_store,
     ):
         first, second = AuditLog(first_store, signing_key), AuditLog(second_store)
         first.record(_event(0, "first"))
@@ -94,7 +93,7 @@ def test_two_writers_racing_never_interleave_silently(local_stack, log_name, sig
 
     def write(name: str, key: Ed25519PrivateKey | None) -> None:
         try:
-            with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store, AuditLog(store, key, 5) as log:
+            with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store, AuditLog(store, key, 5) as log:
                 for i in range(12):
                     log.record(_event(i, name))
         except BaseException as exc:  # noqa: BLE001 - handed to the test thread
@@ -107,7 +106,7 @@ def test_two_writers_racing_never_interleave_silently(local_stack, log_name, sig
         thread.join()
     assert not errors
 
-    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store:
+    with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store:
         log = AuditLog(store, signing_key)
         log.checkpoint()  # writer b holds no key: sign whatever it appended after a's last checkpoint
         assert log.verify(signing_key.public_key()).entries == 24
@@ -123,7 +122,7 @@ def test_a_tampered_log_is_not_extended(local_stack, log_name, signing_key, raw_
     lines = blob.download_blob().readall().splitlines(keepends=True)
     blob.upload_blob(b"".join(lines[:1] + lines[2:]), blob_type=BlobType.APPENDBLOB, overwrite=True)
 
-    with BlobAuditStore.from_stack_env(local_stack.env, log_name) as store:
+    with BlobAuditStore.from_settings(local_stack.settings(), log_name) as store:
         with pytest.raises(EntriesRemoved) as caught:
             AuditLog(store, signing_key).record(_event(9))
     assert caught.value.seq == 1
@@ -133,22 +132,20 @@ def test_cli_verify_and_show(
     local_stack, log_name, signing_key, raw_container, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     _record(local_stack, log_name, 6, signing_key)
-    state = ["audit", "--state-dir", str(local_stack.state_dir)]
+    state = ["--settings", str(local_stack.settings_file()), "audit"]
     pin = ["--audit-key-fingerprint", key_fingerprint(signing_key.public_key())]
+    public = tmp_path / "audit.pub.pem"
+    public.write_bytes(public_key_pem(signing_key))
+    verify = [*state, "verify", "--log", log_name, "--public-key", str(public)]
 
     # No pinned key: the check cannot complete, so it denies (a key file beside the log proves nothing).
     monkeypatch.delenv("SECURETRAIN_AUDIT_KEY_FINGERPRINT", raising=False)
-    assert main([*state, "verify", "--log", log_name]) == 2
+    assert main(verify) == 2
     assert "no audit key is pinned" in capsys.readouterr().err
-    assert main([*state, "verify", "--log", log_name, *pin]) == 0
+    assert main([*verify, *pin]) == 0
     assert "6 entries, chain intact" in capsys.readouterr().out
     monkeypatch.setenv("SECURETRAIN_AUDIT_KEY_FINGERPRINT", pin[1])
-    assert main([*state, "verify", "--log", log_name]) == 0
-    capsys.readouterr()
-
-    public = tmp_path / "audit.pub.pem"
-    public.write_bytes(public_key_pem(signing_key))
-    assert main([*state, "verify", "--log", log_name, "--public-key", str(public), *pin]) == 0
+    assert main(verify) == 0
     capsys.readouterr()
 
     assert main([*state, "show", "--log", log_name]) == 0
@@ -171,13 +168,13 @@ def test_cli_verify_and_show(
     offset = sum(map(len, lines[:2])) + lines[2].index(b'"i":2') + 4
     tampered = data[:offset] + b"7" + data[offset + 1 :]
     blob.upload_blob(tampered, blob_type=BlobType.APPENDBLOB, overwrite=True)
-    assert main([*state, "verify", "--log", log_name, *pin]) == 3
+    assert main([*verify, *pin]) == 3
     error = capsys.readouterr().err
     assert "audit entry 2 was changed" in error
 
 
 def test_cli_verify_refuses_a_bad_log_name_or_key_file(local_stack, tmp_path: Path, capsys) -> None:
-    state = ["audit", "--state-dir", str(local_stack.state_dir)]
+    state = ["--settings", str(local_stack.settings_file()), "audit"]
     key = Ed25519PrivateKey.generate()
     pin = ["--audit-key-fingerprint", key_fingerprint(key.public_key())]
     assert main([*state, "verify", "--log", "bad/name", "--public-key", str(tmp_path / "none.pem"), *pin]) == 2

@@ -71,19 +71,19 @@ def dataset(local_stack) -> None:
     shard = SealedShard("datasets", "bc/part-0.sealed", "parquet", {"dataset_id": "breast-cancer", "kind": "dataset",
                         "format": "parquet"}, KEK_ID, "0" * 64, 1, 1)  # fmt: skip
     owner_key = data_owner.signing_key(StackLayout(local_stack.state_dir))
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         store.ensure_container(DATASET.container)
         assert new_manifest("breast-cancer", VERSION, KEK_ID, [shard], owner_key).write(store, DATASET.container) == DATASET
 
 
 @pytest.fixture(scope="module")
 def pipeline(local_stack) -> CvmClient:
-    return CvmClient.from_stack_env(local_stack.env, "pipeline")
+    return local_stack.settings().agent()
 
 
 @pytest.fixture(scope="module")
 def monitor(local_stack) -> CvmClient:
-    return CvmClient.from_stack_env(local_stack.env, "monitor")
+    return local_stack.agent_client("monitor")
 
 
 def wait_finished(client: CvmClient, job_id: str, timeout_s: float = 120) -> dict[str, Any]:

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def kek(local_stack) -> KekPublicKey:
-    return fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    return fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.settings())
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from securetrain.core.keyvault import KekPolicyMismatch, check_kek, create_kek_version, key_client_from_stack_env
+from securetrain.core.keyvault import KekPolicyMismatch, check_kek, create_kek_version, key_client_from_settings
 from securetrain.core.release_policy import ReleasePolicy, policy_matches
 
 pytestmark = pytest.mark.integration
@@ -26,8 +26,8 @@ def test_created_under_the_approved_policy_then_refused_under_another(local_stac
     loosened = json.loads(json.dumps(document).replace('"x-ms-sevsnpvm-hostdata"', '"x-ms-sevsnpvm-vmpl"'))
     other = ReleasePolicy.parse(loosened)
     name = f"kek-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(local_stack.env, "data-owner") as owner, \
-            key_client_from_stack_env(local_stack.env, "pipeline") as pipeline:  # fmt: skip
+    with key_client_from_settings(local_stack.settings("data-owner")) as owner, \
+            key_client_from_settings(local_stack.settings("pipeline")) as pipeline:  # fmt: skip
         created = create_kek_version(owner, name, other)
         assert policy_matches(created.properties.release_policy.encoded_policy, other)
         assert created.properties.release_policy.immutable is True

@@ -15,21 +15,20 @@ from azure.keyvault.keys import KeyReleasePolicy
 from azure.storage.blob import ContainerClient
 
 from securetrain.core.cli import main
-from securetrain.core.keyvault import kek_public_key, key_client_from_stack_env, rewrap_blob
+from securetrain.core.keyvault import kek_public_key, key_client_from_settings, rewrap_blob
 from securetrain.core.rotation import RotationNotVerified, verify_rotated_headers
 from securetrain.core.sealed import SealedReader, inspect, seal
 from securetrain.core.storage import BlobStore
-from tests.integration.test_agent_job import released_kek
+from tests.jobs import released_kek
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def setup(local_stack, monkeypatch):
+def setup(local_stack):
     env = local_stack.env
-    monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
     name = f"kek-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(env, "data-owner") as keys:
+    with key_client_from_settings(local_stack.settings("data-owner")) as keys:
         policy = open(env["SECURETRAIN_RELEASE_POLICY"], "rb").read()
         first = keys.create_rsa_key(name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy, immutable=True))
     container = ContainerClient(
@@ -49,6 +48,12 @@ def setup(local_stack, monkeypatch):
     yield env, name, container, kek, plaintexts
     container.delete_container()
     container.close()
+
+
+def rotate(local_stack, container: ContainerClient, name: str, *options: str) -> int:
+    """``securetrain keys rotate`` as the key-rotator, with the settings the stack wrote for it."""
+    settings = str(local_stack.settings_file("key-rotator"))
+    return main(["--settings", settings, "keys", "rotate", "--container", container.container_name, "--key", name, *options])
 
 
 def _header(container: ContainerClient, blob: str):
@@ -73,9 +78,9 @@ def _statement(output: str) -> dict:
 def test_rotation_rewraps_headers_only(setup, local_stack, capsys):
     env, name, container, old_kek, plaintexts = setup
     streams = {blob: _stream(container, blob) for blob in plaintexts}
-    assert main(["keys", "rotate", "--container", container.container_name, "--key", name]) == 0
+    assert rotate(local_stack, container, name) == 0
     statement = _statement(capsys.readouterr().out)
-    with key_client_from_stack_env(env, "pipeline") as keys:
+    with key_client_from_settings(local_stack.settings()) as keys:
         new_id = keys.get_key(name).id
     assert new_id != old_kek.kek_id and statement["kek_id"] == new_id
     assert sorted(statement["dek_checked"]) == sorted(f"{container.container_name}/{blob}" for blob in plaintexts)
@@ -86,7 +91,7 @@ def test_rotation_rewraps_headers_only(setup, local_stack, capsys):
         assert container.get_blob_client(blob).get_blob_properties().metadata["part"] == blob[-8]
         assert _opens(container, blob, new_kek) == plaintexts[blob]
     # Rerunning with --resume finds nothing left to do.
-    assert main(["keys", "rotate", "--container", container.container_name, "--key", name, "--resume"]) == 0
+    assert rotate(local_stack, container, name, "--resume") == 0
     again = _statement(capsys.readouterr().out)
     assert again["rewrapped"] == [] and f"{container.container_name}/data/part-0.sealed" in again["already_current"]
 
@@ -94,7 +99,7 @@ def test_rotation_rewraps_headers_only(setup, local_stack, capsys):
 def test_old_versions_still_open_and_resume_finishes(setup, local_stack):
     """An interrupted rotation leaves old blobs readable (in the TEE, with the old version); --resume finishes."""
     env, name, container, old_kek, plaintexts = setup
-    with key_client_from_stack_env(env, "key-rotator") as keys:
+    with key_client_from_settings(local_stack.settings("key-rotator")) as keys:
         new_kek = kek_public_key(keys.rotate_key(name))
     old_private, new_private = released_kek(local_stack, old_kek.kek_id), released_kek(local_stack, new_kek.kek_id)
     by_id = {old_kek.kek_id: old_private, new_kek.kek_id: new_private}
@@ -107,9 +112,9 @@ def test_old_versions_still_open_and_resume_finishes(setup, local_stack):
     assert _header(container, "data/part-1.sealed").key.kek_id == old_kek.kek_id
     assert _opens(container, "data/part-0.sealed", new_private) == plaintexts["data/part-0.sealed"]
     assert _opens(container, "data/part-1.sealed", old_private) == plaintexts["data/part-1.sealed"]
-    with BlobStore.from_stack_env(env) as store, pytest.raises(RotationNotVerified, match="part-1.sealed is still wrapped for"):
+    with BlobStore.from_settings(local_stack.settings()) as store, pytest.raises(RotationNotVerified, match="part-1.sealed is still wrapped for"):
         verify_rotated_headers(store, new_kek, [container.container_name])
-    assert main(["keys", "rotate", "--container", container.container_name, "--key", name, "--resume"]) == 0
+    assert rotate(local_stack, container, name, "--resume") == 0
     for blob in plaintexts:
         assert _header(container, blob).key.kek_id == new_kek.kek_id
         assert _opens(container, blob, new_private) == plaintexts[blob]

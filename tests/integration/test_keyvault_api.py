@@ -18,18 +18,19 @@ from pathlib import Path
 import jwt
 import pytest
 import requests
-from azure.core.credentials import AccessToken
+from azure.core.credentials import AccessToken, TokenCredential
 from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
 from azure.keyvault.keys import ApiVersion, KeyClient, KeyReleasePolicy
 from azure.keyvault.keys.crypto import EncryptionAlgorithm, KeyWrapAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.core.identity import LocalIdentity, LocalIdentityCredential
-from securetrain.core.keyvault import cryptography_client, key_client, key_client_from_stack_env
+from securetrain.core.keyvault import cryptography_client, key_client, key_client_from_settings
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.localstack import up
-from securetrain.localstack.services.identity import identities_dir
+from securetrain.localstack.identities import LOCAL_TENANT, LocalIdentity, application_credential
+from securetrain.localstack.services.identity import identities_dir, stack_identities
+from securetrain.localstack.standins.identity.app import token_issuer
 from securetrain.localstack.services.keyvault import roles_path
 from securetrain.localstack.process import PidRecord, stop_process
 
@@ -52,8 +53,8 @@ def env(local_stack) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def officer(env) -> KeyClient:
-    with key_client_from_stack_env(env, "data-owner") as client:
+def officer(local_stack) -> KeyClient:
+    with key_client_from_settings(local_stack.settings("data-owner")) as client:
         yield client
 
 
@@ -68,22 +69,23 @@ def _assign(layout, identity: LocalIdentity, role: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def crypto_user(local_stack) -> LocalIdentityCredential:
+def crypto_user_identity(local_stack) -> LocalIdentity:
     """A service principal of the test's own with Key Vault Crypto User (decrypt, unwrap, ...)."""
     layout = local_stack.config.layout
     identity_file = identities_dir(layout) / "test-crypto-user.json"
     identity = LocalIdentity.load_or_create(identity_file, "test-crypto-user")
     original = roles_path(layout).read_text()
     _assign(layout, identity, "Key Vault Crypto User")
-    credential = LocalIdentityCredential(
-        local_stack.env["SECURETRAIN_IDENTITY_ENDPOINT"], identity, ca_bundle=local_stack.ca_bundle
-    )
     try:
-        with credential:
-            yield credential
+        yield identity
     finally:
         roles_path(layout).write_text(original)
         identity_file.unlink()
+
+
+@pytest.fixture(scope="module")
+def crypto_user(local_stack, crypto_user_identity) -> TokenCredential:
+    return application_credential(crypto_user_identity, local_stack.env["SECURETRAIN_IDENTITY_ENDPOINT"], local_stack.ca_bundle)
 
 
 def _policy(env) -> KeyReleasePolicy:
@@ -136,13 +138,12 @@ def test_key_sizes_and_hsm(officer, size, hsm):
 
 
 @pytest.mark.parametrize("api_version", [ApiVersion.V7_4, ApiVersion.V7_6, ApiVersion.V2025_07_01])
-def test_api_versions(env, api_version):
-    credential = LocalIdentityCredential.from_stack_env(env, "pipeline")
+def test_api_versions(local_stack, env, api_version):
     client = KeyClient(
-        env["SECURETRAIN_KEYVAULT_URL"], credential, api_version=api_version,
+        env["SECURETRAIN_KEYVAULT_URL"], local_stack.credential(), api_version=api_version,
         connection_verify=env["SECURETRAIN_CA_BUNDLE"], verify_challenge_resource=False,
     )  # fmt: skip
-    with client, credential:
+    with client:
         assert client.get_key("securetrain-kek").name == "securetrain-kek"
 
 
@@ -176,7 +177,7 @@ def test_server_side_encrypt_and_wrap(env, officer, crypto_user):
         assert back.json()["value"] == "c2VjcmV0"
 
 
-def test_errors_have_key_vault_shapes(env, officer):
+def test_errors_have_key_vault_shapes(local_stack, env, officer):
     with pytest.raises(ResourceNotFoundError) as missing:
         officer.get_key("no-such-key")
     assert missing.value.error.code == "KeyNotFound"
@@ -198,7 +199,7 @@ def test_errors_have_key_vault_shapes(env, officer):
         officer.create_rsa_key(_name(), exportable=True, release_policy=KeyReleasePolicy(b'{"version": "1.0.0"}'))
     assert bad_policy.value.status_code == 400 and "anyOf" in bad_policy.value.message
 
-    credential = LocalIdentityCredential.from_stack_env(env, "data-owner")
+    credential = local_stack.credential("data-owner")
     malformed = _raw(env, credential, "POST", f"/keys/{_name()}/create", None)
     assert malformed.status_code == 400 and malformed.json()["error"]["code"] == "BadParameter"
     old_api = _raw(env, credential, "GET", "/keys/securetrain-kek/", api_version="1999-01-01")
@@ -229,48 +230,51 @@ def test_an_immutable_policy_cannot_change(env, officer):
     assert json.loads(officer.get_key(key.name, key.properties.version).properties.release_policy.encoded_policy) == json.loads(policy)
 
 
-def test_roles_limit_each_identity(env, officer):
+def test_roles_limit_each_identity(local_stack, env, officer, tee_settings):
     # The attacks on these limits are in tests/security/test_key_custody.py; here, that each role works.
-    with key_client_from_stack_env(env, "cvm") as cvm, pytest.raises(HttpResponseError) as read:
-        cvm.get_key("securetrain-kek")
+    cvm_keys = key_client(env["SECURETRAIN_KEYVAULT_URL"], tee_settings.credential(), ca_bundle=local_stack.ca_bundle)
+    with cvm_keys, pytest.raises(HttpResponseError) as read:
+        cvm_keys.get_key("securetrain-kek")
     assert read.value.status_code == 403 and "keys/read" in read.value.message
-    with key_client_from_stack_env(env, "key-rotator") as rotator, pytest.raises(HttpResponseError) as create:
+    with key_client_from_settings(local_stack.settings("key-rotator")) as rotator, pytest.raises(HttpResponseError) as create:
         rotator.create_rsa_key(_name())
     assert create.value.status_code == 403 and "keys/create/action" in create.value.message
     kek = officer.get_key("securetrain-kek")
-    credential = LocalIdentityCredential.from_stack_env(env, "data-owner")
+    credential = local_stack.credential("data-owner")
     with cryptography_client(kek.id, credential, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         with pytest.raises(HttpResponseError) as unwrap:
             crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"\0" * 384)
     assert unwrap.value.status_code == 403 and "keys/unwrap/action" in unwrap.value.message
 
 
-def _identity_token(env, *, expired: bool = False, forged: bool = False, audience: str = "https://vault.azure.net") -> str:
-    signing = Path(env["SECURETRAIN_STATE_DIR"]) / "data" / "identity" / "signing"
+def _identity_token(local_stack, *, expired: bool = False, forged: bool = False, issuer: str | None = None,
+                    audience: str = "https://vault.azure.net") -> str:  # fmt: skip
+    signing = local_stack.layout.data_dir("identity") / "signing"
     key_file = sorted(signing.glob("*.key.pem"))[-1]
     key = rsa.generate_private_key(65537, 2048) if forged else serialization.load_pem_private_key(key_file.read_bytes(), None)
-    pipeline = json.loads(Path(env["SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS"]).read_text())
+    pipeline = stack_identities(local_stack.layout)["pipeline"]
     now = int(time.time()) - (7200 if expired else 0)
-    claims = {"iss": f"{env['SECURETRAIN_IDENTITY_ENDPOINT']}/securetrain-local", "aud": audience, "iat": now,
-              "nbf": now, "exp": now + 3600, "oid": pipeline["object_id"], "name": "pipeline"}  # fmt: skip
+    claims = {"iss": issuer or token_issuer(LOCAL_TENANT), "aud": audience, "iat": now, "nbf": now, "exp": now + 3600,
+              "oid": pipeline.object_id, "name": "pipeline"}  # fmt: skip
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": key_file.name.removesuffix(".key.pem")})
 
 
 @pytest.mark.parametrize(
     "token_kind,reason",
-    [("expired", "expired"), ("forged", "signature"), ("audience", "audience")],
+    [("expired", "expired"), ("forged", "signature"), ("audience", "audience"), ("issuer", "not issued by")],
 )
-def test_bad_access_tokens_get_401(env, token_kind, reason):
+def test_bad_access_tokens_get_401(local_stack, env, token_kind, reason):
     token = _identity_token(
-        env, expired=token_kind == "expired", forged=token_kind == "forged",
+        local_stack, expired=token_kind == "expired", forged=token_kind == "forged",
         audience="https://storage.azure.com" if token_kind == "audience" else "https://vault.azure.net",
+        issuer="https://sts.windows.net/another-tenant/" if token_kind == "issuer" else None,
     )  # fmt: skip
     with key_client(env["SECURETRAIN_KEYVAULT_URL"], FixedToken(token), ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as client:
         with pytest.raises(ClientAuthenticationError) as refused:
             client.get_key("securetrain-kek")
     assert refused.value.status_code == 401 and reason in refused.value.message
     # The well-signed token with the right audience is accepted: the refusals above are about their fault.
-    good = _identity_token(env)
+    good = _identity_token(local_stack)
     with key_client(env["SECURETRAIN_KEYVAULT_URL"], FixedToken(good), ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as client:
         assert client.get_key("securetrain-kek").name == "securetrain-kek"
 
@@ -281,11 +285,11 @@ def test_a_request_without_a_token_gets_the_challenge(env):
     )
     assert response.status_code == 401 and response.json()["error"]["code"] == "Unauthorized"
     challenge = response.headers["WWW-Authenticate"]
-    assert f'authorization="{env["SECURETRAIN_IDENTITY_ENDPOINT"]}/securetrain-local"' in challenge
+    assert f'authorization="{env["SECURETRAIN_IDENTITY_ENDPOINT"]}/{LOCAL_TENANT}"' in challenge
     assert 'resource="https://vault.azure.net"' in challenge
 
 
-def test_keys_survive_a_restart_and_are_encrypted_at_rest(local_stack, env, officer, crypto_user):
+def test_keys_survive_a_restart_and_are_encrypted_at_rest(local_stack, env, officer, crypto_user, crypto_user_identity):
     key = officer.create_rsa_key(_name(), size=2048)
     with cryptography_client(key.id, crypto_user, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         ciphertext = crypto.encrypt(EncryptionAlgorithm.rsa_oaep_256, b"kept").ciphertext
@@ -294,7 +298,7 @@ def test_keys_survive_a_restart_and_are_encrypted_at_rest(local_stack, env, offi
     assert stop_process(record.process)
     up(local_stack.config)  # restarts only the service that died (and rewrites the stack's role assignments)
     assert officer.get_key(key.name).id == key.id
-    _assign(layout, crypto_user.identity, "Key Vault Crypto User")
+    _assign(layout, crypto_user_identity, "Key Vault Crypto User")
     with cryptography_client(key.id, crypto_user, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
         assert crypto.decrypt(EncryptionAlgorithm.rsa_oaep_256, ciphertext).plaintext == b"kept"
     stored = (layout.data_dir("keyvault") / "keys" / f"{key.name}.json").read_bytes()
@@ -309,10 +313,9 @@ def test_seal_fetches_the_kek_public_key_from_the_vault(local_stack, tmp_path, m
 
     from securetrain.core.cli import main
 
-    monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
     plain = tmp_path / "data.csv"
     plain.write_bytes(b"a,b\n1,2\n")
     kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
-    assert main(["seal", str(plain), str(tmp_path / "data.sealed"), "--kek-url", kek_id]) == 0
+    assert main(["--settings", str(local_stack.settings_file()), "seal", str(plain), str(tmp_path / "data.sealed"), "--kek-url", kek_id]) == 0
     header = _json.loads(capsys.readouterr().out)
     assert header["key"]["kek_id"] == kek_id

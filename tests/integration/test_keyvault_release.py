@@ -32,7 +32,7 @@ from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.core.appraisal import AppraisalPolicy
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
-from securetrain.core.keyvault import kek_public_key, key_client_from_stack_env
+from securetrain.core.keyvault import kek_public_key, key_client, key_client_from_settings
 from securetrain.localstack.pki import LocalCA
 from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
 from securetrain.core.sealed import KekPrivateKey, seal, unseal
@@ -108,21 +108,22 @@ def lax_authority(local_stack, tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def pipeline(env) -> KeyClient:
-    with key_client_from_stack_env(env, "pipeline") as client:
+def pipeline(local_stack) -> KeyClient:
+    with key_client_from_settings(local_stack.settings()) as client:
         yield client
 
 
 @pytest.fixture(scope="module")
-def owner(env) -> KeyClient:
+def owner(local_stack) -> KeyClient:
     """The data owner's identity: the one that creates keys and chooses their release policies."""
-    with key_client_from_stack_env(env, "data-owner") as client:
+    with key_client_from_settings(local_stack.settings("data-owner")) as client:
         yield client
 
 
-@pytest.fixture(scope="module")
-def cvm(env) -> KeyClient:
-    with key_client_from_stack_env(env, "cvm") as client:
+@pytest.fixture
+def cvm(local_stack, tee_settings) -> KeyClient:
+    """Key Vault as the TEE's managed identity (the test in the TEE's place)."""
+    with key_client(local_stack.env["SECURETRAIN_KEYVAULT_URL"], tee_settings.credential(), ca_bundle=local_stack.ca_bundle) as client:
         yield client
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
 from securetrain.core.alerts import AlertThresholds, evaluate
-from securetrain.core.audit import AuditLog, BlobAuditStore, load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit import AuditLog, BlobAuditStore, load_or_create_signing_key
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
 from securetrain.core.model_registry import REGISTRY_CONTAINER
 from securetrain.core.run_report import run_record, write_run_report
@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 def airflow_storage(local_stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The storage connection and audit key as the local Airflow environment gives them to every process."""
     monkeypatch.setenv("AIRFLOW_CONN_SECURETRAIN_STORAGE", local_stack.env["AIRFLOW_CONN_SECURETRAIN_STORAGE"])
-    monkeypatch.setenv("SECURETRAIN_STATE_DIR", str(local_stack.state_dir))
+    monkeypatch.setenv("SECURETRAIN_AUDIT_SIGNING_KEY", str(local_stack.layout.audit_signing_key))
 
 
 def test_the_listener_appends_signed_state_changes_to_the_runs_audit_log(local_stack, airflow_storage) -> None:
@@ -45,8 +45,8 @@ def test_the_listener_appends_signed_state_changes_to_the_runs_audit_log(local_s
     listener.on_dag_run_failed(dag_run=types.SimpleNamespace(dag_id="secure_training", run_id=run_id, dag=dag,
                                                              end_date=None), msg="task_failure")  # fmt: skip
 
-    key = load_or_create_signing_key(local_signing_key_path(local_stack.state_dir))
-    with BlobAuditStore.from_stack_env(local_stack.env, job_run_id("secure_training", run_id)) as store:
+    key = load_or_create_signing_key(local_stack.layout.audit_signing_key)
+    with BlobAuditStore.from_settings(local_stack.settings(), job_run_id("secure_training", run_id)) as store:
         log = AuditLog(store)
         verdict = log.verify(key.public_key())  # every entry covered by a signed checkpoint
         events = [entry.event for entry in log.entries()]
@@ -65,7 +65,7 @@ def test_the_run_report_is_written_to_storage_with_the_model_signatures(local_st
                          {"identity": "stranger"}) for i in range(3)]  # fmt: skip
     released = AuditEvent(EventKind.KEY_RELEASED, run, EventSource.KEYVAULT, "2026-05-01T12:00:09Z", {"key": "kek"})
     events = [*denied, released]
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         for container in (REGISTRY_CONTAINER, REPORTS_CONTAINER):
             store.ensure_container(container)
         store.upload_stream(REGISTRY_CONTAINER, f"{run}/manifest.json", io.BytesIO(body), length=len(body))

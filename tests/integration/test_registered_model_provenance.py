@@ -20,18 +20,18 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.core.audit.checkpoints import load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
 from securetrain.core.cli import main
-from securetrain.core.cvm_client import CvmClient
-from securetrain.core.model_provenance import load_or_create_pipeline_key, local_pipeline_key_path, sign_manifest
+from securetrain.core.model_provenance import load_or_create_pipeline_key, sign_manifest
 from securetrain.core.model_registry import ModelRegistry, ModelRejected, ModelVersion, manifest_blob
 from securetrain.core.onboarding import SealedShard
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.sealed import KekPrivateKey, SealedReader, content_digest
 from securetrain.core.storage import BlobStore
+from securetrain.localstack import data_owner
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +48,7 @@ def job(local_stack, dataset_ref) -> dict[str, Any]:
         "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
         "output": {"container": "models", "blob": f"{run}/model.sealed"},
     }  # fmt: skip
-    with CvmClient.from_stack_env(local_stack.env, "pipeline") as client:
+    with local_stack.settings().agent() as client:
         job_id = client.submit(spec)["job_id"]
         deadline = time.monotonic() + 180
         while (current := client.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
@@ -57,8 +57,8 @@ def job(local_stack, dataset_ref) -> dict[str, Any]:
     assert current["state"] == "succeeded", current["error"]
     # As the audit stage does: the TEE's own event log into the run's audit log, where `models verify` looks
     # for the TEE's events up to the head the statement names.
-    with BlobAuditStore.from_stack_env(local_stack.env, run) as audit_store:
-        with AuditLog(audit_store, load_or_create_signing_key(local_signing_key_path(local_stack.state_dir))) as log:
+    with BlobAuditStore.from_settings(local_stack.settings(), run) as audit_store:
+        with AuditLog(audit_store, load_or_create_signing_key(local_stack.layout.audit_signing_key)) as log:
             for event in tee_audit_events(current["tee_log"]):
                 log.record(event)
     return current
@@ -77,12 +77,13 @@ def register(local_stack, store: BlobStore, shard: SealedShard, job: dict[str, A
         "breast-cancer-mlp", source_container=job["result"]["model"]["container"],
         source_blob=job["result"]["model"]["blob"], kek_id=local_stack.env["SECURETRAIN_KEK_ID"],
         run_id=job["run_id"], lineage=lineage, provenance=job["result"]["provenance"],
-        signing_key=load_or_create_pipeline_key(local_pipeline_key_path(local_stack.state_dir)),
+        signing_key=load_or_create_pipeline_key(local_stack.layout.model_signing_key),
     )  # fmt: skip
 
 
 def models_cli(local_stack, version: ModelVersion, *args: str) -> int:
-    return main(["models", "--state-dir", str(local_stack.state_dir), "--container", version.container, *args])
+    options = ["--public-key", str(local_stack.public_key_file(local_stack.layout.model_signing_key))] if args[0] == "verify" else []
+    return main(["--settings", str(local_stack.settings_file()), "models", "--container", version.container, *args, *options])
 
 
 def test_the_job_result_carries_a_statement_of_what_the_tee_read_and_wrote(job, shard, store) -> None:
@@ -139,7 +140,7 @@ def test_tampering_fails_verification_naming_what(local_stack, store, shard, job
     else:
         # Whoever holds the pipeline key could re-sign the manifest, but not the TEE's statement.
         manifest["provenance"]["statement"]["metrics"]["val_accuracy"] = 0.999
-        key = load_or_create_pipeline_key(local_pipeline_key_path(local_stack.state_dir))
+        key = load_or_create_pipeline_key(local_stack.layout.model_signing_key)
         manifest["signatures"] = [sign_manifest(key, {k: v for k, v in manifest.items() if k != "signatures"})]
         _rewrite_manifest(store, version, manifest)
     assert models_cli(local_stack, version, "verify", version.name, str(version.version)) == 3
@@ -162,7 +163,7 @@ def test_export_reseals_for_the_recipient_in_the_tee(local_stack, store, shard, 
     approval = tmp_path / "approval.json"
     kek = version.manifest["sealed_model"]["kek_id"]
     assert models_cli(local_stack, version, "approve-export", "--recipient-public-key", str(pem), "--kek-id", kek,
-                      "--out", str(approval)) == 0  # fmt: skip
+                      "--signing-key", str(data_owner.signing_key_path(local_stack.layout)), "--out", str(approval)) == 0  # fmt: skip
     out = tmp_path / "model.export.sealed"
     args = ("export", version.name, str(version.version), "--recipient-public-key", str(pem), "--out", str(out),
             "--approval", str(approval))  # fmt: skip

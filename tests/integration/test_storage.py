@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 from azure.core.credentials import AzureNamedKeyCredential
 
-from securetrain.core.errors import SecurityViolation
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+from securetrain.core.settings import ServiceSettings
 from securetrain.localstack.pki import LocalCA
 from securetrain.core.storage import (
     DOWNLOAD_CHUNK_SIZE,
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def store(local_stack) -> Iterator[BlobStore]:
-    with BlobStore.from_stack_env(local_stack.env) as blob_store:
+    with BlobStore.from_settings(local_stack.settings()) as blob_store:
         yield blob_store
 
 
@@ -133,10 +134,9 @@ def test_client_without_the_stack_ca_is_refused_by_tls(local_stack, tmp_path: Pa
 
 
 def test_wrong_account_key_is_access_denied(local_stack) -> None:
-    env = dict(local_stack.env)
-    env["SECURETRAIN_BLOB_ACCOUNT_KEY"] = "A" * 86 + "=="
+    wrong = AzureNamedKeyCredential(local_stack.env["SECURETRAIN_BLOB_ACCOUNT_NAME"], "A" * 86 + "==")
     with (
-        BlobStore.from_stack_env(env) as wrong_key,
+        BlobStore(local_stack.blob_endpoint, wrong, ca_bundle=local_stack.ca_bundle) as wrong_key,
         pytest.raises(StorageAccessDenied, match="refused to list container 'anything'") as raised,
     ):
         list(wrong_key.list_blobs("anything"))
@@ -149,15 +149,18 @@ def test_plain_http_and_missing_settings_are_refused(local_stack, tmp_path: Path
         BlobStore("http://127.0.0.1:10000/devstoreaccount1", credential)
     with pytest.raises(StorageConfigurationError, match=r"CA bundle \S+ does not exist"):
         BlobStore(local_stack.blob_endpoint, credential, ca_bundle=tmp_path / "missing.pem")
-    incomplete = {k: v for k, v in local_stack.env.items() if k != "SECURETRAIN_BLOB_ACCOUNT_KEY"}
-    with pytest.raises(StorageConfigurationError, match="lack SECURETRAIN_BLOB_ACCOUNT_KEY"):
-        BlobStore.from_stack_env(incomplete)
+    with pytest.raises(ConfigurationError, match=r"\$SECURETRAIN_STORAGE_ACCOUNT_URL is not set"):
+        BlobStore.from_settings(ServiceSettings.load(ca_bundle=local_stack.ca_bundle, storage_account_url=None))
+    with pytest.raises(ConfigurationError, match="SECURETRAIN_STORAGE_ACCOUNT_URL: URL scheme should be 'https'"):
+        ServiceSettings.load(storage_account_url="http://127.0.0.1:10000/devstoreaccount1")
 
 
-def test_store_from_the_stack_env_file(local_stack, container: str) -> None:
-    with BlobStore.from_stack_env(local_stack.config.layout.env_file) as from_file:
-        assert from_file.account_url == local_stack.blob_endpoint
-        assert list(from_file.list_blobs(container)) == []
+def test_the_identity_in_the_settings_file_reaches_storage_with_an_entra_token(local_stack, container: str) -> None:
+    settings = local_stack.settings()
+    assert settings.client_secret is not None  # a service principal, signing in at the identity stand-in
+    with BlobStore.from_settings(settings) as signed_in:
+        assert signed_in.account_url == local_stack.blob_endpoint
+        assert list(signed_in.list_blobs(container)) == []
 
 
 @pytest.mark.slow
@@ -165,8 +168,8 @@ def test_unreachable_endpoint_fails_after_bounded_retries(local_stack) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
-    env = {**local_stack.env, "SECURETRAIN_BLOB_ENDPOINT": f"https://127.0.0.1:{closed_port}/devstoreaccount1"}
-    with BlobStore.from_stack_env(env) as nowhere:
+    nowhere_url = f"https://127.0.0.1:{closed_port}/devstoreaccount1"
+    with BlobStore(nowhere_url, local_stack.credential(), ca_bundle=local_stack.ca_bundle) as nowhere:
         started = time.monotonic()
         with pytest.raises(StorageUnreachable, match="no answer after 4 attempts"):
             nowhere.properties("container", "blob")
@@ -189,14 +192,14 @@ def test_airflow_wasb_connection_from_stack_env_reaches_azurite(
 _MEMORY_PROBE = """
 import resource, sys
 from pathlib import Path
+from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
-from securetrain.localstack import read_stack_env
 
 def peak_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-source, target, env_file, container = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
-with BlobStore.from_stack_env(env_file) as store:
+source, target, settings_file, container = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+with BlobStore.from_settings(ServiceSettings.load(settings_file)) as store:
     list(store.list_blobs(container))  # connections and TLS set up before the baseline
     baseline = peak_mib()
     store.upload_file(container, "big.bin", source)
@@ -225,7 +228,7 @@ def test_64_mib_transfers_stream_in_bounded_memory(local_stack, container: str, 
             _MEMORY_PROBE,
             str(source),
             str(target),
-            str(local_stack.config.layout.env_file),
+            str(local_stack.settings_file()),
             container,
         ],
         capture_output=True,

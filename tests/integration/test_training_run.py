@@ -72,7 +72,7 @@ class CancelAfterChecks(threading.Event):
 
 @pytest.fixture(scope="module")
 def store(local_stack) -> BlobStore:
-    with BlobStore.from_stack_env(local_stack.env) as blob_store:
+    with BlobStore.from_settings(local_stack.settings()) as blob_store:
         for container in ("datasets", "checkpoints", "models"):
             blob_store.ensure_container(container)
         yield blob_store

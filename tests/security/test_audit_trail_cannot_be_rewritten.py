@@ -25,7 +25,6 @@ from securetrain.core.audit.checkpoints import (
     Checkpoint,
     key_fingerprint,
     load_or_create_signing_key,
-    local_signing_key_path,
     public_key_pem,
 )
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
@@ -34,7 +33,6 @@ from securetrain.core.audit.sources import attestation_events, keyvault_events
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
 from securetrain.core.cli import main
-from securetrain.core.cvm_client import CvmClient
 from securetrain.core.model_registry import ModelVersion
 from securetrain.core.storage import BlobNotFound, BlobStore
 from tests.jobs import job_spec, register, run_job
@@ -50,7 +48,7 @@ def run(local_stack, store, dataset_ref, shard) -> dict[str, Any]:
     """A finished job, its model registered, and the events of its run as the audit stage records them."""
     since = datetime.datetime.now(datetime.UTC)
     spec = job_spec(local_stack, dataset_ref)
-    with CvmClient.from_stack_env(local_stack.env, "pipeline") as client:
+    with local_stack.settings().agent() as client:
         job = run_job(client, spec)
     assert job["state"] == "succeeded", job["error"]
     until = datetime.datetime.now(datetime.UTC)
@@ -72,7 +70,7 @@ def run(local_stack, store, dataset_ref, shard) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def airflow_key(local_stack) -> Ed25519PrivateKey:
     """The audit signing key in the state directory: the one the audit stage signs with, which Airflow holds."""
-    return load_or_create_signing_key(local_signing_key_path(local_stack.state_dir))
+    return load_or_create_signing_key(local_stack.layout.audit_signing_key)
 
 
 def write(store: BlobStore, name: str, entries: Sequence[bytes], checkpoints: Sequence[bytes]) -> None:
@@ -102,8 +100,9 @@ def record(store: BlobStore, name: str, events: Sequence[AuditEvent], key: Ed255
 
 
 def verify(local_stack, name: str, version: ModelVersion, key: Ed25519PrivateKey, *extra: str) -> int:
-    return main(["audit", "--state-dir", str(local_stack.state_dir), "verify", "--log", name, "--audit-key-fingerprint",
-                 key_fingerprint(key.public_key()), "--registry-container", version.container, *extra])  # fmt: skip
+    return main(["--settings", str(local_stack.settings_file()), "audit", "verify", "--log", name, "--audit-key-fingerprint",
+                 key_fingerprint(key.public_key()), "--public-key", str(local_stack.public_key_file(key)),
+                 "--registry-container", version.container, *extra])  # fmt: skip
 
 
 def test_the_log_the_audit_stage_writes_verifies_with_the_pinned_key(local_stack, store, run, airflow_key, capsys) -> None:
@@ -150,8 +149,9 @@ def test_a_log_rolled_back_to_an_earlier_checkpoint_is_refused(local_stack, stor
     assert verify(local_stack, run["name"], run["version"], airflow_key) == 3
     assert "TEE log" in capsys.readouterr().err
     version = run["version"]
-    models = ["models", "--state-dir", str(local_stack.state_dir), "--container", version.container]
-    assert main([*models, "verify", version.name, str(version.version)]) == 3
+    models = ["--settings", str(local_stack.settings_file()), "models", "--container", version.container]
+    model_key = str(local_stack.public_key_file(local_stack.layout.model_signing_key))
+    assert main([*models, "verify", version.name, str(version.version), "--public-key", model_key]) == 3
     assert "TEE log" in capsys.readouterr().err
 
 

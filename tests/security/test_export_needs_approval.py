@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securetrain.core.audit.chain import AuditEntry
-from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, local_signing_key_path
+from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key
 from securetrain.core.audit.events import EventSource
 from securetrain.core.audit.store import AUDIT_CONTAINER
 from securetrain.core.cli import main
@@ -46,7 +46,7 @@ EXPORT_LOG_BLOB = f"audit/{EXPORT_AUDIT_LOG}.jsonl"
 @pytest.fixture(scope="module")
 def pipeline(local_stack) -> CvmClient:
     """What Airflow holds: the agent's pipeline certificate."""
-    with CvmClient.from_stack_env(local_stack.env, "pipeline") as client:
+    with local_stack.settings().agent() as client:
         yield client
 
 
@@ -167,12 +167,14 @@ def test_a_missing_model_is_404_and_a_malformed_kek_id_400_with_nothing_spent(
 def test_an_approved_export_is_recorded_by_the_tee_before_the_bytes_leave(
     local_stack, store, model, recipient, tmp_path, capsys
 ) -> None:
-    state = ["models", "--state-dir", str(local_stack.state_dir), "--container", model.container]
     approved, out = tmp_path / "approval.json", tmp_path / "model.export.sealed"
-    # The data owner's command, with the data owner's key (the stack's, by default).
-    assert main([*state, "approve-export", "--recipient-public-key", str(recipient[1]), "--kek-id",
-                 model.manifest["sealed_model"]["kek_id"], "--out", str(approved)]) == 0  # fmt: skip
-    assert main([*state, "export", model.name, str(model.version), "--recipient-public-key", str(recipient[1]),
+    # The data owner's command, with the data owner's key and settings.
+    owner = ["--settings", str(local_stack.settings_file("data-owner")), "models", "--container", model.container]
+    assert main([*owner, "approve-export", "--recipient-public-key", str(recipient[1]), "--kek-id",
+                 model.manifest["sealed_model"]["kek_id"], "--signing-key", str(data_owner.signing_key_path(local_stack.layout)),
+                 "--out", str(approved)]) == 0  # fmt: skip
+    pipeline = ["--settings", str(local_stack.settings_file()), "models", "--container", model.container]
+    assert main([*pipeline, "export", model.name, str(model.version), "--recipient-public-key", str(recipient[1]),
                  "--approval", str(approved), "--out", str(out)]) == 0  # fmt: skip
     exported = out.read_bytes()
     with out.open("rb") as src:
@@ -189,9 +191,10 @@ def test_an_approved_export_is_recorded_by_the_tee_before_the_bytes_leave(
     assert len(mine) == 1 and mine[0]["recipient_thumbprint"] == recipient_key(recipient[1].read_bytes()).thumbprint
     assert mine[0]["approval"] == json.loads(approved.read_text())
     capsys.readouterr()
-    pin = key_fingerprint(load_or_create_signing_key(local_signing_key_path(local_stack.state_dir)).public_key())
-    assert main(["audit", "--state-dir", str(local_stack.state_dir), "verify", "--log", EXPORT_AUDIT_LOG,
-                 "--audit-key-fingerprint", pin]) == 0  # fmt: skip
+    audit_key = load_or_create_signing_key(local_stack.layout.audit_signing_key)
+    assert main(["--settings", str(local_stack.settings_file()), "audit", "verify", "--log", EXPORT_AUDIT_LOG,
+                 "--audit-key-fingerprint", key_fingerprint(audit_key.public_key()),
+                 "--public-key", str(local_stack.public_key_file(audit_key))]) == 0  # fmt: skip
     assert "vouched for by the TEE's signatures alone" in capsys.readouterr().out
 
 

@@ -27,10 +27,12 @@ import pytest
 import requests
 
 from securetrain.core.cvm_client import CvmClient, CvmRequestRejected
-from securetrain.core.identity import LOCAL_TENANT, LocalIdentityCredential
+from securetrain.localstack.identities import CVM_IDENTITY, LOCAL_TENANT
 from securetrain.core.onboarding import DatasetRef
 from securetrain.localstack.services.identity import IDENTITIES
 from securetrain.core.job_spec import job_id_for_run
+from securetrain.tee.settings import TeeSettings
+from tests.conftest import process_environment
 
 pytestmark = pytest.mark.integration
 
@@ -58,13 +60,13 @@ def suite(*expectations: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def pipeline(local_stack) -> CvmClient:
-    with CvmClient.from_stack_env(local_stack.env, "pipeline") as client:
+    with local_stack.settings().agent() as client:
         yield client
 
 
 @pytest.fixture(scope="module")
 def monitor(local_stack) -> CvmClient:
-    with CvmClient.from_stack_env(local_stack.env, "monitor") as client:
+    with local_stack.agent_client("monitor") as client:
         yield client
 
 
@@ -192,8 +194,10 @@ BAD_BODIES = {"deeply-nested": DEEP, "nan": b'{"value": NaN, "alg": "RSA-OAEP-25
 
 
 def vault_token(local_stack, identity: str) -> str:
-    with LocalIdentityCredential.from_stack_env(local_stack.env, identity) as credential:
-        return credential.get_token("https://vault.azure.net/.default").token
+    if identity != CVM_IDENTITY:
+        return local_stack.credential(identity).get_token("https://vault.azure.net/.default").token
+    with process_environment(local_stack.tee_environment()):  # the TEE's managed identity, as its host has it
+        return TeeSettings.load().credential().get_token("https://vault.azure.net/.default").token
 
 
 @pytest.fixture(scope="module")

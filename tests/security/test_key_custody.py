@@ -34,7 +34,6 @@ from cryptography.hazmat.primitives import serialization
 
 from securetrain.localstack.airflow_env import AIRFLOW_STACK_SETTINGS, airflow_environment, process_environment
 from securetrain.core.cvm_client import CvmAccessDenied, CvmAttestationRefused, CvmClient
-from securetrain.core.identity import LocalIdentityCredential
 from securetrain.core.keyvault import (
     KekPolicyMismatch,
     KekNotProvisioned,
@@ -42,7 +41,8 @@ from securetrain.core.keyvault import (
     check_kek,
     cryptography_client,
     kek_public_key,
-    key_client_from_stack_env,
+    key_client,
+    key_client_from_settings,
     versions_under_other_policies,
 )
 from securetrain.core.release_policy import ReleasePolicy
@@ -57,9 +57,11 @@ from securetrain.core.rotation import (
 from securetrain.core.sealed import KekPrivateKey, SealedReader, inspect, seal
 from securetrain.core.skr import ReleasedKeyRejected, open_release_response
 from securetrain.localstack import StackLayout, data_owner
+from securetrain.localstack.services.identity import stack_identities
 from securetrain.localstack.services.keyvault import master_key_path
+from securetrain.tee.tee_services import attester
 from securetrain.core.storage import BlobStore
-from tests.integration.test_agent_job import released_kek
+from tests.jobs import in_the_tee, released_kek
 from securetrain.tee.attest import TeeKey
 
 pytestmark = pytest.mark.integration
@@ -80,8 +82,8 @@ def policy(env) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def pipeline(env) -> CvmClient:
-    with CvmClient.from_stack_env(env, "pipeline") as client:
+def pipeline(local_stack) -> CvmClient:
+    with local_stack.settings().agent() as client:
         yield client
 
 
@@ -90,16 +92,16 @@ def tee_token(pipeline: CvmClient) -> str:
     return pipeline.attest(secrets.token_urlsafe(24))["token"]
 
 
-def try_private_use(env, identity: str, use: str, token: str) -> HttpResponseError:
+def try_private_use(local_stack, identity: str, use: str, token: str) -> HttpResponseError:
     """``identity`` unwraps, decrypts with, or has released the stack's KEK; the vault's refusal."""
-    kek_id = env["SECURETRAIN_KEK_ID"]
+    kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
     with pytest.raises(HttpResponseError) as refused:
         if use == "release":
-            with key_client_from_stack_env(env, identity) as keys:
+            with key_client_from_settings(local_stack.settings(identity)) as keys:
                 keys.release_key(KEK, token, version=kek_id.rsplit("/", 1)[1])
         else:
-            credential = LocalIdentityCredential.from_stack_env(env, identity)
-            with credential, cryptography_client(kek_id, credential, ca_bundle=env["SECURETRAIN_CA_BUNDLE"]) as crypto:
+            credential = local_stack.credential(identity)
+            with cryptography_client(kek_id, credential, ca_bundle=local_stack.ca_bundle) as crypto:
                 if use == "unwrap":
                     crypto.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, b"\0" * 384)
                 else:
@@ -108,12 +110,12 @@ def try_private_use(env, identity: str, use: str, token: str) -> HttpResponseErr
 
 
 @pytest.mark.parametrize("identity", ["pipeline", "key-rotator", "data-owner"])
-def test_no_identity_outside_the_tee_unwraps_decrypts_or_releases(env, pipeline, identity) -> None:
+def test_no_identity_outside_the_tee_unwraps_decrypts_or_releases(local_stack, env, pipeline, identity) -> None:
     """Finding 2: Airflow's identities (and the data owner's) get 403 for every use of the KEK's private half,
     even with a genuine attestation token in hand."""
     token = tee_token(pipeline)
     for use in PRIVATE_USES:
-        refused = try_private_use(env, identity, use, token)
+        refused = try_private_use(local_stack, identity, use, token)
         assert refused.status_code == 403, (identity, use, refused.message)
         assert f"Microsoft.KeyVault/vaults/keys/{use}/action" in refused.message, (identity, use)
     lines = [json.loads(line) for line in Path(env["SECURETRAIN_KEYVAULT_ACCESS_LOG"]).read_text().splitlines()]
@@ -141,9 +143,9 @@ def management_attempts(keys: KeyClient, policy: bytes) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("identity", ["pipeline", "key-rotator"])
-def test_airflows_identities_cannot_create_change_delete_or_purge_keys(env, policy, identity) -> None:
+def test_airflows_identities_cannot_create_change_delete_or_purge_keys(local_stack, env, policy, identity) -> None:
     """Finding 5: neither Airflow identity creates keys, changes a policy, deletes or purges; the KEK is intact."""
-    with key_client_from_stack_env(env, identity) as keys:
+    with key_client_from_settings(local_stack.settings(identity)) as keys:
         before = keys.get_key(KEK)
         for attempt, act in management_attempts(keys, policy).items():
             with pytest.raises(HttpResponseError) as refused:
@@ -154,14 +156,14 @@ def test_airflows_identities_cannot_create_change_delete_or_purge_keys(env, poli
     assert after.properties.release_policy.encoded_policy == before.properties.release_policy.encoded_policy
 
 
-def test_the_pipeline_cannot_even_make_a_new_version(env) -> None:
-    with key_client_from_stack_env(env, "pipeline") as keys, pytest.raises(HttpResponseError) as refused:
+def test_the_pipeline_cannot_even_make_a_new_version(local_stack, env) -> None:
+    with key_client_from_settings(local_stack.settings("pipeline")) as keys, pytest.raises(HttpResponseError) as refused:
         keys.rotate_key(KEK)
     assert refused.value.status_code == 403 and "keys/rotate/action" in refused.value.message
 
 
-def test_the_kek_policy_is_immutable_even_for_its_owner(env, policy) -> None:
-    with key_client_from_stack_env(env, "data-owner") as keys:
+def test_the_kek_policy_is_immutable_even_for_its_owner(local_stack, env, policy) -> None:
+    with key_client_from_settings(local_stack.settings("data-owner")) as keys:
         kek = keys.get_key(KEK)
         assert kek.properties.release_policy.immutable is True
         for attempt in (management_attempts(keys, policy)["loosen the KEK's release policy"],
@@ -172,33 +174,33 @@ def test_the_kek_policy_is_immutable_even_for_its_owner(env, policy) -> None:
         assert keys.get_key(KEK).properties.release_policy.encoded_policy == kek.properties.release_policy.encoded_policy
 
 
-def test_a_deleted_key_cannot_be_purged_by_anyone(env, policy) -> None:
+def test_a_deleted_key_cannot_be_purged_by_anyone(local_stack, env, policy) -> None:
     """Purging the KEK would destroy every dataset sealed for it; with purge protection nobody can."""
     name = f"doomed-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(env, "data-owner") as owner:
+    with key_client_from_settings(local_stack.settings("data-owner")) as owner:
         owner.create_rsa_key(name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy, immutable=True))
         owner.begin_delete_key(name).result()
         with pytest.raises(HttpResponseError) as refused:
             owner.purge_deleted_key(name)  # the owner's role allows purging; the vault's protection does not
         assert refused.value.status_code == 403 and "purge protection is enabled" in refused.value.message
         for identity in ("pipeline", "key-rotator"):
-            with key_client_from_stack_env(env, identity) as keys, pytest.raises(HttpResponseError) as refused:
+            with key_client_from_settings(local_stack.settings(identity)) as keys, pytest.raises(HttpResponseError) as refused:
                 keys.purge_deleted_key(name)
             assert refused.value.status_code == 403 and "keys/purge/action" in refused.value.message, identity
         owner.begin_recover_deleted_key(name).result()
         assert owner.get_key(name).name == name
 
 
-def test_the_pipeline_only_checks_the_kek_and_says_who_must_fix_it(env, policy) -> None:
+def test_the_pipeline_only_checks_the_kek_and_says_who_must_fix_it(local_stack, env, policy) -> None:
     approved = ReleasePolicy.parse(policy)
-    with key_client_from_stack_env(env, "pipeline") as keys:
+    with key_client_from_settings(local_stack.settings("pipeline")) as keys:
         assert check_kek(keys, KEK, approved).id == env["SECURETRAIN_KEK_ID"]
         with pytest.raises(KekNotProvisioned, match="data owner creates it"):
             check_kek(keys, f"missing-{uuid.uuid4().hex[:8]}", approved)
     name = f"mutable-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(env, "data-owner") as owner:
+    with key_client_from_settings(local_stack.settings("data-owner")) as owner:
         owner.create_rsa_key(name, size=2048, exportable=True, release_policy=KeyReleasePolicy(policy, immutable=False))
-    with key_client_from_stack_env(env, "pipeline") as keys, pytest.raises(KekPolicyMismatch, match="mutable.*data owner"):
+    with key_client_from_settings(local_stack.settings("pipeline")) as keys, pytest.raises(KekPolicyMismatch, match="mutable.*data owner"):
         check_kek(keys, name, approved)
 
 
@@ -217,17 +219,17 @@ def opened(store: BlobStore, container: str, blob: str, kek: KekPrivateKey) -> b
 
 
 @pytest.fixture(scope="module")
-def approved_tee(env, policy):
+def approved_tee(local_stack, env, policy):
     """How Airflow checks a token from the TEE: the attestation service's signature, then the approved policy."""
-    return approved_tee_validator(env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"], ReleasePolicy.parse(policy))
+    return approved_tee_validator(env["SECURETRAIN_ATTESTATION_ENDPOINT"], str(local_stack.ca_bundle), ReleasePolicy.parse(policy))
 
 
 @pytest.fixture(scope="module")
-def rotated(env, policy, store, pipeline, approved_tee) -> dict[str, Any]:
+def rotated(local_stack, env, policy, store, pipeline, approved_tee) -> dict[str, Any]:
     """A KEK of the module's own with sealed blobs in a container of its own, rotated the way key rotation
     does it: the rotator makes a new version, the stack's TEE rewraps."""
     name = f"kek-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(env, "data-owner") as owner:
+    with key_client_from_settings(local_stack.settings("data-owner")) as owner:
         first = kek_public_key(owner.create_rsa_key(name, size=2048, exportable=True,
                                                     release_policy=KeyReleasePolicy(policy, immutable=True)))  # fmt: skip
     container = f"rot-{uuid.uuid4().hex[:8]}"
@@ -237,7 +239,7 @@ def rotated(env, policy, store, pipeline, approved_tee) -> dict[str, Any]:
     for blob, body in sealed.items():
         store.upload_stream(container, blob, io.BytesIO(body), length=len(body))
     time.sleep(1.1)  # Key Vault's creation times are whole seconds: the new version must be the newer one
-    with key_client_from_stack_env(env, "key-rotator") as rotator:
+    with key_client_from_settings(local_stack.settings("key-rotator")) as rotator:
         second = kek_public_key(rotator.rotate_key(name))
     statement = rewrap_in_tee(pipeline, second.kek_id, [container], approved_tee)
     return {"name": name, "first": first, "second": second, "container": container, "plaintexts": plaintexts,
@@ -279,7 +281,7 @@ def test_the_tee_does_not_rewrap_backwards(store, pipeline, approved_tee, rotate
     assert {blob: b"".join(store.download_chunks(container, blob)) for blob in rotated["plaintexts"]} == before
 
 
-def test_blobs_of_a_version_no_approved_tee_opens_stay_and_are_reported(env, policy, store, pipeline, approved_tee) -> None:
+def test_blobs_of_a_version_no_approved_tee_opens_stay_and_are_reported(local_stack, env, policy, store, pipeline, approved_tee) -> None:
     """The approved policy changed (a new workload): the owner made a new version, and the blobs of the old
     one cannot be rewrapped by the new TEE. They are left untouched and named, and only because that
     version's policy is not the approved one does the check accept them where they are."""
@@ -288,7 +290,7 @@ def test_blobs_of_a_version_no_approved_tee_opens_stay_and_are_reported(env, pol
         if condition["claim"] == "x-ms-sevsnpvm-hostdata":
             condition["equals"] = "01" * 32  # the workload the data owner approved before
     name, container = f"kek-{uuid.uuid4().hex[:8]}", f"old-{uuid.uuid4().hex[:8]}"
-    with key_client_from_stack_env(env, "data-owner") as owner:
+    with key_client_from_settings(local_stack.settings("data-owner")) as owner:
         old = kek_public_key(owner.create_rsa_key(name, size=2048, exportable=True,
                                                   release_policy=KeyReleasePolicy(json.dumps(previous).encode(), immutable=True)))  # fmt: skip
         time.sleep(1.1)
@@ -303,7 +305,7 @@ def test_blobs_of_a_version_no_approved_tee_opens_stay_and_are_reported(env, pol
     assert b"".join(store.download_chunks(container, "part-0.sealed")) == body
     with pytest.raises(RotationNotVerified, match="still wrapped for"):
         verify_rotation(store, new, statement, [container])
-    with key_client_from_stack_env(env, "pipeline") as keys:
+    with key_client_from_settings(local_stack.settings("pipeline")) as keys:
         other = versions_under_other_policies(keys, name, ReleasePolicy.parse(policy))
     assert other == {old.kek_id}
     summary = verify_rotation(store, new, statement, [container], other_policies=other)
@@ -344,8 +346,8 @@ def test_deeply_nested_json_is_a_400(env) -> None:
     assert response.status_code == 400 and response.json()["error"]["code"] == "RewrapRequestInvalid", response.text
 
 
-def test_the_monitor_cannot_ask_for_a_rewrap(env, rotated) -> None:
-    with CvmClient.from_stack_env(env, "monitor") as monitor, pytest.raises(CvmAccessDenied):
+def test_the_monitor_cannot_ask_for_a_rewrap(local_stack, env, rotated) -> None:
+    with local_stack.agent_client("monitor") as monitor, pytest.raises(CvmAccessDenied):
         monitor.rewrap(kek_id=rotated["second"].kek_id, containers=[rotated["container"]], nonce=secrets.token_urlsafe(24))
 
 
@@ -367,17 +369,12 @@ def test_a_rewrap_statement_cannot_be_replayed_or_altered(pipeline, approved_tee
 
 def test_a_release_signed_by_anything_but_the_vaults_server_certificate_is_refused(local_stack, env, pipeline) -> None:
     """The pipeline's client certificate chains to the same CA the TEE trusts; it must not vouch for a key."""
-    from securetrain.tee.attest import Attester  # noqa: PLC0415 - the TEE's own attester, as the agent builds it
-    from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider  # noqa: PLC0415
-    from securetrain.tee.tee_services import attester_from_env  # noqa: PLC0415
-
     tee_key = TeeKey()
-    provider = SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir)))
-    attester: Attester = attester_from_env(env, provider)
-    token = attester.attest(tee_key, secrets.token_urlsafe(24))
     kek_id = env["SECURETRAIN_KEK_ID"]
-    with key_client_from_stack_env(env, "cvm") as cvm:
-        genuine = cvm.release_key(KEK, token.raw, version=kek_id.rsplit("/", 1)[1]).value
+    with in_the_tee(local_stack) as (settings, evidence):  # the TEE's own attester, as the agent builds it
+        token = attester(settings, evidence).attest(tee_key, secrets.token_urlsafe(24))
+        with key_client(env["SECURETRAIN_KEYVAULT_URL"], settings.credential(), ca_bundle=settings.ca_bundle) as cvm:
+            genuine = cvm.release_key(KEK, token.raw, version=kek_id.rsplit("/", 1)[1]).value
     roots = x509.load_pem_x509_certificates(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())
     assert open_release_response(genuine, tee_key.private_key, roots, expected_key_id=kek_id).kid == kek_id
 
@@ -403,10 +400,12 @@ def test_the_challenge_resource_is_verified_except_for_loopback_vaults() -> None
 
 def test_airflows_environment_carries_no_tee_platform_or_owner_material(local_stack, monkeypatch) -> None:
     stack, layout = local_stack.env, StackLayout(local_stack.state_dir)
+    identities = stack_identities(layout)
     withheld = {
-        "the TEE's identity": stack["SECURETRAIN_IDENTITY_CVM_CREDENTIALS"],
+        "the TEE's managed-identity header": identities["cvm"].identity_header,
         "the simulated SNP platform's keys": stack["SECURETRAIN_SNP_PLATFORM_DIR"],
-        "the data owner's identity": stack["SECURETRAIN_IDENTITY_DATA_OWNER_CREDENTIALS"],
+        "the data owner's client secret": identities["data-owner"].client_secret,
+        "the data owner's settings": str(local_stack.settings_file("data-owner")),
         "the data owner's signing key": str(data_owner.signing_key_path(layout)),
         "the vault's master key": str(master_key_path(layout)),
         "the monitor's client key": stack["SECURETRAIN_CVM_MONITOR_KEY"],
@@ -422,6 +421,6 @@ def test_airflows_environment_carries_no_tee_platform_or_owner_material(local_st
         # What Airflow does use is there: its connections and the settings it reads.
         assert {"AIRFLOW_CONN_SECURETRAIN_KEYVAULT", "AIRFLOW_CONN_SECURETRAIN_KEYVAULT_ROTATOR", "AIRFLOW_CONN_SECURETRAIN_CVM",
                 "AIRFLOW_CONN_SECURETRAIN_STORAGE", "SECURETRAIN_RELEASE_POLICY"} <= environment.keys()  # fmt: skip
-    identities = {json.loads(environment[f"AIRFLOW_CONN_{conn}"])["extra"]["credentials"]
+    signing_in = {json.loads(environment[f"AIRFLOW_CONN_{conn}"])["login"]
                   for conn in ("SECURETRAIN_KEYVAULT", "SECURETRAIN_KEYVAULT_ROTATOR")}  # fmt: skip
-    assert identities == {stack["SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS"], stack["SECURETRAIN_IDENTITY_KEY_ROTATOR_CREDENTIALS"]}
+    assert signing_in == {identities["pipeline"].client_id, identities["key-rotator"].client_id}

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def pipeline(local_stack) -> CvmClient:
-    return CvmClient.from_stack_env(local_stack.env, "pipeline")
+    return local_stack.settings().agent()
 
 
 @pytest.fixture(scope="module")

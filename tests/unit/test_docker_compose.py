@@ -8,6 +8,7 @@ deployment that has never run (docs/deployment.md says so).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,9 +22,11 @@ import yaml
 from cryptography import x509
 
 from securetrain.localstack.standins.keyvault.authz import Action, RoleAssignments
-from securetrain.localstack.airflow_env import AIRFLOW_STACK_SETTINGS, securetrain_connections
+from securetrain.airflow.settings import PipelineSettings
+from securetrain.localstack.airflow_env import keyvault_connections, securetrain_connections
 from securetrain.core.appraisal import AppraisalPolicy
-from securetrain.core.identity import LocalIdentity
+from securetrain.localstack.identities import LocalIdentity
+from securetrain.tee.settings import TeeSettings
 from securetrain.localstack import StackLayout, data_owner
 from securetrain.localstack.registry import SERVICES
 from securetrain.tee.workload import host_data
@@ -35,6 +38,7 @@ PKI_SCRIPT = REPO / "docker" / "pki_init.py"
 #: What docs/deployment.md tells an operator to put in .env; test values, distinct so substitutions show.
 SECRETS = {
     "SECURETRAIN_BLOB_ACCOUNT_KEY": "dGVzdC1hY2NvdW50LWtleQ==",
+    "SECURETRAIN_CVM_IDENTITY_HEADER": "test-cvm-identity-header",
     "POSTGRES_PASSWORD": "test-postgres-password",
     "REDIS_PASSWORD": "test-redis-password",
     "AIRFLOW_FERNET_KEY": "test-fernet-key",
@@ -56,6 +60,7 @@ PRIVATE_VOLUMES = {
     "trainer-pki": {"pki", "trainer"},
     "data-owner-pki": {"pki", "data-owner-kek"},
     "trainer-data": {"trainer"},
+    "airflow-keys": AIRFLOW_SERVICES,
     "keyvault-pki": {"pki", "keyvault"},
     "keyvault-data": {"keyvault"},
     "identity-pki": {"pki", "identity"},
@@ -158,22 +163,35 @@ def test_airflow_runs_celery_on_postgres_and_redis(model: dict[str, Any]) -> Non
     assert services["redis"]["image"].startswith("redis:7")
 
 
-def test_airflow_connections_are_the_local_stacks(model: dict[str, Any]) -> None:
-    # The same AIRFLOW_CONN_* names and shapes as the local environment, built by its own code from the
-    # SECURETRAIN_* settings the compose file gives Airflow: the hooks cannot tell the two apart.
+def test_airflow_connections_are_the_local_stacks(model: dict[str, Any], tmp_path: Path) -> None:
+    # The same connection ids and shapes as the local environment, built by its own code from the settings the
+    # compose file gives Airflow: the hooks cannot tell the two apart. The Key Vault connections (service
+    # principals with secrets) come from the file the `pki` service writes for the local-filesystem backend.
     environment = _services(model)["airflow-worker"]["environment"]
     compose_connections = {name: value for name, value in environment.items() if name.startswith("AIRFLOW_CONN_")}
+    backend = json.loads(environment["AIRFLOW__SECRETS__BACKEND_KWARGS"])["connections_file_path"]
+    assert environment["AIRFLOW__SECRETS__BACKEND"] == "airflow.secrets.local_filesystem.LocalFilesystemBackend"
+    out = _pki(tmp_path)
+    written = json.loads((out / "airflow" / Path(backend).relative_to("/srv/securetrain")).read_text())
     # The files the connections name are in airflow-pki, where the local stack's settings would name them.
     files = {
-        "SECURETRAIN_IDENTITY_PIPELINE_CREDENTIALS": "/srv/securetrain/secrets/identities/pipeline.json",
-        "SECURETRAIN_IDENTITY_KEY_ROTATOR_CREDENTIALS": "/srv/securetrain/secrets/identities/key-rotator.json",
+        "SECURETRAIN_CA_BUNDLE": "/srv/securetrain/ca/ca.pem",
+        "SECURETRAIN_KEYVAULT_URL": "https://keyvault:10800",
+        "SECURETRAIN_IDENTITY_ENDPOINT": "https://identity:10700",
+        "SECURETRAIN_ATTESTATION_ENDPOINT": "https://attestation:10443",
+        "SECURETRAIN_CVM_ENDPOINT": "https://trainer:10600",
         "SECURETRAIN_CVM_PIPELINE_CERT": "/srv/securetrain/certs/client/pipeline.pem",
         "SECURETRAIN_CVM_PIPELINE_KEY": "/srv/securetrain/certs/client/pipeline.key",
+        "AIRFLOW_CONN_SECURETRAIN_STORAGE": environment["AIRFLOW_CONN_SECURETRAIN_STORAGE"],
     }
-    expected = securetrain_connections({**environment, **files}, COMPOSE_FILE)
-    assert compose_connections.keys() == expected.keys()
-    for name, value in expected.items():
-        assert json.loads(compose_connections[name]) == json.loads(value), name
+    identities = {name: LocalIdentity.load(out / f"identity/secrets/identities/{name}.json") for name in ("pipeline", "key-rotator")}
+    local = securetrain_connections(files, out / "identity" / "stack.env")
+    keyvault = keyvault_connections(files["SECURETRAIN_KEYVAULT_URL"], files["SECURETRAIN_IDENTITY_ENDPOINT"],
+                                    files["SECURETRAIN_CA_BUNDLE"], identities)  # fmt: skip
+    assert written == json.loads(json.dumps(keyvault))
+    assert {f"AIRFLOW_CONN_{conn_id.upper()}" for conn_id in written} | compose_connections.keys() == local.keys()
+    for name, value in compose_connections.items():
+        assert json.loads(value) == json.loads(local[name]), name
     storage = json.loads(environment["AIRFLOW_CONN_SECURETRAIN_STORAGE"])
     assert storage == {
         "conn_type": "wasb",
@@ -182,6 +200,15 @@ def test_airflow_connections_are_the_local_stacks(model: dict[str, Any]) -> None
         "password": SECRETS["SECURETRAIN_BLOB_ACCOUNT_KEY"],
         "extra": {"connection_verify": "/srv/securetrain/ca/ca.pem"},
     }
+
+
+def test_the_trainer_gets_the_tee_settings_and_a_managed_identity(model: dict[str, Any]) -> None:
+    environment = _services(model)["trainer"]["environment"]
+    assert environment["IDENTITY_ENDPOINT"] == "https://identity:10700/msi/token"
+    assert environment["IDENTITY_HEADER"] == SECRETS["SECURETRAIN_CVM_IDENTITY_HEADER"]
+    settings = {name for name in environment if name.startswith("SECURETRAIN_")} - {"SECURETRAIN_SNP_PLATFORM_DIR"}
+    assert settings <= {TeeSettings.variable(field) for field in TeeSettings.model_fields}
+    assert not any("ACCOUNT_KEY" in name or "SECRET" in name for name in environment)
 
 
 def test_private_material_stays_with_its_owner(model: dict[str, Any]) -> None:
@@ -203,7 +230,8 @@ def test_private_material_stays_with_its_owner(model: dict[str, Any]) -> None:
     for name in AIRFLOW_SERVICES:
         environment = services[name]["environment"]
         settings = {key for key in environment if key.startswith("SECURETRAIN_")}
-        assert settings <= set(AIRFLOW_STACK_SETTINGS), f"{name} gets {sorted(settings - set(AIRFLOW_STACK_SETTINGS))}"
+        allowed = {PipelineSettings.variable(field) for field in PipelineSettings.model_fields}
+        assert settings <= allowed, f"{name} gets {sorted(settings - allowed)}"
         text = json.dumps(environment)
         assert not any(secret in text for secret in ("cvm.json", "data-owner", "snp-platform", "master-key")), name
     # Only the Airflow API server is reachable from the host, and only on its loopback address.
@@ -245,6 +273,16 @@ def test_stand_in_health_checks_name_registered_services(model: dict[str, Any]) 
         assert f"--port={port}" in _services(model)[name]["command"], name
 
 
+def _pki(tmp_path: Path, runs: int = 1) -> Path:
+    """Run the `pki` service's script ``runs`` times into ``tmp_path``, with its compose environment; its OUT."""
+    out, ca_dir = tmp_path / "out", tmp_path / "ca"
+    env = {**os.environ, "SECURETRAIN_CVM_IDENTITY_HEADER": SECRETS["SECURETRAIN_CVM_IDENTITY_HEADER"]}
+    for _ in range(runs):
+        subprocess.run([sys.executable, str(PKI_SCRIPT), str(out), str(ca_dir)], check=True, capture_output=True,
+                       timeout=120, env=env)  # fmt: skip
+    return out
+
+
 def _tree_files(root: Path) -> set[str]:
     return {path.relative_to(root).as_posix() for path in root.rglob("*") if path.is_file() and path.name != ".lock"}
 
@@ -258,9 +296,7 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
         name: f"{name}-pki" for name in ("azurite", "attestation", "identity", "keyvault", "trainer", "airflow", "data-owner")
     }
 
-    out, ca_dir = tmp_path / "out", tmp_path / "ca"
-    for _ in range(2):  # a second run (every `docker compose up`) keeps what is valid
-        subprocess.run([sys.executable, str(PKI_SCRIPT), str(out), str(ca_dir)], check=True, capture_output=True, timeout=120)
+    out = _pki(tmp_path, runs=2)  # a second run (every `docker compose up`) keeps what is valid
     server = {name: {"ca/ca.pem", f"certs/server/{name}.pem", f"certs/server/{name}.key"} for name in trees if name != "data-owner"}
     assert _tree_files(out / "azurite") == server["azurite"]
     assert _tree_files(out / "attestation") == server["attestation"] | {"policies/appraisal.yaml"}
@@ -268,14 +304,14 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     identities = {f"secrets/identities/{name}.json" for name in ("pipeline", "cvm", "key-rotator", "data-owner")}
     assert identities <= _tree_files(out / "identity")
     trainer_files = _tree_files(out / "trainer")
-    assert {"certs/client/monitor.pem", "certs/client/monitor.key", "secrets/identities/cvm.json"} <= trainer_files
+    assert {"certs/client/monitor.pem", "certs/client/monitor.key"} <= trainer_files
+    assert not any(path.startswith("secrets/identities/") for path in trainer_files)  # a managed identity: no secret
     assert any(path.startswith("snp-platform/") and path.endswith(".key") for path in trainer_files)
     assert _tree_files(out / "airflow") == {
         "ca/ca.pem",
         "certs/client/pipeline.pem",
         "certs/client/pipeline.key",
-        "secrets/identities/pipeline.json",
-        "secrets/identities/key-rotator.json",
+        "secrets/airflow-connections.json",
         "policies/release-policy.json",
     }
     assert _tree_files(out / "data-owner") == {
@@ -293,9 +329,12 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
         names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert name in names.get_values_for_type(x509.DNSName), f"{name}'s certificate does not name it"
     # The vault's roles name the identities the token issuer knows; the policy pins the installed trainer.
-    identity = {name: LocalIdentity.load(out / f"identity/secrets/identities/{name}.json").object_id
+    identity = {name: LocalIdentity.load(out / f"identity/secrets/identities/{name}.json")
                 for name in ("pipeline", "key-rotator", "data-owner", "cvm")}  # fmt: skip
-    assert LocalIdentity.load(out / "airflow/secrets/identities/pipeline.json").object_id == identity["pipeline"]
+    connections = json.loads((out / "airflow/secrets/airflow-connections.json").read_text())
+    assert connections["securetrain_keyvault"]["login"] == identity["pipeline"].client_id
+    assert identity["cvm"].identity_header == SECRETS["SECURETRAIN_CVM_IDENTITY_HEADER"]
+    identity = {name: value.object_id for name, value in identity.items()}
     roles = RoleAssignments.load(out / "keyvault/policies/keyvault-roles.json")
     private_use = {Action.UNWRAP, Action.DECRYPT, Action.RELEASE}
     granted = {name: {action for action in Action if roles.allows(oid, action)} for name, oid in identity.items()}

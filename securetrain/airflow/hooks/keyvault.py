@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from azure.core.credentials import TokenCredential
 from azure.core.exceptions import HttpResponseError
 from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
 
 from airflow.sdk import BaseHook
 from securetrain.airflow.hooks._connection import ServiceConnection
 from securetrain.core.errors import SecurityViolation
-from securetrain.core.identity import LocalIdentity, LocalIdentityCredential
 from securetrain.core.keyvault import (
     KeyVaultAccessDenied,
     check_kek,
@@ -37,9 +35,10 @@ class KekWithoutPolicy(SecurityViolation):
 class KeyVaultHook(BaseHook):
     """Key Vault through ``azure-keyvault-keys``.
 
-    The connection's host is the vault URL. Locally its extra names the stack's identity (``credentials``:
-    the pipeline's credentials file, ``identity_endpoint``) and ``ca_bundle``; on Azure both are left out
-    and ``DefaultAzureCredential`` (a managed identity, the CLI, ...) authenticates.
+    The connection's host is the vault URL; its identity is a service principal (login, password, extra
+    ``tenant_id``) or, without one, ``DefaultAzureCredential``: the extra's ``managed_identity_client_id``
+    names a user-assigned managed identity, ``workload_identity_tenant_id`` a workload identity
+    (:meth:`ServiceConnection.credential`). Extra ``ca_bundle`` replaces the system's roots (the local stack's CA).
     """
 
     conn_name_attr = "keyvault_conn_id"
@@ -55,17 +54,8 @@ class KeyVaultHook(BaseHook):
     def connection(self) -> ServiceConnection:
         return ServiceConnection.of(self.get_connection(self.keyvault_conn_id))
 
-    def credential(self) -> TokenCredential:
-        credentials = self.connection.file("credentials")
-        if credentials is None:
-            from azure.identity import DefaultAzureCredential  # noqa: PLC0415 - only Azure needs it
-
-            return DefaultAzureCredential()
-        authority = self.connection.required("identity_endpoint")
-        return LocalIdentityCredential(authority, LocalIdentity.load(credentials), ca_bundle=self.connection.required("ca_bundle"))
-
     def get_conn(self) -> KeyClient:
-        return key_client(self.connection.endpoint, self.credential(), ca_bundle=self.connection.ca_bundle)
+        return key_client(self.connection.endpoint, self.connection.credential(), ca_bundle=self.connection.ca_bundle)
 
     def get_key(self, kek_id: str) -> KeyVaultKey:
         ref = KeyVaultKeyIdentifier(kek_id)

@@ -63,12 +63,22 @@ class ValidatedToken:
 
 
 class AuthorityKeys:
-    """The signing keys an attestation authority publishes, fetched and cached."""
+    """The signing keys a token issuer publishes, fetched and cached.
 
-    def __init__(self, issuer: str, *, verify: str | bool = True, timeout: float = 10.0) -> None:
+    The issuer's OpenID metadata is at ``{issuer}/.well-known/openid-configuration`` (an attestation
+    provider's) unless ``metadata_url`` says where (Microsoft Entra ID publishes the metadata of the issuer
+    ``https://sts.windows.net/{tenant}/`` at its authority, ``https://login.microsoftonline.com/{tenant}/``).
+    The metadata must name ``issuer``, and its ``jwks_uri`` must be on the metadata's own origin.
+    """
+
+    def __init__(self, issuer: str, *, metadata_url: str | None = None, verify: str | bool = True, timeout: float = 10.0) -> None:
         if not issuer.startswith("https://"):
-            raise TokenRejected(f"attestation authority {issuer!r} is not an https URL")
-        self.issuer = issuer.rstrip("/")
+            raise TokenRejected(f"token issuer {issuer!r} is not an https URL")
+        # Kept as given when the metadata is elsewhere: Entra's v1 issuer ends with a slash, and `iss` must match exactly.
+        self.issuer = issuer if metadata_url else issuer.rstrip("/")
+        self._metadata_url = metadata_url or f"{self.issuer}/.well-known/openid-configuration"
+        if not self._metadata_url.startswith("https://"):
+            raise TokenRejected(f"token issuer metadata {self._metadata_url!r} is not an https URL")
         self._verify = verify
         self._timeout = timeout
         self._keys: dict[str, rsa.RSAPublicKey] = {}
@@ -107,12 +117,14 @@ class AuthorityKeys:
             raise AuthorityUnreachable(f"cannot fetch {url}: {exc}") from None
 
     def _fetch(self) -> dict[str, rsa.RSAPublicKey]:
-        metadata = self._get_json(f"{self.issuer}/.well-known/openid-configuration")
-        if not isinstance(metadata, dict) or metadata.get("issuer", "").rstrip("/") != self.issuer:
-            raise TokenRejected(f"{self.issuer}'s OpenID metadata names another issuer: {metadata.get('issuer')!r}")
+        metadata = self._get_json(self._metadata_url)
+        named = metadata.get("issuer") if isinstance(metadata, dict) else None
+        if not isinstance(named, str) or named.rstrip("/") != self.issuer.rstrip("/"):
+            raise TokenRejected(f"the OpenID metadata at {self._metadata_url} names another issuer: {named!r}")
         jwks_uri = metadata.get("jwks_uri")
-        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(self.issuer + "/"):
-            raise TokenRejected(f"{self.issuer}'s jwks_uri {jwks_uri!r} is not under the issuer")
+        origin = "/".join(self._metadata_url.split("/", 3)[:3]) + "/"
+        if not isinstance(jwks_uri, str) or not jwks_uri.startswith(origin):
+            raise TokenRejected(f"{self.issuer}'s jwks_uri {jwks_uri!r} is not on the metadata's origin {origin}")
         document = self._get_json(jwks_uri)
         keys: dict[str, rsa.RSAPublicKey] = {}
         for entry in document.get("keys", []) if isinstance(document, dict) else []:

@@ -18,7 +18,6 @@ from securetrain.core.audit.checkpoints import (
     load_or_create_signing_key,
     load_public_key,
     load_signing_key,
-    local_signing_key_path,
     public_key_pem,
 )
 from securetrain.core.audit.errors import (
@@ -69,7 +68,6 @@ __all__ = [
     "load_or_create_signing_key",
     "load_public_key",
     "load_signing_key",
-    "local_signing_key_path",
     "public_key_pem",
     "rfc3339_utc",
     "verify",

@@ -12,9 +12,8 @@ closed; one stored checkpoint is one JSON line::
 The signature is hex rather than base64 so that one signature has exactly one spelling: base64's
 padding bits would let a byte of a stored checkpoint change without changing what it decodes to.
 
-**The key.** For the local stack the private key is a PEM file in the state directory
-(:func:`local_signing_key_path`), created on first use with mode 0600. That is the local stand-in for
-where it belongs in production: an HSM-held key (Key Vault, Managed HSM) that signs without ever
+**The key.** The pipeline's private key is a PEM file (``$SECURETRAIN_AUDIT_SIGNING_KEY``), created on
+first use with mode 0600. That is the stand-in for where it belongs in production: an HSM-held key (Key Vault, Managed HSM) that signs without ever
 leaving the HSM, so that a compromised Airflow worker can use it only while it is compromised and cannot
 copy it. (Key Vault signs with RSA and EC keys, not Ed25519: see docs/audit.md for what that move implies.)
 Verification needs only the public key.
@@ -46,15 +45,6 @@ _TIME = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z")
 
 #: The deployment setting that pins the audit public key for verification: its :func:`key_fingerprint`.
 PINNED_KEY_VARIABLE = "SECURETRAIN_AUDIT_KEY_FINGERPRINT"
-#: Where the local stack keeps the audit signing key, relative to its state directory.
-LOCAL_SIGNING_KEY = Path("audit") / "signing-key.pem"
-
-
-def local_signing_key_path(state_dir: Path) -> Path:
-    """The local stack's audit signing key file in ``state_dir``."""
-    return state_dir / LOCAL_SIGNING_KEY
-
-
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
     """The Ed25519 audit signing key in the PEM file ``path``, created (mode 0600) if it does not exist.
 

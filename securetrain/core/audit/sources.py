@@ -1,9 +1,10 @@
-"""Audit events from the stand-ins' decision logs: the Key Vault access log and the attestation issuance log.
+"""Audit events from the services' decision logs: the Key Vault access log and the attestation issuance log.
 
-Both are JSON lines written by ``securetrain/localstack/standins/decision_log.py``, each with ``time`` (Unix seconds, float) and
-``decision``. What they carry decides what can honestly be tied to a run:
+Both are JSON lines, each with ``time`` (Unix seconds, float) and ``decision``, as the local stand-ins write
+them (a deployment on Azure exports Key Vault's and the attestation provider's diagnostic logs into the same
+shape; docs/maintenance.md). What they carry decides what can honestly be tied to a run:
 
-* **Attestation issuance log** (``<state>/data/attestation/issuance.jsonl``). ``issued`` lines carry the
+* **Attestation issuance log** (``SECURETRAIN_ATTESTATION_LOG``). ``issued`` lines carry the
   token's ``jti`` and signing ``kid``, the evidence's ``nonce``, ``measurement``, ``host_data``,
   ``platform`` and ``policy_hash``. The job's nonce is chosen per run, so an issued token is tied to a run
   by its nonce. ``refused`` lines carry only ``code`` and ``reason`` (the evidence never got far enough to
@@ -29,10 +30,6 @@ from typing import Any
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource, rfc3339_utc
 from securetrain.core.errors import ConfigurationError, SecuretrainError
 
-#: The attestation stand-in's issuance log, relative to the stack's state directory.
-ATTESTATION_ISSUANCE_LOG = Path("data") / "attestation" / "issuance.jsonl"
-#: The Key Vault stand-in's access log, relative to the stack's state directory (stack.env names it too).
-KEYVAULT_ACCESS_LOG = Path("data") / "keyvault" / "access.jsonl"
 
 
 class DecisionLogMalformed(SecuretrainError):

@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -43,6 +43,7 @@ from azure.storage.blob import BlobClient, ContainerClient
 
 from securetrain.core.audit.errors import AuditAppendConflict, AuditStoreAccessDenied, AuditStoreError
 from securetrain.core.errors import ConfigurationError
+from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
 
 logger = logging.getLogger(__name__)
@@ -139,16 +140,16 @@ class BlobAuditStore:
 
     @classmethod
     @contextlib.contextmanager
-    def from_stack_env(
-        cls, env: Mapping[str, str], log_name: str, *, container: str = AUDIT_CONTAINER
+    def from_settings(
+        cls, settings: ServiceSettings, log_name: str, *, container: str = AUDIT_CONTAINER
     ) -> Iterator[BlobAuditStore]:
-        """The log in the local stack's Azurite (settings as parsed from ``stack.env``), as a context manager
-        that closes the connection. Creates the container, private, if it does not exist.
+        """The log in the storage account the process's settings name, as a context manager that closes the
+        connection. Creates the container, private, if it does not exist.
 
         Raises:
-            StorageError: the stack settings are incomplete, or the container exists and is public.
+            StorageError: the container exists and is public, or storage refuses or cannot be reached.
         """
-        with BlobStore.from_stack_env(env) as blobs:
+        with BlobStore.from_settings(settings) as blobs:
             blobs.ensure_container(container)
             yield cls(blobs.container_client(container), log_name)
 

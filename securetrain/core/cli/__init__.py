@@ -14,6 +14,7 @@ import argparse
 import importlib.metadata
 import logging
 import sys
+from pathlib import Path
 
 from securetrain import __version__
 from securetrain.core.errors import SecuretrainError
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"securetrain {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress at debug level")
+    parser.add_argument(
+        "--settings", type=Path, default=None, metavar="FILE",
+        help="a dotenv file of SECURETRAIN_* and AZURE_* settings (services, trust roots, identity) under the "
+        "environment, which wins; see docs/deployment.md",
+    )  # fmt: skip
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for entry_point in sorted(importlib.metadata.entry_points(group=COMMAND_GROUP_ENTRY_POINTS), key=lambda ep: ep.name):
         entry_point.load().register(subparsers)

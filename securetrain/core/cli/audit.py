@@ -1,4 +1,4 @@
-"""``securetrain audit verify | show | fingerprint``: an audit log in the local stack's Azurite (stack.env).
+"""``securetrain audit verify | show | fingerprint``: an audit log in blob storage ($SECURETRAIN_STORAGE_ACCOUNT_URL).
 
 ``verify`` checks the hash chain and the checkpoints against the pinned audit key, the TEE's own signed
 event logs in it against their attestation tokens, and that the log still holds the TEE's events up to
@@ -21,56 +21,36 @@ from securetrain.core.audit.checkpoints import (
     check_pinned,
     key_fingerprint,
     load_public_key,
-    load_signing_key,
-    local_signing_key_path,
     pinned_fingerprint,
 )
 from securetrain.core.audit.errors import AuditChainBroken, AuditKeyError
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.trail import attested_head, verify_trail
-from securetrain.core.cli.options import add_stack_storage_options
+from securetrain.core.cli.options import add_container_option
+from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.cli.token_check import add_token_options, token_check
-from securetrain.core.errors import ConfigurationError
 from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
-from securetrain.localstack.envfile import read_stack_env
-from securetrain.localstack.layout import resolve_state_dir
 from securetrain.core.storage import BlobStore
 
 
-def _stack_env(state_dir: Path) -> dict[str, str]:
-    path = state_dir / "stack.env"
-    if not path.exists():
-        raise ConfigurationError(f"{path} does not exist: run `securetrain stack up` first")
-    return read_stack_env(path)
-
-
-def _audit_key(args: argparse.Namespace, state_dir: Path) -> Ed25519PublicKey:
-    """The audit public key offered: ``--public-key``, else the public half of the local stack's key. Only a
-    candidate: it counts once its fingerprint is the pinned one."""
-    if args.public_key is not None:
-        try:
-            return load_public_key(args.public_key.read_bytes(), str(args.public_key))
-        except OSError as exc:
-            raise AuditKeyError(f"cannot read the audit public key {args.public_key}: {exc.strerror}") from None
-    key_path = local_signing_key_path(state_dir)
-    if not key_path.exists():
-        raise AuditKeyError(
-            f"no --public-key given and the local stack has no audit key at {key_path}: pass the audit public "
-            "key (PEM) the log was signed with"
-        )
-    return load_signing_key(key_path).public_key()
+def _audit_key(args: argparse.Namespace) -> Ed25519PublicKey:
+    """The audit public key offered (``--public-key``). Only a candidate: it counts once its fingerprint is
+    the pinned one."""
+    try:
+        return load_public_key(args.public_key.read_bytes(), str(args.public_key))
+    except OSError as exc:
+        raise AuditKeyError(f"cannot read the audit public key {args.public_key}: {exc.strerror}") from None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    state_dir = resolve_state_dir(args.state_dir)
     pinned = pinned_fingerprint(args.audit_key_fingerprint, os.environ)  # before anything else: no pin, no verdict
-    public_key = _audit_key(args, state_dir)
+    public_key = _audit_key(args)
     check_pinned(public_key, pinned)
-    env = _stack_env(state_dir)
-    check_token = token_check(args, env)
-    with BlobAuditStore.from_stack_env(env, args.log, container=args.container) as store:
+    settings = CommandSettings.load(args.settings)
+    check_token = token_check(args, settings)
+    with BlobAuditStore.from_settings(settings, args.log, container=args.container) as store:
         entries, checkpoints = store.read_all().lines, store.read_checkpoints()
-    with BlobStore.from_stack_env(env) as blobs:
+    with BlobStore.from_settings(settings) as blobs:
         versions = ModelRegistry(blobs, args.registry_container).versions_of_run(args.log)
     # Each registered model of the run names, in its TEE-signed statement, how far the TEE's log reached.
     anchors = [
@@ -87,7 +67,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _fingerprint(args: argparse.Namespace) -> int:
-    print(key_fingerprint(_audit_key(args, resolve_state_dir(args.state_dir))))
+    print(key_fingerprint(_audit_key(args)))
     return 0
 
 
@@ -103,8 +83,7 @@ def _describe(position: int, line: bytes) -> str:
 
 
 def _show(args: argparse.Namespace) -> int:
-    env = _stack_env(resolve_state_dir(args.state_dir))
-    with BlobAuditStore.from_stack_env(env, args.log, container=args.container) as store:
+    with BlobAuditStore.from_settings(CommandSettings.load(args.settings), args.log, container=args.container) as store:
         lines = store.read_all().lines
     if args.json:
         for line in lines:
@@ -120,10 +99,10 @@ def _show(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
         "audit", help="the tamper-evident audit log: verify it, show it",
-        description="Audit logs kept as append blobs in the local stack's Azurite (stack.env settings). "
-        "See docs/audit.md for the format and what verification proves.",
+        description="Audit logs kept as append blobs in the storage account of the settings "
+        "($SECURETRAIN_STORAGE_ACCOUNT_URL). See docs/audit.md for the format and what verification proves.",
     )  # fmt: skip
-    add_stack_storage_options(group, container=AUDIT_CONTAINER, holds="audit logs")
+    add_container_option(group, container=AUDIT_CONTAINER, holds="audit logs")
     commands = group.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
 
     verify = commands.add_parser(
@@ -142,9 +121,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help=f"the pinned audit public key: SHA-256 of its raw bytes (default: ${PINNED_KEY_VARIABLE}); required",
     )  # fmt: skip
     verify.add_argument(
-        "--public-key", type=Path, default=None, metavar="PEM",
-        help="the audit public key (PEM) to check checkpoints with, if it is not the local stack's (either way "
-        "it must have the pinned fingerprint)",
+        "--public-key", type=Path, required=True, metavar="PEM",
+        help="the audit public key (PEM) to check checkpoints with; it must have the pinned fingerprint",
     )  # fmt: skip
     verify.add_argument(
         "--registry-container", default=REGISTRY_CONTAINER,
@@ -159,11 +137,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     fingerprint = commands.add_parser(
         "fingerprint", help="print an audit public key's fingerprint, the value to pin",
-        description="Print the SHA-256 of an audit public key (--public-key PEM, default the local stack's "
-        f"audit key): the value to pin with --audit-key-fingerprint or ${PINNED_KEY_VARIABLE}. Take it where "
-        "the key is made, not from a copy an attacker could have replaced.",
+        description="Print the SHA-256 of an audit public key (--public-key PEM): the value to pin with "
+        f"--audit-key-fingerprint or ${PINNED_KEY_VARIABLE}. Take it where the key is made, not from a copy an "
+        "attacker could have replaced.",
     )  # fmt: skip
-    fingerprint.add_argument("--public-key", type=Path, default=None, metavar="PEM", help="the audit public key")
+    fingerprint.add_argument("--public-key", type=Path, required=True, metavar="PEM", help="the audit public key")
     fingerprint.set_defaults(handler=_fingerprint)
 
     show = commands.add_parser(

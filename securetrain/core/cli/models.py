@@ -1,4 +1,4 @@
-"""``securetrain models list | verify | approve-export | export``: the model registry in the local stack's Azurite.
+"""``securetrain models list | verify | approve-export | export``: the model registry in blob storage.
 
 ``verify`` checks a version's whole provenance chain (see docs/models.md) and exits 0, or 3 naming the
 link that failed. ``approve-export`` is the data owner's: it signs an approval for a recipient key.
@@ -21,36 +21,24 @@ from securetrain.core.audit.checkpoints import load_public_key, load_signing_key
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.tee_log import check_holds, collect_tee_logs
-from securetrain.core.cli.options import add_stack_storage_options
-from securetrain.core.cli.token_check import add_token_options, authority_keys, release_policy
-from securetrain.core.cvm_client import CvmClient
+from securetrain.core.cli.options import add_container_option
+from securetrain.core.cli.settings import CommandSettings
+from securetrain.core.cli.token_check import add_token_options, authority_keys
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_export import EXPORT_AUDIT_LOG, approve_export
 from securetrain.core.model_provenance import (
     ProvenanceInvalid,
-    load_pipeline_key,
-    local_pipeline_key_path,
     recipient_key,
     verify_provenance,
 )
 from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
 from securetrain.core.sealed import content_digest, inspect
-from securetrain.localstack import StackLayout, data_owner
-from securetrain.localstack.envfile import read_stack_env
-from securetrain.localstack.layout import resolve_state_dir
 from securetrain.core.storage import BlobStore
 
 
-def _stack_env(state_dir: Path) -> dict[str, str]:
-    path = state_dir / "stack.env"
-    if not path.exists():
-        raise ConfigurationError(f"{path} does not exist: run `securetrain stack up` first")
-    return read_stack_env(path)
-
-
 def _list(args: argparse.Namespace) -> int:
-    with BlobStore.from_stack_env(_stack_env(resolve_state_dir(args.state_dir))) as store:
+    with BlobStore.from_settings(CommandSettings.load(args.settings)) as store:
         registry = ModelRegistry(store, args.container)
         versions = registry.versions(args.name)
         if not versions:
@@ -64,41 +52,32 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline_public_key(args: argparse.Namespace, state_dir: Path) -> Ed25519PublicKey:
-    if args.public_key is not None:
-        try:
-            return load_public_key(args.public_key.read_bytes(), str(args.public_key))
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read the pipeline public key {args.public_key}: {exc.strerror}") from None
-    path = local_pipeline_key_path(state_dir)
-    if not path.exists():
-        raise ConfigurationError(
-            f"no --public-key given and the local stack has no pipeline model-signing key at {path}: pass the "
-            "pipeline's public key (PEM) the manifest was signed with"
-        )
-    return load_pipeline_key(path).public_key()
+def _pipeline_public_key(args: argparse.Namespace) -> Ed25519PublicKey:
+    try:
+        return load_public_key(args.public_key.read_bytes(), str(args.public_key))
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read the pipeline public key {args.public_key}: {exc.strerror}") from None
 
 
 def _verify(args: argparse.Namespace) -> int:
-    state_dir = resolve_state_dir(args.state_dir)
-    env = _stack_env(state_dir)
-    pipeline_key = _pipeline_public_key(args, state_dir)
-    policy = release_policy(args, env)
-    with BlobStore.from_stack_env(env) as store:
+    settings = CommandSettings.load(args.settings)
+    pipeline_key = _pipeline_public_key(args)
+    policy = settings.approved_release_policy(args.release_policy)
+    with BlobStore.from_settings(settings) as store:
         registry = ModelRegistry(store, args.container)
         version = registry.get(args.name, args.version)
         stored_sha256 = content_digest(registry.sealed_model(version))
     try:
         checked = verify_provenance(
             version.manifest, stored_sha256, pipeline_key=pipeline_key, release_policy=policy,
-            keys_for=authority_keys(args, env),
+            keys_for=authority_keys(args, settings),
         )  # fmt: skip
         # The statement (verified above) names how far the TEE's event log reached: the run's audit log must
         # still hold every TEE event up to there, none removed, none rolled back.
         run_id, head = version.manifest["lineage"]["run_id"], version.manifest["provenance"]["statement"]["tee_log_head"]
     except (KeyError, TypeError, AttributeError) as exc:
         raise ProvenanceInvalid(f"the manifest of {args.name} version {args.version} is malformed: {exc!r}") from None
-    with BlobAuditStore.from_stack_env(env, run_id, container=args.audit_container) as audit_store:
+    with BlobAuditStore.from_settings(settings, run_id, container=args.audit_container) as audit_store:
         events = [entry.event for entry in AuditLog(audit_store).entries()]
     check_holds(collect_tee_logs(events), head, f"the statement of {args.name} version {args.version}")
     checked.append(f"the audit log of run {run_id} holds the TEE's events up to the head it signed "
@@ -120,10 +99,9 @@ def _recipient_pem(path: Path) -> bytes:
 
 def _approve_export(args: argparse.Namespace) -> int:
     recipient = recipient_key(_recipient_pem(args.recipient_public_key))
-    key_path = args.signing_key or data_owner.signing_key_path(StackLayout(resolve_state_dir(args.state_dir)))
     expires_at = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=args.valid_hours)
     approval = approve_export(
-        load_signing_key(key_path), kek_id=args.kek_id, recipient_thumbprint=recipient.thumbprint, expires_at=expires_at
+        load_signing_key(args.signing_key), kek_id=args.kek_id, recipient_thumbprint=recipient.thumbprint, expires_at=expires_at
     )
     with atomic_output(args.out, mode=0o644) as out:
         out.write(json.dumps(approval, indent=2, sort_keys=True).encode())
@@ -138,14 +116,14 @@ def _export(args: argparse.Namespace) -> int:
         approval = json.loads(args.approval.read_bytes())
     except (OSError, ValueError) as exc:
         raise ConfigurationError(f"cannot read the export approval {args.approval}: {exc}") from None
-    env = _stack_env(resolve_state_dir(args.state_dir))
-    with BlobStore.from_stack_env(env) as store:
+    settings = CommandSettings.load(args.settings)
+    with BlobStore.from_settings(settings) as store:
         registry = ModelRegistry(store, args.container)
         version = registry.get(args.name, args.version)
         # The KEK version the stored model is sealed under now: a rotation rewraps it to a newer one.
         kek_id = inspect(io.BytesIO(registry.sealed_model(version))).key.kek_id
     sealed = version.manifest["sealed_model"]
-    with CvmClient.from_stack_env(env, "pipeline") as agent:
+    with settings.agent() as agent:
         exported = agent.export_model(
             kek_id=kek_id, run_id=version.manifest["lineage"]["run_id"], container=version.container,
             blob=sealed["blob"], sealed_sha256=sealed["sha256"], recipient_public_key_pem=pem.decode(),
@@ -165,10 +143,10 @@ def _export(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
         "models", help="the model registry: list versions, verify provenance, export",
-        description="Registered models in the local stack's Azurite (stack.env settings). See docs/models.md for "
-        "the provenance chain that `verify` checks.",
+        description="Registered models in the storage account of the settings ($SECURETRAIN_STORAGE_ACCOUNT_URL). "
+        "See docs/models.md for the provenance chain that `verify` checks.",
     )  # fmt: skip
-    add_stack_storage_options(group, container=REGISTRY_CONTAINER, holds="the registry")
+    add_container_option(group, container=REGISTRY_CONTAINER, holds="the registry")
     commands = group.add_subparsers(dest="models_command", metavar="COMMAND", required=True)
 
     listing = commands.add_parser("list", help="the versions of a model", description="List model NAME's versions.")
@@ -187,8 +165,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     verify.add_argument("name", metavar="NAME", help="the model's name")
     verify.add_argument("version", metavar="VERSION", type=int, help="the version number")
     verify.add_argument(
-        "--public-key", type=Path, default=None, metavar="PEM",
-        help="the pipeline's model-signing public key (default: the local stack's key in the state directory)",
+        "--public-key", type=Path, required=True, metavar="PEM",
+        help="the pipeline's model-signing public key (PEM), as its operator published it",
     )  # fmt: skip
     add_token_options(verify)  # the release policy's SHA-256 must also be the one the manifest names
     verify.add_argument(
@@ -215,8 +193,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     approve.add_argument("--valid-hours", type=int, default=24, metavar="N", help="how long it is valid (default 24)")
     approve.add_argument(
-        "--signing-key", type=Path, default=None, metavar="PEM",
-        help="the data owner's Ed25519 signing key (default: the local stack's data owner key)",
+        "--signing-key", type=Path, required=True, metavar="PEM",
+        help="the data owner's Ed25519 signing key (PEM)",
     )  # fmt: skip
     approve.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the approval (JSON)")
     approve.set_defaults(handler=_approve_export)

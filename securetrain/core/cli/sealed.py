@@ -43,11 +43,9 @@ def _existing(path: Path) -> Path:
 def _kek(args: argparse.Namespace) -> KekPublicKey:
     if args.kek_url is not None:
         from securetrain.core.keyvault import fetch_kek_public_key  # deferred: the Azure SDK is slow to import
-        from securetrain.localstack import StackLayout, read_stack_env
-        from securetrain.localstack.layout import resolve_state_dir
+        from securetrain.core.settings import ServiceSettings
 
-        env_file = StackLayout(resolve_state_dir()).env_file
-        return fetch_kek_public_key(args.kek_url, read_stack_env(env_file) if env_file.exists() else None)
+        return fetch_kek_public_key(args.kek_url, ServiceSettings.load(args.settings))
     if args.kek_id is None:
         raise ConfigurationError("--kek-public-key needs --kek-id (the Key Vault key id with its version)")
     return KekPublicKey.from_pem(_read_file(args.kek_public_key, "KEK public key"), args.kek_id)
@@ -96,8 +94,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kek.add_argument("--kek-public-key", type=Path, metavar="PEM", help="the KEK's RSA public key (with --kek-id)")
     kek.add_argument(
         "--kek-url", metavar="URL",
-        help="fetch the KEK's public key from Key Vault (KeyClient): https://VAULT/keys/NAME[/VERSION]; the local "
-        "stack's vault as its pipeline identity, any other with azure-identity's DefaultAzureCredential",
+        help="fetch the KEK's public key from Key Vault (KeyClient): https://VAULT/keys/NAME[/VERSION], as the "
+        "identity the settings name (any role that may read keys)",
     )
     seal.add_argument(
         "--kek-id", metavar="URL",

@@ -1,5 +1,5 @@
 """How the verifying commands check attestation tokens: the approved release policy and the signing keys the
-attestation authority publishes (fetched over TLS verified against the stack CA, or an offline copy).
+attestation authority publishes (fetched over TLS verified against the configured roots, or an offline copy).
 
 ``models verify`` and ``audit verify`` share this: a token counts only if the authority that the release
 policy trusts signed it and its claims satisfy that policy (see
@@ -14,17 +14,15 @@ from pathlib import Path
 from typing import Any
 
 from securetrain.core.audit.tee_log import TokenCheck
-from securetrain.core.errors import ConfigurationError
+from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.model_provenance import JwksKeys, SigningKeys, published_keys, verify_attestation_token
-from securetrain.core.release_policy import ReleasePolicy
 
 
 def add_token_options(parser: argparse.ArgumentParser) -> None:
     """``--release-policy`` and ``--attestation-jwks``."""
     parser.add_argument(
         "--release-policy", type=Path, default=None, metavar="JSON",
-        help="the approved release policy (default: the local stack's, $SECURETRAIN_RELEASE_POLICY in stack.env); "
-        "attestation tokens must satisfy it",
+        help="the approved release policy (default: $SECURETRAIN_RELEASE_POLICY); attestation tokens must satisfy it",
     )  # fmt: skip
     parser.add_argument(
         "--attestation-jwks", type=Path, default=None, metavar="JSON",
@@ -33,28 +31,18 @@ def add_token_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def release_policy(args: argparse.Namespace, env: Mapping[str, str]) -> ReleasePolicy:
-    source = args.release_policy or env.get("SECURETRAIN_RELEASE_POLICY")
-    if not source:
-        raise ConfigurationError("no release policy: pass --release-policy (the approved policy's JSON file)")
-    try:
-        return ReleasePolicy.parse(Path(source).read_bytes())
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the release policy {source}: {exc.strerror}") from None
-
-
-def authority_keys(args: argparse.Namespace, env: Mapping[str, str]) -> Callable[[str], SigningKeys]:
-    """The signing keys of an issuer: the offline copy, or fetched over TLS verified against the stack CA."""
+def authority_keys(args: argparse.Namespace, settings: CommandSettings) -> Callable[[str], SigningKeys]:
+    """The signing keys of an issuer: the offline copy, or fetched over TLS verified against the configured roots."""
     if args.attestation_jwks is not None:
         offline = JwksKeys.from_file(args.attestation_jwks)
         return lambda _issuer: offline
-    return published_keys(env.get("SECURETRAIN_CA_BUNDLE") or True)
+    return published_keys(settings.tls_verify)
 
 
-def token_check(args: argparse.Namespace, env: Mapping[str, str]) -> TokenCheck:
+def token_check(args: argparse.Namespace, settings: CommandSettings) -> TokenCheck:
     """Validate a token (historical: expiry is not checked) against the policy and the authority's keys."""
-    policy = release_policy(args, env)
-    keys_for = authority_keys(args, env)
+    policy = settings.approved_release_policy(args.release_policy)
+    keys_for = authority_keys(args, settings)
 
     def check(raw: str) -> Mapping[str, Any]:
         return verify_attestation_token(raw, policy, keys_for)

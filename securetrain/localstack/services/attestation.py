@@ -56,7 +56,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
 
 
 def _health_check(context: ServiceContext) -> None:
-    check_openid_issuer(context, context.base_url)
+    check_openid_issuer(context, f"{context.base_url}/.well-known/openid-configuration", context.base_url)
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:

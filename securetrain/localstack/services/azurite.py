@@ -4,7 +4,7 @@ Pinned in ``package.json`` / ``package-lock.json`` (installed into ``node_module
 blob service runs (``azurite-blob``), on 127.0.0.1, over HTTPS with a certificate from the stack CA, with
 telemetry off and its data under ``<state>/data/azurite``.
 
-Two choices a reviewer should know about:
+Three choices a reviewer should know about:
 
 * The account is the emulator's usual ``devstoreaccount1``, but not with its well-known key (published in
   Microsoft's documentation, so anyone on the machine could use it): ``up`` generates a random 64-byte key
@@ -14,6 +14,11 @@ Two choices a reviewer should know about:
 * ``--skipApiVersionCheck``: azure-storage-blob 12.31 sends ``x-ms-version: 2026-10-06``, newer than the
   newest version Azurite 3.35 knows (2025-11-05), and Azurite refuses unknown versions by default. The
   operations the project uses exist in both versions.
+* ``--oauth basic``: Azurite accepts Entra bearer tokens beside shared keys, checking their lifetime,
+  issuer (an Entra issuer such as ``https://sts.windows.net/{tenant}/``) and audience
+  (``https://storage.azure.com``) but not their signature or any role (Azurite has no RBAC). The TEE and the
+  command line sign in with tokens from the identity stand-in, as they would with Entra ID on Azure; Storage
+  on Azure also verifies the signature and the identity's data-plane role (docs/local-stack.md).
 """
 
 from __future__ import annotations
@@ -70,6 +75,9 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--cert", str(context.cert_path),
         "--key", str(context.key_path),
         "--location", str(context.data_dir),
+        # Accept Entra bearer tokens as well as shared keys, so the TEE and the command line reach storage as
+        # their identities, as on Azure. Azurite's "basic" check: lifetime, issuer, audience; no signature.
+        "--oauth", "basic",
         "--disableTelemetry",
         "--skipApiVersionCheck",
     ]  # fmt: skip

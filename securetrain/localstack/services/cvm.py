@@ -1,9 +1,10 @@
-"""The local confidential VM: the trainer agent (``python -m securetrain.tee.agent``) on the simulated SEV-SNP platform.
+"""The local confidential VM: the TEE's agent on the simulated SEV-SNP platform (:mod:`securetrain.localstack.platform.local_cvm`).
 
 ``up`` issues the agent a server certificate like every service, and two client certificates for its
 mutual-TLS API: ``pipeline`` (submit, cancel, read) for Airflow and ``monitor`` (read only) for health
-checks and dashboards. The agent reaches storage and the attestation service with the settings those
-services export, read from their PID records (they are started first), and keeps its job records in
+checks and dashboards. The agent reaches storage, the attestation service and Key Vault with the settings
+those services export, read from their PID records (they are started first), signing in as the ``cvm``
+managed identity (:func:`securetrain.localstack.settings.tee_environment`), and keeps its job records in
 ``data/cvm/``. HOST_DATA, the digest of the trainer code it runs, is exported so that release policies
 and the appraisal policy can pin it (``securetrain cvm measure`` prints the same value).
 """
@@ -25,6 +26,7 @@ from securetrain.localstack.services.keyvault import KEYVAULT
 from securetrain.localstack.process import PidRecord
 from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
 from securetrain.localstack.data_owner import public_key_path, signing_key, stack_host_data
+from securetrain.localstack.settings import tee_environment
 
 PIPELINE_IDENTITY = "pipeline"
 MONITOR_IDENTITY = "monitor"
@@ -68,7 +70,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
 
 
 def _environment(context: ServiceContext) -> Mapping[str, str]:
-    return _dependency_exports(context)
+    return tee_environment(_dependency_exports(context), context.layout)
 
 
 def _client_pair(context: ServiceContext, identity: str) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """The identity service as a stack service, and the stack's identities.
 
 ``up`` creates each identity's credentials file once (``<state>/secrets/identities/<name>.json``, 0600)
-and exports its path as ``SECURETRAIN_IDENTITY_<NAME>_CREDENTIALS``, with the service's URL as
-``SECURETRAIN_IDENTITY_ENDPOINT``.
+and exports the service's URL as ``SECURETRAIN_IDENTITY_ENDPOINT``: the authority host azure-identity is
+pointed at (``AZURE_AUTHORITY_HOST``); :mod:`securetrain.localstack.settings` gives each process its
+identity's settings.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
-from securetrain.core.identity import (
+from securetrain.localstack.identities import (
     CVM_IDENTITY,
     DATA_OWNER_IDENTITY,
     LOCAL_TENANT,
     PIPELINE_IDENTITY,
     ROTATOR_IDENTITY,
     LocalIdentity,
-    credentials_variable,
 )
 from securetrain.localstack.layout import StackLayout
 from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
+from securetrain.localstack.standins.identity.app import token_issuer
 
 IDENTITIES = (PIPELINE_IDENTITY, CVM_IDENTITY, ROTATOR_IDENTITY, DATA_OWNER_IDENTITY)
 
@@ -36,8 +37,8 @@ def stack_identities(layout: StackLayout) -> dict[str, LocalIdentity]:
     return {name: LocalIdentity.load_or_create(directory / f"{name}.json", name) for name in IDENTITIES}
 
 
-def issuer(context: ServiceContext) -> str:
-    """The issuer URL the service's access tokens carry."""
+def authority(context: ServiceContext) -> str:
+    """The tenant's authority URL: where its OpenID metadata is, and what Key Vault's challenge names."""
     return f"{context.base_url}/{LOCAL_TENANT}"
 
 
@@ -51,14 +52,11 @@ def _argv(context: ServiceContext) -> Sequence[str]:
 
 
 def _health_check(context: ServiceContext) -> None:
-    check_openid_issuer(context, issuer(context))
+    check_openid_issuer(context, f"{authority(context)}/.well-known/openid-configuration", token_issuer())
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:
-    exports = {"SECURETRAIN_IDENTITY_ENDPOINT": context.base_url}
-    for name in IDENTITIES:
-        exports[credentials_variable(name)] = str(identities_dir(context.layout) / f"{name}.json")
-    return exports
+    return {"SECURETRAIN_IDENTITY_ENDPOINT": context.base_url}
 
 
 IDENTITY = Service(

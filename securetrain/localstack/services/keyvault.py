@@ -29,17 +29,19 @@ import requests
 from securetrain.localstack.standins.attestation_service.app import SIMULATED
 from securetrain.localstack.standins.keyvault.authz import RoleDefinition
 from securetrain.core.fsutil import atomic_output
-from securetrain.core.identity import (
+from securetrain.localstack.identities import (
     CVM_IDENTITY,
     DATA_OWNER_IDENTITY,
+    LOCAL_TENANT,
     PIPELINE_IDENTITY,
     ROTATOR_IDENTITY,
-    LocalIdentityCredential,
+    application_credential,
 )
-from securetrain.core.keyvault import KEK_NAME, VAULT_URL_VARIABLE, create_kek_version, key_client
+from securetrain.core.keyvault import KEK_NAME, create_kek_version, key_client
 from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
 from securetrain.localstack.services.attestation import ATTESTATION, local_appraisal_policy
-from securetrain.localstack.services.identity import IDENTITY, issuer, stack_identities
+from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
+from securetrain.localstack.standins.identity.app import token_issuer
 from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.layout import StackLayout
 from securetrain.localstack.process import PidRecord
@@ -119,7 +121,8 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--data-dir", str(context.data_dir),
         "--master-key", str(master_key_path(context.layout)),
         "--roles", str(roles_path(context.layout)),
-        "--identity-issuer", issuer(_dependency(context, IDENTITY)),
+        "--identity-authority", authority(_dependency(context, IDENTITY)),
+        "--identity-issuer", token_issuer(LOCAL_TENANT),
         "--ca-bundle", str(context.ca_bundle),
         "--purge-protection",
     )  # fmt: skip
@@ -144,14 +147,14 @@ def _demo_kek_id(context: ServiceContext) -> str:
     policy = approved_local_policy(context)
     identity_ctx = _dependency(context, IDENTITY)
     owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
-    credential = LocalIdentityCredential(identity_ctx.base_url, owner, ca_bundle=context.ca_bundle)
-    with credential, key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
+    credential = application_credential(owner, identity_ctx.base_url, context.ca_bundle)
+    with key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
         return str(create_kek_version(client, KEK_NAME, policy).id)
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:
     return {
-        VAULT_URL_VARIABLE: context.base_url,
+        "SECURETRAIN_KEYVAULT_URL": context.base_url,
         "SECURETRAIN_KEK_ID": _demo_kek_id(context),
         "SECURETRAIN_RELEASE_POLICY": str(release_policy_path(context.layout)),
         "SECURETRAIN_KEYVAULT_ACCESS_LOG": str(context.data_dir / "access.jsonl"),

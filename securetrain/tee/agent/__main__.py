@@ -1,8 +1,8 @@
 """``python -m securetrain.tee.agent``: the trainer agent, serving its API over mutual TLS.
 
-Settings that name other services come from the environment, as ``securetrain stack up`` writes them to
-``stack.env`` (``SECURETRAIN_BLOB_*``, ``SECURETRAIN_ATTESTATION_ENDPOINT``, ``SECURETRAIN_CA_BUNDLE``);
-options on the command line say how the agent itself listens and where its evidence comes from. A platform
+The services the agent uses, the roots it trusts and its managed identity come from its environment
+(:class:`~securetrain.tee.settings.TeeSettings`); options on the command line say how the agent itself
+listens and where its evidence comes from. A platform
 that is not hardware (the local stack's simulated confidential VM) passes its own evidence provider to
 :func:`main`.
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import ssl
 import sys
 from collections.abc import Callable, Mapping
@@ -20,14 +19,14 @@ from pathlib import Path
 import uvicorn
 
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.storage import BlobStore
 from securetrain.tee.agent.app import create_app
 from securetrain.tee.agent.health import GpuProbe
 from securetrain.tee.agent.jobs import JobRunner, JobStore, TrainingFunction
 from securetrain.tee.agent.tls import MutualTlsH11Protocol
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceProvider
-from securetrain.tee.tee_services import attester_from_env, releaser_from_env
+from securetrain.tee.settings import TeeSettings
+from securetrain.tee.tee_services import attester, blob_store, key_releaser
 
 log = logging.getLogger("securetrain.tee.agent")
 
@@ -74,11 +73,11 @@ def main(argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_
     args = _parser(providers).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
+        settings = TeeSettings.load()
         owners = DataOwnerKeys.from_files(args.data_owner_key)
-        attester = attester_from_env(os.environ, providers[args.evidence](owners))
-        releaser = releaser_from_env(os.environ)
+        tee_attester = attester(settings, providers[args.evidence](owners))
         runner = JobRunner(
-            JobStore(args.work_dir / "jobs"), attester, releaser, BlobStore.from_stack_env(os.environ), _training,
+            JobStore(args.work_dir / "jobs"), tee_attester, key_releaser(settings), blob_store(settings), _training,
             owners,
         )
     except SecuretrainError as exc:
@@ -100,7 +99,7 @@ def main(argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_
         log_level="info",
     )
     runner.start()
-    log.info("trainer agent (%s) listening on https://%s:%d", attester.tee_type, args.host, args.port)
+    log.info("trainer agent (%s) listening on https://%s:%d", tee_attester.tee_type, args.host, args.port)
     try:
         uvicorn.Server(config).run()
     finally:

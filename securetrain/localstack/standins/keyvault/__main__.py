@@ -18,7 +18,9 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="keys (private parts encrypted) and access log")
     parser.add_argument("--master-key", type=Path, required=True, help="the 32-byte master key file (0600)")
     parser.add_argument("--roles", type=Path, required=True, help="the role-assignment file (JSON)")
-    parser.add_argument("--identity-issuer", required=True, help="issuer URL of the access tokens (identity service)")
+    parser.add_argument("--identity-authority", required=True,
+                        help="the identity service's authority URL, https://HOST/TENANT (its OpenID metadata)")
+    parser.add_argument("--identity-issuer", required=True, help="the issuer (iss) of the access tokens it accepts")
     parser.add_argument("--ca-bundle", type=Path, required=True,
                         help="CA the identity service's and attestation authorities' TLS must chain to")  # fmt: skip
     parser.add_argument(
@@ -32,6 +34,7 @@ def main() -> None:
         data_dir=args.data_dir,
         master_key_file=args.master_key,
         roles_file=args.roles,
+        identity_authority=args.identity_authority,
         identity_issuer=args.identity_issuer,
         ca_bundle=args.ca_bundle,
         cert_file=args.cert,

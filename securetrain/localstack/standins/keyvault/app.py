@@ -121,6 +121,9 @@ class VaultConfig:
     data_dir: Path
     master_key_file: Path
     roles_file: Path
+    #: The Entra authority (``https://HOST/{tenant}``): its OpenID metadata, and what the 401 challenge names.
+    identity_authority: str
+    #: The ``iss`` of the access tokens it accepts (Entra's v1 issuer, ``https://sts.windows.net/{tenant}/``).
     identity_issuer: str
     ca_bundle: Path
     cert_file: Path
@@ -315,11 +318,12 @@ def _integer(value: Any, field: str, allowed: tuple[int, ...]) -> int:
 def create_app(config: VaultConfig) -> FastAPI:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = KeyStore(config.data_dir, load_or_create_master_key(config.master_key_file))
-    authorizer = Authorizer(config.identity_issuer, str(config.ca_bundle), config.roles_file)
+    authorizer = Authorizer(config.identity_issuer, config.identity_authority, str(config.ca_bundle), config.roles_file)
     releaser = KeyReleaser(str(config.ca_bundle), ReleaseSigner.from_files(str(config.cert_file), str(config.key_file)))
     access_log = DecisionLog(config.data_dir / "access.jsonl")
     recovery_level = config.recovery_level
-    challenge = f'Bearer authorization="{authorizer.issuer}", resource="{VAULT_RESOURCE}"'
+    # Key Vault's challenge names the authority (the SDK takes the tenant from its path) and the resource.
+    challenge = f'Bearer authorization="{config.identity_authority}", resource="{VAULT_RESOURCE}"'
     app = FastAPI(title="securetrain Key Vault stand-in", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.exception_handler(VaultError)

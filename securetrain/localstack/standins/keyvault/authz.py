@@ -154,10 +154,11 @@ class RoleAssignments:
 
 
 class Authorizer:
-    """Authenticates bearer tokens from ``issuer`` and checks the caller's roles."""
+    """Authenticates bearer tokens from ``issuer`` (keys published by ``authority``) and checks the caller's roles."""
 
-    def __init__(self, issuer: str, ca_bundle: str, roles_file: Path) -> None:
-        self._validator = TokenValidator(AuthorityKeys(issuer, verify=ca_bundle), leeway=0)
+    def __init__(self, issuer: str, authority: str, ca_bundle: str, roles_file: Path) -> None:
+        metadata = f"{authority.rstrip('/')}/.well-known/openid-configuration"
+        self._validator = TokenValidator(AuthorityKeys(issuer, metadata_url=metadata, verify=ca_bundle), leeway=0)
         self._roles_file = roles_file
 
     @property

@@ -1,0 +1,108 @@
+"""The settings the local stack gives each process: the same variables a deployment on Azure sets.
+
+Production code never reads ``stack.env``; it reads its settings (:class:`securetrain.core.settings.ServiceSettings`
+and the subclasses of the TEE and the command line) from its environment or a dotenv file. This module turns
+what the stack's services export into those settings:
+
+- :func:`application_settings`: a process signing in as one of the stack's applications (``pipeline``,
+  ``key-rotator``, ``data-owner``) with ``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_CLIENT_SECRET`` against
+  the identity stand-in as ``AZURE_AUTHORITY_HOST`` (azure-identity's ``ClientSecretCredential``). ``up``
+  writes one dotenv file per application, ``<state>/secrets/settings/<identity>.env`` (0600), for
+  ``securetrain --settings FILE ...``;
+- :func:`tee_environment`: the TEE's agent, which signs in only as its managed identity through
+  ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` (``ManagedIdentityCredential``), as Azure's hosting environments
+  expose one.
+
+What differs from Azure is only the values: the stack's CA as ``SECURETRAIN_CA_BUNDLE`` (on Azure the
+system's roots suffice) and ``SECURETRAIN_ENTRA_INSTANCE_DISCOVERY=false`` (the stand-in is not a
+Microsoft cloud, so azure-identity must not ask Microsoft to validate it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from securetrain.localstack.envfile import write_stack_env
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
+from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.services.identity import stack_identities
+
+#: The applications a settings file is written for (the TEE's managed identity has none: no secret exists).
+APPLICATIONS = (PIPELINE_IDENTITY, ROTATOR_IDENTITY, DATA_OWNER_IDENTITY)
+#: stack.env variable -> setting, for the endpoints and roots every process uses (the TEE finds each KEK's
+#: vault in the KEK's id).
+_COMMON = {
+    "SECURETRAIN_BLOB_ENDPOINT": "SECURETRAIN_STORAGE_ACCOUNT_URL",
+    "SECURETRAIN_ATTESTATION_ENDPOINT": "SECURETRAIN_ATTESTATION_ENDPOINT",
+    "SECURETRAIN_CA_BUNDLE": "SECURETRAIN_CA_BUNDLE",
+}
+#: ... and those of the command line: the vault and the approved release policy,
+_COMMAND_LINE = {
+    "SECURETRAIN_KEYVAULT_URL": "SECURETRAIN_KEYVAULT_URL",
+    "SECURETRAIN_RELEASE_POLICY": "SECURETRAIN_RELEASE_POLICY",
+}
+#: ... and, for the pipeline's identities only, the agent's API with the pipeline's client certificate.
+_AGENT_CLIENT = {
+    "SECURETRAIN_CVM_ENDPOINT": "SECURETRAIN_CVM_ENDPOINT",
+    "SECURETRAIN_CVM_PIPELINE_CERT": "SECURETRAIN_CVM_CLIENT_CERT",
+    "SECURETRAIN_CVM_PIPELINE_KEY": "SECURETRAIN_CVM_CLIENT_KEY",
+}
+
+
+def _pick(stack_env: Mapping[str, str], names: Mapping[str, str]) -> dict[str, str]:
+    """The settings of ``names`` the stack exports (a stack of some services only exports theirs)."""
+    return {setting: stack_env[name] for name, setting in names.items() if stack_env.get(name)}
+
+
+def settings_path(layout: StackLayout, identity: str) -> Path:
+    """The dotenv file of application ``identity``'s settings."""
+    return layout.secrets_dir / "settings" / f"{identity}.env"
+
+
+def application_settings(stack_env: Mapping[str, str], layout: StackLayout, identity: str) -> dict[str, str]:
+    """The settings of a process that signs in as application ``identity``."""
+    if identity not in APPLICATIONS:
+        raise StackConfigurationError(f"{identity!r} is not one of the stack's applications ({', '.join(APPLICATIONS)})")
+    application = stack_identities(layout)[identity]
+    assert application.client_secret is not None  # an application, not a managed identity
+    return {
+        **_pick(stack_env, _COMMON),
+        **_pick(stack_env, _COMMAND_LINE),
+        **(_pick(stack_env, _AGENT_CLIENT) if identity != DATA_OWNER_IDENTITY else {}),
+        "SECURETRAIN_ENTRA_INSTANCE_DISCOVERY": "false",
+        "AZURE_AUTHORITY_HOST": stack_env["SECURETRAIN_IDENTITY_ENDPOINT"],
+        "AZURE_TENANT_ID": application.tenant_id,
+        "AZURE_CLIENT_ID": application.client_id,
+        "AZURE_CLIENT_SECRET": application.client_secret,
+    }
+
+
+def write_settings_files(stack_env: Mapping[str, str], layout: StackLayout) -> None:
+    """Write each application's settings file (0600: it holds the client secret), when the stack runs the
+    identity service its applications sign in at."""
+    if "SECURETRAIN_IDENTITY_ENDPOINT" not in stack_env:
+        return
+    settings_path(layout, APPLICATIONS[0]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for identity in APPLICATIONS:
+        write_stack_env(settings_path(layout, identity), application_settings(stack_env, layout, identity))
+
+
+def tee_environment(stack_env: Mapping[str, str], layout: StackLayout) -> dict[str, str]:
+    """The environment of the TEE's agent: its services, trust roots and managed identity."""
+    managed = stack_identities(layout)[CVM_IDENTITY]
+    assert managed.identity_header is not None  # a managed identity
+    missing = [name for name in (*_COMMON, "SECURETRAIN_KEYVAULT_RELEASE_ROOT", "SECURETRAIN_IDENTITY_ENDPOINT",
+                                 "SECURETRAIN_SNP_PLATFORM_DIR") if not stack_env.get(name)]  # fmt: skip
+    if missing:
+        raise StackConfigurationError(f"the TEE needs {', '.join(missing)}, which no running service exports")
+    return {
+        **_pick(stack_env, _COMMON),
+        "SECURETRAIN_KEYVAULT_RELEASE_ROOT": stack_env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"],
+        "SECURETRAIN_ENTRA_INSTANCE_DISCOVERY": "false",
+        "IDENTITY_ENDPOINT": f"{stack_env['SECURETRAIN_IDENTITY_ENDPOINT']}/msi/token",
+        "IDENTITY_HEADER": managed.identity_header,
+        # The simulated chip's state, which only the local CVM's entry point reads (securetrain.localstack.platform).
+        "SECURETRAIN_SNP_PLATFORM_DIR": stack_env["SECURETRAIN_SNP_PLATFORM_DIR"],
+    }
