@@ -55,8 +55,8 @@ def test_vcek_with_serial_zero_loads_without_any_warning() -> None:
         warnings.simplefilter("error")
         vcek = SnpCertificate.load(VCEK_DER, "VCEK")
         milan_chain().verify(AMD_ROOTS, now=WITHIN_VALIDITY)
-    assert vcek.subject_name.endswith("CN=SEV-VCEK")
-    assert vcek.issuer_name.endswith("CN=SEV-Milan")
+    assert vcek.subject_name.startswith("CN=SEV-VCEK,O=Advanced Micro Devices")
+    assert vcek.issuer_name.startswith("CN=SEV-Milan,")
 
 
 def test_milan_chain_verifies_to_amd_ark_milan() -> None:
@@ -92,15 +92,22 @@ def test_pem_bundle_round_trip() -> None:
         SnpCertificate.load(ASK_PEM + ARK_PEM, "ASK")
 
 
+# The genuine VCEK starts with SEQUENCE, two length octets: 30 82 hi lo.
+assert VCEK_DER[:2] == b"\x30\x82"
+
+
 @pytest.mark.parametrize(
     ("data", "message"),
     [
-        (b"not a certificate", "not valid DER"),
-        (VCEK_DER[:-1], "truncated"),
-        (VCEK_DER + b"\x00", "follow the DER value"),
+        (b"not a certificate", "not valid DER X.509"),
+        (VCEK_DER[:-1], "not valid DER X.509"),  # truncated
+        (VCEK_DER + b"\x00", "not valid DER X.509"),  # a byte after the certificate
+        (b"\x30\x83\x00" + VCEK_DER[2:], "not valid DER X.509"),  # length not minimally encoded (BER)
+        (b"\x30\x80" + VCEK_DER[4:] + b"\x00\x00", "not valid DER X.509"),  # indefinite length (BER)
         (b"-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n", "not valid base64"),
         (b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", "found 0"),
     ],
+    ids=["garbage", "truncated", "trailing-byte", "long-length", "indefinite-length", "bad-base64", "not-a-certificate"],
 )
 def test_malformed_certificates_are_refused(data: bytes, message: str) -> None:
     with pytest.raises(CertificateFormatError, match=message):
@@ -146,7 +153,7 @@ def _certificate(
     *,
     ca: bool,
     sign: Callable[[x509.CertificateBuilder, rsa.RSAPrivateKey], x509.Certificate] | None = None,
-    extra: x509.ExtensionType | None = None,
+    extra: tuple[x509.ExtensionType, bool] | None = None,
 ) -> bytes:
     now = datetime.datetime.now(datetime.UTC)
     builder = (
@@ -161,7 +168,8 @@ def _certificate(
     if ca:
         builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
     if extra is not None:
-        builder = builder.add_extension(extra, critical=True)
+        extension, critical = extra
+        builder = builder.add_extension(extension, critical=critical)
     signed = (sign or (lambda b, k: b.sign(k, hashes.SHA384(), rsa_padding=PSS_SHA384)))(builder, signer)
     return signed.public_bytes(serialization.Encoding.DER)
 
@@ -176,7 +184,7 @@ def _chain(
     *,
     vcek_key: ec.EllipticCurvePrivateKey | None = None,
     sign_vcek: Callable[[x509.CertificateBuilder, rsa.RSAPrivateKey], x509.Certificate] | None = None,
-    vcek_extra: x509.ExtensionType | None = None,
+    vcek_extra: tuple[x509.ExtensionType, bool] | None = None,
     ask_is_ca: bool = True,
     ask_key: rsa.RSAPrivateKey | None = None,
 ) -> tuple[CertificateChain, list[TrustedRoot]]:
@@ -236,7 +244,7 @@ def test_unknown_critical_extensions_are_refused(authority_keys: tuple) -> None:
     with pytest.raises(
         CertificateFormatError, match=r"critical extension 1\.3\.6\.1\.4\.1\.55555\.1 is not understood"
     ):
-        _chain(authority_keys, vcek_extra=unknown)
+        _chain(authority_keys, vcek_extra=(unknown, True))
 
 
 def test_vcek_without_tcb_extensions_is_refused(authority_keys: tuple) -> None:
@@ -246,11 +254,27 @@ def test_vcek_without_tcb_extensions_is_refused(authority_keys: tuple) -> None:
     assert chain.vcek.amd_hw_id() is None
 
 
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (b"\x02\x02\x00\x03", r"extension 1\.3\.6\.1\.4\.1\.3704\.1\.3\.1 is malformed"),  # INTEGER not minimal
+        (b"\x04\x01\x03", r"extension 1\.3\.6\.1\.4\.1\.3704\.1\.3\.1 is malformed"),  # not an INTEGER
+        (b"\x02\x02\x01\x00", "bootloader SPL 256 is not a byte"),
+    ],
+    ids=["non-minimal-integer", "octet-string", "out-of-range"],
+)
+def test_malformed_spl_extension_is_refused(authority_keys: tuple, value: bytes, message: str) -> None:
+    bootloader_spl = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.3704.1.3.1"), value)
+    chain, _ = _chain(authority_keys, vcek_extra=(bootloader_spl, False))
+    with pytest.raises(CertificateFormatError, match=message):
+        chain.vcek.amd_tcb()
+
+
 def test_milan_leaf_under_another_root_is_refused(authority_keys: tuple) -> None:
     # A chain "rooted elsewhere": AMD's VCEK and ASK presented with another (trusted) ARK.
     other, roots = _chain(authority_keys)
     chain = CertificateChain(SnpCertificate.load(VCEK_DER, "VCEK"), SnpCertificate.load(ASK_PEM, "ASK"), other.ark)
-    with pytest.raises(CertificateChainError, match=r"ASK is issued by .*ARK-Milan', but the ARK is 'CN=test ARK'"):
+    with pytest.raises(CertificateChainError, match=r"ASK is issued by 'CN=ARK-Milan,.*', but the ARK is 'CN=test ARK'"):
         chain.verify(roots, now=WITHIN_VALIDITY)
 
 

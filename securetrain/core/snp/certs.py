@@ -5,10 +5,13 @@ root per product line, the ASK an RSA-4096 intermediate signed by the ARK, and t
 key derived in the chip for one TCB and signed by the ASK. Every signature in the chain is
 RSASSA-PSS with SHA-384, MGF1-SHA-384 and a 48-byte salt. Anything else is refused.
 
-Certificates are read with :mod:`securetrain.core.snp.der` rather than ``cryptography.x509`` because AMD's
-VCEKs carry serial number 0, which cryptography warns about today and will refuse in a future
-release. Only the fields the chain check needs are read; the public keys themselves are loaded, and
-the signatures checked, by pyca/cryptography.
+Certificates are read with pyca/cryptography's declarative ASN.1 (:mod:`cryptography.hazmat.asn1`,
+strict DER: minimal lengths and integers, no encoded DEFAULT values, nothing after the certificate)
+through the RFC 5280 structures below, not with ``cryptography.x509``'s certificate loader: AMD's VCEKs
+carry serial number 0, which RFC 5280 forbids, and cryptography 50 loads such a certificate only with a
+deprecation warning announcing that a future release will refuse it. One reader serves all three
+certificates so that every link is checked by the same code. Only the fields the chain check needs are
+read; public keys, distinguished names and signatures are handled by pyca/cryptography.
 
 The VCEK also carries, in AMD-specific extensions, the TCB it was derived for (blSPL, teeSPL, snpSPL,
 ucodeSPL under 1.3.6.1.4.1.3704.1.3) and the chip's hwID (1.3.6.1.4.1.3704.1.4); the verifier
@@ -24,25 +27,27 @@ import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Annotated, TypeVar
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
-from securetrain.core.snp import der
 from securetrain.core.snp.errors import SnpEvidenceError
 from securetrain.core.snp.report import TcbVersion
 from securetrain.core.snp.roots import TrustedRoot
 
-_RSASSA_PSS = "1.2.840.113549.1.1.10"
-_MGF1 = "1.2.840.113549.1.1.8"
-_SHA384 = "2.16.840.1.101.3.4.2.2"
+_MGF1 = x509.ObjectIdentifier("1.2.840.113549.1.1.8")
+_SHA384 = x509.ObjectIdentifier("2.16.840.1.101.3.4.2.2")
 _PSS_SALT_LENGTH = 48
 _RSA_KEY_BITS = 4096
 
-_BASIC_CONSTRAINTS = "2.5.29.19"
-_KEY_USAGE = "2.5.29.15"
+_BASIC_CONSTRAINTS = ExtensionOID.BASIC_CONSTRAINTS.dotted_string
+_KEY_USAGE = ExtensionOID.KEY_USAGE.dotted_string
 # RFC 5280: a certificate with a critical extension the reader does not process must be refused.
 _PROCESSED_CRITICAL = frozenset({_BASIC_CONSTRAINTS, _KEY_USAGE})
 _KEY_USAGE_DIGITAL_SIGNATURE = 0
@@ -58,15 +63,81 @@ AMD_TCB_EXTENSIONS = {
 AMD_HW_ID_EXTENSION = "1.3.6.1.4.1.3704.1.4"
 AMD_PRODUCT_NAME_EXTENSION = "1.3.6.1.4.1.3704.1.2"
 
-_NAME_ATTRIBUTES = {
-    "2.5.4.3": "CN",
-    "2.5.4.6": "C",
-    "2.5.4.7": "L",
-    "2.5.4.8": "ST",
-    "2.5.4.10": "O",
-    "2.5.4.11": "OU",
-}
+_T = TypeVar("_T")
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----(.*?)-----END CERTIFICATE-----", re.DOTALL)
+
+
+# RFC 5280 section 4.1, the fields this module reads. TLV keeps a field's exact encoding (DER has one
+# encoding per value, so re-encoding a decoded TLV gives back its bytes): the signed TBS bytes, the names
+# compared byte for byte, the SubjectPublicKeyInfo a trusted root is named by.
+@asn1.sequence
+class _Validity:
+    not_before: asn1.UTCTime | asn1.GeneralizedTime
+    not_after: asn1.UTCTime | asn1.GeneralizedTime
+
+
+@asn1.sequence
+class _Extension:
+    extn_id: x509.ObjectIdentifier
+    critical: Annotated[bool, asn1.Default(False)]
+    extn_value: bytes
+
+
+@asn1.sequence
+class _TbsCertificate:
+    version: Annotated[int, asn1.Explicit(0), asn1.Default(0)]
+    # Any INTEGER, not just a positive one: AMD's VCEKs carry serial number 0. Not otherwise interpreted.
+    serial_number: int
+    signature: asn1.TLV
+    issuer: asn1.TLV
+    validity: _Validity
+    subject: asn1.TLV
+    subject_public_key_info: asn1.TLV
+    issuer_unique_id: Annotated[asn1.BitString | None, asn1.Implicit(1)]
+    subject_unique_id: Annotated[asn1.BitString | None, asn1.Implicit(2)]
+    extensions: Annotated[list[_Extension] | None, asn1.Explicit(3)]
+
+
+@asn1.sequence
+class _Certificate:
+    tbs_certificate: asn1.TLV
+    signature_algorithm: asn1.TLV
+    signature_value: asn1.BitString
+
+
+@asn1.sequence
+class _BasicConstraints:
+    ca: Annotated[bool, asn1.Default(False)]
+    path_len_constraint: int | None
+
+
+# RFC 4055 RSASSA-PSS-params. A hash algorithm's parameters are absent or NULL. Salt length and trailer
+# field are read as OPTIONAL rather than DEFAULT 20 / DEFAULT 1 because AMD's certificates encode the
+# default trailer field 1, which strict DER forbids; both are checked by value instead.
+@asn1.sequence
+class _HashAlgorithm:
+    algorithm: x509.ObjectIdentifier
+    parameters: asn1.Null | None
+
+
+@asn1.sequence
+class _MaskGenAlgorithm:
+    algorithm: x509.ObjectIdentifier
+    parameters: _HashAlgorithm
+
+
+@asn1.sequence
+class _RsassaPssParameters:
+    hash_algorithm: Annotated[_HashAlgorithm | None, asn1.Explicit(0)]
+    mask_gen_algorithm: Annotated[_MaskGenAlgorithm | None, asn1.Explicit(1)]
+    salt_length: Annotated[int | None, asn1.Explicit(2)]
+    trailer_field: Annotated[int | None, asn1.Explicit(3)]
+
+
+@asn1.sequence
+class _PssAlgorithmIdentifier:
+    algorithm: x509.ObjectIdentifier
+    parameters: _RsassaPssParameters | None
 
 
 class CertificateFormatError(SnpEvidenceError):
@@ -125,48 +196,35 @@ class SnpCertificate:
     def from_der(cls, data: bytes, role: str) -> SnpCertificate:
         """Read a DER certificate; ``role`` names it in errors."""
         try:
-            return cls._parse(data, role)
-        except der.DerDecodeError as exc:
+            certificate = asn1.decode_der(_Certificate, data)
+            tbs = certificate.tbs_certificate.parse(_TbsCertificate)
+            issuer, subject = asn1.encode_der(tbs.issuer), asn1.encode_der(tbs.subject)
+            issuer_name = asn1.decode_der(x509.Name, issuer).rfc4514_string()
+            subject_name = asn1.decode_der(x509.Name, subject).rfc4514_string()
+        except (ValueError, TypeError) as exc:
+            # x509.Name raises TypeError for some value types (a BIT STRING outside x500UniqueIdentifier).
             raise CertificateFormatError(f"{role} certificate is not valid DER X.509: {exc}") from None
-        except (IndexError, ValueError):
-            # Unpacking a SEQUENCE with the wrong number of fields.
-            raise CertificateFormatError(f"{role} certificate is not valid X.509: a field is missing") from None
-
-    @classmethod
-    def _parse(cls, data: bytes, role: str) -> SnpCertificate:
-        parts = der.decode(data).expect(der.SEQUENCE, "Certificate").children()
-        if len(parts) != 3:
-            raise der.DerDecodeError("Certificate must have tbsCertificate, signatureAlgorithm, signature")
-        tbs, signature_algorithm, signature = parts
-        fields = tbs.expect(der.SEQUENCE, "tbsCertificate").children()
-        if len(fields) < 7:
-            raise der.DerDecodeError("tbsCertificate is missing fields")
-        version, serial, inner_algorithm, issuer, validity, subject, spki, *optional = fields
-        (version_number,) = version.expect(der.context_tag(0), "version").children()
-        if version_number.as_integer() != 2:
-            raise der.DerDecodeError("only X.509 version 3 certificates are supported")
-        # The serial number is deliberately not interpreted: AMD's VCEKs use 0, which RFC 5280 forbids.
-        serial.expect(der.INTEGER, "serialNumber")
-        if inner_algorithm.encoding != signature_algorithm.expect(der.SEQUENCE, "signatureAlgorithm").encoding:
-            raise der.DerDecodeError("the signature algorithm inside and outside tbsCertificate differ")
-        times = validity.expect(der.SEQUENCE, "validity").children()
-        if len(times) != 2:
-            raise der.DerDecodeError("validity must have notBefore and notAfter")
-        spki.expect(der.SEQUENCE, "subjectPublicKeyInfo")
+        if tbs.version != 2:
+            raise CertificateFormatError(f"{role}: only X.509 version 3 certificates are supported")
+        signature_algorithm = asn1.encode_der(certificate.signature_algorithm)
+        if asn1.encode_der(tbs.signature) != signature_algorithm:
+            raise CertificateFormatError(f"{role}: the signature algorithm inside and outside tbsCertificate differ")
+        if certificate.signature_value.padding_bits():
+            raise CertificateFormatError(f"{role}: the signature is not a whole number of octets")
         return cls(
             role=role,
             der=bytes(data),
-            tbs=tbs.encoding,
-            issuer=issuer.expect(der.SEQUENCE, "issuer").encoding,
-            subject=subject.expect(der.SEQUENCE, "subject").encoding,
-            issuer_name=_name_text(issuer),
-            subject_name=_name_text(subject),
-            not_before=times[0].as_time(),
-            not_after=times[1].as_time(),
-            spki=spki.encoding,
-            extensions=_extensions(optional),
-            signature_algorithm=signature_algorithm.encoding,
-            signature=signature.as_bit_string(),
+            tbs=asn1.encode_der(certificate.tbs_certificate),
+            issuer=issuer,
+            subject=subject,
+            issuer_name=issuer_name,
+            subject_name=subject_name,
+            not_before=tbs.validity.not_before.as_datetime(),
+            not_after=tbs.validity.not_after.as_datetime(),
+            spki=asn1.encode_der(tbs.subject_public_key_info),
+            extensions=_extensions(tbs.extensions, role),
+            signature_algorithm=signature_algorithm,
+            signature=certificate.signature_value.as_bytes(),
         )
 
     def to_pem(self) -> bytes:
@@ -189,26 +247,16 @@ class SnpCertificate:
 
     def is_ca(self) -> bool:
         """Whether basicConstraints says this is a CA certificate."""
-        extension = self.extensions.get(_BASIC_CONSTRAINTS)
-        if extension is None:
-            return False
-        try:
-            fields = der.decode(extension.value).expect(der.SEQUENCE, "basicConstraints").children()
-            return bool(fields) and fields[0].tag == der.BOOLEAN and fields[0].as_boolean()
-        except der.DerDecodeError as exc:
-            raise CertificateFormatError(f"{self.role}: basicConstraints is malformed: {exc}") from None
+        constraints = self._extension_value(_BASIC_CONSTRAINTS, _BasicConstraints)
+        return constraints is not None and constraints.ca
 
     def key_usage_allows(self, bit: int) -> bool:
         """Whether keyUsage, if present, sets ``bit`` (absent keyUsage allows every use)."""
-        extension = self.extensions.get(_KEY_USAGE)
-        if extension is None:
+        usage = self._extension_value(_KEY_USAGE, asn1.BitString)
+        if usage is None:
             return True
-        try:
-            value = der.decode(extension.value).expect(der.BIT_STRING, "keyUsage").content
-        except der.DerDecodeError as exc:
-            raise CertificateFormatError(f"{self.role}: keyUsage is malformed: {exc}") from None
-        octet = 1 + bit // 8
-        return len(value) > octet and bool(value[octet] & (0x80 >> bit % 8))
+        octets = usage.as_bytes()
+        return len(octets) > bit // 8 and bool(octets[bit // 8] & (0x80 >> bit % 8))
 
     def check_issued_by(self, issuer: SnpCertificate) -> None:
         """Refuse unless ``issuer`` is named as this certificate's issuer and its key signed it (RSASSA-PSS)."""
@@ -241,16 +289,12 @@ class SnpCertificate:
             )
 
     def amd_tcb(self) -> TcbVersion:
-        """The TCB a VCEK was derived for, from its blSPL, teeSPL, snpSPL and ucodeSPL extensions."""
+        """The TCB a VCEK was derived for, from its blSPL, teeSPL, snpSPL and ucodeSPL extensions (INTEGERs)."""
         levels = {}
         for component, oid in AMD_TCB_EXTENSIONS.items():
-            extension = self.extensions.get(oid)
-            if extension is None:
+            level = self._extension_value(oid, int)
+            if level is None:
                 raise CertificateFormatError(f"{self.role} lacks the {component} SPL extension {oid}")
-            try:
-                level = der.decode(extension.value).as_integer()
-            except der.DerDecodeError as exc:
-                raise CertificateFormatError(f"{self.role}: {component} SPL extension is malformed: {exc}") from None
             if not 0 <= level <= 0xFF:
                 raise CertificateFormatError(f"{self.role}: {component} SPL {level} is not a byte")
             levels[component] = level
@@ -260,6 +304,16 @@ class SnpCertificate:
         """The chip's hwID a VCEK was issued for (the report's CHIP_ID), if the certificate has one."""
         extension = self.extensions.get(AMD_HW_ID_EXTENSION)
         return None if extension is None else extension.value
+
+    def _extension_value(self, oid: str, structure: type[_T]) -> _T | None:
+        """Extension ``oid``'s value decoded (strict DER) as ``structure``, or None if the certificate lacks it."""
+        extension = self.extensions.get(oid)
+        if extension is None:
+            return None
+        try:
+            return asn1.decode_der(structure, extension.value)
+        except ValueError as exc:
+            raise CertificateFormatError(f"{self.role}: extension {oid} is malformed: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -335,81 +389,36 @@ def _check_pss_sha384(algorithm: bytes, role: str) -> None:
     """Refuse any signature algorithm but RSASSA-PSS with SHA-384, MGF1-SHA-384, salt 48, trailer 1."""
     problem = f"{role} is not signed with RSASSA-PSS/SHA-384/MGF1-SHA-384/salt {_PSS_SALT_LENGTH}"
     try:
-        oid, *params = der.decode(algorithm).children()
-        if oid.as_oid() != _RSASSA_PSS or len(params) != 1:
-            raise CertificateChainError(problem)
-        fields = {
-            field.tag: field.children() for field in params[0].expect(der.SEQUENCE, "RSASSA-PSS-params").children()
-        }
-        hash_algorithm = fields.get(der.context_tag(0))
-        mask_generation = fields.get(der.context_tag(1))
-        salt_length = fields.get(der.context_tag(2))
-        trailer = fields.get(der.context_tag(3))
-        if (
-            hash_algorithm is None
-            or _digest_oid(hash_algorithm[0]) != _SHA384
-            or mask_generation is None
-            or _mgf1_digest_oid(mask_generation[0]) != _SHA384
-            or salt_length is None
-            or salt_length[0].as_integer() != _PSS_SALT_LENGTH
-            or (trailer is not None and trailer[0].as_integer() != 1)
-        ):
-            raise CertificateChainError(problem)
-    except (der.DerDecodeError, IndexError, ValueError):
-        raise CertificateChainError(f"{problem} (malformed algorithm parameters)") from None
+        identifier = asn1.decode_der(_PssAlgorithmIdentifier, algorithm)
+    except ValueError:
+        # Parameters that are not RSASSA-PSS-params, such as sha384WithRSAEncryption's NULL.
+        raise CertificateChainError(problem) from None
+    parameters = identifier.parameters
+    if (
+        identifier.algorithm != SignatureAlgorithmOID.RSASSA_PSS
+        or parameters is None
+        or parameters.hash_algorithm is None
+        or parameters.hash_algorithm.algorithm != _SHA384
+        or parameters.mask_gen_algorithm is None
+        or parameters.mask_gen_algorithm.algorithm != _MGF1
+        or parameters.mask_gen_algorithm.parameters.algorithm != _SHA384
+        or parameters.salt_length != _PSS_SALT_LENGTH
+        or parameters.trailer_field not in (None, 1)
+    ):
+        raise CertificateChainError(problem)
 
 
-def _digest_oid(algorithm: der.DerValue) -> str:
-    """The OID of a hash AlgorithmIdentifier whose parameters are absent or NULL."""
-    oid, *params = algorithm.expect(der.SEQUENCE, "AlgorithmIdentifier").children()
-    if params and (len(params) != 1 or params[0].encoding != der.encode(der.NULL, b"")):
-        raise der.DerDecodeError("hash algorithm parameters must be absent or NULL")
-    return oid.as_oid()
-
-
-def _mgf1_digest_oid(algorithm: der.DerValue) -> str | None:
-    """The hash OID of an MGF1 AlgorithmIdentifier, or None if it is another mask generation function."""
-    oid, hash_algorithm = algorithm.expect(der.SEQUENCE, "MaskGenAlgorithm").children()
-    return _digest_oid(hash_algorithm) if oid.as_oid() == _MGF1 else None
-
-
-def _extensions(optional: list[der.DerValue]) -> dict[str, Extension]:
-    """Read [3] extensions (skipping the unused issuer/subject unique IDs), refusing duplicates."""
-    unique_ids = {der.context_tag(1, constructed=False), der.context_tag(2, constructed=False)}
+def _extensions(entries: list[_Extension] | None, role: str) -> dict[str, Extension]:
+    """The extensions by dotted OID, refusing duplicates and critical extensions this module does not process."""
     extensions: dict[str, Extension] = {}
-    for item in optional:
-        if item.tag in unique_ids:
-            continue
-        if item.tag != der.context_tag(3):
-            raise der.DerDecodeError(f"unexpected field with tag 0x{item.tag:02x} in tbsCertificate")
-        (sequence,) = item.children()
-        for entry in sequence.expect(der.SEQUENCE, "extensions").children():
-            oid, *middle, value = entry.expect(der.SEQUENCE, "Extension").children()
-            if len(middle) > 1:
-                raise der.DerDecodeError("Extension has too many fields")
-            critical = middle[0].as_boolean() if middle else False
-            name = oid.as_oid()
-            if name in extensions:
-                raise der.DerDecodeError(f"extension {name} appears twice")
-            if critical and name not in _PROCESSED_CRITICAL:
-                raise der.DerDecodeError(f"critical extension {name} is not understood")
-            extensions[name] = Extension(critical, value.as_octet_string())
+    for entry in entries or ():
+        oid = entry.extn_id.dotted_string
+        if oid in extensions:
+            raise CertificateFormatError(f"{role}: extension {oid} appears twice")
+        if entry.critical and oid not in _PROCESSED_CRITICAL:
+            raise CertificateFormatError(f"{role}: critical extension {oid} is not understood")
+        extensions[oid] = Extension(entry.critical, entry.extn_value)
     return extensions
-
-
-def _name_text(name: der.DerValue) -> str:
-    """A distinguished name for messages, e.g. ``OU=Engineering, C=US, ..., CN=SEV-VCEK``."""
-    parts = []
-    for relative in name.expect(der.SEQUENCE, "Name").children():
-        for attribute in relative.expect(der.SET, "RelativeDistinguishedName").children():
-            oid, value = attribute.expect(der.SEQUENCE, "AttributeTypeAndValue").children()
-            dotted = oid.as_oid()
-            try:
-                text = value.as_string()
-            except der.DerDecodeError:
-                text = "#" + value.encoding.hex()
-            parts.append(f"{_NAME_ATTRIBUTES.get(dotted, dotted)}={text}")
-    return ", ".join(parts)
 
 
 def _pem_certificates(data: bytes, what: str) -> list[bytes]:

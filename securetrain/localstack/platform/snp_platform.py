@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cryptography import x509
+from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
@@ -34,7 +35,6 @@ from cryptography.x509.oid import NameOID
 
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.fsutil import atomic_output
-from securetrain.core.snp import der
 from securetrain.core.snp.certs import (
     AMD_HW_ID_EXTENSION,
     AMD_PRODUCT_NAME_EXTENSION,
@@ -254,11 +254,12 @@ def _issue_vcek(
     ask: x509.Certificate,
 ) -> x509.Certificate:
     builder = _builder(_name("SEV-VCEK"), ask.subject, key.public_key(), _VCEK_VALIDITY)
-    # AMD encodes the SPLs as DER INTEGERs and the hwID as the raw chip id inside extnValue.
+    # AMD encodes the product name as an IA5String, the SPLs as INTEGERs and the hwID as the raw chip id
+    # inside extnValue.
     amd_extensions = {
-        AMD_PRODUCT_NAME_EXTENSION: der.encode(der.IA5_STRING, b"Simulated"),
+        AMD_PRODUCT_NAME_EXTENSION: asn1.encode_der(asn1.IA5String("Simulated")),
         AMD_HW_ID_EXTENSION: chip_id,
-        **{oid: der.encode_integer(getattr(tcb, component)) for component, oid in AMD_TCB_EXTENSIONS.items()},
+        **{oid: asn1.encode_der(getattr(tcb, component)) for component, oid in AMD_TCB_EXTENSIONS.items()},
     }
     for oid, value in amd_extensions.items():
         builder = builder.add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier(oid), value), critical=False)
@@ -287,6 +288,8 @@ def _builder(
         .subject_name(subject)
         .issuer_name(issuer)
         .public_key(public_key)
+        # AMD's VCEKs carry serial 0, but CertificateBuilder refuses serials that are not positive (RFC 5280);
+        # the genuine Milan VCEK is what tests the serial-0 case.
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + validity)
