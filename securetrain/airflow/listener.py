@@ -40,14 +40,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
+from securetrain.airflow.dag_tags import SECURETRAIN_TAG
 
 if TYPE_CHECKING:
     from securetrain.core.audit.events import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-#: The tag that marks a DAG as securetrain's (every DAG in dags/ carries it).
-SECURETRAIN_TAG = "securetrain"
 #: An error message is cut to this many characters in the event (details stay small).
 MAX_ERROR_CHARS = 2000
 #: Events waiting to be recorded, per process, at most; one more is dropped (and logged), never waited for.
