@@ -48,9 +48,12 @@ class RunXComs:
         return self.results.get(task_ids)
 
 
-def task_context(run_id: str, results: Mapping[str, Any] | None = None, *, dag_id: str = DAG_ID) -> dict[str, Any]:
-    """A minimal Airflow context of a task of the DAG run ``run_id`` whose earlier stages returned ``results``."""
-    started = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+def task_context(
+    run_id: str, results: Mapping[str, Any] | None = None, *, dag_id: str = DAG_ID, started: datetime.datetime | None = None
+) -> dict[str, Any]:
+    """A minimal Airflow context of a task of the DAG run ``run_id`` (begun at ``started``, default now) whose
+    earlier stages returned ``results``."""
+    started = started or datetime.datetime.now(datetime.UTC)
     return {
         "dag": types.SimpleNamespace(dag_id=dag_id),
         "run_id": run_id,
@@ -89,9 +92,11 @@ class Stages:
         self.dataset_ref = dataset_ref
         self.run_id = run_id or new_run_id()
         self.results: dict[str, Any] = {}
+        # The DAG run's start: the audit stage collects the services' logs from then on.
+        self.started = datetime.datetime.now(datetime.UTC)
 
     def context(self) -> dict[str, Any]:
-        return task_context(self.run_id, self.results)
+        return task_context(self.run_id, self.results, started=self.started)
 
     def prepare_environment(self) -> dict[str, Any]:
         operator = EnvironmentPreparationOperator(task_id="prepare_environment")
