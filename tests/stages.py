@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import time
 import types
 import uuid
 from collections.abc import Mapping
@@ -21,7 +22,9 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 from securetrain.airflow.data_security import DataSecurityCheckOperator
+from securetrain.airflow.enclave import watch_job
 from securetrain.airflow.environment import EnvironmentPreparationOperator
+from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.sensors import AttestationStatusSensor
 from securetrain.airflow.training import AttestedTrainingOperator
 from securetrain.core.onboarding import DatasetRef
@@ -77,6 +80,18 @@ def first_event(trigger: BaseTrigger, timeout_s: float) -> TriggerEvent | None:
             return None
 
     return asyncio.run(bounded())
+
+
+def job_end_state(job_id: str, timeout_s: float = 120) -> str:
+    """The state the agent's job ``job_id`` ends in (succeeded, failed, cancelled), once it has ended."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        watch = watch_job(ConfidentialVmHook(), job_id, expected_tee=None, max_attestation_age_s=3600)
+        if watch.done or watch.job_state == "failed":  # a job failed for a security reason is no clean end
+            return str(watch.job_state)
+        assert watch.security_event is None, watch
+        assert time.monotonic() < deadline, f"job {job_id} is still {watch.job_state} after {timeout_s} s"
+        time.sleep(0.2)
 
 
 def dataset_version(ref: DatasetRef) -> tuple[str, str]:
