@@ -146,9 +146,14 @@ class AuditOperator(BaseOperator):
         self.cvm_conn_id = cvm_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from securetrain.airflow.listener import flush as flush_listener_events  # noqa: PLC0415
         from securetrain.core.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
 
         run = job_run_id(context["dag"].dag_id, context["run_id"])
+        # The listener records this task's own "running" event on a thread of this process: let it land (and its
+        # checkpoint be signed) before the log is read back and verified, or the verdict would see it half-written.
+        if not flush_listener_events():
+            self.log.warning("the listener's queued events are not all recorded yet; the log is verified as it is")
         results = {stage: context["ti"].xcom_pull(task_ids=stage) for stage in _STAGES}
         with fail_closed("audit"):
             with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:

@@ -9,33 +9,50 @@ in different processes (see docs/monitoring.md):
 * ``on_dag_run_running`` / ``_success`` / ``_failed`` run in the **scheduler** (``DagRun.update_state``)
   and, when a run is marked by hand, in the API server.
 
-Each becomes one ``task_state`` or ``dag_run_state`` event (source ``airflow``) appended to the run's log,
-``audit/<job_run_id(dag_id, run_id)>.jsonl`` with :func:`securetrain.airflow.audit.record_events`, and a signed
-checkpoint. Only DAGs tagged ``securetrain`` are recorded.
+Each becomes one ``task_state`` or ``dag_run_state`` event (source ``airflow``) for the run's log,
+``audit/<job_run_id(dag_id, run_id)>.jsonl``. Only DAGs tagged ``securetrain`` are recorded.
 
-A listener must never fail the task or stall the scheduler on a fault of its own: Airflow already logs
-and swallows a listener's exception, and these hooks catch and log every error themselves too, naming
-the event that was not recorded. Such a gap is visible to a reviewer: the ``audit`` task's own events,
-and the other state changes of the run, are still in the log.
+**Nothing waits for storage.** A hook only builds the event (from the task instance or DAG run as it is at
+that moment) and hands it to :class:`AuditEventRecorder`: a bounded queue and one daemon thread per process
+that appends each event with :func:`securetrain.airflow.audit.record_events` and signs a checkpoint after
+it. So a DAG-run hook never stalls the scheduler on blob requests, and a task's hook never delays its
+``execute``. A full queue drops the event and logs an error (a hook never blocks). Before a process ends
+(Airflow's ``before_stopping`` hook, and ``atexit``) the queue is drained for at most
+:data:`EXIT_FLUSH_TIMEOUT_S`, so the events of a task process that exits right after its hook are kept.
+:func:`flush` waits for the queue of this process to drain: the ``audit`` task calls it before it reads the
+log back and verifies it.
+
+A listener must never fail the task or the scheduler on a fault of its own: the hooks and the worker catch
+and log every error, naming the event that was not recorded. Such a gap is visible to a reviewer: the
+``audit`` task's own events, and the other state changes of the run, are still in the log.
 """
 
 from __future__ import annotations
 
+import atexit
+import collections
 import datetime
 import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from airflow.listeners import hookimpl
+from securetrain.airflow.dag_tags import SECURETRAIN_TAG
 
 if TYPE_CHECKING:
     from securetrain.core.audit.events import AuditEvent
 
 logger = logging.getLogger(__name__)
 
-#: The tag that marks a DAG as securetrain's (every DAG in dags/ carries it).
-SECURETRAIN_TAG = "securetrain"
 #: An error message is cut to this many characters in the event (details stay small).
 MAX_ERROR_CHARS = 2000
+#: Events waiting to be recorded, per process, at most; one more is dropped (and logged), never waited for.
+QUEUE_CAPACITY = 1000
+#: How long a process that ends waits for its queued events to be recorded.
+EXIT_FLUSH_TIMEOUT_S = 30.0
 
 
 def _tags(dag: Any) -> set[str]:
@@ -98,18 +115,136 @@ def dag_run_state_event(dag_run: Any, state: str, msg: str) -> AuditEvent:
                       _time(moment), details)  # fmt: skip
 
 
-def _record(describe: str, build: Any) -> None:
-    """Build the event and append it to its run's log; log, never raise, on any failure."""
-    try:
-        from securetrain.airflow.audit import record_events  # noqa: PLC0415
-        from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
+def record_in_run_log(event: AuditEvent) -> None:
+    """Append ``event`` to its run's audit log in blob storage and sign a checkpoint after it."""
+    from securetrain.airflow.audit import record_events  # noqa: PLC0415 - plugin import stays light
+    from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
 
+    with SecureStorageHook().blob_store() as store:
+        record_events(store, event.run_id, [event])
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """An event waiting to be recorded, and how the log names it if it cannot be."""
+
+    describe: str
+    event: AuditEvent
+
+
+class AuditEventRecorder:
+    """Records audit events on one daemon thread of this process, in the order they were submitted.
+
+    :meth:`submit` never blocks and never raises; :meth:`flush` waits, bounded, until every submitted event
+    has been handled. A forked child starts with an empty queue and no worker (it starts its own on its first
+    event): the parent's worker records what the parent queued, exactly once.
+    """
+
+    def __init__(
+        self, record: Callable[[AuditEvent], None] = record_in_run_log, *, capacity: int = QUEUE_CAPACITY,
+        exit_timeout_s: float = EXIT_FLUSH_TIMEOUT_S,
+    ) -> None:  # fmt: skip
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, not {capacity}")
+        self._record = record
+        self._capacity = capacity
+        self._exit_timeout_s = exit_timeout_s
+        self._start_empty()
+        os.register_at_fork(after_in_child=self._start_empty)
+
+    def _start_empty(self) -> None:
+        # One condition guards the queue, the busy flag and the dropped count: hooks, the worker and flush()
+        # run on different threads.
+        self._changed = threading.Condition()
+        self._queue: collections.deque[PendingEvent] = collections.deque()
+        self._busy = False
+        self._dropped = 0
+        self._worker: threading.Thread | None = None
+
+    @property
+    def dropped(self) -> int:
+        """Events this process dropped because the queue was full."""
+        with self._changed:
+            return self._dropped
+
+    def submit(self, describe: str, event: AuditEvent) -> bool:
+        """Queue ``event`` for recording; False (logged as an error) when the queue is full or no worker can start."""
+        try:
+            with self._changed:
+                if len(self._queue) >= self._capacity:
+                    self._dropped += 1
+                    dropped = self._dropped
+                else:
+                    self._ensure_worker()
+                    self._queue.append(PendingEvent(describe, event))
+                    self._changed.notify_all()
+                    return True
+        except Exception:  # noqa: BLE001 - e.g. no thread can be started while the interpreter shuts down
+            logger.exception("audit: could not queue %s for the run's audit log", describe)
+            return False
+        logger.error("audit: dropped %s: %d events are already waiting to be recorded (%d dropped in this process)",
+                     describe, self._capacity, dropped)  # fmt: skip
+        return False
+
+    def _ensure_worker(self) -> None:
+        """Start this process's worker (the caller holds the condition)."""
+        if self._worker is not None:
+            return
+        worker = threading.Thread(target=self._work, name="securetrain-audit-recorder", daemon=True)
+        worker.start()
+        self._worker = worker
+        # Registered from the process that runs the worker: Airflow's task processes are forked, and clear the
+        # exit handlers they inherit. unregister first: exactly one registration per process.
+        atexit.unregister(self.flush_before_exit)
+        atexit.register(self.flush_before_exit)
+
+    def _work(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue)
+                pending = self._queue.popleft()
+                self._busy = True
+            try:
+                self._record(pending.event)
+                logger.debug("audit: recorded %s", pending.describe)
+            except Exception:  # noqa: BLE001 - the worker outlives any one event's failure
+                logger.exception("audit: could not record %s in the run's audit log", pending.describe)
+            finally:
+                with self._changed:
+                    self._busy = False
+                    self._changed.notify_all()
+
+    def flush(self, timeout_s: float) -> bool:
+        """Wait until every event submitted so far is recorded (or failed); False if ``timeout_s`` passed first."""
+        with self._changed:
+            return self._changed.wait_for(lambda: not self._queue and not self._busy, timeout=timeout_s)
+
+    def flush_before_exit(self) -> None:
+        """Flush for at most the exit timeout as the process ends; log how many events it leaves unrecorded."""
+        if not self.flush(self._exit_timeout_s):
+            with self._changed:
+                waiting = len(self._queue) + int(self._busy)
+            logger.error("audit: %d event(s) not recorded in the run's audit log before this process ends "
+                         "(waited %.0f s)", waiting, self._exit_timeout_s)  # fmt: skip
+
+
+#: This process's recorder, fed by the hooks of :data:`audit_trail_listener`.
+audit_event_recorder = AuditEventRecorder()
+
+
+def flush(timeout_s: float = EXIT_FLUSH_TIMEOUT_S) -> bool:
+    """Wait until the listener's events queued in this process are recorded; False if ``timeout_s`` passed first."""
+    return audit_event_recorder.flush(timeout_s)
+
+
+def _submit(describe: str, build: Callable[[], AuditEvent]) -> None:
+    """Build the event now (the task instance or run as it is) and queue it; log, never raise, on failure."""
+    try:
         event = build()
-        with SecureStorageHook().blob_store() as store:
-            record_events(store, event.run_id, [event])
-        logger.debug("audit: recorded %s", describe)
     except Exception:  # noqa: BLE001 - a listener must never fail the task or the scheduler
         logger.exception("audit: could not record %s in the run's audit log", describe)
+        return
+    audit_event_recorder.submit(describe, event)
 
 
 class AuditTrailListener:
@@ -141,6 +276,11 @@ class AuditTrailListener:
     def on_dag_run_failed(self, dag_run: Any, msg: str) -> None:
         self._dag_run(dag_run, "failed", msg)
 
+    @hookimpl
+    def before_stopping(self, component: Any) -> None:
+        # The last hook Airflow calls in a scheduler or task process: what is queued is recorded first, bounded.
+        audit_event_recorder.flush_before_exit()
+
     @staticmethod
     def _task(task_instance: Any, state: str, previous_state: Any, error: BaseException | str | None = None) -> None:
         try:
@@ -150,7 +290,7 @@ class AuditTrailListener:
         except Exception:  # noqa: BLE001
             logger.exception("audit: could not read the task instance of a %s state change", state)
             return
-        _record(describe, lambda: task_state_event(task_instance, state, previous_state, error))
+        _submit(describe, lambda: task_state_event(task_instance, state, previous_state, error))
 
     @staticmethod
     def _dag_run(dag_run: Any, state: str, msg: str) -> None:
@@ -161,7 +301,7 @@ class AuditTrailListener:
         except Exception:  # noqa: BLE001
             logger.exception("audit: could not read the DAG run of a %s state change", state)
             return
-        _record(describe, lambda: dag_run_state_event(dag_run, state, msg))
+        _submit(describe, lambda: dag_run_state_event(dag_run, state, msg))
 
 
 #: The instance the plugin registers.

@@ -74,12 +74,13 @@ class ModelManagementOperator(BaseOperator):
         }  # fmt: skip
         model = self.training["model"]
         provenance = self.training.get("provenance")
-        if not provenance:
-            raise ModelRejected(
-                "the training stage's result carries no provenance (the TEE-signed model statement and the "
-                "attestation token): a model without it cannot be registered"
-            )
         with fail_closed("model management"), SecureStorageHook(self.storage_conn_id).blob_store() as store:
+            # Inside fail_closed like every other refusal: a retry cannot bring provenance back.
+            if not provenance:
+                raise ModelRejected(
+                    "the training stage's result carries no provenance (the TEE-signed model statement and the "
+                    "attestation token): a model without it cannot be registered"
+                )
             version = ModelRegistry(store).register(
                 self.model_name, source_container=model["container"], source_blob=model["blob"],
                 kek_id=self.environment["kek_id"], run_id=self.training["run_id"], lineage=lineage,

@@ -19,6 +19,7 @@ from airflow.sdk import TriggerRule, task
 from airflow.sdk.exceptions import AirflowFailException
 from securetrain.airflow.audit import AuditOperator
 from securetrain.airflow.cleanup import CleanupOperator
+from securetrain.airflow.dag_tags import SECURETRAIN_TAG, TRAINING_TAG
 from securetrain.airflow.data_security import DataSecurityCheckOperator
 from securetrain.airflow.environment import EnvironmentPreparationOperator
 from securetrain.airflow.failures import RETRY_ARGS
@@ -118,7 +119,11 @@ def training_params(*, dataset_version: str) -> dict[str, Any]:
 
 
 def training_dag(dag_id: str, *, description: str, schedule: Any, doc_md: str | None) -> Any:
-    """A DAG running the secure training workflow with the trigger form of :func:`training_params`."""
+    """A DAG running the secure training workflow with the trigger form of :func:`training_params`.
+
+    It is tagged :data:`~securetrain.airflow.dag_tags.TRAINING_TAG`: the "Secure training" page lists its runs. A
+    DAG built with :func:`secure_training_tasks` directly carries that tag to be listed there too.
+    """
     import pendulum  # noqa: PLC0415
 
     from airflow.sdk import DAG  # noqa: PLC0415
@@ -134,7 +139,8 @@ def training_dag(dag_id: str, *, description: str, schedule: Any, doc_md: str | 
         params=training_params(dataset_version="latest"),
         # Params keep their JSON types in the job spec (an integer stays an integer).
         render_template_as_native_obj=True,
-        tags=["securetrain"],
+        # TRAINING_TAG puts its runs on the "Secure training" page (securetrain/airflow/plugin.py).
+        tags=[SECURETRAIN_TAG, TRAINING_TAG],
         doc_md=doc_md,
     ) as dag:
         secure_training_from_params()

@@ -2,21 +2,26 @@
 
 The page is a small FastAPI app that the API server mounts at ``/securetrain`` (``fastapi_apps``), linked
 from the navigation bar (``external_views``, destination ``nav``). It renders on the server (Jinja2, every
-value escaped) what the runs of the ``secure_training`` DAG left in Airflow's metadata database: each run's
+value escaped) what the runs of the training DAGs left in Airflow's metadata database: each run's DAG,
 state and times, its tasks' states, and the return values (XCom ``return_value``) of its stages: the
 attestation claims, the key release, the dataset checks, epochs and metrics, the model version and the audit
-chain's verdict. It needs no other data source; those return values hold no secret (docs/airflow.md).
-The one exception is a run's report (``/report``), the HTML page the ``audit`` task wrote to blob storage
-(securetrain/core/run_report.py): the page reads it through the storage connection and serves it as it is,
-under a content security policy that lets it run no script and load nothing from elsewhere.
+chain's verdict. A training DAG is one tagged :data:`~securetrain.airflow.dag_tags.TRAINING_TAG`, which
+:func:`securetrain.airflow.pipeline.training_dag` sets (``secure_training``, ``secure_retraining``, and any
+DAG a user builds with it); all of them have the stages' task ids. The page needs no other data source;
+those return values hold no secret (docs/airflow.md). The one exception is a run's report (``/report``), the
+HTML page the ``audit`` task wrote to blob storage (securetrain/core/run_report.py): the page reads it through
+the storage connection and serves it as it is, under a content security policy that lets it run no script
+and load nothing from elsewhere.
 
 The plugin also registers the audit-trail listener (securetrain/airflow/listener.py): task and DAG-run
 state changes of securetrain's DAGs go into each run's audit log.
 
 Access: Airflow does not authenticate the apps plugins mount, so every route here depends on Airflow's own
-authorization dependencies (``requires_access_dag``): the caller must be logged in (the UI's JWT cookie or a
-bearer token) and may read runs, task instances and XComs of ``secure_training``. A browser without a
-session is sent to Airflow's login page and back.
+user dependency (the UI's JWT cookie or a bearer token); a browser without a session is sent to Airflow's
+login page and back. Authorization is per DAG, by the configured auth manager, as Airflow's own REST API
+does it: the overview lists only the runs of the training DAGs whose runs, task instances and XComs the
+user may read, and a run's page (``dag_id`` and ``run_id`` in its URL) and report answer 403 for a DAG the
+user may not read.
 """
 
 from __future__ import annotations
@@ -27,27 +32,33 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from airflow.api_fastapi.app import get_auth_manager
-from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.auth.managers.models.base_user import BaseUser
+from airflow.api_fastapi.auth.managers.models.batch_apis import IsAuthorizedDagRequest
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity, DagDetails
 from airflow.api_fastapi.common.db.common import SessionDep
-from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, get_user
+from airflow.models.dag import DagModel, DagTag
 from airflow.models.dagrun import DagRun
 from airflow.models.taskinstance import TaskInstance
 from airflow.models.xcom import XCOM_RETURN_KEY, XComModel
 from airflow.plugins_manager import AirflowPlugin
+from securetrain.airflow.dag_tags import TRAINING_TAG
 from securetrain.airflow.listener import audit_trail_listener
 
-DAG_ID = "secure_training"
 URL_PREFIX = "/securetrain"
-#: The stages of ``secure_training`` whose return values the page reads, in the order they run.
+#: What a user must be allowed to read of a training DAG to see its runs here: all the page shows.
+READ_ENTITIES = (DagAccessEntity.RUN, DagAccessEntity.TASK_INSTANCE, DagAccessEntity.XCOM)
+#: The stages of a training DAG whose return values the page reads, in the order they run.
 STAGES = ("prepare_environment", "check_data_security", "train", "register_model", "audit", "cleanup")
 #: How many runs the overview lists, newest first.
 RUNS_SHOWN = 50
@@ -83,8 +94,9 @@ class StageResult:
 
 @dataclass(frozen=True)
 class RunView:
-    """A run of ``secure_training`` with the results of its stages, keyed by task id."""
+    """A run of a training DAG with the results of its stages, keyed by task id."""
 
+    dag_id: str
     run_id: str
     state: str
     start: datetime.datetime | None
@@ -114,46 +126,68 @@ def _decode(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
     return value, None
 
 
-def _return_values(session: Session, run_ids: Sequence[str], task_ids: Sequence[str]) -> dict[tuple[str, str], Any]:
+def training_dag_ids(session: Session) -> list[str]:
+    """The DAGs tagged :data:`~securetrain.airflow.dag_tags.TRAINING_TAG`, sorted."""
+    return sorted(session.scalars(select(DagTag.dag_id).where(DagTag.name == TRAINING_TAG)))
+
+
+def readable_dag_ids(user: BaseUser, dag_ids: Sequence[str], session: Session) -> list[str]:
+    """Those of ``dag_ids`` whose runs, task instances and XComs ``user`` may read, as the auth manager says."""
+    manager = get_auth_manager()
+    teams = DagModel.get_dag_id_to_team_name_mapping(list(dag_ids), session=session)
+
+    def requests(dag_id: str) -> list[IsAuthorizedDagRequest]:
+        details = DagDetails(id=dag_id, team_name=teams.get(dag_id))
+        return [{"method": "GET", "access_entity": entity, "details": details} for entity in READ_ENTITIES]
+
+    return [dag_id for dag_id in dag_ids if manager.batch_is_authorized_dag(requests(dag_id), user=user)]
+
+
+def _return_values(
+    session: Session, dag_ids: Sequence[str], run_ids: Sequence[str], task_ids: Sequence[str]
+) -> dict[tuple[str, str, str], Any]:
     rows = session.execute(
-        select(XComModel.run_id, XComModel.task_id, XComModel.value).where(
-            XComModel.dag_id == DAG_ID,
+        select(XComModel.dag_id, XComModel.run_id, XComModel.task_id, XComModel.value).where(
+            XComModel.dag_id.in_(dag_ids),
             XComModel.run_id.in_(run_ids),
             XComModel.task_id.in_(task_ids),
             XComModel.key == XCOM_RETURN_KEY,
             XComModel.map_index == -1,
         )
     )
-    return {(run_id, task_id): value for run_id, task_id, value in rows}
+    return {(dag_id, run_id, task_id): value for dag_id, run_id, task_id, value in rows}
 
 
-def _task_instances(session: Session, run_ids: Sequence[str]) -> dict[tuple[str, str], TaskInstance]:
+def _task_instances(
+    session: Session, dag_ids: Sequence[str], run_ids: Sequence[str]
+) -> dict[tuple[str, str, str], TaskInstance]:
     instances = session.scalars(
         select(TaskInstance).where(
-            TaskInstance.dag_id == DAG_ID,
+            TaskInstance.dag_id.in_(dag_ids),
             TaskInstance.run_id.in_(run_ids),
             TaskInstance.task_id.in_(STAGES),
             TaskInstance.map_index == -1,
         )
     )
-    return {(ti.run_id, ti.task_id): ti for ti in instances}
+    return {(ti.dag_id, ti.run_id, ti.task_id): ti for ti in instances}
 
 
-def load_runs(session: Session, run_id: str | None = None) -> list[RunView]:
-    """The runs of ``secure_training`` (the newest :data:`RUNS_SHOWN`, or the one named ``run_id``)."""
-    query = select(DagRun).where(DagRun.dag_id == DAG_ID)
+def load_runs(session: Session, dag_ids: Sequence[str], run_id: str | None = None) -> list[RunView]:
+    """The runs of the DAGs ``dag_ids``, newest first: the newest :data:`RUNS_SHOWN`, or those named ``run_id``."""
+    query = select(DagRun).where(DagRun.dag_id.in_(dag_ids))
     if run_id is not None:
         query = query.where(DagRun.run_id == run_id)
     runs = list(session.scalars(query.order_by(DagRun.run_after.desc(), DagRun.id.desc()).limit(RUNS_SHOWN)))
-    run_ids = [run.run_id for run in runs]
-    values = _return_values(session, run_ids, STAGES)
-    instances = _task_instances(session, run_ids)
+    run_ids = sorted({run.run_id for run in runs})
+    run_dag_ids = sorted({run.dag_id for run in runs})
+    values = _return_values(session, run_dag_ids, run_ids, STAGES)
+    instances = _task_instances(session, run_dag_ids, run_ids)
     views = []
     for run in runs:
         stages = {}
         for task_id in STAGES:
-            ti = instances.get((run.run_id, task_id))
-            stored = values.get((run.run_id, task_id))
+            ti = instances.get((run.dag_id, run.run_id, task_id))
+            stored = values.get((run.dag_id, run.run_id, task_id))
             result, problem = _decode(stored) if stored is not None else (None, None)
             stages[task_id] = StageResult(
                 task_id=task_id,
@@ -163,7 +197,7 @@ def load_runs(session: Session, run_id: str | None = None) -> list[RunView]:
                 result=result,
                 problem=problem,
             )
-        views.append(RunView(run.run_id, str(run.state), run.start_date, run.end_date, stages))
+        views.append(RunView(run.dag_id, run.run_id, str(run.state), run.start_date, run.end_date, stages))
     return views
 
 
@@ -197,25 +231,20 @@ def _records(value: Any) -> list[Mapping[str, Any]]:
 
 
 _templates.filters.update(time=_time, claim=_claim, number=_number, mapping=_mapping, records=_records)
-_templates.globals.update(KEY_CLAIMS=KEY_CLAIMS, STAGES=STAGES, DAG_ID=DAG_ID)
+_templates.globals.update(KEY_CLAIMS=KEY_CLAIMS, STAGES=STAGES, TRAINING_TAG=TRAINING_TAG)
 
 
 def _page(template: str, *, status_code: int = status.HTTP_200_OK, **context: Any) -> HTMLResponse:
     return HTMLResponse(_templates.get_template(template).render(**context), status_code=status_code)
 
 
-# Login and read access to the DAG's runs, task instances and XComs, checked by the auth manager for every
-# route of this app (a Starlette mount inherits none of the API server's own dependencies).
-_READ_ACCESS = [
-    Depends(requires_access_dag("GET", entity, DAG_ID))
-    for entity in (DagAccessEntity.RUN, DagAccessEntity.TASK_INSTANCE, DagAccessEntity.XCOM)
-]
-
 app = FastAPI(
     title="Secure training",
-    description="Runs of secure_training: attestation, key release, validation, training, model, audit.",
-    dependencies=_READ_ACCESS,
-    # No interactive docs or schema: the app serves two HTML pages, nothing to explore.
+    description="Runs of the training DAGs: attestation, key release, validation, training, model, audit.",
+    # Login for every route of this app (a Starlette mount inherits none of the API server's own dependencies);
+    # what a user may read is decided per DAG, in the routes.
+    dependencies=[Depends(get_user)],
+    # No interactive docs or schema: the app serves HTML pages, nothing to explore.
     docs_url=None,
     redoc_url=None,
     openapi_url=None,
@@ -230,19 +259,50 @@ async def _login_or_error(request: Request, exc: HTTPException) -> Response:
     return _page("error.html", status_code=exc.status_code, code=exc.status_code, detail=str(exc.detail))
 
 
+@app.exception_handler(RequestValidationError)
+async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
+    """A missing or malformed query parameter, as a page that names it."""
+    problems = "; ".join(f"{'.'.join(str(part) for part in error['loc'][1:])}: {error['msg']}" for error in exc.errors())
+    code = status.HTTP_422_UNPROCESSABLE_CONTENT
+    return _page("error.html", status_code=code, code=code, detail=f"bad request: {problems}")
+
+
+def readable_training_dag(
+    user: GetUserDep, session: SessionDep, dag_id: str = Query(..., min_length=1, max_length=250)
+) -> str:
+    """The ``dag_id`` of the request, once the user may read it (else 403) and it is a training DAG (else 404).
+
+    Authorization comes first, as in Airflow's REST API: a DAG the user may not read gets 403 whether or not it
+    exists or trains.
+    """
+    if not readable_dag_ids(user, [dag_id], session):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, f"you may not read the runs, task instances and XComs of {dag_id!r}")
+    if dag_id not in training_dag_ids(session):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{dag_id!r} is not a training DAG (tagged {TRAINING_TAG!r})")
+    return dag_id
+
+
+ReadableTrainingDag = Annotated[str, Depends(readable_training_dag)]
+
+
+def _one_run(session: Session, dag_id: str, run_id: str) -> RunView:
+    runs = load_runs(session, [dag_id], run_id)
+    if not runs:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{dag_id} has no run {run_id!r}")
+    return runs[0]
+
+
 @app.get("/", response_class=HTMLResponse)
-def overview(session: SessionDep) -> HTMLResponse:
-    """Every recent run with its state, times, model version and audit verdict."""
-    return _page("overview.html", runs=load_runs(session))
+def overview(user: GetUserDep, session: SessionDep) -> HTMLResponse:
+    """Every recent run of the training DAGs the user may read: DAG, state, times, model version, audit verdict."""
+    dag_ids = readable_dag_ids(user, training_dag_ids(session), session)
+    return _page("overview.html", dag_ids=dag_ids, runs=load_runs(session, dag_ids))
 
 
 @app.get("/run", response_class=HTMLResponse)
-def run_detail(session: SessionDep, run_id: str = Query(..., max_length=250)) -> HTMLResponse:
+def run_detail(session: SessionDep, dag_id: ReadableTrainingDag, run_id: str = Query(..., max_length=250)) -> HTMLResponse:
     """One run: task states, attestation claims, key release, dataset checks, training, model, audit."""
-    runs = load_runs(session, run_id)
-    if not runs:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{DAG_ID} has no run {run_id!r}")
-    return _page("run.html", run=runs[0])
+    return _page("run.html", run=_one_run(session, dag_id, run_id))
 
 
 #: What a served run report may do: show its own inline styles and data: images; no script, nothing fetched.
@@ -250,7 +310,7 @@ REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base
 
 
 @app.get("/report", response_class=HTMLResponse)
-def run_report(session: SessionDep, run_id: str = Query(..., max_length=250)) -> Response:
+def run_report(session: SessionDep, dag_id: ReadableTrainingDag, run_id: str = Query(..., max_length=250)) -> Response:
     """One run's report (``reports/<run>/report.html``), read from blob storage."""
     from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415 - only this route needs storage
     from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id  # noqa: PLC0415
@@ -259,10 +319,9 @@ def run_report(session: SessionDep, run_id: str = Query(..., max_length=250)) ->
     from securetrain.core.run_report import REPORT_BLOB  # noqa: PLC0415
     from securetrain.core.storage import BlobNotFound, ContainerNotFound  # noqa: PLC0415
 
-    if not load_runs(session, run_id):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"{DAG_ID} has no run {run_id!r}")
+    _one_run(session, dag_id, run_id)  # 404 unless the DAG has that run
     # The blob name is derived from the run, never taken from a request or a stored value.
-    blob = REPORT_BLOB.format(run=job_run_id(DAG_ID, run_id))
+    blob = REPORT_BLOB.format(run=job_run_id(dag_id, run_id))
     try:
         with SecureStorageHook().blob_store() as store:
             buffer = io.BytesIO()

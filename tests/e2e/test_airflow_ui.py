@@ -148,12 +148,15 @@ def test_trigger_secure_training_in_the_ui_and_read_the_secure_training_page(air
             # The navigation's "Secure training" entry shows the plugin's page inside the Airflow UI.
             page.get_by_role("link", name="Secure training").click()
             secure_training = page.frame_locator("iframe")
-            row = secure_training.locator("tr.run", has_text=run["dag_run_id"])
+            # Runs of every training DAG are listed; this one's row names its DAG and links to the run by both ids.
+            row = secure_training.locator("tr.run", has_text=run["dag_run_id"]).filter(has_text=DAG_ID)
+            expect(row.locator("td.dag-id")).to_have_text(DAG_ID)
             expect(row).to_contain_text("success")
             expect(row).to_contain_text(f"v{model['version']}")
             row.get_by_role("link").click()
 
             expect(secure_training.locator("#run-id")).to_have_text(run["dag_run_id"])
+            expect(secure_training.locator("#dag-id")).to_have_text(DAG_ID)
             expect(secure_training.locator("#attestation")).to_contain_text(
                 local_stack.env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"]
             )

@@ -21,7 +21,6 @@ from securetrain.core.storage import BlobStore
 pytestmark = pytest.mark.integration
 
 
-
 @pytest.fixture
 def airflow_storage(local_stack, monkeypatch: pytest.MonkeyPatch) -> None:
     """The storage connection and audit key as the local Airflow environment gives them to every process."""
@@ -44,6 +43,7 @@ def test_the_listener_appends_signed_state_changes_to_the_runs_audit_log(local_s
     listener.on_task_instance_failed(previous_state="running", task_instance=ti, error=RuntimeError("refused"))
     listener.on_dag_run_failed(dag_run=types.SimpleNamespace(dag_id="secure_training", run_id=run_id, dag=dag,
                                                              end_date=None), msg="task_failure")  # fmt: skip
+    assert securetrain_listener.flush(timeout_s=60)  # the hooks only queued; the worker thread records
 
     key = load_or_create_signing_key(local_stack.layout.audit_signing_key)
     with BlobAuditStore.from_settings(local_stack.settings(), job_run_id("secure_training", run_id)) as store:

@@ -1,9 +1,11 @@
 """The "Secure training" plugin, mounted in Airflow's real API server app, over a real SQLite metadata DB.
 
-The runs and return values are made through Airflow's own models, the way a run of ``secure_training``
-leaves them: a DAG file parsed and serialized by Airflow, runs created from the serialized DAG, task
-instance states set, return values stored as XComs. Logging in goes through SimpleAuthManager's token
-endpoint with a password file, as the UI does.
+The runs and return values are made through Airflow's own models, the way a run of a training DAG leaves
+them: a DAG file parsed and serialized by Airflow, runs created from the serialized DAGs, task instance
+states set, return values stored as XComs. Two training DAGs (tagged ``securetrain-training``) and one
+look-alike with the same task ids but without the tag. Logging in goes through SimpleAuthManager's token
+endpoint with a password file, as the UI does; the auth manager (tests/dag_scoped_auth_manager.py) lets the
+user "analyst" read ``secure_retraining`` only, as a per-DAG permission would.
 """
 
 from __future__ import annotations
@@ -16,25 +18,33 @@ from collections.abc import Iterator
 
 import pytest
 
+from securetrain.airflow.dag_tags import SECURETRAIN_TAG, TRAINING_TAG
 from securetrain.localstack.layout import repo_root
 
 PASSWORD = "correct horse battery staple"
+ANALYST_PASSWORD = "another horse, another staple"
 SUCCEEDED_RUN = "manual__succeeded"
 FAILED_RUN = "manual__2026-11-24T19:00:00+00:00"
+#: A run of secure_retraining; its id is also the id of a secure_training run (ids are unique per DAG only).
+RETRAINING_RUN = SUCCEEDED_RUN
+LOOK_ALIKE_RUN = "manual__look_alike"
 HOSTILE_BLOB = "sealed/<script>alert(1)</script>.sealed"
 LAUNCH_MEASUREMENT = "e3" * 48
 
-# A DAG with the task ids of secure_training: the plugin reads nothing but these ids and their results.
-_DAG_FILE = """
+# DAGs with the task ids of the training workflow: the plugin reads nothing but these ids and their results.
+_DAG_FILE = f"""
 import datetime
 from airflow.sdk import DAG
 from airflow.providers.standard.operators.empty import EmptyOperator
 
-with DAG("secure_training", schedule=None, start_date=datetime.datetime(2026, 1, 1)):
-    stages = [EmptyOperator(task_id=task_id) for task_id in
-              ("prepare_environment", "check_data_security", "train", "register_model", "audit", "cleanup")]
-    for upstream, downstream in zip(stages, stages[1:]):
-        upstream >> downstream
+for dag_id, tags in (("secure_training", [{SECURETRAIN_TAG!r}, {TRAINING_TAG!r}]),
+                     ("secure_retraining", [{SECURETRAIN_TAG!r}, {TRAINING_TAG!r}]),
+                     ("look_alike", [{SECURETRAIN_TAG!r}])):
+    with DAG(dag_id, schedule=None, start_date=datetime.datetime(2026, 1, 1), tags=tags):
+        stages = [EmptyOperator(task_id=task_id) for task_id in
+                  ("prepare_environment", "check_data_security", "train", "register_model", "audit", "cleanup")]
+        for upstream, downstream in zip(stages, stages[1:]):
+            upstream >> downstream
 """
 
 RESULTS = {
@@ -105,13 +115,14 @@ def _create_run(
 
 @pytest.fixture(scope="module")
 def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """Airflow's API server app (with the plugin) over a fresh metadata DB holding two runs."""
+    """Airflow's API server app (with the plugin) over a fresh metadata DB: two runs of secure_training, one of
+    secure_retraining, one of the untagged look-alike."""
     home = tmp_path_factory.mktemp("airflow-home")
     dags = home / "dags"
     dags.mkdir()
-    (dags / "secure_training.py").write_text(textwrap.dedent(_DAG_FILE))
+    (dags / "training_dags.py").write_text(textwrap.dedent(_DAG_FILE))
     passwords = home / "passwords.json"
-    passwords.write_text(json.dumps({"admin": PASSWORD}))
+    passwords.write_text(json.dumps({"admin": PASSWORD, "analyst": ANALYST_PASSWORD}))
     passwords.chmod(0o600)
     patch = pytest.MonkeyPatch()
     for name, value in {
@@ -120,8 +131,8 @@ def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo_root() / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__AUTH_MANAGER": "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+        "AIRFLOW__CORE__AUTH_MANAGER": "tests.dag_scoped_auth_manager.DagScopedAuthManager",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,analyst:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API_AUTH__JWT_SECRET": "a test secret long enough for HS512: at least sixty-four bytes of it, here",
         "AIRFLOW__API__BASE_URL": "http://testserver",
@@ -145,6 +156,11 @@ def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         sync_bag_to_db(bag, "dags-folder", None)
         dag = SerializedDagModel.get_dag("secure_training")
         started = datetime.datetime(2026, 11, 24, 18, 0, tzinfo=datetime.UTC)
+        retraining = {**RESULTS, "register_model": {**RESULTS["register_model"], "version": 4}}
+        _create_run(SerializedDagModel.get_dag("secure_retraining"), RETRAINING_RUN, dict.fromkeys(RESULTS, "success"),
+                    retraining, started + datetime.timedelta(hours=2))  # fmt: skip
+        _create_run(SerializedDagModel.get_dag("look_alike"), LOOK_ALIKE_RUN, dict.fromkeys(RESULTS, "success"), RESULTS,
+                    started + datetime.timedelta(hours=3))  # fmt: skip
         _create_run(dag, SUCCEEDED_RUN, dict.fromkeys(RESULTS, "success"), RESULTS, started)
         _create_run(
             dag,
@@ -169,11 +185,22 @@ def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         settings.configure_orm()
 
 
-@pytest.fixture(scope="module")
-def token(api_client) -> str:
-    response = api_client.post("/auth/token", json={"username": "admin", "password": PASSWORD})
+def _login(client, username: str, password: str) -> str:
+    response = client.post("/auth/token", json={"username": username, "password": password})
     assert response.status_code == 201, response.text
     return response.json()["access_token"]
+
+
+@pytest.fixture(scope="module")
+def token(api_client) -> str:
+    """The admin's: may read every DAG."""
+    return _login(api_client, "admin", PASSWORD)
+
+
+@pytest.fixture(scope="module")
+def analyst_token(api_client) -> str:
+    """The analyst's: may read secure_retraining only."""
+    return _login(api_client, "analyst", ANALYST_PASSWORD)
 
 
 def _get(client, path: str, token: str | None, **params):
@@ -199,24 +226,34 @@ def test_without_login_the_page_sends_the_browser_to_the_login_page(api_client):
 def test_a_forged_token_is_refused(api_client):
     response = _get(api_client, "/securetrain/", "eyJhbGciOiJIUzUxMiJ9.eyJzdWIiOiJhZG1pbiJ9.forged")
     assert response.status_code == 403
-    assert "secure_training" not in response.text.replace("All runs of secure_training", "")
+    assert "secure_training" not in response.text and SUCCEEDED_RUN not in response.text
 
 
-def test_overview_lists_runs_newest_first_with_model_and_audit(api_client, token):
+def _rows(page: str) -> list[str]:
+    return re.findall(r'<tr class="run">(.*?)</tr>', page, re.S)
+
+
+def test_overview_lists_the_runs_of_every_training_dag_newest_first_with_model_and_audit(api_client, token):
     response = _get(api_client, "/securetrain/", token)
     assert response.status_code == 200
-    rows = re.findall(r'<tr class="run">(.*?)</tr>', response.text, re.S)
-    assert len(rows) == 2
-    assert FAILED_RUN in rows[0] and "failed" in rows[0] and "broken" in rows[0]
-    assert SUCCEEDED_RUN in rows[1] and "fraud-detector v3" in rows[1] and "verified" in rows[1]
-    assert "2026-11-24 18:00:00 UTC" in rows[1] and "2026-11-24 18:03:00 UTC" in rows[1]
-    assert 'href="run?run_id=manual__2026-11-24T19%3A00%3A00%2B00%3A00"' in rows[0]
+    rows = _rows(response.text)
+    assert len(rows) == 3  # not the look-alike's: it lacks the training tag
+    assert LOOK_ALIKE_RUN not in response.text and "look_alike" not in response.text
+    assert '<code class="dag">secure_retraining</code>, <code class="dag">secure_training</code>' in response.text
+    assert "<code>secure_retraining</code>" in rows[0] and "fraud-detector v4" in rows[0]
+    assert 'href="run?dag_id=secure_retraining&amp;run_id=manual__succeeded"' in rows[0]
+    assert "<code>secure_training</code>" in rows[1] and FAILED_RUN in rows[1]
+    assert "failed" in rows[1] and "broken" in rows[1]
+    assert 'href="run?dag_id=secure_training&amp;run_id=manual__2026-11-24T19%3A00%3A00%2B00%3A00"' in rows[1]
+    assert SUCCEEDED_RUN in rows[2] and "fraud-detector v3" in rows[2] and "verified" in rows[2]
+    assert "2026-11-24 18:00:00 UTC" in rows[2] and "2026-11-24 18:03:00 UTC" in rows[2]
 
 
 def test_run_page_shows_every_stage_result_escaped(api_client, token):
-    response = _get(api_client, "/securetrain/run", token, run_id=SUCCEEDED_RUN)
+    response = _get(api_client, "/securetrain/run", token, dag_id="secure_training", run_id=SUCCEEDED_RUN)
     assert response.status_code == 200
     page = response.text
+    assert 'id="dag-id">secure_training<' in page
     assert LAUNCH_MEASUREMENT in page
     assert "2026-09-21 14:13:20 UTC (1790000000)" in page  # iat as a date
     assert "fraud-detector" in page and "<code>3</code>" in page
@@ -227,8 +264,13 @@ def test_run_page_shows_every_stage_result_escaped(api_client, token):
     assert "sealed/&lt;script&gt;alert(1)&lt;/script&gt;.sealed" in page
 
 
+def test_the_same_run_id_in_another_training_dag_is_another_run(api_client, token):
+    page = _get(api_client, "/securetrain/run", token, dag_id="secure_retraining", run_id=RETRAINING_RUN).text
+    assert 'id="dag-id">secure_retraining<' in page and "<code>4</code>" in page and "<code>3</code>" not in page
+
+
 def test_a_failed_run_shows_what_exists_and_why_the_rest_is_missing(api_client, token):
-    page = _get(api_client, "/securetrain/run", token, run_id=FAILED_RUN).text
+    page = _get(api_client, "/securetrain/run", token, dag_id="secure_training", run_id=FAILED_RUN).text
     assert 'id="run-state">failed<' in page
     assert "the return value is a JSON str, not an object" in page
     assert "(task <code>train</code>: failed)" in page
@@ -237,6 +279,45 @@ def test_a_failed_run_shows_what_exists_and_why_the_rest_is_missing(api_client, 
 
 
 def test_an_unknown_run_is_404(api_client, token):
-    response = _get(api_client, "/securetrain/run", token, run_id="no such run")
+    response = _get(api_client, "/securetrain/run", token, dag_id="secure_training", run_id="no such run")
     assert response.status_code == 404
     assert "secure_training has no run &#39;no such run&#39;" in response.text
+
+
+def test_a_dag_that_is_not_a_training_dag_is_404(api_client, token):
+    for dag_id in ("look_alike", "no_such_dag"):
+        response = _get(api_client, "/securetrain/run", token, dag_id=dag_id, run_id=LOOK_ALIKE_RUN)
+        assert response.status_code == 404, dag_id
+        assert f"&#39;{dag_id}&#39; is not a training DAG (tagged &#39;securetrain-training&#39;)" in response.text
+        assert LAUNCH_MEASUREMENT not in response.text
+
+
+def test_a_run_page_without_its_dag_id_names_what_is_missing(api_client, token):
+    response = _get(api_client, "/securetrain/run", token, run_id=SUCCEEDED_RUN)
+    assert response.status_code == 422
+    assert "bad request: dag_id: Field required" in response.text
+
+
+def test_a_user_sees_only_the_training_dags_the_auth_manager_lets_them_read(api_client, analyst_token):
+    page = _get(api_client, "/securetrain/", analyst_token).text
+    rows = _rows(page)
+    assert len(rows) == 1 and "<code>secure_retraining</code>" in rows[0]
+    assert "secure_training" not in page and FAILED_RUN not in page
+    allowed = _get(api_client, "/securetrain/run", analyst_token, dag_id="secure_retraining", run_id=RETRAINING_RUN)
+    assert allowed.status_code == 200 and "<code>4</code>" in allowed.text
+
+
+def test_a_dag_the_user_may_not_read_is_403_whether_or_not_it_trains_or_exists(api_client, analyst_token):
+    for dag_id in ("secure_training", "look_alike", "no_such_dag"):
+        for route in ("run", "report"):
+            response = _get(api_client, f"/securetrain/{route}", analyst_token, dag_id=dag_id, run_id=SUCCEEDED_RUN)
+            assert response.status_code == 403, (dag_id, route)
+            assert f"you may not read the runs, task instances and XComs of &#39;{dag_id}&#39;" in response.text
+            assert LAUNCH_MEASUREMENT not in response.text and "fraud-detector" not in response.text
+
+
+def test_a_dag_built_with_training_dag_is_tagged_for_the_page():
+    from securetrain.airflow.pipeline import training_dag  # noqa: PLC0415
+
+    dag = training_dag("my_own_training", description="a user's training DAG", schedule=None, doc_md=None)
+    assert {SECURETRAIN_TAG, TRAINING_TAG} <= set(dag.tags)

@@ -17,16 +17,16 @@ def _no_storage_connection(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_the_report_needs_a_login(api_client) -> None:  # noqa: F811
-    response = _get(api_client, "/securetrain/report", None, run_id=SUCCEEDED_RUN)
+    response = _get(api_client, "/securetrain/report", None, dag_id="secure_training", run_id=SUCCEEDED_RUN)
     assert response.status_code == 303 and response.headers["location"].startswith("/auth/login")
 
 
 def test_an_unknown_run_has_no_report(api_client, token) -> None:  # noqa: F811
-    response = _get(api_client, "/securetrain/report", token, run_id="manual__nope")
+    response = _get(api_client, "/securetrain/report", token, dag_id="secure_training", run_id="manual__nope")
     assert response.status_code == 404 and "has no run" in response.text
 
 
 def test_unreadable_storage_is_named_not_hidden(api_client, token) -> None:  # noqa: F811
-    response = _get(api_client, "/securetrain/report", token, run_id=SUCCEEDED_RUN)
+    response = _get(api_client, "/securetrain/report", token, dag_id="secure_training", run_id=SUCCEEDED_RUN)
     assert response.status_code == 502
     assert "cannot be read" in response.text and "securetrain_storage" in response.text
