@@ -87,7 +87,7 @@ def peak_rss_mib() -> float:
 
 
 def azurite_store(stack_env: Path) -> BlobStore:
-    """The benchmark's Azurite (its stack runs no identity service), with the account key its stack.env names."""
+    """The benchmark's Azurite (its stack runs no identity service), with the account key the stack exports."""
     env = read_stack_env(stack_env)
     key = AzureNamedKeyCredential(env["SECURETRAIN_BLOB_ACCOUNT_NAME"], env["SECURETRAIN_BLOB_ACCOUNT_KEY"])
     return BlobStore(env["SECURETRAIN_BLOB_ENDPOINT"], key, ca_bundle=Path(env["SECURETRAIN_CA_BUNDLE"]))

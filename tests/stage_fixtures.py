@@ -2,7 +2,7 @@
 (``pytest_plugins = ["tests.stage_fixtures"]``).
 
 - ``airflow_env``: the environment every Airflow process of the local environment gets (``securetrain airflow
-  env``): the stack settings Airflow uses and the hooks' connections, set for a test module;
+  env``): the pipeline's settings and the hooks' connections, set for a test module;
 - ``other_ca_cvm_conn_id``, ``unreachable_cvm_conn_id``: confidential VM connections that fail on purpose.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from securetrain.localstack.airflow_env import AIRFLOW_STACK_SETTINGS, securetrain_connections
+from securetrain.localstack.airflow_env import airflow_environment
 from securetrain.localstack.pki import LocalCA
 from tests.conftest import free_ports
 
@@ -21,8 +21,8 @@ from tests.conftest import free_ports
 @pytest.fixture(scope="module")
 def airflow_env(local_stack) -> Iterator[dict[str, str]]:
     """The environment of an Airflow process on the local stack, set in this process for a test module."""
-    variables = {name: local_stack.env[name] for name in AIRFLOW_STACK_SETTINGS if name in local_stack.env}
-    variables.update(securetrain_connections(local_stack.env, local_stack.state_dir / "stack.env"))
+    environment = airflow_environment(local_stack.state_dir)
+    variables = {name: value for name, value in environment.items() if name.startswith(("SECURETRAIN_", "AIRFLOW_CONN_"))}
     with pytest.MonkeyPatch.context() as patch:
         for name, value in variables.items():
             patch.setenv(name, value)

@@ -28,16 +28,19 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-name": "securetrain Key Vault",
                 "connection-type": "securetrain_keyvault",
                 "ui-field-behaviour": {
-                    "hidden-fields": ["schema", "port", "login", "password"],
-                    "relabeling": {"host": "Vault URL"},
-                    "placeholders": {"host": "https://my-vault.vault.azure.net"},
+                    "hidden-fields": ["schema", "port"],
+                    "relabeling": {"host": "Vault URL", "login": "Client ID", "password": "Client secret"},
+                    "placeholders": {"host": "https://my-vault.vault.azure.net",
+                                     "login": "a service principal's client id; empty for a managed or workload identity"},
                 },
                 "conn-fields": {
                     "ca_bundle": _CA_BUNDLE,
-                    "credentials": {"label": "Local identity file", "schema": {"type": ["string", "null"]},
-                                    "description": "the local stack's identity credentials; empty on Azure "
-                                                   "(DefaultAzureCredential: managed identity, CLI, ...)"},
-                    "identity_endpoint": {"label": "Local identity service", "schema": {"type": ["string", "null"]}},
+                    "tenant_id": _text_field("Tenant ID", "the service principal's tenant"),
+                    "managed_identity_client_id": _text_field("Managed identity client ID", "a user-assigned managed identity"),
+                    "workload_identity_tenant_id": _text_field("Workload identity tenant ID", "for a workload identity"),
+                    "authority_host": _text_field("Authority host", "Entra ID of another cloud (default: the public cloud's)"),
+                    "disable_instance_discovery": {"label": "Disable instance discovery", "schema": {"type": ["boolean", "null"]},
+                                                   "description": "only for an authority that is not a Microsoft cloud"},
                 },
             },
             {

@@ -43,7 +43,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from securetrain.core import signed_documents
 from securetrain.core.attestation.tokens import AuthorityKeys
-from securetrain.core.audit.checkpoints import load_or_create_signing_key, load_signing_key
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.release_policy import ReleaseDenied, ReleasePolicy, evaluate
 from securetrain.core.sealed import KekPublicKey
@@ -200,11 +200,6 @@ def verify_statement_signature(
 def load_or_create_pipeline_key(path: Path) -> Ed25519PrivateKey:
     """The pipeline's Ed25519 model-signing key at ``path``, created (0600) on first use like the audit key."""
     return load_or_create_signing_key(path)
-
-
-def load_pipeline_key(path: Path) -> Ed25519PrivateKey:
-    """The pipeline's Ed25519 model-signing key at ``path`` (it must exist, mode 0600)."""
-    return load_signing_key(path)
 
 
 def sign_manifest(key: Ed25519PrivateKey, manifest: Mapping[str, Any]) -> dict[str, str]:

@@ -37,7 +37,7 @@ def _report(store: BlobStore, stages: Stages) -> dict:
 
 @pytest.fixture(scope="module")
 def blob_store(local_stack):
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         yield store
 
 

@@ -21,7 +21,7 @@ pytest_plugins = ["tests.stage_fixtures"]
 
 @pytest.fixture(scope="module")
 def blob_store(local_stack):
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         yield store
 
 

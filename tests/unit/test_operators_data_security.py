@@ -40,7 +40,7 @@ def _check(approved: dict[str, str], dataset_id: str, version: str, **overrides:
 
 def _publish(local_stack, store, dataset_id: str, version: str, source: str = "breast-cancer") -> DatasetRef:
     """A dataset version sealed, uploaded and described by a manifest the stack's data owner signed."""
-    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.settings())
     shard = seal_and_upload(to_parquet(bundled_table(source)), kek=kek, store=store, container=DATASETS_CONTAINER,
                             blob=f"{dataset_id}/{version}/shard-00000.parquet.sealed", file_format="parquet",
                             context={"dataset_id": dataset_id, "version": version}, overwrite=True)  # fmt: skip
@@ -75,7 +75,7 @@ def test_latest_is_the_newest_version(local_stack, airflow_env, approved, store)
 def test_a_shard_replaced_after_the_manifest_was_signed_is_refused(local_stack, airflow_env, approved, store) -> None:
     dataset_id = f"replaced-{uuid.uuid4().hex[:8]}"
     _publish(local_stack, store, dataset_id, "v1")
-    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.env)
+    kek = fetch_kek_public_key(local_stack.env["SECURETRAIN_KEK_ID"], local_stack.settings())
     # Other data sealed for the same KEK, under the shard's name and context: only the manifest tells them apart.
     seal_and_upload(to_parquet(bundled_table("digits")), kek=kek, store=store, container=DATASETS_CONTAINER,
                     blob=f"{dataset_id}/v1/shard-00000.parquet.sealed", file_format="parquet",

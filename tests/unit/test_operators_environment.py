@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from airflow.sdk.exceptions import AirflowFailException
-from securetrain.airflow.environment import RELEASE_POLICY_VARIABLE, EnvironmentPreparationOperator
+from securetrain.airflow.environment import EnvironmentPreparationOperator
 from securetrain.airflow.failures import SecurityCheckFailed
 from securetrain.airflow.locations import CONTAINERS
 from securetrain.core.release_policy import ReleasePolicy
@@ -33,7 +33,7 @@ def test_it_prepares_the_environment_and_returns_what_the_later_stages_use(local
     assert result["kek_id"].startswith(local_stack.env["SECURETRAIN_KEYVAULT_URL"].rstrip("/") + "/keys/")
     assert result["tee"] == "sev-snp-simulated"
     json.dumps(result)  # an XCom value: JSON as it is
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         for container in CONTAINERS:
             store.check_private(container)  # exists, and no public access
 
@@ -49,7 +49,7 @@ def test_a_release_policy_other_than_the_kek_s_fails_without_retry(local_stack, 
 
 
 def test_no_approved_release_policy_is_a_configuration_error(airflow_env, monkeypatch) -> None:
-    monkeypatch.delenv(RELEASE_POLICY_VARIABLE)
+    monkeypatch.delenv("SECURETRAIN_RELEASE_POLICY")
     with pytest.raises(AirflowFailException, match="no approved release policy"):
         EnvironmentPreparationOperator(task_id="prepare_environment").execute(task_context(new_run_id()))
 

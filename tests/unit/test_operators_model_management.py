@@ -10,7 +10,8 @@ import pytest
 
 from securetrain.airflow.failures import SecurityCheckFailed
 from securetrain.airflow.model_management import ModelManagementOperator, pipeline_signing_key_path
-from securetrain.core.model_provenance import load_pipeline_key, verify_manifest_signature
+from securetrain.core.audit.checkpoints import load_signing_key
+from securetrain.core.model_provenance import verify_manifest_signature
 from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
 from securetrain.core.storage import BlobStore
 from tests.stages import HYPERPARAMETERS, Stages
@@ -44,7 +45,7 @@ def test_the_run_s_model_is_registered_with_its_lineage_and_signed(local_stack, 
     assert set(result) == {"name", "version", "manifest_blob", "sealed_sha256"}
     assert result["name"] == MODEL_NAME and result["version"] == 1
     assert result["manifest_blob"] == f"{REGISTRY_CONTAINER}/{MODEL_NAME}/v1/manifest.json"
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         version = ModelRegistry(store).get(MODEL_NAME, 1)
     manifest = version.manifest
     assert manifest["sealed_model"]["sha256"] == result["sealed_sha256"]
@@ -54,8 +55,8 @@ def test_the_run_s_model_is_registered_with_its_lineage_and_signed(local_stack, 
     assert lineage["dataset"]["manifest"] == trained.results["check_data_security"]["manifest_blob"]
     assert lineage["release_policy_sha256"] == trained.results["prepare_environment"]["release_policy_sha256"]
     assert lineage["attestation"] == trained.results["train"]["attestation"]
-    # The key the operator signed with (the stack's, found through SECURETRAIN_STATE_DIR as in Airflow's processes).
-    verify_manifest_signature(manifest, load_pipeline_key(pipeline_signing_key_path()).public_key())
+    # The key the operator signed with ($SECURETRAIN_MODEL_SIGNING_KEY, as in Airflow's processes).
+    verify_manifest_signature(manifest, load_signing_key(pipeline_signing_key_path()).public_key())
     assert _register(trained)["version"] == 2  # the next registration is the next version
 
 

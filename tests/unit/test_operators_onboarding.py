@@ -69,7 +69,7 @@ def test_a_validated_dataset_is_sealed_published_and_passes_the_pipeline_s_check
     assert summary == {"dataset_id": dataset_id, "version": "v1", "kek_id": summary["kek_id"],
                        "manifest_blob": f"{DATASETS_CONTAINER}/{DatasetManifest.blob_name(dataset_id, 'v1')}",
                        "shards": 1, "sealed_bytes": summary["sealed_bytes"]}  # fmt: skip
-    with BlobStore.from_stack_env(local_stack.env) as store:
+    with BlobStore.from_settings(local_stack.settings()) as store:
         body = io.BytesIO()
         store.download_to(DATASETS_CONTAINER, DatasetManifest.blob_name(dataset_id, "v1"), body)
     manifest = json.loads(body.getvalue())
