@@ -24,7 +24,8 @@ import pytest
 
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.keyvault import fetch_kek_public_key
-from securetrain.core.onboarding import DatasetRef, SealedShard, new_manifest, seal_and_upload
+from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.onboarding import SealedShard, new_manifest, seal_and_upload
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.localstack.registry import SERVICES

@@ -26,11 +26,10 @@ from typing import Any
 import pytest
 import requests
 
+from securetrain.core.contracts.job_spec import DatasetRef, job_id_for_run
 from securetrain.core.cvm_client import CvmClient, CvmRequestRejected
 from securetrain.core.identity import LOCAL_TENANT, LocalIdentityCredential
-from securetrain.core.onboarding import DatasetRef
 from securetrain.localstack.services.identity import IDENTITIES
-from securetrain.core.job_spec import job_id_for_run
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +42,7 @@ def job_spec(local_stack, dataset: DatasetRef, **changes: Any) -> dict[str, Any]
     run = f"attack__{uuid.uuid4().hex}"
     return {
         "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [dataset.to_json()], "columns": {"label": "label"},
+        "datasets": [dataset.model_dump()], "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [8]}},
         "hyperparameters": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
         "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
@@ -86,7 +85,7 @@ def refused(client: CvmClient, spec: dict[str, Any]) -> CvmRequestRejected:
 
 
 def never_queued(client: CvmClient, run_id: str) -> bool:
-    return all(job["job_id"] != job_id_for_run(run_id) for job in client.jobs())
+    return all(job.job_id != job_id_for_run(run_id) for job in client.jobs())
 
 
 # --- findings 1 and 3: the suite is data ---------------------------------------------------------------------
@@ -120,17 +119,17 @@ def test_aggregate_probes_without_a_row_condition_get_no_cell_back(local_stack, 
         {"type": "expect_column_max_to_be_between", "kwargs": {"column": "mean_area", "max_value": 100}},
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "mean_area", "max_value": 2500}},
     ))  # fmt: skip
-    job_id = pipeline.submit(spec)["job_id"]
+    job_id = pipeline.submit(spec).job_id
     deadline = time.monotonic() + 180
-    while (job := pipeline.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+    while not (job := pipeline.job(job_id)).state.finished:
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
-    assert job["state"] == "failed" and job["error"]["code"] == "DataValidationFailed", job
-    largest, narrow = job["validation"]["expectations"]
+    assert job.state == "failed" and job.error.code == "DataValidationFailed", job
+    largest, narrow = job.validation["expectations"]
     assert largest["success"] is False and "observed_value" not in largest and "observed_value" in largest["withheld"]
     assert narrow["success"] is False and "unexpected_count" not in narrow and "unexpected_count" in narrow["withheld"]
-    for view in (job, monitor.job(job_id), {"jobs": pipeline.jobs()}):
-        assert LARGEST_AREA not in json.dumps(view)
+    for view in (job, monitor.job(job_id), *pipeline.jobs()):
+        assert LARGEST_AREA not in view.model_dump_json()
 
 
 # --- finding 9: strict input on the agent --------------------------------------------------------------------

@@ -87,7 +87,7 @@ def pipeline(env) -> CvmClient:
 
 def tee_token(pipeline: CvmClient) -> str:
     """A genuine attestation token, as Airflow gets one: the TEE attests a throwaway key for its nonce."""
-    return pipeline.attest(secrets.token_urlsafe(24))["token"]
+    return pipeline.attest(secrets.token_urlsafe(24)).token
 
 
 def try_private_use(env, identity: str, use: str, token: str) -> HttpResponseError:
