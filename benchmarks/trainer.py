@@ -150,13 +150,15 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     The shards are handed over as the agent hands them after it resolved the owner-signed manifest (that
     lookup is one small blob per job, not part of what training costs).
     """
-    from securetrain.core.job_spec import DatasetShard, JobKeys, JobSpec  # noqa: PLC0415
+    from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
+    from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec  # noqa: PLC0415
     from securetrain.tee.training import run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
-    spec = JobSpec.from_json(spec_json).training_on(
-        [DatasetShard("datasets", f"bench/part-{i}.sealed", "parquet", CONTEXT) for i in range(shards)]
-    )
+    spec = TrainingSpec.for_job(JobSpec.from_json(spec_json), [
+        DatasetShard(container="datasets", blob=f"bench/part-{i}.sealed", format="parquet", context=CONTEXT)
+        for i in range(shards)
+    ])  # fmt: skip
     with azurite_store(stack_env) as store:
         start = time.perf_counter()
         result = run_training(spec, keys, store, _Quiet(), threading.Event())

@@ -33,7 +33,8 @@ from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.cvm_client import CvmClient
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.keyvault import fetch_kek_public_key
-from securetrain.core.onboarding import DatasetRef, SealedShard, new_manifest, seal_and_upload
+from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.onboarding import SealedShard, new_manifest, seal_and_upload
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
 from securetrain.localstack.identities import PIPELINE_IDENTITY

@@ -11,10 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.contracts.jobs import JobView
 from securetrain.core.cvm_client import CvmClient
 from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelVersion
-from securetrain.core.onboarding import DatasetRef, SealedShard
+from securetrain.core.onboarding import SealedShard
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.core.storage import BlobStore
@@ -48,7 +50,7 @@ def job_spec(local_stack, *datasets: DatasetRef) -> dict[str, Any]:
     run = f"attack__{uuid.uuid4().hex}"
     return {
         "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [ref.to_json() for ref in datasets], "columns": {"label": "label"},
+        "datasets": [ref.model_dump() for ref in datasets], "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [8]}},
         "hyperparameters": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
         "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
@@ -56,22 +58,22 @@ def job_spec(local_stack, *datasets: DatasetRef) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def run_job(client: CvmClient, spec: dict[str, Any], timeout_s: float = 180) -> dict[str, Any]:
+def run_job(client: CvmClient, spec: dict[str, Any], timeout_s: float = 180) -> JobView:
     """Submit ``spec`` and return the job once it ended."""
-    job_id = client.submit(spec)["job_id"]
+    job_id = client.submit(spec).job_id
     deadline = time.monotonic() + timeout_s
-    while (job := client.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+    while not (job := client.job(job_id)).state.finished:
         assert time.monotonic() < deadline, job
         time.sleep(0.05)
     return job
 
 
-def register(local_stack, store: BlobStore, shard: SealedShard, spec: dict[str, Any], job: dict[str, Any]) -> ModelVersion:
+def register(local_stack, store: BlobStore, shard: SealedShard, spec: dict[str, Any], job: JobView) -> ModelVersion:
     """Register a succeeded job's model as the model management stage does, in a registry container of its own."""
     policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
     return ModelRegistry(store, f"reg-{uuid.uuid4().hex[:12]}").register(
         "breast-cancer-mlp", source_container=spec["output"]["container"], source_blob=spec["output"]["blob"],
-        kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job["result"]["provenance"],
+        kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job.result.provenance.model_dump(mode="json"),
         lineage={"dataset": {"shards": [{"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
                  "release_policy_sha256": policy.sha256},
         signing_key=load_or_create_pipeline_key(local_stack.layout.model_signing_key),

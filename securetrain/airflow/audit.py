@@ -33,6 +33,7 @@ from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
 from securetrain.airflow.notifiers import deliver_alerts, load_alert_thresholds
 from securetrain.airflow.settings import PipelineSettings
+from securetrain.airflow.stage_results import read_result
 from securetrain.core.alerts import evaluate
 from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource, rfc3339_utc
@@ -42,6 +43,8 @@ from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.tee_log import TeeLogInvalid
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
 from securetrain.core.audit.trail import TrailVerdict, attested_head, verify_trail
+from securetrain.core.contracts.jobs import JobView
+from securetrain.core.contracts.stages import AuditResult, RegistrationResult
 from securetrain.core.cvm_client import CvmJobNotFound
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.model_provenance import published_keys, verify_attestation_token
@@ -62,42 +65,43 @@ def _parse_time(text: str) -> datetime.datetime:
     return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def stage_events(run: str, results: dict[str, Any]) -> list[AuditEvent]:
-    """What the pipeline's own stages established, from their XCom results."""
+def stage_events(run: str, results: Mapping[str, Any]) -> list[AuditEvent]:
+    """What the pipeline's own stages established, from their results (task id -> its stage's model)."""
     now = rfc3339_utc(datetime.datetime.now(datetime.UTC))
     events = []
     if env := results.get("prepare_environment"):
         events.append(AuditEvent(EventKind.RUN_STARTED, run, EventSource.PIPELINE, now,
-                                 {"kek_id": env["kek_id"], "release_policy_sha256": env["release_policy_sha256"],
-                                  "tee": env["tee"], "cvm_endpoint": env["cvm_endpoint"]}))  # fmt: skip
+                                 {"kek_id": env.kek_id, "release_policy_sha256": env.release_policy_sha256,
+                                  "tee": env.tee, "cvm_endpoint": env.cvm_endpoint}))  # fmt: skip
     if data := results.get("check_data_security"):
         events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.PIPELINE, now,
-                                 {"check": "sealed dataset verified without decrypting", "dataset_id": data["dataset_id"],
-                                  "version": data["version"], "manifest": data["manifest_blob"],
-                                  "shards": [{"blob": f"{d['container']}/{d['blob']}", "plaintext_sha256": d["plaintext_sha256"]}
-                                             for d in data["datasets"]]}))  # fmt: skip
+                                 {"check": "sealed dataset verified without decrypting", "dataset_id": data.dataset_id,
+                                  "version": data.version, "manifest": data.manifest_blob,
+                                  "shards": [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256}
+                                             for d in data.datasets]}))  # fmt: skip
     if claims := results.get("attestation_status"):
         events.append(AuditEvent(EventKind.EVIDENCE_APPRAISED, run, EventSource.PIPELINE, now,
                                  {"check": "TEE attested for Airflow's nonce; token validated against the KEK's "
-                                           "release policy", "claims": claims}))  # fmt: skip
+                                           "release policy", "claims": claims.model_dump(mode="json")}))  # fmt: skip
     if model := results.get("register_model"):
-        events.append(AuditEvent(EventKind.MODEL_REGISTERED, run, EventSource.PIPELINE, now, dict(model)))
+        events.append(AuditEvent(EventKind.MODEL_REGISTERED, run, EventSource.PIPELINE, now, model.model_dump(mode="json")))
     return events
 
 
-def job_events(run: str, job: dict[str, Any]) -> list[AuditEvent]:
+def job_events(run: str, job: JobView) -> list[AuditEvent]:
     """The agent's record of the job: state changes and the error (unsigned), and the TEE's own event log
     (key release, validation, checkpoints, model: signed in the TEE), verbatim."""
-    events = [AuditEvent(EventKind.JOB_EVENT, run, EventSource.TRAINER, t["time"], {"job_id": job["job_id"], "state": t["state"]})
-              for t in job.get("transitions", [])]  # fmt: skip
-    if job.get("tee_log"):
-        events += tee_audit_events(job["tee_log"])
-    finished = job.get("transitions", [{}])[-1].get("time") or rfc3339_utc(datetime.datetime.now(datetime.UTC))
-    if error := job.get("error"):
+    events = [AuditEvent(EventKind.JOB_EVENT, run, EventSource.TRAINER, t.time, {"job_id": job.job_id, "state": t.state.value})
+              for t in job.transitions]  # fmt: skip
+    if job.tee_log:
+        events += tee_audit_events(job.tee_log)
+    finished = job.transitions[-1].time if job.transitions else rfc3339_utc(datetime.datetime.now(datetime.UTC))
+    if job.error is not None:
         # A security failure before the KEK was released is the TEE being refused its key (attestation or policy).
-        refused = error["security_violation"] and not job.get("key_release")
+        refused = job.error.security_violation and job.key_release is None
         kind = EventKind.KEY_DENIED if refused else EventKind.JOB_EVENT
-        events.append(AuditEvent(kind, run, EventSource.TRAINER, finished, {"job_id": job["job_id"], "error": error}))
+        events.append(AuditEvent(kind, run, EventSource.TRAINER, finished,
+                                 {"job_id": job.job_id, "error": job.error.model_dump(mode="json")}))  # fmt: skip
     return events
 
 
@@ -126,8 +130,8 @@ def record_events(store: BlobStore, run: str, events: Iterable[AuditEvent]) -> B
 class AuditOperator(BaseOperator):
     """Collects the run's events into its hash-chained audit log, verifies the chain, writes a report.
 
-    Returns (XCom) ``{"verdict": "verified" | "broken", "log", "entries", "head", "report_blob", "first_bad",
-    "run_report"}``; a broken chain fails the task (no retry) after the reports are written. The run's
+    Returns (XCom) an :class:`~securetrain.core.contracts.stages.AuditResult`; a broken chain fails the
+    task (no retry) after the reports are written. The run's
     events are also evaluated for security alerts (``securetrain.core.alerts``), delivered by the notifiers.
     """
 
@@ -147,14 +151,15 @@ class AuditOperator(BaseOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from securetrain.airflow.listener import flush as flush_listener_events  # noqa: PLC0415
-        from securetrain.core.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.core.contracts.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
 
         run = job_run_id(context["dag"].dag_id, context["run_id"])
         # The listener records this task's own "running" event on a thread of this process: let it land (and its
         # checkpoint be signed) before the log is read back and verified, or the verdict would see it half-written.
         if not flush_listener_events():
             self.log.warning("the listener's queued events are not all recorded yet; the log is verified as it is")
-        results = {stage: context["ti"].xcom_pull(task_ids=stage) for stage in _STAGES}
+        pulled = {stage: context["ti"].xcom_pull(task_ids=stage) for stage in _STAGES}
+        results = {stage: read_result(stage, value) for stage, value in pulled.items() if value is not None}
         with fail_closed("audit"):
             with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
                 try:
@@ -163,7 +168,7 @@ class AuditOperator(BaseOperator):
                     job = None
             since = context["dag_run"].start_date or datetime.datetime.now(datetime.UTC)
             until = datetime.datetime.now(datetime.UTC)
-            kek_id = (results.get("prepare_environment") or {}).get("kek_id")
+            kek_id = results["prepare_environment"].kek_id if "prepare_environment" in results else None
             events = stage_events(run, results) + (job_events(run, job) if job else [])
             events += service_log_events(run, since, until, kek_id)
             events.sort(key=lambda event: event.time)
@@ -183,8 +188,8 @@ class AuditOperator(BaseOperator):
                 store.upload_stream(REPORTS_CONTAINER, report_blob, io.BytesIO(body), length=len(body), overwrite=True)
                 # After the log is stored: a bad threshold setting then fails the task without losing events.
                 alerts = evaluate(events, load_alert_thresholds(), run_id=run)
-                record = run_record(store, run=run, dag_run_id=context["run_id"], results=results, audit=outcome,
-                                    events=events, alerts=alerts)  # fmt: skip
+                record = run_record(store, run=run, dag_run_id=context["run_id"], audit=outcome, events=events, alerts=alerts,
+                                    results={stage: result.model_dump(mode="json") for stage, result in results.items()})  # fmt: skip
                 run_report = write_run_report(store, REPORTS_CONTAINER, record)
         deliver_alerts(alerts)
         self.log.info("run report: %s (%d alerts)", run_report, len(alerts))
@@ -192,11 +197,12 @@ class AuditOperator(BaseOperator):
                       REPORTS_CONTAINER, report_blob)  # fmt: skip
         if outcome["verdict"] != "verified":
             raise SecurityCheckFailed(f"audit: the audit log of run {run} does not verify: {outcome['summary']}")
-        return {**outcome, "log": report["log"], "report_blob": f"{REPORTS_CONTAINER}/{report_blob}", "run_report": run_report}
+        result = AuditResult(**outcome, log=report["log"], report_blob=f"{REPORTS_CONTAINER}/{report_blob}", run_report=run_report)
+        return result.model_dump(mode="json")
 
 
 def _verify(
-    store: BlobStore, audit_store: BlobAuditStore, kek_id: str | None, model: dict[str, Any] | None
+    store: BlobStore, audit_store: BlobAuditStore, kek_id: str | None, model: RegistrationResult | None
 ) -> TrailVerdict:
     """The run's log verified as ``securetrain audit verify`` does it: chain and checkpoints, the TEE's logs
     against tokens checked with the KEK's release policy and the attestation service's keys, and that the
@@ -214,7 +220,7 @@ def _verify(
     keys_for = published_keys(str(ca_bundle) if ca_bundle else True)
     anchors = []
     if model:
-        version = ModelRegistry(store).get(model["name"], model["version"])
+        version = ModelRegistry(store).get(model.name, model.version)
         anchors.append((f"model {version.name} version {version.version}",
                         attested_head(version.manifest.get("provenance") or {}, check_token)))  # fmt: skip
     public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()

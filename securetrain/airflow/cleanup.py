@@ -11,6 +11,7 @@ from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, MODELS_CONTAINER, checkpoint_prefix, job_run_id
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
+from securetrain.core.contracts.stages import CleanupResult
 from securetrain.core.cvm_client import CvmConflict, CvmJobNotFound
 from securetrain.core.storage import BlobNotFound, ContainerNotFound
 
@@ -26,7 +27,7 @@ class CleanupOperator(BaseOperator):
     - the TEE's keys never left the TEE's memory: the agent drops them when the job ends;
     - audit logs and reports are kept.
 
-    Returns (XCom) ``{"job_cancelled", "deleted_blobs", "cvm"}``.
+    Returns (XCom) a :class:`~securetrain.core.contracts.stages.CleanupResult`.
     """
 
     ui_color = "#eeeeee"
@@ -44,7 +45,7 @@ class CleanupOperator(BaseOperator):
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from securetrain.core.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.core.contracts.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
 
         run = job_run_id(context["dag"].dag_id, context["run_id"])
         cancelled = False
@@ -53,10 +54,10 @@ class CleanupOperator(BaseOperator):
             with cvm.get_conn() as client:
                 try:
                     job = client.job(job_id_for_run(run))
-                    if job["state"] not in ("succeeded", "failed", "cancelled"):
-                        client.cancel(job["job_id"])
+                    if not job.state.finished:
+                        client.cancel(job.job_id)
                         cancelled = True
-                        self.log.info("cancelled job %s of this run (it stops at its next safe point)", job["job_id"])
+                        self.log.info("cancelled job %s of this run (it stops at its next safe point)", job.job_id)
                 except (CvmJobNotFound, CvmConflict):
                     pass  # never submitted, or it finished meanwhile
             released = cvm.release()
@@ -74,7 +75,7 @@ class CleanupOperator(BaseOperator):
                 record_events(store, run, [AuditEvent.now(EventKind.CLEANUP_DONE, EventSource.PIPELINE, run_id=run, details={
                     "job_cancelled": cancelled, "deleted_blobs": deleted, "cvm": released})])  # fmt: skip
             self.log.info("deleted %d temporary blob(s) of run %s; audit logs and reports are kept", deleted, run)
-        return {"job_cancelled": cancelled, "deleted_blobs": deleted, "cvm": released}
+        return CleanupResult(job_cancelled=cancelled, deleted_blobs=deleted, cvm=released).model_dump(mode="json")
 
 
 def _listed(store: Any, container: str, prefix: str) -> list[Any]:

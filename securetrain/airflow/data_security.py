@@ -14,7 +14,9 @@ from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import DATASETS_CONTAINER
 from securetrain.core.errors import SecurityViolation
-from securetrain.core.onboarding import DatasetManifest, DatasetRef, SealedShard
+from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.contracts.stages import CheckedShard, DataCheckResult
+from securetrain.core.onboarding import DatasetManifest, SealedShard
 from securetrain.core.sealed import KekPublicKey
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import read_header
@@ -74,10 +76,9 @@ class DataSecurityCheckOperator(BaseOperator):
     containers must be private; and the KEK must still carry the approved release policy
     (``release_policy_sha256``, from environment preparation).
 
-    Returns (XCom) ``{"dataset_id", "version", "manifest_blob", "job_datasets": [{"container", "manifest"}],
-    "datasets": [{"container", "blob", "format", "context", "kek_id", "plaintext_sha256", "size"}]}``:
-    the manifest as the training job names it, and its shards for the record (the TEE reads the shards from
-    the owner-signed manifest itself; docs/security.md).
+    Returns (XCom) a :class:`~securetrain.core.contracts.stages.DataCheckResult`: the manifest as the training
+    job names it, and its shards for the record (the TEE reads the shards from the owner-signed manifest
+    itself; docs/security.md).
     """
 
     template_fields: Sequence[str] = ("dataset_id", "version", "kek_id", "release_policy_sha256")
@@ -120,7 +121,7 @@ class DataSecurityCheckOperator(BaseOperator):
                     self.version = DatasetManifest.latest_version(store, self.container, self.dataset_id)
                     self.log.info("the latest version of %s is %s", self.dataset_id, self.version)
                 manifest_blob = DatasetManifest.blob_name(self.dataset_id, self.version)
-                ref = DatasetRef(self.container, manifest_blob)
+                ref = DatasetRef(container=self.container, manifest=manifest_blob)
                 manifest = DatasetManifest.read(store, self.container, manifest_blob)
                 # The manifest names the KEK the owner sealed for; a rotation since then rewrapped the shards to a
                 # newer version of the same key, which their headers (checked below) must name.
@@ -133,14 +134,14 @@ class DataSecurityCheckOperator(BaseOperator):
                     check_shard(store, shard, kek)
                     self.log.info("%s/%s: header, digest, size and context match the manifest; sealed for %s",
                                   shard.container, shard.blob, kek.kek_id)  # fmt: skip
-        return {
-            "dataset_id": self.dataset_id,
-            "version": self.version,
-            "manifest_blob": f"{self.container}/{manifest_blob}",
-            "job_datasets": [ref.to_json()],
-            "datasets": [
-                {"container": shard.container, "blob": shard.blob, "format": shard.format, "context": dict(shard.context),
-                 "kek_id": shard.kek_id, "plaintext_sha256": shard.plaintext_sha256, "size": shard.sealed_bytes}
+        return DataCheckResult(
+            dataset_id=self.dataset_id,
+            version=self.version,
+            manifest_blob=f"{self.container}/{manifest_blob}",
+            job_datasets=(ref,),
+            datasets=tuple(
+                CheckedShard(container=shard.container, blob=shard.blob, format=shard.format, context=dict(shard.context),
+                             kek_id=shard.kek_id, plaintext_sha256=shard.plaintext_sha256, size=shard.sealed_bytes)
                 for shard in manifest.shards
-            ],  # fmt: skip
-        }
+            ),  # fmt: skip
+        ).model_dump(mode="json")

@@ -15,6 +15,7 @@ from typing import Any
 from securetrain.airflow.hooks.attestation import AttestationHook, claims_summary
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.core.attestation.tokens import TokenRejected
+from securetrain.core.contracts.jobs import JobState
 from securetrain.core.cvm_client import CvmJobNotFound
 from securetrain.core.release_policy import ReleasePolicy
 
@@ -24,7 +25,7 @@ def attest_now(cvm: ConfidentialVmHook, attestation: AttestationHook, policy: Re
     nonce = secrets.token_urlsafe(32)
     with cvm.get_conn() as client:
         answer = client.attest(nonce)
-    token = attestation.validate(answer["token"], policy=policy)
+    token = attestation.validate(answer.token, policy=policy)
     if token.claims.get("nonce") != nonce:
         raise TokenRejected("the TEE's token does not carry the nonce Airflow sent: it is not an answer to this challenge")
     return claims_summary(token.claims)
@@ -36,7 +37,7 @@ class EnclaveWatch:
 
     done: bool
     security_event: str | None
-    job_state: str | None
+    job_state: JobState | None
 
 
 def watch_job(cvm: ConfidentialVmHook, job_id: str, *, expected_tee: str | None, max_attestation_age_s: float) -> EnclaveWatch:
@@ -47,24 +48,23 @@ def watch_job(cvm: ConfidentialVmHook, job_id: str, *, expected_tee: str | None,
             job = client.job(job_id)
         except CvmJobNotFound:
             job = None
-    if health.get("status") != "ok":
-        return EnclaveWatch(False, f"the agent reports status {health.get('status')!r}", None)
-    if expected_tee is not None and health.get("tee_type") != expected_tee:
-        return EnclaveWatch(False, f"the agent reports TEE {health.get('tee_type')!r}, not {expected_tee!r}", None)
+    if health.status != "ok":
+        return EnclaveWatch(False, f"the agent reports status {health.status!r}", None)
+    if expected_tee is not None and health.tee_type != expected_tee:
+        return EnclaveWatch(False, f"the agent reports TEE {health.tee_type!r}, not {expected_tee!r}", None)
     if job is None:
         return EnclaveWatch(False, None, None)  # not submitted yet
-    state = job["state"]
-    error = job.get("error") or {}
-    if state == "failed" and error.get("security_violation"):
-        return EnclaveWatch(False, f"the job failed a security check: {error.get('code')}: {error.get('message')}", state)
-    if state in ("succeeded", "failed", "cancelled"):
+    state, error = job.state, job.error
+    if state is JobState.FAILED and error is not None and error.security_violation:
+        return EnclaveWatch(False, f"the job failed a security check: {error.code}: {error.message}", state)
+    if state.finished:
         return EnclaveWatch(True, None, state)
-    attestation = health.get("attestation")
-    if state not in ("queued", "attesting") and attestation is None:
+    attestation = health.attestation
+    if state not in (JobState.QUEUED, JobState.ATTESTING) and attestation is None:
         return EnclaveWatch(False, f"the job is {state} but the agent holds no attestation", state)
-    if attestation is not None and attestation.get("age_seconds", 0) > max_attestation_age_s:
+    if attestation is not None and attestation.age_seconds > max_attestation_age_s:
         return EnclaveWatch(
-            False, f"the TEE's attestation is {attestation['age_seconds']:.0f} s old (at most {max_attestation_age_s:.0f})",
+            False, f"the TEE's attestation is {attestation.age_seconds:.0f} s old (at most {max_attestation_age_s:.0f})",
             state,
         )  # fmt: skip
     return EnclaveWatch(False, None, state)

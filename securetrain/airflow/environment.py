@@ -14,6 +14,7 @@ from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import CONTAINERS
+from securetrain.core.contracts.stages import EnvironmentResult
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.keyvault import KEK_NAME
 from securetrain.core.release_policy import ReleasePolicy
@@ -41,7 +42,7 @@ class EnvironmentPreparationOperator(BaseOperator):
     - the attestation service publishes its signing keys over verified TLS;
     - the confidential VM is up (azure backend: started) and its agent answers over mutual TLS.
 
-    Returns (XCom) ``{"kek_id", "release_policy_sha256", "cvm_endpoint", "tee", "containers"}``.
+    Returns (XCom) an :class:`~securetrain.core.contracts.stages.EnvironmentResult`.
     """
 
     template_fields: Sequence[str] = ("kek_name", "release_policy_path")
@@ -82,12 +83,9 @@ class EnvironmentPreparationOperator(BaseOperator):
             self.log.info("attestation service %s publishes %d signing key(s)", attestation.connection.endpoint, len(keys))
             cvm = ConfidentialVmHook(self.cvm_conn_id)
             health = cvm.start()
-            self.log.info("confidential VM (%s backend) up: TEE %s, device %s", cvm.backend, health.get("tee_type"),
-                          health.get("device"))  # fmt: skip
-        return {
-            "kek_id": str(kek.id),
-            "release_policy_sha256": approved.sha256,
-            "cvm_endpoint": cvm.endpoint,
-            "tee": str(health.get("tee_type")),
-            "containers": list(self.containers),
-        }
+            self.log.info("confidential VM (%s backend) up: TEE %s, device %s", cvm.backend, health.tee_type,
+                          health.device)  # fmt: skip
+        return EnvironmentResult(
+            kek_id=str(kek.id), release_policy_sha256=approved.sha256, cvm_endpoint=cvm.endpoint, tee=health.tee_type,
+            containers=self.containers,
+        ).model_dump(mode="json")  # fmt: skip

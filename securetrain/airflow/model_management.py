@@ -10,6 +10,7 @@ from airflow.sdk import BaseOperator, Context
 from securetrain.airflow.failures import fail_closed
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.settings import PipelineSettings
+from securetrain.core.contracts.stages import DataCheckResult, EnvironmentResult, RegistrationResult, TrainingStageResult
 from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelRejected
 
@@ -29,7 +30,8 @@ class ModelManagementOperator(BaseOperator):
     with the pipeline's model-signing key; ``securetrain models verify`` checks the whole chain.
 
     ``training``, ``data`` and ``environment`` are the XComs of the training, data-check and preparation
-    stages. Returns (XCom) ``{"name", "version", "manifest_blob", "sealed_sha256"}``.
+    stages (:mod:`securetrain.core.contracts.stages`, validated here). Returns (XCom) a
+    :class:`~securetrain.core.contracts.stages.RegistrationResult`.
     """
 
     template_fields: Sequence[str] = ("model_name", "training", "data", "environment", "hyperparameters")
@@ -55,25 +57,27 @@ class ModelManagementOperator(BaseOperator):
         self.storage_conn_id = storage_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
+        training = TrainingStageResult.model_validate(self.training)
+        data = DataCheckResult.model_validate(self.data)
+        environment = EnvironmentResult.model_validate(self.environment)
+        trained = training.model_dump(mode="json")
         lineage = {
             "dag_run": {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
-            "job_id": self.training["job_id"],
-            "dataset": {"id": self.data["dataset_id"], "version": self.data["version"],
-                        "manifest": self.data["manifest_blob"],
-                        "shards": [{"blob": f"{d['container']}/{d['blob']}", "plaintext_sha256": d["plaintext_sha256"]}
-                                   for d in self.data["datasets"]]},
-            "release_policy_sha256": self.environment["release_policy_sha256"],
-            "attestation": dict(self.training["attestation"]),
-            "key_release": self.training.get("key_release"),
-            "history": list(self.training.get("history", [])),
-            "tee_type": self.training["tee_type"],
-            "device": self.training["device"],
+            "job_id": training.job_id,
+            "dataset": {"id": data.dataset_id, "version": data.version, "manifest": data.manifest_blob,
+                        "shards": [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256}
+                                   for d in data.datasets]},
+            "release_policy_sha256": environment.release_policy_sha256,
+            "attestation": trained["attestation"],
+            "key_release": trained["key_release"],
+            "history": trained["history"],
+            "tee_type": training.tee_type,
+            "device": training.device,
             "hyperparameters": dict(self.hyperparameters),
-            "metrics": dict(self.training["metrics"]),
-            "validation": self.training.get("validation"),
+            "metrics": trained["metrics"],
+            "validation": trained["validation"],
         }  # fmt: skip
-        model = self.training["model"]
-        provenance = self.training.get("provenance")
+        provenance = training.provenance
         with fail_closed("model management"), SecureStorageHook(self.storage_conn_id).blob_store() as store:
             # Inside fail_closed like every other refusal: a retry cannot bring provenance back.
             if not provenance:
@@ -82,18 +86,16 @@ class ModelManagementOperator(BaseOperator):
                     "attestation token): a model without it cannot be registered"
                 )
             version = ModelRegistry(store).register(
-                self.model_name, source_container=model["container"], source_blob=model["blob"],
-                kek_id=self.environment["kek_id"], run_id=self.training["run_id"], lineage=lineage,
-                provenance=provenance,
+                self.model_name, source_container=training.model.container, source_blob=training.model.blob,
+                kek_id=environment.kek_id, run_id=training.run_id, lineage=lineage,
+                provenance=provenance.model_dump(mode="json"),
                 signing_key=load_or_create_pipeline_key(pipeline_signing_key_path()),
             )  # fmt: skip
         sealed = version.manifest["sealed_model"]
         self.log.info("registered %s version %d: sealed model sha256 %s, trained in %s under policy %s",
-                      version.name, version.version, sealed["sha256"], self.training["tee_type"],
-                      self.environment["release_policy_sha256"])  # fmt: skip
-        return {
-            "name": version.name,
-            "version": version.version,
-            "manifest_blob": f"{version.container}/{version.manifest_blob}",
-            "sealed_sha256": sealed["sha256"],
-        }
+                      version.name, version.version, sealed["sha256"], training.tee_type,
+                      environment.release_policy_sha256)  # fmt: skip
+        return RegistrationResult(
+            name=version.name, version=version.version, manifest_blob=f"{version.container}/{version.manifest_blob}",
+            sealed_sha256=sealed["sha256"],
+        ).model_dump(mode="json")  # fmt: skip

@@ -3,15 +3,16 @@
 The page is a small FastAPI app that the API server mounts at ``/securetrain`` (``fastapi_apps``), linked
 from the navigation bar (``external_views``, destination ``nav``). It renders on the server (Jinja2, every
 value escaped) what the runs of the training DAGs left in Airflow's metadata database: each run's DAG,
-state and times, its tasks' states, and the return values (XCom ``return_value``) of its stages: the
-attestation claims, the key release, the dataset checks, epochs and metrics, the model version and the audit
-chain's verdict. A training DAG is one tagged :data:`~securetrain.airflow.dag_tags.TRAINING_TAG`, which
-:func:`securetrain.airflow.pipeline.training_dag` sets (``secure_training``, ``secure_retraining``, and any
-DAG a user builds with it); all of them have the stages' task ids. The page needs no other data source;
-those return values hold no secret (docs/airflow.md). The one exception is a run's report (``/report``), the
-HTML page the ``audit`` task wrote to blob storage (securetrain/core/run_report.py): the page reads it through
-the storage connection and serves it as it is, under a content security policy that lets it run no script
-and load nothing from elsewhere.
+state and times, its tasks' states, and the return values (XCom ``return_value``) of its stages, each read
+back as its stage's model (:mod:`securetrain.airflow.stage_results`): the attestation claims, the key release,
+the dataset checks, epochs and metrics, the model version and the audit chain's verdict. A value that is not
+its stage's result is shown as a problem, not rendered. A training DAG is one tagged
+:data:`~securetrain.airflow.dag_tags.TRAINING_TAG`, which :func:`securetrain.airflow.pipeline.training_dag`
+sets (``secure_training``, ``secure_retraining``, and any DAG a user builds with it); all of them have the
+stages' task ids. The page needs no other data source; those return values hold no secret (docs/airflow.md).
+The one exception is a run's report (``/report``), the HTML page the ``audit`` task wrote to blob storage
+(securetrain/core/run_report.py): the page reads it through the storage connection and serves it as it is,
+under a content security policy that lets it run no script and load nothing from elsewhere.
 
 The plugin also registers the audit-trail listener (securetrain/airflow/listener.py): task and DAG-run
 state changes of securetrain's DAGs go into each run's audit log.
@@ -38,6 +39,7 @@ import jinja2
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -54,6 +56,8 @@ from airflow.models.xcom import XCOM_RETURN_KEY, XComModel
 from airflow.plugins_manager import AirflowPlugin
 from securetrain.airflow.dag_tags import TRAINING_TAG
 from securetrain.airflow.listener import audit_trail_listener
+from securetrain.airflow.stage_results import read_result
+from securetrain.core.contracts.base import first_error
 
 URL_PREFIX = "/securetrain"
 #: What a user must be allowed to read of a training DAG to see its runs here: all the page shows.
@@ -88,7 +92,7 @@ class StageResult:
     state: str | None
     start: datetime.datetime | None
     end: datetime.datetime | None
-    result: Mapping[str, Any] | None
+    result: BaseModel | None
     problem: str | None
 
 
@@ -103,14 +107,14 @@ class RunView:
     end: datetime.datetime | None
     stages: Mapping[str, StageResult]
 
-    def result(self, task_id: str) -> Mapping[str, Any]:
-        """What stage ``task_id`` returned, or an empty mapping when it returned nothing usable."""
+    def result(self, task_id: str) -> Any:
+        """What stage ``task_id`` returned, as its stage's model; None when it returned nothing usable."""
         stage = self.stages.get(task_id)
-        return stage.result if stage is not None and stage.result is not None else {}
+        return stage.result if stage is not None else None
 
 
-def _decode(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
-    """A stored XCom value as a JSON object, or why it is not one.
+def _decode(task_id: str, value: Any) -> tuple[BaseModel | None, str | None]:
+    """A stored XCom value as its stage's result, or why it is not one.
 
     Values pushed through the Task SDK are stored as JSON text, values set directly as JSON documents.
     Plain ``json`` decodes them, not Airflow's XCom decoder: that one imports and instantiates whatever
@@ -123,7 +127,11 @@ def _decode(value: Any) -> tuple[Mapping[str, Any] | None, str | None]:
             return None, "the return value is not JSON"
     if not isinstance(value, dict):
         return None, f"the return value is a JSON {type(value).__name__}, not an object"
-    return value, None
+    try:
+        return read_result(task_id, value), None
+    except ValidationError as exc:
+        field, reason = first_error(exc)
+        return None, f"the return value is not this stage's result ({field or 'the value'}: {reason})"
 
 
 def training_dag_ids(session: Session) -> list[str]:
@@ -188,7 +196,7 @@ def load_runs(session: Session, dag_ids: Sequence[str], run_id: str | None = Non
         for task_id in STAGES:
             ti = instances.get((run.dag_id, run.run_id, task_id))
             stored = values.get((run.dag_id, run.run_id, task_id))
-            result, problem = _decode(stored) if stored is not None else (None, None)
+            result, problem = _decode(task_id, stored) if stored is not None else (None, None)
             stages[task_id] = StageResult(
                 task_id=task_id,
                 state=str(ti.state) if ti is not None and ti.state is not None else None,
@@ -220,17 +228,7 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-def _mapping(value: Any) -> Mapping[str, Any]:
-    """``value`` if it is a JSON object, else an empty one: a malformed field shows as absent."""
-    return value if isinstance(value, dict) else {}
-
-
-def _records(value: Any) -> list[Mapping[str, Any]]:
-    """The JSON objects in ``value`` if it is a list, else none."""
-    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
-
-
-_templates.filters.update(time=_time, claim=_claim, number=_number, mapping=_mapping, records=_records)
+_templates.filters.update(time=_time, claim=_claim, number=_number)
 _templates.globals.update(KEY_CLAIMS=KEY_CLAIMS, STAGES=STAGES, TRAINING_TAG=TRAINING_TAG)
 
 

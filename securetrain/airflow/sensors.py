@@ -19,6 +19,7 @@ from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.locations import job_run_id
 from securetrain.airflow.triggers import AttestationStatusTrigger, EnclaveHealthTrigger
+from securetrain.core.contracts.stages import AttestationResult
 from securetrain.core.errors import SecuretrainError
 
 
@@ -41,7 +42,7 @@ class AttestationStatusSensor(BaseSensorOperator):
     release policy as Key Vault enforces it. A token that fails any of these fails the task at once
     (no retry); an agent that cannot attest yet (starting, service restarting) is asked again.
 
-    Returns (XCom) the validated claims.
+    Returns (XCom) the validated claims (:class:`~securetrain.core.contracts.stages.AttestationResult`).
     """
 
     template_fields: Sequence[str] = ("kek_id",)
@@ -77,7 +78,7 @@ class AttestationStatusSensor(BaseSensorOperator):
                 timeout=timedelta(seconds=self.timeout),
             )
         super().execute(context)
-        return self._claims
+        return AttestationResult(self._claims).model_dump(mode="json")
 
     def poke(self, context: Context) -> bool:
         with fail_closed("attestation status"):
@@ -95,7 +96,7 @@ class AttestationStatusSensor(BaseSensorOperator):
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
         _raise_event("attestation status", event)
         self._log_claims(event["claims"])
-        return event["claims"]
+        return AttestationResult(event["claims"]).model_dump(mode="json")
 
     def _log_claims(self, claims: dict[str, Any]) -> None:
         self.log.info("the TEE attested for Airflow's nonce: %s, HOST_DATA %s, launch measurement %s, policy %s",
@@ -133,7 +134,7 @@ class EnclaveHealthSensor(BaseSensorOperator):
         self.cvm_conn_id = cvm_conn_id
 
     def _job_id(self, context: Context) -> str:
-        from securetrain.core.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.core.contracts.job_spec import job_id_for_run  # noqa: PLC0415 - keeps DAG parsing light
 
         return job_id_for_run(job_run_id(context["dag"].dag_id, context["run_id"]))
 

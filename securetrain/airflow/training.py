@@ -25,16 +25,18 @@ from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, MODELS_CONTAINER, checkpoint_prefix, job_run_id, model_output_blob
-from securetrain.airflow.triggers import FINISHED, TrainingJobTrigger, progress_lines
+from securetrain.airflow.triggers import TrainingJobTrigger, progress_lines
 from securetrain.core.attestation.tokens import TokenRejected
+from securetrain.core.contracts.job_spec import JobSpec
+from securetrain.core.contracts.jobs import JobState, JobView
+from securetrain.core.contracts.stages import TrainingStageResult
 from securetrain.core.cvm_client import CvmConflict
-from securetrain.core.job_spec import JobSpec
 
 class AttestedTrainingOperator(BaseOperator):
     """Submits the training job to the confidential VM and waits for it (deferred by default).
 
-    Returns (XCom) ``{"job_id", "run_id", "state", "attestation" (claims), "key_release", "epochs", "metrics",
-    "history", "validation", "model", "model_blob", "checkpoints", "device", "tee_type", "transitions"}``.
+    Returns (XCom) a :class:`~securetrain.core.contracts.stages.TrainingStageResult`: the job, the
+    attestation claims, key release, curve, validation aggregates, model, checkpoints and provenance.
     """
 
     template_fields: Sequence[str] = ("kek_id", "datasets", "model", "hyperparameters", "columns", "expectation_suite")
@@ -72,7 +74,8 @@ class AttestedTrainingOperator(BaseOperator):
         self.keyvault_conn_id = keyvault_conn_id
         self.storage_conn_id = storage_conn_id
 
-    def job_spec(self, run: str) -> dict[str, Any]:
+    def job_spec(self, run: str) -> JobSpec:
+        """The run's job spec, checked here: a bad parameter fails the task before any TEE work."""
         spec: dict[str, Any] = {
             "run_id": run,
             "nonce": secrets.token_urlsafe(32),
@@ -86,40 +89,40 @@ class AttestedTrainingOperator(BaseOperator):
         }
         if self.expectation_suite:
             spec["expectation_suite"] = dict(self.expectation_suite)
-        return spec
+        return JobSpec.from_json(spec)
 
     def execute(self, context: Context) -> dict[str, Any]:
         run = job_run_id(context["dag"].dag_id, context["run_id"])
-        spec = self.job_spec(run)
         with fail_closed("attested training"):
-            job_id = JobSpec.from_json(spec).job_id  # validated here: a bad param fails before any TEE work
+            spec = self.job_spec(run)
+            job_id = spec.job_id
             with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
                 try:
                     job = client.submit(spec)
                     self.log.info("submitted job %s (run %s) to %s: %d dataset(s), model %s, %s epochs", job_id, run,
-                                  client.endpoint, len(spec["datasets"]), spec["model"]["name"],
-                                  spec["hyperparameters"]["epochs"])  # fmt: skip
+                                  client.endpoint, len(spec.datasets), spec.model.name,
+                                  spec.hyperparameters.epochs)  # fmt: skip
                 except CvmConflict:
                     # A retry of this task: the job of this run was submitted before (with another nonce).
                     job = client.job(job_id)
                     self.log.info("job %s of run %s was submitted before; waiting for it", job_id, run)
-        if self.deferrable and job["state"] not in FINISHED:
+        if self.deferrable and not job.state.finished:
             self.defer(
                 trigger=TrainingJobTrigger(self.cvm_conn_id, job_id, self.poll_interval),
                 method_name="execute_complete",
             )
         return self._finish(self._wait(job_id, job))
 
-    def _wait(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
+    def _wait(self, job_id: str, job: JobView) -> JobView:
         """The non-deferrable path: poll in the worker."""
         reported = 0
         with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
-            while job["state"] not in FINISHED:
+            while not job.state.finished:
                 time.sleep(self.poll_interval)
                 job = client.job(job_id)
                 for line in progress_lines(job, reported):
                     self.log.info("%s", line)
-                reported = len(job.get("history", []))
+                reported = len(job.history)
         return job
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> dict[str, Any]:
@@ -127,46 +130,49 @@ class AttestedTrainingOperator(BaseOperator):
             if event.get("security_violation"):
                 raise SecurityCheckFailed(f"attested training: {event['message']}")
             raise AirflowException(f"attested training: lost the job: {event['message']}")
-        return self._finish(event["job"])
+        return self._finish(JobView.model_validate(event["job"]))
 
-    def _finish(self, job: dict[str, Any]) -> dict[str, Any]:
-        error = job.get("error") or {}
-        if job["state"] == "failed":
-            text = f"the training job {job['job_id']} failed: {error.get('code')}: {error.get('message')}"
-            if job.get("validation"):
-                text += f" (data validation: {job['validation'].get('statistics')})"
+    def _finish(self, job: JobView) -> dict[str, Any]:
+        if job.state is JobState.FAILED:
+            error = job.error
+            reason = f"{error.code}: {error.message}" if error is not None else "the agent recorded no error"
+            text = f"the training job {job.job_id} failed: {reason}"
+            if job.validation:
+                text += f" (data validation: {job.validation.get('statistics')})"
             # A failed job stays failed under this run id: retrying the task would only find it again.
-            raise SecurityCheckFailed(text) if error.get("security_violation") else AirflowFailException(text)
-        if job["state"] == "cancelled":
-            raise AirflowFailException(f"the training job {job['job_id']} was cancelled")
+            raise SecurityCheckFailed(text) if error is not None and error.security_violation else AirflowFailException(text)
+        if job.state is JobState.CANCELLED:
+            raise AirflowFailException(f"the training job {job.job_id} was cancelled")
+        result = job.result
+        if result is None:
+            raise AirflowFailException(f"the training job {job.job_id} succeeded but the agent reports no result")
         with fail_closed("attested training"):
             attestation = self._job_attestation(job)
             with SecureStorageHook(self.storage_conn_id).blob_store() as store:
-                checkpoints = sorted(info.name for info in store.list_blobs(CHECKPOINTS_CONTAINER, job["checkpoints"]["prefix"]))
-        result = job["result"]
-        self.log.info("job %s succeeded: %d epochs on %s in %s; metrics %s", job["job_id"], job["epoch"],
-                      result["device"], result["tee_type"], job["metrics"])  # fmt: skip
-        return {
-            "job_id": job["job_id"],
-            "run_id": job["run_id"],
-            "state": job["state"],
-            "attestation": attestation,
-            "key_release": job.get("key_release"),
-            "epochs": job["epoch"],
-            "metrics": job["metrics"],
-            "history": job.get("history", []),
-            "validation": job.get("validation"),
-            "model": result["model"],
-            "model_blob": f"{result['model']['container']}/{result['model']['blob']}",
-            "checkpoints": [f"{CHECKPOINTS_CONTAINER}/{name}" for name in checkpoints],
-            "device": result["device"],
-            "tee_type": result["tee_type"],
-            "transitions": job.get("transitions", []),
+                checkpoints = sorted(info.name for info in store.list_blobs(CHECKPOINTS_CONTAINER, job.checkpoints.prefix))
+        self.log.info("job %s succeeded: %d epochs on %s in %s; metrics %s", job.job_id, job.epoch, result.device,
+                      result.tee_type, job.metrics)  # fmt: skip
+        return TrainingStageResult(
+            job_id=job.job_id,
+            run_id=job.run_id,
+            state=job.state,
+            attestation=attestation,
+            key_release=job.key_release,
+            epochs=job.epoch,
+            metrics=job.metrics,
+            history=job.history,
+            validation=job.validation,
+            model=result.model,
+            model_blob=f"{result.model.container}/{result.model.blob}",
+            checkpoints=tuple(f"{CHECKPOINTS_CONTAINER}/{name}" for name in checkpoints),
+            device=result.device,
+            tee_type=result.tee_type,
+            transitions=job.transitions,
             # The TEE's signed statement about the model and the token that names its key (docs/models.md).
-            "provenance": result.get("provenance"),
-        }
+            provenance=result.provenance,
+        ).model_dump(mode="json")
 
-    def _job_attestation(self, job: dict[str, Any]) -> dict[str, Any]:
+    def _job_attestation(self, job: JobView) -> dict[str, Any]:
         """Claims of the token the job ran under, validated here; a fresh challenge if that token is gone.
 
         The agent serves its latest token: another job's once it moved on, and expired after a long wait.
@@ -176,9 +182,9 @@ class AttestedTrainingOperator(BaseOperator):
         cvm, attestation = ConfidentialVmHook(self.cvm_conn_id), AttestationHook(self.attestation_conn_id)
         with cvm.get_conn() as client:
             latest = client.attestation()
-        if latest.get("job_id") == job["job_id"]:
+        if latest.job_id == job.job_id:
             try:
-                return claims_summary(attestation.validate(latest["token"], policy=policy).claims)
+                return claims_summary(attestation.validate(latest.token, policy=policy).claims)
             except TokenRejected as exc:
                 self.log.info("the job's token no longer validates (%s); challenging the TEE afresh", exc)
         return attest_now(cvm, attestation, policy)

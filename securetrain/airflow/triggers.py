@@ -17,9 +17,8 @@ from securetrain.airflow.enclave import attest_now, watch_job
 from securetrain.airflow.hooks.attestation import AttestationHook
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.core.contracts.jobs import JobView
 from securetrain.core.errors import SecuretrainError
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def _error(exc: SecuretrainError) -> TriggerEvent:
@@ -27,12 +26,12 @@ def _error(exc: SecuretrainError) -> TriggerEvent:
                          "security_violation": exc.security_violation})  # fmt: skip
 
 
-def progress_lines(job: dict[str, Any], reported_epochs: int) -> list[str]:
+def progress_lines(job: JobView, reported_epochs: int) -> list[str]:
     """Log lines for the epochs of ``job`` after the first ``reported_epochs``."""
     lines = []
-    for entry in job.get("history", [])[reported_epochs:]:
-        metrics = ", ".join(f"{name} {value:.4f}" for name, value in entry.items() if name not in ("epoch", "step"))
-        lines.append(f"job {job['job_id']}: epoch {entry['epoch']} done (step {entry['step']}): {metrics}")
+    for entry in job.history[reported_epochs:]:
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in entry.metrics.items())
+        lines.append(f"job {job.job_id}: epoch {entry.epoch} done (step {entry.step}): {metrics}")
     return lines
 
 
@@ -52,7 +51,7 @@ class TrainingJobTrigger(BaseTrigger):
             "reported_epochs": self.reported_epochs,
         })  # fmt: skip
 
-    def _job(self) -> dict[str, Any]:
+    def _job(self) -> JobView:
         with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
             return client.job(self.job_id)
 
@@ -66,12 +65,13 @@ class TrainingJobTrigger(BaseTrigger):
                 return
             for line in progress_lines(job, reported):
                 self.log.info("%s", line)
-            reported = len(job.get("history", []))
-            if job["state"] != state:
-                state = job["state"]
+            reported = len(job.history)
+            if job.state != state:
+                state = job.state
                 self.log.info("job %s: %s", self.job_id, state)
-            if state in FINISHED:
-                yield TriggerEvent({"status": "done", "job": job})
+            if job.state.finished:
+                # Trigger events are stored as JSON; the operator reads the job back as a JobView.
+                yield TriggerEvent({"status": "done", "job": job.model_dump(mode="json")})
                 return
             await asyncio.sleep(self.poll_interval)
 
@@ -146,6 +146,6 @@ class EnclaveHealthTrigger(BaseTrigger):
                 yield TriggerEvent({"status": "security_event", "message": watch.security_event})
                 return
             if watch.done:
-                yield TriggerEvent({"status": "done", "job_state": watch.job_state})
+                yield TriggerEvent({"status": "done", "job_state": None if watch.job_state is None else watch.job_state.value})
                 return
             await asyncio.sleep(self.poll_interval)

@@ -3,6 +3,9 @@
 Transient faults (connection refused or reset, 502/503/504) are retried a bounded number of times with
 exponential backoff; every request may be repeated safely: a submit names its run id, and the agent
 answers a repeated one with the existing job. A TLS verification failure is never retried.
+
+Answers are read into the contracts of :mod:`securetrain.core.contracts` (``JobView``, ``Health``, ...); an
+answer that does not match its contract is :class:`CvmAnswerInvalid`.
 """
 
 from __future__ import annotations
@@ -10,19 +13,25 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
+from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.exceptions import SSLError
 from urllib3.util.retry import Retry
 
+from securetrain.core.contracts.attestation import Attestation, LatestAttestation
+from securetrain.core.contracts.health import Health
+from securetrain.core.contracts.job_spec import JobSpec
+from securetrain.core.contracts.jobs import JobList, JobView
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
 
 log = logging.getLogger(__name__)
 
 _RETRIES = 4
 _BACKOFF_S = 0.5
+Answer = TypeVar("Answer", bound=BaseModel)
 
 
 class CvmError(SecuretrainError):
@@ -56,6 +65,10 @@ class CvmJobNotFound(CvmError):
 
 class CvmConflict(CvmError):
     """The request contradicts the job (409): another spec under the same run id, or cancel after the end."""
+
+
+class CvmAnswerInvalid(CvmError):
+    """The agent answered, but not with what its API promises (another version, or not the agent)."""
 
 
 class CvmUnreachable(SecuretrainError):
@@ -137,28 +150,43 @@ class CvmClient:
             raise error_type(text, code=code, status=response.status_code)
         raise CvmUnreachable(text)
 
-    def submit(self, spec: Mapping[str, Any]) -> dict[str, Any]:
-        """Submit a job spec (a JSON document); the job, new or the one already submitted for its run id."""
-        return self._request("POST", "/v1/jobs", spec).json()
+    def _answer(self, answer_type: type[Answer], method: str, path: str, body: Mapping[str, Any] | None = None) -> Answer:
+        response = self._request(method, path, body)
+        try:
+            return answer_type.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise CvmAnswerInvalid(
+                f"agent {method} {path}: the answer is not a {answer_type.__name__}: {exc}", code="AnswerInvalid",
+                status=response.status_code,
+            ) from None
 
-    def job(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/jobs/{job_id}").json()
+    def submit(self, spec: JobSpec | Mapping[str, Any]) -> JobView:
+        """Submit a job spec; the job, new or the one already submitted for its run id.
 
-    def jobs(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/jobs").json()["jobs"]
+        A document that is not a :class:`JobSpec` is sent as it is: the agent checks it and refuses a
+        malformed one (:class:`CvmRequestRejected`, naming the field).
+        """
+        document = spec.to_json() if isinstance(spec, JobSpec) else spec
+        return self._answer(JobView, "POST", "/v1/jobs", document)
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/jobs/{job_id}/cancel").json()
+    def job(self, job_id: str) -> JobView:
+        return self._answer(JobView, "GET", f"/v1/jobs/{job_id}")
 
-    def health(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/health").json()
+    def jobs(self) -> tuple[JobView, ...]:
+        return self._answer(JobList, "GET", "/v1/jobs").jobs
 
-    def attestation(self) -> dict[str, Any]:
-        return self._request("GET", "/v1/attestation").json()
+    def cancel(self, job_id: str) -> JobView:
+        return self._answer(JobView, "POST", f"/v1/jobs/{job_id}/cancel")
 
-    def attest(self, nonce: str) -> dict[str, Any]:
-        """Have the TEE attest now for ``nonce``: ``{"token", "claims", "attested_at"}``; validate the token yourself."""
-        return self._request("POST", "/v1/attestation", {"nonce": nonce}).json()
+    def health(self) -> Health:
+        return self._answer(Health, "GET", "/v1/health")
+
+    def attestation(self) -> LatestAttestation:
+        return self._answer(LatestAttestation, "GET", "/v1/attestation")
+
+    def attest(self, nonce: str) -> Attestation:
+        """Have the TEE attest now for ``nonce``; validate the token yourself (the claims are for display)."""
+        return self._answer(Attestation, "POST", "/v1/attestation", {"nonce": nonce})
 
     def export_model(
         self, *, kek_id: str, run_id: str, container: str, blob: str, sealed_sha256: str, recipient_public_key_pem: str,

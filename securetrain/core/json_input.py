@@ -12,18 +12,15 @@ Python's :func:`json.loads` is lenient where a hostile sender can profit:
 
 :func:`read_json` refuses all of these with :class:`JsonInputError`, whose ``field`` names where the
 offending value is (``hyperparameters.learning_rate``) when the document got that far, and bounds size and
-depth. :func:`strict_validator` is a JSON Schema validator whose ``integer`` is a JSON integer (``1.0``
-is not) and whose ``number`` is finite: what the schema says is what the code receives.
+depth. What a document must hold is then the business of the contract that reads it
+(:mod:`securetrain.core.contracts`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
 from typing import Any
-
-from jsonschema import Draft202012Validator, validators
 
 from securetrain.core.errors import ConfigurationError
 
@@ -134,24 +131,3 @@ def read_json_object(
     if not isinstance(document, dict):
         raise JsonInputError(f"is not a JSON object (it is {_JSON_TYPES.get(type(document), 'null')})", what=what)
     return document
-
-
-def _is_integer(_: Any, instance: Any) -> bool:
-    return isinstance(instance, int) and not isinstance(instance, bool)
-
-
-def _is_finite_number(_: Any, instance: Any) -> bool:
-    if isinstance(instance, bool):
-        return False
-    return isinstance(instance, int) or (isinstance(instance, float) and math.isfinite(instance))
-
-
-_STRICT_TYPES = Draft202012Validator.TYPE_CHECKER.redefine_many({"integer": _is_integer, "number": _is_finite_number})
-StrictValidator = validators.extend(Draft202012Validator, type_checker=_STRICT_TYPES)
-
-
-def strict_validator(schema: Mapping[str, Any]) -> Any:
-    """A JSON Schema 2020-12 validator for ``schema`` where ``integer`` means a JSON integer (not ``1.0``)
-    and ``number`` a finite number (not NaN): jsonschema's defaults accept both."""
-    StrictValidator.check_schema(schema)
-    return StrictValidator(schema)

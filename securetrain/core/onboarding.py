@@ -26,6 +26,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securetrain.core import signed_documents
+from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import KekPublicKey, seal
 from securetrain.core.storage import BlobStore
@@ -115,17 +116,6 @@ class ManifestInvalid(ConfigurationError):
 
 
 @dataclass(frozen=True)
-class DatasetRef:
-    """Where a dataset version's manifest lies: what a job spec names for each dataset it trains on."""
-
-    container: str
-    manifest: str
-
-    def to_json(self) -> dict[str, str]:
-        return {"container": self.container, "manifest": self.manifest}
-
-
-@dataclass(frozen=True)
 class DatasetManifest:
     """One version of a sealed dataset: its shards, in training order, as the data owner sealed them.
 
@@ -175,7 +165,7 @@ class DatasetManifest:
         body = json.dumps(self.to_json(), indent=2, sort_keys=True).encode()
         blob = self.blob_name(self.dataset_id, self.version)
         store.upload_stream(container, blob, io.BytesIO(body), length=len(body))
-        return DatasetRef(container, blob)
+        return DatasetRef(container=container, manifest=blob)
 
     @staticmethod
     def latest_version(store: BlobStore, container: str, dataset_id: str) -> str:

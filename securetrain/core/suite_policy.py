@@ -7,8 +7,9 @@ Expectations is a library for trusted suites: an expectation's ``row_condition``
 type names, and a row condition narrows an expectation to one row, so that its ``observed_value`` is a
 cell. So the suite is data, checked here before Great Expectations sees anything:
 
-- the suite's envelope (:data:`SUITE_SCHEMA`): name, bounded ``id``/``meta``/``notes``/``description``
-  (never passed to Great Expectations), at most :data:`MAX_EXPECTATIONS` expectations;
+- the suite's envelope (:class:`ExpectationSuite`, :class:`Expectation`: pydantic models that refuse unknown
+  fields): name, bounded ``id``/``meta``/``notes``/``description`` (never passed to Great Expectations), at
+  most :data:`MAX_EXPECTATIONS` expectations;
 - each expectation's ``type`` is one of :data:`RULES`, and its ``kwargs`` are exactly the arguments that
   type's rule lists, each of the kind the rule says (a column name that is an identifier, a finite
   number, ``mostly`` in [0, 1], a bounded set of scalars, ...). Nothing else: no ``row_condition``,
@@ -17,13 +18,15 @@ cell. So the suite is data, checked here before Great Expectations sees anything
 - each (type, columns) pair at most once: two range checks of one column that differ by a hair would
   give two counts whose difference is one row.
 
-:func:`check_suite` returns a :class:`CheckedSuite` built only from the allowed values; the TEE hands
+:class:`ExpectationSuite` applies all of it when it validates, and :func:`check_suite` returns a
+:class:`CheckedSuite` built only from the allowed values; the TEE hands
 Great Expectations nothing else (``securetrain/core/validation.py`` runs the check again right before
 Great Expectations, whatever checked the job spec before). Each rule also says what of its result may
 leave the TEE (:class:`Release`); ``validation.py`` applies it with :data:`MIN_GROUP_SIZE`.
 
-The job spec check (``securetrain/core/job_spec.py``) calls :func:`check_suite` too, so a refused suite is a
-``400`` on ``POST /v1/jobs`` naming the field (``expectation_suite.expectations[0].kwargs.row_condition``).
+The job spec's ``expectation_suite`` is an :class:`ExpectationSuite` (``securetrain/core/contracts/job_spec.py``),
+so a refused suite is a ``400`` on ``POST /v1/jobs`` naming the field
+(``expectation_suite.expectations[0].kwargs.row_condition``).
 The limits and why are in docs/trainer.md ("Validation aggregates").
 """
 
@@ -34,10 +37,13 @@ import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import Field, PlainSerializer, PlainValidator, ValidationError, WithJsonSchema, model_serializer, model_validator
+from pydantic.functional_serializers import SerializerFunctionWrapHandler
+
+from securetrain.core.contracts.base import Contract, Frozen, Items, Omittable, first_error, matching, refusal, thaw
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.json_input import field_path, strict_validator
 
 #: Expectations per suite. Every expectation's success is one bit about the data that leaves the TEE, and a
 #: suite of narrow ranges is a binary search; the bound caps what one job can learn that way (docs/trainer.md).
@@ -52,60 +58,38 @@ _MAX_COUNT = 2**53
 
 # A column named by the suite: an identifier, never a dunder name.
 COLUMN_NAME = re.compile(r"(?!__)[A-Za-z_][A-Za-z0-9_.-]{0,127}")
-_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ID = {"type": ["string", "null"], "maxLength": 128, "pattern": _PRINTABLE}
-_META = {
-    "type": "object",
-    "maxProperties": 32,
-    "propertyNames": {"pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
-    "additionalProperties": {"type": "string", "maxLength": 1024},
-    "description": "A flat map of short strings, kept with the spec; never passed to Great Expectations.",
-}
-_NOTES = {
-    "type": ["string", "array", "null"],
-    "maxLength": 4096,
-    "maxItems": 32,
-    "items": {"type": "string", "maxLength": 1024},
-    "description": "Free text (a string or a list of strings), kept with the spec; never passed to Great Expectations.",
-}
+_Printable = matching(r"[^\x00-\x1f\x7f]*", "Printable text, no control characters.")
+_Id = Annotated[_Printable, Field(max_length=128)]
+_ExpectationType = matching(r"expect_[a-z0-9_]{1,128}", "An expectation type, expect_<name>.")
+#: A flat map of short strings, kept with the spec; never passed to Great Expectations.
+_Meta = Frozen[
+    Annotated[
+        dict[matching(r"[A-Za-z0-9_.-]{1,64}", "1-64 letters, digits, '_', '.', '-'."), Annotated[str, Field(max_length=1024)]],
+        Field(max_length=32),
+    ]
+]
 
-SUITE_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["name", "expectations"],
-    "description": (
-        "A Great Expectations suite (ExpectationSuite.to_json_dict() form) run inside the TEE on the decrypted "
-        "data before training. Expectation types and their kwargs come from an allow-list "
-        "(securetrain/core/suite_policy.py); only whole-column aggregates of the results leave the TEE."
-    ),
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": MAX_TEXT, "pattern": _PRINTABLE},
-        "id": _ID,
-        "meta": _META,
-        "notes": _NOTES,
-        "expectations": {
-            "type": "array",
-            "minItems": 1,
-            "maxItems": MAX_EXPECTATIONS,
-            "items": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["type"],
-                "properties": {
-                    "type": {"type": "string", "pattern": r"^expect_[a-z0-9_]{1,128}$"},
-                    "kwargs": {"type": "object", "maxProperties": 16},
-                    "meta": _META,
-                    "id": _ID,
-                    "notes": _NOTES,
-                    "description": {"type": ["string", "null"], "maxLength": 1024},
-                    "severity": {"enum": ["critical", "warning", "info"]},
-                },
-            },
-        },
-    },
-}
-_SUITE_VALIDATOR = strict_validator(SUITE_SCHEMA)
+
+def _notes(value: Any) -> str | tuple[str, ...] | None:
+    """Free text (a string or a list of strings), kept with the spec; never passed to Great Expectations."""
+    if value is None or (isinstance(value, str) and len(value) <= 4096):
+        return value
+    if isinstance(value, list | tuple) and len(value) <= 32:
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or len(item) > 1024:
+                raise refusal("a note is a string of at most 1024 characters", index)
+        return tuple(value)
+    raise refusal("must be a string of at most 4096 characters, a list of at most 32 strings, or null")
+
+
+_Notes = Annotated[
+    str | tuple[str, ...] | None,
+    PlainValidator(_notes),
+    PlainSerializer(thaw),
+    WithJsonSchema({"type": ["string", "array", "null"], "maxLength": 4096, "maxItems": 32,
+                    "items": {"type": "string", "maxLength": 1024}}),
+]  # fmt: skip
 
 
 class SuiteRefused(ConfigurationError):
@@ -135,74 +119,76 @@ class Release(enum.Enum):
     SUCCESS = "success"
 
 
-Check = Callable[[Any, str], Any]
+#: Where a value lies below the expectation, e.g. ("kwargs", "value_set", 3).
+Path = tuple[str | int, ...]
+Check = Callable[[Any, Path], Any]
 
 
-def _column(value: Any, where: str) -> str:
+def _column(value: Any, at: Path) -> str:
     if not isinstance(value, str) or not COLUMN_NAME.fullmatch(value):
         reason = f"{value!r} is not a column name (an identifier of letters, digits, '_', '.', '-', not starting with '__')"
-        raise SuiteRefused(where, reason)
+        raise refusal(reason, *at)
     return value
 
 
-def _number(value: Any, where: str) -> int | float:
+def _number(value: Any, at: Path) -> int | float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SuiteRefused(where, f"{value!r} is not a finite number")
+        raise refusal(f"{value!r} is not a finite number", *at)
     return value
 
 
-def _count(value: Any, where: str) -> int:
+def _count(value: Any, at: Path) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
-        raise SuiteRefused(where, f"{value!r} is not a whole number from 0 to 2**53")
+        raise refusal(f"{value!r} is not a whole number from 0 to 2**53", *at)
     return value
 
 
-def _fraction(value: Any, where: str) -> int | float:
-    number = _number(value, where)
+def _fraction(value: Any, at: Path) -> int | float:
+    number = _number(value, at)
     if not 0 <= number <= 1:
-        raise SuiteRefused(where, f"{value!r} is not a fraction from 0 to 1")
+        raise refusal(f"{value!r} is not a fraction from 0 to 1", *at)
     return number
 
 
-def _flag(value: Any, where: str) -> bool:
+def _flag(value: Any, at: Path) -> bool:
     if not isinstance(value, bool):
-        raise SuiteRefused(where, f"{value!r} is not true or false")
+        raise refusal(f"{value!r} is not true or false", *at)
     return value
 
 
-def _scalar(value: Any, where: str) -> str | int | float | bool:
+def _scalar(value: Any, at: Path) -> str | int | float | bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str):
         if len(value) > MAX_TEXT or _CONTROL.search(value):
-            raise SuiteRefused(where, f"a string in a value set has at most {MAX_TEXT} printable characters")
+            raise refusal(f"a string in a value set has at most {MAX_TEXT} printable characters", *at)
         return value
-    return _number(value, where)
+    return _number(value, at)
 
 
 def _is_list(value: Any) -> bool:
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
 
 
-def _value_set(value: Any, where: str) -> list[str | int | float | bool]:
+def _value_set(value: Any, at: Path) -> list[str | int | float | bool]:
     if not _is_list(value) or not 1 <= len(value) <= MAX_VALUE_SET:
-        raise SuiteRefused(where, f"must be a list of 1 to {MAX_VALUE_SET} numbers, strings or booleans")
-    return [_scalar(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        raise refusal(f"must be a list of 1 to {MAX_VALUE_SET} numbers, strings or booleans", *at)
+    return [_scalar(item, (*at, index)) for index, item in enumerate(value)]
 
 
-def _column_list(value: Any, where: str) -> list[str]:
+def _column_list(value: Any, at: Path) -> list[str]:
     if not _is_list(value) or not 2 <= len(value) <= MAX_COLUMN_LIST:
-        raise SuiteRefused(where, f"must be a list of 2 to {MAX_COLUMN_LIST} column names")
-    columns = [_column(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        raise refusal(f"must be a list of 2 to {MAX_COLUMN_LIST} column names", *at)
+    columns = [_column(item, (*at, index)) for index, item in enumerate(value)]
     if len(set(columns)) != len(columns):
-        raise SuiteRefused(where, "names a column twice")
+        raise refusal("names a column twice", *at)
     return columns
 
 
 def _choice(*options: str) -> Check:
-    def check(value: Any, where: str) -> str:
+    def check(value: Any, at: Path) -> str:
         if value not in options:
-            raise SuiteRefused(where, f"{value!r} is not one of {', '.join(options)}")
+            raise refusal(f"{value!r} is not one of {', '.join(options)}", *at)
         return value
 
     return check
@@ -312,57 +298,98 @@ class CheckedSuite:
     expectations: tuple[CheckedExpectation, ...]
 
 
-def _check_kwargs(rule: Rule, kwargs: Any, where: str) -> dict[str, Any]:
-    if not isinstance(kwargs, Mapping):
-        raise SuiteRefused(where, "must be an object of the expectation's arguments")
+def _check_kwargs(rule: Rule, kwargs: Mapping[str, Any]) -> dict[str, Any]:
     for name in kwargs:
         if name not in rule.kwargs:
             allowed = ", ".join(rule.kwargs) or "none"
-            raise SuiteRefused(f"{where}.{name}", f"argument not allowed (this expectation takes: {allowed})")
+            raise refusal(f"argument not allowed (this expectation takes: {allowed})", "kwargs", name)
     for name in rule.required:
         if name not in kwargs:
-            raise SuiteRefused(f"{where}.{name}", "required argument is missing")
-    checked = {name: rule.kwargs[name](value, f"{where}.{name}") for name, value in kwargs.items()}
+            raise refusal("required argument is missing", "kwargs", name)
+    checked = {name: rule.kwargs[name](value, ("kwargs", name)) for name, value in kwargs.items()}
     if rule.bounds:
         low, high = checked.get("min_value"), checked.get("max_value")
         if low is None and high is None:
-            raise SuiteRefused(f"{where}.min_value", "give min_value, max_value or both")
+            raise refusal("give min_value, max_value or both", "kwargs", "min_value")
         if low is not None and high is not None and low > high:
-            raise SuiteRefused(f"{where}.max_value", f"{high!r} is below min_value {low!r}")
+            raise refusal(f"{high!r} is below min_value {low!r}", "kwargs", "max_value")
     return checked
 
 
-def check_suite(suite: Any, *, where: str = "expectation_suite") -> CheckedSuite:
-    """``suite`` (decoded JSON: dicts and lists) as a :class:`CheckedSuite`, or :class:`SuiteRefused`.
+class _AsSent(Contract):
+    """Dumps only the fields the sender set: a suite reads back exactly as it was sent (the job record keeps it)."""
 
-    ``where`` is the suite's place in the document, for the field names of errors.
+    @model_serializer(mode="wrap")
+    def _as_sent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {name: value for name, value in handler(self).items() if name in self.model_fields_set}
+
+
+class Expectation(_AsSent):
+    """One expectation as Great Expectations writes it (``ExpectationConfiguration.to_json_dict()``).
+
+    Only ``type`` and ``kwargs`` reach Great Expectations, and only as :meth:`checked` allows them; the
+    other fields are bounded text kept with the spec.
     """
-    errors = sorted(_SUITE_VALIDATOR.iter_errors(suite), key=lambda e: [str(p) for p in e.absolute_path])
-    if errors:
-        error = errors[0]
-        path = field_path([where, *error.absolute_path])
-        if error.validator == "additionalProperties":
-            unexpected = sorted(set(error.instance) - set(error.schema.get("properties", {})))
-            raise SuiteRefused(f"{path}.{unexpected[0]}", "unknown field; remove it")
-        if error.validator == "required":
-            missing = next(name for name in error.validator_value if name not in error.instance)
-            raise SuiteRefused(f"{path}.{missing}", "required field is missing")
-        raise SuiteRefused(path, error.message)
-    expectations: list[CheckedExpectation] = []
-    seen: dict[tuple[str, tuple[str, ...]], int] = {}
-    for index, expectation in enumerate(suite["expectations"]):
-        at = f"{where}.expectations[{index}]"
-        rule = RULES.get(expectation["type"])
+
+    type: _ExpectationType
+    kwargs: Frozen[Annotated[dict[str, Any], Field(max_length=16)]] = Field(default={}, validate_default=True)
+    meta: _Meta = Field(default={}, validate_default=True)
+    id: _Id | None = None
+    notes: _Notes = None
+    description: Annotated[str, Field(max_length=1024)] | None = None
+    severity: Omittable[Literal["critical", "warning", "info"]]
+
+    @model_validator(mode="after")
+    def _allowed(self) -> Expectation:
+        self.checked()
+        return self
+
+    def checked(self) -> CheckedExpectation:
+        """The type and the kwargs its rule allows (:data:`RULES`); a refusal names the argument."""
+        rule = RULES.get(self.type)
         if rule is None:
             allowed = ", ".join(sorted(RULES))
-            raise SuiteRefused(f"{at}.type", f"{expectation['type']!r} is not an expectation the TEE runs (allowed: {allowed})")
-        kwargs = _check_kwargs(rule, expectation.get("kwargs", {}), f"{at}.kwargs")
-        checked = CheckedExpectation(expectation["type"], kwargs, rule.release)
-        key = (checked.type, checked.columns)
-        if key in seen:
-            reason = f"repeats expectations[{seen[key]}] ({checked.type} on the same columns); each may appear once"
-            raise SuiteRefused(at, reason)
-        seen[key] = index
-        expectations.append(checked)
-    return CheckedSuite(suite["name"], tuple(expectations))
+            raise refusal(f"{self.type!r} is not an expectation the TEE runs (allowed: {allowed})", "type")
+        return CheckedExpectation(self.type, _check_kwargs(rule, self.kwargs), rule.release)
 
+
+class ExpectationSuite(_AsSent):
+    """An expectation suite in the form ``ExpectationSuite.to_json_dict()`` writes, within the allow-list."""
+
+    name: Annotated[_Printable, Field(min_length=1, max_length=MAX_TEXT)]
+    id: _Id | None = None
+    meta: _Meta = Field(default={}, validate_default=True)
+    notes: _Notes = None
+    expectations: Annotated[Items[Expectation], Field(min_length=1, max_length=MAX_EXPECTATIONS)]
+
+    @model_validator(mode="after")
+    def _each_once(self) -> ExpectationSuite:
+        self.checked()
+        return self
+
+    def checked(self) -> CheckedSuite:
+        """What the TEE may hand Great Expectations; each (type, columns) pair at most once."""
+        expectations: list[CheckedExpectation] = []
+        seen: dict[tuple[str, tuple[str, ...]], int] = {}
+        for index, expectation in enumerate(self.expectations):
+            checked = expectation.checked()
+            key = (checked.type, checked.columns)
+            if key in seen:
+                reason = f"repeats expectations[{seen[key]}] ({checked.type} on the same columns); each may appear once"
+                raise refusal(reason, "expectations", index)
+            seen[key] = index
+            expectations.append(checked)
+        return CheckedSuite(self.name, tuple(expectations))
+
+
+def check_suite(suite: ExpectationSuite | Mapping[str, Any], *, where: str = "expectation_suite") -> CheckedSuite:
+    """``suite`` as a :class:`CheckedSuite`, or :class:`SuiteRefused` naming the field (under ``where``).
+
+    A suite that is already an :class:`ExpectationSuite` is checked again from its document: whatever
+    checked it before, the allow-list is applied right here.
+    """
+    document = suite.model_dump(mode="json") if isinstance(suite, ExpectationSuite) else suite
+    try:
+        return ExpectationSuite.model_validate(document).checked()
+    except ValidationError as exc:
+        raise SuiteRefused(*first_error(exc, root=(where,))) from None

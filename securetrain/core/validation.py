@@ -39,8 +39,15 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.job_spec import DataValidationFailed, _thawed
-from securetrain.core.suite_policy import MIN_GROUP_SIZE, CheckedExpectation, CheckedSuite, Release, check_suite
+from securetrain.core.contracts.training import DataValidationFailed
+from securetrain.core.suite_policy import (
+    MIN_GROUP_SIZE,
+    CheckedExpectation,
+    CheckedSuite,
+    ExpectationSuite,
+    Release,
+    check_suite,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -157,21 +164,21 @@ def _aggregate(expectation: CheckedExpectation, result: Any, frame: pandas.DataF
     return entry
 
 
-def validate(suite: Mapping[str, Any], frame: pandas.DataFrame) -> dict[str, Any]:
-    """Run ``suite`` on ``frame``; return its aggregates, or raise :class:`DataValidationFailed` with them.
+def validate(suite: ExpectationSuite | Mapping[str, Any], frame: pandas.DataFrame) -> dict[str, Any]:
+    """Run ``suite`` (the job spec's, or a suite document) on ``frame``; return its aggregates, or raise
+    :class:`DataValidationFailed` with them.
 
     Raises:
         SuiteRefused: the suite asks for something outside the allow-list (:mod:`securetrain.core.suite_policy`).
         ExpectationSuiteError: the suite names a column the data lacks, or Great Expectations rejects it.
         DataValidationFailed: at least one expectation failed (or raised).
     """
-    # The spec is frozen (read-only mappings, tuples); the check reads plain JSON.
-    checked = check_suite(_thawed(suite))
+    checked = check_suite(suite)
     _check_columns(checked, frame)
     # Before the import: Great Expectations reads it when it is first loaded.
     os.environ["GX_ANALYTICS_ENABLED"] = "false"
     import great_expectations as gx  # noqa: PLC0415 - slow to import, only needed when a suite runs
-    from great_expectations.core.expectation_suite import ExpectationSuite  # noqa: PLC0415
+    from great_expectations.core.expectation_suite import ExpectationSuite as GxExpectationSuite  # noqa: PLC0415
     from great_expectations.data_context.types.base import (  # noqa: PLC0415
         DataContextConfig,
         InMemoryStoreBackendDefaults,
@@ -187,7 +194,7 @@ def validate(suite: Mapping[str, Any], frame: pandas.DataFrame) -> dict[str, Any
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
     )
     context = gx.get_context(mode="ephemeral", project_config=config)
-    expectation_suite = ExpectationSuite(name=checked.name)
+    expectation_suite = GxExpectationSuite(name=checked.name)
     # Our own ids: Great Expectations orders results its way, and each result must be released under the
     # rule of its own expectation.
     ids = [str(uuid.uuid4()) for _ in checked.expectations]

@@ -1,6 +1,6 @@
 """The TEE decides what it opens: a job's datasets resolved from their owners' signed manifests.
 
-A job spec names datasets only by their manifests (:class:`securetrain.core.onboarding.DatasetRef`). Before it
+A job spec names datasets only by their manifests (:class:`securetrain.core.contracts.job_spec.DatasetRef`). Before it
 attests or asks for a key, the TEE reads each manifest from storage and accepts it only if
 
 - a data owner whose key is pinned in this TEE's configuration signed it (:class:`DataOwnerKeys`), so
@@ -21,10 +21,11 @@ import logging
 from azure.keyvault.keys import KeyVaultKeyIdentifier
 
 from securetrain.core.errors import SecurityViolation
-from securetrain.core.onboarding import DATASET_KIND, DatasetManifest, DatasetRef
+from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
+from securetrain.core.contracts.training import DatasetShard, TrainingSpec
+from securetrain.core.onboarding import DATASET_KIND, DatasetManifest
 from securetrain.core.storage import BlobStore
 from securetrain.tee.data_owners import DataOwnerKeys
-from securetrain.core.job_spec import DatasetShard, JobSpec, TrainingSpec
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwner
             )
         if shard.format not in ("parquet", "safetensors", "arrow"):
             raise DatasetRefused(f"{where} lists {shard.container}/{shard.blob} in unknown format {shard.format!r}")
-        shards.append(DatasetShard(shard.container, shard.blob, shard.format, dict(shard.context)))
+        shards.append(DatasetShard(container=shard.container, blob=shard.blob, format=shard.format, context=dict(shard.context)))
     log.info("dataset %s version %s: %d shard(s), manifest signed by data owner %s…", manifest.dataset_id,
              manifest.version, len(shards), owner[:16])  # fmt: skip
     return shards
@@ -77,4 +78,4 @@ def resolve_training(spec: JobSpec, store: BlobStore, owners: DataOwnerKeys) -> 
     for ref in spec.datasets:
         manifest = DatasetManifest.read(store, ref.container, ref.manifest)
         shards += dataset_shards(ref, manifest, owners, spec.kek_id)
-    return spec.training_on(shards)
+    return TrainingSpec.for_job(spec, shards)

@@ -34,7 +34,7 @@ from securetrain.core.keyvault import challenge_resource_verified
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.core.skr import open_release_response
 from securetrain.tee.attest import TeeKey
-from securetrain.core.job_spec import JobKeys
+from securetrain.core.contracts.training import JobKeys
 
 log = logging.getLogger(__name__)
 

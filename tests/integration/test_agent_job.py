@@ -19,9 +19,10 @@ import torch
 
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
 from securetrain.core.audit.tee_log import collect_tee_logs, verify_tee_log
+from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.contracts.jobs import JobView
 from securetrain.core.cvm_client import CvmClient
 from securetrain.core.model_provenance import published_keys, verify_attestation_token
-from securetrain.core.onboarding import DatasetRef
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.sealed import KekPrivateKey, SealedReader, inspect
 from securetrain.core.storage import BlobStore
@@ -42,7 +43,7 @@ def job_spec(local_stack, dataset: DatasetRef, *, epochs: int = 3, batch_size: i
         "run_id": run,
         "nonce": secrets.token_urlsafe(24),
         "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [dataset.to_json()],
+        "datasets": [dataset.model_dump()],
         "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [16]}},
         "hyperparameters": {"epochs": epochs, "batch_size": batch_size, "learning_rate": 0.01, "seed": 7},
@@ -53,7 +54,7 @@ def job_spec(local_stack, dataset: DatasetRef, *, epochs: int = 3, batch_size: i
     }
 
 
-def wait_for(client: CvmClient, job_id: str, done, timeout_s: float = 180) -> dict[str, Any]:
+def wait_for(client: CvmClient, job_id: str, done, timeout_s: float = 180) -> JobView:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.job(job_id)
@@ -63,8 +64,8 @@ def wait_for(client: CvmClient, job_id: str, done, timeout_s: float = 180) -> di
     raise AssertionError(f"job {job_id} not there in {timeout_s} s: {client.job(job_id)}")
 
 
-def finished(job: dict[str, Any]) -> bool:
-    return job["state"] in ("succeeded", "failed", "cancelled")
+def finished(job: JobView) -> bool:
+    return job.state.finished
 
 
 def model_weights(store: BlobStore, kek: KekPrivateKey, output: dict[str, str]) -> dict[str, torch.Tensor]:
@@ -84,15 +85,15 @@ def test_a_job_submitted_over_mtls_trains_on_sealed_data_and_seals_its_outputs(
     local_stack, store, dataset_ref, pipeline
 ) -> None:
     spec = job_spec(local_stack, dataset_ref)
-    job = wait_for(pipeline, pipeline.submit(spec)["job_id"], finished)
+    job = wait_for(pipeline, pipeline.submit(spec).job_id, finished)
 
-    assert job["state"] == "succeeded", job["error"]
-    assert job["epoch"] == 3 and job["metrics"]["val_accuracy"] > 0.8
-    assert job["validation"]["success"] is True and job["validation"]["statistics"]["evaluated_expectations"] == 2
-    assert job["result"]["tee_type"] == "sev-snp-simulated" and job["result"]["device"]
-    assert job["result"]["model"] == spec["output"]
+    assert job.state == "succeeded", job.error
+    assert job.epoch == 3 and job.metrics["val_accuracy"] > 0.8
+    assert job.validation["success"] is True and job.validation["statistics"]["evaluated_expectations"] == 2
+    assert job.result.tee_type == "sev-snp-simulated" and job.result.device
+    assert job.result.model.model_dump() == spec["output"]
     checkpoints = sorted(info.name for info in store.list_blobs("checkpoints", spec["checkpoints"]["prefix"]))
-    assert len(checkpoints) == 3 and job["last_checkpoint"] == checkpoints[-1]
+    assert len(checkpoints) == 3 and job.last_checkpoint == checkpoints[-1]
     kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
     for container, name in [("models", spec["output"]["blob"])] + [("checkpoints", c) for c in checkpoints]:
         with store.open_read(container, name) as blob:
@@ -111,11 +112,11 @@ def test_an_agent_on_production_settings_alone_completes_a_job(local_stack, data
     assert environment["IDENTITY_ENDPOINT"].endswith("/msi/token")
     client = agent.start()
     try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1))["job_id"], finished)
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1)).job_id, finished)
     finally:
         agent.stop()
-    assert job["state"] == "succeeded", job["error"]
-    assert job["key_release"]["kek_id"] == local_stack.env["SECURETRAIN_KEK_ID"]
+    assert job.state == "succeeded", job.error
+    assert job.key_release.kek_id == local_stack.env["SECURETRAIN_KEK_ID"]
 
 
 def test_a_host_without_the_tees_identity_header_gets_no_token_and_no_key(local_stack, dataset_ref, tmp_path: Path) -> None:
@@ -124,11 +125,11 @@ def test_a_host_without_the_tees_identity_header_gets_no_token_and_no_key(local_
     agent = AgentProcess(local_stack, tmp_path, environment={"IDENTITY_HEADER": "not-this-hosts-secret"})
     client = agent.start()
     try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1))["job_id"], finished)
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1)).job_id, finished)
     finally:
         agent.stop()
-    assert job["state"] == "failed" and job["key_release"] is None and job["error"]["security_violation"], job
-    assert "identity obtained no token" in job["error"]["message"], job["error"]
+    assert job.state == "failed" and job.key_release is None and job.error.security_violation, job
+    assert "identity obtained no token" in job.error.message, job.error
 
 
 def test_an_agent_killed_mid_training_resumes_to_the_same_model(
@@ -139,25 +140,25 @@ def test_an_agent_killed_mid_training_resumes_to_the_same_model(
     try:
         # Small batches make epochs long enough to kill the agent between two of them.
         spec = job_spec(local_stack, dataset_ref, epochs=8, batch_size=4)
-        job_id = client.submit(spec)["job_id"]
-        interrupted = wait_for(client, job_id, lambda job: job["epoch"] >= 2 or finished(job))
+        job_id = client.submit(spec).job_id
+        interrupted = wait_for(client, job_id, lambda job: job.epoch >= 2 or finished(job))
         agent.kill()
-        assert interrupted["state"] == "training", interrupted
+        assert interrupted.state == "training", interrupted
         client = agent.start()
         resumed = wait_for(client, job_id, finished)
-        assert resumed["state"] == "succeeded", resumed["error"]
-        assert resumed["epoch"] == 8
+        assert resumed.state == "succeeded", resumed.error
+        assert resumed.epoch == 8
         assert f"resuming run {spec['run_id']} from checkpoints/" in agent.log()
         # The TEE's event log ran on across the crash: the restarted job's new key was attested into it and
         # signs everything before it too.
         policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
         keys_for = published_keys(local_stack.env["SECURETRAIN_CA_BUNDLE"])
-        tee_log = collect_tee_logs(tee_audit_events(resumed["tee_log"]))[job_id]
+        tee_log = collect_tee_logs(tee_audit_events(resumed.tee_log))[job_id]
         verdict = verify_tee_log(tee_log, lambda raw: verify_attestation_token(raw, policy, keys_for))
         assert verdict.kinds["attested"] >= 2 and verdict.kinds["model_sealed"] == 1
         # The same job again on the stack's agent, never interrupted, under another run id.
         uninterrupted = job_spec(local_stack, dataset_ref, epochs=8, batch_size=4)
-        assert wait_for(pipeline, pipeline.submit(uninterrupted)["job_id"], finished)["state"] == "succeeded"
+        assert wait_for(pipeline, pipeline.submit(uninterrupted).job_id, finished).state == "succeeded"
     finally:
         agent.stop()
     kek = released_kek(local_stack, local_stack.env["SECURETRAIN_KEK_ID"])
@@ -175,27 +176,27 @@ def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, dataset_re
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
     client = agent.start()
     try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref))["job_id"], finished)
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref)).job_id, finished)
     finally:
         agent.stop()
-    assert job["state"] == "failed" and job["error"]["security_violation"], job
+    assert job.state == "failed" and job.error.security_violation, job
     # The approved policy pins the trainer's HOST_DATA: the changed code's differs, and the error says so.
-    assert "host" in job["error"]["message"].lower(), job["error"]
-    assert job["epoch"] == 0 and job["last_checkpoint"] is None
+    assert "host" in job.error.message.lower(), job.error
+    assert job.epoch == 0 and job.last_checkpoint is None
 
 
 def test_a_failed_suite_fails_the_job_with_its_aggregates(local_stack, dataset_ref, pipeline) -> None:
     strict = {"name": "strict", "expectations": [
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "mean_area", "max_value": 100}},
     ]}  # fmt: skip
-    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, dataset_ref, expectation_suite=strict))["job_id"], finished)
-    assert job["state"] == "failed" and job["error"]["code"] == "DataValidationFailed"
-    assert job["validation"]["success"] is False
-    assert job["validation"]["statistics"]["unsuccessful_expectations"] == 1
-    assert job["epoch"] == 0
+    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, dataset_ref, expectation_suite=strict)).job_id, finished)
+    assert job.state == "failed" and job.error.code == "DataValidationFailed"
+    assert job.validation["success"] is False
+    assert job.validation["statistics"]["unsuccessful_expectations"] == 1
+    assert job.epoch == 0
 
 
 def test_storage_unreachable_fails_the_job_after_bounded_retries(local_stack, dataset_ref, pipeline) -> None:
-    missing = {**dataset_ref.to_json(), "container": "no-such-container"}
-    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, dataset_ref, datasets=[missing]))["job_id"], finished)
-    assert job["state"] == "failed" and "no-such-container" in job["error"]["message"], job["error"]
+    missing = {**dataset_ref.model_dump(), "container": "no-such-container"}
+    job = wait_for(pipeline, pipeline.submit(job_spec(local_stack, dataset_ref, datasets=[missing])).job_id, finished)
+    assert job.state == "failed" and "no-such-container" in job.error.message, job.error

@@ -19,6 +19,8 @@ import requests
 
 from securetrain.core.attestation.maa import AttestationServiceClient
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
+from securetrain.core.contracts.jobs import JobState, JobView
 from securetrain.core.cvm_client import (
     CvmAccessDenied,
     CvmClient,
@@ -28,16 +30,15 @@ from securetrain.core.cvm_client import (
     CvmTlsError,
     CvmUnreachable,
 )
-from securetrain.core.onboarding import DatasetRef, SealedShard, new_manifest
+from securetrain.core.onboarding import SealedShard, new_manifest
 from securetrain.localstack.pki import LocalCA
 from securetrain.localstack import StackLayout, data_owner
 from securetrain.core.storage import BlobStore
 from tests.agent_process import AgentProcess, wait_port
 from tests.conftest import free_ports
-from securetrain.tee.agent.jobs import JobRecord, JobState, JobStore
+from securetrain.tee.agent.jobs import JobRecord, JobStore
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
-from securetrain.core.job_spec import JobSpec
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +47,7 @@ RELEASE_ERRORS = {"KeyReleaseUnavailable", "KeyReleaseDenied", "KeyVaultUnreacha
 
 KEK_ID = "https://127.0.0.1:9/keys/kek/0123456789abcdef"
 VERSION = f"v-{uuid.uuid4().hex[:8]}"
-DATASET = DatasetRef("datasets", f"breast-cancer/{VERSION}/manifest.json")
+DATASET = DatasetRef(container="datasets", manifest=f"breast-cancer/{VERSION}/manifest.json")
 
 
 def job_spec(run_id: str | None = None, **changes: Any) -> dict[str, Any]:
@@ -54,7 +55,7 @@ def job_spec(run_id: str | None = None, **changes: Any) -> dict[str, Any]:
         "run_id": run_id or f"manual__{uuid.uuid4().hex}",
         "nonce": secrets.token_urlsafe(24),
         "kek_id": KEK_ID,
-        "datasets": [DATASET.to_json()],
+        "datasets": [DATASET.model_dump()],
         "columns": {"label": "target"},
         "model": {"name": "mlp", "params": {}},
         "hyperparameters": {"epochs": 1, "batch_size": 32, "learning_rate": 0.01, "seed": 1},
@@ -86,11 +87,11 @@ def monitor(local_stack) -> CvmClient:
     return local_stack.agent_client("monitor")
 
 
-def wait_finished(client: CvmClient, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+def wait_finished(client: CvmClient, job_id: str, timeout_s: float = 120) -> JobView:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = client.job(job_id)
-        if job["state"] in ("succeeded", "failed", "cancelled"):
+        if job.state.finished:
             return job
         time.sleep(0.2)
     raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {client.job(job_id)}")
@@ -158,8 +159,8 @@ def test_an_identity_without_a_role_gets_403(local_stack, tmp_path: Path) -> Non
 
 def test_the_monitor_reads_but_may_not_submit_or_cancel(monitor) -> None:
     health = monitor.health()
-    assert health["tee_type"] == "sev-snp-simulated"
-    assert {"cpu", "memory", "gpu", "attestation", "device"} <= health.keys()
+    assert health.tee_type == "sev-snp-simulated"
+    assert {"cpu", "memory", "gpu", "attestation", "device"} <= health.model_dump().keys()
     assert 'securetrain_agent_info{tee_type="sev-snp-simulated"} 1' in monitor.metrics()
     with pytest.raises(CvmAccessDenied, match="monitor identity may only read"):
         monitor.submit(job_spec())
@@ -184,19 +185,19 @@ def test_unknown_job(pipeline) -> None:
 def test_a_job_attests_the_trainer_and_the_token_names_its_workload(pipeline, monitor, local_stack) -> None:
     spec = job_spec()
     job = pipeline.submit(spec)
-    assert job["run_id"] == spec["run_id"] and job["state"] in ("queued", "attesting", "releasing", "failed")
-    assert "nonce" not in job
-    finished = wait_finished(pipeline, job["job_id"])
+    assert job.run_id == spec["run_id"] and job.state in ("queued", "attesting", "releasing", "failed")
+    assert "nonce" not in job.model_dump()
+    finished = wait_finished(pipeline, job.job_id)
     # Attestation succeeded; the key release is what stops this job (no vault behind its KEK id).
-    assert finished["state"] == "failed"
-    assert finished["error"]["code"] in RELEASE_ERRORS, finished["error"]
+    assert finished.state == "failed"
+    assert finished.error.code in RELEASE_ERRORS, finished.error
     attestation = monitor.attestation()
-    claims = attestation["claims"]
+    claims = attestation.claims
     assert claims["nonce"] == spec["nonce"]
     assert claims["x-ms-sevsnpvm-hostdata"] == local_stack.env["SECURETRAIN_CVM_HOST_DATA"]
     assert claims["x-ms-sevsnpvm-launchmeasurement"] == local_stack.env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"]
     assert claims["x-ms-runtime"]["keys"][0]["kty"] == "RSA"
-    assert monitor.health()["attestation"]["age_seconds"] >= 0
+    assert monitor.health().attestation.age_seconds >= 0
     counters = dict(line.rsplit(" ", 1) for line in monitor.metrics().splitlines() if not line.startswith("#"))
     assert float(counters["securetrain_agent_attestations_total"]) >= 1
 
@@ -205,22 +206,22 @@ def test_resubmitting_a_run_id_returns_the_same_job(pipeline) -> None:
     spec = job_spec()
     first = pipeline.submit(spec)
     again = pipeline.submit(spec)
-    assert again["job_id"] == first["job_id"] and again["created_at"] == first["created_at"]
+    assert again.job_id == first.job_id and again.created_at == first.created_at
     with pytest.raises(CvmConflict, match="another spec .*nonce"):
         pipeline.submit(spec | {"nonce": secrets.token_urlsafe(24)})
-    wait_finished(pipeline, first["job_id"])
+    wait_finished(pipeline, first.job_id)
 
 
 def test_cancel_a_waiting_job_and_refuse_to_cancel_a_finished_one(pipeline) -> None:
     ahead = [pipeline.submit(job_spec()) for _ in range(2)]
     waiting = pipeline.submit(job_spec())
-    cancelled = pipeline.cancel(waiting["job_id"])
-    assert cancelled["cancel_requested"]
-    assert wait_finished(pipeline, waiting["job_id"])["state"] == "cancelled"
-    finished = wait_finished(pipeline, ahead[0]["job_id"])
+    cancelled = pipeline.cancel(waiting.job_id)
+    assert cancelled.cancel_requested
+    assert wait_finished(pipeline, waiting.job_id).state == "cancelled"
+    finished = wait_finished(pipeline, ahead[0].job_id)
     with pytest.raises(CvmConflict, match="already failed"):
-        pipeline.cancel(finished["job_id"])
-    wait_finished(pipeline, ahead[1]["job_id"])
+        pipeline.cancel(finished.job_id)
+    wait_finished(pipeline, ahead[1].job_id)
 
 
 @pytest.fixture
@@ -228,8 +229,8 @@ def restarted_agent(local_stack, tmp_path: Path):
     """A second agent process over a work dir that holds a job interrupted mid-training (as after a crash)."""
     spec = JobSpec.from_json(job_spec())
     interrupted = JobRecord(
-        job_id=spec.job_id, run_id=spec.run_id, spec=spec.to_json(), state=JobState.TRAINING,
-        epoch=2, step=40, last_checkpoint="run/epoch-0002.sealed", attestation_sequence=1,
+        job_id=spec.job_id, run_id=spec.run_id, spec=spec, state=JobState.TRAINING, epoch=2, step=40,
+        last_checkpoint="run/epoch-0002.sealed", attestation_sequence=1, created_at=time.time(), updated_at=time.time(),
     )  # fmt: skip
     agent = AgentProcess(local_stack, tmp_path)
     JobStore(agent.work_dir / "jobs").save(interrupted)
@@ -243,9 +244,9 @@ def test_a_restarted_agent_resumes_unfinished_jobs_with_a_fresh_nonce(restarted_
     client, spec = restarted_agent
     finished = wait_finished(client, spec.job_id)
     # It attested again (the record's second nonce: the first was spent before the crash) and asked for the key.
-    assert finished["error"]["code"] in RELEASE_ERRORS, finished["error"]
-    assert finished["epoch"] == 2 and finished["last_checkpoint"] == "run/epoch-0002.sealed"
-    assert client.attestation()["claims"]["nonce"] == f"{spec.nonce}.1"
+    assert finished.error.code in RELEASE_ERRORS, finished.error
+    assert finished.epoch == 2 and finished.last_checkpoint == "run/epoch-0002.sealed"
+    assert client.attestation().claims["nonce"] == f"{spec.nonce}.1"
 
 
 def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

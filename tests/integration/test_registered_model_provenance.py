@@ -25,6 +25,7 @@ from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
 from securetrain.core.cli import main
+from securetrain.core.contracts.jobs import JobView
 from securetrain.core.model_provenance import load_or_create_pipeline_key, sign_manifest
 from securetrain.core.model_registry import ModelRegistry, ModelRejected, ModelVersion, manifest_blob
 from securetrain.core.onboarding import SealedShard
@@ -37,46 +38,46 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def job(local_stack, dataset_ref) -> dict[str, Any]:
+def job(local_stack, dataset_ref) -> JobView:
     """A finished job of the stack's agent: two quick epochs."""
     run = f"test__{uuid.uuid4().hex}"
     spec = {
         "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [dataset_ref.to_json()], "columns": {"label": "label"},
+        "datasets": [dataset_ref.model_dump()], "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [8]}},
         "hyperparameters": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
         "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
         "output": {"container": "models", "blob": f"{run}/model.sealed"},
     }  # fmt: skip
     with local_stack.settings().agent() as client:
-        job_id = client.submit(spec)["job_id"]
+        job_id = client.submit(spec).job_id
         deadline = time.monotonic() + 180
-        while (current := client.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+        while not (current := client.job(job_id)).state.finished:
             assert time.monotonic() < deadline, current
             time.sleep(0.1)
-    assert current["state"] == "succeeded", current["error"]
+    assert current.state == "succeeded", current.error
     # As the audit stage does: the TEE's own event log into the run's audit log, where `models verify` looks
     # for the TEE's events up to the head the statement names.
     with BlobAuditStore.from_settings(local_stack.settings(), run) as audit_store:
         with AuditLog(audit_store, load_or_create_signing_key(local_stack.layout.audit_signing_key)) as log:
-            for event in tee_audit_events(current["tee_log"]):
+            for event in tee_audit_events(current.tee_log):
                 log.record(event)
     return current
 
 
-def register(local_stack, store: BlobStore, shard: SealedShard, job: dict[str, Any]) -> ModelVersion:
+def register(local_stack, store: BlobStore, shard: SealedShard, job: JobView) -> ModelVersion:
     """Register the job's model as the pipeline's model management stage does, in a fresh container."""
     policy = ReleasePolicy.parse(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_bytes())
     lineage = {
         "dataset": {"id": "breast-cancer", "shards": [
             {"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
-        "release_policy_sha256": policy.sha256, "metrics": job["metrics"],
+        "release_policy_sha256": policy.sha256, "metrics": job.metrics,
     }  # fmt: skip
     registry = ModelRegistry(store, f"reg-{uuid.uuid4().hex[:12]}")
     return registry.register(
-        "breast-cancer-mlp", source_container=job["result"]["model"]["container"],
-        source_blob=job["result"]["model"]["blob"], kek_id=local_stack.env["SECURETRAIN_KEK_ID"],
-        run_id=job["run_id"], lineage=lineage, provenance=job["result"]["provenance"],
+        "breast-cancer-mlp", source_container=job.result.model.container,
+        source_blob=job.result.model.blob, kek_id=local_stack.env["SECURETRAIN_KEK_ID"],
+        run_id=job.run_id, lineage=lineage, provenance=job.result.provenance.model_dump(mode="json"),
         signing_key=load_or_create_pipeline_key(local_stack.layout.model_signing_key),
     )  # fmt: skip
 
@@ -87,14 +88,14 @@ def models_cli(local_stack, version: ModelVersion, *args: str) -> int:
 
 
 def test_the_job_result_carries_a_statement_of_what_the_tee_read_and_wrote(job, shard, store) -> None:
-    provenance = job["result"]["provenance"]
+    provenance = job.result.provenance.model_dump(mode="json")
     statement = provenance["statement"]
-    sealed = b"".join(store.download_chunks("models", job["result"]["model"]["blob"]))
+    sealed = b"".join(store.download_chunks("models", job.result.model.blob))
     assert statement["sealed_model_sha256"] == content_digest(sealed)
     assert statement["datasets"] == [
         {"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}
     ]
-    assert statement["run_id"] == job["run_id"] and statement["metrics"] == job["metrics"]
+    assert statement["run_id"] == job.run_id and statement["metrics"] == job.metrics
     assert provenance["tee_signature"]["algorithm"] == "PS256" and provenance["attestation_token"].count(".") == 2
 
 
@@ -104,7 +105,7 @@ def test_a_fresh_version_verifies_and_lists(local_stack, store, shard, job, caps
     out = capsys.readouterr().out
     assert "provenance verified" in out and "attested TEE key" in out and "holds the TEE's events up to" in out
     assert models_cli(local_stack, version, "list", version.name) == 0
-    assert job["run_id"] in capsys.readouterr().out
+    assert job.run_id in capsys.readouterr().out
 
 
 def _rewrite_manifest(store: BlobStore, version: ModelVersion, manifest: dict[str, Any]) -> None:
@@ -148,8 +149,9 @@ def test_tampering_fails_verification_naming_what(local_stack, store, shard, job
 
 
 def test_registration_refuses_a_statement_about_another_model(local_stack, store, shard, job) -> None:
-    forged = json.loads(json.dumps(job))
+    forged = job.model_dump(mode="json")
     forged["result"]["provenance"]["statement"]["sealed_model_sha256"] = "0" * 64
+    forged = JobView.model_validate(forged)
     with pytest.raises(ModelRejected, match="provenance does not verify"):
         register(local_stack, store, shard, forged)
 

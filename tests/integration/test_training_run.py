@@ -25,7 +25,8 @@ from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
 from securetrain.core.sealed.errors import SegmentTampered
 from securetrain.core.storage import BlobStore
-from securetrain.core.job_spec import DatasetShard, JobKeys, JobSpec, TrainingCancelled, TrainingSpec
+from securetrain.core.contracts.job_spec import JobSpec
+from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingCancelled, TrainingSpec
 from securetrain.tee.training import run_training
 from securetrain.tee.training.checkpoint import safetensors_metadata
 from securetrain.core.validation import DataValidationFailed
@@ -104,7 +105,8 @@ def training_spec(run: str, shards: list[str], fmt: str = "parquet", **changes: 
     for key, value in changes.items():
         document[key] = {**document[key], **value} if isinstance(value, dict) and key != "expectation_suite" else value
     # The shards as the agent resolves them from the owner-signed manifest (tests/security covers that step).
-    return JobSpec.from_json(document).training_on([DatasetShard("datasets", blob, fmt, CONTEXT) for blob in shards])
+    resolved = [DatasetShard(container="datasets", blob=blob, format=fmt, context=CONTEXT) for blob in shards]
+    return TrainingSpec.for_job(JobSpec.from_json(document), resolved)
 
 
 @pytest.fixture(scope="module")

@@ -50,7 +50,7 @@ def run(local_stack, store, dataset_ref, shard) -> dict[str, Any]:
     spec = job_spec(local_stack, dataset_ref)
     with local_stack.settings().agent() as client:
         job = run_job(client, spec)
-    assert job["state"] == "succeeded", job["error"]
+    assert job.state == "succeeded", job.error
     until = datetime.datetime.now(datetime.UTC)
     version = register(local_stack, store, shard, spec, job)
     name = spec["run_id"]
@@ -59,7 +59,7 @@ def run(local_stack, store, dataset_ref, shard) -> dict[str, Any]:
                                  until=until, nonces=[spec["nonce"]])  # fmt: skip
     events += keyvault_events(Path(local_stack.env["SECURETRAIN_KEYVAULT_ACCESS_LOG"]), run_id=name, since=since,
                               until=until, key_names=[spec["kek_id"].split("/keys/")[1].split("/")[0]])  # fmt: skip
-    events += tee_audit_events(job["tee_log"])
+    events += tee_audit_events(job.tee_log)
     events.append(AuditEvent.now(EventKind.MODEL_REGISTERED, EventSource.PIPELINE, run_id=name,
                                  details={"name": version.name, "version": version.version}))  # fmt: skip
     events.sort(key=lambda event: event.time)

@@ -55,7 +55,7 @@ def model(local_stack, store, pipeline, dataset_ref, shard) -> ModelVersion:
     """A model trained by the stack's agent and registered, in a registry container of this module's own."""
     spec = job_spec(local_stack, dataset_ref)
     job = run_job(pipeline, spec)
-    assert job["state"] == "succeeded", job["error"]
+    assert job.state == "succeeded", job.error
     return register(local_stack, store, shard, spec, job)
 
 

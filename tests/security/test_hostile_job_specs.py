@@ -21,16 +21,16 @@ import secrets
 import time
 import uuid
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import requests
 
+from securetrain.core.contracts.job_spec import DatasetRef, job_id_for_run
 from securetrain.core.cvm_client import CvmClient, CvmRequestRejected
 from securetrain.localstack.identities import CVM_IDENTITY, LOCAL_TENANT
-from securetrain.core.onboarding import DatasetRef
 from securetrain.localstack.services.identity import IDENTITIES
-from securetrain.core.job_spec import job_id_for_run
 from securetrain.tee.settings import TeeSettings
 from tests.conftest import process_environment
 
@@ -38,14 +38,14 @@ pytestmark = pytest.mark.integration
 
 #: Deeper than the interpreter's recursion limit: a parser that recurses raises RecursionError (a 500).
 DEEP = b"[" * 20000 + b"]" * 20000
-LARGEST_AREA = "2501"  # the largest mean_area of breast-cancer: one patient's cell
+LARGEST_AREA = 2501.0  # the largest mean_area of breast-cancer: one patient's cell
 
 
 def job_spec(local_stack, dataset: DatasetRef, **changes: Any) -> dict[str, Any]:
     run = f"attack__{uuid.uuid4().hex}"
     return {
         "run_id": run, "nonce": secrets.token_urlsafe(24), "kek_id": local_stack.env["SECURETRAIN_KEK_ID"],
-        "datasets": [dataset.to_json()], "columns": {"label": "label"},
+        "datasets": [dataset.model_dump()], "columns": {"label": "label"},
         "model": {"name": "mlp", "params": {"hidden": [8]}},
         "hyperparameters": {"epochs": 1, "batch_size": 64, "learning_rate": 0.01, "seed": 7},
         "checkpoints": {"container": "checkpoints", "prefix": f"{run}/"},
@@ -88,7 +88,7 @@ def refused(client: CvmClient, spec: dict[str, Any]) -> CvmRequestRejected:
 
 
 def never_queued(client: CvmClient, run_id: str) -> bool:
-    return all(job["job_id"] != job_id_for_run(run_id) for job in client.jobs())
+    return all(job.job_id != job_id_for_run(run_id) for job in client.jobs())
 
 
 # --- findings 1 and 3: the suite is data ---------------------------------------------------------------------
@@ -122,17 +122,36 @@ def test_aggregate_probes_without_a_row_condition_get_no_cell_back(local_stack, 
         {"type": "expect_column_max_to_be_between", "kwargs": {"column": "mean_area", "max_value": 100}},
         {"type": "expect_column_values_to_be_between", "kwargs": {"column": "mean_area", "max_value": 2500}},
     ))  # fmt: skip
-    job_id = pipeline.submit(spec)["job_id"]
+    job_id = pipeline.submit(spec).job_id
     deadline = time.monotonic() + 180
-    while (job := pipeline.job(job_id))["state"] not in ("succeeded", "failed", "cancelled"):
+    while not (job := pipeline.job(job_id)).state.finished:
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
-    assert job["state"] == "failed" and job["error"]["code"] == "DataValidationFailed", job
-    largest, narrow = job["validation"]["expectations"]
+    assert job.state == "failed" and job.error.code == "DataValidationFailed", job
+    largest, narrow = job.validation["expectations"]
     assert largest["success"] is False and "observed_value" not in largest and "observed_value" in largest["withheld"]
     assert narrow["success"] is False and "unexpected_count" not in narrow and "unexpected_count" in narrow["withheld"]
-    for view in (job, monitor.job(job_id), {"jobs": pipeline.jobs()}):
-        assert LARGEST_AREA not in json.dumps(view)
+    for view in (job, monitor.job(job_id), *pipeline.jobs()):
+        assert LARGEST_AREA not in set(numbers_in(view.model_dump(mode="json")))
+
+
+def numbers_in(value: Any) -> Iterator[float]:
+    """Every number in a JSON value, numeric strings included (random ids may contain the digits, not the number)."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from numbers_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from numbers_in(item)
+    elif isinstance(value, bool):
+        return
+    elif isinstance(value, int | float):
+        yield float(value)
+    elif isinstance(value, str):
+        try:
+            yield float(value)
+        except ValueError:
+            return
 
 
 # --- finding 9: strict input on the agent --------------------------------------------------------------------

@@ -89,7 +89,7 @@ def pipeline(local_stack) -> CvmClient:
 
 def tee_token(pipeline: CvmClient) -> str:
     """A genuine attestation token, as Airflow gets one: the TEE attests a throwaway key for its nonce."""
-    return pipeline.attest(secrets.token_urlsafe(24))["token"]
+    return pipeline.attest(secrets.token_urlsafe(24)).token
 
 
 def try_private_use(local_stack, identity: str, use: str, token: str) -> HttpResponseError:

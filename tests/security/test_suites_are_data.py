@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from securetrain.core.job_spec import JobSpec, JobSpecError
+from securetrain.core.contracts.job_spec import JobSpec, JobSpecError
 from securetrain.core.suite_policy import RULES, CheckedExpectation, CheckedSuite, Release, SuiteRefused, check_suite
 from securetrain.core import validation
 from securetrain.core.validation import DataValidationFailed, validate
@@ -294,11 +294,11 @@ def test_a_job_spec_is_refused_by_field_or_holds_only_declared_types(hyperparame
     except JobSpecError as refused:
         assert refused.field.split(".")[0].split("[")[0] in ("hyperparameters", "model")
         return
-    hyper = spec.plan.hyperparameters
+    hyper = spec.hyperparameters
     for whole in (hyper.epochs, hyper.batch_size, hyper.seed):
         assert type(whole) is int
     assert type(hyper.learning_rate) in (int, float) and math.isfinite(hyper.learning_rate)
-    for value in spec.plan.model.params.values():
+    for value in spec.model.params.values():
         items = value if isinstance(value, tuple) else (value,)
         assert all(isinstance(item, (bool, int, float, str)) for item in items)
         assert all(math.isfinite(item) for item in items if isinstance(item, float))

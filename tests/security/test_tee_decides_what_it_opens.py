@@ -13,14 +13,15 @@ import io
 import json
 import uuid
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securetrain.core import signed_documents
 from securetrain.core.cvm_client import CvmClient
-from securetrain.core.onboarding import DatasetManifest, DatasetRef, SealedShard, new_manifest
+from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.contracts.jobs import JobView
+from securetrain.core.onboarding import DatasetManifest, SealedShard, new_manifest
 from securetrain.localstack import StackLayout, data_owner
 from securetrain.core.storage import BlobStore
 from tests.agent_process import AgentProcess, source_copy
@@ -40,10 +41,10 @@ def owner_key(local_stack) -> Ed25519PrivateKey:
 
 
 @pytest.fixture(scope="module")
-def trained(local_stack, pipeline, dataset_ref) -> dict[str, Any]:
+def trained(local_stack, pipeline, dataset_ref) -> JobView:
     """A legitimate run: its sealed model and checkpoints are what the attacker wants opened as data."""
     job = run_job(pipeline, job_spec(local_stack, dataset_ref))
-    assert job["state"] == "succeeded", job["error"]
+    assert job.state == "succeeded", job.error
     return job
 
 
@@ -51,33 +52,33 @@ def publish(store: BlobStore, manifest: DatasetManifest) -> DatasetRef:
     body = json.dumps(manifest.to_json()).encode()
     blob = DatasetManifest.blob_name(manifest.dataset_id, manifest.version)
     store.upload_stream("datasets", blob, io.BytesIO(body), length=len(body), overwrite=True)
-    return DatasetRef("datasets", blob)
+    return DatasetRef(container="datasets", manifest=blob)
 
 
 def as_shard(container: str, blob: str, context: dict[str, str], kek_id: str) -> SealedShard:
     return SealedShard(container, blob, "parquet", context, kek_id, "0" * 64, 1, 1)
 
 
-def assert_refused_before_attesting(job: dict[str, Any], code: str, *fragments: str) -> None:
-    assert job["state"] == "failed", job
-    assert job["error"]["code"] == code, job["error"]
+def assert_refused_before_attesting(job: JobView, code: str, *fragments: str) -> None:
+    assert job.state == "failed", job
+    assert job.error.code == code, job.error
     for fragment in fragments:
-        assert fragment in job["error"]["message"], job["error"]
+        assert fragment in job.error.message, job.error
     # Nothing was spent: no attestation, no key release, no epoch.
-    assert [t["state"] for t in job["transitions"]] == ["failed"], job["transitions"]
-    assert job["key_release"] is None and job["epoch"] == 0
+    assert [t.state for t in job.transitions] == ["failed"], job.transitions
+    assert job.key_release is None and job.epoch == 0
 
 
 def test_a_sealed_model_named_as_a_manifest_is_not_a_dataset(local_stack, pipeline, trained) -> None:
-    model = trained["output"]
-    job = run_job(pipeline, job_spec(local_stack, DatasetRef(model["container"], model["blob"])))
-    assert_refused_before_attesting(job, "ManifestInvalid", model["blob"])
+    model = trained.output
+    job = run_job(pipeline, job_spec(local_stack, DatasetRef(container=model.container, manifest=model.blob)))
+    assert_refused_before_attesting(job, "ManifestInvalid", model.blob)
 
 
 def test_a_manifest_airflow_wrote_itself_is_refused(local_stack, pipeline, store, trained) -> None:
     """Airflow seals nothing and signs nothing the TEE trusts: its own key is not the owner's."""
     kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
-    model = as_shard(trained["output"]["container"], trained["output"]["blob"], {"kind": "dataset"}, kek_id)
+    model = as_shard(trained.output.container, trained.output.blob, {"kind": "dataset"}, kek_id)
     forged = new_manifest("stolen", f"v-{uuid.uuid4().hex[:8]}", kek_id, [model], Ed25519PrivateKey.generate())
     job = run_job(pipeline, job_spec(local_stack, publish(store, forged)))
     assert_refused_before_attesting(job, "DatasetRefused", "not signed by a data owner this TEE trusts")
@@ -86,7 +87,7 @@ def test_a_manifest_airflow_wrote_itself_is_refused(local_stack, pipeline, store
 def test_an_owner_manifest_changed_after_signing_is_refused(local_stack, pipeline, store, dataset_ref, trained) -> None:
     """The owner's real signature over another list of blobs: adding the model to it breaks the signature."""
     genuine = DatasetManifest.read(store, dataset_ref.container, dataset_ref.manifest)
-    model = as_shard(trained["output"]["container"], trained["output"]["blob"], {"kind": "dataset"}, genuine.kek_id)
+    model = as_shard(trained.output.container, trained.output.blob, {"kind": "dataset"}, genuine.kek_id)
     changed = DatasetManifest(genuine.dataset_id, f"v-{uuid.uuid4().hex[:8]}", genuine.kek_id, [*genuine.shards, model],
                               genuine.created_at, genuine.signatures)  # fmt: skip
     job = run_job(pipeline, job_spec(local_stack, publish(store, changed)))
@@ -97,7 +98,7 @@ def test_an_owner_manifest_changed_after_signing_is_refused(local_stack, pipelin
 def test_an_owner_signed_manifest_listing_another_kind_is_refused(local_stack, pipeline, store, owner_key, trained, kind) -> None:
     """Even the owner cannot make the TEE read a model or checkpoint as training data by listing it."""
     kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
-    model = as_shard(trained["output"]["container"], trained["output"]["blob"], {"run_id": trained["run_id"], "kind": kind}, kek_id)
+    model = as_shard(trained.output.container, trained.output.blob, {"run_id": trained.run_id, "kind": kind}, kek_id)
     manifest = new_manifest("mislabelled", f"v-{uuid.uuid4().hex[:8]}", kek_id, [model], owner_key)
     job = run_job(pipeline, job_spec(local_stack, publish(store, manifest)))
     assert_refused_before_attesting(job, "DatasetRefused", f"kind {kind!r}")
@@ -106,12 +107,12 @@ def test_an_owner_signed_manifest_listing_another_kind_is_refused(local_stack, p
 def test_a_model_listed_as_kind_dataset_does_not_open(local_stack, pipeline, store, owner_key, trained) -> None:
     """A manifest entry may only claim the context the blob was sealed with: the header says kind model."""
     kek_id = local_stack.env["SECURETRAIN_KEK_ID"]
-    model = as_shard(trained["output"]["container"], trained["output"]["blob"], {"kind": "dataset"}, kek_id)
+    model = as_shard(trained.output.container, trained.output.blob, {"kind": "dataset"}, kek_id)
     manifest = new_manifest("relabelled", f"v-{uuid.uuid4().hex[:8]}", kek_id, [model], owner_key)
     job = run_job(pipeline, job_spec(local_stack, publish(store, manifest)))
-    assert job["state"] == "failed" and job["epoch"] == 0, job
-    assert "context" in job["error"]["message"], job["error"]
-    assert job["validation"] is None and job["history"] == []
+    assert job.state == "failed" and job.epoch == 0, job
+    assert "context" in job.error.message, job.error
+    assert job.validation is None and job.history == ()
 
 
 def test_a_manifest_for_another_kek_is_refused(local_stack, pipeline, store, owner_key, shard) -> None:
@@ -132,9 +133,9 @@ def test_a_tee_running_one_changed_byte_of_the_core_library_gets_no_key(local_st
         job = run_job(client, job_spec(local_stack, dataset_ref))
     finally:
         agent.stop()
-    assert job["state"] == "failed" and job["error"]["security_violation"], job
-    assert "host" in job["error"]["message"].lower(), job["error"]
-    assert job["key_release"] is None and job["epoch"] == 0
+    assert job.state == "failed" and job.error.security_violation, job
+    assert "host" in job.error.message.lower(), job.error
+    assert job.key_release is None and job.epoch == 0
 
 
 def test_the_owner_keys_the_tee_trusts_are_part_of_its_measurement(local_stack) -> None:

@@ -120,7 +120,7 @@ def test_api_version_is_required(client, platform):
         (b"not json", "request body is not JSON"),
         (b"[]", "not a JSON object"),
         (json.dumps({"report": "***", "runtimeData": {"data": "", "dataType": "JSON"}}).encode(), "not valid base64url"),
-        (json.dumps({"runtimeData": {"data": "", "dataType": "JSON"}}).encode(), "report must be a base64url"),
+        (json.dumps({"runtimeData": {"data": "", "dataType": "JSON"}}).encode(), "report: required field is missing"),
         (b"{" + b" " * (65 << 10) + b"}", "at most"),
     ],
 )

@@ -98,7 +98,7 @@ def test_cvm_measure_prints_the_host_data_the_provider_reports(provider, owner_k
     assert main(["cvm", "measure", "--data-owner-key", str(owner_key_file)]) == 0
     assert capsys.readouterr().out.strip() == provider.host_data.hex()
     assert main(["cvm", "measure", "--manifest"]) == 0
-    assert '"job_spec.py"' in capsys.readouterr().out
+    assert '"contracts/job_spec.py"' in capsys.readouterr().out
 
 
 def test_cvm_measure_refuses_a_directory_that_is_no_securetrain_package(tmp_path: Path, capsys) -> None:

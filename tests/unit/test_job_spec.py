@@ -1,4 +1,4 @@
-"""The job spec schema and the dataclasses the agent hands to training."""
+"""The job spec contract and the training spec the agent hands to training."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from securetrain.core.job_spec import JOB_SPEC_SCHEMA, DatasetShard, JobKeys, JobSpec, JobSpecError
+from securetrain.core.contracts.job_spec import JobSpec, JobSpecError
+from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
 
 
 def valid_spec() -> dict[str, Any]:
@@ -40,20 +41,23 @@ def rejected_field(document: Any) -> str:
 
 def shards(*formats: str) -> list[DatasetShard]:
     """Shards as the TEE resolves them from owner-signed manifests."""
-    return [DatasetShard("datasets", f"bc/part-{i}.sealed", fmt, {"kind": "dataset"}) for i, fmt in enumerate(formats)]
+    return [shard("datasets", f"bc/part-{i}.sealed", fmt) for i, fmt in enumerate(formats)]
+
+
+def shard(container: str, blob: str, fmt: str) -> DatasetShard:
+    return DatasetShard(container=container, blob=blob, format=fmt, context={"kind": "dataset"})
 
 
 def test_a_valid_spec_builds_the_training_spec_on_the_resolved_shards() -> None:
     spec = JobSpec.from_json(valid_spec())
     assert [ref.manifest for ref in spec.datasets] == ["bc/v1/manifest.json", "bc/v2/manifest.json"]
-    training = spec.training_on(shards("parquet", "parquet"))
+    training = TrainingSpec.for_job(spec, shards("parquet", "parquet"))
     assert training.run_id == spec.run_id
     assert [shard.blob for shard in training.datasets] == ["bc/part-0.sealed", "bc/part-1.sealed"]
-    assert spec.plan.datasets == ()
     assert training.columns.label == "target" and training.columns.features is None
     assert training.model.name == "mlp" and training.model.params["hidden"] == (32, 16)
     assert training.hyperparameters.optimizer == "adam"
-    assert training.expectation_suite is not None and training.expectation_suite["name"] == "bc"
+    assert training.expectation_suite is not None and training.expectation_suite.name == "bc"
     assert training.checkpoints.prefix == "run-1/"
 
 
@@ -65,7 +69,7 @@ def test_to_json_round_trips() -> None:
 def test_the_spec_is_read_only_after_validation() -> None:
     spec = JobSpec.from_json(valid_spec())
     with pytest.raises(TypeError):
-        spec.plan.model.params["hidden"] = (1,)  # type: ignore[index]
+        spec.model.params["hidden"] = (1,)  # type: ignore[index]
 
 
 def test_job_id_follows_the_run_id() -> None:
@@ -151,13 +155,13 @@ def test_rules_across_fields(change: Any, field: str) -> None:
         (shards("parquet", "safetensors"), "datasets"),
         ([], "datasets"),
         (shards("parquet") * 2, "datasets"),
-        ([DatasetShard("models", "run-1/model.sealed", "parquet", {"kind": "dataset"})], "output.blob"),
-        ([DatasetShard("checkpoints", "run-1/epoch-1", "parquet", {"kind": "dataset"})], "checkpoints.prefix"),
+        ([shard("models", "run-1/model.sealed", "parquet")], "output.blob"),
+        ([shard("checkpoints", "run-1/epoch-1", "parquet")], "checkpoints.prefix"),
     ],
 )
 def test_rules_over_the_resolved_shards(resolved: list[DatasetShard], field: str) -> None:
     with pytest.raises(JobSpecError) as caught:
-        JobSpec.from_json(valid_spec()).training_on(resolved)
+        TrainingSpec.for_job(JobSpec.from_json(valid_spec()), resolved)
     assert caught.value.field == field
 
 
@@ -166,7 +170,7 @@ def test_a_document_that_is_not_an_object_is_rejected() -> None:
 
 
 def test_every_object_in_the_schema_closes_its_fields() -> None:
-    """additionalProperties false wherever the schema names properties (free maps are documented)."""
+    """additionalProperties false wherever the job spec's JSON schema names properties (free maps are documented)."""
 
     def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
@@ -178,7 +182,7 @@ def test_every_object_in_the_schema_closes_its_fields() -> None:
             for index, value in enumerate(node):
                 walk(value, f"{where}[{index}]")
 
-    walk(JOB_SPEC_SCHEMA, "schema")
+    walk(JobSpec.model_json_schema(), "schema")
 
 
 def test_job_keys_never_print_key_material(kek_private) -> None:

@@ -55,7 +55,7 @@ def test_a_sealed_dataset_is_verified_and_described_for_the_job(airflow_env, app
         "dataset_id": dataset_id,
         "version": version,
         "manifest_blob": f"{dataset_ref.container}/{dataset_ref.manifest}",
-        "job_datasets": [dataset_ref.to_json()],
+        "job_datasets": [dataset_ref.model_dump(mode="json")],
         "datasets": [{"container": shard.container, "blob": shard.blob, "format": "parquet",
                       "context": dict(shard.context), "kek_id": shard.kek_id,
                       "plaintext_sha256": shard.plaintext_sha256, "size": shard.sealed_bytes}],
@@ -69,7 +69,7 @@ def test_latest_is_the_newest_version(local_stack, airflow_env, approved, store)
     time.sleep(1.1)  # the newest is the manifest written last, and blob times are whole seconds
     newest = _publish(local_stack, store, dataset_id, "v2")
     result = _check(approved, dataset_id, LATEST)
-    assert result["version"] == "v2" and result["job_datasets"] == [newest.to_json()]
+    assert result["version"] == "v2" and result["job_datasets"] == [newest.model_dump(mode="json")]
 
 
 def test_a_shard_replaced_after_the_manifest_was_signed_is_refused(local_stack, airflow_env, approved, store) -> None:

@@ -19,7 +19,7 @@ from securetrain.airflow.onboarding import DATA_OWNER_CONN_ID, load_plaintext, p
 from securetrain.airflow.pipeline import DEFAULT_SUITE
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.job_spec import DataValidationFailed
+from securetrain.core.contracts.training import DataValidationFailed
 from securetrain.core.onboarding import DatasetManifest
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.storage import BlobStore

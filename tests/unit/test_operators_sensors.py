@@ -13,7 +13,7 @@ from securetrain.airflow.failures import SecurityCheckFailed
 from securetrain.airflow.locations import job_run_id
 from securetrain.airflow.sensors import AttestationStatusSensor, EnclaveHealthSensor
 from securetrain.airflow.triggers import AttestationStatusTrigger, EnclaveHealthTrigger
-from securetrain.core.job_spec import job_id_for_run
+from securetrain.core.contracts.job_spec import job_id_for_run
 from tests.stages import Stages, first_event, job_end_state, new_run_id, task_context
 
 pytestmark = pytest.mark.integration

@@ -15,7 +15,7 @@ from securetrain.airflow.failures import SecurityCheckFailed
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, MODELS_CONTAINER, job_run_id, model_output_blob
 from securetrain.airflow.triggers import TrainingJobTrigger
-from securetrain.core.job_spec import job_id_for_run
+from securetrain.core.contracts.job_spec import job_id_for_run
 from securetrain.core.onboarding import DatasetManifest
 from tests.stages import Stages, first_event
 

@@ -47,21 +47,28 @@ for dag_id, tags in (("secure_training", [{SECURETRAIN_TAG!r}, {TRAINING_TAG!r}]
             upstream >> downstream
 """
 
+# Each stage's result as the stage returns it (securetrain.core.contracts.stages).
 RESULTS = {
     "prepare_environment": {
         "kek_id": "https://vault.test/keys/securetrain-kek/1",
         "release_policy_sha256": "ab" * 32,
         "cvm_endpoint": "https://127.0.0.1:10600",
         "tee": "sev-snp",
+        "containers": ["datasets", "models"],
     },
     "check_data_security": {
+        "dataset_id": "fraud",
+        "version": "v1",
+        "manifest_blob": "datasets/fraud/v1/manifest.json",
+        "job_datasets": [{"container": "datasets", "manifest": "fraud/v1/manifest.json"}],
         "datasets": [
-            {"blob": HOSTILE_BLOB, "kek_id": "https://vault.test/keys/securetrain-kek/1",
-             "plaintext_sha256": "cd" * 32, "size": 4096},
-        ]
+            {"container": "sealed", "blob": HOSTILE_BLOB, "format": "parquet", "context": {"kind": "dataset"},
+             "kek_id": "https://vault.test/keys/securetrain-kek/1", "plaintext_sha256": "cd" * 32, "size": 4096},
+        ],
     },
     "train": {
         "job_id": "job-7",
+        "run_id": "secure_training.manual__succeeded",
         "state": "succeeded",
         "attestation": {
             "x-ms-attestation-type": "sevsnpvm",
@@ -74,14 +81,23 @@ RESULTS = {
         "key_release": {"kek_id": "https://vault.test/keys/securetrain-kek/1", "released_at": "2026-11-24T18:00:00Z"},
         "epochs": 2,
         "metrics": {"loss": 0.25, "accuracy": 0.91},
-        "history": [{"epoch": 1, "loss": 0.5, "accuracy": 0.8}, {"epoch": 2, "loss": 0.25, "accuracy": 0.91}],
+        "history": [{"epoch": 1, "step": 10, "loss": 0.5, "accuracy": 0.8},
+                    {"epoch": 2, "step": 20, "loss": 0.25, "accuracy": 0.91}],
+        "validation": None,
+        "model": {"container": "models", "blob": "fraud/3.sealed"},
         "model_blob": "models/fraud/3.sealed",
         "checkpoints": ["checkpoints/job-7/2.sealed"],
+        "device": "cpu",
+        "tee_type": "sev-snp",
+        "transitions": [{"state": "succeeded", "time": "2026-11-24T18:02:00Z"}],
+        "provenance": None,
     },
-    "register_model": {"name": "fraud-detector", "version": 3, "manifest_blob": "models/fraud/3.manifest.json"},
+    "register_model": {"name": "fraud-detector", "version": 3, "manifest_blob": "models/fraud/3.manifest.json",
+                       "sealed_sha256": "12" * 32},
     "audit": {"verdict": "verified", "entries": 12, "head": "ef" * 32, "report_blob": "audit/run.json",
-              "first_bad": None},
-    "cleanup": {"job_cancelled": False, "deleted_blobs": 2},
+              "first_bad": None, "summary": "12 entries verified", "log": "securetrain-audit/audit/run.jsonl",
+              "run_report": "reports/run/report.html"},
+    "cleanup": {"job_cancelled": False, "deleted_blobs": 2, "cvm": "the local agent keeps running"},
 }  # fmt: skip
 
 
@@ -169,7 +185,8 @@ def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
              "register_model": "upstream_failed", "audit": "success", "cleanup": "success"},
             {"prepare_environment": RESULTS["prepare_environment"], "check_data_security": "not an object",
              "audit": {"verdict": "broken", "entries": 4, "head": "00" * 32, "report_blob": "audit/f.json",
-                       "first_bad": 2}},
+                       "first_bad": 2, "summary": "entry 2 does not verify", "log": "securetrain-audit/audit/f.jsonl",
+                       "run_report": "reports/f/report.html"}},
             started + datetime.timedelta(hours=1),
         )  # fmt: skip
 

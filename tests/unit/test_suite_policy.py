@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from securetrain.core.job_spec import JobSpec, JobSpecError
+from securetrain.core.contracts.job_spec import JobSpec, JobSpecError
 from securetrain.core.suite_policy import MAX_EXPECTATIONS, MAX_VALUE_SET, RULES, SuiteRefused, check_suite
 from securetrain.core.validation import validate
 

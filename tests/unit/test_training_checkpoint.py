@@ -8,7 +8,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from securetrain.core.job_spec import CheckpointLocation
+from securetrain.core.contracts.job_spec import CheckpointLocation
 from securetrain.tee.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointInvalid,
@@ -91,4 +91,4 @@ def test_a_malformed_safetensors_header_is_refused(payload: bytes) -> None:
 
 
 def test_checkpoint_blobs_are_named_by_epoch_under_the_prefix() -> None:
-    assert checkpoint_blob(CheckpointLocation("checkpoints", "run-1/"), 3) == "run-1/epoch-0003.safetensors.sealed"
+    assert checkpoint_blob(CheckpointLocation(container="checkpoints", prefix="run-1/"), 3) == "run-1/epoch-0003.safetensors.sealed"

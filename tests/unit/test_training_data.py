@@ -14,7 +14,8 @@ import torch
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.sealed import seal
 from securetrain.core.sealed.errors import SegmentTampered, WrongContext
-from securetrain.core.job_spec import Columns, DatasetShard
+from securetrain.core.contracts.job_spec import Columns
+from securetrain.core.contracts.training import DatasetShard
 from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardTooLarge, read_shard
 
 CONTEXT = {"dataset_id": "breast-cancer"}
@@ -28,7 +29,7 @@ def sealed(plaintext: bytes, kek_public, context=CONTEXT, segment_size: int = 40
 
 
 def shard(fmt: str = "parquet", context=CONTEXT) -> DatasetShard:
-    return DatasetShard("datasets", f"bc/part-0.{fmt}.sealed", fmt, context)
+    return DatasetShard(container="datasets", blob=f"bc/part-0.{fmt}.sealed", format=fmt, context=context)
 
 
 def arrow_stream(table: pa.Table, rows_per_batch: int) -> bytes:
@@ -46,7 +47,7 @@ def table() -> pa.Table:
 
 def test_a_parquet_shard_opens_into_float_features_and_integer_labels(table, kek_public, kek_private) -> None:
     src = io.BytesIO(sealed(to_parquet(table), kek_public))
-    arrays = read_shard(src, kek_private, shard(), Columns("label"), LIMITS)
+    arrays = read_shard(src, kek_private, shard(), Columns(label="label"), LIMITS)
     assert arrays.features.shape == (569, 30) and arrays.features.dtype == np.float32
     assert arrays.feature_names == tuple(n for n in table.column_names if n != "label")
     np.testing.assert_array_equal(arrays.labels, table.column("label").to_numpy())
@@ -54,7 +55,7 @@ def test_a_parquet_shard_opens_into_float_features_and_integer_labels(table, kek
 
 
 def test_an_arrow_stream_shard_gives_the_same_arrays_as_parquet(table, kek_public, kek_private) -> None:
-    columns = Columns("label", ("mean_radius", "worst_area"))
+    columns = Columns(label="label", features=("mean_radius", "worst_area"))
     parquet = read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), columns, LIMITS)
     stream = sealed(arrow_stream(table, rows_per_batch=50), kek_public)
     # The buffered-shard bound does not apply: an Arrow stream is consumed batch by batch.
@@ -68,7 +69,7 @@ def test_a_safetensors_shard_keeps_the_image_shape(kek_public, kek_private) -> N
     images = torch.arange(3 * 64, dtype=torch.float32).reshape(3, 1, 8, 8)
     payload = safetensors.torch.save({"images": images, "label": torch.tensor([0, 1, 2])})
     arrays = read_shard(io.BytesIO(sealed(payload, kek_public)), kek_private, shard("safetensors"),
-                        Columns("label"), LIMITS)  # fmt: skip
+                        Columns(label="label"), LIMITS)  # fmt: skip
     assert arrays.features.shape == (3, 1, 8, 8)
     assert arrays.feature_columns[:2] == ("images_0", "images_1") and len(arrays.feature_columns) == 64
     np.testing.assert_array_equal(arrays.features, images.numpy())
@@ -76,7 +77,7 @@ def test_a_safetensors_shard_keeps_the_image_shape(kek_public, kek_private) -> N
 
 def test_a_buffered_shard_over_the_bound_is_refused_before_it_is_decrypted(table, kek_public, kek_private) -> None:
     with pytest.raises(ShardTooLarge, match=r"bc/part-0.parquet.sealed holds \d+ bytes of parquet.*format 'arrow'"):
-        read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), Columns("label"),
+        read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), Columns(label="label"),
                    DataLimits(max_buffered_shard_bytes=1000))  # fmt: skip
 
 
@@ -84,23 +85,23 @@ def test_a_tampered_segment_fails_naming_the_shard_and_the_segment(table, kek_pu
     blob = bytearray(sealed(to_parquet(table), kek_public))
     blob[-5000] ^= 1  # inside the second-to-last 4 KiB segment
     with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.parquet.sealed: segment \d+ failed") as err:
-        read_shard(io.BytesIO(bytes(blob)), kek_private, shard(), Columns("label"), LIMITS)
+        read_shard(io.BytesIO(bytes(blob)), kek_private, shard(), Columns(label="label"), LIMITS)
     assert err.value.segment > 0
 
 
 def test_a_shard_sealed_under_another_context_is_refused(table, kek_public, kek_private) -> None:
     blob = sealed(to_parquet(table), kek_public, context={"dataset_id": "digits"})
     with pytest.raises(WrongContext, match="part-0.parquet.sealed: context 'dataset_id' is 'digits'"):
-        read_shard(io.BytesIO(blob), kek_private, shard(), Columns("label"), LIMITS)
+        read_shard(io.BytesIO(blob), kek_private, shard(), Columns(label="label"), LIMITS)
 
 
 @pytest.mark.parametrize(
     ("columns", "message"),
     [
-        (Columns("target"), "no label column 'target'"),
-        (Columns("label", ("mean_radius", "nope")), "no feature column 'nope'"),
-        (Columns("label", ("note",)), "feature column 'note' has type string; features must be numeric"),
-        (Columns("mean_radius"), "label column 'mean_radius' has type float.*integer class ids"),
+        (Columns(label="target"), "no label column 'target'"),
+        (Columns(label="label", features=("mean_radius", "nope")), "no feature column 'nope'"),
+        (Columns(label="label", features=("note",)), "feature column 'note' has type string; features must be numeric"),
+        (Columns(label="mean_radius"), "label column 'mean_radius' has type float.*integer class ids"),
     ],
 )
 def test_columns_the_shard_does_not_have_are_named(table, kek_public, kek_private, columns, message) -> None:
@@ -113,17 +114,17 @@ def test_columns_the_shard_does_not_have_are_named(table, kek_public, kek_privat
 def test_missing_feature_values_are_refused(kek_public, kek_private) -> None:
     table = pa.table({"x": pa.array([1.0, None, 3.0]), "label": pa.array([0, 1, 0])})
     with pytest.raises(DatasetContentError, match="feature column 'x' has 1 missing values"):
-        read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), Columns("label"), LIMITS)
+        read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), Columns(label="label"), LIMITS)
 
 
 def test_an_authentic_shard_in_another_format_is_named(table, kek_public, kek_private) -> None:
     with pytest.raises(DatasetContentError, match="is authentic but not a safetensors file"):
         read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard("safetensors"),
-                   Columns("label"), LIMITS)  # fmt: skip
+                   Columns(label="label"), LIMITS)  # fmt: skip
 
 
 def test_a_tampered_arrow_stream_fails_with_the_seal_error_not_an_arrow_error(table, kek_public, kek_private) -> None:
     blob = bytearray(sealed(arrow_stream(table, rows_per_batch=50), kek_public))
     blob[-3000] ^= 1
     with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.arrow.sealed: segment \d+ failed"):
-        read_shard(io.BytesIO(bytes(blob)), kek_private, shard("arrow"), Columns("label"), LIMITS)
+        read_shard(io.BytesIO(bytes(blob)), kek_private, shard("arrow"), Columns(label="label"), LIMITS)

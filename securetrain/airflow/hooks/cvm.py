@@ -21,6 +21,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 from securetrain.airflow.hooks._connection import ServiceConnection
+from securetrain.core.contracts.health import Health
 from securetrain.core.cvm_client import CvmClient, CvmUnreachable
 from securetrain.core.errors import ConfigurationError
 
@@ -67,7 +68,7 @@ class ConfidentialVmHook(BaseHook):
         compute = AzureComputeHook(azure_conn_id=self.connection.required("azure_conn_id"))
         return compute, self.connection.required("resource_group"), self.connection.required("vm_name")
 
-    def start(self, *, timeout_s: float = 600, poll_s: float = 5) -> dict[str, Any]:
+    def start(self, *, timeout_s: float = 600, poll_s: float = 5) -> Health:
         """Bring the CVM up (azure: start the VM) and wait until its agent answers; its health."""
         if self.backend == "azure":
             compute, group, name = self._azure_vm()
@@ -99,4 +100,4 @@ class ConfidentialVmHook(BaseHook):
                 health = client.health()
         except Exception as exc:  # noqa: BLE001 - the UI shows the reason
             return False, str(exc)
-        return True, f"agent at {self.endpoint}: TEE {health.get('tee_type')}"
+        return True, f"agent at {self.endpoint}: TEE {health.tee_type}"

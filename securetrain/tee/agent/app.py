@@ -21,7 +21,8 @@ client without a certificate never gets this far: the TLS handshake refuses it.
                                               done (securetrain.tee.agent.rewrap; 424 refused, 400 bad request)
     GET  /metrics                  both       Prometheus text
 
-Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
+Bodies and answers are the contracts of :mod:`securetrain.core.contracts` (``JobSpec`` in, ``JobView``,
+``JobList``, ``Health``, ``Attestation`` out). Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
 """
 
 from __future__ import annotations
@@ -33,20 +34,24 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from securetrain.core.contracts.attestation import Attestation, AttestationChallenge, LatestAttestation
+from securetrain.core.contracts.base import first_error
+from securetrain.core.contracts.health import Health
+from securetrain.core.contracts.job_spec import JobSpec, JobSpecError
+from securetrain.core.contracts.jobs import JobList, JobView
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.json_input import JsonInputError, read_json
+from securetrain.core.json_input import JsonInputError, read_json, read_json_object
 from securetrain.core.model_export import ExportNotApproved
 from securetrain.core.storage import BlobNotFound, ContainerNotFound
 from securetrain.tee.agent import metrics
-from securetrain.tee.agent.health import GpuProbe, machine_health
+from securetrain.tee.agent.health import GpuProbe, agent_health
 from securetrain.tee.agent.exports import ExportRequestInvalid, parse_export_request
 from securetrain.tee.agent.jobs import JobConflict, JobNotFound, JobRunner
 from securetrain.tee.agent.rewrap import RewrapRequestInvalid, parse_rewrap_request
 from securetrain.tee.agent.tls import TLS_EXTENSION
-from securetrain.tee.attest import NONCE_PATTERN
-from securetrain.core.job_spec import JobSpec, JobSpecError
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +71,11 @@ class Forbidden(SecuretrainError):
 
 
 class InvalidRequest(SecuretrainError):
-    """The request body is not a JSON object of acceptable size."""
+    """A request body is not what the endpoint takes; ``field`` names what is wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"request field {field!r}: {reason}")
+        self.field = field
 
 
 def client_role(request: Request) -> Role:
@@ -87,6 +96,20 @@ def require_pipeline(role: Annotated[Role, Depends(client_role)]) -> Role:
     return role
 
 
+async def job_spec_body(request: Request) -> JobSpec:
+    """``POST /v1/jobs``'s body: strict JSON (:mod:`securetrain.core.json_input`), then every field checked."""
+    return JobSpec.from_json(read_json(await request.body(), max_bytes=MAX_SPEC_BYTES, what="the job spec"))
+
+
+async def challenge_body(request: Request) -> AttestationChallenge:
+    """``POST /v1/attestation``'s body: ``{"nonce": ...}`` and nothing else."""
+    document = read_json_object(await request.body(), max_bytes=MAX_CHALLENGE_BYTES, what="the attestation request")
+    try:
+        return AttestationChallenge.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidRequest(*first_error(exc)) from None
+
+
 def _error(status: int, exc: SecuretrainError, **extra: Any) -> JSONResponse:
     error = {"code": type(exc).__name__, "message": str(exc), **extra}
     return JSONResponse(status_code=status, content={"error": error})
@@ -104,83 +127,61 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
     async def _bad_json(_: Request, exc: JsonInputError) -> JSONResponse:
         return _error(400, exc, **({"field": exc.field} if exc.field else {}))
 
-    for error_type, status in ((InvalidRequest, 400), (Forbidden, 403), (JobNotFound, 404), (JobConflict, 409)):
+    @app.exception_handler(InvalidRequest)
+    async def _bad_request(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return _error(400, exc, field=exc.field)
+
+    for error_type, status in ((Forbidden, 403), (JobNotFound, 404), (JobConflict, 409)):
 
         async def _handler(_: Request, exc: SecuretrainError, status: int = status) -> JSONResponse:
             return _error(status, exc)
 
         app.add_exception_handler(error_type, _handler)  # type: ignore[arg-type]
 
-    @app.post("/v1/jobs", dependencies=[Depends(require_pipeline)])
-    async def submit(request: Request) -> JSONResponse:
-        # Nothing is queued, attested or spent before the spec passed every check.
-        document = read_json(await request.body(), max_bytes=MAX_SPEC_BYTES, what="the job spec")
-        spec = JobSpec.from_json(document)
+    @app.post("/v1/jobs", status_code=201, dependencies=[Depends(require_pipeline)])
+    async def submit(spec: Annotated[JobSpec, Depends(job_spec_body)], response: Response) -> JobView:
+        # Nothing is queued, attested or spent before the spec passed every check (the dependency above).
         record, created = runner.submit(spec)
-        return JSONResponse(status_code=201 if created else 200, content=record.public_view())
+        response.status_code = 201 if created else 200
+        return record.view()
 
     @app.get("/v1/jobs", dependencies=[Depends(client_role)])
-    async def list_jobs() -> dict[str, Any]:
-        return {"jobs": [record.public_view() for record in runner.jobs()]}
+    async def list_jobs() -> JobList:
+        return JobList(jobs=tuple(record.view() for record in runner.jobs()))
 
     @app.get("/v1/jobs/{job_id}", dependencies=[Depends(client_role)])
-    async def get_job(job_id: str) -> dict[str, Any]:
-        return runner.get(job_id).public_view()
+    async def get_job(job_id: str) -> JobView:
+        return runner.get(job_id).view()
 
-    @app.post("/v1/jobs/{job_id}/cancel", dependencies=[Depends(require_pipeline)])
-    async def cancel(job_id: str) -> JSONResponse:
-        return JSONResponse(status_code=202, content=runner.cancel(job_id).public_view())
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, dependencies=[Depends(require_pipeline)])
+    async def cancel(job_id: str) -> JobView:
+        return runner.cancel(job_id).view()
 
     @app.get("/v1/health", dependencies=[Depends(client_role)])
-    async def health() -> dict[str, Any]:
-        latest = runner.latest_attestation
-        attestation = None
-        if latest is not None:
-            attestation = {
-                "age_seconds": round(time.time() - latest.attested_at, 3),
-                "expires_at": latest.token.expires_at,
-                "sequence": latest.sequence,
-            }
-        return {
-            "status": "ok",
-            "tee_type": runner.tee_type,
-            "attestation": attestation,
-            "device": runner.device or gpu.device(),
-            **machine_health(gpu),
-        }
+    async def health() -> Health:
+        return agent_health(runner, gpu)
 
-    @app.get("/v1/attestation", dependencies=[Depends(client_role)])
-    async def attestation() -> JSONResponse:
+    @app.get("/v1/attestation", dependencies=[Depends(client_role)], response_model=None)
+    async def attestation() -> LatestAttestation | JSONResponse:
         latest = runner.latest_attestation
         if latest is None:
             return JSONResponse(
                 status_code=404,
                 content={"error": {"code": "NoAttestation", "message": "this agent has not attested yet"}},
             )
-        return JSONResponse(
-            content={
-                "token": latest.token.raw,
-                "claims": dict(latest.token.claims),
-                "job_id": runner.latest_attestation_job,
-                "attested_at": latest.attested_at,
-                "sequence": latest.sequence,
-            }
-        )
+        return LatestAttestation(
+            token=latest.token.raw, claims=dict(latest.token.claims), job_id=runner.latest_attestation_job,
+            attested_at=latest.attested_at, sequence=latest.sequence,
+        )  # fmt: skip
 
-    @app.post("/v1/attestation", dependencies=[Depends(client_role)])
-    async def attest_challenge(request: Request) -> JSONResponse:
-        document = read_json(await request.body(), max_bytes=MAX_CHALLENGE_BYTES, what="the attestation request")
-        if not isinstance(document, dict) or set(document) != {"nonce"}:
-            raise InvalidRequest('the body must be the JSON object {"nonce": "..."} and nothing else')
-        nonce = document["nonce"]
-        if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
-            raise InvalidRequest("the nonce must be 22-200 characters of base64url (at least 128 bits)")
+    @app.post("/v1/attestation", dependencies=[Depends(client_role)], response_model=None)
+    async def attest_challenge(challenge: Annotated[AttestationChallenge, Depends(challenge_body)]) -> Attestation | JSONResponse:
         try:
-            token = await run_in_threadpool(runner.attest_challenge, nonce)
+            token = await run_in_threadpool(runner.attest_challenge, challenge.nonce)
         except SecuretrainError as exc:
             # 424: the TEE's evidence or token was refused (a security verdict); 503: a service was down.
             return _error(424 if exc.security_violation else 503, exc)
-        return JSONResponse(content={"token": token.raw, "claims": dict(token.claims), "attested_at": time.time()})
+        return Attestation(token=token.raw, claims=dict(token.claims), attested_at=time.time())
 
     @app.exception_handler(ExportRequestInvalid)
     async def _bad_export(_: Request, exc: ExportRequestInvalid) -> JSONResponse:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.tee_log import TeeEventKind, TeeEventLog, audit_events
+from securetrain.core.contracts.job_spec import BLOB_NAME, CONTAINER, KEK_ID, NONCE, RUN_ID
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
 from securetrain.core.json_input import JsonInputError, read_json_object
 from securetrain.core.model_export import (
@@ -50,25 +51,24 @@ from securetrain.core.storage import BlobStore
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import Attester, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
-from securetrain.core.job_spec import JOB_SPEC_SCHEMA
 
 if TYPE_CHECKING:
-    from securetrain.tee.agent.jobs import KeyReleaser, RunnerMetrics
+    from securetrain.tee.agent.jobs import KeyReleaser
+    from securetrain.tee.agent.metrics import RunnerMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_EXPORT_REQUEST_BYTES = 1 << 20
 
-_SPEC = JOB_SPEC_SCHEMA["properties"]
-# Each string field: the pattern it must match (the job spec's, where the job spec has the same field) and
-# what it is, for the error message.
+# Each string field: the pattern it must match as a whole (the job spec's, where the job spec has the same
+# field) and what it is, for the error message.
 _STRING_FIELDS: dict[str, tuple[str, str]] = {
-    "kek_id": (_SPEC["kek_id"]["pattern"], "a versioned Key Vault key URL, https://VAULT/keys/NAME/VERSION"),
-    "run_id": (_SPEC["run_id"]["pattern"], "the id of the run that trained the model"),
-    "container": (_SPEC["output"]["properties"]["container"]["pattern"], "a storage container name"),
-    "blob": (_SPEC["output"]["properties"]["blob"]["pattern"], "a blob name"),
-    "sealed_sha256": (r"^[0-9a-f]{64}$", "the registered model's SHA-256, 64 lowercase hex digits"),
-    "nonce": (_SPEC["nonce"]["pattern"], "22-200 characters of base64url (at least 128 bits), fresh"),
+    "kek_id": (KEK_ID, "a versioned Key Vault key URL, https://VAULT/keys/NAME/VERSION"),
+    "run_id": (RUN_ID, "the id of the run that trained the model"),
+    "container": (CONTAINER, "a storage container name"),
+    "blob": (BLOB_NAME, "a blob name"),
+    "sealed_sha256": (r"[0-9a-f]{64}", "the registered model's SHA-256, 64 lowercase hex digits"),
+    "nonce": (NONCE, "22-200 characters of base64url (at least 128 bits), fresh"),
     "recipient_public_key": (r"(?s)-----BEGIN PUBLIC KEY-----.*", "the recipient's RSA public key, PEM"),
 }
 _FIELDS = {*_STRING_FIELDS, "approval"}
@@ -202,11 +202,11 @@ def export_model(
     tee_key = TeeKey()
     events = TeeEvents(TeeEventLog(f"export-{secrets.token_hex(8)}", request.run_id), tee_key)
     token = attester.attest(tee_key, request.nonce)
-    metrics.attestations += 1
+    metrics.attestations.inc()
     events.attested(token, 0)
     _approved_by(request, owners, datetime.datetime.fromtimestamp(int(token.claims["iat"]), datetime.UTC))
     keys = releaser.release(request.kek_id, token, tee_key)
-    metrics.key_releases += 1
+    metrics.key_releases.inc()
     events.record(TeeEventKind.KEY_RELEASED, {"kek_id": request.kek_id})
 
     reader = SealedReader(

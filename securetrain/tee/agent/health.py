@@ -1,13 +1,19 @@
-"""What ``GET /v1/health`` reports about the machine: CPU, memory, and the GPU if there is one."""
+"""``GET /v1/health``: the TEE, the latest attestation, and the machine (CPU, memory, the GPU if there is one)."""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Literal
 
 import psutil
+
+from securetrain.core.contracts.health import AttestationAge, Cpu, Gpu, Health, Memory
+
+if TYPE_CHECKING:
+    from securetrain.tee.agent.jobs import JobRunner
 
 log = logging.getLogger(__name__)
 
@@ -16,7 +22,7 @@ class GpuProbe:
     """Finds the CUDA device once, in the background: importing torch takes seconds, health must not wait."""
 
     def __init__(self) -> None:
-        self._result: dict[str, Any] | None = None
+        self._result: Gpu | None = None
         self._done = threading.Event()
         threading.Thread(target=self._probe, name="gpu-probe", daemon=True).start()
 
@@ -27,13 +33,11 @@ class GpuProbe:
             if torch.cuda.is_available():
                 index = torch.cuda.current_device()
                 free, total = torch.cuda.mem_get_info(index)
-                self._result = {
-                    "name": torch.cuda.get_device_name(index),
-                    "count": torch.cuda.device_count(),
-                    "memory_total_bytes": total,
-                    "memory_free_bytes": free,
-                }
-                log.info("GPU found: %s", self._result["name"])
+                self._result = Gpu(
+                    name=torch.cuda.get_device_name(index), count=torch.cuda.device_count(),
+                    memory_total_bytes=total, memory_free_bytes=free,
+                )  # fmt: skip
+                log.info("GPU found: %s", self._result.name)
         except Exception as exc:  # noqa: BLE001 - a broken CUDA setup means no GPU, reported as such
             log.warning("GPU probe failed, training runs on the CPU: %s", exc)
         finally:
@@ -45,20 +49,29 @@ class GpuProbe:
             return None
         return "cuda" if self._result is not None else "cpu"
 
-    def report(self) -> dict[str, Any] | str | None:
+    def report(self) -> Gpu | Literal["probing"] | None:
         """The GPU, None when there is none, or ``"probing"`` while the probe still runs."""
         return self._result if self._done.is_set() else "probing"
 
 
-def machine_health(gpu: GpuProbe) -> dict[str, Any]:
-    """CPU count and load, memory (machine and agent), and the GPU."""
+def agent_health(runner: JobRunner, gpu: GpuProbe) -> Health:
+    """The agent's health: its TEE, the age of its latest attestation, the device, CPU, memory and GPU."""
+    latest = runner.latest_attestation
+    attestation = None
+    if latest is not None:
+        attestation = AttestationAge(
+            age_seconds=round(time.time() - latest.attested_at, 3), expires_at=latest.token.expires_at,
+            sequence=latest.sequence,
+        )  # fmt: skip
     memory = psutil.virtual_memory()
-    return {
-        "cpu": {"count": os.cpu_count(), "percent": psutil.cpu_percent(interval=None)},
-        "memory": {
-            "total_bytes": memory.total,
-            "available_bytes": memory.available,
-            "agent_rss_bytes": psutil.Process().memory_info().rss,
-        },
-        "gpu": gpu.report(),
-    }
+    return Health(
+        status="ok",
+        tee_type=runner.tee_type,
+        attestation=attestation,
+        device=runner.device or gpu.device(),
+        cpu=Cpu(count=os.cpu_count(), percent=psutil.cpu_percent(interval=None)),
+        memory=Memory(
+            total_bytes=memory.total, available_bytes=memory.available, agent_rss_bytes=psutil.Process().memory_info().rss
+        ),
+        gpu=gpu.report(),
+    )

@@ -7,29 +7,45 @@ and every job that had not finished is queued again; it re-attests (with a fresh
 sequence is in the record), obtains the key again, and the training side resumes from its newest
 checkpoint.
 
-States::
-
-    queued -> attesting -> releasing -> validating -> training -> sealing -> succeeded
-       \\-----------\\------------\\------------\\-----------\\---------> failed | cancelled
+A job's states and what the API shows of it are contracts with the Airflow layer
+(:mod:`securetrain.core.contracts.jobs`).
 """
 
 from __future__ import annotations
 
-import enum
 import io
-import json
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from securetrain.core.attestation.tokens import ValidatedToken
 from securetrain.core.audit.tee_log import TeeEventKind
+from securetrain.core.contracts.job_spec import CheckpointLocation, JobSpec
+from securetrain.core.contracts.jobs import (
+    EpochRecord,
+    JobError,
+    JobResult,
+    JobState,
+    JobStatus,
+    JobView,
+    KeyRelease,
+    Provenance,
+    TeeSignature,
+    Transition,
+)
+from securetrain.core.contracts.training import (
+    DataValidationFailed,
+    JobKeys,
+    ProgressSink,
+    TrainingCancelled,
+    TrainingResult,
+    TrainingSpec,
+)
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_provenance import DatasetDigest, model_statement, sign_statement
@@ -38,21 +54,12 @@ from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import read_header
 from securetrain.core.storage import BlobInfo, BlobStore
 from securetrain.tee.agent.exports import ExportRequest, export_model
+from securetrain.tee.agent.metrics import RunnerMetrics
 from securetrain.tee.agent.rewrap import RewrapRequest, run_rewrap
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.datasets import resolve_training
-from securetrain.core.job_spec import (
-    CheckpointLocation,
-    DataValidationFailed,
-    JobKeys,
-    JobSpec,
-    ProgressSink,
-    TrainingCancelled,
-    TrainingResult,
-    TrainingSpec,
-)
 from securetrain.tee.release import ReleasedKek
 
 log = logging.getLogger(__name__)
@@ -60,22 +67,6 @@ log = logging.getLogger(__name__)
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-class JobState(enum.StrEnum):
-    QUEUED = "queued"
-    ATTESTING = "attesting"
-    RELEASING = "releasing"
-    VALIDATING = "validating"
-    TRAINING = "training"
-    SEALING = "sealing"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
 class JobNotFound(SecuretrainError):
@@ -176,7 +167,7 @@ class _WitnessedStore:
 
 
 class TrainingFunction(Protocol):
-    """``securetrain.tee.training.run_training``'s signature (see securetrain.core.job_spec)."""
+    """``securetrain.tee.training.run_training``'s signature (see securetrain.core.contracts.training)."""
 
     def __call__(
         self,
@@ -196,70 +187,18 @@ class KeyReleaser(Protocol):
     def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek: ...
 
 
-@dataclass(frozen=True)
-class JobError:
-    """Why a job failed: the error's class name, its message, and whether a security check said no."""
+class JobRecord(JobStatus):
+    """What the agent knows about one job: its status, the whole spec (nonce included) and the next unused
+    attestation number (nonces are spent by the attestation service, never reused). Served, less the spec's
+    details, as :class:`JobView` on ``GET /v1/jobs/{id}``."""
 
-    code: str
-    message: str
-    security_violation: bool
-
-    @classmethod
-    def from_exception(cls, exc: BaseException) -> JobError:
-        if isinstance(exc, SecuretrainError):
-            return cls(type(exc).__name__, str(exc), exc.security_violation)
-        return cls("InternalError", f"{type(exc).__name__}: {exc}", False)
-
-
-@dataclass(frozen=True)
-class JobRecord:
-    """What the agent knows about one job; served (less the spec's details) on ``GET /v1/jobs/{id}``."""
-
-    job_id: str
-    run_id: str
-    spec: Mapping[str, Any]
-    state: JobState = JobState.QUEUED
-    epoch: int = 0
-    step: int = 0
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    last_checkpoint: str | None = None
-    validation: Mapping[str, Any] | None = None
-    # Per epoch: {"epoch", "step", and the epoch's metrics}; the training curve the run report plots.
-    history: list[Mapping[str, Any]] = field(default_factory=list)
-    # {"kek_id", "released_at"} once Key Vault released the KEK to this job's TEE key.
-    key_release: Mapping[str, Any] | None = None
-    # Every state the job entered, with its time: the job's events for the audit log.
-    transitions: list[Mapping[str, Any]] = field(default_factory=list)
-    # What the TEE witnessed, signed with its attested key (securetrain.core.audit.tee_log, securetrain.tee.agent.tee_events).
-    tee_log: Mapping[str, Any] | None = None
-    result: Mapping[str, Any] | None = None
-    error: JobError | None = None
-    cancel_requested: bool = False
-    # The next unused attestation number: nonces are spent by the attestation service, never reused.
+    spec: JobSpec
     attestation_sequence: int = 0
-    created_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
 
-    def to_json(self) -> dict[str, Any]:
-        document = asdict(self)
-        document["state"] = self.state.value
-        return document
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> JobRecord:
-        values = dict(document)
-        values["state"] = JobState(values["state"])
-        values["error"] = JobError(**values["error"]) if values.get("error") else None
-        return cls(**values)
-
-    def public_view(self) -> dict[str, Any]:
-        """The job as the API shows it: state and progress, the spec's run id and locations, no nonce."""
-        view = self.to_json()
-        del view["spec"], view["attestation_sequence"]
-        view["kek_id"] = self.spec["kek_id"]
-        view["output"] = self.spec["output"]
-        view["checkpoints"] = self.spec["checkpoints"]
-        return view
+    def view(self) -> JobView:
+        """The job as the API shows it: state and progress, the spec's run id, KEK and locations, no nonce."""
+        status = {name: getattr(self, name) for name in JobStatus.model_fields}
+        return JobView(**status, kek_id=self.spec.kek_id, output=self.spec.output, checkpoints=self.spec.checkpoints)
 
 
 class JobStore:
@@ -274,14 +213,14 @@ class JobStore:
 
     def save(self, record: JobRecord) -> None:
         with atomic_output(self._path(record.job_id)) as out:
-            out.write(json.dumps(record.to_json(), sort_keys=True).encode())
+            out.write(record.model_dump_json().encode())
 
     def load_all(self) -> list[JobRecord]:
         records = []
         for path in sorted(self._directory.glob("*.json")):
             try:
-                records.append(JobRecord.from_json(json.loads(path.read_text())))
-            except (ValueError, KeyError, TypeError) as exc:
+                records.append(JobRecord.model_validate_json(path.read_bytes()))
+            except ValueError as exc:  # not JSON, or not a job record (pydantic's ValidationError is a ValueError)
                 # A record we cannot read is left for an operator; it must not stop the agent.
                 log.error("ignoring unreadable job record %s: %s", path, exc)
         return sorted(records, key=lambda record: record.created_at)
@@ -311,11 +250,11 @@ class _JobProgress:
             "blob": f"{self._checkpoints.container}/{checkpoint_blob}",
             "sealed_sha256": self._witness.checkpoints[checkpoint_blob],
         })  # fmt: skip
-        history = [*self._runner.get(self._job_id).history, {"epoch": epoch, "step": step, **metrics}]
+        history = (*self._runner.get(self._job_id).history, EpochRecord(epoch=epoch, step=step, **metrics))
         self._runner._update(
             self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob, history=history
         )
-        self._runner.metrics.epochs_completed += 1
+        self._runner.metrics.epochs_completed.inc()
         failure = self._renewal_failure()
         if failure is not None:
             raise failure
@@ -337,14 +276,14 @@ class _JobRun:
     def attested(self, state: AttestationState) -> None:
         self._runner.latest_attestation = state
         self._runner.latest_attestation_job = self.job_id
-        self._runner.metrics.attestations += 1
+        self._runner.metrics.attestations.inc()
         # Persisted before the token is used: a restarted job must never reuse a spent nonce.
         self._runner._update(self.job_id, attestation_sequence=state.sequence + 1)
         if self.events is not None:
             self.events.attested(state.token, state.sequence)
 
     def renewal_failed(self, failure: ReattestationFailed) -> None:
-        self._runner.metrics.attestation_failures += 1
+        self._runner.metrics.attestation_failures.inc()
         self._renewal_failure = failure
         self.cancel.set()
 
@@ -367,17 +306,6 @@ class _JobRun:
         else:
             # The job keeps its state and resumes when the agent starts again.
             log.info("job %s interrupted by shutdown (%s); it resumes when the agent restarts", self.job_id, exc)
-
-
-@dataclass
-class RunnerMetrics:
-    """Counters for ``/metrics``; only the worker thread writes them."""
-
-    jobs_finished: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in JobState if s.finished})
-    epochs_completed: int = 0
-    attestations: int = 0
-    attestation_failures: int = 0
-    key_releases: int = 0
 
 
 class JobRunner:
@@ -446,7 +374,7 @@ class JobRunner:
     def attest_challenge(self, nonce: str) -> ValidatedToken:
         """Attest a throwaway key with a caller's ``nonce``: the TEE's answer to "prove what you are, now"."""
         token = self._attester.attest(TeeKey(), nonce)
-        self.metrics.attestations += 1
+        self.metrics.attestations.inc()
         return token
 
     def export_model(self, request: ExportRequest) -> bytes:
@@ -460,8 +388,8 @@ class JobRunner:
     def rewrap(self, request: RewrapRequest) -> dict[str, Any]:
         """KEK rotation's rewrap, inside the TEE (:mod:`securetrain.tee.agent.rewrap`); the TEE-signed answer."""
         answer = run_rewrap(request, self._attester, self._releaser, self._blob_store)
-        self.metrics.attestations += 1
-        self.metrics.key_releases += len(answer["statement"]["released_versions"])
+        self.metrics.attestations.inc()
+        self.metrics.key_releases.inc(len(answer["statement"]["released_versions"]))
         return answer
 
     def _enqueue(self, job_id: str) -> None:
@@ -470,20 +398,19 @@ class JobRunner:
 
     def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
         """Queue ``spec``; returns its record and whether it is new (False: this run id was submitted before)."""
-        document = spec.to_json()
         with self._lock:
             existing = self._records.get(spec.job_id)
             if existing is not None:
-                if dict(existing.spec) != document:
-                    changed = sorted(
-                        k for k in document.keys() | existing.spec.keys() if document.get(k) != existing.spec.get(k)
-                    )
+                if existing.spec != spec:
+                    document, recorded = spec.to_json(), existing.spec.to_json()
+                    changed = sorted(k for k in document.keys() | recorded.keys() if document.get(k) != recorded.get(k))
                     raise JobConflict(
                         f"run id {spec.run_id!r} was already submitted with another spec (differs in "
                         f"{', '.join(changed)}); a new run needs a new run id"
                     )
                 return existing, False
-            record = JobRecord(job_id=spec.job_id, run_id=spec.run_id, spec=document)
+            now = time.time()
+            record = JobRecord(job_id=spec.job_id, run_id=spec.run_id, spec=spec, created_at=now, updated_at=now)
             self._store.save(record)
             self._records[record.job_id] = record
             self._enqueue(record.job_id)
@@ -513,17 +440,17 @@ class JobRunner:
             if event is not None:
                 event.set()
             if record.state is JobState.QUEUED:
-                transitions = [*record.transitions, {"state": JobState.CANCELLED.value, "time": _now()}]
+                transitions = (*record.transitions, Transition(state=JobState.CANCELLED, time=_now()))
                 record = self._set(record, state=JobState.CANCELLED, cancel_requested=True, transitions=transitions)
-                self.metrics.jobs_finished[JobState.CANCELLED.value] += 1
+                self.metrics.jobs_finished.labels(JobState.CANCELLED.value).inc()
             else:
                 record = self._set(record, cancel_requested=True)
         log.info("job %s: cancel requested", job_id)
         return record
 
     def _set(self, record: JobRecord, **changes: Any) -> JobRecord:
-        """Replace and persist a record; the caller holds the lock."""
-        updated = replace(record, **changes, updated_at=time.time())
+        """Replace and persist a record (the changed fields validated); the caller holds the lock."""
+        updated = JobRecord.model_validate(dict(record) | changes | {"updated_at": time.time()})
         self._store.save(updated)
         self._records[updated.job_id] = updated
         return updated
@@ -532,7 +459,7 @@ class JobRunner:
         with self._lock:
             record = self._records[job_id]
             if "state" in changes:
-                changes["transitions"] = [*record.transitions, {"state": changes["state"].value, "time": _now()}]
+                changes["transitions"] = (*record.transitions, Transition(state=changes["state"], time=_now()))
             record = self._set(record, **changes)
         if "state" in changes:
             log.info("job %s: %s", job_id, record.state.value)
@@ -549,7 +476,7 @@ class JobRunner:
         run = _JobRun(self, record.job_id, self._cancel_events[record.job_id])
         session: AttestationSession | None = None
         try:
-            spec = JobSpec.from_json(record.spec)
+            spec = record.spec
             # Before any attestation or key: the TEE itself decides which blobs are this job's data.
             training = resolve_training(spec, self._blob_store, self.data_owners)
             self._update(run.job_id, state=JobState.ATTESTING)
@@ -565,14 +492,14 @@ class JobRunner:
             try:
                 token = session.attest().token
             except SecuretrainError:
-                self.metrics.attestation_failures += 1
+                self.metrics.attestation_failures.inc()
                 raise
             run.check_cancelled()
             self._update(run.job_id, state=JobState.RELEASING)
             keys = self._releaser.release(spec.kek_id, token, session.key)
-            self.metrics.key_releases += 1
+            self.metrics.key_releases.inc()
             run.events.record(TeeEventKind.KEY_RELEASED, {"kek_id": spec.kek_id})
-            self._update(run.job_id, key_release={"kek_id": spec.kek_id, "released_at": _now()})
+            self._update(run.job_id, key_release=KeyRelease(kek_id=spec.kek_id, released_at=_now()))
             session.start_renewal()
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)
@@ -603,7 +530,7 @@ class JobRunner:
     def _provenance(
         self, spec: JobSpec, result: TrainingResult, witness: _WitnessedStore, session: AttestationSession,
         events: TeeEvents,
-    ) -> dict[str, Any]:  # fmt: skip
+    ) -> Provenance:  # fmt: skip
         """The model statement signed with the job's TEE key, and the token that attests that key.
 
         The sealed model is the TEE log's final entry; the statement names the head that signs it, so the
@@ -623,24 +550,20 @@ class JobRunner:
             tee_log_head=events.head_reference(),
         )  # fmt: skip
         log.info("job %s: signed the model statement (sealed model sha256 %s)", spec.job_id, sealed_sha256)
-        return {
-            "statement": statement,
-            "tee_signature": sign_statement(session.key.private_key, statement),
-            "attestation_token": session.state.token.raw,
-        }
+        return Provenance(
+            statement=statement,
+            tee_signature=TeeSignature(**sign_statement(session.key.private_key, statement)),
+            attestation_token=session.state.token.raw,
+        )
 
-    def _result_view(self, result: TrainingResult, provenance: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            "model": {"container": result.model_blob.container, "blob": result.model_blob.blob},
-            "metrics": dict(result.metrics),
-            "device": result.device,
-            "tee_type": self.tee_type,
-            "epochs_completed": result.epochs_completed,
-            "steps_completed": result.steps_completed,
+    def _result_view(self, result: TrainingResult, provenance: Provenance) -> JobResult:
+        return JobResult(
+            model=result.model_blob, metrics=result.metrics, device=result.device, tee_type=self.tee_type,
+            epochs_completed=result.epochs_completed, steps_completed=result.steps_completed,
             # The TEE-signed model statement and the attestation token that carries the signing key.
-            "provenance": dict(provenance),
-        }
+            provenance=provenance,
+        )  # fmt: skip
 
     def _finish(self, job_id: str, state: JobState, **changes: Any) -> None:
         self._update(job_id, state=state, **changes)
-        self.metrics.jobs_finished[state.value] += 1
+        self.metrics.jobs_finished.labels(state.value).inc()

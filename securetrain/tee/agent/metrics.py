@@ -1,27 +1,57 @@
-"""``GET /metrics``: the agent's counters in the Prometheus text exposition format, via prometheus-client.
+"""``GET /metrics``: the agent's metrics in the Prometheus text exposition format, via prometheus-client.
 
-A custom collector reads the job runner's state at scrape time (nothing to keep in sync between the
-runner and a set of metric objects), and ``generate_latest`` writes the format, escaping included.
+Counters (:class:`RunnerMetrics`) are prometheus-client ``Counter`` objects in a registry of the runner's
+own: the job thread, the request threads and a scrape use them at once, and a ``Counter`` is safe for that.
+Everything else is read from the runner at scrape time by a collector (nothing to keep in sync), and
+``generate_latest`` writes the format, escaping included.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter as Tally
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import psutil
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, disable_created_metrics, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from securetrain.tee.agent.jobs import JobRunner, JobState
+from securetrain.core.contracts.jobs import JobState
+
+if TYPE_CHECKING:
+    from securetrain.tee.agent.jobs import JobRunner
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
+# The counters count since the agent started: a ``_created`` series beside each would only repeat its start
+# time, and would add series to the output monitors read.
+disable_created_metrics()
+
+
+class RunnerMetrics:
+    """The agent's counters since it started; increment them from any thread."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.jobs_finished = Counter(
+            "securetrain_agent_jobs_finished", "Jobs that ended since the agent started.", ["state"], registry=self.registry
+        )
+        for state in sorted(JobState.terminal()):
+            self.jobs_finished.labels(state.value)  # every end state is reported, 0 until a job ends in it
+        self.epochs_completed = Counter(
+            "securetrain_agent_epochs_completed", "Epochs completed (checkpoint sealed).", registry=self.registry
+        )
+        self.attestations = Counter("securetrain_agent_attestations", "Tokens obtained and validated.", registry=self.registry)
+        self.attestation_failures = Counter(
+            "securetrain_agent_attestation_failures", "Attestations that failed.", registry=self.registry
+        )
+        self.key_releases = Counter("securetrain_agent_key_releases", "KEKs released to this TEE.", registry=self.registry)
+
 
 class _RunnerCollector(Collector):
-    """The metrics of one agent, read from its runner when scraped."""
+    """The metrics of one agent: its counters, and its jobs and attestation read from its runner when scraped."""
 
     def __init__(self, runner: JobRunner) -> None:
         self._runner = runner
@@ -29,29 +59,15 @@ class _RunnerCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         runner = self._runner
         jobs = runner.jobs()
-        counters = runner.metrics
         info = GaugeMetricFamily("securetrain_agent_info", "The agent and the TEE it runs in.", labels=["tee_type"])
         info.add_metric([runner.tee_type], 1)
         yield info
-        by_state = Counter(job.state for job in jobs)
+        by_state = Tally(job.state for job in jobs)
         states = GaugeMetricFamily("securetrain_agent_jobs", "Jobs known to the agent, by state.", labels=["state"])
         for state in JobState:
             states.add_metric([state.value], by_state.get(state, 0))
         yield states
-        finished = CounterMetricFamily(
-            "securetrain_agent_jobs_finished", "Jobs that ended since the agent started.", labels=["state"]
-        )
-        for state, count in counters.jobs_finished.items():
-            finished.add_metric([state], count)
-        yield finished
-        yield CounterMetricFamily(
-            "securetrain_agent_epochs_completed", "Epochs completed (checkpoint sealed).", value=counters.epochs_completed
-        )
-        yield CounterMetricFamily("securetrain_agent_attestations", "Tokens obtained and validated.", value=counters.attestations)
-        yield CounterMetricFamily(
-            "securetrain_agent_attestation_failures", "Attestations that failed.", value=counters.attestation_failures
-        )
-        yield CounterMetricFamily("securetrain_agent_key_releases", "KEKs released to this TEE.", value=counters.key_releases)
+        yield from runner.metrics.registry.collect()
         running = [job for job in jobs if not job.state.finished and job.state is not JobState.QUEUED]
         epoch = GaugeMetricFamily("securetrain_agent_job_epoch", "Last completed epoch of the running job.", labels=["run_id"])
         step = GaugeMetricFamily(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from securetrain.core.job_spec import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec, _thawed
+from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
 from securetrain.tee.training.data import Blobs, DataLimits, load_dataset
 from securetrain.tee.training.loop import (
@@ -89,7 +89,7 @@ def run_training(
     progress.sealing_model()
     description = {
         "model": spec.model.name,
-        "params": _thawed(spec.model.params),
+        "params": spec.model.model_dump(mode="json")["params"],
         "features": list(data.feature_names),
         "feature_shape": list(trainee.shape.feature_shape),
         "num_classes": trainee.shape.num_classes,
@@ -99,4 +99,7 @@ def run_training(
         "metrics": dict(final.metrics),
     }
     seal_model(store, spec.output, spec.run_id, keys, trainee.model, description)
-    return TrainingResult(spec.output, dict(final.metrics), describe_device(device), final.epoch, final.step)
+    return TrainingResult(
+        model_blob=spec.output, metrics=dict(final.metrics), device=describe_device(device), epochs_completed=final.epoch,
+        steps_completed=final.step,
+    )  # fmt: skip

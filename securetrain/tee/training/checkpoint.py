@@ -46,7 +46,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
 from securetrain.core.storage import StorageError
-from securetrain.core.job_spec import BlobRef, CheckpointLocation, JobKeys
+from securetrain.core.contracts.job_spec import BlobRef, CheckpointLocation
+from securetrain.core.contracts.training import JobKeys
 from securetrain.tee.training.data import Blobs
 
 log = logging.getLogger(__name__)

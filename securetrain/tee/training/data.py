@@ -58,7 +58,8 @@ import torch
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import KekPrivateKey, SealedReader
 from securetrain.core.sealed.errors import SealedFileError
-from securetrain.core.job_spec import Columns, DatasetShard, TrainingSpec
+from securetrain.core.contracts.job_spec import Columns
+from securetrain.core.contracts.training import DatasetShard, TrainingSpec
 
 if TYPE_CHECKING:
     import pandas

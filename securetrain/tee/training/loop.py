@@ -36,7 +36,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from securetrain.core.job_spec import Hyperparameters, TrainingCancelled
+from securetrain.core.contracts.job_spec import Hyperparameters
+from securetrain.core.contracts.training import TrainingCancelled
 from securetrain.tee.training.checkpoint import Progress
 from securetrain.tee.training.data import TrainingData
 from securetrain.tee.training.models import DataShape, RegisteredModel, build_model

@@ -2,7 +2,7 @@
 
 The order is that of a relying party that trusts nothing it has not checked:
 
-1. the body parses (JSON, base64url, the fields MAA defines, sizes);
+1. the body parses (JSON, the fields MAA defines and their types: :mod:`.bodies`, canonical base64url, sizes);
 2. the report verifies: layout, VCEK → ASK → ARK chain to a root the policy trusts, signature
    (:func:`securetrain.core.snp.verifier.verify_report`);
 3. REPORT_DATA[0:32] is SHA-256 of the runtime data as sent: the TEE's statement is bound to the chip;
@@ -22,16 +22,22 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from securetrain.core.appraisal import Appraisal, AppraisalPolicy
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.json_input import JsonInputError, read_json_object
 from securetrain.core.snp.certs import CertificateChain
 from securetrain.core.snp.verifier import verify_report
+from securetrain.localstack.standins.attestation_service.bodies import (
+    AttestSevSnpVmRequest,
+    BodyInvalid,
+    MaaBody,
+    SnpReportEvidence,
+)
 
 MAX_BODY_BYTES = 64 << 10
-MAX_NONCE_LENGTH = 256
+Body = TypeVar("Body", bound=MaaBody)
 
 
 class EvidenceRefused(SecurityViolation):
@@ -42,9 +48,7 @@ class EvidenceRefused(SecurityViolation):
         self.code = code
 
 
-def _b64url(text: Any, field: str) -> bytes:
-    if not isinstance(text, str):
-        raise EvidenceRefused("InvalidParameter", f"{field} must be a base64url string")
+def _b64url(text: str, field: str) -> bytes:
     try:
         value = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
@@ -62,6 +66,13 @@ def _json_object(raw: bytes, field: str) -> dict[str, Any]:
         raise EvidenceRefused("InvalidParameter", str(exc)) from None
 
 
+def _parsed(body_type: type[Body], raw: bytes, field: str) -> Body:
+    try:
+        return body_type.parse(_json_object(raw, field))
+    except BodyInvalid as exc:
+        raise EvidenceRefused("InvalidParameter", f"{field}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class SnpEvidence:
     """A parsed ``/attest/SevSnpVm`` request."""
@@ -74,21 +85,20 @@ class SnpEvidence:
 
     @classmethod
     def from_body(cls, body: bytes) -> SnpEvidence:
-        request = _json_object(body, "request body")
-        evidence = _json_object(_b64url(request.get("report"), "report"), "report")
-        runtime_data = request.get("runtimeData")
-        if not isinstance(runtime_data, dict) or runtime_data.get("dataType") != "JSON":
+        request = _parsed(AttestSevSnpVmRequest, body, "request body")
+        if request.draft_policy_for_attestation is not None:
+            raise EvidenceRefused("InvalidParameter", "draftPolicyForAttestation is not supported by this service")
+        if request.runtime_data.data_type != "JSON":
+            # The nonce claim and the TEE's key come from the runtime data, so it must be JSON.
             raise EvidenceRefused("InvalidParameter", 'runtimeData must be {"data": ..., "dataType": "JSON"}')
-        data = _b64url(runtime_data.get("data"), "runtimeData.data")
-        nonce = request.get("nonce")
-        if nonce is not None and (not isinstance(nonce, str) or not 0 < len(nonce) <= MAX_NONCE_LENGTH):
-            raise EvidenceRefused("InvalidParameter", f"nonce must be a string of 1-{MAX_NONCE_LENGTH} characters")
+        evidence = _parsed(SnpReportEvidence, _b64url(request.report, "report"), "report")
+        data = _b64url(request.runtime_data.data, "runtimeData.data")
         return cls(
-            report=_b64url(evidence.get("SnpReport"), "report.SnpReport"),
-            vcek_chain_pem=_b64url(evidence.get("VcekCertChain"), "report.VcekCertChain"),
+            report=_b64url(evidence.snp_report, "report.SnpReport"),
+            vcek_chain_pem=_b64url(evidence.vcek_cert_chain, "report.VcekCertChain"),
             runtime_data=data,
             runtime=_json_object(data, "runtimeData.data"),
-            nonce=nonce,
+            nonce=request.nonce,
         )
 
 

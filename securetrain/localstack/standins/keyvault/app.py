@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
@@ -43,6 +43,16 @@ from securetrain.localstack.standins.keyvault.authz import (
     Caller,
     NotPermitted,
     Unauthenticated,
+)
+from securetrain.localstack.standins.keyvault.bodies import (
+    BodyInvalid,
+    KeyAttributes,
+    KeyCreateParameters,
+    KeyOperationsParameters,
+    KeyReleaseParameters,
+    KeyReleasePolicy,
+    KeyUpdateParameters,
+    KeyVaultBody,
 )
 from securetrain.localstack.standins.keyvault.release import KeyReleaser, ReleaseRefused, ReleaseSigner
 from securetrain.localstack.standins.keyvault.store import (
@@ -114,6 +124,9 @@ def _bad(message: str) -> VaultError:
     return VaultError(400, "BadParameter", message)
 
 
+Body = TypeVar("Body", bound=KeyVaultBody)
+
+
 @dataclass(frozen=True)
 class VaultConfig:
     """Where the vault keeps its keys and log, whom it trusts, and how it signs releases."""
@@ -140,9 +153,7 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def _unb64url(text: Any, field: str) -> bytes:
-    if not isinstance(text, str):
-        raise _bad(f"'{field}' must be a base64url string")
+def _unb64url(text: str, field: str) -> bytes:
     try:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except (ValueError, binascii.Error):
@@ -202,97 +213,67 @@ def _deleted_bundle(vault: str, key: StoredKey, recovery_level: str) -> dict[str
     }
 
 
-def _optional_int(value: Any, field: str) -> int | None:
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise _bad(f"'{field}' must be a Unix time in seconds")
-    return value
-
-
-def _parse_policy(document: Any) -> tuple[bytes, bool]:
+def _parse_policy(document: KeyReleasePolicy) -> tuple[bytes, bool]:
     """The canonical policy bytes and the immutable flag from a request's ``release_policy``."""
-    if not isinstance(document, dict):
-        raise _bad("'release_policy' must be an object with 'data' (base64url policy JSON)")
-    content_type = document.get("contentType") or POLICY_CONTENT_TYPE
-    if not isinstance(content_type, str) or content_type.replace(" ", "").lower() != POLICY_CONTENT_TYPE.replace(" ", ""):
+    content_type = document.content_type or POLICY_CONTENT_TYPE
+    if content_type.replace(" ", "").lower() != POLICY_CONTENT_TYPE.replace(" ", ""):
         raise _bad(f"release_policy contentType {content_type!r} is not supported (only {POLICY_CONTENT_TYPE})")
-    immutable = document.get("immutable", False)
-    if not isinstance(immutable, bool):
-        raise _bad("release_policy 'immutable' must be true or false")
     try:
-        policy = ReleasePolicy.parse(_unb64url(document.get("data"), "release_policy.data"))
+        policy = ReleasePolicy.parse(_unb64url(document.data, "release_policy.data"))
     except ReleasePolicyInvalid as exc:
         raise _bad(f"Invalid release policy: {exc}") from None
-    return policy.to_bytes(), immutable
+    return policy.to_bytes(), bool(document.immutable)
 
 
-def _key_ops(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(op in KEY_OPERATIONS for op in value):
+def _key_ops(value: list[str]) -> tuple[str, ...]:
+    if not all(op in KEY_OPERATIONS for op in value):
         raise _bad(f"'key_ops' must be a list of {', '.join(KEY_OPERATIONS)}")
     return tuple(value)
 
 
-def _tags(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-        raise _bad("'tags' must be an object of strings")
-    return value
-
-
-def _create_spec(body: Mapping[str, Any]) -> KeySpec:
-    kty = body.get("kty")
-    if kty not in KEY_TYPES:
-        raise _bad(f"The key type {kty!r} is not supported by this vault (supported: {', '.join(KEY_TYPES)})")
-    key_size = _integer(body.get("key_size") or 2048, "RSA key size", RSA_KEY_SIZES)
-    exponent = _integer(body.get("public_exponent") or 65537, "public exponent", (65537,))
-    attributes = body.get("attributes") or {}
-    if not isinstance(attributes, dict):
-        raise _bad("'attributes' must be an object")
-    enabled = attributes.get("enabled", True)
-    exportable = attributes.get("exportable", False)
-    if not isinstance(enabled, bool) or not isinstance(exportable, bool):
-        raise _bad("attributes 'enabled' and 'exportable' must be true or false")
-    policy, immutable = (None, False)
-    if body.get("release_policy") is not None:
-        policy, immutable = _parse_policy(body["release_policy"])
+def _create_spec(body: KeyCreateParameters) -> KeySpec:
+    if body.kty not in KEY_TYPES:
+        raise _bad(f"The key type {body.kty!r} is not supported by this vault (supported: {', '.join(KEY_TYPES)})")
+    key_size = _integer(body.key_size or 2048, "RSA key size", RSA_KEY_SIZES)
+    exponent = _integer(body.public_exponent or 65537, "public exponent", (65537,))
+    attributes = body.attributes or KeyAttributes()
+    exportable = bool(attributes.exportable)
+    policy, immutable = _parse_policy(body.release_policy) if body.release_policy is not None else (None, False)
     if exportable and policy is None:
         raise _bad("Exportable keys must have a release policy")
     return KeySpec(
-        kty=kty,
+        kty=body.kty,
         key_size=key_size,
         public_exponent=exponent,
-        key_ops=_key_ops(body["key_ops"]) if body.get("key_ops") is not None else DEFAULT_KEY_OPS,
-        enabled=enabled,
-        not_before=_optional_int(attributes.get("nbf"), "attributes.nbf"),
-        expires=_optional_int(attributes.get("exp"), "attributes.exp"),
+        key_ops=_key_ops(body.key_ops) if body.key_ops is not None else DEFAULT_KEY_OPS,
+        enabled=attributes.enabled is not False,
+        not_before=attributes.nbf,
+        expires=attributes.exp,
         exportable=exportable,
         release_policy=policy,
         policy_immutable=immutable,
-        tags=_tags(body["tags"]) if body.get("tags") is not None else {},
+        tags=body.tags or {},
     )
 
 
-def _updated(version: KeyVersion, body: Mapping[str, Any]) -> dict[str, Any]:
+def _updated(version: KeyVersion, body: KeyUpdateParameters) -> dict[str, Any]:
     """The changes an update body asks for, refusing what may not change."""
     changes: dict[str, Any] = {}
-    attributes = body.get("attributes") or {}
-    if not isinstance(attributes, dict):
-        raise _bad("'attributes' must be an object")
-    if "enabled" in attributes and attributes["enabled"] is not None:
-        if not isinstance(attributes["enabled"], bool):
-            raise _bad("attributes 'enabled' must be true or false")
-        changes["enabled"] = attributes["enabled"]
-    for field, name in (("nbf", "not_before"), ("exp", "expires")):
-        if attributes.get(field) is not None:
-            changes[name] = _optional_int(attributes[field], f"attributes.{field}")
-    if attributes.get("exportable") is not None and attributes["exportable"] != version.exportable:
+    attributes = body.attributes or KeyAttributes()
+    if attributes.enabled is not None:
+        changes["enabled"] = attributes.enabled
+    if attributes.nbf is not None:
+        changes["not_before"] = attributes.nbf
+    if attributes.exp is not None:
+        changes["expires"] = attributes.exp
+    if attributes.exportable is not None and attributes.exportable != version.exportable:
         raise _bad("'exportable' is fixed when a key is created and cannot be changed")
-    if body.get("key_ops") is not None:
-        changes["key_ops"] = _key_ops(body["key_ops"])
-    if body.get("tags") is not None:
-        changes["tags"] = _tags(body["tags"])
-    if body.get("release_policy") is not None:
-        policy, immutable = _parse_policy(body["release_policy"])
+    if body.key_ops is not None:
+        changes["key_ops"] = _key_ops(body.key_ops)
+    if body.tags is not None:
+        changes["tags"] = body.tags
+    if body.release_policy is not None:
+        policy, immutable = _parse_policy(body.release_policy)
         if version.policy_immutable and (policy != version.release_policy or not immutable):
             raise VaultError(
                 403, "Forbidden", f"the release policy of {version.name}/{version.version} is immutable and cannot be changed"
@@ -301,16 +282,16 @@ def _updated(version: KeyVersion, body: Mapping[str, Any]) -> dict[str, Any]:
     return changes
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _body(request: Request, body_type: type[Body]) -> Body:
+    """The request's body as ``body_type``: strict JSON (:mod:`securetrain.core.json_input`), then its shape."""
     try:
-        return read_json_object(await request.body(), max_bytes=MAX_BODY_BYTES, what="The request body")
-    except JsonInputError as exc:
+        return body_type.parse(read_json_object(await request.body(), max_bytes=MAX_BODY_BYTES, what="The request body"))
+    except (JsonInputError, BodyInvalid) as exc:
         raise _bad(str(exc)) from None
 
 
-def _integer(value: Any, field: str, allowed: tuple[int, ...]) -> int:
-    # Not ``value in allowed``: 2048.0 == 2048, and a float key size would fail deep in key generation.
-    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+def _integer(value: int, field: str, allowed: tuple[int, ...]) -> int:
+    if value not in allowed:
         raise _bad(f"{field} {value!r} is not supported (supported: {', '.join(map(str, allowed))})")
     return value
 
@@ -399,7 +380,7 @@ def create_app(config: VaultConfig) -> FastAPI:
     async def create_key(name: str, request: Request) -> JSONResponse:
         guard(request, Action.CREATE, name)
         check_name(name)
-        spec = _create_spec(await _json_body(request))
+        spec = _create_spec(await _body(request, KeyCreateParameters))
         existing = store.load(name)
         if existing is not None and existing.deleted_at is not None:
             raise VaultError(409, "Conflict", f"Key {name} is currently in a deleted but recoverable state, and its name "
@@ -460,7 +441,7 @@ def create_app(config: VaultConfig) -> FastAPI:
     async def update_key(name: str, version: str, request: Request) -> JSONResponse:
         guard(request, Action.UPDATE, name, version)
         current = key_version(name, version)
-        changes = _updated(current, await _json_body(request))
+        changes = _updated(current, await _body(request, KeyUpdateParameters))
         key = live_key(name)
         new = store.updated(current, **changes)
         store.save(StoredKey(name, tuple(new if v.version == current.version else v for v in key.versions)))
@@ -510,11 +491,11 @@ def create_app(config: VaultConfig) -> FastAPI:
         action, key_op, private = _CRYPTO_OPERATIONS[operation]
         guard(request, action, name, version)
         found = key_version(name, version)
-        body = await _json_body(request)
-        algorithm = body.get("alg")
-        if not isinstance(algorithm, str) or algorithm not in _OAEP:
+        body = await _body(request, KeyOperationsParameters)
+        algorithm = body.alg
+        if algorithm not in _OAEP:
             raise _bad(f"Algorithm {algorithm!r} is not supported for {key_op} (supported: {', '.join(_OAEP)})")
-        value = _unb64url(body.get("value"), "value")
+        value = _unb64url(body.value, "value")
         if key_op not in found.key_ops:
             raise VaultError(403, "Forbidden", f"Operation {key_op} is not permitted on key {name}/{found.version}")
         unusable = found.usable_now()
@@ -532,17 +513,12 @@ def create_app(config: VaultConfig) -> FastAPI:
     async def release_key(name: str, version: str, request: Request) -> JSONResponse:
         caller = guard(request, Action.RELEASE, name, version)
         found = key_version(name, version)
-        body = await _json_body(request)
-        target, nonce, enc = body.get("target"), body.get("nonce"), body.get("enc")
-        if not isinstance(target, str) or not target:
-            raise _bad("'target' (the attestation token) is required")
-        if not all(v is None or isinstance(v, str) for v in (nonce, enc)):
-            raise _bad("'nonce' and 'enc' must be strings")
+        body = await _body(request, KeyReleaseParameters)
         vault = vault_url(request)
         key_id = _key_id(vault, found)
         try:
             jws = releaser.release(
-                found, store.private_key_der(found), key_id, target=target, enc=enc, nonce=nonce,
+                found, store.private_key_der(found), key_id, target=body.target, enc=body.enc, nonce=body.nonce,
                 api_version=request.query_params["api-version"], key_bundle=_key_bundle(vault, found, recovery_level),
             )  # fmt: skip
         except ReleaseRefused as exc:

@@ -1,0 +1,143 @@
+"""The interface between the agent (attest, release keys, report progress) and the training side::
+
+    run_training(spec: TrainingSpec, keys: JobKeys, store: BlobStore,
+                 progress: ProgressSink, cancel: threading.Event) -> TrainingResult
+
+(``securetrain.tee.training.run_training``). Nothing here holds plaintext training data; :class:`JobKeys`
+holds the released KEK, so it is never persisted, logged or put into a response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import Field
+
+from securetrain.core.contracts.base import Contract, Frozen, Items
+from securetrain.core.contracts.job_spec import (
+    BlobName,
+    BlobRef,
+    CheckpointLocation,
+    Columns,
+    ContainerName,
+    Hyperparameters,
+    JobSpec,
+    JobSpecError,
+    ModelSpec,
+)
+from securetrain.core.errors import SecuretrainError
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey
+from securetrain.core.suite_policy import ExpectationSuite
+
+
+class DatasetShard(Contract):
+    """One sealed shard of training data and the seal context it must carry (both from the owner's manifest)."""
+
+    container: ContainerName
+    blob: BlobName
+    format: Literal["parquet", "safetensors", "arrow"]
+    context: Frozen[dict[str, str]]
+
+
+class TrainingSpec(Contract):
+    """Everything ``run_training`` needs besides keys and storage: a job's plan over its resolved shards.
+
+    The TEE builds it (:meth:`for_job`) once it has resolved the job's datasets into shards from the owners'
+    signed manifests. ``run_training`` resumes from the newest checkpoint under ``checkpoints`` that opens
+    and verifies, so calling it again for the same spec after a crash continues the run.
+    """
+
+    run_id: str
+    datasets: Items[DatasetShard]
+    columns: Columns
+    model: ModelSpec
+    hyperparameters: Hyperparameters
+    expectation_suite: ExpectationSuite | None
+    checkpoints: CheckpointLocation
+    output: BlobRef
+
+    @classmethod
+    def for_job(cls, spec: JobSpec, shards: Sequence[DatasetShard]) -> TrainingSpec:
+        """The training spec of ``spec`` over ``shards`` (resolved by the TEE from the signed manifests).
+
+        Raises:
+            JobSpecError: the shards mix formats, repeat, or the outputs would overwrite one.
+        """
+        formats = {shard.format for shard in shards}
+        if len(formats) != 1:
+            raise JobSpecError("datasets", f"the shards must have exactly one format, got {sorted(formats)}")
+        seen: set[tuple[str, str]] = set()
+        for shard in shards:
+            if (shard.container, shard.blob) in seen:
+                raise JobSpecError("datasets", f"shard {shard.container}/{shard.blob} is listed twice")
+            seen.add((shard.container, shard.blob))
+        output, checkpoints = spec.output, spec.checkpoints
+        if (output.container, output.blob) in seen:
+            raise JobSpecError("output.blob", "must not overwrite a dataset shard")
+        if any(s.container == checkpoints.container and s.blob.startswith(checkpoints.prefix) for s in shards):
+            raise JobSpecError("checkpoints.prefix", "must not hold a dataset shard")
+        return cls(
+            run_id=spec.run_id, datasets=tuple(shards), columns=spec.columns, model=spec.model,
+            hyperparameters=spec.hyperparameters, expectation_suite=spec.expectation_suite,
+            checkpoints=spec.checkpoints, output=spec.output,
+        )  # fmt: skip
+
+
+class TrainingResult(Contract):
+    """What a finished training run reports back: only sealed locations and aggregates, no data."""
+
+    model_blob: BlobRef
+    metrics: dict[str, float]
+    #: The device it trained on (``cuda: <name>`` or ``cpu``).
+    device: str
+    epochs_completed: Annotated[int, Field(ge=0)]
+    steps_completed: Annotated[int, Field(ge=0)]
+
+
+@dataclass(frozen=True, repr=False)
+class JobKeys:
+    """The released KEK of one job: the private half opens datasets, the public half seals outputs."""
+
+    kek_private: KekPrivateKey
+    kek_public: KekPublicKey
+
+    @classmethod
+    def from_released(cls, kek_private: KekPrivateKey, kek_id: str) -> JobKeys:
+        """Keys for a KEK released under ``kek_id`` (the versioned key URL the outputs will name)."""
+        return cls(kek_private, KekPublicKey(kek_id, kek_private.private_key.public_key()))
+
+    def __repr__(self) -> str:
+        # Never print key material, even by accident in a log line or traceback.
+        return f"JobKeys(kek_id={self.kek_public.kek_id!r}, thumbprint={self.kek_public.thumbprint[:16]}…)"
+
+
+class DataValidationFailed(SecuretrainError):
+    """The expectation suite failed on the decrypted data; ``aggregates`` say which expectations and how."""
+
+    def __init__(self, message: str, aggregates: Mapping[str, Any]) -> None:
+        super().__init__(message)
+        self.aggregates = aggregates
+
+
+class TrainingCancelled(SecuretrainError):
+    """``run_training`` stopped at a safe point because its cancel event was set."""
+
+
+class ProgressSink(Protocol):
+    """How the training side reports progress to the agent (which serves it on ``GET /v1/jobs/{id}``).
+
+    Calls come from the training thread; an implementation must be quick and must not raise except to
+    stop the job (the agent raises from ``epoch_done`` when re-attestation failed).
+    """
+
+    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        """The expectation suite passed (or there was none); ``aggregates`` are its aggregate results only."""
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        """Epoch ``epoch`` (1-based) finished at global ``step`` and its sealed checkpoint is uploaded."""
+
+    def sealing_model(self) -> None:
+        """Training is over; the final model is being sealed and uploaded."""
+
