@@ -9,45 +9,25 @@ the wrong shape is ``400 InvalidParameter`` naming the field. Properties the sta
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from securetrain.core.contracts.base import first_error
+from securetrain.localstack.standins.request_body import RequestBody
 
 MAX_NONCE_LENGTH = 256
 
 
-class BodyInvalid(ValueError):
-    """A body is not of its documented shape; ``field`` is the dotted path of what is wrong."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"{field}: {reason}")
-        self.field = field
 
 
-class MaaBody(BaseModel):
-    """A JSON object of the attestation API: frozen, strict types, unused properties ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
-
-    @classmethod
-    def parse(cls, document: Any) -> Self:
-        """``document`` (a decoded JSON object) as this body; :class:`BodyInvalid` naming the field if not."""
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            raise BodyInvalid(*first_error(exc)) from None
-
-
-class RuntimeData(MaaBody):
+class RuntimeData(RequestBody):
     """Data the TEE binds into its report (REPORT_DATA holds its SHA-256), and how to read it."""
 
     data: str
     data_type: Literal["JSON", "Binary"] = Field(alias="dataType")
 
 
-class AttestSevSnpVmRequest(MaaBody):
+class AttestSevSnpVmRequest(RequestBody):
     report: str
     runtime_data: RuntimeData = Field(alias="runtimeData")
     nonce: Annotated[str, Field(min_length=1, max_length=MAX_NONCE_LENGTH)] | None = None
@@ -55,7 +35,7 @@ class AttestSevSnpVmRequest(MaaBody):
     draft_policy_for_attestation: str | None = Field(default=None, alias="draftPolicyForAttestation")
 
 
-class SnpReportEvidence(MaaBody):
+class SnpReportEvidence(RequestBody):
     """The JSON inside ``report``: the SNP report and the VCEK → ASK → ARK chain, each base64url."""
 
     snp_report: str = Field(alias="SnpReport")

@@ -29,15 +29,11 @@ from securetrain.core.errors import SecurityViolation
 from securetrain.core.json_input import JsonInputError, read_json_object
 from securetrain.core.snp.certs import CertificateChain
 from securetrain.core.snp.verifier import verify_report
-from securetrain.localstack.standins.attestation_service.bodies import (
-    AttestSevSnpVmRequest,
-    BodyInvalid,
-    MaaBody,
-    SnpReportEvidence,
-)
+from securetrain.localstack.standins.attestation_service.bodies import AttestSevSnpVmRequest, SnpReportEvidence
+from securetrain.localstack.standins.request_body import BodyInvalid, RequestBody
 
 MAX_BODY_BYTES = 64 << 10
-Body = TypeVar("Body", bound=MaaBody)
+Body = TypeVar("Body", bound=RequestBody)
 
 
 class EvidenceRefused(SecurityViolation):
@@ -70,7 +66,7 @@ def _parsed(body_type: type[Body], raw: bytes, field: str) -> Body:
     try:
         return body_type.parse(_json_object(raw, field))
     except BodyInvalid as exc:
-        raise EvidenceRefused("InvalidParameter", f"{field}: {exc}") from None
+        raise EvidenceRefused("InvalidParameter", f"{field}: {exc.field}: {exc.reason}") from None
 
 
 @dataclass(frozen=True)

@@ -45,15 +45,14 @@ from securetrain.localstack.standins.keyvault.authz import (
     Unauthenticated,
 )
 from securetrain.localstack.standins.keyvault.bodies import (
-    BodyInvalid,
     KeyAttributes,
     KeyCreateParameters,
     KeyOperationsParameters,
     KeyReleaseParameters,
     KeyReleasePolicy,
     KeyUpdateParameters,
-    KeyVaultBody,
 )
+from securetrain.localstack.standins.request_body import BodyInvalid, RequestBody
 from securetrain.localstack.standins.keyvault.release import KeyReleaser, ReleaseRefused, ReleaseSigner
 from securetrain.localstack.standins.keyvault.store import (
     KEY_NAME,
@@ -124,7 +123,7 @@ def _bad(message: str) -> VaultError:
     return VaultError(400, "BadParameter", message)
 
 
-Body = TypeVar("Body", bound=KeyVaultBody)
+Body = TypeVar("Body", bound=RequestBody)
 
 
 @dataclass(frozen=True)

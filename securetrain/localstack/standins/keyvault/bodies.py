@@ -11,36 +11,16 @@ API defines (elliptic-curve key types, say) the app refuses by name.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Self
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from securetrain.core.contracts.base import first_error
-
-
-class KeyVaultBody(BaseModel):
-    """A request body of the keys API: frozen, strict types, undefined properties ignored."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore", strict=True)
-
-    @classmethod
-    def parse(cls, document: Any) -> Self:
-        """``document`` (a decoded JSON object) as this body; :class:`BodyInvalid` naming the field if not."""
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            raise BodyInvalid(*first_error(exc)) from None
+from securetrain.localstack.standins.request_body import RequestBody
 
 
-class BodyInvalid(ValueError):
-    """A body is not of its documented shape; ``field`` is the dotted path of what is wrong."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"'{field}': {reason}")
-        self.field = field
 
 
-class KeyAttributes(KeyVaultBody):
+class KeyAttributes(RequestBody):
     """``KeyAttributes``: the settable ones. ``nbf``/``exp`` are Unix times in seconds."""
 
     enabled: bool | None = None
@@ -49,7 +29,7 @@ class KeyAttributes(KeyVaultBody):
     exportable: bool | None = None
 
 
-class KeyReleasePolicy(KeyVaultBody):
+class KeyReleasePolicy(RequestBody):
     """``KeyReleasePolicy``: the policy document (base64url ``data``), its content type, and immutability."""
 
     content_type: str | None = Field(default=None, alias="contentType")
@@ -57,7 +37,7 @@ class KeyReleasePolicy(KeyVaultBody):
     data: str
 
 
-class KeyCreateParameters(KeyVaultBody):
+class KeyCreateParameters(RequestBody):
     """``POST /keys/{name}/create``."""
 
     kty: str
@@ -70,7 +50,7 @@ class KeyCreateParameters(KeyVaultBody):
     release_policy: KeyReleasePolicy | None = None
 
 
-class KeyUpdateParameters(KeyVaultBody):
+class KeyUpdateParameters(RequestBody):
     """``PATCH /keys/{name}/{version}``."""
 
     key_ops: list[str] | None = None
@@ -79,7 +59,7 @@ class KeyUpdateParameters(KeyVaultBody):
     release_policy: KeyReleasePolicy | None = None
 
 
-class KeyOperationsParameters(KeyVaultBody):
+class KeyOperationsParameters(RequestBody):
     """``POST /keys/{name}/{version}/encrypt|decrypt|wrapkey|unwrapkey``: algorithm and base64url value.
 
     ``iv``, ``aad`` and ``tag`` are for the symmetric algorithms of Managed HSM; the stand-in holds RSA keys.
@@ -92,7 +72,7 @@ class KeyOperationsParameters(KeyVaultBody):
     tag: str | None = None
 
 
-class KeyReleaseParameters(KeyVaultBody):
+class KeyReleaseParameters(RequestBody):
     """``POST /keys/{name}/{version}/release``: the attestation token, and optionally a nonce and ``enc``."""
 
     target: Annotated[str, Field(min_length=1)]
