@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ logger = logging.getLogger(__name__)
 WEBHOOK_CONN_ID = "securetrain_alerts_webhook"
 #: Seconds to connect and to wait for the response, per attempt.
 WEBHOOK_TIMEOUT_S = 5.0
-#: Attempts per alert; between them 0.5 s, 1 s, ... (only connection errors and 5xx answers are retried).
+#: Attempts per alert; between them none, then 2 s, 4 s ... (only connection errors and 502/503/504 are retried).
 WEBHOOK_ATTEMPTS = 3
 
 
@@ -92,8 +91,8 @@ class WebhookNotifier(AlertNotifier):
 
     The URL is ``url``, or the host of connection ``conn_id``; the CA bundle is ``ca_bundle``, or the
     connection's ``ca_bundle`` extra, or the system's trust store. Plain http is refused: alerts name
-    runs, identities and keys. Each attempt is bounded by :data:`WEBHOOK_TIMEOUT_S`; connection errors and
-    5xx answers are retried up to :data:`WEBHOOK_ATTEMPTS` attempts in all; other answers are not.
+    runs, identities and keys. Each attempt is bounded by :data:`WEBHOOK_TIMEOUT_S`; :mod:`securetrain.core.http`
+    retries connection errors and 502/503/504, :data:`WEBHOOK_ATTEMPTS` attempts in all, nothing else.
     """
 
     def __init__(
@@ -137,6 +136,8 @@ class WebhookNotifier(AlertNotifier):
     def send(self, alert: Alert) -> bool:
         import requests  # noqa: PLC0415 - keeps DAG parsing light
 
+        from securetrain.core.http import RETRY_STATUSES, HttpsSession  # noqa: PLC0415 - as requests
+
         try:
             url, ca_bundle, token = self._target()
         except WebhookNotConfigured as exc:
@@ -147,29 +148,22 @@ class WebhookNotifier(AlertNotifier):
         if token:
             headers["Authorization"] = f"Bearer {token}"
         body = json.dumps({"source": "securetrain", "alert": alert.to_json()}, sort_keys=True).encode()
-        verify: str | bool = str(ca_bundle) if ca_bundle is not None else True
-        for attempt in range(1, self.attempts + 1):
-            try:
-                response = requests.post(url, data=body, headers=headers, timeout=self.timeout_s, verify=verify,
-                                         allow_redirects=False)  # fmt: skip
-            except requests.exceptions.SSLError as exc:
-                # The server's certificate is not trusted: retrying cannot fix that.
-                logger.error("alert %s not sent: TLS verification of %s failed: %s", alert.category, url, exc)
+        try:
+            with HttpsSession(str(ca_bundle) if ca_bundle else True, retries=self.attempts - 1) as session:
+                response = session.post(url, data=body, headers=headers, timeout=self.timeout_s, allow_redirects=False)
+        except requests.exceptions.SSLError as exc:
+            logger.error("alert %s not sent: TLS verification of %s failed: %s", alert.category, url, exc)
+            return False
+        except requests.RequestException as exc:
+            outcome = f"{type(exc).__name__}: {exc}"
+        else:
+            if 200 <= response.status_code < 300:
+                logger.info("alert %s sent to %s (HTTP %d)", alert.category, url, response.status_code)
+                return True
+            outcome = f"HTTP {response.status_code}"
+            if response.status_code not in RETRY_STATUSES:
+                logger.error("alert %s refused by %s: %s", alert.category, url, outcome)
                 return False
-            except requests.RequestException as exc:
-                outcome = f"{type(exc).__name__}: {exc}"
-            else:
-                if 200 <= response.status_code < 300:
-                    logger.info("alert %s sent to %s (HTTP %d)", alert.category, url, response.status_code)
-                    return True
-                outcome = f"HTTP {response.status_code}"
-                if response.status_code < 500:
-                    logger.error("alert %s refused by %s: %s", alert.category, url, outcome)
-                    return False
-            if attempt < self.attempts:
-                logger.warning("alert %s to %s: %s; retrying (attempt %d of %d)", alert.category, url, outcome,
-                               attempt, self.attempts)  # fmt: skip
-                time.sleep(0.5 * 2 ** (attempt - 1))
         logger.error("alert %s not sent to %s after %d attempts: %s", alert.category, url, self.attempts, outcome)
         return False
 

@@ -1,8 +1,8 @@
 """A client of the trainer agent's API over mutual TLS (the Airflow hook wraps it).
 
-Transient faults (connection refused or reset, 502/503/504) are retried a bounded number of times with
-exponential backoff; every request may be repeated safely: a submit names its run id, and the agent
-answers a repeated one with the existing job. A TLS verification failure is never retried.
+Requests follow the project's HTTP policy (:mod:`securetrain.core.http`): transient faults are retried a
+bounded number of times, a TLS failure never. Every request may be repeated safely, even one whose answer
+was lost: a submit names its run id, and the agent answers a repeated one with the existing job.
 
 Answers are read into the contracts of :mod:`securetrain.core.contracts` (``JobView``, ``Health``, ...); an
 answer that does not match its contract is :class:`CvmAnswerInvalid`.
@@ -17,20 +17,16 @@ from typing import Any, TypeVar
 
 import requests
 from pydantic import BaseModel, ValidationError
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import SSLError
-from urllib3.util.retry import Retry
 
 from securetrain.core.contracts.attestation import Attestation, LatestAttestation
 from securetrain.core.contracts.health import Health
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.jobs import JobList, JobView
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.core.http import RETRIES, HttpsSession
 
 log = logging.getLogger(__name__)
 
-_RETRIES = 4
-_BACKOFF_S = 0.5
 Answer = TypeVar("Answer", bound=BaseModel)
 
 
@@ -79,13 +75,6 @@ class CvmTlsError(SecurityViolation):
     """The agent's TLS certificate did not verify, or the agent refused ours."""
 
 
-class _RetryExceptTls(Retry):
-    def increment(self, *args: Any, **kwargs: Any) -> Retry:
-        if isinstance(kwargs.get("error"), SSLError):
-            raise kwargs["error"]
-        return super().increment(*args, **kwargs)
-
-
 _ERRORS_BY_STATUS: dict[int, type[CvmError]] = {
     403: CvmAccessDenied,
     404: CvmJobNotFound,
@@ -98,18 +87,10 @@ class CvmClient:
     """The agent at ``endpoint``, called with the client certificate ``cert``/``key`` (PEM files)."""
 
     def __init__(self, endpoint: str, *, cert: Path, key: Path, ca_bundle: Path | None, timeout: float = 30.0) -> None:
-        if not endpoint.startswith("https://"):
-            raise ConfigurationError(f"the agent endpoint {endpoint!r} is not https")
         self.endpoint = endpoint.rstrip("/")
         self._cert = (str(cert), str(key))
-        self._verify: str | bool = str(ca_bundle) if ca_bundle else True
         self._timeout = timeout
-        self._session = requests.Session()
-        retry = _RetryExceptTls(
-            total=_RETRIES, connect=_RETRIES, read=_RETRIES, status=_RETRIES, backoff_factor=_BACKOFF_S,
-            status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False,
-        )  # fmt: skip
-        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+        self._session = HttpsSession(str(ca_bundle) if ca_bundle else True)
 
     def close(self) -> None:
         self._session.close()
@@ -125,14 +106,12 @@ class CvmClient:
     ) -> requests.Response:
         url = f"{self.endpoint}{path}"
         try:
-            response = self._session.request(
-                method, url, json=body, cert=self._cert, verify=self._verify, timeout=timeout or self._timeout
-            )
+            response = self._session.request(method, url, json=body, cert=self._cert, timeout=timeout or self._timeout)
         except requests.exceptions.SSLError as exc:
             raise CvmTlsError(f"TLS with the agent at {url} failed: {exc}") from None
         except requests.RequestException as exc:
             raise CvmUnreachable(
-                f"cannot reach the agent at {url} after {_RETRIES} retries: {exc} (a connection closed without "
+                f"cannot reach the agent at {url} after {RETRIES} retries: {exc} (a connection closed without "
                 "an answer may also mean that the agent refused this client certificate)"
             ) from None
         if response.status_code < 400:

@@ -1,10 +1,11 @@
 """Key Vault clients for the project: one place that builds ``KeyClient`` / ``CryptographyClient``.
 
 Pass an ``azure.identity`` credential and the CA bundle to trust (None: the system's store), or build the
-client from a process's settings (:func:`key_client_from_settings`). The SDK checks that the resource a vault's 401
-challenge names (``https://vault.azure.net``) belongs to the vault's host; a vault addressed by a loopback
-address (the local stack's) cannot pass that check, so it is off for loopback vaults and only for them
-(:func:`challenge_resource_verified`).
+client from a process's settings (:func:`key_client_from_settings`); either follows the project's HTTP policy
+(:mod:`securetrain.core.http`), and :data:`KEY_VAULT_ERRORS` reads the SDK's errors. The SDK checks that the
+resource a vault's 401 challenge names (``https://vault.azure.net``) belongs to the vault's host; a vault
+addressed by a loopback address (the local stack's) cannot pass that check, so it is off for loopback vaults
+and only for them (:func:`challenge_resource_verified`).
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ from urllib.parse import urlsplit
 
 from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+from azure.core.exceptions import ResourceModifiedError
 from azure.keyvault.keys import KeyClient, KeyReleasePolicy, KeyVaultKey, KeyVaultKeyIdentifier
 from azure.keyvault.keys.crypto import CryptographyClient
 from azure.storage.blob import BlobClient
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.core.http import AzureErrors, azure_client_options
 from securetrain.core.release_policy import ReleasePolicy, policy_matches
 from securetrain.core.sealed import KekPublicKey, SealedHeader
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import KeyWrap, read_header
 from securetrain.core.sealed.kek import WRAP_ALGORITHM
 from securetrain.core.settings import ServiceSettings
+from securetrain.core.storage import STORAGE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -64,24 +67,16 @@ def challenge_resource_verified(url: str) -> bool:
 
 def key_client(vault_url: str, credential: TokenCredential, *, ca_bundle: str | os.PathLike[str] | None = None) -> KeyClient:
     """A ``KeyClient`` for ``vault_url``, verifying TLS against ``ca_bundle`` (None: the system store)."""
-    return KeyClient(
-        vault_url,
-        credential,
-        connection_verify=str(ca_bundle) if ca_bundle is not None else True,
-        verify_challenge_resource=challenge_resource_verified(vault_url),
-    )
+    return KeyClient(vault_url, credential, verify_challenge_resource=challenge_resource_verified(vault_url),
+                     **azure_client_options(ca_bundle))  # fmt: skip
 
 
 def cryptography_client(
     key_id: str, credential: TokenCredential, *, ca_bundle: str | os.PathLike[str] | None = None
 ) -> CryptographyClient:
     """A ``CryptographyClient`` for the versioned ``key_id``, verifying TLS as :func:`key_client`."""
-    return CryptographyClient(
-        key_id,
-        credential,
-        connection_verify=str(ca_bundle) if ca_bundle is not None else True,
-        verify_challenge_resource=challenge_resource_verified(key_id),
-    )
+    return CryptographyClient(key_id, credential, verify_challenge_resource=challenge_resource_verified(key_id),
+                              **azure_client_options(ca_bundle))  # fmt: skip
 
 
 def key_client_from_settings(settings: ServiceSettings, vault_url: str | None = None) -> KeyClient:
@@ -115,6 +110,10 @@ class KekNotProvisioned(ConfigurationError):
 
 class KeyVaultAccessDenied(SecurityViolation):
     """Key Vault refused the identity an operation (401/403): its role does not allow it."""
+
+
+#: Key Vault's errors: a refusal is :class:`KeyVaultAccessDenied`; the rest as :class:`AzureErrors` reads them.
+KEY_VAULT_ERRORS = AzureErrors("Key Vault", KeyVaultAccessDenied, when_denied="the identity's role does not allow it")
 
 
 def _release_policy(approved: ReleasePolicy) -> KeyReleasePolicy:
@@ -200,10 +199,6 @@ _HEADER_READ_BYTES = 1024 * 1024  # a sealed header is a few hundred bytes; its 
 
 #: Turns a header's key wrap into the data key it wraps (in the TEE: with the released KEK version).
 Unwrap = Callable[[KeyWrap], bytes]
-
-
-class RotationError(SecuretrainError):
-    """A blob could not be rewrapped; the message names it and why."""
 
 
 class VersionUnavailable(SecuretrainError):
@@ -292,22 +287,21 @@ def rewrap_blobs(blobs: Iterable[tuple[str, BlobClient]], new_kek: KekPublicKey,
     report = RotationReport(new_kek.kek_id)
     outcomes = {"rewrapped": report.rewrapped, "current": report.already_current, "other-kek": report.not_this_kek}
     for name, blob in blobs:
-        try:
-            outcome = rewrap_blob(blob, new_kek, unwrap)
-        except ResourceModifiedError:
-            log.warning("%s changed while it was rewrapped: left as it is; run the rotation again", name)
-            report.changed_meanwhile.append(name)
-            continue
-        except SealedFileError as exc:
-            log.error("%s refused: %s", name, exc)
-            report.refused[name] = str(exc)
-            continue
-        except VersionUnavailable as exc:
-            log.warning("%s left as it is: %s", name, exc)
-            report.unreleasable[name] = str(exc)
-            continue
-        except HttpResponseError as exc:
-            raise RotationError(f"rewrapping {name} failed: {exc.message}") from None
+        with STORAGE_ERRORS.translated("rewrap", f"blob {name}"):
+            try:
+                outcome = rewrap_blob(blob, new_kek, unwrap)
+            except ResourceModifiedError:
+                log.warning("%s changed while it was rewrapped: left as it is; run the rotation again", name)
+                report.changed_meanwhile.append(name)
+                continue
+            except SealedFileError as exc:
+                log.error("%s refused: %s", name, exc)
+                report.refused[name] = str(exc)
+                continue
+            except VersionUnavailable as exc:
+                log.warning("%s left as it is: %s", name, exc)
+                report.unreleasable[name] = str(exc)
+                continue
         outcomes[outcome].append(name)
         if outcome == "rewrapped":
             log.info("rewrapped %s to %s", name, new_kek.kek_id)

@@ -30,7 +30,7 @@ from securetrain.core.release_policy import ReleasePolicy, evaluate
 from securetrain.core.sealed import KekPublicKey, SealedHeader
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import MAGIC, read_header
-from securetrain.core.storage import BlobStore, ContainerNotFound
+from securetrain.core.storage import STORAGE_ERRORS, BlobStore, ContainerNotFound
 
 if TYPE_CHECKING:  # the TEE imports this module too, and never calls itself
     from securetrain.core.cvm_client import CvmClient
@@ -70,7 +70,9 @@ def sealed_blobs(store: BlobStore, containers: Iterable[str]) -> Iterator[tuple[
             continue
         for name in names:
             blob = client.get_blob_client(name)
-            if blob.download_blob(offset=0, length=len(MAGIC)).readall() == MAGIC:
+            with STORAGE_ERRORS.translated("read the start of", f"blob {container}/{name}"):
+                head = blob.download_blob(offset=0, length=len(MAGIC)).readall()
+            if head == MAGIC:
                 yield f"{container}/{name}", blob
 
 
@@ -146,8 +148,9 @@ def verify_rewrap_answer(
 
 
 def _header(name: str, blob: BlobClient) -> SealedHeader:
-    size = blob.get_blob_properties().size
-    head = blob.download_blob(offset=0, length=min(size, _HEADER_READ_BYTES)).readall()
+    with STORAGE_ERRORS.translated("read the header of", f"blob {name}"):
+        size = blob.get_blob_properties().size
+        head = blob.download_blob(offset=0, length=min(size, _HEADER_READ_BYTES)).readall()
     try:
         header = read_header(io.BytesIO(head))
     except SealedFileError as exc:

@@ -7,18 +7,15 @@ and never looks inside them. What it adds to the SDK:
 * **Streaming, bounded memory.** Uploads above :data:`SINGLE_PUT_LIMIT` go as blocks of
   :data:`BLOCK_SIZE`, read from the source stream one block at a time; downloads fetch
   :data:`DOWNLOAD_CHUNK_SIZE` per request. Memory stays near ``MAX_CONCURRENCY`` blocks whatever the size.
-* **Bounded retries.** The SDK's exponential retry policy with :data:`RETRY_TOTAL` retries (so at most
-  four attempts per request) waiting about 3, 5 and 9 s (±1 s jitter) in between, plus connect and read
-  timeouts (:data:`CONNECTION_TIMEOUT_S`, :data:`READ_TIMEOUT_S`). The SDK's default waits 18, 24 and
-  42 s: longer than an Airflow task should hang on a dead endpoint when the task itself is retried. A
-  failed TLS verification is never retried: it is a security check saying no.
-* **TLS verified against an explicit CA bundle** when one is given (the local stack's CA), else the
-  system's. There is no way to switch verification off.
+* **The project's HTTP policy** (:mod:`securetrain.core.http`): verified TLS, bounded retries (the SDK's
+  default waits 18, 24 and 42 s: longer than an Airflow task should hang on a dead endpoint when the task
+  itself is retried), a TLS failure never retried, connect and read timeouts.
 * **Errors that say what failed and what to do**, as :class:`StorageError` subclasses, instead of the
   SDK's generic ones.
 
 Build it from a process's settings with :meth:`BlobStore.from_settings` (the account URL, the CA bundle
-if any, and the process's azure-identity credential), or from an account URL and any credential.
+if any, and the process's azure-identity credential), from an account URL and any credential, or with
+:meth:`BlobStore.for_client` from an SDK client someone else configured (the Azure provider's hook).
 """
 
 from __future__ import annotations
@@ -27,7 +24,6 @@ import contextlib
 import datetime
 import io
 import logging
-import ssl
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,25 +31,17 @@ from types import TracebackType
 from typing import Any, BinaryIO
 from urllib.parse import urlparse
 
-from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-    ServiceRequestError,
-    ServiceResponseError,
-)
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import (
     BlobProperties,
     BlobServiceClient,
     ContainerClient,
-    ExponentialRetry,
+    StorageErrorCode,
     StorageStreamDownloader,
 )
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
+from securetrain.core.http import AzureErrors, StorageRetry, azure_client_options
 from securetrain.core.settings import ServiceSettings
 
 logger = logging.getLogger(__name__)
@@ -67,10 +55,6 @@ BLOCK_SIZE = 4 * MiB
 DOWNLOAD_CHUNK_SIZE = 4 * MiB
 #: Blocks or chunks in flight at once per transfer; memory use is about this many blocks.
 MAX_CONCURRENCY = 2
-#: Retries after the first attempt of a request.
-RETRY_TOTAL = 3
-CONNECTION_TIMEOUT_S = 10
-READ_TIMEOUT_S = 60
 
 
 class StorageError(SecuretrainError):
@@ -113,6 +97,12 @@ class StorageRequestFailed(StorageError):
     """The storage service answered with an error not covered by a more specific class."""
 
 
+#: Blob storage's errors as :class:`StorageError` subclasses, for whoever calls the SDK's clients directly.
+STORAGE_ERRORS = AzureErrors("storage", StorageAccessDenied, tls=StorageTlsError, failed=StorageRequestFailed,
+                             not_found=BlobNotFound, unreachable=StorageUnreachable,
+                             when_denied="check the account key, or that the identity has a Storage Blob Data role")
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     """What storage says about a blob."""
@@ -137,40 +127,6 @@ class BlobInfo:
             etag=properties.etag,
             last_modified=properties.last_modified,
         )
-
-
-def _tls_failure(error: BaseException) -> ssl.SSLError | None:
-    """The ``ssl.SSLError`` behind an SDK error, if a TLS handshake or verification caused it.
-
-    azure-core wraps the transport's exception (requests wraps urllib3's, which wraps ssl's) through
-    ``inner_exception``, ``__cause__``, ``__context__`` and ``args``; all are followed.
-    """
-    pending: list[object] = [error]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if not isinstance(current, BaseException) or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, ssl.SSLError):
-            return current
-        pending.extend((current.__cause__, current.__context__, getattr(current, "inner_exception", None)))
-        pending.extend(current.args)
-    return None
-
-
-class _RetryExceptTls(ExponentialRetry):
-    """The SDK's exponential retry, except that a TLS failure fails at once instead of being retried."""
-
-    def increment(self, settings: dict[str, Any], request: Any, response: Any = None, error: Any = None) -> bool:
-        if error is not None and _tls_failure(error) is not None:
-            return False
-        return super().increment(settings, request, response=response, error=error)
-
-
-def _error_code(error: HttpResponseError) -> str:
-    code = getattr(error, "error_code", None)
-    return str(getattr(code, "value", code) or "no error code")
 
 
 class _BlobReader(io.RawIOBase):
@@ -200,11 +156,12 @@ class BlobStore:
     def __init__(
         self,
         account_url: str,
-        credential: AzureNamedKeyCredential | TokenCredential,
+        credential: Any,
         *,
         ca_bundle: Path | None = None,
     ) -> None:
-        """Connect to ``account_url`` (https only) with ``credential``.
+        """Connect to ``account_url`` (https only) with ``credential``, any the SDK takes (an azure-identity
+        credential, ``AzureNamedKeyCredential``, ``AzureSasCredential``, another client's ``credential``).
 
         ``ca_bundle``: a PEM file of the CAs to trust instead of the system's (the local stack's CA).
 
@@ -221,22 +178,12 @@ class BlobStore:
                 f"CA bundle {ca_bundle} does not exist: set SECURETRAIN_CA_BUNDLE to a PEM file of the roots to "
                 "trust, or leave it unset for the system's"
             )
-        self._account_url = account_url
-        self._trusted = str(ca_bundle) if ca_bundle is not None else "the system's trusted CAs"
+        self._account_url = account_url.split("?", 1)[0]  # without a SAS: messages and logs name it
         self._client = BlobServiceClient(
-            account_url,
-            credential=credential,
-            connection_verify=str(ca_bundle) if ca_bundle is not None else True,
-            retry_policy=_RetryExceptTls(
-                initial_backoff=1, increment_base=2, retry_total=RETRY_TOTAL, random_jitter_range=1
-            ),
-            connection_timeout=CONNECTION_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
-            max_single_put_size=SINGLE_PUT_LIMIT,
-            max_block_size=BLOCK_SIZE,
-            max_single_get_size=DOWNLOAD_CHUNK_SIZE,
-            max_chunk_get_size=DOWNLOAD_CHUNK_SIZE,
-        )
+            account_url, credential=credential, **azure_client_options(ca_bundle, StorageRetry),
+            max_single_put_size=SINGLE_PUT_LIMIT, max_block_size=BLOCK_SIZE,
+            max_single_get_size=DOWNLOAD_CHUNK_SIZE, max_chunk_get_size=DOWNLOAD_CHUNK_SIZE,
+        )  # fmt: skip
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> BlobStore:
@@ -245,6 +192,13 @@ class BlobStore:
         The identity needs a data-plane role such as *Storage Blob Data Contributor*.
         """
         return cls(settings.url("storage_account_url"), settings.credential(), ca_bundle=settings.ca_bundle)
+
+    @classmethod
+    def for_client(cls, client: BlobServiceClient, *, ca_bundle: Path | None) -> BlobStore:
+        """The store of ``client``'s account and credential, whatever made it (the Azure provider's ``WasbHook``),
+        with this store's TLS trust, retries and timeouts: the SDK fixes those in a client's pipeline when it
+        builds it, so the store builds its own (``client`` stays unused, holding no connection)."""
+        return cls(client.url, client.credential, ca_bundle=ca_bundle)
 
     @property
     def account_url(self) -> str:
@@ -268,49 +222,23 @@ class BlobStore:
         """Turn the SDK's exceptions raised inside into :class:`StorageError` subclasses."""
         target = f"blob '{blob}' in container '{container}'" if blob is not None else f"container '{container}'"
         where = f"{target} at {self._account_url}"
-        try:
-            yield
-        except ResourceNotFoundError as exc:
-            if _error_code(exc) == "ContainerNotFound" or blob is None:
-                raise ContainerNotFound(
-                    f"cannot {operation} {where}: container '{container}' does not exist; check the name or "
-                    "create it (BlobStore.ensure_container)"
+        with STORAGE_ERRORS.translated(operation, where):
+            try:
+                yield
+            except ResourceNotFoundError as exc:
+                if exc.error_code == StorageErrorCode.CONTAINER_NOT_FOUND or blob is None:
+                    raise ContainerNotFound(
+                        f"cannot {operation} {where}: container '{container}' does not exist; check the name or "
+                        "create it (BlobStore.ensure_container)"
+                    ) from exc
+                raise BlobNotFound(
+                    f"cannot {operation} {where}: the blob does not exist; check its name (list the container with "
+                    "a prefix to see what is there) or upload it first"
                 ) from exc
-            raise BlobNotFound(
-                f"cannot {operation} {where}: the blob does not exist; check its name (list the container with "
-                "a prefix to see what is there) or upload it first"
-            ) from exc
-        except ResourceExistsError as exc:
-            raise BlobAlreadyExists(
-                f"cannot {operation} {where}: it already exists; pass overwrite=True to replace it"
-            ) from exc
-        except (ClientAuthenticationError, HttpResponseError) as exc:
-            if isinstance(exc, ClientAuthenticationError) and exc.status_code is None:
-                # Raised by the credential before any request reached storage: the identity got no token.
-                raise StorageAccessDenied(
-                    f"cannot {operation} {where}: this process's identity obtained no token ({exc.message})"
+            except ResourceExistsError as exc:
+                raise BlobAlreadyExists(
+                    f"cannot {operation} {where}: it already exists; pass overwrite=True to replace it"
                 ) from exc
-            if isinstance(exc, ClientAuthenticationError) or exc.status_code in (401, 403):
-                raise StorageAccessDenied(
-                    f"storage refused to {operation} {where} ({_error_code(exc)}, HTTP {exc.status_code}): check "
-                    "the account key, or that the identity has a Storage Blob Data role on the account"
-                ) from exc
-            raise StorageRequestFailed(
-                f"cannot {operation} {where}: HTTP {exc.status_code} {_error_code(exc)}: {exc.reason}"
-            ) from exc
-        except (ServiceRequestError, ServiceResponseError) as exc:
-            tls = _tls_failure(exc)
-            if tls is not None:
-                raise StorageTlsError(
-                    f"cannot {operation} {where}: TLS verification failed ({tls.reason or tls}); the server's "
-                    f"certificate is not trusted by {self._trusted}; SECURETRAIN_CA_BUNDLE names the roots to trust"
-                ) from exc
-            raise StorageUnreachable(
-                f"cannot {operation} {where}: no answer after {RETRY_TOTAL + 1} attempts ({exc.message}); is the "
-                "endpoint right and the service up?"
-            ) from exc
-        except AzureError as exc:
-            raise StorageRequestFailed(f"cannot {operation} {where}: {exc.message}") from exc
 
     def ensure_container(self, container: str) -> bool:
         """Make sure ``container`` exists and is private; True if it was created now.
@@ -348,7 +276,7 @@ class BlobStore:
         """The SDK's client for ``container``, with this store's credential, TLS trust and retries.
 
         For what this class does not wrap (append blobs for the audit log, conditional writes); the
-        caller translates the SDK's errors itself.
+        caller translates the SDK's errors itself (:data:`STORAGE_ERRORS`).
         """
         return self._client.get_container_client(container)
 

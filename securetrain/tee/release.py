@@ -3,17 +3,17 @@
 The flow, with the real ``azure-keyvault-keys`` client (against Azure Key Vault / Managed HSM, or the
 local stand-in)::
 
-    KeyClient(vault_url, credential, connection_verify=CA, verify_challenge_resource=<off for loopback only>)
+    securetrain.core.keyvault.key_client(vault_url, credential, ca_bundle=CA)
         .release_key(name, target=token, version=version)        -> {"value": JWS}
     securetrain.core.skr.open_release_response(JWS, TEE private key, trusted roots, expected_key_id=...)
         -> the KEK version's RSA private key (and its creation time, as the vault signed it)
 
 The vault evaluates its release policy against the token's claims and answers 403 with the condition
-that failed; that becomes :class:`KeyReleaseDenied`, which fails the job with the vault's reason. The
-JWS is checked (signature chain to the trusted roots, the key it carries is the versioned KEK asked for,
-the private key matches the public key it names; the signer is a TLS server certificate for the vault's
-host) and unwrapped with the TEE key by :mod:`securetrain.core.skr`, the relying party's half of Secure Key
-Release.
+that failed (400 for a target that is no token); that becomes :class:`KeyReleaseDenied`, which fails the job
+with the vault's reason. The JWS is checked (signature chain to the trusted roots, the key it carries is the
+versioned KEK asked for, the private key matches the public key it names; the signer is a TLS server
+certificate for the vault's host) and unwrapped with the TEE key by :mod:`securetrain.core.skr`, the relying
+party's half of Secure Key Release.
 """
 
 from __future__ import annotations
@@ -24,13 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ServiceRequestError
-from azure.keyvault.keys import KeyClient, KeyVaultKeyIdentifier
+from azure.keyvault.keys import KeyVaultKeyIdentifier
 from cryptography import x509
 
 from securetrain.core.attestation.tokens import ValidatedToken
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.core.keyvault import challenge_resource_verified
+from securetrain.core.http import AzureErrors
+from securetrain.core.keyvault import key_client
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.core.skr import open_release_response
 from securetrain.tee.attest import TeeKey
@@ -44,11 +44,19 @@ class KeyReleaseDenied(SecurityViolation):
 
 
 class KeyVaultUnreachable(SecuretrainError):
-    """Key Vault could not be reached after the client's bounded retries."""
+    """Key Vault could not be reached after the client's bounded retries, or failed to answer."""
 
 
 class KeyReleaseUnavailable(ConfigurationError):
     """This agent cannot perform Secure Key Release: a component it needs is missing."""
+
+
+#: A refusal of the token (400) or of the identity (401/403) is :class:`KeyReleaseDenied`; any other failure
+#: but a TLS one :class:`KeyVaultUnreachable`.
+_RELEASE_ERRORS = AzureErrors(
+    "Key Vault", access_denied=KeyReleaseDenied, failed=KeyVaultUnreachable, refusals=frozenset({400, 401, 403}),
+    when_denied="the release policy or the identity's role does not allow this TEE the key",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -94,23 +102,9 @@ class VaultKeyReleaser:
         key_id = KeyVaultKeyIdentifier(kek_id)
         if not key_id.version:
             raise KeyReleaseDenied(f"KEK id {kek_id} names no version: a release must name the exact key version")
-        client = KeyClient(
-            key_id.vault_url,
-            self._credential,  # type: ignore[arg-type]  # checked above
-            connection_verify=str(self._ca_bundle) if self._ca_bundle else True,
-            verify_challenge_resource=challenge_resource_verified(key_id.vault_url),
-        )
-        try:
-            with client:
-                released = client.release_key(key_id.name, token.raw, version=key_id.version)
-        except ClientAuthenticationError as exc:
-            raise KeyReleaseDenied(f"Key Vault refused this trainer's identity: {exc.message}") from None
-        except HttpResponseError as exc:
-            if exc.status_code in (400, 401, 403):
-                raise KeyReleaseDenied(f"Key Vault refused to release {kek_id}: {exc.message}") from None
-            raise KeyVaultUnreachable(f"Key Vault failed to release {kek_id}: {exc.message}") from None
-        except ServiceRequestError as exc:
-            raise KeyVaultUnreachable(f"cannot reach Key Vault at {key_id.vault_url}: {exc.message}") from None
+        client = key_client(key_id.vault_url, self._credential, ca_bundle=self._ca_bundle)
+        with _RELEASE_ERRORS.translated("release", kek_id), client:
+            released = client.release_key(key_id.name, token.raw, version=key_id.version)
         key = open_release_response(released.value, tee_key.private_key, self._trusted_roots, expected_key_id=kek_id)
         log.info("KEK %s released to TEE key %s", kek_id, tee_key.kid)
         return ReleasedKek(kek_id, KekPrivateKey(key.private_key), key.created)

@@ -141,7 +141,8 @@ def test_a_rotation_that_fails_is_audited_as_incomplete_and_leaves_the_blobs_as_
     text = output(result)
     assert result.returncode != 0
     assert re.search(r"Marking run <DagRun key_rotation .*> failed", text)
-    assert "KeyVaultAccessDenied: Key Vault refused connection 'securetrain_keyvault_rotator' a new version" in text, text[-8000:]
+    assert "KeyVaultAccessDenied: Key Vault refused to make a new version of KEK" in text, text[-8000:]
+    assert "as connection 'securetrain_keyvault_rotator'" in text
     assert "keys/rotate/action" in text
     for (container, name), before in planted.items():
         assert b"".join(store.download_chunks(container, name)) == before  # untouched, still opens under its version

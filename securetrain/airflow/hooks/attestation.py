@@ -59,8 +59,7 @@ class AttestationHook(BaseHook):
 
     @cached_property
     def _keys(self) -> AuthorityKeys:
-        ca_bundle = self.connection.ca_bundle
-        return AuthorityKeys(self.connection.endpoint, verify=str(ca_bundle) if ca_bundle else True)
+        return AuthorityKeys(self.connection.endpoint, verify=self.connection.tls_verify)
 
 
 def claims_summary(claims: Mapping[str, Any]) -> dict[str, Any]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from functools import cached_property
 
-from azure.core.exceptions import HttpResponseError
 from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
 
 from airflow.sdk import BaseHook
 from securetrain.airflow.hooks._connection import ServiceConnection
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.keyvault import (
-    KeyVaultAccessDenied,
+    KEY_VAULT_ERRORS,
     check_kek,
     check_kek_version,
     kek_public_key,
@@ -89,16 +88,9 @@ class KeyVaultHook(BaseHook):
         """Rotate the KEK ``name``: a new version with the latest one's parameters and release policy; its
         public half, once the new version is checked to carry ``approved`` immutably. Needs the key's rotate
         action (the rotator's role)."""
-        with self.get_conn() as client:
-            try:
-                rotated = client.rotate_key(name)
-            except HttpResponseError as exc:
-                if exc.status_code in (401, 403):
-                    raise KeyVaultAccessDenied(
-                        f"Key Vault refused connection {self.keyvault_conn_id!r} a new version of {name}: {exc.message}"
-                    ) from None
-                raise
-            return kek_public_key(check_kek_version(rotated, approved))
+        target = f"KEK {name} as connection {self.keyvault_conn_id!r}"
+        with KEY_VAULT_ERRORS.translated("make a new version of", target), self.get_conn() as client:
+            return kek_public_key(check_kek_version(client.rotate_key(name), approved))
 
     def versions_under_other_policies(self, name: str, approved: ReleasePolicy) -> set[str]:
         """The versions of the KEK ``name`` Key Vault releases under another policy than ``approved``."""

@@ -22,12 +22,10 @@ from typing import Any
 
 import requests
 import rfc8785
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import SSLError
-from urllib3.util.retry import Retry
 
 from securetrain.core.attestation.tokens import AuthorityUnreachable
 from securetrain.core.errors import SecurityViolation
+from securetrain.core.http import HttpsSession
 
 log = logging.getLogger(__name__)
 
@@ -68,37 +66,18 @@ def sev_snp_request(report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, n
     return body
 
 
-class _RetryExceptTls(Retry):
-    """Bounded retries for transient faults; a TLS verification failure is not one and fails at once."""
-
-    def increment(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        error = kwargs.get("error")
-        if isinstance(error, SSLError):
-            raise error
-        return super().increment(*args, **kwargs)
-
-
 class AttestationServiceClient:
     """A client of one attestation endpoint (MAA, or the local stand-in) over verified TLS.
 
-    Connection failures and 502/503/504 (a service restarting) are retried up to 4 times with
-    exponential backoff (0.5 s, 1 s, 2 s, 4 s); a request the service answered is never re-sent, so a
-    nonce is never spent twice by a retry.
+    Connection failures and 502/503/504 (a service restarting) are retried within the project's bounds
+    (:mod:`securetrain.core.http`); a request whose answer was lost on the way back is not re-sent, so a
+    retry never spends a nonce twice.
     """
 
     def __init__(self, endpoint: str, *, verify: str | bool = True, timeout: float = 30.0) -> None:
-        if not endpoint.startswith("https://"):
-            raise SecurityViolation(f"attestation endpoint {endpoint!r} is not https")
         self.endpoint = endpoint.rstrip("/")
         self._timeout = timeout
-        # Passed per request: requests lets REQUESTS_CA_BUNDLE override a session-wide setting.
-        self._verify = verify
-        self._session = requests.Session()
-        retry = _RetryExceptTls(
-            total=4, connect=4, read=0, status=4, backoff_factor=0.5,
-            status_forcelist=(502, 503, 504), allowed_methods=None, raise_on_status=False,
-        )
-        self._session.mount("https://", HTTPAdapter(max_retries=retry))
+        self._session = HttpsSession(verify, resend=False)
 
     def attest_sev_snp_vm(
         self, report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None = None
@@ -110,7 +89,6 @@ class AttestationServiceClient:
                 url,
                 params={"api-version": API_VERSION},
                 json=sev_snp_request(report, vcek_chain_pem, runtime_data, nonce),
-                verify=self._verify,
                 timeout=self._timeout,
             )
         except requests.exceptions.SSLError as exc:

@@ -6,7 +6,7 @@ through its OpenID metadata), the issuer, ``exp``/``nbf``/``iat`` with a small c
 the caller knows them — the nonce and the appraisal policy's hash. PyJWT does the JWS work.
 
 The authority's keys are fetched over TLS that is verified (against the local stack's CA, or the
-system's store for Azure) and cached; an unknown ``kid`` refreshes the cache once, which is how a key
+system's store for Azure), with the project's bounded retries (:mod:`securetrain.core.http`), and cached; an unknown ``kid`` refreshes the cache once, which is how a key
 rollover at the authority is followed.
 """
 
@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.errors import SecuretrainError, SecurityViolation
+from securetrain.core.http import HttpsSession
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ class AuthorityKeys:
             raise TokenRejected(f"token issuer {issuer!r} is not an https URL")
         # Kept as given when the metadata is elsewhere: Entra's v1 issuer ends with a slash, and `iss` must match exactly.
         self.issuer = issuer if metadata_url else issuer.rstrip("/")
-        self._metadata_url = metadata_url or f"{self.issuer}/.well-known/openid-configuration"
-        if not self._metadata_url.startswith("https://"):
-            raise TokenRejected(f"token issuer metadata {self._metadata_url!r} is not an https URL")
+        self._metadata_url = metadata_url or f"{self.issuer}/.well-known/openid-configuration"  # https: the session's
         self._verify = verify
         self._timeout = timeout
         self._keys: dict[str, rsa.RSAPublicKey] = {}
@@ -107,7 +106,9 @@ class AuthorityKeys:
 
     def _get_json(self, url: str) -> Any:
         try:
-            response = requests.get(url, verify=self._verify, timeout=self._timeout)
+            # A session per fetch: fetches are minutes apart, and an idle connection would hold up a server's shutdown.
+            with HttpsSession(self._verify) as session:
+                response = session.get(url, timeout=self._timeout)
             response.raise_for_status()
             return response.json()
         except requests.exceptions.SSLError as exc:

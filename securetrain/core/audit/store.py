@@ -31,20 +31,15 @@ from typing import Protocol
 
 from azure.core import MatchConditions
 from azure.core.credentials import TokenCredential
-from azure.core.exceptions import (
-    AzureError,
-    ClientAuthenticationError,
-    HttpResponseError,
-    ResourceExistsError,
-    ResourceNotFoundError,
-)
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.confidentialledger import ConfidentialLedgerClient
 from azure.storage.blob import BlobClient, ContainerClient
 
 from securetrain.core.audit.errors import AuditAppendConflict, AuditStoreAccessDenied, AuditStoreError
 from securetrain.core.errors import ConfigurationError
+from securetrain.core.http import AzureErrors, AzureRetry
 from securetrain.core.settings import ServiceSettings
-from securetrain.core.storage import BlobStore
+from securetrain.core.storage import STORAGE_ERRORS, BlobStore
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +48,9 @@ AUDIT_CONTAINER = "securetrain-audit"
 #: The largest entry or checkpoint line accepted: one append block (4 MiB in every service version).
 MAX_LINE_BYTES = 4 * 1024 * 1024
 _LOG_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
+#: A refusal is :class:`AuditStoreAccessDenied`, a TLS failure a TLS error, any other failure :class:`AuditStoreError`.
+_LEDGER_ERRORS = AzureErrors("the confidential ledger", AuditStoreAccessDenied, failed=AuditStoreError,
+                             when_denied="check the identity's ledger role (Contributor to write, Reader to read)")
 
 
 def check_log_name(name: str) -> str:
@@ -158,27 +156,8 @@ class BlobAuditStore:
         """The entries blob's URL."""
         return self._entries.url
 
-    @contextlib.contextmanager
-    def _errors(self, operation: str, blob: BlobClient) -> Iterator[None]:
-        """Turn the SDK's errors into audit store errors naming the blob."""
-        try:
-            yield
-        except (ClientAuthenticationError, HttpResponseError) as exc:
-            status = getattr(exc, "status_code", None)
-            if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-                raise AuditStoreAccessDenied(
-                    f"storage refused to {operation} {blob.url} (HTTP {status}): check the account key or the "
-                    "identity's Storage Blob Data role"
-                ) from exc
-            raise AuditStoreError(f"cannot {operation} {blob.url}: HTTP {status} {exc.reason or exc.message}") from exc
-        except AzureError as exc:
-            raise AuditStoreError(
-                f"cannot {operation} {blob.url}: {exc.message}; is the storage endpoint up and its TLS certificate "
-                "trusted (the local stack's CA bundle)?"
-            ) from exc
-
     def _read(self, blob: BlobClient) -> bytes:
-        with self._errors("read", blob):
+        with STORAGE_ERRORS.translated("read", blob.url):
             try:
                 return blob.download_blob().readall()
             except ResourceNotFoundError:
@@ -186,7 +165,7 @@ class BlobAuditStore:
 
     def _create_if_missing(self, blob: BlobClient) -> None:
         """Create the append blob unless it exists; never replace it (``If-None-Match: *``)."""
-        with self._errors("create", blob):
+        with STORAGE_ERRORS.translated("create", blob.url):
             try:
                 blob.create_append_blob(match_condition=MatchConditions.IfMissing)
                 logger.info("created audit blob %s", blob.url)
@@ -206,7 +185,7 @@ class BlobAuditStore:
         block = _check_line(entry)
         if position == 0:
             self._create_if_missing(self._entries)
-        with self._errors("append to", self._entries):
+        with STORAGE_ERRORS.translated("append to", self._entries.url):
             try:
                 self._entries.append_block(block, appendpos_condition=position)
             except HttpResponseError as exc:
@@ -225,7 +204,7 @@ class BlobAuditStore:
         """Append one checkpoint line as one block."""
         block = _check_line(checkpoint)
         self._create_if_missing(self._checkpoints)
-        with self._errors("append to", self._checkpoints):
+        with STORAGE_ERRORS.translated("append to", self._checkpoints.url):
             self._checkpoints.append_block(block)
 
     def read_checkpoints(self) -> list[bytes]:
@@ -262,7 +241,9 @@ class ConfidentialLedgerAuditStore:
         checked beforehand. If the file does not exist the SDK fetches it from the ledger identity service
         and writes it there, trusting that service on first use.
         """
-        client = ConfidentialLedgerClient(endpoint, credential, ledger_certificate_path=str(ledger_certificate))
+        client = ConfidentialLedgerClient(
+            endpoint, credential, ledger_certificate_path=str(ledger_certificate), retry_policy=AzureRetry()
+        )
         return cls(client, log_name)
 
     @property
@@ -270,23 +251,8 @@ class ConfidentialLedgerAuditStore:
         """The ledger collection holding the entries."""
         return f"confidential ledger collection {self._entries_collection}"
 
-    @contextlib.contextmanager
-    def _errors(self, operation: str) -> Iterator[None]:
-        try:
-            yield
-        except (ClientAuthenticationError, HttpResponseError) as exc:
-            status = getattr(exc, "status_code", None)
-            if isinstance(exc, ClientAuthenticationError) or status in (401, 403):
-                raise AuditStoreAccessDenied(
-                    f"the confidential ledger refused to {operation} {self._log} (HTTP {status}): check the "
-                    "identity's ledger role (Contributor to write, Reader to read)"
-                ) from exc
-            raise AuditStoreError(f"cannot {operation} audit log {self._log} in the ledger: {exc.message}") from exc
-        except AzureError as exc:
-            raise AuditStoreError(f"cannot {operation} audit log {self._log} in the ledger: {exc.message}") from exc
-
     def _read(self, collection: str) -> list[bytes]:
-        with self._errors("read"):
+        with _LEDGER_ERRORS.translated("read", f"audit log {self._log} in the ledger"):
             return [
                 str(item["contents"]).encode()
                 for item in self._client.list_ledger_entries(collection_id=collection)
@@ -294,7 +260,7 @@ class ConfidentialLedgerAuditStore:
 
     def _write(self, collection: str, line: bytes) -> None:
         _check_line(line)
-        with self._errors("append to"):
+        with _LEDGER_ERRORS.translated("append to", f"audit log {self._log} in the ledger"):
             self._client.begin_create_ledger_entry({"contents": line.decode()}, collection_id=collection).result()
 
     def read_all(self) -> LogSnapshot:

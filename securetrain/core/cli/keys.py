@@ -13,13 +13,12 @@ import argparse
 import json
 from pathlib import Path
 
-from azure.core.exceptions import AzureError
 from cryptography.hazmat.primitives import serialization
 
 from securetrain.core.cli.settings import CommandSettings
-from securetrain.core.errors import SecuretrainError
 from securetrain.core.keyvault import (
     KEK_NAME,
+    KEY_VAULT_ERRORS,
     check_kek,
     check_kek_version,
     kek_public_key,
@@ -38,20 +37,14 @@ from securetrain.core.sealed import KekPublicKey
 from securetrain.core.storage import BlobStore
 
 
-class KeyVaultRequestFailed(SecuretrainError):
-    """Key Vault answered an operation with an error; the message carries its reason."""
-
-
 def _new_version(settings: CommandSettings, name: str, approved: ReleasePolicy, *, resume: bool) -> KekPublicKey:
     """The version to rotate to: a new one, or (``resume``) the latest; either way checked to carry the
     approved release policy, immutably."""
-    try:
-        with key_client_from_settings(settings) as keys:
-            if resume:
-                return kek_public_key(check_kek(keys, name, approved))
-            return kek_public_key(check_kek_version(keys.rotate_key(name), approved))
-    except AzureError as exc:
-        raise KeyVaultRequestFailed(f"{'reading' if resume else 'rotating'} {name} failed: {exc.message}") from None
+    operation = "read the latest version of" if resume else "make a new version of"
+    with KEY_VAULT_ERRORS.translated(operation, f"KEK {name}"), key_client_from_settings(settings) as keys:
+        if resume:
+            return kek_public_key(check_kek(keys, name, approved))
+        return kek_public_key(check_kek_version(keys.rotate_key(name), approved))
 
 
 def _rotate(args: argparse.Namespace) -> int:
@@ -68,7 +61,7 @@ def _rotate(args: argparse.Namespace) -> int:
     except RotationIncomplete as exc:
         print(f"{exc}: run `securetrain keys rotate --resume` to finish them")
         return 1
-    with key_client_from_settings(settings) as keys:
+    with KEY_VAULT_ERRORS.translated("list the versions of", args.key), key_client_from_settings(settings) as keys:
         other = versions_under_other_policies(keys, args.key, approved)
     with BlobStore.from_settings(settings) as store:
         print(json.dumps(verify_rotation(store, new_kek, statement, args.container, other_policies=other), indent=2))
@@ -77,11 +70,8 @@ def _rotate(args: argparse.Namespace) -> int:
 
 def _public_key(args: argparse.Namespace) -> int:
     settings = CommandSettings.load(args.settings)
-    try:
-        with key_client_from_settings(settings) as keys:
-            kek = kek_public_key(keys.get_key(args.key, args.version))
-    except AzureError as exc:
-        raise KeyVaultRequestFailed(f"cannot read {args.key}: {exc.message}") from None
+    with KEY_VAULT_ERRORS.translated("read", f"KEK {args.key}"), key_client_from_settings(settings) as keys:
+        kek = kek_public_key(keys.get_key(args.key, args.version))
     args.output.write_bytes(
         kek.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )

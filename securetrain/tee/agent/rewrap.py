@@ -30,12 +30,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from azure.core.exceptions import AzureError
-
 from securetrain.core.attestation.tokens import ValidatedToken
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.json_input import JsonInputError, read_json_object
-from securetrain.core.keyvault import RotationError, VersionUnavailable, rewrap_blobs
+from securetrain.core.keyvault import VersionUnavailable, rewrap_blobs
 from securetrain.core.model_provenance import sign_statement
 from securetrain.core.rotation import rewrap_statement, sealed_blobs
 from securetrain.core.sealed import KekPublicKey
@@ -172,10 +170,7 @@ def run_rewrap(request: RewrapRequest, attester: Attester, releaser: VersionRele
     token = attester.attest(tee_key, request.nonce)
     versions = _ReleasedVersions(releaser, token, tee_key, request.kek_id)
     new_kek = KekPublicKey(request.kek_id, versions.target.private.private_key.public_key())
-    try:
-        report = rewrap_blobs(sealed_blobs(store, request.containers), new_kek, versions.unwrap)
-    except AzureError as exc:  # listing or reading the containers failed (the rewrap itself maps its own)
-        raise RotationError(f"storage failed during the rewrap: {exc.message}") from None
+    report = rewrap_blobs(sealed_blobs(store, request.containers), new_kek, versions.unwrap)
     statement = rewrap_statement(report, nonce=request.nonce, containers=request.containers,
                                  released_versions=versions.released)  # fmt: skip
     log.info("rewrap to %s: %d rewrapped, %d already current, %d refused, %d unreleasable, %d changed meanwhile",
