@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import socket
 import subprocess
@@ -186,6 +187,36 @@ def test_airflow_wasb_connection_from_stack_env_reaches_azurite(
     hook = WasbHook(wasb_conn_id="securetrain_storage")
     assert hook.get_blobs_list(container) == ["written-by-blobstore"]
     assert hook.read_file(container, "written-by-blobstore") == "hello airflow"
+
+
+def test_storage_hook_signs_in_as_the_provider_does_under_the_stores_own_policy(
+    local_stack, store: BlobStore, container: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from azure.identity import ClientSecretCredential
+
+    from securetrain.airflow.hooks.storage import SecureStorageHook
+
+    store.upload_stream(container, "sealed", io.BytesIO(b"ciphertext"))
+    settings, ca = local_stack.settings(), str(local_stack.ca_bundle)
+    # A service principal as the provider reads one; the identity stand-in being no Microsoft cloud, the
+    # provider passes its credential the authority and the CA in client_secret_auth_config.
+    entra = {"authority": str(settings.authority_host).rstrip("/"), "disable_instance_discovery": True,
+             "connection_verify": ca}  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_STORAGE_AS_PRINCIPAL", json.dumps({
+        "conn_type": "wasb", "host": local_stack.blob_endpoint, "login": settings.client_id,
+        "password": settings.client_secret.get_secret_value(),
+        "extra": {"tenant_id": settings.tenant_id, "connection_verify": ca, "client_secret_auth_config": entra}}))
+    assert isinstance(SecureStorageHook("storage_as_principal").get_conn().credential, ClientSecretCredential)
+    with SecureStorageHook("storage_as_principal").blob_store() as signed_in:
+        assert b"".join(signed_in.download_chunks(container, "sealed")) == b"ciphertext"
+    # The stack's connection (the account key) without its CA bundle: TLS fails at once, under the store's policy.
+    by_key = json.loads(local_stack.env["AIRFLOW_CONN_SECURETRAIN_STORAGE"])
+    del by_key["extra"]["connection_verify"]
+    monkeypatch.setenv("AIRFLOW_CONN_SECURETRAIN_STORAGE", json.dumps(by_key))
+    started = time.monotonic()
+    with SecureStorageHook().blob_store() as untrusting, pytest.raises(StorageTlsError, match="TLS verification"):
+        list(untrusting.list_blobs(container))
+    assert time.monotonic() - started < 5, "a TLS failure must not be retried"
 
 
 # Runs in a fresh interpreter so that its peak RSS says what one upload and one download cost.
