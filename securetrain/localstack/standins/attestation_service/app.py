@@ -24,6 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from securetrain.core.appraisal import Appraisal, AppraisalPolicy
+from securetrain.core.attestation.claims import SIMULATED_CVM, compliance_status, platform_claim, sevsnpvm_claims
 from securetrain.core.errors import SecuretrainError
 from securetrain.localstack.standins.attestation_service.evidence import EvidenceRefused, NonceLedger, SnpEvidence, appraise
 from securetrain.localstack.standins.attestation_service.signing import SigningKeyStore
@@ -33,10 +34,9 @@ log = logging.getLogger(__name__)
 
 API_VERSION = "2022-08-01"
 DEFAULT_TOKEN_LIFETIME_S = 8 * 3600
-COMPLIANT = "azure-compliant-cvm"
 # A simulated platform never earns MAA's compliance status, so a production release policy (which
 # asks for azure-compliant-cvm) refuses its tokens without knowing about simulations.
-SIMULATED = "securetrain-simulated-cvm"
+SIMULATED = SIMULATED_CVM
 
 
 @dataclass(frozen=True)
@@ -54,26 +54,11 @@ def sev_snp_claims(appraisal: Appraisal, evidence: SnpEvidence, policy_hash: str
     claims: dict[str, Any] = {
         "x-ms-ver": "1.0",
         "x-ms-attestation-type": "sevsnpvm",
-        "x-ms-compliance-status": SIMULATED if simulated else COMPLIANT,
-        "x-securetrain-platform": "simulated" if simulated else "amd-sev-snp",
+        "x-ms-compliance-status": compliance_status(simulated),
+        "x-securetrain-platform": platform_claim(simulated),
         "x-ms-policy-hash": policy_hash,
         "x-ms-runtime": evidence.runtime,
-        "x-ms-sevsnpvm-authorkeydigest": report.author_key_digest.hex(),
-        "x-ms-sevsnpvm-bootloader-svn": report.reported_tcb.bootloader,
-        "x-ms-sevsnpvm-familyId": report.family_id.hex(),
-        "x-ms-sevsnpvm-guestsvn": report.guest_svn,
-        "x-ms-sevsnpvm-hostdata": report.host_data.hex(),
-        "x-ms-sevsnpvm-idkeydigest": report.id_key_digest.hex(),
-        "x-ms-sevsnpvm-imageId": report.image_id.hex(),
-        "x-ms-sevsnpvm-is-debuggable": report.policy.debug,
-        "x-ms-sevsnpvm-launchmeasurement": report.measurement.hex(),
-        "x-ms-sevsnpvm-microcode-svn": report.reported_tcb.microcode,
-        "x-ms-sevsnpvm-migration-allowed": report.policy.migrate_ma,
-        "x-ms-sevsnpvm-reportdata": report.report_data.hex(),
-        "x-ms-sevsnpvm-reportid": report.report_id.hex(),
-        "x-ms-sevsnpvm-snpfw-svn": report.reported_tcb.snp,
-        "x-ms-sevsnpvm-tee-svn": report.reported_tcb.tee,
-        "x-ms-sevsnpvm-vmpl": report.vmpl,
+        **sevsnpvm_claims(report),
     }
     if evidence.nonce is not None:
         claims["nonce"] = evidence.nonce

@@ -1,0 +1,53 @@
+"""Azure Attestation's (MAA) claim vocabulary for SEV-SNP: names and values filled from a verified report.
+
+One place says how a report's fields become ``x-ms-sevsnpvm-*`` claims, for every issuer of claims in the
+product: the attestation stand-in's ``SevSnpVm`` tokens put them at the top level, and the Azure CVM
+verifier's ``AzureGuest`` claim set nests them in ``x-ms-isolation-tee``, as MAA does.
+
+Whether a platform is genuine is a claim too: MAA's compliance status for genuine Azure confidential VM
+hardware is ``azure-compliant-cvm``; evidence rooted in the local stack's simulated platform never earns it,
+so a production release policy refuses it without knowing about simulations.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from securetrain.core.release_policy import AZURE_COMPLIANT_CVM
+from securetrain.core.snp.report import AttestationReport
+
+#: The compliance status of evidence rooted in a simulated platform (never MAA's).
+SIMULATED_CVM = "securetrain-simulated-cvm"
+
+
+def compliance_status(simulated: bool) -> str:
+    """``x-ms-compliance-status`` for a confidential VM: MAA's value unless the platform is simulated."""
+    return SIMULATED_CVM if simulated else AZURE_COMPLIANT_CVM
+
+
+def platform_claim(simulated: bool) -> str:
+    """``x-securetrain-platform``: whether the report came from AMD hardware or the simulated platform."""
+    return "simulated" if simulated else "amd-sev-snp"
+
+
+def sevsnpvm_claims(report: AttestationReport) -> dict[str, Any]:
+    """MAA's ``x-ms-sevsnpvm-*`` claims for a verified report (byte strings as lowercase hex)."""
+    return {
+        "x-ms-sevsnpvm-authorkeydigest": report.author_key_digest.hex(),
+        "x-ms-sevsnpvm-bootloader-svn": report.reported_tcb.bootloader,
+        "x-ms-sevsnpvm-familyId": report.family_id.hex(),
+        "x-ms-sevsnpvm-guestsvn": report.guest_svn,
+        "x-ms-sevsnpvm-hostdata": report.host_data.hex(),
+        "x-ms-sevsnpvm-idkeydigest": report.id_key_digest.hex(),
+        "x-ms-sevsnpvm-imageId": report.image_id.hex(),
+        "x-ms-sevsnpvm-is-debuggable": report.policy.debug,
+        "x-ms-sevsnpvm-launchmeasurement": report.measurement.hex(),
+        "x-ms-sevsnpvm-microcode-svn": report.reported_tcb.microcode,
+        "x-ms-sevsnpvm-migration-allowed": report.policy.migrate_ma,
+        "x-ms-sevsnpvm-reportdata": report.report_data.hex(),
+        "x-ms-sevsnpvm-reportid": report.report_id.hex(),
+        "x-ms-sevsnpvm-smt-allowed": report.policy.flag("smt"),
+        "x-ms-sevsnpvm-snpfw-svn": report.reported_tcb.snp,
+        "x-ms-sevsnpvm-tee-svn": report.reported_tcb.tee,
+        "x-ms-sevsnpvm-vmpl": report.vmpl,
+    }
