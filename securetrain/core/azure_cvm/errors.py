@@ -1,0 +1,43 @@
+"""The checks of Azure confidential VM evidence, by name, and the error that names the one that failed.
+
+Every refusal of :mod:`securetrain.core.azure_cvm` — a parser meeting bytes it does not accept, or a
+verifier check that does not hold — is a :class:`CvmEvidenceError` whose ``check`` is one of
+:class:`Check`, and whose message starts with it. It is a
+:class:`~securetrain.core.errors.SecurityViolation`: evidence that cannot be verified is refused,
+never retried.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from securetrain.core.errors import SecurityViolation
+
+
+class Check(StrEnum):
+    """The checks, in the order :func:`~securetrain.core.azure_cvm.verifier.verify_cvm_evidence` runs them."""
+
+    DOCUMENT = "evidence_document"
+    HCL_REPORT_LAYOUT = "hcl_report_layout"
+    RUNTIME_CLAIMS = "runtime_claims"
+    SNP_REPORT_COPY = "snp_report_copy"
+    SNP_REPORT = "snp_report"
+    RUNTIME_CLAIMS_BINDING = "runtime_claims_binding"
+    QUOTE_LAYOUT = "quote_layout"
+    QUOTE_SIGNATURE = "quote_signature"
+    QUOTE_NONCE = "quote_nonce"
+    EXPECTED_NONCE = "expected_nonce"
+    PCR_DIGEST = "pcr_digest"
+    AK_CERTIFICATE = "ak_certificate"
+    USER_DATA_KEY = "user_data_key"
+    #: Not run by verify_cvm_evidence: the judgement verify_cvm_document adds by default.
+    DEBUG_DISABLED = "debug_disabled"
+
+
+class CvmEvidenceError(SecurityViolation):
+    """Azure CVM evidence was refused; ``check`` names the check that failed, ``reason`` says how."""
+
+    def __init__(self, check: Check, reason: str) -> None:
+        super().__init__(f"Azure CVM evidence refused by check {check.value}: {reason}")
+        self.check = check
+        self.reason = reason
