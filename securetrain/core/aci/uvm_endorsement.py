@@ -75,11 +75,11 @@ from typing import Any, NoReturn
 
 import cbor2
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store, VerificationError
-from cwt import COSE, COSEKey
+from cwt import COSE, COSEKey, CWTError
 
 from securetrain.core.aci.did_x509 import DidX509Mismatch, check_chain_matches
 from securetrain.core.aci.errors import AciEvidenceError
@@ -120,16 +120,19 @@ class UvmEndorsementTrust:
 
     @property
     def simulated(self) -> bool:
-        """True unless this is Microsoft's: endorsements under it do not come from Microsoft."""
-        return self != CONTAINERPLAT_AMD_UVM
+        """True unless the root is Microsoft's: endorsements under any other root do not come from Microsoft."""
+        return self.root_spki_sha256 != MICROSOFT_SUPPLY_CHAIN_ROOT_2022
 
 
-# Microsoft's ACI UVMs. The root key digest is checked by the unit tests against the root certificate in the
-# genuine evidence (../shared/testdata/azure-aci/); the issuer's fingerprint is the SHA-256 of that root
-# certificate's DER, and EKU 1.3.6.1.4.1.311.76.59.1.2 is the one Microsoft's CCF pins for this feed.
+# SHA-256 of the SubjectPublicKeyInfo of "Microsoft Supply Chain RSA Root CA 2022", checked by the unit tests
+# against the root certificate in the genuine evidence (../shared/testdata/azure-aci/).
+MICROSOFT_SUPPLY_CHAIN_ROOT_2022 = bytes.fromhex("84ce862a73b73d63b1cdbde1d30559eaab4040f6a63638c83e8357fe2250e5d3")
+
+# Microsoft's ACI UVMs. The issuer's fingerprint is the SHA-256 of the root certificate's DER, and EKU
+# 1.3.6.1.4.1.311.76.59.1.2 the one Microsoft's CCF pins for this feed.
 CONTAINERPLAT_AMD_UVM = UvmEndorsementTrust(
     root_name="Microsoft Supply Chain RSA Root CA 2022",
-    root_spki_sha256=bytes.fromhex("84ce862a73b73d63b1cdbde1d30559eaab4040f6a63638c83e8357fe2250e5d3"),
+    root_spki_sha256=MICROSOFT_SUPPLY_CHAIN_ROOT_2022,
     issuer="did:x509:0:sha256:I__iuL25oXEVFdTP_aBLx_eT1RPHbCQ_ECBQfYZpt9s::eku:1.3.6.1.4.1.311.76.59.1.2",
     feed="ContainerPlat-AMD-UVM",
 )
@@ -272,7 +275,7 @@ class UvmEndorsement:
         signed_part = cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [self.protected, {}, self.payload, self.signature]))
         try:
             COSE.new().decode_with_headers(signed_part, cose_key)
-        except Exception as exc:  # cwt reports a bad signature as VerifyError, malformed input as DecodeError/ValueError
+        except (CWTError, ValueError) as exc:  # VerifyError for a bad signature; ValueError for what cwt cannot read
             _refuse("signature", f"RSASSA-PSS/SHA-384 does not verify with the leaf key: {exc}")
 
 
@@ -316,9 +319,20 @@ def _x5chain(value: Any) -> tuple[x509.Certificate, ...]:
             # release: refused now, so that what is accepted does not change with a library upgrade.
             with warnings.catch_warnings():
                 warnings.simplefilter("error")
-                certificates.append(x509.load_der_x509_certificate(der))
-        except (ValueError, Warning) as exc:
-            _refuse("x5chain", f"certificate {index} is not DER X.509: {exc}")
+                certificate = x509.load_der_x509_certificate(der)
+                # Parsed lazily by cryptography: read now, so that a malformed field is refused here, by name.
+                certificate.public_key(), certificate.extensions, certificate.subject.rfc4514_string()
+        except (
+            ValueError,
+            TypeError,
+            x509.InvalidVersion,
+            x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType,
+            UnsupportedAlgorithm,
+            Warning,
+        ) as exc:
+            _refuse("x5chain", f"certificate {index} is not DER X.509 with a usable key: {exc}")
+        certificates.append(certificate)
     return tuple(certificates)
 
 
