@@ -155,6 +155,7 @@ def test_own_signer_verifies_under_its_own_trust_only() -> None:
         ({"signingtime": "2025-09-30"}, "uvm-endorsement.signing-time"),
         ({"crit": ["x-unknown"]}, "uvm-endorsement.cose-structure"),
         ({"crit": []}, "uvm-endorsement.cose-structure"),
+        ({"crit": [True]}, "uvm-endorsement.cose-structure"),
     ],
 )
 def test_headers_are_checked_by_name(headers: dict, check: str) -> None:
@@ -242,6 +243,7 @@ def test_svn_may_be_an_integer() -> None:
         (cbor2.dumps(cbor2.CBORTag(18, [b"", {}, b""])), "uvm-endorsement.cose-structure"),
         (cbor2.dumps(cbor2.CBORTag(18, [b"\xa0", {}, None, b""])), "uvm-endorsement.cose-structure"),
         (cbor2.dumps(cbor2.CBORTag(18, [b"\x80", {}, b"", b""])), "uvm-endorsement.cose-structure"),
+        (cbor2.dumps(cbor2.CBORTag(18, [cbor2.dumps({True: -38}), {}, b"", b""])), "uvm-endorsement.cose-structure"),
         (ENDORSEMENT + b"\x00", "uvm-endorsement.cose-structure"),
         (b"\x00" * (65 << 10), "uvm-endorsement.cose-structure"),
     ],

@@ -197,6 +197,9 @@ class UvmEndorsement:
         headers = _cbor_item(protected, "the protected header")
         if not isinstance(headers, dict):
             _refuse("cose-structure", "the protected header is not a map")
+        # RFC 9052 labels are integers or text; anything else (true, 1.0) would compare equal to a label it is not.
+        if any(type(label) not in (int, str) for label in headers):
+            _refuse("cose-structure", "protected header labels must be integers or text strings")
         _check_crit(headers)
         if type(headers.get(_ALG)) is not int or headers[_ALG] != PS384:
             _refuse("algorithm", f"protected alg is {headers.get(_ALG)!r}; only {PS384} (PS384) is accepted")
@@ -302,7 +305,7 @@ def _check_crit(headers: Mapping[Any, Any]) -> None:
     critical = headers[_CRIT]
     if not isinstance(critical, list) or not critical:
         _refuse("cose-structure", "crit must be a non-empty array of header labels")
-    unknown = [label for label in critical if not isinstance(label, (int, str)) or label not in _PROCESSED_HEADERS]
+    unknown = [label for label in critical if type(label) not in (int, str) or label not in _PROCESSED_HEADERS]
     if unknown:
         _refuse("cose-structure", f"crit names headers this verifier does not process: {unknown!r}")
 

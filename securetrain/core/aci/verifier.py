@@ -179,7 +179,7 @@ def verify_aci_evidence(
             )
         checks.append("host-data")
     else:
-        logger.warning(
+        logger.info(
             "ACI evidence verified without a CCE policy: HOST_DATA %s is not matched with any policy",
             report.host_data.hex(),
         )
