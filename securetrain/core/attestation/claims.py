@@ -5,8 +5,9 @@ product: the attestation stand-in's ``SevSnpVm`` tokens put them at the top leve
 verifier's ``AzureGuest`` claim set nests them in ``x-ms-isolation-tee``, as MAA does.
 
 Whether a platform is genuine is a claim too: MAA's compliance status for genuine Azure confidential VM
-hardware is ``azure-compliant-cvm``; evidence rooted in the local stack's simulated platform never earns it,
-so a production release policy refuses it without knowing about simulations.
+hardware is ``azure-compliant-cvm``, for an Azure Container Instances utility VM ``azure-compliant-uvm``; evidence
+rooted in the local stack's simulated platform (or, for ACI, a UVM endorsement of a simulated signer) never
+earns either, so a production release policy refuses it without knowing about simulations.
 """
 
 from __future__ import annotations
@@ -16,13 +17,20 @@ from typing import Any
 from securetrain.core.release_policy import AZURE_COMPLIANT_CVM
 from securetrain.core.snp.report import AttestationReport
 
-#: The compliance status of evidence rooted in a simulated platform (never MAA's).
+AZURE_COMPLIANT_UVM = "azure-compliant-uvm"
+#: The compliance statuses of evidence rooted in a simulated platform (never MAA's).
 SIMULATED_CVM = "securetrain-simulated-cvm"
+SIMULATED_UVM = "securetrain-simulated-uvm"
 
 
 def compliance_status(simulated: bool) -> str:
     """``x-ms-compliance-status`` for a confidential VM: MAA's value unless the platform is simulated."""
     return SIMULATED_CVM if simulated else AZURE_COMPLIANT_CVM
+
+
+def uvm_compliance_status(simulated: bool) -> str:
+    """``x-ms-compliance-status`` for an ACI utility VM: MAA's value unless the platform or UVM signer is simulated."""
+    return SIMULATED_UVM if simulated else AZURE_COMPLIANT_UVM
 
 
 def platform_claim(simulated: bool) -> str:

@@ -17,21 +17,21 @@ from securetrain.core.errors import SecurityViolation
 class Check(StrEnum):
     """The checks, in the order :func:`~securetrain.core.azure_cvm.verifier.verify_cvm_evidence` runs them."""
 
-    DOCUMENT = "evidence_document"
-    HCL_REPORT_LAYOUT = "hcl_report_layout"
-    RUNTIME_CLAIMS = "runtime_claims"
-    SNP_REPORT_COPY = "snp_report_copy"
-    SNP_REPORT = "snp_report"
-    RUNTIME_CLAIMS_BINDING = "runtime_claims_binding"
-    QUOTE_LAYOUT = "quote_layout"
-    QUOTE_SIGNATURE = "quote_signature"
-    QUOTE_NONCE = "quote_nonce"
-    EXPECTED_NONCE = "expected_nonce"
-    PCR_DIGEST = "pcr_digest"
-    AK_CERTIFICATE = "ak_certificate"
-    USER_DATA_KEY = "user_data_key"
+    DOCUMENT = "evidence-document"
+    HCL_REPORT_LAYOUT = "hcl-report-layout"
+    RUNTIME_CLAIMS = "runtime-claims"
+    SNP_REPORT_COPY = "snp-report-copy"
+    SNP_REPORT = "snp-report"
+    RUNTIME_CLAIMS_BINDING = "runtime-claims-binding"
+    QUOTE_LAYOUT = "quote-layout"
+    QUOTE_SIGNATURE = "quote-signature"
+    QUOTE_NONCE = "quote-nonce"
+    EXPECTED_NONCE = "expected-nonce"
+    PCR_DIGEST = "pcr-digest"
+    AK_CERTIFICATE = "ak-certificate"
+    USER_DATA_KEY = "user-data-key"
     #: Not run by verify_cvm_evidence: the judgement verify_cvm_document adds by default.
-    DEBUG_DISABLED = "debug_disabled"
+    DEBUG_DISABLED = "debug-disabled"
 
 
 class CvmEvidenceError(SecurityViolation):

@@ -18,7 +18,7 @@ The shape is the one Azure's open-source clean room (``Azure/azure-cleanroom``: 
      "privateKey": "PEM"}                            # optional: never read (the capture tool stores its test key pair)
 
 Every field must have its type; a field not listed here, a missing one, non-canonical base64 or a PCR
-index outside 0-23 is refused (check ``evidence_document``). Two fields are accepted but not trusted,
+index outside 0-23 is refused (check ``evidence-document``). Two fields are accepted but not trusted,
 because nothing signs them: ``runtimeClaims`` is the agent's re-serialisation of the HCL report's claims
 (its own struct adds ``root-cert-thumbprint`` and ``tpm-persisted``, which the paravisor did not write),
 so the verifier reads the claims only from the HCL report's bound bytes, as the clean room's own
@@ -118,7 +118,7 @@ class CvmEvidence:
 
     @classmethod
     def from_document(cls, document: Any) -> CvmEvidence:
-        """Decode a parsed evidence document; refuse (check ``evidence_document``) anything but its shape."""
+        """Decode a parsed evidence document; refuse (check ``evidence-document``) anything but its shape."""
         try:
             parsed = _Document.model_validate(document)
         except ValidationError as exc:

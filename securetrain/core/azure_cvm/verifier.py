@@ -3,35 +3,35 @@
 :func:`verify_cvm_evidence` runs these checks in order; the first that fails raises
 :class:`~securetrain.core.azure_cvm.errors.CvmEvidenceError` with its name as ``check``:
 
-1. ``evidence_document`` — the document has its shape (:class:`~securetrain.core.azure_cvm.evidence.CvmEvidence`);
-2. ``hcl_report_layout`` — the HCL report's header, sizes, report type and hash type
+1. ``evidence-document`` — the document has its shape (:class:`~securetrain.core.azure_cvm.evidence.CvmEvidence`);
+2. ``hcl-report-layout`` — the HCL report's header, sizes, report type and hash type
    (:class:`~securetrain.core.azure_cvm.hcl.HclReport`);
-3. ``runtime_claims`` — the claims it carries are strict JSON with Microsoft's fields, ``HCLAkPub`` and
+3. ``runtime-claims`` — the claims it carries are strict JSON with Microsoft's fields, ``HCLAkPub`` and
    ``HCLEkPub`` RSA keys (:class:`~securetrain.core.azure_cvm.hcl.RuntimeClaims`);
-4. ``snp_report_copy`` — the document's ``snpReport`` is the report inside the HCL report, byte for byte;
-5. ``snp_report`` — that report verifies: layout, VCEK → ASK → ARK to a trusted root, VCEK for this chip
+4. ``snp-report-copy`` — the document's ``snpReport`` is the report inside the HCL report, byte for byte;
+5. ``snp-report`` — that report verifies: layout, VCEK → ASK → ARK to a trusted root, VCEK for this chip
    and TCB, signature (:func:`securetrain.core.snp.verifier.verify_report`; its own error is the cause);
-6. ``runtime_claims_binding`` — its REPORT_DATA is SHA-256 of the runtime claims' bytes and 32 zero bytes:
+6. ``runtime-claims-binding`` — its REPORT_DATA is SHA-256 of the runtime claims' bytes and 32 zero bytes:
    the chip signed the claims, so ``HCLAkPub`` is the key of this VM's vTPM;
-7. ``quote_layout`` — the quote is one TPMS_ATTEST of type quote and one TPMT_SIGNATURE
+7. ``quote-layout`` — the quote is one TPMS_ATTEST of type quote and one TPMT_SIGNATURE
    (:class:`~securetrain.core.azure_cvm.tpm.TpmQuote`);
-8. ``quote_signature`` — RSASSA-PKCS1-v1_5/SHA-256 over the TPMS_ATTEST bytes verifies with ``HCLAkPub``;
-9. ``quote_nonce`` — the quote's extraData is the document's ``nonce``;
-10. ``expected_nonce`` — when the caller gives a nonce, it is that nonce (freshness: without one, the
+8. ``quote-signature`` — RSASSA-PKCS1-v1_5/SHA-256 over the TPMS_ATTEST bytes verifies with ``HCLAkPub``;
+9. ``quote-nonce`` — the quote's extraData is the document's ``nonce``;
+10. ``expected-nonce`` — when the caller gives a nonce, it is that nonce (freshness: without one, the
     evidence may be a replay, and only the caller can know);
-11. ``pcr_digest`` — the document's ``pcrs`` are exactly the PCRs the quote selects, and SHA-256 of
+11. ``pcr-digest`` — the document's ``pcrs`` are exactly the PCRs the quote selects, and SHA-256 of
     their values in selection order is the quote's pcrDigest;
-12. ``ak_certificate`` — ``aikCert`` is one DER certificate (then the NV index's zero padding), for
+12. ``ak-certificate`` — ``aikCert`` is one DER certificate (then the NV index's zero padding), for
     ``HCLAkPub``, allowing digital signatures. Its issuer (Azure's "Global Virtual TPM CA - 03") is
     reported, not verified: the intermediate is not in the evidence and Microsoft's vTPM root is not
     pinned here. Trust in the AK comes from step 6, not from this certificate;
-13. ``user_data_key`` — when the document names ``publicKey``, the runtime claims' ``user-data`` is
+13. ``user-data-key`` — when the document names ``publicKey``, the runtime claims' ``user-data`` is
     SHA-256 of that PEM text followed by 32 zero bytes: the guest bound that key.
 
 What the verified evidence says — measurement, TCB, debug, VMPL, PCR values, VM configuration — is
 exposed, not judged: whether it is acceptable is the caller's appraisal. :func:`verify_cvm_document`,
 the command line's entry point, adds one judgement by default: a debuggable guest is refused
-(``debug_disabled``), since its memory is open to the host.
+(``debug-disabled``), since its memory is open to the host.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def verify_cvm_evidence(
 ) -> VerifiedCvmEvidence:
     """Run every check (module docstring) on ``evidence``; ``nonce`` is the one the caller asked the quote for.
 
-    ``nonce=None`` skips only ``expected_nonce``: the result is then not known to be fresh
+    ``nonce=None`` skips only ``expected-nonce``: the result is then not known to be fresh
     (``nonce_expected`` is False). ``now`` (timezone-aware) is when the VCEK chain must be valid.
     """
     hcl = HclReport.from_bytes(evidence.hcl_report)
