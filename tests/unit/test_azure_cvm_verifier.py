@@ -130,7 +130,11 @@ def test_claims_are_maa_azureguest_claims() -> None:
 
 
 def test_verify_cvm_document_is_the_command_lines_entry_point() -> None:
-    assert verify_cvm_document(DOCUMENT, nonce=NONCE, now=NOW) == verify(DOCUMENT).claims()
+    result = verify_cvm_document(DOCUMENT, nonce=NONCE, now=NOW)
+    assert result == verify(DOCUMENT).to_dict()
+    assert result["platform"] == "azure-cvm" and result["fresh"] and result["bound_public_key"]
+    assert result["snp_root"]["name"] == "AMD ARK-Milan" and not result["simulated"]
+    assert not verify_cvm_document(DOCUMENT, now=NOW)["fresh"]
 
 
 def test_without_a_nonce_the_quote_still_answers_for_the_documents_nonce() -> None:
@@ -369,7 +373,7 @@ def test_simulated_cvm_verifies_under_its_own_root_and_says_so(
 ) -> None:
     platform = SimulatedSnpPlatform.load_or_create(tmp_path / "platform")
     document = simulated_document(platform, rsa_key, other_rsa_key, debug=False)
-    claims = verify_cvm_document(document, nonce=bytes(range(32)), trusted_roots=(platform.root,))
+    claims = verify_cvm_document(document, nonce=bytes(range(32)), trusted_roots=(platform.root,))["claims"]
     assert claims["x-securetrain-platform"] == "simulated"
     assert claims["x-ms-isolation-tee"]["x-ms-compliance-status"] == "securetrain-simulated-cvm"
     assert claims["x-ms-azurevm-attested-pcrs"] == [0, 1, 2, 7]
@@ -387,5 +391,5 @@ def test_a_debuggable_guest_is_refused_by_default(
     with pytest.raises(CvmEvidenceError) as error:
         verify_cvm_document(document, trusted_roots=(platform.root,))
     assert error.value.check is Check.DEBUG_DISABLED
-    claims = verify_cvm_document(document, trusted_roots=(platform.root,), allow_debug=True)
+    claims = verify_cvm_document(document, trusted_roots=(platform.root,), allow_debug=True)["claims"]
     assert claims["x-ms-isolation-tee"]["x-ms-sevsnpvm-is-debuggable"] is True

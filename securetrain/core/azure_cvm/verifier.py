@@ -62,6 +62,7 @@ from securetrain.core.snp.verifier import VerifiedReport, verify_report
 
 logger = logging.getLogger(__name__)
 
+PLATFORM = "azure-cvm"
 _DER_SEQUENCE = 0x30
 _KEY_USAGE_DIGITAL_SIGNATURE = 0
 
@@ -153,6 +154,18 @@ class VerifiedCvmEvidence:
             "nonce": base64.b64encode(self.nonce).decode(),
         }
 
+    def to_dict(self) -> dict[str, Any]:
+        """The claims and the facts behind them, JSON-ready (the command line's output)."""
+        return {
+            "platform": PLATFORM,
+            "simulated": self.simulated,
+            "claims": self.claims(),
+            "snp_root": self.snp.root.to_dict(),
+            "ak_certificate": self.ak_certificate.to_dict(),
+            "fresh": self.nonce_expected,
+            "bound_public_key": self.bound_public_key_pem is not None,
+        }
+
 
 def verify_cvm_evidence(
     evidence: CvmEvidence,
@@ -214,7 +227,7 @@ def verify_cvm_document(
     allow_debug: bool = False,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Verify a parsed evidence document and return its claims (:meth:`VerifiedCvmEvidence.claims`).
+    """Verify a parsed evidence document; the result of :meth:`VerifiedCvmEvidence.to_dict`.
 
     The command line's entry point: AMD's roots unless others are given, and a debuggable guest refused
     unless ``allow_debug``. Without ``nonce`` the quote is still checked against the document's own
@@ -223,7 +236,7 @@ def verify_cvm_document(
     verified = verify_cvm_evidence(CvmEvidence.from_document(document), nonce=nonce, trusted_roots=trusted_roots, now=now)
     if verified.debuggable and not allow_debug:
         raise CvmEvidenceError(Check.DEBUG_DISABLED, "the SNP guest policy allows debugging: the host can read the VM's memory")
-    return verified.claims()
+    return verified.to_dict()
 
 
 def _verify_snp_report(
