@@ -98,6 +98,7 @@ _TPM_SUCCESS, _TPM_BAD_ORDINAL, _TPM_BAD_LOCALITY = 0x00, 0x0A, 0x3D
 _VTPM_TIMEOUT_S = 60.0  # the vTPM making an RSA key takes a while
 _GUEST_IDLE_TIMEOUT_S = 300.0
 _PORT_ATTEMPTS = 20
+_SHUTDOWN_POLL_S = 0.05
 # TPM2_NV_Read: header, authHandle and nvIndex, authorizationSize, a password session (9 bytes), size and offset.
 _NV_READ_MIN_SIZE = 10 + 8 + 4 + 9 + 4
 
@@ -272,8 +273,8 @@ class Paravisor:
             raise StackError(f"the paravisor could not boot the vTPM: {exc}") from None
         self._listeners = self._listen()
         for listener in self._listeners:
-            threading.Thread(target=listener.serve_forever, name=f"paravisor-{listener.server_address[1]}",
-                             daemon=True).start()  # fmt: skip
+            threading.Thread(target=listener.serve_forever, args=(_SHUTDOWN_POLL_S,),
+                             name=f"paravisor-{listener.server_address[1]}", daemon=True).start()  # fmt: skip
         logger.info("paravisor serving the guest's vTPM at %s", self.tcti)
 
     def stop(self) -> None:
