@@ -67,7 +67,7 @@ def test_hostile_nv_content_raises_only_the_projects_error(noise, position, patc
             pass
 
 
-@pytest.mark.parametrize(("user_data", "nonce"), [(bytes(63), bytes(32)), (bytes(64), bytes(15)), (bytes(64), bytes(65))])
+@pytest.mark.parametrize(("user_data", "nonce"), [(bytes(63), bytes(32)), (bytes(64), bytes(15)), (bytes(64), bytes(33))])
 def test_a_request_of_the_wrong_size_is_refused_before_the_vtpm_is_asked(user_data, nonce) -> None:
     provider = AzureCvmProvider("swtpm:host=127.0.0.1,port=1", "https://127.0.0.1:1")
     with pytest.raises(AzureCvmEvidenceInvalid) as refused:

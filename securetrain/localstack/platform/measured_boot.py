@@ -74,6 +74,7 @@ class TcgEventLog:
         return digests
 
     def to_bytes(self) -> bytes:
+        """The log as a file holds it."""
         return b"".join(self._events)
 
     def _spec_id_event(self) -> bytes:

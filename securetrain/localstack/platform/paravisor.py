@@ -260,6 +260,7 @@ class Paravisor:
         then serve the guest."""
         self._vtpm = _Vtpm(self._swtpm.socket_path)
         self._esapi = ESAPI(_ParavisorTcti(self._vtpm))
+        booted = False
         try:
             with self._lock:
                 self._keys = provision(self._esapi, self._ca, self._swtpm.vm_unique_id)
@@ -268,10 +269,13 @@ class Paravisor:
                 self._renew_report()
                 measure_workload(self._esapi, self._workload_measurement, PCR_BANKS, self._event_log)
                 self._esapi.hierarchy_control(ESYS_TR.PLATFORM, ESYS_TR.PLATFORM, False)
+            self._listeners = self._listen()
+            booted = True
         except TSS2_Exception as exc:
-            self._close_vtpm()
             raise StackError(f"the paravisor could not boot the vTPM: {exc}") from None
-        self._listeners = self._listen()
+        finally:
+            if not booted:
+                self._close_vtpm()
         for listener in self._listeners:
             threading.Thread(target=listener.serve_forever, args=(_SHUTDOWN_POLL_S,),
                              name=f"paravisor-{listener.server_address[1]}", daemon=True).start()  # fmt: skip

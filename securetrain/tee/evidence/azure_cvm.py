@@ -54,7 +54,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 from tpm2_pytss import ESAPI, TSS2_Exception
-from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_PT_NV, TPM2_RC, TPMA_NV
+from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_PT_NV, TPM2_RC, TPM2_ST, TPMA_NV
 from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_ATTEST, TPMS_NV_PUBLIC, TPMT_SIG_SCHEME
 from urllib3.util.retry import Retry
 
@@ -93,7 +93,9 @@ _IMDS_RETRY_STATUSES = (410, 429, 500, *RETRY_STATUSES)
 #: the paravisor refreshes the report at most once every 2 s.
 REPORT_READ_ATTEMPTS = 4
 REPORT_READ_PAUSE_S = 1.0
-NONCE_MIN_SIZE, NONCE_MAX_SIZE = 16, 64
+#: The nonce is the quote's qualifying data: at most 32 bytes, what Azure's vTPM is known to take (a TPM2B_DATA
+#: holds one digest of the TPM's largest hash) and what the genuine evidence carries.
+NONCE_MIN_SIZE, NONCE_MAX_SIZE = 16, 32
 
 # The HCL report: header, SNP report, IGVM request data (five little-endian u32), runtime claims.
 _HCL_MAGIC = b"HCLA"
@@ -168,7 +170,7 @@ class AzureCvmProvider:
 
     def evidence(self, user_data: bytes, nonce: bytes) -> dict[str, Any]:
         """A fresh evidence document whose HCL report carries ``user_data`` (64 bytes) and whose quote carries
-        ``nonce`` (16 to 64 bytes, the verifier's)."""
+        ``nonce`` (16 to 32 bytes, the verifier's)."""
         if len(user_data) != USER_DATA_SIZE:
             raise AzureCvmEvidenceInvalid("check-request", f"user data must be {USER_DATA_SIZE} bytes, got {len(user_data)}")
         if not NONCE_MIN_SIZE <= len(nonce) <= NONCE_MAX_SIZE:
@@ -354,10 +356,10 @@ def _read_pcrs(esapi: ESAPI) -> dict[int, bytes]:
     with _tpm_step("read-pcrs"):
         while remaining := [index for index in QUOTED_PCRS if index not in values]:
             _, selection, digests = esapi.pcr_read(_pcr_selection(remaining))
-            chosen = selection.pcrSelections[0] if selection.count else None
+            chosen = selection.pcrSelections[0] if selection.count == 1 else None
             read = [
                 index for index in range(chosen.sizeofSelect * 8) if chosen.pcrSelect[index // 8] >> (index % 8) & 1
-            ] if chosen is not None else []  # fmt: skip
+            ] if chosen is not None and chosen.hash == TPM2_ALG.SHA256 else []  # fmt: skip
             if not read or len(read) != len(digests):
                 raise AzureCvmEvidenceUnavailable("read-pcrs", f"the vTPM read none of PCRs {remaining}")
             values.update((index, bytes(digest)) for index, digest in zip(read, digests, strict=True))
@@ -367,9 +369,12 @@ def _read_pcrs(esapi: ESAPI) -> dict[int, bytes]:
 def _check_quote(quote: bytes, nonce: bytes, pcrs: dict[int, bytes]) -> None:
     """The quote must carry our nonce and the PCR values we hand on (a PCR extended in between fails here)."""
     attest_size = int.from_bytes(quote[:2], "big")
-    attest, _ = TPMS_ATTEST.unmarshal(quote[2 : 2 + attest_size])
-    if bytes(attest.extraData) != nonce:
-        raise AzureCvmEvidenceInvalid("quote", "the quote does not carry the nonce it was asked for")
+    try:
+        attest, _ = TPMS_ATTEST.unmarshal(quote[2 : 2 + attest_size])
+    except (TSS2_Exception, ValueError):
+        raise AzureCvmEvidenceInvalid("quote", "the vTPM's quote is not a TPMS_ATTEST") from None
+    if attest.type != TPM2_ST.ATTEST_QUOTE or bytes(attest.extraData) != nonce:
+        raise AzureCvmEvidenceInvalid("quote", "the vTPM's answer is not a quote carrying the nonce it was asked for")
     digest = hashlib.sha256(b"".join(pcrs[index] for index in QUOTED_PCRS)).digest()
     if bytes(attest.attested.quote.pcrDigest) != digest:
         raise AzureCvmEvidenceInvalid("read-pcrs", "the PCR values read are not the ones quoted (a PCR changed)")
