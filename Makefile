@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 DEBIAN_STAMP := $(VENV)/.debian-packages
+TPM_STAMP := $(VENV)/.debian-tpm-packages
 
 .PHONY: setup test test-fast demo airflow bench stack-up stack-down clean help
 
@@ -20,7 +21,16 @@ help:
 	@echo "make stack-down stop the local stack's processes"
 	@echo "make clean      remove the venv, node_modules and the stack state (.securetrain/)"
 
-$(PY_STAMP): pyproject.toml constraints.txt
+# The emulated Azure CVM's vTPM (swtpm, swtpm-tools), the TPM tools its tests read the event log with (tpm2-tools)
+# and the TPM software stack tpm2-pytss builds against (libtss2-dev, with pkg-config to find it): installed before
+# the venv, only when missing. libtss2-dev brings every TCTI, libtss2-tcti-swtpm0 (the paravisor's) included.
+$(TPM_STAMP):
+	dpkg -s swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends swtpm swtpm-tools tpm2-tools libtss2-dev pkg-config)
+	mkdir -p $(VENV)
+	touch $@
+
+$(PY_STAMP): pyproject.toml constraints.txt $(TPM_STAMP)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25"
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
