@@ -21,7 +21,11 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
+from securetrain.core.azure_cvm.evidence import CvmEvidence
+from securetrain.core.azure_cvm.verifier import verify_cvm_evidence
 from securetrain.core.snp.certs import CertificateChain
+from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.core.snp.verifier import verify_report
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.measured_boot import WORKLOAD_EVENT_TAG, WORKLOAD_PCR, workload_event
@@ -202,3 +206,16 @@ def test_new_user_data_gets_a_new_report(emulated, emulated_cvm) -> None:
     assert field(again, "snpReport")[REPORT_DATA] != field(emulated, "snpReport")[REPORT_DATA]
     # The vTPM's identity is the same for every report.
     assert again["evidence"]["runtimeClaims"]["keys"] == emulated["evidence"]["runtimeClaims"]["keys"]
+
+
+def test_the_core_verifier_accepts_the_emulated_evidence_under_the_simulated_root(emulated_cvm, emulated) -> None:
+    """The emulation speaks Azure's format: the verifier that accepts the genuine evidence accepts it, rooted in the
+    simulated platform (which AMD's roots alone refuse), and sees the workload in its PCR."""
+    document = {"report": {"snpCvm": emulated}}
+    verified = verify_cvm_evidence(CvmEvidence.from_document(document), nonce=NONCE, trusted_roots=(emulated_cvm.snp.root,))
+    assert verified.simulated and verified.user_data == USER_DATA
+    assert verified.report.measurement == LAUNCH_MEASUREMENT and verified.report.host_data == bytes(32)
+    assert verified.pcrs[WORKLOAD_PCR] != bytes(32)
+    with pytest.raises(CvmEvidenceError) as refused:
+        verify_cvm_evidence(CvmEvidence.from_document(document), nonce=NONCE, trusted_roots=AMD_ROOTS)
+    assert refused.value.check is Check.SNP_REPORT

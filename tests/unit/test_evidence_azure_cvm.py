@@ -1,4 +1,4 @@
-"""The Azure CVM provider's own checks, without a vTPM: the HCL report split, the request, the IMDS transport."""
+"""The Azure CVM provider's own checks, without a vTPM: reading the HCL report, the request, the IMDS transport."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from securetrain.tee.evidence.azure_cvm import (
     AzureCvmEvidenceInvalid,
     AzureCvmProvider,
     _imds_session,
-    split_hcl_report,
+    read_hcl_report,
 )
 
 GENUINE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "azure-cvm" / "evidence.json"
@@ -32,12 +32,12 @@ def genuine_hcl() -> tuple[bytes, dict]:
     return base64.b64decode(evidence["hclReport"]), evidence
 
 
-def test_the_genuine_hcl_report_splits_into_its_snp_report_and_signed_claims(genuine_hcl) -> None:
+def test_the_genuine_hcl_report_reads_as_its_snp_report_and_signed_claims(genuine_hcl) -> None:
     blob, evidence = genuine_hcl
-    snp_report, claims = split_hcl_report(blob)
-    assert snp_report == base64.b64decode(evidence["snpReport"])
-    assert hashlib.sha256(claims).digest() == snp_report[0x50:0x70]
-    assert json.loads(claims)["user-data"] == evidence["runtimeClaims"]["user-data"]
+    report, claims = read_hcl_report(blob)
+    assert report.snp_report == base64.b64decode(evidence["snpReport"])
+    assert hashlib.sha256(claims.to_bytes()).digest() == report.snp_report[0x50:0x70]
+    assert claims.user_data == bytes.fromhex(evidence["runtimeClaims"]["user-data"])
 
 
 @pytest.mark.parametrize(
@@ -51,7 +51,7 @@ def test_the_genuine_hcl_report_splits_into_its_snp_report_and_signed_claims(gen
 )
 def test_a_malformed_hcl_report_is_refused(genuine_hcl, change) -> None:
     with pytest.raises(AzureCvmEvidenceInvalid) as refused:
-        split_hcl_report(change(genuine_hcl[0]))
+        read_hcl_report(change(genuine_hcl[0]))
     assert refused.value.step == "read-hcl-report"
 
 
@@ -62,7 +62,7 @@ def test_hostile_nv_content_raises_only_the_projects_error(noise, position, patc
     blob = base64.b64decode(genuine)
     for candidate in (noise, blob[:position] + patch + blob[position + len(patch) :], b"HCLA" + noise):
         try:
-            split_hcl_report(candidate)
+            read_hcl_report(candidate)
         except EvidenceError:
             pass
 

@@ -10,7 +10,8 @@ The shape is the one Azure's open-source clean room (``Azure/azure-cleanroom``: 
           "snpReport": base64(the 1184-byte SNP report inside the HCL report),
           "aikCert":   base64(NV index 0x01C101D0: the AK certificate, DER, zero-padded),
           "pcrs":      {"0": base64(SHA-256 PCR 0), ..., "23": ...},
-          "runtimeClaims": {...}},                 # optional, unsigned: see below
+          "runtimeClaims": {...},                  # optional, unsigned: see below
+          "eventLog": base64(TCG2 event log)},     # optional, this product's: see below
         "nonce": base64(the quote's extraData),
         "platformCertificates": "VCEK, ASK, ARK as PEM",
         "imageReference": {"publisher": ..., ...}}},  # optional, unsigned
@@ -22,7 +23,9 @@ index outside 0-23 is refused (check ``evidence-document``). Two fields are acce
 because nothing signs them: ``runtimeClaims`` is the agent's re-serialisation of the HCL report's claims
 (its own struct adds ``root-cert-thumbprint`` and ``tpm-persisted``, which the paravisor did not write),
 so the verifier reads the claims only from the HCL report's bound bytes, as the clean room's own
-verifier does; ``imageReference`` is what the VM's metadata service says the image is.
+verifier does; ``imageReference`` is what the VM's metadata service says the image is. The TEE's own
+provider (:mod:`securetrain.tee.evidence.azure_cvm`) adds ``eventLog``, the TCG boot log Azure's guest
+library sends MAA as ``TcgLogs``: it is carried, not trusted; the PCR values it explains are the quote's.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class _Evidence(Contract):
     aikCert: Base64
     pcrs: dict[_PcrIndex, Base64]
     runtimeClaims: Omittable[JsonObject]
+    eventLog: Omittable[Base64]
 
 
 class _SnpCvm(Contract):

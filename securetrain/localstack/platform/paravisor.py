@@ -27,14 +27,12 @@ uses; a read under an HMAC session fails its authorization.
 
 Commands are handled one at a time (swtpm serves one connection; the guest's run in turn, as on a TPM).
 
-:func:`hcl_report_bytes` is the report's layout, checked against the genuine Azure report in the tests.
+The report and its runtime claims are built by the core's :mod:`securetrain.core.azure_cvm.hcl`, the same code the
+verifier parses them with, which reproduces the genuine Azure report byte for byte.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import json
 import logging
 import secrets
 import socket
@@ -45,12 +43,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
 from tpm2_pytss import ESAPI, TSS2_Exception
 from tpm2_pytss.TCTI import PyTCTI
 from tpm2_pytss.constants import ESYS_TR, TPM2_CC, TPM2_RC, TPM2_ST
 from tpm2_pytss.types import TPM2B_NV_PUBLIC
 
+from securetrain.core.attestation.maa import report_data_for
+from securetrain.core.azure_cvm.hcl import HclReport, RuntimeClaims, VmConfiguration
 from securetrain.localstack.errors import StackError
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.measured_boot import measure_workload
@@ -61,7 +60,6 @@ from securetrain.localstack.platform.vtpm import (
     PCR_BANKS,
     Swtpm,
     VtpmCertificateAuthority,
-    VtpmKeys,
     define_platform_index,
     provision,
     write_index,
@@ -74,20 +72,9 @@ logger = logging.getLogger(__name__)
 REPORT_INDEX_SIZE = 2600
 #: The paravisor makes at most one report per this many seconds (openvmm ``REPORT_TIMER_PERIOD``).
 REPORT_RENEWAL_INTERVAL_S = 2.0
-#: What the runtime claims say of the local CVM: no serial console, no UEFI secure boot, a TPM.
-LOCAL_VM_CONFIGURATION = {"console-enabled": False, "secure-boot": False, "tpm-enabled": True}
-
-# The HCL report layout (openvmm IgvmAttestRequestHeader, IgvmAttestRequestData), version 1 as in the genuine
-# report: an AK certificate request carrying an SNP report whose REPORT_DATA is SHA-256 of the claims.
-_HCL_SIGNATURE = b"HCLA"
-_HCL_VERSION = 1
-_REQUEST_TYPE_AK_CERT = 2
-_REQUEST_DATA_VERSION = 1
-_REPORT_TYPE_SNP = 2
-_HASH_TYPE_SHA256 = 1
-_HCL_HEADER = struct.Struct("<4s7I")
-_REQUEST_DATA = struct.Struct("<5I")
-_SNP_REPORT_SIZE = 1184
+#: What the runtime claims say of the local CVM: no serial console, no UEFI secure boot, a TPM (the fields Azure's
+#: paravisor writes; the VM's id is the vTPM's).
+LOCAL_VM_CONFIGURATION = {"console_enabled": False, "secure_boot": False, "tpm_enabled": True}
 
 # TPM messages: tag, size, command or response code; libtpms takes and gives at most 4096 bytes.
 _TPM_HEADER = struct.Struct(">HII")
@@ -101,38 +88,6 @@ _PORT_ATTEMPTS = 20
 _SHUTDOWN_POLL_S = 0.05
 # TPM2_NV_Read: header, authHandle and nvIndex, authorizationSize, a password session (9 bytes), size and offset.
 _NV_READ_MIN_SIZE = 10 + 8 + 4 + 9 + 4
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _rsa_jwk(kid: str, operation: str, key: rsa.RSAPublicKey) -> dict[str, object]:
-    numbers = key.public_numbers()
-    return {"kid": kid, "key_ops": [operation], "kty": "RSA",
-            "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
-            "n": _b64url(numbers.n.to_bytes(key.key_size // 8, "big"))}  # fmt: skip
-
-
-def runtime_claims(keys: VtpmKeys, vm_unique_id: str, user_data: bytes) -> bytes:
-    """The runtime claims as the paravisor serializes them: compact JSON, ``user-data`` in uppercase hex."""
-    document = {
-        "keys": [_rsa_jwk("HCLAkPub", "sign", keys.ak), _rsa_jwk("HCLEkPub", "encrypt", keys.ek)],
-        "vm-configuration": {**LOCAL_VM_CONFIGURATION, "vmUniqueId": vm_unique_id},
-        "user-data": user_data.hex().upper(),
-    }
-    return json.dumps(document, separators=(",", ":")).encode()
-
-
-def hcl_report_bytes(snp_report: bytes, runtime_claims: bytes) -> bytes:
-    """The HCL report: header ``HCLA``, the SNP report at 32, the IGVM request data at 1216, then the claims."""
-    if len(snp_report) != _SNP_REPORT_SIZE:
-        raise ValueError(f"an SNP report is {_SNP_REPORT_SIZE} bytes, not {len(snp_report)}")
-    request_data = _REQUEST_DATA.pack(_REQUEST_DATA.size + len(runtime_claims), _REQUEST_DATA_VERSION,
-                                      _REPORT_TYPE_SNP, _HASH_TYPE_SHA256, len(runtime_claims))  # fmt: skip
-    report_size = _HCL_HEADER.size + len(snp_report) + len(request_data) + len(runtime_claims)
-    header = _HCL_HEADER.pack(_HCL_SIGNATURE, _HCL_VERSION, report_size, _REQUEST_TYPE_AK_CERT, 0, 0, 0, 0)
-    return header + snp_report + request_data + runtime_claims
 
 
 def _receive(connection: socket.socket, size: int) -> bytes:
@@ -373,10 +328,11 @@ class Paravisor:
     def _renew_report(self) -> None:
         """A new HCL report for the user data the guest wrote last, into the report index."""
         user_data = self._user_data()
-        claims = runtime_claims(self._keys, self._swtpm.vm_unique_id, user_data)
-        evidence = self._snp.report(report_data=hashlib.sha256(claims).digest() + bytes(32),
-                                    measurement=LAUNCH_MEASUREMENT, host_data=bytes(32))  # fmt: skip
-        report = hcl_report_bytes(evidence.report, claims)
+        configuration = VmConfiguration(**LOCAL_VM_CONFIGURATION, vm_unique_id=self._swtpm.vm_unique_id)
+        claims = RuntimeClaims.build(ak_public_key=self._keys.ak, ek_public_key=self._keys.ek,
+                                     vm_configuration=configuration, user_data=user_data).to_bytes()  # fmt: skip
+        evidence = self._snp.report(report_data=report_data_for(claims), measurement=LAUNCH_MEASUREMENT, host_data=bytes(32))
+        report = HclReport.build(evidence.report, claims).to_bytes()
         if len(report) > REPORT_INDEX_SIZE:
             raise StackError(f"an HCL report of {len(report)} bytes does not fit the {REPORT_INDEX_SIZE}-byte index")
         content = report.ljust(REPORT_INDEX_SIZE, b"\0")

@@ -41,9 +41,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
-import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -58,6 +56,8 @@ from tpm2_pytss.constants import ESYS_TR, TPM2_ALG, TPM2_CAP, TPM2_PT_NV, TPM2_R
 from tpm2_pytss.types import TPM2B_NV_PUBLIC, TPMS_ATTEST, TPMS_NV_PUBLIC, TPMT_SIG_SCHEME
 from urllib3.util.retry import Retry
 
+from securetrain.core.azure_cvm.errors import CvmEvidenceError
+from securetrain.core.azure_cvm.hcl import USER_DATA_SIZE, HclReport, RuntimeClaims
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.http import BACKOFF_S, CONNECT_TIMEOUT_S, READ_TIMEOUT_S, RETRIES, RETRY_STATUSES, HttpsSession
 from securetrain.core.snp.certs import CertificateChain
@@ -70,7 +70,6 @@ HCL_REPORT_NV_INDEX = 0x01400001
 USER_DATA_NV_INDEX = 0x01400002
 AK_CERT_NV_INDEX = 0x01C101D0
 AK_PERSISTENT_HANDLE = 0x81000003
-USER_DATA_SIZE = 64
 #: The PCRs quoted, all of the SHA-256 bank.
 QUOTED_PCRS = tuple(range(24))
 QUOTE_BANK = "sha256"
@@ -97,14 +96,6 @@ REPORT_READ_PAUSE_S = 1.0
 #: holds one digest of the TPM's largest hash) and what the genuine evidence carries.
 NONCE_MIN_SIZE, NONCE_MAX_SIZE = 16, 32
 
-# The HCL report: header, SNP report, IGVM request data (five little-endian u32), runtime claims.
-_HCL_MAGIC = b"HCLA"
-_HCL_HEADER_SIZE = 32
-_SNP_REPORT_SIZE = 1184
-_REQUEST_DATA = struct.Struct("<5I")
-_HASH_TYPE_SHA256 = 1
-
-
 class AzureCvmEvidenceUnavailable(EvidenceUnavailable):
     """A step of collecting the evidence failed (the vTPM, the event log, IMDS); ``step`` names it."""
 
@@ -121,18 +112,14 @@ class AzureCvmEvidenceInvalid(EvidenceError):
         self.step = step
 
 
-def split_hcl_report(blob: bytes) -> tuple[bytes, bytes]:
-    """The SNP report and the runtime-claims bytes of an HCL report as NV ``0x01400001`` holds it."""
-    if len(blob) < _HCL_HEADER_SIZE + _SNP_REPORT_SIZE + _REQUEST_DATA.size or blob[:4] != _HCL_MAGIC:
-        raise AzureCvmEvidenceInvalid("read-hcl-report", f"NV 0x{HCL_REPORT_NV_INDEX:08x} does not hold an HCL report")
-    offset = _HCL_HEADER_SIZE + _SNP_REPORT_SIZE
-    data_size, _, _, hash_type, claims_size = _REQUEST_DATA.unpack_from(blob, offset)
-    start = offset + _REQUEST_DATA.size
-    if data_size != _REQUEST_DATA.size + claims_size or start + claims_size > len(blob):
-        raise AzureCvmEvidenceInvalid("read-hcl-report", "the HCL report's runtime-claims sizes do not add up")
-    if hash_type != _HASH_TYPE_SHA256:
-        raise AzureCvmEvidenceInvalid("read-hcl-report", f"the HCL report binds its claims with hash type {hash_type}")
-    return blob[_HCL_HEADER_SIZE:offset], blob[start : start + claims_size]
+def read_hcl_report(blob: bytes) -> tuple[HclReport, RuntimeClaims]:
+    """The HCL report NV ``0x01400001`` holds and the runtime claims it carries, read by the core's strict parsers
+    (what does not parse is not handed on; whether it is genuine is the verifier's question)."""
+    try:
+        report = HclReport.from_bytes(blob)
+        return report, RuntimeClaims.from_bytes(report.runtime_claims)
+    except CvmEvidenceError as exc:
+        raise AzureCvmEvidenceInvalid("read-hcl-report", str(exc)) from None
 
 
 def _imds_session(endpoint: str, ca_bundle: Path | None) -> requests.Session:
@@ -318,14 +305,9 @@ def _fresh_hcl_report(esapi: ESAPI, user_data: bytes) -> tuple[bytes, bytes, dic
     """The HCL report (NV content), its SNP report and runtime claims, once the claims carry ``user_data``."""
     for attempt in range(1, REPORT_READ_ATTEMPTS + 1):
         blob = _read_nv(esapi, HCL_REPORT_NV_INDEX, "read-hcl-report")
-        snp_report, claims_bytes = split_hcl_report(blob)
-        try:
-            claims = json.loads(claims_bytes)
-            carried = bytes.fromhex(claims["user-data"])
-        except (ValueError, KeyError, TypeError):
-            raise AzureCvmEvidenceInvalid("read-hcl-report", "the HCL report's runtime claims are malformed") from None
-        if carried == user_data:
-            return blob, snp_report, claims
+        report, claims = read_hcl_report(blob)
+        if claims.user_data == user_data:
+            return blob, report.snp_report, claims.to_json()
         log.info("HCL report not yet refreshed with our user data (read %d of %d)", attempt, REPORT_READ_ATTEMPTS)
         if attempt < REPORT_READ_ATTEMPTS:
             time.sleep(REPORT_READ_PAUSE_S)
