@@ -21,7 +21,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from securetrain.localstack.standins.keyvault.authz import Action, RoleAssignments
+from securetrain.localstack.standins.keyvault.authz import Action, load_role_assignments
 from securetrain.airflow.settings import PipelineSettings
 from securetrain.localstack.airflow_env import keyvault_connections, securetrain_connections
 from securetrain.core.appraisal import AppraisalPolicy
@@ -335,7 +335,7 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     assert connections["securetrain_keyvault"]["login"] == identity["pipeline"].client_id
     assert identity["cvm"].identity_header == SECRETS["SECURETRAIN_CVM_IDENTITY_HEADER"]
     identity = {name: value.object_id for name, value in identity.items()}
-    roles = RoleAssignments.load(out / "keyvault/policies/keyvault-roles.json")
+    roles = load_role_assignments(out / "keyvault/policies/keyvault-roles.json")
     private_use = {Action.UNWRAP, Action.DECRYPT, Action.RELEASE}
     granted = {name: {action for action in Action if roles.allows(oid, action)} for name, oid in identity.items()}
     assert granted["pipeline"] == {Action.READ}

@@ -27,7 +27,7 @@ from pathlib import Path
 import requests
 
 from securetrain.localstack.standins.attestation_service.app import SIMULATED
-from securetrain.localstack.standins.keyvault.authz import RoleDefinition
+from securetrain.localstack.standins.rbac import RoleDefinition
 from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.identities import (
     CVM_IDENTITY,
