@@ -133,6 +133,11 @@ class SimulatedSnpPlatform:
         return TrustedRoot(ROOT_NAME, ark.spki_sha256)
 
     @property
+    def root_certificate_path(self) -> Path:
+        """The simulated ARK's certificate (public): what a verifier configured to trust the platform reads."""
+        return self._state_dir / _ARK_CERT
+
+    @property
     def chip_id(self) -> bytes:
         """The simulated chip's 64-byte CHIP_ID (the hwID in its VCEKs)."""
         return self._chip_id
