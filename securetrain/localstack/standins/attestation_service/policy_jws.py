@@ -14,6 +14,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 
 from securetrain.core.attestation.policy import base64url
 from securetrain.core.errors import SecuretrainError
@@ -21,6 +22,7 @@ from securetrain.core.errors import SecuretrainError
 #: The payload member that holds the policy text, base64url.
 POLICY_MEMBER = "AttestationPolicy"
 _UNSIGNED_HEADER = {"alg": "none"}
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]*")
 
 
 class PolicyJwsInvalid(SecuretrainError):
@@ -40,8 +42,11 @@ def jws_hash(jws: str) -> bytes:
 
 
 def _decoded(segment: str, what: str) -> bytes:
+    unpadded = segment.rstrip("=")
+    if not _BASE64URL.fullmatch(unpadded):
+        raise PolicyJwsInvalid(f"the {what} is not base64url")
     try:
-        value = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+        value = base64.urlsafe_b64decode(unpadded + "=" * (-len(unpadded) % 4))
     except (binascii.Error, ValueError):
         raise PolicyJwsInvalid(f"the {what} is not base64url") from None
     if base64url(value) != segment.rstrip("="):
