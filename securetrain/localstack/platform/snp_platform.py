@@ -9,8 +9,8 @@ verifier (:mod:`securetrain.core.snp.verifier`) checks its reports exactly as it
 
 What it is not: hardware. Nothing here measures or isolates anything — the caller *states* the
 measurement — and its private keys are files on disk. Every certificate subject says SIMULATED; its
-root is not one of AMD's ARKs, so a verifier reports its evidence as simulated, an appraisal policy
-must name its root *and* set ``accept_simulated_platform`` to accept it, and tokens it earns say so.
+root is not one of AMD's ARKs, so a verifier reports its evidence as simulated, a verifier must be configured
+to trust its root (the attestation service's ``--trust-root``) to accept it at all, and tokens it earns say so.
 """
 
 from __future__ import annotations
