@@ -22,7 +22,7 @@ from pathlib import Path
 import requests
 
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.localstack.services.attestation import approved_reference_values
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
 from securetrain.localstack import StackConfig, down, up
@@ -49,10 +49,9 @@ def main() -> int:
         try:
             env = up(config)
             endpoint, ca = env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"]
-            policy = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
+            _, (host_data,) = approved_reference_values(Path(env["SECURETRAIN_ATTESTATION_POLICY"]).read_text())
             platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
             measurement = bytes.fromhex(env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"])
-            (host_data,) = policy.allowed_host_data
             client = AttestationServiceClient(endpoint, verify=ca)
             validator = TokenValidator(AuthorityKeys(endpoint, verify=ca))
             session = requests.Session()

@@ -33,7 +33,7 @@ from securetrain.localstack.settings import settings_path
 from securetrain.localstack.services.keyvault import KEYVAULT
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.localstack.services.attestation import approved_reference_values
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.keyvault import KEK_NAME, key_client, key_client_from_settings
 from securetrain.core.skr import unwrap_released_key
@@ -43,9 +43,8 @@ from securetrain.tee.attest import TeeKey
 
 
 def _token(env: dict[str, str], tee_key: TeeKey) -> str:
-    policy = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
+    _, (host_data,) = approved_reference_values(Path(env["SECURETRAIN_ATTESTATION_POLICY"]).read_text())
     platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
-    (host_data,) = policy.allowed_host_data
     nonce = secrets.token_hex(16)
     runtime = runtime_data_bytes({"keys": [tee_key.public_jwk()], "nonce": nonce})
     evidence = platform.report(report_data=report_data_for(runtime), measurement=LAUNCH_MEASUREMENT, host_data=host_data)

@@ -14,7 +14,8 @@ directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly
     OUT/trainer/policies/data-owner-key.pem        the data owner's public key the TEE pins (measured)
     OUT/identity/secrets/identities/*.json         every identity (the token issuer checks their secrets)
     OUT/keyvault/policies/keyvault-roles.json      role definitions and assignments
-    OUT/attestation/policies/appraisal.yaml        the approved appraisal policy
+    OUT/attestation/policies/attestation-roles.json   who may manage the attestation policies (the data owner)
+    OUT/attestation/policies/simulated-ark.pem     the simulated platform's root certificate, which it trusts
     OUT/airflow/certs/client/pipeline.pem/.key     Airflow's client certificate for the trainer's API
     OUT/airflow/secrets/airflow-connections.json   Airflow's Key Vault connections: the pipeline's and key
                                                    rotation's service principals (read keys; make a new
@@ -22,6 +23,7 @@ directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly
     OUT/airflow/policies/release-policy.json       the approved release policy Airflow checks the KEK against
     OUT/data-owner/secrets/identities/data-owner.json            the identity that creates the KEK
     OUT/data-owner/policies/release-policy.json    the approved release policy it creates the KEK under
+    OUT/data-owner/policies/sevsnpvm-attestation-policy.txt   the approved attestation policy it sets
     OUT/data-owner/secrets/data-owner/signing-key.pem   the owner's manifest and export-approval key
 
 The TEE's identity is a managed identity: no file of the trainer's holds a secret for it. Its host's
@@ -29,7 +31,7 @@ secret (``IDENTITY_HEADER``) is the deployment's ``SECURETRAIN_CVM_IDENTITY_HEAD
 gives the identity service and compose gives the trainer's environment.
 
 The CA and its key stay in CA_DIR, a volume no other container mounts. Running it again keeps what is
-valid (the CA, keys, identities, the approved policy) and reissues only certificates close to expiry,
+valid (the CA, keys, identities, the approved policies) and reissues only certificates close to expiry,
 exactly as ``securetrain stack up`` does.
 
 Usage: ``python pki_init.py OUT CA_DIR``. The securetrain CLI has no command that makes this material
@@ -46,20 +48,24 @@ import shutil
 import sys
 from pathlib import Path
 
-from securetrain.localstack.standins.attestation_service.app import SIMULATED
 from securetrain.core.errors import SecuretrainError
 from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.airflow_env import keyvault_connections
 from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, LocalIdentity
 from securetrain.localstack.pki import LocalCA
-from securetrain.core.release_policy import approved_release_policy
 from securetrain.localstack import data_owner
-from securetrain.localstack.services.attestation import appraisal_policy_path, local_appraisal_policy
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.localstack.services.attestation import (
+    attestation_policy_path,
+    attestation_roles_path,
+    local_attestation_policy,
+    release_policy_for,
+    write_attestation_roles,
+)
 from securetrain.localstack.services.cvm import MONITOR_IDENTITY
 from securetrain.localstack.services.identity import identities_dir, stack_identities
 from securetrain.localstack.services.keyvault import release_policy_path, roles_path, write_roles
 from securetrain.localstack.layout import StackLayout
-from securetrain.localstack.service import ServiceContext
 
 log = logging.getLogger("pki_init")
 
@@ -67,6 +73,8 @@ log = logging.getLogger("pki_init")
 SERVERS = ("azurite", "attestation", "identity", "keyvault", "trainer")
 #: The URL tokens of the attestation service name as their issuer: release policies pin it.
 ATTESTATION_URL = "https://attestation:10443"
+#: Where the attestation service finds the simulated platform's root it is configured to trust.
+SIMULATED_ROOT = "policies/simulated-ark.pem"
 #: The services Airflow's Key Vault connections name, by their compose names.
 KEYVAULT_URL, IDENTITY_URL = "https://keyvault:10800", "https://identity:10700"
 #: The deployment's secret for the TEE's managed identity (compose passes it from .env).
@@ -107,20 +115,24 @@ def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
     trees["airflow"].secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     with atomic_output(trees["airflow"].secrets_dir / "airflow-connections.json", mode=0o600) as out_file:
         out_file.write(json.dumps(connections, indent=2, sort_keys=True).encode())
-    # Role assignments name the identities' object ids: written beside them, then handed to the vault.
+    # Role assignments name the identities' object ids: written beside them, then handed to the services.
     write_roles(trees["identity"])
     _hand_over(roles_path(trees["identity"]), roles_path(trees["keyvault"]))
+    write_attestation_roles(trees["identity"])
+    _hand_over(attestation_roles_path(trees["identity"]), attestation_roles_path(trees["attestation"]))
 
     # The data owner's signing key stays in the owner's tree; the trainer gets the public half, before the
-    # appraisal policy below measures the workload that trusts it.
+    # attestation policy below measures the workload that trusts it.
     data_owner.signing_key(trees["data-owner"])
     _hand_over(data_owner.public_key_path(trees["data-owner"]), data_owner.public_key_path(trees["trainer"]))
-    # The approved appraisal policy trusts the simulated platform's root, so it is made where the platform
-    # (and its private keys) live, the trainer's tree, and only the policy is handed on.
-    trainer_context = ServiceContext("attestation", "attestation", 10443, trees["trainer"])
-    appraisal = local_appraisal_policy(trainer_context)
-    _hand_over(appraisal_policy_path(trainer_context), trees["attestation"].policies_dir / "appraisal.yaml")
-    release_policy = approved_release_policy(ATTESTATION_URL, appraisal, compliance_status=SIMULATED)
+    # The simulated platform (its private keys) lives in the trainer's tree; the attestation service gets its
+    # root certificate only. The approved attestation policy measures the workload installed in the trainer's
+    # tree; the data owner sets it on the attestation service (docker/data_owner_kek.py).
+    platform = SimulatedSnpPlatform.load_or_create(trees["trainer"].snp_platform_dir)
+    _hand_over(platform.root_certificate_path, trees["attestation"].root / SIMULATED_ROOT)
+    attestation_policy = local_attestation_policy(trees["trainer"])
+    _hand_over(attestation_policy_path(trees["trainer"]), attestation_policy_path(trees["data-owner"]))
+    release_policy = release_policy_for(ATTESTATION_URL, attestation_policy)
     for container in ("airflow", "data-owner"):
         trees[container].policies_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with atomic_output(release_policy_path(trees[container]), mode=0o644) as out_file:

@@ -71,7 +71,7 @@ class Severity(enum.StrEnum):
 # Error class names (securetrain's, operators', the trainer's) and what failing with one means.
 _CATEGORY_BY_ERROR: dict[str, AlertCategory] = {
     # attestation: evidence refused, token or report rejected
-    "AppraisalFailed": AlertCategory.ATTESTATION_FAILURE,
+    "PolicyDenied": AlertCategory.ATTESTATION_FAILURE,
     "AttestationRefused": AlertCategory.ATTESTATION_FAILURE,
     "CvmAttestationRefused": AlertCategory.ATTESTATION_FAILURE,
     "TokenRejected": AlertCategory.ATTESTATION_FAILURE,

@@ -276,11 +276,11 @@ def published_keys(verify: str | bool) -> Callable[[str], SigningKeys]:
 def verify_attestation_token(
     raw: str, policy: ReleasePolicy, keys_for: Callable[[str], SigningKeys]
 ) -> Mapping[str, Any]:
-    """The claims of ``raw`` once its signature and its appraisal verify; :class:`ProvenanceInvalid` otherwise.
+    """The claims of ``raw`` once its signature and its claims verify; :class:`ProvenanceInvalid` otherwise.
 
     The token is historical evidence here (the model was trained while it was valid), so its expiry is not
     checked; everything else is: RS256 by a key the issuer publishes (``keys_for(issuer)``), an issuer the
-    release policy trusts, and claims (measurement, HOST_DATA, appraisal-policy hash, debug off, a runtime
+    release policy trusts, and claims (measurement, HOST_DATA, attestation-policy hash, debug off, a runtime
     key) that satisfy ``policy``.
     """
     try:

@@ -26,11 +26,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 
 POLICY_VERSION = "1.0.0"
@@ -297,30 +297,37 @@ def policy_matches(actual: ReleasePolicy | bytes | str | Mapping[str, Any], appr
     return canonical_form(actual) == canonical_form(approved)
 
 
-def _one_of(claim: str, values: Sequence[bytes]) -> Rule:
+def _one_of(claim: str, values: Collection[bytes]) -> Rule:
     conditions = tuple(Condition(claim, "equals", value.hex()) for value in sorted(values))
     return conditions[0] if len(conditions) == 1 else Group("anyOf", conditions)
 
 
 def approved_release_policy(
-    authority: str, appraisal: AppraisalPolicy, *, compliance_status: str = AZURE_COMPLIANT_CVM
+    authority: str,
+    *,
+    attestation_policy: str,
+    measurements: Collection[bytes],
+    host_data: Collection[bytes],
+    compliance_status: str = AZURE_COMPLIANT_CVM,
 ) -> ReleasePolicy:
-    """The project's release policy for a KEK: a token from ``authority`` saying the evidence passed
-    ``appraisal``, on a non-debuggable SEV-SNP VM running an approved measurement and workload (HOST_DATA),
-    with a runtime key to wrap the KEK to.
+    """The project's release policy for a KEK: a token from ``authority`` issued under exactly the approved
+    attestation policy (its text's ``x-ms-policy-hash``, as MAA computes it), on a non-debuggable SEV-SNP VM
+    running an approved launch measurement and workload (HOST_DATA), with a runtime key to wrap the KEK to.
 
+    The measurement and HOST_DATA are pinned here as well as in the attestation policy: the vault then does not
+    depend on the attestation provider's policy alone to keep the key from another workload.
     ``compliance_status`` is ``azure-compliant-cvm`` in production; the local stack passes the status its
     attestation service gives simulated platforms, which a production policy therefore refuses.
     """
-    if not appraisal.allowed_measurements or not appraisal.allowed_host_data:
-        raise ReleasePolicyInvalid("the appraisal policy approves no measurement or no HOST_DATA: no release policy")
+    if not measurements or not host_data:
+        raise ReleasePolicyInvalid("no approved launch measurement or no approved HOST_DATA: no release policy")
     conditions: list[Rule] = [
         Condition("x-ms-attestation-type", "equals", "sevsnpvm"),
         Condition("x-ms-compliance-status", "equals", compliance_status),
-        Condition("x-ms-policy-hash", "equals", appraisal.sha256),
+        Condition("x-ms-policy-hash", "equals", maa_policy_hash(attestation_policy)),
         Condition("x-ms-sevsnpvm-is-debuggable", "equals", False),
-        _one_of("x-ms-sevsnpvm-launchmeasurement", sorted(appraisal.allowed_measurements)),
-        _one_of("x-ms-sevsnpvm-hostdata", sorted(appraisal.allowed_host_data)),
+        _one_of("x-ms-sevsnpvm-launchmeasurement", measurements),
+        _one_of("x-ms-sevsnpvm-hostdata", host_data),
         Condition("x-ms-runtime.keys", "exists", True),
     ]
     return ReleasePolicy((AuthorityRule(authority.rstrip("/"), Group("allOf", tuple(conditions))),))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import requests
 
-from securetrain.localstack.errors import StackError
+from securetrain.localstack.errors import StackConfigurationError, StackError
 from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.process import PidRecord
 
 
 _HEALTH_TIMEOUT_S = 3
@@ -83,6 +84,14 @@ def check_openid_issuer(context: ServiceContext, metadata_url: str, issuer: str)
         raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
     if seen != issuer:
         raise ServiceUnhealthy(f"the service says its issuer is {seen!r}, expected {issuer}")
+
+
+def running_dependency(context: ServiceContext, name: str) -> ServiceContext:
+    """The context of service ``name``, which ``context``'s service depends on, as the stack started it."""
+    record = PidRecord.read(context.layout.pid_file(name))
+    if record is None:
+        raise StackConfigurationError(f"the {context.name} service needs {name} running; it has no PID record")
+    return ServiceContext(name, record.host, record.port, context.layout)
 
 
 def _nothing(_: ServiceContext) -> Mapping[str, str]:

@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "measure",
         help="print the workload's HOST_DATA digest (hex)",
         description="Print HOST_DATA: SHA-256 of the workload manifest (TEE and core code, installed "
-        "distributions, Python version, the data owner keys the TEE trusts). Pin it in the appraisal and "
+        "distributions, Python version, the data owner keys the TEE trusts). Pin it in the attestation and "
         "release policies; a workload that differs in one byte reports another value and gets no key.",
         epilog="exit codes: 0 printed, 2 bad argument",
     )

@@ -12,13 +12,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.localstack.services.attestation import approved_reference_values
 from securetrain.core.attestation.maa import (
     AttestationRefused,
     AttestationServiceClient,
     report_data_for,
     runtime_data_bytes,
 )
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenRejected, TokenValidator
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.snp.report import GuestPolicy
@@ -33,10 +34,9 @@ class Tee:
         env = stack.env
         self.endpoint = env["SECURETRAIN_ATTESTATION_ENDPOINT"]
         self.ca = env["SECURETRAIN_CA_BUNDLE"]
-        self.policy = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
         self.platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
         self.measurement = bytes.fromhex(env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"])
-        (self.host_data,) = self.policy.allowed_host_data
+        _, (self.host_data,) = approved_reference_values(Path(env["SECURETRAIN_ATTESTATION_POLICY"]).read_text())
 
     def attest(self, nonce: str, **report_fields) -> str:
         runtime = runtime_data_bytes({"keys": [{"kid": "tee-1", "kty": "RSA", "e": "AQAB", "n": "sw"}], "nonce": nonce})
@@ -58,21 +58,28 @@ def test_simulated_report_to_validated_token(tee, local_stack):
     nonce = secrets.token_hex(16)
     token = tee.attest(nonce)
     validated = tee.validator().validate(
-        token, expected_nonce=nonce, expected_policy_hash=local_stack.env["SECURETRAIN_APPRAISAL_POLICY_SHA256"]
+        token, expected_nonce=nonce, expected_policy_hash=local_stack.env["SECURETRAIN_ATTESTATION_POLICY_HASH"]
     )
     assert validated.claims["x-ms-sevsnpvm-hostdata"] == tee.host_data.hex()
     assert validated.claims["x-securetrain-platform"] == "simulated"
     assert validated.runtime_keys[0]["kid"] == "tee-1"
 
 
-def test_refusal_reaches_the_client_with_its_reason(tee):
-    with pytest.raises(AttestationRefused, match="debug") as refused:
+def test_the_tokens_policy_hash_is_maas_hash_of_the_approved_policy_text(tee, local_stack):
+    validated = tee.validator().validate(tee.attest(secrets.token_hex(8)))
+    approved = Path(local_stack.env["SECURETRAIN_ATTESTATION_POLICY"]).read_text()
+    assert validated.claims["x-ms-policy-hash"] == maa_policy_hash(approved) == local_stack.env["SECURETRAIN_ATTESTATION_POLICY_HASH"]
+
+
+def test_refusal_reaches_the_client_naming_the_policy_rule(tee):
+    with pytest.raises(AttestationRefused, match=r'\[type=="x-ms-sevsnpvm-is-debuggable", value==false\] is not satisfied') as refused:
         tee.attest(secrets.token_hex(8), policy=GuestPolicy.build(debug=True))
-    assert refused.value.code == "AppraisalFailed"
+    assert refused.value.code == "PolicyDenied"
+    assert "authorization denied: no rule permitted the evidence: the rule at line" in str(refused.value)
 
 
 def test_a_changed_trainer_is_refused(tee):
-    with pytest.raises(AttestationRefused, match="host_data"):
+    with pytest.raises(AttestationRefused, match=f'x-ms-sevsnpvm-hostdata is "{"0" * 64}"'):
         tee.attest(secrets.token_hex(8), host_data=bytes(32))
 
 

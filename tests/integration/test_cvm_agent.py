@@ -5,8 +5,6 @@ from __future__ import annotations
 import secrets
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -34,8 +32,8 @@ from securetrain.core.onboarding import SealedShard, new_manifest
 from securetrain.localstack.pki import LocalCA
 from securetrain.localstack import StackLayout, data_owner
 from securetrain.core.storage import BlobStore
-from tests.agent_process import AgentProcess, wait_port
-from tests.conftest import free_ports
+from tests.agent_process import AgentProcess
+from tests.attestation_service import attestation_service
 from securetrain.tee.agent.jobs import JobRecord, JobStore
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
@@ -249,51 +247,36 @@ def test_a_restarted_agent_resumes_unfinished_jobs_with_a_fresh_nonce(restarted_
     assert client.attestation().claims["nonce"] == f"{spec.nonce}.1"
 
 
-def start_process(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
 @pytest.mark.slow
 def test_reattestation_renews_the_token_and_reports_when_it_fails(local_stack, tmp_path: Path) -> None:
     """Against an attestation service whose tokens live 4 s: renewed with the next nonce, then refused."""
     env = local_stack.env
-    server = LocalCA.load_or_create(local_stack.state_dir / "ca").issue_server_certificate(tmp_path, "maa")
-    (port,) = free_ports(1)
-    service = start_process(
-        [sys.executable, "-m", "securetrain.localstack.standins.attestation_service", "--state-dir", str(tmp_path / "maa"),
-         "--policy", env["SECURETRAIN_APPRAISAL_POLICY"], "--port", str(port), "--cert", str(server.cert_path),
-         "--key", str(server.key_path), "--token-lifetime", "4"],
-        tmp_path / "maa.log",
-    )  # fmt: skip
-    endpoint, ca = f"https://127.0.0.1:{port}", str(local_stack.ca_bundle)
+    ca = str(local_stack.ca_bundle)
     states: list[AttestationState] = []
     failures: list[ReattestationFailed] = []
     failed = threading.Event()
+    session = None
     try:
-        wait_port(port, service)
-        attester = Attester(
-            SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir))),
-            AttestationServiceClient(endpoint, verify=ca),
-            TokenValidator(AuthorityKeys(endpoint, verify=ca)),
-        )
-        nonce = secrets.token_urlsafe(24)
-        session = AttestationSession(
-            attester, TeeKey(), nonce, next_sequence=0, on_attested=states.append,
-            on_failure=lambda failure: (failures.append(failure), failed.set()),
-        )  # fmt: skip
-        session.attest()
-        session.start_renewal()
-        deadline = time.monotonic() + 20
-        while len(states) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert [state.token.claims["nonce"] for state in states[:2]] == [nonce, f"{nonce}.1"]
-        service.terminate()
-        service.wait(timeout=30)
+        with attestation_service(local_stack, tmp_path, "--token-lifetime", "4") as endpoint:
+            attester = Attester(
+                SimulatedSnpProvider(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]), data_owner.key_ids(StackLayout(local_stack.state_dir))),
+                AttestationServiceClient(endpoint, verify=ca),
+                TokenValidator(AuthorityKeys(endpoint, verify=ca)),
+            )
+            nonce = secrets.token_urlsafe(24)
+            session = AttestationSession(
+                attester, TeeKey(), nonce, next_sequence=0, on_attested=states.append,
+                on_failure=lambda failure: (failures.append(failure), failed.set()),
+            )  # fmt: skip
+            session.attest()
+            session.start_renewal()
+            deadline = time.monotonic() + 20
+            while len(states) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [state.token.claims["nonce"] for state in states[:2]] == [nonce, f"{nonce}.1"]
+        # The service is gone: the next renewal fails, and says so.
         assert failed.wait(30), "a failed renewal was not reported"
         assert "re-attestation failed" in str(failures[0])
-        session.stop()
     finally:
-        if service.poll() is None:
-            service.kill()
-            service.wait()
+        if session is not None:
+            session.stop()

@@ -4,7 +4,8 @@ The TEE's side: simulated SEV-SNP report binding the TEE key -> the stack's atte
 HTTPS -> token -> ``KeyClient.release_key`` as the ``cvm`` identity -> ``securetrain.core.skr`` unwraps the KEK
 with the TEE key -> the KEK opens a file sealed to it. Claims an honest attestation service never signs
 (debuggable guest, unknown measurement, no runtime key) come from a second, lax attestation service
-started here, named by the keys' policies: the release policy must stop what the appraisal let through.
+started here, with a lax attestation policy set through the SDK and named by the keys' policies: the release
+policy must stop what the attestation policy let through.
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ from __future__ import annotations
 import io
 import json
 import secrets
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import jwt
 import pytest
-import requests
-import yaml
 from azure.core.exceptions import HttpResponseError
 from azure.keyvault.keys import KeyClient, KeyReleasePolicy
 from cryptography import x509
@@ -29,16 +26,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
-from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.localstack.services.attestation import approved_reference_values
+from securetrain.localstack.standins.attestation_service.appraisal import SIMULATED
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.keyvault import kek_public_key, key_client, key_client_from_settings
 from securetrain.localstack.pki import LocalCA
 from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
 from securetrain.core.sealed import KekPrivateKey, seal, unseal
 from securetrain.core.skr import ReleasedKeyRejected, unwrap_released_key
 from securetrain.core.snp.report import GuestPolicy
-from tests.conftest import free_ports
+from tests.attestation_service import attestation_service, policy_client
 from securetrain.tee.attest import TeeKey
 
 pytestmark = pytest.mark.integration
@@ -50,7 +49,7 @@ class Attester:
     def __init__(self, env: dict[str, str], endpoint: str) -> None:
         self.endpoint, self.ca = endpoint, env["SECURETRAIN_CA_BUNDLE"]
         self.platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
-        (self.host_data,) = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"])).allowed_host_data
+        _, (self.host_data,) = approved_reference_values(approved_attestation_policy(env))
 
     def token(self, tee_key: TeeKey | None, *, with_key: bool = True, **report_fields) -> str:
         nonce = secrets.token_hex(16)
@@ -62,6 +61,10 @@ class Attester:
         return client.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, runtime, nonce)
 
 
+def approved_attestation_policy(env: dict[str, str]) -> str:
+    return Path(env["SECURETRAIN_ATTESTATION_POLICY"]).read_text()
+
+
 @pytest.fixture(scope="module")
 def env(local_stack) -> dict[str, str]:
     return local_stack.env
@@ -69,42 +72,15 @@ def env(local_stack) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def lax_authority(local_stack, tmp_path_factory) -> tuple[str, str]:
-    """A second attestation service whose appraisal accepts debug guests and any measurement."""
-    env = local_stack.env
-    directory = tmp_path_factory.mktemp("lax-attestation")
-    platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
-    (host_data,) = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"])).allowed_host_data
-    policy = AppraisalPolicy(
-        allowed_measurements=frozenset({LAUNCH_MEASUREMENT, bytes(48)}),
-        allowed_host_data=frozenset({host_data}),
-        min_tcb=DEFAULT_TCB,
-        allow_debug=True,
-        trusted_roots=(platform.root,),
-        accept_simulated_platform=True,
-    )
-    (directory / "policy.yaml").write_text(yaml.safe_dump(policy.to_document()))
-    files = LocalCA.load_or_create(local_stack.config.layout.ca_dir).issue_server_certificate(directory, "lax")
-    (port,) = free_ports(1)
-    log = (directory / "service.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "securetrain.localstack.standins.attestation_service", "--state-dir", str(directory / "state"),
-         "--policy", str(directory / "policy.yaml"), "--port", str(port),
-         "--cert", str(files.cert_path), "--key", str(files.key_path)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    url = f"https://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                requests.get(f"{url}/certs", verify=env["SECURETRAIN_CA_BUNDLE"], timeout=1).raise_for_status()
-                break
-            except requests.RequestException:
-                time.sleep(0.1)
-        yield url, policy.sha256
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
+    """A second attestation service whose policy accepts debug guests and any measurement: its URL and that
+    policy's hash."""
+    _, (host_data,) = approved_reference_values(approved_attestation_policy(local_stack.env))
+    lax = ("version=1.0;\nauthorizationrules\n{\n"
+           f'    [type=="x-ms-sevsnpvm-hostdata", value=="{host_data.hex()}"] => permit();\n}};\n')  # fmt: skip
+    with attestation_service(local_stack, tmp_path_factory.mktemp("lax-attestation")) as url:
+        with policy_client(local_stack, url) as client:
+            client.set_policy("SevSnpVm", lax)
+        yield url, maa_policy_hash(lax)
 
 
 @pytest.fixture(scope="module")
@@ -141,12 +117,15 @@ def _key_with_policy(owner: KeyClient, policy: ReleasePolicy, **kwargs) -> str:
 
 
 def _approved_for(env, authority: str, **kwargs) -> ReleasePolicy:
-    appraisal = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
-    return approved_release_policy(authority, appraisal, **kwargs)
+    policy = approved_attestation_policy(env)
+    measurements, host_data = approved_reference_values(policy)
+    return approved_release_policy(authority, attestation_policy=policy, measurements=measurements,
+                                   host_data=host_data, **kwargs)  # fmt: skip
 
 
 def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
-    """``policy`` expecting tokens appraised under ``policy_hash``: isolates the condition a test is about."""
+    """``policy`` expecting tokens issued under attestation policy ``policy_hash``: isolates the condition a test
+    is about."""
     document = policy.to_document()
     for condition in document["anyOf"][0]["allOf"]:
         if condition.get("claim") == "x-ms-policy-hash":
@@ -155,9 +134,9 @@ def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
 
 
 def _lax_key(env, owner, lax_authority) -> str:
-    """A key whose policy is the approved one, but trusting the lax authority (and its appraisal hash)."""
+    """A key whose policy is the approved one, but trusting the lax authority (and its policy's hash)."""
     url, policy_hash = lax_authority
-    policy = _approved_for(env, url, compliance_status="securetrain-simulated-cvm")
+    policy = _approved_for(env, url, compliance_status=SIMULATED)
     return _key_with_policy(owner, _with_policy_hash(policy, policy_hash))
 
 
@@ -238,6 +217,14 @@ def test_forged_signature(env, cvm):
     assert "signature" in _denied(cvm, "securetrain-kek", _signed_like_the_authority(env, claims, forged=True))
 
 
+def test_a_token_under_another_attestation_policy(env, owner, cvm, lax_authority):
+    """The lax service is trusted by this key, but its tokens were issued under another policy than the approved."""
+    url, _ = lax_authority
+    name = _key_with_policy(owner, _approved_for(env, url, compliance_status=SIMULATED))
+    message = _denied(cvm, name, Attester(env, url).token(TeeKey()))
+    assert f"x-ms-policy-hash is '{lax_authority[1]}'" in message and env["SECURETRAIN_ATTESTATION_POLICY_HASH"] in message
+
+
 def test_token_from_an_unknown_authority(env, cvm, lax_authority):
     token = Attester(env, lax_authority[0]).token(TeeKey())
     assert "not an authority of the release policy" in _denied(cvm, "securetrain-kek", token)
@@ -251,15 +238,11 @@ def test_wrong_measurement(env, owner, cvm, lax_authority):
 
 
 def test_wrong_host_data(env, owner, cvm):
-    appraisal = AppraisalPolicy.load(Path(env["SECURETRAIN_APPRAISAL_POLICY"]))
-    strict = AppraisalPolicy(
-        allowed_measurements=appraisal.allowed_measurements, allowed_host_data=frozenset({b"\x01" * 32}),
-        min_tcb=appraisal.min_tcb, trusted_roots=appraisal.trusted_roots, accept_simulated_platform=True,
-    )  # fmt: skip
-    policy = approved_release_policy(
-        env["SECURETRAIN_ATTESTATION_ENDPOINT"], strict, compliance_status="securetrain-simulated-cvm"
-    )
-    name = _key_with_policy(owner, _with_policy_hash(policy, env["SECURETRAIN_APPRAISAL_POLICY_SHA256"]))
+    attestation_policy = approved_attestation_policy(env)
+    measurements, _ = approved_reference_values(attestation_policy)
+    policy = approved_release_policy(env["SECURETRAIN_ATTESTATION_ENDPOINT"], attestation_policy=attestation_policy,
+                                     measurements=measurements, host_data={b"\x01" * 32}, compliance_status=SIMULATED)  # fmt: skip
+    name = _key_with_policy(owner, policy)
     token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
     assert "x-ms-sevsnpvm-hostdata" in _denied(cvm, name, token)
 

@@ -1,4 +1,5 @@
-"""The attestation stand-in, in process: MAA's shapes, every refusal a specific 400, never a token for bad evidence."""
+"""The attestation stand-in, in process: MAA's shapes, every refusal a specific 400, never a token for bad evidence;
+the attestation policy in force decides, and tokens carry its MAA hash."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from securetrain.localstack.standins.attestation_service.app import ServiceConfig, create_app
-from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
 from securetrain.core.attestation.maa import report_data_for, runtime_data_bytes, sev_snp_request
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.snp.report import GuestPolicy, TcbVersion
+from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
+from securetrain.localstack.services.attestation import sev_snp_policy
+from securetrain.localstack.standins.attestation_service.app import ServiceConfig, create_app
+from securetrain.localstack.standins.attestation_service.appraisal import DEFAULT_POLICY, EVIDENCE_TYPES
+from securetrain.localstack.standins.attestation_service.policy_jws import unsigned_policy_jws
+from securetrain.localstack.standins.attestation_service.policy_store import PolicyStore
 
 MEASUREMENT = bytes.fromhex("ab" * 48)
 HOST_DATA = bytes.fromhex("cd" * 32)
@@ -36,19 +41,30 @@ def other_platform(tmp_path_factory) -> SimulatedSnpPlatform:
 
 
 @pytest.fixture(scope="module")
-def policy(platform) -> AppraisalPolicy:
-    return AppraisalPolicy(
-        allowed_measurements=frozenset({MEASUREMENT}),
-        allowed_host_data=frozenset({HOST_DATA}),
-        min_tcb=DEFAULT_TCB,
-        trusted_roots=(platform.root,),
-        accept_simulated_platform=True,
-    )
+def policy() -> str:
+    """The attestation policy in force: the local stack's kind, for this test's measurement and HOST_DATA."""
+    return sev_snp_policy({MEASUREMENT}, {HOST_DATA}, DEFAULT_TCB)
+
+
+def service(state_dir, platform, policy: str | None, **changes) -> TestClient:
+    """The service with ``policy`` in force (as a previous set through the API left it), trusting ``platform``.
+
+    Policy management needs an access token from an identity service, which this in-process test has not:
+    its endpoints are exercised against the running stack (tests/integration/test_attestation_policy.py)."""
+    if policy is not None:
+        PolicyStore(state_dir / "policies", EVIDENCE_TYPES, DEFAULT_POLICY).set("SevSnpVm", unsigned_policy_jws(policy))
+    settings = {
+        "issuer": ISSUER, "state_dir": state_dir, "additional_roots": (platform.root,),
+        "identity_authority": "https://identity.invalid/tenant", "identity_issuer": "https://sts.windows.net/tenant/",
+        "ca_bundle": state_dir / "ca.pem", "roles_file": state_dir / "roles.json",
+    }  # fmt: skip
+    config = ServiceConfig(**{**settings, **changes})
+    return TestClient(create_app(config))
 
 
 @pytest.fixture
-def client(tmp_path, policy) -> TestClient:
-    return TestClient(create_app(ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path / "maa")))
+def client(tmp_path, platform, policy) -> TestClient:
+    return service(tmp_path / "maa", platform, policy)
 
 
 def evidence_body(platform, *, nonce=None, runtime=None, bound_runtime=None, **report_fields) -> dict:
@@ -93,7 +109,7 @@ def test_simulated_report_earns_a_token_with_maas_claims(client, platform, polic
     assert claims["x-ms-sevsnpvm-snpfw-svn"] == DEFAULT_TCB.snp
     assert claims["x-ms-runtime"]["nonce"] == "job-nonce-1" and claims["x-ms-runtime"]["keys"][0]["kid"] == "tee"
     assert claims["nonce"] == "job-nonce-1"
-    assert claims["x-ms-policy-hash"] == policy.sha256
+    assert claims["x-ms-policy-hash"] == maa_policy_hash(policy)
     # The simulation says what it is, and never earns MAA's compliance status.
     assert claims["x-securetrain-platform"] == "simulated"
     assert claims["x-ms-compliance-status"] == "securetrain-simulated-cvm"
@@ -164,36 +180,89 @@ def test_replayed_nonce(client, platform):
 
 
 @pytest.mark.parametrize(
-    "fields, rule",
+    "fields, condition, seen",
     [
-        ({"policy": GuestPolicy.build(debug=True)}, "debug"),
-        ({"tcb": TcbVersion(bootloader=3, tee=0, snp=7, microcode=115)}, "snp"),
-        ({"measurement": bytes(48)}, "measurement"),
-        ({"host_data": bytes(32)}, "host_data"),
-        ({"vmpl": 2}, "vmpl"),
+        ({"policy": GuestPolicy.build(debug=True)}, '[type=="x-ms-sevsnpvm-is-debuggable", value==false]', "is true"),
+        ({"tcb": TcbVersion(bootloader=3, tee=0, snp=7, microcode=115)}, '[type=="x-ms-sevsnpvm-snpfw-svn", value>=8]', "is 7"),
+        ({"measurement": bytes(48)}, "x-ms-sevsnpvm-launchmeasurement", f'is "{"0" * 96}"'),
+        ({"host_data": bytes(32)}, "x-ms-sevsnpvm-hostdata", f'is "{"0" * 64}"'),
+        ({"vmpl": 2}, '[type=="x-ms-sevsnpvm-vmpl", value==0]', "is 2"),
+        ({"policy": GuestPolicy.build(migrate_ma=True)}, '[type=="x-ms-sevsnpvm-migration-allowed", value==false]', "is true"),
     ],
 )
-def test_policy_refusals_name_the_rule(client, platform, fields, rule):
-    refused(client, evidence_body(platform, **fields), "AppraisalFailed", rule)
+def test_policy_refusals_name_the_rule_the_condition_and_the_value(client, platform, fields, condition, seen):
+    refused(client, evidence_body(platform, **fields), "PolicyDenied", "no rule permitted the evidence: the rule at line 6")
+    message = client.post(URL, json=evidence_body(platform, **fields)).json()["error"]["message"]
+    assert condition in message and seen in message, message
+
+
+def test_until_a_policy_is_set_the_default_permits_what_verifies_and_says_so(tmp_path, platform):
+    client = service(tmp_path, platform, None)
+    claims = decode(client, client.post(URL, json=evidence_body(platform, measurement=bytes(48))).json()["token"])
+    assert claims["x-ms-policy-hash"] == maa_policy_hash(DEFAULT_POLICY)
+    assert claims["x-ms-sevsnpvm-launchmeasurement"] == "0" * 96
+
+
+def test_a_deny_rule_wins_and_issued_claims_join_the_token(tmp_path, platform):
+    text = """version=1.0;
+authorizationrules
+{
+    => permit();
+    [type=="x-ms-sevsnpvm-vmpl", value>0] => deny();
+};
+issuancerules
+{
+    c:[type=="x-ms-sevsnpvm-hostdata"] => issue(type="workload", value=c.value);
+    [type=="x-ms-sevsnpvm-is-debuggable", value==false] => issue(type="production", value=true);
+};
+"""
+    client = service(tmp_path, platform, text)
+    refused(client, evidence_body(platform, vmpl=1), "PolicyDenied", "denied by the rule at line 5")
+    claims = decode(client, client.post(URL, json=evidence_body(platform)).json()["token"])
+    assert claims["workload"] == HOST_DATA.hex() and claims["production"] is True
+    assert claims["x-ms-policy-hash"] == maa_policy_hash(text)
+
+
+def test_the_policy_never_decides_which_roots_are_trusted(tmp_path, platform, other_platform, policy):
+    """Evidence under a root the service was not configured with is refused before any policy runs, even
+    under a policy that permits everything."""
+    refused(service(tmp_path / "default", platform, None), evidence_body(other_platform), "UntrustedRoot")
+    amd_only = service(tmp_path / "amd", platform, policy, additional_roots=())
+    refused(amd_only, evidence_body(platform), "UntrustedRoot", "AMD ARK-Milan")
+
+
+def test_policy_management_needs_a_bearer_token(client):
+    for method, path in (("GET", "/policies/SevSnpVm"), ("PUT", "/policies/SevSnpVm"), ("POST", "/policies/SevSnpVm:reset")):
+        response = client.request(method, path, params={"api-version": "2020-10-01"}, content=b"x")
+        assert response.status_code == 401, response.text
+        assert response.json()["error"]["code"] == "Unauthorized"
+        assert "requires a valid JWT bearer token" in response.json()["error"]["message"]
+
+
+def test_unknown_attestation_types_and_api_versions(client, platform):
+    response = client.post("/attest/SgxEnclave?api-version=2022-08-01", json=evidence_body(platform))
+    assert response.status_code == 400 and "SevSnpVm" in response.json()["error"]["message"]
+    response = client.get("/policies/SevSnpVm", params={"api-version": "1999-01-01"})
+    assert response.status_code == 400 and "2020-10-01" in response.json()["error"]["message"]
 
 
 def test_every_decision_is_logged(tmp_path, policy, platform):
-    client = TestClient(create_app(ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path)))
+    client = service(tmp_path, platform, policy)
     client.post(URL, json=evidence_body(platform))
     client.post(URL, json=evidence_body(platform, measurement=bytes(48)))
     lines = [json.loads(line) for line in (tmp_path / "issuance.jsonl").read_text().splitlines()]
     assert [line["decision"] for line in lines] == ["issued", "refused"]
-    assert lines[0]["measurement"] == MEASUREMENT.hex() and lines[1]["code"] == "AppraisalFailed"
+    assert lines[0]["measurement"] == MEASUREMENT.hex() and lines[1]["code"] == "PolicyDenied"
+    assert lines[0]["policy_hash"] == lines[1]["policy_hash"] == maa_policy_hash(policy)
 
 
 def test_signing_keys_persist_and_roll_over(tmp_path, policy, platform):
     from securetrain.localstack.standins.attestation_service.signing import SigningKeyStore
 
-    config = ServiceConfig(issuer=ISSUER, policy=policy, state_dir=tmp_path)
-    first = TestClient(create_app(config))
+    first = service(tmp_path, platform, policy)
     token = first.post(URL, json=evidence_body(platform)).json()["token"]
-    SigningKeyStore(tmp_path / "signing", token_lifetime=config.token_lifetime_s).roll_over()
-    restarted = TestClient(create_app(config))
+    SigningKeyStore(tmp_path / "signing", token_lifetime=8 * 3600).roll_over()
+    restarted = service(tmp_path, platform, None)
     kids = [k["kid"] for k in restarted.get("/certs").json()["keys"]]
     assert len(kids) == 2 and jwt.get_unverified_header(token)["kid"] in kids
     assert decode(restarted, token)["iss"] == ISSUER

@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.cli import main
+from securetrain.core.snp.report import TcbVersion
+from securetrain.localstack.services.attestation import sev_snp_policy
 
 MILAN = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "amd-snp-milan"
 MILAN_REPORT = bytes.fromhex(MILAN.joinpath("report.hex").read_text())
@@ -27,15 +30,9 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
     return code, json.loads(captured.out) if code == 0 else captured.out, captured.err
 
 
-def write_policy(path: Path, **changes: Any) -> Path:
-    document: dict[str, Any] = {
-        "version": 1,
-        "allowed_measurements": [MILAN_MEASUREMENT],
-        "allowed_host_data": ["00" * 32],
-        "min_tcb": {"bootloader": 3, "tee": 0, "snp": 8, "microcode": 115},
-    }
-    document.update(changes)
-    path.write_text(json.dumps(document))
+def write_policy(path: Path, measurement: str = MILAN_MEASUREMENT, host_data: str = "00" * 32) -> Path:
+    """An attestation policy approving ``measurement`` and ``host_data`` at Milan's TCB (the local stack's kind)."""
+    path.write_text(sev_snp_policy({bytes.fromhex(measurement)}, {bytes.fromhex(host_data)}, TcbVersion(3, 0, 8, 115)))
     return path
 
 
@@ -46,7 +43,7 @@ def test_milan_report_verifies(capsys: pytest.CaptureFixture[str]) -> None:
     assert claims["report"]["policy"]["debug"] is False
     assert claims["root"]["name"] == "AMD ARK-Milan"
     assert claims["simulated"] is False
-    assert claims["policy_sha256"] is None
+    assert claims["policy_hash"] is None
 
 
 def test_hex_with_whitespace_and_raw_binary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -95,20 +92,21 @@ def test_unreadable_report_exits_2(
 
 
 def test_policy_is_applied(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    good = write_policy(tmp_path / "good.json")
+    good = write_policy(tmp_path / "good.txt")
     code, claims, _ = run(capsys, "snp", "verify", "--report", str(MILAN / "report.hex"), *CHAIN, "--policy", str(good))
-    assert code == 0 and len(claims["policy_sha256"]) == 64
-    other = write_policy(tmp_path / "other.json", allowed_measurements=["00" * 48])
+    assert code == 0 and claims["policy_hash"] == maa_policy_hash(good.read_text()) and claims["issued"] == {}
+    other = write_policy(tmp_path / "other.txt", measurement="00" * 48)
     code, _, err = run(capsys, "snp", "verify", "--report", str(MILAN / "report.hex"), *CHAIN, "--policy", str(other))
     assert code == 3
-    assert f"launch measurement {MILAN_MEASUREMENT} is not in allowed_measurements" in err
+    assert f'x-ms-sevsnpvm-launchmeasurement is "{MILAN_MEASUREMENT}"' in err
 
 
 def test_invalid_policy_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = write_policy(tmp_path / "bad.json", debug="please")
+    bad = tmp_path / "bad.txt"
+    bad.write_text(write_policy(tmp_path / "good.txt").read_text().replace("=> permit();", "=> permit(please);"))
     code, _, err = run(capsys, "snp", "verify", "--report", str(MILAN / "report.hex"), *CHAIN, "--policy", str(bad))
     assert code == 2
-    assert "Additional properties are not allowed ('debug' was unexpected)" in err
+    assert "Expected ')'" in err
 
 
 def simulated_report(tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[Path, dict[str, Any]]:
@@ -143,24 +141,19 @@ def test_simulated_report_needs_a_policy_that_trusts_it(tmp_path: Path, capsys: 
     assert code == 3
     assert "is not a trusted root; trusted: AMD ARK-Milan, AMD ARK-Genoa" in err
 
-    root = {"name": summary["root"]["name"], "spki_sha256": summary["root"]["spki_sha256"]}
-    policy = write_policy(
-        tmp_path / "local.json",
-        allowed_measurements=[MEASUREMENT],
-        allowed_host_data=[HOST_DATA],
-        trusted_roots=[root],
-        accept_simulated_platform=True,
-    )
-    code, claims, _ = verify_simulated(capsys, out, "--policy", str(policy))
+    # Trusting its root is the verifier's configuration, never a policy's.
+    trusted = ["--trust-root", str(out / "ark.pem")]
+    policy = write_policy(tmp_path / "local.txt", measurement=MEASUREMENT, host_data=HOST_DATA)
+    code, claims, _ = verify_simulated(capsys, out, *trusted, "--policy", str(policy))
     assert code == 0
     assert claims["simulated"] is True
     assert claims["report"]["measurement"] == MEASUREMENT
 
     # A debuggable VM from the same platform is refused by that policy.
     out, _ = simulated_report(tmp_path, capsys, "--debug")
-    code, _, err = verify_simulated(capsys, out, "--policy", str(policy))
+    code, _, err = verify_simulated(capsys, out, *trusted, "--policy", str(policy))
     assert code == 3
-    assert "allows debugging (DEBUG bit 19) and allow_debug is false" in err
+    assert '[type=="x-ms-sevsnpvm-is-debuggable", value==false] is not satisfied (x-ms-sevsnpvm-is-debuggable is true)' in err
 
 
 @pytest.mark.parametrize(

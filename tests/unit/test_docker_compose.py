@@ -21,14 +21,16 @@ import pytest
 import yaml
 from cryptography import x509
 
-from securetrain.localstack.standins.keyvault.authz import Action, RoleAssignments
+from securetrain.localstack.standins.keyvault.authz import Action, load_role_assignments
 from securetrain.airflow.settings import PipelineSettings
 from securetrain.localstack.airflow_env import keyvault_connections, securetrain_connections
-from securetrain.core.appraisal import AppraisalPolicy
 from securetrain.localstack.identities import LocalIdentity
 from securetrain.tee.settings import TeeSettings
 from securetrain.localstack import StackLayout, data_owner
 from securetrain.localstack.registry import SERVICES
+from securetrain.localstack.services.attestation import approved_reference_values
+from securetrain.localstack.standins.attestation_service.authz import BUILT_IN_ROLES, PolicyAction
+from securetrain.localstack.standins.rbac import RoleAssignments
 from securetrain.tee.workload import host_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -130,9 +132,12 @@ def test_dependencies_wait_for_health_or_completion(model: dict[str, Any]) -> No
             target = services[dependency]
             expected = "service_completed_successfully" if _one_shot(target) else "service_healthy"
             assert how == {"condition": expected}, f"{name} depends on {dependency} with {how}, not {expected}"
-    # What must exist before the rest starts: trust material, then the identity and attestation services
-    # before the vault, and every stand-in before the trainer.
+    # What must exist before the rest starts: trust material, then the identity service (whose tokens manage the
+    # attestation policy), the identity and attestation services before the vault, and every stand-in before the
+    # trainer; the data owner sets the attestation policy before it creates the KEK.
+    assert services["attestation"]["depends_on"].keys() == {"pki", "identity"}
     assert services["keyvault"]["depends_on"].keys() == {"pki", "identity", "attestation"}
+    assert services["data-owner-kek"]["depends_on"].keys() == {"pki", "identity", "attestation", "keyvault"}
     assert services["trainer"]["depends_on"].keys() == {"pki", "azurite", "attestation", "identity", "keyvault"}
     for name in AIRFLOW_SERVICES - {"airflow-init"}:
         assert {"postgres", "redis", "airflow-init", "pki"} <= services[name]["depends_on"].keys(), name
@@ -299,7 +304,8 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     out = _pki(tmp_path, runs=2)  # a second run (every `docker compose up`) keeps what is valid
     server = {name: {"ca/ca.pem", f"certs/server/{name}.pem", f"certs/server/{name}.key"} for name in trees if name != "data-owner"}
     assert _tree_files(out / "azurite") == server["azurite"]
-    assert _tree_files(out / "attestation") == server["attestation"] | {"policies/appraisal.yaml"}
+    assert _tree_files(out / "attestation") == server["attestation"] | {"policies/attestation-roles.json",
+                                                                         "policies/simulated-ark.pem"}  # fmt: skip
     assert _tree_files(out / "keyvault") == server["keyvault"] | {"policies/keyvault-roles.json"}
     identities = {f"secrets/identities/{name}.json" for name in ("pipeline", "cvm", "key-rotator", "data-owner")}
     assert identities <= _tree_files(out / "identity")
@@ -316,7 +322,7 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     }
     assert _tree_files(out / "data-owner") == {
         "ca/ca.pem", "secrets/identities/data-owner.json", "policies/release-policy.json",
-        "secrets/data-owner/signing-key.pem", "policies/data-owner-key.pem",
+        "secrets/data-owner/signing-key.pem", "policies/data-owner-key.pem", "policies/sevsnpvm-attestation-policy.txt",
     }  # fmt: skip
     everywhere = {path for path in out.rglob("*") if path.is_file()}
     assert not any(path.name == "ca.key" for path in everywhere), "the CA key left the pki-ca volume"
@@ -335,15 +341,20 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     assert connections["securetrain_keyvault"]["login"] == identity["pipeline"].client_id
     assert identity["cvm"].identity_header == SECRETS["SECURETRAIN_CVM_IDENTITY_HEADER"]
     identity = {name: value.object_id for name, value in identity.items()}
-    roles = RoleAssignments.load(out / "keyvault/policies/keyvault-roles.json")
+    roles = load_role_assignments(out / "keyvault/policies/keyvault-roles.json")
     private_use = {Action.UNWRAP, Action.DECRYPT, Action.RELEASE}
     granted = {name: {action for action in Action if roles.allows(oid, action)} for name, oid in identity.items()}
     assert granted["pipeline"] == {Action.READ}
     assert granted["key-rotator"] == {Action.READ, Action.ROTATE}
     assert {Action.CREATE, Action.READ} <= granted["data-owner"] and not granted["data-owner"] & private_use
     assert granted["cvm"] == {Action.RELEASE}
+    # Only the data owner manages the attestation policies.
+    attestation_roles = RoleAssignments.load(out / "attestation/policies/attestation-roles.json", BUILT_IN_ROLES)
+    managers = {name for name, oid in identity.items() if attestation_roles.allows(oid, PolicyAction.WRITE)}
+    assert managers == {"data-owner"}
     # The trainer holds the data owner's public key only; the policy pins the workload trusting that key.
     assert not (out / "trainer" / "secrets" / "data-owner").exists()
     trusted = data_owner.key_ids(StackLayout(out / "trainer"))
     assert trusted == data_owner.key_ids(StackLayout(out / "data-owner"))
-    assert host_data(trusted) in AppraisalPolicy.load(out / "attestation/policies/appraisal.yaml").allowed_host_data
+    policy = (out / "data-owner/policies/sevsnpvm-attestation-policy.txt").read_text()
+    assert approved_reference_values(policy)[1] == {host_data(trusted)}

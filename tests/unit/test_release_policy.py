@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securetrain.localstack.platform.snp_platform import DEFAULT_TCB
-from securetrain.core.appraisal import AppraisalPolicy
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.release_policy import (
     ReleaseDenied,
     ReleasePolicy,
@@ -116,19 +115,30 @@ def test_policy_matches_ignores_order_but_not_meaning():
     assert not policy_matches(b"garbage", a)
 
 
+ATTESTATION_POLICY = 'version=1.0;\nauthorizationrules\n{\n    [type=="x-ms-sevsnpvm-is-debuggable", value==false] => permit();\n};\n'
+
+
 def test_approved_policy_accepts_the_approved_tee_only():
-    appraisal = AppraisalPolicy(
-        allowed_measurements=frozenset({b"\x11" * 48}), allowed_host_data=frozenset({b"\x22" * 32}), min_tcb=DEFAULT_TCB
-    )
-    approved = approved_release_policy(AUTHORITY, appraisal)
-    good = claims(**{"x-ms-compliance-status": "azure-compliant-cvm", "x-ms-policy-hash": appraisal.sha256,
+    approved = approved_release_policy(AUTHORITY, attestation_policy=ATTESTATION_POLICY,
+                                       measurements={b"\x11" * 48}, host_data={b"\x22" * 32})  # fmt: skip
+    good = claims(**{"x-ms-compliance-status": "azure-compliant-cvm", "x-ms-policy-hash": maa_policy_hash(ATTESTATION_POLICY),
                      "x-ms-sevsnpvm-launchmeasurement": "11" * 48, "x-ms-sevsnpvm-hostdata": "22" * 32})  # fmt: skip
     evaluate(approved, good)
     assert policy_matches(approved.to_bytes(), ReleasePolicy.parse(approved.to_bytes()))
     for claim, value in [("x-ms-sevsnpvm-hostdata", "00" * 32), ("x-ms-sevsnpvm-is-debuggable", True),
-                         ("x-ms-compliance-status", "securetrain-simulated-cvm"), ("x-ms-attestation-type", "sgx")]:  # fmt: skip
+                         ("x-ms-compliance-status", "securetrain-simulated-cvm"), ("x-ms-attestation-type", "sgx"),
+                         ("x-ms-policy-hash", maa_policy_hash(ATTESTATION_POLICY + " "))]:  # fmt: skip
         with pytest.raises(ReleaseDenied, match=claim):
             evaluate(approved, {**good, claim: value})
+
+
+def test_the_approved_policy_pins_maas_hash_of_the_attestation_policy_text():
+    approved = approved_release_policy(AUTHORITY, attestation_policy=ATTESTATION_POLICY,
+                                       measurements={b"\x11" * 48}, host_data={b"\x22" * 32})  # fmt: skip
+    (pinned,) = [c for c in approved.authorities[0].rule.members if getattr(c, "claim", None) == "x-ms-policy-hash"]
+    assert pinned.value == maa_policy_hash(ATTESTATION_POLICY) and len(pinned.value) == 43  # base64url, not hex
+    with pytest.raises(ReleasePolicyInvalid, match="no approved launch measurement"):
+        approved_release_policy(AUTHORITY, attestation_policy=ATTESTATION_POLICY, measurements=(), host_data={b"\x22" * 32})
 
 
 @given(st.integers(-10, 10), st.integers(-10, 10))

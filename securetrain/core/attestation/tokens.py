@@ -3,7 +3,8 @@
 Airflow's sensors, the Key Vault stand-in and the TEE itself all trust a token only after this module
 has checked it: an RS256 signature by a key the authority publishes (``x5c[0]`` of its ``/certs``, found
 through its OpenID metadata), the issuer, ``exp``/``nbf``/``iat`` with a small clock skew, and — where
-the caller knows them — the nonce and the appraisal policy's hash. PyJWT does the JWS work.
+the caller knows them — the nonce and the attestation policy's hash (``x-ms-policy-hash``). PyJWT does the
+JWS work.
 
 The authority's keys are fetched over TLS that is verified (against the local stack's CA, or the
 system's store for Azure), with the project's bounded retries (:mod:`securetrain.core.http`), and cached; an unknown ``kid`` refreshes the cache once, which is how a key

@@ -5,6 +5,6 @@
 - :mod:`securetrain.core.snp.roots` — trusted roots and AMD's published ARKs;
 - :mod:`securetrain.core.snp.verifier` — :func:`~securetrain.core.snp.verifier.verify_report`.
 
-What a verified report must contain to be accepted is decided elsewhere, by
-:mod:`securetrain.core.appraisal`.
+What a verified report must contain to be accepted is decided elsewhere: by the attestation service's
+attestation policy, over the report's claims.
 """

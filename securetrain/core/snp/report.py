@@ -13,7 +13,7 @@ Milan/Genoa layout decoded here; accepting it would mean reading SVNs from the w
 same reason a version 3 report whose CPUID family is not 0x19 (Zen 3/4: Milan, Genoa) is refused.
 
 Only the layout is checked here; whether the signature, chain and contents are acceptable is
-:mod:`securetrain.core.snp.verifier`'s and :mod:`securetrain.core.appraisal`'s business.
+:mod:`securetrain.core.snp.verifier`'s and the attestation policy's business.
 """
 
 from __future__ import annotations

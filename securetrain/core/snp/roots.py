@@ -2,8 +2,8 @@
 
 A root is named by the SHA-256 of its SubjectPublicKeyInfo rather than of its certificate, so that a
 re-issued ARK certificate for the same key stays trusted and a look-alike certificate with another key
-never is. Which roots are trusted is always the caller's explicit choice (an appraisal policy, or
-:data:`AMD_ROOTS` as the command line's documented default).
+never is. Which roots are trusted is always the verifier's configuration: :data:`AMD_ROOTS`, plus whatever
+root its operator adds explicitly (the local stack's attestation service adds its simulated platform's).
 
 Whether a root is *genuine AMD* is a fact, not a setting: :data:`AMD_ROOTS` lists AMD's published
 product roots, and any other root — the local stack's simulated platform above all — is reported as

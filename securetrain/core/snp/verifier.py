@@ -2,8 +2,8 @@
 
 :func:`verify_report` answers only that question — layout, chain, signature — and says which trusted
 root vouched for it. Whether the signed contents are acceptable (measurement, host data, debug, TCB
-levels ...) is the appraisal policy's question (:mod:`securetrain.core.appraisal`), kept apart as in the
-Confidential Containers Trustee split between verifier and reference values.
+levels ...) is the attestation policy's question, asked by the attestation service over the report's claims,
+kept apart as in the Confidential Containers Trustee split between verifier and reference values.
 
 Checks, in order; the first that fails raises a :class:`~securetrain.core.snp.errors.SnpEvidenceError`
 subclass naming it:

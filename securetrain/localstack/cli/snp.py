@@ -1,8 +1,9 @@
 """``securetrain snp verify | report``: SEV-SNP evidence from the command line.
 
-``verify`` runs the real verifier (and, given a policy, the appraisal) on a report and its VCEK, ASK
-and ARK certificates and prints the parsed claims as JSON. ``report`` asks the local simulated
-platform for a signed report, for experiments; its root is trusted only by a policy that says so.
+``verify`` runs the real verifier on a report and its VCEK, ASK and ARK certificates and prints the parsed
+report as JSON; given an attestation policy (Azure Attestation's policy language), it also runs the policy
+over the report's claims, as the attestation service does. ``report`` asks the local simulated platform for
+a signed report, for experiments; its root is trusted only where ``--trust-root`` names it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.fsutil import atomic_output
 from securetrain.core.snp.certs import CertificateChain
@@ -21,9 +21,12 @@ from securetrain.core.snp.report import GuestPolicy, TcbVersion
 from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.core.snp.verifier import verify_report
 from securetrain.localstack.layout import StackLayout, resolve_state_dir
+from securetrain.localstack.standins.attestation_service.evidence import sev_snp_claims, trusted_root
+from securetrain.localstack.standins.attestation_service.policy_evaluation import evaluate
+from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy
 
-_VERIFY_EXIT_CODES = """exit codes: 0 verified (and, with --policy, appraised), 2 bad argument, file or policy,
-3 evidence refused: the message names the check that failed"""
+_VERIFY_EXIT_CODES = """exit codes: 0 verified (and, with --policy, authorized), 2 bad argument, file or policy,
+3 evidence refused: the message names the check or the policy rule that failed"""
 _REPORT_EXIT_CODES = "exit codes: 0 report written, 2 bad argument or unusable state directory"
 
 
@@ -46,10 +49,19 @@ def _read_report(path: Path) -> bytes:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    policy = AppraisalPolicy.load(args.policy) if args.policy else None
+    policy = None
+    if args.policy:
+        try:
+            policy = AttestationPolicy.parse(_read(args.policy, "attestation policy").decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ConfigurationError(f"attestation policy {args.policy} is not UTF-8 text") from None
+    roots = (*AMD_ROOTS, *(trusted_root(path) for path in args.trust_root))
     chain = CertificateChain.load(_read(args.vcek, "VCEK"), _read(args.ask, "ASK"), _read(args.ark, "ARK"))
-    verified = verify_report(_read_report(args.report), chain, policy.trusted_roots if policy else AMD_ROOTS)
-    result = policy.appraise(verified).to_dict() if policy else {**verified.to_dict(), "policy_sha256": None}
+    verified = verify_report(_read_report(args.report), chain, roots)
+    result = {**verified.to_dict(), "policy_hash": None}
+    if policy is not None:
+        issued = evaluate(policy, sev_snp_claims(verified.report)).issued
+        result.update(policy_hash=policy.hash, issued=dict(issued))
     print(json.dumps(result, indent=2))
     return 0
 
@@ -110,11 +122,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     verify = commands.add_parser(
         "verify",
-        help="verify a report's signature and certificate chain, and optionally appraise it",
+        help="verify a report's signature and certificate chain, and optionally run an attestation policy over it",
         description="Parse REPORT as the SEV-SNP ABI lays it out, check its ECDSA P-384 signature with the VCEK, "
         "the VCEK -> ASK -> ARK chain (RSASSA-PSS SHA-384) and that the VCEK is for the report's chip and TCB. "
-        "Without --policy the trusted roots are AMD's ARK-Milan and ARK-Genoa; with it, the policy's "
-        "trusted_roots, and the report must also pass every rule. Prints the parsed claims as JSON.",
+        "The trusted roots are AMD's ARK-Milan and ARK-Genoa, and any --trust-root. With --policy, the report's "
+        "claims (MAA's SevSnpVm names) must also be authorized by the policy. Prints the parsed report as JSON.",
         epilog=_VERIFY_EXIT_CODES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -132,8 +144,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--policy",
         type=Path,
         metavar="FILE",
-        help="an appraisal policy (.json, .yaml or .yml): its trusted_roots replace the default, and its rules "
-        "(measurements, host data, debug, VMPL, TCB, migration agent) are applied",
+        help="an attestation policy in Azure Attestation's policy language (version 1.0): its authorization "
+        "rules must permit the report's claims; prints its x-ms-policy-hash and the claims it issues",
+    )
+    verify.add_argument(
+        "--trust-root",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ARK_CERT",
+        help="an ARK certificate to trust besides AMD's (the simulated platform's ark.pem); repeatable",
     )
     verify.set_defaults(handler=_verify)
 
@@ -142,7 +162,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="produce a report signed by the local SIMULATED platform (for experiments)",
         description="Write OUT/report.bin and OUT/vcek.pem, ask.pem, ark.pem: a report signed by the simulated "
         "platform kept in --state-dir (created on first use). Its root is not AMD's: `snp verify` refuses it "
-        "unless a policy lists the printed root and sets accept_simulated_platform: true.",
+        "unless --trust-root names its ark.pem.",
         epilog=_REPORT_EXIT_CODES,
     )
     report.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for the report and chain")
@@ -167,7 +187,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="REPORT_DATA, 64 bytes as hex (default: zeros)",
     )
     report.add_argument(
-        "--debug", action="store_true", help="set the guest policy's DEBUG bit (a policy should refuse it)"
+        "--debug", action="store_true", help="set the guest policy's DEBUG bit (an attestation policy should refuse it)"
     )
     report.add_argument("--migrate-ma", action="store_true", help="set the guest policy's MIGRATE_MA bit")
     report.add_argument(

@@ -3,7 +3,7 @@
 On Azure, MEASUREMENT is the digest of the guest's initial memory (firmware, and with it the kernel
 and command line) that AMD's secure processor computes at launch. The local CVM is a process, not a
 VM, so its simulated image has a fixed measurement, published here as the reference value the local
-appraisal policy allows. The workload itself is measured for real, into HOST_DATA (securetrain.tee.workload).
+attestation policy allows. The workload itself is measured for real, into HOST_DATA (securetrain.tee.workload).
 
 Run as a module, it starts the TEE's agent (securetrain.tee.agent) with the simulated SEV-SNP chip as
 its evidence provider, the chip's state in ``$SECURETRAIN_SNP_PLATFORM_DIR``: the agent's code is the

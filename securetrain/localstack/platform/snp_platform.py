@@ -9,8 +9,8 @@ verifier (:mod:`securetrain.core.snp.verifier`) checks its reports exactly as it
 
 What it is not: hardware. Nothing here measures or isolates anything — the caller *states* the
 measurement — and its private keys are files on disk. Every certificate subject says SIMULATED; its
-root is not one of AMD's ARKs, so a verifier reports its evidence as simulated, an appraisal policy
-must name its root *and* set ``accept_simulated_platform`` to accept it, and tokens it earns say so.
+root is not one of AMD's ARKs, so a verifier reports its evidence as simulated, a verifier must be configured
+to trust its root (the attestation service's ``--trust-root``) to accept it at all, and tokens it earns say so.
 """
 
 from __future__ import annotations
@@ -131,6 +131,11 @@ class SimulatedSnpPlatform:
         # Hashed by the verifier's own certificate reader, so the two can never disagree on the digest.
         ark = SnpCertificate.from_der(self._ark_cert.public_bytes(serialization.Encoding.DER), "ARK")
         return TrustedRoot(ROOT_NAME, ark.spki_sha256)
+
+    @property
+    def root_certificate_path(self) -> Path:
+        """The simulated ARK's certificate (public): what a verifier configured to trust the platform reads."""
+        return self._state_dir / _ARK_CERT
 
     @property
     def chip_id(self) -> bytes:

@@ -1,57 +1,188 @@
 """The attestation service (the MAA stand-in, :mod:`securetrain.localstack.standins.attestation_service`) as a stack service.
 
-On the first ``up`` it writes the local stack's approved appraisal policy,
-``<state>/policies/appraisal.yaml``: the simulated platform's root (trusted here, and only here), the
-local CVM's reference launch measurement, and HOST_DATA of the workload installed at that moment (its code,
-dependencies and the data owner key it trusts: :func:`securetrain.localstack.data_owner.stack_host_data`).
-The file is kept afterwards: approving a changed trainer is an explicit act (delete the file, or edit
-it with the digest ``securetrain cvm measure`` prints), exactly as a data owner's reviewers would
-approve a new build; until then a changed trainer is refused.
+The service trusts the simulated SEV-SNP platform's root by configuration (``--trust-root``), never by policy.
+What it accepts is its SevSnpVm attestation policy, in Azure Attestation's policy language; the local stack
+keeps the approved one in ``<state>/policies/sevsnpvm-attestation-policy.txt`` and, on every ``up``, sets it
+through ``azure-security-attestation``'s ``AttestationAdministrationClient`` as the data owner (the identity
+with the role "Attestation Contributor", ``<state>/policies/attestation-roles.json``) when the service has
+another one in force.
+
+The first ``up`` writes that file from the reference values of the moment (:func:`sev_snp_policy`): no debug,
+no migration agent, VMPL 0, the local CVM's reference launch measurement, HOST_DATA of the workload installed
+then (its code, dependencies and the data owner key it trusts:
+:func:`securetrain.localstack.data_owner.stack_host_data`), and the simulated platform's TCB as the minimum.
+The file is kept afterwards: approving a changed trainer is an explicit act (delete the file, or edit it with
+the digest ``securetrain cvm measure`` prints), exactly as a data owner's reviewers would approve a new build;
+until then a changed trainer is refused. The approved release policy pins the file's ``x-ms-policy-hash``
+(:func:`release_policy_for`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+import logging
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
-import yaml
+from azure.core.credentials import TokenCredential
+from azure.security.attestation import AttestationAdministrationClient, AttestationPolicyToken
+from cryptography.hazmat.primitives import hashes
 
+from securetrain.core.attestation.policy import maa_policy_hash
+from securetrain.core.fsutil import atomic_output
+from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
+from securetrain.core.snp.report import TcbVersion
+from securetrain.localstack.data_owner import stack_host_data
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.identities import DATA_OWNER_IDENTITY, LOCAL_TENANT, application_credential
+from securetrain.localstack.layout import StackLayout
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.core.appraisal import AppraisalPolicy
-from securetrain.core.fsutil import atomic_output
-from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
-from securetrain.localstack.data_owner import stack_host_data
+from securetrain.localstack.service import (
+    Service,
+    ServiceContext,
+    check_openid_issuer,
+    python_service_argv,
+    running_dependency,
+)
+from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
+from securetrain.core.attestation.claims import SIMULATED_CVM
+from securetrain.localstack.standins.attestation_service.appraisal import SEV_SNP_VM
+from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy, PolicyInvalid
+from securetrain.localstack.standins.identity.app import token_issuer
 
-def appraisal_policy_path(context: ServiceContext) -> Path:
-    return context.layout.policies_dir / "appraisal.yaml"
+log = logging.getLogger(__name__)
+
+#: Who manages the attestation policies: the data owner, whose reviewers approve what the TEE may run.
+POLICY_ADMINISTRATOR = DATA_OWNER_IDENTITY
+_MEASUREMENT = "x-ms-sevsnpvm-launchmeasurement"
+_HOST_DATA = "x-ms-sevsnpvm-hostdata"
 
 
-def local_appraisal_policy(context: ServiceContext) -> AppraisalPolicy:
-    """The local stack's approved policy, written on first use and read from its file afterwards."""
-    path = appraisal_policy_path(context)
+def attestation_policy_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "sevsnpvm-attestation-policy.txt"
+
+
+def attestation_roles_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "attestation-roles.json"
+
+
+def sev_snp_policy(measurements: Collection[bytes], host_data: Collection[bytes], min_tcb: TcbVersion) -> str:
+    """An attestation policy that authorizes a non-debuggable SEV-SNP guest without a migration agent, at VMPL 0,
+    running one of ``measurements`` with one of ``host_data``, its reported TCB at or above ``min_tcb``."""
+    rules = []
+    for measurement in sorted(measurements):
+        for data in sorted(host_data):
+            conditions = [
+                '[type=="x-ms-sevsnpvm-is-debuggable", value==false]',
+                '[type=="x-ms-sevsnpvm-migration-allowed", value==false]',
+                '[type=="x-ms-sevsnpvm-vmpl", value==0]',
+                f'[type=="{_MEASUREMENT}", value=="{measurement.hex()}"]',
+                f'[type=="{_HOST_DATA}", value=="{data.hex()}"]',
+                f'[type=="x-ms-sevsnpvm-bootloader-svn", value>={min_tcb.bootloader}]',
+                f'[type=="x-ms-sevsnpvm-tee-svn", value>={min_tcb.tee}]',
+                f'[type=="x-ms-sevsnpvm-snpfw-svn", value>={min_tcb.snp}]',
+                f'[type=="x-ms-sevsnpvm-microcode-svn", value>={min_tcb.microcode}]',
+            ]
+            rules.append("    " + " &&\n    ".join(conditions) + " => permit();\n")
+    return (
+        "version=1.0;\nauthorizationrules\n{\n"
+        "    // securetrain's approved SEV-SNP workloads: no debugging, no migration agent, VMPL 0, an approved\n"
+        "    // launch measurement and HOST_DATA (the workload manifest's digest), firmware at or above the minimum TCB.\n"
+        + "".join(rules)
+        + "};\nissuancerules\n{\n};\n"
+    )
+
+
+def local_attestation_policy(layout: StackLayout) -> str:
+    """The local stack's approved SevSnpVm attestation policy, written on first use and read from its file afterwards."""
+    path = attestation_policy_path(layout)
     if not path.exists():
-        platform = SimulatedSnpPlatform.load_or_create(context.layout.snp_platform_dir)
-        policy = AppraisalPolicy(
-            allowed_measurements=frozenset({LAUNCH_MEASUREMENT}),
-            allowed_host_data=frozenset({stack_host_data(context.layout)}),
-            min_tcb=DEFAULT_TCB,
-            trusted_roots=(platform.root,),
-            accept_simulated_platform=True,
-        )
+        text = sev_snp_policy({LAUNCH_MEASUREMENT}, {stack_host_data(layout)}, DEFAULT_TCB)
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with atomic_output(path, mode=0o644) as out:
-            out.write(b"# The local stack's approved appraisal policy (securetrain stack up wrote it).\n")
-            out.write(yaml.safe_dump(policy.to_document(), sort_keys=True).encode())
-    return AppraisalPolicy.load(path)
+            out.write(text.encode("ascii"))
+    try:
+        return path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise StackConfigurationError(f"cannot read the attestation policy {path}: {exc}") from None
+
+
+def approved_reference_values(policy_text: str) -> tuple[frozenset[bytes], frozenset[bytes]]:
+    """The launch measurements and HOST_DATA values ``policy_text`` permits (each must be pinned by every
+    permit rule, as :func:`sev_snp_policy` does); :class:`StackConfigurationError` if it pins none."""
+    try:
+        policy = AttestationPolicy.parse(policy_text)
+    except PolicyInvalid as exc:
+        raise StackConfigurationError(f"the approved attestation policy is not valid: {exc}") from None
+    pinned = []
+    for claim, size in ((_MEASUREMENT, 48), (_HOST_DATA, 32)):
+        values = policy.values_required(claim)
+        if not values or not all(isinstance(value, str) and len(value) == 2 * size for value in values):
+            raise StackConfigurationError(
+                f"the approved attestation policy does not pin {claim} to {size}-byte hex values in every permit rule"
+            )
+        try:
+            pinned.append(frozenset(bytes.fromhex(str(value)) for value in values))
+        except ValueError:
+            raise StackConfigurationError(f"the approved attestation policy pins {claim} to a value that is not hex") from None
+    return pinned[0], pinned[1]
+
+
+def release_policy_for(attestation_authority: str, policy_text: str) -> ReleasePolicy:
+    """The release policy approving what ``policy_text`` approves, in tokens from ``attestation_authority``."""
+    measurements, host_data = approved_reference_values(policy_text)
+    return approved_release_policy(attestation_authority, attestation_policy=policy_text, measurements=measurements,
+                                   host_data=host_data, compliance_status=SIMULATED_CVM)  # fmt: skip
+
+
+def write_attestation_roles(layout: StackLayout) -> None:
+    """Who may manage the attestation policies: the data owner, with the built-in role "Attestation Contributor"."""
+    administrator = stack_identities(layout)[POLICY_ADMINISTRATOR]
+    document = {"assignments": [{"principalId": administrator.object_id, "principalName": POLICY_ADMINISTRATOR,
+                                 "role": "Attestation Contributor"}]}  # fmt: skip
+    path = attestation_roles_path(layout)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=0o644) as out:
+        out.write(json.dumps(document, indent=2).encode())
+
+
+def apply_attestation_policy(client: AttestationAdministrationClient, policy_text: str) -> str:
+    """Make ``policy_text`` the SevSnpVm policy in force, through the SDK, unless it already is; its hash."""
+    current, _ = client.get_policy(SEV_SNP_VM.name)
+    if current == policy_text:
+        return maa_policy_hash(policy_text)
+    result, _ = client.set_policy(SEV_SNP_VM.name, policy_text)
+    # What the service says it received is what was sent: SHA-256 of the unsigned policy JWS.
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(AttestationPolicyToken(policy_text).to_jwt_string().encode("utf-8"))
+    if result.policy_token_hash != digest.finalize():
+        raise StackConfigurationError("the attestation service acknowledged another policy than the one sent")
+    log.info("attestation policy for %s set: x-ms-policy-hash %s", SEV_SNP_VM.name, maa_policy_hash(policy_text))
+    return maa_policy_hash(policy_text)
+
+
+def policy_administration_client(
+    endpoint: str, credential: TokenCredential, ca_bundle: Path
+) -> AttestationAdministrationClient:
+    """``azure-security-attestation``'s policy client of the attestation service at ``endpoint``: TLS verified
+    against ``ca_bundle``, and its answers only if signed by a key the service publishes, naming it as issuer."""
+    return AttestationAdministrationClient(endpoint, credential, connection_verify=str(ca_bundle),
+                                           validate_issuer=True, issuer=endpoint)  # fmt: skip
 
 
 def _argv(context: ServiceContext) -> Sequence[str]:
-    local_appraisal_policy(context)
+    local_attestation_policy(context.layout)
+    write_attestation_roles(context.layout)
+    platform = SimulatedSnpPlatform.load_or_create(context.layout.snp_platform_dir)
     return python_service_argv(
         "securetrain.localstack.standins.attestation_service", context,
         "--state-dir", str(context.data_dir),
-        "--policy", str(appraisal_policy_path(context)),
+        "--trust-root", str(platform.root_certificate_path),
+        "--identity-authority", authority(running_dependency(context, IDENTITY.name)),
+        "--identity-issuer", token_issuer(LOCAL_TENANT),
+        "--ca-bundle", str(context.ca_bundle),
+        "--roles", str(attestation_roles_path(context.layout)),
     )  # fmt: skip
 
 
@@ -60,12 +191,16 @@ def _health_check(context: ServiceContext) -> None:
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:
-    policy = local_appraisal_policy(context)
+    identity = running_dependency(context, IDENTITY.name)
+    administrator = stack_identities(context.layout)[POLICY_ADMINISTRATOR]
+    credential = application_credential(administrator, identity.base_url, context.ca_bundle)
+    with policy_administration_client(context.base_url, credential, context.ca_bundle) as client:
+        policy_hash = apply_attestation_policy(client, local_attestation_policy(context.layout))
     return {
         "SECURETRAIN_ATTESTATION_ENDPOINT": context.base_url,
         "SECURETRAIN_ATTESTATION_LOG": str(context.data_dir / "issuance.jsonl"),
-        "SECURETRAIN_APPRAISAL_POLICY": str(appraisal_policy_path(context)),
-        "SECURETRAIN_APPRAISAL_POLICY_SHA256": policy.sha256,
+        "SECURETRAIN_ATTESTATION_POLICY": str(attestation_policy_path(context.layout)),
+        "SECURETRAIN_ATTESTATION_POLICY_HASH": policy_hash,
         "SECURETRAIN_SNP_PLATFORM_DIR": str(context.layout.snp_platform_dir),
         "SECURETRAIN_CVM_LAUNCH_MEASUREMENT": LAUNCH_MEASUREMENT.hex(),
     }
@@ -73,9 +208,10 @@ def _exports(context: ServiceContext) -> Mapping[str, str]:
 
 ATTESTATION = Service(
     name="attestation",
-    description="Azure Attestation (MAA) stand-in for SEV-SNP VMs",
+    description="Azure Attestation (MAA) stand-in for SEV-SNP VMs: attestation, policy management",
     default_port=10443,
     argv=_argv,
     health_check=_health_check,
     exports=_exports,
+    depends_on=(IDENTITY.name,),
 )

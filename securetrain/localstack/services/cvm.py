@@ -6,7 +6,7 @@ checks and dashboards. The agent reaches storage, the attestation service and Ke
 those services export, read from their PID records (they are started first), signing in as the ``cvm``
 managed identity (:func:`securetrain.localstack.settings.tee_environment`), and keeps its job records in
 ``data/cvm/``. HOST_DATA, the digest of the trainer code it runs, is exported so that release policies
-and the appraisal policy can pin it (``securetrain cvm measure`` prints the same value).
+and the attestation policy can pin it (``securetrain cvm measure`` prints the same value).
 """
 
 from __future__ import annotations

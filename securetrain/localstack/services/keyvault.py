@@ -8,7 +8,8 @@ On every ``up``:
   "KEK Rotator" (read and rotate), ``data-owner`` the custom "KEK Owner" (Crypto Officer without decrypt,
   unwrap, sign or release);
 * ``<state>/policies/release-policy.json`` is the approved release policy, derived from the approved
-  appraisal policy and the attestation service's URL (:func:`securetrain.core.release_policy.approved_release_policy`);
+  attestation policy and the attestation service's URL
+  (:func:`securetrain.localstack.services.attestation.release_policy_for`);
 * the vault runs with purge protection: no deleted key can be purged;
 * once the vault is healthy, the data owner makes sure the KEK ``securetrain-kek`` (RSA 3072, exportable)
   has a latest version released only under that policy, immutably; when the approved policy changed (the
@@ -26,8 +27,7 @@ from pathlib import Path
 
 import requests
 
-from securetrain.localstack.standins.attestation_service.app import SIMULATED
-from securetrain.localstack.standins.keyvault.authz import RoleDefinition
+from securetrain.localstack.standins.rbac import RoleDefinition
 from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.identities import (
     CVM_IDENTITY,
@@ -38,14 +38,18 @@ from securetrain.localstack.identities import (
     application_credential,
 )
 from securetrain.core.keyvault import KEK_NAME, create_kek_version, key_client
-from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
-from securetrain.localstack.services.attestation import ATTESTATION, local_appraisal_policy
+from securetrain.core.release_policy import ReleasePolicy
+from securetrain.localstack.services.attestation import ATTESTATION, local_attestation_policy, release_policy_for
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
 from securetrain.localstack.standins.identity.app import token_issuer
-from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.layout import StackLayout
-from securetrain.localstack.process import PidRecord
-from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy, python_service_argv
+from securetrain.localstack.service import (
+    Service,
+    ServiceContext,
+    ServiceUnhealthy,
+    python_service_argv,
+    running_dependency,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,19 +85,10 @@ def master_key_path(layout: StackLayout) -> Path:
     return layout.secrets_dir / "keyvault-master-key"
 
 
-def _dependency(context: ServiceContext, service: Service) -> ServiceContext:
-    record = PidRecord.read(context.layout.pid_file(service.name))
-    if record is None:
-        raise StackConfigurationError(f"the keyvault service needs {service.name} running; it has no PID record")
-    return ServiceContext(service.name, record.host, record.port, context.layout)
-
-
 def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
     """The local stack's approved release policy, (re)written to its file."""
-    attestation = _dependency(context, ATTESTATION)
-    policy = approved_release_policy(
-        attestation.base_url, local_appraisal_policy(attestation), compliance_status=SIMULATED
-    )
+    attestation = running_dependency(context, ATTESTATION.name)
+    policy = release_policy_for(attestation.base_url, local_attestation_policy(context.layout))
     path = release_policy_path(context.layout)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     with atomic_output(path, mode=0o644) as out:
@@ -121,7 +116,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--data-dir", str(context.data_dir),
         "--master-key", str(master_key_path(context.layout)),
         "--roles", str(roles_path(context.layout)),
-        "--identity-authority", authority(_dependency(context, IDENTITY)),
+        "--identity-authority", authority(running_dependency(context, IDENTITY.name)),
         "--identity-issuer", token_issuer(LOCAL_TENANT),
         "--ca-bundle", str(context.ca_bundle),
         "--purge-protection",
@@ -145,7 +140,7 @@ def _health_check(context: ServiceContext) -> None:
 def _demo_kek_id(context: ServiceContext) -> str:
     """The versioned id of the demo KEK's latest version, made by the data owner under the approved policy."""
     policy = approved_local_policy(context)
-    identity_ctx = _dependency(context, IDENTITY)
+    identity_ctx = running_dependency(context, IDENTITY.name)
     owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
     credential = application_credential(owner, identity_ctx.base_url, context.ca_bundle)
     with key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:

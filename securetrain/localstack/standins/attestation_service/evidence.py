@@ -1,15 +1,17 @@
-"""From an MAA ``/attest/SevSnpVm`` request to the claims of a token, or a refusal naming the check.
+"""From an MAA ``/attest/SevSnpVm`` request to verified evidence and its claims, or a refusal naming the check.
 
 The order is that of a relying party that trusts nothing it has not checked:
 
 1. the body parses (JSON, the fields MAA defines and their types: :mod:`.bodies`, canonical base64url, sizes);
-2. the report verifies: layout, VCEK → ASK → ARK chain to a root the policy trusts, signature
+2. the report verifies: layout, VCEK → ASK → ARK chain to a root the service trusts, signature
    (:func:`securetrain.core.snp.verifier.verify_report`);
 3. REPORT_DATA[0:32] is SHA-256 of the runtime data as sent: the TEE's statement is bound to the chip;
 4. the runtime data is a JSON object, and the request's nonce (if any) is the one it states: a nonce
    not covered by the hardware signature would make old evidence look fresh;
-5. the appraisal policy accepts the report (measurement, host data, debug, VMPL, TCB, migration agent);
-6. the nonce has not been used before (:class:`NonceLedger`).
+5. the report is consistent: no migration agent is bound to a guest whose policy forbids one;
+
+then its claims, in MAA's names (:func:`sev_snp_claims`), go to the attestation policy (:mod:`.appraisal`),
+and only then is the nonce spent (:class:`NonceLedger`), so that a refused request spends nothing.
 """
 
 from __future__ import annotations
@@ -22,13 +24,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Collection
 from typing import Any, TypeVar
 
-from securetrain.core.appraisal import Appraisal, AppraisalPolicy
-from securetrain.core.errors import SecurityViolation
+from securetrain.core.attestation.claims import sevsnpvm_claims
+from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.json_input import JsonInputError, read_json_object
-from securetrain.core.snp.certs import CertificateChain
-from securetrain.core.snp.verifier import verify_report
+from securetrain.core.snp.certs import CertificateChain, SnpCertificate
+from securetrain.core.snp.errors import SnpEvidenceError
+from securetrain.core.snp.report import AttestationReport
+from securetrain.core.snp.roots import TrustedRoot
+from securetrain.core.snp.verifier import VerifiedReport, verify_report
+from securetrain.localstack.standins.attestation_service.policy_evaluation import Claim
 from securetrain.localstack.standins.attestation_service.bodies import AttestSevSnpVmRequest, SnpReportEvidence
 from securetrain.localstack.standins.request_body import BodyInvalid, RequestBody
 
@@ -98,15 +105,16 @@ class SnpEvidence:
         )
 
 
-def appraise(evidence: SnpEvidence, policy: AppraisalPolicy) -> Appraisal:
-    """Steps 2-5 above; raises the verifier's or the policy's specific error, or :class:`EvidenceRefused`."""
+def verify_sev_snp(evidence: SnpEvidence, trusted_roots: Collection[TrustedRoot]) -> VerifiedReport:
+    """Steps 2-5 above; raises the verifier's specific error, or :class:`EvidenceRefused`."""
     chain = CertificateChain.from_pem_bundle(evidence.vcek_chain_pem)
-    verified = verify_report(evidence.report, chain, policy.trusted_roots)
+    verified = verify_report(evidence.report, chain, trusted_roots)
+    report = verified.report
     expected = hashlib.sha256(evidence.runtime_data).digest()
-    if verified.report.report_data[:32] != expected:
+    if report.report_data[:32] != expected:
         raise EvidenceRefused(
             "RuntimeDataMismatch",
-            f"REPORT_DATA[0:32] is {verified.report.report_data[:32].hex()}, but SHA-256 of the runtime data "
+            f"REPORT_DATA[0:32] is {report.report_data[:32].hex()}, but SHA-256 of the runtime data "
             f"is {expected.hex()}: the runtime data is not the one the TEE attested",
         )
     if evidence.nonce is not None and evidence.runtime.get("nonce") != evidence.nonce:
@@ -115,7 +123,31 @@ def appraise(evidence: SnpEvidence, policy: AppraisalPolicy) -> Appraisal:
             f"the request's nonce {evidence.nonce!r} is not the one in the attested runtime data "
             f"({evidence.runtime.get('nonce')!r}): stale evidence",
         )
-    return policy.appraise(verified)
+    if report.migration_agent_bound and not report.policy.migrate_ma:
+        # Firmware binds an agent only to a guest whose policy allows one (MIGRATE_MA, which the policy sees
+        # as x-ms-sevsnpvm-migration-allowed); a report saying both is not one the policy can judge.
+        raise EvidenceRefused(
+            "InconsistentReport",
+            f"a migration agent is bound (REPORT_ID_MA {report.report_id_ma.hex()}) to a guest whose policy "
+            f"0x{report.policy.value:x} forbids migration agents",
+        )
+    return verified
+
+
+def sev_snp_claims(report: AttestationReport) -> tuple[Claim, ...]:
+    """The incoming claims of a verified report, with MAA's SevSnpVm names and value types (claim sets,
+    "SEV-SNP attestation"; the vocabulary is the core's, :func:`securetrain.core.attestation.claims.sevsnpvm_claims`)."""
+    values = {"x-ms-attestation-type": "sevsnpvm", **sevsnpvm_claims(report)}
+    return tuple(Claim(name, value) for name, value in values.items())
+
+
+def trusted_root(path: Path) -> TrustedRoot:
+    """The ARK certificate in ``path`` (PEM or DER) as a root evidence may chain to, named by its subject."""
+    try:
+        ark = SnpCertificate.load(path.read_bytes(), "ARK")
+    except (OSError, SnpEvidenceError) as exc:
+        raise ConfigurationError(f"cannot read the root certificate {path}: {exc}") from None
+    return TrustedRoot(ark.subject_name, ark.spki_sha256)
 
 
 class NonceLedger:

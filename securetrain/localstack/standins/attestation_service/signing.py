@@ -1,4 +1,4 @@
-"""The service's token-signing keys: persisted, published, rolled over without breaking live tokens.
+"""The service's token-signing keys: persisted, published, rolled over without breaking live tokens; and the signer.
 
 Each key is an RSA 2048 key with a self-signed certificate (MAA publishes certificates in ``x5c``,
 and the Azure SDK validates against ``x5c[0]``). The newest key signs; a key rolled over stays in
@@ -12,10 +12,14 @@ import base64
 import datetime as dt
 import hashlib
 import json
+import secrets
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -126,3 +130,23 @@ class SigningKeyStore:
             certificate = x509.load_pem_x509_certificate((self._dir / f"{kid}.cert.pem").read_bytes())
             keys.append(SigningKey(kid, private_key, certificate, entry["created_at"], entry["retired_at"]))  # type: ignore[arg-type]
         return keys
+
+
+class TokenSigner:
+    """Signs the service's tokens (attestation results, policy results) as ``issuer``, with the current key."""
+
+    def __init__(self, keys: SigningKeyStore, issuer: str, lifetime_s: int) -> None:
+        self._keys = keys
+        self.issuer = issuer
+        self._lifetime = lifetime_s
+
+    def sign(self, claims: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+        """The RS256 token carrying ``claims`` plus ``iss``, ``iat``, ``nbf``, ``exp`` and a fresh ``jti``,
+        and those complete claims; the header names the key (``kid``) and where it is published (``jku``)."""
+        now = int(time.time())
+        complete = {"iss": self.issuer, "iat": now, "nbf": now, "exp": now + self._lifetime,
+                    "jti": secrets.token_hex(16), **claims}  # fmt: skip
+        signer = self._keys.current
+        token = jwt.encode(complete, signer.private_key, algorithm="RS256",
+                           headers={"kid": signer.kid, "jku": f"{self.issuer}/certs", "typ": "JWT"})  # fmt: skip
+        return token, complete

@@ -36,14 +36,9 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from securetrain.localstack.standins.decision_log import DecisionLog
-from securetrain.localstack.standins.keyvault.authz import (
-    VAULT_RESOURCE,
-    Action,
-    Authorizer,
-    Caller,
-    NotPermitted,
-    Unauthenticated,
-)
+from securetrain.localstack.standins.access_tokens import Caller, Unauthenticated
+from securetrain.localstack.standins.keyvault.authz import VAULT_RESOURCE, Action, vault_401_message, vault_authorizer
+from securetrain.localstack.standins.rbac import NotPermitted
 from securetrain.localstack.standins.keyvault.bodies import (
     KeyAttributes,
     KeyCreateParameters,
@@ -298,7 +293,7 @@ def _integer(value: int, field: str, allowed: tuple[int, ...]) -> int:
 def create_app(config: VaultConfig) -> FastAPI:
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     store = KeyStore(config.data_dir, load_or_create_master_key(config.master_key_file))
-    authorizer = Authorizer(config.identity_issuer, config.identity_authority, str(config.ca_bundle), config.roles_file)
+    authorizer = vault_authorizer(config.identity_issuer, config.identity_authority, str(config.ca_bundle), config.roles_file)
     releaser = KeyReleaser(str(config.ca_bundle), ReleaseSigner.from_files(str(config.cert_file), str(config.key_file)))
     access_log = DecisionLog(config.data_dir / "access.jsonl")
     recovery_level = config.recovery_level
@@ -334,8 +329,8 @@ def create_app(config: VaultConfig) -> FastAPI:
         except Unauthenticated as exc:
             if request.headers.get("authorization"):
                 access_log.record(decision="denied", status=401, operation=action.value, key=name, version=version,
-                                  identity=None, reason=str(exc))  # fmt: skip
-            raise VaultError(401, "Unauthorized", str(exc), {"WWW-Authenticate": challenge}) from None
+                                  identity=None, reason=vault_401_message(exc))  # fmt: skip
+            raise VaultError(401, "Unauthorized", vault_401_message(exc), {"WWW-Authenticate": challenge}) from None
         try:
             authorizer.authorize(caller, action, f"{vault_url(request)}/{resource}")
         except NotPermitted as exc:

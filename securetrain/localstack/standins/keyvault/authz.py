@@ -1,18 +1,11 @@
-"""Who may do what to the vault's keys: access-token validation, RBAC role definitions, and the access log.
+"""Who may do what to the vault's keys: Key Vault's resource, its data actions and built-in roles, its error codes.
 
-Authentication: a bearer token from the identity service (:mod:`securetrain.localstack.standins.identity`), validated like
-every other token in the project (:class:`securetrain.core.attestation.tokens.TokenValidator`: RS256 with a
-key the issuer publishes over verified TLS, issuer, ``exp``/``nbf``) plus the audience, which must be
-Key Vault's resource. A missing token gets Key Vault's 401 challenge; a bad one a 401 naming the fault.
-
-Authorization is Azure RBAC's: a role definition grants ``dataActions`` and takes away ``notDataActions``
-(both may hold ``*`` wildcards, matched case-insensitively); a principal may do what any of its roles
-grants. The built-in Key Vault roles are defined here with the data actions Azure documents for them; a
-deployment's custom roles (``roleDefinitions``) and the assignments are in the role-assignment file
-``stack up`` writes::
-
-    {"roleDefinitions": [{"roleName", "description", "dataActions": [...], "notDataActions": [...]}],
-     "assignments": [{"principalId", "principalName", "role"}]}
+Authentication is the Entra bearer token every protected stand-in checks
+(:mod:`securetrain.localstack.standins.access_tokens`), for Key Vault's resource; a missing token gets Key
+Vault's 401 challenge, a bad one a 401 whose message carries Key Vault's ``AKV`` code for the fault.
+Authorization is Azure RBAC (:mod:`securetrain.localstack.standins.rbac`) over Key Vault's data actions: the
+built-in Key Vault roles are defined here with the data actions Azure documents for them; a deployment's
+custom roles and the assignments are in the role-assignment file ``stack up`` writes.
 
 Sources (docs/keys.md, "Roles"): https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/security
 (the built-in roles), https://learn.microsoft.com/azure/role-based-access-control/permissions/security#microsoftkeyvault
@@ -22,20 +15,24 @@ Sources (docs/keys.md, "Roles"): https://learn.microsoft.com/azure/role-based-ac
 from __future__ import annotations
 
 import enum
-import functools
-import json
-import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from securetrain.core.attestation.tokens import AuthorityKeys, AuthorityUnreachable, TokenRejected, TokenValidator
-from securetrain.core.errors import ConfigurationError
+from securetrain.localstack.standins.access_tokens import AccessTokenValidator, Refusal, Unauthenticated
+from securetrain.localstack.standins.rbac import Authorizer, RoleAssignments, RoleDefinition
 
 #: The resource (token audience) Key Vault's data plane asks for; the SDK requests ``<it>/.default``.
 VAULT_RESOURCE = "https://vault.azure.net"
 _KEYS = "Microsoft.KeyVault/vaults/keys"
+#: Key Vault's error code for each authentication fault, as it prefixes its 401 messages.
+AKV_CODES: Mapping[Refusal, str] = {
+    Refusal.MISSING: "AKV10000",
+    Refusal.NOT_BEARER: "AKV10001",
+    Refusal.INVALID: "AKV10032",
+    Refusal.ISSUER_UNREACHABLE: "AKV10046",
+    Refusal.WRONG_AUDIENCE: "AKV10022",
+    Refusal.NO_OBJECT_ID: "AKV10032",
+}
 
 
 class Action(enum.Enum):
@@ -54,40 +51,10 @@ class Action(enum.Enum):
     UNWRAP = f"{_KEYS}/unwrap/action"
     RELEASE = f"{_KEYS}/release/action"
 
-
-@functools.lru_cache(maxsize=256)
-def _pattern(action: str) -> re.Pattern[str]:
-    """An Azure action pattern (``*`` matches any run of characters) as a case-insensitive regex."""
-    return re.compile(".*".join(re.escape(part) for part in action.split("*")), re.IGNORECASE)
-
-
-@dataclass(frozen=True)
-class RoleDefinition:
-    """A role: the data actions it grants, less the ones it excludes (Azure's ``notDataActions``)."""
-
-    name: str
-    data_actions: tuple[str, ...]
-    not_data_actions: tuple[str, ...] = ()
-
-    def allows(self, action: Action) -> bool:
-        def matches(patterns: Iterable[str]) -> bool:
-            return any(_pattern(pattern).fullmatch(action.value) for pattern in patterns)
-
-        return matches(self.data_actions) and not matches(self.not_data_actions)
-
-    @classmethod
-    def from_json(cls, document: Mapping[str, Any]) -> RoleDefinition:
-        name, granted, excluded = document["roleName"], document["dataActions"], document.get("notDataActions", [])
-        if not isinstance(name, str) or not name:
-            raise ValueError("a role definition needs a roleName")
-        for field, value in (("dataActions", granted), ("notDataActions", excluded)):
-            if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
-                raise ValueError(f"role {name!r}: {field} must be a list of action strings")
-        return cls(name, tuple(granted), tuple(excluded))
-
-    def to_json(self, description: str) -> dict[str, Any]:
-        return {"roleName": self.name, "description": description, "dataActions": list(self.data_actions),
-                "notDataActions": list(self.not_data_actions)}  # fmt: skip
+    @property
+    def data_action(self) -> bool:
+        """Key Vault's key operations are data-plane operations: roles grant them as ``dataActions``."""
+        return True
 
 
 #: The built-in Key Vault roles, with the data actions Azure documents for each (not a reduced set: a
@@ -107,90 +74,16 @@ BUILT_IN_ROLES: Mapping[str, RoleDefinition] = {
 }  # fmt: skip
 
 
-class Unauthenticated(Exception):
-    """No token, or a token that failed validation (401)."""
+def vault_authorizer(issuer: str, authority: str, ca_bundle: str, roles_file: Path) -> Authorizer:
+    """Access control of the vault: tokens for Key Vault's resource, the file's roles beside the built-in ones."""
+    return Authorizer(AccessTokenValidator(issuer, authority, ca_bundle, VAULT_RESOURCE), roles_file, BUILT_IN_ROLES)
 
 
-class NotPermitted(Exception):
-    """A valid identity without a role allowing the action (403)."""
+def load_role_assignments(path: Path) -> RoleAssignments:
+    """The vault's role assignments in ``path`` (as the vault reads them for each decision)."""
+    return RoleAssignments.load(path, BUILT_IN_ROLES)
 
 
-@dataclass(frozen=True)
-class Caller:
-    """An authenticated caller: the identity's object id and display name."""
-
-    object_id: str
-    name: str
-
-
-@dataclass(frozen=True)
-class RoleAssignments:
-    """Who holds which role on the vault, and what each role (built-in or the file's custom ones) grants."""
-
-    by_principal: Mapping[str, frozenset[str]]
-    roles: Mapping[str, RoleDefinition]
-
-    @classmethod
-    def load(cls, path: Path) -> RoleAssignments:
-        try:
-            document = json.loads(path.read_text())
-            roles = dict(BUILT_IN_ROLES)
-            for entry in document.get("roleDefinitions", []):
-                role = RoleDefinition.from_json(entry)
-                if role.name in roles:
-                    raise ConfigurationError(f"{path}: role {role.name!r} is defined twice (or redefines a built-in role)")
-                roles[role.name] = role
-            grants: dict[str, set[str]] = {}
-            for entry in document["assignments"]:
-                if entry["role"] not in roles:
-                    raise ConfigurationError(f"{path}: unknown role {entry['role']!r} (roles: {', '.join(roles)})")
-                grants.setdefault(entry["principalId"], set()).add(entry["role"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ConfigurationError(f"cannot read the role assignments {path}: {exc}") from None
-        return cls({principal: frozenset(names) for principal, names in grants.items()}, roles)
-
-    def allows(self, object_id: str, action: Action) -> bool:
-        return any(self.roles[role].allows(action) for role in self.by_principal.get(object_id, ()))
-
-
-class Authorizer:
-    """Authenticates bearer tokens from ``issuer`` (keys published by ``authority``) and checks the caller's roles."""
-
-    def __init__(self, issuer: str, authority: str, ca_bundle: str, roles_file: Path) -> None:
-        metadata = f"{authority.rstrip('/')}/.well-known/openid-configuration"
-        self._validator = TokenValidator(AuthorityKeys(issuer, metadata_url=metadata, verify=ca_bundle), leeway=0)
-        self._roles_file = roles_file
-
-    @property
-    def issuer(self) -> str:
-        return self._validator.issuer
-
-    def authenticate(self, authorization: str | None) -> Caller:
-        """The caller an ``Authorization`` header value names; :class:`Unauthenticated` if it does not."""
-        if not authorization:
-            raise Unauthenticated("AKV10000: Request is missing a Bearer or PoP token.")
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise Unauthenticated("AKV10001: the Authorization header is not 'Bearer <token>'.")
-        try:
-            claims = self._validator.validate(token.strip()).claims
-        except TokenRejected as exc:
-            raise Unauthenticated(f"AKV10032: the access token is not valid: {exc}") from None
-        except AuthorityUnreachable as exc:
-            raise Unauthenticated(f"AKV10046: the token issuer's keys cannot be fetched: {exc}") from None
-        if claims.get("aud") != VAULT_RESOURCE:
-            raise Unauthenticated(f"AKV10022: Invalid audience. Expected {VAULT_RESOURCE}, found: {claims.get('aud')}.")
-        object_id = claims.get("oid")
-        if not isinstance(object_id, str):
-            raise Unauthenticated("AKV10032: the access token names no object id (oid).")
-        return Caller(object_id, str(claims.get("name") or claims.get("appid") or object_id))
-
-    def authorize(self, caller: Caller, action: Action, resource: str) -> None:
-        """Return if ``caller`` holds a role allowing ``action``; :class:`NotPermitted` otherwise."""
-        # Read per decision: a changed assignment takes effect at once, as in Azure (after propagation).
-        if not RoleAssignments.load(self._roles_file).allows(caller.object_id, action):
-            raise NotPermitted(
-                f"Caller is not authorized to perform action on resource. Caller: name={caller.name};"
-                f"oid={caller.object_id}; Action: '{action.value}'; "
-                f"Resource: '{resource}'"
-            )
+def vault_401_message(exc: Unauthenticated) -> str:
+    """The message Key Vault answers an authentication fault with: its code, then what was wrong."""
+    return f"{AKV_CODES[exc.refusal]}: {exc}"
