@@ -48,7 +48,6 @@ from pathlib import Path
 
 from securetrain.localstack.standins.attestation_service.app import SIMULATED
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.airflow_env import keyvault_connections
 from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, LocalIdentity
 from securetrain.localstack.pki import LocalCA
@@ -58,7 +57,7 @@ from securetrain.localstack.services.attestation import appraisal_policy_path, l
 from securetrain.localstack.services.cvm import MONITOR_IDENTITY
 from securetrain.localstack.services.identity import identities_dir, stack_identities
 from securetrain.localstack.services.keyvault import release_policy_path, roles_path, write_roles
-from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.service import ServiceContext
 
 log = logging.getLogger("pki_init")
@@ -104,9 +103,8 @@ def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
     _attach_managed_identity(identity_files / f"{CVM_IDENTITY}.json", identities[CVM_IDENTITY], header)
     _hand_over(identity_files / f"{DATA_OWNER_IDENTITY}.json", identities_dir(trees["data-owner"]) / f"{DATA_OWNER_IDENTITY}.json")
     connections = keyvault_connections(KEYVAULT_URL, IDENTITY_URL, "/srv/securetrain/ca/ca.pem", identities)
-    trees["airflow"].secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(trees["airflow"].secrets_dir / "airflow-connections.json", mode=0o600) as out_file:
-        out_file.write(json.dumps(connections, indent=2, sort_keys=True).encode())
+    write_file(trees["airflow"].secrets_dir / "airflow-connections.json",
+               json.dumps(connections, indent=2, sort_keys=True).encode(), mode=0o600)  # fmt: skip
     # Role assignments name the identities' object ids: written beside them, then handed to the vault.
     write_roles(trees["identity"])
     _hand_over(roles_path(trees["identity"]), roles_path(trees["keyvault"]))
@@ -122,9 +120,7 @@ def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
     _hand_over(appraisal_policy_path(trainer_context), trees["attestation"].policies_dir / "appraisal.yaml")
     release_policy = approved_release_policy(ATTESTATION_URL, appraisal, compliance_status=SIMULATED)
     for container in ("airflow", "data-owner"):
-        trees[container].policies_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(release_policy_path(trees[container]), mode=0o644) as out_file:
-            out_file.write(release_policy.to_bytes())
+        write_file(release_policy_path(trees[container]), release_policy.to_bytes(), mode=0o644)
     log.info("trust material for %s is ready in %s", ", ".join(trees), out)
 
 

@@ -39,10 +39,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack import StackLayout, read_stack_env
 from securetrain.localstack.identities import PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentity
-from securetrain.localstack.layout import repo_root
+from securetrain.localstack.layout import repo_root, write_file
 from securetrain.localstack.services.identity import stack_identities
 from securetrain.localstack.services.keyvault import roles_path
 
@@ -117,9 +116,7 @@ def _ensure_admin_password(state_dir: Path) -> None:
             raise AirflowEnvironmentError(f"{path} is readable by other users: chmod 600 it (it holds a password)")
         read_admin_password(state_dir)  # fails on a malformed file now rather than at the first login
         return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o600) as out:
-        out.write(json.dumps({ADMIN_USER: secrets.token_urlsafe(_PASSWORD_BYTES)}).encode())
+    write_file(path, json.dumps({ADMIN_USER: secrets.token_urlsafe(_PASSWORD_BYTES)}).encode(), mode=0o600)
     log.info("generated the Airflow admin password in %s", path)
 
 

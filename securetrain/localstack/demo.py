@@ -27,13 +27,12 @@ from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_s
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_registry import ModelRegistry
 from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, data_owner, up
 from securetrain.localstack.identities import PIPELINE_IDENTITY
-from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.settings import settings_path
 
 MODEL = "breast-cancer-classifier"
@@ -78,8 +77,7 @@ def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None
 def _publish(key_file: Path, public_file: Path) -> Path:
     """Write the public half of the pipeline's signing key ``key_file`` to ``public_file``, as its operator
     publishes it for verifiers."""
-    with atomic_output(public_file, mode=0o644) as out:
-        out.write(public_key_pem(load_or_create_signing_key(key_file)))
+    write_file(public_file, public_key_pem(load_or_create_signing_key(key_file)), mode=0o644)
     return public_file
 
 

@@ -27,7 +27,7 @@ from azure.core.credentials import TokenCredential
 
 from securetrain.core.credentials import azure_credential
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.fsutil import atomic_output
+from securetrain.localstack.layout import write_file
 
 #: The stack's tenant id (a GUID, as Entra's are; fixed, so settings written once stay valid).
 LOCAL_TENANT = "5ec0e7a1-0c41-4c5a-9d1e-10ca157ac4e0"
@@ -75,9 +75,7 @@ class LocalIdentity:
         return cls(name, str(uuid.uuid4()), str(uuid.uuid4()), client_secret=secret)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(path, mode=0o600) as out:
-            out.write(json.dumps(asdict(self), indent=2).encode())
+        write_file(path, json.dumps(asdict(self), indent=2).encode(), mode=0o600)
 
     @classmethod
     def load(cls, path: Path) -> LocalIdentity:

@@ -229,7 +229,7 @@ def _stop(service: Service, config: StackConfig, record: PidRecord) -> None:
 
 def _bring_up(service: Service, config: StackConfig, ca: LocalCA) -> None:
     context = config.context(service)
-    certificate = ca.issue_server_certificate(config.layout.server_certs_dir, service.name, service.tls_names)
+    certificate = ca.issue_server_certificate(config.layout.server_certs_dir, service.name)
     argv = service.argv(context)
     environment = service.environment(context)
     fingerprint = _fingerprint(argv, environment, certificate.cert_path.read_bytes())

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import securetrain
+from securetrain.core.fsutil import atomic_output
 
 STATE_DIR_ENV = "SECURETRAIN_STATE_DIR"
 
@@ -39,6 +40,13 @@ def resolve_state_dir(explicit: Path | None = None) -> Path:
     if from_environment:
         return Path(from_environment).expanduser().resolve()
     return repo_root() / ".securetrain"
+
+
+def write_file(path: Path, content: bytes, *, mode: int) -> None:
+    """Write ``content`` to ``path`` atomically, with ``mode``; its directory is made (0700) if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=mode) as out:
+        out.write(content)
 
 
 @dataclass(frozen=True)

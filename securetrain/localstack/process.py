@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.errors import CorruptPidFile, StackError
+from securetrain.localstack.layout import write_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +108,7 @@ class PidRecord:
 
     def write(self, path: Path) -> None:
         """Write the record to ``path`` atomically."""
-        with atomic_output(path, mode=0o600) as out:
-            out.write(json.dumps(asdict(self), indent=2).encode())
+        write_file(path, json.dumps(asdict(self), indent=2).encode(), mode=0o600)
 
     @classmethod
     def read(cls, path: Path) -> PidRecord | None:

@@ -84,7 +84,6 @@ def write_settings_files(stack_env: Mapping[str, str], layout: StackLayout) -> N
     identity service its applications sign in at."""
     if "SECURETRAIN_IDENTITY_ENDPOINT" not in stack_env:
         return
-    settings_path(layout, APPLICATIONS[0]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     for identity in APPLICATIONS:
         write_stack_env(settings_path(layout, identity), application_settings(stack_env, layout, identity))
 

@@ -15,12 +15,11 @@ from typing import Any
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.core.appraisal import AppraisalPolicy
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.fsutil import atomic_output
 from securetrain.core.snp.certs import CertificateChain
 from securetrain.core.snp.report import GuestPolicy, TcbVersion
 from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.core.snp.verifier import verify_report
-from securetrain.localstack.layout import StackLayout, resolve_state_dir
+from securetrain.localstack.layout import StackLayout, resolve_state_dir, write_file
 
 _VERIFY_EXIT_CODES = """exit codes: 0 verified (and, with --policy, appraised), 2 bad argument, file or policy,
 3 evidence refused: the message names the check that failed"""
@@ -72,8 +71,7 @@ def _report(args: argparse.Namespace) -> int:
         "ark": (args.out / "ark.pem", evidence.chain.ark.to_pem()),
     }
     for path, content in files.values():
-        with atomic_output(path, mode=0o644) as out:
-            out.write(content)
+        write_file(path, content, mode=0o644)
     summary = {name: str(path) for name, (path, _) in files.items()}
     print(json.dumps({**summary, "root": platform.root.to_dict()}, indent=2))
     return 0

@@ -19,9 +19,9 @@ import yaml
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.core.appraisal import AppraisalPolicy
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 from securetrain.localstack.data_owner import stack_host_data
+from securetrain.localstack.layout import write_file
 
 def appraisal_policy_path(context: ServiceContext) -> Path:
     return context.layout.policies_dir / "appraisal.yaml"
@@ -39,10 +39,8 @@ def local_appraisal_policy(context: ServiceContext) -> AppraisalPolicy:
             trusted_roots=(platform.root,),
             accept_simulated_platform=True,
         )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(path, mode=0o644) as out:
-            out.write(b"# The local stack's approved appraisal policy (securetrain stack up wrote it).\n")
-            out.write(yaml.safe_dump(policy.to_document(), sort_keys=True).encode())
+        header = "# The local stack's approved appraisal policy (securetrain stack up wrote it).\n"
+        write_file(path, (header + yaml.safe_dump(policy.to_document(), sort_keys=True)).encode(), mode=0o644)
     return AppraisalPolicy.load(path)
 
 

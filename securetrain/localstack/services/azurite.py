@@ -33,22 +33,19 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient
 
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.errors import ToolNotInstalled
-from securetrain.localstack.layout import repo_root
-from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.localstack.layout import repo_root, write_file
+from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy
 
 ACCOUNT_NAME = "devstoreaccount1"
 _KEY_FILE = "azurite-account-key"
-_HEALTH_TIMEOUT_S = 3
 
 
 def account_key(context: ServiceContext) -> str:
     """The stack's Azurite account key (base64), generated on first use and kept 0600 in the state dir."""
     path = context.layout.secrets_dir / _KEY_FILE
     if not path.exists():
-        with atomic_output(path, mode=0o600) as out:
-            out.write(base64.b64encode(secrets.token_bytes(64)))
+        write_file(path, base64.b64encode(secrets.token_bytes(64)), mode=0o600)
     return path.read_text().strip()
 
 
@@ -95,14 +92,14 @@ def _health_check(context: ServiceContext) -> None:
         credential=AzureNamedKeyCredential(ACCOUNT_NAME, account_key(context)),
         connection_verify=str(context.ca_bundle),
         retry_total=0,
-        connection_timeout=_HEALTH_TIMEOUT_S,
-        read_timeout=_HEALTH_TIMEOUT_S,
+        connection_timeout=HEALTH_TIMEOUT_S,
+        read_timeout=HEALTH_TIMEOUT_S,
     )
     try:
         with client:
             client.get_service_properties()
     except AzureError as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ServiceUnhealthy.because(exc) from exc
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:

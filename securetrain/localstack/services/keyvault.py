@@ -28,7 +28,6 @@ import requests
 
 from securetrain.localstack.standins.attestation_service.app import SIMULATED
 from securetrain.localstack.standins.keyvault.authz import RoleDefinition
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.identities import (
     CVM_IDENTITY,
     DATA_OWNER_IDENTITY,
@@ -42,10 +41,8 @@ from securetrain.core.release_policy import ReleasePolicy, approved_release_poli
 from securetrain.localstack.services.attestation import ATTESTATION, local_appraisal_policy
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
 from securetrain.localstack.standins.identity.app import token_issuer
-from securetrain.localstack.errors import StackConfigurationError
-from securetrain.localstack.layout import StackLayout
-from securetrain.localstack.process import PidRecord
-from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy, python_service_argv
+from securetrain.localstack.layout import StackLayout, write_file
+from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy, python_service_argv
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +63,6 @@ ROLE_OF = {
     ROTATOR_IDENTITY: "securetrain KEK Rotator",
     DATA_OWNER_IDENTITY: "securetrain KEK Owner",
 }
-_HEALTH_TIMEOUT_S = 3
 
 
 def roles_path(layout: StackLayout) -> Path:
@@ -81,23 +77,13 @@ def master_key_path(layout: StackLayout) -> Path:
     return layout.secrets_dir / "keyvault-master-key"
 
 
-def _dependency(context: ServiceContext, service: Service) -> ServiceContext:
-    record = PidRecord.read(context.layout.pid_file(service.name))
-    if record is None:
-        raise StackConfigurationError(f"the keyvault service needs {service.name} running; it has no PID record")
-    return ServiceContext(service.name, record.host, record.port, context.layout)
-
-
 def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
     """The local stack's approved release policy, (re)written to its file."""
-    attestation = _dependency(context, ATTESTATION)
+    attestation = context.running(ATTESTATION)
     policy = approved_release_policy(
         attestation.base_url, local_appraisal_policy(attestation), compliance_status=SIMULATED
     )
-    path = release_policy_path(context.layout)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o644) as out:
-        out.write(policy.to_bytes())
+    write_file(release_policy_path(context.layout), policy.to_bytes(), mode=0o644)
     return policy
 
 
@@ -107,10 +93,8 @@ def write_roles(layout: StackLayout) -> None:
         {"principalId": identities[name].object_id, "principalName": name, "role": role} for name, role in ROLE_OF.items()
     ]
     definitions = [role.to_json(description) for role, description in CUSTOM_ROLES.items()]
-    path = roles_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o644) as out:
-        out.write(json.dumps({"roleDefinitions": definitions, "assignments": assignments}, indent=2).encode())
+    roles = {"roleDefinitions": definitions, "assignments": assignments}
+    write_file(roles_path(layout), json.dumps(roles, indent=2).encode(), mode=0o644)
 
 
 def _argv(context: ServiceContext) -> Sequence[str]:
@@ -121,7 +105,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--data-dir", str(context.data_dir),
         "--master-key", str(master_key_path(context.layout)),
         "--roles", str(roles_path(context.layout)),
-        "--identity-authority", authority(_dependency(context, IDENTITY)),
+        "--identity-authority", authority(context.running(IDENTITY)),
         "--identity-issuer", token_issuer(LOCAL_TENANT),
         "--ca-bundle", str(context.ca_bundle),
         "--purge-protection",
@@ -133,10 +117,10 @@ def _health_check(context: ServiceContext) -> None:
     try:
         response = requests.get(
             f"{context.base_url}/keys", params={"api-version": "7.6"}, verify=str(context.ca_bundle),
-            timeout=_HEALTH_TIMEOUT_S,
+            timeout=HEALTH_TIMEOUT_S,
         )  # fmt: skip
     except requests.RequestException as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ServiceUnhealthy.because(exc) from exc
     challenge = response.headers.get("WWW-Authenticate", "")
     if response.status_code != 401 or "authorization=" not in challenge:
         raise ServiceUnhealthy(f"expected a 401 bearer challenge, got HTTP {response.status_code} {challenge!r}")
@@ -145,9 +129,8 @@ def _health_check(context: ServiceContext) -> None:
 def _demo_kek_id(context: ServiceContext) -> str:
     """The versioned id of the demo KEK's latest version, made by the data owner under the approved policy."""
     policy = approved_local_policy(context)
-    identity_ctx = _dependency(context, IDENTITY)
     owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
-    credential = application_credential(owner, identity_ctx.base_url, context.ca_bundle)
+    credential = application_credential(owner, context.running(IDENTITY).base_url, context.ca_bundle)
     with key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
         return str(create_kek_version(client, KEK_NAME, policy).id)
 
