@@ -1,18 +1,9 @@
 """Stage 5, audit: the run's security events into its hash-chained log, verified, and a report written.
 
-Sources: the stages' own results (XCom: environment, data check, the TEE's attestation claims, model
-version), the trainer agent's record of the job (every state it entered, the error if it failed), the
-TEE's own event log from that record, recorded verbatim (each attestation with its token, the key
-release, the validation aggregates, each sealed checkpoint and the sealed model with their digests, and
-the heads the TEE signed: :mod:`securetrain.core.audit.tee_log`), and, where the deployment exposes them as
-files (the local stack does), the Key Vault access log and the attestation service's issuance log for
-the run's time window. The log is ``securetrain-audit/audit/<run>.jsonl`` (append blobs), checkpoints
-signed with the pipeline's audit key; ``securetrain audit verify`` checks it later, byte for byte, with
-the audit key pinned and the TEE's signatures against the attestation tokens. The stage checks the same
-(:func:`securetrain.core.audit.trail.verify_trail`), including that the log holds the TEE's events up to the
-head the registered model's statement names.
-
-Trigger rule ``all_done``: a failed run is audited too (that is when it matters most).
+The events: the stages' results, the agent's record of the job, the TEE's own signed event log verbatim, and the
+Key Vault access and attestation issuance logs of the run's time window where the deployment exposes them as
+files. The stage verifies the log as ``securetrain audit verify`` does (docs/audit.md). Trigger rule
+``all_done``: a failed run is audited too (that is when it matters most).
 """
 
 from __future__ import annotations

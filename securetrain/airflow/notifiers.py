@@ -1,16 +1,8 @@
 """Airflow notifiers that deliver securetrain's security alerts: a log line, and a JSON webhook over HTTPS.
 
-Both are Airflow 3 ``BaseNotifier`` subclasses, so they serve in two places:
-
-* as a task's ``on_failure_callback`` (``DEFAULT_ARGS`` in ``securetrain/airflow/pipeline.py``): the notifier turns
-  the failed task's exception into an :class:`~securetrain.core.alerts.Alert` (:func:`securetrain.core.alerts.classify_failure`)
-  and delivers it;
-* from the ``audit`` task, which evaluates the alert rules over the run's audit events and hands each
-  alert to :func:`deliver_alerts`.
-
-Delivering an alert never raises: a callback that raised would only add noise to a task that already
-failed, and an unreachable webhook must not fail the audit. A failed delivery is logged at ERROR, and
-the log notifier has written the alert already.
+Both serve as a task's ``on_failure_callback`` (the alert for the failed task) and for the ``audit`` task's
+alerts (:func:`deliver_alerts`). Delivering an alert never raises: a failed delivery is logged at ERROR, and the
+log notifier has written the alert already (docs/monitoring.md, "Notifiers").
 """
 
 from __future__ import annotations

@@ -1,29 +1,11 @@
 """The local Airflow environment: one Airflow installation per state directory, wired to the local stack.
 
-Everything Airflow keeps lives under the stack's state directory, so that ``make clean`` (or deleting a
-test's temporary directory) removes it with the rest::
-
-    <state>/airflow/                        AIRFLOW_HOME: airflow.cfg (0600, holds the secrets Airflow
-                                            generates on first use: fernet key, JWT secret), logs/
-    <state>/airflow/airflow.db              the SQLite metadata database
-    <state>/secrets/airflow-passwords.json  the generated password of the UI user ``admin`` (0600)
-
-Airflow reads its configuration from ``AIRFLOW__SECTION__KEY`` environment variables and its connections
-from ``AIRFLOW_CONN_<ID>`` variables, so the whole environment is a mapping of variables
-(:func:`airflow_environment`) that every Airflow command of this project runs with: the DAGs and the plugin
-from this repository, no example DAGs, SimpleAuthManager with one admin user, the API server on loopback
-only, the connections the hooks in ``securetrain/airflow/`` read, and of ``stack.env`` only the settings Airflow
-uses (:data:`AIRFLOW_STACK_SETTINGS`).
-
-Airflow is the zone trusted least (docs/security.md): ``stack.env`` also names the TEE's identity, the
-simulated SEV-SNP platform's keys, the data owner's identity, the monitor's certificate and the release
-root the TEE trusts, none of which Airflow needs, so none of it is in Airflow's environment. (On the local
-stack one Unix user owns the whole state directory, so this keeps material out of Airflow's environment
-and process listing, not out of reach of the user's own files; docker-compose separates by volumes.)
-
-Why connections come from variables and not from the metadata database: the values change whenever the
-stack comes up on other ports or reissues a certificate, and a variable is read afresh by every Airflow
-process, while a row in the database would go stale silently.
+Airflow reads its configuration from ``AIRFLOW__SECTION__KEY`` variables and its connections from
+``AIRFLOW_CONN_<ID>`` variables, so the whole environment is a mapping of variables (:func:`airflow_environment`)
+that every Airflow command of this project runs with; docs/airflow.md ("What the environment sets") lists it and
+says why connections are variables. Airflow is the zone trusted least: of ``stack.env`` it gets only the settings
+it uses (:data:`AIRFLOW_STACK_SETTINGS`), never the TEE's identity, the simulated platform's keys or the data
+owner's material (docs/keys.md, "Where each identity lives").
 """
 
 from __future__ import annotations

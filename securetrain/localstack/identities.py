@@ -1,17 +1,9 @@
 """The local stack's identities: what the identity stand-in knows of each, as Entra ID knows a principal.
 
-Two kinds, as on Azure:
-
-- an **application** (service principal) has a client id and a client secret; a process signs in with
-  ``azure.identity.ClientSecretCredential`` (or ``EnvironmentCredential`` from ``AZURE_CLIENT_ID``,
-  ``AZURE_TENANT_ID``, ``AZURE_CLIENT_SECRET``, ``AZURE_AUTHORITY_HOST``);
-- a **managed identity** has no secret anyone holds: the platform hands its tokens to the one host it is
-  attached to. Azure's hosting environments expose that endpoint to the host as ``IDENTITY_ENDPOINT`` with
-  a per-host secret in ``IDENTITY_HEADER`` (App Service's protocol, which ``ManagedIdentityCredential``
-  speaks); the stand-in keeps that secret in :attr:`LocalIdentity.identity_header`.
-
-Each identity lives in one JSON file (0600) under ``<state>/secrets/identities/<name>.json``, written by
-``securetrain stack up``; the identity stand-in reads them per request.
+An **application** (service principal) signs in with a client secret; a **managed identity** has no secret
+anyone holds: its tokens go only to the host it is attached to, which proves itself with that host's secret
+(``IDENTITY_HEADER``, as Azure's hosting environments expose it). ``securetrain stack up`` writes each identity
+to ``<state>/secrets/identities/<name>.json`` (0600); the identity stand-in reads them per request.
 """
 
 from __future__ import annotations

@@ -1,18 +1,5 @@
-"""Where the local stack keeps its state: the state directory and the files in it.
-
-The state directory is, in order of precedence, the ``--state-dir`` option, the ``SECURETRAIN_STATE_DIR``
-environment variable, or ``.securetrain/`` at the repository root (the parent of the ``securetrain``
-package directory, git-ignored). Its layout::
-
-    ca/ca.pem, ca/ca.key           the local CA (see securetrain.localstack.pki)
-    certs/server/<service>.pem     each service's TLS certificate and key
-    certs/client/<identity>.pem    client certificates for mutual TLS
-    secrets/                       generated service secrets (e.g. the Azurite account key), 0600
-    data/<service>/                each service's own data (Azurite's blobs)
-    logs/<service>.log             each service's stdout and stderr
-    run/<service>.pid              what the stack started: PID, process start time, boot id, port
-    run/stack.lock                 held while `up` or `down` runs, so that two never interleave
-    stack.env                      shell `export` lines for clients, written by `up` (0600)
+"""Where the local stack keeps its state: the state directory (``--state-dir``, ``$SECURETRAIN_STATE_DIR`` or
+``.securetrain/`` at the repository root) and the files in it, as docs/local-stack.md ("State directory") lists them.
 """
 
 from __future__ import annotations

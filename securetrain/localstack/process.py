@@ -1,16 +1,8 @@
 """Starting and stopping exactly the processes the stack started.
 
-A PID alone does not name a process: once a process exits, the kernel hands its PID to the next one. So
-a PID file records, besides the PID, the process's start time (field 22 of ``/proc/<pid>/stat``, clock
-ticks since boot) and the kernel's boot id. A process is "ours" only while all three still match; a PID
-file whose PID now belongs to another program is reported as dead and that program is left alone.
-
-Each service is started in a new session (``start_new_session=True``), which makes it the leader of its
-own process group whose id equals its PID. ``stop`` signals that group: SIGTERM, a grace period, then
-SIGKILL for whatever is left. The group id cannot be given to an unrelated process while any member of
-the group is alive, so signalling the group while its members are still seen is safe.
-
-Linux only: it reads ``/proc``.
+A PID file names a process by its PID, its start time and the boot id, and stopping signals the process's
+own group: docs/local-stack.md ("Health, status and stopping") says why each is needed. Linux only: it
+reads ``/proc``.
 """
 
 from __future__ import annotations

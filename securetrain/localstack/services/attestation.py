@@ -1,12 +1,9 @@
 """The attestation service (the MAA stand-in, :mod:`securetrain.localstack.standins.attestation_service`) as a stack service.
 
-On the first ``up`` it writes the local stack's approved appraisal policy,
-``<state>/policies/appraisal.yaml``: the simulated platform's root (trusted here, and only here), the
-local CVM's reference launch measurement, and HOST_DATA of the workload installed at that moment (its code,
-dependencies and the data owner key it trusts: :func:`securetrain.localstack.data_owner.stack_host_data`).
-The file is kept afterwards: approving a changed trainer is an explicit act (delete the file, or edit
-it with the digest ``securetrain cvm measure`` prints), exactly as a data owner's reviewers would
-approve a new build; until then a changed trainer is refused.
+The first ``up`` writes the approved appraisal policy, ``<state>/policies/appraisal.yaml``: the simulated
+platform's root (trusted here, and only here), the local CVM's launch measurement and HOST_DATA of the workload
+installed then. The file is kept: approving a changed trainer is an explicit act (docs/local-stack.md, "After
+changing trainer code").
 """
 
 from __future__ import annotations

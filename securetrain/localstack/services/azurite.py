@@ -1,24 +1,8 @@
 """Azurite, Microsoft's Blob Storage emulator, as a stack service.
 
-Pinned in ``package.json`` / ``package-lock.json`` (installed into ``node_modules`` by ``npm ci``). Only the
-blob service runs (``azurite-blob``), on 127.0.0.1, over HTTPS with a certificate from the stack CA, with
-telemetry off and its data under ``<state>/data/azurite``.
-
-Three choices a reviewer should know about:
-
-* The account is the emulator's usual ``devstoreaccount1``, but not with its well-known key (published in
-  Microsoft's documentation, so anyone on the machine could use it): ``up`` generates a random 64-byte key
-  once, keeps it in ``<state>/secrets/azurite-account-key`` (0600) and hands it to Azurite through its
-  ``AZURITE_ACCOUNTS`` variable. Azurite falls back to the well-known key if that variable cannot be
-  parsed; the health check authenticates with the generated key, so such a fallback shows as unhealthy.
-* ``--skipApiVersionCheck``: azure-storage-blob 12.31 sends ``x-ms-version: 2026-10-06``, newer than the
-  newest version Azurite 3.35 knows (2025-11-05), and Azurite refuses unknown versions by default. The
-  operations the project uses exist in both versions.
-* ``--oauth basic``: Azurite accepts Entra bearer tokens beside shared keys, checking their lifetime,
-  issuer (an Entra issuer such as ``https://sts.windows.net/{tenant}/``) and audience
-  (``https://storage.azure.com``) but not their signature or any role (Azurite has no RBAC). The TEE and the
-  command line sign in with tokens from the identity stand-in, as they would with Entra ID on Azure; Storage
-  on Azure also verifies the signature and the identity's data-plane role (docs/local-stack.md).
+Its blob service only, over HTTPS with a certificate from the stack CA, with a generated account key instead of
+the emulator's published one, and Entra bearer tokens accepted beside the key (``--oauth basic``). Why each
+option and what it means for the tests: docs/local-stack.md ("Azurite", "Blob storage access").
 """
 
 from __future__ import annotations

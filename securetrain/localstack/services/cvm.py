@@ -1,12 +1,9 @@
 """The local confidential VM: the TEE's agent on the simulated SEV-SNP platform (:mod:`securetrain.localstack.platform.local_cvm`).
 
-``up`` issues the agent a server certificate like every service, and two client certificates for its
-mutual-TLS API: ``pipeline`` (submit, cancel, read) for Airflow and ``monitor`` (read only) for health
-checks and dashboards. The agent reaches storage, the attestation service and Key Vault with the settings
-those services export, read from their PID records (they are started first), signing in as the ``cvm``
-managed identity (:func:`securetrain.localstack.settings.tee_environment`), and keeps its job records in
-``data/cvm/``. HOST_DATA, the digest of the trainer code it runs, is exported so that release policies
-and the appraisal policy can pin it (``securetrain cvm measure`` prints the same value).
+Besides its server certificate the agent gets two client certificates for its mutual-TLS API, ``pipeline``
+(Airflow) and ``monitor`` (health checks), and the settings of the services it depends on, read from their PID
+records, with the ``cvm`` managed identity (:func:`securetrain.localstack.settings.tee_environment`). What it
+exports: docs/trainer.md ("The local CVM in the stack").
 """
 
 from __future__ import annotations

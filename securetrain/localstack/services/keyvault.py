@@ -1,20 +1,9 @@
 """The Key Vault stand-in as a stack service: roles, master key, approved release policy, the demo KEK.
 
-On every ``up``:
-
-* ``<state>/policies/keyvault-roles.json`` defines the project's custom roles and assigns each of the
-  stack's identities the narrowest role that does its work (:data:`ROLE_OF`, docs/keys.md "Roles"):
-  ``pipeline`` Key Vault Reader, ``cvm`` Key Vault Crypto Service Release User, ``key-rotator`` the custom
-  "KEK Rotator" (read and rotate), ``data-owner`` the custom "KEK Owner" (Crypto Officer without decrypt,
-  unwrap, sign or release);
-* ``<state>/policies/release-policy.json`` is the approved release policy, derived from the approved
-  appraisal policy and the attestation service's URL (:func:`securetrain.core.release_policy.approved_release_policy`);
-* the vault runs with purge protection: no deleted key can be purged;
-* once the vault is healthy, the data owner makes sure the KEK ``securetrain-kek`` (RSA 3072, exportable)
-  has a latest version released only under that policy, immutably; when the approved policy changed (the
-  trainer's measurement, the attestation service's port), that is a new KEK version.
-
-The master key that encrypts private key material at rest is ``<state>/secrets/keyvault-master-key``.
+Every ``up`` rewrites the role definitions and assignments (:data:`ROLE_OF`: each identity the narrowest role
+that does its work) and the approved release policy, starts the vault with purge protection and, once it is
+healthy, has the data owner make sure the demo KEK's latest version is released only under that policy;
+docs/local-stack.md ("Identity service and Key Vault stand-in") lists the files, docs/keys.md the roles.
 """
 
 from __future__ import annotations
