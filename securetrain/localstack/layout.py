@@ -38,13 +38,12 @@ def write_file(path: Path, content: bytes, *, mode: int) -> None:
 
 @dataclass(frozen=True)
 class StackLayout:
-    """The paths inside one state directory."""
+    """The paths inside one state directory (what each holds: docs/local-stack.md, "State directory")."""
 
     root: Path
 
     @property
     def ca_dir(self) -> Path:
-        """The local CA's directory."""
         return self.root / "ca"
 
     @property
@@ -54,12 +53,10 @@ class StackLayout:
 
     @property
     def server_certs_dir(self) -> Path:
-        """Where each service's TLS server certificate and key lie."""
         return self.root / "certs" / "server"
 
     @property
     def client_certs_dir(self) -> Path:
-        """Where client certificates for mutual TLS lie."""
         return self.root / "certs" / "client"
 
     @property
@@ -69,12 +66,10 @@ class StackLayout:
 
     @property
     def env_file(self) -> Path:
-        """The ``stack.env`` file written by ``up``."""
         return self.root / "stack.env"
 
     @property
     def lock_file(self) -> Path:
-        """Held while ``up`` or ``down`` changes the stack."""
         return self.root / "run" / "stack.lock"
 
     @property
@@ -98,15 +93,12 @@ class StackLayout:
         return self.root / "policies"
 
     def data_dir(self, service: str) -> Path:
-        """A service's own data directory."""
         return self.root / "data" / service
 
     def log_file(self, service: str) -> Path:
-        """A service's log (its stdout and stderr)."""
         return self.root / "logs" / f"{service}.log"
 
     def pid_file(self, service: str) -> Path:
-        """A service's PID file."""
         return self.root / "run" / f"{service}.pid"
 
     def create(self) -> None:

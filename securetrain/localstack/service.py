@@ -57,12 +57,10 @@ class ServiceContext:
 
     @property
     def key_path(self) -> Path:
-        """The private key of the service's TLS server certificate."""
         return self.layout.server_certs_dir / f"{self.name}.key"
 
     @property
     def data_dir(self) -> Path:
-        """The service's own data directory."""
         return self.layout.data_dir(self.name)
 
     def running(self, service: Service) -> ServiceContext:
