@@ -11,9 +11,11 @@ from __future__ import annotations
 import datetime
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
 from securetrain.airflow.failures import SecurityCheckFailed, fail_closed
@@ -47,13 +49,9 @@ from securetrain.core.storage import BlobStore
 _STAGES = ("prepare_environment", "check_data_security", "attestation_status", "train", "register_model")
 
 
-def audit_signing_key_path() -> Path:
-    """The audit signing key (``$SECURETRAIN_AUDIT_SIGNING_KEY``)."""
-    return PipelineSettings.load().required("audit_signing_key")
-
-
-def _parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+def audit_signing_key() -> Ed25519PrivateKey:
+    """The pipeline's audit signing key (``$SECURETRAIN_AUDIT_SIGNING_KEY``), made on first use."""
+    return load_or_create_signing_key(PipelineSettings.load().required("audit_signing_key"))
 
 
 def stage_events(run: str, results: Mapping[str, Any]) -> list[AuditEvent]:
@@ -112,7 +110,7 @@ def record_events(store: BlobStore, run: str, events: Iterable[AuditEvent]) -> B
     """Append ``events`` to the run's audit log (checkpoint signed at the end); the log's store."""
     store.ensure_container(AUDIT_CONTAINER)
     audit_store = BlobAuditStore(store.container_client(AUDIT_CONTAINER), run)
-    with AuditLog(audit_store, load_or_create_signing_key(audit_signing_key_path())) as log:
+    with AuditLog(audit_store, audit_signing_key()) as log:
         for event in events:
             log.record(event)
     return audit_store
@@ -174,7 +172,7 @@ class AuditOperator(BaseOperator):
                                "summary": str(exc)}  # fmt: skip
                 report_blob = f"{run}/audit.json"
                 report = {"run": run, "dag_run": context["run_id"], "log": f"{AUDIT_CONTAINER}/audit/{run}.jsonl",
-                          **outcome, "events": _counts(events)}  # fmt: skip
+                          **outcome, "events": dict(Counter(str(event.kind) for event in events))}  # fmt: skip
                 body = json.dumps(report, indent=2, sort_keys=True).encode()
                 store.upload_stream(REPORTS_CONTAINER, report_blob, io.BytesIO(body), length=len(body), overwrite=True)
                 # After the log is stored: a bad threshold setting then fails the task without losing events.
@@ -207,20 +205,11 @@ def _verify(
         policy = policy or KeyVaultHook().release_policy(kek_id)
         return verify_attestation_token(raw, policy, keys_for)
 
-    ca_bundle = AttestationHook().connection.ca_bundle
-    keys_for = published_keys(str(ca_bundle) if ca_bundle else True)
+    keys_for = published_keys(AttestationHook().connection.tls_verify)
     anchors = []
     if model:
         version = ModelRegistry(store).get(model.name, model.version)
         anchors.append((f"model {version.name} version {version.version}",
                         attested_head(version.manifest.get("provenance") or {}, check_token)))  # fmt: skip
-    public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
-    return verify_trail(audit_store.read_all().lines, audit_store.read_checkpoints(), public_key,
+    return verify_trail(audit_store.read_all().lines, audit_store.read_checkpoints(), audit_signing_key().public_key(),
                         check_token=check_token, anchors=anchors)  # fmt: skip
-
-
-def _counts(events: Iterable[AuditEvent]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for event in events:
-        counts[str(event.kind)] = counts.get(str(event.kind), 0) + 1
-    return counts

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
@@ -13,11 +12,6 @@ from securetrain.airflow.settings import PipelineSettings
 from securetrain.core.contracts.stages import DataCheckResult, EnvironmentResult, RegistrationResult, TrainingStageResult
 from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelRejected
-
-def pipeline_signing_key_path() -> Path:
-    """The pipeline's model-signing key (``$SECURETRAIN_MODEL_SIGNING_KEY``)."""
-    return PipelineSettings.load().required("model_signing_key")
-
 
 class ModelManagementOperator(BaseOperator):
     """Registers the run's sealed model as the next version of ``model_name``.
@@ -89,7 +83,7 @@ class ModelManagementOperator(BaseOperator):
                 self.model_name, source_container=training.model.container, source_blob=training.model.blob,
                 kek_id=environment.kek_id, run_id=training.run_id, lineage=lineage,
                 provenance=provenance.model_dump(mode="json"),
-                signing_key=load_or_create_pipeline_key(pipeline_signing_key_path()),
+                signing_key=load_or_create_pipeline_key(PipelineSettings.load().required("model_signing_key")),
             )  # fmt: skip
         sealed = version.manifest["sealed_model"]
         self.log.info("registered %s version %d: sealed model sha256 %s, trained in %s under policy %s",
