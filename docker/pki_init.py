@@ -1,11 +1,8 @@
 """The docker-compose deployment's one-shot ``pki`` service: the trust material every container starts from.
 
-The local stack (``securetrain stack up``) makes its CA, certificates, identities and policies in one state
-directory that every local process can read. Containers must not share that much: the trainer's keys (its
-TLS key and the simulated SEV-SNP platform's signing keys) belong in the trainer's container only, an
-identity's secret only where that identity acts. So this script makes the same material with the same
-library functions the launcher uses, and hands each container a tree of its own, laid out like a state
-directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly what that container needs::
+It makes what ``securetrain stack up`` makes, with the same functions, but hands each container a tree of its
+own, laid out like a state directory, holding exactly what that container needs (docs/deployment.md, "Trust
+material and where it lives")::
 
     OUT/<service>/ca/ca.pem                        the CA certificate (never its key)
     OUT/<service>/certs/server/<service>.pem/.key  the service's TLS certificate: CN and SAN = its compose name
@@ -24,16 +21,10 @@ directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly
     OUT/data-owner/policies/release-policy.json    the approved release policy it creates the KEK under
     OUT/data-owner/secrets/data-owner/signing-key.pem   the owner's manifest and export-approval key
 
-The TEE's identity is a managed identity: no file of the trainer's holds a secret for it. Its host's
-secret (``IDENTITY_HEADER``) is the deployment's ``SECURETRAIN_CVM_IDENTITY_HEADER``, which this script
-gives the identity service and compose gives the trainer's environment.
+The TEE's managed identity has no secret in any file: its host's secret is the deployment's
+``SECURETRAIN_CVM_IDENTITY_HEADER``. The CA and its key stay in CA_DIR, a volume no other container mounts.
 
-The CA and its key stay in CA_DIR, a volume no other container mounts. Running it again keeps what is
-valid (the CA, keys, identities, the approved policy) and reissues only certificates close to expiry,
-exactly as ``securetrain stack up`` does.
-
-Usage: ``python pki_init.py OUT CA_DIR``. The securetrain CLI has no command that makes this material
-without also starting the local processes; this script stands in for one.
+Usage: ``python pki_init.py OUT CA_DIR``.
 """
 
 from __future__ import annotations

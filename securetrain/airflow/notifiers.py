@@ -67,10 +67,7 @@ def alert_for_failed_task(context: Context) -> Alert:
 
 
 class LogNotifier(AlertNotifier):
-    """Writes each alert as one JSON log line: ERROR for critical alerts, WARNING for warnings.
-
-    One line of sorted JSON, prefixed ``securetrain-alert``, so a log pipeline can match and parse it.
-    """
+    """Writes each alert as one line of sorted JSON prefixed ``securetrain-alert``: ERROR if critical, else WARNING."""
 
     def send(self, alert: Alert) -> bool:
         level = logging.ERROR if alert.severity is Severity.CRITICAL else logging.WARNING
@@ -79,13 +76,8 @@ class LogNotifier(AlertNotifier):
 
 
 class WebhookNotifier(AlertNotifier):
-    """POSTs each alert as JSON to an https URL: ``{"source": "securetrain", "alert": {...}}``.
-
-    The URL is ``url``, or the host of connection ``conn_id``; the CA bundle is ``ca_bundle``, or the
-    connection's ``ca_bundle`` extra, or the system's trust store. Plain http is refused: alerts name
-    runs, identities and keys. Each attempt is bounded by :data:`WEBHOOK_TIMEOUT_S`; :mod:`securetrain.core.http`
-    retries connection errors and 502/503/504, :data:`WEBHOOK_ATTEMPTS` attempts in all, nothing else.
-    """
+    """POSTs each alert as JSON, ``{"source": "securetrain", "alert": {...}}``, to ``url`` or the host of connection
+    ``conn_id``, over https only (docs/monitoring.md, "Notifiers": trust, token, retries)."""
 
     def __init__(
         self,

@@ -102,25 +102,12 @@ def _ensure_admin_password(state_dir: Path) -> None:
     log.info("generated the Airflow admin password in %s", path)
 
 
-def _required(stack_env: Mapping[str, str], name: str, env_file: Path) -> str:
-    try:
-        return stack_env[name]
-    except KeyError:
-        raise AirflowEnvironmentError(
-            f"{env_file} has no {name}: run `securetrain stack up` to bring every service up and rewrite it"
-        ) from None
-
-
 def keyvault_connections(
     vault_url: str, authority_host: str, ca_bundle: str, identities: Mapping[str, LocalIdentity]
 ) -> dict[str, dict[str, object]]:
-    """Airflow's two Key Vault connections (id -> connection), each a service principal as the Azure provider's
-    connections carry one: login, password, extra ``tenant_id``, with the identity stand-in as ``authority_host``.
-
-    ``securetrain_keyvault`` is the pipeline identity (Key Vault Reader: reads keys, their public parts and
-    release policies; never creates, changes, unwraps or releases one); ``securetrain_keyvault_rotator`` key
-    rotation's, which makes a new version of an existing key and nothing else (docs/keys.md, "Roles").
-    """
+    """Airflow's two Key Vault connections (id -> connection), the pipeline's and key rotation's service principals
+    (docs/keys.md, "Roles") as the Azure provider's connections carry one: login, password, extra ``tenant_id``,
+    with the identity stand-in as ``authority_host``."""
 
     def connection(identity: str) -> dict[str, object]:
         application = identities[identity]
@@ -142,12 +129,16 @@ def securetrain_connections(stack_env: Mapping[str, str], env_file: Path) -> dic
 
     ``securetrain_storage`` (type ``wasb``) is already in ``stack.env``; the others are built here. Each
     names the stack CA as ``ca_bundle``: the hooks pass it to their clients explicitly and never trust it
-    process-wide. The Key Vault connections carry their service principal as the Azure provider's do
-    (login, password, extra ``tenant_id``), with the identity stand-in as ``authority_host``.
+    process-wide.
     """
 
     def setting(name: str) -> str:
-        return _required(stack_env, name, env_file)
+        try:
+            return stack_env[name]
+        except KeyError:
+            raise AirflowEnvironmentError(
+                f"{env_file} has no {name}: run `securetrain stack up` to bring every service up and rewrite it"
+            ) from None
 
     ca_bundle = setting("SECURETRAIN_CA_BUNDLE")
     connections = {
@@ -239,11 +230,6 @@ def process_environment(
     return {**inherited, **environment, **(overrides or {})}
 
 
-def api_url(environment: Mapping[str, str]) -> str:
-    """The URL of the UI in ``environment`` (from :func:`airflow_environment`)."""
-    return environment["AIRFLOW__API__BASE_URL"] + "/"
-
-
 def _airflow_executable() -> Path:
     executable = Path(sys.executable).parent / "airflow"
     if not executable.is_file():
@@ -305,9 +291,9 @@ def exec_standalone(
     environment = process_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
     migrate(state_dir)
     executable = _airflow_executable()
-    password_file = admin_password_file(state_dir.resolve())
-    print(f"Airflow UI: {api_url(environment)}  (user {ADMIN_USER!r}, password in {password_file})")
-    print(f"Secure training page: {api_url(environment)}securetrain/")
+    ui = environment["AIRFLOW__API__BASE_URL"] + "/"
+    print(f"Airflow UI: {ui}  (user {ADMIN_USER!r}, password in {admin_password_file(state_dir.resolve())})")
+    print(f"Secure training page: {ui}securetrain/")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(executable, [str(executable), "standalone"], environment)

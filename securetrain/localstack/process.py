@@ -111,13 +111,7 @@ class PidRecord:
         """
         try:
             raw = json.loads(path.read_text())
-            return cls(
-                process=ProcessIdentity(**raw["process"]),
-                host=raw["host"],
-                port=raw["port"],
-                fingerprint=raw["fingerprint"],
-                started_at=raw["started_at"],
-            )
+            return cls(**{**raw, "process": ProcessIdentity(**raw["process"])})
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:
