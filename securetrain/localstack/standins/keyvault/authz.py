@@ -1,22 +1,14 @@
 """Who may do what to the vault's keys: access-token validation, RBAC role definitions, and the access log.
 
-Authentication: a bearer token from the identity service (:mod:`securetrain.localstack.standins.identity`), validated like
-every other token in the project (:class:`securetrain.core.attestation.tokens.TokenValidator`: RS256 with a
-key the issuer publishes over verified TLS, issuer, ``exp``/``nbf``) plus the audience, which must be
-Key Vault's resource. A missing token gets Key Vault's 401 challenge; a bad one a 401 naming the fault.
-
-Authorization is Azure RBAC's: a role definition grants ``dataActions`` and takes away ``notDataActions``
-(both may hold ``*`` wildcards, matched case-insensitively); a principal may do what any of its roles
-grants. The built-in Key Vault roles are defined here with the data actions Azure documents for them; a
-deployment's custom roles (``roleDefinitions``) and the assignments are in the role-assignment file
-``stack up`` writes::
+A caller authenticates with a bearer token from the identity service, validated like every token in the project
+(:class:`securetrain.core.attestation.tokens.TokenValidator`) plus Key Vault's audience, and is authorized as Azure
+RBAC does it: ``dataActions`` less ``notDataActions``, ``*`` wildcards matched case-insensitively, the built-in
+roles as Azure documents them and custom ones from the role-assignment file ``stack up`` writes::
 
     {"roleDefinitions": [{"roleName", "description", "dataActions": [...], "notDataActions": [...]}],
      "assignments": [{"principalId", "principalName", "role"}]}
 
-Sources (docs/keys.md, "Roles"): https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/security
-(the built-in roles), https://learn.microsoft.com/azure/role-based-access-control/permissions/security#microsoftkeyvault
-(the data actions), https://learn.microsoft.com/azure/role-based-access-control/role-definitions#notdataactions.
+The answers to each fault and Azure's sources: docs/keys.md, "Roles".
 """
 
 from __future__ import annotations
