@@ -14,14 +14,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from securetrain.localstack.standins.decision_log import DecisionLog
-from securetrain.core.audit import (
-    AuditChain,
+from securetrain.core.audit.chain import AuditChain, AuditEntry, entry_hash, verify
+from securetrain.core.audit.checkpoints import Checkpoint, load_or_create_signing_key, load_public_key, public_key_pem
+from securetrain.core.audit.errors import (
     AuditChainBroken,
-    AuditEntry,
-    AuditEvent,
     AuditEventInvalid,
     AuditKeyError,
-    Checkpoint,
     CheckpointInvalid,
     CheckpointMismatch,
     EntriesRemoved,
@@ -29,12 +27,8 @@ from securetrain.core.audit import (
     EntryChanged,
     EntryInserted,
     UnsignedEntries,
-    load_or_create_signing_key,
-    load_public_key,
-    public_key_pem,
-    verify,
 )
-from securetrain.core.audit.chain import entry_hash
+from securetrain.core.audit.events import AuditEvent
 from securetrain.core.audit.sources import attestation_events, keyvault_events
 
 KEY = Ed25519PrivateKey.generate()
