@@ -42,8 +42,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainSerializer, PlainValidator, ValidationError, WithJsonSchema, model_serializer, model_validator
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
-from securetrain.core.contracts.base import Contract, Frozen, Items, Omittable, first_error, matching, refusal, thaw
-from securetrain.core.errors import ConfigurationError
+from securetrain.core.contracts.base import (
+    Contract, DocumentInvalid, Frozen, Items, Omittable, first_error, matching, refusal, thaw
+)
 
 #: Expectations per suite. Every expectation's success is one bit about the data that leaves the TEE, and a
 #: suite of narrow ranges is a binary search; the bound caps what one job can learn that way (docs/trainer.md).
@@ -92,13 +93,10 @@ _Notes = Annotated[
 ]  # fmt: skip
 
 
-class SuiteRefused(ConfigurationError):
+class SuiteRefused(DocumentInvalid):
     """The suite asks for something the TEE does not run; ``field`` is the dotted path of what."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"job spec field {field!r}: {reason}")
-        self.field = field
-        self.reason = reason
+    document = "job spec"
 
 
 class Release(enum.Enum):
