@@ -39,11 +39,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from securetrain.core import signed_documents
 from securetrain.core.attestation.tokens import AuthorityKeys
-from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.release_policy import ReleaseDenied, ReleasePolicy, evaluate
 from securetrain.core.sealed import KekPublicKey
@@ -133,11 +132,6 @@ def model_statement(
     }
 
 
-def canonical_bytes(document: Mapping[str, Any]) -> bytes:
-    """RFC 8785 canonical JSON: one spelling per document, so a signature covers exactly its meaning."""
-    return rfc8785.dumps(document)
-
-
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -156,7 +150,7 @@ _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # JWS PS2
 
 def sign_statement(private_key: rsa.RSAPrivateKey, statement: Mapping[str, Any]) -> dict[str, str]:
     """The TEE's signature over ``statement``: ``{"algorithm": "PS256", "value": base64url}``."""
-    signature = private_key.sign(canonical_bytes(statement), _PSS, hashes.SHA256())
+    signature = private_key.sign(rfc8785.dumps(statement), _PSS, hashes.SHA256())
     return {"algorithm": TEE_SIGNATURE_ALGORITHM, "value": _b64url(signature)}
 
 
@@ -186,7 +180,7 @@ def verify_statement_signature(
         )
     value = _unb64url(signature.get("value", ""), "the TEE signature")
     try:
-        public_key.verify(value, canonical_bytes(statement), _PSS, hashes.SHA256())
+        public_key.verify(value, rfc8785.dumps(statement), _PSS, hashes.SHA256())
     except InvalidSignature:
         raise ProvenanceInvalid(
             f"the TEE signature over {what} does not verify with the key the attestation token carries: it was "
@@ -195,16 +189,6 @@ def verify_statement_signature(
 
 
 # --- the pipeline's signature ---------------------------------------------------------------------------------
-
-
-def load_or_create_pipeline_key(path: Path) -> Ed25519PrivateKey:
-    """The pipeline's Ed25519 model-signing key at ``path``, created (0600) on first use like the audit key."""
-    return load_or_create_signing_key(path)
-
-
-def sign_manifest(key: Ed25519PrivateKey, manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The pipeline's signature entry for ``manifest`` (:mod:`securetrain.core.signed_documents`)."""
-    return signed_documents.signature_entry(key, manifest)
 
 
 def verify_manifest_signature(manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:

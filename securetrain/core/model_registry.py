@@ -33,13 +33,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from securetrain.core import signed_documents
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.core.model_provenance import (
-    ProvenanceInvalid,
-    rsa_public_key_from_jwk,
-    sign_manifest,
-    verify_statement_signature,
-)
+from securetrain.core.model_provenance import ProvenanceInvalid, rsa_public_key_from_jwk, verify_statement_signature
 from securetrain.core.sealed import SealedHeader, content_digest
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import read_header
@@ -248,7 +244,7 @@ class ModelRegistry:
                 "provenance": {key: provenance[key] for key in ("statement", "tee_signature", "attestation_token")},
                 "tee_log_head": provenance["statement"]["tee_log_head"],
             }
-            manifest["signatures"] = [sign_manifest(signing_key, manifest)]
+            manifest["signatures"] = [signed_documents.signature_entry(signing_key, manifest)]
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             try:
                 self._store.upload_stream(self.container, manifest_blob(name, version), io.BytesIO(body), length=len(body))

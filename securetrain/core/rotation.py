@@ -14,7 +14,6 @@ Three parties, none of which both holds a data key and is outside the TEE (docs/
 
 from __future__ import annotations
 
-import io
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,12 +23,12 @@ from azure.storage.blob import BlobClient
 
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator, ValidatedToken
 from securetrain.core.errors import SecuretrainError, SecurityViolation
-from securetrain.core.keyvault import RotationReport, same_key
+from securetrain.core.keyvault import RotationReport, read_blob_header, same_key
 from securetrain.core.model_provenance import ProvenanceInvalid, rsa_public_key_from_jwk, verify_statement_signature
 from securetrain.core.release_policy import ReleasePolicy, evaluate
 from securetrain.core.sealed import KekPublicKey, SealedHeader
 from securetrain.core.sealed.errors import SealedFileError
-from securetrain.core.sealed.header import MAGIC, read_header
+from securetrain.core.sealed.header import MAGIC
 from securetrain.core.storage import STORAGE_ERRORS, BlobStore, ContainerNotFound
 
 if TYPE_CHECKING:  # the TEE imports this module too, and never calls itself
@@ -39,7 +38,6 @@ log = logging.getLogger(__name__)
 
 #: What the TEE's signed rewrap statement is (its ``schema`` field).
 REWRAP_SCHEMA = "securetrain.tee-rewrap/v1"
-_HEADER_READ_BYTES = 1024 * 1024
 _ANSWER_FIELDS = {"statement", "tee_signature", "attestation_token"}
 
 
@@ -148,11 +146,10 @@ def verify_rewrap_answer(
 
 
 def _header(name: str, blob: BlobClient) -> SealedHeader:
-    with STORAGE_ERRORS.translated("read the header of", f"blob {name}"):
-        size = blob.get_blob_properties().size
-        head = blob.download_blob(offset=0, length=min(size, _HEADER_READ_BYTES)).readall()
     try:
-        header = read_header(io.BytesIO(head))
+        with STORAGE_ERRORS.translated("read the header of", f"blob {name}"):
+            size = blob.get_blob_properties().size
+            header = read_blob_header(blob, size)
     except SealedFileError as exc:
         raise RotationNotVerified(f"{name} starts like a sealed file but: {exc}") from None
     if header.sealed_length != size:

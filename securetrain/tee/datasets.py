@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 
-from azure.keyvault.keys import KeyVaultKeyIdentifier
-
-from securetrain.core.errors import SecurityViolation
 from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
 from securetrain.core.contracts.training import DatasetShard, TrainingSpec
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.keyvault import same_key
 from securetrain.core.onboarding import DATASET_KIND, DatasetManifest
 from securetrain.core.storage import BlobStore
 from securetrain.tee.data_owners import DataOwnerKeys
@@ -32,11 +31,6 @@ log = logging.getLogger(__name__)
 
 class DatasetRefused(SecurityViolation):
     """A dataset manifest is not one this TEE may train on: unsigned, another KEK, or a shard that is no dataset."""
-
-
-def _same_key(first: str, second: str) -> bool:
-    a, b = KeyVaultKeyIdentifier(first), KeyVaultKeyIdentifier(second)
-    return (a.vault_url.rstrip("/"), a.name) == (b.vault_url.rstrip("/"), b.name)
 
 
 def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwnerKeys, kek_id: str) -> list[DatasetShard]:
@@ -50,7 +44,7 @@ def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwner
         owner = owners.verify(manifest.to_json(), what=f"the dataset manifest {where}")
     except SecurityViolation as exc:
         raise DatasetRefused(str(exc)) from None
-    if not _same_key(manifest.kek_id, kek_id):
+    if not same_key(manifest.kek_id, kek_id):
         raise DatasetRefused(f"{where} describes data sealed for {manifest.kek_id}, not for the job's KEK {kek_id}")
     shards = []
     for shard in manifest.shards:

@@ -1,28 +1,9 @@
 """The agent's HTTP API (FastAPI), served over mutual TLS by ``python -m securetrain.tee.agent``.
 
 Roles come from the client certificate's common name (see :mod:`securetrain.tee.agent.tls`): ``pipeline`` may
-submit, cancel and read; ``monitor`` may only read; any other certificate from the stack CA gets 403. A
-client without a certificate never gets this far: the TLS handshake refuses it.
-
-    POST /v1/jobs                  pipeline   submit a job spec (201 new, 200 same run id again, 400, 409)
-    GET  /v1/jobs                  both       every job on this agent
-    GET  /v1/jobs/{id}             both       state, epoch, step, metrics, last sealed checkpoint, error
-    POST /v1/jobs/{id}/cancel      pipeline   stop at the next safe point (202), 409 if already finished
-    GET  /v1/health                both       TEE type, attestation age, CPU, memory, GPU
-    GET  /v1/attestation           both       the latest token and its claims (404 before the first)
-    POST /v1/attestation           both       attest now for the caller's nonce ({"nonce": ...}): a fresh token
-                                              proving the TEE is genuine and running the approved trainer now
-    POST /v1/exports               pipeline   re-seal a registered model for a recipient the data owner approved
-                                              (securetrain.tee.agent.exports): the sealed bytes, the export recorded by
-                                              the TEE (400 bad request, 403 not approved, 404 no such model,
-                                              424 a security check refused)
-    POST /v1/rewraps               pipeline   KEK rotation: rewrap every data key of the named containers to a
-                                              new KEK version, in the TEE; a TEE-signed statement of what was
-                                              done (securetrain.tee.agent.rewrap; 424 refused, 400 bad request)
-    GET  /metrics                  both       Prometheus text
-
-Bodies and answers are the contracts of :mod:`securetrain.core.contracts` (``JobSpec`` in, ``JobView``,
-``JobList``, ``Health``, ``Attestation`` out). Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
+submit, cancel and read; ``monitor`` may only read; any other certificate from the stack CA gets 403. The
+endpoints, what each role may call and what each answers are in docs/trainer.md ("The agent API"); bodies and
+answers are the contracts of :mod:`securetrain.core.contracts`, errors ``{"error": {"code", "message", "field"?}}``.
 """
 
 from __future__ import annotations
