@@ -93,21 +93,6 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(pem: bytes, source: str) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ``source`` names it in errors.
-
-    Raises:
-        AuditKeyError: not a PEM public key, or not Ed25519.
-    """
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError as exc:
-        raise AuditKeyError(f"{source} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise AuditKeyError(f"{source} holds a {type(key).__name__}; the audit verification key is Ed25519")
-    return key
-
-
 def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     """The PEM (SubjectPublicKeyInfo) of the public half of ``key``: what a verifier is given."""
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
