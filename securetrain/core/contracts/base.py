@@ -65,6 +65,10 @@ class Contract(BaseModel):
             field, reason = first_error(exc)
             raise cls.invalid(field or f"(the {cls.invalid.document})", reason) from None
 
+    def to_json(self) -> dict[str, Any]:
+        """The document :meth:`from_json` reads back."""
+        return self.model_dump(mode="json", by_alias=True)
+
     @classmethod
     def from_body(cls, body: bytes, *, max_bytes: int) -> Self:
         """A request body: strict JSON (:mod:`securetrain.core.json_input`) of one object, then every field checked."""

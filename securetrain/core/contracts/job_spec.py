@@ -194,7 +194,3 @@ class JobSpec(Contract):
     def job_id(self) -> str:
         """The agent's id for this job: derived from the run id, so a resubmit names the same job."""
         return job_id_for_run(self.run_id)
-
-    def to_json(self) -> dict[str, Any]:
-        """The spec as the JSON document :meth:`from_json` reads back (the agent's job record keeps it)."""
-        return self.model_dump(mode="json")
