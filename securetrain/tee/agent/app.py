@@ -166,7 +166,8 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
 
     @app.post("/v1/rewraps", dependencies=[Depends(require_pipeline)])
     async def rewrap(request: Request) -> JSONResponse:
-        rewrap_request = RewrapRequest.from_body(await request.body(), max_bytes=MAX_REQUEST_BYTES)  # before any nonce is spent
+        # Before any nonce is spent.
+        rewrap_request = RewrapRequest.from_body(await request.body(), max_bytes=MAX_REQUEST_BYTES)
         try:
             answer = await run_in_threadpool(runner.rewrap, rewrap_request)
         except SecuretrainError as exc:

@@ -51,9 +51,9 @@ from securetrain.core.storage import BlobStore
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import Attester, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.tee.release import VaultKeyReleaser
 
 if TYPE_CHECKING:
-    from securetrain.tee.agent.jobs import KeyReleaser
     from securetrain.tee.agent.metrics import RunnerMetrics
 
 log = logging.getLogger(__name__)
@@ -161,7 +161,7 @@ def export_model(
     request: ExportRequest,
     *,
     attester: Attester,
-    releaser: KeyReleaser,
+    releaser: VaultKeyReleaser,
     store: BlobStore,
     owners: DataOwnerKeys,
     metrics: RunnerMetrics,

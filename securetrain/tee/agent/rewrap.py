@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, PlainValidator
@@ -42,7 +42,7 @@ from securetrain.core.sealed import KekPublicKey
 from securetrain.core.sealed.header import KeyWrap
 from securetrain.core.storage import BlobStore
 from securetrain.tee.attest import Attester, TeeKey
-from securetrain.tee.release import KeyReleaseDenied, ReleasedKek
+from securetrain.tee.release import KeyReleaseDenied, ReleasedKek, VaultKeyReleaser
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,10 @@ class RewrapRequest(Contract):
     invalid = RewrapRequestInvalid
 
 
-class VersionReleaser(Protocol):
-    """Secure Key Release of one KEK version (:meth:`securetrain.tee.release.VaultKeyReleaser.release_version`)."""
-
-    def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek: ...
-
-
 class _ReleasedVersions:
     """The versions of one KEK released to this rewrap's TEE key, each once; opens a header's data key."""
 
-    def __init__(self, releaser: VersionReleaser, token: ValidatedToken, tee_key: TeeKey, target: str) -> None:
+    def __init__(self, releaser: VaultKeyReleaser, token: ValidatedToken, tee_key: TeeKey, target: str) -> None:
         self._releaser, self._token, self._tee_key = releaser, token, tee_key
         self._versions: dict[str, ReleasedKek] = {}
         self._refused: dict[str, str] = {}  # version -> Key Vault's reason, asked once
@@ -142,7 +136,7 @@ class _ReleasedVersions:
         return version.private.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
 
 
-def run_rewrap(request: RewrapRequest, attester: Attester, releaser: VersionReleaser, store: BlobStore) -> dict[str, Any]:
+def run_rewrap(request: RewrapRequest, attester: Attester, releaser: VaultKeyReleaser, store: BlobStore) -> dict[str, Any]:
     """Rewrap as :mod:`this module <securetrain.tee.agent.rewrap>` describes; the signed answer."""
     tee_key = TeeKey()
     token = attester.attest(tee_key, request.nonce)
