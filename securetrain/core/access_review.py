@@ -18,7 +18,7 @@ import datetime
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +133,7 @@ class AccessReview:
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "identities": [identity.to_json() for identity in self.identities],
-            "audit_logs": [
-                {"log": s.log, "verified": s.verified, "detail": s.detail, "events_by_kind": s.events_by_kind}
-                for s in self.audit_logs
-            ],
+            "audit_logs": [asdict(summary) for summary in self.audit_logs],
             "findings": [
                 f"{'/'.join(sorted(identity.names)) or identity.object_id}: {finding}"
                 for identity in self.identities

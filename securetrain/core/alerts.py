@@ -30,7 +30,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from securetrain.core.audit.events import AuditEvent, EventKind, rfc3339_utc
@@ -160,16 +160,7 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         """The alert as a JSON object (what the webhook posts)."""
-        return {
-            "category": self.category.value,
-            "severity": self.severity.value,
-            "run_id": self.run_id,
-            "summary": self.summary,
-            "count": self.count,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "evidence": [dict(item) for item in self.evidence],
-        }
+        return {**asdict(self), "evidence": [dict(item) for item in self.evidence]}
 
 
 def _category_of_error_name(name: object) -> AlertCategory | None:
