@@ -1,22 +1,8 @@
-"""Where audit logs are kept: append-only stores of entry lines and checkpoint lines.
+"""Where an audit log's entries and checkpoints are kept: append blobs (:class:`BlobAuditStore`), or Azure
+Confidential Ledger (:class:`ConfidentialLedgerAuditStore`, written against the SDK's documented API 1.1 and
+**not run here**: there is no local stand-in for the service).
 
-An :class:`AuditStore` keeps, per log, two append-only sequences of lines: the chain's entries and the
-signed checkpoints. Two implementations:
-
-* :class:`BlobAuditStore`: Azure Storage **append blobs** (Azurite locally). The service only lets a
-  writer add blocks at the end of an append blob, never rewrite one, and one entry is one block, so an
-  entry is never half-written. Concurrent writers are serialized with the Append Block operation's
-  ``appendpos`` condition: a writer appends only at the byte offset where it read the log's end, so a
-  second writer's entry cannot land between a first writer's read and write; it gets HTTP 412 and must
-  re-read the head (:class:`~securetrain.core.audit.errors.AuditAppendConflict`). An append blob holds at most
-  50,000 blocks, so one log holds at most 50,000 entries: a log per run stays far below that.
-  Whoever holds the storage account key can still delete or recreate a blob: that is what the signed
-  checkpoints detect (and, on Azure, a container with a time-based immutability policy that allows
-  protected append writes prevents).
-* :class:`ConfidentialLedgerAuditStore`: Azure Confidential Ledger (``azure-confidentialledger``), whose
-  entries are kept in a replicated, TEE-backed ledger that no operator can rewrite, so the log survives
-  even an attacker holding the signing key and the storage account. It is written against the SDK's
-  documented API (1.1) and **has not been run here**: there is no local stand-in for the service.
+How each serializes concurrent writers and what each protects against are in docs/audit.md ("Storage").
 """
 
 from __future__ import annotations

@@ -1,39 +1,13 @@
 """The TEE's event log: what the TEE itself witnessed, hash-chained and signed inside the TEE.
 
-Airflow records most of a run's audit events, and what Airflow writes it could forge, drop or roll back
-(it holds the audit signing key). The events that matter most are witnessed inside the TEE: each
-attestation (with its token), the key release, the validation aggregates, each sealed checkpoint and the
-sealed model with their digests, each export. The TEE keeps them as a log of its own, one per job (or per
-export), and signs it with the job's attested TEE key, the RSA key whose public half the attestation
-token carries in ``x-ms-runtime.keys``. Nobody outside the TEE holds that key, so nobody outside can add,
-change, reorder or drop an entry without the signature failing.
+Airflow could forge, drop or roll back what it records itself; the events that matter most are witnessed
+inside the TEE and signed with the job's attested TEE key, which nobody outside the TEE holds. The entries,
+the signed heads, how the key that signs is introduced, how the log reads in the run's audit log, and why a
+model statement names the final head (rollback and truncation) are in docs/audit.md ("The TEE's event log").
 
-An entry is the RFC 8785 canonical JSON of::
-
-    {"details": {...}, "kind": "attested", "prev": "<hex SHA-256 of the previous entry>", "seq": 0,
-     "time": "2026-05-01T12:00:00.000000Z"}
-
-chained like the audit log's own entries (:mod:`securetrain.core.audit.chain`: ``prev`` of entry 0 is 64 zeros,
-an entry's hash is the SHA-256 of its canonical bytes). After every entry the TEE signs the new **head**::
-
-    {"head": {"head_hash": "<hash of entry seq>", "log_id": "<job id>", "run_id": "...",
-              "schema": "securetrain.tee-log-head/v1", "seq": 7, "time": "..."},
-     "signature": {"algorithm": "PS256", "kid": "<RFC 7638 thumbprint of the TEE key>", "value": "<base64url>"}}
-
-with RSA-PSS/SHA-256 over the head's canonical bytes (:func:`securetrain.core.model_provenance.sign_statement`).
-The key that signs is introduced by an ``attested`` entry: the token in it is the attestation service's
-word that this key lives in an approved TEE. A job resumed after a crash gets a new key; its first entry
-is a new ``attested`` one, and its heads sign everything before it too.
-
-**Rollback and truncation.** A signed head vouches for every entry up to it, but not that nothing came
-after. The final head of a successful job (the ``model_sealed`` entry) goes into the model statement the
-TEE signs, and so into the registry manifest: a verifier that finds the run's registered model checks
-that the audit log still holds the TEE's entries up to that head (:func:`check_holds`).
-
-In the run's audit log each entry becomes one :class:`~securetrain.core.audit.events.AuditEvent` from source
-``tee`` whose details are ``{"tee_log": <log id>, "entry": <the entry, verbatim>}``, and each signed head
-one of kind ``tee_log_head`` with ``{"tee_log": <log id>, "head": <the signed head, verbatim>}``
-(:func:`audit_events`); :func:`collect_tee_logs` gathers them back and :func:`verify_tee_log` checks them.
+:class:`TeeEventLog` writes a log (in the TEE); :func:`audit_events` turns it into audit events,
+:func:`collect_tee_logs` gathers them back, :func:`verify_tee_log` checks them and :func:`check_holds` checks
+that the audit log still holds the TEE's entries up to a head the TEE signed.
 """
 
 from __future__ import annotations
