@@ -1,11 +1,8 @@
-"""Key Vault clients for the project: one place that builds ``KeyClient`` / ``CryptographyClient``.
+"""Key Vault clients for the project, the KEK's checks and creation, and the rewrap of sealed blobs' data keys.
 
-Pass an ``azure.identity`` credential and the CA bundle to trust (None: the system's store), or build the
-client from a process's settings (:func:`key_client_from_settings`); either follows the project's HTTP policy
-(:mod:`securetrain.core.http`), and :data:`KEY_VAULT_ERRORS` reads the SDK's errors. The SDK checks that the
-resource a vault's 401 challenge names (``https://vault.azure.net``) belongs to the vault's host; a vault
-addressed by a loopback address (the local stack's) cannot pass that check, so it is off for loopback vaults
-and only for them (:func:`challenge_resource_verified`).
+Every ``KeyClient`` / ``CryptographyClient`` is built here, with the project's HTTP policy
+(:mod:`securetrain.core.http`); :data:`KEY_VAULT_ERRORS` reads the SDK's errors. Why the challenge's resource
+is not checked for a loopback vault, and only for one: docs/keys.md (:func:`challenge_resource_verified`).
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """Attested provenance of a model: the TEE's signed statement, the pipeline's signature, and their checks.
 
-Two signatures vouch for a registered model version:
-
-1. **The TEE's statement.** After training, the agent inside the TEE builds the *model statement*
-   (:func:`model_statement`): the run id, the SHA-256 of the sealed model it uploaded and of the plaintext
-   safetensors inside it, the plaintext SHA-256 of every dataset shard training opened (from the shards'
-   authenticated sealed headers), the hyperparameters and the final metrics. It signs the statement's
-   canonical JSON (RFC 8785) with the job's ephemeral TEE key, RSA-PSS with SHA-256 (JWS ``PS256``). That
-   key's private half never leaves the TEE's memory; its public half is in the attestation token's
-   ``x-ms-runtime.keys``, and the token is signed by the attestation service after it appraised the
-   hardware evidence. So the chain is: attestation service key → token → TEE key → statement → digests.
-2. **The pipeline's signature** over the whole manifest (canonical JSON without ``signatures``), with the
-   pipeline's Ed25519 key: the registry vouches that it registered this version with this lineage. The
-   key is a PEM file (``$SECURETRAIN_MODEL_SIGNING_KEY``), made and checked by the same code as the
-   audit key (:mod:`securetrain.core.audit.checkpoints`). Why not OpenSSF ``model-signing``: it signs the files
-   of a model directory (a manifest of file digests in a Sigstore bundle), not a JSON document of our own,
-   and its keyless mode needs Sigstore's online services; see docs/models.md.
-
-:func:`verify_provenance` checks the whole chain and raises :class:`ProvenanceInvalid` naming the first
-link that failed.
+The TEE signs the *model statement* (:func:`model_statement`: run, sealed and plaintext model digests, every
+dataset shard's plaintext digest, hyperparameters, metrics, the head of its event log) with the job's
+attested key; the pipeline signs the registry manifest that carries it. The chain from the attestation
+service's key to the digests, and why not OpenSSF ``model-signing``, are in docs/models.md ("The chain").
+:func:`verify_provenance` checks every link and raises :class:`ProvenanceInvalid` naming the first that failed.
 """
 
 from __future__ import annotations

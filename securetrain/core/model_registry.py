@@ -1,22 +1,10 @@
 """Versioned sealed models in blob storage, each with a manifest of where it came from.
 
-A version is ``<container>/<name>/v<version>/manifest.json``, naming a copy of the sealed model the
-trainer wrote (the registry never decrypts it), stored by content at ``<name>/sealed/<sha256>.sealed``. The manifest records the
-sealed model's SHA-256 and header (KEK id and thumbprint, the run id bound into its seal context), and
-the lineage the pipeline vouches for: run, datasets and their plaintext digests, the release-policy hash,
-the attestation claims of the TEE that trained it, hyperparameters, metrics and the parent version.
-
-Each manifest also carries the model's ``provenance`` (the statement the TEE signed with its attested key,
-the signature and the attestation token; see :mod:`securetrain.core.model_provenance`), the head of the job's
-TEE event log that the statement names (``tee_log_head``: the audit log must hold the TEE's events up to
-it, :mod:`securetrain.core.audit.tee_log`) and ``signatures``: the pipeline's signature over everything else in
-the manifest. Registration checks the TEE's signature and
-that the statement names the very sealed model being registered before anything is written.
-
-Versions are numbered 1, 2, ... per name. The manifest is written last and never overwritten
-(``If-None-Match: *``): it is what makes a version exist, so a crash half-way leaves no version, and two
-pipelines registering at once get different numbers. The model copy is named by its digest, so writing it
-again (a retry, or the same model twice) never changes what an existing manifest points at.
+What a version and its manifest hold, and what registration checks before it writes anything, are in
+docs/models.md ("What a version is", "Registration"). Versions are numbered 1, 2, ... per name. The manifest
+is written last and never overwritten (``If-None-Match: *``): it is what makes a version exist, so a crash
+half-way leaves no version, and two pipelines registering at once get different numbers. The model copy is
+named by its digest, so writing it again never changes what an existing manifest points at.
 """
 
 from __future__ import annotations

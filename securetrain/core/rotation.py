@@ -1,15 +1,8 @@
 """KEK rotation: the blobs it concerns, the TEE's signed statement of its rewrap, and the checks outside the TEE.
 
-Three parties, none of which both holds a data key and is outside the TEE (docs/keys.md, "Rotation"):
-
-1. the ``key-rotator`` identity makes a new version of the KEK (Key Vault's rotate: the same parameters,
-   the same immutable release policy); it can do nothing else;
-2. the TEE rewraps (``POST /v1/rewraps``, :mod:`securetrain.tee.agent.rewrap`): it has the new version and each
-   older one released to it, unwraps every data key in memory, checks it against its header's tag, wraps
-   it to the new version, writes the header back, and signs :func:`rewrap_statement` with its attested key;
-3. the pipeline checks the TEE's answer (:func:`verify_rewrap_answer`: the token is the approved TEE's,
-   answers Airflow's nonce, and carries the key that signed the statement) and then every header itself
-   (:func:`verify_rotated_headers`). It never unwraps anything.
+The ``key-rotator`` identity makes a new version, the TEE rewraps (:mod:`securetrain.tee.agent.rewrap`) and
+signs :func:`rewrap_statement`, and the pipeline checks the TEE's answer (:func:`verify_rewrap_answer`) and
+then every header itself (:func:`verify_rotated_headers`), never unwrapping anything: docs/keys.md ("Rotation").
 """
 
 from __future__ import annotations

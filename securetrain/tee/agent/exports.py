@@ -1,20 +1,10 @@
 """Model export inside the TEE: re-seal a registered model for a recipient the data owner approved, audited.
 
-``POST /v1/exports`` asks the TEE to open a registered model (sealed under a KEK only the TEE obtains)
-and re-seal it for a recipient's RSA key. The caller is the pipeline, which is not trusted to choose the
-recipient, so the TEE decides, in this order, spending nothing (no attestation, no nonce, no key) until
-the request has passed every check that needs no key:
-
-1. the request is well formed (400 naming the field);
-2. it carries an export approval signed by a data owner whose key is pinned in this TEE's configuration,
-   naming this recipient key's thumbprint and this KEK, not expired (403 otherwise);
-3. the stored model exists (404), has the registered digest and is sealed as this run's model (424);
-4. the TEE attests a fresh key with the caller's nonce and has the KEK released to it; the approval's
-   expiry is checked once more against the token's issue time (the attestation service's clock, not the
-   host's), then the model is opened and re-sealed for the recipient;
-5. the TEE records the export, before the bytes leave, as a TEE event log of its own (attestation, key
-   release, the export with its approval) signed with the attested key, in the audit log
-   :data:`~securetrain.core.model_export.EXPORT_AUDIT_LOG`. If it cannot, the export is refused (424).
+The caller is the pipeline, which is not trusted to choose the recipient, so the TEE decides, spending
+nothing (no attestation, no nonce, no key) until the request has passed every check that needs no key: the
+request's form (400), the data owner's approval (403), the stored model (404, 424); then it attests, has the
+KEK released, checks the approval's expiry against the token's issue time, re-seals, and records the export
+in the audit log before the bytes leave (424 if it cannot). The steps in full: docs/models.md ("Secure export").
 """
 
 from __future__ import annotations

@@ -1,25 +1,12 @@
 """``POST /v1/rewraps``: KEK rotation's rewrap, inside the TEE, the only place a data key is ever unwrapped.
 
 Airflow names the new KEK version, the containers and a nonce; everything else the TEE decides and checks
-itself:
-
-1. the request is validated before anything is spent (exactly these fields; a versioned Key Vault key id;
-   container names; a nonce): a malformed request is a 400 naming the field, and no nonce is used;
-2. the TEE attests a fresh key with Airflow's nonce and has the new version released to it (Secure Key
-   Release): before any blob is rewritten for it, the new version is shown to be released to this approved
-   workload, under its immutable policy;
-3. each sealed blob of the containers whose header names a version of the same key is handed to
-   :func:`securetrain.core.keyvault.rewrap_blobs` with an unwrap backed by the released private keys: the
-   version the header names is released too, but only if Key Vault says it is not newer than the target
-   (no rewrap backwards); the data key is unwrapped in memory, checked against the header's tag, wrapped
-   to the new version and the header written back under the blob's ETag. Blobs already on the new version
-   have their data key checked the same way. A blob whose version Key Vault will not release to this TEE
-   (its immutable policy approves another workload) is left as it is and reported; so is one whose data
-   key does not open or match its header. Rerunning resumes: finished blobs are only checked again;
-4. the answer is :func:`securetrain.core.rotation.rewrap_statement` (which data keys the TEE checked, what it
-   rewrote, what it refused), signed with the attested key, and the token that attests that key.
-
-Nothing secret leaves: the answer names blobs and key versions only.
+itself. The request is validated before any nonce is spent; the TEE attests with Airflow's nonce, has the new
+version released to it, and rewraps each blob of an older version of the same key with that version released
+too, but only if Key Vault says it is not newer than the target (no rewrap backwards); it answers with
+:func:`securetrain.core.rotation.rewrap_statement` signed with its attested key. The steps in full, and what
+happens to a blob it cannot rewrap: docs/keys.md ("Rotation"). Nothing secret leaves: the answer names blobs
+and key versions only.
 """
 
 from __future__ import annotations
