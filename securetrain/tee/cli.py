@@ -1,9 +1,5 @@
-"""``securetrain cvm measure``: the HOST_DATA digest of the installed workload, for release policies.
-
-HOST_DATA is SHA-256 of the workload manifest (``securetrain.tee.workload``): every file of the TEE and
-core zones with its SHA-256, every installed distribution's RECORD digest, the Python version, and the
-TEE's fixed configuration with the data owner keys it trusts. A policy that pins it refuses the key to a
-TEE in which one byte of any of them changed.
+"""``securetrain cvm measure``: the HOST_DATA digest of the installed workload (:mod:`securetrain.tee.workload`),
+for release policies.
 """
 
 from __future__ import annotations

@@ -1,17 +1,10 @@
 """The TEE decides what it opens: a job's datasets resolved from their owners' signed manifests.
 
-A job spec names datasets only by their manifests (:class:`securetrain.core.contracts.job_spec.DatasetRef`). Before it
-attests or asks for a key, the TEE reads each manifest from storage and accepts it only if
-
-- a data owner whose key is pinned in this TEE's configuration signed it (:class:`DataOwnerKeys`), so
-  nobody else can declare a blob to be training data;
-- it describes data sealed for the job's KEK (same vault and key name; a rotation may have moved the
-  shards to a newer version);
-- every shard it lists carries ``kind: dataset`` in its seal context, so a model, a checkpoint or an
-  export sealed to the same KEK is never read as training data, even if its owner listed it by mistake.
-
-The shards, formats and seal contexts it returns come from the signed manifest, never from the job spec;
-the sealed reader then refuses any shard whose header carries another context.
+Before it attests or asks for a key, the TEE accepts a manifest only if a data owner pinned in its
+configuration signed it, it describes data sealed for the job's KEK (same vault and key name: a rotation may
+have moved the shards to a newer version), and every shard carries ``kind: dataset`` in its seal context
+(docs/trainer.md, "The TEE decides what it opens"). Shards, formats and seal contexts come from the signed
+manifest, never from the job spec.
 """
 
 from __future__ import annotations
