@@ -1,14 +1,8 @@
 """The agent's jobs: their records on disk and the worker that runs them one at a time.
 
-A job record is JSON under ``<work dir>/jobs/<job id>.json``, rewritten atomically on every change. It
-holds the spec, the state, progress and the error, and never a secret or a byte of training data: the
-released KEK and the TEE key live only in the worker's memory. After a crash the agent loads the records,
-and every job that had not finished is queued again; it re-attests (with a fresh nonce: the attestation
-sequence is in the record), obtains the key again, and the training side resumes from its newest
-checkpoint.
-
-A job's states and what the API shows of it are contracts with the Airflow layer
-(:mod:`securetrain.core.contracts.jobs`).
+A record holds no secret and no training data; after a restart every job that had not ended is queued again
+and resumes: docs/trainer.md ("Job states", "Restart"). A job's states and what the API shows of it are
+contracts with the Airflow layer (:mod:`securetrain.core.contracts.jobs`).
 """
 
 from __future__ import annotations
