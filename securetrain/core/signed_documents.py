@@ -64,7 +64,6 @@ def signing_bytes(document: Mapping[str, Any]) -> bytes:
 
 
 def signature_entry(key: Ed25519PrivateKey, document: Mapping[str, Any]) -> dict[str, str]:
-    """One signature entry of ``key`` over ``document``."""
     return {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()), "value": key.sign(signing_bytes(document)).hex()}
 
 

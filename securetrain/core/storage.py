@@ -189,11 +189,9 @@ class BlobStore:
 
     @property
     def account_url(self) -> str:
-        """The account endpoint this store talks to."""
         return self._account_url
 
     def close(self) -> None:
-        """Release the connections."""
         self._client.close()
 
     def __enter__(self) -> BlobStore:

@@ -187,14 +187,12 @@ class BlobAuditStore:
         return position + len(block)
 
     def append_checkpoint(self, checkpoint: bytes) -> None:
-        """Append one checkpoint line as one block."""
         block = _check_line(checkpoint)
         self._create_if_missing(self._checkpoints)
         with STORAGE_ERRORS.translated("append to", self._checkpoints.url):
             self._checkpoints.append_block(block)
 
     def read_checkpoints(self) -> list[bytes]:
-        """The checkpoint lines."""
         return _lines(self._read(self._checkpoints))
 
 
@@ -266,9 +264,7 @@ class ConfidentialLedgerAuditStore:
         return position + 1
 
     def append_checkpoint(self, checkpoint: bytes) -> None:
-        """Write one checkpoint line to the checkpoints collection."""
         self._write(self._checkpoints_collection, checkpoint)
 
     def read_checkpoints(self) -> list[bytes]:
-        """The checkpoint lines."""
         return self._read(self._checkpoints_collection)

@@ -93,7 +93,6 @@ class _RunnerCollector(Collector):
 
 
 def render(runner: JobRunner) -> str:
-    """The exposition text for the agent behind ``runner``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_RunnerCollector(runner))
     return generate_latest(registry).decode()

@@ -56,7 +56,6 @@ class Progress:
 
 
 def checkpoint_blob(location: CheckpointLocation, epoch: int) -> str:
-    """The blob name of epoch ``epoch``'s checkpoint."""
     return f"{location.prefix}epoch-{epoch:04d}.safetensors.sealed"
 
 

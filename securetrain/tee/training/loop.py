@@ -35,7 +35,6 @@ EVALUATION_BATCH = 4096
 
 
 def select_device() -> torch.device:
-    """CUDA when PyTorch sees a GPU, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
