@@ -9,8 +9,8 @@ from airflow.sdk import BaseOperator, Context
 from securetrain.airflow.failures import fail_closed
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.settings import PipelineSettings
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.contracts.stages import DataCheckResult, EnvironmentResult, RegistrationResult, TrainingStageResult
-from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelRejected
 
 class ModelManagementOperator(BaseOperator):
@@ -83,7 +83,7 @@ class ModelManagementOperator(BaseOperator):
                 self.model_name, source_container=training.model.container, source_blob=training.model.blob,
                 kek_id=environment.kek_id, run_id=training.run_id, lineage=lineage,
                 provenance=provenance.model_dump(mode="json"),
-                signing_key=load_or_create_pipeline_key(PipelineSettings.load().required("model_signing_key")),
+                signing_key=load_or_create_signing_key(PipelineSettings.load().required("model_signing_key")),
             )  # fmt: skip
         sealed = version.manifest["sealed_model"]
         self.log.info("registered %s version %d: sealed model sha256 %s, trained in %s under policy %s",

@@ -15,8 +15,9 @@ from securetrain.airflow.audit import AuditOperator, audit_signing_key
 from securetrain.airflow.failures import SecurityCheckFailed
 from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
 from securetrain.airflow.model_management import ModelManagementOperator
-from securetrain.core.audit import AuditLog, BlobAuditStore
 from securetrain.core.audit.checkpoints import Checkpoint
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.audit.store import AUDIT_CONTAINER
 from securetrain.core.storage import BlobStore
 from tests.stages import HYPERPARAMETERS, Stages

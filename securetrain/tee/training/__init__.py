@@ -1,13 +1,7 @@
 """Training inside the TEE: sealed shards to in-memory tensors, validation, training, sealed outputs.
 
-The agent calls :func:`run_training` after attestation and Secure Key Release::
-
-    run_training(spec, keys, store, progress, cancel) -> TrainingResult
-
-In order: open and authenticate every shard into memory (:mod:`.data`), run the job's expectation
-suite and report only its aggregates (:mod:`.validation`), resume from the newest checkpoint of the run
-that opens and verifies (:mod:`.checkpoint`), train epoch by epoch with a sealed checkpoint after each
-(:mod:`.loop`, models from :mod:`.models`), seal the final model to the job's output blob.
+The agent calls :func:`run_training` after attestation and Secure Key Release; the steps are in
+docs/trainer.md ("Training inside the TEE").
 """
 
 from __future__ import annotations

@@ -1,39 +1,15 @@
 """Sealed dataset shards to training tensors, in memory only.
 
-Each shard is streamed from storage through :class:`~securetrain.core.sealed.SealedReader`, which checks the
-key, the header and the shard's expected context, and authenticates every segment before handing out
-its plaintext. Plaintext goes into memory and nowhere else: no temporary file, no cache.
+Each shard is streamed through :class:`~securetrain.core.sealed.SealedReader` (key, header, the shard's
+expected context, every segment authenticated) into memory and nowhere else. The formats, why Parquet and
+safetensors are buffered whole and Arrow IPC streams are not, and why nothing is trained on partial data are
+in docs/trainer.md ("The data path").
 
-Three plaintext formats:
-
-``parquet``
-    Parquet keeps its schema and row-group index in a footer at the *end* of the file, so a reader
-    needs random access. The shard is decrypted segment by segment into one buffer of exactly its
-    plaintext length (known from the authenticated header before anything is decrypted) and read
-    with ``pyarrow.parquet`` from that buffer.
-``safetensors``
-    Likewise whole in memory (its header holds byte offsets), loaded with ``safetensors.torch.load``.
-``arrow`` (Arrow IPC *stream* format)
-    For shards larger than memory: record batches are decoded from the plaintext stream as it is
-    decrypted, reduced at once to the label and feature columns as float32/int64, and dropped. Memory
-    is one segment plus one record batch plus the tensors kept, whatever the shard's size.
-
-The bound: a buffered (Parquet or safetensors) shard may hold at most
-:attr:`DataLimits.max_buffered_shard_bytes` of plaintext. While it is parsed it exists up to three
-times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
-once (the next shard downloads and decrypts while the current one decodes: storage, AES-GCM and the
-Parquet decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB):
-the shards in flight stay below the machine's memory with room for the tensors of those already read. A larger shard is refused before it is downloaded, naming the bound and the two
-ways out (smaller shards, or the ``arrow`` format).
-
-What must fit in memory is the training tensors of the whole dataset: training makes several passes
-over them, and plaintext may not be cached on disk, so the alternative would be to download and decrypt
-everything once per epoch.
-
-Nothing is trained on partial data: :func:`load_dataset` returns only after *every* shard has been read
-to its end and authenticated (and the training side validates the whole dataset before the first
-optimizer step). A failed seal raises its own exception (``SegmentTampered``, ``Truncated``, ...), whose
-message is prefixed with the shard's name.
+The bound of a buffered shard, :attr:`DataLimits.max_buffered_shard_bytes`: while it is parsed a shard exists
+up to three times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
+once (the next one downloads and decrypts while the current one decodes: storage, AES-GCM and the Parquet
+decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB). A larger shard
+is refused before it is downloaded, naming the two ways out (smaller shards, or the ``arrow`` format).
 """
 
 from __future__ import annotations
