@@ -66,8 +66,7 @@ def stage_events(run: str, results: Mapping[str, Any]) -> list[AuditEvent]:
         events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.PIPELINE, now,
                                  {"check": "sealed dataset verified without decrypting", "dataset_id": data.dataset_id,
                                   "version": data.version, "manifest": data.manifest_blob,
-                                  "shards": [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256}
-                                             for d in data.datasets]}))  # fmt: skip
+                                  "shards": data.shard_digests()}))  # fmt: skip
     if claims := results.get("attestation_status"):
         events.append(AuditEvent(EventKind.EVIDENCE_APPRAISED, run, EventSource.PIPELINE, now,
                                  {"check": "TEE attested for Airflow's nonce; token validated against the KEK's "

@@ -59,8 +59,7 @@ class ModelManagementOperator(BaseOperator):
             "dag_run": {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
             "job_id": training.job_id,
             "dataset": {"id": data.dataset_id, "version": data.version, "manifest": data.manifest_blob,
-                        "shards": [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256}
-                                   for d in data.datasets]},
+                        "shards": data.shard_digests()},
             "release_policy_sha256": environment.release_policy_sha256,
             "attestation": trained["attestation"],
             "key_release": trained["key_release"],

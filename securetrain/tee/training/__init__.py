@@ -11,7 +11,7 @@ import threading
 
 from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
-from securetrain.tee.training.data import Blobs, DataLimits, load_dataset
+from securetrain.tee.training.data import DataLimits, load_dataset
 from securetrain.tee.training.loop import (
     Standardization,
     build_trainee,
@@ -21,6 +21,7 @@ from securetrain.tee.training.loop import (
     split_rows,
     train,
 )
+from securetrain.core.storage import BlobStore
 from securetrain.core.validation import validate
 
 __all__ = ["DataLimits", "run_training"]
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 def run_training(
     spec: TrainingSpec,
     keys: JobKeys,
-    store: Blobs,
+    store: BlobStore,
     progress: ProgressSink,
     cancel: threading.Event,
     *,
@@ -39,8 +40,7 @@ def run_training(
 ) -> TrainingResult:
     """Train the model ``spec`` describes on its sealed dataset; return where the sealed model is.
 
-    ``store`` is a :class:`securetrain.core.storage.BlobStore`. Calling it again for the same spec (after a
-    crash or a cancel) resumes from the newest checkpoint that opens and verifies.
+    Calling it again for the same spec (after a crash or a cancel) resumes from the newest checkpoint that opens and verifies.
 
     Raises:
         SealedFileError subclasses: a shard failed its seal (the message names shard and segment);

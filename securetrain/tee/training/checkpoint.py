@@ -28,10 +28,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
-from securetrain.core.storage import StorageError
+from securetrain.core.storage import BlobStore, StorageError
 from securetrain.core.contracts.job_spec import BlobRef, CheckpointLocation
 from securetrain.core.contracts.training import JobKeys
-from securetrain.tee.training.data import Blobs
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +191,7 @@ class Checkpoints:
 
     _NAME = re.compile(r"epoch-(\d{4,})\.safetensors\.sealed")
 
-    def __init__(self, store: Blobs, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
+    def __init__(self, store: BlobStore, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
         self._store = store
         self._location = location
         self._run_id = run_id
@@ -264,7 +263,7 @@ class Checkpoints:
 
 
 def seal_model(
-    store: Blobs, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any]
+    store: BlobStore, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any]
 ) -> None:
     """Seal the model's weights (safetensors, ``description`` as JSON metadata) and upload them to ``output``."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}

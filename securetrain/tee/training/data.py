@@ -18,11 +18,11 @@ import io
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -40,7 +40,7 @@ from securetrain.core.contracts.training import DatasetShard, TrainingSpec
 if TYPE_CHECKING:
     import pandas
 
-    from securetrain.core.storage import BlobInfo
+    from securetrain.core.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -54,25 +54,6 @@ class DatasetContentError(ConfigurationError):
 
 class ShardTooLarge(DatasetContentError):
     """A Parquet or safetensors shard is larger than the trainer may buffer in memory."""
-
-
-class Blobs(Protocol):
-    """The storage operations training uses; :class:`securetrain.core.storage.BlobStore` provides them."""
-
-    def open_read(self, container: str, blob: str) -> BinaryIO: ...
-
-    def upload_stream(
-        self,
-        container: str,
-        blob: str,
-        stream: BinaryIO,
-        *,
-        length: int | None = None,
-        metadata: Mapping[str, str] | None = None,
-        overwrite: bool = False,
-    ) -> BlobInfo: ...
-
-    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]: ...
 
 
 def _default_buffered_shard_bytes() -> int:
@@ -297,7 +278,7 @@ def _check_same_layout(first: _ShardArrays, other: _ShardArrays, shard: DatasetS
 
 
 def _read_in_order(
-    spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits
+    spec: TrainingSpec, kek: KekPrivateKey, store: BlobStore, limits: DataLimits
 ) -> Iterator[tuple[DatasetShard, _ShardArrays]]:
     """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once.
 
@@ -323,7 +304,7 @@ def _read_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits) -> TrainingData:
+def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: BlobStore, limits: DataLimits) -> TrainingData:
     """Read, authenticate and decode every shard of ``spec``; returns only when all of them opened."""
     parts: list[_ShardArrays] = []
     for shard, part in _read_in_order(spec, kek, store, limits):
