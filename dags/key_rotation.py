@@ -10,30 +10,26 @@ from __future__ import annotations
 
 from typing import Any
 
-import pendulum
-
-from airflow.sdk import DAG, Param, TriggerRule, task
-from securetrain.airflow.pipeline import DEFAULT_ARGS
+from airflow.sdk import Param, TriggerRule, task
+from securetrain.airflow.pipeline import securetrain_dag
 from securetrain.core.keyvault import KEK_NAME
 
 #: The connection whose identity makes the new KEK version (the stack's ``key-rotator``: rotate only).
 ROTATOR_CONN_ID = "securetrain_keyvault_rotator"
 
-with DAG(
-    dag_id="key_rotation",
+with securetrain_dag(
+    "key_rotation",
     description="New KEK version, every sealed blob's data key rewrapped to it in the TEE, verified, audited",
     schedule="@monthly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
     # Only the workers of this queue need the rotator's credential (docs/maintenance.md).
-    default_args={**DEFAULT_ARGS, "queue": "key-rotator"},
+    queue="key-rotator",
     params={
         "key": Param(KEK_NAME, type="string", pattern=r"^[0-9A-Za-z-]{1,127}$", title="KEK name"),
         "resume": Param(False, type="boolean", title="Resume",
                         description="Make no new version: finish rewrapping to the latest one (after an interrupted rotation)"),
     },  # fmt: skip
-    tags=["securetrain", "maintenance"],
+    tags=["maintenance"],
     doc_md=__doc__,
 ):
 
