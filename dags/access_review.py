@@ -10,23 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import pendulum
+from airflow.sdk import Param, task
+from securetrain.airflow.pipeline import securetrain_dag
 
-from airflow.sdk import DAG, Param, task
-from securetrain.airflow.pipeline import DEFAULT_ARGS
-
-with DAG(
-    dag_id="access_review",
+with securetrain_dag(
+    "access_review",
     description="Identities, roles and what each accessed, from the Key Vault access log and the audit logs",
     schedule="@weekly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
     params={
         "period_days": Param(7, type="integer", minimum=1, maximum=366, title="Period (days before the run)"),
     },
-    tags=["securetrain", "maintenance"],
+    tags=["maintenance"],
     doc_md=__doc__,
 ):
 

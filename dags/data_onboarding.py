@@ -9,22 +9,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import pendulum
-
-from airflow.sdk import DAG, Param, task
+from airflow.sdk import Param, task
 from securetrain.airflow.assets import sealed_dataset_asset
 from securetrain.airflow.onboarding import DATA_OWNER_QUEUE
-from securetrain.airflow.pipeline import DEFAULT_ARGS, DEFAULT_SUITE
+from securetrain.airflow.pipeline import DEFAULT_SUITE, securetrain_dag
 
 DATASET = "breast-cancer"
 
-with DAG(
-    dag_id="data_onboarding",
+with securetrain_dag(
+    "data_onboarding",
     description="Data owner: validate, seal for the KEK, upload, publish a sealed dataset version",
     schedule=None,
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
-    default_args={**DEFAULT_ARGS, "queue": DATA_OWNER_QUEUE},
+    queue=DATA_OWNER_QUEUE,
     params={
         "source": Param(DATASET, type="string", title="Source",
                         description="A bundled dataset (breast-cancer, digits) or the path of a Parquet file"),
@@ -33,7 +29,7 @@ with DAG(
                          description="Empty: v<run timestamp>"),
         "expectation_suite": Param(DEFAULT_SUITE, type="object", title="Expectation suite"),
     },  # fmt: skip
-    tags=["securetrain", "data-owner"],
+    tags=["data-owner"],
     doc_md=__doc__,
 ):
 

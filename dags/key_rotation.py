@@ -1,48 +1,35 @@
 """key_rotation: monthly, a new KEK version; every sealed blob's data key rewrapped to it in the TEE; verified; audited.
 
-1. ``new_kek_version``: the ``key-rotator`` identity, whose role allows making a new version of an existing
-   key and nothing else, rotates the KEK (same parameters, same immutable release policy); the new version
-   must carry the approved release policy. With ``resume`` it makes none and takes the latest version.
-2. ``rewrap``: the TEE rewraps (``POST /v1/rewraps`` with a fresh nonce): it attests, has the new version and
-   each older one released to it, unwraps every data key in its memory, checks it against its header's
-   tag, wraps it to the new version and writes the header back under the blob's ETag. Airflow checks the
-   TEE's signed statement (the approved TEE, this nonce, this version) and never holds a data key. Blobs
-   that changed meanwhile are left as they were: the retry (or a run with ``resume``) finishes.
-3. ``verify``: every sealed blob of the key names the new version and its thumbprint (or a version whose
-   release policy is not the approved one: no approved TEE opens those, they are listed for their data
-   owner); the TEE's statement says which data keys it checked.
-4. ``audit`` (whatever happened before): a ``rotation`` event in this run's audit log, marked complete or
-   not; an incomplete rotation fails the run. See docs/maintenance.md.
+``new_kek_version`` (the ``key-rotator`` identity: make a new version, nothing else; with ``resume``, the latest
+one) >> ``rewrap`` (in the TEE, which signs what it did; Airflow never holds a data key) >> ``verify`` (every
+sealed blob's header names the new version) >> ``audit`` (whatever happened before; an incomplete rotation is
+recorded, then fails the run). See docs/maintenance.md.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pendulum
-
-from airflow.sdk import DAG, Param, TriggerRule, task
-from securetrain.airflow.pipeline import DEFAULT_ARGS
+from airflow.sdk import Param, TriggerRule, task
+from securetrain.airflow.pipeline import securetrain_dag
 from securetrain.core.keyvault import KEK_NAME
 
 #: The connection whose identity makes the new KEK version (the stack's ``key-rotator``: rotate only).
 ROTATOR_CONN_ID = "securetrain_keyvault_rotator"
 
-with DAG(
-    dag_id="key_rotation",
+with securetrain_dag(
+    "key_rotation",
     description="New KEK version, every sealed blob's data key rewrapped to it in the TEE, verified, audited",
     schedule="@monthly",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
     # Only the workers of this queue need the rotator's credential (docs/maintenance.md).
-    default_args={**DEFAULT_ARGS, "queue": "key-rotator"},
+    queue="key-rotator",
     params={
         "key": Param(KEK_NAME, type="string", pattern=r"^[0-9A-Za-z-]{1,127}$", title="KEK name"),
         "resume": Param(False, type="boolean", title="Resume",
                         description="Make no new version: finish rewrapping to the latest one (after an interrupted rotation)"),
     },  # fmt: skip
-    tags=["securetrain", "maintenance"],
+    tags=["maintenance"],
     doc_md=__doc__,
 ):
 

@@ -10,23 +10,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import pendulum
-
-from airflow.sdk import DAG, Param, task
-from securetrain.airflow.pipeline import DEFAULT_ARGS
+from airflow.sdk import Param, task
+from securetrain.airflow.pipeline import securetrain_dag
 
 #: The default policy: a run's checkpoints and unregistered model output are temporary (cleanup deletes
 #: them at the end of a run; this catches runs that never reached cleanup); registered versions are kept.
 DEFAULT_POLICY = {"checkpoints": {"max_age_days": 7}, "models": {"max_age_days": 7}}
 
-with DAG(
-    dag_id="retention",
+with securetrain_dag(
+    "retention",
     description="Delete (crypto-shred) checkpoints and temporary blobs past the retention policy; dry run by default",
     schedule="@daily",
-    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-    catchup=False,
     max_active_runs=1,
-    default_args=DEFAULT_ARGS,
     params={
         # On by default: deletion cannot be undone (it destroys the data keys), so a run started with the
         # defaults, by the schedule or by a click, only lists; deleting is a deliberate choice.
@@ -36,7 +31,7 @@ with DAG(
                         description='Maximum age per container, e.g. {"checkpoints": {"max_age_days": 7}}; '
                                     "checkpoints, models and model-registry may be named"),
     },  # fmt: skip
-    tags=["securetrain", "maintenance"],
+    tags=["maintenance"],
     doc_md=__doc__,
 ):
 

@@ -7,15 +7,11 @@ The attestation service starts with the default policy, which authorizes any ver
 (:func:`securetrain.localstack.services.attestation.apply_attestation_policy`). The release policy pins that
 policy's hash, so a KEK is never released under another one, whoever changes it later.
 
-Airflow's identities can read keys and make new versions of existing ones, never create a key or choose
-its release policy (docs/keys.md, "Roles"). So before Airflow's first run, the data owner's identity makes
-sure the KEK ``securetrain-kek`` has a latest version that Key Vault releases only under the approved
-release policy, immutably: created on the first run, a new version when the approved policy changed,
-nothing otherwise. It is the function ``securetrain stack up`` uses
-(:func:`securetrain.core.keyvault.create_kek_version`).
-
-TREE is the container's share of the trust material (``docker/pki_init.py``): the CA certificate, the
-data owner's identity, the approved attestation and release policies, laid out like a state directory.
+Airflow's identities cannot create a key or choose its release policy, so before Airflow's first run the data
+owner's identity sets the approved attestation policy on the attestation service and makes sure the KEK
+``securetrain-kek`` has a latest version released only under the approved release policy, immutably, with the
+function ``securetrain stack up`` uses (:func:`securetrain.core.keyvault.create_kek_version`).
+TREE is the container's share of the trust material (``docker/pki_init.py``).
 
 Usage: ``python data_owner_kek.py TREE VAULT_URL IDENTITY_URL ATTESTATION_URL``.
 """

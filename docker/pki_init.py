@@ -1,11 +1,8 @@
 """The docker-compose deployment's one-shot ``pki`` service: the trust material every container starts from.
 
-The local stack (``securetrain stack up``) makes its CA, certificates, identities and policies in one state
-directory that every local process can read. Containers must not share that much: the trainer's keys (its
-TLS key and the simulated SEV-SNP platform's signing keys) belong in the trainer's container only, an
-identity's secret only where that identity acts. So this script makes the same material with the same
-library functions the launcher uses, and hands each container a tree of its own, laid out like a state
-directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly what that container needs::
+It makes what ``securetrain stack up`` makes, with the same functions, but hands each container a tree of its
+own, laid out like a state directory, holding exactly what that container needs (docs/deployment.md, "Trust
+material and where it lives")::
 
     OUT/<service>/ca/ca.pem                        the CA certificate (never its key)
     OUT/<service>/certs/server/<service>.pem/.key  the service's TLS certificate: CN and SAN = its compose name
@@ -26,16 +23,10 @@ directory (:class:`~securetrain.localstack.layout.StackLayout`), holding exactly
     OUT/data-owner/policies/sevsnpvm-attestation-policy.txt   the approved attestation policy it sets
     OUT/data-owner/secrets/data-owner/signing-key.pem   the owner's manifest and export-approval key
 
-The TEE's identity is a managed identity: no file of the trainer's holds a secret for it. Its host's
-secret (``IDENTITY_HEADER``) is the deployment's ``SECURETRAIN_CVM_IDENTITY_HEADER``, which this script
-gives the identity service and compose gives the trainer's environment.
+The TEE's managed identity has no secret in any file: its host's secret is the deployment's
+``SECURETRAIN_CVM_IDENTITY_HEADER``. The CA and its key stay in CA_DIR, a volume no other container mounts.
 
-The CA and its key stay in CA_DIR, a volume no other container mounts. Running it again keeps what is
-valid (the CA, keys, identities, the approved policies) and reissues only certificates close to expiry,
-exactly as ``securetrain stack up`` does.
-
-Usage: ``python pki_init.py OUT CA_DIR``. The securetrain CLI has no command that makes this material
-without also starting the local processes; this script stands in for one.
+Usage: ``python pki_init.py OUT CA_DIR``.
 """
 
 from __future__ import annotations
@@ -49,7 +40,6 @@ import sys
 from pathlib import Path
 
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.airflow_env import keyvault_connections
 from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, LocalIdentity
 from securetrain.localstack.pki import LocalCA
@@ -65,7 +55,7 @@ from securetrain.localstack.services.attestation import (
 from securetrain.localstack.services.cvm import MONITOR_IDENTITY
 from securetrain.localstack.services.identity import identities_dir, stack_identities
 from securetrain.localstack.services.keyvault import release_policy_path, roles_path, write_roles
-from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.layout import StackLayout, write_file
 
 log = logging.getLogger("pki_init")
 
@@ -112,10 +102,9 @@ def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
     _attach_managed_identity(identity_files / f"{CVM_IDENTITY}.json", identities[CVM_IDENTITY], header)
     _hand_over(identity_files / f"{DATA_OWNER_IDENTITY}.json", identities_dir(trees["data-owner"]) / f"{DATA_OWNER_IDENTITY}.json")
     connections = keyvault_connections(KEYVAULT_URL, IDENTITY_URL, "/srv/securetrain/ca/ca.pem", identities)
-    trees["airflow"].secrets_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(trees["airflow"].secrets_dir / "airflow-connections.json", mode=0o600) as out_file:
-        out_file.write(json.dumps(connections, indent=2, sort_keys=True).encode())
-    # Role assignments name the identities' object ids: written beside them, then handed to the services.
+    write_file(trees["airflow"].secrets_dir / "airflow-connections.json",
+               json.dumps(connections, indent=2, sort_keys=True).encode(), mode=0o600)  # fmt: skip
+    # Role assignments name the identities' object ids: written beside them, then handed to the vault.
     write_roles(trees["identity"])
     _hand_over(roles_path(trees["identity"]), roles_path(trees["keyvault"]))
     write_attestation_roles(trees["identity"])
@@ -134,9 +123,7 @@ def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
     _hand_over(attestation_policy_path(trees["trainer"]), attestation_policy_path(trees["data-owner"]))
     release_policy = release_policy_for(ATTESTATION_URL, attestation_policy)
     for container in ("airflow", "data-owner"):
-        trees[container].policies_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(release_policy_path(trees[container]), mode=0o644) as out_file:
-            out_file.write(release_policy.to_bytes())
+        write_file(release_policy_path(trees[container]), release_policy.to_bytes(), mode=0o644)
     log.info("trust material for %s is ready in %s", ", ".join(trees), out)
 
 

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.contracts.jobs import JobView
 from securetrain.core.cvm_client import CvmClient
-from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelVersion
 from securetrain.core.onboarding import SealedShard
 from securetrain.core.release_policy import ReleasePolicy
@@ -76,5 +76,5 @@ def register(local_stack, store: BlobStore, shard: SealedShard, spec: dict[str, 
         kek_id=spec["kek_id"], run_id=spec["run_id"], provenance=job.result.provenance.model_dump(mode="json"),
         lineage={"dataset": {"shards": [{"blob": f"{shard.container}/{shard.blob}", "plaintext_sha256": shard.plaintext_sha256}]},
                  "release_policy_sha256": policy.sha256},
-        signing_key=load_or_create_pipeline_key(local_stack.layout.model_signing_key),
+        signing_key=load_or_create_signing_key(local_stack.layout.model_signing_key),
     )  # fmt: skip

@@ -1,18 +1,9 @@
 """Stage 5, audit: the run's security events into its hash-chained log, verified, and a report written.
 
-Sources: the stages' own results (XCom: environment, data check, the TEE's attestation claims, model
-version), the trainer agent's record of the job (every state it entered, the error if it failed), the
-TEE's own event log from that record, recorded verbatim (each attestation with its token, the key
-release, the validation aggregates, each sealed checkpoint and the sealed model with their digests, and
-the heads the TEE signed: :mod:`securetrain.core.audit.tee_log`), and, where the deployment exposes them as
-files (the local stack does), the Key Vault access log and the attestation service's issuance log for
-the run's time window. The log is ``securetrain-audit/audit/<run>.jsonl`` (append blobs), checkpoints
-signed with the pipeline's audit key; ``securetrain audit verify`` checks it later, byte for byte, with
-the audit key pinned and the TEE's signatures against the attestation tokens. The stage checks the same
-(:func:`securetrain.core.audit.trail.verify_trail`), including that the log holds the TEE's events up to the
-head the registered model's statement names.
-
-Trigger rule ``all_done``: a failed run is audited too (that is when it matters most).
+The events: the stages' results, the agent's record of the job, the TEE's own signed event log verbatim, and the
+Key Vault access and attestation issuance logs of the run's time window where the deployment exposes them as
+files. The stage verifies the log as ``securetrain audit verify`` does (docs/audit.md). Trigger rule
+``all_done``: a failed run is audited too (that is when it matters most).
 """
 
 from __future__ import annotations
@@ -20,9 +11,11 @@ from __future__ import annotations
 import datetime
 import io
 import json
+from collections import Counter
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from airflow.sdk import BaseOperator, Context, TriggerRule
 from securetrain.airflow.failures import SecurityCheckFailed, fail_closed
@@ -56,13 +49,9 @@ from securetrain.core.storage import BlobStore
 _STAGES = ("prepare_environment", "check_data_security", "attestation_status", "train", "register_model")
 
 
-def audit_signing_key_path() -> Path:
-    """The audit signing key (``$SECURETRAIN_AUDIT_SIGNING_KEY``)."""
-    return PipelineSettings.load().required("audit_signing_key")
-
-
-def _parse_time(text: str) -> datetime.datetime:
-    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+def audit_signing_key() -> Ed25519PrivateKey:
+    """The pipeline's audit signing key (``$SECURETRAIN_AUDIT_SIGNING_KEY``), made on first use."""
+    return load_or_create_signing_key(PipelineSettings.load().required("audit_signing_key"))
 
 
 def stage_events(run: str, results: Mapping[str, Any]) -> list[AuditEvent]:
@@ -77,8 +66,7 @@ def stage_events(run: str, results: Mapping[str, Any]) -> list[AuditEvent]:
         events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.PIPELINE, now,
                                  {"check": "sealed dataset verified without decrypting", "dataset_id": data.dataset_id,
                                   "version": data.version, "manifest": data.manifest_blob,
-                                  "shards": [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256}
-                                             for d in data.datasets]}))  # fmt: skip
+                                  "shards": data.shard_digests()}))  # fmt: skip
     if claims := results.get("attestation_status"):
         events.append(AuditEvent(EventKind.EVIDENCE_APPRAISED, run, EventSource.PIPELINE, now,
                                  {"check": "TEE attested for Airflow's nonce; token validated against the KEK's "
@@ -121,7 +109,7 @@ def record_events(store: BlobStore, run: str, events: Iterable[AuditEvent]) -> B
     """Append ``events`` to the run's audit log (checkpoint signed at the end); the log's store."""
     store.ensure_container(AUDIT_CONTAINER)
     audit_store = BlobAuditStore(store.container_client(AUDIT_CONTAINER), run)
-    with AuditLog(audit_store, load_or_create_signing_key(audit_signing_key_path())) as log:
+    with AuditLog(audit_store, audit_signing_key()) as log:
         for event in events:
             log.record(event)
     return audit_store
@@ -183,7 +171,7 @@ class AuditOperator(BaseOperator):
                                "summary": str(exc)}  # fmt: skip
                 report_blob = f"{run}/audit.json"
                 report = {"run": run, "dag_run": context["run_id"], "log": f"{AUDIT_CONTAINER}/audit/{run}.jsonl",
-                          **outcome, "events": _counts(events)}  # fmt: skip
+                          **outcome, "events": dict(Counter(str(event.kind) for event in events))}  # fmt: skip
                 body = json.dumps(report, indent=2, sort_keys=True).encode()
                 store.upload_stream(REPORTS_CONTAINER, report_blob, io.BytesIO(body), length=len(body), overwrite=True)
                 # After the log is stored: a bad threshold setting then fails the task without losing events.
@@ -216,20 +204,11 @@ def _verify(
         policy = policy or KeyVaultHook().release_policy(kek_id)
         return verify_attestation_token(raw, policy, keys_for)
 
-    ca_bundle = AttestationHook().connection.ca_bundle
-    keys_for = published_keys(str(ca_bundle) if ca_bundle else True)
+    keys_for = published_keys(AttestationHook().connection.tls_verify)
     anchors = []
     if model:
         version = ModelRegistry(store).get(model.name, model.version)
         anchors.append((f"model {version.name} version {version.version}",
                         attested_head(version.manifest.get("provenance") or {}, check_token)))  # fmt: skip
-    public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
-    return verify_trail(audit_store.read_all().lines, audit_store.read_checkpoints(), public_key,
+    return verify_trail(audit_store.read_all().lines, audit_store.read_checkpoints(), audit_signing_key().public_key(),
                         check_token=check_token, anchors=anchors)  # fmt: skip
-
-
-def _counts(events: Iterable[AuditEvent]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for event in events:
-        counts[str(event.kind)] = counts.get(str(event.kind), 0) + 1
-    return counts

@@ -1,10 +1,5 @@
-"""How securetrain's errors fail an Airflow task.
-
-- a security violation (a check said no: forged token, wrong measurement, tampered seal, policy mismatch,
-  access denied) and a configuration error (retrying cannot fix it) fail the task at once, without retry
-  (``AirflowFailException``), with the reason;
-- every other securetrain error is transient (a service restarting, the network): it propagates, and
-  the task's ``retries`` with exponential backoff (see :data:`RETRY_ARGS`) try again.
+"""How securetrain's errors fail an Airflow task: a security violation or a configuration error at once and
+without retry, any other error by propagating to the task's bounded retries (docs/workflow.md, "Errors and retries").
 """
 
 from __future__ import annotations

@@ -1,30 +1,10 @@
 """An Airflow listener that writes the task and DAG-run state changes of securetrain's DAGs into the run's audit log.
 
-Registered through the plugin's ``listeners`` (securetrain/airflow/plugin.py). Airflow 3 calls these hooks
-in different processes (see docs/monitoring.md):
-
-* ``on_task_instance_running`` / ``_success`` / ``_failed`` run in the **task's own process** on the
-  worker (``airflow.sdk.execution_time.task_runner``), after the task's callbacks; ``_success`` and
-  ``_failed`` also run in the **API server** when a person marks a task instance in the UI;
-* ``on_dag_run_running`` / ``_success`` / ``_failed`` run in the **scheduler** (``DagRun.update_state``)
-  and, when a run is marked by hand, in the API server.
-
-Each becomes one ``task_state`` or ``dag_run_state`` event (source ``airflow``) for the run's log,
-``audit/<job_run_id(dag_id, run_id)>.jsonl``. Only DAGs tagged ``securetrain`` are recorded.
-
-**Nothing waits for storage.** A hook only builds the event (from the task instance or DAG run as it is at
-that moment) and hands it to :class:`AuditEventRecorder`: a bounded queue and one daemon thread per process
-that appends each event with :func:`securetrain.airflow.audit.record_events` and signs a checkpoint after
-it. So a DAG-run hook never stalls the scheduler on blob requests, and a task's hook never delays its
-``execute``. A full queue drops the event and logs an error (a hook never blocks). Before a process ends
-(Airflow's ``before_stopping`` hook, and ``atexit``) the queue is drained for at most
-:data:`EXIT_FLUSH_TIMEOUT_S`, so the events of a task process that exits right after its hook are kept.
-:func:`flush` waits for the queue of this process to drain: the ``audit`` task calls it before it reads the
-log back and verifies it.
-
-A listener must never fail the task or the scheduler on a fault of its own: the hooks and the worker catch
-and log every error, naming the event that was not recorded. Such a gap is visible to a reviewer: the
-``audit`` task's own events, and the other state changes of the run, are still in the log.
+Registered through the plugin's ``listeners``. A hook only builds its event and queues it: one daemon thread per
+process (:class:`AuditEventRecorder`) records the events in order, so neither the scheduler nor a task waits for
+storage; the queue is bounded, drained before a process ends, and :func:`flush` lets the ``audit`` task wait for
+it. A listener never fails a task or the scheduler: every error is logged, naming the event not recorded.
+Where each hook runs and why: docs/monitoring.md ("The audit-trail listener").
 """
 
 from __future__ import annotations

@@ -13,10 +13,9 @@ import io
 import json
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
-from securetrain.airflow.audit import audit_signing_key_path, record_events
+from securetrain.airflow.audit import audit_signing_key, record_events
 from securetrain.airflow.environment import approved_release_policy
 from securetrain.airflow.hooks.attestation import AttestationHook
 from securetrain.airflow.settings import PipelineSettings
@@ -29,7 +28,6 @@ from securetrain.core.access_review import (
     review_access,
     summarize_audit_log,
 )
-from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.chain import AuditEntry
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
 from securetrain.core.audit.sources import read_decision_log
@@ -80,16 +78,6 @@ def run_retention(store: BlobStore, policy_document: object, *, dry_run: bool, a
 # --- Access review ----------------------------------------------------------------------------------
 
 
-def roles_file() -> Path:
-    """The vault's role assignments (``$SECURETRAIN_KEYVAULT_ROLES``)."""
-    return PipelineSettings.load().required("keyvault_roles")
-
-
-def access_log_file() -> Path:
-    """The vault's access log (``$SECURETRAIN_KEYVAULT_ACCESS_LOG``)."""
-    return PipelineSettings.load().required("keyvault_access_log")
-
-
 def audit_log_summaries(store: BlobStore, *, since: datetime.datetime, until: datetime.datetime) -> list[AuditLogSummary]:
     """Every audit log in the audit container, verified as a whole trail (the chain under the audit key, and
     the TEE's signed logs in it against the approved release policy), its events in the period.
@@ -97,10 +85,9 @@ def audit_log_summaries(store: BlobStore, *, since: datetime.datetime, until: da
     The TEE's own logs (``model-exports``: appended by the TEE, which holds no audit key) verify by the
     TEE's signatures alone; any other entry must be under a signed checkpoint.
     """
-    public_key = load_or_create_signing_key(audit_signing_key_path()).public_key()
+    public_key = audit_signing_key().public_key()
     policy = approved_release_policy(None)
-    ca_bundle = AttestationHook().connection.ca_bundle
-    keys_for = published_keys(str(ca_bundle) if ca_bundle else True)
+    keys_for = published_keys(AttestationHook().connection.tls_verify)
 
     def check_token(raw: str) -> Mapping[str, Any]:
         return verify_attestation_token(raw, policy, keys_for)
@@ -127,9 +114,10 @@ def audit_log_summaries(store: BlobStore, *, since: datetime.datetime, until: da
 
 def write_access_review(store: BlobStore, *, since: datetime.datetime, until: datetime.datetime, report_prefix: str) -> dict[str, Any]:
     """Review access in ``[since, until]``; write ``reports/<prefix>.json`` and ``.md``; the JSON's blob names and findings."""
+    settings = PipelineSettings.load()
     review: AccessReview = review_access(
-        load_role_assignments(roles_file()),
-        read_decision_log(access_log_file()),
+        load_role_assignments(settings.required("keyvault_roles")),
+        read_decision_log(settings.required("keyvault_access_log")),
         audit_log_summaries(store, since=since, until=until),
         since=since,
         until=until,

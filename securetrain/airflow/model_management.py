@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from securetrain.airflow.failures import fail_closed
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.settings import PipelineSettings
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.contracts.stages import DataCheckResult, EnvironmentResult, RegistrationResult, TrainingStageResult
-from securetrain.core.model_provenance import load_or_create_pipeline_key
 from securetrain.core.model_registry import ModelRegistry, ModelRejected
-
-def pipeline_signing_key_path() -> Path:
-    """The pipeline's model-signing key (``$SECURETRAIN_MODEL_SIGNING_KEY``)."""
-    return PipelineSettings.load().required("model_signing_key")
-
 
 class ModelManagementOperator(BaseOperator):
     """Registers the run's sealed model as the next version of ``model_name``.
@@ -65,8 +59,7 @@ class ModelManagementOperator(BaseOperator):
             "dag_run": {"dag_id": context["dag"].dag_id, "run_id": context["run_id"]},
             "job_id": training.job_id,
             "dataset": {"id": data.dataset_id, "version": data.version, "manifest": data.manifest_blob,
-                        "shards": [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256}
-                                   for d in data.datasets]},
+                        "shards": data.shard_digests()},
             "release_policy_sha256": environment.release_policy_sha256,
             "attestation": trained["attestation"],
             "key_release": trained["key_release"],
@@ -89,7 +82,7 @@ class ModelManagementOperator(BaseOperator):
                 self.model_name, source_container=training.model.container, source_blob=training.model.blob,
                 kek_id=environment.kek_id, run_id=training.run_id, lineage=lineage,
                 provenance=provenance.model_dump(mode="json"),
-                signing_key=load_or_create_pipeline_key(pipeline_signing_key_path()),
+                signing_key=load_or_create_signing_key(PipelineSettings.load().required("model_signing_key")),
             )  # fmt: skip
         sealed = version.manifest["sealed_model"]
         self.log.info("registered %s version %d: sealed model sha256 %s, trained in %s under policy %s",

@@ -1,16 +1,8 @@
 """Airflow notifiers that deliver securetrain's security alerts: a log line, and a JSON webhook over HTTPS.
 
-Both are Airflow 3 ``BaseNotifier`` subclasses, so they serve in two places:
-
-* as a task's ``on_failure_callback`` (``DEFAULT_ARGS`` in ``securetrain/airflow/pipeline.py``): the notifier turns
-  the failed task's exception into an :class:`~securetrain.core.alerts.Alert` (:func:`securetrain.core.alerts.classify_failure`)
-  and delivers it;
-* from the ``audit`` task, which evaluates the alert rules over the run's audit events and hands each
-  alert to :func:`deliver_alerts`.
-
-Delivering an alert never raises: a callback that raised would only add noise to a task that already
-failed, and an unreachable webhook must not fail the audit. A failed delivery is logged at ERROR, and
-the log notifier has written the alert already.
+Both serve as a task's ``on_failure_callback`` (the alert for the failed task) and for the ``audit`` task's
+alerts (:func:`deliver_alerts`). Delivering an alert never raises: a failed delivery is logged at ERROR, and the
+log notifier has written the alert already (docs/monitoring.md, "Notifiers").
 """
 
 from __future__ import annotations
@@ -75,10 +67,7 @@ def alert_for_failed_task(context: Context) -> Alert:
 
 
 class LogNotifier(AlertNotifier):
-    """Writes each alert as one JSON log line: ERROR for critical alerts, WARNING for warnings.
-
-    One line of sorted JSON, prefixed ``securetrain-alert``, so a log pipeline can match and parse it.
-    """
+    """Writes each alert as one line of sorted JSON prefixed ``securetrain-alert``: ERROR if critical, else WARNING."""
 
     def send(self, alert: Alert) -> bool:
         level = logging.ERROR if alert.severity is Severity.CRITICAL else logging.WARNING
@@ -87,13 +76,8 @@ class LogNotifier(AlertNotifier):
 
 
 class WebhookNotifier(AlertNotifier):
-    """POSTs each alert as JSON to an https URL: ``{"source": "securetrain", "alert": {...}}``.
-
-    The URL is ``url``, or the host of connection ``conn_id``; the CA bundle is ``ca_bundle``, or the
-    connection's ``ca_bundle`` extra, or the system's trust store. Plain http is refused: alerts name
-    runs, identities and keys. Each attempt is bounded by :data:`WEBHOOK_TIMEOUT_S`; :mod:`securetrain.core.http`
-    retries connection errors and 502/503/504, :data:`WEBHOOK_ATTEMPTS` attempts in all, nothing else.
-    """
+    """POSTs each alert as JSON, ``{"source": "securetrain", "alert": {...}}``, to ``url`` or the host of connection
+    ``conn_id``, over https only (docs/monitoring.md, "Notifiers": trust, token, retries)."""
 
     def __init__(
         self,

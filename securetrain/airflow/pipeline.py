@@ -32,6 +32,23 @@ from securetrain.airflow.training import AttestedTrainingOperator
 DEFAULT_ARGS: dict[str, Any] = {"owner": "securetrain", "on_failure_callback": default_notifiers(), **RETRY_ARGS}
 
 
+def securetrain_dag(dag_id: str, *, tags: list[str], queue: str | None = None, **dag_args: Any) -> Any:
+    """A DAG with what every securetrain DAG shares: :data:`DEFAULT_ARGS` (tasks on ``queue`` when given), no
+    catch-up from its fixed start date, and the ``securetrain`` tag before ``tags``."""
+    import pendulum  # noqa: PLC0415
+
+    from airflow.sdk import DAG  # noqa: PLC0415
+
+    return DAG(
+        dag_id=dag_id,
+        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+        catchup=False,
+        default_args={**DEFAULT_ARGS, "queue": queue} if queue else DEFAULT_ARGS,
+        tags=[SECURETRAIN_TAG, *tags],
+        **dag_args,
+    )
+
+
 @task(trigger_rule=TriggerRule.ONE_FAILED, retries=0)
 def run_verdict() -> None:
     """Runs only when a stage failed, and fails: the DAG run's state then says the run failed."""
@@ -124,23 +141,16 @@ def training_dag(dag_id: str, *, description: str, schedule: Any, doc_md: str | 
     It is tagged :data:`~securetrain.airflow.dag_tags.TRAINING_TAG`: the "Secure training" page lists its runs. A
     DAG built with :func:`secure_training_tasks` directly carries that tag to be listed there too.
     """
-    import pendulum  # noqa: PLC0415
-
-    from airflow.sdk import DAG  # noqa: PLC0415
-
-    with DAG(
-        dag_id=dag_id,
+    with securetrain_dag(
+        dag_id,
         description=description,
         schedule=schedule,
-        start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
-        catchup=False,
         max_active_runs=1,
-        default_args=DEFAULT_ARGS,
         params=training_params(dataset_version="latest"),
         # Params keep their JSON types in the job spec (an integer stays an integer).
         render_template_as_native_obj=True,
         # TRAINING_TAG puts its runs on the "Secure training" page (securetrain/airflow/plugin.py).
-        tags=[SECURETRAIN_TAG, TRAINING_TAG],
+        tags=[TRAINING_TAG],
         doc_md=doc_md,
     ) as dag:
         secure_training_from_params()

@@ -1,28 +1,12 @@
-"""securetrain's Airflow plugin: the "Secure training" page in the Airflow UI.
+"""securetrain's Airflow plugin: the "Secure training" page in the Airflow UI, and the audit-trail listener.
 
-The page is a small FastAPI app that the API server mounts at ``/securetrain`` (``fastapi_apps``), linked
-from the navigation bar (``external_views``, destination ``nav``). It renders on the server (Jinja2, every
-value escaped) what the runs of the training DAGs left in Airflow's metadata database: each run's DAG,
-state and times, its tasks' states, and the return values (XCom ``return_value``) of its stages, each read
-back as its stage's model (:mod:`securetrain.airflow.stage_results`): the attestation claims, the key release,
-the dataset checks, epochs and metrics, the model version and the audit chain's verdict. A value that is not
-its stage's result is shown as a problem, not rendered. A training DAG is one tagged
-:data:`~securetrain.airflow.dag_tags.TRAINING_TAG`, which :func:`securetrain.airflow.pipeline.training_dag`
-sets (``secure_training``, ``secure_retraining``, and any DAG a user builds with it); all of them have the
-stages' task ids. The page needs no other data source; those return values hold no secret (docs/airflow.md).
-The one exception is a run's report (``/report``), the HTML page the ``audit`` task wrote to blob storage
-(securetrain/core/run_report.py): the page reads it through the storage connection and serves it as it is,
-under a content security policy that lets it run no script and load nothing from elsewhere.
-
-The plugin also registers the audit-trail listener (securetrain/airflow/listener.py): task and DAG-run
-state changes of securetrain's DAGs go into each run's audit log.
-
-Access: Airflow does not authenticate the apps plugins mount, so every route here depends on Airflow's own
-user dependency (the UI's JWT cookie or a bearer token); a browser without a session is sent to Airflow's
-login page and back. Authorization is per DAG, by the configured auth manager, as Airflow's own REST API
-does it: the overview lists only the runs of the training DAGs whose runs, task instances and XComs the
-user may read, and a run's page (``dag_id`` and ``run_id`` in its URL) and report answer 403 for a DAG the
-user may not read.
+The page is a FastAPI app the API server mounts at ``/securetrain``, linked from the navigation bar. It renders
+on the server, every value escaped, what the runs of the training DAGs (tagged
+:data:`~securetrain.airflow.dag_tags.TRAINING_TAG`) left in Airflow's metadata database, each stage's return
+value read back as its stage's model; and it serves a run's HTML report from blob storage under a content
+security policy. Airflow authenticates no app a plugin mounts, so every route depends on Airflow's own user
+dependency, and what a user may read is decided per DAG by the auth manager. docs/airflow.md ("The "Secure
+training" page") says what each part shows and why it is safe.
 """
 
 from __future__ import annotations

@@ -35,14 +35,9 @@ def _raise_event(stage: str, event: dict[str, Any]) -> None:
 
 
 class AttestationStatusSensor(BaseSensorOperator):
-    """Waits until the CVM proves, to Airflow itself, that it is an approved TEE.
-
-    Airflow sends a fresh nonce; the TEE attests for it; the token is validated here: signature against the
-    attestation service's published keys, issuer, lifetime, the nonce, and the claims against the KEK's
-    release policy as Key Vault enforces it. A token that fails any of these fails the task at once
-    (no retry); an agent that cannot attest yet (starting, service restarting) is asked again.
-
-    Returns (XCom) the validated claims (:class:`~securetrain.core.contracts.stages.AttestationResult`).
+    """Waits until the CVM proves, to Airflow itself, that it is an approved TEE (:func:`attest_now`): a token that
+    fails fails the task without retry, an agent that cannot attest yet is asked again. Returns (XCom) the
+    validated claims (:class:`~securetrain.core.contracts.stages.AttestationResult`).
     """
 
     template_fields: Sequence[str] = ("kek_id",)
@@ -105,12 +100,8 @@ class AttestationStatusSensor(BaseSensorOperator):
 
 
 class EnclaveHealthSensor(BaseSensorOperator):
-    """Watches the enclave while this run's job trains; succeeds when the job has finished cleanly.
-
-    A security event fails the task (no retry) and cancels the job: the agent reporting a TEE other than
-    ``expected_tee`` or an unhealthy state, an attestation older than ``max_attestation_age_s`` while the
-    job holds the key, or the job failing a security check.
-    """
+    """Watches the enclave while this run's job trains (:func:`watch_job`); succeeds when the job has finished
+    cleanly. A security event fails the task (no retry) and cancels the job."""
 
     template_fields: Sequence[str] = ("expected_tee",)
     ui_color = "#f5e6a8"

@@ -1,12 +1,8 @@
 """Stage 3, attested training: the job goes to the TEE, which attests, obtains the key and trains.
 
-Airflow sends a job spec (sealed shard names, KEK id, model, hyperparameters, expectation suite, where
-checkpoints and the model go, a fresh nonce) and waits, deferred to :class:`TrainingJobTrigger`, logging
-each epoch as the agent reports it. The trainer's run id is derived from the DAG run, so a retried task
-finds the job it submitted rather than starting another.
-
-When the job succeeded, the attestation the job ran under is validated by Airflow itself against the
-KEK's release policy, and its claims (never the token) are returned with the metrics.
+The trainer's run id is derived from the DAG run, so a retried task finds the job it submitted rather than
+starting another. When the job succeeded, Airflow validates the attestation the job ran under against the KEK's
+release policy itself, and returns its claims (never the token) with the metrics.
 """
 
 from __future__ import annotations

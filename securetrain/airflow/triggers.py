@@ -9,6 +9,7 @@ the client's bounded retries; what is left is reported, and the operator decides
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -35,7 +36,15 @@ def progress_lines(job: JobView, reported_epochs: int) -> list[str]:
     return lines
 
 
-class TrainingJobTrigger(BaseTrigger):
+class _SecuretrainTrigger(BaseTrigger):
+    """A trigger whose ``__init__`` keeps each argument as the attribute of its name: it serializes as them."""
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        arguments = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return f"{type(self).__module__}.{type(self).__name__}", {name: getattr(self, name) for name in arguments}
+
+
+class TrainingJobTrigger(_SecuretrainTrigger):
     """Waits for the agent's job ``job_id`` to finish, logging each epoch's metrics as it completes."""
 
     def __init__(self, cvm_conn_id: str, job_id: str, poll_interval: float = 5.0, reported_epochs: int = 0) -> None:
@@ -44,12 +53,6 @@ class TrainingJobTrigger(BaseTrigger):
         self.job_id = job_id
         self.poll_interval = poll_interval
         self.reported_epochs = reported_epochs
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__name__}", {
-            "cvm_conn_id": self.cvm_conn_id, "job_id": self.job_id, "poll_interval": self.poll_interval,
-            "reported_epochs": self.reported_epochs,
-        })  # fmt: skip
 
     def _job(self) -> JobView:
         with ConfidentialVmHook(self.cvm_conn_id).get_conn() as client:
@@ -76,7 +79,7 @@ class TrainingJobTrigger(BaseTrigger):
             await asyncio.sleep(self.poll_interval)
 
 
-class AttestationStatusTrigger(BaseTrigger):
+class AttestationStatusTrigger(_SecuretrainTrigger):
     """Challenges the TEE until it attests (the agent may still be starting); fails at once on a bad token."""
 
     def __init__(self, cvm_conn_id: str, attestation_conn_id: str, keyvault_conn_id: str, kek_id: str,
@@ -87,12 +90,6 @@ class AttestationStatusTrigger(BaseTrigger):
         self.keyvault_conn_id = keyvault_conn_id
         self.kek_id = kek_id
         self.poll_interval = poll_interval
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__name__}", {
-            "cvm_conn_id": self.cvm_conn_id, "attestation_conn_id": self.attestation_conn_id,
-            "keyvault_conn_id": self.keyvault_conn_id, "kek_id": self.kek_id, "poll_interval": self.poll_interval,
-        })  # fmt: skip
 
     def _attest(self) -> dict[str, Any]:
         policy = KeyVaultHook(self.keyvault_conn_id).release_policy(self.kek_id)
@@ -113,7 +110,7 @@ class AttestationStatusTrigger(BaseTrigger):
             return
 
 
-class EnclaveHealthTrigger(BaseTrigger):
+class EnclaveHealthTrigger(_SecuretrainTrigger):
     """Watches the enclave while the job ``job_id`` trains; fires when it finishes or on a security event."""
 
     def __init__(self, cvm_conn_id: str, job_id: str, expected_tee: str | None, max_attestation_age_s: float,
@@ -124,12 +121,6 @@ class EnclaveHealthTrigger(BaseTrigger):
         self.expected_tee = expected_tee
         self.max_attestation_age_s = max_attestation_age_s
         self.poll_interval = poll_interval
-
-    def serialize(self) -> tuple[str, dict[str, Any]]:
-        return (f"{type(self).__module__}.{type(self).__name__}", {
-            "cvm_conn_id": self.cvm_conn_id, "job_id": self.job_id, "expected_tee": self.expected_tee,
-            "max_attestation_age_s": self.max_attestation_age_s, "poll_interval": self.poll_interval,
-        })  # fmt: skip
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = ConfidentialVmHook(self.cvm_conn_id)

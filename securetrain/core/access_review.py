@@ -1,15 +1,7 @@
 """Access review: who holds which Key Vault role, and what each identity did with it in a period.
 
-Sources, all read-only:
-
-* the vault's role assignments (``{"assignments": [{"principalId", "principalName", "role"}]}``, the
-  stand-in's ``keyvault-roles.json``; on Azure, an export of the vault's RBAC assignments);
-* the vault's access log (JSON lines ``time``, ``decision``, ``identity``, ``oid``, ``operation``,
-  ``key``, ``version``, ``reason``; :func:`securetrain.core.audit.sources.read_decision_log`);
-* the audit logs' events in the period (counts by kind and source), each log verified first.
-
-The review flags what a reviewer should look at: an identity that acted without any role assignment, a
-role that was never used in the period (a candidate for removal: least privilege), and denied requests.
+The sources (role assignments, the vault's access log, the audit logs, each verified first) and the findings
+a reviewer should look at are in docs/maintenance.md ("access_review"); every source is read-only.
 """
 
 from __future__ import annotations
@@ -18,7 +10,7 @@ import datetime
 import json
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +125,7 @@ class AccessReview:
             "since": self.since.isoformat(),
             "until": self.until.isoformat(),
             "identities": [identity.to_json() for identity in self.identities],
-            "audit_logs": [
-                {"log": s.log, "verified": s.verified, "detail": s.detail, "events_by_kind": s.events_by_kind}
-                for s in self.audit_logs
-            ],
+            "audit_logs": [asdict(summary) for summary in self.audit_logs],
             "findings": [
                 f"{'/'.join(sorted(identity.names)) or identity.object_id}: {finding}"
                 for identity in self.identities

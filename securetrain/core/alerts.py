@@ -1,25 +1,10 @@
 """Security alerts: which events of a run (and which task failures) a person must be told about.
 
-Two inputs, one output. :func:`evaluate` reads a run's audit events (docs/audit.md); :func:`classify_failure`
-reads the exception a task failed with. Both return :class:`Alert` values, which the notifiers in
-``securetrain/airflow/notifiers.py`` deliver (log line, webhook). This module decides *what* is an alert; it sends
-nothing and imports no Airflow.
-
-The categories (:class:`AlertCategory`):
-
-* ``repeated_access_denied``: at least ``access_denied_count`` ``access_denied`` events within
-  ``access_denied_window_s`` seconds (someone probing Key Vault or storage with the wrong identity);
-* ``attestation_failure``: the attestation service refused evidence, or a token or report was rejected;
-* ``policy_mismatch``: the KEK carries a release policy other than the approved one (or none);
-* ``release_denied``: Key Vault refused to release the key to the TEE;
-* ``seal_failure``: a sealed blob (dataset shard, checkpoint, model) failed its integrity or header checks;
-* ``security_violation``: any other security check that said no;
-* ``task_failed``: a stage failed for a reason that is not a security check (a warning, not critical).
-
-Errors are recognised by their class *name*: the trainer's errors reach Airflow only as the name in the
-job record (``error.code``), so names are the one vocabulary that covers both sides. An unknown security
-violation still alerts, as ``security_violation``: a name missing from the table can lower an alert's
-precision, never suppress it.
+:func:`evaluate` reads a run's audit events, :func:`classify_failure` the exception a task failed with; both
+return :class:`Alert` values, which the notifiers in ``securetrain/airflow/notifiers.py`` deliver. This module
+decides *what* is an alert; it sends nothing and imports no Airflow. The categories, the thresholds, and why
+errors are recognised by their class *name* (a name missing from the table can lower an alert's precision,
+never suppress it) are in docs/monitoring.md ("Alerts").
 """
 
 from __future__ import annotations
@@ -30,7 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from securetrain.core.audit.events import AuditEvent, EventKind, rfc3339_utc
@@ -160,16 +145,7 @@ class Alert:
 
     def to_json(self) -> dict[str, Any]:
         """The alert as a JSON object (what the webhook posts)."""
-        return {
-            "category": self.category.value,
-            "severity": self.severity.value,
-            "run_id": self.run_id,
-            "summary": self.summary,
-            "count": self.count,
-            "first_seen": self.first_seen,
-            "last_seen": self.last_seen,
-            "evidence": [dict(item) for item in self.evidence],
-        }
+        return {**asdict(self), "evidence": [dict(item) for item in self.evidence]}
 
 
 def _category_of_error_name(name: object) -> AlertCategory | None:

@@ -1,11 +1,8 @@
-"""A client of the trainer agent's API over mutual TLS (the Airflow hook wraps it).
+"""A client of the trainer agent's API over mutual TLS (the Airflow hook wraps it; docs/trainer.md, "The client").
 
-Requests follow the project's HTTP policy (:mod:`securetrain.core.http`): transient faults are retried a
-bounded number of times, a TLS failure never. Every request may be repeated safely, even one whose answer
-was lost: a submit names its run id, and the agent answers a repeated one with the existing job.
-
-Answers are read into the contracts of :mod:`securetrain.core.contracts` (``JobView``, ``Health``, ...); an
-answer that does not match its contract is :class:`CvmAnswerInvalid`.
+Every request may be repeated safely, even one whose answer was lost: a submit names its run id, and the
+agent answers a repeated one with the existing job. An answer that does not match its contract
+(:mod:`securetrain.core.contracts`) is :class:`CvmAnswerInvalid`.
 """
 
 from __future__ import annotations

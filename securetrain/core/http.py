@@ -1,10 +1,9 @@
 """How securetrain talks HTTP: https only, verified TLS, bounded retries, and one reading of Azure's errors.
 
-``requests`` clients use :class:`HttpsSession`, Azure SDK clients :func:`azure_client_options`. TLS is verified
-against the CA bundle given (the local stack's CA), else the system's roots, and cannot be switched off; faults
-that may pass (connection refused or reset, timeouts, 502/503/504 or what an Azure SDK counts as transient) are
-retried at most :data:`RETRIES` times, a **TLS failure never** (:func:`tls_failure`): it is a security check
-saying no. :class:`AzureErrors` turns the Azure SDKs' exceptions into the project's.
+``requests`` clients use :class:`HttpsSession`, Azure SDK clients :func:`azure_client_options`, and
+:class:`AzureErrors` turns the Azure SDKs' exceptions into the project's; the policy is in docs/architecture.md
+("HTTP: one policy for every client"). A **TLS failure is never retried** (:func:`tls_failure`): it is a
+security check saying no.
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
-"""Key Vault clients for the project: one place that builds ``KeyClient`` / ``CryptographyClient``.
+"""Key Vault clients for the project, the KEK's checks and creation, and the rewrap of sealed blobs' data keys.
 
-Pass an ``azure.identity`` credential and the CA bundle to trust (None: the system's store), or build the
-client from a process's settings (:func:`key_client_from_settings`); either follows the project's HTTP policy
-(:mod:`securetrain.core.http`), and :data:`KEY_VAULT_ERRORS` reads the SDK's errors. The SDK checks that the
-resource a vault's 401 challenge names (``https://vault.azure.net``) belongs to the vault's host; a vault
-addressed by a loopback address (the local stack's) cannot pass that check, so it is off for loopback vaults
-and only for them (:func:`challenge_resource_verified`).
+Every ``KeyClient`` / ``CryptographyClient`` is built here, with the project's HTTP policy
+(:mod:`securetrain.core.http`); :data:`KEY_VAULT_ERRORS` reads the SDK's errors. Why the challenge's resource
+is not checked for a loopback vault, and only for one: docs/keys.md (:func:`challenge_resource_verified`).
 """
 
 from __future__ import annotations
@@ -42,27 +39,16 @@ KEK_NAME = "securetrain-kek"
 KEK_SIZE = 3072
 
 
-def vault_host(url: str) -> str:
-    """The host of a vault URL or key id (``https://HOST[:PORT]/...``), without brackets for IPv6."""
-    host = urlsplit(url).hostname
-    if not host:
-        raise ConfigurationError(f"{url!r} names no vault host")
-    return host
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def challenge_resource_verified(url: str) -> bool:
     """Whether the SDK should check the challenge's resource against the vault at ``url``: always, except
     for a vault on a loopback address, which no Key Vault resource URI can name."""
-    return not _is_loopback(vault_host(url))
+    host = urlsplit(url).hostname
+    if not host:
+        raise ConfigurationError(f"{url!r} names no vault host")
+    try:
+        return host != "localhost" and not ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return True
 
 
 def key_client(vault_url: str, credential: TokenCredential, *, ca_bundle: str | os.PathLike[str] | None = None) -> KeyClient:
@@ -114,13 +100,6 @@ class KeyVaultAccessDenied(SecurityViolation):
 
 #: Key Vault's errors: a refusal is :class:`KeyVaultAccessDenied`; the rest as :class:`AzureErrors` reads them.
 KEY_VAULT_ERRORS = AzureErrors("Key Vault", KeyVaultAccessDenied, when_denied="the identity's role does not allow it")
-
-
-def _release_policy(approved: ReleasePolicy) -> KeyReleasePolicy:
-    # Immutable: nobody, the data owner included, can change the conditions under which this version is
-    # released; a change of approved policy is a new version (Azure: "Once marked immutable, this flag cannot
-    # be reset and the policy cannot be changed under any circumstances", KeyReleasePolicy in the REST API).
-    return KeyReleasePolicy(approved.to_bytes(), immutable=True)
 
 
 def _policy_problem(kek: KeyVaultKey, approved: ReleasePolicy) -> str | None:
@@ -186,9 +165,11 @@ def create_kek_version(client: KeyClient, name: str, approved: ReleasePolicy) ->
         latest = client.get_key(name)
         if _policy_problem(latest, approved) is None:
             return latest
-    kek = client.create_rsa_key(
-        name, size=KEK_SIZE, hardware_protected=True, exportable=True, release_policy=_release_policy(approved)
-    )
+    # Immutable: nobody, the data owner included, can change the conditions under which this version is
+    # released; a change of approved policy is a new version (Azure: "Once marked immutable, this flag cannot
+    # be reset and the policy cannot be changed under any circumstances", KeyReleasePolicy in the REST API).
+    policy = KeyReleasePolicy(approved.to_bytes(), immutable=True)
+    kek = client.create_rsa_key(name, size=KEK_SIZE, hardware_protected=True, exportable=True, release_policy=policy)
     log.info("created KEK version %s under the approved release policy (sha256 %s, immutable)", kek.id, approved.sha256)
     return kek
 
@@ -225,10 +206,10 @@ class RotationReport:
     unreleasable: dict[str, str] = field(default_factory=dict)
 
 
-def _read_blob_header(blob: BlobClient, etag: str, size: int) -> SealedHeader:
-    head = blob.download_blob(
-        offset=0, length=min(size, _HEADER_READ_BYTES), etag=etag, match_condition=MatchConditions.IfNotModified
-    ).readall()
+def read_blob_header(blob: BlobClient, size: int, etag: str | None = None) -> SealedHeader:
+    """The sealed header at the start of ``blob`` (``size`` bytes long), as of ``etag`` when given."""
+    unchanged = {"etag": etag, "match_condition": MatchConditions.IfNotModified} if etag else {}
+    head = blob.download_blob(offset=0, length=min(size, _HEADER_READ_BYTES), **unchanged).readall()
     return read_header(io.BytesIO(head))
 
 
@@ -255,7 +236,7 @@ def rewrap_blob(blob: BlobClient, new_kek: KekPublicKey, unwrap: Unwrap) -> str:
     """
     properties = blob.get_blob_properties()
     etag, size = properties.etag, properties.size
-    header = _read_blob_header(blob, etag, size)
+    header = read_blob_header(blob, size, etag)
     if not same_key(header.key.kek_id, new_kek.kek_id):
         return "other-kek"
     dek = unwrap(header.key)

@@ -1,25 +1,10 @@
 """Model export: the data owner's approval (which recipient key may receive models sealed under which KEK),
 and the audit log where the TEE records every export.
 
-A model trained on a data owner's data leaves the TEE only sealed, and only the TEE can re-seal it for
-someone else (``POST /v1/exports``). Who that someone may be is the data owner's decision, not the
-pipeline's: the owner signs an **export approval** (Ed25519 over RFC 8785 JSON,
-:mod:`securetrain.core.signed_documents`) and the TEE re-seals only for the key it names, after checking the
-signature against the owner keys pinned in its own configuration::
-
-    {"schema": "securetrain.export-approval/v1",
-     "kek_id": "https://vault.example/keys/kek/<version>",   # models sealed under this KEK (this version)
-     "recipient_thumbprint": "<64 hex>",                     # SHA-256 of the recipient key's DER SPKI
-     "expires_at": "2026-06-01T00:00:00Z",                   # RFC 3339 UTC; refused from then on
-     "signatures": [{"algorithm": "Ed25519", "key_id": "<64 hex>", "value": "<128 hex>"}]}
-
-The approval names the KEK version exactly as the export request does (the one the stored model's sealed
-header names): a rotation to a new version needs a new approval, so an approval never reaches further than
-the owner saw.
-
-The TEE records each export, before the sealed bytes leave it, in the audit log :data:`EXPORT_AUDIT_LOG`
-as a TEE event log of its own (:mod:`securetrain.core.audit.tee_log`): the attestation, the key release and
-the export with the approval it was made under, signed with the export's attested TEE key.
+A model leaves the TEE only sealed, and only the TEE re-seals it for someone else (``POST /v1/exports``), for
+a recipient the data owner approved in a signed export approval (:mod:`securetrain.core.signed_documents`).
+The approval's form, why it names the KEK version exactly, and how the TEE records each export in
+:data:`EXPORT_AUDIT_LOG` are in docs/models.md ("Secure export").
 """
 
 from __future__ import annotations

@@ -1,24 +1,10 @@
 """Attested provenance of a model: the TEE's signed statement, the pipeline's signature, and their checks.
 
-Two signatures vouch for a registered model version:
-
-1. **The TEE's statement.** After training, the agent inside the TEE builds the *model statement*
-   (:func:`model_statement`): the run id, the SHA-256 of the sealed model it uploaded and of the plaintext
-   safetensors inside it, the plaintext SHA-256 of every dataset shard training opened (from the shards'
-   authenticated sealed headers), the hyperparameters and the final metrics. It signs the statement's
-   canonical JSON (RFC 8785) with the job's ephemeral TEE key, RSA-PSS with SHA-256 (JWS ``PS256``). That
-   key's private half never leaves the TEE's memory; its public half is in the attestation token's
-   ``x-ms-runtime.keys``, and the token is signed by the attestation service after it appraised the
-   hardware evidence. So the chain is: attestation service key → token → TEE key → statement → digests.
-2. **The pipeline's signature** over the whole manifest (canonical JSON without ``signatures``), with the
-   pipeline's Ed25519 key: the registry vouches that it registered this version with this lineage. The
-   key is a PEM file (``$SECURETRAIN_MODEL_SIGNING_KEY``), made and checked by the same code as the
-   audit key (:mod:`securetrain.core.audit.checkpoints`). Why not OpenSSF ``model-signing``: it signs the files
-   of a model directory (a manifest of file digests in a Sigstore bundle), not a JSON document of our own,
-   and its keyless mode needs Sigstore's online services; see docs/models.md.
-
-:func:`verify_provenance` checks the whole chain and raises :class:`ProvenanceInvalid` naming the first
-link that failed.
+The TEE signs the *model statement* (:func:`model_statement`: run, sealed and plaintext model digests, every
+dataset shard's plaintext digest, hyperparameters, metrics, the head of its event log) with the job's
+attested key; the pipeline signs the registry manifest that carries it. The chain from the attestation
+service's key to the digests, and why not OpenSSF ``model-signing``, are in docs/models.md ("The chain").
+:func:`verify_provenance` checks every link and raises :class:`ProvenanceInvalid` naming the first that failed.
 """
 
 from __future__ import annotations
@@ -39,11 +25,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from securetrain.core import signed_documents
 from securetrain.core.attestation.tokens import AuthorityKeys
-from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.release_policy import ReleaseDenied, ReleasePolicy, evaluate
 from securetrain.core.sealed import KekPublicKey
@@ -133,11 +118,6 @@ def model_statement(
     }
 
 
-def canonical_bytes(document: Mapping[str, Any]) -> bytes:
-    """RFC 8785 canonical JSON: one spelling per document, so a signature covers exactly its meaning."""
-    return rfc8785.dumps(document)
-
-
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -156,7 +136,7 @@ _PSS = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32)  # JWS PS2
 
 def sign_statement(private_key: rsa.RSAPrivateKey, statement: Mapping[str, Any]) -> dict[str, str]:
     """The TEE's signature over ``statement``: ``{"algorithm": "PS256", "value": base64url}``."""
-    signature = private_key.sign(canonical_bytes(statement), _PSS, hashes.SHA256())
+    signature = private_key.sign(rfc8785.dumps(statement), _PSS, hashes.SHA256())
     return {"algorithm": TEE_SIGNATURE_ALGORITHM, "value": _b64url(signature)}
 
 
@@ -186,7 +166,7 @@ def verify_statement_signature(
         )
     value = _unb64url(signature.get("value", ""), "the TEE signature")
     try:
-        public_key.verify(value, canonical_bytes(statement), _PSS, hashes.SHA256())
+        public_key.verify(value, rfc8785.dumps(statement), _PSS, hashes.SHA256())
     except InvalidSignature:
         raise ProvenanceInvalid(
             f"the TEE signature over {what} does not verify with the key the attestation token carries: it was "
@@ -195,16 +175,6 @@ def verify_statement_signature(
 
 
 # --- the pipeline's signature ---------------------------------------------------------------------------------
-
-
-def load_or_create_pipeline_key(path: Path) -> Ed25519PrivateKey:
-    """The pipeline's Ed25519 model-signing key at ``path``, created (0600) on first use like the audit key."""
-    return load_or_create_signing_key(path)
-
-
-def sign_manifest(key: Ed25519PrivateKey, manifest: Mapping[str, Any]) -> dict[str, str]:
-    """The pipeline's signature entry for ``manifest`` (:mod:`securetrain.core.signed_documents`)."""
-    return signed_documents.signature_entry(key, manifest)
 
 
 def verify_manifest_signature(manifest: Mapping[str, Any], public_key: Ed25519PublicKey) -> None:

@@ -1,22 +1,10 @@
 """Versioned sealed models in blob storage, each with a manifest of where it came from.
 
-A version is ``<container>/<name>/v<version>/manifest.json``, naming a copy of the sealed model the
-trainer wrote (the registry never decrypts it), stored by content at ``<name>/sealed/<sha256>.sealed``. The manifest records the
-sealed model's SHA-256 and header (KEK id and thumbprint, the run id bound into its seal context), and
-the lineage the pipeline vouches for: run, datasets and their plaintext digests, the release-policy hash,
-the attestation claims of the TEE that trained it, hyperparameters, metrics and the parent version.
-
-Each manifest also carries the model's ``provenance`` (the statement the TEE signed with its attested key,
-the signature and the attestation token; see :mod:`securetrain.core.model_provenance`), the head of the job's
-TEE event log that the statement names (``tee_log_head``: the audit log must hold the TEE's events up to
-it, :mod:`securetrain.core.audit.tee_log`) and ``signatures``: the pipeline's signature over everything else in
-the manifest. Registration checks the TEE's signature and
-that the statement names the very sealed model being registered before anything is written.
-
-Versions are numbered 1, 2, ... per name. The manifest is written last and never overwritten
-(``If-None-Match: *``): it is what makes a version exist, so a crash half-way leaves no version, and two
-pipelines registering at once get different numbers. The model copy is named by its digest, so writing it
-again (a retry, or the same model twice) never changes what an existing manifest points at.
+What a version and its manifest hold, and what registration checks before it writes anything, are in
+docs/models.md ("What a version is", "Registration"). Versions are numbered 1, 2, ... per name. The manifest
+is written last and never overwritten (``If-None-Match: *``): it is what makes a version exist, so a crash
+half-way leaves no version, and two pipelines registering at once get different numbers. The model copy is
+named by its digest, so writing it again never changes what an existing manifest points at.
 """
 
 from __future__ import annotations
@@ -33,13 +21,9 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from securetrain.core import signed_documents
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.core.model_provenance import (
-    ProvenanceInvalid,
-    rsa_public_key_from_jwk,
-    sign_manifest,
-    verify_statement_signature,
-)
+from securetrain.core.model_provenance import ProvenanceInvalid, rsa_public_key_from_jwk, verify_statement_signature
 from securetrain.core.sealed import SealedHeader, content_digest
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import read_header
@@ -248,7 +232,7 @@ class ModelRegistry:
                 "provenance": {key: provenance[key] for key in ("statement", "tee_signature", "attestation_token")},
                 "tee_log_head": provenance["statement"]["tee_log_head"],
             }
-            manifest["signatures"] = [sign_manifest(signing_key, manifest)]
+            manifest["signatures"] = [signed_documents.signature_entry(signing_key, manifest)]
             body = json.dumps(manifest, indent=2, sort_keys=True).encode()
             try:
                 self._store.upload_stream(self.container, manifest_blob(name, version), io.BytesIO(body), length=len(body))

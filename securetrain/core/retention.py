@@ -1,20 +1,9 @@
 """Retention: which blobs are past their container's maximum age, and deleting them (crypto-shredding).
 
-A sealed blob's data key (DEK) exists only wrapped in the blob's own header, so deleting the blob, with
-its snapshots, destroys the only copy of the key: what is left anywhere else (a stray copy of the
-ciphertext stream, a backup without the header) can no longer be decrypted by anyone, the TEE
-included. That is what *crypto-shredding* means here (docs/maintenance.md says what it does not cover).
-
-The policy names a maximum age per container. Only the pipeline's temporary and model containers can be
-named: audit logs and reports are never deleted by retention. In the model registry a version's manifest
-and its sealed model are deleted only if that leaves every model with its newest version intact: a policy
-that would delete the newest version of any registered model is refused as a whole, before anything is
-deleted. A sealed model still named by a version that is kept stays too, as does anything filed under a
-kept version's ``<name>/v<N>/`` prefix.
-
-Planning (:func:`plan_retention`, :func:`select_deletions`) never deletes; :func:`apply_retention`
-deletes a plan's blobs one at a time, registry manifests before the models they name, so a crash
-half-way never leaves a version whose model is gone; running it again finishes the job.
+Which containers a policy may name, why the newest version of every registered model is never deleted, the
+order of deletion, and what crypto-shredding does and does not cover are in docs/maintenance.md
+("retention"). Planning (:func:`plan_retention`, :func:`select_deletions`) never deletes;
+:func:`apply_retention` deletes a plan's blobs one at a time, and running it again finishes the job.
 """
 
 from __future__ import annotations

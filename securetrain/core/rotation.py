@@ -1,20 +1,12 @@
 """KEK rotation: the blobs it concerns, the TEE's signed statement of its rewrap, and the checks outside the TEE.
 
-Three parties, none of which both holds a data key and is outside the TEE (docs/keys.md, "Rotation"):
-
-1. the ``key-rotator`` identity makes a new version of the KEK (Key Vault's rotate: the same parameters,
-   the same immutable release policy); it can do nothing else;
-2. the TEE rewraps (``POST /v1/rewraps``, :mod:`securetrain.tee.agent.rewrap`): it has the new version and each
-   older one released to it, unwraps every data key in memory, checks it against its header's tag, wraps
-   it to the new version, writes the header back, and signs :func:`rewrap_statement` with its attested key;
-3. the pipeline checks the TEE's answer (:func:`verify_rewrap_answer`: the token is the approved TEE's,
-   answers Airflow's nonce, and carries the key that signed the statement) and then every header itself
-   (:func:`verify_rotated_headers`). It never unwraps anything.
+The ``key-rotator`` identity makes a new version, the TEE rewraps (:mod:`securetrain.tee.agent.rewrap`) and
+signs :func:`rewrap_statement`, and the pipeline checks the TEE's answer (:func:`verify_rewrap_answer`) and
+then every header itself (:func:`verify_rotated_headers`), never unwrapping anything: docs/keys.md ("Rotation").
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -24,12 +16,12 @@ from azure.storage.blob import BlobClient
 
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator, ValidatedToken
 from securetrain.core.errors import SecuretrainError, SecurityViolation
-from securetrain.core.keyvault import RotationReport, same_key
+from securetrain.core.keyvault import RotationReport, read_blob_header, same_key
 from securetrain.core.model_provenance import ProvenanceInvalid, rsa_public_key_from_jwk, verify_statement_signature
 from securetrain.core.release_policy import ReleasePolicy, evaluate
 from securetrain.core.sealed import KekPublicKey, SealedHeader
 from securetrain.core.sealed.errors import SealedFileError
-from securetrain.core.sealed.header import MAGIC, read_header
+from securetrain.core.sealed.header import MAGIC
 from securetrain.core.storage import STORAGE_ERRORS, BlobStore, ContainerNotFound
 
 if TYPE_CHECKING:  # the TEE imports this module too, and never calls itself
@@ -39,7 +31,6 @@ log = logging.getLogger(__name__)
 
 #: What the TEE's signed rewrap statement is (its ``schema`` field).
 REWRAP_SCHEMA = "securetrain.tee-rewrap/v1"
-_HEADER_READ_BYTES = 1024 * 1024
 _ANSWER_FIELDS = {"statement", "tee_signature", "attestation_token"}
 
 
@@ -148,11 +139,10 @@ def verify_rewrap_answer(
 
 
 def _header(name: str, blob: BlobClient) -> SealedHeader:
-    with STORAGE_ERRORS.translated("read the header of", f"blob {name}"):
-        size = blob.get_blob_properties().size
-        head = blob.download_blob(offset=0, length=min(size, _HEADER_READ_BYTES)).readall()
     try:
-        header = read_header(io.BytesIO(head))
+        with STORAGE_ERRORS.translated("read the header of", f"blob {name}"):
+            size = blob.get_blob_properties().size
+            header = read_blob_header(blob, size)
     except SealedFileError as exc:
         raise RotationNotVerified(f"{name} starts like a sealed file but: {exc}") from None
     if header.sealed_length != size:

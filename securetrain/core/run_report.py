@@ -1,14 +1,9 @@
-"""The run report: one HTML page per training run, for a person reviewing what the run did and proved.
+"""The run report: one self-contained HTML page per training run, for a person reviewing what the run did
+and proved (what it shows: docs/monitoring.md, "The run report").
 
-It shows the attestation claims and the release policy they were checked against, the key releases, the
-data validation aggregates, the training curves (a matplotlib PNG inlined as a ``data:`` URI, so the page
-is one self-contained file), the model version and its signatures, the alerts raised and the audit
-verdict. The ``audit`` task builds a :class:`RunRecord` from the stages' results and writes the page to
-``reports/<run>/report.html`` (:func:`write_run_report`); the "Secure training" page links to it.
-
-Everything rendered is escaped (Jinja2 ``autoescape``): run ids, blob names, claims and error messages are
-shown as text, never as markup. The only markup not from the template is the PNG, which is bytes this
-module drew, base64-encoded.
+The ``audit`` task builds a :class:`RunRecord` from the stages' results and writes the page
+(:func:`write_run_report`). Everything rendered is escaped (Jinja2 ``autoescape``); the only markup not from
+the template is the training curves' PNG, which this module drew, base64-encoded.
 """
 
 from __future__ import annotations

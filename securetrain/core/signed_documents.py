@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import rfc8785
@@ -24,7 +25,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from securetrain.core.errors import SecurityViolation
+from securetrain.core.errors import ConfigurationError, SecurityViolation
 
 ALGORITHM = "Ed25519"
 _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
@@ -32,6 +33,23 @@ _HEX_SIGNATURE = re.compile(r"[0-9a-f]{128}")
 
 class SignatureInvalid(SecurityViolation):
     """A signed document lacks the expected signature, or its signature does not verify."""
+
+
+class PublicKeyInvalid(ConfigurationError):
+    """A public key file cannot be read or is not an Ed25519 PEM public key."""
+
+
+def load_public_key(path: Path, what: str) -> Ed25519PublicKey:
+    """The Ed25519 public key (PEM SubjectPublicKeyInfo) in ``path``; ``what`` names it in errors."""
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as exc:
+        raise PublicKeyInvalid(f"cannot read {what} {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise PublicKeyInvalid(f"{what} {path} is not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise PublicKeyInvalid(f"{what} {path} holds a {type(key).__name__}; it must be an Ed25519 key")
+    return key
 
 
 def key_id(public_key: Ed25519PublicKey) -> str:
@@ -46,7 +64,6 @@ def signing_bytes(document: Mapping[str, Any]) -> bytes:
 
 
 def signature_entry(key: Ed25519PrivateKey, document: Mapping[str, Any]) -> dict[str, str]:
-    """One signature entry of ``key`` over ``document``."""
     return {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()), "value": key.sign(signing_bytes(document)).hex()}
 
 

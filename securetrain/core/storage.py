@@ -1,21 +1,8 @@
 """Blob storage for securetrain: one small class over azure-storage-blob, the same for Azure and Azurite.
 
-:class:`BlobStore` is what the CLI, the demo, the Airflow hook and the trainer use to move sealed data.
-Storage only ever holds ciphertext (see the architecture's trust boundaries), so this module moves bytes
-and never looks inside them. What it adds to the SDK:
-
-* **Streaming, bounded memory.** Uploads above :data:`SINGLE_PUT_LIMIT` go as blocks of
-  :data:`BLOCK_SIZE`, read from the source stream one block at a time; downloads fetch
-  :data:`DOWNLOAD_CHUNK_SIZE` per request. Memory stays near ``MAX_CONCURRENCY`` blocks whatever the size.
-* **The project's HTTP policy** (:mod:`securetrain.core.http`): verified TLS, bounded retries (the SDK's
-  default waits 18, 24 and 42 s: longer than an Airflow task should hang on a dead endpoint when the task
-  itself is retried), a TLS failure never retried, connect and read timeouts.
-* **Errors that say what failed and what to do**, as :class:`StorageError` subclasses, instead of the
-  SDK's generic ones.
-
-Build it from a process's settings with :meth:`BlobStore.from_settings` (the account URL, the CA bundle
-if any, and the process's azure-identity credential), from an account URL and any credential, or with
-:meth:`BlobStore.for_client` from an SDK client someone else configured (the Azure provider's hook).
+Storage only ever holds ciphertext, so this module moves bytes and never looks inside them. What it adds
+to the SDK (streaming in bounded memory, the project's HTTP policy, errors that say what failed and what to
+do) and how to build it are in docs/local-stack.md ("Blob storage access").
 """
 
 from __future__ import annotations
@@ -202,11 +189,9 @@ class BlobStore:
 
     @property
     def account_url(self) -> str:
-        """The account endpoint this store talks to."""
         return self._account_url
 
     def close(self) -> None:
-        """Release the connections."""
         self._client.close()
 
     def __enter__(self) -> BlobStore:

@@ -1,33 +1,11 @@
 """What an expectation suite may ask of the TEE: an allow-list of expectation types and of their arguments.
 
-The suite comes from the job spec, that is from Airflow, which the product treats as hostile. Great
-Expectations is a library for trusted suites: an expectation's ``row_condition`` with
-``condition_parser: "pandas"`` reaches ``DataFrame.query`` (whose ``@name`` lookups run arbitrary Python),
-``$PARAMETER`` dictionaries are looked up at run time, ``expect_column_values_to_be_of_type`` resolves
-type names, and a row condition narrows an expectation to one row, so that its ``observed_value`` is a
-cell. So the suite is data, checked here before Great Expectations sees anything:
-
-- the suite's envelope (:class:`ExpectationSuite`, :class:`Expectation`: pydantic models that refuse unknown
-  fields): name, bounded ``id``/``meta``/``notes``/``description`` (never passed to Great Expectations), at
-  most :data:`MAX_EXPECTATIONS` expectations;
-- each expectation's ``type`` is one of :data:`RULES`, and its ``kwargs`` are exactly the arguments that
-  type's rule lists, each of the kind the rule says (a column name that is an identifier, a finite
-  number, ``mostly`` in [0, 1], a bounded set of scalars, ...). Nothing else: no ``row_condition``,
-  ``condition_parser``, ``result_format``, ``catch_exceptions``, ``include_config``, ``meta``, no
-  dictionaries (``{"$PARAMETER": ...}``), nothing that names a Python object;
-- each (type, columns) pair at most once: two range checks of one column that differ by a hair would
-  give two counts whose difference is one row.
-
-:class:`ExpectationSuite` applies all of it when it validates, and :func:`check_suite` returns a
-:class:`CheckedSuite` built only from the allowed values; the TEE hands
-Great Expectations nothing else (``securetrain/core/validation.py`` runs the check again right before
-Great Expectations, whatever checked the job spec before). Each rule also says what of its result may
-leave the TEE (:class:`Release`); ``validation.py`` applies it with :data:`MIN_GROUP_SIZE`.
-
-The job spec's ``expectation_suite`` is an :class:`ExpectationSuite` (``securetrain/core/contracts/job_spec.py``),
-so a refused suite is a ``400`` on ``POST /v1/jobs`` naming the field
-(``expectation_suite.expectations[0].kwargs.row_condition``).
-The limits and why are in docs/trainer.md ("Validation aggregates").
+The suite comes from Airflow, which the product treats as hostile, and Great Expectations is a library for
+trusted suites (``row_condition`` reaches ``DataFrame.query``, ``$PARAMETER`` values are looked up at run
+time, ...), so the suite is data, checked here before Great Expectations sees anything: the envelope
+(:class:`ExpectationSuite`, :class:`Expectation`), each type against :data:`RULES` and its ``kwargs`` against
+the rule's checks, each (type, columns) pair at most once. :func:`check_suite` returns a :class:`CheckedSuite`
+built only from the allowed values. The rules and why are in docs/trainer.md ("The suite is data").
 """
 
 from __future__ import annotations
@@ -42,8 +20,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, PlainSerializer, PlainValidator, ValidationError, WithJsonSchema, model_serializer, model_validator
 from pydantic.functional_serializers import SerializerFunctionWrapHandler
 
-from securetrain.core.contracts.base import Contract, Frozen, Items, Omittable, first_error, matching, refusal, thaw
-from securetrain.core.errors import ConfigurationError
+from securetrain.core.contracts.base import (
+    Contract, DocumentInvalid, Frozen, Items, Omittable, first_error, matching, refusal, thaw
+)
 
 #: Expectations per suite. Every expectation's success is one bit about the data that leaves the TEE, and a
 #: suite of narrow ranges is a binary search; the bound caps what one job can learn that way (docs/trainer.md).
@@ -92,13 +71,10 @@ _Notes = Annotated[
 ]  # fmt: skip
 
 
-class SuiteRefused(ConfigurationError):
+class SuiteRefused(DocumentInvalid):
     """The suite asks for something the TEE does not run; ``field`` is the dotted path of what."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"job spec field {field!r}: {reason}")
-        self.field = field
-        self.reason = reason
+    document = "job spec"
 
 
 class Release(enum.Enum):

@@ -1,31 +1,10 @@
 """The job's Great Expectations suite, run inside the TEE on the decrypted data; only aggregates leave.
 
-The suite comes from the job spec (``ExpectationSuite.to_json_dict()`` form), i.e. from Airflow, so it is
-data: :func:`validate` first checks it against the allow-list of :mod:`securetrain.core.suite_policy` (again, right
-here, whatever checked the job spec before) and hands Great Expectations only the allowed expectation
-types and their allowed kwargs, never the spec's own objects. It runs in an *ephemeral* Great
-Expectations context with in-memory stores and no data docs site (no ``gx/`` project directory, nothing
-written to the working or temporary directory) against the in-memory pandas DataFrame of the training
-columns (:meth:`TrainingData.validation_frame`: the label and the features, exactly what the model is
-trained on). Usage analytics are switched off before Great Expectations is imported, so nothing is sent
-anywhere.
-
-What leaves the TEE (:func:`validate`'s result, and :class:`DataValidationFailed`'s ``aggregates``) is
-built from an allow-list, because Great Expectations' own results carry row values
-(``partial_unexpected_list``, ``partial_unexpected_counts``, distinct-value sets and single values as
-``observed_value``):
-
-- the suite's statistics (evaluated, successful, unsuccessful expectations, success percent) and the row
-  count;
-- per expectation: its type, the column(s) it names (from the spec, not from the data), success, and
-  what its rule's :class:`~securetrain.core.suite_policy.Release` allows: row counts only when neither the count
-  nor its complement lies between 1 and ``MIN_GROUP_SIZE - 1`` (otherwise they are listed in
-  ``withheld``), ``observed_value`` only for a table count or a whole-column aggregate (mean, standard
-  deviation, sum, distinct values) over at least ``MIN_GROUP_SIZE`` values, never a per-row statistic
-  (min, max, median, most common value).
-
-An expectation that raises is reported as ``raised_exception: true`` without its message, which can quote
-data; a column the suite names that the data lacks is refused up front with a clear error instead.
+:func:`validate` checks the suite against the allow-list of :mod:`securetrain.core.suite_policy` again, right
+here, and hands Great Expectations only the allowed types and kwargs, in an ephemeral context that writes
+nothing and sends nothing. What of each result may leave (its rule's
+:class:`~securetrain.core.suite_policy.Release`, with :data:`~securetrain.core.suite_policy.MIN_GROUP_SIZE`)
+is in docs/trainer.md ("What leaves the TEE").
 """
 
 from __future__ import annotations

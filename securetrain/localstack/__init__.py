@@ -1,12 +1,8 @@
-"""The local stack: the stand-ins for Azure services, run as local processes over HTTPS.
+"""The local stack: the stand-ins for Azure services, run as local processes over HTTPS (docs/local-stack.md).
 
-``securetrain stack up|status|down`` (see :mod:`securetrain.localstack.cli.stack`) drive :func:`up`, :func:`status`
-and :func:`down`; tests use the same functions through the ``local_stack`` fixture. What runs is declared
-in :mod:`securetrain.localstack.registry`; docs/local-stack.md describes the whole for users.
-
-The names below are loaded on first use: clients that only read ``stack.env`` (storage, the agent's
-client, every Airflow hook) import :mod:`securetrain.localstack.envfile`, and must not pay for the launcher,
-which imports every stand-in (DAG files are parsed in well under a second).
+``securetrain stack up|status|down`` and the tests' ``local_stack`` fixture drive :func:`up`, :func:`status` and
+:func:`down`. The names below are loaded on first use: the stand-ins' own processes import modules of this
+package and must not load the launcher, which imports every service.
 """
 
 from __future__ import annotations

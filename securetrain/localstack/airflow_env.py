@@ -1,29 +1,11 @@
 """The local Airflow environment: one Airflow installation per state directory, wired to the local stack.
 
-Everything Airflow keeps lives under the stack's state directory, so that ``make clean`` (or deleting a
-test's temporary directory) removes it with the rest::
-
-    <state>/airflow/                        AIRFLOW_HOME: airflow.cfg (0600, holds the secrets Airflow
-                                            generates on first use: fernet key, JWT secret), logs/
-    <state>/airflow/airflow.db              the SQLite metadata database
-    <state>/secrets/airflow-passwords.json  the generated password of the UI user ``admin`` (0600)
-
-Airflow reads its configuration from ``AIRFLOW__SECTION__KEY`` environment variables and its connections
-from ``AIRFLOW_CONN_<ID>`` variables, so the whole environment is a mapping of variables
-(:func:`airflow_environment`) that every Airflow command of this project runs with: the DAGs and the plugin
-from this repository, no example DAGs, SimpleAuthManager with one admin user, the API server on loopback
-only, the connections the hooks in ``securetrain/airflow/`` read, and of ``stack.env`` only the settings Airflow
-uses (:data:`AIRFLOW_STACK_SETTINGS`).
-
-Airflow is the zone trusted least (docs/security.md): ``stack.env`` also names the TEE's identity, the
-simulated SEV-SNP platform's keys, the data owner's identity, the monitor's certificate and the release
-root the TEE trusts, none of which Airflow needs, so none of it is in Airflow's environment. (On the local
-stack one Unix user owns the whole state directory, so this keeps material out of Airflow's environment
-and process listing, not out of reach of the user's own files; docker-compose separates by volumes.)
-
-Why connections come from variables and not from the metadata database: the values change whenever the
-stack comes up on other ports or reissues a certificate, and a variable is read afresh by every Airflow
-process, while a row in the database would go stale silently.
+Airflow reads its configuration from ``AIRFLOW__SECTION__KEY`` variables and its connections from
+``AIRFLOW_CONN_<ID>`` variables, so the whole environment is a mapping of variables (:func:`airflow_environment`)
+that every Airflow command of this project runs with; docs/airflow.md ("What the environment sets") lists it and
+says why connections are variables. Airflow is the zone trusted least: of ``stack.env`` it gets only the settings
+it uses (:data:`AIRFLOW_STACK_SETTINGS`), never the TEE's identity, the simulated platform's keys or the data
+owner's material (docs/keys.md, "Where each identity lives").
 """
 
 from __future__ import annotations
@@ -39,10 +21,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack import StackLayout, read_stack_env
 from securetrain.localstack.identities import PIPELINE_IDENTITY, ROTATOR_IDENTITY, LocalIdentity
-from securetrain.localstack.layout import repo_root
+from securetrain.localstack.layout import repo_root, write_file
 from securetrain.localstack.services.identity import stack_identities
 from securetrain.localstack.services.keyvault import roles_path
 
@@ -117,31 +98,16 @@ def _ensure_admin_password(state_dir: Path) -> None:
             raise AirflowEnvironmentError(f"{path} is readable by other users: chmod 600 it (it holds a password)")
         read_admin_password(state_dir)  # fails on a malformed file now rather than at the first login
         return
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o600) as out:
-        out.write(json.dumps({ADMIN_USER: secrets.token_urlsafe(_PASSWORD_BYTES)}).encode())
+    write_file(path, json.dumps({ADMIN_USER: secrets.token_urlsafe(_PASSWORD_BYTES)}).encode(), mode=0o600)
     log.info("generated the Airflow admin password in %s", path)
-
-
-def _required(stack_env: Mapping[str, str], name: str, env_file: Path) -> str:
-    try:
-        return stack_env[name]
-    except KeyError:
-        raise AirflowEnvironmentError(
-            f"{env_file} has no {name}: run `securetrain stack up` to bring every service up and rewrite it"
-        ) from None
 
 
 def keyvault_connections(
     vault_url: str, authority_host: str, ca_bundle: str, identities: Mapping[str, LocalIdentity]
 ) -> dict[str, dict[str, object]]:
-    """Airflow's two Key Vault connections (id -> connection), each a service principal as the Azure provider's
-    connections carry one: login, password, extra ``tenant_id``, with the identity stand-in as ``authority_host``.
-
-    ``securetrain_keyvault`` is the pipeline identity (Key Vault Reader: reads keys, their public parts and
-    release policies; never creates, changes, unwraps or releases one); ``securetrain_keyvault_rotator`` key
-    rotation's, which makes a new version of an existing key and nothing else (docs/keys.md, "Roles").
-    """
+    """Airflow's two Key Vault connections (id -> connection), the pipeline's and key rotation's service principals
+    (docs/keys.md, "Roles") as the Azure provider's connections carry one: login, password, extra ``tenant_id``,
+    with the identity stand-in as ``authority_host``."""
 
     def connection(identity: str) -> dict[str, object]:
         application = identities[identity]
@@ -163,12 +129,16 @@ def securetrain_connections(stack_env: Mapping[str, str], env_file: Path) -> dic
 
     ``securetrain_storage`` (type ``wasb``) is already in ``stack.env``; the others are built here. Each
     names the stack CA as ``ca_bundle``: the hooks pass it to their clients explicitly and never trust it
-    process-wide. The Key Vault connections carry their service principal as the Azure provider's do
-    (login, password, extra ``tenant_id``), with the identity stand-in as ``authority_host``.
+    process-wide.
     """
 
     def setting(name: str) -> str:
-        return _required(stack_env, name, env_file)
+        try:
+            return stack_env[name]
+        except KeyError:
+            raise AirflowEnvironmentError(
+                f"{env_file} has no {name}: run `securetrain stack up` to bring every service up and rewrite it"
+            ) from None
 
     ca_bundle = setting("SECURETRAIN_CA_BUNDLE")
     connections = {
@@ -260,11 +230,6 @@ def process_environment(
     return {**inherited, **environment, **(overrides or {})}
 
 
-def api_url(environment: Mapping[str, str]) -> str:
-    """The URL of the UI in ``environment`` (from :func:`airflow_environment`)."""
-    return environment["AIRFLOW__API__BASE_URL"] + "/"
-
-
 def _airflow_executable() -> Path:
     executable = Path(sys.executable).parent / "airflow"
     if not executable.is_file():
@@ -326,9 +291,9 @@ def exec_standalone(
     environment = process_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
     migrate(state_dir)
     executable = _airflow_executable()
-    password_file = admin_password_file(state_dir.resolve())
-    print(f"Airflow UI: {api_url(environment)}  (user {ADMIN_USER!r}, password in {password_file})")
-    print(f"Secure training page: {api_url(environment)}securetrain/")
+    ui = environment["AIRFLOW__API__BASE_URL"] + "/"
+    print(f"Airflow UI: {ui}  (user {ADMIN_USER!r}, password in {admin_password_file(state_dir.resolve())})")
+    print(f"Secure training page: {ui}securetrain/")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(executable, [str(executable), "standalone"], environment)

@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securetrain.core import signed_documents
 from securetrain.core.audit.checkpoints import load_or_create_signing_key, public_key_pem
-from securetrain.core.fsutil import atomic_output
-from securetrain.localstack.layout import StackLayout
-from securetrain.tee.data_owners import load_owner_key
+from securetrain.core.signed_documents import load_public_key
+from securetrain.localstack.layout import StackLayout, write_file
+from securetrain.tee.data_owners import OWNER_KEY
 from securetrain.tee.workload import host_data
 
 
@@ -35,9 +35,7 @@ def signing_key(layout: StackLayout) -> Ed25519PrivateKey:
     key = load_or_create_signing_key(signing_key_path(layout))
     path = public_key_path(layout)
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(path, mode=0o644) as out:
-            out.write(public_key_pem(key))
+        write_file(path, public_key_pem(key), mode=0o644)
     return key
 
 
@@ -49,7 +47,7 @@ def key_ids(layout: StackLayout) -> list[str]:
     """
     if not public_key_path(layout).exists():
         signing_key(layout)
-    return [signed_documents.key_id(load_owner_key(public_key_path(layout)))]
+    return [signed_documents.key_id(load_public_key(public_key_path(layout), OWNER_KEY))]
 
 
 def stack_host_data(layout: StackLayout) -> bytes:

@@ -1,16 +1,9 @@
 """``securetrain demo`` (what ``make demo`` runs): the secure training DAG end to end on the local stack.
 
-1. the local stack comes up (Azurite, attestation, identities, Key Vault, the local confidential VM);
-2. Airflow's metadata database is migrated under the state directory, its connections come from stack.env;
-3. ``airflow dags test data_onboarding``: the data owner validates the bundled breast-cancer data with
-   Great Expectations, seals it for the KEK's public key and publishes it as a dataset version;
-4. ``airflow dags test secure_training``: every stage, from environment preparation to cleanup;
-5. ``airflow dags test key_rotation``: a new KEK version, and the TEE rewraps the data key of every sealed
-   blob (the dataset, the checkpoints, the model) to it; Airflow verifies the headers;
-6. a summary, read back from what the run left behind: the registered model version's manifest (lineage:
-   attestation claims, key release, validation, metrics) and the audit log, verified afresh.
-
-The full Airflow output goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
+The stack comes up, Airflow's metadata database is migrated, then ``airflow dags test`` runs ``data_onboarding``
+(as the data owner), ``secure_training`` and ``key_rotation``, and a summary is read back from what the runs left
+behind: the registered model version's manifest and the audit log, verified afresh. The full Airflow output
+goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
 """
 
 from __future__ import annotations
@@ -27,13 +20,12 @@ from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_s
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.errors import SecuretrainError
-from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_registry import ModelRegistry
 from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, data_owner, up
 from securetrain.localstack.identities import PIPELINE_IDENTITY
-from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.settings import settings_path
 
 MODEL = "breast-cancer-classifier"
@@ -78,8 +70,7 @@ def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None
 def _publish(key_file: Path, public_file: Path) -> Path:
     """Write the public half of the pipeline's signing key ``key_file`` to ``public_file``, as its operator
     publishes it for verifiers."""
-    with atomic_output(public_file, mode=0o644) as out:
-        out.write(public_key_pem(load_or_create_signing_key(key_file)))
+    write_file(public_file, public_key_pem(load_or_create_signing_key(key_file)), mode=0o644)
     return public_file
 
 

@@ -13,8 +13,8 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.layout import write_file
 
 _NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
@@ -38,8 +38,7 @@ def format_stack_env(values: Mapping[str, str]) -> str:
 
 def write_stack_env(path: Path, values: Mapping[str, str]) -> None:
     """Write ``values`` to ``path`` as a ``stack.env`` file (atomically, mode 0600)."""
-    with atomic_output(path, mode=0o600) as out:
-        out.write(format_stack_env(values).encode())
+    write_file(path, format_stack_env(values).encode(), mode=0o600)
 
 
 def parse_stack_env(text: str, *, source: str = "stack.env") -> dict[str, str]:

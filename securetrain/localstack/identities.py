@@ -1,17 +1,9 @@
 """The local stack's identities: what the identity stand-in knows of each, as Entra ID knows a principal.
 
-Two kinds, as on Azure:
-
-- an **application** (service principal) has a client id and a client secret; a process signs in with
-  ``azure.identity.ClientSecretCredential`` (or ``EnvironmentCredential`` from ``AZURE_CLIENT_ID``,
-  ``AZURE_TENANT_ID``, ``AZURE_CLIENT_SECRET``, ``AZURE_AUTHORITY_HOST``);
-- a **managed identity** has no secret anyone holds: the platform hands its tokens to the one host it is
-  attached to. Azure's hosting environments expose that endpoint to the host as ``IDENTITY_ENDPOINT`` with
-  a per-host secret in ``IDENTITY_HEADER`` (App Service's protocol, which ``ManagedIdentityCredential``
-  speaks); the stand-in keeps that secret in :attr:`LocalIdentity.identity_header`.
-
-Each identity lives in one JSON file (0600) under ``<state>/secrets/identities/<name>.json``, written by
-``securetrain stack up``; the identity stand-in reads them per request.
+An **application** (service principal) signs in with a client secret; a **managed identity** has no secret
+anyone holds: its tokens go only to the host it is attached to, which proves itself with that host's secret
+(``IDENTITY_HEADER``, as Azure's hosting environments expose it). ``securetrain stack up`` writes each identity
+to ``<state>/secrets/identities/<name>.json`` (0600); the identity stand-in reads them per request.
 """
 
 from __future__ import annotations
@@ -27,7 +19,7 @@ from azure.core.credentials import TokenCredential
 
 from securetrain.core.credentials import azure_credential
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.fsutil import atomic_output
+from securetrain.localstack.layout import write_file
 
 #: The stack's tenant id (a GUID, as Entra's are; fixed, so settings written once stay valid).
 LOCAL_TENANT = "5ec0e7a1-0c41-4c5a-9d1e-10ca157ac4e0"
@@ -75,9 +67,7 @@ class LocalIdentity:
         return cls(name, str(uuid.uuid4()), str(uuid.uuid4()), client_secret=secret)
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(path, mode=0o600) as out:
-            out.write(json.dumps(asdict(self), indent=2).encode())
+        write_file(path, json.dumps(asdict(self), indent=2).encode(), mode=0o600)
 
     @classmethod
     def load(cls, path: Path) -> LocalIdentity:

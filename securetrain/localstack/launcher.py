@@ -1,11 +1,7 @@
-"""``up``, ``status`` and ``down`` for the local stack.
+"""``up``, ``status`` and ``down`` for the local stack (docs/local-stack.md).
 
-``up`` makes the CA and the services' certificates, starts every declared service that is not already
-running (in dependency order), waits until each answers its health check over HTTPS verified against the
-stack CA, and only then writes ``stack.env``. Running it again finds healthy services and starts nothing;
-a service whose command line, environment or certificate would now differ (another port, a renewed
-certificate) is restarted. ``down`` stops exactly the processes ``up`` started (see
-:mod:`securetrain.localstack.process`) and nothing else.
+``up`` is idempotent: it starts what does not run, in dependency order, restarts a service whose command line,
+environment or certificate would now differ, and writes ``stack.env`` only once every service is healthy.
 """
 
 from __future__ import annotations
@@ -229,7 +225,7 @@ def _stop(service: Service, config: StackConfig, record: PidRecord) -> None:
 
 def _bring_up(service: Service, config: StackConfig, ca: LocalCA) -> None:
     context = config.context(service)
-    certificate = ca.issue_server_certificate(config.layout.server_certs_dir, service.name, service.tls_names)
+    certificate = ca.issue_server_certificate(config.layout.server_certs_dir, service.name)
     argv = service.argv(context)
     environment = service.environment(context)
     fingerprint = _fingerprint(argv, environment, certificate.cert_path.read_bytes())

@@ -1,18 +1,5 @@
-"""Where the local stack keeps its state: the state directory and the files in it.
-
-The state directory is, in order of precedence, the ``--state-dir`` option, the ``SECURETRAIN_STATE_DIR``
-environment variable, or ``.securetrain/`` at the repository root (the parent of the ``securetrain``
-package directory, git-ignored). Its layout::
-
-    ca/ca.pem, ca/ca.key           the local CA (see securetrain.localstack.pki)
-    certs/server/<service>.pem     each service's TLS certificate and key
-    certs/client/<identity>.pem    client certificates for mutual TLS
-    secrets/                       generated service secrets (e.g. the Azurite account key), 0600
-    data/<service>/                each service's own data (Azurite's blobs)
-    logs/<service>.log             each service's stdout and stderr
-    run/<service>.pid              what the stack started: PID, process start time, boot id, port
-    run/stack.lock                 held while `up` or `down` runs, so that two never interleave
-    stack.env                      shell `export` lines for clients, written by `up` (0600)
+"""Where the local stack keeps its state: the state directory (``--state-dir``, ``$SECURETRAIN_STATE_DIR`` or
+``.securetrain/`` at the repository root) and the files in it, as docs/local-stack.md ("State directory") lists them.
 """
 
 from __future__ import annotations
@@ -22,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import securetrain
+from securetrain.core.fsutil import atomic_output
 
 STATE_DIR_ENV = "SECURETRAIN_STATE_DIR"
 
@@ -41,15 +29,21 @@ def resolve_state_dir(explicit: Path | None = None) -> Path:
     return repo_root() / ".securetrain"
 
 
+def write_file(path: Path, content: bytes, *, mode: int) -> None:
+    """Write ``content`` to ``path`` atomically, with ``mode``; its directory is made (0700) if missing."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with atomic_output(path, mode=mode) as out:
+        out.write(content)
+
+
 @dataclass(frozen=True)
 class StackLayout:
-    """The paths inside one state directory."""
+    """The paths inside one state directory (what each holds: docs/local-stack.md, "State directory")."""
 
     root: Path
 
     @property
     def ca_dir(self) -> Path:
-        """The local CA's directory."""
         return self.root / "ca"
 
     @property
@@ -59,12 +53,10 @@ class StackLayout:
 
     @property
     def server_certs_dir(self) -> Path:
-        """Where each service's TLS server certificate and key lie."""
         return self.root / "certs" / "server"
 
     @property
     def client_certs_dir(self) -> Path:
-        """Where client certificates for mutual TLS lie."""
         return self.root / "certs" / "client"
 
     @property
@@ -74,12 +66,10 @@ class StackLayout:
 
     @property
     def env_file(self) -> Path:
-        """The ``stack.env`` file written by ``up``."""
         return self.root / "stack.env"
 
     @property
     def lock_file(self) -> Path:
-        """Held while ``up`` or ``down`` changes the stack."""
         return self.root / "run" / "stack.lock"
 
     @property
@@ -103,15 +93,12 @@ class StackLayout:
         return self.root / "policies"
 
     def data_dir(self, service: str) -> Path:
-        """A service's own data directory."""
         return self.root / "data" / service
 
     def log_file(self, service: str) -> Path:
-        """A service's log (its stdout and stderr)."""
         return self.root / "logs" / f"{service}.log"
 
     def pid_file(self, service: str) -> Path:
-        """A service's PID file."""
         return self.root / "run" / f"{service}.pid"
 
     def create(self) -> None:

@@ -1,24 +1,10 @@
 """The local stack's certificate authority: one CA, TLS server certificates and mTLS client certificates.
 
-Every local stand-in (Azurite, and later the Key Vault stand-in, the attestation service and the trainer
-agent) speaks HTTPS with a certificate from this CA, and every client trusts exactly this CA through an
-explicit CA bundle. Nothing here touches the system trust store.
-
-Keys are ECDSA P-256: 128-bit security like RSA 3072, but a key is made in microseconds rather than
-seconds, certificates and handshakes are smaller, and every TLS stack the project meets (OpenSSL through
-Python's ``ssl``, Node.js for Azurite) supports it.
-
-Layout (``directory`` arguments are chosen by the caller, the stack uses ``<state>/ca`` and
-``<state>/certs/...``)::
-
-    <ca dir>/ca.pem      the CA certificate: the bundle clients trust (0644)
-    <ca dir>/ca.key      the CA private key (0600, refused when others can read it)
-    <dir>/<name>.pem     an issued certificate (0644)
-    <dir>/<name>.key     its private key (0600)
-
-Issuing is idempotent: an existing certificate is reused while it was issued by this CA, still has more
-than :data:`LEAF_RENEW_BEFORE` to live, matches its key and says what was asked (names, usage); otherwise
-it is issued again with a new key.
+Every stand-in speaks HTTPS with a certificate from this CA and every client trusts exactly this CA through
+an explicit CA bundle; nothing here touches the system trust store. Key type, validity, reuse and file modes
+are explained in docs/local-stack.md ("Trusting the CA"). ``directory`` arguments are chosen by the caller:
+the stack keeps the CA in ``<state>/ca`` (``ca.pem``, ``ca.key``) and issues ``<dir>/<name>.pem`` with its
+key ``<name>.key``.
 """
 
 from __future__ import annotations
@@ -40,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.core.fsutil import atomic_output
+from securetrain.localstack.layout import write_file
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +89,12 @@ def _write_key_and_certificate(
     The key first: a certificate without its key would make the pair look corrupt on the next run,
     while a key without its certificate is simply issued again.
     """
-    key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     # Unencrypted PKCS#8: Azurite (Node.js) takes --key as a plain PEM file; the file mode protects it.
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    with atomic_output(key_path, mode=0o600) as out:
-        out.write(key_pem)
-    with atomic_output(cert_path, mode=0o644) as out:
-        out.write(certificate.public_bytes(serialization.Encoding.PEM))
+    write_file(key_path, key_pem, mode=0o600)
+    write_file(cert_path, certificate.public_bytes(serialization.Encoding.PEM), mode=0o644)
 
 
 def _now() -> datetime.datetime:
@@ -172,6 +155,13 @@ def _subject(common_name: str) -> x509.Name:
             x509.NameAttribute(NameOID.COMMON_NAME, common_name),
         ]
     )
+
+
+def _key_usage(**granted: bool) -> x509.KeyUsage:
+    """A key usage extension granting only the usages named."""
+    usages = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+              "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")  # fmt: skip
+    return x509.KeyUsage(**(dict.fromkeys(usages, False) | granted))
 
 
 class LocalCA:
@@ -249,20 +239,7 @@ class LocalCA:
             .not_valid_after(now + CA_VALIDITY)
             # path_length=0: this CA signs end-entity certificates only, never another CA.
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
@@ -354,20 +331,7 @@ class LocalCA:
             .not_valid_before(now - _BACKDATE)
             .not_valid_after(min(now + LEAF_VALIDITY, self._certificate.not_valid_after_utc))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True,
-                    content_commitment=False,
-                    key_encipherment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=False,
-                    crl_sign=False,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
+            .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([profile.usage]), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_key_id), critical=False)

@@ -1,16 +1,8 @@
 """Starting and stopping exactly the processes the stack started.
 
-A PID alone does not name a process: once a process exits, the kernel hands its PID to the next one. So
-a PID file records, besides the PID, the process's start time (field 22 of ``/proc/<pid>/stat``, clock
-ticks since boot) and the kernel's boot id. A process is "ours" only while all three still match; a PID
-file whose PID now belongs to another program is reported as dead and that program is left alone.
-
-Each service is started in a new session (``start_new_session=True``), which makes it the leader of its
-own process group whose id equals its PID. ``stop`` signals that group: SIGTERM, a grace period, then
-SIGKILL for whatever is left. The group id cannot be given to an unrelated process while any member of
-the group is alive, so signalling the group while its members are still seen is safe.
-
-Linux only: it reads ``/proc``.
+A PID file names a process by its PID, its start time and the boot id, and stopping signals the process's
+own group: docs/local-stack.md ("Health, status and stopping") says why each is needed. Linux only: it
+reads ``/proc``.
 """
 
 from __future__ import annotations
@@ -26,8 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.errors import CorruptPidFile, StackError
+from securetrain.localstack.layout import write_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +100,7 @@ class PidRecord:
 
     def write(self, path: Path) -> None:
         """Write the record to ``path`` atomically."""
-        with atomic_output(path, mode=0o600) as out:
-            out.write(json.dumps(asdict(self), indent=2).encode())
+        write_file(path, json.dumps(asdict(self), indent=2).encode(), mode=0o600)
 
     @classmethod
     def read(cls, path: Path) -> PidRecord | None:
@@ -120,13 +111,7 @@ class PidRecord:
         """
         try:
             raw = json.loads(path.read_text())
-            return cls(
-                process=ProcessIdentity(**raw["process"]),
-                host=raw["host"],
-                port=raw["port"],
-                fingerprint=raw["fingerprint"],
-                started_at=raw["started_at"],
-            )
+            return cls(**{**raw, "process": ProcessIdentity(**raw["process"])})
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -18,12 +18,17 @@ from securetrain.localstack.errors import StackConfigurationError, StackError
 from securetrain.localstack.layout import StackLayout
 from securetrain.localstack.process import PidRecord
 
-
-_HEALTH_TIMEOUT_S = 3
+#: How long a health check waits for an answer (the launcher polls again after it).
+HEALTH_TIMEOUT_S = 3
 
 
 class ServiceUnhealthy(StackError):
     """A health check got no satisfactory answer; the message says what it saw."""
+
+    @classmethod
+    def because(cls, exc: Exception) -> ServiceUnhealthy:
+        """The health request failed with ``exc``: its type and the first line of its message."""
+        return cls(f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,18 @@ class ServiceContext:
 
     @property
     def key_path(self) -> Path:
-        """The private key of the service's TLS server certificate."""
         return self.layout.server_certs_dir / f"{self.name}.key"
 
     @property
     def data_dir(self) -> Path:
-        """The service's own data directory."""
         return self.layout.data_dir(self.name)
+
+    def running(self, service: Service) -> ServiceContext:
+        """Where ``service``, which this one depends on (so it was started first), runs: from its PID record."""
+        record = PidRecord.read(self.layout.pid_file(service.name))
+        if record is None:
+            raise StackConfigurationError(f"the {self.name} service needs {service.name} running; it has no PID record")
+        return ServiceContext(service.name, record.host, record.port, self.layout)
 
 
 def python_service_argv(module: str, context: ServiceContext, *options: str) -> list[str]:
@@ -77,21 +87,13 @@ def check_openid_issuer(context: ServiceContext, metadata_url: str, issuer: str)
     """Health check of a token issuer: its OpenID metadata at ``metadata_url`` answers over TLS verified with
     the stack CA and names ``issuer`` (one that names another would make every token it signs fail validation)."""
     try:
-        response = requests.get(metadata_url, verify=str(context.ca_bundle), timeout=_HEALTH_TIMEOUT_S)
+        response = requests.get(metadata_url, verify=str(context.ca_bundle), timeout=HEALTH_TIMEOUT_S)
         response.raise_for_status()
         seen = response.json().get("issuer")
     except (requests.RequestException, ValueError) as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ServiceUnhealthy.because(exc) from exc
     if seen != issuer:
         raise ServiceUnhealthy(f"the service says its issuer is {seen!r}, expected {issuer}")
-
-
-def running_dependency(context: ServiceContext, name: str) -> ServiceContext:
-    """The context of service ``name``, which ``context``'s service depends on, as the stack started it."""
-    record = PidRecord.read(context.layout.pid_file(name))
-    if record is None:
-        raise StackConfigurationError(f"the {context.name} service needs {name} running; it has no PID record")
-    return ServiceContext(name, record.host, record.port, context.layout)
 
 
 def _nothing(_: ServiceContext) -> Mapping[str, str]:
@@ -113,7 +115,6 @@ class Service:
         exports: what ``stack.env`` gets so that clients can reach the service.
         depends_on: names of services that must be healthy before this one starts.
         startup_timeout_s: how long ``up`` waits for the service to become healthy.
-        tls_names: DNS names or IP addresses its certificate carries besides localhost and 127.0.0.1.
     """
 
     name: str
@@ -125,7 +126,6 @@ class Service:
     exports: Callable[[ServiceContext], Mapping[str, str]] = _nothing
     depends_on: tuple[str, ...] = ()
     startup_timeout_s: float = 30.0
-    tls_names: tuple[str, ...] = field(default=())
 
     @property
     def port_variable(self) -> str:

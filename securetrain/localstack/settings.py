@@ -1,21 +1,9 @@
 """The settings the local stack gives each process: the same variables a deployment on Azure sets.
 
-Production code never reads ``stack.env``; it reads its settings (:class:`securetrain.core.settings.ServiceSettings`
-and the subclasses of the TEE and the command line) from its environment or a dotenv file. This module turns
-what the stack's services export into those settings:
-
-- :func:`application_settings`: a process signing in as one of the stack's applications (``pipeline``,
-  ``key-rotator``, ``data-owner``) with ``AZURE_CLIENT_ID``/``AZURE_TENANT_ID``/``AZURE_CLIENT_SECRET`` against
-  the identity stand-in as ``AZURE_AUTHORITY_HOST`` (azure-identity's ``ClientSecretCredential``). ``up``
-  writes one dotenv file per application, ``<state>/secrets/settings/<identity>.env`` (0600), for
-  ``securetrain --settings FILE ...``;
-- :func:`tee_environment`: the TEE's agent, which signs in only as its managed identity through
-  ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` (``ManagedIdentityCredential``), as Azure's hosting environments
-  expose one.
-
-What differs from Azure is only the values: the stack's CA as ``SECURETRAIN_CA_BUNDLE`` (on Azure the
-system's roots suffice) and ``SECURETRAIN_ENTRA_INSTANCE_DISCOVERY=false`` (the stand-in is not a
-Microsoft cloud, so azure-identity must not ask Microsoft to validate it).
+Production code never reads ``stack.env``; it reads its settings from its environment or a dotenv file. This
+module turns what the stack's services export into those settings: :func:`application_settings` for a process
+signing in as one of the stack's applications (``up`` writes one dotenv file each), :func:`tee_environment` for
+the TEE's agent, signing in as its managed identity. docs/local-stack.md ("Settings") lists the variables.
 """
 
 from __future__ import annotations
@@ -84,7 +72,6 @@ def write_settings_files(stack_env: Mapping[str, str], layout: StackLayout) -> N
     identity service its applications sign in at."""
     if "SECURETRAIN_IDENTITY_ENDPOINT" not in stack_env:
         return
-    settings_path(layout, APPLICATIONS[0]).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     for identity in APPLICATIONS:
         write_stack_env(settings_path(layout, identity), application_settings(stack_env, layout, identity))
 

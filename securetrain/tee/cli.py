@@ -1,9 +1,5 @@
-"""``securetrain cvm measure``: the HOST_DATA digest of the installed workload, for release policies.
-
-HOST_DATA is SHA-256 of the workload manifest (``securetrain.tee.workload``): every file of the TEE and
-core zones with its SHA-256, every installed distribution's RECORD digest, the Python version, and the
-TEE's fixed configuration with the data owner keys it trusts. A policy that pins it refuses the key to a
-TEE in which one byte of any of them changed.
+"""``securetrain cvm measure``: the HOST_DATA digest of the installed workload (:mod:`securetrain.tee.workload`),
+for release policies.
 """
 
 from __future__ import annotations
@@ -13,8 +9,9 @@ import json
 from pathlib import Path
 
 from securetrain.core import signed_documents
+from securetrain.core.signed_documents import load_public_key
 from securetrain.core.errors import ConfigurationError
-from securetrain.tee.data_owners import load_owner_key
+from securetrain.tee.data_owners import OWNER_KEY
 from securetrain.tee.workload import MEASURED_ZONES, host_data, manifest
 
 
@@ -22,7 +19,7 @@ def _measure(args: argparse.Namespace) -> int:
     source = args.source_dir
     if source is not None and not all((source / zone / "__init__.py").is_file() for zone in ("", *MEASURED_ZONES)):
         raise ConfigurationError(f"{source} is not a securetrain package directory (it needs __init__.py, core/ and tee/)")
-    owners = [signed_documents.key_id(load_owner_key(path)) for path in args.data_owner_key]
+    owners = [signed_documents.key_id(load_public_key(path, OWNER_KEY)) for path in args.data_owner_key]
     if args.manifest:
         print(json.dumps(manifest(owners, source), indent=2, sort_keys=True))
     else:

@@ -13,27 +13,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from securetrain.core import signed_documents
-from securetrain.core.errors import ConfigurationError
-from securetrain.core.signed_documents import SignatureInvalid
+from securetrain.core.signed_documents import SignatureInvalid, load_public_key
 
-
-class DataOwnerKeyInvalid(ConfigurationError):
-    """A data owner's public key file cannot be read or is not an Ed25519 PEM public key."""
-
-
-def load_owner_key(path: Path) -> Ed25519PublicKey:
-    """The Ed25519 public key (PEM SubjectPublicKeyInfo) in ``path``."""
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError) as exc:
-        raise DataOwnerKeyInvalid(f"cannot load the data owner key {path}: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise DataOwnerKeyInvalid(f"{path} holds a {type(key).__name__}; a data owner signs with Ed25519")
-    return key
+#: What a data owner's key is called in errors.
+OWNER_KEY = "the data owner key"
 
 
 class DataOwnerKeys:
@@ -44,7 +30,7 @@ class DataOwnerKeys:
 
     @classmethod
     def from_files(cls, paths: Iterable[Path]) -> DataOwnerKeys:
-        return cls(load_owner_key(path) for path in paths)
+        return cls(load_public_key(path, OWNER_KEY) for path in paths)
 
     @property
     def key_ids(self) -> list[str]:

@@ -1,28 +1,20 @@
 """The TEE decides what it opens: a job's datasets resolved from their owners' signed manifests.
 
-A job spec names datasets only by their manifests (:class:`securetrain.core.contracts.job_spec.DatasetRef`). Before it
-attests or asks for a key, the TEE reads each manifest from storage and accepts it only if
-
-- a data owner whose key is pinned in this TEE's configuration signed it (:class:`DataOwnerKeys`), so
-  nobody else can declare a blob to be training data;
-- it describes data sealed for the job's KEK (same vault and key name; a rotation may have moved the
-  shards to a newer version);
-- every shard it lists carries ``kind: dataset`` in its seal context, so a model, a checkpoint or an
-  export sealed to the same KEK is never read as training data, even if its owner listed it by mistake.
-
-The shards, formats and seal contexts it returns come from the signed manifest, never from the job spec;
-the sealed reader then refuses any shard whose header carries another context.
+Before it attests or asks for a key, the TEE accepts a manifest only if a data owner pinned in its
+configuration signed it, it describes data sealed for the job's KEK (same vault and key name: a rotation may
+have moved the shards to a newer version), and every shard carries ``kind: dataset`` in its seal context
+(docs/trainer.md, "The TEE decides what it opens"). Shards, formats and seal contexts come from the signed
+manifest, never from the job spec.
 """
 
 from __future__ import annotations
 
 import logging
 
-from azure.keyvault.keys import KeyVaultKeyIdentifier
-
-from securetrain.core.errors import SecurityViolation
 from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
 from securetrain.core.contracts.training import DatasetShard, TrainingSpec
+from securetrain.core.errors import SecurityViolation
+from securetrain.core.keyvault import same_key
 from securetrain.core.onboarding import DATASET_KIND, DatasetManifest
 from securetrain.core.storage import BlobStore
 from securetrain.tee.data_owners import DataOwnerKeys
@@ -32,11 +24,6 @@ log = logging.getLogger(__name__)
 
 class DatasetRefused(SecurityViolation):
     """A dataset manifest is not one this TEE may train on: unsigned, another KEK, or a shard that is no dataset."""
-
-
-def _same_key(first: str, second: str) -> bool:
-    a, b = KeyVaultKeyIdentifier(first), KeyVaultKeyIdentifier(second)
-    return (a.vault_url.rstrip("/"), a.name) == (b.vault_url.rstrip("/"), b.name)
 
 
 def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwnerKeys, kek_id: str) -> list[DatasetShard]:
@@ -50,7 +37,7 @@ def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwner
         owner = owners.verify(manifest.to_json(), what=f"the dataset manifest {where}")
     except SecurityViolation as exc:
         raise DatasetRefused(str(exc)) from None
-    if not _same_key(manifest.kek_id, kek_id):
+    if not same_key(manifest.kek_id, kek_id):
         raise DatasetRefused(f"{where} describes data sealed for {manifest.kek_id}, not for the job's KEK {kek_id}")
     shards = []
     for shard in manifest.shards:

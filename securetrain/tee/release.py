@@ -1,19 +1,9 @@
 """Secure Key Release of the job's KEK: the TEE presents its token, Key Vault releases the key wrapped to it.
 
-The flow, with the real ``azure-keyvault-keys`` client (against Azure Key Vault / Managed HSM, or the
-local stand-in)::
-
-    securetrain.core.keyvault.key_client(vault_url, credential, ca_bundle=CA)
-        .release_key(name, target=token, version=version)        -> {"value": JWS}
-    securetrain.core.skr.open_release_response(JWS, TEE private key, trusted roots, expected_key_id=...)
-        -> the KEK version's RSA private key (and its creation time, as the vault signed it)
-
-The vault evaluates its release policy against the token's claims and answers 403 with the condition
-that failed (400 for a target that is no token); that becomes :class:`KeyReleaseDenied`, which fails the job
-with the vault's reason. The JWS is checked (signature chain to the trusted roots, the key it carries is the
-versioned KEK asked for, the private key matches the public key it names; the signer is a TLS server
-certificate for the vault's host) and unwrapped with the TEE key by :mod:`securetrain.core.skr`, the relying
-party's half of Secure Key Release.
+The real ``azure-keyvault-keys`` client asks for the release (``release_key``), and
+:func:`securetrain.core.skr.open_release_response`, the relying party's half of Secure Key Release, checks the
+signed response and unwraps it with the TEE key. A refusal (400, 401, 403: the policy condition that failed)
+is :class:`KeyReleaseDenied`, which fails the job with the vault's reason: docs/trainer.md ("Secure Key Release").
 """
 
 from __future__ import annotations

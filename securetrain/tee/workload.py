@@ -1,24 +1,11 @@
 """The workload manifest: everything the TEE runs beyond the platform image, reduced to one digest.
 
-The manifest lists
-
-- every file of the TEE zone (``securetrain.tee``), of the core it imports (``securetrain.core``) and the
-  package's own ``__init__.py``, each with its SHA-256, so that a changed line anywhere on the TEE's code
-  path — the sealed-format decryption, the verifiers, the agent — changes the measurement (the Airflow and
-  local-stack zones never run in the TEE and are not measured);
-- every installed distribution (name, version and the SHA-256 of its ``RECORD``, the wheel's own list of
-  file hashes), so that another torch, pandas or cryptography changes it too;
-- the Python implementation and version;
-- the TEE's fixed configuration, including the data owner keys it trusts (:mod:`securetrain.tee.data_owners`):
-  a TEE started with another owner's key is another workload.
-
-Its digest, ``SHA-256(canonical JSON of the manifest)``, is the HOST_DATA the confidential VM is launched
-with (as Azure confidential containers bind their policy), so the hardware report names the exact code
-and dependency set, and a release policy that pins it refuses the key to a TEE in which one byte changed.
-``securetrain cvm measure`` prints it.
-
-The project's own distribution is measured by its source files, not its metadata: an editable install's
-``RECORD`` lists a path file, not the code.
+Its digest, ``SHA-256(canonical JSON of the manifest)``, is the HOST_DATA the confidential VM is launched with
+(as Azure confidential containers bind their policy), so the hardware report names the exact code and
+dependency set, and a release policy that pins it refuses the key to a TEE in which one byte changed. What it
+lists (the TEE and core zones file by file, every installed distribution's ``RECORD``, the Python version, the
+fixed configuration with the data owner keys the TEE trusts) and what it does not cover are in
+docs/trainer.md ("What is measured"). The Airflow and local-stack zones never run in the TEE and are not measured.
 """
 
 from __future__ import annotations

@@ -11,16 +11,11 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobType, ContainerClient
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.core.audit import (
-    AUDIT_CONTAINER,
-    AuditEvent,
-    AuditLog,
-    BlobAuditStore,
-    EntriesRemoved,
-    load_or_create_signing_key,
-    public_key_pem,
-)
-from securetrain.core.audit.checkpoints import key_fingerprint
+from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, public_key_pem
+from securetrain.core.audit.errors import EntriesRemoved
+from securetrain.core.audit.events import AuditEvent
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.cli import main
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,9 @@ import pytest
 
 from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
 from securetrain.core.alerts import AlertThresholds, evaluate
-from securetrain.core.audit import AuditLog, BlobAuditStore, load_or_create_signing_key
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource
 from securetrain.core.model_registry import REGISTRY_CONTAINER
 from securetrain.core.run_report import run_record, write_run_report

@@ -26,11 +26,11 @@ from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
 from securetrain.core.cli import main
 from securetrain.core.contracts.jobs import JobView
-from securetrain.core.model_provenance import load_or_create_pipeline_key, sign_manifest
 from securetrain.core.model_registry import ModelRegistry, ModelRejected, ModelVersion, manifest_blob
 from securetrain.core.onboarding import SealedShard
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.sealed import KekPrivateKey, SealedReader, content_digest
+from securetrain.core.signed_documents import signature_entry
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import data_owner
 
@@ -78,7 +78,7 @@ def register(local_stack, store: BlobStore, shard: SealedShard, job: JobView) ->
         "breast-cancer-mlp", source_container=job.result.model.container,
         source_blob=job.result.model.blob, kek_id=local_stack.env["SECURETRAIN_KEK_ID"],
         run_id=job.run_id, lineage=lineage, provenance=job.result.provenance.model_dump(mode="json"),
-        signing_key=load_or_create_pipeline_key(local_stack.layout.model_signing_key),
+        signing_key=load_or_create_signing_key(local_stack.layout.model_signing_key),
     )  # fmt: skip
 
 
@@ -141,8 +141,8 @@ def test_tampering_fails_verification_naming_what(local_stack, store, shard, job
     else:
         # Whoever holds the pipeline key could re-sign the manifest, but not the TEE's statement.
         manifest["provenance"]["statement"]["metrics"]["val_accuracy"] = 0.999
-        key = load_or_create_pipeline_key(local_stack.layout.model_signing_key)
-        manifest["signatures"] = [sign_manifest(key, {k: v for k, v in manifest.items() if k != "signatures"})]
+        key = load_or_create_signing_key(local_stack.layout.model_signing_key)
+        manifest["signatures"] = [signature_entry(key, {k: v for k, v in manifest.items() if k != "signatures"})]
         _rewrite_manifest(store, version, manifest)
     assert models_cli(local_stack, version, "verify", version.name, str(version.version)) == 3
     assert message in capsys.readouterr().err

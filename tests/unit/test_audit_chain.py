@@ -14,14 +14,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from securetrain.localstack.standins.decision_log import DecisionLog
-from securetrain.core.audit import (
-    AuditChain,
+from securetrain.core.audit.chain import AuditChain, AuditEntry, entry_hash, verify
+from securetrain.core.audit.checkpoints import Checkpoint, load_or_create_signing_key, public_key_pem
+from securetrain.core.audit.errors import (
     AuditChainBroken,
-    AuditEntry,
-    AuditEvent,
     AuditEventInvalid,
     AuditKeyError,
-    Checkpoint,
     CheckpointInvalid,
     CheckpointMismatch,
     EntriesRemoved,
@@ -29,12 +27,9 @@ from securetrain.core.audit import (
     EntryChanged,
     EntryInserted,
     UnsignedEntries,
-    load_or_create_signing_key,
-    load_public_key,
-    public_key_pem,
-    verify,
 )
-from securetrain.core.audit.chain import entry_hash
+from securetrain.core.audit.events import AuditEvent
+from securetrain.core.signed_documents import PublicKeyInvalid, load_public_key
 from securetrain.core.audit.sources import attestation_events, keyvault_events
 
 KEY = Ed25519PrivateKey.generate()
@@ -257,7 +252,8 @@ def test_the_signing_key_is_created_once_private_and_reused(tmp_path: Path) -> N
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     again = load_or_create_signing_key(path)
     assert public_key_pem(again) == public_key_pem(key)
-    assert load_public_key(public_key_pem(key), "test").public_bytes_raw() == key.public_key().public_bytes_raw()
+    (tmp_path / "public.pem").write_bytes(public_key_pem(key))
+    assert load_public_key(tmp_path / "public.pem", "test").public_bytes_raw() == key.public_key().public_bytes_raw()
     os.chmod(path, 0o644)
     with pytest.raises(AuditKeyError, match="accessible to other users"):
         load_or_create_signing_key(path)
@@ -269,10 +265,12 @@ def test_keys_of_the_wrong_kind_are_refused(tmp_path: Path, rsa_key) -> None:
     rsa_pem = rsa_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    with pytest.raises(AuditKeyError, match="Ed25519"):
-        load_public_key(rsa_pem, "rsa.pem")
-    with pytest.raises(AuditKeyError, match="not a PEM public key"):
-        load_public_key(b"nonsense", "junk.pem")
+    (tmp_path / "rsa.pem").write_bytes(rsa_pem)
+    (tmp_path / "junk.pem").write_bytes(b"nonsense")
+    with pytest.raises(PublicKeyInvalid, match="Ed25519"):
+        load_public_key(tmp_path / "rsa.pem", "the audit public key")
+    with pytest.raises(PublicKeyInvalid, match="not a PEM public key"):
+        load_public_key(tmp_path / "junk.pem", "the audit public key")
 
 
 def test_decision_logs_become_events_correlated_honestly(tmp_path: Path) -> None:

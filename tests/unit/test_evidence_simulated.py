@@ -18,8 +18,8 @@ from securetrain.core.snp.verifier import verify_report
 from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider
 from securetrain.tee.evidence import EvidenceError
 from securetrain.core.audit.checkpoints import public_key_pem
-from securetrain.core.signed_documents import key_id
-from securetrain.tee.data_owners import load_owner_key
+from securetrain.core.signed_documents import key_id, load_public_key
+from securetrain.tee.data_owners import OWNER_KEY
 from securetrain.tee.workload import host_data, manifest
 from tests.agent_process import source_copy
 
@@ -38,7 +38,7 @@ def owner_key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def owner_ids(owner_key_file: Path) -> list[str]:
-    return [key_id(load_owner_key(owner_key_file))]
+    return [key_id(load_public_key(owner_key_file, OWNER_KEY))]
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from securetrain.core.model_export import ExportApproval, ExportApprovalInvalid, ExportNotApproved, approve_export
 from securetrain.core.model_provenance import recipient_key
 from securetrain.core.signed_documents import SignatureInvalid
-from securetrain.tee.agent.exports import ExportRequestInvalid, parse_export_request
+from securetrain.tee.agent.exports import MAX_EXPORT_REQUEST_BYTES, ExportRequest, ExportRequestInvalid
 from securetrain.tee.data_owners import DataOwnerKeys
 
 KEK = "https://vault.test/keys/kek/0123456789abcdef0123456789abcdef"
@@ -81,14 +81,14 @@ def test_an_approval_signed_by_another_key_or_changed_is_refused(approval) -> No
 )
 def test_a_malformed_export_request_names_its_field(recipient_pem, approval, changes, field) -> None:
     with pytest.raises(ExportRequestInvalid) as caught:
-        parse_export_request(request(recipient_pem, approval, changes))
+        ExportRequest.from_body(request(recipient_pem, approval, changes), max_bytes=MAX_EXPORT_REQUEST_BYTES)
     assert caught.value.field == field
 
 
 def test_a_well_formed_request_parses_and_nested_json_is_a_clear_error(recipient_pem, approval) -> None:
-    parsed = parse_export_request(request(recipient_pem, approval))
+    parsed = ExportRequest.from_body(request(recipient_pem, approval), max_bytes=MAX_EXPORT_REQUEST_BYTES)
     assert parsed.approval.kek_id == KEK and parsed.recipient.thumbprint == parsed.approval.recipient_thumbprint
     with pytest.raises(ExportRequestInvalid, match="deeper than 32 levels"):
-        parse_export_request(b"[" * 100_000 + b"]" * 100_000)
+        ExportRequest.from_body(b"[" * 100_000 + b"]" * 100_000, max_bytes=MAX_EXPORT_REQUEST_BYTES)
     with pytest.raises(ExportApprovalInvalid, match="expires_at"):
         ExportApproval.parse({**approval, "expires_at": "tomorrow"})

@@ -19,21 +19,21 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
+from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.model_provenance import (
     DatasetDigest,
     JwksKeys,
     ProvenanceInvalid,
     RecipientKeyInvalid,
-    load_or_create_pipeline_key,
     model_statement,
     recipient_key,
-    sign_manifest,
     sign_statement,
     verify_manifest_signature,
     verify_provenance,
     verify_statement_signature,
 )
 from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.signed_documents import signature_entry
 from securetrain.tee.attest import TeeKey
 
 AUTHORITY = "https://attestation.test"
@@ -111,7 +111,7 @@ def manifest(authority, policy, tee_key, pipeline_key) -> dict[str, Any]:
         "provenance": {"statement": body, "tee_signature": sign_statement(tee_key.private_key, body),
                        "attestation_token": token(authority[0], tee_key)},
     }  # fmt: skip
-    document["signatures"] = [sign_manifest(pipeline_key, document)]
+    document["signatures"] = [signature_entry(pipeline_key, document)]
     return document
 
 
@@ -142,7 +142,7 @@ def test_the_statement_signature_round_trips_and_fails_for_any_changed_field(tee
 
 def _resign(pipeline_key: Ed25519PrivateKey) -> Callable[[dict[str, Any]], None]:
     def resign(manifest: dict[str, Any]) -> None:
-        manifest["signatures"] = [sign_manifest(pipeline_key, manifest)]
+        manifest["signatures"] = [signature_entry(pipeline_key, manifest)]
 
     return resign
 
@@ -231,15 +231,15 @@ def test_a_statement_signed_by_another_key_than_the_attested_one_fails(
 
 def test_a_manifest_signature_verifies_only_for_its_canonical_content(pipeline_key) -> None:
     document = {"b": 1, "a": [1.5, "x"]}
-    document["signatures"] = [sign_manifest(pipeline_key, document)]
+    document["signatures"] = [signature_entry(pipeline_key, document)]
     verify_manifest_signature({"signatures": document["signatures"], "a": [1.5, "x"], "b": 1}, pipeline_key.public_key())
 
 
 def test_the_pipeline_key_file_is_made_once_and_private(tmp_path) -> None:
     path = tmp_path / "models" / "signing-key.pem"
-    key = load_or_create_pipeline_key(path)
+    key = load_or_create_signing_key(path)
     assert path.stat().st_mode & 0o077 == 0
-    assert load_or_create_pipeline_key(path).public_key() == key.public_key()
+    assert load_or_create_signing_key(path).public_key() == key.public_key()
 
 
 def test_recipient_keys_must_be_pem_rsa_of_2048_bits_or_more() -> None:

@@ -11,12 +11,13 @@ import json
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.airflow.audit import AuditOperator, audit_signing_key_path
+from securetrain.airflow.audit import AuditOperator, audit_signing_key
 from securetrain.airflow.failures import SecurityCheckFailed
 from securetrain.airflow.locations import REPORTS_CONTAINER, job_run_id
 from securetrain.airflow.model_management import ModelManagementOperator
-from securetrain.core.audit import AuditLog, BlobAuditStore, load_or_create_signing_key
 from securetrain.core.audit.checkpoints import Checkpoint
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.audit.store import AUDIT_CONTAINER
 from securetrain.core.storage import BlobStore
 from tests.stages import HYPERPARAMETERS, Stages
@@ -59,7 +60,7 @@ def test_a_trained_and_registered_run_is_recorded_verified_and_reported(airflow_
     json.dumps(result)  # an XCom value: JSON as it is
     # The log as anyone checks it later: every entry covered by a checkpoint signed with the audit key.
     log = AuditLog(BlobAuditStore(blob_store.container_client(AUDIT_CONTAINER), run))
-    verdict = log.verify(load_or_create_signing_key(audit_signing_key_path()).public_key())
+    verdict = log.verify(audit_signing_key().public_key())
     assert verdict.entries == result["entries"] and verdict.head_hash == result["head"]
     kinds = {str(entry.event.kind) for entry in log.entries()}
     # The pipeline's own events, the agent's record of the job, and what the TEE signed.

@@ -9,8 +9,8 @@ import pytest
 from airflow.sdk.exceptions import TaskDeferred
 from securetrain.airflow.cleanup import CleanupOperator
 from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, MODELS_CONTAINER, checkpoint_prefix, job_run_id
-from securetrain.core.audit import AuditLog, BlobAuditStore
-from securetrain.core.audit.store import AUDIT_CONTAINER
+from securetrain.core.audit.log import AuditLog
+from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.contracts.job_spec import job_id_for_run
 from securetrain.core.storage import BlobStore
 from tests.stages import Stages, job_end_state, new_run_id, task_context

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from securetrain.airflow.failures import SecurityCheckFailed
-from securetrain.airflow.model_management import ModelManagementOperator, pipeline_signing_key_path
+from securetrain.airflow.model_management import ModelManagementOperator
+from securetrain.airflow.settings import PipelineSettings
 from securetrain.core.audit.checkpoints import load_signing_key
 from securetrain.core.model_provenance import verify_manifest_signature
 from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
@@ -56,7 +57,7 @@ def test_the_run_s_model_is_registered_with_its_lineage_and_signed(local_stack, 
     assert lineage["release_policy_sha256"] == trained.results["prepare_environment"]["release_policy_sha256"]
     assert lineage["attestation"] == trained.results["train"]["attestation"]
     # The key the operator signed with ($SECURETRAIN_MODEL_SIGNING_KEY, as in Airflow's processes).
-    verify_manifest_signature(manifest, load_signing_key(pipeline_signing_key_path()).public_key())
+    verify_manifest_signature(manifest, load_signing_key(PipelineSettings.load().required("model_signing_key")).public_key())
     assert _register(trained)["version"] == 2  # the next registration is the next version
 
 

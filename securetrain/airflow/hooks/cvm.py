@@ -1,16 +1,8 @@
 """The confidential VM: bringing it up and releasing it, and the trainer agent's API inside it.
 
-Two backends, chosen by the connection's ``backend`` extra field:
-
-``local``
-    The local stack's agent (``securetrain stack up`` starts it on the simulated SEV-SNP platform). It is
-    always running: "up" waits until it answers, "release" leaves it for the next run.
-``azure``
-    An existing Azure confidential VM (DCasv5/ECasv5, SEV-SNP) that runs the agent: "up" starts it with the
-    Azure provider's ``AzureComputeHook`` (connection ``azure_conn_id``, ``resource_group``, ``vm_name``) and
-    waits for the agent; "release" deallocates it, so it costs nothing between runs.
-
-Either way the agent is reached over mutual TLS with the client certificate in ``client_cert``/``client_key``.
+The connection's ``backend`` extra says which VM: ``local`` (the local stack's agent, always running) or
+``azure`` (an Azure confidential VM started and deallocated with the Azure provider's ``AzureComputeHook``;
+docs/workflow.md, "Hooks"). Either way the agent is reached over mutual TLS with ``client_cert``/``client_key``.
 """
 
 from __future__ import annotations

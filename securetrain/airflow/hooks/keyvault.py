@@ -1,9 +1,7 @@
 """Key Vault: the KEK, its release policy, and its public key (never its private half).
 
-Airflow holds two identities (docs/keys.md, "Roles"): the pipeline's (connection ``securetrain_keyvault``,
-Key Vault Reader: reads keys, their public halves and release policies) and key rotation's
-(``securetrain_keyvault_rotator``: makes a new version of an existing key and nothing else). Neither can
-create, update, delete, unwrap, decrypt or release; the data owner creates KEKs, the TEE alone releases.
+Airflow's two identities, the pipeline's (``securetrain_keyvault``) and key rotation's
+(``securetrain_keyvault_rotator``), can read keys and make new versions of them, nothing else (docs/keys.md, "Roles").
 """
 
 from __future__ import annotations
@@ -32,13 +30,8 @@ class KekWithoutPolicy(SecurityViolation):
 
 
 class KeyVaultHook(BaseHook):
-    """Key Vault through ``azure-keyvault-keys``.
-
-    The connection's host is the vault URL; its identity is a service principal (login, password, extra
-    ``tenant_id``) or, without one, ``DefaultAzureCredential``: the extra's ``managed_identity_client_id``
-    names a user-assigned managed identity, ``workload_identity_tenant_id`` a workload identity
-    (:meth:`ServiceConnection.credential`). Extra ``ca_bundle`` replaces the system's roots (the local stack's CA).
-    """
+    """Key Vault through ``azure-keyvault-keys``: the connection's host is the vault URL, its identity
+    :meth:`ServiceConnection.credential`, its extra ``ca_bundle`` the roots in place of the system's."""
 
     conn_name_attr = "keyvault_conn_id"
     default_conn_name = "securetrain_keyvault"

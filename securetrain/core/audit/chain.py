@@ -1,18 +1,11 @@
-"""The audit log's hash chain: entries in canonical JSON, each linked to the one before, and its verification.
+"""The audit log's hash chain: entries in canonical JSON (RFC 8785), each linked to the one before.
 
-One entry is the RFC 8785 (JSON Canonicalization Scheme) encoding of::
-
-    {"event": {...AuditEvent...}, "prev": "<hex SHA-256 of the previous entry's bytes>", "seq": 7}
-
-``seq`` counts from 0; the first entry's ``prev`` is 64 zeros. An entry's hash is the SHA-256 of exactly
-those bytes. RFC 8785 gives every JSON value exactly one encoding, so the stored bytes are the hashed
-bytes and any edit of them is an edit of the value: there is no "equivalent" rewrite that keeps a hash.
-
+The entry format and why it is canonical JSON are in docs/audit.md ("Entries: the hash chain").
 :func:`verify` walks the stored lines and names the first entry whose evidence is wrong, telling apart,
-where the evidence allows, an entry that was changed, removed, reordered or inserted (see
-:func:`_classify` for the rules), then checks the signed checkpoints (:mod:`securetrain.core.audit.checkpoints`)
-against the entries. A hash chain alone only proves that the entries are consistent with each other; it
-is the signed checkpoint of the head that proves they are the ones the pipeline wrote.
+where the evidence allows, an entry that was changed, removed, reordered or inserted (:func:`_classify`),
+then checks the signed checkpoints (:mod:`securetrain.core.audit.checkpoints`) against the entries: a hash
+chain alone only proves that the entries are consistent with each other; the signed checkpoint of the head
+proves they are the ones the pipeline wrote.
 """
 
 from __future__ import annotations

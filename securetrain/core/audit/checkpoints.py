@@ -1,22 +1,8 @@
-"""Signed checkpoints of the audit chain's head, and the audit signing key.
+"""Signed checkpoints of the audit chain's head, the audit signing key, and the pin of its public key.
 
-A checkpoint states "entry ``seq`` of this log has hash ``head_hash``" at ``time``, signed with the
-pipeline's Ed25519 audit key. Because every entry carries the hash of the one before, a signed head
-vouches for the whole chain up to it: to change, drop or reorder anything before it without detection,
-an attacker would need the signing key. Checkpoints are written every N entries and when a log is
-closed; one stored checkpoint is one JSON line::
-
-    {"checkpoint": {"head_hash": "<64 hex>", "seq": 41, "time": "2026-05-01T12:00:00.000000Z"},
-     "signature": "<128 hex: Ed25519 over the RFC 8785 bytes of the checkpoint object>"}
-
-The signature is hex rather than base64 so that one signature has exactly one spelling: base64's
-padding bits would let a byte of a stored checkpoint change without changing what it decodes to.
-
-**The key.** The pipeline's private key is a PEM file (``$SECURETRAIN_AUDIT_SIGNING_KEY``), created on
-first use with mode 0600. That is the stand-in for where it belongs in production: an HSM-held key (Key Vault, Managed HSM) that signs without ever
-leaving the HSM, so that a compromised Airflow worker can use it only while it is compromised and cannot
-copy it. (Key Vault signs with RSA and EC keys, not Ed25519: see docs/audit.md for what that move implies.)
-Verification needs only the public key.
+A checkpoint says "entry ``seq`` of this log hashes to ``head_hash``", signed with the pipeline's Ed25519
+audit key; its format, why the signature is hex, and where the key belongs in production are in
+docs/audit.md ("Checkpoints: the signed head").
 """
 
 from __future__ import annotations
@@ -90,21 +76,6 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         raise AuditKeyError(f"{path} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise AuditKeyError(f"{path} holds a {type(key).__name__}; the audit signing key is Ed25519")
-    return key
-
-
-def load_public_key(pem: bytes, source: str) -> Ed25519PublicKey:
-    """An Ed25519 public key from PEM (SubjectPublicKeyInfo); ``source`` names it in errors.
-
-    Raises:
-        AuditKeyError: not a PEM public key, or not Ed25519.
-    """
-    try:
-        key = serialization.load_pem_public_key(pem)
-    except ValueError as exc:
-        raise AuditKeyError(f"{source} is not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise AuditKeyError(f"{source} holds a {type(key).__name__}; the audit verification key is Ed25519")
     return key
 
 

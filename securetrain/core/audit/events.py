@@ -1,9 +1,7 @@
 """Audit events: what happened, in which run, reported by whom, when, with which plain-JSON details.
 
-An :class:`AuditEvent` is the payload of one audit-log entry. Its kinds and sources are fixed sets so
-that a reviewer can enumerate what the log can say, and so that a typo in a producer fails at once
-instead of producing an event no report looks for. Times are RFC 3339 in UTC with a ``Z`` suffix: one
-spelling per instant keeps the canonical bytes (and so the hashes) independent of the producer's locale.
+Kinds and sources are fixed sets, and times have one spelling (RFC 3339 UTC, ``Z``), so that the canonical
+bytes, and the hashes, are the same whoever records an event (docs/audit.md, "Events").
 """
 
 from __future__ import annotations

@@ -1,22 +1,8 @@
 """Audit events from the services' decision logs: the Key Vault access log and the attestation issuance log.
 
-Both are JSON lines, each with ``time`` (Unix seconds, float) and ``decision``, as the local stand-ins write
-them (a deployment on Azure exports Key Vault's and the attestation provider's diagnostic logs into the same
-shape; docs/maintenance.md). What they carry decides what can honestly be tied to a run:
-
-* **Attestation issuance log** (``SECURETRAIN_ATTESTATION_LOG``). ``issued`` lines carry the
-  token's ``jti`` and signing ``kid``, the evidence's ``nonce``, ``measurement``, ``host_data``,
-  ``platform`` and ``policy_hash``. The job's nonce is chosen per run, so an issued token is tied to a run
-  by its nonce. ``refused`` lines carry only ``code`` and ``reason`` (the evidence never got far enough to
-  trust its nonce), so they can be tied to a run only by time.
-* **Key Vault access log** (``SECURETRAIN_KEYVAULT_ACCESS_LOG``). Lines carry ``operation``, ``key``,
-  ``version``, ``identity``/``oid`` and, for refusals, ``status``/``reason``; nothing about the token or
-  nonce behind a release. They are tied to a run by time window and key name.
-
-Each event's details say how it was tied (``correlated_by``: ``nonce``, ``time-window`` or
-``time-window+key``), so a report does not claim more than the logs show. ``allowed`` access lines are not
-turned into events: a release's outcome follows its ``allowed`` line as ``released``/``release-denied``,
-and the access review reads routine allowed operations from the access log itself.
+Both are JSON lines, each with ``time`` (Unix seconds) and ``decision``. What each carries decides how an
+event is tied to a run, and each event's ``details.correlated_by`` says how (``nonce``, ``time-window`` or
+``time-window+key``): docs/audit.md ("Sources").
 """
 
 from __future__ import annotations

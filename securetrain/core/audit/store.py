@@ -1,22 +1,8 @@
-"""Where audit logs are kept: append-only stores of entry lines and checkpoint lines.
+"""Where an audit log's entries and checkpoints are kept: append blobs (:class:`BlobAuditStore`), or Azure
+Confidential Ledger (:class:`ConfidentialLedgerAuditStore`, written against the SDK's documented API 1.1 and
+**not run here**: there is no local stand-in for the service).
 
-An :class:`AuditStore` keeps, per log, two append-only sequences of lines: the chain's entries and the
-signed checkpoints. Two implementations:
-
-* :class:`BlobAuditStore`: Azure Storage **append blobs** (Azurite locally). The service only lets a
-  writer add blocks at the end of an append blob, never rewrite one, and one entry is one block, so an
-  entry is never half-written. Concurrent writers are serialized with the Append Block operation's
-  ``appendpos`` condition: a writer appends only at the byte offset where it read the log's end, so a
-  second writer's entry cannot land between a first writer's read and write; it gets HTTP 412 and must
-  re-read the head (:class:`~securetrain.core.audit.errors.AuditAppendConflict`). An append blob holds at most
-  50,000 blocks, so one log holds at most 50,000 entries: a log per run stays far below that.
-  Whoever holds the storage account key can still delete or recreate a blob: that is what the signed
-  checkpoints detect (and, on Azure, a container with a time-based immutability policy that allows
-  protected append writes prevents).
-* :class:`ConfidentialLedgerAuditStore`: Azure Confidential Ledger (``azure-confidentialledger``), whose
-  entries are kept in a replicated, TEE-backed ledger that no operator can rewrite, so the log survives
-  even an attacker holding the signing key and the storage account. It is written against the SDK's
-  documented API (1.1) and **has not been run here**: there is no local stand-in for the service.
+How each serializes concurrent writers and what each protects against are in docs/audit.md ("Storage").
 """
 
 from __future__ import annotations
@@ -201,14 +187,12 @@ class BlobAuditStore:
         return position + len(block)
 
     def append_checkpoint(self, checkpoint: bytes) -> None:
-        """Append one checkpoint line as one block."""
         block = _check_line(checkpoint)
         self._create_if_missing(self._checkpoints)
         with STORAGE_ERRORS.translated("append to", self._checkpoints.url):
             self._checkpoints.append_block(block)
 
     def read_checkpoints(self) -> list[bytes]:
-        """The checkpoint lines."""
         return _lines(self._read(self._checkpoints))
 
 
@@ -280,9 +264,7 @@ class ConfidentialLedgerAuditStore:
         return position + 1
 
     def append_checkpoint(self, checkpoint: bytes) -> None:
-        """Write one checkpoint line to the checkpoints collection."""
         self._write(self._checkpoints_collection, checkpoint)
 
     def read_checkpoints(self) -> list[bytes]:
-        """The checkpoint lines."""
         return self._read(self._checkpoints_collection)

@@ -1,39 +1,13 @@
 """The TEE's event log: what the TEE itself witnessed, hash-chained and signed inside the TEE.
 
-Airflow records most of a run's audit events, and what Airflow writes it could forge, drop or roll back
-(it holds the audit signing key). The events that matter most are witnessed inside the TEE: each
-attestation (with its token), the key release, the validation aggregates, each sealed checkpoint and the
-sealed model with their digests, each export. The TEE keeps them as a log of its own, one per job (or per
-export), and signs it with the job's attested TEE key, the RSA key whose public half the attestation
-token carries in ``x-ms-runtime.keys``. Nobody outside the TEE holds that key, so nobody outside can add,
-change, reorder or drop an entry without the signature failing.
+Airflow could forge, drop or roll back what it records itself; the events that matter most are witnessed
+inside the TEE and signed with the job's attested TEE key, which nobody outside the TEE holds. The entries,
+the signed heads, how the key that signs is introduced, how the log reads in the run's audit log, and why a
+model statement names the final head (rollback and truncation) are in docs/audit.md ("The TEE's event log").
 
-An entry is the RFC 8785 canonical JSON of::
-
-    {"details": {...}, "kind": "attested", "prev": "<hex SHA-256 of the previous entry>", "seq": 0,
-     "time": "2026-05-01T12:00:00.000000Z"}
-
-chained like the audit log's own entries (:mod:`securetrain.core.audit.chain`: ``prev`` of entry 0 is 64 zeros,
-an entry's hash is the SHA-256 of its canonical bytes). After every entry the TEE signs the new **head**::
-
-    {"head": {"head_hash": "<hash of entry seq>", "log_id": "<job id>", "run_id": "...",
-              "schema": "securetrain.tee-log-head/v1", "seq": 7, "time": "..."},
-     "signature": {"algorithm": "PS256", "kid": "<RFC 7638 thumbprint of the TEE key>", "value": "<base64url>"}}
-
-with RSA-PSS/SHA-256 over the head's canonical bytes (:func:`securetrain.core.model_provenance.sign_statement`).
-The key that signs is introduced by an ``attested`` entry: the token in it is the attestation service's
-word that this key lives in an approved TEE. A job resumed after a crash gets a new key; its first entry
-is a new ``attested`` one, and its heads sign everything before it too.
-
-**Rollback and truncation.** A signed head vouches for every entry up to it, but not that nothing came
-after. The final head of a successful job (the ``model_sealed`` entry) goes into the model statement the
-TEE signs, and so into the registry manifest: a verifier that finds the run's registered model checks
-that the audit log still holds the TEE's entries up to that head (:func:`check_holds`).
-
-In the run's audit log each entry becomes one :class:`~securetrain.core.audit.events.AuditEvent` from source
-``tee`` whose details are ``{"tee_log": <log id>, "entry": <the entry, verbatim>}``, and each signed head
-one of kind ``tee_log_head`` with ``{"tee_log": <log id>, "head": <the signed head, verbatim>}``
-(:func:`audit_events`); :func:`collect_tee_logs` gathers them back and :func:`verify_tee_log` checks them.
+:class:`TeeEventLog` writes a log (in the TEE); :func:`audit_events` turns it into audit events,
+:func:`collect_tee_logs` gathers them back, :func:`verify_tee_log` checks them and :func:`check_holds` checks
+that the audit log still holds the TEE's entries up to a head the TEE signed.
 """
 
 from __future__ import annotations
@@ -44,28 +18,24 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, TypeVar
 
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import AfterValidator, Field, ValidationError, model_validator
 
 from securetrain.core.audit.chain import GENESIS_PREV, entry_hash
 from securetrain.core.audit.errors import AuditEventInvalid
 from securetrain.core.audit.events import AuditEvent, EventKind, EventSource, check_time, rfc3339_utc
+from securetrain.core.contracts.base import Contract, JsonObject, Lax, first_error, matching, refusal
 from securetrain.core.errors import SecurityViolation
-from securetrain.core.model_provenance import (
-    TEE_SIGNATURE_ALGORITHM,
-    ProvenanceInvalid,
-    runtime_key,
-    sign_statement,
-    verify_statement_signature,
-)
+from securetrain.core.model_provenance import ProvenanceInvalid, runtime_key, sign_statement, verify_statement_signature
 
 HEAD_SCHEMA = "securetrain.tee-log-head/v1"
-_HASH = re.compile(r"[0-9a-f]{64}")
-_LOG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,249}")
-_ENTRY_FIELDS = ["details", "kind", "prev", "seq", "time"]
-_HEAD_FIELDS = ["head_hash", "log_id", "run_id", "schema", "seq", "time"]
+LOG_ID = r"[A-Za-z0-9][A-Za-z0-9._:+-]{0,249}"
+LogId = matching(LOG_ID, "1-250 letters, digits and . _ : + -.")
+Sha256 = matching(r"[0-9a-f]{64}", "64 lowercase hex digits.")
+Seq = Annotated[int, Field(ge=0)]
 
 #: Checks an attestation token (signature by a trusted authority, claims against the release policy) and
 #: returns its claims; raises a SecurityViolation if it does not verify.
@@ -106,137 +76,114 @@ def _plain_json(value: Mapping[str, Any], what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is not plain JSON: {exc}") from None
 
 
-@dataclass(frozen=True)
-class TeeEntry:
-    """One entry of a TEE log."""
+def _utc_time(value: str) -> str:
+    try:
+        return check_time(value)
+    except AuditEventInvalid as exc:
+        raise refusal(str(exc)) from None
 
-    seq: int
-    prev: str
-    kind: TeeEventKind
-    time: str
-    details: Mapping[str, Any]
 
-    def to_json(self) -> dict[str, Any]:
-        return {"details": self.details, "kind": self.kind.value, "prev": self.prev, "seq": self.seq, "time": self.time}
+UtcTime = Annotated[str, AfterValidator(_utc_time)]
+
+
+Parsed = TypeVar("Parsed", bound=Contract)
+
+
+def _parsed(model: type[Parsed], value: object, what: str) -> Parsed:
+    """``value`` as ``model``; :class:`TeeLogInvalid` naming the field that is wrong (it came over the network)."""
+    try:
+        return model.model_validate(value)
+    except ValidationError as exc:
+        where, reason = first_error(exc)
+        raise TeeLogInvalid(f"{what} is malformed ({where or 'the document'}: {reason}): it is not what the TEE wrote") from None
+
+
+class TeeEntry(Contract):
+    """One entry of a TEE log, as stored."""
+
+    details: JsonObject
+    kind: Lax[TeeEventKind]
+    prev: Sha256
+    seq: Seq
+    time: UtcTime
 
     @property
     def hash(self) -> str:
         """SHA-256 of the entry's canonical bytes: what the next entry carries as ``prev``, a head as ``head_hash``."""
         return entry_hash(rfc8785.dumps(self.to_json()))
 
-    @classmethod
-    def from_json(cls, value: object, log_id: str) -> TeeEntry:
-        """Parse an entry as stored.
 
-        Raises:
-            TeeLogInvalid: not an entry of the TEE log format.
-        """
-
-        def invalid(why: str) -> TeeLogInvalid:
-            return TeeLogInvalid(f"an entry of TEE log {log_id} is malformed ({why}): it is not what the TEE wrote")
-
-        if not isinstance(value, Mapping) or sorted(value) != _ENTRY_FIELDS:
-            raise invalid(f"not an object with exactly {_ENTRY_FIELDS}")
-        seq, prev, kind, time, details = (value[name] for name in ("seq", "prev", "kind", "time", "details"))
-        if type(seq) is not int or seq < 0:
-            raise invalid(f"seq {seq!r} is not a non-negative integer")
-        if not isinstance(prev, str) or not _HASH.fullmatch(prev):
-            raise invalid("prev is not 64 lowercase hex digits")
-        try:
-            kind = TeeEventKind(kind)
-            check_time(time)
-        except (ValueError, AuditEventInvalid) as exc:
-            raise invalid(str(exc)) from None
-        if not isinstance(details, Mapping):
-            raise invalid("details is not an object")
-        return cls(seq=seq, prev=prev, kind=kind, time=time, details=dict(details))
-
-
-@dataclass(frozen=True)
-class TeeLogHead:
+class TeeLogHead(Contract):
     """The head of a TEE log: entry ``seq`` of log ``log_id`` (run ``run_id``) hashes to ``head_hash``."""
 
-    log_id: str
+    head_hash: Sha256
+    log_id: LogId
     run_id: str
-    seq: int
-    head_hash: str
-    time: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {"head_hash": self.head_hash, "log_id": self.log_id, "run_id": self.run_id, "schema": HEAD_SCHEMA,
-                "seq": self.seq, "time": self.time}  # fmt: skip
+    schema_: Literal["securetrain.tee-log-head/v1"] = Field(HEAD_SCHEMA, alias="schema")
+    seq: Seq
+    time: UtcTime
 
     def reference(self) -> dict[str, Any]:
         """What a model statement carries of the head: enough to find the entries it vouches for."""
         return {"head_hash": self.head_hash, "log_id": self.log_id, "seq": self.seq}
 
 
-@dataclass(frozen=True)
-class SignedHead:
-    """A head and the TEE's PS256 signature over it, by the key named ``kid`` (RFC 7638 thumbprint)."""
+class HeadSignature(Contract):
+    """The TEE's PS256 signature over a head, by the key named ``kid`` (RFC 7638 thumbprint)."""
 
-    head: TeeLogHead
+    algorithm: Literal["PS256"]  # model_provenance.TEE_SIGNATURE_ALGORITHM
     kid: str
     value: str
 
+
+class SignedHead(Contract):
+    """A head and the TEE's signature over it."""
+
+    head: TeeLogHead
+    signature: HeadSignature
+
     @classmethod
     def sign(cls, head: TeeLogHead, key: rsa.RSAPrivateKey, kid: str) -> SignedHead:
-        return cls(head, kid, sign_statement(key, head.to_json())["value"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {"head": self.head.to_json(),
-                "signature": {"algorithm": TEE_SIGNATURE_ALGORITHM, "kid": self.kid, "value": self.value}}  # fmt: skip
+        return cls(head=head, signature=HeadSignature(kid=kid, **sign_statement(key, head.to_json())))
 
     @classmethod
-    def from_json(cls, value: object, log_id: str) -> SignedHead:
-        """Parse a signed head as stored (the signature is checked by :func:`verify_tee_log`).
-
-        Raises:
-            TeeLogInvalid: not a signed head.
-        """
-
-        def invalid(why: str) -> TeeLogInvalid:
-            return TeeLogInvalid(f"a signed head of TEE log {log_id} is malformed ({why})")
-
-        if not isinstance(value, Mapping) or sorted(value) != ["head", "signature"]:
-            raise invalid("not an object with exactly 'head' and 'signature'")
-        head, signature = value["head"], value["signature"]
-        if not isinstance(head, Mapping) or sorted(head) != _HEAD_FIELDS or head["schema"] != HEAD_SCHEMA:
-            raise invalid(f"the head is not a {HEAD_SCHEMA} object with exactly {_HEAD_FIELDS}")
-        if not isinstance(signature, Mapping) or sorted(signature) != ["algorithm", "kid", "value"]:
-            raise invalid("the signature is not an object with exactly algorithm, kid and value")
-        if signature["algorithm"] != TEE_SIGNATURE_ALGORITHM:
-            raise invalid(f"the signature algorithm is {signature['algorithm']!r}, not {TEE_SIGNATURE_ALGORITHM}")
-        if type(head["seq"]) is not int or head["seq"] < 0:
-            raise invalid(f"its seq {head['seq']!r} is not a non-negative integer")
-        if not isinstance(head["head_hash"], str) or not _HASH.fullmatch(head["head_hash"]):
-            raise invalid("its head_hash is not 64 lowercase hex digits")
-        if head["log_id"] != log_id or not isinstance(head["run_id"], str):
-            raise invalid(f"it names log {head['log_id']!r}")
-        if not all(isinstance(signature[name], str) for name in ("kid", "value")):
-            raise invalid("its kid or value is not a string")
-        try:
-            check_time(head["time"])
-        except AuditEventInvalid as exc:
-            raise invalid(str(exc)) from None
-        return cls(TeeLogHead(log_id, head["run_id"], head["seq"], head["head_hash"], head["time"]),
-                   signature["kid"], signature["value"])  # fmt: skip
+    def parse(cls, value: object, log_id: str) -> SignedHead:
+        """A signed head of log ``log_id`` as stored (the signature is checked by :func:`verify_tee_log`)."""
+        signed = _parsed(cls, value, f"a signed head of TEE log {log_id}")
+        if signed.head.log_id != log_id:
+            raise TeeLogInvalid(f"a signed head of TEE log {log_id} names log {signed.head.log_id!r}")
+        return signed
 
     def verify(self, key: rsa.RSAPublicKey) -> None:
         try:
             verify_statement_signature(
-                key, self.head.to_json(), {"algorithm": TEE_SIGNATURE_ALGORITHM, "value": self.value},
+                key, self.head.to_json(), self.signature.model_dump(),
                 what=f"the head of TEE log {self.head.log_id} at seq {self.head.seq}",
             )  # fmt: skip
         except ProvenanceInvalid as exc:
             raise TeeLogInvalid(str(exc)) from None
 
 
+class TeeLogDocument(Contract):
+    """A TEE log's stored and served form (:meth:`TeeEventLog.to_json`)."""
+
+    log_id: LogId
+    run_id: str
+    entries: list[TeeEntry]
+    head: SignedHead | None
+
+    @model_validator(mode="after")
+    def _head_of_this_log(self) -> TeeLogDocument:
+        if self.head is not None and self.head.head.log_id != self.log_id:
+            raise refusal(f"names log {self.head.head.log_id!r}", "head", "head", "log_id")
+        return self
+
+
 class TeeEventLog:
     """A TEE log as the TEE writes it: append an entry, sign the new head. The caller serializes appends."""
 
     def __init__(self, log_id: str, run_id: str) -> None:
-        if not _LOG_ID.fullmatch(log_id):
+        if not re.fullmatch(LOG_ID, log_id):
             raise ValueError(f"TEE log id {log_id!r} is not 1-250 letters, digits and . _ : + -")
         self.log_id = log_id
         self.run_id = run_id
@@ -250,12 +197,13 @@ class TeeEventLog:
         Raises:
             TeeLogInvalid: the stored log is malformed or its links are broken.
         """
-        log = cls(document["log_id"], document["run_id"])
+        stored = _parsed(TeeLogDocument, document, "the stored TEE log")
+        log = cls(stored.log_id, stored.run_id)
         collected = CollectedTeeLog(log.log_id, log.run_id)
-        for entry in document["entries"]:
-            collected.add_entry(TeeEntry.from_json(entry, log.log_id))
+        for entry in stored.entries:
+            collected.add_entry(entry)
         log._entries = collected.linked_entries()
-        log.head = SignedHead.from_json(document["head"], log.log_id) if document.get("head") else None
+        log.head = stored.head
         return log
 
     def append(self, kind: TeeEventKind, details: Mapping[str, Any], *, key: rsa.RSAPrivateKey, kid: str) -> SignedHead:
@@ -266,9 +214,11 @@ class TeeEventLog:
         """
         now = rfc3339_utc(datetime.datetime.now(datetime.UTC))
         prev = self._entries[-1].hash if self._entries else GENESIS_PREV
-        entry = TeeEntry(len(self._entries), prev, kind, now, _plain_json(details, f"the details of a {kind} entry"))
+        details = _plain_json(details, f"the details of a {kind} entry")
+        entry = TeeEntry(seq=len(self._entries), prev=prev, kind=kind, time=now, details=details)
         self._entries.append(entry)
-        self.head = SignedHead.sign(TeeLogHead(self.log_id, self.run_id, entry.seq, entry.hash, now), key, kid)
+        head = TeeLogHead(log_id=self.log_id, run_id=self.run_id, seq=entry.seq, head_hash=entry.hash, time=now)
+        self.head = SignedHead.sign(head, key, kid)
         return self.head
 
     @property
@@ -277,12 +227,7 @@ class TeeEventLog:
 
     def to_json(self) -> dict[str, Any]:
         """The stored and served form: ``{"log_id", "run_id", "entries", "head"}``."""
-        return {
-            "log_id": self.log_id,
-            "run_id": self.run_id,
-            "entries": [entry.to_json() for entry in self._entries],
-            "head": self.head.to_json() if self.head else None,
-        }
+        return TeeLogDocument(log_id=self.log_id, run_id=self.run_id, entries=self._entries, head=self.head).to_json()
 
 
 # --- in the audit log -----------------------------------------------------------------------------------------
@@ -294,22 +239,12 @@ def audit_events(document: Mapping[str, Any]) -> list[AuditEvent]:
     Raises:
         TeeLogInvalid: the document is not a TEE log (it is parsed, not trusted: it came over the network).
     """
-    if not isinstance(document, Mapping) or set(document) != {"log_id", "run_id", "entries", "head"}:
-        raise TeeLogInvalid("the TEE log is not an object with exactly log_id, run_id, entries and head")
-    log_id, run_id, entries = document["log_id"], document["run_id"], document["entries"]
-    if not isinstance(log_id, str) or not _LOG_ID.fullmatch(log_id):
-        raise TeeLogInvalid(f"the TEE log's log_id {log_id!r} is malformed")
-    if not isinstance(run_id, str) or not isinstance(entries, list):
-        raise TeeLogInvalid(f"TEE log {log_id}'s run_id or entries are malformed")
-    events = []
-    for value in entries:
-        entry = TeeEntry.from_json(value, log_id)
-        events.append(AuditEvent(_AUDIT_KINDS[entry.kind], run_id, EventSource.TEE, entry.time,
-                                 {"tee_log": log_id, "entry": entry.to_json()}))  # fmt: skip
-    if document["head"] is not None:
-        head = SignedHead.from_json(document["head"], log_id)
-        events.append(AuditEvent(EventKind.TEE_LOG_HEAD, run_id, EventSource.TEE, head.head.time,
-                                 {"tee_log": log_id, "head": head.to_json()}))  # fmt: skip
+    log = _parsed(TeeLogDocument, document, "the TEE log")
+    events = [AuditEvent(_AUDIT_KINDS[entry.kind], log.run_id, EventSource.TEE, entry.time,
+                         {"tee_log": log.log_id, "entry": entry.to_json()}) for entry in log.entries]  # fmt: skip
+    if log.head is not None:
+        events.append(AuditEvent(EventKind.TEE_LOG_HEAD, log.run_id, EventSource.TEE, log.head.head.time,
+                                 {"tee_log": log.log_id, "head": log.head.to_json()}))  # fmt: skip
     return events
 
 
@@ -377,9 +312,9 @@ def collect_tee_logs(events: Iterable[AuditEvent]) -> dict[str, CollectedTeeLog]
         if log.run_id != event.run_id:
             raise TeeLogInvalid(f"the events of TEE log {log_id} are recorded under runs {log.run_id} and {event.run_id}")
         if "entry" in details:
-            log.add_entry(TeeEntry.from_json(details["entry"], log_id))
+            log.add_entry(_parsed(TeeEntry, details["entry"], f"an entry of TEE log {log_id}"))
         else:
-            log.add_head(SignedHead.from_json(details["head"], log_id))
+            log.add_head(SignedHead.parse(details["head"], log_id))
     return logs
 
 
@@ -444,10 +379,10 @@ def verify_tee_log(log: CollectedTeeLog, check_token: TokenCheck) -> TeeLogVerdi
                 f"the TEE signed entry {head.seq} of TEE log {log.log_id} as {head.head_hash[:16]}…, but the log "
                 "holds another entry there: TEE events were changed"
             )
-        attested_at, key = introduced.get(signed.kid, (None, None))
+        attested_at, key = introduced.get(signed.signature.kid, (None, None))
         if key is None or attested_at is None or attested_at > head.seq:
             raise TeeLogInvalid(
-                f"the head of TEE log {log.log_id} at seq {head.seq} is signed by key {signed.kid!r}, which no "
+                f"the head of TEE log {log.log_id} at seq {head.seq} is signed by key {signed.signature.kid!r}, which no "
                 "attestation token in the log before it attests"
             )
         signed.verify(key)

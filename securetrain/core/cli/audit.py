@@ -13,39 +13,23 @@ import json
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from securetrain.core.audit.chain import AuditEntry
-from securetrain.core.audit.checkpoints import (
-    PINNED_KEY_VARIABLE,
-    check_pinned,
-    key_fingerprint,
-    load_public_key,
-    pinned_fingerprint,
-)
-from securetrain.core.audit.errors import AuditChainBroken, AuditKeyError
+from securetrain.core.audit.checkpoints import PINNED_KEY_VARIABLE, check_pinned, key_fingerprint, pinned_fingerprint
+from securetrain.core.audit.errors import AuditChainBroken
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.trail import attested_head, verify_trail
 from securetrain.core.cli.options import add_container_option
 from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.cli.token_check import add_token_options, token_check
 from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
+from securetrain.core.signed_documents import load_public_key
 from securetrain.core.storage import BlobStore
-
-
-def _audit_key(args: argparse.Namespace) -> Ed25519PublicKey:
-    """The audit public key offered (``--public-key``). Only a candidate: it counts once its fingerprint is
-    the pinned one."""
-    try:
-        return load_public_key(args.public_key.read_bytes(), str(args.public_key))
-    except OSError as exc:
-        raise AuditKeyError(f"cannot read the audit public key {args.public_key}: {exc.strerror}") from None
 
 
 def _verify(args: argparse.Namespace) -> int:
     pinned = pinned_fingerprint(args.audit_key_fingerprint, os.environ)  # before anything else: no pin, no verdict
-    public_key = _audit_key(args)
-    check_pinned(public_key, pinned)
+    public_key = load_public_key(args.public_key, "the audit public key")
+    check_pinned(public_key, pinned)  # the key offered counts only if it is the pinned one
     settings = CommandSettings.load(args.settings)
     check_token = token_check(args, settings)
     with BlobAuditStore.from_settings(settings, args.log, container=args.container) as store:
@@ -67,7 +51,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _fingerprint(args: argparse.Namespace) -> int:
-    print(key_fingerprint(_audit_key(args)))
+    print(key_fingerprint(load_public_key(args.public_key, "the audit public key")))
     return 0
 
 

@@ -15,9 +15,7 @@ import json
 import secrets
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
-from securetrain.core.audit.checkpoints import load_public_key, load_signing_key
+from securetrain.core.audit.checkpoints import load_signing_key
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.tee_log import check_holds, collect_tee_logs
@@ -34,6 +32,7 @@ from securetrain.core.model_provenance import (
 )
 from securetrain.core.model_registry import REGISTRY_CONTAINER, ModelRegistry
 from securetrain.core.sealed import content_digest, inspect
+from securetrain.core.signed_documents import load_public_key
 from securetrain.core.storage import BlobStore
 
 
@@ -52,16 +51,9 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pipeline_public_key(args: argparse.Namespace) -> Ed25519PublicKey:
-    try:
-        return load_public_key(args.public_key.read_bytes(), str(args.public_key))
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read the pipeline public key {args.public_key}: {exc.strerror}") from None
-
-
 def _verify(args: argparse.Namespace) -> int:
     settings = CommandSettings.load(args.settings)
-    pipeline_key = _pipeline_public_key(args)
+    pipeline_key = load_public_key(args.public_key, "the pipeline public key")
     policy = settings.approved_release_policy(args.release_policy)
     with BlobStore.from_settings(settings) as store:
         registry = ModelRegistry(store, args.container)

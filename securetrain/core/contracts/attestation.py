@@ -6,7 +6,7 @@ policy); the claims beside it are the token's payload as the agent read it, for 
 
 from __future__ import annotations
 
-from securetrain.core.contracts.base import Contract, JsonObject
+from securetrain.core.contracts.base import Contract, DocumentInvalid, JsonObject
 from securetrain.core.contracts.job_spec import Nonce
 
 
@@ -25,7 +25,15 @@ class LatestAttestation(Attestation):
     sequence: int
 
 
+class InvalidRequest(DocumentInvalid):
+    """A request body is not what the endpoint takes; ``field`` names what is wrong."""
+
+    document = "request"
+
+
 class AttestationChallenge(Contract):
     """``POST /v1/attestation``'s body: the caller's fresh nonce, for which the TEE attests now."""
 
     nonce: Nonce
+
+    invalid = InvalidRequest

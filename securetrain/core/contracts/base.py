@@ -8,7 +8,8 @@ tuple (:data:`Items`) and a value for an enum (:data:`Lax`); their items are as 
 :func:`matching` makes a string type that must match a regular expression as a whole (``re.fullmatch``:
 no trailing newline slips past a ``$``). :func:`refusal` is how a rule across fields says which field
 breaks it, and :func:`first_error` turns pydantic's error into the dotted path of that field and a reason
-(``hyperparameters.epochs``, ``datasets[0].manifest``): what the agent's ``400`` names.
+(``hyperparameters.epochs``, ``datasets[0].manifest``): what the agent's ``400`` names. :meth:`Contract.from_json`
+and :meth:`Contract.from_body` raise the contract's :class:`DocumentInvalid` naming that field.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, Self, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -30,15 +31,52 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from securetrain.core.json_input import field_path
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.json_input import JsonInputError, field_path, read_json_object
 
 T = TypeVar("T")
+
+
+class DocumentInvalid(ConfigurationError):
+    """A document is not what its contract takes; ``field`` is the dotted path of what is wrong."""
+
+    #: What the document is called in messages.
+    document = "document"
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{self.document} field {field!r}: {reason}")
+        self.field = field
+        self.reason = reason
 
 
 class Contract(BaseModel):
     """A message between zones: frozen, no unknown fields, no conversions (see the module docstring)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    #: What :meth:`from_json` and :meth:`from_body` raise.
+    invalid: ClassVar[type[DocumentInvalid]] = DocumentInvalid
+
+    @classmethod
+    def from_json(cls, document: Any) -> Self:
+        """Validate a decoded JSON document; :attr:`invalid` names the first field that is wrong."""
+        try:
+            return cls.model_validate(document)
+        except ValidationError as exc:
+            field, reason = first_error(exc)
+            raise cls.invalid(field or f"(the {cls.invalid.document})", reason) from None
+
+    def to_json(self) -> dict[str, Any]:
+        """The document :meth:`from_json` reads back."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    @classmethod
+    def from_body(cls, body: bytes, *, max_bytes: int) -> Self:
+        """A request body: strict JSON (:mod:`securetrain.core.json_input`) of one object, then every field checked."""
+        try:
+            document = read_json_object(body, max_bytes=max_bytes, what=f"the {cls.invalid.document}")
+        except JsonInputError as exc:
+            raise cls.invalid(exc.field or "(body)", exc.reason) from None
+        return cls.from_json(document)
 
 
 #: A JSON array as a tuple (a list is accepted for it; each item is validated strictly).

@@ -18,10 +18,9 @@ import hashlib
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, Field, PlainValidator, ValidationError, WithJsonSchema, model_validator
+from pydantic import AfterValidator, Field, PlainValidator, WithJsonSchema, model_validator
 
-from securetrain.core.contracts.base import Contract, Frozen, Items, Omittable, first_error, matching, refusal
-from securetrain.core.errors import ConfigurationError
+from securetrain.core.contracts.base import Contract, DocumentInvalid, Frozen, Items, Omittable, matching, refusal
 from securetrain.core.suite_policy import ExpectationSuite
 
 #: The Airflow run id (``job_run_id``), and the job's name on the agent.
@@ -141,13 +140,10 @@ class Hyperparameters(Contract):
     optimizer: Literal["adam", "sgd"] = "adam"
 
 
-class JobSpecError(ConfigurationError):
+class JobSpecError(DocumentInvalid):
     """A job spec is malformed; ``field`` is the dotted path of what is wrong (``datasets[0].manifest``)."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"job spec field {field!r}: {reason}")
-        self.field = field
-        self.reason = reason
+    document = "job spec"
 
 
 def job_id_for_run(run_id: str) -> str:
@@ -177,6 +173,8 @@ class JobSpec(Contract):
     #: Where the sealed final model goes.
     output: BlobRef
 
+    invalid = JobSpecError
+
     @model_validator(mode="after")
     def _consistent(self) -> JobSpec:
         """Rules across fields."""
@@ -196,16 +194,3 @@ class JobSpec(Contract):
     def job_id(self) -> str:
         """The agent's id for this job: derived from the run id, so a resubmit names the same job."""
         return job_id_for_run(self.run_id)
-
-    @classmethod
-    def from_json(cls, document: Any) -> JobSpec:
-        """Validate a decoded JSON document; :class:`JobSpecError` names the first field that is wrong."""
-        try:
-            return cls.model_validate(document)
-        except ValidationError as exc:
-            field, reason = first_error(exc)
-            raise JobSpecError(field or "(the job spec)", reason) from None
-
-    def to_json(self) -> dict[str, Any]:
-        """The spec as the JSON document :meth:`from_json` reads back (the agent's job record keeps it)."""
-        return self.model_dump(mode="json")

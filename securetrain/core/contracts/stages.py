@@ -48,6 +48,10 @@ class DataCheckResult(Contract):
     job_datasets: Items[DatasetRef]
     datasets: Items[CheckedShard]
 
+    def shard_digests(self) -> list[dict[str, str]]:
+        """Each shard's blob path and plaintext digest: what the audit log and a model's lineage record."""
+        return [{"blob": f"{d.container}/{d.blob}", "plaintext_sha256": d.plaintext_sha256} for d in self.datasets]
+
 
 class AttestationResult(RootModel[dict[str, Any]]):
     """``attestation_status``: the claims of the TEE's token for Airflow's nonce, validated by Airflow."""

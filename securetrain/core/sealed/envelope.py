@@ -1,9 +1,8 @@
 """Sealing and opening files: the header (securetrain.core.sealed.header) followed by the segment stream.
 
-A fresh 256-bit data key (DEK) per file encrypts the stream and is wrapped to the KEK's public key.
-Opening authenticates before it interprets: the data key is unwrapped (:class:`WrongKey`), the header
-tag checked (:class:`HeaderTampered`), the caller's expected context compared (:class:`WrongContext`),
-and only then are segments decrypted, each one authenticated before it is handed out.
+A fresh 256-bit data key per file encrypts the stream, wrapped to the KEK's public key. Opening authenticates
+before it interprets, in the order of docs/formats.md ("Opening, in order"), each segment authenticated
+before it is handed out.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
-"""Why a sealed file could not be made or opened.
-
-Every way a sealed file can fail to open is its own exception with its own command-line exit code, so a
-script (or an Airflow task) can tell a wrong key from tampering without parsing messages. All of them
-except :class:`SealInputError` are security violations: retrying cannot help, and nothing may be
-trusted from a file that raised one.
+"""Why a sealed file could not be made or opened: one exception and one exit code per way it can fail, so
+a script can tell a wrong key from tampering without parsing messages (table: docs/formats.md, "Errors").
+All but :class:`SealInputError` are security violations: nothing may be trusted from a file that raised one.
 """
 
 from __future__ import annotations

@@ -1,19 +1,10 @@
 """The sealed-file header: what a file is, for whom its key is wrapped, and the tag that binds it.
 
-Layout (all integers big-endian)::
-
-    "STSL" | version (1 byte) | content length (4) | content JSON | header tag (32) |
-    key length (4) | key JSON | segment stream (securetrain.core.sealed.stream)
-
-*Content* (canonical JSON, RFC 8785) says what was sealed: segment size, the caller's context, the
-plaintext's length and SHA-256. Everything from the magic to the end of the content is the header's
-authenticated part: it is the segment stream's associated data (so every segment is bound to it) and
-the input of the header tag, ``HMAC-SHA256(HKDF(DEK, info="securetrain sealed v1 header"), ...)``,
-which lets a changed header be named as such before any segment is read.
-
-*Key* (canonical JSON) says which KEK wraps the data key and holds the wrapped key. It is deliberately
-outside the authenticated part: key rotation rewraps the data key without touching a byte of the
-stream. Swapping in another wrapped key gains an attacker nothing: any other key fails the header tag.
+*Content* (authenticated: the segment stream's associated data and the input of the header tag, so a changed
+header is named as such before any segment is read) says what was sealed. *Key* says which KEK wraps the
+data key and is deliberately outside the authenticated part, so that key rotation rewraps the data key
+without touching the stream; another wrapped key gains an attacker nothing, since it fails the header tag.
+The byte layout: docs/formats.md ("Layout").
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
-"""The key-encryption key (KEK): wrapping a file's data key to it, and unwrapping it again.
+"""The key-encryption key (KEK): wrapping a file's data key to its public half, and unwrapping it again.
 
-Sealing needs only the KEK's *public* half, so a data owner seals offline and Airflow never holds a
-private key. The private half exists in Key Vault and, after Secure Key Release, in the TEE's memory;
-:class:`KekPrivateKey` is what the TEE (and an operator's test tooling) unwraps with.
-
-The wrap is RSA-OAEP with SHA-256 (Key Vault's ``RSA-OAEP-256``), so the same wrapped key can also be
-unwrapped by Key Vault's ``unwrapKey`` operation.
+Sealing needs only the public half (:class:`KekPublicKey`), so a data owner seals offline and Airflow never
+holds a private key; the wrap is Key Vault's ``RSA-OAEP-256`` (docs/formats.md, "Keys").
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
-"""The segment stream: Tink's AES-GCM-HKDF streaming AEAD, byte for byte.
+"""The segment stream: Tink's AES-GCM-HKDF streaming AEAD, byte for byte (layout: docs/formats.md).
 
-A stream is Tink's ``AesGcmHkdfStreaming`` ciphertext with a 256-bit derived key and HKDF-SHA256:
-
-    stream header   1 byte header length (40) | 32-byte salt | 7-byte nonce prefix
-    segment 0       AES-256-GCM(plaintext[0 : S-40-16])      ciphertext + 16-byte tag, S-40 bytes
-    segment i > 0   AES-256-GCM(next S-16 plaintext bytes)   S bytes; the last may be shorter
-
-with S the ciphertext segment size, the per-stream key ``HKDF-SHA256(ikm=DEK, salt=salt,
-info=associated data)`` and the nonce of segment i ``prefix | uint32_be(i) | last-segment flag``. The
-counter in the nonce makes a moved or duplicated segment fail authentication; the flag makes a stream
-cut at a segment boundary fail. ``tests/unit/test_sealed_tink.py`` proves the format against the
-``tink`` package in both directions.
-
-We implement the framing rather than call ``tink`` because Tink's Python streaming API measured 2.5 to
-8 times slower here (``make bench``: it copies every segment through a C++ file adapter) and cannot
-say *which* segment failed or why; ``cryptography``'s AESGCM with caller-owned buffers does both
-(docs/formats.md).
+The counter in each segment's nonce makes a moved or duplicated segment fail authentication; the last-segment
+flag makes a stream cut at a segment boundary fail. ``tests/unit/test_sealed_tink.py`` proves the format
+against the ``tink`` package in both directions. We write the framing ourselves, over ``cryptography``'s
+AESGCM with caller-owned buffers, because Tink's Python streaming API is several times slower and cannot say
+*which* segment failed or why (docs/formats.md, "Where it deviates from Tink, and why").
 """
 
 from __future__ import annotations

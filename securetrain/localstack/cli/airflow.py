@@ -20,7 +20,8 @@ from securetrain.localstack.airflow_env import (
     migrate,
     run_airflow,
 )
-from securetrain.localstack.layout import STATE_DIR_ENV, resolve_state_dir
+from securetrain.localstack.cli import add_state_dir
+from securetrain.localstack.layout import resolve_state_dir
 
 
 def _port(text: str) -> int:
@@ -66,13 +67,7 @@ def _standalone(args: argparse.Namespace) -> NoReturn:
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``airflow`` and its sub-commands."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        help=f"the local stack's state directory; Airflow lives in DIR/airflow "
-        f"(default: ${STATE_DIR_ENV}, else .securetrain/ at the repository root)",
-    )
+    add_state_dir(common, "the local stack's state directory; Airflow lives in DIR/airflow")
     common.add_argument(
         "--port",
         type=_port,

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from securetrain.localstack.cli import add_state_dir
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -21,5 +22,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(`airflow dags test data_onboarding`), run `airflow dags test secure_training` and print a summary "
         "read back from the model registry and the audit log. Safe to run again.",
     )
-    parser.add_argument("--state-dir", type=Path, default=None, help="the stack's state directory (default .securetrain/)")
+    add_state_dir(parser, "the stack's state directory")
     parser.set_defaults(handler=_demo)

@@ -15,12 +15,11 @@ from typing import Any
 
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.fsutil import atomic_output
 from securetrain.core.snp.certs import CertificateChain
 from securetrain.core.snp.report import GuestPolicy, TcbVersion
 from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.core.snp.verifier import verify_report
-from securetrain.localstack.layout import StackLayout, resolve_state_dir
+from securetrain.localstack.layout import StackLayout, resolve_state_dir, write_file
 from securetrain.localstack.standins.attestation_service.evidence import sev_snp_claims, trusted_root
 from securetrain.localstack.standins.attestation_service.policy_evaluation import evaluate
 from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy
@@ -84,8 +83,7 @@ def _report(args: argparse.Namespace) -> int:
         "ark": (args.out / "ark.pem", evidence.chain.ark.to_pem()),
     }
     for path, content in files.values():
-        with atomic_output(path, mode=0o644) as out:
-            out.write(content)
+        write_file(path, content, mode=0o644)
     summary = {name: str(path) for name, (path, _) in files.items()}
     print(json.dumps({**summary, "root": platform.root.to_dict()}, indent=2))
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from securetrain.localstack import ServiceState, StackConfig, down, status, up
 from securetrain.localstack.errors import StackConfigurationError
-from securetrain.localstack.layout import STATE_DIR_ENV
+from securetrain.localstack.cli import add_state_dir
 from securetrain.localstack.registry import SERVICES
 
 _SERVICES_HELP = "services: " + "; ".join(
@@ -62,13 +61,7 @@ def _down(args: argparse.Namespace) -> int:
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``stack`` and its sub-commands."""
     state = argparse.ArgumentParser(add_help=False)
-    state.add_argument(
-        "--state-dir",
-        type=Path,
-        metavar="DIR",
-        help=f"where the stack keeps its CA, certificates, logs, PID files and data "
-        f"(default: ${STATE_DIR_ENV}, else .securetrain/ at the repository root)",
-    )
+    add_state_dir(state, "where the stack keeps its CA, certificates, logs, PID files and data")
     stack = subparsers.add_parser(
         "stack",
         help="start, check or stop the local stand-ins for Azure services",

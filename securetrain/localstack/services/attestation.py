@@ -1,19 +1,13 @@
 """The attestation service (the MAA stand-in, :mod:`securetrain.localstack.standins.attestation_service`) as a stack service.
 
 The service trusts the simulated SEV-SNP platform's root by configuration (``--trust-root``), never by policy.
-What it accepts is its SevSnpVm attestation policy, in Azure Attestation's policy language; the local stack
-keeps the approved one in ``<state>/policies/sevsnpvm-attestation-policy.txt`` and, on every ``up``, sets it
-through ``azure-security-attestation``'s ``AttestationAdministrationClient`` as the data owner (the identity
-with the role "Attestation Contributor", ``<state>/policies/attestation-roles.json``) when the service has
-another one in force.
-
-The first ``up`` writes that file from the reference values of the moment (:func:`sev_snp_policy`): no debug,
-no migration agent, VMPL 0, the local CVM's reference launch measurement, HOST_DATA of the workload installed
-then (its code, dependencies and the data owner key it trusts:
-:func:`securetrain.localstack.data_owner.stack_host_data`), and the simulated platform's TCB as the minimum.
-The file is kept afterwards: approving a changed trainer is an explicit act (delete the file, or edit it with
-the digest ``securetrain cvm measure`` prints), exactly as a data owner's reviewers would approve a new build;
-until then a changed trainer is refused. The approved release policy pins the file's ``x-ms-policy-hash``
+What it accepts is its SevSnpVm attestation policy, in Azure Attestation's policy language: the first ``up``
+writes the approved one, ``<state>/policies/sevsnpvm-attestation-policy.txt``, from the reference values of the
+moment (:func:`sev_snp_policy`: no debug, no migration agent, VMPL 0, the local CVM's launch measurement,
+HOST_DATA of the workload installed then, the simulated platform's TCB as the minimum), and every ``up`` sets
+it through ``azure-security-attestation``'s ``AttestationAdministrationClient`` as the data owner when another
+is in force. The file is kept: approving a changed trainer is an explicit act (docs/local-stack.md, "After
+changing trainer code"). The approved release policy pins the file's ``x-ms-policy-hash``
 (:func:`release_policy_for`).
 """
 
@@ -29,22 +23,15 @@ from azure.security.attestation import AttestationAdministrationClient, Attestat
 from cryptography.hazmat.primitives import hashes
 
 from securetrain.core.attestation.policy import maa_policy_hash
-from securetrain.core.fsutil import atomic_output
 from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
 from securetrain.core.snp.report import TcbVersion
 from securetrain.localstack.data_owner import stack_host_data
 from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.identities import DATA_OWNER_IDENTITY, LOCAL_TENANT, application_credential
-from securetrain.localstack.layout import StackLayout
+from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
-from securetrain.localstack.service import (
-    Service,
-    ServiceContext,
-    check_openid_issuer,
-    python_service_argv,
-    running_dependency,
-)
+from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
 from securetrain.core.attestation.claims import SIMULATED_CVM
 from securetrain.localstack.standins.attestation_service.appraisal import SEV_SNP_VM
@@ -99,9 +86,7 @@ def local_attestation_policy(layout: StackLayout) -> str:
     path = attestation_policy_path(layout)
     if not path.exists():
         text = sev_snp_policy({LAUNCH_MEASUREMENT}, {stack_host_data(layout)}, DEFAULT_TCB)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with atomic_output(path, mode=0o644) as out:
-            out.write(text.encode("ascii"))
+        write_file(path, text.encode("ascii"), mode=0o644)
     try:
         return path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
@@ -141,10 +126,7 @@ def write_attestation_roles(layout: StackLayout) -> None:
     administrator = stack_identities(layout)[POLICY_ADMINISTRATOR]
     document = {"assignments": [{"principalId": administrator.object_id, "principalName": POLICY_ADMINISTRATOR,
                                  "role": "Attestation Contributor"}]}  # fmt: skip
-    path = attestation_roles_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o644) as out:
-        out.write(json.dumps(document, indent=2).encode())
+    write_file(attestation_roles_path(layout), json.dumps(document, indent=2).encode(), mode=0o644)
 
 
 def apply_attestation_policy(client: AttestationAdministrationClient, policy_text: str) -> str:
@@ -179,7 +161,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "securetrain.localstack.standins.attestation_service", context,
         "--state-dir", str(context.data_dir),
         "--trust-root", str(platform.root_certificate_path),
-        "--identity-authority", authority(running_dependency(context, IDENTITY.name)),
+        "--identity-authority", authority(context.running(IDENTITY)),
         "--identity-issuer", token_issuer(LOCAL_TENANT),
         "--ca-bundle", str(context.ca_bundle),
         "--roles", str(attestation_roles_path(context.layout)),
@@ -191,7 +173,7 @@ def _health_check(context: ServiceContext) -> None:
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:
-    identity = running_dependency(context, IDENTITY.name)
+    identity = context.running(IDENTITY)
     administrator = stack_identities(context.layout)[POLICY_ADMINISTRATOR]
     credential = application_credential(administrator, identity.base_url, context.ca_bundle)
     with policy_administration_client(context.base_url, credential, context.ca_bundle) as client:

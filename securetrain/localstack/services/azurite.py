@@ -1,24 +1,8 @@
 """Azurite, Microsoft's Blob Storage emulator, as a stack service.
 
-Pinned in ``package.json`` / ``package-lock.json`` (installed into ``node_modules`` by ``npm ci``). Only the
-blob service runs (``azurite-blob``), on 127.0.0.1, over HTTPS with a certificate from the stack CA, with
-telemetry off and its data under ``<state>/data/azurite``.
-
-Three choices a reviewer should know about:
-
-* The account is the emulator's usual ``devstoreaccount1``, but not with its well-known key (published in
-  Microsoft's documentation, so anyone on the machine could use it): ``up`` generates a random 64-byte key
-  once, keeps it in ``<state>/secrets/azurite-account-key`` (0600) and hands it to Azurite through its
-  ``AZURITE_ACCOUNTS`` variable. Azurite falls back to the well-known key if that variable cannot be
-  parsed; the health check authenticates with the generated key, so such a fallback shows as unhealthy.
-* ``--skipApiVersionCheck``: azure-storage-blob 12.31 sends ``x-ms-version: 2026-10-06``, newer than the
-  newest version Azurite 3.35 knows (2025-11-05), and Azurite refuses unknown versions by default. The
-  operations the project uses exist in both versions.
-* ``--oauth basic``: Azurite accepts Entra bearer tokens beside shared keys, checking their lifetime,
-  issuer (an Entra issuer such as ``https://sts.windows.net/{tenant}/``) and audience
-  (``https://storage.azure.com``) but not their signature or any role (Azurite has no RBAC). The TEE and the
-  command line sign in with tokens from the identity stand-in, as they would with Entra ID on Azure; Storage
-  on Azure also verifies the signature and the identity's data-plane role (docs/local-stack.md).
+Its blob service only, over HTTPS with a certificate from the stack CA, with a generated account key instead of
+the emulator's published one, and Entra bearer tokens accepted beside the key (``--oauth basic``). Why each
+option and what it means for the tests: docs/local-stack.md ("Azurite", "Blob storage access").
 """
 
 from __future__ import annotations
@@ -33,22 +17,19 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient
 
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.errors import ToolNotInstalled
-from securetrain.localstack.layout import repo_root
-from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.localstack.layout import repo_root, write_file
+from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy
 
 ACCOUNT_NAME = "devstoreaccount1"
 _KEY_FILE = "azurite-account-key"
-_HEALTH_TIMEOUT_S = 3
 
 
 def account_key(context: ServiceContext) -> str:
     """The stack's Azurite account key (base64), generated on first use and kept 0600 in the state dir."""
     path = context.layout.secrets_dir / _KEY_FILE
     if not path.exists():
-        with atomic_output(path, mode=0o600) as out:
-            out.write(base64.b64encode(secrets.token_bytes(64)))
+        write_file(path, base64.b64encode(secrets.token_bytes(64)), mode=0o600)
     return path.read_text().strip()
 
 
@@ -95,14 +76,14 @@ def _health_check(context: ServiceContext) -> None:
         credential=AzureNamedKeyCredential(ACCOUNT_NAME, account_key(context)),
         connection_verify=str(context.ca_bundle),
         retry_total=0,
-        connection_timeout=_HEALTH_TIMEOUT_S,
-        read_timeout=_HEALTH_TIMEOUT_S,
+        connection_timeout=HEALTH_TIMEOUT_S,
+        read_timeout=HEALTH_TIMEOUT_S,
     )
     try:
         with client:
             client.get_service_properties()
     except AzureError as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ServiceUnhealthy.because(exc) from exc
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:

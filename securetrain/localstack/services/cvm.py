@@ -1,37 +1,29 @@
 """The local confidential VM: the TEE's agent on the simulated SEV-SNP platform (:mod:`securetrain.localstack.platform.local_cvm`).
 
-``up`` issues the agent a server certificate like every service, and two client certificates for its
-mutual-TLS API: ``pipeline`` (submit, cancel, read) for Airflow and ``monitor`` (read only) for health
-checks and dashboards. The agent reaches storage, the attestation service and Key Vault with the settings
-those services export, read from their PID records (they are started first), signing in as the ``cvm``
-managed identity (:func:`securetrain.localstack.settings.tee_environment`), and keeps its job records in
-``data/cvm/``. HOST_DATA, the digest of the trainer code it runs, is exported so that release policies
-and the attestation policy can pin it (``securetrain cvm measure`` prints the same value).
+Besides its server certificate the agent gets two client certificates for its mutual-TLS API, ``pipeline``
+(Airflow) and ``monitor`` (health checks), and the settings of the services it depends on, read from their PID
+records, with the ``cvm`` managed identity (:func:`securetrain.localstack.settings.tee_environment`). What it
+exports: docs/trainer.md ("The local CVM in the stack").
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import requests
 
 from securetrain.localstack.pki import CertificateFiles, LocalCA
 from securetrain.localstack.services.attestation import ATTESTATION
 from securetrain.localstack.services.azurite import AZURITE
-from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.services.identity import IDENTITY
 from securetrain.localstack.services.keyvault import KEYVAULT
-from securetrain.localstack.process import PidRecord
-from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy, python_service_argv
 from securetrain.localstack.data_owner import public_key_path, signing_key, stack_host_data
 from securetrain.localstack.settings import tee_environment
 
 PIPELINE_IDENTITY = "pipeline"
 MONITOR_IDENTITY = "monitor"
 _DEPENDENCIES = (AZURITE, ATTESTATION, IDENTITY, KEYVAULT)
-_HEALTH_TIMEOUT_S = 3
 
 
 def client_certificate(context: ServiceContext, identity: str) -> CertificateFiles:
@@ -41,13 +33,10 @@ def client_certificate(context: ServiceContext, identity: str) -> CertificateFil
 
 
 def _dependency_exports(context: ServiceContext) -> dict[str, str]:
-    """What the services the agent depends on export, found through their PID records."""
+    """What the services the agent depends on export."""
     settings = {"SECURETRAIN_CA_BUNDLE": str(context.ca_bundle)}
     for service in _DEPENDENCIES:
-        record = PidRecord.read(context.layout.pid_file(service.name))
-        if record is None:
-            raise StackConfigurationError(f"the cvm service needs {service.name} running; it has no PID record")
-        settings.update(service.exports(ServiceContext(service.name, record.host, record.port, context.layout)))
+        settings.update(service.exports(context.running(service)))
     return settings
 
 
@@ -56,17 +45,13 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         client_certificate(context, identity)
     signing_key(context.layout)  # the data owner's public key, which the TEE pins, exists from now on
     context.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return [
-        sys.executable, "-m", "securetrain.localstack.platform.local_cvm",
-        "--host", context.host,
-        "--port", str(context.port),
-        "--cert", str(context.cert_path),
-        "--key", str(context.key_path),
+    return python_service_argv(
+        "securetrain.localstack.platform.local_cvm", context,
         "--client-ca", str(context.ca_bundle),
         "--work-dir", str(context.data_dir),
         "--evidence", "simulated",
         "--data-owner-key", str(public_key_path(context.layout)),
-    ]  # fmt: skip
+    )  # fmt: skip
 
 
 def _environment(context: ServiceContext) -> Mapping[str, str]:
@@ -74,7 +59,7 @@ def _environment(context: ServiceContext) -> Mapping[str, str]:
 
 
 def _client_pair(context: ServiceContext, identity: str) -> tuple[str, str]:
-    directory: Path = context.layout.client_certs_dir
+    directory = context.layout.client_certs_dir
     return str(directory / f"{identity}.pem"), str(directory / f"{identity}.key")
 
 
@@ -84,12 +69,12 @@ def _health_check(context: ServiceContext) -> None:
             f"{context.base_url}/v1/health",
             cert=_client_pair(context, MONITOR_IDENTITY),
             verify=str(context.ca_bundle),
-            timeout=_HEALTH_TIMEOUT_S,
+            timeout=HEALTH_TIMEOUT_S,
         )
         response.raise_for_status()
         tee_type = response.json().get("tee_type")
     except (requests.RequestException, ValueError) as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ServiceUnhealthy.because(exc) from exc
     if tee_type != "sev-snp-simulated":
         raise ServiceUnhealthy(f"the agent reports TEE type {tee_type!r}, expected the simulated SEV-SNP platform")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-
 from securetrain.localstack.identities import (
     CVM_IDENTITY,
     DATA_OWNER_IDENTITY,

@@ -1,21 +1,10 @@
 """The Key Vault stand-in as a stack service: roles, master key, approved release policy, the demo KEK.
 
-On every ``up``:
-
-* ``<state>/policies/keyvault-roles.json`` defines the project's custom roles and assigns each of the
-  stack's identities the narrowest role that does its work (:data:`ROLE_OF`, docs/keys.md "Roles"):
-  ``pipeline`` Key Vault Reader, ``cvm`` Key Vault Crypto Service Release User, ``key-rotator`` the custom
-  "KEK Rotator" (read and rotate), ``data-owner`` the custom "KEK Owner" (Crypto Officer without decrypt,
-  unwrap, sign or release);
-* ``<state>/policies/release-policy.json`` is the approved release policy, derived from the approved
-  attestation policy and the attestation service's URL
-  (:func:`securetrain.localstack.services.attestation.release_policy_for`);
-* the vault runs with purge protection: no deleted key can be purged;
-* once the vault is healthy, the data owner makes sure the KEK ``securetrain-kek`` (RSA 3072, exportable)
-  has a latest version released only under that policy, immutably; when the approved policy changed (the
-  trainer's measurement, the attestation service's port), that is a new KEK version.
-
-The master key that encrypts private key material at rest is ``<state>/secrets/keyvault-master-key``.
+Every ``up`` rewrites the role definitions and assignments (:data:`ROLE_OF`: each identity the narrowest role
+that does its work) and the approved release policy (derived from the approved attestation policy:
+:func:`securetrain.localstack.services.attestation.release_policy_for`), starts the vault with purge protection
+and, once it is healthy, has the data owner make sure the demo KEK's latest version is released only under that
+policy; docs/local-stack.md ("Identity service and Key Vault stand-in") lists the files, docs/keys.md the roles.
 """
 
 from __future__ import annotations
@@ -28,7 +17,6 @@ from pathlib import Path
 import requests
 
 from securetrain.localstack.standins.rbac import RoleDefinition
-from securetrain.core.fsutil import atomic_output
 from securetrain.localstack.identities import (
     CVM_IDENTITY,
     DATA_OWNER_IDENTITY,
@@ -42,14 +30,8 @@ from securetrain.core.release_policy import ReleasePolicy
 from securetrain.localstack.services.attestation import ATTESTATION, local_attestation_policy, release_policy_for
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
 from securetrain.localstack.standins.identity.app import token_issuer
-from securetrain.localstack.layout import StackLayout
-from securetrain.localstack.service import (
-    Service,
-    ServiceContext,
-    ServiceUnhealthy,
-    python_service_argv,
-    running_dependency,
-)
+from securetrain.localstack.layout import StackLayout, write_file
+from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy, python_service_argv
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +52,6 @@ ROLE_OF = {
     ROTATOR_IDENTITY: "securetrain KEK Rotator",
     DATA_OWNER_IDENTITY: "securetrain KEK Owner",
 }
-_HEALTH_TIMEOUT_S = 3
 
 
 def roles_path(layout: StackLayout) -> Path:
@@ -87,12 +68,9 @@ def master_key_path(layout: StackLayout) -> Path:
 
 def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
     """The local stack's approved release policy, (re)written to its file."""
-    attestation = running_dependency(context, ATTESTATION.name)
+    attestation = context.running(ATTESTATION)
     policy = release_policy_for(attestation.base_url, local_attestation_policy(context.layout))
-    path = release_policy_path(context.layout)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o644) as out:
-        out.write(policy.to_bytes())
+    write_file(release_policy_path(context.layout), policy.to_bytes(), mode=0o644)
     return policy
 
 
@@ -102,10 +80,8 @@ def write_roles(layout: StackLayout) -> None:
         {"principalId": identities[name].object_id, "principalName": name, "role": role} for name, role in ROLE_OF.items()
     ]
     definitions = [role.to_json(description) for role, description in CUSTOM_ROLES.items()]
-    path = roles_path(layout)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with atomic_output(path, mode=0o644) as out:
-        out.write(json.dumps({"roleDefinitions": definitions, "assignments": assignments}, indent=2).encode())
+    roles = {"roleDefinitions": definitions, "assignments": assignments}
+    write_file(roles_path(layout), json.dumps(roles, indent=2).encode(), mode=0o644)
 
 
 def _argv(context: ServiceContext) -> Sequence[str]:
@@ -116,7 +92,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "--data-dir", str(context.data_dir),
         "--master-key", str(master_key_path(context.layout)),
         "--roles", str(roles_path(context.layout)),
-        "--identity-authority", authority(running_dependency(context, IDENTITY.name)),
+        "--identity-authority", authority(context.running(IDENTITY)),
         "--identity-issuer", token_issuer(LOCAL_TENANT),
         "--ca-bundle", str(context.ca_bundle),
         "--purge-protection",
@@ -128,10 +104,10 @@ def _health_check(context: ServiceContext) -> None:
     try:
         response = requests.get(
             f"{context.base_url}/keys", params={"api-version": "7.6"}, verify=str(context.ca_bundle),
-            timeout=_HEALTH_TIMEOUT_S,
+            timeout=HEALTH_TIMEOUT_S,
         )  # fmt: skip
     except requests.RequestException as exc:
-        raise ServiceUnhealthy(f"{type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        raise ServiceUnhealthy.because(exc) from exc
     challenge = response.headers.get("WWW-Authenticate", "")
     if response.status_code != 401 or "authorization=" not in challenge:
         raise ServiceUnhealthy(f"expected a 401 bearer challenge, got HTTP {response.status_code} {challenge!r}")
@@ -140,9 +116,8 @@ def _health_check(context: ServiceContext) -> None:
 def _demo_kek_id(context: ServiceContext) -> str:
     """The versioned id of the demo KEK's latest version, made by the data owner under the approved policy."""
     policy = approved_local_policy(context)
-    identity_ctx = running_dependency(context, IDENTITY.name)
     owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
-    credential = application_credential(owner, identity_ctx.base_url, context.ca_bundle)
+    credential = application_credential(owner, context.running(IDENTITY).base_url, context.ca_bundle)
     with key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
         return str(create_kek_version(client, KEK_NAME, policy).id)
 

@@ -1,28 +1,9 @@
 """The agent's HTTP API (FastAPI), served over mutual TLS by ``python -m securetrain.tee.agent``.
 
 Roles come from the client certificate's common name (see :mod:`securetrain.tee.agent.tls`): ``pipeline`` may
-submit, cancel and read; ``monitor`` may only read; any other certificate from the stack CA gets 403. A
-client without a certificate never gets this far: the TLS handshake refuses it.
-
-    POST /v1/jobs                  pipeline   submit a job spec (201 new, 200 same run id again, 400, 409)
-    GET  /v1/jobs                  both       every job on this agent
-    GET  /v1/jobs/{id}             both       state, epoch, step, metrics, last sealed checkpoint, error
-    POST /v1/jobs/{id}/cancel      pipeline   stop at the next safe point (202), 409 if already finished
-    GET  /v1/health                both       TEE type, attestation age, CPU, memory, GPU
-    GET  /v1/attestation           both       the latest token and its claims (404 before the first)
-    POST /v1/attestation           both       attest now for the caller's nonce ({"nonce": ...}): a fresh token
-                                              proving the TEE is genuine and running the approved trainer now
-    POST /v1/exports               pipeline   re-seal a registered model for a recipient the data owner approved
-                                              (securetrain.tee.agent.exports): the sealed bytes, the export recorded by
-                                              the TEE (400 bad request, 403 not approved, 404 no such model,
-                                              424 a security check refused)
-    POST /v1/rewraps               pipeline   KEK rotation: rewrap every data key of the named containers to a
-                                              new KEK version, in the TEE; a TEE-signed statement of what was
-                                              done (securetrain.tee.agent.rewrap; 424 refused, 400 bad request)
-    GET  /metrics                  both       Prometheus text
-
-Bodies and answers are the contracts of :mod:`securetrain.core.contracts` (``JobSpec`` in, ``JobView``,
-``JobList``, ``Health``, ``Attestation`` out). Errors are ``{"error": {"code": ..., "message": ..., "field"?: ...}}``.
+submit, cancel and read; ``monitor`` may only read; any other certificate from the stack CA gets 403. The
+endpoints, what each role may call and what each answers are in docs/trainer.md ("The agent API"); bodies and
+answers are the contracts of :mod:`securetrain.core.contracts`, errors ``{"error": {"code", "message", "field"?}}``.
 """
 
 from __future__ import annotations
@@ -34,13 +15,12 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from securetrain.core.contracts.attestation import Attestation, AttestationChallenge, LatestAttestation
-from securetrain.core.contracts.base import first_error
+from securetrain.core.contracts.base import DocumentInvalid
 from securetrain.core.contracts.health import Health
-from securetrain.core.contracts.job_spec import JobSpec, JobSpecError
+from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.jobs import JobList, JobView
 from securetrain.core.errors import SecuretrainError
 from securetrain.core.json_input import JsonInputError, read_json, read_json_object
@@ -48,9 +28,9 @@ from securetrain.core.model_export import ExportNotApproved
 from securetrain.core.storage import BlobNotFound, ContainerNotFound
 from securetrain.tee.agent import metrics
 from securetrain.tee.agent.health import GpuProbe, agent_health
-from securetrain.tee.agent.exports import ExportRequestInvalid, parse_export_request
+from securetrain.tee.agent.exports import MAX_EXPORT_REQUEST_BYTES, ExportRequest
 from securetrain.tee.agent.jobs import JobConflict, JobNotFound, JobRunner
-from securetrain.tee.agent.rewrap import RewrapRequestInvalid, parse_rewrap_request
+from securetrain.tee.agent.rewrap import MAX_REQUEST_BYTES, RewrapRequest
 from securetrain.tee.agent.tls import TLS_EXTENSION
 
 log = logging.getLogger(__name__)
@@ -68,14 +48,6 @@ class Role(enum.StrEnum):
 
 class Forbidden(SecuretrainError):
     """The client's identity may not do this."""
-
-
-class InvalidRequest(SecuretrainError):
-    """A request body is not what the endpoint takes; ``field`` names what is wrong."""
-
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"request field {field!r}: {reason}")
-        self.field = field
 
 
 def client_role(request: Request) -> Role:
@@ -103,11 +75,9 @@ async def job_spec_body(request: Request) -> JobSpec:
 
 async def challenge_body(request: Request) -> AttestationChallenge:
     """``POST /v1/attestation``'s body: ``{"nonce": ...}`` and nothing else."""
-    document = read_json_object(await request.body(), max_bytes=MAX_CHALLENGE_BYTES, what="the attestation request")
-    try:
-        return AttestationChallenge.model_validate(document)
-    except ValidationError as exc:
-        raise InvalidRequest(*first_error(exc)) from None
+    return AttestationChallenge.from_json(
+        read_json_object(await request.body(), max_bytes=MAX_CHALLENGE_BYTES, what="the attestation request")
+    )
 
 
 def _error(status: int, exc: SecuretrainError, **extra: Any) -> JSONResponse:
@@ -119,17 +89,13 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
     """The API for ``runner``'s jobs."""
     app = FastAPI(title="securetrain trainer agent", docs_url=None, redoc_url=None, openapi_url=None)
 
-    @app.exception_handler(JobSpecError)
-    async def _bad_spec(_: Request, exc: JobSpecError) -> JSONResponse:
+    @app.exception_handler(DocumentInvalid)
+    async def _bad_document(_: Request, exc: DocumentInvalid) -> JSONResponse:
         return _error(400, exc, field=exc.field)
 
     @app.exception_handler(JsonInputError)
     async def _bad_json(_: Request, exc: JsonInputError) -> JSONResponse:
         return _error(400, exc, **({"field": exc.field} if exc.field else {}))
-
-    @app.exception_handler(InvalidRequest)
-    async def _bad_request(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return _error(400, exc, field=exc.field)
 
     for error_type, status in ((Forbidden, 403), (JobNotFound, 404), (JobConflict, 409)):
 
@@ -183,13 +149,10 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
             return _error(424 if exc.security_violation else 503, exc)
         return Attestation(token=token.raw, claims=dict(token.claims), attested_at=time.time())
 
-    @app.exception_handler(ExportRequestInvalid)
-    async def _bad_export(_: Request, exc: ExportRequestInvalid) -> JSONResponse:
-        return _error(400, exc, field=exc.field)
-
     @app.post("/v1/exports", dependencies=[Depends(require_pipeline)])
     async def export(request: Request) -> Response:
-        export_request = parse_export_request(await request.body())  # nothing is spent on a bad request
+        # Nothing is spent on a bad request.
+        export_request = ExportRequest.from_body(await request.body(), max_bytes=MAX_EXPORT_REQUEST_BYTES)
         try:
             sealed = await run_in_threadpool(runner.export_model, export_request)
         except ExportNotApproved as exc:
@@ -201,13 +164,10 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
             return _error(424 if exc.security_violation else 500, exc)
         return Response(content=sealed, media_type="application/octet-stream")
 
-    @app.exception_handler(RewrapRequestInvalid)
-    async def _bad_rewrap(_: Request, exc: RewrapRequestInvalid) -> JSONResponse:
-        return _error(400, exc, **({"field": exc.field} if exc.field else {}))
-
     @app.post("/v1/rewraps", dependencies=[Depends(require_pipeline)])
     async def rewrap(request: Request) -> JSONResponse:
-        rewrap_request = parse_rewrap_request(await request.body())  # before any nonce is spent
+        # Before any nonce is spent.
+        rewrap_request = RewrapRequest.from_body(await request.body(), max_bytes=MAX_REQUEST_BYTES)
         try:
             answer = await run_in_threadpool(runner.rewrap, rewrap_request)
         except SecuretrainError as exc:

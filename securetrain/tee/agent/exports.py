@@ -1,20 +1,10 @@
 """Model export inside the TEE: re-seal a registered model for a recipient the data owner approved, audited.
 
-``POST /v1/exports`` asks the TEE to open a registered model (sealed under a KEK only the TEE obtains)
-and re-seal it for a recipient's RSA key. The caller is the pipeline, which is not trusted to choose the
-recipient, so the TEE decides, in this order, spending nothing (no attestation, no nonce, no key) until
-the request has passed every check that needs no key:
-
-1. the request is well formed (400 naming the field);
-2. it carries an export approval signed by a data owner whose key is pinned in this TEE's configuration,
-   naming this recipient key's thumbprint and this KEK, not expired (403 otherwise);
-3. the stored model exists (404), has the registered digest and is sealed as this run's model (424);
-4. the TEE attests a fresh key with the caller's nonce and has the KEK released to it; the approval's
-   expiry is checked once more against the token's issue time (the attestation service's clock, not the
-   host's), then the model is opened and re-sealed for the recipient;
-5. the TEE records the export, before the bytes leave, as a TEE event log of its own (attestation, key
-   release, the export with its approval) signed with the attested key, in the audit log
-   :data:`~securetrain.core.model_export.EXPORT_AUDIT_LOG`. If it cannot, the export is refused (424).
+The caller is the pipeline, which is not trusted to choose the recipient, so the TEE decides, spending
+nothing (no attestation, no nonce, no key) until the request has passed every check that needs no key: the
+request's form (400), the data owner's approval (403), the stored model (404, 424); then it attests, has the
+KEK released, checks the approval's expiry against the token's issue time, re-seals, and records the export
+in the audit log before the bytes leave (424 if it cannot). The steps in full: docs/models.md ("Secure export").
 """
 
 from __future__ import annotations
@@ -23,18 +13,18 @@ import datetime
 import hashlib
 import io
 import logging
-import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import Field, PlainValidator
 
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import AUDIT_CONTAINER, BlobAuditStore
 from securetrain.core.audit.tee_log import TeeEventKind, TeeEventLog, audit_events
-from securetrain.core.contracts.job_spec import BLOB_NAME, CONTAINER, KEK_ID, NONCE, RUN_ID
-from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
-from securetrain.core.json_input import JsonInputError, read_json_object
+from securetrain.core.contracts.base import Contract, DocumentInvalid, matching, refusal
+from securetrain.core.contracts.job_spec import BlobName, ContainerName, KekId, Nonce, RunId
+from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.model_export import (
     EXPORT_AUDIT_LOG,
     ExportApproval,
@@ -51,35 +41,21 @@ from securetrain.core.storage import BlobStore
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import Attester, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.tee.release import VaultKeyReleaser
 
 if TYPE_CHECKING:
-    from securetrain.tee.agent.jobs import KeyReleaser
     from securetrain.tee.agent.metrics import RunnerMetrics
 
 log = logging.getLogger(__name__)
 
 MAX_EXPORT_REQUEST_BYTES = 1 << 20
-
-# Each string field: the pattern it must match as a whole (the job spec's, where the job spec has the same
-# field) and what it is, for the error message.
-_STRING_FIELDS: dict[str, tuple[str, str]] = {
-    "kek_id": (KEK_ID, "a versioned Key Vault key URL, https://VAULT/keys/NAME/VERSION"),
-    "run_id": (RUN_ID, "the id of the run that trained the model"),
-    "container": (CONTAINER, "a storage container name"),
-    "blob": (BLOB_NAME, "a blob name"),
-    "sealed_sha256": (r"[0-9a-f]{64}", "the registered model's SHA-256, 64 lowercase hex digits"),
-    "nonce": (NONCE, "22-200 characters of base64url (at least 128 bits), fresh"),
-    "recipient_public_key": (r"(?s)-----BEGIN PUBLIC KEY-----.*", "the recipient's RSA public key, PEM"),
-}
-_FIELDS = {*_STRING_FIELDS, "approval"}
+Sha256 = matching(r"[0-9a-f]{64}", "The registered model's SHA-256, 64 lowercase hex digits.")
 
 
-class ExportRequestInvalid(ConfigurationError):
+class ExportRequestInvalid(DocumentInvalid):
     """The export request is malformed; ``field`` names what is wrong."""
 
-    def __init__(self, field: str, reason: str) -> None:
-        super().__init__(f"export request field {field!r}: {reason}")
-        self.field = field
+    document = "export request"
 
 
 class ExportRejected(SecurityViolation):
@@ -90,52 +66,37 @@ class ExportNotAudited(SecurityViolation):
     """The TEE could not record the export in the audit log, so it refused it."""
 
 
-@dataclass(frozen=True)
-class ExportRequest:
-    """Re-seal the sealed model at ``container/blob`` (SHA-256 ``sealed_sha256``, trained by ``run_id`` under
-    ``kek_id``) for ``recipient``'s RSA public key, as ``approval`` allows; ``nonce`` is fresh for this export."""
-
-    kek_id: str
-    run_id: str
-    container: str
-    blob: str
-    sealed_sha256: str
-    recipient: KekPublicKey
-    nonce: str
-    approval: ExportApproval
-
-
-def parse_export_request(body: bytes) -> ExportRequest:
-    """``POST /v1/exports``'s body: a JSON object of exactly these fields, each checked.
-
-    Raises:
-        ExportRequestInvalid: naming the first field that is missing, unknown or malformed.
-    """
+def _recipient(pem: Any) -> KekPublicKey:
+    if not isinstance(pem, str) or not pem.startswith("-----BEGIN PUBLIC KEY-----"):
+        raise refusal("must be the recipient's RSA public key, PEM")
     try:
-        document = read_json_object(body, max_bytes=MAX_EXPORT_REQUEST_BYTES, what="the export request")
-    except JsonInputError as exc:
-        raise ExportRequestInvalid(exc.field or "(body)", exc.reason) from None
-    if unknown := sorted(set(document) - _FIELDS):
-        raise ExportRequestInvalid(unknown[0], f"unknown field; an export request has exactly {sorted(_FIELDS)}")
-    if missing := sorted(_FIELDS - set(document)):
-        raise ExportRequestInvalid(missing[0], "required field is missing")
-    for name, (pattern, what) in _STRING_FIELDS.items():
-        value = document[name]
-        if not isinstance(value, str) or not re.fullmatch(pattern, value):
-            raise ExportRequestInvalid(name, f"must be {what}")
-    try:
-        recipient = recipient_key(document["recipient_public_key"].encode())
+        return recipient_key(pem.encode())
     except RecipientKeyInvalid as exc:
-        raise ExportRequestInvalid("recipient_public_key", str(exc)) from None
+        raise refusal(str(exc)) from None
+
+
+def _approval(document: Any) -> ExportApproval:
     try:
-        approval = ExportApproval.parse(document["approval"])
+        return ExportApproval.parse(document)
     except ExportApprovalInvalid as exc:
-        raise ExportRequestInvalid("approval", str(exc)) from None
-    return ExportRequest(
-        kek_id=document["kek_id"], run_id=document["run_id"], container=document["container"],
-        blob=document["blob"], sealed_sha256=document["sealed_sha256"], recipient=recipient,
-        nonce=document["nonce"], approval=approval,
-    )  # fmt: skip
+        raise refusal(str(exc)) from None
+
+
+class ExportRequest(Contract):
+    """``POST /v1/exports``'s body: re-seal the sealed model at ``container/blob`` (SHA-256 ``sealed_sha256``,
+    trained by ``run_id`` under ``kek_id``) for the recipient's RSA public key, as ``approval`` allows;
+    ``nonce`` is fresh for this export."""
+
+    kek_id: KekId
+    run_id: RunId
+    container: ContainerName
+    blob: BlobName
+    sealed_sha256: Sha256
+    recipient: Annotated[KekPublicKey, PlainValidator(_recipient), Field(alias="recipient_public_key")]
+    nonce: Nonce
+    approval: Annotated[ExportApproval, PlainValidator(_approval)]
+
+    invalid = ExportRequestInvalid
 
 
 def _approved_by(request: ExportRequest, owners: DataOwnerKeys, at: datetime.datetime) -> str:
@@ -190,7 +151,7 @@ def export_model(
     request: ExportRequest,
     *,
     attester: Attester,
-    releaser: KeyReleaser,
+    releaser: VaultKeyReleaser,
     store: BlobStore,
     owners: DataOwnerKeys,
     metrics: RunnerMetrics,

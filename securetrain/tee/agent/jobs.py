@@ -1,14 +1,8 @@
 """The agent's jobs: their records on disk and the worker that runs them one at a time.
 
-A job record is JSON under ``<work dir>/jobs/<job id>.json``, rewritten atomically on every change. It
-holds the spec, the state, progress and the error, and never a secret or a byte of training data: the
-released KEK and the TEE key live only in the worker's memory. After a crash the agent loads the records,
-and every job that had not finished is queued again; it re-attests (with a fresh nonce: the attestation
-sequence is in the record), obtains the key again, and the training side resumes from its newest
-checkpoint.
-
-A job's states and what the API shows of it are contracts with the Airflow layer
-(:mod:`securetrain.core.contracts.jobs`).
+A record holds no secret and no training data; after a restart every job that had not ended is queued again
+and resumes: docs/trainer.md ("Job states", "Restart"). A job's states and what the API shows of it are
+contracts with the Airflow layer (:mod:`securetrain.core.contracts.jobs`).
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
 from securetrain.core.attestation.tokens import ValidatedToken
 from securetrain.core.audit.tee_log import TeeEventKind
@@ -60,7 +54,7 @@ from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.datasets import resolve_training
-from securetrain.tee.release import ReleasedKek
+from securetrain.tee.release import VaultKeyReleaser
 
 log = logging.getLogger(__name__)
 
@@ -166,25 +160,8 @@ class _WitnessedStore:
         return digests
 
 
-class TrainingFunction(Protocol):
-    """``securetrain.tee.training.run_training``'s signature (see securetrain.core.contracts.training)."""
-
-    def __call__(
-        self,
-        spec: TrainingSpec,
-        keys: JobKeys,
-        store: BlobStore,
-        progress: ProgressSink,
-        cancel: threading.Event,
-    ) -> TrainingResult: ...
-
-
-class KeyReleaser(Protocol):
-    """Secure Key Release (securetrain.tee.release.VaultKeyReleaser): the KEK, released to ``tee_key``."""
-
-    def release(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> JobKeys: ...
-
-    def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek: ...
+#: ``securetrain.tee.training.run_training`` (see securetrain.core.contracts.training).
+TrainingFunction = Callable[[TrainingSpec, JobKeys, BlobStore, ProgressSink, threading.Event], TrainingResult]
 
 
 class JobRecord(JobStatus):
@@ -229,16 +206,9 @@ class JobStore:
 class _JobProgress:
     """The :class:`ProgressSink` the training side reports to; it updates the job's record."""
 
-    def __init__(
-        self, runner: JobRunner, job_id: str, renewal_failure: Callable[[], ReattestationFailed | None],
-        events: TeeEvents, witness: _WitnessedStore, checkpoints: CheckpointLocation,
-    ) -> None:  # fmt: skip
-        self._runner = runner
-        self._job_id = job_id
-        self._renewal_failure = renewal_failure
-        self._events = events
-        self._witness = witness
-        self._checkpoints = checkpoints
+    def __init__(self, run: _JobRun, events: TeeEvents, witness: _WitnessedStore, where: CheckpointLocation) -> None:
+        self._run, self._events, self._witness, self._checkpoints = run, events, witness, where
+        self._runner, self._job_id = run.runner, run.job_id
 
     def validation_done(self, aggregates: Mapping[str, Any]) -> None:
         self._events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(aggregates)})
@@ -255,9 +225,8 @@ class _JobProgress:
             self._job_id, epoch=epoch, step=step, metrics=dict(metrics), last_checkpoint=checkpoint_blob, history=history
         )
         self._runner.metrics.epochs_completed.inc()
-        failure = self._renewal_failure()
-        if failure is not None:
-            raise failure
+        if self._run.renewal_failure is not None:
+            raise self._run.renewal_failure
 
     def sealing_model(self) -> None:
         self._runner._update(self._job_id, state=JobState.SEALING)
@@ -267,42 +236,39 @@ class _JobRun:
     """One run of a job in the worker: its cancel event and what the background re-attestation reported."""
 
     def __init__(self, runner: JobRunner, job_id: str, cancel: threading.Event) -> None:
-        self._runner = runner
+        self.runner = runner
         self.job_id = job_id
         self.cancel = cancel
-        self._renewal_failure: ReattestationFailed | None = None
+        self.renewal_failure: ReattestationFailed | None = None
         self.events: TeeEvents | None = None  # the job's TEE event log, once the job has its TEE key
 
     def attested(self, state: AttestationState) -> None:
-        self._runner.latest_attestation = state
-        self._runner.latest_attestation_job = self.job_id
-        self._runner.metrics.attestations.inc()
+        self.runner.latest_attestation = state
+        self.runner.latest_attestation_job = self.job_id
+        self.runner.metrics.attestations.inc()
         # Persisted before the token is used: a restarted job must never reuse a spent nonce.
-        self._runner._update(self.job_id, attestation_sequence=state.sequence + 1)
+        self.runner._update(self.job_id, attestation_sequence=state.sequence + 1)
         if self.events is not None:
             self.events.attested(state.token, state.sequence)
 
     def renewal_failed(self, failure: ReattestationFailed) -> None:
-        self._runner.metrics.attestation_failures.inc()
-        self._renewal_failure = failure
+        self.runner.metrics.attestation_failures.inc()
+        self.renewal_failure = failure
         self.cancel.set()
-
-    def renewal_failure(self) -> ReattestationFailed | None:
-        return self._renewal_failure
 
     def check_cancelled(self) -> None:
         """Between the agent's own steps: stop if re-attestation failed or a cancel came."""
-        if self._renewal_failure is not None:
-            raise self._renewal_failure
+        if self.renewal_failure is not None:
+            raise self.renewal_failure
         if self.cancel.is_set():
             raise TrainingCancelled("cancelled before training started")
 
     def stopped(self, exc: TrainingCancelled) -> None:
         """The job stopped at a safe point: failed re-attestation, a cancel, or the agent shutting down."""
-        if self._renewal_failure is not None:
-            self._runner._finish(self.job_id, JobState.FAILED, error=JobError.from_exception(self._renewal_failure))
-        elif self._runner.get(self.job_id).cancel_requested:
-            self._runner._finish(self.job_id, JobState.CANCELLED)
+        if self.renewal_failure is not None:
+            self.runner._finish(self.job_id, JobState.FAILED, error=JobError.from_exception(self.renewal_failure))
+        elif self.runner.get(self.job_id).cancel_requested:
+            self.runner._finish(self.job_id, JobState.CANCELLED)
         else:
             # The job keeps its state and resumes when the agent starts again.
             log.info("job %s interrupted by shutdown (%s); it resumes when the agent restarts", self.job_id, exc)
@@ -320,7 +286,7 @@ class JobRunner:
         self,
         store: JobStore,
         attester: Attester,
-        releaser: KeyReleaser,
+        releaser: VaultKeyReleaser,
         blob_store: BlobStore,
         train: Callable[[], TrainingFunction],
         data_owners: DataOwnerKeys,
@@ -504,11 +470,14 @@ class JobRunner:
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)
             witness = _WitnessedStore(self._blob_store, training)
-            progress = _JobProgress(self, run.job_id, run.renewal_failure, run.events, witness, training.checkpoints)
+            progress = _JobProgress(run, run.events, witness, training.checkpoints)
             result = self._load_training()(training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
             self.device = result.device
             provenance = self._provenance(spec, result, witness, session, run.events)
-            self._finish(run.job_id, JobState.SUCCEEDED, result=self._result_view(result, provenance))
+            self._finish(run.job_id, JobState.SUCCEEDED, result=JobResult(
+                model=result.model_blob, metrics=result.metrics, device=result.device, tee_type=self.tee_type,
+                epochs_completed=result.epochs_completed, steps_completed=result.steps_completed, provenance=provenance,
+            ))  # fmt: skip
         except TrainingCancelled as exc:
             run.stopped(exc)
         except DataValidationFailed as exc:
@@ -555,14 +524,6 @@ class JobRunner:
             tee_signature=TeeSignature(**sign_statement(session.key.private_key, statement)),
             attestation_token=session.state.token.raw,
         )
-
-    def _result_view(self, result: TrainingResult, provenance: Provenance) -> JobResult:
-        return JobResult(
-            model=result.model_blob, metrics=result.metrics, device=result.device, tee_type=self.tee_type,
-            epochs_completed=result.epochs_completed, steps_completed=result.steps_completed,
-            # The TEE-signed model statement and the attestation token that carries the signing key.
-            provenance=provenance,
-        )  # fmt: skip
 
     def _finish(self, job_id: str, state: JobState, **changes: Any) -> None:
         self._update(job_id, state=state, **changes)

@@ -1,9 +1,7 @@
 """``GET /metrics``: the agent's metrics in the Prometheus text exposition format, via prometheus-client.
 
-Counters (:class:`RunnerMetrics`) are prometheus-client ``Counter`` objects in a registry of the runner's
-own: the job thread, the request threads and a scrape use them at once, and a ``Counter`` is safe for that.
-Everything else is read from the runner at scrape time by a collector (nothing to keep in sync), and
-``generate_latest`` writes the format, escaping included.
+The counters are in a registry of the runner's own; the rest is read from the runner at scrape time by a
+collector, so nothing has to be kept in sync (docs/trainer.md, "The agent API").
 """
 
 from __future__ import annotations
@@ -95,7 +93,6 @@ class _RunnerCollector(Collector):
 
 
 def render(runner: JobRunner) -> str:
-    """The exposition text for the agent behind ``runner``."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_RunnerCollector(runner))
     return generate_latest(registry).decode()

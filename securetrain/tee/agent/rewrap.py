@@ -1,64 +1,48 @@
 """``POST /v1/rewraps``: KEK rotation's rewrap, inside the TEE, the only place a data key is ever unwrapped.
 
 Airflow names the new KEK version, the containers and a nonce; everything else the TEE decides and checks
-itself:
-
-1. the request is validated before anything is spent (exactly these fields; a versioned Key Vault key id;
-   container names; a nonce): a malformed request is a 400 naming the field, and no nonce is used;
-2. the TEE attests a fresh key with Airflow's nonce and has the new version released to it (Secure Key
-   Release): before any blob is rewritten for it, the new version is shown to be released to this approved
-   workload, under its immutable policy;
-3. each sealed blob of the containers whose header names a version of the same key is handed to
-   :func:`securetrain.core.keyvault.rewrap_blobs` with an unwrap backed by the released private keys: the
-   version the header names is released too, but only if Key Vault says it is not newer than the target
-   (no rewrap backwards); the data key is unwrapped in memory, checked against the header's tag, wrapped
-   to the new version and the header written back under the blob's ETag. Blobs already on the new version
-   have their data key checked the same way. A blob whose version Key Vault will not release to this TEE
-   (its immutable policy approves another workload) is left as it is and reported; so is one whose data
-   key does not open or match its header. Rerunning resumes: finished blobs are only checked again;
-4. the answer is :func:`securetrain.core.rotation.rewrap_statement` (which data keys the TEE checked, what it
-   rewrote, what it refused), signed with the attested key, and the token that attests that key.
-
-Nothing secret leaves: the answer names blobs and key versions only.
+itself. The request is validated before any nonce is spent; the TEE attests with Airflow's nonce, has the new
+version released to it, and rewraps each blob of an older version of the same key with that version released
+too, but only if Key Vault says it is not newer than the target (no rewrap backwards); it answers with
+:func:`securetrain.core.rotation.rewrap_statement` signed with its attested key. The steps in full, and what
+happens to a blob it cannot rewrap: docs/keys.md ("Rotation"). Nothing secret leaves: the answer names blobs
+and key versions only.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
+from pydantic import AfterValidator, PlainValidator
+
 from securetrain.core.attestation.tokens import ValidatedToken
-from securetrain.core.errors import SecuretrainError, SecurityViolation
-from securetrain.core.json_input import JsonInputError, read_json_object
+from securetrain.core.contracts.base import Contract, DocumentInvalid, matching, refusal
+from securetrain.core.contracts.job_spec import CONTAINER, Nonce
+from securetrain.core.errors import SecurityViolation
 from securetrain.core.keyvault import VersionUnavailable, rewrap_blobs
 from securetrain.core.model_provenance import sign_statement
 from securetrain.core.rotation import rewrap_statement, sealed_blobs
 from securetrain.core.sealed import KekPublicKey
 from securetrain.core.sealed.header import KeyWrap
 from securetrain.core.storage import BlobStore
-from securetrain.tee.attest import NONCE_PATTERN, Attester, TeeKey
-from securetrain.tee.release import KeyReleaseDenied, ReleasedKek
+from securetrain.tee.attest import Attester, TeeKey
+from securetrain.tee.release import KeyReleaseDenied, ReleasedKek, VaultKeyReleaser
 
 log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 16 << 10
 MAX_CONTAINERS = 16
-_FIELDS = ("kek_id", "containers", "nonce")
-# A versioned Key Vault key id: https://HOST[:PORT]/keys/NAME/VERSION (Azure: 32 lower-case hex digits).
-_KEK_ID = re.compile(r"https://[^/?#@\s]+/keys/[0-9A-Za-z-]{1,127}/[0-9a-f]{32}")
-# Azure's container names: 3-63 lower-case letters, digits and single hyphens, starting and ending alphanumeric.
-_CONTAINER = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+KeyVersionId = matching(r"https://[^/?#@\s]+/keys/[0-9A-Za-z-]{1,127}/[0-9a-f]{32}",
+                        "A versioned Key Vault key id, https://VAULT/keys/NAME/VERSION (VERSION: 32 lowercase hex digits).")
 
 
-class RewrapRequestInvalid(SecuretrainError):
-    """``POST /v1/rewraps`` got a body it does not accept; ``field`` names the field at fault, if one is."""
+class RewrapRequestInvalid(DocumentInvalid):
+    """``POST /v1/rewraps`` got a body it does not accept; ``field`` names the field at fault."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
+    document = "rewrap request"
 
 
 class RewrapRefused(SecurityViolation):
@@ -66,65 +50,40 @@ class RewrapRefused(SecurityViolation):
     does not say when a version was created."""
 
 
-@dataclass(frozen=True)
-class RewrapRequest:
-    """Rewrap every sealed blob of ``containers`` sealed for an older version of ``kek_id``'s key to it."""
-
-    kek_id: str
-    containers: tuple[str, ...]
-    nonce: str
-
-
-def _port_in_range(url: str) -> bool:
+def _port_in_range(url: str) -> str:
     try:
         urlsplit(url).port  # urllib raises ValueError for a port outside 0-65535
     except ValueError:
-        return False
-    return True
+        raise refusal("names a port outside 0-65535") from None
+    return url
 
 
-def parse_rewrap_request(body: bytes) -> RewrapRequest:
-    """The request in ``body``, every field checked; :class:`RewrapRequestInvalid` naming the first fault."""
-    try:
-        document = read_json_object(body, max_bytes=MAX_REQUEST_BYTES, what="the rewrap request")
-    except JsonInputError as exc:  # too big, not JSON, too deep, NaN, duplicate keys
-        raise RewrapRequestInvalid(str(exc), exc.field) from None
-    for name in _FIELDS:
-        if name not in document:
-            raise RewrapRequestInvalid(f"the rewrap request lacks {name!r}", name)
-    unknown = sorted(set(document) - set(_FIELDS))
-    if unknown:
-        raise RewrapRequestInvalid(f"the rewrap request has unknown fields {unknown}", unknown[0])
-    kek_id, containers, nonce = (document[name] for name in _FIELDS)
-    if not isinstance(kek_id, str) or not _KEK_ID.fullmatch(kek_id):
-        raise RewrapRequestInvalid("kek_id must be a versioned Key Vault key id, https://VAULT/keys/NAME/VERSION", "kek_id")
-    if not _port_in_range(kek_id):
-        raise RewrapRequestInvalid("kek_id names a port outside 0-65535", "kek_id")
+def _containers(names: Any) -> tuple[str, ...]:
     if (
-        not isinstance(containers, list) or not 1 <= len(containers) <= MAX_CONTAINERS
-        or not all(isinstance(name, str) and _CONTAINER.fullmatch(name) for name in containers)
-        or len(set(containers)) != len(containers)
+        not isinstance(names, list) or not 1 <= len(names) <= MAX_CONTAINERS
+        or not all(isinstance(name, str) and re.fullmatch(CONTAINER, name) for name in names)
+        or len(set(names)) != len(names)
     ):  # fmt: skip
-        raise RewrapRequestInvalid(
-            f"containers must be a list of 1-{MAX_CONTAINERS} distinct blob container names (3-63 lower-case letters, "
-            "digits and hyphens)",
-            "containers",
-        )
-    if not isinstance(nonce, str) or not NONCE_PATTERN.fullmatch(nonce):
-        raise RewrapRequestInvalid("the nonce must be 22-200 characters of base64url (at least 128 bits)", "nonce")
-    return RewrapRequest(kek_id, tuple(containers), nonce)
+        raise refusal(f"must be a list of 1-{MAX_CONTAINERS} distinct blob container names (3-63 lower-case letters, "
+                      "digits and hyphens)")  # fmt: skip
+    return tuple(names)
 
 
-class VersionReleaser(Protocol):
-    """Secure Key Release of one KEK version (:meth:`securetrain.tee.release.VaultKeyReleaser.release_version`)."""
+class RewrapRequest(Contract):
+    """``POST /v1/rewraps``' body: rewrap every sealed blob of ``containers`` sealed for an older version of
+    ``kek_id``'s key to it."""
 
-    def release_version(self, kek_id: str, token: ValidatedToken, tee_key: TeeKey) -> ReleasedKek: ...
+    kek_id: Annotated[KeyVersionId, AfterValidator(_port_in_range)]
+    containers: Annotated[tuple[str, ...], PlainValidator(_containers)]
+    nonce: Nonce
+
+    invalid = RewrapRequestInvalid
 
 
 class _ReleasedVersions:
     """The versions of one KEK released to this rewrap's TEE key, each once; opens a header's data key."""
 
-    def __init__(self, releaser: VersionReleaser, token: ValidatedToken, tee_key: TeeKey, target: str) -> None:
+    def __init__(self, releaser: VaultKeyReleaser, token: ValidatedToken, tee_key: TeeKey, target: str) -> None:
         self._releaser, self._token, self._tee_key = releaser, token, tee_key
         self._versions: dict[str, ReleasedKek] = {}
         self._refused: dict[str, str] = {}  # version -> Key Vault's reason, asked once
@@ -164,7 +123,7 @@ class _ReleasedVersions:
         return version.private.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
 
 
-def run_rewrap(request: RewrapRequest, attester: Attester, releaser: VersionReleaser, store: BlobStore) -> dict[str, Any]:
+def run_rewrap(request: RewrapRequest, attester: Attester, releaser: VaultKeyReleaser, store: BlobStore) -> dict[str, Any]:
     """Rewrap as :mod:`this module <securetrain.tee.agent.rewrap>` describes; the signed answer."""
     tee_key = TeeKey()
     token = attester.attest(tee_key, request.nonce)

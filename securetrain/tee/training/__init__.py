@@ -1,13 +1,7 @@
 """Training inside the TEE: sealed shards to in-memory tensors, validation, training, sealed outputs.
 
-The agent calls :func:`run_training` after attestation and Secure Key Release::
-
-    run_training(spec, keys, store, progress, cancel) -> TrainingResult
-
-In order: open and authenticate every shard into memory (:mod:`.data`), run the job's expectation
-suite and report only its aggregates (:mod:`.validation`), resume from the newest checkpoint of the run
-that opens and verifies (:mod:`.checkpoint`), train epoch by epoch with a sealed checkpoint after each
-(:mod:`.loop`, models from :mod:`.models`), seal the final model to the job's output blob.
+The agent calls :func:`run_training` after attestation and Secure Key Release; the steps are in
+docs/trainer.md ("Training inside the TEE").
 """
 
 from __future__ import annotations
@@ -17,7 +11,7 @@ import threading
 
 from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
-from securetrain.tee.training.data import Blobs, DataLimits, load_dataset
+from securetrain.tee.training.data import DataLimits, load_dataset
 from securetrain.tee.training.loop import (
     Standardization,
     build_trainee,
@@ -27,6 +21,7 @@ from securetrain.tee.training.loop import (
     split_rows,
     train,
 )
+from securetrain.core.storage import BlobStore
 from securetrain.core.validation import validate
 
 __all__ = ["DataLimits", "run_training"]
@@ -37,7 +32,7 @@ log = logging.getLogger(__name__)
 def run_training(
     spec: TrainingSpec,
     keys: JobKeys,
-    store: Blobs,
+    store: BlobStore,
     progress: ProgressSink,
     cancel: threading.Event,
     *,
@@ -45,8 +40,7 @@ def run_training(
 ) -> TrainingResult:
     """Train the model ``spec`` describes on its sealed dataset; return where the sealed model is.
 
-    ``store`` is a :class:`securetrain.core.storage.BlobStore`. Calling it again for the same spec (after a
-    crash or a cancel) resumes from the newest checkpoint that opens and verifies.
+    Calling it again for the same spec (after a crash or a cancel) resumes from the newest checkpoint that opens and verifies.
 
     Raises:
         SealedFileError subclasses: a shard failed its seal (the message names shard and segment);

@@ -1,26 +1,9 @@
 """Sealed checkpoints after every epoch, resume from the newest one that verifies, and the sealed model.
 
-A checkpoint is one safetensors file (no pickle, no ``torch.load``):
-
-- tensors ``model.<name>`` (the model's state dict), ``optimizer.<param index>.<key>`` (the optimizer's
-  per-parameter state: Adam's moments and step count), ``rng.torch`` and ``rng.cuda.<device>`` (the
-  generators' states; training uses no numpy or Python randomness);
-- metadata (strings): ``format``, ``run_id``, ``epoch`` (epochs completed), ``step`` (optimizer steps
-  taken), ``metrics`` (JSON), ``optimizer`` (JSON: the param groups, learning rate and betas included,
-  and any non-tensor per-parameter state).
-
-It is sealed with a fresh data key for the KEK's public key under the context ``{run_id, kind:
-"checkpoint", epoch, mac}`` and uploaded as ``<prefix>epoch-0003.safetensors.sealed``.
-
-**Why the MAC.** The KEK's public key is public: anyone who can write to the checkpoint container could
-seal a checkpoint of their own choosing for it, and a resumed job would train on from weights an
-attacker picked. ``mac`` is HMAC-SHA256 over ``{run_id, epoch, SHA-256 of the plaintext}`` with a key
-derived (HKDF) from the KEK's *private* key, which only a TEE that passed attestation holds. Resume
-accepts a checkpoint only if the seal opens *and* the MAC verifies.
-
-The final model is a safetensors file of the model's weights and a metadata description (model name and
-parameters, feature names and shape, classes, metrics), sealed under ``{run_id, kind: "model"}`` to the
-job's output blob.
+A checkpoint is one safetensors file (no pickle, no ``torch.load``) sealed for the KEK's public key under
+``{run_id, kind: "checkpoint", epoch, mac}``; the final model is sealed under ``{run_id, kind: "model"}``.
+Their layout, and why ``mac`` (an HMAC keyed from the KEK's *private* key, so that a checkpoint anyone
+sealed for the public key is not resumed from), are in docs/trainer.md ("Checkpoints and resume").
 """
 
 from __future__ import annotations
@@ -45,10 +28,9 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
-from securetrain.core.storage import StorageError
+from securetrain.core.storage import BlobStore, StorageError
 from securetrain.core.contracts.job_spec import BlobRef, CheckpointLocation
 from securetrain.core.contracts.training import JobKeys
-from securetrain.tee.training.data import Blobs
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +55,6 @@ class Progress:
 
 
 def checkpoint_blob(location: CheckpointLocation, epoch: int) -> str:
-    """The blob name of epoch ``epoch``'s checkpoint."""
     return f"{location.prefix}epoch-{epoch:04d}.safetensors.sealed"
 
 
@@ -210,7 +191,7 @@ class Checkpoints:
 
     _NAME = re.compile(r"epoch-(\d{4,})\.safetensors\.sealed")
 
-    def __init__(self, store: Blobs, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
+    def __init__(self, store: BlobStore, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
         self._store = store
         self._location = location
         self._run_id = run_id
@@ -282,7 +263,7 @@ class Checkpoints:
 
 
 def seal_model(
-    store: Blobs, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any]
+    store: BlobStore, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any]
 ) -> None:
     """Seal the model's weights (safetensors, ``description`` as JSON metadata) and upload them to ``output``."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}

@@ -1,39 +1,15 @@
 """Sealed dataset shards to training tensors, in memory only.
 
-Each shard is streamed from storage through :class:`~securetrain.core.sealed.SealedReader`, which checks the
-key, the header and the shard's expected context, and authenticates every segment before handing out
-its plaintext. Plaintext goes into memory and nowhere else: no temporary file, no cache.
+Each shard is streamed through :class:`~securetrain.core.sealed.SealedReader` (key, header, the shard's
+expected context, every segment authenticated) into memory and nowhere else. The formats, why Parquet and
+safetensors are buffered whole and Arrow IPC streams are not, and why nothing is trained on partial data are
+in docs/trainer.md ("The data path").
 
-Three plaintext formats:
-
-``parquet``
-    Parquet keeps its schema and row-group index in a footer at the *end* of the file, so a reader
-    needs random access. The shard is decrypted segment by segment into one buffer of exactly its
-    plaintext length (known from the authenticated header before anything is decrypted) and read
-    with ``pyarrow.parquet`` from that buffer.
-``safetensors``
-    Likewise whole in memory (its header holds byte offsets), loaded with ``safetensors.torch.load``.
-``arrow`` (Arrow IPC *stream* format)
-    For shards larger than memory: record batches are decoded from the plaintext stream as it is
-    decrypted, reduced at once to the label and feature columns as float32/int64, and dropped. Memory
-    is one segment plus one record batch plus the tensors kept, whatever the shard's size.
-
-The bound: a buffered (Parquet or safetensors) shard may hold at most
-:attr:`DataLimits.max_buffered_shard_bytes` of plaintext. While it is parsed it exists up to three
-times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
-once (the next shard downloads and decrypts while the current one decodes: storage, AES-GCM and the
-Parquet decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB):
-the shards in flight stay below the machine's memory with room for the tensors of those already read. A larger shard is refused before it is downloaded, naming the bound and the two
-ways out (smaller shards, or the ``arrow`` format).
-
-What must fit in memory is the training tensors of the whole dataset: training makes several passes
-over them, and plaintext may not be cached on disk, so the alternative would be to download and decrypt
-everything once per epoch.
-
-Nothing is trained on partial data: :func:`load_dataset` returns only after *every* shard has been read
-to its end and authenticated (and the training side validates the whole dataset before the first
-optimizer step). A failed seal raises its own exception (``SegmentTampered``, ``Truncated``, ...), whose
-message is prefixed with the shard's name.
+The bound of a buffered shard, :attr:`DataLimits.max_buffered_shard_bytes`: while it is parsed a shard exists
+up to three times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
+once (the next one downloads and decrypts while the current one decodes: storage, AES-GCM and the Parquet
+decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB). A larger shard
+is refused before it is downloaded, naming the two ways out (smaller shards, or the ``arrow`` format).
 """
 
 from __future__ import annotations
@@ -42,11 +18,11 @@ import io
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -64,7 +40,7 @@ from securetrain.core.contracts.training import DatasetShard, TrainingSpec
 if TYPE_CHECKING:
     import pandas
 
-    from securetrain.core.storage import BlobInfo
+    from securetrain.core.storage import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -78,25 +54,6 @@ class DatasetContentError(ConfigurationError):
 
 class ShardTooLarge(DatasetContentError):
     """A Parquet or safetensors shard is larger than the trainer may buffer in memory."""
-
-
-class Blobs(Protocol):
-    """The storage operations training uses; :class:`securetrain.core.storage.BlobStore` provides them."""
-
-    def open_read(self, container: str, blob: str) -> BinaryIO: ...
-
-    def upload_stream(
-        self,
-        container: str,
-        blob: str,
-        stream: BinaryIO,
-        *,
-        length: int | None = None,
-        metadata: Mapping[str, str] | None = None,
-        overwrite: bool = False,
-    ) -> BlobInfo: ...
-
-    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]: ...
 
 
 def _default_buffered_shard_bytes() -> int:
@@ -321,7 +278,7 @@ def _check_same_layout(first: _ShardArrays, other: _ShardArrays, shard: DatasetS
 
 
 def _read_in_order(
-    spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits
+    spec: TrainingSpec, kek: KekPrivateKey, store: BlobStore, limits: DataLimits
 ) -> Iterator[tuple[DatasetShard, _ShardArrays]]:
     """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once.
 
@@ -347,7 +304,7 @@ def _read_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: Blobs, limits: DataLimits) -> TrainingData:
+def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: BlobStore, limits: DataLimits) -> TrainingData:
     """Read, authenticate and decode every shard of ``spec``; returns only when all of them opened."""
     parts: list[_ShardArrays] = []
     for shard, part in _read_in_order(spec, kek, store, limits):

@@ -1,25 +1,10 @@
 """The training loop: one function a reader can hold in mind.
 
-Reproducibility is by construction, so that a resumed run reaches the same weights as one that was
-never interrupted, and plain PyTorch given the same rules reaches the same metrics:
-
-- ``torch.manual_seed(seed)`` right before the model is built: it fixes the initial weights;
-- the held-out split: ``torch.randperm(rows, generator=Generator().manual_seed(seed))``; its first
-  :data:`VALIDATION_FRACTION` of the rows (rounded, at least one) are held out, the rest train;
-- the standardization statistics: mean and (population) standard deviation of the training rows;
-- epoch ``e`` (1-based) visits the training rows in the order of
-  ``torch.randperm(len(train), generator=Generator().manual_seed(seed * 65536 + e))``: it depends on
-  the seed and the epoch only, so a resumed epoch replays exactly;
-- the global torch RNG (dropout) continues from its state in the checkpoint;
-- deterministic algorithms (``torch.use_deterministic_algorithms``) on CPU and CUDA.
-
-Devices: CUDA when available (the batches are copied from pinned host memory with non-blocking
-copies), the CPU otherwise. Batches are gathered by index from the in-memory tensors through a
-``DataLoader`` without worker processes: workers would pass plaintext batches through shared-memory
-files, and a process of their own would be one more place plaintext lives.
-
-Cancel is checked before every optimizer step and before the model is sealed: a cancelled job stops
-between steps, and the checkpoints already written stay as they are.
+The rules that make a run reproducible (a resumed run reaches the same weights as one never interrupted,
+and plain PyTorch given the same rules the same metrics), the devices and where cancel is checked are in
+docs/trainer.md ("The loop and reproducibility"). Batches are gathered by index from the in-memory tensors
+through a ``DataLoader`` without worker processes: workers would pass plaintext batches through
+shared-memory files, and a process of their own would be one more place plaintext lives.
 """
 
 from __future__ import annotations
@@ -50,7 +35,6 @@ EVALUATION_BATCH = 4096
 
 
 def select_device() -> torch.device:
-    """CUDA when PyTorch sees a GPU, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 

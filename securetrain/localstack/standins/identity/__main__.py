@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from securetrain.localstack.standins.identity.app import DEFAULT_TOKEN_LIFETIME_S, IdentityServiceConfig, create_app
 from securetrain.localstack.standins.serving import add_listen_arguments, configure_logging, serve
 

@@ -7,9 +7,7 @@ Authorization is Azure RBAC (:mod:`securetrain.localstack.standins.rbac`) over K
 built-in Key Vault roles are defined here with the data actions Azure documents for them; a deployment's
 custom roles and the assignments are in the role-assignment file ``stack up`` writes.
 
-Sources (docs/keys.md, "Roles"): https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/security
-(the built-in roles), https://learn.microsoft.com/azure/role-based-access-control/permissions/security#microsoftkeyvault
-(the data actions), https://learn.microsoft.com/azure/role-based-access-control/role-definitions#notdataactions.
+The answers to each fault and Azure's sources: docs/keys.md, "Roles".
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The request bodies of the Key Vault keys REST API (7.4 and later), as the stand-in reads them.
 
-One model per body the API documents: ``KeyCreateParameters``, ``KeyUpdateParameters``,
-``KeyOperationsParameters`` and ``KeyReleaseParameters``, with their ``KeyAttributes`` and
-``KeyReleasePolicy``. Field names are the wire names. Types are strict (``"key_size": 2048.0`` is no key
-size, ``"enabled": "yes"`` no boolean); a body of the wrong shape is ``400 BadParameter`` naming the field.
-Properties the API does not define for a request (the read-only ``created``, ``recoveryLevel`` of an
-attributes object a client echoes back, say) are ignored; what the stand-in does not support of what the
-API defines (elliptic-curve key types, say) the app refuses by name.
+One model per body the API documents, with the wire names. Types are strict (``"key_size": 2048.0`` is no key
+size) and a body of the wrong shape is ``400 BadParameter`` naming the field; properties the API does not define
+for a request (a read-only ``created`` a client echoes back, say) are ignored. What the stand-in does not support
+of what the API defines (elliptic-curve key types, say) the app refuses by name.
 """
 
 from __future__ import annotations
@@ -16,8 +13,6 @@ from typing import Annotated
 from pydantic import Field
 
 from securetrain.localstack.standins.request_body import RequestBody
-
-
 
 
 class KeyAttributes(RequestBody):

@@ -1,19 +1,9 @@
 """Secure Key Release in the vault: check the attestation token against the key's policy, wrap, sign.
 
-Order of checks (each failure is a :class:`ReleaseRefused` naming the condition; nothing is released):
-
-1. the key version is exportable, enabled, and has a release policy;
-2. the token's issuer is an authority the policy names (read unverified, only to choose whose keys to
-   verify with);
-3. the token verifies against that authority's published keys, fetched over TLS verified against the
-   configured CA (:class:`securetrain.core.attestation.tokens.TokenValidator`: signature, issuer, ``exp``,
-   ``nbf``);
-4. the claims satisfy the policy (:func:`securetrain.core.release_policy.evaluate`);
-5. the token carries an RSA runtime key (``x-ms-runtime.keys``) to wrap to.
-
-The response is Key Vault's: a JWS whose payload holds the key as a JWK with ``key_hsm``
-(:func:`securetrain.core.skr.wrap_key_material`), signed with the vault's certificate key (ES256 here; the
-certificate chains to the stack CA) and the certificate in ``x5c``.
+The checks, in the order docs/keys.md ("Secure Key Release") lists them, each failure a :class:`ReleaseRefused`
+naming the condition; the token's issuer is read unverified only to choose whose keys to verify it with. The
+response is Key Vault's: a JWS holding the key as a JWK with ``key_hsm`` (:func:`securetrain.core.skr.wrap_key_material`),
+signed with the vault's certificate key, the certificate in ``x5c``.
 """
 
 from __future__ import annotations
