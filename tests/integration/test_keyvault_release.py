@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
 from securetrain.localstack.services.attestation import approved_reference_values
-from securetrain.localstack.standins.attestation_service.appraisal import SIMULATED
+from securetrain.core.attestation.claims import SIMULATED_CVM
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.keyvault import kek_public_key, key_client, key_client_from_settings
@@ -136,7 +136,7 @@ def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
 def _lax_key(env, owner, lax_authority) -> str:
     """A key whose policy is the approved one, but trusting the lax authority (and its policy's hash)."""
     url, policy_hash = lax_authority
-    policy = _approved_for(env, url, compliance_status=SIMULATED)
+    policy = _approved_for(env, url, compliance_status=SIMULATED_CVM)
     return _key_with_policy(owner, _with_policy_hash(policy, policy_hash))
 
 
@@ -220,7 +220,7 @@ def test_forged_signature(env, cvm):
 def test_a_token_under_another_attestation_policy(env, owner, cvm, lax_authority):
     """The lax service is trusted by this key, but its tokens were issued under another policy than the approved."""
     url, _ = lax_authority
-    name = _key_with_policy(owner, _approved_for(env, url, compliance_status=SIMULATED))
+    name = _key_with_policy(owner, _approved_for(env, url, compliance_status=SIMULATED_CVM))
     message = _denied(cvm, name, Attester(env, url).token(TeeKey()))
     assert f"x-ms-policy-hash is '{lax_authority[1]}'" in message and env["SECURETRAIN_ATTESTATION_POLICY_HASH"] in message
 
@@ -241,7 +241,7 @@ def test_wrong_host_data(env, owner, cvm):
     attestation_policy = approved_attestation_policy(env)
     measurements, _ = approved_reference_values(attestation_policy)
     policy = approved_release_policy(env["SECURETRAIN_ATTESTATION_ENDPOINT"], attestation_policy=attestation_policy,
-                                     measurements=measurements, host_data={b"\x01" * 32}, compliance_status=SIMULATED)  # fmt: skip
+                                     measurements=measurements, host_data={b"\x01" * 32}, compliance_status=SIMULATED_CVM)  # fmt: skip
     name = _key_with_policy(owner, policy)
     token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
     assert "x-ms-sevsnpvm-hostdata" in _denied(cvm, name, token)
