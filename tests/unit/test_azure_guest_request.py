@@ -4,7 +4,6 @@ every hostile body refused naming the field, never anything but the project's er
 from __future__ import annotations
 
 import base64
-import copy
 import datetime
 import json
 from collections.abc import Callable
