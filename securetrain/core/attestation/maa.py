@@ -1,6 +1,8 @@
-"""Submitting SEV-SNP evidence to an attestation service with Azure Attestation's (MAA) REST shape.
+"""Submitting evidence to an attestation service with Azure Attestation's (MAA) REST shape.
 
-``azure-security-attestation`` has no call for SEV-SNP VMs, so this speaks MAA's documented body:
+``azure-security-attestation`` has no call for SEV-SNP VMs or Azure CVMs, so this speaks MAA's bodies: an
+Azure CVM's ``/attest/AzureGuest`` request is :mod:`securetrain.core.attestation.azure_guest`'s; a bare
+SEV-SNP VM's is this:
 
     POST {endpoint}/attest/SevSnpVm?api-version=2022-08-01
     {"report": b64url(JSON{"SnpReport": b64url(report), "VcekCertChain": b64url(PEM chain)}),
@@ -83,14 +85,17 @@ class AttestationServiceClient:
         self, report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None = None
     ) -> str:
         """Submit evidence; return the signed token (validate it with :mod:`securetrain.core.attestation.tokens`)."""
-        url = f"{self.endpoint}/attest/SevSnpVm"
+        return self._attest("SevSnpVm", sev_snp_request(report, vcek_chain_pem, runtime_data, nonce))
+
+    def attest_azure_guest(self, request: Mapping[str, Any]) -> str:
+        """Submit an Azure CVM's ``/attest/AzureGuest`` request
+        (:func:`securetrain.core.attestation.azure_guest.azure_guest_request`); return the signed token."""
+        return self._attest("AzureGuest", request)
+
+    def _attest(self, attestation_type: str, body: Mapping[str, Any]) -> str:
+        url = f"{self.endpoint}/attest/{attestation_type}"
         try:
-            response = self._session.post(
-                url,
-                params={"api-version": API_VERSION},
-                json=sev_snp_request(report, vcek_chain_pem, runtime_data, nonce),
-                timeout=self._timeout,
-            )
+            response = self._session.post(url, params={"api-version": API_VERSION}, json=dict(body), timeout=self._timeout)
         except requests.exceptions.SSLError as exc:
             raise SecurityViolation(f"TLS verification of {url} failed: {exc}") from None
         except requests.RequestException as exc:

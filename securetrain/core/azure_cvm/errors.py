@@ -15,12 +15,15 @@ from securetrain.core.errors import SecurityViolation
 
 
 class Check(StrEnum):
-    """The checks, in the order :func:`~securetrain.core.azure_cvm.verifier.verify_cvm_evidence` runs them."""
+    """The checks, in the order they run: reading the evidence (a document or a request), then
+    :func:`~securetrain.core.azure_cvm.verifier.verify_cvm_evidence`."""
 
     DOCUMENT = "evidence-document"
+    #: MAA's ``/attest/AzureGuest`` request (:mod:`securetrain.core.attestation.azure_guest`) instead of a document.
+    REQUEST = "azure-guest-request"
     HCL_REPORT_LAYOUT = "hcl-report-layout"
-    RUNTIME_CLAIMS = "runtime-claims"
     SNP_REPORT_COPY = "snp-report-copy"
+    RUNTIME_CLAIMS = "runtime-claims"
     SNP_REPORT = "snp-report"
     RUNTIME_CLAIMS_BINDING = "runtime-claims-binding"
     QUOTE_LAYOUT = "quote-layout"
@@ -29,6 +32,7 @@ class Check(StrEnum):
     EXPECTED_NONCE = "expected-nonce"
     PCR_DIGEST = "pcr-digest"
     AK_CERTIFICATE = "ak-certificate"
+    AK_PUBLIC = "ak-public"
     USER_DATA_KEY = "user-data-key"
     #: Not run by verify_cvm_evidence: the judgement verify_cvm_document adds by default.
     DEBUG_DISABLED = "debug-disabled"

@@ -40,7 +40,8 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, Field, ValidationError
 
 from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
-from securetrain.core.azure_cvm.tpm import MAX_EXTRA_DATA, PCR_COUNT, SHA256_SIZE
+from securetrain.core.azure_cvm.hcl import HclReport
+from securetrain.core.azure_cvm.tpm import MAX_EXTRA_DATA, PCR_COUNT, SHA256_SIZE, TpmQuote
 from securetrain.core.contracts.base import Contract, JsonObject, Omittable, first_error, matching, refusal
 from securetrain.core.json_input import JsonInputError, read_json_object
 
@@ -109,20 +110,33 @@ class _Document(Contract):
 
 @dataclass(frozen=True)
 class CvmEvidence:
-    """The evidence of one Azure CVM, decoded from its document but not yet verified."""
+    """The evidence of one Azure CVM as what is signed or bound, not yet verified.
 
-    tpm_quote: bytes
-    hcl_report: bytes
+    Whatever shape it arrived in — the evidence document (:meth:`from_document`, which reads the HCL report
+    and the quote's framing) or MAA's ``/attest/AzureGuest`` request
+    (:mod:`securetrain.core.attestation.azure_guest`, which carries the parts separately) — the verifier sees
+    the same parts: the SNP report and the runtime claims it binds, the quote's TPMS_ATTEST bytes and its
+    RSASSA signature, the PCR values, the AK's certificate and (from a request) public area, the nonce the
+    quote was made for, the VCEK chain, and the public key the guest says it bound through ``user-data``.
+    """
+
     snp_report: bytes
-    ak_certificate: bytes
+    runtime_claims: bytes
+    quote_attested: bytes
+    quote_signature: bytes
     pcrs: Mapping[int, bytes]
+    ak_certificate: bytes
     nonce: bytes
     platform_certificates: bytes
+    ak_public: bytes | None = None
     public_key_pem: str | None = None
 
     @classmethod
     def from_document(cls, document: Any) -> CvmEvidence:
-        """Decode a parsed evidence document; refuse (check ``evidence-document``) anything but its shape."""
+        """Decode a parsed evidence document; refuse anything but its shape (check ``evidence-document``), an
+        HCL report that is not one (``hcl-report-layout``), a ``snpReport`` that is not the HCL report's
+        (``snp-report-copy``), a quote that is not TPM2B_ATTEST and an RSASSA/SHA-256 TPMT_SIGNATURE
+        (``quote-layout``)."""
         try:
             parsed = _Document.model_validate(document)
         except ValidationError as exc:
@@ -140,12 +154,17 @@ class CvmEvidence:
                 )
         if len(snp_cvm.nonce) > MAX_EXTRA_DATA:
             raise CvmEvidenceError(Check.DOCUMENT, f"report.snpCvm.nonce: {len(snp_cvm.nonce)} bytes, more than {MAX_EXTRA_DATA}")
+        hcl = HclReport.from_bytes(evidence.hclReport)
+        if evidence.snpReport != hcl.snp_report:
+            raise CvmEvidenceError(Check.SNP_REPORT_COPY, "snpReport is not the SNP report inside the HCL report")
+        quote = TpmQuote.from_bytes(evidence.tpmQuote)
         return cls(
-            tpm_quote=evidence.tpmQuote,
-            hcl_report=evidence.hclReport,
-            snp_report=evidence.snpReport,
-            ak_certificate=evidence.aikCert,
+            snp_report=hcl.snp_report,
+            runtime_claims=hcl.runtime_claims,
+            quote_attested=quote.attested,
+            quote_signature=quote.signature.signature,
             pcrs=MappingProxyType(dict(sorted(pcrs.items()))),
+            ak_certificate=evidence.aikCert,
             nonce=snp_cvm.nonce,
             platform_certificates=snp_cvm.platformCertificates.encode(),
             public_key_pem=parsed.publicKey,

@@ -42,18 +42,22 @@ def _refuse(reason: str) -> CvmEvidenceError:
     return CvmEvidenceError(Check.QUOTE_LAYOUT, reason)
 
 
-class _Cursor:
-    """Reads big-endian fields from ``data`` in order; refuses to read past its end."""
+class Cursor:
+    """Reads big-endian TPM fields from ``data`` in order; refuses (as ``check``) to read past its end."""
 
-    def __init__(self, data: bytes, what: str) -> None:
+    def __init__(self, data: bytes, what: str, check: Check = Check.QUOTE_LAYOUT) -> None:
         self._data = data
         self._offset = 0
         self._what = what
+        self._check = check
+
+    def refuse(self, reason: str) -> CvmEvidenceError:
+        return CvmEvidenceError(self._check, reason)
 
     def take(self, size: int, field: str) -> bytes:
         end = self._offset + size
         if end > len(self._data):
-            raise _refuse(f"{self._what} ends inside {field} (offset {self._offset}, {size} bytes wanted)")
+            raise self.refuse(f"{self._what} ends inside {field} (offset {self._offset}, {size} bytes wanted)")
         value = self._data[self._offset : end]
         self._offset = end
         return bytes(value)
@@ -73,7 +77,7 @@ class _Cursor:
     def tpm2b(self, field: str, maximum: int) -> bytes:
         size = self.u16(f"{field} size")
         if size > maximum:
-            raise _refuse(f"{field} is {size} bytes, more than {maximum}")
+            raise self.refuse(f"{field} is {size} bytes, more than {maximum}")
         return self.take(size, field)
 
     def rest(self) -> bytes:
@@ -81,10 +85,10 @@ class _Cursor:
 
     def finish(self) -> None:
         if self._offset != len(self._data):
-            raise _refuse(f"{len(self._data) - self._offset} bytes follow the {self._what}")
+            raise self.refuse(f"{len(self._data) - self._offset} bytes follow the {self._what}")
 
 
-def _tpm2b(value: bytes) -> bytes:
+def tpm2b(value: bytes) -> bytes:
     return struct.pack(">H", len(value)) + value
 
 
@@ -111,7 +115,7 @@ class QuoteAttestation:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> QuoteAttestation:
-        cursor = _Cursor(data, "TPMS_ATTEST")
+        cursor = Cursor(data, "TPMS_ATTEST")
         magic = cursor.u32("magic")
         if magic != TPM_GENERATED_VALUE:
             raise _refuse(f"magic is 0x{magic:08x}, not TPM_GENERATED_VALUE 0x{TPM_GENERATED_VALUE:08x}")
@@ -157,12 +161,12 @@ class QuoteAttestation:
         clock = self.clock_info
         return (
             struct.pack(">IH", TPM_GENERATED_VALUE, TPM_ST_ATTEST_QUOTE)
-            + _tpm2b(self.qualified_signer)
-            + _tpm2b(self.extra_data)
+            + tpm2b(self.qualified_signer)
+            + tpm2b(self.extra_data)
             + struct.pack(">QIIBQ", clock.clock, clock.reset_count, clock.restart_count, clock.safe, self.firmware_version)
             + struct.pack(">IHB", 1, TPM_ALG_SHA256, PCR_SELECT_SIZE)
             + bytes(bitmap)
-            + _tpm2b(self.pcr_digest)
+            + tpm2b(self.pcr_digest)
         )
 
 
@@ -180,7 +184,7 @@ class QuoteSignature:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> QuoteSignature:
-        cursor = _Cursor(data, "TPMT_SIGNATURE")
+        cursor = Cursor(data, "TPMT_SIGNATURE")
         algorithm = cursor.u16("sigAlg")
         if algorithm != TPM_ALG_RSASSA:
             raise _refuse(f"signature algorithm 0x{algorithm:04x} is not RSASSA (0x{TPM_ALG_RSASSA:04x})")
@@ -195,7 +199,7 @@ class QuoteSignature:
 
     def to_bytes(self) -> bytes:
         """The TPMT_SIGNATURE bytes."""
-        return struct.pack(">HH", TPM_ALG_RSASSA, TPM_ALG_SHA256) + _tpm2b(self.signature)
+        return struct.pack(">HH", TPM_ALG_RSASSA, TPM_ALG_SHA256) + tpm2b(self.signature)
 
 
 @dataclass(frozen=True)
@@ -209,11 +213,11 @@ class TpmQuote:
     @classmethod
     def from_bytes(cls, data: bytes) -> TpmQuote:
         """Read TPM2B_ATTEST followed by TPMT_SIGNATURE, and nothing else."""
-        cursor = _Cursor(data, "quote")
+        cursor = Cursor(data, "quote")
         size = cursor.u16("TPM2B_ATTEST size")
         attested = cursor.take(size, "TPMS_ATTEST")
         return cls(attested, QuoteAttestation.from_bytes(attested), QuoteSignature.from_bytes(cursor.rest()))
 
     def to_bytes(self) -> bytes:
         """TPM2B_ATTEST then TPMT_SIGNATURE, as :meth:`from_bytes` reads them."""
-        return _tpm2b(self.attested) + self.signature.to_bytes()
+        return tpm2b(self.attested) + self.signature.to_bytes()

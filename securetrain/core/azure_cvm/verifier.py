@@ -1,32 +1,43 @@
 """Verify Azure confidential VM evidence: is it what an AMD chip, through Azure's paravisor and vTPM, signed?
 
-:func:`verify_cvm_evidence` runs these checks in order; the first that fails raises
+:func:`verify_cvm_evidence` verifies what is signed or bound — the SNP report, the runtime claims, the quote
+and its signature, the PCR values, the AK's certificate and public area, the nonce — whatever shape it came
+in (:class:`~securetrain.core.azure_cvm.evidence.CvmEvidence`: the evidence document, or MAA's AzureGuest
+request). Reading the evidence runs the first checks; the first that fails raises
 :class:`~securetrain.core.azure_cvm.errors.CvmEvidenceError` with its name as ``check``:
 
-1. ``evidence-document`` — the document has its shape (:class:`~securetrain.core.azure_cvm.evidence.CvmEvidence`);
-2. ``hcl-report-layout`` — the HCL report's header, sizes, report type and hash type
+1. ``evidence-document`` (or ``azure-guest-request``) — the document (request) has its shape;
+2. ``hcl-report-layout`` — the document's HCL report: header, sizes, report type and hash type
    (:class:`~securetrain.core.azure_cvm.hcl.HclReport`);
-3. ``runtime-claims`` — the claims it carries are strict JSON with Microsoft's fields, ``HCLAkPub`` and
+3. ``snp-report-copy`` — the document's ``snpReport`` is the report inside the HCL report, byte for byte;
+4. ``quote-layout`` — the document's quote is TPM2B_ATTEST then an RSASSA/SHA-256 TPMT_SIGNATURE
+   (:class:`~securetrain.core.azure_cvm.tpm.TpmQuote`).
+
+Then :func:`verify_cvm_evidence`, in order:
+
+5. ``runtime-claims`` — the runtime claims are strict JSON with Microsoft's fields, ``HCLAkPub`` and
    ``HCLEkPub`` RSA keys (:class:`~securetrain.core.azure_cvm.hcl.RuntimeClaims`);
-4. ``snp-report-copy`` — the document's ``snpReport`` is the report inside the HCL report, byte for byte;
-5. ``snp-report`` — that report verifies: layout, VCEK → ASK → ARK to a trusted root, VCEK for this chip
+6. ``snp-report`` — the SNP report verifies: layout, VCEK → ASK → ARK to a trusted root, VCEK for this chip
    and TCB, signature (:func:`securetrain.core.snp.verifier.verify_report`; its own error is the cause);
-6. ``runtime-claims-binding`` — its REPORT_DATA is SHA-256 of the runtime claims' bytes and 32 zero bytes:
+7. ``runtime-claims-binding`` — its REPORT_DATA is SHA-256 of the runtime claims' bytes and 32 zero bytes:
    the chip signed the claims, so ``HCLAkPub`` is the key of this VM's vTPM;
-7. ``quote-layout`` — the quote is one TPMS_ATTEST of type quote and one TPMT_SIGNATURE
-   (:class:`~securetrain.core.azure_cvm.tpm.TpmQuote`);
-8. ``quote-signature`` — RSASSA-PKCS1-v1_5/SHA-256 over the TPMS_ATTEST bytes verifies with ``HCLAkPub``;
-9. ``quote-nonce`` — the quote's extraData is the document's ``nonce``;
-10. ``expected-nonce`` — when the caller gives a nonce, it is that nonce (freshness: without one, the
+8. ``quote-layout`` — the TPMS_ATTEST is one of type quote (:class:`~securetrain.core.azure_cvm.tpm.QuoteAttestation`);
+9. ``quote-signature`` — RSASSA-PKCS1-v1_5/SHA-256 over the TPMS_ATTEST bytes verifies with ``HCLAkPub``;
+10. ``quote-nonce`` — the quote's extraData is the evidence's ``nonce``;
+11. ``expected-nonce`` — when the caller gives a nonce, it is that nonce (freshness: without one, the
     evidence may be a replay, and only the caller can know);
-11. ``pcr-digest`` — the document's ``pcrs`` are exactly the PCRs the quote selects, and SHA-256 of
+12. ``pcr-digest`` — the evidence's PCRs are exactly the PCRs the quote selects, and SHA-256 of
     their values in selection order is the quote's pcrDigest;
-12. ``ak-certificate`` — ``aikCert`` is one DER certificate (then the NV index's zero padding), for
+13. ``ak-certificate`` — ``aikCert`` is one DER certificate (then the NV index's zero padding), for
     ``HCLAkPub``, allowing digital signatures. Its issuer (Azure's "Global Virtual TPM CA - 03") is
     reported, not verified: the intermediate is not in the evidence and Microsoft's vTPM root is not
-    pinned here. Trust in the AK comes from step 6, not from this certificate;
-13. ``user-data-key`` — when the document names ``publicKey``, the runtime claims' ``user-data`` is
-    SHA-256 of that PEM text followed by 32 zero bytes: the guest bound that key.
+    pinned here. Trust in the AK comes from step 7, not from this certificate;
+14. ``ak-public`` — when the evidence has the AK's public area (a request's ``AikPub``), it is Azure's AK
+    template for ``HCLAkPub``, and its qualified name is the quote's ``qualifiedSigner``
+    (:class:`~securetrain.core.azure_cvm.ak_public.AkPublic`);
+15. ``user-data-key`` — when the evidence names a public key (the document's ``publicKey``, a request's
+    runtime key), the runtime claims' ``user-data`` is SHA-256 of its PEM text followed by 32 zero bytes:
+    the guest bound that key.
 
 What the verified evidence says — measurement, TCB, debug, VMPL, PCR values, VM configuration — is
 exposed, not judged: whether it is acceptable is the caller's appraisal. :func:`verify_cvm_document`,
@@ -50,10 +61,11 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from securetrain.core.attestation.claims import compliance_status, platform_claim, sevsnpvm_claims
 from securetrain.core.attestation.maa import report_data_for
+from securetrain.core.azure_cvm.ak_public import AkPublic
 from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
 from securetrain.core.azure_cvm.evidence import CvmEvidence
-from securetrain.core.azure_cvm.hcl import HclReport, RuntimeClaims
-from securetrain.core.azure_cvm.tpm import QuoteAttestation, TpmQuote
+from securetrain.core.azure_cvm.hcl import RuntimeClaims
+from securetrain.core.azure_cvm.tpm import QuoteAttestation
 from securetrain.core.snp.certs import CertificateChain, SnpCertificate
 from securetrain.core.snp.errors import SnpEvidenceError
 from securetrain.core.snp.report import AttestationReport, TcbVersion
@@ -179,38 +191,37 @@ def verify_cvm_evidence(
     ``nonce=None`` skips only ``expected-nonce``: the result is then not known to be fresh
     (``nonce_expected`` is False). ``now`` (timezone-aware) is when the VCEK chain must be valid.
     """
-    hcl = HclReport.from_bytes(evidence.hcl_report)
-    runtime_claims = RuntimeClaims.from_bytes(hcl.runtime_claims)
-    if evidence.snp_report != hcl.snp_report:
-        raise CvmEvidenceError(Check.SNP_REPORT_COPY, "snpReport is not the SNP report inside the HCL report")
-    verified = _verify_snp_report(hcl.snp_report, evidence.platform_certificates, trusted_roots, now)
+    runtime_claims = RuntimeClaims.from_bytes(evidence.runtime_claims)
+    verified = _verify_snp_report(evidence.snp_report, evidence.platform_certificates, trusted_roots, now)
     if verified.report.report_data != report_data_for(runtime_claims.raw):
         raise CvmEvidenceError(
             Check.RUNTIME_CLAIMS_BINDING,
             "REPORT_DATA is not SHA-256 of the runtime claims followed by 32 zero bytes: the chip did not sign these claims",
         )
-    quote = TpmQuote.from_bytes(evidence.tpm_quote)
-    _check_quote_signature(quote, runtime_claims.ak_public_key)
-    if quote.attestation.extra_data != evidence.nonce:
+    quote = QuoteAttestation.from_bytes(evidence.quote_attested)
+    _check_quote_signature(evidence.quote_attested, evidence.quote_signature, runtime_claims.ak_public_key)
+    if quote.extra_data != evidence.nonce:
         raise CvmEvidenceError(Check.QUOTE_NONCE, "the quote's extraData is not the document's nonce")
     if nonce is not None and evidence.nonce != nonce:
         raise CvmEvidenceError(Check.EXPECTED_NONCE, "the quote was made for another nonce: stale or replayed evidence")
-    _check_pcr_digest(quote.attestation, evidence.pcrs)
+    _check_pcr_digest(quote, evidence.pcrs)
     ak_certificate = _check_ak_certificate(evidence.ak_certificate, runtime_claims.ak_public_key)
+    if evidence.ak_public is not None:
+        _check_ak_public(evidence.ak_public, runtime_claims.ak_public_key, quote)
     if evidence.public_key_pem is not None:
         _check_user_data_key(runtime_claims.user_data, evidence.public_key_pem)
     logger.info(
         "Azure CVM evidence verified: VM %s, measurement %s, PCRs %s, root %s%s",
         runtime_claims.vm_unique_id,
         verified.report.measurement.hex()[:16],
-        ",".join(map(str, quote.attestation.pcr_indexes)),
+        ",".join(map(str, quote.pcr_indexes)),
         verified.root.name,
         "" if nonce is not None else ", nonce not checked against an expected one",
     )
     return VerifiedCvmEvidence(
         snp=verified,
         runtime_claims=runtime_claims,
-        quote=quote.attestation,
+        quote=quote,
         pcrs=evidence.pcrs,
         nonce=evidence.nonce,
         nonce_expected=nonce is not None,
@@ -248,9 +259,9 @@ def _verify_snp_report(
         raise CvmEvidenceError(Check.SNP_REPORT, str(exc)) from exc
 
 
-def _check_quote_signature(quote: TpmQuote, ak_public_key: rsa.RSAPublicKey) -> None:
+def _check_quote_signature(attested: bytes, signature: bytes, ak_public_key: rsa.RSAPublicKey) -> None:
     try:
-        ak_public_key.verify(quote.signature.signature, quote.attested, padding.PKCS1v15(), hashes.SHA256())
+        ak_public_key.verify(signature, attested, padding.PKCS1v15(), hashes.SHA256())
     except (InvalidSignature, ValueError):
         raise CvmEvidenceError(
             Check.QUOTE_SIGNATURE, "the quote's signature does not verify with HCLAkPub: altered, or another TPM's"
@@ -301,6 +312,14 @@ def _check_ak_certificate(raw: bytes, ak_public_key: rsa.RSAPublicKey) -> AkCert
     if not signs:
         raise refuse("the AK certificate's keyUsage does not allow digital signatures")
     return AkCertificate(certificate.issuer_name, certificate.subject_name, certificate.not_before, certificate.not_after)
+
+
+def _check_ak_public(raw: bytes, ak_public_key: rsa.RSAPublicKey, quote: QuoteAttestation) -> None:
+    ak_public = AkPublic.from_bytes(raw)
+    if ak_public.public_key.public_numbers() != ak_public_key.public_numbers():
+        raise CvmEvidenceError(Check.AK_PUBLIC, "AikPub is not HCLAkPub: not the key the chip bound")
+    if ak_public.qualified_name != quote.qualified_signer:
+        raise CvmEvidenceError(Check.AK_PUBLIC, "the quote's qualifiedSigner is not AikPub's qualified name")
 
 
 def _check_user_data_key(user_data: bytes | None, public_key_pem: str) -> None:

@@ -20,6 +20,7 @@ from securetrain.core.snp.report import GuestPolicy, TcbVersion
 from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.core.snp.verifier import verify_report
 from securetrain.localstack.layout import StackLayout, resolve_state_dir, write_file
+from securetrain.localstack.standins.attestation_service.appraisal import policy_claims
 from securetrain.localstack.standins.attestation_service.evidence import sev_snp_claims, trusted_root
 from securetrain.localstack.standins.attestation_service.policy_evaluation import evaluate
 from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy
@@ -59,7 +60,7 @@ def _verify(args: argparse.Namespace) -> int:
     verified = verify_report(_read_report(args.report), chain, roots)
     result = {**verified.to_dict(), "policy_hash": None}
     if policy is not None:
-        issued = evaluate(policy, sev_snp_claims(verified.report)).issued
+        issued = evaluate(policy, tuple(policy_claims(sev_snp_claims(verified.report)))).issued
         result.update(policy_hash=policy.hash, issued=dict(issued))
     print(json.dumps(result, indent=2))
     return 0

@@ -35,7 +35,6 @@ from securetrain.core.snp.errors import SnpEvidenceError
 from securetrain.core.snp.report import AttestationReport
 from securetrain.core.snp.roots import TrustedRoot
 from securetrain.core.snp.verifier import VerifiedReport, verify_report
-from securetrain.localstack.standins.attestation_service.policy_evaluation import Claim
 from securetrain.localstack.standins.attestation_service.bodies import AttestSevSnpVmRequest, SnpReportEvidence
 from securetrain.localstack.standins.request_body import BodyInvalid, RequestBody
 
@@ -134,11 +133,10 @@ def verify_sev_snp(evidence: SnpEvidence, trusted_roots: Collection[TrustedRoot]
     return verified
 
 
-def sev_snp_claims(report: AttestationReport) -> tuple[Claim, ...]:
+def sev_snp_claims(report: AttestationReport) -> dict[str, Any]:
     """The incoming claims of a verified report, with MAA's SevSnpVm names and value types (claim sets,
     "SEV-SNP attestation"; the vocabulary is the core's, :func:`securetrain.core.attestation.claims.sevsnpvm_claims`)."""
-    values = {"x-ms-attestation-type": "sevsnpvm", **sevsnpvm_claims(report)}
-    return tuple(Claim(name, value) for name, value in values.items())
+    return {"x-ms-attestation-type": "sevsnpvm", **sevsnpvm_claims(report)}
 
 
 def trusted_root(path: Path) -> TrustedRoot:
