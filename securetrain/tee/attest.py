@@ -1,14 +1,22 @@
 """Attesting the TEE for one job: an ephemeral key bound to hardware evidence, and a token that says so.
 
 Per job the TEE makes an RSA-3072 key in memory (:class:`TeeKey`); it never leaves the process and dies
-with the job. The TEE's statement, the *runtime data*, is ``{"keys": [public JWK of that key], "nonce":
-attestation nonce}`` as canonical JSON; REPORT_DATA is its SHA-256 (padded to 64 bytes), so the hardware
-report vouches for exactly this key and nonce. The attestation service checks the evidence and signs a
-token whose ``x-ms-runtime`` repeats the statement; Key Vault wraps the released KEK to the key in it.
+with the job. How the hardware vouches for that key and the attestation nonce depends on the platform:
+
+- **bare SEV-SNP** (a provider with ``report``): the TEE's statement, the *runtime data*, is ``{"keys": [public
+  JWK of that key], "nonce": attestation nonce}`` as canonical JSON; REPORT_DATA is its SHA-256 (padded to 64
+  bytes); it goes to ``/attest/SevSnpVm``, whose token repeats the statement in ``x-ms-runtime``.
+- **Azure confidential VM** (:class:`~securetrain.tee.evidence.azure_cvm.AzureCvmProvider`): the guest cannot
+  choose REPORT_DATA; it writes HCL user data = SHA-256 of the key's PEM (then 32 zero bytes), which the
+  paravisor's runtime claims carry into the report, and the vTPM quotes its PCRs over SHA-256 of the attestation
+  nonce. The request goes to ``/attest/AzureGuest`` with the key and that nonce in its client payload
+  (:mod:`securetrain.core.attestation.azure_guest`); the token's ``nonce`` is that digest (base64).
+
+Either way Key Vault wraps the released KEK to the key the token lists in ``x-ms-runtime.keys``.
 
 The TEE trusts its token no more than anyone else would: :class:`Attester` validates the signature and
-issuer (``TokenValidator``), the nonce, and that the token's runtime key and REPORT_DATA are the ones it
-attested, before the token is used to ask for a key.
+issuer (``TokenValidator``), the nonce, and that the token's runtime key and its binding (REPORT_DATA, or the
+HCL user data) are the ones it attested, before the token is used to ask for a key.
 
 Nonces: the attestation service spends every nonce once, so a job's first attestation uses the job
 nonce and each later one (renewal, or a restart after a crash) ``<job nonce>.<n>``
@@ -22,6 +30,7 @@ import base64
 import hashlib
 import json
 import logging
+import platform
 import re
 import threading
 import time
@@ -31,10 +40,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from securetrain.core.attestation.azure_guest import GuestOs, azure_guest_request, user_data_for
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
+from securetrain.core.azure_cvm.evidence import CvmEvidence
 from securetrain.core.attestation.tokens import TokenRejected, TokenValidator, ValidatedToken
 from securetrain.core.errors import SecuretrainError
 from securetrain.tee.evidence import EvidenceProvider
+from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +108,9 @@ def runtime_data(key: TeeKey, nonce: str) -> bytes:
 class Attester:
     """Turns hardware evidence into a validated token: evidence provider → attestation service → checks."""
 
-    def __init__(self, provider: EvidenceProvider, service: AttestationServiceClient, validator: TokenValidator):
+    def __init__(
+        self, provider: EvidenceProvider | AzureCvmProvider, service: AttestationServiceClient, validator: TokenValidator
+    ) -> None:
         self.provider = provider
         self._service = service
         self._validator = validator
@@ -107,17 +121,52 @@ class Attester:
 
     def attest(self, key: TeeKey, nonce: str) -> ValidatedToken:
         """Attest ``key`` with ``nonce``; the token is checked before it is returned."""
+        if isinstance(self.provider, AzureCvmProvider):
+            token = self._attest_azure_guest(self.provider, key, nonce)
+        else:
+            token = self._attest_sev_snp(key, nonce)
+        if not any(key.matches(jwk) for jwk in token.runtime_keys):
+            raise TokenRejected("the token's runtime data does not carry this TEE's key: it was not issued for us")
+        log.info("attested (%s): token %s valid until %s", self.tee_type, token.kid, time.ctime(token.expires_at))
+        return token
+
+    def _attest_sev_snp(self, key: TeeKey, nonce: str) -> ValidatedToken:
         statement = runtime_data(key, nonce)
         report_data = report_data_for(statement)
         evidence = self.provider.report(report_data)
         raw = self._service.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, statement, nonce)
         token = self._validator.validate(raw, expected_nonce=nonce)
-        if not any(key.matches(jwk) for jwk in token.runtime_keys):
-            raise TokenRejected("the token's runtime data does not carry this TEE's key: it was not issued for us")
         if token.claims.get("x-ms-sevsnpvm-reportdata") != report_data.hex():
             raise TokenRejected("the token's REPORT_DATA is not the one this TEE attested")
-        log.info("attested (%s): token %s valid until %s", self.tee_type, token.kid, time.ctime(token.expires_at))
         return token
+
+    def _attest_azure_guest(self, provider: AzureCvmProvider, key: TeeKey, nonce: str) -> ValidatedToken:
+        # The quote's qualifying data is a digest of the nonce: the vTPM takes at most 32 bytes, a nonce may be longer.
+        quote_nonce = hashlib.sha256(nonce.encode()).digest()
+        public_key = key.private_key.public_key()
+        user_data = user_data_for(public_key)
+        document = provider.evidence(user_data, quote_nonce)
+        evidence = CvmEvidence.from_document({"report": {"snpCvm": document}})
+        tcg_log = base64.b64decode(document["evidence"]["eventLog"])
+        request = azure_guest_request(evidence, public_key, guest_os(), tcg_log=tcg_log, runtime_key_id=key.kid)
+        raw = self._service.attest_azure_guest(request)
+        token = self._validator.validate(raw, expected_nonce=base64.b64encode(quote_nonce).decode())
+        tee = token.claims.get("x-ms-isolation-tee")
+        runtime = tee.get("x-ms-runtime") if isinstance(tee, Mapping) else None
+        bound = runtime.get("user-data") if isinstance(runtime, Mapping) else None
+        if not isinstance(bound, str) or bound.lower() != user_data.hex():
+            raise TokenRejected("the token's HCL user data is not the one this TEE bound its key with")
+        return token
+
+
+def guest_os() -> GuestOs:
+    """This guest's operating system as Azure's guest attestation library reports it (os-release, kernel)."""
+    try:
+        release = platform.freedesktop_os_release()
+    except OSError:
+        release = {}
+    major, _, minor = release.get("VERSION_ID", "").partition(".")
+    return GuestOs(platform.system(), release.get("NAME", ""), major, minor, platform.release())
 
 
 def renewal_delay(token: ValidatedToken, now: float) -> float:

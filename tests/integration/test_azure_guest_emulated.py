@@ -4,14 +4,20 @@ simulated root: a token with the nested AzureGuest claims, marked simulated; ref
 from __future__ import annotations
 
 import base64
+import hashlib
 import secrets
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.attestation.azure_guest import GuestOs, azure_guest_request, user_data_for
+from securetrain.core.attestation.maa import AttestationServiceClient
+from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
 from securetrain.core.azure_cvm.evidence import CvmEvidence
+from securetrain.core.errors import SecuretrainError
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
+from securetrain.tee.attest import Attester, TeeKey
+from tests.attestation_service import attestation_service
 from tests.unit.test_attestation_service import decode, service
 
 pytestmark = pytest.mark.integration
@@ -44,3 +50,19 @@ def test_under_another_root_it_is_refused(tmp_path, request_body):
     response = client.post(AZURE_GUEST, json=request_body)
     assert response.status_code == 400 and "snp-report" in response.json()["error"]["message"]
 
+
+
+def test_the_tees_attester_attests_a_job_key_on_the_emulated_cvm(local_stack, emulated_cvm, tmp_path):
+    """The TEE's own path: user data binding the job's key, a quote over the nonce's digest, the AzureGuest request,
+    and a token it validates itself (nonce, runtime key, HCL user data) before any key is asked for."""
+    with attestation_service(local_stack, tmp_path, "--trust-root", str(emulated_cvm.snp.root_certificate_path)) as url:
+        ca = str(local_stack.ca_bundle)
+        attester = Attester(emulated_cvm.provider(), AttestationServiceClient(url, verify=ca),
+                            TokenValidator(AuthorityKeys(url, verify=ca)))  # fmt: skip
+        key, nonce = TeeKey(), secrets.token_urlsafe(32)
+        token = attester.attest(key, nonce)
+        assert any(key.matches(jwk) for jwk in token.runtime_keys)
+        assert token.claims["x-ms-attestation-type"] == "azurevm"
+        assert token.claims["nonce"] == base64.b64encode(hashlib.sha256(nonce.encode()).digest()).decode()
+        with pytest.raises(SecuretrainError):  # the attestation service spends each nonce once
+            attester.attest(TeeKey(), nonce)
