@@ -38,9 +38,11 @@ from securetrain.core.onboarding import SealedShard, new_manifest, seal_and_uplo
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
 from securetrain.localstack.identities import PIPELINE_IDENTITY
-from securetrain.localstack.registry import SERVICES
+from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, EmulatedPlatform
+from securetrain.localstack.registry import services_for
 from securetrain.localstack.service import Service
 from securetrain.localstack.services.azurite import AZURITE
+from securetrain.localstack.services.vtpm import VTPM
 from securetrain.localstack.settings import settings_path, tee_environment
 from securetrain.tee.settings import TeeSettings
 
@@ -69,12 +71,32 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in sockets]
 
 
-def _config_with_free_ports(state_dir: Path, services: Sequence[Service] = SERVICES) -> StackConfig:
-    """A configuration for a stack of ``services`` in ``state_dir``, each on a free port."""
-    ports = free_ports(len(services))
-    return StackConfig.resolve(
-        state_dir, {service.name: port for service, port in zip(services, ports, strict=True)}, services
-    )
+def _free_port_pair(taken: set[int]) -> int:
+    """A loopback port free together with the next one, neither in ``taken`` (the vTPM's two channels)."""
+    for _ in range(100):
+        [port] = free_ports(1)
+        if port >= 65535 or {port, port + 1} & taken:
+            continue
+        with socket.socket() as first, socket.socket() as second:
+            try:
+                first.bind(("127.0.0.1", port))
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("found no two adjacent free loopback ports")
+
+
+def _config_with_free_ports(
+    state_dir: Path, services: Sequence[Service] | None = None, platform: EmulatedPlatform = DEFAULT_PLATFORM
+) -> StackConfig:
+    """A configuration for a stack of ``services`` (default: the platform's) in ``state_dir``, each on a free port
+    (the vTPM on one whose next port is free too)."""
+    services = services_for(platform) if services is None else services
+    ports = dict(zip([service.name for service in services], free_ports(len(services)), strict=True))
+    if VTPM.name in ports:
+        ports[VTPM.name] = _free_port_pair(set(ports.values()))
+    return StackConfig.resolve(state_dir, ports, services, platform)
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,7 @@ def _rotation(settings: ServiceSettings, output: str) -> dict[str, object]:
 def run(state_dir: Path | None = None) -> dict[str, object]:
     config = StackConfig.resolve(state_dir)
     root = config.layout.root
-    _step(1, f"bringing up the local stack in {root}")
+    _step(1, f"bringing up the local stack in {root}, platform {config.platform.value}: {config.platform.description}")
     up(config)
     # The demo reads results back as the pipeline's identity, with the settings the stack wrote for it.
     pipeline_settings = settings_path(config.layout, PIPELINE_IDENTITY)

@@ -24,9 +24,10 @@ from securetrain.localstack.pki import LocalCA
 from securetrain.localstack.envfile import write_stack_env
 from securetrain.localstack.settings import settings_path, write_settings_files
 from securetrain.localstack.errors import PortInUse, ServiceStartFailed, StackConfigurationError
-from securetrain.localstack.layout import StackLayout, repo_root, resolve_state_dir
+from securetrain.localstack.layout import StackLayout, repo_root, resolve_state_dir, write_file
 from securetrain.localstack.process import PidRecord, ProcessIdentity, start_process, stop_process
-from securetrain.localstack.registry import SERVICES, start_order
+from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform
+from securetrain.localstack.registry import ALL_SERVICES, SERVICES, services_for, start_order
 from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
 
 logger = logging.getLogger(__name__)
@@ -38,26 +39,37 @@ _LOG_TAIL_LINES = 20
 
 @dataclass(frozen=True)
 class StackConfig:
-    """Which state directory, which services and which ports. Build it with :meth:`resolve`."""
+    """Which state directory, which platform, which services and which ports. Build it with :meth:`resolve`."""
 
     layout: StackLayout
     ports: Mapping[str, int]
     services: tuple[Service, ...] = SERVICES
     host: str = "127.0.0.1"
+    platform: EmulatedPlatform = DEFAULT_PLATFORM
 
     @classmethod
     def resolve(
         cls,
         state_dir: Path | None = None,
         ports: Mapping[str, int] | None = None,
-        services: Sequence[Service] = SERVICES,
+        services: Sequence[Service] | None = None,
+        platform: EmulatedPlatform | None = None,
     ) -> StackConfig:
-        """Resolve the state directory (see :func:`~securetrain.localstack.layout.resolve_state_dir`) and each
-        service's port: ``ports[name]`` if given, else ``$SECURETRAIN_<NAME>_PORT``, else its default.
+        """Resolve the state directory (see :func:`~securetrain.localstack.layout.resolve_state_dir`), the platform
+        (``platform`` if given, else ``$SECURETRAIN_PLATFORM``, else the one the stack in that directory runs, else
+        :data:`~securetrain.localstack.emulated_platform.DEFAULT_PLATFORM`), its services unless ``services`` are
+        given, and each service's port: ``ports[name]`` if given, else ``$SECURETRAIN_<NAME>_PORT``, else its default.
 
         Raises:
-            StackConfigurationError: a port is not a number in 1..65535, or ``ports`` names an unknown service.
+            StackConfigurationError: a port is not a number in 1..65535, ``ports`` names an unknown service, or
+                the platform is not one the stack knows.
         """
+        layout = StackLayout(resolve_state_dir(state_dir))
+        if platform is None:
+            chosen = os.environ.get(PLATFORM_ENV)
+            platform = EmulatedPlatform.named(chosen, PLATFORM_ENV) if chosen else running_platform(layout)
+        platform = platform or DEFAULT_PLATFORM
+        services = services_for(platform) if services is None else services
         explicit = dict(ports or {})
         unknown = sorted(set(explicit) - {service.name for service in services})
         if unknown:
@@ -73,11 +85,20 @@ class StackConfig:
             else:
                 port, source = service.default_port, "the default"
             resolved[service.name] = _valid_port(port, source)
-        return cls(StackLayout(resolve_state_dir(state_dir)), resolved, tuple(services))
+        return cls(layout, resolved, tuple(services), platform=platform)
 
     def context(self, service: Service) -> ServiceContext:
         """The context ``service`` is started with under this configuration."""
         return ServiceContext(service.name, self.host, self.ports[service.name], self.layout)
+
+
+def running_platform(layout: StackLayout) -> EmulatedPlatform | None:
+    """The platform the stack in ``layout`` was brought up on; None when ``down`` (or nothing) ran last."""
+    try:
+        name = layout.platform_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return EmulatedPlatform.named(name, str(layout.platform_file))
 
 
 def _valid_port(value: int | str, source: str) -> int:
@@ -147,7 +168,7 @@ def _status_of(service: Service, config: StackConfig) -> tuple[ServiceStatus, Pi
     if record is None:
         return ServiceStatus(service.name, ServiceState.STOPPED, log_file), None
     pid = record.process.pid
-    url = f"https://{record.host}:{record.port}"
+    url = f"{service.scheme}://{record.host}:{record.port}"
     if not record.process.is_running():
         now = ProcessIdentity.of(pid)
         gone = "no process has that PID now" if now is None else "that PID now belongs to another process"
@@ -266,6 +287,16 @@ def _bring_up(service: Service, config: StackConfig, ca: LocalCA) -> None:
     logger.info("%s healthy in %.1f s (pid %d)", service.name, waited, process.pid)
 
 
+def _stop_other_platforms(config: StackConfig) -> None:
+    """Stop what only another platform runs (the vTPM and IMDS when the stack moves to ``snp``)."""
+    ours = {service.name for service in services_for(config.platform)}
+    for service in reversed(start_order(ALL_SERVICES)):
+        record = PidRecord.read(config.layout.pid_file(service.name))
+        if service.name not in ours and record is not None:
+            logger.info("%s is not part of the %s platform: stopping it", service.name, config.platform.value)
+            _stop(service, config, record)
+
+
 def up(config: StackConfig) -> dict[str, str]:
     """Bring the stack up and return what was written to ``stack.env``.
 
@@ -276,11 +307,15 @@ def up(config: StackConfig) -> dict[str, str]:
     """
     with _stack_lock(config.layout):
         try:
+            _stop_other_platforms(config)
+            write_file(config.layout.platform_file, f"{config.platform.value}\n".encode(), mode=0o600)
             ca = LocalCA.load_or_create(config.layout.ca_dir)
             exports = {
                 "SECURETRAIN_STATE_DIR": str(config.layout.root),
                 "SECURETRAIN_CA_BUNDLE": str(ca.cert_path),
+                PLATFORM_ENV: config.platform.value,
             }
+            logger.info("the stack's platform: %s, %s", config.platform.value, config.platform.description)
             for service in start_order(config.services):
                 _bring_up(service, config, ca)
                 exports.update(service.exports(config.context(service)))
@@ -304,8 +339,13 @@ def down(config: StackConfig) -> list[str]:
     stopped: list[str] = []
     if not config.layout.root.exists():
         return stopped
+    ours = reversed(start_order(config.services))
+    # Then whatever else some platform runs and has a PID record: a stack brought up on another platform than
+    # the one resolved now leaves no process behind.
+    others = [service for service in reversed(start_order(ALL_SERVICES))
+              if service.name not in {mine.name for mine in config.services}]  # fmt: skip
     with _stack_lock(config.layout):
-        for service in reversed(start_order(config.services)):
+        for service in (*ours, *others):
             record = PidRecord.read(config.layout.pid_file(service.name))
             if record is None:
                 continue
@@ -317,4 +357,5 @@ def down(config: StackConfig) -> list[str]:
                 )
             _stop(service, config, record)
         config.layout.env_file.unlink(missing_ok=True)
+        config.layout.platform_file.unlink(missing_ok=True)
     return stopped

@@ -78,6 +78,16 @@ class StackLayout:
         return self.root / "snp-platform"
 
     @property
+    def vtpm_ca_dir(self) -> Path:
+        """The stand-in for Azure's vTPM CA, which certifies the emulated vTPM's attestation key."""
+        return self.root / "vtpm-ca"
+
+    @property
+    def platform_file(self) -> Path:
+        """The platform the running stack emulates (``snp`` or ``azure-cvm``): written by ``up``, removed by ``down``."""
+        return self.root / "run" / "platform"
+
+    @property
     def audit_signing_key(self) -> Path:
         """The pipeline's audit signing key (Ed25519 PEM, made by the first task that signs)."""
         return self.root / "audit" / "signing-key.pem"

@@ -1,7 +1,9 @@
 """The services of the local stack, in one place, and the order they start in.
 
 Each is one :class:`~securetrain.localstack.service.Service` naming what it depends on; ``up`` starts them
-after their dependencies.
+after their dependencies. Which services run depends on the platform the stack emulates
+(:mod:`securetrain.localstack.emulated_platform`): the ``azure-cvm`` platform adds the vTPM and IMDS, and its CVM
+depends on them.
 """
 
 from __future__ import annotations
@@ -9,15 +11,42 @@ from __future__ import annotations
 import graphlib
 from collections.abc import Sequence
 
+from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, EmulatedPlatform
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.service import Service
 from securetrain.localstack.services.attestation import ATTESTATION
 from securetrain.localstack.services.azurite import AZURITE
-from securetrain.localstack.services.cvm import CVM
-from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.services.cvm import cvm_service
 from securetrain.localstack.services.identity import IDENTITY
+from securetrain.localstack.services.imds import IMDS
 from securetrain.localstack.services.keyvault import KEYVAULT
-from securetrain.localstack.service import Service
+from securetrain.localstack.services.vtpm import VTPM
 
-SERVICES: tuple[Service, ...] = (AZURITE, ATTESTATION, CVM, IDENTITY, KEYVAULT)
+_AZURE_SERVICES = (AZURITE, ATTESTATION, IDENTITY, KEYVAULT)
+PLATFORM_SERVICES: dict[EmulatedPlatform, tuple[Service, ...]] = {
+    EmulatedPlatform.SNP: (*_AZURE_SERVICES, cvm_service(EmulatedPlatform.SNP)),
+    EmulatedPlatform.AZURE_CVM: (*_AZURE_SERVICES, VTPM, IMDS, cvm_service(EmulatedPlatform.AZURE_CVM)),
+}
+
+
+def services_for(platform: EmulatedPlatform) -> tuple[Service, ...]:
+    """The services a stack emulating ``platform`` runs."""
+    return PLATFORM_SERVICES[platform]
+
+
+#: The services of a stack on the default platform.
+SERVICES: tuple[Service, ...] = services_for(DEFAULT_PLATFORM)
+
+def _each_name_once() -> tuple[Service, ...]:
+    by_name: dict[str, Service] = {}
+    for services in PLATFORM_SERVICES.values():
+        for service in services:
+            by_name.setdefault(service.name, service)
+    return tuple(by_name.values())
+
+
+#: Every service some platform runs, each name once (``down`` stops whichever has a PID record).
+ALL_SERVICES: tuple[Service, ...] = _each_name_once()
 
 
 def start_order(services: Sequence[Service]) -> list[Service]:

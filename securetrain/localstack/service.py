@@ -115,6 +115,7 @@ class Service:
         exports: what ``stack.env`` gets so that clients can reach the service.
         depends_on: names of services that must be healthy before this one starts.
         startup_timeout_s: how long ``up`` waits for the service to become healthy.
+        scheme: how clients reach it, for ``status``: ``https`` (every stand-in), ``tcp`` (the emulated vTPM).
     """
 
     name: str
@@ -126,6 +127,7 @@ class Service:
     exports: Callable[[ServiceContext], Mapping[str, str]] = _nothing
     depends_on: tuple[str, ...] = ()
     startup_timeout_s: float = 30.0
+    scheme: str = "https"
 
     @property
     def port_variable(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from securetrain.localstack.emulated_platform import PLATFORM_ENV, EmulatedPlatform
 from securetrain.localstack.envfile import write_stack_env
 from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY, PIPELINE_IDENTITY, ROTATOR_IDENTITY
@@ -76,12 +77,30 @@ def write_settings_files(stack_env: Mapping[str, str], layout: StackLayout) -> N
         write_stack_env(settings_path(layout, identity), application_settings(stack_env, layout, identity))
 
 
+#: stack.env variable -> setting, for the TEE's evidence on each platform: the simulated chip's state, which only
+#: the local CVM's entry point reads (securetrain.localstack.platform.local_cvm), or the emulated Azure CVM's vTPM,
+#: event log and IMDS (the stack CA, SECURETRAIN_CA_BUNDLE, verifies the IMDS stand-in).
+_EVIDENCE = {
+    EmulatedPlatform.SNP: {"SECURETRAIN_SNP_PLATFORM_DIR": "SECURETRAIN_SNP_PLATFORM_DIR"},
+    EmulatedPlatform.AZURE_CVM: {
+        "SECURETRAIN_VTPM_TCTI": "SECURETRAIN_VTPM_TCTI",
+        "SECURETRAIN_EVENT_LOG": "SECURETRAIN_EVENT_LOG",
+        "SECURETRAIN_IMDS_ENDPOINT": "SECURETRAIN_IMDS_ENDPOINT",
+    },
+}
+
+
 def tee_environment(stack_env: Mapping[str, str], layout: StackLayout) -> dict[str, str]:
-    """The environment of the TEE's agent: its services, trust roots and managed identity."""
+    """The environment of the TEE's agent: its services, trust roots, managed identity, and the evidence provider
+    of the stack's platform (``SECURETRAIN_PLATFORM`` in ``stack_env``) with what it reads its evidence from."""
     managed = stack_identities(layout)[CVM_IDENTITY]
     assert managed.identity_header is not None  # a managed identity
+    if not stack_env.get(PLATFORM_ENV):
+        raise StackConfigurationError(f"the TEE needs {PLATFORM_ENV}, which the stack exports once it is up")
+    platform = EmulatedPlatform.named(stack_env[PLATFORM_ENV], PLATFORM_ENV)
+    evidence = _EVIDENCE[platform]
     missing = [name for name in (*_COMMON, "SECURETRAIN_KEYVAULT_RELEASE_ROOT", "SECURETRAIN_IDENTITY_ENDPOINT",
-                                 "SECURETRAIN_SNP_PLATFORM_DIR") if not stack_env.get(name)]  # fmt: skip
+                                 *evidence) if not stack_env.get(name)]  # fmt: skip
     if missing:
         raise StackConfigurationError(f"the TEE needs {', '.join(missing)}, which no running service exports")
     return {
@@ -90,6 +109,6 @@ def tee_environment(stack_env: Mapping[str, str], layout: StackLayout) -> dict[s
         "SECURETRAIN_ENTRA_INSTANCE_DISCOVERY": "false",
         "IDENTITY_ENDPOINT": f"{stack_env['SECURETRAIN_IDENTITY_ENDPOINT']}/msi/token",
         "IDENTITY_HEADER": managed.identity_header,
-        # The simulated chip's state, which only the local CVM's entry point reads (securetrain.localstack.platform).
-        "SECURETRAIN_SNP_PLATFORM_DIR": stack_env["SECURETRAIN_SNP_PLATFORM_DIR"],
+        "SECURETRAIN_EVIDENCE_PROVIDER": platform.evidence_provider,
+        **_pick(stack_env, evidence),
     }

@@ -1,9 +1,17 @@
-"""The TEE's settings: the services its agent uses, the roots it trusts, the managed identity it signs in as.
+"""The TEE's settings: the services its agent uses, the roots it trusts, the managed identity it signs in as, and
+where its hardware evidence comes from.
 
 Read from the agent's environment (pydantic-settings): ``SECURETRAIN_STORAGE_ACCOUNT_URL``,
 ``SECURETRAIN_ATTESTATION_ENDPOINT``, ``SECURETRAIN_KEYVAULT_RELEASE_ROOT`` (the roots Key Vault's release
 responses must chain to), optionally ``SECURETRAIN_CA_BUNDLE`` and ``SECURETRAIN_MANAGED_IDENTITY_CLIENT_ID``.
 The Key Vault of each KEK is named by the KEK's id in the job, not here.
+
+The evidence: ``SECURETRAIN_EVIDENCE_PROVIDER`` names the provider (``azure-cvm``: an Azure confidential VM's
+vTPM and IMDS; ``configfs-tsm``, the default: a bare SEV-SNP guest's kernel; the local stack adds ``simulated``).
+The ``azure-cvm`` provider reads ``SECURETRAIN_VTPM_TCTI`` (the vTPM, a tpm2-tss TCTI; default Azure's
+``device:/dev/tpmrm0``), ``SECURETRAIN_IMDS_ENDPOINT`` (default Azure's ``http://169.254.169.254``; any other
+endpoint must be https, verified with ``SECURETRAIN_CA_BUNDLE`` when set) and ``SECURETRAIN_EVENT_LOG`` (the TCG
+event log; default ``/sys/kernel/security/tpm0/binary_bios_measurements``). On Azure none of the three is set.
 
 The TEE signs in only as a managed identity (``ManagedIdentityCredential``: IMDS on a confidential VM, or
 ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` where the host exposes them): no secret that could sign in as the
@@ -13,10 +21,13 @@ decides whether that host is an approved TEE.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from azure.core.credentials import TokenCredential
 from pydantic import FilePath
 
 from securetrain.core.settings import HttpsUrl, ServiceSettings
+from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
 
 
 class TeeSettings(ServiceSettings):
@@ -25,6 +36,14 @@ class TeeSettings(ServiceSettings):
     storage_account_url: HttpsUrl
     attestation_endpoint: HttpsUrl
     keyvault_release_root: FilePath
+    #: The name of the evidence provider (the agent's ``HARDWARE_PROVIDERS``, or one its platform adds).
+    evidence_provider: str = "configfs-tsm"
+    #: The Azure CVM's vTPM, as tpm2-tss names it (``device:PATH``, or ``swtpm:host=H,port=P`` for an emulated one).
+    vtpm_tcti: str = AZURE_TCTI
+    #: The Azure CVM's IMDS: Azure's link-local http endpoint, or an https one.
+    imds_endpoint: str = AZURE_IMDS_ENDPOINT
+    #: The TCG event log of the boot (read with each evidence, so not required to exist at start).
+    event_log: Path = AZURE_EVENT_LOG
 
     def credential(self) -> TokenCredential:
         from azure.identity import ManagedIdentityCredential  # noqa: PLC0415 - heavy import

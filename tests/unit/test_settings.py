@@ -11,6 +11,9 @@ from securetrain.airflow.settings import PipelineSettings
 from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import ServiceSettings
+from securetrain.tee.agent.__main__ import HARDWARE_PROVIDERS, evidence_provider
+from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.tee.evidence import EvidenceUnavailable
 from securetrain.tee.settings import TeeSettings
 
 _AZURE = ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_AUTHORITY_HOST", "IDENTITY_ENDPOINT",
@@ -73,6 +76,29 @@ def test_the_tee_signs_in_only_as_its_managed_identity(tmp_path: Path, monkeypat
     settings = TeeSettings.load(storage_account_url="https://a.blob.core.windows.net",
                                 attestation_endpoint="https://p.weu.attest.azure.net", keyvault_release_root=root)  # fmt: skip
     assert isinstance(settings.credential(), ManagedIdentityCredential)
+
+
+def test_the_tees_evidence_provider_is_a_setting_with_azures_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "root.pem"
+    root.write_text("-")
+    required = {"storage_account_url": "https://a.blob.core.windows.net",
+                "attestation_endpoint": "https://p.weu.attest.azure.net", "keyvault_release_root": root}  # fmt: skip
+    owners = DataOwnerKeys.from_files([])
+    monkeypatch.setenv("SECURETRAIN_EVIDENCE_PROVIDER", "azure-cvm")
+    settings = TeeSettings.load(**required)
+    assert (settings.vtpm_tcti, settings.imds_endpoint) == ("device:/dev/tpmrm0", "http://169.254.169.254")
+    assert settings.event_log == Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+    assert evidence_provider(settings, owners, HARDWARE_PROVIDERS).tee_type == "azure-cvm"
+    monkeypatch.setenv("SECURETRAIN_IMDS_ENDPOINT", "http://imds.example")  # only Azure's own address may be http
+    with pytest.raises(ConfigurationError, match="use https, or Azure's http://169.254.169.254"):
+        evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
+    monkeypatch.delenv("SECURETRAIN_EVIDENCE_PROVIDER")
+    with pytest.raises(EvidenceUnavailable, match="not a confidential guest with configfs-tsm"):  # the default
+        evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
+    monkeypatch.setenv("SECURETRAIN_EVIDENCE_PROVIDER", "simulated")
+    with pytest.raises(ConfigurationError, match=r"\$SECURETRAIN_EVIDENCE_PROVIDER is 'simulated'; the evidence "
+                       "providers here are azure-cvm, configfs-tsm"):
+        evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
 
 
 def test_each_zone_reads_its_own_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

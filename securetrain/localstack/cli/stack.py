@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 
 from securetrain.localstack import ServiceState, StackConfig, down, status, up
-from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.cli import add_state_dir
-from securetrain.localstack.registry import SERVICES
+from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform
+from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.launcher import running_platform
+from securetrain.localstack.layout import StackLayout, resolve_state_dir
+from securetrain.localstack.registry import ALL_SERVICES, PLATFORM_SERVICES
 
 _SERVICES_HELP = "services: " + "; ".join(
     f"{service.name} ({service.description}, port {service.default_port}, {service.port_variable})"
-    for service in SERVICES
+    for service in ALL_SERVICES
+) + ". Platforms: " + "; ".join(
+    f"{platform.value}: {platform.description}, services {', '.join(service.name for service in services)}"
+    for platform, services in PLATFORM_SERVICES.items()
 )
 
 
@@ -22,26 +28,35 @@ def _port_assignment(text: str) -> tuple[str, int]:
     return name, int(port)
 
 
-def _config(args: argparse.Namespace) -> StackConfig:
+def _config(args: argparse.Namespace, platform: EmulatedPlatform | None = None) -> StackConfig:
     ports: dict[str, int] = {}
     for name, port in getattr(args, "port", None) or []:
         if name in ports:
             raise StackConfigurationError(f"--port gives {name} twice")
         ports[name] = port
-    return StackConfig.resolve(args.state_dir, ports)
+    return StackConfig.resolve(args.state_dir, ports, platform=platform)
+
+
+def _running_config(args: argparse.Namespace) -> StackConfig:
+    """The configuration of the stack that runs in the state directory: on the platform it was brought up on."""
+    return _config(args, running_platform(StackLayout(resolve_state_dir(args.state_dir))))
 
 
 def _up(args: argparse.Namespace) -> int:
-    config = _config(args)
+    platform = EmulatedPlatform(args.platform) if args.platform else None
+    config = _config(args, platform)
     up(config)
-    print(f"stack is up; load its settings with: source {config.layout.env_file}")
+    print(f"stack is up on platform {config.platform.value}, {config.platform.description}; "
+          f"load its settings with: source {config.layout.env_file}")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    config = _config(args)
+    config = _running_config(args)
     statuses = status(config)
     print(f"state directory: {config.layout.root}")
+    running = "" if running_platform(config.layout) else " (not up; what `up` would start)"
+    print(f"platform: {config.platform.value}, {config.platform.description}{running}")
     for entry in statuses:
         where = f" pid {entry.pid} {entry.url}" if entry.pid is not None else ""
         print(f"{entry.name:<12} {entry.state.value}{where}")
@@ -53,7 +68,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _down(args: argparse.Namespace) -> int:
-    stopped = down(_config(args))
+    stopped = down(_running_config(args))
     print(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     return 0
 
@@ -87,6 +102,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="SERVICE=PORT",
         help="listen on PORT instead of the default (repeatable); the environment variable "
         "SECURETRAIN_<SERVICE>_PORT does the same",
+    )
+    up_parser.add_argument(
+        "--platform",
+        choices=[platform.value for platform in EmulatedPlatform],
+        help=f"the platform the local CVM runs on (default: ${PLATFORM_ENV}, else the platform the stack runs on "
+        f"now, else {DEFAULT_PLATFORM.value}); a stack up on another platform is moved to this one",
     )
     up_parser.set_defaults(handler=_up)
 

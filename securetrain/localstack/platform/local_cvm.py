@@ -5,9 +5,10 @@ and command line) that AMD's secure processor computes at launch. The local CVM 
 VM, so its simulated image has a fixed measurement, published here as the reference value the local
 attestation policy allows. The workload itself is measured for real, into HOST_DATA (securetrain.tee.workload).
 
-Run as a module, it starts the TEE's agent (securetrain.tee.agent) with the simulated SEV-SNP chip as
-its evidence provider, the chip's state in ``$SECURETRAIN_SNP_PLATFORM_DIR``: the agent's code is the
-production code, only the hardware underneath is simulated.
+Run as a module, it starts the TEE's agent (securetrain.tee.agent) with one more evidence provider,
+``simulated`` (``SECURETRAIN_EVIDENCE_PROVIDER=simulated``): the simulated SEV-SNP chip, its state in
+``$SECURETRAIN_SNP_PLATFORM_DIR``. On the emulated Azure CVM the agent uses the production ``azure-cvm`` provider.
+Either way the agent's code is the production code; only the hardware underneath is simulated.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     from securetrain.localstack.platform.simulated_evidence import SimulatedSnpProvider  # noqa: PLC0415 - imports this module
     from securetrain.tee.agent.__main__ import HARDWARE_PROVIDERS, main as agent_main  # noqa: PLC0415
 
-    def simulated(owners):  # noqa: ANN001, ANN202 - the agent's provider factory signature
+    def simulated(settings, owners):  # noqa: ANN001, ANN202 - the agent's provider factory signature
         return SimulatedSnpProvider(Path(os.environ["SECURETRAIN_SNP_PLATFORM_DIR"]), owners.key_ids)
 
     return agent_main(argv, {"simulated": simulated, **HARDWARE_PROVIDERS})

@@ -25,6 +25,7 @@ trusts it only when configured to.
 from __future__ import annotations
 
 import datetime
+import json
 import logging
 import os
 import secrets
@@ -33,7 +34,7 @@ import socket
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cryptography import x509
@@ -115,6 +116,7 @@ class Swtpm:
         """Manufacture the TPM if it is new, start swtpm and wait until it accepts connections."""
         swtpm = _tool("swtpm")
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._stop_leftover()
         if not (self.state_dir / "tpm2-00.permall").exists():
             self._manufacture()
         self.socket_path.unlink(missing_ok=True)
@@ -125,6 +127,8 @@ class Swtpm:
             "--flags", "not-need-init,startup-clear",
         ]  # fmt: skip
         self._process = start_process(argv, os.environ, self.state_dir / "swtpm.log", self.state_dir)
+        with atomic_output(self._pid_file, mode=0o600) as out:
+            out.write(json.dumps(asdict(self._process)).encode())
         deadline = time.monotonic() + timeout_s
         while not self._accepts_connections():
             if not self._process.is_running():
@@ -140,6 +144,26 @@ class Swtpm:
         if self._process is not None:
             stop_process(self._process, grace_s=5.0)
             self._process = None
+            self._pid_file.unlink(missing_ok=True)
+
+    @property
+    def _pid_file(self) -> Path:
+        return self.state_dir / "swtpm.pid"
+
+    def _stop_leftover(self) -> None:
+        """Stop the swtpm a previous user of this directory left running (it was killed before it could stop it):
+        it would hold the TPM state. Only the very process the PID file names (PID, start time, boot) is signalled."""
+        try:
+            leftover = ProcessIdentity(**json.loads(self._pid_file.read_text()))
+        except FileNotFoundError:
+            return
+        except (ValueError, TypeError) as exc:
+            raise StackError(f"{self._pid_file} is unreadable ({exc}); stop that swtpm yourself if it runs, "
+                             "then delete the file") from None  # fmt: skip
+        if leftover.is_running():
+            logger.warning("stopping the swtpm (pid %d) left running on %s", leftover.pid, self.state_dir)
+            stop_process(leftover, grace_s=5.0)
+        self._pid_file.unlink()
 
     def _manufacture(self) -> None:
         logger.info("manufacturing a vTPM in %s (PCR banks %s)", self.state_dir, ", ".join(PCR_BANKS))

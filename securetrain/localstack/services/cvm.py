@@ -1,29 +1,38 @@
-"""The local confidential VM: the TEE's agent on the simulated SEV-SNP platform (:mod:`securetrain.localstack.platform.local_cvm`).
+"""The local confidential VM: the TEE's agent on the stack's platform (:mod:`securetrain.localstack.platform.local_cvm`).
 
 Besides its server certificate the agent gets two client certificates for its mutual-TLS API, ``pipeline``
 (Airflow) and ``monitor`` (health checks), and the settings of the services it depends on, read from their PID
-records, with the ``cvm`` managed identity (:func:`securetrain.localstack.settings.tee_environment`). What it
-exports: docs/trainer.md ("The local CVM in the stack").
+records, with the ``cvm`` managed identity and the evidence provider of the platform
+(:func:`securetrain.localstack.settings.tee_environment`). On the ``azure-cvm`` platform it also depends on the
+``vtpm`` and ``imds`` services, which are its vTPM and its IMDS. What it exports: docs/trainer.md ("The local CVM
+in the stack").
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import requests
 
+from securetrain.localstack.emulated_platform import PLATFORM_ENV, EmulatedPlatform
 from securetrain.localstack.pki import CertificateFiles, LocalCA
 from securetrain.localstack.services.attestation import ATTESTATION
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.localstack.services.identity import IDENTITY
+from securetrain.localstack.services.imds import IMDS
 from securetrain.localstack.services.keyvault import KEYVAULT
+from securetrain.localstack.services.vtpm import VTPM
 from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy, python_service_argv
 from securetrain.localstack.data_owner import public_key_path, signing_key, stack_host_data
 from securetrain.localstack.settings import tee_environment
 
 PIPELINE_IDENTITY = "pipeline"
 MONITOR_IDENTITY = "monitor"
-_DEPENDENCIES = (AZURITE, ATTESTATION, IDENTITY, KEYVAULT)
+_DEPENDENCIES = {
+    EmulatedPlatform.SNP: (AZURITE, ATTESTATION, IDENTITY, KEYVAULT),
+    EmulatedPlatform.AZURE_CVM: (AZURITE, ATTESTATION, IDENTITY, KEYVAULT, VTPM, IMDS),
+}
 
 
 def client_certificate(context: ServiceContext, identity: str) -> CertificateFiles:
@@ -32,10 +41,10 @@ def client_certificate(context: ServiceContext, identity: str) -> CertificateFil
     return ca.issue_client_certificate(context.layout.client_certs_dir, identity)
 
 
-def _dependency_exports(context: ServiceContext) -> dict[str, str]:
-    """What the services the agent depends on export."""
-    settings = {"SECURETRAIN_CA_BUNDLE": str(context.ca_bundle)}
-    for service in _DEPENDENCIES:
+def _dependency_exports(context: ServiceContext, platform: EmulatedPlatform) -> dict[str, str]:
+    """What the stack and the services the agent depends on on ``platform`` export."""
+    settings = {"SECURETRAIN_CA_BUNDLE": str(context.ca_bundle), PLATFORM_ENV: platform.value}
+    for service in _DEPENDENCIES[platform]:
         settings.update(service.exports(context.running(service)))
     return settings
 
@@ -49,13 +58,12 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "securetrain.localstack.platform.local_cvm", context,
         "--client-ca", str(context.ca_bundle),
         "--work-dir", str(context.data_dir),
-        "--evidence", "simulated",
         "--data-owner-key", str(public_key_path(context.layout)),
     )  # fmt: skip
 
 
-def _environment(context: ServiceContext) -> Mapping[str, str]:
-    return tee_environment(_dependency_exports(context), context.layout)
+def _environment(context: ServiceContext, platform: EmulatedPlatform) -> Mapping[str, str]:
+    return tee_environment(_dependency_exports(context, platform), context.layout)
 
 
 def _client_pair(context: ServiceContext, identity: str) -> tuple[str, str]:
@@ -63,7 +71,7 @@ def _client_pair(context: ServiceContext, identity: str) -> tuple[str, str]:
     return str(directory / f"{identity}.pem"), str(directory / f"{identity}.key")
 
 
-def _health_check(context: ServiceContext) -> None:
+def _health_check(context: ServiceContext, platform: EmulatedPlatform) -> None:
     try:
         response = requests.get(
             f"{context.base_url}/v1/health",
@@ -75,8 +83,8 @@ def _health_check(context: ServiceContext) -> None:
         tee_type = response.json().get("tee_type")
     except (requests.RequestException, ValueError) as exc:
         raise ServiceUnhealthy.because(exc) from exc
-    if tee_type != "sev-snp-simulated":
-        raise ServiceUnhealthy(f"the agent reports TEE type {tee_type!r}, expected the simulated SEV-SNP platform")
+    if tee_type != platform.tee_type:
+        raise ServiceUnhealthy(f"the agent reports TEE type {tee_type!r}, expected {platform.tee_type} ({platform.description})")
 
 
 def _exports(context: ServiceContext) -> Mapping[str, str]:
@@ -92,14 +100,16 @@ def _exports(context: ServiceContext) -> Mapping[str, str]:
     }
 
 
-CVM = Service(
-    name="cvm",
-    description="the local confidential VM: trainer agent on the simulated SEV-SNP platform (mutual TLS)",
-    default_port=10600,
-    argv=_argv,
-    health_check=_health_check,
-    environment=_environment,
-    exports=_exports,
-    depends_on=tuple(service.name for service in _DEPENDENCIES),
-    startup_timeout_s=60.0,
-)
+def cvm_service(platform: EmulatedPlatform) -> Service:
+    """The local CVM on ``platform``: its dependencies, the agent's environment and the TEE type its health must report."""
+    return Service(
+        name="cvm",
+        description=f"the local confidential VM: trainer agent on {platform.description} (mutual TLS)",
+        default_port=10600,
+        argv=_argv,
+        health_check=functools.partial(_health_check, platform=platform),
+        environment=functools.partial(_environment, platform=platform),
+        exports=_exports,
+        depends_on=tuple(service.name for service in _DEPENDENCIES[platform]),
+        startup_timeout_s=60.0,
+    )

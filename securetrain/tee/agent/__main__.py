@@ -1,10 +1,10 @@
 """``python -m securetrain.tee.agent``: the trainer agent, serving its API over mutual TLS.
 
-The services the agent uses, the roots it trusts and its managed identity come from its environment
-(:class:`~securetrain.tee.settings.TeeSettings`); options on the command line say how the agent itself
-listens and where its evidence comes from. A platform
-that is not hardware (the local stack's simulated confidential VM) passes its own evidence provider to
-:func:`main`.
+The services the agent uses, the roots it trusts, its managed identity and where its evidence comes from
+(``SECURETRAIN_EVIDENCE_PROVIDER`` and what that provider reads) come from its environment
+(:class:`~securetrain.tee.settings.TeeSettings`); options on the command line say how the agent itself listens.
+A platform that is not hardware (the local stack's simulated confidential VM) passes its own evidence provider
+to :func:`main`.
 """
 
 from __future__ import annotations
@@ -18,24 +18,51 @@ from pathlib import Path
 
 import uvicorn
 
-from securetrain.core.errors import SecuretrainError
+from securetrain.core.errors import ConfigurationError, SecuretrainError
 from securetrain.tee.agent.app import create_app
 from securetrain.tee.agent.health import GpuProbe
 from securetrain.tee.agent.jobs import JobRunner, JobStore, TrainingFunction
 from securetrain.tee.agent.tls import MutualTlsH11Protocol
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceProvider
+from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
 from securetrain.tee.settings import TeeSettings
 from securetrain.tee.tee_services import attester, blob_store, key_releaser
 
 log = logging.getLogger("securetrain.tee.agent")
 
-#: Evidence providers by name: each builds the provider from the data owner keys the agent trusts.
-EvidenceProviders = Mapping[str, Callable[[DataOwnerKeys], EvidenceProvider]]
-HARDWARE_PROVIDERS: EvidenceProviders = {"configfs-tsm": lambda owners: ConfigfsTsmProvider()}
+#: Evidence providers by name: each builds the provider from the TEE's settings and the data owner keys it trusts.
+EvidenceProviders = Mapping[str, Callable[[TeeSettings, DataOwnerKeys], EvidenceProvider]]
 
 
-def _parser(providers: EvidenceProviders) -> argparse.ArgumentParser:
+def _azure_cvm(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvider:
+    return AzureCvmProvider(settings.vtpm_tcti, settings.imds_endpoint, event_log=settings.event_log,
+                            ca_bundle=settings.ca_bundle)  # fmt: skip
+
+
+def _configfs_tsm(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvider:
+    return ConfigfsTsmProvider()
+
+
+HARDWARE_PROVIDERS: EvidenceProviders = {"azure-cvm": _azure_cvm, "configfs-tsm": _configfs_tsm}
+
+
+def evidence_provider(settings: TeeSettings, owners: DataOwnerKeys, providers: EvidenceProviders) -> EvidenceProvider:
+    """The provider ``SECURETRAIN_EVIDENCE_PROVIDER`` names, built from ``settings``.
+
+    Raises:
+        ConfigurationError: no provider of that name is known here (the message lists those that are).
+    """
+    factory = providers.get(settings.evidence_provider)
+    if factory is None:
+        raise ConfigurationError(
+            f"${settings.variable('evidence_provider')} is {settings.evidence_provider!r}; the evidence providers "
+            f"here are {', '.join(sorted(providers))}"
+        )
+    return factory(settings, owners)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m securetrain.tee.agent",
         description="The confidential trainer agent: attests, obtains the KEK, trains on sealed data.",
@@ -49,10 +76,6 @@ def _parser(providers: EvidenceProviders) -> argparse.ArgumentParser:
         help="CA that issues client certificates; clients without one from it are refused at the handshake",
     )  # fmt: skip
     parser.add_argument("--work-dir", type=Path, required=True, help="job records (JSON, no secrets) live here")
-    parser.add_argument(
-        "--evidence", choices=sorted(providers), default=next(iter(providers)),
-        help="where hardware evidence comes from (configfs-tsm: the guest kernel of a SEV-SNP VM; default %(default)s)",
-    )  # fmt: skip
     parser.add_argument(
         "--data-owner-key", type=Path, action="append", default=[], metavar="PEM",
         help="a data owner's Ed25519 public key (repeatable): only manifests and export approvals signed by "
@@ -69,13 +92,13 @@ def _training() -> TrainingFunction:
 
 
 def main(argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_PROVIDERS) -> int:
-    """Run the agent; ``providers`` names the evidence providers ``--evidence`` chooses from (the first is the default)."""
-    args = _parser(providers).parse_args(argv)
+    """Run the agent; ``providers`` are the evidence providers ``SECURETRAIN_EVIDENCE_PROVIDER`` chooses from."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = TeeSettings.load()
         owners = DataOwnerKeys.from_files(args.data_owner_key)
-        tee_attester = attester(settings, providers[args.evidence](owners))
+        tee_attester = attester(settings, evidence_provider(settings, owners, providers))
         runner = JobRunner(
             JobStore(args.work_dir / "jobs"), tee_attester, key_releaser(settings), blob_store(settings), _training,
             owners,
