@@ -15,11 +15,12 @@ from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
 from securetrain.core.storage import BlobStore
 from securetrain.tee.attest import Attester
 from securetrain.tee.evidence import EvidenceProvider
+from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
 from securetrain.tee.release import VaultKeyReleaser
 from securetrain.tee.settings import TeeSettings
 
 
-def attester(settings: TeeSettings, evidence: EvidenceProvider) -> Attester:
+def attester(settings: TeeSettings, evidence: EvidenceProvider | AzureCvmProvider) -> Attester:
     """An attester that sends ``evidence`` to the attestation service and validates the tokens it returns."""
     endpoint = settings.url("attestation_endpoint")
     return Attester(

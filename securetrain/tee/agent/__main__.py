@@ -32,10 +32,10 @@ from securetrain.tee.tee_services import attester, blob_store, key_releaser
 log = logging.getLogger("securetrain.tee.agent")
 
 #: Evidence providers by name: each builds the provider from the TEE's settings and the data owner keys it trusts.
-EvidenceProviders = Mapping[str, Callable[[TeeSettings, DataOwnerKeys], EvidenceProvider]]
+EvidenceProviders = Mapping[str, Callable[[TeeSettings, DataOwnerKeys], EvidenceProvider | AzureCvmProvider]]
 
 
-def _azure_cvm(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvider:
+def _azure_cvm(settings: TeeSettings, owners: DataOwnerKeys) -> AzureCvmProvider:
     return AzureCvmProvider(settings.vtpm_tcti, settings.imds_endpoint, event_log=settings.event_log,
                             ca_bundle=settings.ca_bundle)  # fmt: skip
 
@@ -47,7 +47,9 @@ def _configfs_tsm(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvi
 HARDWARE_PROVIDERS: EvidenceProviders = {"azure-cvm": _azure_cvm, "configfs-tsm": _configfs_tsm}
 
 
-def evidence_provider(settings: TeeSettings, owners: DataOwnerKeys, providers: EvidenceProviders) -> EvidenceProvider:
+def evidence_provider(
+    settings: TeeSettings, owners: DataOwnerKeys, providers: EvidenceProviders
+) -> EvidenceProvider | AzureCvmProvider:
     """The provider ``SECURETRAIN_EVIDENCE_PROVIDER`` names, built from ``settings``.
 
     Raises:
