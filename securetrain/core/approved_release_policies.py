@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, ValidationError
 
 from securetrain.core.attestation.claims import (
     ATTESTED_PCR_VALUES,
@@ -43,7 +43,14 @@ from securetrain.core.attestation.claims import (
 )
 from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.azure_cvm.workload import WORKLOAD_PCR
-from securetrain.core.release_policy import AuthorityRule, Condition, Group, ReleasePolicy, require_documented
+from securetrain.core.release_policy import (
+    AuthorityRule,
+    Condition,
+    Group,
+    ReleasePolicy,
+    ReleasePolicyInvalid,
+    require_documented,
+)
 
 #: Lowercase hex of a given size in bytes: the form MAA writes byte-string claims in, so the vault's comparison
 #: (exact or not: undocumented) and :func:`~securetrain.core.release_policy.evaluate` agree.
@@ -144,9 +151,12 @@ _REFERENCE_VALUES: TypeAdapter[ReferenceValues] = TypeAdapter(ReferenceValues)
 
 
 def reference_values_from_json(text: bytes | str) -> ReferenceValues:
-    """A platform's reference values from their JSON document (``platform`` says which); pydantic's
-    ``ValidationError`` names what is wrong."""
-    return _REFERENCE_VALUES.validate_json(text)
+    """A platform's reference values from their JSON document (``platform`` says which);
+    :class:`~securetrain.core.release_policy.ReleasePolicyInvalid` names what is wrong."""
+    try:
+        return _REFERENCE_VALUES.validate_json(text)
+    except ValidationError as exc:
+        raise ReleasePolicyInvalid(f"the approved reference values are not valid: {exc}") from None
 
 
 def approved_release_policy(reference: ReferenceValues) -> ReleasePolicy:

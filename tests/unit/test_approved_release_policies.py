@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from securetrain.core.aci.evidence import load_aci_evidence
@@ -36,6 +38,7 @@ from securetrain.core.release_policy import (
     Condition,
     ReleaseDenied,
     ReleasePolicy,
+    ReleasePolicyInvalid,
     evaluate,
     policy_matches,
     require_documented,
@@ -231,8 +234,16 @@ def test_the_reference_values_file_makes_the_same_policy_on_both_sides(platform,
 )  # fmt: skip
 def test_reference_values_that_are_not_exactly_typed_are_refused(change, complaint) -> None:
     document = {**json.loads(aci_reference().model_dump_json()), **change}
-    with pytest.raises(ValidationError, match=complaint):
+    with pytest.raises(ReleasePolicyInvalid, match=f"(?s)the approved reference values are not valid: .*{complaint}"):
         reference_values_from_json(json.dumps(document))
+
+
+@given(st.text() | st.binary())
+def test_any_text_is_reference_values_or_refused(text) -> None:
+    try:
+        reference_values_from_json(text)
+    except ReleasePolicyInvalid:
+        pass
 
 
 def test_the_workload_pcr_range_is_the_tpm_s() -> None:
