@@ -17,17 +17,20 @@ from securetrain.airflow.locations import CONTAINERS
 from securetrain.core.contracts.stages import EnvironmentResult
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.keyvault import KEK_NAME
-from securetrain.core.release_policy import ReleasePolicy
+from securetrain.core.release_policy import ReleasePolicy, require_documented
 
 def approved_release_policy(path: str | None) -> ReleasePolicy:
-    """The approved release policy from ``path`` (default: ``$SECURETRAIN_RELEASE_POLICY``)."""
+    """The approved release policy from ``path`` (default: ``$SECURETRAIN_RELEASE_POLICY``): the document
+    :func:`securetrain.core.approved_release_policies.approved_release_policy` makes for the platform's reference
+    values. A construct whose evaluation Key Vault does not document is refused (``require_documented``): the
+    checks made with this policy must never approve what the vault would refuse."""
     source = path or PipelineSettings.load().release_policy
     if not source:
         raise ConfigurationError(
             "no approved release policy: pass release_policy_path or set $SECURETRAIN_RELEASE_POLICY to its JSON file"
         )
     try:
-        return ReleasePolicy.parse(Path(source).read_bytes())
+        return require_documented(ReleasePolicy.parse(Path(source).read_bytes()))
     except OSError as exc:
         raise ConfigurationError(f"cannot read the approved release policy {source}: {exc}") from None
 

@@ -1,24 +1,45 @@
-"""Key Vault's Secure Key Release policy: parsing, evaluation against token claims, and the approved policy.
+"""Key Vault's Secure Key Release policy: parsing, evaluation against token claims, comparison.
 
 The grammar (version 1.0.0, as Azure Key Vault and Managed HSM define it)::
 
     {"version": "1.0.0",
-     "anyOf": [                                  # one entry per trusted attestation authority
+     "anyOf": [                                  # one entry per trusted attestation authority (or per rule)
        {"authority": "https://maa.example",
         "allOf": [                               # or "anyOf"; groups nest
           {"claim": "x-ms-attestation-type", "equals": "sevsnpvm"},
-          {"claim": "x-ms-runtime.keys", "exists": true},
+          {"claim": "x-ms-isolation-tee.x-ms-compliance-status", "equals": "azure-compliant-cvm"},
           {"anyOf": [{"claim": "...", "equals": "..."}, ...]}]}]}
 
 Condition operators: ``equals``, ``notEquals``, ``less``, ``lessOrEquals``, ``greater``,
 ``greaterOrEquals`` (numbers only), ``exists`` (``true``: the claim is present; ``false``: absent). A claim
-name is a dotted path into the token's claims (``x-ms-runtime.keys``).
+name is a dotted path into the token's JSON objects (``x-ms-isolation-tee.x-ms-attestation-type``).
+
+How the vault compares (docs/keys.md, "How Key Vault compares claims", gives the sources):
+
+- Microsoft's grammar page (learn.microsoft.com/azure/key-vault/keys/policy-grammar) lists every operator but
+  says "the only allowed condition is equals"; a condition on an absent claim is not met; dot notation
+  walks JSON objects, arrays are not supported, objects are not values.
+- ``equals`` compares the *text* of scalars: Microsoft's own ACI policies (microsoft/confidential-sidecar-
+  containers, ``examples/skr/aci/importkeyconfig.json`` and its ``tests/skr`` run against Key Vault) write
+  ``"equals": "false"`` for the boolean claim ``x-ms-sevsnpvm-is-debuggable`` and ``"equals": "0"`` for the
+  number ``x-ms-sevsnpvm-vmpl``, and the vault releases to such tokens. So here ``false`` is ``"false"`` and
+  ``0`` is ``"0"``, both ways. Case is not documented: the comparison here is exact, and the approved
+  policies carry values in the exact form MAA writes them (lowercase hex), so a vault comparing either way
+  agrees.
+- Microsoft's Secure Key Release concept page says an authority's ``allOf`` "can be replaced by anyOf,
+  though you cannot nest or combine anyOf and allOf yet", while the grammar page shows nesting.
+
+The full grammar is parsed and evaluated (the vault accepts every policy it describes, and the Key Vault
+stand-in evaluates what it stores); :func:`require_documented` refuses every construct whose evaluation the
+vault does not document — operators other than ``equals``, non-string values, nested groups — and the
+approved policies (:mod:`securetrain.core.approved_release_policies`) pass it, so a check here never says yes
+where the vault might say no.
 
 The same code runs in two places: the Key Vault stand-in evaluates a key's policy against a validated
 token before it releases anything, and Airflow checks before a run that the KEK's policy is the approved
-one (:func:`policy_matches`). Parsing refuses anything it does not understand — an unknown operator, an
-extra field, a missing authority — because a policy the evaluator half-understands could release a key
-to the wrong TEE.
+one (:func:`policy_matches`) and that the TEE's token satisfies it. Parsing refuses anything it does not
+understand — an unknown operator, an extra field, a missing authority — because a policy the evaluator
+half-understands could release a key to the wrong TEE.
 """
 
 from __future__ import annotations
@@ -26,16 +47,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Collection, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 
 POLICY_VERSION = "1.0.0"
-#: MAA's compliance status for a genuine Azure confidential VM; the production policy demands it.
-AZURE_COMPLIANT_CVM = "azure-compliant-cvm"
 _ORDERING_OPERATORS = ("less", "lessOrEquals", "greater", "greaterOrEquals")
 OPERATORS = ("equals", "notEquals", *_ORDERING_OPERATORS, "exists")
 _GROUPS = ("allOf", "anyOf")
@@ -73,7 +91,7 @@ class Condition:
         if self.operator == "equals":
             holds = _same(seen, self.value)
         elif self.operator == "notEquals":
-            holds = not _same(seen, self.value)
+            holds = _text_form(seen) is not None and not _same(seen, self.value)
         else:
             if not _is_number(seen):
                 return f"claim {self.claim} is {seen!r}, not a number; the policy compares it {self.operator} {self.value!r}"
@@ -227,12 +245,22 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _text_form(value: Any) -> str | None:
+    """A JSON scalar as Key Vault's ``equals`` compares it: its text (module docstring). Booleans are ``true`` and
+    ``false`` as JSON writes them, integers decimal; a fraction, null, object or array has no text here and so
+    never equals anything (the vault's handling of them is not documented)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return str(value)
+    return None
+
+
 def _same(seen: Any, expected: Any) -> bool:
-    if isinstance(seen, bool) or isinstance(expected, bool):
-        return isinstance(seen, bool) and isinstance(expected, bool) and seen == expected
-    if _is_number(seen) and _is_number(expected):
-        return bool(seen == expected)
-    return type(seen) is type(expected) and seen == expected
+    seen_text, expected_text = _text_form(seen), _text_form(expected)
+    return seen_text is not None and seen_text == expected_text
 
 
 def _lookup(claims: Mapping[str, Any], path: str) -> tuple[bool, Any]:
@@ -297,37 +325,27 @@ def policy_matches(actual: ReleasePolicy | bytes | str | Mapping[str, Any], appr
     return canonical_form(actual) == canonical_form(approved)
 
 
-def _one_of(claim: str, values: Collection[bytes]) -> Rule:
-    conditions = tuple(Condition(claim, "equals", value.hex()) for value in sorted(values))
-    return conditions[0] if len(conditions) == 1 else Group("anyOf", conditions)
-
-
-def approved_release_policy(
-    authority: str,
-    *,
-    attestation_policy: str,
-    measurements: Collection[bytes],
-    host_data: Collection[bytes],
-    compliance_status: str = AZURE_COMPLIANT_CVM,
-) -> ReleasePolicy:
-    """The project's release policy for a KEK: a token from ``authority`` issued under exactly the approved
-    attestation policy (its text's ``x-ms-policy-hash``, as MAA computes it), on a non-debuggable SEV-SNP VM
-    running an approved launch measurement and workload (HOST_DATA), with a runtime key to wrap the KEK to.
-
-    The measurement and HOST_DATA are pinned here as well as in the attestation policy: the vault then does not
-    depend on the attestation provider's policy alone to keep the key from another workload.
-    ``compliance_status`` is ``azure-compliant-cvm`` in production; the local stack passes the status its
-    attestation service gives simulated platforms, which a production policy therefore refuses.
-    """
-    if not measurements or not host_data:
-        raise ReleasePolicyInvalid("no approved launch measurement or no approved HOST_DATA: no release policy")
-    conditions: list[Rule] = [
-        Condition("x-ms-attestation-type", "equals", "sevsnpvm"),
-        Condition("x-ms-compliance-status", "equals", compliance_status),
-        Condition("x-ms-policy-hash", "equals", maa_policy_hash(attestation_policy)),
-        Condition("x-ms-sevsnpvm-is-debuggable", "equals", False),
-        _one_of("x-ms-sevsnpvm-launchmeasurement", measurements),
-        _one_of("x-ms-sevsnpvm-hostdata", host_data),
-        Condition("x-ms-runtime.keys", "exists", True),
-    ]
-    return ReleasePolicy((AuthorityRule(authority.rstrip("/"), Group("allOf", tuple(conditions))),))
+def require_documented(policy: ReleasePolicy) -> ReleasePolicy:
+    """``policy`` when every construct in it is one whose evaluation Key Vault documents: authority rules whose
+    members are all ``equals`` conditions with string values (module docstring). Anything else — another
+    operator, a boolean or number value, a nested group — raises :class:`ReleasePolicyInvalid` naming it: the
+    vault might evaluate it otherwise than :func:`evaluate` does, so an approved policy never uses it."""
+    for i, entry in enumerate(policy.authorities):
+        for j, member in enumerate(entry.rule.members):
+            where = f"anyOf[{i}].{entry.rule.kind}[{j}]"
+            if not isinstance(member, Condition):
+                raise ReleasePolicyInvalid(
+                    f"{where} is a nested {member.kind} group: Key Vault's documentation says groups cannot be nested yet"
+                )
+            if member.operator != "equals":
+                raise ReleasePolicyInvalid(
+                    f"{where}: {member.operator} on {member.claim}: Key Vault documents only equals as evaluated"
+                )
+            if not isinstance(member.value, str):
+                text = _text_form(member.value)
+                hint = "" if text is None else f" (write {json.dumps(text)})"
+                raise ReleasePolicyInvalid(
+                    f"{where}: {member.claim} equals {json.dumps(member.value)}, not a string: Key Vault's own "
+                    f"examples compare string values only{hint}"
+                )
+    return policy

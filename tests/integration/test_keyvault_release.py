@@ -28,12 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
 from securetrain.localstack.services.attestation import approved_reference_values
-from securetrain.core.attestation.claims import SIMULATED_CVM
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.keyvault import kek_public_key, key_client, key_client_from_settings
 from securetrain.localstack.pki import LocalCA
-from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
+from securetrain.core.approved_release_policies import SnpReferenceValues, approved_release_policy
+from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.sealed import KekPrivateKey, seal, unseal
 from securetrain.core.skr import ReleasedKeyRejected, unwrap_released_key
 from securetrain.core.snp.report import GuestPolicy
@@ -116,11 +116,16 @@ def _key_with_policy(owner: KeyClient, policy: ReleasePolicy, **kwargs) -> str:
     return key.name
 
 
-def _approved_for(env, authority: str, **kwargs) -> ReleasePolicy:
+def _approved_for(env, authority: str, *, simulated: bool = False, host_data: set[bytes] | None = None) -> ReleasePolicy:
+    """The ``snp`` platform's approved policy for the stack's attestation policy, trusting ``authority``; the
+    production compliance status unless ``simulated``, the approved HOST_DATA unless ``host_data``."""
     policy = approved_attestation_policy(env)
-    measurements, host_data = approved_reference_values(policy)
-    return approved_release_policy(authority, attestation_policy=policy, measurements=measurements,
-                                   host_data=host_data, **kwargs)  # fmt: skip
+    measurements, approved_host_data = approved_reference_values(policy)
+    return approved_release_policy(SnpReferenceValues(
+        attestation_authority=authority, attestation_policy=policy, simulated=simulated,
+        launch_measurements=frozenset(value.hex() for value in measurements),
+        host_data=frozenset(value.hex() for value in (host_data or approved_host_data)),
+    ))  # fmt: skip
 
 
 def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
@@ -136,7 +141,7 @@ def _with_policy_hash(policy: ReleasePolicy, policy_hash: str) -> ReleasePolicy:
 def _lax_key(env, owner, lax_authority) -> str:
     """A key whose policy is the approved one, but trusting the lax authority (and its policy's hash)."""
     url, policy_hash = lax_authority
-    policy = _approved_for(env, url, compliance_status=SIMULATED_CVM)
+    policy = _approved_for(env, url, simulated=True)
     return _key_with_policy(owner, _with_policy_hash(policy, policy_hash))
 
 
@@ -220,7 +225,7 @@ def test_forged_signature(env, cvm):
 def test_a_token_under_another_attestation_policy(env, owner, cvm, lax_authority):
     """The lax service is trusted by this key, but its tokens were issued under another policy than the approved."""
     url, _ = lax_authority
-    name = _key_with_policy(owner, _approved_for(env, url, compliance_status=SIMULATED_CVM))
+    name = _key_with_policy(owner, _approved_for(env, url, simulated=True))
     message = _denied(cvm, name, Attester(env, url).token(TeeKey()))
     assert f"x-ms-policy-hash is '{lax_authority[1]}'" in message and env["SECURETRAIN_ATTESTATION_POLICY_HASH"] in message
 
@@ -238,10 +243,7 @@ def test_wrong_measurement(env, owner, cvm, lax_authority):
 
 
 def test_wrong_host_data(env, owner, cvm):
-    attestation_policy = approved_attestation_policy(env)
-    measurements, _ = approved_reference_values(attestation_policy)
-    policy = approved_release_policy(env["SECURETRAIN_ATTESTATION_ENDPOINT"], attestation_policy=attestation_policy,
-                                     measurements=measurements, host_data={b"\x01" * 32}, compliance_status=SIMULATED_CVM)  # fmt: skip
+    policy = _approved_for(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"], simulated=True, host_data={b"\x01" * 32})
     name = _key_with_policy(owner, policy)
     token = Attester(env, env["SECURETRAIN_ATTESTATION_ENDPOINT"]).token(TeeKey())
     assert "x-ms-sevsnpvm-hostdata" in _denied(cvm, name, token)

@@ -21,9 +21,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from securetrain.core.approved_release_policies import AzureCvmReferenceValues, approved_release_policy
+from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
 from securetrain.core.azure_cvm.evidence import CvmEvidence
 from securetrain.core.azure_cvm.verifier import verify_cvm_evidence
+from securetrain.core.azure_cvm.workload import workload_pcr_value
+from securetrain.core.release_policy import ReleaseDenied, evaluate
 from securetrain.core.snp.certs import CertificateChain
 from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.core.snp.verifier import verify_report
@@ -219,3 +223,22 @@ def test_the_core_verifier_accepts_the_emulated_evidence_under_the_simulated_roo
     with pytest.raises(CvmEvidenceError) as refused:
         verify_cvm_evidence(CvmEvidence.from_document(document), nonce=NONCE, trusted_roots=AMD_ROOTS)
     assert refused.value.check is Check.SNP_REPORT
+
+
+def test_the_emulated_cvm_satisfies_the_azure_cvm_release_policy_for_its_workload(emulated_cvm, emulated) -> None:
+    """What the local stack's release policy becomes once it runs the emulated CVM: the platform's approved policy,
+    simulated, pinning the PCR its boot measured the workload into; another workload's PCR value is refused."""
+    verified = verify_cvm_evidence(CvmEvidence.from_document({"report": {"snpCvm": emulated}}), nonce=NONCE,
+                                   trusted_roots=(emulated_cvm.snp.root,))  # fmt: skip
+    authority, attestation_policy = "https://attestation.example", "version=1.0;\nauthorizationrules\n{\n};\n"
+    claims = {**verified.claims(), "iss": authority, "x-ms-policy-hash": maa_policy_hash(attestation_policy)}
+
+    def policy_for(measurement: bytes):
+        return approved_release_policy(AzureCvmReferenceValues(
+            attestation_authority=authority, attestation_policy=attestation_policy, simulated=True,
+            workload_pcr_values=frozenset({workload_pcr_value(measurement).hex()}),
+        ))  # fmt: skip
+
+    evaluate(policy_for(WORKLOAD_MEASUREMENT), claims)
+    with pytest.raises(ReleaseDenied, match=f"x-ms-azurevm-attested-pcr-values.pcr{WORKLOAD_PCR}"):
+        evaluate(policy_for(bytes(32)), claims)

@@ -40,11 +40,21 @@ def test_it_prepares_the_environment_and_returns_what_the_later_stages_use(local
 
 def test_a_release_policy_other_than_the_kek_s_fails_without_retry(local_stack, airflow_env, tmp_path) -> None:
     policy = json.loads(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_text())
-    policy["anyOf"][0]["allOf"].append({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": True})
+    policy["anyOf"][0]["allOf"].append({"claim": "x-ms-sevsnpvm-smt-allowed", "equals": "false"})
     other = tmp_path / "other-policy.json"
     other.write_text(json.dumps(policy))
     operator = EnvironmentPreparationOperator(task_id="prepare_environment", release_policy_path=str(other))
     with pytest.raises(SecurityCheckFailed, match=r"environment preparation: security check failed \(KekPolicyMismatch\)"):
+        operator.execute(task_context(new_run_id()))
+
+
+def test_an_approved_policy_the_vault_might_read_otherwise_is_a_configuration_error(local_stack, airflow_env, tmp_path) -> None:
+    policy = json.loads(Path(local_stack.env["SECURETRAIN_RELEASE_POLICY"]).read_text())
+    policy["anyOf"][0]["allOf"].append({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": False})
+    undocumented = tmp_path / "undocumented-policy.json"
+    undocumented.write_text(json.dumps(policy))
+    operator = EnvironmentPreparationOperator(task_id="prepare_environment", release_policy_path=str(undocumented))
+    with pytest.raises(AirflowFailException, match="x-ms-sevsnpvm-is-debuggable equals false, not a string"):
         operator.execute(task_context(new_run_id()))
 
 

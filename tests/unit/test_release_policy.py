@@ -8,14 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.release_policy import (
     ReleaseDenied,
     ReleasePolicy,
     ReleasePolicyInvalid,
-    approved_release_policy,
     evaluate,
     policy_matches,
+    require_documented,
 )
 
 AUTHORITY = "https://maa.example"
@@ -55,13 +54,41 @@ def test_exists_and_dotted_paths():
         evaluate(policy({"claim": "x-ms-sevsnpvm-is-debuggable", "exists": False}), claims())
 
 
-def test_booleans_are_not_numbers_or_strings():
-    with pytest.raises(ReleaseDenied, match="is-debuggable is True"):
-        evaluate(policy({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": False}), claims(**{"x-ms-sevsnpvm-is-debuggable": True}))
-    with pytest.raises(ReleaseDenied):
-        evaluate(policy({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": 0}), claims())
-    with pytest.raises(ReleaseDenied):
-        evaluate(policy({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": "false"}), claims())
+@pytest.mark.parametrize(
+    "claim,value,holds",
+    [
+        # Microsoft's own ACI policies write booleans and numbers as strings, and Key Vault releases under them.
+        ("x-ms-sevsnpvm-is-debuggable", "false", True), ("x-ms-sevsnpvm-is-debuggable", False, True),
+        ("x-ms-sevsnpvm-guestsvn", "3", True), ("x-ms-sevsnpvm-guestsvn", 3, True),
+        ("x-ms-sevsnpvm-is-debuggable", "true", False), ("x-ms-sevsnpvm-is-debuggable", True, False),
+        # Text, not truthiness: false is not 0, "0" or "" ...
+        ("x-ms-sevsnpvm-is-debuggable", 0, False), ("x-ms-sevsnpvm-is-debuggable", "0", False),
+        ("x-ms-sevsnpvm-is-debuggable", "", False),
+        # ... case is not documented, so the comparison is exact ...
+        ("x-ms-sevsnpvm-is-debuggable", "False", False), ("x-ms-attestation-type", "SEVSNPVM", False),
+        # ... and numbers are decimal integers: a fraction or another spelling has no agreed text.
+        ("x-ms-sevsnpvm-guestsvn", 3.0, False), ("x-ms-sevsnpvm-guestsvn", "3.0", False),
+        ("x-ms-sevsnpvm-guestsvn", "03", False),
+    ],
+)  # fmt: skip
+def test_equals_compares_the_text_of_scalars_as_key_vault_does(claim, value, holds):
+    rules = policy({"claim": claim, "equals": value})
+    if holds:
+        evaluate(rules, claims())
+    else:
+        with pytest.raises(ReleaseDenied, match=claim):
+            evaluate(rules, claims())
+
+
+def test_objects_and_arrays_equal_nothing_and_order_needs_numbers():
+    for value in ("", "[]", "{}"):
+        with pytest.raises(ReleaseDenied, match="x-ms-runtime"):
+            evaluate(policy({"claim": "x-ms-runtime", "equals": value}), claims())
+    with pytest.raises(ReleaseDenied, match="x-ms-runtime.keys"):
+        evaluate(policy({"claim": "x-ms-runtime.keys", "notEquals": "x"}), claims())
+    evaluate(policy({"claim": "x-ms-sevsnpvm-is-debuggable", "notEquals": "true"}), claims())
+    with pytest.raises(ReleaseDenied, match="is-debuggable is False; the policy requires it notEquals 'false'"):
+        evaluate(policy({"claim": "x-ms-sevsnpvm-is-debuggable", "notEquals": "false"}), claims())
     with pytest.raises(ReleaseDenied, match="not a number"):
         evaluate(policy({"claim": "x-ms-attestation-type", "greater": 1}), claims())
 
@@ -115,30 +142,30 @@ def test_policy_matches_ignores_order_but_not_meaning():
     assert not policy_matches(b"garbage", a)
 
 
-ATTESTATION_POLICY = 'version=1.0;\nauthorizationrules\n{\n    [type=="x-ms-sevsnpvm-is-debuggable", value==false] => permit();\n};\n'
+@pytest.mark.parametrize(
+    "member,complaint",
+    [
+        ({"claim": "x-ms-runtime.keys", "exists": True}, "exists on x-ms-runtime.keys: Key Vault documents only equals"),
+        ({"claim": "x-ms-sevsnpvm-guestsvn", "greaterOrEquals": 2}, "greaterOrEquals"),
+        ({"claim": "x-ms-attestation-type", "notEquals": "sgx"}, "notEquals"),
+        ({"claim": "x-ms-sevsnpvm-is-debuggable", "equals": False}, 'equals false, not a string.*write "false"'),
+        ({"claim": "x-ms-sevsnpvm-vmpl", "equals": 0}, 'not a string.*write "0"'),
+        ({"claim": "x-ms-sevsnpvm-guestsvn", "equals": 1.5}, "not a string"),
+        ({"anyOf": [{"claim": "a", "equals": "1"}, {"claim": "a", "equals": "2"}]}, r"anyOf\[0\].allOf\[1\] is a nested anyOf"),
+    ],
+)  # fmt: skip
+def test_constructs_whose_evaluation_the_vault_does_not_document_are_refused(member, complaint):
+    undocumented = policy({"claim": "x-ms-attestation-type", "equals": "sevsnpvm"}, member)
+    with pytest.raises(ReleasePolicyInvalid, match=complaint):
+        require_documented(undocumented)
 
 
-def test_approved_policy_accepts_the_approved_tee_only():
-    approved = approved_release_policy(AUTHORITY, attestation_policy=ATTESTATION_POLICY,
-                                       measurements={b"\x11" * 48}, host_data={b"\x22" * 32})  # fmt: skip
-    good = claims(**{"x-ms-compliance-status": "azure-compliant-cvm", "x-ms-policy-hash": maa_policy_hash(ATTESTATION_POLICY),
-                     "x-ms-sevsnpvm-launchmeasurement": "11" * 48, "x-ms-sevsnpvm-hostdata": "22" * 32})  # fmt: skip
-    evaluate(approved, good)
-    assert policy_matches(approved.to_bytes(), ReleasePolicy.parse(approved.to_bytes()))
-    for claim, value in [("x-ms-sevsnpvm-hostdata", "00" * 32), ("x-ms-sevsnpvm-is-debuggable", True),
-                         ("x-ms-compliance-status", "securetrain-simulated-cvm"), ("x-ms-attestation-type", "sgx"),
-                         ("x-ms-policy-hash", maa_policy_hash(ATTESTATION_POLICY + " "))]:  # fmt: skip
-        with pytest.raises(ReleaseDenied, match=claim):
-            evaluate(approved, {**good, claim: value})
-
-
-def test_the_approved_policy_pins_maas_hash_of_the_attestation_policy_text():
-    approved = approved_release_policy(AUTHORITY, attestation_policy=ATTESTATION_POLICY,
-                                       measurements={b"\x11" * 48}, host_data={b"\x22" * 32})  # fmt: skip
-    (pinned,) = [c for c in approved.authorities[0].rule.members if getattr(c, "claim", None) == "x-ms-policy-hash"]
-    assert pinned.value == maa_policy_hash(ATTESTATION_POLICY) and len(pinned.value) == 43  # base64url, not hex
-    with pytest.raises(ReleasePolicyInvalid, match="no approved launch measurement"):
-        approved_release_policy(AUTHORITY, attestation_policy=ATTESTATION_POLICY, measurements=(), host_data={b"\x22" * 32})
+def test_equals_on_strings_in_authority_rules_is_documented():
+    documented = ReleasePolicy.parse({"version": "1.0.0", "anyOf": [
+        {"authority": AUTHORITY, "allOf": [{"claim": "x-ms-isolation-tee.x-ms-attestation-type", "equals": "sevsnpvm"}]},
+        {"authority": AUTHORITY, "anyOf": [{"claim": "x-ms-sevsnpvm-vmpl", "equals": "0"}]},
+    ]})  # fmt: skip
+    assert require_documented(documented) is documented
 
 
 @given(st.integers(-10, 10), st.integers(-10, 10))

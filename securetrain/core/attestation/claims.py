@@ -12,11 +12,13 @@ earns either, so a production release policy refuses it without knowing about si
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
 from typing import Any
 
-from securetrain.core.release_policy import AZURE_COMPLIANT_CVM
 from securetrain.core.snp.report import AttestationReport
 
+AZURE_COMPLIANT_CVM = "azure-compliant-cvm"
 AZURE_COMPLIANT_UVM = "azure-compliant-uvm"
 #: The compliance statuses of evidence rooted in a simulated platform (never MAA's).
 SIMULATED_CVM = "securetrain-simulated-cvm"
@@ -36,6 +38,25 @@ def uvm_compliance_status(simulated: bool) -> str:
 def platform_claim(simulated: bool) -> str:
     """``x-securetrain-platform``: whether the report came from AMD hardware or the simulated platform."""
     return "simulated" if simulated else "amd-sev-snp"
+
+
+#: The AzureGuest claim holding the quoted PCR values, one member ``pcr<index>`` each (SHA-256 bank, base64).
+ATTESTED_PCR_VALUES = "x-ms-azurevm-attested-pcr-values"
+
+
+def pcr_claim_name(index: int) -> str:
+    """The member of :data:`ATTESTED_PCR_VALUES` holding PCR ``index``."""
+    return f"pcr{index}"
+
+
+def pcr_claim_value(value: bytes) -> str:
+    """A PCR value as :data:`ATTESTED_PCR_VALUES` writes it: standard base64."""
+    return base64.b64encode(value).decode("ascii")
+
+
+def attested_pcr_values(pcrs: Mapping[int, bytes]) -> dict[str, str]:
+    """The :data:`ATTESTED_PCR_VALUES` claim for quoted PCR values."""
+    return {pcr_claim_name(index): pcr_claim_value(value) for index, value in pcrs.items()}
 
 
 def sevsnpvm_claims(report: AttestationReport) -> dict[str, Any]:

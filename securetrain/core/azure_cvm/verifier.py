@@ -59,7 +59,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from securetrain.core.attestation.claims import compliance_status, platform_claim, sevsnpvm_claims
+from securetrain.core.attestation.claims import (
+    ATTESTED_PCR_VALUES,
+    attested_pcr_values,
+    compliance_status,
+    platform_claim,
+    sevsnpvm_claims,
+)
 from securetrain.core.attestation.maa import report_data_for
 from securetrain.core.azure_cvm.ak_public import AkPublic
 from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
@@ -153,9 +159,7 @@ class VerifiedCvmEvidence:
             "x-ms-attestation-type": "azurevm",
             "x-ms-azurevm-vmid": self.runtime_claims.vm_unique_id,
             "x-ms-azurevm-attested-pcrs": list(selected),
-            "x-ms-azurevm-attested-pcr-values": {
-                f"pcr{index}": base64.b64encode(self.pcrs[index]).decode() for index in selected
-            },
+            ATTESTED_PCR_VALUES: attested_pcr_values({index: self.pcrs[index] for index in selected}),
             "x-ms-isolation-tee": {
                 "x-ms-attestation-type": "sevsnpvm",
                 "x-ms-compliance-status": compliance_status(self.simulated),

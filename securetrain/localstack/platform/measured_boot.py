@@ -34,9 +34,8 @@ from tpm2_pytss import ESAPI
 from tpm2_pytss.constants import ESYS_TR, TPM2_ALG
 from tpm2_pytss.types import TPML_DIGEST_VALUES, TPMT_HA, TPMU_HA
 
+from securetrain.core.azure_cvm.workload import WORKLOAD_PCR
 from securetrain.core.fsutil import atomic_output
-
-WORKLOAD_PCR = 13
 EV_NO_ACTION = 0x00000003
 EV_EVENT_TAG = 0x00000006
 WORKLOAD_EVENT_TAG = 0x3D51468A

@@ -23,7 +23,8 @@ from azure.security.attestation import AttestationAdministrationClient, Attestat
 from cryptography.hazmat.primitives import hashes
 
 from securetrain.core.attestation.policy import maa_policy_hash
-from securetrain.core.release_policy import ReleasePolicy, approved_release_policy
+from securetrain.core.approved_release_policies import SnpReferenceValues, approved_release_policy
+from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.snp.report import TcbVersion
 from securetrain.localstack.data_owner import stack_host_data
 from securetrain.localstack.errors import StackConfigurationError
@@ -33,7 +34,6 @@ from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
-from securetrain.core.attestation.claims import SIMULATED_CVM
 from securetrain.localstack.standins.attestation_service.appraisal import SEV_SNP_VM
 from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy, PolicyInvalid
 from securetrain.localstack.standins.identity.app import token_issuer
@@ -115,10 +115,15 @@ def approved_reference_values(policy_text: str) -> tuple[frozenset[bytes], froze
 
 
 def release_policy_for(attestation_authority: str, policy_text: str) -> ReleasePolicy:
-    """The release policy approving what ``policy_text`` approves, in tokens from ``attestation_authority``."""
+    """The release policy approving what ``policy_text`` approves, in tokens from ``attestation_authority``: the
+    ``snp`` platform's, the simulated platform's compliance status."""
     measurements, host_data = approved_reference_values(policy_text)
-    return approved_release_policy(attestation_authority, attestation_policy=policy_text, measurements=measurements,
-                                   host_data=host_data, compliance_status=SIMULATED_CVM)  # fmt: skip
+    reference = SnpReferenceValues(
+        attestation_authority=attestation_authority, attestation_policy=policy_text, simulated=True,
+        launch_measurements=frozenset(value.hex() for value in measurements),
+        host_data=frozenset(value.hex() for value in host_data),
+    )  # fmt: skip
+    return approved_release_policy(reference)
 
 
 def write_attestation_roles(layout: StackLayout) -> None:
