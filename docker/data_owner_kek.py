@@ -35,6 +35,7 @@ from securetrain.localstack.services.attestation import (
 )
 from securetrain.localstack.services.identity import identities_dir
 from securetrain.localstack.services.keyvault import release_policy_path
+from securetrain.localstack.standins.attestation_service.appraisal import SEV_SNP_VM
 from securetrain.localstack.layout import StackLayout
 
 log = logging.getLogger("data_owner_kek")
@@ -52,7 +53,7 @@ def main(argv: list[str]) -> int:
         approved = ReleasePolicy.parse(release_policy_path(tree).read_bytes())
         credential = application_credential(owner, identity_url, tree.ca_bundle)
         with policy_administration_client(attestation_url, credential, tree.ca_bundle) as attestation:
-            policy_hash = apply_attestation_policy(attestation, attestation_policy_path(tree).read_text(encoding="ascii"))
+            policy_hash = apply_attestation_policy(attestation, SEV_SNP_VM.name, attestation_policy_path(tree).read_text(encoding="ascii"))
         log.info("the attestation service's SevSnpVm policy is the approved one (x-ms-policy-hash %s)", policy_hash)
         with key_client(vault_url, credential, ca_bundle=tree.ca_bundle) as client:
             kek = create_kek_version(client, KEK_NAME, approved)

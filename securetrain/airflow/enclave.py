@@ -14,6 +14,7 @@ from typing import Any
 
 from securetrain.airflow.hooks.attestation import AttestationHook, claims_summary
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
+from securetrain.core.attestation.azure_guest import token_nonce
 from securetrain.core.attestation.tokens import TokenRejected
 from securetrain.core.contracts.jobs import JobState
 from securetrain.core.cvm_client import CvmJobNotFound
@@ -26,7 +27,7 @@ def attest_now(cvm: ConfidentialVmHook, attestation: AttestationHook, policy: Re
     with cvm.get_conn() as client:
         answer = client.attest(nonce)
     token = attestation.validate(answer.token, policy=policy)
-    if token.claims.get("nonce") != nonce:
+    if token.claims.get("nonce") != token_nonce(nonce, token.claims):
         raise TokenRejected("the TEE's token does not carry the nonce Airflow sent: it is not an answer to this challenge")
     return claims_summary(token.claims)
 

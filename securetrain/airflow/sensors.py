@@ -19,6 +19,7 @@ from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.locations import job_run_id
 from securetrain.airflow.triggers import AttestationStatusTrigger, EnclaveHealthTrigger
+from securetrain.core.attestation.claims import workload_binding
 from securetrain.core.contracts.stages import AttestationResult
 from securetrain.core.errors import SecuretrainError
 
@@ -94,9 +95,8 @@ class AttestationStatusSensor(BaseSensorOperator):
         return AttestationResult(event["claims"]).model_dump(mode="json")
 
     def _log_claims(self, claims: dict[str, Any]) -> None:
-        self.log.info("the TEE attested for Airflow's nonce: %s, HOST_DATA %s, launch measurement %s, policy %s",
-                      claims.get("x-ms-attestation-type"), claims.get("x-ms-sevsnpvm-hostdata"),
-                      claims.get("x-ms-sevsnpvm-launchmeasurement"), claims.get("x-ms-policy-hash"))  # fmt: skip
+        self.log.info("the TEE attested for Airflow's nonce: %s, %s, policy %s", claims.get("x-ms-attestation-type"),
+                      workload_binding(claims), claims.get("x-ms-policy-hash"))  # fmt: skip
 
 
 class EnclaveHealthSensor(BaseSensorOperator):

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from securetrain.core import signed_documents
+from securetrain.core.attestation.claims import workload_binding
 from securetrain.core.attestation.tokens import AuthorityKeys
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.release_policy import ReleaseDenied, ReleasePolicy, evaluate
@@ -359,8 +360,7 @@ def verify_provenance(
         raise ProvenanceInvalid("the manifest has no provenance {statement, tee_signature, attestation_token}")
     claims = verify_attestation_token(provenance["attestation_token"], release_policy, keys_for)
     checked.append(
-        f"attestation token signed by {claims['iss']}; measurement {claims.get('x-ms-sevsnpvm-launchmeasurement')} "
-        f"and HOST_DATA {claims.get('x-ms-sevsnpvm-hostdata')} satisfy release policy {policy_hash}"
+        f"attestation token signed by {claims['iss']}; {workload_binding(claims)} satisfy release policy {policy_hash}"
     )
     statement = provenance["statement"]
     verify_statement_signature(runtime_key(claims), statement, provenance["tee_signature"])

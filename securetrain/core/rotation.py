@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from azure.storage.blob import BlobClient
 
+from securetrain.core.attestation.azure_guest import token_nonce
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator, ValidatedToken
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.keyvault import RotationReport, read_blob_header, same_key
@@ -123,7 +124,7 @@ def verify_rewrap_answer(
     if not isinstance(statement, Mapping) or not isinstance(signature, Mapping) or not isinstance(raw_token, str):
         raise RewrapNotVerified("the TEE's rewrap answer has a statement, signature or token of the wrong type")
     token = validate(raw_token)
-    if token.claims.get("nonce") != nonce:
+    if token.claims.get("nonce") != token_nonce(nonce, token.claims):
         raise RewrapNotVerified("the TEE's attestation token does not carry the nonce of this request: a replayed answer")
     if len(token.runtime_keys) != 1:
         raise RewrapNotVerified("the TEE's attestation token does not carry exactly one runtime key")

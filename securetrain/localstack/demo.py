@@ -17,6 +17,7 @@ from pathlib import Path
 
 from securetrain.localstack.airflow_env import migrate, process_environment
 from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, public_key_pem
+from securetrain.core.attestation.claims import workload_binding
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.errors import SecuretrainError
@@ -127,8 +128,7 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     cleaned = [event["details"] for event in events if event["kind"] == "cleanup_done"]
     metrics = lineage["metrics"]
     validation = lineage.get("validation") or {}
-    print(f"    attestation:  {lineage['tee_type']}, HOST_DATA {claims['x-ms-sevsnpvm-hostdata'][:16]}…, "
-          f"launch measurement {claims['x-ms-sevsnpvm-launchmeasurement'][:16]}…, validated by Airflow against "
+    print(f"    attestation:  {lineage['tee_type']}, {workload_binding(claims)}, validated by Airflow against "
           f"release policy {lineage['release_policy_sha256'][:16]}…")
     print(f"    key release:  {version.manifest['sealed_model']['kek_id']} released to the TEE's key "
           f"(recorded by {' and '.join(sorted(releases)) or 'nobody'})")

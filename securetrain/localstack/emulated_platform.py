@@ -16,6 +16,7 @@ from __future__ import annotations
 import enum
 
 from securetrain.localstack.errors import StackConfigurationError
+from securetrain.localstack.layout import StackLayout
 
 PLATFORM_ENV = "SECURETRAIN_PLATFORM"
 
@@ -54,4 +55,13 @@ class EmulatedPlatform(enum.Enum):
 
 
 #: The platform the stack runs unless told otherwise.
-DEFAULT_PLATFORM = EmulatedPlatform.SNP
+DEFAULT_PLATFORM = EmulatedPlatform.AZURE_CVM
+
+
+def running_platform(layout: StackLayout) -> EmulatedPlatform | None:
+    """The platform the stack in ``layout`` was brought up on; None when ``down`` (or nothing) ran last."""
+    try:
+        name = layout.platform_file.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return EmulatedPlatform.named(name, str(layout.platform_file))

@@ -26,7 +26,7 @@ from securetrain.localstack.settings import settings_path, write_settings_files
 from securetrain.localstack.errors import PortInUse, ServiceStartFailed, StackConfigurationError
 from securetrain.localstack.layout import StackLayout, repo_root, resolve_state_dir, write_file
 from securetrain.localstack.process import PidRecord, ProcessIdentity, start_process, stop_process
-from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform
+from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform, running_platform
 from securetrain.localstack.registry import ALL_SERVICES, SERVICES, services_for, start_order
 from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
 
@@ -90,15 +90,6 @@ class StackConfig:
     def context(self, service: Service) -> ServiceContext:
         """The context ``service`` is started with under this configuration."""
         return ServiceContext(service.name, self.host, self.ports[service.name], self.layout)
-
-
-def running_platform(layout: StackLayout) -> EmulatedPlatform | None:
-    """The platform the stack in ``layout`` was brought up on; None when ``down`` (or nothing) ran last."""
-    try:
-        name = layout.platform_file.read_text().strip()
-    except FileNotFoundError:
-        return None
-    return EmulatedPlatform.named(name, str(layout.platform_file))
 
 
 def _valid_port(value: int | str, source: str) -> int:

@@ -9,8 +9,9 @@ with the job. How the hardware vouches for that key and the attestation nonce de
 - **Azure confidential VM** (:class:`~securetrain.tee.evidence.azure_cvm.AzureCvmProvider`): the guest cannot
   choose REPORT_DATA; it writes HCL user data = SHA-256 of the key's PEM (then 32 zero bytes), which the
   paravisor's runtime claims carry into the report, and the vTPM quotes its PCRs over SHA-256 of the attestation
-  nonce. The request goes to ``/attest/AzureGuest`` with the key and that nonce in its client payload
-  (:mod:`securetrain.core.attestation.azure_guest`); the token's ``nonce`` is that digest (base64).
+  nonce (:func:`~securetrain.core.attestation.azure_guest.quote_nonce`). The request goes to
+  ``/attest/AzureGuest`` with the key and that digest in its client payload
+  (:mod:`securetrain.core.attestation.azure_guest`); the token's ``nonce`` is the digest (base64).
 
 Either way Key Vault wraps the released KEK to the key the token lists in ``x-ms-runtime.keys``.
 
@@ -40,7 +41,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from securetrain.core.attestation.azure_guest import GuestOs, azure_guest_request, user_data_for
+from securetrain.core.attestation.azure_guest import (
+    AZURE_VM,
+    GuestOs,
+    azure_guest_request,
+    quote_nonce,
+    token_nonce,
+    user_data_for,
+)
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.azure_cvm.evidence import CvmEvidence
 from securetrain.core.attestation.tokens import TokenRejected, TokenValidator, ValidatedToken
@@ -141,16 +149,14 @@ class Attester:
         return token
 
     def _attest_azure_guest(self, provider: AzureCvmProvider, key: TeeKey, nonce: str) -> ValidatedToken:
-        # The quote's qualifying data is a digest of the nonce: the vTPM takes at most 32 bytes, a nonce may be longer.
-        quote_nonce = hashlib.sha256(nonce.encode()).digest()
         public_key = key.private_key.public_key()
         user_data = user_data_for(public_key)
-        document = provider.evidence(user_data, quote_nonce)
+        document = provider.evidence(user_data, quote_nonce(nonce))
         evidence = CvmEvidence.from_document({"report": {"snpCvm": document}})
         tcg_log = base64.b64decode(document["evidence"]["eventLog"])
         request = azure_guest_request(evidence, public_key, guest_os(), tcg_log=tcg_log, runtime_key_id=key.kid)
         raw = self._service.attest_azure_guest(request)
-        token = self._validator.validate(raw, expected_nonce=base64.b64encode(quote_nonce).decode())
+        token = self._validator.validate(raw, expected_nonce=token_nonce(nonce, {"x-ms-attestation-type": AZURE_VM}))
         tee = token.claims.get("x-ms-isolation-tee")
         runtime = tee.get("x-ms-runtime") if isinstance(tee, Mapping) else None
         bound = runtime.get("user-data") if isinstance(runtime, Mapping) else None

@@ -62,9 +62,18 @@ class AttestationHook(BaseHook):
         return AuthorityKeys(self.connection.endpoint, verify=self.connection.tls_verify)
 
 
+_TEE_CLAIMS = ("x-ms-attestation-type", "x-ms-compliance-status", "x-ms-sevsnpvm-hostdata",
+               "x-ms-sevsnpvm-launchmeasurement", "x-ms-sevsnpvm-reportdata", "x-ms-sevsnpvm-guestsvn",
+               "x-ms-sevsnpvm-is-debuggable")  # fmt: skip
+_TOKEN_CLAIMS = ("iss", "iat", "exp", "nonce", "x-ms-policy-hash", "x-securetrain-platform", *_TEE_CLAIMS,
+                 "x-ms-azurevm-attested-pcr-values")  # fmt: skip
+
+
 def claims_summary(claims: Mapping[str, Any]) -> dict[str, Any]:
-    """The claims a reviewer needs, as JSON for XCom and the audit log (no token: it is a bearer credential)."""
-    wanted = ("iss", "iat", "exp", "nonce", "x-ms-attestation-type", "x-ms-policy-hash", "x-ms-sevsnpvm-hostdata",
-              "x-ms-sevsnpvm-launchmeasurement", "x-ms-sevsnpvm-reportdata", "x-ms-sevsnpvm-guestsvn",
-              "x-ms-sevsnpvm-is-debuggable", "x-ms-compliance-status", "x-securetrain-platform")  # fmt: skip
-    return {name: claims[name] for name in wanted if name in claims}
+    """The claims a reviewer needs, as JSON for XCom and the audit log (no token: it is a bearer credential). An
+    Azure CVM's token (``azurevm``) nests the hardware's claims in ``x-ms-isolation-tee``: they stay nested."""
+    summary = {name: claims[name] for name in _TOKEN_CLAIMS if name in claims}
+    tee = claims.get("x-ms-isolation-tee")
+    if isinstance(tee, Mapping):
+        summary["x-ms-isolation-tee"] = {name: tee[name] for name in _TEE_CLAIMS if name in tee}
+    return summary

@@ -161,6 +161,22 @@ def user_data_for(key: rsa.RSAPublicKey) -> bytes:
     return hashlib.sha256(runtime_key_pem(key).encode()).digest() + bytes(32)
 
 
+#: ``x-ms-attestation-type`` of the tokens ``/attest/AzureGuest`` issues.
+AZURE_VM = "azurevm"
+
+
+def quote_nonce(nonce: str) -> bytes:
+    """What a confidential VM's quote carries as qualifying data for the verifier's ``nonce``: its SHA-256 (a vTPM
+    takes at most one digest there, and a nonce may be longer)."""
+    return hashlib.sha256(nonce.encode()).digest()
+
+
+def token_nonce(nonce: str, claims: Mapping[str, Any]) -> str:
+    """The ``nonce`` claim a token with ``claims`` carries when it answers ``nonce``: an AzureGuest token the quote's
+    qualifying data (base64, :func:`quote_nonce`), any other the nonce itself."""
+    return _b64(quote_nonce(nonce)) if claims.get("x-ms-attestation-type") == AZURE_VM else nonce
+
+
 def _jwk_b64(value: int) -> str:
     return b64url(value.to_bytes((value.bit_length() + 7) // 8, "big"))
 

@@ -16,6 +16,7 @@ import base64
 from collections.abc import Mapping
 from typing import Any
 
+from securetrain.core.azure_cvm.workload import WORKLOAD_PCR
 from securetrain.core.snp.report import AttestationReport
 
 AZURE_COMPLIANT_CVM = "azure-compliant-cvm"
@@ -80,3 +81,16 @@ def sevsnpvm_claims(report: AttestationReport) -> dict[str, Any]:
         "x-ms-sevsnpvm-tee-svn": report.reported_tcb.tee,
         "x-ms-sevsnpvm-vmpl": report.vmpl,
     }
+
+
+def workload_binding(claims: Mapping[str, Any]) -> str:
+    """What in a token's ``claims`` binds the workload, for people: the measured-boot PCR of an Azure CVM
+    (``azurevm``, its SEV-SNP claims nested in ``x-ms-isolation-tee``), else HOST_DATA; with the launch measurement."""
+    tee = claims.get("x-ms-isolation-tee")
+    snp = tee if isinstance(tee, Mapping) else claims
+    pcrs = claims.get(ATTESTED_PCR_VALUES)
+    if isinstance(pcrs, Mapping):
+        binding = f"workload PCR {WORKLOAD_PCR} {pcrs.get(pcr_claim_name(WORKLOAD_PCR))}"
+    else:
+        binding = f"HOST_DATA {snp.get('x-ms-sevsnpvm-hostdata')}"
+    return f"{binding}, launch measurement {snp.get('x-ms-sevsnpvm-launchmeasurement')}"

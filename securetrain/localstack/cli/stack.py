@@ -8,7 +8,7 @@ from securetrain.localstack import ServiceState, StackConfig, down, status, up
 from securetrain.localstack.cli import add_state_dir
 from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform
 from securetrain.localstack.errors import StackConfigurationError
-from securetrain.localstack.launcher import running_platform
+from securetrain.localstack.emulated_platform import running_platform
 from securetrain.localstack.layout import StackLayout, resolve_state_dir
 from securetrain.localstack.registry import ALL_SERVICES, PLATFORM_SERVICES
 

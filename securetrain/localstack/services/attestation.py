@@ -13,20 +13,25 @@ changing trainer code"). The approved release policy pins the file's ``x-ms-poli
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 from azure.core.credentials import TokenCredential
 from azure.security.attestation import AttestationAdministrationClient, AttestationPolicyToken
 from cryptography.hazmat.primitives import hashes
 
+from securetrain.core.approved_release_policies import AzureCvmReferenceValues, SnpReferenceValues, approved_release_policy
+from securetrain.core.attestation.claims import ATTESTED_PCR_VALUES, pcr_claim_name, pcr_claim_value
 from securetrain.core.attestation.policy import maa_policy_hash
-from securetrain.core.approved_release_policies import SnpReferenceValues, approved_release_policy
+from securetrain.core.azure_cvm.workload import WORKLOAD_PCR, workload_pcr_value
 from securetrain.core.release_policy import ReleasePolicy
 from securetrain.core.snp.report import TcbVersion
 from securetrain.localstack.data_owner import stack_host_data
+from securetrain.localstack.emulated_platform import EmulatedPlatform, running_platform
 from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.identities import DATA_OWNER_IDENTITY, LOCAL_TENANT, application_credential
 from securetrain.localstack.layout import StackLayout, write_file
@@ -34,7 +39,7 @@ from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
-from securetrain.localstack.standins.attestation_service.appraisal import SEV_SNP_VM
+from securetrain.localstack.standins.attestation_service.appraisal import AZURE_GUEST, SEV_SNP_VM
 from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy, PolicyInvalid
 from securetrain.localstack.standins.identity.app import token_issuer
 
@@ -48,6 +53,10 @@ _HOST_DATA = "x-ms-sevsnpvm-hostdata"
 
 def attestation_policy_path(layout: StackLayout) -> Path:
     return layout.policies_dir / "sevsnpvm-attestation-policy.txt"
+
+
+def azure_guest_policy_path(layout: StackLayout) -> Path:
+    return layout.policies_dir / "azureguest-attestation-policy.txt"
 
 
 def attestation_roles_path(layout: StackLayout) -> Path:
@@ -81,16 +90,50 @@ def sev_snp_policy(measurements: Collection[bytes], host_data: Collection[bytes]
     )
 
 
-def local_attestation_policy(layout: StackLayout) -> str:
-    """The local stack's approved SevSnpVm attestation policy, written on first use and read from its file afterwards."""
-    path = attestation_policy_path(layout)
+def azure_guest_policy(measurements: Collection[bytes], workload_pcr_values: Collection[bytes]) -> str:
+    """An AzureGuest attestation policy that authorizes a non-debuggable confidential VM whose paravisor has one of
+    ``measurements`` and whose workload PCR holds one of ``workload_pcr_values`` (the measured workload)."""
+    pcr = f"{ATTESTED_PCR_VALUES}.{pcr_claim_name(WORKLOAD_PCR)}"
+    rules = [
+        f'    [type=="x-ms-isolation-tee.x-ms-sevsnpvm-is-debuggable", value==false] &&\n'
+        f'    [type=="x-ms-isolation-tee.{_MEASUREMENT}", value=="{measurement.hex()}"] &&\n'
+        f'    [type=="{pcr}", value=="{pcr_claim_value(value)}"] => permit();\n'
+        for measurement in sorted(measurements) for value in sorted(workload_pcr_values)
+    ]  # fmt: skip
+    return (
+        "version=1.0;\nauthorizationrules\n{\n"
+        "    // securetrain's approved workloads on an Azure confidential VM: no debugging, an approved paravisor\n"
+        f"    // (launch measurement), and the approved workload measured into PCR {WORKLOAD_PCR} at boot.\n"
+        + "".join(rules)
+        + "};\nissuancerules\n{\n};\n"
+    )
+
+
+def _local_policy(path: Path, make: Callable[[], str]) -> str:
+    """The policy in ``path``, written by ``make`` on first use and read from the file afterwards."""
     if not path.exists():
-        text = sev_snp_policy({LAUNCH_MEASUREMENT}, {stack_host_data(layout)}, DEFAULT_TCB)
-        write_file(path, text.encode("ascii"), mode=0o644)
+        write_file(path, make().encode("ascii"), mode=0o644)
     try:
         return path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
         raise StackConfigurationError(f"cannot read the attestation policy {path}: {exc}") from None
+
+
+def local_attestation_policy(layout: StackLayout) -> str:
+    """The local stack's approved SevSnpVm attestation policy (the ``snp`` platform's)."""
+    return _local_policy(
+        attestation_policy_path(layout),
+        lambda: sev_snp_policy({LAUNCH_MEASUREMENT}, {stack_host_data(layout)}, DEFAULT_TCB),
+    )
+
+
+def local_azure_guest_policy(layout: StackLayout) -> str:
+    """The local stack's approved AzureGuest attestation policy (the ``azure-cvm`` platform's): the emulated
+    paravisor's launch measurement, the workload of the moment measured into its PCR."""
+    return _local_policy(
+        azure_guest_policy_path(layout),
+        lambda: azure_guest_policy({LAUNCH_MEASUREMENT}, {workload_pcr_value(stack_host_data(layout))}),
+    )
 
 
 def approved_reference_values(policy_text: str) -> tuple[frozenset[bytes], frozenset[bytes]]:
@@ -126,6 +169,32 @@ def release_policy_for(attestation_authority: str, policy_text: str) -> ReleaseP
     return approved_release_policy(reference)
 
 
+def azure_cvm_release_policy_for(attestation_authority: str, policy_text: str) -> ReleasePolicy:
+    """The ``azure-cvm`` platform's release policy approving the workload PCR values ``policy_text`` pins."""
+    try:
+        policy = AttestationPolicy.parse(policy_text)
+    except PolicyInvalid as exc:
+        raise StackConfigurationError(f"the approved AzureGuest attestation policy is not valid: {exc}") from None
+    claim = f"{ATTESTED_PCR_VALUES}.{pcr_claim_name(WORKLOAD_PCR)}"
+    values = policy.values_required(claim)
+    try:
+        pinned = frozenset(base64.b64decode(str(value), validate=True).hex() for value in values or ())
+    except binascii.Error:
+        pinned = frozenset()
+    if not pinned or any(len(value) != 64 for value in pinned):
+        raise StackConfigurationError(f"the approved AzureGuest attestation policy does not pin {claim} in every permit rule")
+    reference = AzureCvmReferenceValues(attestation_authority=attestation_authority, attestation_policy=policy_text,
+                                        simulated=True, workload_pcr_values=pinned)  # fmt: skip
+    return approved_release_policy(reference)
+
+
+def local_release_policy(layout: StackLayout, attestation_authority: str) -> ReleasePolicy:
+    """The local stack's approved release policy for the platform it runs on."""
+    if running_platform(layout) is EmulatedPlatform.AZURE_CVM:
+        return azure_cvm_release_policy_for(attestation_authority, local_azure_guest_policy(layout))
+    return release_policy_for(attestation_authority, local_attestation_policy(layout))
+
+
 def write_attestation_roles(layout: StackLayout) -> None:
     """Who may manage the attestation policies: the data owner, with the built-in role "Attestation Contributor"."""
     administrator = stack_identities(layout)[POLICY_ADMINISTRATOR]
@@ -134,18 +203,19 @@ def write_attestation_roles(layout: StackLayout) -> None:
     write_file(attestation_roles_path(layout), json.dumps(document, indent=2).encode(), mode=0o644)
 
 
-def apply_attestation_policy(client: AttestationAdministrationClient, policy_text: str) -> str:
-    """Make ``policy_text`` the SevSnpVm policy in force, through the SDK, unless it already is; its hash."""
-    current, _ = client.get_policy(SEV_SNP_VM.name)
+def apply_attestation_policy(client: AttestationAdministrationClient, attestation_type: str, policy_text: str) -> str:
+    """Make ``policy_text`` the policy in force for ``attestation_type``, through the SDK, unless it already is;
+    its hash."""
+    current, _ = client.get_policy(attestation_type)
     if current == policy_text:
         return maa_policy_hash(policy_text)
-    result, _ = client.set_policy(SEV_SNP_VM.name, policy_text)
+    result, _ = client.set_policy(attestation_type, policy_text)
     # What the service says it received is what was sent: SHA-256 of the unsigned policy JWS.
     digest = hashes.Hash(hashes.SHA256())
     digest.update(AttestationPolicyToken(policy_text).to_jwt_string().encode("utf-8"))
     if result.policy_token_hash != digest.finalize():
         raise StackConfigurationError("the attestation service acknowledged another policy than the one sent")
-    log.info("attestation policy for %s set: x-ms-policy-hash %s", SEV_SNP_VM.name, maa_policy_hash(policy_text))
+    log.info("attestation policy for %s set: x-ms-policy-hash %s", attestation_type, maa_policy_hash(policy_text))
     return maa_policy_hash(policy_text)
 
 
@@ -160,6 +230,7 @@ def policy_administration_client(
 
 def _argv(context: ServiceContext) -> Sequence[str]:
     local_attestation_policy(context.layout)
+    local_azure_guest_policy(context.layout)
     write_attestation_roles(context.layout)
     platform = SimulatedSnpPlatform.load_or_create(context.layout.snp_platform_dir)
     return python_service_argv(
@@ -182,7 +253,8 @@ def _exports(context: ServiceContext) -> Mapping[str, str]:
     administrator = stack_identities(context.layout)[POLICY_ADMINISTRATOR]
     credential = application_credential(administrator, identity.base_url, context.ca_bundle)
     with policy_administration_client(context.base_url, credential, context.ca_bundle) as client:
-        policy_hash = apply_attestation_policy(client, local_attestation_policy(context.layout))
+        policy_hash = apply_attestation_policy(client, SEV_SNP_VM.name, local_attestation_policy(context.layout))
+        apply_attestation_policy(client, AZURE_GUEST.name, local_azure_guest_policy(context.layout))
     return {
         "SECURETRAIN_ATTESTATION_ENDPOINT": context.base_url,
         "SECURETRAIN_ATTESTATION_LOG": str(context.data_dir / "issuance.jsonl"),

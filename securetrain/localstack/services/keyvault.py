@@ -2,7 +2,7 @@
 
 Every ``up`` rewrites the role definitions and assignments (:data:`ROLE_OF`: each identity the narrowest role
 that does its work) and the approved release policy (derived from the approved attestation policy:
-:func:`securetrain.localstack.services.attestation.release_policy_for`), starts the vault with purge protection
+:func:`securetrain.localstack.services.attestation.local_release_policy`, for the stack's platform), starts the vault with purge protection
 and, once it is healthy, has the data owner make sure the demo KEK's latest version is released only under that
 policy; docs/local-stack.md ("Identity service and Key Vault stand-in") lists the files, docs/keys.md the roles.
 """
@@ -27,7 +27,7 @@ from securetrain.localstack.identities import (
 )
 from securetrain.core.keyvault import KEK_NAME, create_kek_version, key_client
 from securetrain.core.release_policy import ReleasePolicy
-from securetrain.localstack.services.attestation import ATTESTATION, local_attestation_policy, release_policy_for
+from securetrain.localstack.services.attestation import ATTESTATION, local_release_policy
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
 from securetrain.localstack.standins.identity.app import token_issuer
 from securetrain.localstack.layout import StackLayout, write_file
@@ -69,7 +69,7 @@ def master_key_path(layout: StackLayout) -> Path:
 def approved_local_policy(context: ServiceContext) -> ReleasePolicy:
     """The local stack's approved release policy, (re)written to its file."""
     attestation = context.running(ATTESTATION)
-    policy = release_policy_for(attestation.base_url, local_attestation_policy(context.layout))
+    policy = local_release_policy(context.layout, attestation.base_url)
     write_file(release_policy_path(context.layout), policy.to_bytes(), mode=0o644)
     return policy
 
