@@ -38,7 +38,7 @@ from securetrain.core.onboarding import SealedShard, new_manifest, seal_and_uplo
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
 from securetrain.localstack.identities import PIPELINE_IDENTITY
-from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, EmulatedPlatform
+from securetrain.localstack.emulated_platform import EmulatedPlatform
 from securetrain.localstack.registry import services_for
 from securetrain.localstack.service import Service
 from securetrain.localstack.services.azurite import AZURITE
@@ -87,8 +87,14 @@ def _free_port_pair(taken: set[int]) -> int:
     raise RuntimeError("found no two adjacent free loopback ports")
 
 
+#: The platform of the tests' stacks: the raw-SNP simulation, on which the pipeline's tests (which do not depend on
+#: the platform) run fastest. The emulated Azure CVM, the product's default, has its own tests
+#: (tests/integration/test_azure_cvm_stack.py, test_azure_guest_*.py, test_vtpm_*.py) and the demo's.
+TEST_PLATFORM = EmulatedPlatform.SNP
+
+
 def _config_with_free_ports(
-    state_dir: Path, services: Sequence[Service] | None = None, platform: EmulatedPlatform = DEFAULT_PLATFORM
+    state_dir: Path, services: Sequence[Service] | None = None, platform: EmulatedPlatform = TEST_PLATFORM
 ) -> StackConfig:
     """A configuration for a stack of ``services`` (default: the platform's) in ``state_dir``, each on a free port
     (the vTPM on one whose next port is free too)."""
