@@ -25,8 +25,9 @@ from pathlib import Path
 from azure.identity import ManagedIdentityCredential
 from cryptography import x509
 
-from benchmarks.attestation_latency import free_port, percentiles
+from benchmarks.attestation_latency import percentiles
 from securetrain.core.settings import ServiceSettings
+from securetrain.localstack.ports import free_ports
 from securetrain.localstack.identities import CVM_IDENTITY, PIPELINE_IDENTITY
 from securetrain.localstack.services.identity import IDENTITY, stack_identities
 from securetrain.localstack.settings import settings_path
@@ -58,7 +59,7 @@ def main() -> int:
     args = parser.parse_args()
     services = (ATTESTATION, IDENTITY, KEYVAULT)
     with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        config = StackConfig.resolve(Path(tmp), {service.name: free_port() for service in services}, services)
+        config = StackConfig.resolve(Path(tmp), dict(zip([service.name for service in services], free_ports(len(services)), strict=True)), services)
         try:
             env = dict(up(config))
             roots = [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]

@@ -30,7 +30,6 @@ import io
 import json
 import math
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
+from securetrain.localstack.ports import free_ports
 from securetrain.localstack import StackConfig, down, read_stack_env, up
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.core.storage import BlobStore
@@ -62,12 +62,6 @@ BATCH_SIZE = 1024
 LEARNING_RATE = 0.001
 CONTEXT = {"dataset_id": "bench-tabular"}
 PLAINTEXT_CONTAINER = "plaintext"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def shard_parquet(index: int, rows: int) -> bytes:
@@ -215,7 +209,7 @@ def main() -> int:
     )
     public = KekPublicKey(KEK_ID, private_key.public_key())
     with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_port()}, (AZURITE,))
+        config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
         try:
             up(config)
             sealed_bytes = 0

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.onboarding import SealedShard, new_manifest, seal_and_upload
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
+from securetrain.localstack.ports import free_port_pair, free_ports
 from securetrain.localstack.identities import PIPELINE_IDENTITY
 from securetrain.localstack.emulated_platform import EmulatedPlatform
 from securetrain.localstack.registry import services_for
@@ -62,31 +62,6 @@ def process_environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that were free a moment ago (held together so none repeats)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-def _free_port_pair(taken: set[int]) -> int:
-    """A loopback port free together with the next one, neither in ``taken`` (the vTPM's two channels)."""
-    for _ in range(100):
-        [port] = free_ports(1)
-        if port >= 65535 or {port, port + 1} & taken:
-            continue
-        with socket.socket() as first, socket.socket() as second:
-            try:
-                first.bind(("127.0.0.1", port))
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("found no two adjacent free loopback ports")
-
-
 #: The platform of the tests' stacks: the raw-SNP simulation, on which the pipeline's tests (which do not depend on
 #: the platform) run fastest. The emulated Azure CVM, the product's default, has its own tests
 #: (tests/integration/test_azure_cvm_stack.py, test_azure_guest_*.py, test_vtpm_*.py) and the demo's.
@@ -101,7 +76,7 @@ def _config_with_free_ports(
     services = services_for(platform) if services is None else services
     ports = dict(zip([service.name for service in services], free_ports(len(services)), strict=True))
     if VTPM.name in ports:
-        ports[VTPM.name] = _free_port_pair(set(ports.values()))
+        ports[VTPM.name] = free_port_pair(set(ports.values()))
     return StackConfig.resolve(state_dir, ports, services, platform)
 
 
