@@ -168,7 +168,7 @@ def test_command_line_up_status_down(tmp_path: Path, capsys: pytest.CaptureFixtu
     state = ["--state-dir", str(config.layout.root)]
     ports = [option for name, port in config.ports.items() for option in ("--port", f"{name}={port}")]
     try:
-        assert main(["stack", "up", *state, *ports]) == 0
+        assert main(["stack", "up", *state, "--platform", config.platform.value, *ports]) == 0
         assert f"source {config.layout.env_file}" in capsys.readouterr().out
         assert main(["stack", "status", *state]) == 0
         printed = capsys.readouterr().out
