@@ -19,7 +19,9 @@ from securetrain.core.attestation.maa import report_data_for, sev_snp_request
 from securetrain.core.snp.roots import AMD_ROOTS
 from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceError, EvidenceUnavailable
 from securetrain.tee.evidence.azure_aci import HOST_AMD_CERT, REFERENCE_INFO, SECURITY_POLICY, AzureAciProvider
+from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
 from tests.aci_evidence import CCE_POLICY, DOCUMENT, ENDORSEMENT, MAA_REQUEST, NOW
+from tests.unit.test_attestation_service import decode, service
 from tests.unit.test_evidence_configfs_tsm import make_instance
 
 
@@ -122,3 +124,17 @@ def test_one_trailing_newline_is_accepted(context: Path, tsm: ConfigfsTsmProvide
 def test_without_a_security_context_the_provider_says_why(tmp_path: Path, tsm: ConfigfsTsmProvider) -> None:
     with pytest.raises(EvidenceUnavailable, match="UVM_SECURITY_CONTEXT_DIR"):
         AzureAciProvider(tsm, tmp_path / "missing")
+
+
+def test_the_attestation_stand_in_gives_the_providers_request_a_uvm_token(
+    context: Path, tsm: ConfigfsTsmProvider, tmp_path: Path
+) -> None:
+    evidence = AzureAciProvider(tsm, context).report(report_data_for(RUNTIME_DATA))
+    request = sev_snp_request(evidence.report, evidence.vcek_chain_pem, RUNTIME_DATA, "4711",
+                              uvm_endorsement=evidence.uvm_endorsement)  # fmt: skip
+    client = service(tmp_path / "maa", SimulatedSnpPlatform.load_or_create(tmp_path / "platform"), None)
+    response = client.post("/attest/SevSnpVm?api-version=2022-08-01", json=request)
+    assert response.status_code == 200, response.text
+    claims = decode(client, response.json()["token"])
+    assert claims["x-ms-compliance-status"] == "azure-compliant-uvm" and claims["nonce"] == "4711"
+    assert claims["x-ms-sevsnpvm-hostdata"] in CCE_POLICY.decode()

@@ -46,7 +46,8 @@ def _configfs_tsm(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvi
 
 
 def _azure_aci(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvider:
-    return AzureAciProvider(ConfigfsTsmProvider(), settings.required("security_context_dir"))
+    security_context_dir = settings.required("security_context_dir")
+    return AzureAciProvider(ConfigfsTsmProvider(), security_context_dir)
 
 
 HARDWARE_PROVIDERS: EvidenceProviders = {
