@@ -6,6 +6,8 @@ with the job. How the hardware vouches for that key and the attestation nonce de
 - **bare SEV-SNP** (a provider with ``report``): the TEE's statement, the *runtime data*, is ``{"keys": [public
   JWK of that key], "nonce": attestation nonce}`` as canonical JSON; REPORT_DATA is its SHA-256 (padded to 64
   bytes); it goes to ``/attest/SevSnpVm``, whose token repeats the statement in ``x-ms-runtime``.
+- **Azure Container Instances** (:class:`~securetrain.tee.evidence.azure_aci.AzureAciProvider`): the same, from
+  the utility VM's report; the request also carries Microsoft's UVM endorsement (``Endorsements``).
 - **Azure confidential VM** (:class:`~securetrain.tee.evidence.azure_cvm.AzureCvmProvider`): the guest cannot
   choose REPORT_DATA; it writes HCL user data = SHA-256 of the key's PEM (then 32 zero bytes), which the
   paravisor's runtime claims carry into the report, and the vTPM quotes its PCRs over SHA-256 of the attestation
@@ -142,7 +144,9 @@ class Attester:
         statement = runtime_data(key, nonce)
         report_data = report_data_for(statement)
         evidence = self.provider.report(report_data)
-        raw = self._service.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, statement, nonce)
+        raw = self._service.attest_sev_snp_vm(
+            evidence.report, evidence.vcek_chain_pem, statement, nonce, uvm_endorsement=evidence.uvm_endorsement
+        )
         token = self._validator.validate(raw, expected_nonce=nonce)
         if token.claims.get("x-ms-sevsnpvm-reportdata") != report_data.hex():
             raise TokenRejected("the token's REPORT_DATA is not the one this TEE attested")

@@ -7,11 +7,14 @@ responses must chain to), optionally ``SECURETRAIN_CA_BUNDLE`` and ``SECURETRAIN
 The Key Vault of each KEK is named by the KEK's id in the job, not here.
 
 The evidence: ``SECURETRAIN_EVIDENCE_PROVIDER`` names the provider (``azure-cvm``: an Azure confidential VM's
-vTPM and IMDS; ``configfs-tsm``, the default: a bare SEV-SNP guest's kernel; the local stack adds ``simulated``).
+vTPM and IMDS; ``azure-aci``: an ACI confidential container group; ``configfs-tsm``, the default: a bare SEV-SNP guest's kernel; the local stack adds ``simulated``).
 The ``azure-cvm`` provider reads ``SECURETRAIN_VTPM_TCTI`` (the vTPM, a tpm2-tss TCTI; default Azure's
 ``device:/dev/tpmrm0``), ``SECURETRAIN_IMDS_ENDPOINT`` (default Azure's ``http://169.254.169.254``; any other
 endpoint must be https, verified with ``SECURETRAIN_CA_BUNDLE`` when set) and ``SECURETRAIN_EVENT_LOG`` (the TCG
 event log; default ``/sys/kernel/security/tpm0/binary_bios_measurements``). On Azure none of the three is set.
+The ``azure-aci`` provider (Azure Container Instances, confidential) reads the report through configfs-tsm and
+the security context directory ``SECURETRAIN_SECURITY_CONTEXT_DIR``, by default ACI's own
+``UVM_SECURITY_CONTEXT_DIR``.
 
 The TEE signs in only as a managed identity (``ManagedIdentityCredential``: IMDS on a confidential VM, or
 ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` where the host exposes them): no secret that could sign in as the
@@ -24,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from azure.core.credentials import TokenCredential
-from pydantic import FilePath
+from pydantic import AliasChoices, Field, FilePath
 
 from securetrain.core.settings import HttpsUrl, ServiceSettings
 from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
@@ -44,6 +47,10 @@ class TeeSettings(ServiceSettings):
     imds_endpoint: str = AZURE_IMDS_ENDPOINT
     #: The TCG event log of the boot (read with each evidence, so not required to exist at start).
     event_log: Path = AZURE_EVENT_LOG
+    #: ACI's security context directory (VCEK chain, UVM endorsement, CCE policy); ACI names it itself.
+    security_context_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("SECURETRAIN_SECURITY_CONTEXT_DIR", "UVM_SECURITY_CONTEXT_DIR")
+    )
 
     def credential(self) -> TokenCredential:
         from azure.identity import ManagedIdentityCredential  # noqa: PLC0415 - heavy import

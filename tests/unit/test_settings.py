@@ -95,9 +95,18 @@ def test_the_tees_evidence_provider_is_a_setting_with_azures_defaults(tmp_path: 
     monkeypatch.delenv("SECURETRAIN_EVIDENCE_PROVIDER")
     with pytest.raises(EvidenceUnavailable, match="not a confidential guest with configfs-tsm"):  # the default
         evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
+    monkeypatch.setenv("SECURETRAIN_EVIDENCE_PROVIDER", "azure-aci")
+    with pytest.raises(ConfigurationError, match=r"\$SECURETRAIN_SECURITY_CONTEXT_DIR is not set"):
+        evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
+    monkeypatch.setenv("UVM_SECURITY_CONTEXT_DIR", str(tmp_path))  # ACI's own variable is the default
+    assert TeeSettings.load(**required).security_context_dir == tmp_path
+    with pytest.raises(EvidenceUnavailable, match="not a confidential guest with configfs-tsm"):
+        evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
+    monkeypatch.setenv("SECURETRAIN_SECURITY_CONTEXT_DIR", str(tmp_path / "ours"))
+    assert TeeSettings.load(**required).security_context_dir == tmp_path / "ours"
     monkeypatch.setenv("SECURETRAIN_EVIDENCE_PROVIDER", "simulated")
     with pytest.raises(ConfigurationError, match=r"\$SECURETRAIN_EVIDENCE_PROVIDER is 'simulated'; the evidence "
-                       "providers here are azure-cvm, configfs-tsm"):
+                       "providers here are azure-aci, azure-cvm, configfs-tsm"):
         evidence_provider(TeeSettings.load(**required), owners, HARDWARE_PROVIDERS)
 
 

@@ -10,6 +10,9 @@ SEV-SNP VM's is this:
      "nonce": "..."}
     -> 200 {"token": JWT}  |  400 {"error": {"code": ..., "message": ...}}
 
+On Azure Container Instances the report object also carries Microsoft's endorsement of the utility VM:
+``"Endorsements": b64url(JSON{"Uvm": [b64url(COSE_Sign1)]})`` (:mod:`securetrain.core.aci.evidence`).
+
 The runtime data is the TEE's statement (its ephemeral public key, the job nonce); its SHA-256 is the
 first half of the report's REPORT_DATA, which is what binds the statement to the hardware.
 """
@@ -57,8 +60,13 @@ def report_data_for(runtime_data: bytes) -> bytes:
     return hashlib.sha256(runtime_data).digest() + bytes(REPORT_DATA_SIZE - 32)
 
 
-def sev_snp_request(report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None) -> dict[str, Any]:
-    evidence = rfc8785.dumps({"SnpReport": b64url(report), "VcekCertChain": b64url(vcek_chain_pem)})
+def sev_snp_request(
+    report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None, *, uvm_endorsement: bytes | None = None
+) -> dict[str, Any]:
+    fields = {"SnpReport": b64url(report), "VcekCertChain": b64url(vcek_chain_pem)}
+    if uvm_endorsement is not None:
+        fields["Endorsements"] = b64url(rfc8785.dumps({"Uvm": [b64url(uvm_endorsement)]}))
+    evidence = rfc8785.dumps(fields)
     body: dict[str, Any] = {
         "report": b64url(evidence),
         "runtimeData": {"data": b64url(runtime_data), "dataType": "JSON"},
@@ -82,10 +90,18 @@ class AttestationServiceClient:
         self._session = HttpsSession(verify, resend=False)
 
     def attest_sev_snp_vm(
-        self, report: bytes, vcek_chain_pem: bytes, runtime_data: bytes, nonce: str | None = None
+        self,
+        report: bytes,
+        vcek_chain_pem: bytes,
+        runtime_data: bytes,
+        nonce: str | None = None,
+        *,
+        uvm_endorsement: bytes | None = None,
     ) -> str:
-        """Submit evidence; return the signed token (validate it with :mod:`securetrain.core.attestation.tokens`)."""
-        return self._attest("SevSnpVm", sev_snp_request(report, vcek_chain_pem, runtime_data, nonce))
+        """Submit evidence (with the UVM endorsement on ACI); return the signed token (validate it with
+        :mod:`securetrain.core.attestation.tokens`)."""
+        request = sev_snp_request(report, vcek_chain_pem, runtime_data, nonce, uvm_endorsement=uvm_endorsement)
+        return self._attest("SevSnpVm", request)
 
     def attest_azure_guest(self, request: Mapping[str, Any]) -> str:
         """Submit an Azure CVM's ``/attest/AzureGuest`` request

@@ -25,6 +25,7 @@ from securetrain.tee.agent.jobs import JobRunner, JobStore, TrainingFunction
 from securetrain.tee.agent.tls import MutualTlsH11Protocol
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceProvider
+from securetrain.tee.evidence.azure_aci import AzureAciProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
 from securetrain.tee.settings import TeeSettings
 from securetrain.tee.tee_services import attester, blob_store, key_releaser
@@ -44,7 +45,14 @@ def _configfs_tsm(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvi
     return ConfigfsTsmProvider()
 
 
-HARDWARE_PROVIDERS: EvidenceProviders = {"azure-cvm": _azure_cvm, "configfs-tsm": _configfs_tsm}
+def _azure_aci(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvider:
+    security_context_dir = settings.required("security_context_dir")
+    return AzureAciProvider(ConfigfsTsmProvider(), security_context_dir)
+
+
+HARDWARE_PROVIDERS: EvidenceProviders = {
+    "azure-aci": _azure_aci, "azure-cvm": _azure_cvm, "configfs-tsm": _configfs_tsm,
+}  # fmt: skip
 
 
 def evidence_provider(

@@ -20,10 +20,15 @@ class EvidenceError(SecurityViolation):
 
 @dataclass(frozen=True)
 class Evidence:
-    """An ATTESTATION_REPORT and the VCEK, ASK and ARK certificates as one PEM bundle (MAA's ``VcekCertChain``)."""
+    """An ATTESTATION_REPORT and the VCEK, ASK and ARK certificates as one PEM bundle (MAA's ``VcekCertChain``).
+
+    On Azure Container Instances the report is the utility VM's, and ``uvm_endorsement`` is Microsoft's
+    endorsement of that VM (a COSE_Sign1, MAA's ``Endorsements.Uvm``); elsewhere it is None.
+    """
 
     report: bytes
     vcek_chain_pem: bytes
+    uvm_endorsement: bytes | None = None
 
 
 class EvidenceProvider(Protocol):

@@ -103,6 +103,17 @@ class ConfigfsTsmProvider:
         self._privlevel = privlevel
 
     def report(self, report_data: bytes) -> Evidence:
+        outblob, auxblob = self._request(report_data, "outblob", "auxblob")
+        return Evidence(outblob, self._chain_pem(auxblob))
+
+    def attestation_report(self, report_data: bytes) -> bytes:
+        """The report alone, for a platform whose certificates come another way than the host's table
+        (Azure Container Instances: :mod:`securetrain.tee.evidence.azure_aci`)."""
+        (outblob,) = self._request(report_data, "outblob")
+        return outblob
+
+    def _request(self, report_data: bytes, *blobs: str) -> tuple[bytes, ...]:
+        """Write ``report_data`` and read ``blobs`` (``outblob`` first) as one uncontended generation."""
         check_report_data(report_data)
         self._entry.mkdir(mode=0o700, exist_ok=True)
         provider = self._read_text("provider")
@@ -119,17 +130,17 @@ class ConfigfsTsmProvider:
             writes += 1
         self._write("inblob", report_data)
         writes += 1
-        outblob = self._read("outblob")
-        auxblob = self._read("auxblob")
+        values = tuple(self._read(name) for name in blobs)
         after = self._generation()
         if after != before + writes:
             raise ConcurrentReportRequest(
                 f"{self._entry}/generation went from {before} to {after} across our {writes} write(s): another "
                 "process used this report instance at the same time; retry with an instance of its own"
             )
-        return Evidence(self._checked_report(outblob, report_data), self._chain_pem(auxblob))
+        self._checked_report(values[0], report_data)
+        return values
 
-    def _checked_report(self, outblob: bytes, report_data: bytes) -> bytes:
+    def _checked_report(self, outblob: bytes, report_data: bytes) -> None:
         try:
             report = AttestationReport.from_bytes(outblob)
         except SnpEvidenceError as exc:
@@ -141,7 +152,6 @@ class ConfigfsTsmProvider:
             )
         if self._privlevel is not None and report.vmpl != self._privlevel:
             raise EvidenceError(f"the report is for VMPL {report.vmpl}, not the requested {self._privlevel}")
-        return outblob
 
     def _chain_pem(self, auxblob: bytes) -> bytes:
         if not auxblob:
