@@ -53,26 +53,13 @@ from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
 from securetrain.core.azure_cvm.evidence import CvmEvidence
 from securetrain.core.azure_cvm.hcl import RuntimeClaims
 from securetrain.core.azure_cvm.tpm import MAX_EXTRA_DATA, PCR_COUNT, SHA256_SIZE
-from securetrain.core.contracts.base import Contract, Items, Omittable, first_error, refusal
+from securetrain.core.contracts.base import Contract, Items, Omittable, canonical_base64, first_error, refusal
 from securetrain.core.json_input import JsonInputError, read_json_object
 
 PROTOCOL_VERSION = "2.0"
 #: The request with a boot log of a few hundred KiB fits; more is not a request a guest made.
 MAX_REQUEST_BYTES = 2 << 20
 _MIN_RUNTIME_KEY_BITS = 2048
-
-
-def _base64(value: Any) -> bytes:
-    """Canonical standard base64 (padded); empty allowed (``TcgLogs`` of a guest without a log)."""
-    if not isinstance(value, str):
-        raise refusal("must be a base64 string")
-    try:
-        decoded = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise refusal("is not valid base64") from None
-    if base64.b64encode(decoded).decode() != value:
-        raise refusal("is not canonical base64")
-    return decoded
 
 
 def _base64url(value: Any) -> bytes:
@@ -102,9 +89,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-Base64 = Annotated[bytes, BeforeValidator(_base64)]
+Base64 = Annotated[bytes, BeforeValidator(canonical_base64)]
 Base64Url = Annotated[bytes, BeforeValidator(_base64url)]
-_Nonce = Annotated[bytes, BeforeValidator(_base64), Field(min_length=1, max_length=MAX_EXTRA_DATA)]
+_Nonce = Annotated[bytes, BeforeValidator(canonical_base64), Field(min_length=1, max_length=MAX_EXTRA_DATA)]
 _PcrIndex = Annotated[int, Field(ge=0, lt=PCR_COUNT)]
 
 

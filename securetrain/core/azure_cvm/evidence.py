@@ -31,7 +31,6 @@ library sends MAA as ``TcgLogs``: it is carried, not trusted; the PCR values it 
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -42,7 +41,7 @@ from pydantic import BeforeValidator, Field, ValidationError
 from securetrain.core.azure_cvm.errors import Check, CvmEvidenceError
 from securetrain.core.azure_cvm.hcl import HclReport
 from securetrain.core.azure_cvm.tpm import MAX_EXTRA_DATA, PCR_COUNT, SHA256_SIZE, TpmQuote
-from securetrain.core.contracts.base import Contract, JsonObject, Omittable, first_error, matching, refusal
+from securetrain.core.contracts.base import Contract, JsonObject, Omittable, canonical_base64, first_error, matching, refusal
 from securetrain.core.json_input import JsonInputError, read_json_object
 
 #: The captured document is about 25 KiB; a document this large is not one an agent produced.
@@ -50,16 +49,9 @@ MAX_DOCUMENT_BYTES = 1 << 20
 
 
 def _base64(value: Any) -> bytes:
-    """Canonical standard base64 (padded, no whitespace): one string per value, so two documents with the
-    same evidence are the same document."""
-    if not isinstance(value, str):
-        raise refusal("must be a base64 string")
-    try:
-        decoded = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise refusal("is not valid base64") from None
-    if base64.b64encode(decoded).decode() != value:
-        raise refusal("is not canonical base64")
+    """Canonical standard base64 (:func:`~securetrain.core.contracts.base.canonical_base64`: one string per value,
+    so two documents with the same evidence are the same document), never empty."""
+    decoded = canonical_base64(value)
     if not decoded:
         raise refusal("is empty")
     return decoded

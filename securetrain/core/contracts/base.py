@@ -14,6 +14,9 @@ and :meth:`Contract.from_body` raise the contract's :class:`DocumentInvalid` nam
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -124,6 +127,20 @@ JsonObject = dict[str, Any]
 def refusal(reason: str, *at: str | int) -> PydanticCustomError:
     """The error a validator raises when ``reason`` forbids a value; ``at`` is the path below where it runs."""
     return PydanticCustomError("refused", "{reason}", {"reason": reason, "at": at})
+
+
+def canonical_base64(value: Any) -> bytes:
+    """A JSON string of canonical standard base64 (padded, no whitespace), decoded: one string per value, so two
+    documents with the same bytes are the same document; :func:`refusal` otherwise."""
+    if not isinstance(value, str):
+        raise refusal("must be a base64 string")
+    try:
+        decoded = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise refusal("is not valid base64") from None
+    if base64.b64encode(decoded).decode() != value:
+        raise refusal("is not canonical base64")
+    return decoded
 
 
 def matching(pattern: str, description: str) -> Any:
