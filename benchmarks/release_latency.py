@@ -1,7 +1,8 @@
 """Secure Key Release latency: p50/p95 of 100 ``release_key`` calls beside ``get_key`` on the same vault.
 
 A stack of the attestation service, the identity service and the Key Vault stand-in runs in a temporary
-state directory on free ports. One attestation token (for an in-memory TEE key) is obtained; then the
+state directory on free ports, on the raw-SNP platform (its KEK is released under that platform's policy).
+One attestation token (for an in-memory TEE key) is obtained; then the
 ``cvm`` identity releases the demo KEK with it N times through ``KeyClient.release_key`` (token
 verification against the authority's cached keys, policy evaluation, wrapping to the TEE key, signing),
 and the TEE unwraps each response (``securetrain.core.skr``, timed separately). The baseline is ``get_key``
@@ -27,6 +28,7 @@ from cryptography import x509
 
 from benchmarks.attestation_latency import percentiles
 from securetrain.core.settings import ServiceSettings
+from securetrain.localstack.emulated_platform import EmulatedPlatform
 from securetrain.localstack.ports import free_ports
 from securetrain.localstack.identities import CVM_IDENTITY, PIPELINE_IDENTITY
 from securetrain.localstack.services.identity import IDENTITY, stack_identities
@@ -59,7 +61,8 @@ def main() -> int:
     args = parser.parse_args()
     services = (ATTESTATION, IDENTITY, KEYVAULT)
     with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        config = StackConfig.resolve(Path(tmp), dict(zip([service.name for service in services], free_ports(len(services)), strict=True)), services)
+        ports = dict(zip([service.name for service in services], free_ports(len(services)), strict=True))
+        config = StackConfig.resolve(Path(tmp), ports, services, EmulatedPlatform.SNP)
         try:
             env = dict(up(config))
             roots = [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
