@@ -39,6 +39,8 @@ BLOB_PREFIX = r"(?!/)(?!.*//)(?!(.*/)?\.\.?(/|$))[^\x00-\x1f\x7f\\]{1,1023}/"
 IDENTIFIER = r"[A-Za-z_][A-Za-z0-9_.-]{0,127}"
 #: A registered model builder's name, and the names of its parameters.
 MODEL_NAME = r"[a-z][a-z0-9_]{0,63}"
+#: A SHA-256 digest in lowercase hex (a contract's digest names it).
+SHA256_HEX = r"[0-9a-f]{64}"
 
 RunId = matching(RUN_ID, "An Airflow run id: letters, digits and ._:+-, at most 250 characters.")
 Nonce = matching(NONCE, "Fresh random value, base64url or hex, 22-200 characters (at least 128 bits).")
@@ -48,6 +50,7 @@ BlobName = matching(BLOB_NAME, "Blob name inside the container.")
 BlobPrefix = matching(BLOB_PREFIX, "Blob name prefix, ending in '/'.")
 Identifier = matching(IDENTIFIER, "A name of letters, digits, '_', '.' and '-', not starting with a digit.")
 ModelName = matching(MODEL_NAME, "Lowercase letters, digits and '_', starting with a letter.")
+ContractDigest = matching(SHA256_HEX, "A contract's digest: SHA-256 of its canonical JSON, 64 lowercase hex digits.")
 MAX_PARAM_TEXT = 128
 MAX_PARAM_NUMBERS = 64
 
@@ -140,6 +143,27 @@ class Hyperparameters(Contract):
     optimizer: Literal["adam", "sgd"] = "adam"
 
 
+class ContractRef(Contract):
+    """The signed contract a job runs under: ``<digest>/contract.json`` in ``container``, its revocations
+    under ``<digest>/revocations/`` (docs/governance.md). The TEE reads it, checks that its digest is
+    ``digest`` and that every party signed it, and refuses a job outside its terms before any key is asked for.
+    """
+
+    container: ContainerName
+    digest: ContractDigest
+
+
+class PrivacyRequest(Contract):
+    """Differential privacy the job asks for: DP-SGD spending at most ``epsilon`` (with ``delta``), each
+    sample's gradient clipped to ``max_grad_norm``, the spend computed by ``accountant`` (Opacus's PRV or RDP).
+    The contract bounds every one of these; the TEE refuses an ``epsilon`` over what the budget has left."""
+
+    epsilon: Annotated[float, Field(gt=0, le=100, allow_inf_nan=False)]
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    max_grad_norm: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)]
+    accountant: Literal["prv", "rdp"] = "prv"
+
+
 class JobSpecError(DocumentInvalid):
     """A job spec is malformed; ``field`` is the dotted path of what is wrong (``datasets[0].manifest``)."""
 
@@ -172,6 +196,10 @@ class JobSpec(Contract):
     checkpoints: CheckpointLocation
     #: Where the sealed final model goes.
     output: BlobRef
+    #: The contract the job runs under; without one, only KEKs whose release policy names no contract open.
+    contract: Omittable[ContractRef]
+    #: Train with DP-SGD under these terms (a contract whose datasets require DP refuses a job without them).
+    privacy: Omittable[PrivacyRequest]
 
     invalid = JobSpecError
 

@@ -26,6 +26,7 @@ from securetrain.core.contracts.job_spec import (
     JobSpec,
     JobSpecError,
     ModelSpec,
+    PrivacyRequest,
 )
 from securetrain.core.errors import SecuretrainError
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey
@@ -57,6 +58,8 @@ class TrainingSpec(Contract):
     expectation_suite: ExpectationSuite | None
     checkpoints: CheckpointLocation
     output: BlobRef
+    #: DP-SGD terms, or None to train without differential privacy.
+    privacy: PrivacyRequest | None = None
 
     @classmethod
     def for_job(cls, spec: JobSpec, shards: Sequence[DatasetShard]) -> TrainingSpec:
@@ -81,8 +84,20 @@ class TrainingSpec(Contract):
         return cls(
             run_id=spec.run_id, datasets=tuple(shards), columns=spec.columns, model=spec.model,
             hyperparameters=spec.hyperparameters, expectation_suite=spec.expectation_suite,
-            checkpoints=spec.checkpoints, output=spec.output,
+            checkpoints=spec.checkpoints, output=spec.output, privacy=spec.privacy,
         )  # fmt: skip
+
+
+class PrivacySpent(Contract):
+    """What a DP-SGD run spent, as its accountant computed it from the noise, sampling rate and steps taken."""
+
+    epsilon: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    delta: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)]
+    accountant: Literal["prv", "rdp"]
+    noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)]
+    sample_rate: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    steps: Annotated[int, Field(ge=0)]
+    max_grad_norm: Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class TrainingResult(Contract):
@@ -94,6 +109,8 @@ class TrainingResult(Contract):
     device: str
     epochs_completed: Annotated[int, Field(ge=0)]
     steps_completed: Annotated[int, Field(ge=0)]
+    #: The privacy a DP-SGD run spent; None without differential privacy.
+    privacy: PrivacySpent | None = None
 
 
 @dataclass(frozen=True, repr=False)
