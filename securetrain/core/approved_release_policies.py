@@ -148,6 +148,7 @@ ReferenceValues = Annotated[
     Union[SnpReferenceValues, AzureCvmReferenceValues, AciReferenceValues], Field(discriminator="platform")
 ]
 _REFERENCE_VALUES: TypeAdapter[ReferenceValues] = TypeAdapter(ReferenceValues)
+_CONTRACT_DIGEST: TypeAdapter[str] = TypeAdapter(Hex32)
 
 
 def reference_values_from_json(text: bytes | str) -> ReferenceValues:
@@ -159,8 +160,26 @@ def reference_values_from_json(text: bytes | str) -> ReferenceValues:
         raise ReleasePolicyInvalid(f"the approved reference values are not valid: {exc}") from None
 
 
-def approved_release_policy(reference: ReferenceValues) -> ReleasePolicy:
-    """The release policy approving what ``reference`` approves, on its platform (module docstring)."""
+def contract_claim(platform: str) -> str:
+    """The claim in which ``platform``'s token carries the digest of the contract the TEE enforces.
+
+    The TEE puts it in the runtime data it attests (``contract``), which MAA repeats as ``x-ms-runtime`` on
+    SevSnpVm tokens; an Azure CVM's guest sends it in its client payload, which MAA repeats as
+    ``x-ms-runtime.client-payload`` (docs/governance.md, "Bound into key release")."""
+    return "x-ms-runtime.client-payload.contract" if platform == "azure-cvm" else "x-ms-runtime.contract"
+
+
+def approved_release_policy(reference: ReferenceValues, *, contract_digest: str | None = None) -> ReleasePolicy:
+    """The release policy approving what ``reference`` approves, on its platform (module docstring).
+
+    With ``contract_digest`` every rule also requires the token's contract claim (:func:`contract_claim`) to
+    name that contract: the key goes only to an approved workload that is enforcing the owner's contract.
+    """
     authority = reference.attestation_authority.rstrip("/")
-    rules = tuple(AuthorityRule(authority, Group("allOf", conditions)) for conditions in reference.condition_sets())
+    bound: tuple[Condition, ...] = ()
+    if contract_digest is not None:
+        bound = (Condition(contract_claim(reference.platform), "equals", _CONTRACT_DIGEST.validate_python(contract_digest)),)
+    rules = tuple(
+        AuthorityRule(authority, Group("allOf", (*conditions, *bound))) for conditions in reference.condition_sets()
+    )
     return require_documented(ReleasePolicy(rules))

@@ -80,7 +80,7 @@ class Condition:
 
     def failure(self, claims: Mapping[str, Any]) -> str | None:
         """None when the condition holds for ``claims``; else why not, with the value seen."""
-        present, seen = _lookup(claims, self.claim)
+        present, seen = claim_value(claims, self.claim)
         if self.operator == "exists":
             return None if present == self.value else (
                 f"claim {self.claim} is {'present' if present else 'absent'}; the policy requires it "
@@ -263,7 +263,8 @@ def _same(seen: Any, expected: Any) -> bool:
     return seen_text is not None and seen_text == expected_text
 
 
-def _lookup(claims: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+def claim_value(claims: Mapping[str, Any], path: str) -> tuple[bool, Any]:
+    """(whether ``claims`` hold the dotted ``path``, the value there)."""
     value: Any = claims
     for part in path.split("."):
         if not isinstance(value, Mapping) or part not in value:

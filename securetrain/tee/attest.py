@@ -4,7 +4,8 @@ Per job the TEE makes an RSA-3072 key in memory (:class:`TeeKey`); it never leav
 with the job. How the hardware vouches for that key and the attestation nonce depends on the platform:
 
 - **bare SEV-SNP** (a provider with ``report``): the TEE's statement, the *runtime data*, is ``{"keys": [public
-  JWK of that key], "nonce": attestation nonce}`` as canonical JSON; REPORT_DATA is its SHA-256 (padded to 64
+  JWK of that key], "nonce": attestation nonce, "contract": digest of the job's contract, if it has one}`` as
+  canonical JSON; REPORT_DATA is its SHA-256 (padded to 64
   bytes); it goes to ``/attest/SevSnpVm``, whose token repeats the statement in ``x-ms-runtime``.
 - **Azure Container Instances** (:class:`~securetrain.tee.evidence.azure_aci.AzureAciProvider`): the same, from
   the utility VM's report; the request also carries Microsoft's UVM endorsement (``Endorsements``).
@@ -12,7 +13,7 @@ with the job. How the hardware vouches for that key and the attestation nonce de
   choose REPORT_DATA; it writes HCL user data = SHA-256 of the key's PEM (then 32 zero bytes), which the
   paravisor's runtime claims carry into the report, and the vTPM quotes its PCRs over SHA-256 of the attestation
   nonce (:func:`~securetrain.core.attestation.azure_guest.quote_nonce`). The request goes to
-  ``/attest/AzureGuest`` with the key and that digest in its client payload
+  ``/attest/AzureGuest`` with the key, that digest and the contract's in its client payload
   (:mod:`securetrain.core.attestation.azure_guest`); the token's ``nonce`` is the digest (base64).
 
 Either way Key Vault wraps the released KEK to the key the token lists in ``x-ms-runtime.keys``.
@@ -51,10 +52,12 @@ from securetrain.core.attestation.azure_guest import (
     token_nonce,
     user_data_for,
 )
+from securetrain.core.approved_release_policies import contract_claim
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.azure_cvm.evidence import CvmEvidence
 from securetrain.core.attestation.tokens import TokenRejected, TokenValidator, ValidatedToken
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.release_policy import claim_value
 from securetrain.tee.evidence import EvidenceProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
 
@@ -110,9 +113,20 @@ class TeeKey:
         return f"TeeKey(kid={self.kid!r})"
 
 
-def runtime_data(key: TeeKey, nonce: str) -> bytes:
-    """The TEE's statement for one attestation, as the bytes whose hash goes into REPORT_DATA."""
-    return runtime_data_bytes({"keys": [key.public_jwk()], "nonce": nonce})
+def runtime_data(key: TeeKey, nonce: str, contract: str | None = None) -> bytes:
+    """The TEE's statement for one attestation, as the bytes whose hash goes into REPORT_DATA: its key, the
+    nonce, and the digest of the contract it enforces (if the job runs under one)."""
+    statement: dict[str, Any] = {"keys": [key.public_jwk()], "nonce": nonce}
+    if contract is not None:
+        statement["contract"] = contract
+    return runtime_data_bytes(statement)
+
+
+def token_contract(token: ValidatedToken) -> str | None:
+    """The contract digest ``token`` says the TEE enforces (:func:`~securetrain.core.approved_release_policies.contract_claim`)."""
+    platform = "azure-cvm" if token.claims.get("x-ms-attestation-type") == AZURE_VM else "snp"
+    _, value = claim_value(token.claims, contract_claim(platform))
+    return value if isinstance(value, str) else None
 
 
 class Attester:
@@ -129,19 +143,22 @@ class Attester:
     def tee_type(self) -> str:
         return self.provider.tee_type
 
-    def attest(self, key: TeeKey, nonce: str) -> ValidatedToken:
-        """Attest ``key`` with ``nonce``; the token is checked before it is returned."""
+    def attest(self, key: TeeKey, nonce: str, *, contract: str | None = None) -> ValidatedToken:
+        """Attest ``key`` with ``nonce`` (and the digest of the ``contract`` the TEE enforces); the token is
+        checked before it is returned."""
         if isinstance(self.provider, AzureCvmProvider):
-            token = self._attest_azure_guest(self.provider, key, nonce)
+            token = self._attest_azure_guest(self.provider, key, nonce, contract)
         else:
-            token = self._attest_sev_snp(key, nonce)
+            token = self._attest_sev_snp(key, nonce, contract)
         if not any(key.matches(jwk) for jwk in token.runtime_keys):
             raise TokenRejected("the token's runtime data does not carry this TEE's key: it was not issued for us")
+        if token_contract(token) != contract:
+            raise TokenRejected(f"the token names contract {token_contract(token)}, not the one this TEE enforces ({contract})")
         log.info("attested (%s): token %s valid until %s", self.tee_type, token.kid, time.ctime(token.expires_at))
         return token
 
-    def _attest_sev_snp(self, key: TeeKey, nonce: str) -> ValidatedToken:
-        statement = runtime_data(key, nonce)
+    def _attest_sev_snp(self, key: TeeKey, nonce: str, contract: str | None) -> ValidatedToken:
+        statement = runtime_data(key, nonce, contract)
         report_data = report_data_for(statement)
         evidence = self.provider.report(report_data)
         raw = self._service.attest_sev_snp_vm(
@@ -152,13 +169,17 @@ class Attester:
             raise TokenRejected("the token's REPORT_DATA is not the one this TEE attested")
         return token
 
-    def _attest_azure_guest(self, provider: AzureCvmProvider, key: TeeKey, nonce: str) -> ValidatedToken:
+    def _attest_azure_guest(
+        self, provider: AzureCvmProvider, key: TeeKey, nonce: str, contract: str | None
+    ) -> ValidatedToken:
         public_key = key.private_key.public_key()
         user_data = user_data_for(public_key)
         document = provider.evidence(user_data, quote_nonce(nonce))
         evidence = CvmEvidence.from_document({"report": {"snpCvm": document}})
         tcg_log = base64.b64decode(document["evidence"]["eventLog"])
-        request = azure_guest_request(evidence, public_key, guest_os(), tcg_log=tcg_log, runtime_key_id=key.kid)
+        request = azure_guest_request(
+            evidence, public_key, guest_os(), tcg_log=tcg_log, runtime_key_id=key.kid, contract=contract
+        )
         raw = self._service.attest_azure_guest(request)
         token = self._validator.validate(raw, expected_nonce=token_nonce(nonce, {"x-ms-attestation-type": AZURE_VM}))
         tee = token.claims.get("x-ms-isolation-tee")
@@ -199,7 +220,8 @@ class AttestationSession:
     """A job's attestations: the first one, then renewals in a background thread until :meth:`stop`.
 
     ``next_sequence`` is the first unused attestation number (kept in the job record, so a restarted job
-    never reuses a spent nonce). ``on_attested`` is told each new state (to persist the sequence and
+    never reuses a spent nonce); ``contract`` is the digest of the contract the job runs under, which every
+    token of the session carries. ``on_attested`` is told each new state (to persist the sequence and
     serve the token); ``on_failure`` is told when a renewal failed, after which no more are tried.
     """
 
@@ -212,8 +234,10 @@ class AttestationSession:
         next_sequence: int,
         on_attested: Callable[[AttestationState], None],
         on_failure: Callable[[ReattestationFailed], None],
+        contract: str | None = None,
     ) -> None:
         self._attester = attester
+        self._contract = contract
         self.key = key
         self._job_nonce = job_nonce
         self._next_sequence = next_sequence
@@ -229,7 +253,7 @@ class AttestationSession:
         with self._lock:
             sequence = self._next_sequence
             self._next_sequence += 1
-            token = self._attester.attest(self.key, attestation_nonce(self._job_nonce, sequence))
+            token = self._attester.attest(self.key, attestation_nonce(self._job_nonce, sequence), contract=self._contract)
             self.state = AttestationState(token, time.time(), sequence)
         self._on_attested(self.state)
         return self.state

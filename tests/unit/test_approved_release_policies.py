@@ -250,3 +250,27 @@ def test_the_workload_pcr_range_is_the_tpm_s() -> None:
     with pytest.raises(ValidationError):
         AzureCvmReferenceValues(attestation_authority=AUTHORITY, attestation_policy="p",
                                 workload_pcr_values=frozenset({"00" * 32}), workload_pcr=24)  # fmt: skip
+
+
+CONTRACT = "ab" * 32
+
+
+def test_a_contract_bound_policy_requires_the_contract_claim_in_every_rule(cvm_claims) -> None:
+    snp = approved_release_policy(snp_reference(), contract_digest=CONTRACT)
+    assert Condition("x-ms-runtime.contract", "equals", CONTRACT) in conditions(snp)
+    claims = with_claim(snp_claims(), "x-ms-runtime.contract", CONTRACT)
+    assert_accepts_only_these_claims(snp, claims)
+    with pytest.raises(ReleaseDenied, match=r"x-ms-runtime\.contract"):
+        evaluate(snp, snp_claims())  # a TEE that enforces no contract
+
+    cvm = approved_release_policy(cvm_reference(cvm_claims), contract_digest=CONTRACT)
+    cvm_token = with_claim({**cvm_claims, "x-ms-runtime": {"client-payload": {}}}, "x-ms-runtime.client-payload.contract", CONTRACT)
+    assert_accepts_only_these_claims(cvm, cvm_token)
+    several = approved_release_policy(snp_reference(host_data=frozenset({"22" * 32, "33" * 32})), contract_digest=CONTRACT)
+    assert all(Condition("x-ms-runtime.contract", "equals", CONTRACT) in rule.rule.members for rule in several.authorities)
+
+
+@pytest.mark.parametrize("digest", ["AB" * 32, "ab" * 31, "", "zz" * 32])
+def test_a_contract_digest_that_is_not_lowercase_sha256_hex_is_refused(digest) -> None:
+    with pytest.raises(ValidationError):
+        approved_release_policy(snp_reference(), contract_digest=digest)

@@ -160,3 +160,13 @@ def test_fuzzed_requests_only_ever_raise_the_projects_error(data: st.DataObject)
     # The OS identity and the boot log are carried, not verified (the quoted PCRs are what counts): any base64 reads.
     if path not in (("OSType",), ("TcgLogs",)):
         pytest.fail(f"a request with {path} replaced was accepted")
+
+
+def test_the_contract_the_guest_enforces_travels_in_its_client_payload() -> None:
+    digest = "cd" * 32
+    body = azure_guest_request(EVIDENCE, RUNTIME_KEY, GUEST_OS, contract=digest)
+    assert info_of(body)["ClientPayload"]["contract"] == digest
+    assert read_azure_guest_request(json.dumps(body).encode()).client_payload["contract"] == digest
+    assert "contract" not in read_azure_guest_request(json.dumps(request()).encode()).client_payload
+    with pytest.raises(CvmEvidenceError, match="ClientPayload.contract"):
+        read_azure_guest_request(with_info(lambda info: info["ClientPayload"].update(contract="not a digest")))

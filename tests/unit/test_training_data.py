@@ -10,12 +10,13 @@ import pyarrow.ipc
 import pytest
 import safetensors.torch
 import torch
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.datasets import bundled_table, to_parquet
-from securetrain.core.sealed import seal
-from securetrain.core.sealed.errors import SegmentTampered, WrongContext
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
+from securetrain.core.sealed.errors import SegmentTampered, WrongContext, WrongKey
 from securetrain.core.contracts.job_spec import Columns
-from securetrain.core.contracts.training import DatasetShard
+from securetrain.core.contracts.training import DatasetKeyMissing, DatasetShard, JobKeys
 from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardTooLarge, read_shard
 
 CONTEXT = {"dataset_id": "breast-cancer"}
@@ -128,3 +129,22 @@ def test_a_tampered_arrow_stream_fails_with_the_seal_error_not_an_arrow_error(ta
     blob[-3000] ^= 1
     with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.arrow.sealed: segment \d+ failed"):
         read_shard(io.BytesIO(bytes(blob)), kek_private, shard("arrow"), Columns(label="label"), LIMITS)
+
+
+def test_each_shard_opens_with_its_owners_released_kek_and_no_other(table, kek_public, kek_private) -> None:
+    other_id = "https://vault.example/keys/hospital-b/0123456789abcdef"
+    other = KekPrivateKey(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    keys = JobKeys.from_released(kek_private, kek_public.kek_id, {other_id: other})
+    theirs = shard().model_copy(update={"kek_id": "https://vault.example/keys/hospital-b/fedcba9876543210"})
+    assert keys.for_shard(shard()) is kek_private and keys.for_shard(theirs) is other  # any version: the seal checks
+    plaintext = to_parquet(table.slice(0, 10))
+    opened = read_shard(io.BytesIO(sealed(plaintext, KekPublicKey(other_id, other.private_key.public_key()))),
+                        keys.for_shard(theirs), theirs, Columns(label="label"), LIMITS)  # fmt: skip
+    assert opened.labels.shape == (10,)
+    with pytest.raises(WrongKey):  # a shard that claims the job's KEK but is sealed for the other owner's
+        read_shard(io.BytesIO(sealed(plaintext, KekPublicKey(other_id, other.private_key.public_key()))),
+                   keys.for_shard(shard()), shard(), Columns(label="label"), LIMITS)  # fmt: skip
+    unreleased = shard().model_copy(update={"kek_id": "https://vault.example/keys/hospital-c/01"})
+    with pytest.raises(DatasetKeyMissing, match="hospital-c"):
+        keys.for_shard(unreleased)
+    assert "hospital-b" in repr(keys) and "PRIVATE" not in repr(keys)

@@ -28,6 +28,8 @@ Where this product's use differs from Azure's library, on purpose:
   it by writing SHA-256 of its PEM (SubjectPublicKeyInfo, as pyca/cryptography writes it, without the final line
   break: :func:`runtime_key_pem`) and 32 zero bytes as HCL user data, which the runtime claims carry and the chip
   signs (check ``user-data-key``).
+- **The contract.** ``ClientPayload.contract`` (optional) is the digest of the contract the TEE enforces, for a
+  release policy to require; ``ClientPayload`` is the guest's own JSON, which MAA repeats in the token.
 
 Everything is read strictly: a missing or unknown field, a wrong type, non-canonical base64, a ``PcrSet`` that
 is not the ``PCRs``' indexes is refused with check ``azure-guest-request``, naming the field.
@@ -54,6 +56,7 @@ from securetrain.core.azure_cvm.evidence import CvmEvidence
 from securetrain.core.azure_cvm.hcl import RuntimeClaims
 from securetrain.core.azure_cvm.tpm import MAX_EXTRA_DATA, PCR_COUNT, SHA256_SIZE
 from securetrain.core.contracts.base import Contract, Items, Omittable, canonical_base64, first_error, refusal
+from securetrain.core.contracts.job_spec import ContractDigest
 from securetrain.core.json_input import JsonInputError, read_json_object
 
 PROTOCOL_VERSION = "2.0"
@@ -174,6 +177,8 @@ class ClientPayload(Contract):
 
     nonce: _Nonce
     runtime_key: RuntimeKeyJwk = Field(alias="runtime-key")
+    #: The digest of the contract the TEE enforces, for a release policy to require (docs/governance.md).
+    contract: Omittable[ContractDigest]
 
 
 class Pcr(Contract):
@@ -255,13 +260,17 @@ class AzureGuestEvidence:
 
 
 def azure_guest_request(evidence: CvmEvidence, runtime_key: rsa.RSAPublicKey, guest_os: GuestOs, *,
-                        tcg_log: bytes = b"", runtime_key_id: str | None = None) -> dict[str, Any]:  # fmt: skip
+                        tcg_log: bytes = b"", runtime_key_id: str | None = None,
+                        contract: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The request for ``evidence`` (its quote made over ``evidence.nonce``) and the runtime key the guest bound.
 
     ``AikPub`` is the public area of Azure's AK template for the runtime claims' ``HCLAkPub`` — what the
     vTPM's ReadPublic of handle 0x81000003 answers, since Azure's AK is made from that one template.
     """
     ak_public = AkPublic.for_key(RuntimeClaims.from_bytes(evidence.runtime_claims).ak_public_key)
+    client_payload = {"nonce": _b64(evidence.nonce), "runtime-key": RuntimeKeyJwk.of(runtime_key, runtime_key_id).to_jwk()}
+    if contract is not None:
+        client_payload["contract"] = contract
     proof = json.dumps({"SnpReport": b64url(evidence.snp_report), "VcekCertChain": b64url(evidence.platform_certificates)})
     info = {
         "AttestationProtocolVersion": PROTOCOL_VERSION,
@@ -271,7 +280,7 @@ def azure_guest_request(evidence: CvmEvidence, runtime_key: rsa.RSAPublicKey, gu
         "OSVersionMinor": guest_os.version_minor,
         "OSBuild": _b64(guest_os.build.encode()),
         "TcgLogs": _b64(tcg_log),
-        "ClientPayload": {"nonce": _b64(evidence.nonce), "runtime-key": RuntimeKeyJwk.of(runtime_key, runtime_key_id).to_jwk()},
+        "ClientPayload": client_payload,
         "TpmInfo": {
             "AikCert": _b64(evidence.ak_certificate),
             "AikPub": _b64(ak_public.to_bytes()),
@@ -330,4 +339,6 @@ def read_azure_guest_request(body: bytes) -> AzureGuestEvidence:
         public_key_pem=public_key_pem,
     )
     client_payload = {"nonce": _b64(payload.nonce), "runtime-key": payload.runtime_key.to_jwk()}
+    if payload.contract is not None:
+        client_payload["contract"] = payload.contract
     return AzureGuestEvidence(evidence, MappingProxyType(client_payload), payload.runtime_key, info.TcgLogs)

@@ -10,12 +10,12 @@ holds the released KEK, so it is never persisted, logged or put into a response.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import Field
 
-from securetrain.core.contracts.base import Contract, Frozen, Items
+from securetrain.core.contracts.base import Contract, Frozen, Items, Omittable
 from securetrain.core.contracts.job_spec import (
     BlobName,
     BlobRef,
@@ -29,6 +29,7 @@ from securetrain.core.contracts.job_spec import (
     PrivacyRequest,
 )
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.keyvault import same_key
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey
 from securetrain.core.suite_policy import ExpectationSuite
 
@@ -40,6 +41,8 @@ class DatasetShard(Contract):
     blob: BlobName
     format: Literal["parquet", "safetensors", "arrow"]
     context: Frozen[dict[str, str]]
+    #: The KEK its owner sealed it for (the manifest's); None: the job's own KEK.
+    kek_id: Omittable[str]
 
 
 class TrainingSpec(Contract):
@@ -113,21 +116,41 @@ class TrainingResult(Contract):
     privacy: PrivacySpent | None = None
 
 
+class DatasetKeyMissing(SecuretrainError):
+    """A shard is sealed for a KEK the job did not have released."""
+
+
 @dataclass(frozen=True, repr=False)
 class JobKeys:
-    """The released KEK of one job: the private half opens datasets, the public half seals outputs."""
+    """The released KEKs of one job: the job's KEK (its private half opens datasets sealed for it and the
+    job's checkpoints, its public half seals outputs) and, in a run that pools several owners' data, each
+    other owner's KEK, which opens only that owner's shards."""
 
     kek_private: KekPrivateKey
     kek_public: KekPublicKey
+    #: Other data owners' released KEKs, by their versioned key ids.
+    dataset_keks: Mapping[str, KekPrivateKey] = field(default_factory=dict)
 
     @classmethod
-    def from_released(cls, kek_private: KekPrivateKey, kek_id: str) -> JobKeys:
+    def from_released(
+        cls, kek_private: KekPrivateKey, kek_id: str, dataset_keks: Mapping[str, KekPrivateKey] | None = None
+    ) -> JobKeys:
         """Keys for a KEK released under ``kek_id`` (the versioned key URL the outputs will name)."""
-        return cls(kek_private, KekPublicKey(kek_id, kek_private.private_key.public_key()))
+        return cls(kek_private, KekPublicKey(kek_id, kek_private.private_key.public_key()), dict(dataset_keks or {}))
+
+    def for_shard(self, shard: DatasetShard) -> KekPrivateKey:
+        """The released KEK that opens ``shard`` (the key it carries must still match the header's: the seal checks)."""
+        if shard.kek_id is None or same_key(shard.kek_id, self.kek_public.kek_id):
+            return self.kek_private
+        for kek_id, key in self.dataset_keks.items():
+            if same_key(shard.kek_id, kek_id):
+                return key
+        raise DatasetKeyMissing(f"{shard.container}/{shard.blob} is sealed for {shard.kek_id}, which this job has not released")
 
     def __repr__(self) -> str:
         # Never print key material, even by accident in a log line or traceback.
-        return f"JobKeys(kek_id={self.kek_public.kek_id!r}, thumbprint={self.kek_public.thumbprint[:16]}…)"
+        others = f", dataset_keks={sorted(self.dataset_keks)}" if self.dataset_keks else ""
+        return f"JobKeys(kek_id={self.kek_public.kek_id!r}, thumbprint={self.kek_public.thumbprint[:16]}…{others})"
 
 
 class DataValidationFailed(SecuretrainError):

@@ -53,7 +53,7 @@ def run_training(
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
 
-    data = load_dataset(spec, keys.kek_private, store, limits or DataLimits())
+    data = load_dataset(spec, keys, store, limits or DataLimits())
     if cancel.is_set():
         raise TrainingCancelled("cancelled after the data was opened, before training")
     if spec.expectation_suite is not None:

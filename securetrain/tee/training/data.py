@@ -35,7 +35,7 @@ from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import KekPrivateKey, SealedReader
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.contracts.job_spec import Columns
-from securetrain.core.contracts.training import DatasetShard, TrainingSpec
+from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
 
 if TYPE_CHECKING:
     import pandas
@@ -278,7 +278,7 @@ def _check_same_layout(first: _ShardArrays, other: _ShardArrays, shard: DatasetS
 
 
 def _read_in_order(
-    spec: TrainingSpec, kek: KekPrivateKey, store: BlobStore, limits: DataLimits
+    spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits
 ) -> Iterator[tuple[DatasetShard, _ShardArrays]]:
     """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once.
 
@@ -287,7 +287,7 @@ def _read_in_order(
 
     def read(shard: DatasetShard) -> _ShardArrays:
         with store.open_read(shard.container, shard.blob) as src:
-            return read_shard(src, kek, shard, spec.columns, limits)
+            return read_shard(src, keys.for_shard(shard), shard, spec.columns, limits)
 
     shards = iter(spec.datasets)
     pool = ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-reader")
@@ -304,10 +304,11 @@ def _read_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def load_dataset(spec: TrainingSpec, kek: KekPrivateKey, store: BlobStore, limits: DataLimits) -> TrainingData:
-    """Read, authenticate and decode every shard of ``spec``; returns only when all of them opened."""
+def load_dataset(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits) -> TrainingData:
+    """Read, authenticate and decode every shard of ``spec``, each with its owner's KEK; returns only when all
+    of them opened."""
     parts: list[_ShardArrays] = []
-    for shard, part in _read_in_order(spec, kek, store, limits):
+    for shard, part in _read_in_order(spec, keys, store, limits):
         if parts:
             _check_same_layout(parts[0], part, shard)
         log.info("opened %s: %d rows", _where(shard), part.labels.shape[0])
