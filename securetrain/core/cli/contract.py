@@ -23,7 +23,6 @@ from securetrain.core.fsutil import atomic_output
 from securetrain.core.governance.contract import (
     MAX_CONTRACT_BYTES,
     ContractInvalid,
-    ParamRange,
     TrainingContract,
     parse_time,
 )
@@ -167,8 +166,7 @@ def _job_space_lines(contract: TrainingContract) -> list[str]:
     space = contract.job_space
     lines = []
     for model in space.models:
-        bounds = [f"{name} {bound.min:g}..{bound.max:g}" if isinstance(bound, ParamRange)
-                  else f"{name} one of {list(bound.one_of)}" for name, bound in model.params.items()]  # fmt: skip
+        bounds = [f"{name} {bound.describe()}" for name, bound in model.params.items()]
         lines.append(f"  model {model.name}: {', '.join(bounds) or 'no parameters may be set'}")
     lines += [f"  epochs ≤ {space.max_epochs}; batch size {space.batch_size.min}..{space.batch_size.max}; "
               f"learning rate ≤ {space.learning_rate.max:g}; optimizers {', '.join(space.optimizers)}",

@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import (
     AfterValidator,
+    BaseModel,
     Field,
     PlainSerializer,
     PlainValidator,
-    TypeAdapter,
     ValidationError,
     WithJsonSchema,
     model_validator,
@@ -43,7 +43,16 @@ from securetrain.core.approved_release_policies import (
     ReferenceValues,
     SnpReferenceValues,
 )
-from securetrain.core.contracts.base import Contract, DocumentInvalid, Frozen, Items, first_error, matching, refusal
+from securetrain.core.contracts.base import (
+    Contract,
+    DocumentInvalid,
+    Frozen,
+    Items,
+    Omittable,
+    first_error,
+    matching,
+    refusal,
+)
 from securetrain.core.contracts.job_spec import SHA256_HEX, ModelName, ParamValue
 from securetrain.core.sealed.kek import MIN_RSA_BITS
 from securetrain.core.suite_policy import RULES
@@ -208,19 +217,6 @@ class DatasetTerms(Contract):
 _Number = Annotated[int | float, Field(allow_inf_nan=False)]
 
 
-class ParamRange(Contract):
-    """A numeric parameter (or each number of a list parameter, such as layer widths) within ``[min, max]``."""
-
-    min: _Number
-    max: _Number
-
-    @model_validator(mode="after")
-    def _ordered(self) -> ParamRange:
-        if self.min > self.max:
-            raise refusal(f"is below min ({self.min})", "max")
-        return self
-
-
 def canonical_value(value: Any) -> bytes:
     """A JSON value's RFC 8785 bytes: equality as JSON sees it (``true`` is not ``1``; ``1`` is ``1.0``)."""
     return rfc8785.dumps(json.loads(json.dumps(value)))
@@ -232,17 +228,40 @@ def _distinct_options(options: tuple[Any, ...]) -> tuple[Any, ...]:
     return options
 
 
-class ParamChoice(Contract):
-    """A parameter that must equal one of ``one_of`` (compared as JSON values)."""
+class ParamBound(Contract):
+    """The values a model parameter may take: ``{min, max}`` for a number (or each number of a list, such as
+    layer widths), or ``{one_of: [...]}`` for any value (compared as JSON values)."""
 
-    one_of: Annotated[Items[ParamValue], Field(min_length=1, max_length=64), AfterValidator(_distinct_options)]
+    min: Omittable[_Number]
+    max: Omittable[_Number]
+    one_of: Omittable[Annotated[Items[ParamValue], Field(min_length=1, max_length=64), AfterValidator(_distinct_options)]]
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ParamBound:
+        if self.one_of is not None:
+            if self.min is not None or self.max is not None:
+                raise refusal("give either min and max, or one_of")
+        elif self.min is None or self.max is None:
+            raise refusal("give min and max, or one_of")
+        elif self.min > self.max:
+            raise refusal(f"is below min ({self.min})", "max")
+        return self
+
+    def allows(self, value: Any) -> bool:
+        if self.one_of is not None:
+            return canonical_value(value) in {canonical_value(option) for option in self.one_of}
+        numbers = value if isinstance(value, tuple) else (value,)
+        return all(not isinstance(number, bool | str) and self.min <= number <= self.max for number in numbers)
+
+    def describe(self) -> str:
+        return f"one of {list(self.one_of)}" if self.one_of is not None else f"within [{self.min:g}, {self.max:g}]"
 
 
 class ModelTerms(Contract):
     """A model the job may train and the bounds of each parameter it may set; a parameter not listed may not be set."""
 
     name: ModelName
-    params: Frozen[Annotated[dict[ModelName, ParamRange | ParamChoice], Field(max_length=64)]] = Field(
+    params: Frozen[Annotated[dict[ModelName, ParamBound], Field(max_length=64)]] = Field(
         default={}, validate_default=True
     )
 
@@ -331,15 +350,23 @@ class Validity(Contract):
         return self
 
 
-_REFERENCE_VALUES: TypeAdapter[ReferenceValues] = TypeAdapter(ReferenceValues)
+_PLATFORMS: dict[str, type[BaseModel]] = {
+    model.model_fields["platform"].default: model
+    for model in (SnpReferenceValues, AzureCvmReferenceValues, AciReferenceValues)
+}
 
 
 def _workload(value: Any) -> ReferenceValues:
     """A platform's reference values, read as their own JSON document (a set is a JSON array there)."""
-    if isinstance(value, SnpReferenceValues | AzureCvmReferenceValues | AciReferenceValues):
+    if isinstance(value, tuple(_PLATFORMS.values())):
         return value
+    if not isinstance(value, dict):
+        raise refusal("must be an object of reference values")
+    model = _PLATFORMS.get(value.get("platform"))
+    if model is None:
+        raise refusal(f"must be one of {', '.join(_PLATFORMS)}", "platform")
     try:
-        return _REFERENCE_VALUES.validate_json(json.dumps(value, allow_nan=False))
+        return model.model_validate_json(json.dumps(value, allow_nan=False))
     except ValidationError as exc:
         field, reason = first_error(exc)
         raise refusal(reason, *_path(field)) from None

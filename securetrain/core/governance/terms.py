@@ -20,12 +20,11 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from securetrain.core import signed_documents
 from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
 from securetrain.core.errors import SecurityViolation
-from securetrain.core.governance.contract import DatasetTerms, ParamRange, TrainingContract, canonical_value
+from securetrain.core.governance.contract import DatasetTerms, TrainingContract
 from securetrain.core.keyvault import same_key
 from securetrain.core.onboarding import DatasetManifest
 
@@ -85,11 +84,6 @@ def _check_datasets(contract: TrainingContract, spec: JobSpec,
     return used
 
 
-def _within(value: Any, bound: ParamRange) -> bool:
-    numbers = value if isinstance(value, tuple) else (value,)
-    return all(not isinstance(number, bool | str) and bound.min <= number <= bound.max for number in numbers)
-
-
 def _check_job_space(contract: TrainingContract, spec: JobSpec) -> None:
     space = contract.job_space
     model = next((model for model in space.models if model.name == spec.model.name), None)
@@ -101,11 +95,8 @@ def _check_job_space(contract: TrainingContract, spec: JobSpec) -> None:
         bound = model.params.get(name)
         if bound is None:
             raise ContractViolation(term, "the contract does not let a job set this parameter")
-        if isinstance(bound, ParamRange):
-            if not _within(value, bound):
-                raise ContractViolation(term, f"{value!r} is not within [{bound.min}, {bound.max}]")
-        elif canonical_value(value) not in {canonical_value(option) for option in bound.one_of}:
-            raise ContractViolation(term, f"{value!r} is not one of {list(bound.one_of)}")
+        if not bound.allows(value):
+            raise ContractViolation(term, f"{value!r} is not {bound.describe()}")
     hyper = spec.hyperparameters
     if hyper.epochs > space.max_epochs:
         raise ContractViolation("job_space.max_epochs", f"{hyper.epochs} epochs; at most {space.max_epochs} allowed")
