@@ -81,6 +81,7 @@ def _set(document: dict[str, Any], path: tuple[Any, ...], value: Any) -> dict[st
         (("datasets", 0, "privacy", "accountants"), ["gdp"], "datasets[0].privacy.accountants[0]"),
         (("datasets", 0, "privacy", "accountants"), ["prv", "prv"], "datasets[0].privacy.accountants"),
         (("workloads", 0, "host_data"), ["zz"], "workloads[0].host_data[0]"),
+        (("workloads", 0, "platform"), ["snp"], "workloads[0].platform"),
         (("job_space", "models", 0, "params", "hidden"), {"min": 5, "max": 4}, "job_space.models[0].params.hidden.max"),
         (("job_space", "models", 0, "params", "hidden"), {"one_of": [1, 1.0]}, "job_space.models[0].params.hidden.one_of"),
         (("job_space", "batch_size"), {"min": 64, "max": 32}, "job_space.batch_size.max"),

@@ -362,7 +362,8 @@ def _workload(value: Any) -> ReferenceValues:
         return value
     if not isinstance(value, dict):
         raise refusal("must be an object of reference values")
-    model = _PLATFORMS.get(value.get("platform"))
+    platform = value.get("platform")
+    model = _PLATFORMS.get(platform) if isinstance(platform, str) else None
     if model is None:
         raise refusal(f"must be one of {', '.join(_PLATFORMS)}", "platform")
     try:
