@@ -38,6 +38,8 @@ class EventKind(enum.StrEnum):
     ROTATION = "rotation"
     RETENTION = "retention"
     TEE_LOG_HEAD = "tee_log_head"
+    GOVERNANCE = "governance"  # a contract enforced, revoked, or a job refused under it
+    PRIVACY_BUDGET = "privacy_budget"  # ε reserved or spent against a contract's budget
 
 
 class EventSource(enum.StrEnum):

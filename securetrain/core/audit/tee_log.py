@@ -55,6 +55,10 @@ class TeeEventKind(enum.StrEnum):
     CHECKPOINT_SEALED = "checkpoint_sealed"  # {"epoch", "step", "blob", "sealed_sha256", "metrics"}
     MODEL_SEALED = "model_sealed"  # {"blob", "sealed_sha256", "plaintext_sha256"}: a job's final entry
     MODEL_EXPORTED = "model_exported"  # {"source", "recipient_thumbprint", "export_sha256", "approval", ...}
+    CONTRACT_ENFORCED = "contract_enforced"  # {"contract", "signers", "datasets"}: before any key was asked for
+    CONTRACT_REVOKED = "contract_revoked"  # {"contract", "party", "revoked_at", "reason"} or {"contract", "kek_id", "refusal"}
+    BUDGET_RESERVED = "budget_reserved"  # {"contract", "epsilon": {dataset: ε}, "delta", "ledger": {seq, hash}}
+    BUDGET_SPENT = "budget_spent"  # {"contract", "epsilon": {dataset: ε}, "delta", "accountant", "ledger": {seq, hash}}
 
 
 # How each TEE entry reads in the run's audit log.
@@ -65,6 +69,10 @@ _AUDIT_KINDS = {
     TeeEventKind.CHECKPOINT_SEALED: EventKind.CHECKPOINT_WRITTEN,
     TeeEventKind.MODEL_SEALED: EventKind.MODEL_SEALED,
     TeeEventKind.MODEL_EXPORTED: EventKind.EXPORT,
+    TeeEventKind.CONTRACT_ENFORCED: EventKind.GOVERNANCE,
+    TeeEventKind.CONTRACT_REVOKED: EventKind.GOVERNANCE,
+    TeeEventKind.BUDGET_RESERVED: EventKind.PRIVACY_BUDGET,
+    TeeEventKind.BUDGET_SPENT: EventKind.PRIVACY_BUDGET,
 }
 
 
