@@ -1,5 +1,5 @@
 """DP-SGD pieces that need no storage: the plan and its refusals, clipping, unsupported layers, the run's
-randomness and the accountant history a checkpoint carries. run_training end to end: tests/integration/test_dp_training.py."""
+randomness and the accountant history a checkpoint carries. run_training end to end: tests/integration/test_dp_training_run.py."""
 
 from __future__ import annotations
 
