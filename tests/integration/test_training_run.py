@@ -103,7 +103,7 @@ def training_spec(run: str, shards: list[str], fmt: str = "parquet", **changes: 
         "output": {"container": "models", "blob": f"{run}/model.sealed"},
     }
     for key, value in changes.items():
-        document[key] = {**document[key], **value} if isinstance(value, dict) and key != "expectation_suite" else value
+        document[key] = {**document[key], **value} if isinstance(value, dict) and key in document else value
     # The shards as the agent resolves them from the owner-signed manifest (tests/security covers that step).
     resolved = [DatasetShard(container="datasets", blob=blob, format=fmt, context=CONTEXT) for blob in shards]
     return TrainingSpec.for_job(JobSpec.from_json(document), resolved)

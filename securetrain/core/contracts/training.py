@@ -28,7 +28,7 @@ from securetrain.core.contracts.job_spec import (
     ModelSpec,
     PrivacyRequest,
 )
-from securetrain.core.errors import SecuretrainError
+from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.keyvault import same_key
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey
 from securetrain.core.suite_policy import ExpectationSuite
@@ -63,6 +63,8 @@ class TrainingSpec(Contract):
     output: BlobRef
     #: DP-SGD terms, or None to train without differential privacy.
     privacy: PrivacyRequest | None = None
+    #: The least noise multiplier a DP-SGD plan may use; a plan below it is refused before the first step.
+    min_noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
     @classmethod
     def for_job(cls, spec: JobSpec, shards: Sequence[DatasetShard]) -> TrainingSpec:
@@ -159,6 +161,14 @@ class DataValidationFailed(SecuretrainError):
     def __init__(self, message: str, aggregates: Mapping[str, Any]) -> None:
         super().__init__(message)
         self.aggregates = aggregates
+
+
+class PrivacyTermsRefused(SecurityViolation):
+    """A DP-SGD plan falls outside the privacy terms the TEE enforces; ``term`` names the term it breaks."""
+
+    def __init__(self, term: str, message: str) -> None:
+        super().__init__(f"privacy term {term!r}: {message}")
+        self.term = term
 
 
 class TrainingCancelled(SecuretrainError):

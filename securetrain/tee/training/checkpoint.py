@@ -15,7 +15,7 @@ import json
 import logging
 import re
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = "securetrain-checkpoint/1"
 MODEL_FORMAT = "securetrain-model/1"
 _MAC_INFO = b"securetrain checkpoint authentication v1"
+#: A DP-SGD accountant's history: (noise multiplier, sample rate, steps) per phase, as Opacus keeps it.
+AccountantHistory = tuple[tuple[float, float, int], ...]
 # The safetensors header is at most 100 MB by its specification.
 _MAX_SAFETENSORS_HEADER = 100_000_000
 
@@ -47,26 +49,30 @@ class CheckpointInvalid(SecurityViolation):
 
 @dataclass(frozen=True)
 class Progress:
-    """Where training stands after an epoch: epochs completed, optimizer steps taken, that epoch's metrics."""
+    """Where training stands after an epoch: epochs completed, optimizer steps taken, that epoch's metrics,
+    and for DP-SGD the accountant's history (empty without differential privacy)."""
 
     epoch: int
     step: int
     metrics: Mapping[str, float]
+    accountant: AccountantHistory = ()
 
 
 def checkpoint_blob(location: CheckpointLocation, epoch: int) -> str:
     return f"{location.prefix}epoch-{epoch:04d}.safetensors.sealed"
 
 
-def _authentication_key(kek: KekPrivateKey) -> bytes:
+def kek_derived_key(kek: KekPrivateKey, info: bytes) -> bytes:
+    """A 32-byte key for purpose ``info``, derived by HKDF from the KEK's private key: only a TEE that was
+    released the KEK (and the data owner) can compute it."""
     private_exponent = kek.private_key.private_numbers().d
     secret = private_exponent.to_bytes((private_exponent.bit_length() + 7) // 8, "big")
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_MAC_INFO).derive(secret)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
 def _mac(kek: KekPrivateKey, run_id: str, epoch: int, payload: bytes) -> str:
     message = rfc8785.dumps({"run_id": run_id, "epoch": epoch, "sha256": hashlib.sha256(payload).hexdigest()})
-    return hmac.new(_authentication_key(kek), message, hashlib.sha256).hexdigest()
+    return hmac.new(kek_derived_key(kek, _MAC_INFO), message, hashlib.sha256).hexdigest()
 
 
 def safetensors_metadata(payload: bytes) -> dict[str, str]:
@@ -118,15 +124,27 @@ def encode_checkpoint(
         "metrics": json.dumps(dict(progress.metrics)),
         "optimizer": json.dumps(optimizer_json),
     }
+    if progress.accountant:
+        metadata["accountant"] = json.dumps([list(phase) for phase in progress.accountant])
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
+def _accountant_history(metadata: Mapping[str, str]) -> AccountantHistory:
+    if "accountant" not in metadata:
+        return ()
+    phases = json.loads(metadata["accountant"])
+    return tuple((float(noise), float(rate), int(steps)) for noise, rate, steps in phases)
+
+
 def restore_checkpoint(
-    payload: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_id: str, epoch: int
-) -> Progress:
+    payload: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_id: str, epoch: int,
+    accountant_after: Callable[[int], AccountantHistory] | None = None,
+) -> Progress:  # fmt: skip
     """Load a checkpoint's state into ``model``, ``optimizer`` and the RNGs; :class:`CheckpointInvalid` if unusable.
 
-    Everything is checked before anything is loaded, so a refused checkpoint leaves the model untouched.
+    ``accountant_after(step)`` is the DP-SGD accountant history this job has after ``step`` steps (None
+    without differential privacy: then the checkpoint must carry none). Everything is checked before
+    anything is loaded, so a refused checkpoint leaves the model untouched.
     """
     metadata = safetensors_metadata(payload)
     if metadata.get("format") != CHECKPOINT_FORMAT:
@@ -141,8 +159,14 @@ def restore_checkpoint(
         step = int(metadata["step"])
         metrics = {str(k): float(v) for k, v in json.loads(metadata["metrics"]).items()}
         optimizer_json = json.loads(metadata["optimizer"])
+        accountant = _accountant_history(metadata)
     except (safetensors.SafetensorError, KeyError, ValueError, TypeError, AttributeError) as exc:
         raise CheckpointInvalid(f"its content does not parse: {exc}") from None
+    expected_accountant = accountant_after(step) if accountant_after is not None else ()
+    if accountant != expected_accountant:
+        # The spent privacy is computed from this history: it must be what this job's plan spends in these steps.
+        raise CheckpointInvalid(f"its DP-SGD accountant history {list(accountant)} is not this job's "
+                                f"{list(expected_accountant)} after step {step}")  # fmt: skip
 
     model_state = {name[len("model.") :]: value for name, value in tensors.items() if name.startswith("model.")}
     optimizer_state: dict[int, dict[str, Any]] = {}
@@ -176,7 +200,7 @@ def restore_checkpoint(
         torch.cuda.set_rng_state_all(cuda_states)
     elif any(name.startswith("rng.cuda.") for name in tensors):
         log.warning("the checkpoint has CUDA RNG state for other devices; the resumed run is not bit-exact")
-    return Progress(epoch, step, metrics)
+    return Progress(epoch, step, metrics, accountant)
 
 
 def _sealed(payload: bytes, keys: JobKeys, context: Mapping[str, str]) -> io.BytesIO:
@@ -240,9 +264,12 @@ class Checkpoints:
         return payload
 
     def restore_latest(
-        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epoch: int
-    ) -> tuple[Progress, str] | None:
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epoch: int,
+        accountant_after: Callable[[int], AccountantHistory] | None = None,
+    ) -> tuple[Progress, str] | None:  # fmt: skip
         """Load the newest checkpoint that opens and verifies; None if there is none.
+
+        ``accountant_after`` is as for :func:`restore_checkpoint`.
 
         A checkpoint that fails (seal, MAC, content) is skipped with a warning and the next older one
         tried. Storage failures are raised: starting over because storage did not answer would discard
@@ -250,7 +277,8 @@ class Checkpoints:
         """
         for epoch, blob in self._epochs(max_epoch):
             try:
-                progress = restore_checkpoint(self._open(blob, epoch), model, optimizer, self._run_id, epoch)
+                payload = self._open(blob, epoch)
+                progress = restore_checkpoint(payload, model, optimizer, self._run_id, epoch, accountant_after)
             except StorageError:
                 raise
             except SecuretrainError as exc:

@@ -13,7 +13,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from securetrain.core.contracts.job_spec import Hyperparameters
 from securetrain.core.contracts.training import TrainingCancelled
-from securetrain.tee.training.checkpoint import Progress
+from securetrain.tee.training.checkpoint import AccountantHistory, Progress
 from securetrain.tee.training.data import TrainingData
 from securetrain.tee.training.models import DataShape, RegisteredModel, build_model
 
@@ -55,10 +55,15 @@ def make_deterministic(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+def held_out_count(rows: int) -> int:
+    """How many of a dataset's ``rows`` are held out for evaluation (never trained on)."""
+    return max(1, round(rows * VALIDATION_FRACTION)) if rows > 1 else 0
+
+
 def split_rows(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(training row indices, held-out row indices) for a dataset of ``rows`` rows."""
     order = torch.randperm(rows, generator=torch.Generator().manual_seed(seed))
-    held_out = max(1, round(rows * VALIDATION_FRACTION)) if rows > 1 else 0
+    held_out = held_out_count(rows)
     return order[held_out:], order[:held_out]
 
 
@@ -111,6 +116,39 @@ class Trainee:
 
 
 @dataclass(frozen=True)
+class Training:
+    """What the loop steps through: the plain model and optimizer, or Opacus' DP-SGD wrappers around them."""
+
+    #: The forward pass during training: the model, or Opacus' per-sample-gradient module around it.
+    module: nn.Module
+    #: The optimizer step: the model's optimizer, or Opacus' clipping and noising optimizer around it.
+    optimizer: torch.optim.Optimizer
+    #: ``batches(epoch)``: the (features, labels) batches of that epoch, on the CPU.
+    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    #: Whether each epoch's metrics carry ``train_loss``. Not under DP-SGD: it is an exact, noiseless
+    #: aggregate of the very rows the privacy guarantee protects.
+    report_train_loss: bool = True
+    #: The DP-SGD accountant's history so far, which each epoch's checkpoint carries (empty without DP-SGD).
+    accountant: Callable[[], AccountantHistory] = tuple
+
+
+def plain_training(trainee: Trainee, data: TrainingData, train_rows: torch.Tensor, hyper: Hyperparameters,
+                   device: torch.device) -> Training:  # fmt: skip
+    """Training without differential privacy: every training row once per epoch, in :func:`epoch_order`."""
+
+    def batches(epoch: int) -> DataLoader:
+        return DataLoader(
+            _Rows(data),
+            sampler=_Batches(train_rows, hyper.batch_size, hyper.seed, epoch),
+            batch_size=None,  # the sampler yields whole batches of indices
+            num_workers=0,
+            pin_memory=device.type == "cuda",
+        )
+
+    return Training(trainee.model, trainee.optimizer, batches)
+
+
+@dataclass(frozen=True)
 class Standardization:
     """Per-feature mean and (population) standard deviation of the training rows."""
 
@@ -154,6 +192,7 @@ def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: t
 
 def train(
     trainee: Trainee,
+    training: Training,
     data: TrainingData,
     hyper: Hyperparameters,
     rows: tuple[torch.Tensor, torch.Tensor],
@@ -162,37 +201,34 @@ def train(
     cancel: threading.Event,
     end_of_epoch: Callable[[Progress], None],
 ) -> Progress:
-    """Train from ``start`` to ``hyper.epochs`` epochs; ``end_of_epoch(progress)`` runs after each.
+    """Train ``trainee`` through ``training`` from ``start`` to ``hyper.epochs`` epochs; ``end_of_epoch(progress)``
+    runs after each.
 
     Raises:
         TrainingCancelled: ``cancel`` was set; training stopped before its next step.
     """
-    model, optimizer = trainee.model, trainee.optimizer
+    module, optimizer = training.module, training.optimizer
     train_rows, held_out_rows = rows
     progress = start
     for epoch in range(start.epoch + 1, hyper.epochs + 1):
-        loader = DataLoader(
-            _Rows(data),
-            sampler=_Batches(train_rows, hyper.batch_size, hyper.seed, epoch),
-            batch_size=None,  # the sampler yields whole batches of indices
-            num_workers=0,
-            pin_memory=device.type == "cuda",
-        )
-        model.train()
+        module.train()
         # Summed on the device: reading the loss back every step would stall a GPU.
         loss_sum, step = torch.zeros((), device=device), progress.step
-        for x, y in loader:
+        for x, y in training.batches(epoch):
             if cancel.is_set():
                 raise TrainingCancelled(f"cancelled during epoch {epoch} at step {step}; the last checkpoint is intact")
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = nn.functional.cross_entropy(model(x), y)
+            loss = nn.functional.cross_entropy(module(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(y)
+            if training.report_train_loss:
+                loss_sum += loss.detach() * len(y)
             step += 1
-        metrics = {"train_loss": float(loss_sum) / len(train_rows), **evaluate(model, data, held_out_rows, device)}
-        progress = Progress(epoch, step, metrics)
+        metrics = evaluate(trainee.model, data, held_out_rows, device)
+        if training.report_train_loss:
+            metrics = {"train_loss": float(loss_sum) / len(train_rows), **metrics}
+        progress = Progress(epoch, step, metrics, training.accountant())
         log.info("epoch %d/%d done at step %d: %s", epoch, hyper.epochs, step,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip
         end_of_epoch(progress)
