@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 import rfc8785
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from securetrain.core.audit.chain import GENESIS_PREV
 from securetrain.core.governance.budget import (
@@ -155,6 +157,23 @@ def test_any_byte_changed_in_any_entry_is_refused_naming_that_entry(lines, check
             with pytest.raises(LedgerInvalid) as refused:
                 verify_ledger([*lines[:seq], bytes(changed), *lines[seq + 1:]], CONTRACT, check)
             assert refused.value.seq == seq, (seq, at, refused.value)
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=300) | _JSON.map(lambda value: json.dumps(value).encode()) | st.fixed_dictionaries(
+    {"prev": st.just(GENESIS_PREV), "record": _JSON, "schema": st.just("securetrain.privacy-budget-entry/v1"),
+     "seq": st.just(0), "signature": _JSON}).map(lambda value: json.dumps(value).encode()))  # fmt: skip
+def test_only_ledger_invalid_escapes_verifying_any_line(check, line: bytes) -> None:
+    with pytest.raises(LedgerInvalid) as refused:
+        verify_ledger([line], CONTRACT, check)
+    assert refused.value.seq == 0
 
 
 def test_an_entry_signed_by_a_key_no_approved_tee_holds_is_refused(lines, authority, tee_key, raw_token, check) -> None:

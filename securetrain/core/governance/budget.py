@@ -388,7 +388,7 @@ def format_budget(state: LedgerState, totals: Mapping[str, float]) -> str:
     rows = [("dataset", "budget ε", "spent ε", "reserved ε", "left ε")]
     for dataset in sorted(set(totals) | set(spent) | set(open_)):
         total = _show(totals[dataset]) if dataset in totals else "none"
-        left = _show(_exact(totals[dataset]) - spent.get(dataset, 0) - open_.get(dataset, 0)) if dataset in totals else "-"
+        left = _show(state.remaining(dataset, totals[dataset])) if dataset in totals else "-"
         rows.append((dataset, total, _show(spent.get(dataset, Decimal(0))), _show(open_.get(dataset, Decimal(0))), left))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"privacy budget of contract {state.contract} ({len(state.entries)} ledger entries, verified)"]
