@@ -111,6 +111,74 @@ def _check_line(line: bytes) -> bytes:
     return line + b"\n"
 
 
+class AppendBlobLines:
+    """JSON lines in one append blob, one line per append block; each entry line appended only where the writer
+    read the blob to end (the ``appendpos`` condition). The machinery of :class:`BlobAuditStore`, and of every
+    other hash-chained log kept in an append blob (the privacy-budget ledger)."""
+
+    def __init__(self, blob: BlobClient) -> None:
+        """``blob``: an azure-storage-blob client the caller configured and owns; its container must exist."""
+        self._blob = blob
+
+    @property
+    def description(self) -> str:
+        """The blob's URL."""
+        return self._blob.url
+
+    def _create_if_missing(self) -> None:
+        """Create the append blob unless it exists; never replace it (``If-None-Match: *``)."""
+        with STORAGE_ERRORS.translated("create", self._blob.url):
+            try:
+                self._blob.create_append_blob(match_condition=MatchConditions.IfMissing)
+                logger.info("created append blob %s", self._blob.url)
+            except ResourceExistsError:
+                pass  # another writer created it first: that is the blob to append to
+            except HttpResponseError as exc:
+                if exc.status_code != 412:
+                    raise
+
+    def read_all(self) -> LogSnapshot:
+        """The lines and the blob's length (the next append position); empty for a blob never written."""
+        with STORAGE_ERRORS.translated("read", self._blob.url):
+            try:
+                data = self._blob.download_blob().readall()
+            except ResourceNotFoundError:
+                data = b""
+        return LogSnapshot(lines=_lines(data), position=len(data))
+
+    def append(self, line: bytes, *, position: int) -> int:
+        """Append ``line`` as one block at byte offset ``position`` (the ``appendpos`` condition); return the new
+        end position.
+
+        Raises:
+            AuditAppendConflict: another writer appended since ``position`` was read (412).
+        """
+        block = _check_line(line)
+        if position == 0:
+            self._create_if_missing()
+        with STORAGE_ERRORS.translated("append to", self._blob.url):
+            try:
+                self._blob.append_block(block, appendpos_condition=position)
+            except HttpResponseError as exc:
+                if exc.status_code == 412:
+                    raise AuditAppendConflict(
+                        f"{self._blob.url} no longer ends at byte {position}: another writer appended"
+                    ) from exc
+                if exc.status_code == 409 and "BlockCountExceedsLimit" in str(exc.error_code):
+                    raise AuditStoreError(
+                        f"{self._blob.url} holds the 50,000 blocks an append blob can: start a new log"
+                    ) from exc
+                raise
+        return position + len(block)
+
+    def append_anywhere(self, line: bytes) -> None:
+        """Append ``line`` as one block wherever the blob ends (for independent signed statements)."""
+        block = _check_line(line)
+        self._create_if_missing()
+        with STORAGE_ERRORS.translated("append to", self._blob.url):
+            self._blob.append_block(block)
+
+
 class BlobAuditStore:
     """One audit log in append blobs: ``audit/<log>.jsonl`` and ``audit/<log>.checkpoints.jsonl``."""
 
@@ -119,8 +187,8 @@ class BlobAuditStore:
         (credential, CA bundle) and owns. The container must exist and be private."""
         self._log = check_log_name(log_name)
         self._container = container
-        self._entries = container.get_blob_client(f"audit/{self._log}.jsonl")
-        self._checkpoints = container.get_blob_client(f"audit/{self._log}.checkpoints.jsonl")
+        self._entries = AppendBlobLines(container.get_blob_client(f"audit/{self._log}.jsonl"))
+        self._checkpoints = AppendBlobLines(container.get_blob_client(f"audit/{self._log}.checkpoints.jsonl"))
 
     @classmethod
     @contextlib.contextmanager
@@ -140,60 +208,21 @@ class BlobAuditStore:
     @property
     def description(self) -> str:
         """The entries blob's URL."""
-        return self._entries.url
-
-    def _read(self, blob: BlobClient) -> bytes:
-        with STORAGE_ERRORS.translated("read", blob.url):
-            try:
-                return blob.download_blob().readall()
-            except ResourceNotFoundError:
-                return b""
-
-    def _create_if_missing(self, blob: BlobClient) -> None:
-        """Create the append blob unless it exists; never replace it (``If-None-Match: *``)."""
-        with STORAGE_ERRORS.translated("create", blob.url):
-            try:
-                blob.create_append_blob(match_condition=MatchConditions.IfMissing)
-                logger.info("created audit blob %s", blob.url)
-            except ResourceExistsError:
-                pass  # another writer created it first: that is the blob to append to
-            except HttpResponseError as exc:
-                if exc.status_code != 412:
-                    raise
+        return self._entries.description
 
     def read_all(self) -> LogSnapshot:
         """The entry lines and the blob's length (the next append position)."""
-        data = self._read(self._entries)
-        return LogSnapshot(lines=_lines(data), position=len(data))
+        return self._entries.read_all()
 
     def append(self, entry: bytes, *, position: int) -> int:
         """Append ``entry`` as one block at byte offset ``position`` (the ``appendpos`` condition)."""
-        block = _check_line(entry)
-        if position == 0:
-            self._create_if_missing(self._entries)
-        with STORAGE_ERRORS.translated("append to", self._entries.url):
-            try:
-                self._entries.append_block(block, appendpos_condition=position)
-            except HttpResponseError as exc:
-                if exc.status_code == 412:
-                    raise AuditAppendConflict(
-                        f"{self._entries.url} no longer ends at byte {position}: another writer appended"
-                    ) from exc
-                if exc.status_code == 409 and "BlockCountExceedsLimit" in str(exc.error_code):
-                    raise AuditStoreError(
-                        f"{self._entries.url} holds the 50,000 blocks an append blob can: start a new log"
-                    ) from exc
-                raise
-        return position + len(block)
+        return self._entries.append(entry, position=position)
 
     def append_checkpoint(self, checkpoint: bytes) -> None:
-        block = _check_line(checkpoint)
-        self._create_if_missing(self._checkpoints)
-        with STORAGE_ERRORS.translated("append to", self._checkpoints.url):
-            self._checkpoints.append_block(block)
+        self._checkpoints.append_anywhere(checkpoint)
 
     def read_checkpoints(self) -> list[bytes]:
-        return _lines(self._read(self._checkpoints))
+        return self._checkpoints.read_all().lines
 
 
 class ConfidentialLedgerAuditStore:
