@@ -94,12 +94,14 @@ def model_statement(
     hyperparameters: Mapping[str, Any],
     metrics: Mapping[str, float],
     tee_log_head: Mapping[str, Any],
+    governance: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The statement the TEE signs about the model it trained (see the module documentation).
 
     ``tee_log_head`` is the final head of the job's TEE event log (``{"log_id", "seq", "head_hash"}``, see
     :mod:`securetrain.core.audit.tee_log`): signed here, it lets a verifier tell a complete audit trail from one
-    rolled back or cut short.
+    rolled back or cut short. ``governance``, for a job under a contract: the contract's digest, the privacy
+    spent (ε, δ, accountant) with the budget-ledger entry that recorded it, and the consumers' sealed copies.
     """
     for name, digest in [("sealed_model_sha256", sealed_model_sha256), ("model_plaintext_sha256", model_plaintext_sha256),
                          *((f"datasets[{i}]", d.plaintext_sha256) for i, d in enumerate(datasets))]:  # fmt: skip
@@ -116,6 +118,7 @@ def model_statement(
         "hyperparameters": dict(hyperparameters),
         "metrics": dict(metrics),
         "tee_log_head": dict(tee_log_head),
+        **({"governance": dict(governance)} if governance is not None else {}),
     }
 
 

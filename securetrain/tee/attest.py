@@ -143,6 +143,11 @@ class Attester:
     def tee_type(self) -> str:
         return self.provider.tee_type
 
+    def historical(self, raw: str) -> ValidatedToken:
+        """A token recorded earlier (in a ledger, a log), validated against this TEE's attestation authority;
+        its expiry is not checked."""
+        return self._validator.validate(raw, historical=True)
+
     def attest(self, key: TeeKey, nonce: str, *, contract: str | None = None) -> ValidatedToken:
         """Attest ``key`` with ``nonce`` (and the digest of the ``contract`` the TEE enforces); the token is
         checked before it is returned."""

@@ -159,7 +159,10 @@ class TokenValidator:
         *,
         expected_nonce: str | None = None,
         expected_policy_hash: str | None = None,
+        historical: bool = False,
     ) -> ValidatedToken:
+        """``token``'s claims once its signature, issuer and times verify; ``historical`` skips the expiry (a
+        token recorded as evidence of what happened while it was valid)."""
         try:
             header = jwt.get_unverified_header(token)
         except jwt.DecodeError as exc:
@@ -176,7 +179,7 @@ class TokenValidator:
                 algorithms=["RS256"],
                 issuer=self.issuer,
                 leeway=self._leeway,
-                options={"require": _REQUIRED_CLAIMS, "verify_aud": False},
+                options={"require": _REQUIRED_CLAIMS, "verify_aud": False, "verify_exp": not historical},
             )
         except jwt.ExpiredSignatureError:
             raise TokenRejected("the token has expired") from None

@@ -17,8 +17,9 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
-from securetrain.core.contracts.base import Contract, Items, JsonObject, Lax
+from securetrain.core.contracts.base import Contract, Items, JsonObject, Lax, Omittable
 from securetrain.core.contracts.job_spec import BlobRef, CheckpointLocation
+from securetrain.core.contracts.training import PrivacySpent
 from securetrain.core.errors import SecuretrainError
 
 
@@ -108,6 +109,15 @@ class Provenance(Contract):
     attestation_token: str
 
 
+class RecipientCopy(Contract):
+    """The final model sealed to one model consumer's key named in the job's contract."""
+
+    party: str
+    blob: BlobRef
+    sealed_sha256: str
+    recipient_thumbprint: str
+
+
 class JobResult(Contract):
     """What a succeeded job produced: the sealed model, final metrics, where it trained, and its provenance."""
 
@@ -118,6 +128,10 @@ class JobResult(Contract):
     epochs_completed: int
     steps_completed: int
     provenance: Provenance
+    #: The ε a DP-SGD run spent (the accountant's), its δ and accountant; absent without differential privacy.
+    privacy: Omittable[PrivacySpent]
+    #: The consumers' copies of the model, sealed to the recipient keys the contract names.
+    recipients: Items[RecipientCopy] = ()
 
 
 class JobStatus(Contract):

@@ -23,6 +23,7 @@ from securetrain.core.contracts.health import Health
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.jobs import JobList, JobView
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.governance.terms import ContractViolation
 from securetrain.core.json_input import JsonInputError, read_json, read_json_object
 from securetrain.core.model_export import ExportNotApproved
 from securetrain.core.storage import BlobNotFound, ContainerNotFound
@@ -105,9 +106,17 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
         app.add_exception_handler(error_type, _handler)  # type: ignore[arg-type]
 
     @app.post("/v1/jobs", status_code=201, dependencies=[Depends(require_pipeline)])
-    async def submit(spec: Annotated[JobSpec, Depends(job_spec_body)], response: Response) -> JobView:
-        # Nothing is queued, attested or spent before the spec passed every check (the dependency above).
-        record, created = runner.submit(spec)
+    async def submit(spec: Annotated[JobSpec, Depends(job_spec_body)], response: Response) -> JobView | JSONResponse:
+        # Nothing is queued, attested or spent before the spec passed every check (the dependency above) and,
+        # under a contract, the contract's own: 400 names the term a job breaks, 424 a contract not in force.
+        try:
+            record, created = await run_in_threadpool(runner.submit, spec)
+        except ContractViolation as exc:
+            return _error(400, exc, term=exc.term)
+        except JobConflict:
+            raise
+        except SecuretrainError as exc:
+            return _error(424 if exc.security_violation else 503, exc)
         response.status_code = 201 if created else 200
         return record.view()
 

@@ -12,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -29,6 +29,7 @@ from securetrain.core.contracts.jobs import (
     JobView,
     KeyRelease,
     Provenance,
+    RecipientCopy,
     TeeSignature,
     Transition,
 )
@@ -43,17 +44,20 @@ from securetrain.core.contracts.training import (
 from securetrain.core.errors import SecuretrainError, SecurityViolation
 from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_provenance import DatasetDigest, model_statement, sign_statement
-from securetrain.core.sealed import SealedHeader, content_digest
+from securetrain.core.sealed import KekPrivateKey, SealedHeader, content_digest
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import read_header
 from securetrain.core.storage import BlobInfo, BlobStore
 from securetrain.tee.agent.exports import ExportRequest, export_model
 from securetrain.tee.agent.metrics import RunnerMetrics
+from securetrain.tee.agent.recipients import seal_for_recipients
 from securetrain.tee.agent.rewrap import RewrapRequest, run_rewrap
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.datasets import resolve_training
+from securetrain.tee.governance import AdmittedJob, ContractGuard, ContractWithdrawn, admit, ledger_token_check
+from securetrain.tee.privacy_budget import PrivacyBudget, open_ledger
 from securetrain.tee.release import VaultKeyReleaser
 
 log = logging.getLogger(__name__)
@@ -69,6 +73,10 @@ class JobNotFound(SecuretrainError):
 
 class JobConflict(SecuretrainError):
     """The request contradicts the job's record (another spec under the same run id, cancel after the end)."""
+
+
+class PrivacyNotAccounted(SecurityViolation):
+    """A DP-SGD job ended without the privacy its accountant spent: nothing can be recorded against the budget."""
 
 
 class ProvenanceNotWitnessed(SecurityViolation):
@@ -119,6 +127,7 @@ class _WitnessedStore:
         self._spec = spec
         self._shards: dict[tuple[str, str], _HeaderWitness] = {}
         self.model: tuple[str, str] | None = None  # (sealed SHA-256, plaintext SHA-256)
+        self.sealed_model: bytes | None = None
         self.checkpoints: dict[str, str] = {}  # checkpoint blob -> sealed SHA-256 (content digest)
 
     def open_read(self, container: str, blob: str) -> BinaryIO:
@@ -139,6 +148,7 @@ class _WitnessedStore:
         sealed = stream.read() if length is None else stream.read(length)
         if is_model:
             self.model = (content_digest(sealed), read_header(io.BytesIO(sealed)).content.plaintext_sha256)
+            self.sealed_model = sealed
         else:
             self.checkpoints[blob] = content_digest(sealed)
         return self._store.upload_stream(container, blob, io.BytesIO(sealed), length=len(sealed), **options)
@@ -203,18 +213,34 @@ class JobStore:
         return sorted(records, key=lambda record: record.created_at)
 
 
-class _JobProgress:
-    """The :class:`ProgressSink` the training side reports to; it updates the job's record."""
+def withheld(aggregates: Mapping[str, Any]) -> dict[str, Any]:
+    """What leaves the TEE of validation aggregates a contract keeps inside: whether the suite passed."""
+    return {"success": bool(aggregates.get("success")), "withheld": "the contract keeps aggregates in the TEE"}
 
-    def __init__(self, run: _JobRun, events: TeeEvents, witness: _WitnessedStore, where: CheckpointLocation) -> None:
+
+class _JobProgress:
+    """The :class:`ProgressSink` the training side reports to; it updates the job's record.
+
+    ``at_epoch_boundary`` runs after each epoch's checkpoint is sealed, before the next epoch reads any data
+    (a job under a contract checks it is still in force there); ``share_metrics`` False keeps the metrics in
+    the TEE (a contract that does not let them leave).
+    """
+
+    def __init__(
+        self, run: _JobRun, events: TeeEvents, witness: _WitnessedStore, where: CheckpointLocation, *,
+        at_epoch_boundary: Callable[[], None] | None = None, share_metrics: bool = True,
+    ) -> None:  # fmt: skip
         self._run, self._events, self._witness, self._checkpoints = run, events, witness, where
         self._runner, self._job_id = run.runner, run.job_id
+        self._at_epoch_boundary, self._share_metrics = at_epoch_boundary, share_metrics
 
     def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        aggregates = aggregates if self._share_metrics else withheld(aggregates)
         self._events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(aggregates)})
         self._runner._update(self._job_id, state=JobState.TRAINING, validation=dict(aggregates))
 
     def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        metrics = metrics if self._share_metrics else {}
         self._events.record(TeeEventKind.CHECKPOINT_SEALED, {
             "epoch": epoch, "step": step, "metrics": dict(metrics),
             "blob": f"{self._checkpoints.container}/{checkpoint_blob}",
@@ -227,6 +253,8 @@ class _JobProgress:
         self._runner.metrics.epochs_completed.inc()
         if self._run.renewal_failure is not None:
             raise self._run.renewal_failure
+        if self._at_epoch_boundary is not None:
+            self._at_epoch_boundary()
 
     def sealing_model(self) -> None:
         self._runner._update(self._job_id, state=JobState.SEALING)
@@ -241,6 +269,7 @@ class _JobRun:
         self.cancel = cancel
         self.renewal_failure: ReattestationFailed | None = None
         self.events: TeeEvents | None = None  # the job's TEE event log, once the job has its TEE key
+        self.share_metrics = True  # False under a contract that keeps metrics and aggregates in the TEE
 
     def attested(self, state: AttestationState) -> None:
         self.runner.latest_attestation = state
@@ -363,17 +392,20 @@ class JobRunner:
         self._queue.put(job_id)
 
     def submit(self, spec: JobSpec) -> tuple[JobRecord, bool]:
-        """Queue ``spec``; returns its record and whether it is new (False: this run id was submitted before)."""
+        """Queue ``spec``; returns its record and whether it is new (False: this run id was submitted before).
+
+        A job under a contract is admitted first (:func:`~securetrain.tee.governance.admit`): one outside the
+        contract, or under a contract not in force, is refused here and never exists.
+        """
         with self._lock:
-            existing = self._records.get(spec.job_id)
+            existing = self._existing(spec)
+        if existing is not None:
+            return existing, False
+        if spec.contract is not None:
+            self._admit(spec)
+        with self._lock:
+            existing = self._existing(spec)  # the same run id submitted meanwhile
             if existing is not None:
-                if existing.spec != spec:
-                    document, recorded = spec.to_json(), existing.spec.to_json()
-                    changed = sorted(k for k in document.keys() | recorded.keys() if document.get(k) != recorded.get(k))
-                    raise JobConflict(
-                        f"run id {spec.run_id!r} was already submitted with another spec (differs in "
-                        f"{', '.join(changed)}); a new run needs a new run id"
-                    )
                 return existing, False
             now = time.time()
             record = JobRecord(job_id=spec.job_id, run_id=spec.run_id, spec=spec, created_at=now, updated_at=now)
@@ -382,6 +414,27 @@ class JobRunner:
             self._enqueue(record.job_id)
         log.info("job %s queued for run %s", record.job_id, record.run_id)
         return record, True
+
+    def _existing(self, spec: JobSpec) -> JobRecord | None:
+        """The record of an earlier submission of ``spec``'s run id; the caller holds the lock.
+
+        Raises:
+            JobConflict: that run id was submitted with another spec.
+        """
+        existing = self._records.get(spec.job_id)
+        if existing is not None and existing.spec != spec:
+            document, recorded = spec.to_json(), existing.spec.to_json()
+            changed = sorted(k for k in document.keys() | recorded.keys() if document.get(k) != recorded.get(k))
+            raise JobConflict(
+                f"run id {spec.run_id!r} was already submitted with another spec (differs in "
+                f"{', '.join(changed)}); a new run needs a new run id"
+            )
+        return existing
+
+    def _admit(self, spec: JobSpec) -> AdmittedJob:
+        assert spec.contract is not None
+        check = ledger_token_check(self._attester, spec.contract.digest)
+        return admit(spec, self._blob_store, check, now=datetime.now(UTC))
 
     def get(self, job_id: str) -> JobRecord:
         with self._lock:
@@ -443,8 +496,12 @@ class JobRunner:
         session: AttestationSession | None = None
         try:
             spec = record.spec
-            # Before any attestation or key: the TEE itself decides which blobs are this job's data.
+            # Before any attestation or key: the TEE itself decides which blobs are this job's data, and checks
+            # the job against its contract again (it may have been revoked since the job was submitted).
+            admitted = self._admit(spec) if spec.contract is not None else None
             training = resolve_training(spec, self._blob_store, self.data_owners)
+            if admitted is not None:
+                training = training.model_copy(update={"min_noise_multiplier": admitted.min_noise_multiplier()})
             self._update(run.job_id, state=JobState.ATTESTING)
             tee_key = TeeKey()
             run.events = TeeEvents.for_job(
@@ -454,38 +511,48 @@ class JobRunner:
             session = AttestationSession(
                 self._attester, tee_key, spec.nonce, next_sequence=record.attestation_sequence,
                 on_attested=run.attested, on_failure=run.renewal_failed,
+                contract=admitted.digest if admitted is not None else None,
             )  # fmt: skip
             try:
                 token = session.attest().token
             except SecuretrainError:
                 self.metrics.attestation_failures.inc()
                 raise
+            if admitted is not None:
+                run.events.record(TeeEventKind.CONTRACT_ENFORCED, admitted.summary())
             run.check_cancelled()
             self._update(run.job_id, state=JobState.RELEASING)
-            keys = self._releaser.release(spec.kek_id, token, session.key)
-            self.metrics.key_releases.inc()
-            run.events.record(TeeEventKind.KEY_RELEASED, {"kek_id": spec.kek_id})
-            self._update(run.job_id, key_release=KeyRelease(kek_id=spec.kek_id, released_at=_now()))
+            keys = self._release(spec, admitted, token, session.key, run)
             session.start_renewal()
+            budget = self._reserve(spec, admitted, session, run.events) if admitted is not None else None
             run.check_cancelled()
             self._update(run.job_id, state=JobState.VALIDATING)
             witness = _WitnessedStore(self._blob_store, training)
-            progress = _JobProgress(run, run.events, witness, training.checkpoints)
+            guard = self._contract_guard(spec, admitted, session, run) if admitted is not None else None
+            run.share_metrics = share = admitted is None or admitted.contract.contract.outputs.metrics_may_leave
+            progress = _JobProgress(run, run.events, witness, training.checkpoints, at_epoch_boundary=guard, share_metrics=share)
             result = self._load_training()(training, keys, witness, progress, run.cancel)  # type: ignore[arg-type]
             self.device = result.device
-            provenance = self._provenance(spec, result, witness, session, run.events)
+            governance, recipients = None, ()
+            if admitted is not None:
+                recipients = tuple(self._seal_for_recipients(spec, admitted, witness, keys))
+                governance = self._settle(spec, admitted, result, budget, recipients, run.events)
+            metrics = result.metrics if share else {}
+            provenance = self._provenance(spec, result, witness, session, run.events, metrics, governance)
             self._finish(run.job_id, JobState.SUCCEEDED, result=JobResult(
-                model=result.model_blob, metrics=result.metrics, device=result.device, tee_type=self.tee_type,
+                model=result.model_blob, metrics=metrics, device=result.device, tee_type=self.tee_type,
                 epochs_completed=result.epochs_completed, steps_completed=result.steps_completed, provenance=provenance,
+                privacy=result.privacy, recipients=recipients,
             ))  # fmt: skip
         except TrainingCancelled as exc:
             run.stopped(exc)
         except DataValidationFailed as exc:
             # The suite's aggregates (never rows) are what the data owner needs to see why.
             log.error("job %s failed: %s", run.job_id, exc)
+            aggregates = dict(exc.aggregates) if run.share_metrics else withheld(exc.aggregates)
             if run.events is not None:  # validation runs after the key release, so the log has its attested key
-                run.events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": dict(exc.aggregates)})
-            self._finish(run.job_id, JobState.FAILED, validation=dict(exc.aggregates), error=JobError.from_exception(exc))
+                run.events.record(TeeEventKind.DATA_VALIDATED, {"aggregates": aggregates})
+            self._finish(run.job_id, JobState.FAILED, validation=aggregates, error=JobError.from_exception(exc))
         except Exception as exc:  # noqa: BLE001 - every failure must end the job with its reason, fail closed
             if isinstance(exc, SecuretrainError):
                 log.error("job %s failed: %s", run.job_id, exc)
@@ -496,9 +563,89 @@ class JobRunner:
             if session is not None:
                 session.stop()
 
+    def _contract_guard(
+        self, spec: JobSpec, admitted: AdmittedJob, session: AttestationSession, run: _JobRun
+    ) -> Callable[[], None]:
+        """The check at each epoch boundary: the contract still in force, every owner's key still released to
+        the job's current token; a withdrawal is recorded in the TEE log, and the job stops."""
+        guard = ContractGuard(admitted, spec, self._blob_store, self._release_private)
+
+        def check() -> None:
+            assert session.state is not None and run.events is not None
+            try:
+                guard.check(session.state.token, session.key)
+            except ContractWithdrawn as exc:
+                run.events.record(TeeEventKind.CONTRACT_REVOKED, exc.details)
+                raise
+
+        return check
+
+    def _release_private(self, kek_id: str, token: ValidatedToken, key: TeeKey) -> KekPrivateKey:
+        return self._releaser.release_version(kek_id, token, key).private
+
+    def _release(
+        self, spec: JobSpec, admitted: AdmittedJob | None, token: ValidatedToken, key: TeeKey, run: _JobRun
+    ) -> JobKeys:
+        """The job's KEK and, under a contract, every other owner's, each released under its owner's policy:
+        one refusal stops the run."""
+        owner_kek_ids = admitted.owner_kek_ids(spec.kek_id) if admitted is not None else []
+        released = {kek_id: self._release_private(kek_id, token, key) for kek_id in (spec.kek_id, *owner_kek_ids)}
+        assert run.events is not None
+        for kek_id in released:
+            self.metrics.key_releases.inc()
+            run.events.record(TeeEventKind.KEY_RELEASED, {"kek_id": kek_id})
+        self._update(run.job_id, key_release=KeyRelease(kek_id=spec.kek_id, released_at=_now()))
+        job_kek = released.pop(spec.kek_id)
+        return JobKeys.from_released(job_kek, spec.kek_id, released)
+
+    def _reserve(
+        self, spec: JobSpec, admitted: AdmittedJob, session: AttestationSession, events: TeeEvents
+    ) -> PrivacyBudget | None:
+        """Reserve the job's ε in the contract's ledger before it trains; None for a job without DP."""
+        if spec.privacy is None or session.state is None:
+            return None
+        budget = PrivacyBudget(
+            open_ledger(self._blob_store, admitted.digest), admitted.digest,
+            ledger_token_check(self._attester, admitted.digest), key=session.key, token=session.state.token,
+            job=events.origin(),
+        )  # fmt: skip
+        epsilon = admitted.privacy_reservation(spec)
+        entry = budget.reserve(spec.run_id, epsilon, spec.privacy.delta, admitted.privacy_totals())
+        events.record(TeeEventKind.BUDGET_RESERVED, {"contract": admitted.digest, "epsilon": epsilon,
+                                                      "delta": spec.privacy.delta, "ledger": entry.reference()})  # fmt: skip
+        return budget
+
+    def _seal_for_recipients(
+        self, spec: JobSpec, admitted: AdmittedJob, witness: _WitnessedStore, keys: JobKeys
+    ) -> list[RecipientCopy]:
+        if witness.sealed_model is None:
+            raise ProvenanceNotWitnessed("the agent did not see the sealed model uploaded: cannot seal it for the consumers")
+        return seal_for_recipients(
+            witness.sealed_model, keys.kek_private, run_id=spec.run_id, output=spec.output,
+            outputs=admitted.contract.contract.outputs, store=self._blob_store,
+        )  # fmt: skip
+
+    def _settle(
+        self, spec: JobSpec, admitted: AdmittedJob, result: TrainingResult, budget: PrivacyBudget | None,
+        recipients: Sequence[RecipientCopy], events: TeeEvents,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Record what the run spent in the ledger (before the result is reported: the spend and the result go
+        together); what the model statement says of the contract."""
+        governance: dict[str, Any] = {"contract": admitted.digest,
+                                      "recipients": [copy.model_dump(mode="json") for copy in recipients]}  # fmt: skip
+        if budget is not None:
+            if result.privacy is None:
+                raise PrivacyNotAccounted("the job asked for DP-SGD but training reported no privacy spent")
+            spent = {dataset: result.privacy.epsilon for dataset in admitted.privacy_reservation(spec)}
+            entry = budget.settle(spec.run_id, spent, result.privacy.delta, result.privacy.accountant)
+            privacy = {"epsilon": spent, "delta": result.privacy.delta, "accountant": result.privacy.accountant}
+            events.record(TeeEventKind.BUDGET_SPENT, {"contract": admitted.digest, **privacy, "ledger": entry.reference()})
+            governance |= {"privacy": {**result.privacy.model_dump(mode="json"), "ledger": entry.reference()}}
+        return governance
+
     def _provenance(
         self, spec: JobSpec, result: TrainingResult, witness: _WitnessedStore, session: AttestationSession,
-        events: TeeEvents,
+        events: TeeEvents, metrics: Mapping[str, float], governance: Mapping[str, Any] | None,
     ) -> Provenance:  # fmt: skip
         """The model statement signed with the job's TEE key, and the token that attests that key.
 
@@ -515,8 +662,8 @@ class JobRunner:
         statement = model_statement(
             run_id=spec.run_id, sealed_model_sha256=sealed_sha256, model_plaintext_sha256=plaintext_sha256,
             datasets=witness.dataset_digests(),
-            hyperparameters={"model": document["model"], **document["hyperparameters"]}, metrics=result.metrics,
-            tee_log_head=events.head_reference(),
+            hyperparameters={"model": document["model"], **document["hyperparameters"]}, metrics=metrics,
+            tee_log_head=events.head_reference(), governance=governance,
         )  # fmt: skip
         log.info("job %s: signed the model statement (sealed model sha256 %s)", spec.job_id, sealed_sha256)
         return Provenance(

@@ -63,6 +63,14 @@ class TeeEvents:
                 raise RuntimeError("the TEE log has no head yet")
             return self._log.head.head.reference()
 
+    def origin(self) -> str:
+        """The hash of the log's first entry: it names this job across restarts (a restarted job continues
+        its log) and no other job (the entry holds the job's first token)."""
+        with self._lock:
+            if not self._log.entries:
+                raise RuntimeError("the TEE log has no entry yet")
+            return self._log.entries[0].hash
+
     def to_json(self) -> dict[str, Any]:
         with self._lock:
             return self._log.to_json()
