@@ -8,11 +8,11 @@ allowed (the data owner's zone): the table is read, checked and sealed in memory
 Steps, each refusing before anything is uploaded: the source is read (a CSV or Parquet file, or a bundled demo
 dataset); only the label and feature columns are kept, so no other column of the owner's table ever reaches
 storage; the owner's Great Expectations suite runs on exactly that table with the TEE's own validation
-(:func:`securetrain.core.validation.validate`: the same allow-list and rules); the version must be new. Then
-the table is sealed for the KEK in Parquet shards of at most ``shard_rows`` rows, uploaded, and described by a
-manifest that records the columns and is signed with the owner's key. The summary carries the manifest's
-SHA-256 over its signed bytes (:func:`securetrain.core.signed_documents.signing_bytes`): the digest a contract
-pins for a dataset version.
+(:func:`securetrain.core.validation.validate`: the same allow-list and rules); the version must not be published
+yet (it is once its manifest exists). Then the table is sealed for the KEK in Parquet shards of at most
+``shard_rows`` rows, uploaded, and described by a manifest that records the columns and is signed with the
+owner's key. The summary carries the manifest's SHA-256 over its signed bytes
+(:func:`securetrain.core.signed_documents.signing_bytes`): the digest a contract pins for a dataset version.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ def publish_dataset(
 
     ``features`` None keeps every column but the label; ``suite`` None checks only that every row has a label
     (:func:`label_suite`); ``shard_rows`` None makes one shard. Nothing is uploaded unless the table validates
-    and the version is new.
+    and the version has no manifest yet.
 
     Raises:
         ConfigurationError: a bad id, version, source, column or shard size; the version exists
@@ -158,15 +158,19 @@ def publish_dataset(
         raise ConfigurationError(f"data source {source!s} has no rows")
     aggregates = validate(suite if suite is not None else label_suite(label), table.to_pandas())
     store.ensure_container(container)
-    prefix = f"{dataset_id}/{version}/"
-    if next(iter(store.list_blobs(container, prefix)), None) is not None:
-        raise VersionExists(f"{container}/{prefix} already holds version {version} of {dataset_id}; versions are "
-                            "immutable: publish a new one")  # fmt: skip
+    manifest_blob = DatasetManifest.blob_name(dataset_id, version)
+    if any(info.name == manifest_blob for info in store.list_blobs(container, manifest_blob)):
+        raise VersionExists(f"{container}/{manifest_blob} exists: version {version} of {dataset_id} is published, "
+                            "and versions are immutable; publish a new one")  # fmt: skip
+    # A version is published once its manifest is written, and nothing trusts a shard no manifest lists: shards
+    # without one are what an interrupted publication (a retried task) left, and are replaced. The manifest itself
+    # is never overwritten.
     rows_per_shard = shard_rows or table.num_rows
     shards = [
         seal_and_upload(to_parquet(table.slice(index * rows_per_shard, rows_per_shard)), kek=kek, store=store,
-                        container=container, blob=f"{prefix}shard-{index:05d}.parquet.sealed", file_format="parquet",
-                        context={"dataset_id": dataset_id, "version": version})  # fmt: skip
+                        container=container, blob=f"{dataset_id}/{version}/shard-{index:05d}.parquet.sealed",
+                        file_format="parquet", context={"dataset_id": dataset_id, "version": version},
+                        overwrite=True)  # fmt: skip
         for index in range(math.ceil(table.num_rows / rows_per_shard))
     ]
     manifest = new_manifest(dataset_id, version, kek.kek_id, shards, owner_key, columns=columns)

@@ -1,7 +1,7 @@
 """A data owner publishes a dataset version (securetrain/core/dataset_publishing.py): a CSV, Parquet or bundled source
 reduced to its label and feature columns, validated, sealed in shards, uploaded to the stack's storage and described
-by a signed manifest that records the columns. Unknown columns, data that fails its suite and an existing version
-are refused before anything is uploaded. The shards are sealed for a test KEK whose private half the test holds,
+by a signed manifest that records the columns. Unknown columns, data that fails its suite and a published version
+are refused before anything is uploaded; shards an interrupted publication left are replaced. The shards are sealed for a test KEK whose private half the test holds,
 so it can open them and see exactly which rows and columns went out."""
 
 from __future__ import annotations
@@ -199,6 +199,16 @@ def test_what_is_refused_uploads_nothing(store, kek_public, csv_source, options,
     with pytest.raises(error, match=message):
         _publish(store, kek_public, csv_source, dataset_id=dataset_id, **options)
     assert list(store.list_blobs(CONTAINER, f"{dataset_id}/")) == []
+
+
+@pytest.mark.integration
+def test_shards_an_interrupted_publication_left_without_a_manifest_are_replaced(store, kek_public, kek_private, csv_source) -> None:
+    dataset_id = f"retried-{uuid.uuid4().hex[:8]}"
+    store.ensure_container(CONTAINER)
+    store.upload_stream(CONTAINER, f"{dataset_id}/v1/shard-00000.parquet.sealed", io.BytesIO(b"partial"), length=7)
+    published = _publish(store, kek_public, csv_source, dataset_id=dataset_id, features=["age"])
+    [table] = _shard_tables(store, _read_json(store, CONTAINER, DatasetManifest.blob_name(dataset_id, "v1")), kek_private)
+    assert table.column_names == ["age", "outcome"] and published.shards == 1
 
 
 @pytest.mark.integration

@@ -31,13 +31,13 @@ MAX_SUITE_BYTES = 1 << 20
 _PUBLISH = """Read the source, keep the label and feature columns, run the expectation suite on them (the TEE's
 allow-list and rules), seal them for the KEK's public key in Parquet shards, upload the shards to
 CONTAINER/DATASET_ID/VERSION/ and write the manifest there, signed with the owner's key. The plaintext never
-leaves this machine, and nothing is uploaded unless the data passes its suite and the version is new.
+leaves this machine, and nothing is uploaded unless the data passes its suite and the version is not published yet.
 
 Prints a summary as JSON; its manifest_sha256 is the SHA-256 of the manifest's signed bytes, which a contract
 pins for this version. The TEE trusts the manifest only if it was started with the public half of --owner-key."""
 
 _EXIT_CODES = """exit codes: 0 published, 1 the data failed its expectation suite (nothing was uploaded) or a service
-failed, 2 a bad argument, file, setting, column or suite, or the version exists, 3 refused (access denied, TLS,
+failed, 2 a bad argument, file, setting, column or suite, or the version is published, 3 refused (access denied, TLS,
 a public container)"""
 
 
