@@ -1,13 +1,16 @@
-"""The data owner's stages: validate plaintext with Great Expectations, then seal, upload and publish.
+"""The data owner's onboarding task: validate a dataset with Great Expectations, seal it, upload and publish it.
 
-They run in the data owner's zone (a worker on the ``data-owner`` queue in a Celery deployment), the one
-place besides the TEE where plaintext may exist; nothing plaintext goes into XCom, only digests and
-aggregate validation results.
+It runs in the data owner's zone (a worker on the ``data-owner`` queue in a Celery deployment), the one place
+besides the TEE where plaintext may exist. :func:`publish_sealed_dataset` resolves what the owner's deployment
+holds (the KEK's public key through the Key Vault connection, the storage connection, the owner's signing key
+through the owner's connection) and hands them to the core's
+:func:`~securetrain.core.dataset_publishing.publish_dataset`, the path ``securetrain dataset publish`` takes
+too. Nothing plaintext goes into XCom, only names, digests and aggregate validation results.
 """
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,71 +22,49 @@ DATA_OWNER_QUEUE = "data-owner"
 DATA_OWNER_CONN_ID = "securetrain_data_owner"
 
 
-def load_plaintext(source: str) -> bytes:
-    """The dataset as Parquet bytes: a bundled demo dataset by name, or a Parquet file by path."""
-    from securetrain.core.datasets import BUNDLED, bundled_table, to_parquet  # noqa: PLC0415 - scikit-learn is slow
-
-    if source in BUNDLED:
-        return to_parquet(bundled_table(source))
-    path = Path(source)
-    if not path.is_file():
-        raise ConfigurationError(f"data source {source!r} is neither a bundled dataset ({', '.join(BUNDLED)}) nor a file")
-    return path.read_bytes()
-
-
-def validate_plaintext(source: str, suite: dict[str, Any]) -> dict[str, Any]:
-    """Run ``suite`` on the plaintext; its aggregates and the plaintext's SHA-256 (raises if it fails)."""
-    import io  # noqa: PLC0415
-
-    import pyarrow.parquet as pq  # noqa: PLC0415
-
-    from securetrain.core.validation import validate  # noqa: PLC0415 - the TEE's own validation, same rules
-
-    plaintext = load_plaintext(source)
-    aggregates = validate(suite, pq.read_table(io.BytesIO(plaintext)).to_pandas())
-    return {"plaintext_sha256": hashlib.sha256(plaintext).hexdigest(), "validation": aggregates}
-
-
 def publish_sealed_dataset(
+    source: str,
+    *,
     dataset_id: str,
     version: str,
-    source: str,
-    validated_sha256: str,
-    *,
-    kek_name: str | None = None,
+    label: str,
+    features: Sequence[str] | None,
+    suite: Mapping[str, Any] | None,
+    kek_name: str,
+    shard_rows: int | None = None,
+    data_owner_conn_id: str = DATA_OWNER_CONN_ID,
     storage_conn_id: str | None = None,
     keyvault_conn_id: str | None = None,
-    data_owner_conn_id: str = DATA_OWNER_CONN_ID,
 ) -> dict[str, Any]:
-    """Seal ``source`` for the KEK's latest version, upload it and its owner-signed manifest; its summary.
+    """Publish ``source`` (a bundled dataset's name, or a CSV or Parquet path) as ``dataset_id`` ``version``,
+    sealed for the latest version of the KEK ``kek_name`` and signed with the key of ``data_owner_conn_id``;
+    in shards of at most ``shard_rows`` rows (None: one); the summary (:class:`~securetrain.core.dataset_publishing.PublishedDataset`).
 
-    The plaintext must be the one validated (same SHA-256): a source that changed in between is refused.
+    A suite that fails fails the task at once: the same data would fail it again on a retry.
     """
     from airflow.sdk import BaseHook  # noqa: PLC0415
+    from airflow.sdk.exceptions import AirflowFailException  # noqa: PLC0415
 
-    from securetrain.core.audit.checkpoints import load_signing_key  # noqa: PLC0415
     from securetrain.airflow.hooks.keyvault import KeyVaultHook  # noqa: PLC0415
     from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
     from securetrain.airflow.locations import DATASETS_CONTAINER  # noqa: PLC0415
-    from securetrain.core.keyvault import KEK_NAME, kek_public_key  # noqa: PLC0415
-    from securetrain.core.onboarding import new_manifest, seal_and_upload  # noqa: PLC0415
+    from securetrain.core.audit.checkpoints import load_signing_key  # noqa: PLC0415
+    from securetrain.core.contracts.training import DataValidationFailed  # noqa: PLC0415
+    from securetrain.core.dataset_publishing import publish_dataset  # noqa: PLC0415
+    from securetrain.core.keyvault import KEY_VAULT_ERRORS, kek_public_key  # noqa: PLC0415
 
-    plaintext = load_plaintext(source)
-    digest = hashlib.sha256(plaintext).hexdigest()
-    if digest != validated_sha256:
-        raise ConfigurationError(f"{source} changed since it was validated (sha256 {digest}, validated {validated_sha256})")
     key_file = BaseHook.get_connection(data_owner_conn_id).extra_dejson.get("signing_key")
     if not key_file:
         raise ConfigurationError(f"the connection {data_owner_conn_id} names no signing_key (the data owner's PEM key file)")
     owner_key = load_signing_key(Path(key_file))
     vault = KeyVaultHook(keyvault_conn_id or KeyVaultHook.default_conn_name)
-    with vault.get_conn() as client:
-        kek = kek_public_key(client.get_key(kek_name or KEK_NAME))
+    with KEY_VAULT_ERRORS.translated("read", f"KEK {kek_name}"), vault.get_conn() as client:
+        kek = kek_public_key(client.get_key(kek_name))
     with SecureStorageHook(storage_conn_id or SecureStorageHook.default_conn_name).blob_store() as store:
-        shard = seal_and_upload(plaintext, kek=kek, store=store, container=DATASETS_CONTAINER,
-                                blob=f"{dataset_id}/{version}/shard-00000.parquet.sealed", file_format="parquet",
-                                context={"dataset_id": dataset_id, "version": version})  # fmt: skip
-        manifest = new_manifest(dataset_id, version, kek.kek_id, [shard], owner_key)
-        ref = manifest.write(store, DATASETS_CONTAINER)
-    return {"dataset_id": dataset_id, "version": version, "kek_id": kek.kek_id,
-            "manifest_blob": f"{ref.container}/{ref.manifest}", "shards": 1, "sealed_bytes": shard.sealed_bytes}  # fmt: skip
+        try:
+            published = publish_dataset(source, dataset_id=dataset_id, version=version, label=label, features=features,
+                                        suite=suite, kek=kek, owner_key=owner_key, store=store,
+                                        container=DATASETS_CONTAINER, shard_rows=shard_rows)  # fmt: skip
+        except DataValidationFailed as exc:
+            raise AirflowFailException(f"{dataset_id} {version} was not published: {exc}") from exc
+    return published.to_json()

@@ -26,7 +26,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securetrain.core import signed_documents
-from securetrain.core.contracts.job_spec import DatasetRef
+from securetrain.core.contracts.base import DocumentInvalid
+from securetrain.core.contracts.job_spec import Columns, DatasetRef
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import KekPublicKey, seal
 from securetrain.core.storage import BlobStore
@@ -122,7 +123,9 @@ class DatasetManifest:
     Stored as ``<dataset id>/<version>/manifest.json`` beside the shards and signed by the data owner
     (``signatures``, :mod:`securetrain.core.signed_documents`); the pipeline's data-security check compares
     every shard's sealed header and blob with it before anything is trained, and the TEE opens only the
-    shards of a manifest whose owner signature it verified.
+    shards of a manifest whose owner signature it verified. ``columns`` (the label and feature columns the
+    owner published) is left out of the document when absent, so a manifest written without it reads back,
+    and verifies, as it was signed.
     """
 
     dataset_id: str
@@ -131,15 +134,19 @@ class DatasetManifest:
     shards: Sequence[SealedShard]
     created_at: str = ""
     signatures: Sequence[Mapping[str, str]] = ()
+    columns: Columns | None = None
 
     @staticmethod
     def blob_name(dataset_id: str, version: str) -> str:
         return f"{dataset_id}/{version}/manifest.json"
 
     def to_json(self) -> dict[str, Any]:
-        return {"dataset_id": self.dataset_id, "version": self.version, "kek_id": self.kek_id,
-                "created_at": self.created_at, "shards": [shard.to_json() for shard in self.shards],
-                "signatures": [dict(entry) for entry in self.signatures]}  # fmt: skip
+        document = {"dataset_id": self.dataset_id, "version": self.version, "kek_id": self.kek_id,
+                    "created_at": self.created_at, "shards": [shard.to_json() for shard in self.shards],
+                    "signatures": [dict(entry) for entry in self.signatures]}  # fmt: skip
+        if self.columns is not None:
+            document["columns"] = self.columns.to_json()
+        return document
 
     @classmethod
     def from_json(cls, document: Any) -> DatasetManifest:
@@ -149,11 +156,15 @@ class DatasetManifest:
         if not isinstance(signatures, list) or not all(isinstance(entry, Mapping) for entry in signatures):
             raise ManifestInvalid("a dataset manifest's signatures are a list of objects")
         try:
+            columns = Columns.from_json(document["columns"]) if "columns" in document else None
             return cls(str(document["dataset_id"]), str(document["version"]), str(document["kek_id"]),
                        tuple(SealedShard.from_json(shard) for shard in document["shards"]),
-                       str(document.get("created_at", "")), tuple(dict(entry) for entry in signatures))  # fmt: skip
+                       str(document.get("created_at", "")), tuple(dict(entry) for entry in signatures),
+                       columns)  # fmt: skip
         except KeyError as exc:
             raise ManifestInvalid(f"the dataset manifest lacks {exc.args[0]}") from None
+        except DocumentInvalid as exc:
+            raise ManifestInvalid(f"the dataset manifest's columns: {exc.field}: {exc.reason}") from None
 
     def signed(self, owner_key: Ed25519PrivateKey) -> DatasetManifest:
         """This manifest with the data owner's signature (what the TEE checks before it opens a shard)."""
@@ -194,11 +205,18 @@ def _no_constant(name: str) -> Any:
 
 
 def new_manifest(
-    dataset_id: str, version: str, kek_id: str, shards: Sequence[SealedShard], owner_key: Ed25519PrivateKey
+    dataset_id: str,
+    version: str,
+    kek_id: str,
+    shards: Sequence[SealedShard],
+    owner_key: Ed25519PrivateKey,
+    *,
+    columns: Columns | None = None,
 ) -> DatasetManifest:
-    """The manifest of a freshly sealed dataset version, signed by the data owner."""
+    """The manifest of a freshly sealed dataset version (its label and feature ``columns``, when the owner names
+    them), signed by the data owner."""
     created = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-    return DatasetManifest(dataset_id, version, kek_id, tuple(shards), created).signed(owner_key)
+    return DatasetManifest(dataset_id, version, kek_id, tuple(shards), created, columns=columns).signed(owner_key)
 
 
 def _metadata(context: Mapping[str, str]) -> dict[str, str]:

@@ -1,20 +1,24 @@
 """The DAGs end to end under `airflow dags test`, against the real local stack.
 
-data_onboarding publishes a sealed dataset; secure_training runs every stage to success; and with a
-trainer whose code was changed, the run fails at training with the attestation reason while audit and
-cleanup still run and the audit log records the refusal.
+data_onboarding publishes a sealed dataset, each to its own asset (breast-cancer's being the one secure_retraining is
+scheduled on); secure_training runs every stage to success; and with a trainer whose code was changed, the run fails
+at training with the attestation reason while audit and cleanup still run and the audit log records the refusal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sqlite3
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 
-from securetrain.localstack.airflow_env import run_airflow
+from securetrain.localstack import StackLayout, data_owner
+from securetrain.localstack.airflow_env import metadata_database, run_airflow
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.audit.store import BlobAuditStore
@@ -47,6 +51,30 @@ def audit_entries(local_stack, log_name: str) -> list[dict]:
         public_key = load_or_create_signing_key(local_stack.layout.audit_signing_key).public_key()
         log.verify(public_key)
         return [json.loads(entry.line) for entry in log.entries()]
+
+
+def asset_events(state_dir: Path) -> list[tuple[str, dict]]:
+    """Every asset event in Airflow's metadata database: the asset's name and the event's extra."""
+    with contextlib.closing(sqlite3.connect(metadata_database(state_dir))) as db:
+        rows = db.execute("SELECT asset.name, asset_event.extra FROM asset_event JOIN asset ON asset.id = asset_event.asset_id")
+        return [(name, json.loads(extra)) for name, extra in rows]
+
+
+def test_onboarding_publishes_each_owner_s_dataset_to_its_own_asset(onboarded_dataset, local_stack, tmp_path: Path) -> None:
+    assert any(name == "sealed-dataset-breast-cancer" and extra["manifest"].startswith("datasets/breast-cancer/")
+               for name, extra in asset_events(onboarded_dataset))  # fmt: skip
+    source = tmp_path / "cohort.csv"
+    source.write_text("age,smoker,outcome\n" + "".join(f"{30 + i},{i % 2},{i % 3 == 0:d}\n" for i in range(40)))
+    dataset_id = f"cohort-{uuid.uuid4().hex[:8]}"
+    conf = {"dataset_id": dataset_id, "source": str(source), "label": "outcome", "features": ["age", "smoker"],
+            "version": "v1", "shard_rows": 25, "expectation_suite": {"name": "cohort", "expectations": [
+                {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "outcome"}}]}}  # fmt: skip
+    owner = data_owner.airflow_connection(StackLayout(local_stack.state_dir))
+    result = dags_test(onboarded_dataset, "data_onboarding", "--conf", json.dumps(conf), overrides=owner)
+    assert result.returncode == 0, output(result)[-8000:]
+    [extra] = [extra for name, extra in asset_events(onboarded_dataset) if name == f"sealed-dataset-{dataset_id}"]
+    assert extra["version"] == "v1" and extra["manifest"] == f"datasets/{dataset_id}/v1/manifest.json"
+    assert re.fullmatch(r"[0-9a-f]{64}", extra["manifest_sha256"])
 
 
 def test_secure_training_reaches_success_through_every_stage(onboarded_dataset, local_stack) -> None:
