@@ -134,12 +134,14 @@ def _edit(lines: list[bytes], seq: int, change) -> list[bytes]:
         (lambda ls: [*ls, ls[0]], 5, "claims seq 0: an entry was inserted"),
         (lambda ls: [*ls[:3], ls[3].replace(b'"seq":3', b'"seq": 3'), *ls[4:]], 3, "not in canonical RFC 8785 form"),
         (lambda ls: [*ls[:3], b"not json", *ls[4:]], 3, "entry 3 of the ledger is not JSON"),
+        (lambda ls: [*ls[:3], ls[3].replace(b'"seq":3', b'"seq":36893488147419103232'), *ls[4:]], 3, "not in canonical"),
+        (lambda ls: [*ls[:4], ls[4].replace(b'"reason":"', b'"reason":"\\ud800'), *ls[5:]], 4, "entry 4 of the ledger is malformed"),
         (lambda ls: _edit(ls, 2, lambda d: d["record"].update(epsilon={"a": -1.0})), 2, "record.spent.epsilon.a"),
         (lambda ls: _edit(ls, 1, lambda d: d.update(prev="00" * 32)), 1, "does not link to entry 0"),
         (lambda ls: _edit(ls, 0, lambda d: d["record"].update(contract="ee" * 32)), 0, "is for contract eeee"),
     ],
     ids=["edited-epsilon", "edited-run", "released-turned-spent", "removed", "reordered", "replayed", "not-canonical",
-         "not-json", "malformed", "relinked", "other-contract"],
+         "not-json", "huge-seq", "lone-surrogate", "malformed", "relinked", "other-contract"],
 )  # fmt: skip
 def test_an_entry_changed_removed_reordered_or_inserted_is_refused_naming_it(lines, check, tamper, seq, message) -> None:
     with pytest.raises(LedgerInvalid, match=message) as refused:

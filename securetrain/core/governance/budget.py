@@ -169,7 +169,11 @@ def _parse(line: bytes, seq: int) -> LedgerEntry:
     except ValidationError as exc:
         where, reason = first_error(exc)
         raise LedgerInvalid(seq, f"entry {seq} of the ledger is malformed ({where}: {reason}): it was changed") from None
-    if entry.line != line:
+    try:
+        canonical = entry.line
+    except rfc8785.CanonicalizationError:  # an integer beyond ±2^53, a lone surrogate: no canonical form
+        canonical = None
+    if canonical != line:
         raise LedgerInvalid(seq, f"entry {seq} of the ledger is not in canonical RFC 8785 form: it was changed")
     return entry
 
