@@ -13,6 +13,7 @@ from pathlib import Path
 
 import securetrain
 from securetrain.core.cvm_client import CvmClient
+from securetrain.localstack import data_owner
 from securetrain.localstack.pki import LocalCA
 from tests.conftest import free_ports
 
@@ -75,8 +76,9 @@ class AgentProcess:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "securetrain.localstack.platform.local_cvm", "--port", str(self.port), "--cert",
                  str(self._server.cert_path), "--key", str(self._server.key_path), "--client-ca",
-                 str(self._stack.ca_bundle), "--work-dir", str(self.work_dir), "--data-owner-key",
-                 str(self._stack.state_dir / "policies" / "data-owner-key.pem")],
+                 str(self._stack.ca_bundle), "--work-dir", str(self.work_dir),
+                 *(argument for path in data_owner.trusted_key_paths(self._stack.layout)
+                   for argument in ("--data-owner-key", str(path)))],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
             )  # fmt: skip
         wait_port(self.port, self._process)

@@ -160,6 +160,11 @@ def reference_values_from_json(text: bytes | str) -> ReferenceValues:
         raise ReleasePolicyInvalid(f"the approved reference values are not valid: {exc}") from None
 
 
+#: The contract a governed KEK's policy names until its owner binds it to a signed one: the digest of no
+#: contract, so no TEE's token carries it and nothing is released (:func:`securetrain.core.keyvault.create_contract_kek`).
+UNBOUND_CONTRACT = "0" * 64
+
+
 def contract_claim(platform: str) -> str:
     """The claim in which ``platform``'s token carries the digest of the contract the TEE enforces.
 

@@ -37,11 +37,13 @@ class CvmError(SecuretrainError):
 
 
 class CvmRequestRejected(CvmError, ConfigurationError):
-    """The agent refused the request as malformed (400); ``field`` names the job spec field, if any."""
+    """The agent refused the request (400): malformed (``field`` names the job spec field), or outside the job's
+    contract (``term`` names the contract term it breaks)."""
 
-    def __init__(self, message: str, *, code: str, status: int, field: str | None) -> None:
+    def __init__(self, message: str, *, code: str, status: int, field: str | None, term: str | None = None) -> None:
         super().__init__(message, code=code, status=status)
         self.field = field
+        self.term = term
 
 
 class CvmAccessDenied(CvmError, SecurityViolation):
@@ -49,7 +51,8 @@ class CvmAccessDenied(CvmError, SecurityViolation):
 
 
 class CvmAttestationRefused(CvmError, SecurityViolation):
-    """The agent's attestation for our nonce was refused: its evidence or token did not verify (424)."""
+    """A security check the request depends on failed (424): the agent's evidence or token did not verify, or
+    the job's contract is not in force (a signature missing, revoked, expired)."""
 
 
 class CvmJobNotFound(CvmError):
@@ -115,12 +118,12 @@ class CvmClient:
             return response
         try:
             error = response.json()["error"]
-            code, message, field = str(error["code"]), str(error["message"]), error.get("field")
+            code, message, field, term = str(error["code"]), str(error["message"]), error.get("field"), error.get("term")
         except (ValueError, KeyError, TypeError):
-            code, message, field = str(response.status_code), response.text[:500], None
+            code, message, field, term = str(response.status_code), response.text[:500], None, None
         text = f"agent {method} {path}: {response.status_code} {code}: {message}"
         if response.status_code == 400:
-            raise CvmRequestRejected(text, code=code, status=400, field=field)
+            raise CvmRequestRejected(text, code=code, status=400, field=field, term=term)
         error_type = _ERRORS_BY_STATUS.get(response.status_code)
         if error_type is not None:
             raise error_type(text, code=code, status=response.status_code)

@@ -154,6 +154,31 @@ def versions_under_other_policies(client: KeyClient, name: str, approved: Releas
     return other
 
 
+def create_contract_kek(client: KeyClient, name: str, unbound: ReleasePolicy) -> KeyVaultKey:
+    """The data owner's KEK for data to be pooled under a contract not signed yet.
+
+    A contract pins the digests of the owners' manifests, which name the KEK version the data is sealed to, so
+    the KEK exists before the contract does. ``unbound`` is the approved release policy requiring a contract
+    no TEE can enforce (:data:`~securetrain.core.approved_release_policies.UNBOUND_CONTRACT`), so nothing is
+    released until the owner binds this version to the signed contract (:func:`bind_kek_to_contract`); until
+    then its policy is the one policy in this product that is not immutable.
+    """
+    policy = KeyReleasePolicy(unbound.to_bytes(), immutable=False)
+    kek = client.create_rsa_key(name, size=KEK_SIZE, hardware_protected=True, exportable=True, release_policy=policy)
+    log.info("created KEK version %s, released to no TEE until it is bound to a contract", kek.id)
+    return kek
+
+
+def bind_kek_to_contract(client: KeyClient, kek_id: str, bound: ReleasePolicy) -> KeyVaultKey:
+    """The data owner's act once every party signed the contract: the KEK version ``kek_id`` released only under
+    ``bound`` (the approved workload enforcing that contract), immutably from now on. Key Vault refuses (403)
+    if the version's policy is immutable already."""
+    key_id = KeyVaultKeyIdentifier(kek_id)
+    kek = client.update_key_properties(key_id.name, key_id.version, release_policy=KeyReleasePolicy(bound.to_bytes(), immutable=True))
+    log.info("KEK version %s is now released only under release policy sha256 %s (immutable)", kek.id, bound.sha256)
+    return kek
+
+
 def create_kek_version(client: KeyClient, name: str, approved: ReleasePolicy) -> KeyVaultKey:
     """The data owner's act: the KEK ``name`` whose latest version is released only under ``approved``.
 

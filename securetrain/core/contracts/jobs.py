@@ -17,7 +17,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
-from securetrain.core.contracts.base import Contract, Items, JsonObject, Lax, Omittable
+from securetrain.core.contracts.base import Contract, Items, JsonObject, Lax
 from securetrain.core.contracts.job_spec import BlobRef, CheckpointLocation
 from securetrain.core.contracts.training import PrivacySpent
 from securetrain.core.errors import SecuretrainError
@@ -129,7 +129,7 @@ class JobResult(Contract):
     steps_completed: int
     provenance: Provenance
     #: The ε a DP-SGD run spent (the accountant's), its δ and accountant; absent without differential privacy.
-    privacy: Omittable[PrivacySpent]
+    privacy: PrivacySpent | None = None
     #: The consumers' copies of the model, sealed to the recipient keys the contract names.
     recipients: Items[RecipientCopy] = ()
 

@@ -24,7 +24,12 @@ from azure.core.credentials import TokenCredential
 from azure.security.attestation import AttestationAdministrationClient, AttestationPolicyToken
 from cryptography.hazmat.primitives import hashes
 
-from securetrain.core.approved_release_policies import AzureCvmReferenceValues, SnpReferenceValues, approved_release_policy
+from securetrain.core.approved_release_policies import (
+    AzureCvmReferenceValues,
+    ReferenceValues,
+    SnpReferenceValues,
+    approved_release_policy,
+)
 from securetrain.core.attestation.claims import ATTESTED_PCR_VALUES, pcr_claim_name, pcr_claim_value
 from securetrain.core.attestation.policy import maa_policy_hash
 from securetrain.core.azure_cvm.workload import WORKLOAD_PCR, workload_pcr_value
@@ -157,20 +162,24 @@ def approved_reference_values(policy_text: str) -> tuple[frozenset[bytes], froze
     return pinned[0], pinned[1]
 
 
-def release_policy_for(attestation_authority: str, policy_text: str) -> ReleasePolicy:
-    """The release policy approving what ``policy_text`` approves, in tokens from ``attestation_authority``: the
-    ``snp`` platform's, the simulated platform's compliance status."""
+def snp_reference_values(attestation_authority: str, policy_text: str) -> SnpReferenceValues:
+    """The ``snp`` platform's reference values approving what ``policy_text`` approves, in tokens from
+    ``attestation_authority`` (the simulated platform's compliance status)."""
     measurements, host_data = approved_reference_values(policy_text)
-    reference = SnpReferenceValues(
+    return SnpReferenceValues(
         attestation_authority=attestation_authority, attestation_policy=policy_text, simulated=True,
         launch_measurements=frozenset(value.hex() for value in measurements),
         host_data=frozenset(value.hex() for value in host_data),
     )  # fmt: skip
-    return approved_release_policy(reference)
 
 
-def azure_cvm_release_policy_for(attestation_authority: str, policy_text: str) -> ReleasePolicy:
-    """The ``azure-cvm`` platform's release policy approving the workload PCR values ``policy_text`` pins."""
+def release_policy_for(attestation_authority: str, policy_text: str) -> ReleasePolicy:
+    """The ``snp`` platform's release policy approving what ``policy_text`` approves (:func:`snp_reference_values`)."""
+    return approved_release_policy(snp_reference_values(attestation_authority, policy_text))
+
+
+def azure_cvm_reference_values(attestation_authority: str, policy_text: str) -> AzureCvmReferenceValues:
+    """The ``azure-cvm`` platform's reference values approving the workload PCR values ``policy_text`` pins."""
     try:
         policy = AttestationPolicy.parse(policy_text)
     except PolicyInvalid as exc:
@@ -183,16 +192,21 @@ def azure_cvm_release_policy_for(attestation_authority: str, policy_text: str) -
         pinned = frozenset()
     if not pinned or any(len(value) != 64 for value in pinned):
         raise StackConfigurationError(f"the approved AzureGuest attestation policy does not pin {claim} in every permit rule")
-    reference = AzureCvmReferenceValues(attestation_authority=attestation_authority, attestation_policy=policy_text,
-                                        simulated=True, workload_pcr_values=pinned)  # fmt: skip
-    return approved_release_policy(reference)
+    return AzureCvmReferenceValues(attestation_authority=attestation_authority, attestation_policy=policy_text,
+                                   simulated=True, workload_pcr_values=pinned)  # fmt: skip
 
 
-def local_release_policy(layout: StackLayout, attestation_authority: str) -> ReleasePolicy:
-    """The local stack's approved release policy for the platform it runs on."""
+def local_reference_values(layout: StackLayout, attestation_authority: str) -> ReferenceValues:
+    """The local stack's approved workload on the platform it runs on, as a release policy's reference values."""
     if running_platform(layout) is EmulatedPlatform.AZURE_CVM:
-        return azure_cvm_release_policy_for(attestation_authority, local_azure_guest_policy(layout))
-    return release_policy_for(attestation_authority, local_attestation_policy(layout))
+        return azure_cvm_reference_values(attestation_authority, local_azure_guest_policy(layout))
+    return snp_reference_values(attestation_authority, local_attestation_policy(layout))
+
+
+def local_release_policy(layout: StackLayout, attestation_authority: str, *, contract_digest: str | None = None) -> ReleasePolicy:
+    """The local stack's approved release policy for the platform it runs on; with ``contract_digest``, for a KEK
+    released only to that workload enforcing that contract."""
+    return approved_release_policy(local_reference_values(layout, attestation_authority), contract_digest=contract_digest)
 
 
 def write_attestation_roles(layout: StackLayout) -> None:

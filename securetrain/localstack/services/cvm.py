@@ -24,7 +24,7 @@ from securetrain.localstack.services.imds import IMDS
 from securetrain.localstack.services.keyvault import KEYVAULT
 from securetrain.localstack.services.vtpm import VTPM
 from securetrain.localstack.service import HEALTH_TIMEOUT_S, Service, ServiceContext, ServiceUnhealthy, python_service_argv
-from securetrain.localstack.data_owner import public_key_path, signing_key, stack_host_data
+from securetrain.localstack.data_owner import stack_host_data, stack_owner_keys
 from securetrain.localstack.settings import tee_environment
 
 PIPELINE_IDENTITY = "pipeline"
@@ -52,13 +52,13 @@ def _dependency_exports(context: ServiceContext, platform: EmulatedPlatform) -> 
 def _argv(context: ServiceContext) -> Sequence[str]:
     for identity in (PIPELINE_IDENTITY, MONITOR_IDENTITY):
         client_certificate(context, identity)
-    signing_key(context.layout)  # the data owner's public key, which the TEE pins, exists from now on
     context.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    trusted = [argument for path in stack_owner_keys(context.layout) for argument in ("--data-owner-key", str(path))]
     return python_service_argv(
         "securetrain.localstack.platform.local_cvm", context,
         "--client-ca", str(context.ca_bundle),
         "--work-dir", str(context.data_dir),
-        "--data-owner-key", str(public_key_path(context.layout)),
+        *trusted,
     )  # fmt: skip
 
 

@@ -105,7 +105,7 @@ def create_app(runner: JobRunner, gpu: GpuProbe) -> FastAPI:
 
         app.add_exception_handler(error_type, _handler)  # type: ignore[arg-type]
 
-    @app.post("/v1/jobs", status_code=201, dependencies=[Depends(require_pipeline)])
+    @app.post("/v1/jobs", status_code=201, dependencies=[Depends(require_pipeline)], response_model=None)
     async def submit(spec: Annotated[JobSpec, Depends(job_spec_body)], response: Response) -> JobView | JSONResponse:
         # Nothing is queued, attested or spent before the spec passed every check (the dependency above) and,
         # under a contract, the contract's own: 400 names the term a job breaks, 424 a contract not in force.
