@@ -10,6 +10,7 @@ manifest, never from the job spec.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
 from securetrain.core.contracts.training import DatasetShard, TrainingSpec
@@ -26,8 +27,10 @@ class DatasetRefused(SecurityViolation):
     """A dataset manifest is not one this TEE may train on: unsigned, another KEK, or a shard that is no dataset."""
 
 
-def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwnerKeys, kek_id: str) -> list[DatasetShard]:
-    """The shards of ``manifest`` (read from ``ref``) that the TEE may open for a job under ``kek_id``.
+def dataset_shards(
+    ref: DatasetRef, manifest: DatasetManifest, owners: DataOwnerKeys, kek_ids: Sequence[str]
+) -> list[DatasetShard]:
+    """The shards of ``manifest`` (read from ``ref``) that the TEE may open for a job whose KEKs are ``kek_ids``.
 
     Raises:
         DatasetRefused: naming the check that failed.
@@ -37,8 +40,8 @@ def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwner
         owner = owners.verify(manifest.to_json(), what=f"the dataset manifest {where}")
     except SecurityViolation as exc:
         raise DatasetRefused(str(exc)) from None
-    if not same_key(manifest.kek_id, kek_id):
-        raise DatasetRefused(f"{where} describes data sealed for {manifest.kek_id}, not for the job's KEK {kek_id}")
+    if not any(same_key(manifest.kek_id, kek_id) for kek_id in kek_ids):
+        raise DatasetRefused(f"{where} describes data sealed for {manifest.kek_id}, not for the job's KEK {kek_ids[0]}")
     shards = []
     for shard in manifest.shards:
         if shard.context.get("kind") != DATASET_KIND:
@@ -48,14 +51,18 @@ def dataset_shards(ref: DatasetRef, manifest: DatasetManifest, owners: DataOwner
             )
         if shard.format not in ("parquet", "safetensors", "arrow"):
             raise DatasetRefused(f"{where} lists {shard.container}/{shard.blob} in unknown format {shard.format!r}")
-        shards.append(DatasetShard(container=shard.container, blob=shard.blob, format=shard.format, context=dict(shard.context)))
+        shards.append(DatasetShard(container=shard.container, blob=shard.blob, format=shard.format,
+                                   context=dict(shard.context), kek_id=manifest.kek_id))  # fmt: skip
     log.info("dataset %s version %s: %d shard(s), manifest signed by data owner %s…", manifest.dataset_id,
              manifest.version, len(shards), owner[:16])  # fmt: skip
     return shards
 
 
-def resolve_training(spec: JobSpec, store: BlobStore, owners: DataOwnerKeys) -> TrainingSpec:
-    """The job's training spec over the shards of its owner-signed manifests.
+def resolve_training(
+    spec: JobSpec, store: BlobStore, owners: DataOwnerKeys, other_kek_ids: Sequence[str] = ()
+) -> TrainingSpec:
+    """The job's training spec over the shards of its owner-signed manifests, each sealed for the job's KEK or,
+    under a contract, for one of ``other_kek_ids`` (the other owners' KEKs the contract names).
 
     Raises:
         DatasetRefused: a manifest failed a check; ManifestInvalid: it does not parse;
@@ -64,5 +71,5 @@ def resolve_training(spec: JobSpec, store: BlobStore, owners: DataOwnerKeys) -> 
     shards: list[DatasetShard] = []
     for ref in spec.datasets:
         manifest = DatasetManifest.read(store, ref.container, ref.manifest)
-        shards += dataset_shards(ref, manifest, owners, spec.kek_id)
+        shards += dataset_shards(ref, manifest, owners, [spec.kek_id, *other_kek_ids])
     return TrainingSpec.for_job(spec, shards)

@@ -499,8 +499,10 @@ class JobRunner:
             # Before any attestation or key: the TEE itself decides which blobs are this job's data, and checks
             # the job against its contract again (it may have been revoked since the job was submitted).
             admitted = self._admit(spec) if spec.contract is not None else None
-            training = resolve_training(spec, self._blob_store, self.data_owners)
-            if admitted is not None:
+            if admitted is None:
+                training = resolve_training(spec, self._blob_store, self.data_owners)
+            else:
+                training = resolve_training(spec, self._blob_store, self.data_owners, admitted.owner_kek_ids(spec.kek_id))
                 training = training.model_copy(update={"min_noise_multiplier": admitted.min_noise_multiplier()})
             self._update(run.job_id, state=JobState.ATTESTING)
             tee_key = TeeKey()
