@@ -33,6 +33,7 @@ from securetrain.core.audit.checkpoints import load_or_create_signing_key
 from securetrain.core.contracts.job_spec import ContractRef, DatasetRef
 from securetrain.core.dataset_publishing import PublishedDataset, publish_dataset
 from securetrain.core.datasets import bundled_table
+from securetrain.core.governance.contract import contract_release_policy
 from securetrain.core.governance.proposal import propose
 from securetrain.core.governance.signatures import SignedContract, sign
 from securetrain.core.governance.store import ContractStore
@@ -148,7 +149,7 @@ def form_consortium(
         for party, key in keys.items():
             contract = sign(contract, party, key)
         digest = ContractStore(store, CONTRACTS_CONTAINER).publish(contract)
-        bound = local_release_policy(layout, attestation_authority, contract_digest=digest)
+        bound = contract_release_policy(contract.contract)
         for owner in DATA_OWNERS:
             bind_kek_to_contract(vault, published[owner.party].kek_id, bound)
     log.info("consortium %s: contract %s signed by %s; each hospital's KEK bound to it", name, digest, ", ".join(keys))

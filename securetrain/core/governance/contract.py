@@ -42,7 +42,9 @@ from securetrain.core.approved_release_policies import (
     AzureCvmReferenceValues,
     ReferenceValues,
     SnpReferenceValues,
+    approved_release_policy,
 )
+from securetrain.core.release_policy import ReleasePolicy, require_documented
 from securetrain.core.contracts.base import (
     Contract,
     DocumentInvalid,
@@ -468,3 +470,13 @@ class TrainingContract(Contract):
         """Whether ``now`` lies in ``[not_before, expires)``."""
         return parse_time(self.validity.not_before) <= now < parse_time(self.validity.expires)
 
+
+
+def contract_release_policy(contract: TrainingContract, digest: str | None = None) -> ReleasePolicy:
+    """The release policy every owner binds its KEK to: any approved workload of ``contract`` (its reference values)
+    enforcing the contract ``digest`` (default: this contract's). Owners, Airflow's pre-check and verifiers build it
+    from the signed contract alone, so they all expect the same document."""
+    digest = digest if digest is not None else contract.digest()
+    rules = tuple(rule for workload in contract.workloads
+                  for rule in approved_release_policy(workload, contract_digest=digest).authorities)  # fmt: skip
+    return require_documented(ReleasePolicy(rules))
