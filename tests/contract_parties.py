@@ -18,7 +18,6 @@ from securetrain.core.approved_release_policies import SnpReferenceValues
 from securetrain.core.contracts.job_spec import DatasetRef, JobSpec
 from securetrain.core.governance.proposal import propose
 from securetrain.core.governance.signatures import SignedContract, sign
-from securetrain.core.governance.terms import manifest_sha256
 from securetrain.core.onboarding import DatasetManifest, SealedShard
 
 TERMS_FILE = Path(__file__).parents[1] / "examples" / "contracts" / "two-owner-clinical.json"
@@ -72,7 +71,7 @@ class Consortium:
         return propose(
             terms(),
             party_keys={party: key.public_key() for party, key in self.keys.items()},
-            dataset_versions={d: [("v1", manifest_sha256(m))] for d, m in self.manifests.items()},
+            dataset_versions={d: [("v1", m.sha256())] for d, m in self.manifests.items()},
             keks={dataset_id: kek_of(dataset_id) for dataset_id in DATASETS},
             recipient_keys={"research-lab": consumer_public_pem()},
             not_before=NOT_BEFORE, expires=EXPIRES, workloads=[WORKLOAD],

@@ -17,7 +17,6 @@ owner's key. The summary carries the manifest's SHA-256 over its signed bytes
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -29,7 +28,6 @@ import pyarrow as pa
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from securetrain.core import signed_documents
 from securetrain.core.contracts.base import DocumentInvalid
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.datasets import BUNDLED, bundled_table, to_parquet
@@ -180,7 +178,7 @@ def publish_dataset(
         version=version,
         kek_id=kek.kek_id,
         manifest_blob=f"{ref.container}/{ref.manifest}",
-        manifest_sha256=manifest_sha256(manifest),
+        manifest_sha256=manifest.sha256(),
         label=columns.label,
         features=list(columns.features or ()),
         rows=table.num_rows,
@@ -189,7 +187,3 @@ def publish_dataset(
         validation=aggregates,
     )
 
-
-def manifest_sha256(manifest: DatasetManifest) -> str:
-    """SHA-256 (hex) of what the manifest's signatures cover: the digest a contract pins for a dataset version."""
-    return hashlib.sha256(signed_documents.signing_bytes(manifest.to_json())).hexdigest()

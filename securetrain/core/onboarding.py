@@ -166,6 +166,10 @@ class DatasetManifest:
         except DocumentInvalid as exc:
             raise ManifestInvalid(f"the dataset manifest's columns: {exc.field}: {exc.reason}") from None
 
+    def sha256(self) -> str:
+        """SHA-256 (hex) of what the manifest's signatures cover: the digest a contract pins for a dataset version."""
+        return hashlib.sha256(signed_documents.signing_bytes(self.to_json())).hexdigest()
+
     def signed(self, owner_key: Ed25519PrivateKey) -> DatasetManifest:
         """This manifest with the data owner's signature (what the TEE checks before it opens a shard)."""
         document = signed_documents.sign(owner_key, self.to_json())

@@ -36,7 +36,7 @@ from securetrain.core.datasets import bundled_table
 from securetrain.core.governance.contract import contract_release_policy
 from securetrain.core.governance.proposal import propose
 from securetrain.core.governance.signatures import SignedContract, sign
-from securetrain.core.governance.store import ContractStore
+from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
 from securetrain.core.keyvault import bind_kek_to_contract, create_contract_kek, kek_public_key, key_client_from_settings
 from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
@@ -49,8 +49,7 @@ log = logging.getLogger(__name__)
 
 TERMS_FILE = Path(__file__).resolve().parents[2] / "examples" / "contracts" / "two-owner-clinical.json"
 CONSUMER = "research-lab"
-#: Where the contracts and the pooled datasets lie.
-CONTRACTS_CONTAINER = "contracts"
+#: Where the pooled datasets lie.
 DATASETS_CONTAINER = "datasets"
 #: Each hospital's dataset in the contract.
 DATASET_OF = {DATA_OWNERS[0].party: "breast-cancer-a", DATA_OWNERS[1].party: "breast-cancer-b"}

@@ -1,10 +1,12 @@
-"""``securetrain contract propose | sign | verify | show | revoke``: a multi-party training contract on file.
+"""``securetrain contract propose | sign | verify | show | revoke | publish | budget``: a multi-party training contract.
 
 Every party runs these on its own machine with its own key (docs/governance.md): ``propose`` completes a terms
 file into an unsigned contract and prints its digest, ``sign`` adds one party's signature, ``verify`` exits 0
 only when every party signed the same digest, it is in force and no revocation given stands (3 naming the
 missing or bad signature, the revocation or the validity; 2 for a bad file or argument), ``show`` summarizes it,
-``revoke`` writes a party's signed revocation.
+``revoke`` writes a party's signed revocation. ``publish`` puts a signed contract, or a revocation, where the TEE
+reads it (storage, as the identity of ``--settings``); ``budget`` shows a contract's privacy-budget ledger,
+verified entry by entry.
 """
 
 from __future__ import annotations
@@ -18,20 +20,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from securetrain.core.approved_release_policies import reference_values_from_json
+from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.fsutil import atomic_output
+from securetrain.core.governance.budget import format_budget, ledger_store, read_ledger
 from securetrain.core.governance.contract import (
     MAX_CONTRACT_BYTES,
     ContractInvalid,
     TrainingContract,
+    contract_release_policy,
     parse_time,
 )
 from securetrain.core.governance.in_force import verify_contract
 from securetrain.core.governance.proposal import propose
 from securetrain.core.governance.revocation import MAX_REVOCATION_BYTES, revoke
 from securetrain.core.governance.signatures import SignedContract, check_signature, sign
+from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
 from securetrain.core.json_input import JsonInputError, read_json_object
+from securetrain.core.model_provenance import published_keys, verify_attestation_token
 from securetrain.core.signed_documents import load_public_key
+from securetrain.core.storage import BlobStore
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -213,6 +221,33 @@ def _revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish(args: argparse.Namespace) -> int:
+    signed = _signed_contract(args.file)
+    settings = CommandSettings.load(args.settings)
+    with BlobStore.from_settings(settings) as store:
+        contracts = ContractStore(store, args.container)
+        if args.revocation is None:
+            digest = contracts.publish(signed)
+            print(f"contract {digest} published at {args.container}/{digest}/contract.json")
+        else:
+            digest = signed.contract.digest()
+            token = _read(args.revocation, "the revocation", MAX_REVOCATION_BYTES).decode("ascii", "replace").strip()
+            print(f"revocation of contract {digest} published at {args.container}/{contracts.add_revocation(digest, token)}")
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    signed = _signed_contract(args.file)
+    contract, digest = signed.contract, signed.contract.digest()
+    settings = CommandSettings.load(args.settings)
+    policy = contract_release_policy(contract)
+    keys_for = published_keys(settings.tls_verify)
+    with BlobStore.from_settings(settings) as store:
+        state = read_ledger(ledger_store(store, digest), digest, lambda raw: verify_attestation_token(raw, policy, keys_for))
+    print(format_budget(state, {dataset.dataset_id: dataset.privacy.epsilon_total for dataset in contract.datasets}))
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
         "contract", help="the multi-party training contract: propose, sign, verify, show, revoke",
@@ -282,3 +317,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     revocation.add_argument("--reason", default="", metavar="TEXT", help="why (one line, at most 500 characters)")
     revocation.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the revocation")
     revocation.set_defaults(handler=_revoke)
+
+    publication = commands.add_parser(
+        "publish", help="put the signed contract (or a revocation of it) where the TEE reads it",
+        description="Store the contract in FILE, which every party must have signed, at CONTAINER/<digest>/contract.json "
+        "(or, with --revocation, a party's revocation beside it), as the identity --settings names. Publishing the "
+        "same contract again changes nothing; a revocation is checked before it is stored.",
+    )  # fmt: skip
+    publication.add_argument("file", type=Path, metavar="FILE")
+    publication.add_argument("--revocation", type=Path, metavar="JWS_FILE", help="publish this revocation of it instead")
+    publication.add_argument("--container", default=CONTRACTS_CONTAINER, help=f"default {CONTRACTS_CONTAINER}")
+    publication.set_defaults(handler=_publish)
+
+    budget = commands.add_parser(
+        "budget", help="show the contract's privacy budget: spent, reserved and left per dataset",
+        description="Read the privacy-budget ledger of the contract in FILE from storage, verify every entry (hash "
+        "chain, the TEE's signature, the attestation token that attests its key, held to the contract's own release "
+        "policy) and print per dataset the budget, ε spent, ε reserved by runs not settled, and ε left.",
+    )  # fmt: skip
+    budget.add_argument("file", type=Path, metavar="FILE")
+    budget.set_defaults(handler=_budget)

@@ -23,6 +23,8 @@ from securetrain.core.governance.revocation import MAX_REVOCATION_BYTES, verify_
 from securetrain.core.governance.signatures import SignedContract, verify_signatures
 from securetrain.core.storage import BlobAlreadyExists, BlobStore
 
+#: Where a deployment keeps its contracts (the local stack, ``securetrain contract publish``, Airflow's form).
+CONTRACTS_CONTAINER = "contracts"
 CONTRACT_BLOB = "contract.json"
 REVOCATIONS = "revocations/"
 #: More revocation blobs than a contract can have parties is not what a party wrote; the reader refuses.

@@ -17,7 +17,6 @@ the order they are checked:
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 
@@ -37,11 +36,6 @@ class ContractViolation(SecurityViolation):
         self.term = term
 
 
-def manifest_sha256(manifest: DatasetManifest) -> str:
-    """What a contract pins for a dataset version: SHA-256 of the manifest's signed bytes (without signatures)."""
-    return hashlib.sha256(signed_documents.signing_bytes(manifest.to_json())).hexdigest()
-
-
 def _check_dataset(contract: TrainingContract, terms: DatasetTerms, ref: DatasetRef, manifest: DatasetManifest) -> None:
     at = f"datasets[{terms.dataset_id}]"
     where = f"{ref.container}/{ref.manifest}"
@@ -49,7 +43,7 @@ def _check_dataset(contract: TrainingContract, terms: DatasetTerms, ref: Dataset
     if manifest.version not in pinned:
         raise ContractViolation(f"{at}.version", f"{where} is version {manifest.version!r}; the contract pins "
                                 f"{', '.join(sorted(pinned))}")  # fmt: skip
-    digest = manifest_sha256(manifest)
+    digest = manifest.sha256()
     if digest != pinned[manifest.version]:
         raise ContractViolation(f"{at}.manifest", f"{where} hashes to {digest[:16]}…, not to the pinned "
                                 f"{pinned[manifest.version][:16]}… of version {manifest.version}")  # fmt: skip

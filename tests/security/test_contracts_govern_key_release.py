@@ -5,7 +5,6 @@ stops the run; DP runs spend the accountant's ε from the contract's budget unti
 
 from __future__ import annotations
 
-import datetime
 import io
 import json
 import secrets
@@ -17,18 +16,18 @@ import jwt
 import pytest
 import safetensors.torch
 
+from securetrain.core.cli import main
 from securetrain.core.cvm_client import CvmAttestationRefused, CvmClient, CvmRequestRejected
 from securetrain.core.contracts.jobs import JobState, JobView
 from securetrain.core.governance.budget import read_ledger
-from securetrain.core.governance.revocation import revoke
 from securetrain.core.governance.signatures import SignedContract
-from securetrain.core.governance.store import ContractStore
+
 from securetrain.core.keyvault import KeyVaultKeyIdentifier, key_client_from_settings
 from securetrain.core.sealed import KekPrivateKey, SealedReader
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import consortium as consortia
-from securetrain.localstack.consortium import CONTRACTS_CONTAINER, Consortium, form_consortium
-from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key
+from securetrain.localstack.consortium import Consortium, form_consortium
+from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key_path
 from securetrain.localstack.identities import PIPELINE_IDENTITY
 from securetrain.tee.attest import TeeKey
 from securetrain.tee.privacy_budget import open_ledger
@@ -200,7 +199,7 @@ def running(client: CvmClient, spec: dict[str, Any]) -> str:
     job_id = client.submit(spec).job_id
     deadline = time.monotonic() + 180
     while (view := client.job(job_id)).epoch < 1:
-        assert not view.state.finished and time.monotonic() < deadline, view
+        assert not view.state.finished and time.monotonic() < deadline, view.error
         time.sleep(0.02)
     return job_id
 
@@ -208,12 +207,19 @@ def running(client: CvmClient, spec: dict[str, Any]) -> str:
 LONG = {"hyperparameters": {"epochs": 20, "batch_size": 16, "learning_rate": 0.01, "seed": 7}}
 
 
-def test_a_revocation_stops_a_running_job_at_the_next_epoch_and_refuses_new_ones(local_stack, authority, store, client) -> None:
+def test_a_revocation_stops_a_running_job_at_the_next_epoch_and_refuses_new_ones(
+    local_stack, authority, store, client, tmp_path
+) -> None:
     pool = form_consortium(local_stack.layout, authority)
     job_id = running(client, job(pool, **LONG))
-    token = revoke(pool.contract.contract, "hospital-b", signing_key(local_stack.layout, SECOND_OWNER),
-                   reason="consent withdrawn", at=datetime.datetime.now(datetime.UTC))
-    ContractStore(store, CONTRACTS_CONTAINER).add_revocation(pool.digest, token)
+    # Hospital B revokes from its own machine with its own key, and publishes the revocation beside the contract.
+    contract_file, revocation = tmp_path / "contract.json", tmp_path / "revocation.jws"
+    contract_file.write_bytes(pool.contract.to_bytes())
+    key = str(signing_key_path(local_stack.layout, SECOND_OWNER))
+    assert main(["contract", "revoke", str(contract_file), "--party", "hospital-b", "--key", key,
+                 "--reason", "consent withdrawn", "--out", str(revocation)]) == 0  # fmt: skip
+    assert main(["--settings", str(local_stack.settings_file("data-owner")), "contract", "publish", str(contract_file),
+                 "--revocation", str(revocation)]) == 0  # fmt: skip
     view = finished(client, job_id)
     assert view.state is JobState.FAILED and view.error.code == "ContractWithdrawn"
     assert view.epoch < 20  # it stopped at an epoch boundary, not at the end
@@ -225,7 +231,7 @@ def test_a_revocation_stops_a_running_job_at_the_next_epoch_and_refuses_new_ones
         client.submit(job(pool))
 
 
-def test_an_owner_disabling_its_key_stops_a_running_job_at_the_next_epoch(local_stack, authority, client) -> None:
+def test_an_owner_disabling_its_key_stops_a_running_job_at_the_next_epoch(local_stack, authority, store, client) -> None:
     pool = form_consortium(local_stack.layout, authority)
     job_id = running(client, job(pool, **LONG))
     kek = KeyVaultKeyIdentifier(pool.kek_id(SECOND_OWNER))
@@ -237,7 +243,9 @@ def test_an_owner_disabling_its_key_stops_a_running_job_at_the_next_epoch(local_
     assert withdrawn["kek_id"] == pool.kek_id(SECOND_OWNER) and "disabled" in withdrawn["refusal"]
 
 
-def test_dp_runs_spend_the_accountants_epsilon_and_the_budget_refuses_once_spent(local_stack, authority, store, client) -> None:
+def test_dp_runs_spend_the_accountants_epsilon_and_the_budget_refuses_once_spent(
+    local_stack, authority, store, client, tmp_path, capsys
+) -> None:
     terms = json.loads(consortia.TERMS_FILE.read_text())
     for dataset in terms["datasets"]:
         dataset["privacy"] |= {"epsilon_per_run": 3.0, "epsilon_total": 5.0}
@@ -254,3 +262,10 @@ def test_dp_runs_spend_the_accountants_epsilon_and_the_budget_refuses_once_spent
     with pytest.raises(CvmRequestRejected) as refused:  # 5 - 2.99… left, 3 asked
         client.submit(job(pool, privacy={"epsilon": 3.0, "delta": 1e-5, "max_grad_norm": 1.0}))
     assert refused.value.term == "privacy[breast-cancer-a].epsilon_total"
+    # Any party reads the same account, each entry verified against the contract's own release policy.
+    contract_file = tmp_path / "contract.json"
+    contract_file.write_bytes(pool.contract.to_bytes())
+    assert main(["--settings", str(local_stack.settings_file()), "contract", "budget", str(contract_file)]) == 0
+    table = capsys.readouterr().out
+    [row] = [line.split() for line in table.splitlines() if line.startswith("breast-cancer-b ")]
+    assert float(row[1]) == 5.0 and float(row[2]) == pytest.approx(spent) and float(row[4]) == pytest.approx(5.0 - spent)
