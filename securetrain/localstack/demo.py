@@ -2,18 +2,27 @@
 
 The stack comes up, Airflow's metadata database is migrated, then ``airflow dags test`` runs ``data_onboarding``
 (as the data owner), ``secure_training`` and ``key_rotation``, and a summary is read back from what the runs left
-behind: the registered model version's manifest and the audit log, verified afresh. The full Airflow output
-goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
+behind: the registered model version's manifest and the audit log, verified afresh. Then the two-hospital
+consortium (:mod:`securetrain.localstack.consortium`): hospital-a publishes its half with ``data_onboarding``,
+hospital-b with ``securetrain dataset publish``, the three parties sign the contract, each hospital binds its KEK
+to it, and ``secure_training`` trains one model on both halves under it with DP-SGD; its summary shows the
+contract, each owner's key release, the ε spent and the budget left, and the model opened by the consumer.
+The full Airflow output goes to ``<state>/demo/<dag>.log``; the console shows each stage as it runs.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
+
+import safetensors.torch
+from azure.keyvault.keys import KeyVaultKeyIdentifier
 
 from securetrain.localstack.airflow_env import migrate, process_environment
 from securetrain.core.audit.checkpoints import key_fingerprint, load_or_create_signing_key, public_key_pem
@@ -21,15 +30,20 @@ from securetrain.core.attestation.claims import workload_binding
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.store import BlobAuditStore
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.model_registry import ModelRegistry
+from securetrain.core.onboarding import DatasetManifest
+from securetrain.core.sealed import KekPrivateKey, SealedReader
 from securetrain.core.settings import ServiceSettings
 from securetrain.core.storage import BlobStore
-from securetrain.localstack import StackConfig, data_owner, up
+from securetrain.localstack import StackConfig, consortium, data_owner, up
 from securetrain.localstack.identities import PIPELINE_IDENTITY
 from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.settings import settings_path
 
 MODEL = "breast-cancer-classifier"
+#: The ε the consortium's run may spend (the contract allows 3 per run, 8 in total per dataset).
+DEMO_EPSILON = 2.0
 # What of Airflow's output the console shows: stage boundaries, training progress, the run's end.
 _SHOWN = re.compile(r"\[DAG TEST\] starting task_id=(\S+)|(epoch \d+ done.*?)(?: \[|$)|(Marking run .*? (successful|failed))")
 
@@ -42,16 +56,21 @@ def _step(number: int, text: str) -> None:
     print(f"[{number}] {text}", flush=True)
 
 
-def _dags_test(state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None = None) -> str:
-    """Run ``airflow dags test dag_id``, echoing its stages; the whole output. ``overrides`` add variables
-    to the pipeline's Airflow environment (the data owner's connection, for the owner's own DAG)."""
-    log_path = state_dir / "demo" / f"{dag_id}.log"
+def _dags_test(
+    state_dir: Path, dag_id: str, overrides: Mapping[str, str] | None = None, *, conf: Mapping[str, object] | None = None,
+    log_name: str | None = None,
+) -> str:
+    """Run ``airflow dags test dag_id`` (with the trigger form's ``conf``), echoing its stages; the whole output,
+    also in ``<state>/demo/<log_name or dag_id>.log``. ``overrides`` add variables to the pipeline's Airflow
+    environment (the data owner's connection, for the owner's own DAG)."""
+    log_path = state_dir / "demo" / f"{log_name or dag_id}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = process_environment(state_dir, overrides=overrides)
     airflow = str(Path(sys.executable).parent / "airflow")
     lines = []
     with log_path.open("w") as log, subprocess.Popen(
-        [airflow, "dags", "test", dag_id], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [airflow, "dags", "test", dag_id, *(("-c", json.dumps(conf)) if conf else ())], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     ) as process:
         assert process.stdout is not None
         for line in process.stdout:
@@ -92,7 +111,7 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     config = StackConfig.resolve(state_dir)
     root = config.layout.root
     _step(1, f"bringing up the local stack in {root}, platform {config.platform.value}: {config.platform.description}")
-    up(config)
+    env = up(config)
     # The demo reads results back as the pipeline's identity, with the settings the stack wrote for it.
     pipeline_settings = settings_path(config.layout, PIPELINE_IDENTITY)
     settings = ServiceSettings.load(pipeline_settings)
@@ -147,6 +166,79 @@ def run(state_dir: Path | None = None) -> dict[str, object]:
     print(f"                  .venv/bin/securetrain --settings {pipeline_settings} audit verify --log {run_name} "
           f"--public-key {audit_public} --audit-key-fingerprint {key_fingerprint(public_key)}")
     summary = {"run": run_name, "model_version": version.version, "audit_entries": verdict.entries, "metrics": metrics,
-               "rotated_to": rotation["kek_id"]}  # fmt: skip
+               "rotated_to": rotation["kek_id"], "contract": _consortium_run(config.layout, env, pipeline_settings)}  # fmt: skip
     print("demo complete:", json.dumps(summary))
     return summary
+
+
+def _consortium_run(layout: StackLayout, env: Mapping[str, str], pipeline_settings: Path) -> dict[str, object]:
+    """The two-hospital consortium, its contract and a DP-SGD run under it (module docstring); its summary."""
+    root, authority, name = layout.root, env["SECURETRAIN_ATTESTATION_ENDPOINT"], uuid.uuid4().hex[:8]
+    _step(7, "consortium: hospital-a and hospital-b each make a KEK, released to nothing until bound to a contract")
+    keks = consortium.contract_keks(layout, authority, name)
+    first, second = data_owner.DATA_OWNERS
+    version = f"v-{name}"
+    _step(8, "hospital-a publishes its half of breast-cancer with its own run of data_onboarding")
+    _dags_test(root, "data_onboarding", overrides=data_owner.airflow_connection(layout, first), log_name="data_onboarding-hospital-a",
+               conf={"dataset_id": consortium.DATASET_OF[first.party], "source": str(consortium.half_of_breast_cancer(layout, first)),
+                     "label": "label", "version": version, "kek_name": KeyVaultKeyIdentifier(keks[first.party]).name})  # fmt: skip
+    _step(9, "hospital-b publishes its half with `securetrain dataset publish` (it runs no Airflow)")
+    owner_settings = settings_path(layout, "data-owner")
+    _securetrain(root, "--settings", str(owner_settings), "dataset", "publish", "--dataset-id",
+                 consortium.DATASET_OF[second.party], "--version", version, "--source",
+                 str(consortium.half_of_breast_cancer(layout, second)), "--label", "label", "--kek-id", keks[second.party],
+                 "--owner-key", str(data_owner.signing_key_path(layout, second)), "--container", consortium.DATASETS_CONTAINER)  # fmt: skip
+    _step(10, "hospital-a, hospital-b and research-lab sign the contract; each hospital binds its KEK to it")
+    with BlobStore.from_settings(ServiceSettings.load(owner_settings)) as store:
+        datasets = {}
+        for owner in data_owner.DATA_OWNERS:
+            ref = DatasetRef(container=consortium.DATASETS_CONTAINER,
+                             manifest=DatasetManifest.blob_name(consortium.DATASET_OF[owner.party], version))  # fmt: skip
+            datasets[owner.party] = (ref, DatasetManifest.read(store, ref.container, ref.manifest))
+    pool = consortium.agree(layout, authority, datasets)
+    contract_file = root / "demo" / "contract.json"
+    write_file(contract_file, pool.contract.to_bytes(), mode=0o644)
+    _step(11, f"airflow dags test secure_training under contract {pool.digest[:16]}… with DP-SGD (ε ≤ {DEMO_EPSILON})")
+    _dags_test(root, "secure_training", log_name="secure_training-contract", conf={
+        "contract": pool.digest, "dp_epsilon": DEMO_EPSILON, "dp_delta": 1e-5, "dp_max_grad_norm": 1.0,
+        "model_params": {"hidden": [16]}, "epochs": 3, "model_name": "breast-cancer-pooled",
+    })  # fmt: skip
+
+    _step(12, "consortium summary, read back from the registry, the budget ledger and the consumer's copy")
+    contract = pool.contract.contract
+    with BlobStore.from_settings(ServiceSettings.load(pipeline_settings)) as store:
+        registry = ModelRegistry(store)
+        model = registry.get("breast-cancer-pooled", registry.versions("breast-cancer-pooled")[-1])
+        statement = model.manifest["provenance"]["statement"]
+        governance = statement["governance"]
+        [copy] = governance["recipients"]
+        sealed = b"".join(store.download_chunks(copy["blob"]["container"], copy["blob"]["blob"]))
+    lab_key = KekPrivateKey(consortium.consumer_recipient_key(layout))
+    reader = SealedReader(io.BytesIO(sealed), lab_key, expected_context={
+        "run_id": statement["run_id"], "kind": "model-recipient", "party": copy["party"],
+        "source_sha256": statement["sealed_model_sha256"]})  # fmt: skip
+    tensors = safetensors.torch.load(b"".join(bytes(segment) for segment in reader.segments()))
+    privacy = governance["privacy"]
+    budget = _securetrain(root, "--settings", str(pipeline_settings), "contract", "budget", str(contract_file))
+    print(f"    contract:     {contract.contract_id} {pool.digest}")
+    print(f"                  signed by {', '.join(p.id for p in contract.parties)}; in force until {contract.validity.expires}")
+    for owner in data_owner.DATA_OWNERS:
+        print(f"    {owner.party + ':':<14}{datasets[owner.party][1].dataset_id} {version}, KEK "
+              f"{pool.kek_id(owner)} released to the TEE under its own contract-bound policy")  # fmt: skip
+    print(f"    privacy:      DP-SGD spent ε {privacy['epsilon']:.4f} (δ {privacy['delta']}, {privacy['accountant']} "
+          f"accountant, noise {privacy['noise_multiplier']:.3f}), ledger entry {privacy['ledger']['seq']}")
+    print("    budget:       " + "\n                  ".join(budget.strip().splitlines()))
+    print(f"    consumer:     {copy['party']} opened its copy {copy['blob']['container']}/{copy['blob']['blob']} with its "
+          f"own key: {len(tensors)} tensors")
+    print(f"    check it:     .venv/bin/securetrain contract verify {contract_file}")
+    return {"digest": pool.digest, "signers": [p.id for p in contract.parties], "epsilon": privacy["epsilon"],
+            "model": f"breast-cancer-pooled {model.version}"}  # fmt: skip
+
+
+def _securetrain(state_dir: Path, *argv: str) -> str:
+    """Run ``securetrain ARGV`` as its own process (as a party would on its machine); its output."""
+    script = str(Path(sys.executable).parent / "securetrain")
+    result = subprocess.run([script, *argv], capture_output=True, text=True, env=process_environment(state_dir))
+    if result.returncode != 0:
+        raise DemoFailed(f"`securetrain {' '.join(argv[2:4])}` failed (exit {result.returncode}): {result.stderr.strip()}")
+    return result.stdout
