@@ -73,15 +73,15 @@ def key_ids(layout: StackLayout) -> list[str]:
 
 
 def stack_owner_keys(layout: StackLayout) -> list[Path]:
-    """Every stack data owner's key, made on first use; the public halves the local TEE pins."""
+    """Every stack data owner's key, made on first use (``stack up`` does, first); the public halves the local
+    TEE pins."""
     for owner in DATA_OWNERS:
         signing_key(layout, owner)
     return trusted_key_paths(layout)
 
 
 def stack_host_data(layout: StackLayout) -> bytes:
-    """HOST_DATA of the local TEE: the installed workload, trusting every stack data owner."""
-    stack_owner_keys(layout)
+    """HOST_DATA of the local TEE: the installed workload, trusting the data owners whose keys it pins."""
     return host_data(key_ids(layout))
 
 

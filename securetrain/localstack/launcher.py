@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from securetrain.localstack.data_owner import stack_owner_keys
 from securetrain.localstack.pki import LocalCA
 from securetrain.localstack.envfile import write_stack_env
 from securetrain.localstack.settings import settings_path, write_settings_files
@@ -301,6 +302,8 @@ def up(config: StackConfig) -> dict[str, str]:
             _stop_other_platforms(config)
             write_file(config.layout.platform_file, f"{config.platform.value}\n".encode(), mode=0o600)
             ca = LocalCA.load_or_create(config.layout.ca_dir)
+            # Every data owner's key before any service measures the workload that trusts them.
+            stack_owner_keys(config.layout)
             exports = {
                 "SECURETRAIN_STATE_DIR": str(config.layout.root),
                 "SECURETRAIN_CA_BUNDLE": str(ca.cert_path),
