@@ -137,11 +137,11 @@ class DataSecurityCheckOperator(BaseOperator):
                              kek_id=shard.kek_id, plaintext_sha256=shard.plaintext_sha256, size=shard.sealed_bytes)
                 for _, manifest in checked for shard in manifest.shards
             ),  # fmt: skip
-            manifests=tuple(
+            **({"manifests": tuple(
                 CheckedManifest(dataset_id=manifest.dataset_id, version=manifest.version,
                                 manifest_blob=f"{ref.container}/{ref.manifest}", manifest_sha256=manifest_sha256(manifest))
                 for ref, manifest in checked
-            ) if self.contract else None,  # fmt: skip
+            )} if self.contract else {}),  # fmt: skip
         )
         return result.model_dump(mode="json")
 

@@ -104,7 +104,7 @@ class EnvironmentPreparationOperator(BaseOperator):
                           health.device)  # fmt: skip
         return EnvironmentResult(
             kek_id=kek_id, release_policy_sha256=approved.sha256, cvm_endpoint=cvm.endpoint, tee=health.tee_type,
-            containers=self.containers, contract=run_contract,
+            containers=self.containers, **({"contract": run_contract} if run_contract is not None else {}),
         ).model_dump(mode="json")  # fmt: skip
 
     def _check_contract(self, store: BlobStore, digest: str) -> tuple[ReleasePolicy, RunContract]:

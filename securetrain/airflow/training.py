@@ -217,8 +217,9 @@ class AttestedTrainingOperator(BaseOperator):
             transitions=job.transitions,
             # The TEE's signed statement about the model and the token that names its key (docs/models.md).
             provenance=result.provenance,
-            privacy=result.privacy,
-            recipients=result.recipients or None,
+            # Left out, not null, where there are none: a run without a contract returns what it always did.
+            **({"privacy": result.privacy} if result.privacy is not None else {}),
+            **({"recipients": result.recipients} if result.recipients else {}),
         ).model_dump(mode="json")
 
     def _job_attestation(self, job: JobView) -> dict[str, Any]:
