@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from azure.keyvault.keys import KeyVaultKeyIdentifier
@@ -16,7 +16,6 @@ from securetrain.airflow.locations import DATASETS_CONTAINER
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.contracts.stages import CheckedManifest, CheckedShard, DataCheckResult, RunContract
-from securetrain.core.governance.contract import DatasetTerms, PinnedVersion
 from securetrain.core.governance.terms import manifest_sha256
 from securetrain.core.onboarding import DatasetManifest, SealedShard
 from securetrain.core.sealed import KekPublicKey
@@ -147,10 +146,11 @@ class DataSecurityCheckOperator(BaseOperator):
 
     def _check_dataset(
         self, store: BlobStore, vault: KeyVaultHook, dataset_id: str, version: str, kek_id: str,
-        pinned: Callable[[DatasetRef, DatasetManifest], None] | None = None,
+        pinned_sha256: str | None = None,
     ) -> tuple[DatasetRef, DatasetManifest]:  # fmt: skip
-        """``dataset_id``/``version`` checked for the KEK ``kek_id`` (still under the approved policy), the manifest
-        first by ``pinned`` if given: the manifest as the job names it, and the manifest."""
+        """``dataset_id``/``version`` checked for the KEK ``kek_id`` (still under the approved policy), its manifest
+        first hashing to ``pinned_sha256`` if given (what a contract pins): the manifest as the job names it, and the
+        manifest."""
         enforced = vault.release_policy(kek_id)
         if enforced.sha256 != self.release_policy_sha256:
             raise DatasetCheckFailed(
@@ -161,8 +161,14 @@ class DataSecurityCheckOperator(BaseOperator):
         manifest_blob = DatasetManifest.blob_name(dataset_id, version)
         ref = DatasetRef(container=self.container, manifest=manifest_blob)
         manifest = DatasetManifest.read(store, self.container, manifest_blob)
-        if pinned is not None:
-            pinned(ref, manifest)
+        if pinned_sha256 is not None:
+            digest = manifest_sha256(manifest)
+            if digest != pinned_sha256:
+                raise DatasetCheckFailed(
+                    f"{self.container}/{manifest_blob} hashes to {digest}, not to the {pinned_sha256} the contract "
+                    f"pins for {dataset_id} version {version} (term datasets[{dataset_id}].manifest)"
+                )
+            self.log.info("%s version %s: the manifest is the one the contract pins (sha256 %s)", dataset_id, version, digest)
         # The manifest names the KEK the owner sealed for; a rotation since then rewrapped the shards to a
         # newer version of the same key, which their headers (checked below) must name.
         if _versionless(manifest.kek_id) != _versionless(kek_id) or manifest.dataset_id != dataset_id:
@@ -185,22 +191,9 @@ class DataSecurityCheckOperator(BaseOperator):
         contract = stored_contract(store, run_contract.digest).contract
         checked = []
         for terms in contract.datasets:
-            version = pinned_version(terms)
+            pinned = pinned_version(terms)
             kek_id = run_contract.kek_ids.get(terms.dataset_id)
             if kek_id is None:
                 raise DatasetCheckFailed(f"environment preparation checked no KEK for dataset {terms.dataset_id}")
-
-            def is_pinned(ref: DatasetRef, manifest: DatasetManifest, terms: DatasetTerms = terms,
-                          version: PinnedVersion = version) -> None:  # fmt: skip
-                digest = manifest_sha256(manifest)
-                if digest != version.manifest_sha256:
-                    raise DatasetCheckFailed(
-                        f"{ref.container}/{ref.manifest} hashes to {digest}, not to the {version.manifest_sha256} the "
-                        f"contract pins for {terms.dataset_id} version {version.version} (term "
-                        f"datasets[{terms.dataset_id}].manifest)"
-                    )
-                self.log.info("%s version %s: the manifest is the one the contract pins (sha256 %s)", terms.dataset_id,
-                              version.version, digest)  # fmt: skip
-
-            checked.append(self._check_dataset(store, vault, terms.dataset_id, version.version, kek_id, is_pinned))
+            checked.append(self._check_dataset(store, vault, terms.dataset_id, pinned.version, kek_id, pinned.manifest_sha256))
         return checked
