@@ -101,10 +101,12 @@ def dataset_version(ref: DatasetRef) -> tuple[str, str]:
 
 
 class Stages:
-    """The stages of one DAG run up to training, each run as its operator, for real, against the stack."""
+    """The stages of one DAG run up to training, each run as its operator, for real, against the stack; under the
+    contract ``contract`` (a digest) when given, its datasets taking the place of ``dataset_ref``."""
 
-    def __init__(self, dataset_ref: DatasetRef, run_id: str | None = None) -> None:
+    def __init__(self, dataset_ref: DatasetRef | None, run_id: str | None = None, *, contract: str | None = None) -> None:
         self.dataset_ref = dataset_ref
+        self.contract = contract
         self.run_id = run_id or new_run_id()
         self.results: dict[str, Any] = {}
         # The DAG run's start: the audit stage collects the services' logs from then on.
@@ -114,23 +116,24 @@ class Stages:
         return task_context(self.run_id, self.results, started=self.started)
 
     def prepare_environment(self) -> dict[str, Any]:
-        operator = EnvironmentPreparationOperator(task_id="prepare_environment")
+        operator = EnvironmentPreparationOperator(task_id="prepare_environment", contract=self.contract)
         self.results[operator.task_id] = operator.execute(self.context())
         return self.results[operator.task_id]
 
     def check_data_security(self) -> dict[str, Any]:
         environment = self.results["prepare_environment"]
-        dataset_id, version = dataset_version(self.dataset_ref)
+        # Under a contract the form's dataset is not used: the contract's are checked.
+        dataset_id, version = dataset_version(self.dataset_ref) if self.dataset_ref else ("breast-cancer", "latest")
         operator = DataSecurityCheckOperator(
             task_id="check_data_security", dataset_id=dataset_id, version=version, kek_id=environment["kek_id"],
-            release_policy_sha256=environment["release_policy_sha256"],
+            release_policy_sha256=environment["release_policy_sha256"], contract=environment.get("contract"),
         )  # fmt: skip
         self.results[operator.task_id] = operator.execute(self.context())
         return self.results[operator.task_id]
 
     def attestation_status(self) -> dict[str, Any]:
         operator = AttestationStatusSensor(task_id="attestation_status", kek_id=self.results["prepare_environment"]["kek_id"],
-                                           deferrable=False, mode="poke")  # fmt: skip
+                                           contract=self.contract, deferrable=False, mode="poke")  # fmt: skip
         self.results[operator.task_id] = operator.execute(self.context())
         return self.results[operator.task_id]
 
@@ -138,7 +141,7 @@ class Stages:
         arguments: dict[str, Any] = {
             "task_id": "train", "kek_id": self.results["prepare_environment"]["kek_id"],
             "datasets": self.results["check_data_security"]["job_datasets"], "model": MODEL,
-            "hyperparameters": HYPERPARAMETERS, "columns": COLUMNS, "poll_interval": 0.2,
+            "hyperparameters": HYPERPARAMETERS, "columns": COLUMNS, "poll_interval": 0.2, "contract": self.contract,
         }  # fmt: skip
         return AttestedTrainingOperator(**{**arguments, **overrides})
 

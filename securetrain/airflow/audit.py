@@ -59,14 +59,17 @@ def stage_events(run: str, results: Mapping[str, Any]) -> list[AuditEvent]:
     now = rfc3339_utc(datetime.datetime.now(datetime.UTC))
     events = []
     if env := results.get("prepare_environment"):
-        events.append(AuditEvent(EventKind.RUN_STARTED, run, EventSource.PIPELINE, now,
-                                 {"kek_id": env.kek_id, "release_policy_sha256": env.release_policy_sha256,
-                                  "tee": env.tee, "cvm_endpoint": env.cvm_endpoint}))  # fmt: skip
+        started = {"kek_id": env.kek_id, "release_policy_sha256": env.release_policy_sha256, "tee": env.tee,
+                   "cvm_endpoint": env.cvm_endpoint}  # fmt: skip
+        if env.contract is not None:
+            started["contract"] = env.contract.model_dump(mode="json")
+        events.append(AuditEvent(EventKind.RUN_STARTED, run, EventSource.PIPELINE, now, started))
     if data := results.get("check_data_security"):
-        events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.PIPELINE, now,
-                                 {"check": "sealed dataset verified without decrypting", "dataset_id": data.dataset_id,
-                                  "version": data.version, "manifest": data.manifest_blob,
-                                  "shards": data.shard_digests()}))  # fmt: skip
+        checked = {"check": "sealed dataset verified without decrypting", "dataset_id": data.dataset_id,
+                   "version": data.version, "manifest": data.manifest_blob, "shards": data.shard_digests()}  # fmt: skip
+        if data.manifests is not None:
+            checked["manifests"] = [manifest.model_dump(mode="json") for manifest in data.manifests]
+        events.append(AuditEvent(EventKind.DATA_VALIDATED, run, EventSource.PIPELINE, now, checked))
     if claims := results.get("attestation_status"):
         events.append(AuditEvent(EventKind.EVIDENCE_APPRAISED, run, EventSource.PIPELINE, now,
                                  {"check": "TEE attested for Airflow's nonce; token validated against the KEK's "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,8 +11,35 @@ from securetrain.airflow.failures import fail_closed
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.settings import PipelineSettings
 from securetrain.core.audit.checkpoints import load_or_create_signing_key
+from securetrain.core.contracts.jobs import RecipientCopy
 from securetrain.core.contracts.stages import DataCheckResult, EnvironmentResult, RegistrationResult, TrainingStageResult
 from securetrain.core.model_registry import ModelRegistry, ModelRejected
+from securetrain.core.sealed.envelope import content_digest
+from securetrain.core.storage import BlobStore
+
+
+def keep_recipient_copies(
+    store: BlobStore, registry: ModelRegistry, name: str, copies: Sequence[RecipientCopy], statement: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Copy each consumer's sealed copy of the model into the registry (cleanup deletes the run's outputs), once
+    its digest is the one the TEE's signed model statement names for that consumer; what the lineage records."""
+    signed = {entry.get("party"): entry for entry in (statement.get("governance") or {}).get("recipients") or ()}
+    kept = []
+    store.ensure_container(registry.container)
+    for copy in copies:
+        sealed = b"".join(store.download_chunks(copy.blob.container, copy.blob.blob))
+        digest = content_digest(sealed)
+        named = (signed.get(copy.party) or {}).get("sealed_sha256")
+        if not digest == copy.sealed_sha256 == named:
+            raise ModelRejected(
+                f"the model sealed for {copy.party} ({copy.blob.container}/{copy.blob.blob}) hashes to {digest}; the "
+                f"training result says {copy.sealed_sha256} and the TEE's statement {named}"
+            )
+        blob = f"{name}/recipients/{copy.party}/{digest}.sealed"
+        store.upload_stream(registry.container, blob, io.BytesIO(sealed), length=len(sealed), overwrite=True)
+        kept.append({"party": copy.party, "blob": f"{registry.container}/{blob}", "sealed_sha256": digest,
+                     "recipient_thumbprint": copy.recipient_thumbprint})  # fmt: skip
+    return kept
 
 class ModelManagementOperator(BaseOperator):
     """Registers the run's sealed model as the next version of ``model_name``.
@@ -22,6 +50,10 @@ class ModelManagementOperator(BaseOperator):
     the TEE that trained it, hyperparameters and metrics. It also carries the job's provenance (the model
     statement the TEE signed with its attested key, the signature, the attestation token) and is signed
     with the pipeline's model-signing key; ``securetrain models verify`` checks the whole chain.
+
+    Under a contract the lineage also records the contract (digest, id, signers), each dataset's manifest and its
+    pinned digest, the privacy the run spent (ε, δ, accountant), and each consumer's copy of the model, kept in the
+    registry beside it (checked against the TEE's statement first: the run's outputs are deleted by cleanup).
 
     ``training``, ``data`` and ``environment`` are the XComs of the training, data-check and preparation
     stages (:mod:`securetrain.core.contracts.stages`, validated here). Returns (XCom) a
@@ -70,6 +102,13 @@ class ModelManagementOperator(BaseOperator):
             "metrics": trained["metrics"],
             "validation": trained["validation"],
         }  # fmt: skip
+        if environment.contract is not None:
+            contract = environment.contract
+            lineage["contract"] = {"digest": contract.digest, "contract_id": contract.contract_id,
+                                   "signers": list(contract.signers)}  # fmt: skip
+            lineage["datasets"] = [manifest.model_dump(mode="json") for manifest in data.manifests or ()]
+        if training.privacy is not None:
+            lineage["privacy"] = training.privacy.model_dump(mode="json")
         provenance = training.provenance
         with fail_closed("model management"), SecureStorageHook(self.storage_conn_id).blob_store() as store:
             # Inside fail_closed like every other refusal: a retry cannot bring provenance back.
@@ -78,7 +117,11 @@ class ModelManagementOperator(BaseOperator):
                     "the training stage's result carries no provenance (the TEE-signed model statement and the "
                     "attestation token): a model without it cannot be registered"
                 )
-            version = ModelRegistry(store).register(
+            registry = ModelRegistry(store)
+            if training.recipients:
+                lineage["recipients"] = keep_recipient_copies(store, registry, self.model_name, training.recipients,
+                                                              provenance.statement)  # fmt: skip
+            version = registry.register(
                 self.model_name, source_container=training.model.container, source_blob=training.model.blob,
                 kek_id=environment.kek_id, run_id=training.run_id, lineage=lineage,
                 provenance=provenance.model_dump(mode="json"),

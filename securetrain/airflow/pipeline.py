@@ -60,6 +60,11 @@ def _from_stage(task_id: str, field: str) -> str:
     return f"{{{{ ti.xcom_pull(task_ids='{task_id}')['{field}'] }}}}"
 
 
+def _from_stage_if_any(task_id: str, field: str) -> str:
+    """A template for a field a stage's result may leave out (``Omittable``): the value, or None."""
+    return f"{{{{ ti.xcom_pull(task_ids='{task_id}').get('{field}') }}}}"
+
+
 def secure_training_tasks(
     *,
     dataset_id: str,
@@ -70,18 +75,29 @@ def secure_training_tasks(
     expectation_suite: Any,
     model_name: str,
     release_policy_path: str | None = None,
+    contract: str | None = None,
+    privacy: Any = None,
 ) -> dict[str, Any]:
-    """Add the workflow's tasks to the DAG being defined; arguments may be Jinja templates (``params``)."""
-    prepare = EnvironmentPreparationOperator(task_id="prepare_environment", release_policy_path=release_policy_path)
+    """Add the workflow's tasks to the DAG being defined; arguments may be Jinja templates (``params``).
+
+    ``contract`` (a contract's digest) runs under that signed contract: its datasets and their owners' KEKs
+    instead of ``dataset_id``/``dataset_version`` and the deployment's KEK (docs/workflow.md). ``privacy``
+    (``{epsilon, delta, max_grad_norm, accountant}``) trains with DP-SGD.
+    """
+    prepare = EnvironmentPreparationOperator(
+        task_id="prepare_environment", release_policy_path=release_policy_path, contract=contract
+    )
     kek_id = _from_stage(prepare.task_id, "kek_id")
     check = DataSecurityCheckOperator(
         task_id="check_data_security", dataset_id=dataset_id, version=dataset_version, kek_id=kek_id,
         release_policy_sha256=_from_stage(prepare.task_id, "release_policy_sha256"),
+        contract=_from_stage_if_any(prepare.task_id, "contract"),
     )  # fmt: skip
-    attestation = AttestationStatusSensor(task_id="attestation_status", kek_id=kek_id)
+    attestation = AttestationStatusSensor(task_id="attestation_status", kek_id=kek_id, contract=contract)
     train = AttestedTrainingOperator(
         task_id="train", kek_id=kek_id, datasets=_from_stage(check.task_id, "job_datasets"), model=model,
-        hyperparameters=hyperparameters, columns=columns, expectation_suite=expectation_suite,
+        hyperparameters=hyperparameters, columns=columns, expectation_suite=expectation_suite, contract=contract,
+        privacy=privacy,
     )  # fmt: skip
     # Beside training. In reschedule mode (the default unless [operators] default_deferrable is on) it
     # also interleaves with the deferred training task under `airflow dags test`, which runs one at a time.
@@ -114,10 +130,16 @@ def training_params(*, dataset_version: str) -> dict[str, Any]:
     from airflow.sdk import Param  # noqa: PLC0415
 
     return {
-        "dataset_id": Param("breast-cancer", type="string", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$",
-                            title="Dataset", description="Sealed dataset id (onboarded by data_onboarding)"),
+        # null, not "": the trigger form sends an emptied text field as null.
+        "contract": Param(None, type=["null", "string"], pattern=r"^[0-9a-f]{64}$", title="Contract",
+                          description="The digest of a signed contract (container 'contracts') to train under: its "
+                                      "datasets at their pinned versions and the first dataset's KEK. Empty: no "
+                                      "contract, the dataset below and the deployment's KEK"),
+        "dataset_id": Param("breast-cancer", type="string", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", title="Dataset",
+                            description="Sealed dataset id (onboarded by data_onboarding); ignored under a contract"),
         "dataset_version": Param(dataset_version, type="string", pattern=r"^(latest|[A-Za-z0-9._-]{1,64})$",
-                                 title="Dataset version", description="A version, or 'latest'"),
+                                 title="Dataset version",
+                                 description="A version, or 'latest'; ignored under a contract (it pins versions)"),
         "model": Param("mlp", enum=["mlp", "cnn"], title="Model", description="Model from the trainer's registry"),
         "model_params": Param({"hidden": [32, 16]}, type="object", title="Model parameters"),
         "epochs": Param(5, type="integer", minimum=1, maximum=1000, title="Epochs"),
@@ -131,7 +153,17 @@ def training_params(*, dataset_version: str) -> dict[str, Any]:
                             title="Registered model name"),
         # null, not "": the trigger form sends an emptied text field as null.
         "release_policy": Param(None, type=["null", "string"], title="Approved release policy (JSON file)",
-                                description="Empty: the deployment's approved policy ($SECURETRAIN_RELEASE_POLICY)"),
+                                description="Empty: the deployment's approved policy ($SECURETRAIN_RELEASE_POLICY); "
+                                            "not used under a contract (each KEK must carry the contract's policy)"),
+        "dp_epsilon": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=100,
+                            title="Differential privacy: ε",
+                            description="Train with DP-SGD spending at most this ε; empty: no differential privacy"),
+        "dp_delta": Param(1e-5, type="number", exclusiveMinimum=0, exclusiveMaximum=1, title="Differential privacy: δ"),
+        "dp_max_grad_norm": Param(1.0, type="number", exclusiveMinimum=0, maximum=1000,
+                                  title="Differential privacy: clipping norm",
+                                  description="Each sample's gradient is clipped to this L2 norm"),
+        "dp_accountant": Param("prv", enum=["prv", "rdp"], title="Differential privacy: accountant",
+                               description="How the ε spent is computed (Opacus's PRV or RDP accountant)"),
     }  # fmt: skip
 
 
@@ -169,4 +201,13 @@ def secure_training_from_params() -> dict[str, Any]:
         expectation_suite="{{ params.expectation_suite }}",
         model_name="{{ params.model_name }}",
         release_policy_path="{{ params.release_policy or None }}",
+        contract="{{ params.contract or None }}",
+        privacy=PRIVACY_FROM_PARAMS,
     )  # fmt: skip
+
+
+#: The job's privacy request from the trigger form: None without an ε (no DP), else every DP field.
+PRIVACY_FROM_PARAMS = (
+    "{{ {'epsilon': params.dp_epsilon, 'delta': params.dp_delta, 'max_grad_norm': params.dp_max_grad_norm, "
+    "'accountant': params.dp_accountant} if params.dp_epsilon is not none else None }}"
+)

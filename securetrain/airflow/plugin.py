@@ -12,6 +12,7 @@ training" page") says what each part shows and why it is safe.
 from __future__ import annotations
 
 import datetime
+import decimal
 import io
 import json
 from collections.abc import Mapping, Sequence
@@ -212,7 +213,12 @@ def _number(value: Any) -> str:
     return str(value)
 
 
-_templates.filters.update(time=_time, claim=_claim, number=_number)
+def _epsilon(value: float) -> str:
+    """An ε as the ledger's own account prints it: as written, no exponent, no trailing zeros."""
+    return format(decimal.Decimal(repr(value)).normalize(), "f")
+
+
+_templates.filters.update(time=_time, claim=_claim, number=_number, epsilon=_epsilon)
 _templates.globals.update(KEY_CLAIMS=KEY_CLAIMS, STAGES=STAGES, TRAINING_TAG=TRAINING_TAG)
 
 
@@ -281,10 +287,64 @@ def overview(user: GetUserDep, session: SessionDep) -> HTMLResponse:
     return _page("overview.html", dag_ids=dag_ids, runs=load_runs(session, dag_ids))
 
 
+@dataclass(frozen=True)
+class ContractView:
+    """The contract a run was under, as ``prepare_environment`` verified it, what the run spent, and each
+    contracted dataset's privacy budget as the contract's ledger says now (``budget`` None: ``budget_problem``
+    says why it could not be read or verified)."""
+
+    digest: str
+    contract_id: str
+    purpose: str
+    signers: tuple[str, ...]
+    #: The run's DP-SGD spend (``PrivacySpent``), None when it spent none (yet).
+    privacy: Any
+    budget: tuple[Any, ...] | None
+    budget_problem: str | None
+
+
+def contract_view(run: RunView) -> ContractView | None:
+    """The contract of ``run`` (None for a run without one) and the budget of each of its datasets.
+
+    The ledger is read from storage and verified here, without a TEE: each entry's attestation token is checked
+    as historical evidence against the attestation service's published keys and the contract's release policy
+    (:func:`securetrain.airflow.governance.contract_budget`). A ledger that does not verify shows no numbers.
+    """
+    environment = run.result("prepare_environment")
+    if environment is None or environment.contract is None:
+        return None
+    # Only this view reads storage and the attestation service: imported here, the page's module stays light.
+    from airflow.exceptions import AirflowNotFoundException  # noqa: PLC0415
+    from securetrain.airflow.governance import contract_budget, stored_contract  # noqa: PLC0415
+    from securetrain.airflow.hooks.attestation import AttestationHook  # noqa: PLC0415
+    from securetrain.airflow.hooks.storage import SecureStorageHook  # noqa: PLC0415
+    from securetrain.core.errors import SecuretrainError  # noqa: PLC0415
+    from securetrain.core.model_provenance import published_keys  # noqa: PLC0415
+
+    contract = environment.contract
+    training = run.result("train")
+    budget: tuple[Any, ...] | None = None
+    problem = None
+    try:
+        keys_for = published_keys(AttestationHook().connection.tls_verify)
+        with SecureStorageHook().blob_store() as store:
+            terms = stored_contract(store, contract.digest).contract
+            budget = tuple(contract_budget(store, terms, keys_for))
+    except (SecuretrainError, AirflowNotFoundException) as exc:  # storage or the ledger failed, or no connection here
+        problem = f"{type(exc).__name__}: {exc}"
+    return ContractView(
+        digest=contract.digest, contract_id=contract.contract_id, purpose=contract.purpose,
+        signers=tuple(contract.signers), privacy=training.privacy if training is not None else None,
+        budget=budget, budget_problem=problem,
+    )  # fmt: skip
+
+
 @app.get("/run", response_class=HTMLResponse)
 def run_detail(session: SessionDep, dag_id: ReadableTrainingDag, run_id: str = Query(..., max_length=250)) -> HTMLResponse:
-    """One run: task states, attestation claims, key release, dataset checks, training, model, audit."""
-    return _page("run.html", run=_one_run(session, dag_id, run_id))
+    """One run: task states, attestation claims, key release, its contract and privacy budget, dataset checks,
+    training, model, audit."""
+    run = _one_run(session, dag_id, run_id)
+    return _page("run.html", run=run, contract=contract_view(run))
 
 
 #: What a served run report may do: show its own inline styles and data: images; no script, nothing fetched.

@@ -12,11 +12,12 @@ from typing import Any
 
 from airflow.sdk import BaseSensorOperator, Context, conf
 from airflow.sdk.exceptions import AirflowException
-from securetrain.airflow.enclave import attest_now, watch_job
+from securetrain.airflow.enclave import attest_now, challenge_policy, watch_job
 from securetrain.airflow.failures import SecurityCheckFailed, fail_closed
 from securetrain.airflow.hooks.attestation import AttestationHook
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import job_run_id
 from securetrain.airflow.triggers import AttestationStatusTrigger, EnclaveHealthTrigger
 from securetrain.core.attestation.claims import workload_binding
@@ -39,19 +40,24 @@ class AttestationStatusSensor(BaseSensorOperator):
     """Waits until the CVM proves, to Airflow itself, that it is an approved TEE (:func:`attest_now`): a token that
     fails fails the task without retry, an agent that cannot attest yet is asked again. Returns (XCom) the
     validated claims (:class:`~securetrain.core.contracts.stages.AttestationResult`).
+
+    The claims are held to the KEK's release policy; in a run under ``contract`` (a digest), to the contract's
+    approved workloads (:func:`~securetrain.airflow.enclave.challenge_policy`).
     """
 
-    template_fields: Sequence[str] = ("kek_id",)
+    template_fields: Sequence[str] = ("kek_id", "contract")
     ui_color = "#f5e6a8"
 
     def __init__(
         self,
         *,
         kek_id: str,
+        contract: str | None = None,
         deferrable: bool | None = None,
         cvm_conn_id: str = ConfidentialVmHook.default_conn_name,
         attestation_conn_id: str = AttestationHook.default_conn_name,
         keyvault_conn_id: str = KeyVaultHook.default_conn_name,
+        storage_conn_id: str = SecureStorageHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("mode", "reschedule")
@@ -59,17 +65,20 @@ class AttestationStatusSensor(BaseSensorOperator):
         kwargs.setdefault("timeout", timedelta(minutes=15).total_seconds())
         super().__init__(**kwargs)
         self.kek_id = kek_id
+        self.contract = contract
         self.deferrable = _default_deferrable() if deferrable is None else deferrable
         self.cvm_conn_id = cvm_conn_id
         self.attestation_conn_id = attestation_conn_id
         self.keyvault_conn_id = keyvault_conn_id
+        self.storage_conn_id = storage_conn_id
         self._claims: dict[str, Any] | None = None
 
     def execute(self, context: Context) -> Any:
         if self.deferrable:
             self.defer(
                 trigger=AttestationStatusTrigger(self.cvm_conn_id, self.attestation_conn_id, self.keyvault_conn_id,
-                                                 self.kek_id, self.poke_interval),  # fmt: skip
+                                                 self.kek_id, self.poke_interval, contract=self.contract or None,
+                                                 storage_conn_id=self.storage_conn_id),  # fmt: skip
                 method_name="execute_complete",
                 timeout=timedelta(seconds=self.timeout),
             )
@@ -79,7 +88,8 @@ class AttestationStatusSensor(BaseSensorOperator):
     def poke(self, context: Context) -> bool:
         with fail_closed("attestation status"):
             try:
-                policy = KeyVaultHook(self.keyvault_conn_id).release_policy(self.kek_id)
+                policy = challenge_policy(self.kek_id, self.contract, keyvault_conn_id=self.keyvault_conn_id,
+                                          storage_conn_id=self.storage_conn_id)  # fmt: skip
                 self._claims = attest_now(ConfidentialVmHook(self.cvm_conn_id), AttestationHook(self.attestation_conn_id), policy)
             except SecuretrainError as exc:
                 if exc.security_violation:

@@ -3,6 +3,10 @@
 The trainer's run id is derived from the DAG run, so a retried task finds the job it submitted rather than
 starting another. When the job succeeded, Airflow validates the attestation the job ran under against the KEK's
 release policy itself, and returns its claims (never the token) with the metrics.
+
+Under a contract the job spec names it (``ContractRef``) and the TEE admits the job only inside its terms: a
+refusal (400 naming the term, 424 for a contract not in force) fails the task without retry and is recorded in
+the run's audit log as a governance event.
 """
 
 from __future__ import annotations
@@ -14,29 +18,42 @@ from typing import Any
 
 from airflow.sdk import BaseOperator, Context
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
-from securetrain.airflow.enclave import attest_now
+from securetrain.airflow.enclave import attest_now, challenge_policy
 from securetrain.airflow.failures import SecurityCheckFailed, fail_closed
 from securetrain.airflow.hooks.attestation import AttestationHook, claims_summary
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
-from securetrain.airflow.locations import CHECKPOINTS_CONTAINER, MODELS_CONTAINER, checkpoint_prefix, job_run_id, model_output_blob
+from securetrain.airflow.locations import (
+    CHECKPOINTS_CONTAINER,
+    CONTRACTS_CONTAINER,
+    MODELS_CONTAINER,
+    checkpoint_prefix,
+    job_run_id,
+    model_output_blob,
+)
 from securetrain.airflow.triggers import TrainingJobTrigger, progress_lines
 from securetrain.core.attestation.tokens import TokenRejected
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.jobs import JobState, JobView
 from securetrain.core.contracts.stages import TrainingStageResult
-from securetrain.core.cvm_client import CvmConflict
+from securetrain.core.cvm_client import CvmAttestationRefused, CvmConflict, CvmRequestRejected
+from securetrain.core.errors import SecuretrainError
 
 class AttestedTrainingOperator(BaseOperator):
     """Submits the training job to the confidential VM and waits for it (deferred by default).
 
+    ``contract`` (a contract's digest) runs the job under that contract; ``privacy`` (``{epsilon, delta,
+    max_grad_norm, accountant}``) trains it with DP-SGD.
+
     Returns (XCom) a :class:`~securetrain.core.contracts.stages.TrainingStageResult`: the job, the
-    attestation claims, key release, curve, validation aggregates, model, checkpoints and provenance.
+    attestation claims, key release, curve, validation aggregates, model, checkpoints and provenance; the
+    privacy spent and the consumers' copies of the model when there are any.
     """
 
-    template_fields: Sequence[str] = ("kek_id", "datasets", "model", "hyperparameters", "columns", "expectation_suite")
-    template_fields_renderers = {"model": "json", "hyperparameters": "json", "expectation_suite": "json"}
+    template_fields: Sequence[str] = ("kek_id", "datasets", "model", "hyperparameters", "columns", "expectation_suite",
+                                      "contract", "privacy")  # fmt: skip
+    template_fields_renderers = {"model": "json", "hyperparameters": "json", "expectation_suite": "json", "privacy": "json"}
     ui_color = "#fbe3c4"
 
     def __init__(
@@ -48,6 +65,8 @@ class AttestedTrainingOperator(BaseOperator):
         hyperparameters: Mapping[str, Any],
         columns: Mapping[str, Any],
         expectation_suite: Mapping[str, Any] | None = None,
+        contract: str | None = None,
+        privacy: Mapping[str, Any] | None = None,
         poll_interval: float = 5.0,
         deferrable: bool = True,
         cvm_conn_id: str = ConfidentialVmHook.default_conn_name,
@@ -63,6 +82,8 @@ class AttestedTrainingOperator(BaseOperator):
         self.hyperparameters = hyperparameters
         self.columns = columns
         self.expectation_suite = expectation_suite
+        self.contract = contract
+        self.privacy = privacy
         self.poll_interval = poll_interval
         self.deferrable = deferrable
         self.cvm_conn_id = cvm_conn_id
@@ -85,6 +106,10 @@ class AttestedTrainingOperator(BaseOperator):
         }
         if self.expectation_suite:
             spec["expectation_suite"] = dict(self.expectation_suite)
+        if self.contract:
+            spec["contract"] = {"container": CONTRACTS_CONTAINER, "digest": self.contract}
+        if self.privacy:
+            spec["privacy"] = dict(self.privacy)
         return JobSpec.from_json(spec)
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -102,12 +127,38 @@ class AttestedTrainingOperator(BaseOperator):
                     # A retry of this task: the job of this run was submitted before (with another nonce).
                     job = client.job(job_id)
                     self.log.info("job %s of run %s was submitted before; waiting for it", job_id, run)
+                except CvmRequestRejected as exc:
+                    if spec.contract is None or exc.term is None:
+                        raise
+                    self._refused(run, spec.contract.digest, exc)
+                except CvmAttestationRefused as exc:
+                    if spec.contract is None:
+                        raise
+                    self._refused(run, spec.contract.digest, exc)
         if self.deferrable and not job.state.finished:
             self.defer(
                 trigger=TrainingJobTrigger(self.cvm_conn_id, job_id, self.poll_interval),
                 method_name="execute_complete",
             )
         return self._finish(self._wait(job_id, job))
+
+    def _refused(self, run: str, digest: str, exc: CvmRequestRejected | CvmAttestationRefused) -> None:
+        """The TEE refused the job under contract ``digest``: recorded in the run's audit log, then the task fails
+        without retry (the same job would be refused again) naming the term."""
+        from securetrain.airflow.audit import record_events  # noqa: PLC0415 - keeps DAG parsing light
+        from securetrain.core.audit.events import AuditEvent, EventKind, EventSource  # noqa: PLC0415
+
+        term = exc.term if isinstance(exc, CvmRequestRejected) else None
+        event = AuditEvent.now(EventKind.GOVERNANCE, EventSource.AIRFLOW, run_id=run, details={
+            "outcome": "job refused", "contract": digest, "term": term, "status": exc.status, "message": str(exc)})  # fmt: skip
+        try:
+            with SecureStorageHook(self.storage_conn_id).blob_store() as store:
+                record_events(store, run, [event])
+        except SecuretrainError as record_failure:
+            # The refusal stands whether or not it could be recorded; the audit stage records the task's failure.
+            self.log.error("the refusal could not be recorded in the audit log of run %s: %s", run, record_failure)
+        what = f"breaks the contract's term {term}" if term else "names a contract not in force"
+        raise SecurityCheckFailed(f"attested training: the TEE refused the job, which {what} (contract {digest}): {exc}")
 
     def _wait(self, job_id: str, job: JobView) -> JobView:
         """The non-deferrable path: poll in the worker."""
@@ -166,6 +217,9 @@ class AttestedTrainingOperator(BaseOperator):
             transitions=job.transitions,
             # The TEE's signed statement about the model and the token that names its key (docs/models.md).
             provenance=result.provenance,
+            # Left out, not null, where there are none: a run without a contract returns what it always did.
+            **({"privacy": result.privacy} if result.privacy is not None else {}),
+            **({"recipients": result.recipients} if result.recipients else {}),
         ).model_dump(mode="json")
 
     def _job_attestation(self, job: JobView) -> dict[str, Any]:
@@ -183,4 +237,8 @@ class AttestedTrainingOperator(BaseOperator):
                 return claims_summary(attestation.validate(latest.token, policy=policy).claims)
             except TokenRejected as exc:
                 self.log.info("the job's token no longer validates (%s); challenging the TEE afresh", exc)
+        if self.contract:
+            # The TEE's answer to a bare nonce enforces no contract: it is held to the contract's workloads.
+            policy = challenge_policy(self.kek_id, self.contract, keyvault_conn_id=self.keyvault_conn_id,
+                                      storage_conn_id=self.storage_conn_id)  # fmt: skip
         return attest_now(cvm, attestation, policy)

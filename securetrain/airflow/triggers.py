@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
-from securetrain.airflow.enclave import attest_now, watch_job
+from securetrain.airflow.enclave import attest_now, challenge_policy, watch_job
 from securetrain.airflow.hooks.attestation import AttestationHook
 from securetrain.airflow.hooks.cvm import ConfidentialVmHook
-from securetrain.airflow.hooks.keyvault import KeyVaultHook
+from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.core.contracts.jobs import JobView
 from securetrain.core.errors import SecuretrainError
 
@@ -80,19 +80,24 @@ class TrainingJobTrigger(_SecuretrainTrigger):
 
 
 class AttestationStatusTrigger(_SecuretrainTrigger):
-    """Challenges the TEE until it attests (the agent may still be starting); fails at once on a bad token."""
+    """Challenges the TEE until it attests (the agent may still be starting); fails at once on a bad token. The
+    claims are held to :func:`~securetrain.airflow.enclave.challenge_policy` (the contract's, in a run under one)."""
 
     def __init__(self, cvm_conn_id: str, attestation_conn_id: str, keyvault_conn_id: str, kek_id: str,
-                 poll_interval: float = 10.0) -> None:  # fmt: skip
+                 poll_interval: float = 10.0, contract: str | None = None,
+                 storage_conn_id: str = SecureStorageHook.default_conn_name) -> None:  # fmt: skip
         super().__init__()
         self.cvm_conn_id = cvm_conn_id
         self.attestation_conn_id = attestation_conn_id
         self.keyvault_conn_id = keyvault_conn_id
         self.kek_id = kek_id
         self.poll_interval = poll_interval
+        self.contract = contract
+        self.storage_conn_id = storage_conn_id
 
     def _attest(self) -> dict[str, Any]:
-        policy = KeyVaultHook(self.keyvault_conn_id).release_policy(self.kek_id)
+        policy = challenge_policy(self.kek_id, self.contract, keyvault_conn_id=self.keyvault_conn_id,
+                                  storage_conn_id=self.storage_conn_id)  # fmt: skip
         return attest_now(ConfidentialVmHook(self.cvm_conn_id), AttestationHook(self.attestation_conn_id), policy)
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

@@ -1,8 +1,9 @@
 """The DAGs end to end under `airflow dags test`, against the real local stack.
 
 data_onboarding publishes a sealed dataset, each to its own asset (breast-cancer's being the one secure_retraining is
-scheduled on); secure_training runs every stage to success; and with a trainer whose code was changed, the run fails
-at training with the attestation reason while audit and cleanup still run and the audit log records the refusal.
+scheduled on); secure_training runs every stage to success, and so does a run under the example consortium's contract
+with DP-SGD; and with a trainer whose code was changed, the run fails at training with the attestation reason while
+audit and cleanup still run and the audit log records the refusal.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from securetrain.localstack import StackLayout, data_owner
+from securetrain.localstack.consortium import form_consortium
 from securetrain.localstack.airflow_env import metadata_database, run_airflow
 from securetrain.core.audit.log import AuditLog
 from securetrain.core.audit.checkpoints import load_or_create_signing_key
@@ -99,6 +101,28 @@ def test_secure_training_reaches_success_through_every_stage(onboarded_dataset, 
     kinds = {entry["event"]["kind"] for entry in audit_entries(local_stack, audit_log_of(text))}
     assert {"run_started", "evidence_appraised", "key_released", "data_validated", "checkpoint_written",
             "model_registered", "cleanup_done"} <= kinds  # fmt: skip
+
+
+def test_secure_training_under_a_contract_with_dp_reaches_success(onboarded_dataset, local_stack) -> None:
+    pool = form_consortium(local_stack.layout, local_stack.env["SECURETRAIN_ATTESTATION_ENDPOINT"])
+    model = f"pooled-{uuid.uuid4().hex[:8]}"
+    # Inside the example contract's terms; two epochs (DP-SGD is about ten times slower than plain training).
+    conf = {"contract": pool.digest, "dp_epsilon": 1.0, "epochs": 2, "model_params": {"hidden": [16]}, "model_name": model}
+    result = dags_test(onboarded_dataset, "secure_training", "--conf", json.dumps(conf))
+    text = output(result)
+    assert result.returncode == 0, text[-8000:]
+    assert re.search(r"Marking run <DagRun secure_training .*> successful", text)
+    assert f"contract {pool.digest} (breast-cancer-pooled-2026) is in force" in text
+    assert "breast-cancer-b version" in text and "the manifest is the one the contract pins" in text
+    with BlobStore.from_settings(local_stack.settings()) as store:
+        registry = ModelRegistry(store)
+        lineage = registry.get(model, registry.versions(model)[-1]).manifest["lineage"]
+    assert lineage["contract"]["digest"] == pool.digest
+    assert lineage["contract"]["signers"] == ["hospital-a", "hospital-b", "research-lab"]
+    assert 0 < lineage["privacy"]["epsilon"] <= 1.0 and lineage["privacy"]["accountant"] == "prv"
+    assert [copy["party"] for copy in lineage["recipients"]] == ["research-lab"]
+    kinds = {entry["event"]["kind"] for entry in audit_entries(local_stack, audit_log_of(text))}
+    assert {"run_started", "governance", "privacy_budget", "key_released", "model_registered", "cleanup_done"} <= kinds
 
 
 def test_a_changed_trainer_fails_the_run_at_training_and_audit_and_cleanup_still_run(

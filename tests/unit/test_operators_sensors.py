@@ -49,7 +49,8 @@ def test_attestation_deferred_validates_the_claims_in_execute_complete(local_sta
     assert isinstance(deferred.trigger, AttestationStatusTrigger)
     assert deferred.trigger.serialize()[1] == {"cvm_conn_id": "securetrain_cvm", "attestation_conn_id": "securetrain_attestation",
                                                "keyvault_conn_id": "securetrain_keyvault", "kek_id": kek_id,
-                                               "poll_interval": 1}  # fmt: skip
+                                               "poll_interval": 1, "contract": None,
+                                               "storage_conn_id": "securetrain_storage"}  # fmt: skip
     event = first_event(deferred.trigger, 60)
     assert event is not None and event.payload["status"] == "done"
     claims = sensor.execute_complete(task_context(new_run_id()), event.payload)

@@ -100,6 +100,21 @@ RESULTS = {
     "cleanup": {"job_cancelled": False, "deleted_blobs": 2, "cvm": "the local agent keeps running"},
 }  # fmt: skip
 
+#: A run under a contract: its digest, id, purpose and signers, and the ε the run spent.
+CONTRACT_RUN = "manual__under_contract"
+CONTRACT_DIGEST = "9a" * 32
+CONTRACT_RESULTS = {
+    **RESULTS,
+    "prepare_environment": {**RESULTS["prepare_environment"], "contract": {
+        "digest": CONTRACT_DIGEST, "contract_id": "fraud-pooled-2026",
+        "purpose": "Two banks pool <b>fraud</b> labels for one classifier.",
+        "signers": ["bank-a", "bank-b", "insurer"],
+        "kek_ids": {"fraud-a": "https://vault.test/keys/kek-a/1", "fraud-b": "https://vault.test/keys/kek-b/1"}}},
+    "train": {**RESULTS["train"], "privacy": {
+        "epsilon": 0.9871, "delta": 1e-5, "accountant": "prv", "noise_multiplier": 1.1, "sample_rate": 0.05,
+        "steps": 40, "max_grad_norm": 1.0}},
+}  # fmt: skip
+
 
 def _create_run(
     dag, run_id: str, states: dict[str, str], results: dict[str, object], started: datetime.datetime
@@ -178,6 +193,8 @@ def api_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         _create_run(SerializedDagModel.get_dag("look_alike"), LOOK_ALIKE_RUN, dict.fromkeys(RESULTS, "success"), RESULTS,
                     started + datetime.timedelta(hours=3))  # fmt: skip
         _create_run(dag, SUCCEEDED_RUN, dict.fromkeys(RESULTS, "success"), RESULTS, started)
+        _create_run(dag, CONTRACT_RUN, dict.fromkeys(RESULTS, "success"), CONTRACT_RESULTS,
+                    started - datetime.timedelta(hours=1))  # fmt: skip
         _create_run(
             dag,
             FAILED_RUN,
@@ -254,7 +271,7 @@ def test_overview_lists_the_runs_of_every_training_dag_newest_first_with_model_a
     response = _get(api_client, "/securetrain/", token)
     assert response.status_code == 200
     rows = _rows(response.text)
-    assert len(rows) == 3  # not the look-alike's: it lacks the training tag
+    assert len(rows) == 4  # not the look-alike's: it lacks the training tag
     assert LOOK_ALIKE_RUN not in response.text and "look_alike" not in response.text
     assert '<code class="dag">secure_retraining</code>, <code class="dag">secure_training</code>' in response.text
     assert "<code>secure_retraining</code>" in rows[0] and "fraud-detector v4" in rows[0]
@@ -264,6 +281,8 @@ def test_overview_lists_the_runs_of_every_training_dag_newest_first_with_model_a
     assert 'href="run?dag_id=secure_training&amp;run_id=manual__2026-11-24T19%3A00%3A00%2B00%3A00"' in rows[1]
     assert SUCCEEDED_RUN in rows[2] and "fraud-detector v3" in rows[2] and "verified" in rows[2]
     assert "2026-11-24 18:00:00 UTC" in rows[2] and "2026-11-24 18:03:00 UTC" in rows[2]
+    assert '<span class="missing">—</span>' in rows[2].split('class="contract">', 1)[1]  # no contract
+    assert CONTRACT_RUN in rows[3] and f'title="{CONTRACT_DIGEST}">fraud-pooled-2026</code> (ε 0.9871)' in rows[3]
 
 
 def test_run_page_shows_every_stage_result_escaped(api_client, token):
@@ -279,6 +298,20 @@ def test_run_page_shows_every_stage_result_escaped(api_client, token):
     assert "0.9100" in page and "job-7" in page
     assert "<script>" not in page
     assert "sealed/&lt;script&gt;alert(1)&lt;/script&gt;.sealed" in page
+
+
+def test_a_run_under_a_contract_shows_it_its_signers_and_the_epsilon_spent(api_client, token):
+    page = _get(api_client, "/securetrain/run", token, dag_id="secure_training", run_id=CONTRACT_RUN).text
+    assert 'id="contract-id">fraud-pooled-2026<' in page and f'id="contract-digest">{CONTRACT_DIGEST}<' in page
+    assert "Two banks pool &lt;b&gt;fraud&lt;/b&gt; labels" in page
+    assert "<code>bank-a</code>, <code>bank-b</code>, <code>insurer</code>" in page
+    assert 'id="run-epsilon">0.9871 (δ 1e-05, prv accountant)<' in page
+    # The budget comes from the contract's ledger in storage, verified with the attestation service's keys; this
+    # API server has no connection to either: the page says why it shows none rather than failing.
+    missing = re.search(r'id="privacy-budget-missing">(.*?)</p>', page, re.S)
+    assert missing and "AirflowNotFoundException" in missing.group(1) and 'id="privacy-budget"' not in page
+    plain = _get(api_client, "/securetrain/run", token, dag_id="secure_training", run_id=SUCCEEDED_RUN).text
+    assert 'id="contract"' not in plain
 
 
 def test_the_same_run_id_in_another_training_dag_is_another_run(api_client, token):

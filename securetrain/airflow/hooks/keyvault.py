@@ -77,6 +77,14 @@ class KeyVaultHook(BaseHook):
         with self.get_conn() as client:
             return check_kek(client, name, approved)
 
+    def check_kek_at(self, kek_url: str, approved: ReleasePolicy) -> KeyVaultKey:
+        """:meth:`check_kek` for the key a Key Vault key URL names (``https://VAULT/keys/NAME[/VERSION]``, as a
+        contract names an owner's KEK): its latest version, in that vault, as this connection's identity."""
+        ref = KeyVaultKeyIdentifier(kek_url)
+        connection = self.connection
+        with key_client(ref.vault_url, connection.credential(), ca_bundle=connection.ca_bundle) as client:
+            return check_kek(client, ref.name, approved)
+
     def new_kek_version(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
         """Rotate the KEK ``name``: a new version with the latest one's parameters and release policy; its
         public half, once the new version is checked to carry ``approved`` immutably. Needs the key's rotate

@@ -11,9 +11,22 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, RootModel
 
-from securetrain.core.contracts.base import Contract, Items, JsonObject, Lax
+from securetrain.core.contracts.base import Contract, Items, JsonObject, Lax, Omittable
 from securetrain.core.contracts.job_spec import BlobRef, DatasetRef
-from securetrain.core.contracts.jobs import EpochRecord, JobState, KeyRelease, Provenance, Transition
+from securetrain.core.contracts.jobs import EpochRecord, JobState, KeyRelease, Provenance, RecipientCopy, Transition
+from securetrain.core.contracts.training import PrivacySpent
+
+
+class RunContract(Contract):
+    """The signed contract a run is under, as ``prepare_environment`` verified it: every party signed, in force."""
+
+    digest: str
+    contract_id: str
+    purpose: str
+    #: Every party, in the contract's order: each signed ``digest``.
+    signers: Items[str]
+    #: Each contracted dataset's KEK: the latest version, checked to be released only under the contract's policy.
+    kek_ids: dict[str, str]
 
 
 class EnvironmentResult(Contract):
@@ -25,6 +38,8 @@ class EnvironmentResult(Contract):
     #: The TEE type the agent reported; the health sensor expects it throughout the run.
     tee: str
     containers: Items[str]
+    #: The contract the run is under; absent for a run without one (its KEK is then the deployment's).
+    contract: Omittable[RunContract]
 
 
 class CheckedShard(Contract):
@@ -39,14 +54,27 @@ class CheckedShard(Contract):
     size: int
 
 
+class CheckedManifest(Contract):
+    """A dataset version checked under a contract: its manifest and the SHA-256 the contract pins for it."""
+
+    dataset_id: str
+    version: str
+    manifest_blob: str
+    manifest_sha256: str
+
+
 class DataCheckResult(Contract):
-    """``check_data_security``: the dataset version checked, the manifest the job names, and its shards."""
+    """``check_data_security``: the dataset version checked, the manifest the job names, and its shards.
+
+    Under a contract, every contracted dataset is checked: ``manifests`` lists them, ``dataset_id``, ``version``
+    and ``manifest_blob`` name the first, ``job_datasets`` and ``datasets`` hold all of them."""
 
     dataset_id: str
     version: str
     manifest_blob: str
     job_datasets: Items[DatasetRef]
     datasets: Items[CheckedShard]
+    manifests: Omittable[Items[CheckedManifest]]
 
     def shard_digests(self) -> list[dict[str, str]]:
         """Each shard's blob path and plaintext digest: what the audit log and a model's lineage record."""
@@ -82,6 +110,10 @@ class TrainingStageResult(Contract):
     transitions: Items[Transition]
     #: The TEE's signed statement about the model and the token that names its key (docs/models.md).
     provenance: Provenance | None
+    #: What a DP-SGD run spent (the accountant's ε, δ); absent without differential privacy.
+    privacy: Omittable[PrivacySpent]
+    #: Under a contract: the model sealed to each consumer's key the contract names.
+    recipients: Omittable[Items[RecipientCopy]]
 
 
 class RegistrationResult(Contract):

@@ -1,0 +1,126 @@
+"""The signed contract a training run is under, as Airflow reads and checks it (docs/workflow.md, "A run under a
+contract").
+
+Airflow is no party to a contract and holds none of its keys. What it checks here (every signature, in force, the
+datasets' pinned manifests, each owner's KEK bound to the contract) is an early failure that names the party or
+term before a TEE is started; the TEE checks all of it again for itself, and only its checks decide.
+
+- :func:`verified_contract`: the contract stored under a digest, every signature verified, in force now;
+- :func:`stored_contract`: the contract stored under a digest (its bytes hash to the digest), not verified again;
+- :func:`pinned_version`: the version of a contracted dataset a run trains on;
+- :func:`workload_policy`: what the TEE's answer to Airflow's own nonce must satisfy in a run under a contract;
+- :func:`contract_budget`: each dataset's privacy budget, spent and left, from the contract's verified ledger.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from securetrain.airflow.locations import CONTRACTS_CONTAINER
+from securetrain.core.approved_release_policies import approved_release_policy
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.governance.budget import ledger_store, read_ledger
+from securetrain.core.governance.contract import DatasetTerms, PinnedVersion, TrainingContract, contract_release_policy
+from securetrain.core.governance.in_force import VerifiedContract, verify_contract
+from securetrain.core.governance.signatures import SignedContract
+from securetrain.core.governance.store import ContractStore
+from securetrain.core.model_provenance import verify_attestation_token
+from securetrain.core.release_policy import ReleasePolicy, require_documented
+from securetrain.core.storage import BlobNotFound, BlobStore, ContainerNotFound
+
+
+def stored_contract(store: BlobStore, digest: str, container: str = CONTRACTS_CONTAINER) -> SignedContract:
+    """The signed contract stored under ``digest`` in ``container``; its bytes hash to ``digest``.
+
+    Raises:
+        ConfigurationError: nothing is stored under ``digest`` (the trigger form names a contract not published);
+        StoredContractInvalid: what is stored there is not that contract.
+    """
+    try:
+        return ContractStore(store, container).read(digest)
+    except (BlobNotFound, ContainerNotFound):
+        raise ConfigurationError(f"no contract {digest} is published in container {container!r}") from None
+
+
+def verified_contract(store: BlobStore, digest: str, container: str = CONTRACTS_CONTAINER) -> VerifiedContract:
+    """The contract stored under ``digest``, checked as the TEE will check it: every party's signature, every
+    revocation stored beside it, its validity now.
+
+    Raises:
+        ConfigurationError: no such contract is published;
+        SecurityViolation subclasses naming the party (a signature missing or bad, a revocation) or the term
+            (``validity.not_before``, ``validity.expires``).
+    """
+    signed = stored_contract(store, digest, container)
+    revocations = ContractStore(store, container).revocations(digest)
+    return verify_contract(signed, revocations, datetime.datetime.now(datetime.UTC))
+
+
+def pinned_version(terms: DatasetTerms) -> PinnedVersion:
+    """The version of ``terms``'s dataset a run under the contract trains on: the last one the contract pins."""
+    return terms.versions[-1]
+
+
+def workload_policy(contract: TrainingContract) -> ReleasePolicy:
+    """The release policy approving the contract's workloads (each platform's reference values) without requiring
+    its digest in the token.
+
+    A TEE enforces a contract for a job only: its answer to Airflow's bare nonce names no contract, so it is held to
+    what the contract approves of the workload itself. Each owner's KEK still requires the contract claim
+    (:func:`~securetrain.core.governance.contract.contract_release_policy`), which the job's own token carries.
+    """
+    rules = tuple(rule for workload in contract.workloads for rule in approved_release_policy(workload).authorities)
+    return require_documented(ReleasePolicy(rules))
+
+
+@dataclass(frozen=True)
+class DatasetBudget:
+    """One dataset's privacy budget under a contract, in ε: what the contract allows in all, what settled runs
+    spent, what runs still open reserved, and what is left."""
+
+    dataset_id: str
+    total: float
+    spent: float
+    reserved: float
+    left: float
+
+
+def _exact(value: float) -> Decimal:
+    # As the ledger counts: in decimal, so the page's sums are the ledger's (0.1 + 0.2 is 0.3).
+    return Decimal(repr(value))
+
+
+def contract_budget(
+    store: BlobStore, contract: TrainingContract, keys_for: Callable[[str], Any]
+) -> list[DatasetBudget]:
+    """Each contracted dataset's budget, from the contract's ledger in ``store``, verified without a TEE: every
+    entry's attestation token checked as historical evidence (signed by a key its issuer publishes, ``keys_for``;
+    claims satisfying the contract's release policy, which requires this contract's digest).
+
+    Raises:
+        LedgerInvalid: the ledger is not what TEEs enforcing this contract wrote.
+    """
+    digest = contract.digest()
+    policy = contract_release_policy(contract)
+
+    def check_token(raw: str) -> Mapping[str, Any]:
+        return verify_attestation_token(raw, policy, keys_for)
+
+    state = read_ledger(ledger_store(store, digest), digest, check_token)
+    spent: dict[str, Decimal] = {}
+    reserved: dict[str, Decimal] = {}
+    for account in state.runs.values():
+        bucket = reserved if account.settled is None else spent
+        for dataset, epsilon in account.counted().items():
+            bucket[dataset] = bucket.get(dataset, Decimal(0)) + _exact(epsilon)
+    return [
+        DatasetBudget(dataset_id=terms.dataset_id, total=terms.privacy.epsilon_total,
+                      spent=float(spent.get(terms.dataset_id, Decimal(0))),
+                      reserved=float(reserved.get(terms.dataset_id, Decimal(0))),
+                      left=state.remaining(terms.dataset_id, terms.privacy.epsilon_total))
+        for terms in contract.datasets
+    ]  # fmt: skip
