@@ -16,7 +16,6 @@ from securetrain.airflow.locations import DATASETS_CONTAINER
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.contracts.stages import CheckedManifest, CheckedShard, DataCheckResult, RunContract
-from securetrain.core.governance.terms import manifest_sha256
 from securetrain.core.onboarding import DatasetManifest, SealedShard
 from securetrain.core.sealed import KekPublicKey
 from securetrain.core.sealed.errors import SealedFileError
@@ -79,7 +78,7 @@ class DataSecurityCheckOperator(BaseOperator):
 
     Under a contract (``contract``: what environment preparation verified of it), ``dataset_id`` and ``version``
     are not used: every dataset of the contract is checked so, at the version the contract pins, against its own
-    KEK (each still under the contract's release policy), and its manifest must hash (``manifest_sha256``: its
+    KEK (each still under the contract's release policy), and its manifest must hash (``DatasetManifest.sha256``: its
     signed bytes) to the digest the contract pins.
 
     Returns (XCom) a :class:`~securetrain.core.contracts.stages.DataCheckResult`: the manifest as the training
@@ -138,7 +137,7 @@ class DataSecurityCheckOperator(BaseOperator):
             ),  # fmt: skip
             **({"manifests": tuple(
                 CheckedManifest(dataset_id=manifest.dataset_id, version=manifest.version,
-                                manifest_blob=f"{ref.container}/{ref.manifest}", manifest_sha256=manifest_sha256(manifest))
+                                manifest_blob=f"{ref.container}/{ref.manifest}", manifest_sha256=manifest.sha256())
                 for ref, manifest in checked
             )} if self.contract else {}),  # fmt: skip
         )
@@ -162,7 +161,7 @@ class DataSecurityCheckOperator(BaseOperator):
         ref = DatasetRef(container=self.container, manifest=manifest_blob)
         manifest = DatasetManifest.read(store, self.container, manifest_blob)
         if pinned_sha256 is not None:
-            digest = manifest_sha256(manifest)
+            digest = manifest.sha256()
             if digest != pinned_sha256:
                 raise DatasetCheckFailed(
                     f"{self.container}/{manifest_blob} hashes to {digest}, not to the {pinned_sha256} the contract "
