@@ -211,8 +211,9 @@ def _consortium_run(layout: StackLayout, env: Mapping[str, str], pipeline_settin
         model = registry.get("breast-cancer-pooled", registry.versions("breast-cancer-pooled")[-1])
         statement = model.manifest["provenance"]["statement"]
         governance = statement["governance"]
-        [copy] = governance["recipients"]
-        sealed = b"".join(store.download_chunks(copy["blob"]["container"], copy["blob"]["blob"]))
+        # The registry keeps the consumer's copy (the run's own outputs are cleaned up), as the TEE signed it.
+        [copy] = model.manifest["lineage"]["recipients"]
+        sealed = b"".join(store.download_chunks(*copy["blob"].split("/", 1)))
     lab_key = KekPrivateKey(consortium.consumer_recipient_key(layout))
     reader = SealedReader(io.BytesIO(sealed), lab_key, expected_context={
         "run_id": statement["run_id"], "kind": "model-recipient", "party": copy["party"],
@@ -228,8 +229,7 @@ def _consortium_run(layout: StackLayout, env: Mapping[str, str], pipeline_settin
     print(f"    privacy:      DP-SGD spent ε {privacy['epsilon']:.4f} (δ {privacy['delta']}, {privacy['accountant']} "
           f"accountant, noise {privacy['noise_multiplier']:.3f}), ledger entry {privacy['ledger']['seq']}")
     print("    budget:       " + "\n                  ".join(budget.strip().splitlines()))
-    print(f"    consumer:     {copy['party']} opened its copy {copy['blob']['container']}/{copy['blob']['blob']} with its "
-          f"own key: {len(tensors)} tensors")
+    print(f"    consumer:     {copy['party']} opened its copy {copy['blob']} with its own key: {len(tensors)} tensors")
     print(f"    check it:     .venv/bin/securetrain contract verify {contract_file}")
     return {"digest": pool.digest, "signers": [p.id for p in contract.parties], "epsilon": privacy["epsilon"],
             "model": f"breast-cancer-pooled {model.version}"}  # fmt: skip

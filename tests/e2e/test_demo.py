@@ -29,5 +29,11 @@ def test_demo_runs_end_to_end_and_again(tmp_path):
                 assert f"key_rotation: {stage}" in result.stdout
             assert "rotation:     new KEK version" in result.stdout and "the TEE rewrapped" in result.stdout
             assert "audit log verifies" in result.stdout and "demo complete" in result.stdout
+            # The consortium: both hospitals' keys released under the contract all three signed, DP-SGD within
+            # the budget, the model opened by the consumer with its own key.
+            assert "signed by hospital-a, hospital-b, research-lab" in result.stdout
+            assert result.stdout.count("released to the TEE under its own contract-bound policy") == 2
+            assert "DP-SGD spent ε" in result.stdout and "ledger entries, verified" in result.stdout
+            assert "research-lab opened its copy" in result.stdout
     finally:
         subprocess.run([str(script), "stack", "down"], env=env, capture_output=True, timeout=60)
