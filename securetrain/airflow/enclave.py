@@ -26,14 +26,15 @@ from securetrain.core.release_policy import ReleasePolicy
 def challenge_policy(kek_id: str, contract: str | None, *, keyvault_conn_id: str, storage_conn_id: str) -> ReleasePolicy:
     """What the TEE's answer to Airflow's nonce must satisfy: the KEK's release policy as Key Vault stores it; in a
     run under ``contract`` (a digest), the contract's approved workloads
-    (:func:`~securetrain.airflow.governance.workload_policy`): the TEE enforces a contract only for a job, so its
+    (``contract_release_policy(contract, bound=False)``): the TEE enforces a contract only for a job, so its
     answer to a bare nonce cannot carry the contract claim each owner's KEK requires."""
     if not contract:
         return KeyVaultHook(keyvault_conn_id).release_policy(kek_id)
-    from securetrain.airflow.governance import stored_contract, workload_policy  # noqa: PLC0415 - light DAG parsing
+    from securetrain.airflow.governance import stored_contract  # noqa: PLC0415 - light DAG parsing
+    from securetrain.core.governance.contract import contract_release_policy  # noqa: PLC0415
 
     with SecureStorageHook(storage_conn_id).blob_store() as store:
-        return workload_policy(stored_contract(store, contract).contract)
+        return contract_release_policy(stored_contract(store, contract).contract, bound=False)
 
 
 def attest_now(cvm: ConfidentialVmHook, attestation: AttestationHook, policy: ReleasePolicy) -> dict[str, Any]:

@@ -8,7 +8,8 @@ term before a TEE is started; the TEE checks all of it again for itself, and onl
 - :func:`verified_contract`: the contract stored under a digest, every signature verified, in force now;
 - :func:`stored_contract`: the contract stored under a digest (its bytes hash to the digest), not verified again;
 - :func:`pinned_version`: the version of a contracted dataset a run trains on;
-- :func:`workload_policy`: what the TEE's answer to Airflow's own nonce must satisfy in a run under a contract;
+- ``contract_release_policy(contract, bound=False)``: what the TEE's answer to Airflow's own nonce must satisfy in a
+  run under a contract (a TEE enforces a contract only for a job, so that answer names none);
 - :func:`contract_budget`: each dataset's privacy budget, spent and left, from the contract's verified ledger.
 """
 
@@ -20,16 +21,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from securetrain.airflow.locations import CONTRACTS_CONTAINER
-from securetrain.core.approved_release_policies import approved_release_policy
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.governance.budget import ledger_store, read_ledger
 from securetrain.core.governance.contract import DatasetTerms, PinnedVersion, TrainingContract, contract_release_policy
 from securetrain.core.governance.in_force import VerifiedContract, verify_contract
 from securetrain.core.governance.signatures import SignedContract
-from securetrain.core.governance.store import ContractStore
+from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
 from securetrain.core.model_provenance import verify_attestation_token
-from securetrain.core.release_policy import ReleasePolicy, require_documented
 from securetrain.core.storage import BlobNotFound, BlobStore, ContainerNotFound
 
 
@@ -63,18 +61,6 @@ def verified_contract(store: BlobStore, digest: str, container: str = CONTRACTS_
 def pinned_version(terms: DatasetTerms) -> PinnedVersion:
     """The version of ``terms``'s dataset a run under the contract trains on: the last one the contract pins."""
     return terms.versions[-1]
-
-
-def workload_policy(contract: TrainingContract) -> ReleasePolicy:
-    """The release policy approving the contract's workloads (each platform's reference values) without requiring
-    its digest in the token.
-
-    A TEE enforces a contract for a job only: its answer to Airflow's bare nonce names no contract, so it is held to
-    what the contract approves of the workload itself. Each owner's KEK still requires the contract claim
-    (:func:`~securetrain.core.governance.contract.contract_release_policy`), which the job's own token carries.
-    """
-    rules = tuple(rule for workload in contract.workloads for rule in approved_release_policy(workload).authorities)
-    return require_documented(ReleasePolicy(rules))
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,6 @@ DATASETS_CONTAINER = "datasets"
 CHECKPOINTS_CONTAINER = "checkpoints"
 MODELS_CONTAINER = "models"
 REPORTS_CONTAINER = "reports"
-#: Where the signed contracts lie (``<digest>/contract.json``, revocations beside it); the job spec names it.
-CONTRACTS_CONTAINER = "contracts"
 #: Every container the pipeline uses; environment preparation makes them (private).
 CONTAINERS = (DATASETS_CONTAINER, CHECKPOINTS_CONTAINER, MODELS_CONTAINER, REGISTRY_CONTAINER, REPORTS_CONTAINER)
 

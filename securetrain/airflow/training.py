@@ -26,13 +26,13 @@ from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.airflow.hooks.storage import SecureStorageHook
 from securetrain.airflow.locations import (
     CHECKPOINTS_CONTAINER,
-    CONTRACTS_CONTAINER,
     MODELS_CONTAINER,
     checkpoint_prefix,
     job_run_id,
     model_output_blob,
 )
 from securetrain.airflow.triggers import TrainingJobTrigger, progress_lines
+from securetrain.core.governance.store import CONTRACTS_CONTAINER
 from securetrain.core.attestation.tokens import TokenRejected
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.jobs import JobState, JobView

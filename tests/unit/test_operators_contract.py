@@ -30,7 +30,8 @@ from securetrain.core.governance.store import ContractStore
 from securetrain.core.keyvault import create_contract_kek, key_client_from_settings
 from securetrain.core.approved_release_policies import UNBOUND_CONTRACT
 from securetrain.core.model_registry import ModelRegistry
-from securetrain.localstack.consortium import CONTRACTS_CONTAINER, Consortium, form_consortium
+from securetrain.core.governance.store import CONTRACTS_CONTAINER
+from securetrain.localstack.consortium import Consortium, form_consortium
 from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key
 from securetrain.localstack.services.attestation import local_release_policy
 from tests.stages import Stages

@@ -472,11 +472,14 @@ class TrainingContract(Contract):
 
 
 
-def contract_release_policy(contract: TrainingContract, digest: str | None = None) -> ReleasePolicy:
+def contract_release_policy(contract: TrainingContract, *, bound: bool = True) -> ReleasePolicy:
     """The release policy every owner binds its KEK to: any approved workload of ``contract`` (its reference values)
-    enforcing the contract ``digest`` (default: this contract's). Owners, Airflow's pre-check and verifiers build it
-    from the signed contract alone, so they all expect the same document."""
-    digest = digest if digest is not None else contract.digest()
+    enforcing this contract (its digest in the token's contract claim). Owners, Airflow's pre-check and verifiers
+    build it from the signed contract alone, so they all expect the same document.
+
+    ``bound`` False leaves the contract claim out: what the contract approves of the workload itself, which a TEE's
+    answer to a bare attestation challenge (no job, so no contract enforced) is held to."""
+    digest = contract.digest() if bound else None
     rules = tuple(rule for workload in contract.workloads
                   for rule in approved_release_policy(workload, contract_digest=digest).authorities)  # fmt: skip
     return require_documented(ReleasePolicy(rules))
