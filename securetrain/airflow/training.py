@@ -32,7 +32,6 @@ from securetrain.airflow.locations import (
     model_output_blob,
 )
 from securetrain.airflow.triggers import TrainingJobTrigger, progress_lines
-from securetrain.core.governance.store import CONTRACTS_CONTAINER
 from securetrain.core.attestation.tokens import TokenRejected
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.jobs import JobState, JobView
@@ -107,6 +106,8 @@ class AttestedTrainingOperator(BaseOperator):
         if self.expectation_suite:
             spec["expectation_suite"] = dict(self.expectation_suite)
         if self.contract:
+            from securetrain.core.governance.store import CONTRACTS_CONTAINER  # noqa: PLC0415 - keeps DAG parsing light
+
             spec["contract"] = {"container": CONTRACTS_CONTAINER, "digest": self.contract}
         if self.privacy:
             spec["privacy"] = dict(self.privacy)
