@@ -36,6 +36,7 @@ from securetrain.core.contracts.job_spec import DatasetRef
 from securetrain.core.onboarding import SealedShard, new_manifest, seal_and_upload
 from securetrain.core.storage import BlobStore
 from securetrain.localstack import StackConfig, StackLayout, data_owner, down, read_stack_env, up
+from securetrain.localstack.consortium import Consortium, form_consortium
 from securetrain.localstack.ports import free_port_pair, free_ports
 from securetrain.localstack.identities import PIPELINE_IDENTITY
 from securetrain.localstack.emulated_platform import EmulatedPlatform
@@ -180,6 +181,19 @@ def onboarded_dataset(local_stack: LocalStack) -> Path:
     result = run_airflow(local_stack.state_dir, ["dags", "test", "data_onboarding"], capture_output=True, overrides=owner)
     assert result.returncode == 0, (result.stdout + result.stderr)[-5000:]
     return local_stack.state_dir
+
+
+@pytest.fixture(scope="module")
+def authority(local_stack) -> str:
+    """The stack's attestation service: the authority its release policies trust."""
+    return local_stack.env["SECURETRAIN_ATTESTATION_ENDPOINT"]
+
+
+@pytest.fixture(scope="module")
+def pool(local_stack, authority) -> Consortium:
+    """The example consortium (securetrain.localstack.consortium): two hospitals, their KEKs bound to the contract
+    all three parties signed."""
+    return form_consortium(local_stack.layout, authority)
 
 
 @pytest.fixture(scope="module")

@@ -16,18 +16,16 @@ term before a TEE is started; the TEE checks all of it again for itself, and onl
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.governance.budget import ledger_store, read_ledger
-from securetrain.core.governance.contract import DatasetTerms, PinnedVersion, TrainingContract, contract_release_policy
+from securetrain.core.governance.budget import read_contract_ledger
+from securetrain.core.governance.contract import DatasetTerms, PinnedVersion, TrainingContract
 from securetrain.core.governance.in_force import VerifiedContract, verify_contract
 from securetrain.core.governance.signatures import SignedContract
 from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
-from securetrain.core.model_provenance import verify_attestation_token
 from securetrain.core.storage import BlobNotFound, BlobStore, ContainerNotFound
 
 
@@ -75,11 +73,6 @@ class DatasetBudget:
     left: float
 
 
-def _exact(value: float) -> Decimal:
-    # As the ledger counts: in decimal, so the page's sums are the ledger's (0.1 + 0.2 is 0.3).
-    return Decimal(repr(value))
-
-
 def contract_budget(
     store: BlobStore, contract: TrainingContract, keys_for: Callable[[str], Any]
 ) -> list[DatasetBudget]:
@@ -90,23 +83,11 @@ def contract_budget(
     Raises:
         LedgerInvalid: the ledger is not what TEEs enforcing this contract wrote.
     """
-    digest = contract.digest()
-    policy = contract_release_policy(contract)
-
-    def check_token(raw: str) -> Mapping[str, Any]:
-        return verify_attestation_token(raw, policy, keys_for)
-
-    state = read_ledger(ledger_store(store, digest), digest, check_token)
-    spent: dict[str, Decimal] = {}
-    reserved: dict[str, Decimal] = {}
-    for account in state.runs.values():
-        bucket = reserved if account.settled is None else spent
-        for dataset, epsilon in account.counted().items():
-            bucket[dataset] = bucket.get(dataset, Decimal(0)) + _exact(epsilon)
+    state = read_contract_ledger(store, contract, keys_for)
+    spent, reserved = state.spent_and_reserved()
     return [
         DatasetBudget(dataset_id=terms.dataset_id, total=terms.privacy.epsilon_total,
-                      spent=float(spent.get(terms.dataset_id, Decimal(0))),
-                      reserved=float(reserved.get(terms.dataset_id, Decimal(0))),
+                      spent=spent.get(terms.dataset_id, 0.0), reserved=reserved.get(terms.dataset_id, 0.0),
                       left=state.remaining(terms.dataset_id, terms.privacy.epsilon_total))
         for terms in contract.datasets
     ]  # fmt: skip

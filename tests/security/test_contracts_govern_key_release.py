@@ -24,7 +24,6 @@ from securetrain.core.governance.signatures import SignedContract
 
 from securetrain.core.keyvault import KeyVaultKeyIdentifier, key_client_from_settings
 from securetrain.core.sealed import KekPrivateKey, SealedReader
-from securetrain.core.storage import BlobStore
 from securetrain.localstack import consortium as consortia
 from securetrain.localstack.consortium import Consortium, form_consortium
 from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key_path
@@ -36,25 +35,6 @@ from securetrain.tee.tee_services import attester, key_releaser
 from tests.jobs import in_the_tee
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def authority(local_stack) -> str:
-    return local_stack.env["SECURETRAIN_ATTESTATION_ENDPOINT"]
-
-
-@pytest.fixture(scope="module")
-def pool(local_stack, authority) -> Consortium:
-    """The example consortium: two hospitals, their KEKs bound to the contract all three parties signed."""
-    return form_consortium(local_stack.layout, authority)
-
-
-@pytest.fixture(scope="module")
-def store(local_stack):
-    with BlobStore.from_settings(local_stack.settings()) as blob_store:
-        for container in ("checkpoints", "models"):
-            blob_store.ensure_container(container)
-        yield blob_store
 
 
 @pytest.fixture(scope="module")

@@ -31,7 +31,7 @@ from securetrain.core.keyvault import create_contract_kek, key_client_from_setti
 from securetrain.core.approved_release_policies import UNBOUND_CONTRACT
 from securetrain.core.model_registry import ModelRegistry
 from securetrain.core.governance.store import CONTRACTS_CONTAINER
-from securetrain.localstack.consortium import Consortium, form_consortium
+from securetrain.localstack.consortium import form_consortium
 from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key
 from securetrain.localstack.services.attestation import local_release_policy
 from tests.stages import Stages
@@ -42,16 +42,6 @@ pytest_plugins = ["tests.stage_fixtures"]
 #: What the example contract allows: DP-SGD with ε at most 3 per run, δ 1e-5, clipping norm 1.
 PRIVACY = {"epsilon": 1.0, "delta": 1e-5, "max_grad_norm": 1.0, "accountant": "prv"}
 MODEL_NAME = f"contract-test-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture(scope="module")
-def authority(local_stack) -> str:
-    return local_stack.env["SECURETRAIN_ATTESTATION_ENDPOINT"]
-
-
-@pytest.fixture(scope="module")
-def pool(local_stack, authority) -> Consortium:
-    return form_consortium(local_stack.layout, authority)
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,11 @@ from securetrain.core.approved_release_policies import reference_values_from_jso
 from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.errors import ConfigurationError, SecurityViolation
 from securetrain.core.fsutil import atomic_output
-from securetrain.core.governance.budget import format_budget, ledger_store, read_ledger
+from securetrain.core.governance.budget import format_budget, read_contract_ledger
 from securetrain.core.governance.contract import (
     MAX_CONTRACT_BYTES,
     ContractInvalid,
     TrainingContract,
-    contract_release_policy,
     parse_time,
 )
 from securetrain.core.governance.in_force import verify_contract
@@ -37,7 +36,7 @@ from securetrain.core.governance.revocation import MAX_REVOCATION_BYTES, revoke
 from securetrain.core.governance.signatures import SignedContract, check_signature, sign
 from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
 from securetrain.core.json_input import JsonInputError, read_json_object
-from securetrain.core.model_provenance import published_keys, verify_attestation_token
+from securetrain.core.model_provenance import published_keys
 from securetrain.core.signed_documents import load_public_key
 from securetrain.core.storage import BlobStore
 
@@ -238,12 +237,10 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _budget(args: argparse.Namespace) -> int:
     signed = _signed_contract(args.file)
-    contract, digest = signed.contract, signed.contract.digest()
+    contract = signed.contract
     settings = CommandSettings.load(args.settings)
-    policy = contract_release_policy(contract)
-    keys_for = published_keys(settings.tls_verify)
     with BlobStore.from_settings(settings) as store:
-        state = read_ledger(ledger_store(store, digest), digest, lambda raw: verify_attestation_token(raw, policy, keys_for))
+        state = read_contract_ledger(store, contract, published_keys(settings.tls_verify))
     print(format_budget(state, {dataset.dataset_id: dataset.privacy.epsilon_total for dataset in contract.datasets}))
     return 0
 

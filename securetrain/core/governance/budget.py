@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from types import MappingProxyType
@@ -34,7 +34,15 @@ from securetrain.core.audit.tee_log import Seq, Sha256, TokenCheck, UtcTime
 from securetrain.core.contracts.base import Contract, first_error, matching
 from securetrain.core.contracts.job_spec import ContractDigest, RunId
 from securetrain.core.errors import SecurityViolation
-from securetrain.core.model_provenance import ProvenanceInvalid, runtime_key, sign_statement, verify_statement_signature
+from securetrain.core.governance.contract import TrainingContract, contract_release_policy
+from securetrain.core.model_provenance import (
+    ProvenanceInvalid,
+    SigningKeys,
+    runtime_key,
+    sign_statement,
+    verify_attestation_token,
+    verify_statement_signature,
+)
 from securetrain.core.storage import BlobStore
 
 #: The container of the ledgers, one append blob per contract.
@@ -229,6 +237,17 @@ class LedgerState:
                 totals[dataset] = totals.get(dataset, Decimal(0)) + _exact(epsilon)
         return totals
 
+    def spent_and_reserved(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(ε spent per dataset by settled runs, ε reserved per dataset by runs still open)."""
+        spent: dict[str, Decimal] = {}
+        reserved: dict[str, Decimal] = {}
+        for account in self.runs.values():
+            bucket = reserved if account.settled is None else spent
+            for dataset, epsilon in account.counted().items():
+                bucket[dataset] = bucket.get(dataset, Decimal(0)) + _exact(epsilon)
+        return ({dataset: float(value) for dataset, value in sorted(spent.items())},
+                {dataset: float(value) for dataset, value in sorted(reserved.items())})  # fmt: skip
+
     def counted(self) -> dict[str, float]:
         """ε counted per dataset: spent by settled runs plus reserved by runs still open."""
         return {dataset: float(value) for dataset, value in sorted(self._counted().items())}
@@ -375,6 +394,14 @@ def read_ledger(store: LedgerStore, contract_digest: str, check_token: TokenChec
     return verify_ledger(store.read_all().lines, contract_digest, check_token)
 
 
+def read_contract_ledger(blobs: BlobStore, contract: TrainingContract, keys_for: Callable[[str], SigningKeys]) -> LedgerState:
+    """``contract``'s ledger in ``blobs``, verified by anyone, no TEE needed: each entry's attestation token checked
+    as historical evidence (signed by a key its issuer publishes, ``keys_for``; its claims satisfying the
+    contract's own release policy, which requires the contract's digest)."""
+    digest, policy = contract.digest(), contract_release_policy(contract)
+    return read_ledger(ledger_store(blobs, digest), digest, lambda raw: verify_attestation_token(raw, policy, keys_for))
+
+
 def _show(value: float | Decimal) -> str:
     """An ε as written, without exponent or trailing zeros."""
     exact = value if isinstance(value, Decimal) else _exact(value)
@@ -383,17 +410,12 @@ def _show(value: float | Decimal) -> str:
 
 def format_budget(state: LedgerState, totals: Mapping[str, float]) -> str:
     """The account as a table: per dataset the budget, spent, reserved by open runs, left; then each run."""
-    spent: dict[str, Decimal] = {}
-    open_: dict[str, Decimal] = {}
-    for account in state.runs.values():
-        bucket = open_ if account.settled is None else spent
-        for dataset, epsilon in account.counted().items():
-            bucket[dataset] = bucket.get(dataset, Decimal(0)) + _exact(epsilon)
+    spent, open_ = state.spent_and_reserved()
     rows = [("dataset", "budget ε", "spent ε", "reserved ε", "left ε")]
     for dataset in sorted(set(totals) | set(spent) | set(open_)):
         total = _show(totals[dataset]) if dataset in totals else "none"
         left = _show(state.remaining(dataset, totals[dataset])) if dataset in totals else "-"
-        rows.append((dataset, total, _show(spent.get(dataset, Decimal(0))), _show(open_.get(dataset, Decimal(0))), left))
+        rows.append((dataset, total, _show(spent.get(dataset, 0.0)), _show(open_.get(dataset, 0.0)), left))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [f"privacy budget of contract {state.contract} ({len(state.entries)} ledger entries, verified)"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
