@@ -5,6 +5,7 @@ stops the run; DP runs spend the accountant's ε from the contract's budget unti
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import secrets
@@ -13,20 +14,24 @@ import uuid
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 import pytest
 import safetensors.torch
 
 from securetrain.core.cli import main
-from securetrain.core.cvm_client import CvmAttestationRefused, CvmClient, CvmRequestRejected
+from securetrain.core.cvm_client import CvmAccessDenied, CvmAttestationRefused, CvmClient, CvmRequestRejected
 from securetrain.core.contracts.jobs import JobState, JobView
 from securetrain.core.governance.budget import read_ledger
 from securetrain.core.governance.signatures import SignedContract
 
+from securetrain.core.model_export import approve_export
+from securetrain.core.model_provenance import recipient_key
 from securetrain.core.keyvault import KeyVaultKeyIdentifier, key_client_from_settings
 from securetrain.core.sealed import KekPrivateKey, SealedReader
 from securetrain.localstack import consortium as consortia
 from securetrain.localstack.consortium import Consortium, form_consortium
-from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key_path
+from securetrain.localstack.data_owner import FIRST_OWNER, SECOND_OWNER, signing_key, signing_key_path
 from securetrain.localstack.identities import PIPELINE_IDENTITY
 from securetrain.tee.attest import TeeKey
 from securetrain.tee.privacy_budget import open_ledger
@@ -249,3 +254,45 @@ def test_dp_runs_spend_the_accountants_epsilon_and_the_budget_refuses_once_spent
     table = capsys.readouterr().out
     [row] = [line.split() for line in table.splitlines() if line.startswith("breast-cancer-b ")]
     assert float(row[1]) == 5.0 and float(row[2]) == pytest.approx(spent) and float(row[4]) == pytest.approx(5.0 - spent)
+
+
+def _export(client: CvmClient, local_stack, view: JobView, spec: dict[str, Any], recipient_pem: str) -> bytes:
+    """Ask the TEE to re-seal the job's model for ``recipient_pem``, with hospital-a's approval for that key."""
+    recipient = recipient_key(recipient_pem.encode())
+    approval = approve_export(signing_key(local_stack.layout, FIRST_OWNER), kek_id=spec["kek_id"],
+                              recipient_thumbprint=recipient.thumbprint,
+                              expires_at=datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1))  # fmt: skip
+    return client.export_model(
+        kek_id=spec["kek_id"], run_id=spec["run_id"], container=view.result.model.container, blob=view.result.model.blob,
+        sealed_sha256=view.result.provenance.statement["sealed_model_sha256"], recipient_public_key_pem=recipient_pem,
+        nonce=secrets.token_urlsafe(24), approval=approval,
+    )  # fmt: skip
+
+
+def _rsa_public_pem() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def test_a_model_trained_under_a_contract_is_exported_only_as_the_contract_allows(local_stack, authority, store, client) -> None:
+    lab = consortia.consumer_recipient_key(local_stack.layout).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()  # fmt: skip
+    # The example contract allows no export: an owner's approval does not override it.
+    pool = form_consortium(local_stack.layout, authority)
+    spec = job(pool)
+    view = finished(client, client.submit(spec).job_id)
+    assert view.state is JobState.SUCCEEDED, view.error
+    with pytest.raises(CvmAccessDenied, match="does not allow exports"):
+        _export(client, local_stack, view, spec, lab)
+    # A contract that allows exports lets the model go to the recipients it names, and to no other key.
+    terms = json.loads(consortia.TERMS_FILE.read_text())
+    terms["outputs"]["export_allowed"] = True
+    pool = form_consortium(local_stack.layout, authority, terms=terms)
+    spec = job(pool)
+    view = finished(client, client.submit(spec).job_id)
+    assert view.state is JobState.SUCCEEDED, view.error
+    with pytest.raises(CvmAccessDenied, match="is not one contract"):
+        _export(client, local_stack, view, spec, _rsa_public_pem())
+    exported = _export(client, local_stack, view, spec, lab)
+    reader = SealedReader(io.BytesIO(exported), KekPrivateKey(consortia.consumer_recipient_key(local_stack.layout)))
+    assert safetensors.torch.load(b"".join(bytes(segment) for segment in reader.segments()))

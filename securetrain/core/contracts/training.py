@@ -63,6 +63,8 @@ class TrainingSpec(Contract):
     output: BlobRef
     #: DP-SGD terms, or None to train without differential privacy.
     privacy: PrivacyRequest | None = None
+    #: The digest of the contract the job runs under: the sealed model names it, so an export is held to it.
+    contract: str | None = None
     #: The least noise multiplier a DP-SGD plan may use; a plan below it is refused before the first step.
     min_noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
 
@@ -90,6 +92,7 @@ class TrainingSpec(Contract):
             run_id=spec.run_id, datasets=tuple(shards), columns=spec.columns, model=spec.model,
             hyperparameters=spec.hyperparameters, expectation_suite=spec.expectation_suite,
             checkpoints=spec.checkpoints, output=spec.output, privacy=spec.privacy,
+            contract=spec.contract.digest if spec.contract is not None else None,
         )  # fmt: skip
 
 

@@ -25,6 +25,8 @@ from securetrain.core.audit.tee_log import TeeEventKind, TeeEventLog, audit_even
 from securetrain.core.contracts.base import Contract, DocumentInvalid, matching, refusal
 from securetrain.core.contracts.job_spec import BlobName, ContainerName, KekId, Nonce, RunId
 from securetrain.core.errors import SecuretrainError, SecurityViolation
+from securetrain.core.governance.in_force import verify_contract
+from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
 from securetrain.core.model_export import (
     EXPORT_AUDIT_LOG,
     ExportApproval,
@@ -37,7 +39,7 @@ from securetrain.core.sealed import KekPublicKey, SealedReader, content_digest, 
 from securetrain.core.sealed.errors import SealedFileError
 from securetrain.core.sealed.header import read_header
 from securetrain.core.signed_documents import SignatureInvalid
-from securetrain.core.storage import BlobStore
+from securetrain.core.storage import BlobStore, StorageError
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import Attester, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
@@ -134,6 +136,23 @@ def _stored_model(request: ExportRequest, store: BlobStore) -> bytes:
     return sealed
 
 
+def _contract_allows(request: ExportRequest, digest: str, store: BlobStore) -> None:
+    """A model trained under a contract leaves only as the contract says: exports allowed, to a recipient key it
+    names, while it is in force; ExportNotApproved otherwise (also when the contract cannot be checked)."""
+    contracts = ContractStore(store, CONTRACTS_CONTAINER)
+    try:
+        verified = verify_contract(contracts.read(digest), contracts.revocations(digest), datetime.datetime.now(datetime.UTC))
+    except (SecurityViolation, StorageError) as exc:
+        raise ExportNotApproved(f"the model was trained under contract {digest}, which is not in force or cannot be "
+                                f"read: {exc}") from None  # fmt: skip
+    outputs = verified.contract.outputs
+    if not outputs.export_allowed:
+        raise ExportNotApproved(f"contract {digest} does not allow exports of the model (outputs.export_allowed)")
+    if request.recipient.thumbprint not in {recipient_key(r.public_key.encode()).thumbprint for r in outputs.recipients}:
+        raise ExportNotApproved(f"the recipient key {request.recipient.thumbprint[:16]}… is not one contract {digest} "
+                                "names (outputs.recipients)")  # fmt: skip
+
+
 def _record(store: BlobStore, events: TeeEvents) -> None:
     """Append the export's TEE log to the export audit log; ExportNotAudited if that fails."""
     try:
@@ -159,10 +178,15 @@ def export_model(
     """The model re-sealed for the approved recipient (see the module documentation for the steps)."""
     owner = _approved_by(request, owners, datetime.datetime.now(datetime.UTC))
     sealed = _stored_model(request, store)
+    # The seal context is authenticated: a model trained under a contract says so, whatever the request says.
+    contract = read_header(io.BytesIO(sealed)).content.context.get("contract")
+    if contract is not None:
+        _contract_allows(request, contract, store)
 
     tee_key = TeeKey()
     events = TeeEvents(TeeEventLog(f"export-{secrets.token_hex(8)}", request.run_id), tee_key)
-    token = attester.attest(tee_key, request.nonce)
+    # Under a contract the KEK is released only to a TEE enforcing it (docs/governance.md).
+    token = attester.attest(tee_key, request.nonce, contract=contract)
     metrics.attestations.inc()
     events.attested(token, 0)
     _approved_by(request, owners, datetime.datetime.fromtimestamp(int(token.claims["iat"]), datetime.UTC))

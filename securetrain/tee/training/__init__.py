@@ -110,7 +110,7 @@ def run_training(
         "steps": final.step,
         "metrics": dict(final.metrics),
     }
-    seal_model(store, spec.output, spec.run_id, keys, trainee.model, description)
+    seal_model(store, spec.output, spec.run_id, keys, trainee.model, description, contract=spec.contract)
     return TrainingResult(
         model_blob=spec.output, metrics=dict(final.metrics), device=describe_device(device), epochs_completed=final.epoch,
         steps_completed=final.step, privacy=spent,

@@ -291,14 +291,17 @@ class Checkpoints:
 
 
 def seal_model(
-    store: BlobStore, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any]
+    store: BlobStore, output: BlobRef, run_id: str, keys: JobKeys, model: torch.nn.Module, description: Mapping[str, Any],
+    *, contract: str | None = None,
 ) -> None:
-    """Seal the model's weights (safetensors, ``description`` as JSON metadata) and upload them to ``output``."""
+    """Seal the model's weights (safetensors, ``description`` as JSON metadata) and upload them to ``output``; the
+    seal context names the ``contract`` the job ran under, if any (an export is held to it)."""
     tensors = {name: value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     payload = safetensors.torch.save(
         tensors, metadata={"format": MODEL_FORMAT, "run_id": run_id, "description": json.dumps(dict(description))}
     )
-    sealed = _sealed(payload, keys, {"run_id": run_id, "kind": "model"})
+    context = {"run_id": run_id, "kind": "model", **({"contract": contract} if contract is not None else {})}
+    sealed = _sealed(payload, keys, context)
     # A run resumed after a crash while sealing writes the same model again.
     store.upload_stream(output.container, output.blob, sealed, length=len(sealed.getbuffer()), overwrite=True)
     log.info("sealed the model of run %s to %s/%s", run_id, output.container, output.blob)
