@@ -45,6 +45,8 @@ _STATEMENT_FIELDS = {
     "schema", "run_id", "sealed_model_sha256", "model_plaintext_sha256", "datasets", "hyperparameters", "metrics",
     "tee_log_head",
 }  # fmt: skip
+#: Present only for a model trained under a contract (:func:`model_statement`'s ``governance``).
+_OPTIONAL_STATEMENT_FIELDS = {"governance"}
 
 
 class ProvenanceInvalid(SecurityViolation):
@@ -298,7 +300,7 @@ def runtime_key(claims: Mapping[str, Any]) -> rsa.RSAPublicKey:
 
 
 def _check_statement_against(manifest: Mapping[str, Any], statement: Mapping[str, Any]) -> None:
-    if not isinstance(statement, Mapping) or set(statement) != _STATEMENT_FIELDS:
+    if not isinstance(statement, Mapping) or not _STATEMENT_FIELDS <= set(statement) <= _STATEMENT_FIELDS | _OPTIONAL_STATEMENT_FIELDS:
         raise ProvenanceInvalid("the model statement does not have the fields of a " + STATEMENT_SCHEMA)
     if statement["schema"] != STATEMENT_SCHEMA:
         raise ProvenanceInvalid(f"the model statement's schema is {statement['schema']!r}, not {STATEMENT_SCHEMA}")

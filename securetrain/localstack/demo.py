@@ -230,7 +230,15 @@ def _consortium_run(layout: StackLayout, env: Mapping[str, str], pipeline_settin
           f"accountant, noise {privacy['noise_multiplier']:.3f}), ledger entry {privacy['ledger']['seq']}")
     print("    budget:       " + "\n                  ".join(budget.strip().splitlines()))
     print(f"    consumer:     {copy['party']} opened its copy {copy['blob']} with its own key: {len(tensors)} tensors")
+    # Anyone can check the model's provenance, and that the ledger still holds the spend the TEE signed.
+    model_public = layout.policies_dir / "model-signing-public-key.pem"
+    verified = _securetrain(root, "--settings", str(pipeline_settings), "models", "verify", "breast-cancer-pooled",
+                            str(model.version), "--public-key", str(model_public))  # fmt: skip
+    ledger = next((line for line in verified.splitlines() if "privacy-budget ledger" in line), "")
+    print(f"    provenance:   verified; {ledger.removeprefix('ok  ')}")
     print(f"    check it:     .venv/bin/securetrain contract verify {contract_file}")
+    print(f"                  .venv/bin/securetrain --settings {pipeline_settings} models verify breast-cancer-pooled "
+          f"{model.version} --public-key {model_public}")
     return {"digest": pool.digest, "signers": [p.id for p in contract.parties], "epsilon": privacy["epsilon"],
             "model": f"breast-cancer-pooled {model.version}"}  # fmt: skip
 

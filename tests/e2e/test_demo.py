@@ -35,5 +35,6 @@ def test_demo_runs_end_to_end_and_again(tmp_path):
             assert result.stdout.count("released to the TEE under its own contract-bound policy") == 2
             assert "DP-SGD spent ε" in result.stdout and "ledger entries, verified" in result.stdout
             assert "research-lab opened its copy" in result.stdout
+            assert "still holds the spend the TEE signed" in result.stdout
     finally:
         subprocess.run([str(script), "stack", "down"], env=env, capture_output=True, timeout=60)

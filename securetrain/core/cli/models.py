@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from securetrain.core.audit.checkpoints import load_signing_key
@@ -23,10 +24,15 @@ from securetrain.core.cli.options import add_container_option
 from securetrain.core.cli.settings import CommandSettings
 from securetrain.core.cli.token_check import add_token_options, authority_keys
 from securetrain.core.errors import ConfigurationError
+from securetrain.core.governance.budget import check_holds as check_ledger_holds
+from securetrain.core.governance.budget import read_contract_ledger
+from securetrain.core.governance.contract import TrainingContract, contract_release_policy
+from securetrain.core.governance.store import CONTRACTS_CONTAINER, ContractStore
 from securetrain.core.fsutil import atomic_output
 from securetrain.core.model_export import EXPORT_AUDIT_LOG, approve_export
 from securetrain.core.model_provenance import (
     ProvenanceInvalid,
+    SigningKeys,
     recipient_key,
     verify_provenance,
 )
@@ -54,11 +60,17 @@ def _list(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     settings = CommandSettings.load(args.settings)
     pipeline_key = load_public_key(args.public_key, "the pipeline public key")
-    policy = settings.approved_release_policy(args.release_policy)
     with BlobStore.from_settings(settings) as store:
         registry = ModelRegistry(store, args.container)
         version = registry.get(args.name, args.version)
         stored_sha256 = content_digest(registry.sealed_model(version))
+        contract = _trained_under(version.manifest, store)
+    # A model trained under a contract was released its keys under the contract's own policy, which every party
+    # can rebuild from the signed contract; any other model under the deployment's approved policy.
+    if contract is not None and args.release_policy is None:
+        policy = contract_release_policy(contract)
+    else:
+        policy = settings.approved_release_policy(args.release_policy)
     try:
         checked = verify_provenance(
             version.manifest, stored_sha256, pipeline_key=pipeline_key, release_policy=policy,
@@ -74,10 +86,39 @@ def _verify(args: argparse.Namespace) -> int:
     check_holds(collect_tee_logs(events), head, f"the statement of {args.name} version {args.version}")
     checked.append(f"the audit log of run {run_id} holds the TEE's events up to the head it signed "
                    f"({head['log_id']} entry {head['seq']})")  # fmt: skip
+    governance = version.manifest["provenance"]["statement"].get("governance")
+    if contract is not None and isinstance(governance.get("privacy"), dict):
+        checked.append(_ledger_holds(settings, contract, governance["privacy"], authority_keys(args, settings)))
     for line in checked:
         print(f"ok  {line}")
     print(f"{args.name} version {args.version}: provenance verified")
     return 0
+
+
+def _trained_under(manifest: dict, store: BlobStore) -> TrainingContract | None:
+    """The contract the TEE's statement says the model was trained under, read from storage (its bytes must hash
+    to the digest the statement names); None for a model trained under none."""
+    governance = manifest.get("provenance", {}).get("statement", {}).get("governance")
+    if governance is None:
+        return None
+    if not isinstance(governance, dict) or not isinstance(governance.get("contract"), str):
+        raise ProvenanceInvalid("the statement's governance names no contract digest")
+    return ContractStore(store, CONTRACTS_CONTAINER).read(governance["contract"]).contract
+
+
+def _ledger_holds(
+    settings: CommandSettings, contract: TrainingContract, privacy: dict, keys_for: Callable[[str], SigningKeys]
+) -> str:
+    """The privacy a DP run spent, still in its contract's budget ledger: the entry the TEE signed into the
+    statement is there, unchanged (a ledger cut back would give the budget back: docs/audit.md)."""
+    reference = privacy.get("ledger")
+    if not isinstance(reference, dict):
+        raise ProvenanceInvalid("the statement's privacy names no ledger entry")
+    with BlobStore.from_settings(settings) as store:
+        state = read_contract_ledger(store, contract, keys_for)
+    check_ledger_holds(state, reference)
+    return (f"the privacy-budget ledger of contract {contract.digest()} still holds the spend the TEE signed "
+            f"(entry {reference['seq']}: ε {privacy.get('epsilon')})")
 
 
 def _recipient_pem(path: Path) -> bytes:
