@@ -29,7 +29,6 @@ from securetrain.core.contracts.job_spec import (
     PrivacyRequest,
 )
 from securetrain.core.errors import SecuretrainError, SecurityViolation
-from securetrain.core.keyvault import same_key
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey
 from securetrain.core.suite_policy import ExpectationSuite
 
@@ -145,6 +144,8 @@ class JobKeys:
 
     def for_shard(self, shard: DatasetShard) -> KekPrivateKey:
         """The released KEK that opens ``shard`` (the key it carries must still match the header's: the seal checks)."""
+        # Imported here: the Key Vault SDK is heavy, and this module is part of every DAG file's imports.
+        from securetrain.core.keyvault import same_key  # noqa: PLC0415
         if shard.kek_id is None or same_key(shard.kek_id, self.kek_public.kek_id):
             return self.kek_private
         for kek_id, key in self.dataset_keks.items():
