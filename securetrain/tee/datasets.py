@@ -58,18 +58,28 @@ def dataset_shards(
     return shards
 
 
-def resolve_training(
-    spec: JobSpec, store: BlobStore, owners: DataOwnerKeys, other_kek_ids: Sequence[str] = ()
-) -> TrainingSpec:
-    """The job's training spec over the shards of its owner-signed manifests, each sealed for the job's KEK or,
-    under a contract, for one of ``other_kek_ids`` (the other owners' KEKs the contract names).
+def read_manifests(spec: JobSpec, store: BlobStore) -> list[tuple[DatasetRef, DatasetManifest]]:
+    """The manifest of each dataset ``spec`` names, as storage serves it (checked by :func:`resolve_training`).
 
     Raises:
-        DatasetRefused: a manifest failed a check; ManifestInvalid: it does not parse;
+        ManifestInvalid: one does not parse.
+    """
+    return [(ref, DatasetManifest.read(store, ref.container, ref.manifest)) for ref in spec.datasets]
+
+
+def resolve_training(
+    spec: JobSpec, manifests: Sequence[tuple[DatasetRef, DatasetManifest]], owners: DataOwnerKeys,
+    other_kek_ids: Sequence[str] = (),
+) -> TrainingSpec:  # fmt: skip
+    """The job's training spec over the shards of its owner-signed ``manifests`` (:func:`read_manifests`), each
+    sealed for the job's KEK or, under a contract, for one of ``other_kek_ids`` (the other owners' KEKs the
+    contract names).
+
+    Raises:
+        DatasetRefused: a manifest failed a check;
         JobSpecError: the shards cannot be trained together (formats, overlap with the outputs).
     """
     shards: list[DatasetShard] = []
-    for ref in spec.datasets:
-        manifest = DatasetManifest.read(store, ref.container, ref.manifest)
+    for ref, manifest in manifests:
         shards += dataset_shards(ref, manifest, owners, [spec.kek_id, *other_kek_ids])
     return TrainingSpec.for_job(spec, shards)

@@ -55,7 +55,7 @@ from securetrain.tee.agent.rewrap import RewrapRequest, run_rewrap
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
-from securetrain.tee.datasets import resolve_training
+from securetrain.tee.datasets import read_manifests, resolve_training
 from securetrain.tee.governance import AdmittedJob, ContractGuard, ContractWithdrawn, admit, ledger_token_check
 from securetrain.tee.privacy_budget import PrivacyBudget, open_ledger
 from securetrain.tee.release import VaultKeyReleaser
@@ -500,9 +500,11 @@ class JobRunner:
             # the job against its contract again (it may have been revoked since the job was submitted).
             admitted = self._admit(spec) if spec.contract is not None else None
             if admitted is None:
-                training = resolve_training(spec, self._blob_store, self.data_owners)
+                training = resolve_training(spec, read_manifests(spec, self._blob_store), self.data_owners)
             else:
-                training = resolve_training(spec, self._blob_store, self.data_owners, admitted.owner_kek_ids(spec.kek_id))
+                # The manifests admit() held to the contract's pins: a second read, which storage could answer
+                # with another owner-signed version, would train on data the contract never named.
+                training = resolve_training(spec, admitted.manifests, self.data_owners, admitted.owner_kek_ids(spec.kek_id))
                 training = training.model_copy(update={"min_noise_multiplier": admitted.min_noise_multiplier()})
             self._update(run.job_id, state=JobState.ATTESTING)
             tee_key = TeeKey()
