@@ -106,7 +106,7 @@ def tink_consume(sealed: Path, kek: KekPrivateKey) -> None:
                 value=key.SerializeToString(), key_material_type=tink_pb2.KeyData.SYMMETRIC),
             status=tink_pb2.ENABLED, key_id=1, output_prefix_type=tink_pb2.RAW)])
         aead = cleartext_keyset_handle.from_keyset(keyset).primitive(streaming_aead.StreamingAead)
-        with aead.new_decrypting_stream(src, header.content.authenticated_bytes()) as dec:
+        with aead.new_decrypting_stream(src, header.content.stream_associated_data()) as dec:
             while dec.read(MIB):
                 pass
 

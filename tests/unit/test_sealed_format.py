@@ -213,7 +213,10 @@ def test_digest_mismatch_is_caught_when_verifying(kek_public, kek_private):
     )
     out = io.BytesIO(header.to_bytes())
     out.seek(0, io.SEEK_END)
-    encrypt_stream(io.BytesIO(data), out, dek=dek, associated_data=content.authenticated_bytes(), layout=content.layout)
+    encrypt_stream(
+        io.BytesIO(data), out, dek=dek, associated_data=content.stream_associated_data(), layout=content.layout,
+        digest=hashlib.sha256(),
+    )  # fmt: skip
     assert opened(out.getvalue(), kek_private) == data
     with pytest.raises(errors.PlaintextDigestMismatch):
         opened(out.getvalue(), kek_private, verify_digest=True)
@@ -224,8 +227,8 @@ def test_digest_mismatch_is_caught_when_verifying(kek_public, kek_private):
 
 def test_unknown_version(kek_public, kek_private):
     blob = bytearray(sealed(b"x", kek_public))
-    blob[4] = 2
-    with pytest.raises(errors.UnsupportedVersion, match="version 2"):
+    blob[4] = 3
+    with pytest.raises(errors.UnsupportedVersion, match="version 3 is not supported .*reads versions 1, 2"):
         inspect(io.BytesIO(bytes(blob)))
 
 

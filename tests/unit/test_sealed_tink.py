@@ -71,10 +71,13 @@ def test_tink_decrypts_our_stream(segment_size):
     tink_aead = tink_primitive(dek, segment_size)
     for size in boundary_sizes(segment_size):
         data = os.urandom(size)
-        out = io.BytesIO()
-        encrypt_stream(io.BytesIO(data), out, dek=dek, associated_data=aad, layout=SegmentLayout(segment_size, size))
+        out, digest = io.BytesIO(), hashlib.sha256()
+        layout = SegmentLayout(segment_size, size)
+        encrypt_stream(io.BytesIO(data), out, dek=dek, associated_data=aad, layout=layout, digest=digest)
         with tink_aead.new_decrypting_stream(io.BytesIO(out.getvalue()), aad) as dec:
             assert dec.read() == data, size
+        # Hashed on the second thread from two alternating buffers: in order, every byte once.
+        assert digest.hexdigest() == hashlib.sha256(data).hexdigest(), size
 
 
 @pytest.mark.parametrize("segment_size", [4096, 1 << 20])
@@ -96,7 +99,10 @@ def test_we_decrypt_tinks_stream(segment_size):
 def test_tink_refuses_our_stream_under_other_associated_data():
     dek = os.urandom(32)
     out = io.BytesIO()
-    encrypt_stream(io.BytesIO(b"x" * 5000), out, dek=dek, associated_data=b"a", layout=SegmentLayout(4096, 5000))
+    encrypt_stream(
+        io.BytesIO(b"x" * 5000), out, dek=dek, associated_data=b"a", layout=SegmentLayout(4096, 5000),
+        digest=hashlib.sha256(),
+    )  # fmt: skip
     with pytest.raises(tink.TinkError):
         with tink_primitive(dek, 4096).new_decrypting_stream(io.BytesIO(out.getvalue()), b"b") as dec:
             dec.read()
@@ -112,5 +118,5 @@ def test_a_sealed_file_is_a_header_followed_by_a_tink_stream(kek_public, kek_pri
         header.key.wrapped_dek, kek_id=header.key.kek_id, kek_thumbprint=header.key.kek_thumbprint
     )
     aead = tink_primitive(dek, header.content.segment_size)
-    with aead.new_decrypting_stream(io.BytesIO(blob[header.size :]), header.content.authenticated_bytes()) as dec:
+    with aead.new_decrypting_stream(io.BytesIO(blob[header.size :]), header.content.stream_associated_data()) as dec:
         assert dec.read() == data

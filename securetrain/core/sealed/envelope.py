@@ -7,6 +7,7 @@ before it is handed out.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import logging
@@ -17,7 +18,7 @@ from typing import BinaryIO
 
 from securetrain.core.fsutil import atomic_output
 from securetrain.core.sealed.errors import PlaintextDigestMismatch, SealInputError, TrailingData, Truncated, WrongContext
-from securetrain.core.sealed.header import KeyWrap, SealedContent, SealedHeader, read_header
+from securetrain.core.sealed.header import TAG_SIZE, KeyWrap, SealedContent, SealedHeader, read_header
 from securetrain.core.sealed.kek import WRAP_ALGORITHM, KekPrivateKey, KekPublicKey
 from securetrain.core.sealed.stream import DEFAULT_SEGMENT_SIZE, StreamDecryptor, encrypt_stream
 
@@ -25,21 +26,34 @@ log = logging.getLogger(__name__)
 
 DEK_SIZE = 32
 _HASH_CHUNK = 1 << 20
+# Stands in the header for the digest of a one-pass seal until the stream is written: the same width as
+# any SHA-256 in hex, so the rewritten header has the same size. It is outside the stream's associated data.
+_PENDING_DIGEST = "0" * 64
 
 
-def _measure(src: BinaryIO) -> tuple[int, str]:
-    """Length and SHA-256 of ``src`` from its position to its end; ``src`` is left where it was."""
+def _length(src: BinaryIO) -> int:
+    """Length of ``src`` from its position to its end, without reading it; ``src`` is left where it was."""
     if not src.seekable():
-        raise SealInputError("sealing needs a seekable input: the header records its length and SHA-256 first")
+        raise SealInputError("sealing needs a seekable input: the header records its length before the stream")
+    start = src.tell()
+    length = src.seek(0, io.SEEK_END) - start
+    src.seek(start)
+    return length
+
+
+def _measure(src: BinaryIO) -> str:
+    """SHA-256 of ``src`` from its position to its end; ``src`` is left where it was."""
     start = src.tell()
     digest = hashlib.sha256()
     buffer = memoryview(bytearray(_HASH_CHUNK))
-    length = 0
     while n := src.readinto(buffer):  # type: ignore[attr-defined]
         digest.update(buffer[:n])
-        length += n
     src.seek(start)
-    return length, digest.hexdigest()
+    return digest.hexdigest()
+
+
+def _seekable(dst: BinaryIO) -> bool:
+    return bool(getattr(dst, "seekable", lambda: False)())
 
 
 def seal(
@@ -50,22 +64,36 @@ def seal(
     *,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> SealedHeader:
-    """Seal the rest of ``src`` into ``dst`` for ``kek``; memory stays O(segment size).
+    """Seal the rest of ``src`` (seekable) into ``dst`` for ``kek``; memory stays O(segment size).
 
     ``context`` (dataset id, classification, ...) is recorded in the header and authenticated with
-    every segment. ``src`` is read twice: once for the length and digest the header records, once to
-    encrypt it.
+    every segment. When ``dst`` can seek (a file, ``BytesIO``), ``src`` is read once: its SHA-256 is
+    computed while it is encrypted, and the header, first written with a zero tag (so a seal cut short
+    never opens), is rewritten in place with the digest and the tag; it keeps its size, since the digest
+    is fixed-width hex. Otherwise ``src`` is read twice, first for the digest. Either way the header's
+    digest is that of the bytes encrypted (two reads that disagree are refused as a changed input).
     """
-    length, digest = _measure(src)
-    content = SealedContent(segment_size, context or {}, length, digest)
+    length = _length(src)
+    one_pass = _seekable(dst)
+    start = dst.tell() if one_pass else 0
+    content = SealedContent(segment_size, context or {}, length, _PENDING_DIGEST if one_pass else _measure(src))
     dek = os.urandom(DEK_SIZE)
-    header = SealedHeader(
-        content=content,
-        tag=content.tag(dek),
-        key=KeyWrap(kek.kek_id, kek.thumbprint, WRAP_ALGORITHM, kek.wrap(dek)),
+    key = KeyWrap(kek.kek_id, kek.thumbprint, WRAP_ALGORITHM, kek.wrap(dek))
+    dst.write(SealedHeader(content, bytes(TAG_SIZE) if one_pass else content.tag(dek), key).to_bytes())
+    digest = hashlib.sha256()
+    encrypt_stream(
+        src, dst, dek=dek, associated_data=content.stream_associated_data(), layout=content.layout, digest=digest
     )
+    if not one_pass:
+        if digest.hexdigest() != content.plaintext_sha256:
+            raise SealInputError("the input changed while it was being sealed; seal it again")
+        return SealedHeader(content, content.tag(dek), key)
+    content = dataclasses.replace(content, plaintext_sha256=digest.hexdigest())
+    header = SealedHeader(content, content.tag(dek), key)
+    end = dst.tell()
+    dst.seek(start)
     dst.write(header.to_bytes())
-    encrypt_stream(src, dst, dek=dek, associated_data=content.authenticated_bytes(), layout=content.layout)
+    dst.seek(end)
     return header
 
 
@@ -98,7 +126,7 @@ class SealedReader(io.RawIOBase):
                     f"context {key!r} is {content.context.get(key)!r} in the sealed file, expected {expected!r}"
                 )
         self._decryptor = StreamDecryptor(
-            src, dek=dek, associated_data=content.authenticated_bytes(), layout=content.layout
+            src, dek=dek, associated_data=content.stream_associated_data(), layout=content.layout
         )
         self._verify_digest = verify_digest
         self._iterator: Iterator[memoryview] | None = None

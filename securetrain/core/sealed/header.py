@@ -1,7 +1,8 @@
 """The sealed-file header: what a file is, for whom its key is wrapped, and the tag that binds it.
 
-*Content* (authenticated: the segment stream's associated data and the input of the header tag, so a changed
-header is named as such before any segment is read) says what was sealed. *Key* says which KEK wraps the
+*Content* (authenticated: the input of the header tag, so a changed header is named as such before any segment
+is read, and, but for the plaintext digest from version 2 on, the segment stream's associated data) says what
+was sealed. *Key* says which KEK wraps the
 data key and is deliberately outside the authenticated part, so that key rotation rewraps the data key
 without touching the stream; another wrapped key gains an attacker nothing, since it fails the header tag.
 The byte layout: docs/formats.md ("Layout").
@@ -29,7 +30,12 @@ from securetrain.core.sealed.kek import WRAP_ALGORITHM
 from securetrain.core.sealed.stream import SegmentLayout
 
 MAGIC = b"STSL"
-FORMAT_VERSION = 1
+#: The version :func:`~securetrain.core.sealed.seal` writes. Version 2 leaves the plaintext digest out of the
+#: stream's associated data, so that the digest can be computed while the stream is encrypted (one pass) and
+#: written into the header afterwards; the header tag covers it in both versions.
+FORMAT_VERSION = 2
+#: Versions this release opens: version 1 files (digest in the stream's associated data) stay readable.
+READABLE_VERSIONS = (1, 2)
 AEAD = "AES256_GCM_HKDF"
 TAG_SIZE = 32
 MAX_SECTION_SIZE = 64 << 10
@@ -74,8 +80,11 @@ class SealedContent:
     context: Mapping[str, str]
     plaintext_length: int
     plaintext_sha256: str
+    version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.version not in READABLE_VERSIONS:
+            raise SealInputError(f"sealed-file format version {self.version} is not one of {READABLE_VERSIONS}")
         object.__setattr__(self, "context", validate_context(self.context))
         self.layout  # noqa: B018 - the layout checks segment size and length together
 
@@ -93,8 +102,21 @@ class SealedContent:
         }
 
     def authenticated_bytes(self) -> bytes:
-        body = rfc8785.dumps(self.to_json())
-        return _PREFIX.pack(MAGIC, FORMAT_VERSION, len(body)) + body
+        """The header's authenticated part as it is written: the header tag's input."""
+        return self._prefixed(self.to_json())
+
+    def stream_associated_data(self) -> bytes:
+        """The segment stream's associated data: the authenticated part, without the digest from version 2 on.
+
+        The digest is then bound by the header tag alone, which is keyed by the same data key as the stream.
+        """
+        if self.version == 1:
+            return self.authenticated_bytes()
+        return self._prefixed({k: v for k, v in self.to_json().items() if k != "plaintext_sha256"})
+
+    def _prefixed(self, fields: dict[str, Any]) -> bytes:
+        body = rfc8785.dumps(fields)
+        return _PREFIX.pack(MAGIC, self.version, len(body)) + body
 
     def tag(self, dek: bytes) -> bytes:
         key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_TAG_INFO).derive(dek)
@@ -153,7 +175,7 @@ class SealedHeader:
         """The header as ``securetrain inspect`` prints it; nothing here needs a key."""
         return {
             "format": "securetrain-sealed",
-            "version": FORMAT_VERSION,
+            "version": self.content.version,
             **self.content.to_json(),
             "header_tag": self.tag.hex(),
             "key": self.key.to_json(),
@@ -213,9 +235,10 @@ def read_header(src: BinaryIO) -> SealedHeader:
     magic, version, content_length = _PREFIX.unpack(_read(src, _PREFIX.size, "prefix"))
     if magic != MAGIC:
         raise MalformedHeader(f"not a securetrain sealed file: magic is {magic!r}, expected {MAGIC!r}")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedVersion(
-            f"sealed-file format version {version} is not supported (this release reads version {FORMAT_VERSION})"
+            f"sealed-file format version {version} is not supported "
+            f"(this release reads versions {', '.join(map(str, READABLE_VERSIONS))})"
         )
     _, content = _section(src, content_length, "content")
     _exact_keys(content, {"aead", "segment_size", "context", "plaintext_length", "plaintext_sha256"}, "content")
@@ -230,6 +253,7 @@ def read_header(src: BinaryIO) -> SealedHeader:
             context=_field(content, "context", dict, "content"),
             plaintext_length=_field(content, "plaintext_length", int, "content"),
             plaintext_sha256=digest,
+            version=version,
         )
     except SealInputError as exc:
         raise MalformedHeader(f"header content is invalid: {exc}") from None

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -131,6 +132,12 @@ def read_exact(src: BinaryIO, view: memoryview) -> int:
     return filled
 
 
+class PlaintextDigest(Protocol):
+    """What :func:`encrypt_stream` feeds the plaintext to: a ``hashlib`` hash object."""
+
+    def update(self, data: memoryview, /) -> None: ...
+
+
 def encrypt_stream(
     src: BinaryIO,
     dst: BinaryIO,
@@ -138,10 +145,15 @@ def encrypt_stream(
     dek: bytes,
     associated_data: bytes,
     layout: SegmentLayout,
+    digest: PlaintextDigest,
 ) -> None:
-    """Encrypt exactly ``layout.plaintext_length`` bytes of ``src`` into ``dst`` as a segment stream.
+    """Encrypt exactly ``layout.plaintext_length`` bytes of ``src`` into ``dst`` as a segment stream, and feed
+    the same plaintext, in order, to ``digest``.
 
-    One plaintext and one ciphertext buffer of a segment are reused for the whole stream. The source
+    Hashing runs on a second thread while this one reads, encrypts and writes: ``hashlib`` releases the GIL
+    for large buffers (as AES-GCM and file I/O do), and SHA-256 is the slower of the two, so one pass costs
+    about what hashing alone does. Two plaintext buffers alternate, so the next segment is read while the
+    last is still being hashed; with the ciphertext buffer that keeps memory at three segments. The source
     must hold exactly the announced length: more or fewer bytes mean it changed since it was measured.
     """
     salt = os.urandom(KEY_SIZE)
@@ -149,15 +161,25 @@ def encrypt_stream(
     aes = _stream_key(dek, salt, associated_data)
     dst.write(bytes([STREAM_HEADER_SIZE]) + salt + prefix)
 
-    plain = memoryview(bytearray(layout.plaintext_segment_size))
+    plains = [memoryview(bytearray(layout.plaintext_segment_size)) for _ in range(2)]
     cipher = memoryview(bytearray(layout.segment_size))
     last = layout.segment_count - 1
-    for index in range(layout.segment_count):
-        size = layout.plaintext_size(index)
-        if read_exact(src, plain[:size]) != size:
-            raise SealInputError("the input became shorter while it was being sealed; seal it again")
-        aes.encrypt_into(_segment_nonce(prefix, index, index == last), plain[:size], None, cipher[: size + TAG_SIZE])
-        dst.write(cipher[: size + TAG_SIZE])
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seal-digest") as hasher:
+        # The hash of the segment before this one; its buffer is refilled only after it is done.
+        previous: Future[None] | None = None
+        for index in range(layout.segment_count):
+            size = layout.plaintext_size(index)
+            plain = plains[index % 2][:size]
+            if read_exact(src, plain) != size:
+                raise SealInputError("the input became shorter while it was being sealed; seal it again")
+            hashed = hasher.submit(digest.update, plain)
+            aes.encrypt_into(_segment_nonce(prefix, index, index == last), plain, None, cipher[: size + TAG_SIZE])
+            dst.write(cipher[: size + TAG_SIZE])
+            if previous is not None:
+                previous.result()
+            previous = hashed
+        if previous is not None:
+            previous.result()
     if src.read(1):
         raise SealInputError("the input grew while it was being sealed; seal it again")
 
