@@ -50,9 +50,11 @@ def _b64url(value: int) -> str:
 
 
 def release_jws(vault, kek, tee_key, *, enc="CKM_RSA_AES_KEY_WRAP", kid=KEK_ID, named=None, key=None, chain=None,
-                signer=None) -> str:
+                signer=None, material=None) -> str:
     _, cert_path, key_path = signer or vault
-    der = kek.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    der = material or kek.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     numbers = (named or kek).public_key().public_numbers()
     jwk = {"kid": kid, "kty": "RSA-HSM", "n": _b64url(numbers.n), "e": _b64url(numbers.e),
            "key_hsm": wrap_key_material(der, tee_key.public_key(), algorithm=enc, wrapping_kid="tee")}  # fmt: skip
@@ -160,3 +162,52 @@ def test_only_a_server_certificate_for_the_vaults_own_host_signs_a_release(vault
     elsewhere = "https://other-vault.example/keys/kek/0123456789abcdef0123456789abcdef"
     with pytest.raises(ReleasedKeyRejected, match="other-vault.example"):
         unwrap_released_key(release_jws(vault, kek, tee_key, kid=elsewhere), tee_key, [ca.certificate], expected_key_id=elsewhere)
+
+
+def _der(tag: int, body: bytes) -> bytes:
+    length = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag]) + (bytes([len(body)]) if len(body) < 128 else bytes([0x80 | len(length)]) + length) + body
+
+
+def _pkcs8(numbers: rsa.RSAPrivateNumbers) -> bytes:
+    """PKCS#8 DER of ``numbers`` written field by field: pyca refuses to build some of the faulty keys below."""
+    fields = (0, numbers.public_numbers.n, numbers.public_numbers.e, numbers.d, numbers.p, numbers.q, numbers.dmp1,
+              numbers.dmq1, numbers.iqmp)  # fmt: skip
+    rsa_key = _der(0x30, b"".join(_der(0x02, v.to_bytes(v.bit_length() // 8 + 1, "big")) for v in fields))
+    rsa_encryption = _der(0x30, _der(0x06, bytes.fromhex("2a864886f70d010101")) + b"\x05\x00")
+    return _der(0x30, _der(0x02, b"\x00") + rsa_encryption + _der(0x04, rsa_key))
+
+
+def test_a_signed_release_of_an_inconsistent_key_is_refused(vault, kek, tee_key):
+    # The released key is loaded without OpenSSL's full validation (its origin is the vault's signature); what a
+    # faulty key could get wrong is checked directly, each check naming itself.
+    good = kek.private_numbers()
+    public = good.public_numbers
+    assert serialization.load_der_private_key(_pkcs8(good), None).private_numbers() == good
+
+    def released(numbers: rsa.RSAPrivateNumbers):
+        return unwrap_released_key(
+            release_jws(vault, kek, tee_key, material=_pkcs8(numbers)), tee_key, [vault[0].certificate],
+            expected_key_id=KEK_ID,
+        )  # fmt: skip
+
+    # Private exponents that do not invert e (every one OpenSSL could fall back on): the probe does not open.
+    wrong_exponents = rsa.RSAPrivateNumbers(
+        good.p, good.q, good.d + 2, good.dmp1 + 2, good.dmq1 + 2, good.iqmp, public
+    )
+    with pytest.raises(ReleasedKeyRejected, match="does not decrypt what its public half encrypts"):
+        released(wrong_exponents)
+    # Primes that are not the modulus's factors.
+    other = rsa.generate_private_key(65537, 2048).private_numbers()
+    wrong_primes = rsa.RSAPrivateNumbers(other.p, other.q, good.d, good.dmp1, good.dmq1, good.iqmp, public)
+    with pytest.raises(ReleasedKeyRejected, match="primes do not factor its modulus"):
+        released(wrong_primes)
+    trivial = rsa.RSAPrivateNumbers(1, public.n, good.d, good.dmp1, good.dmq1, good.iqmp, public)
+    with pytest.raises(ReleasedKeyRejected, match="primes do not factor its modulus"):
+        released(trivial)
+
+
+def test_a_released_key_of_a_size_the_vault_does_not_make_is_refused(vault, tee_key):
+    small = rsa.generate_private_key(65537, 1024)
+    with pytest.raises(ReleasedKeyRejected, match="1024 bits; Key Vault makes 2048 to 4096"):
+        unwrap_released_key(release_jws(vault, small, tee_key), tee_key, [vault[0].certificate], expected_key_id=KEK_ID)
