@@ -2,9 +2,9 @@
 
 *Content* (authenticated: the input of the header tag, so a changed header is named as such before any segment
 is read, and, but for the plaintext digest from version 2 on, the segment stream's associated data) says what
-was sealed. *Key* says which KEK wraps the
-data key and is deliberately outside the authenticated part, so that key rotation rewraps the data key
-without touching the stream; another wrapped key gains an attacker nothing, since it fails the header tag.
+was sealed. *Key* says which KEK wraps the data key and is deliberately outside the authenticated part, so
+that key rotation rewraps the data key without touching the stream; another wrapped key gains an attacker
+nothing, since it fails the header tag.
 The byte layout: docs/formats.md ("Layout").
 """
 
