@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from securetrain.core.fsutil import atomic_output
+from securetrain.core.fsutil import atomic_output, flushed_while_written
 from securetrain.core.sealed.errors import PlaintextDigestMismatch, SealInputError, TrailingData, Truncated, WrongContext
 from securetrain.core.sealed.header import TAG_SIZE, KeyWrap, SealedContent, SealedHeader, read_header
 from securetrain.core.sealed.kek import WRAP_ALGORITHM, KekPrivateKey, KekPublicKey
@@ -191,7 +191,7 @@ def seal_file(
     *,
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> SealedHeader:
-    with open(src_path, "rb") as src, atomic_output(dst_path, mode=0o644) as dst:
+    with open(src_path, "rb") as src, atomic_output(dst_path, mode=0o644) as dst, flushed_while_written(dst):
         header = seal(src, dst, kek, context, segment_size=segment_size)
     log.info(
         "sealed %s -> %s: %d bytes in %d segments for KEK %s",
@@ -209,7 +209,7 @@ def unseal_file(
     verify_digest: bool = False,
 ) -> SealedHeader:
     """Decrypt a sealed file; ``dst_path`` appears (owner-only) only if every check passed."""
-    with open(src_path, "rb") as src, atomic_output(dst_path) as dst:
+    with open(src_path, "rb") as src, atomic_output(dst_path) as dst, flushed_while_written(dst):
         header = unseal(src, dst, kek, expected_context=expected_context, verify_digest=verify_digest)
     log.info("opened %s -> %s: %d bytes", src_path, Path(dst_path), header.content.plaintext_length)
     return header
