@@ -178,3 +178,15 @@ def test_a_file_relabelled_as_the_other_version_fails_the_header_tag(relabel, v1
     assert inspect(io.BytesIO(bytes(blob))).content.version == target
     with pytest.raises(errors.HeaderTampered):
         opened(bytes(blob), kek)
+
+
+def test_an_output_opened_to_append_is_sealed_in_two_reads(tmp_path, kek_public, kek_private):
+    # Appending, every write lands at the end: a header rewritten in place would be appended instead.
+    target = tmp_path / "shards.sealed"
+    target.write_bytes(b"earlier bytes")
+    data = payload(9000)
+    with target.open("ab") as out:
+        header = seal(io.BytesIO(data), out, kek_public, segment_size=SEGMENT)
+    blob = target.read_bytes()
+    assert blob.startswith(b"earlier bytes") and len(blob) == len(b"earlier bytes") + header.sealed_length
+    assert opened(blob[len(b"earlier bytes") :], kek_private, verify_digest=True) == data

@@ -52,8 +52,10 @@ def _measure(src: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _seekable(dst: BinaryIO) -> bool:
-    return bool(getattr(dst, "seekable", lambda: False)())
+def _rewritable(dst: BinaryIO) -> bool:
+    """Whether the header can be rewritten in place: ``dst`` seeks, and was not opened to append (where
+    every write lands at the end, whatever the position)."""
+    return bool(getattr(dst, "seekable", lambda: False)()) and "a" not in str(getattr(dst, "mode", ""))
 
 
 def seal(
@@ -67,14 +69,14 @@ def seal(
     """Seal the rest of ``src`` (seekable) into ``dst`` for ``kek``; memory stays O(segment size).
 
     ``context`` (dataset id, classification, ...) is recorded in the header and authenticated with
-    every segment. When ``dst`` can seek (a file, ``BytesIO``), ``src`` is read once: its SHA-256 is
-    computed while it is encrypted, and the header, first written with a zero tag (so a seal cut short
-    never opens), is rewritten in place with the digest and the tag; it keeps its size, since the digest
-    is fixed-width hex. Otherwise ``src`` is read twice, first for the digest. Either way the header's
+    every segment. When ``dst`` can seek (a file not opened to append, ``BytesIO``), ``src`` is read once:
+    its SHA-256 is computed while it is encrypted, and the header, first written with a zero tag (so a seal
+    cut short never opens), is rewritten in place with the digest and the tag; it keeps its size, since the
+    digest is fixed-width hex. Otherwise ``src`` is read twice, first for the digest. Either way the header's
     digest is that of the bytes encrypted (two reads that disagree are refused as a changed input).
     """
     length = _length(src)
-    one_pass = _seekable(dst)
+    one_pass = _rewritable(dst)
     start = dst.tell() if one_pass else 0
     content = SealedContent(segment_size, context or {}, length, _PENDING_DIGEST if one_pass else _measure(src))
     dek = os.urandom(DEK_SIZE)
