@@ -64,7 +64,8 @@ def postgres_bin_dir() -> Path:
     Raises:
         ToolNotInstalled: PostgreSQL's server is not installed.
     """
-    versions = sorted(DEBIAN_POSTGRES_BINARIES.glob("*/bin/postgres"), key=lambda path: int(path.parts[-3]), reverse=True)
+    versions = sorted((path for path in DEBIAN_POSTGRES_BINARIES.glob("*/bin/postgres") if path.parts[-3].isdigit()),
+                      key=lambda path: int(path.parts[-3]), reverse=True)  # fmt: skip
     if versions:
         return versions[0].parent
     initdb = shutil.which("initdb")
@@ -226,28 +227,29 @@ class CeleryDeployment:
 
     # Starting and waiting.
 
-    def _start(self, name: str, argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> ProcessIdentity:
+    def _start(self, name: str, argv: list[str], env: Mapping[str, str], cwd: Path | None = None) -> None:
         log.info("starting %s (log: %s)", name, self.log_file(name))
-        identity = start_process(argv, env, self.log_file(name), cwd or self.work_dir)
-        self._processes.append((name, identity))
-        return identity
+        self._processes.append((name, start_process(argv, env, self.log_file(name), cwd or self.work_dir)))
 
     def _failed(self, name: str, why: str) -> ServiceStartFailed:
         tail = "\n".join(self.log_file(name).read_text(errors="replace").splitlines()[-30:]) if self.log_file(name).exists() else ""
         return ServiceStartFailed(f"{name} {why}; its log is {self.log_file(name)}:\n{tail}")
 
-    def _wait(self, name: str, ready: Callable[[], bool], *, watch: list[str] | None = None) -> None:
-        """Poll ``ready`` until it is true; fail naming ``name`` when time runs out or a watched process exits."""
+    def _wait(self, waiting_on: Callable[[], list[str]], watch: list[str]) -> None:
+        """Poll ``waiting_on`` (the processes not ready yet) until it is empty; fail naming the process that
+        exited (of ``watch``) or, when time runs out, those still not ready."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        watched = [(n, identity) for n, identity in self._processes if watch is None or n in watch]
+        watched = [(name, identity) for name, identity in self._processes if name in watch]
         while True:
-            for process_name, identity in watched:
+            for name, identity in watched:
                 if not identity.is_running():
-                    raise self._failed(process_name, "exited during start-up")
-            if ready():
+                    raise self._failed(name, "exited during start-up")
+            laggards = waiting_on()
+            if not laggards:
                 return
             if time.monotonic() >= deadline:
-                raise self._failed(name, f"did not become ready within {START_TIMEOUT_S:.0f} s")
+                raise self._failed(laggards[0], f"did not become ready within {START_TIMEOUT_S:.0f} s"
+                                   + (f" (nor did {', '.join(laggards[1:])})" if laggards[1:] else ""))  # fmt: skip
             time.sleep(_POLL_S)
 
     def _start_postgres(self) -> None:
@@ -277,14 +279,14 @@ class CeleryDeployment:
                                  "-c", "listen_addresses=127.0.0.1", "-c", f"port={self.ports.postgres}",
                                  "-c", "unix_socket_directories="], os.environ, cwd=self._cluster_dir)  # fmt: skip
 
-        def accepts_connections() -> bool:
+        def waiting_on() -> list[str]:
             try:
                 with contextlib.closing(self._connect("postgres")):
-                    return True
+                    return []
             except psycopg2.OperationalError:
-                return False
+                return ["postgres"]
 
-        self._wait("postgres", accepts_connections, watch=["postgres"])
+        self._wait(waiting_on, watch=["postgres"])
         with contextlib.closing(self._connect("postgres")) as connection:
             connection.autocommit = True  # CREATE DATABASE cannot run in a transaction
             with connection.cursor() as cursor:
@@ -298,19 +300,19 @@ class CeleryDeployment:
         # The password in a 0600 file, not on the command line that `ps` shows.
         config = self.work_dir / "redis.conf"
         write_file(config, (f"bind 127.0.0.1\nport {self.ports.redis}\nrequirepass {self._redis_password}\n"
-                            f"dir {self.work_dir}\nsave \"\"\nappendonly no\n").encode(), mode=0o600)  # fmt: skip
+                            f"dir \"{self.work_dir}\"\nsave \"\"\nappendonly no\n").encode(), mode=0o600)  # fmt: skip
         self._start("redis", [str(redis_server()), str(config)], os.environ)
 
-        def answers() -> bool:
+        def waiting_on() -> list[str]:
             client = redis.Redis(host="127.0.0.1", port=self.ports.redis, password=self._redis_password, socket_timeout=5)
             try:
-                return bool(client.ping())
+                return [] if client.ping() else ["redis"]
             except redis.RedisError:
-                return False
+                return ["redis"]
             finally:
                 client.close()
 
-        self._wait("redis", answers, watch=["redis"])
+        self._wait(waiting_on, watch=["redis"])
 
     def _migrate(self) -> None:
         name = "airflow-init"
@@ -324,17 +326,18 @@ class CeleryDeployment:
     def _wait_for_api_health(self) -> None:
         """Wait for the API server, then until it reports the scheduler, triggerer and dag-processor healthy
         (each heartbeats into the metadata database)."""
-        reporting = ("scheduler", "triggerer", "dag_processor")
+        # What the health answer calls each part, and the process behind it.
+        parts = {"metadatabase": "postgres", "scheduler": "airflow-scheduler", "triggerer": "airflow-triggerer",
+                 "dag_processor": "airflow-dag-processor"}  # fmt: skip
 
-        def healthy() -> bool:
+        def waiting_on() -> list[str]:
             try:
                 health = requests.get(f"{self.api_url}/api/v2/monitor/health", timeout=5).json()
             except (requests.RequestException, ValueError):
-                return False
-            return all((health.get(part) or {}).get("status") == "healthy" for part in ("metadatabase", *reporting))
+                return ["airflow-apiserver"]
+            return [process for part, process in parts.items() if (health.get(part) or {}).get("status") != "healthy"]
 
-        components = [c.name for c in COMPONENTS if not c.is_worker]
-        self._wait(", ".join(components), healthy, watch=components)
+        self._wait(waiting_on, watch=["postgres", "redis", *(c.name for c in COMPONENTS if not c.is_worker)])
 
     def _wait_for_worker(self, component: Component) -> None:
         """Wait until the worker answers a Celery ping through the broker (compose's health check)."""
@@ -343,10 +346,10 @@ class CeleryDeployment:
                 "--timeout", "5", "--destination", self.celery_node(component)]  # fmt: skip
         environment = self.component_environment()
 
-        def answers() -> bool:
+        def waiting_on() -> list[str]:
             result = subprocess.run(argv, env=environment, capture_output=True, text=True, check=False,
                                     cwd=self.work_dir, timeout=120)  # fmt: skip
-            return result.returncode == 0
+            return [] if result.returncode == 0 else [component.name]
 
-        self._wait(component.name, answers, watch=[component.name])
+        self._wait(waiting_on, watch=[component.name])
 
