@@ -9,6 +9,7 @@ PY_STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
 DEBIAN_STAMP := $(VENV)/.debian-packages
 TPM_STAMP := $(VENV)/.debian-tpm-packages
+CELERY_STAMP := $(VENV)/.debian-celery-packages
 
 .PHONY: setup test test-fast demo airflow bench stack-up stack-down clean help
 
@@ -47,7 +48,14 @@ $(DEBIAN_STAMP): $(PY_STAMP)
 		(apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium docker-compose)
 	touch $@
 
-setup: $(PY_STAMP) $(NODE_STAMP) $(DEBIAN_STAMP)
+# Debian's PostgreSQL and Redis: the end-to-end test of the Celery topology runs them as local processes (a
+# throwaway cluster and server of its own; the packages' own services are not used). Only when missing.
+$(CELERY_STAMP): $(PY_STAMP)
+	dpkg -s postgresql redis-server >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql redis-server)
+	touch $@
+
+setup: $(PY_STAMP) $(NODE_STAMP) $(DEBIAN_STAMP) $(CELERY_STAMP)
 
 # lint-imports: the trust zones' import contracts (pyproject.toml, docs/architecture.md).
 test: setup

@@ -22,6 +22,7 @@ material and where it lives")::
     OUT/data-owner/policies/release-policy.json    the approved release policy it creates the KEK under
     OUT/data-owner/policies/sevsnpvm-attestation-policy.txt   the approved attestation policy it sets
     OUT/data-owner/secrets/data-owner/signing-key.pem   the owner's manifest and export-approval key
+    OUT/data-owner-signing/secrets/data-owner/signing-key.pem   the same key alone, for the data owner's worker
 
 The TEE's managed identity has no secret in any file: its host's secret is the deployment's
 ``SECURETRAIN_CVM_IDENTITY_HEADER``. The CA and its key stay in CA_DIR, a volume no other container mounts.
@@ -113,6 +114,9 @@ def make_trust_material(out: Path, ca_dir: Path, header: str) -> None:
     # The data owner's signing key stays in the owner's tree; the trainer gets the public half, before the
     # attestation policy below measures the workload that trusts it.
     data_owner.signing_key(trees["data-owner"])
+    # The data owner's Airflow worker signs the manifests data_onboarding publishes: it gets that key and nothing
+    # else of the owner's (not the identity that sets policies and creates the KEK).
+    _hand_over(data_owner.signing_key_path(trees["data-owner"]), data_owner.signing_key_path(StackLayout(out / "data-owner-signing")))
     _hand_over(data_owner.public_key_path(trees["data-owner"]), data_owner.public_key_path(trees["trainer"]))
     # The simulated platform (its private keys) lives in the trainer's tree; the attestation service gets its
     # root certificate only. The approved attestation policy measures the workload installed in the trainer's

@@ -230,7 +230,8 @@ def process_environment(
     return {**inherited, **environment, **(overrides or {})}
 
 
-def _airflow_executable() -> Path:
+def airflow_executable() -> Path:
+    """The ``airflow`` command of this venv."""
     executable = Path(sys.executable).parent / "airflow"
     if not executable.is_file():
         raise AirflowEnvironmentError(f"{executable} is missing: install the project with `make setup`")
@@ -252,7 +253,7 @@ def run_airflow(
     decides what a non-zero exit means (``airflow dags test`` exits 1 for a failed run).
     """
     environment = process_environment(state_dir, api_port=api_port, dags_folder=dags_folder, overrides=overrides)
-    argv = [str(_airflow_executable()), *args]
+    argv = [str(airflow_executable()), *args]
     log.debug("running %s", " ".join(argv))
     return subprocess.run(argv, env=environment, capture_output=capture_output, text=True, check=False)
 
@@ -290,7 +291,7 @@ def exec_standalone(
     """
     environment = process_environment(state_dir, api_port=api_port, dags_folder=dags_folder)
     migrate(state_dir)
-    executable = _airflow_executable()
+    executable = airflow_executable()
     ui = environment["AIRFLOW__API__BASE_URL"] + "/"
     print(f"Airflow UI: {ui}  (user {ADMIN_USER!r}, password in {admin_password_file(state_dir.resolve())})")
     print(f"Secure training page: {ui}securetrain/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from securetrain.localstack.registry import SERVICES
 from securetrain.localstack.services.attestation import approved_reference_values
 from securetrain.localstack.standins.attestation_service.authz import BUILT_IN_ROLES, PolicyAction
 from securetrain.localstack.standins.rbac import RoleAssignments
+from securetrain.localstack.topology import COMPONENTS, DEPLOYMENT_SETTINGS, MIGRATE_COMMAND, SHARED_SETTINGS
 from securetrain.tee.workload import host_data
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,19 +50,17 @@ SECRETS = {
     "AIRFLOW_API_SECRET_KEY": "test-api-secret-key",
     "AIRFLOW_ADMIN_PASSWORD": "test-admin-password",
 }
-AIRFLOW_SERVICES = {
-    "airflow-init",
-    "airflow-apiserver",
-    "airflow-scheduler",
-    "airflow-dag-processor",
-    "airflow-triggerer",
-    "airflow-worker",
-}
+#: Airflow's services: the topology's components (securetrain/localstack/topology.py) and the one-shot migration.
+AIRFLOW_SERVICES = {component.name for component in COMPONENTS} | {"airflow-init"}
+#: The worker in the data owner's zone, and the one file of the owner's it reads.
+DATA_OWNER_WORKER = next(component.name for component in COMPONENTS if component.data_owner)
+DATA_OWNER_SIGNING_KEY = "/srv/data-owner/secrets/data-owner/signing-key.pem"
 #: Named volumes holding private keys or secrets, and the only services that may mount them.
 PRIVATE_VOLUMES = {
     "pki-ca": {"pki"},
     "trainer-pki": {"pki", "trainer"},
     "data-owner-pki": {"pki", "data-owner-kek"},
+    "data-owner-signing": {"pki", DATA_OWNER_WORKER},
     "trainer-data": {"trainer"},
     "airflow-keys": AIRFLOW_SERVICES,
     "keyvault-pki": {"pki", "keyvault"},
@@ -143,19 +143,39 @@ def test_dependencies_wait_for_health_or_completion(model: dict[str, Any]) -> No
         assert {"postgres", "redis", "airflow-init", "pki"} <= services[name]["depends_on"].keys(), name
 
 
-def test_airflow_runs_celery_on_postgres_and_redis(model: dict[str, Any]) -> None:
+def test_airflow_services_are_the_topology(model: dict[str, Any]) -> None:
+    # The topology the local processes run (tests/e2e/test_celery_topology.py): the same components, each with
+    # the same command (hence the same queues), the same shared settings, every per-deployment setting.
     services = _services(model)
     assert {name for name in services if name.startswith("airflow-")} == AIRFLOW_SERVICES
-    commands = {name: services[name]["command"] for name in AIRFLOW_SERVICES - {"airflow-init"}}
-    assert commands == {
-        "airflow-apiserver": "api-server",
-        "airflow-scheduler": "scheduler",
-        "airflow-dag-processor": "dag-processor",
-        "airflow-triggerer": "triggerer",
-        "airflow-worker": "celery worker --queues default,data-owner,key-rotator",
-    }
+    for component in COMPONENTS:
+        command = services[component.name]["command"]
+        assert (shlex.split(command) if isinstance(command, str) else command) == list(component.command), component.name
+        if component.is_worker:
+            assert command.endswith("--queues " + ",".join(component.queues)), component.name
     init_script = services["airflow-init"]["command"][-1]
-    assert "airflow db migrate" in init_script and "airflow users create --role Admin" in init_script
+    assert f"airflow {shlex.join(MIGRATE_COMMAND)}" in init_script and "airflow users create --role Admin" in init_script
+    for name in AIRFLOW_SERVICES:
+        environment = services[name]["environment"]
+        assert {key: environment.get(key) for key in SHARED_SETTINGS} == SHARED_SETTINGS, name
+        assert set(DEPLOYMENT_SETTINGS) <= environment.keys(), name
+    # Only the data owner's worker is given the data owner's signing key.
+    holders = {name for name in AIRFLOW_SERVICES if "AIRFLOW_CONN_SECURETRAIN_DATA_OWNER" in services[name]["environment"]}
+    assert holders == {DATA_OWNER_WORKER}
+    connection = json.loads(services[DATA_OWNER_WORKER]["environment"]["AIRFLOW_CONN_SECURETRAIN_DATA_OWNER"])
+    assert connection == {"conn_type": "generic", "extra": {"signing_key": DATA_OWNER_SIGNING_KEY}}
+
+
+def test_the_topology_s_data_owner_queue_is_the_onboarding_dag_s() -> None:
+    from securetrain.airflow.onboarding import DATA_OWNER_QUEUE  # noqa: PLC0415 - imports Airflow
+
+    [worker] = [component for component in COMPONENTS if component.data_owner]
+    assert worker.queues == (DATA_OWNER_QUEUE,)
+    assert not any(DATA_OWNER_QUEUE in component.queues for component in COMPONENTS if component is not worker)
+
+
+def test_airflow_runs_celery_on_postgres_and_redis(model: dict[str, Any]) -> None:
+    services = _services(model)
     password = SECRETS["POSTGRES_PASSWORD"]
     for name in AIRFLOW_SERVICES:
         environment = services[name]["environment"]
@@ -237,6 +257,8 @@ def test_private_material_stays_with_its_owner(model: dict[str, Any]) -> None:
         settings = {key for key in environment if key.startswith("SECURETRAIN_")}
         allowed = {PipelineSettings.variable(field) for field in PipelineSettings.model_fields}
         assert settings <= allowed, f"{name} gets {sorted(settings - allowed)}"
+        if name == DATA_OWNER_WORKER:  # its signing key, checked above, and nothing else of the data owner's
+            environment = {key: value for key, value in environment.items() if key != "AIRFLOW_CONN_SECURETRAIN_DATA_OWNER"}
         text = json.dumps(environment)
         assert not any(secret in text for secret in ("cvm.json", "data-owner", "snp-platform", "master-key")), name
     # Only the Airflow API server is reachable from the host, and only on its loopback address.
@@ -297,6 +319,7 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
     assert pki["command"][-2:] == ["/srv/pki/out", "/srv/pki/ca"]
     trees = {target.removeprefix("/srv/pki/out/"): source for source, target, _ in _volume_mounts(pki)}
     assert trees.pop("/srv/pki/ca") == "pki-ca"
+    assert trees.pop("data-owner-signing") == "data-owner-signing"
     assert trees == {
         name: f"{name}-pki" for name in ("azurite", "attestation", "identity", "keyvault", "trainer", "airflow", "data-owner")
     }
@@ -324,6 +347,12 @@ def test_pki_service_gives_each_container_its_share(model: dict[str, Any], tmp_p
         "ca/ca.pem", "secrets/identities/data-owner.json", "policies/release-policy.json",
         "secrets/data-owner/signing-key.pem", "policies/data-owner-key.pem", "policies/sevsnpvm-attestation-policy.txt",
     }  # fmt: skip
+    # The data owner's worker gets the signing key alone, where its connection names it.
+    assert _tree_files(out / "data-owner-signing") == {"secrets/data-owner/signing-key.pem"}
+    mounted = {target: source for source, target, _ in _volume_mounts(_services(model)[DATA_OWNER_WORKER])}
+    assert mounted["/srv/data-owner"] == "data-owner-signing"
+    assert (out / "data-owner-signing" / Path(DATA_OWNER_SIGNING_KEY).relative_to("/srv/data-owner")).read_bytes() == (
+        out / "data-owner/secrets/data-owner/signing-key.pem").read_bytes()
     everywhere = {path for path in out.rglob("*") if path.is_file()}
     assert not any(path.name == "ca.key" for path in everywhere), "the CA key left the pki-ca volume"
     assert not any("snp-platform" in path.parts for path in everywhere if out / "trainer" not in path.parents)
