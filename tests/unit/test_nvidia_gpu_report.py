@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
@@ -22,6 +24,7 @@ from securetrain.core.nvidia.certs import (
     spki_sha256,
 )
 from securetrain.core.nvidia.errors import GpuEvidenceError, SpdmFormatError
+from securetrain.core.nvidia.opaque import OpaqueData
 from securetrain.core.nvidia.reference import MeasurementMismatch, ReferenceMeasurements
 from securetrain.core.nvidia.roots import NVIDIA_DEVICE_ROOTS, DeviceRoot
 from securetrain.core.nvidia.spdm import REQUEST_SIZE, SIGNATURE_SIZE, GpuAttestationReport
@@ -129,9 +132,13 @@ def test_mismatched_nonce_is_refused_naming_the_nonce() -> None:
         verify(expected_nonce=bytes(32))
 
 
-def _look_alike_chain(report_fwid_source: GpuCertificateChain) -> tuple[GpuCertificateChain, ec.EllipticCurvePrivateKey]:
-    """A chain of the same shape with the genuine subjects and extensions, but keys of our own."""
-    genuine = list(reversed(report_fwid_source.certificates))  # root first
+def _look_alike_chain(
+    template: GpuCertificateChain, path_lengths: dict[int, int] | None = None
+) -> tuple[GpuCertificateChain, ec.EllipticCurvePrivateKey]:
+    """A chain of the same shape with the genuine subjects and extensions, but keys of our own.
+
+    ``path_lengths`` sets the basicConstraints pathLenConstraint of the CA at that position (root first)."""
+    genuine = list(reversed(template.certificates))  # root first
     keys = [ec.generate_private_key(ec.SECP384R1()) for _ in genuine]
     made: list[x509.Certificate] = []
     for position, original in enumerate(genuine):
@@ -148,7 +155,10 @@ def _look_alike_chain(report_fwid_source: GpuCertificateChain) -> tuple[GpuCerti
         for extension in original.extensions:
             if extension.oid in (x509.SubjectKeyIdentifier.oid, x509.AuthorityKeyIdentifier.oid):
                 continue
-            builder = builder.add_extension(extension.value, extension.critical)
+            value = extension.value
+            if isinstance(value, x509.BasicConstraints) and position in (path_lengths or {}):
+                value = x509.BasicConstraints(ca=True, path_length=(path_lengths or {})[position])
+            builder = builder.add_extension(value, extension.critical)
         made.append(builder.sign(keys[issuer], hashes.SHA384()))
     return GpuCertificateChain(tuple(reversed(made))), keys[-1]
 
@@ -234,3 +244,40 @@ def test_reference_alternatives_and_missing_index() -> None:
     verify(reference=alternatives)
     with pytest.raises(MeasurementMismatch, match="no measurement at index 100"):
         _reference({100: bytes(48)}).check(measurements)
+
+
+def test_a_path_length_constraint_is_enforced() -> None:
+    """The identity intermediate (position 1, root first) may not have two CAs below it if it allows only one."""
+    chain, leaf_key = _look_alike_chain(CHAIN, {1: 1})
+    own_root = DeviceRoot("look-alike", spki_sha256(chain.certificates[-1]))
+    with pytest.raises(GpuCertificateChainError, match="allows 1 CAs below it, the chain has 2"):
+        verify(_resigned(REPORT, leaf_key), chain, roots=[own_root])
+    chain, leaf_key = _look_alike_chain(CHAIN, {1: 2})
+    verify(_resigned(REPORT, leaf_key), chain, roots=[DeviceRoot("look-alike", spki_sha256(chain.certificates[-1]))])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, len(REPORT)), st.integers(0, 8), st.binary(max_size=8))
+def test_any_splice_is_refused_with_a_named_gpu_error(offset: int, removed: int, inserted: bytes) -> None:
+    """Bytes removed or inserted anywhere: refused by a GpuEvidenceError (never another exception, never accepted)."""
+    changed = REPORT[:offset] + inserted + REPORT[offset + removed :]
+    if changed == REPORT:
+        return
+    with pytest.raises(GpuEvidenceError):
+        verify(changed)
+
+
+@pytest.mark.parametrize(
+    ("opaque", "message"),
+    [
+        pytest.param(b"\x03\x00\x02\x00ab", "DRIVER_VERSION is not NUL-terminated", id="driver-version-unterminated"),
+        pytest.param(b"\x06\x00\x02\x00ab", "VBIOS_VERSION is 2 bytes", id="vbios-version-size"),
+        pytest.param(b"\x1a\x00\x00\x00", "type 26 is not one NVIDIA defines", id="unknown-type"),
+        pytest.param(b"\x14\x00\x00\x00\x14\x00\x00\x00", "FWID appears twice", id="repeated"),
+        pytest.param(b"\x14\x00\x30\x00" + bytes(47), "FWID Data needs 48 bytes", id="short-entry"),
+        pytest.param(b"\x14\x00\x30", "FWID DataSize needs 2 bytes", id="cut-header"),
+    ],
+)
+def test_malformed_opaque_data_is_refused_naming_the_field(opaque: bytes, message: str) -> None:
+    with pytest.raises(SpdmFormatError, match=message):
+        OpaqueData.from_bytes(opaque)

@@ -139,8 +139,8 @@ class GpuCertificateChain:
             _check_critical_extensions(certificate, role)
             issuer_position = min(position + 1, CHAIN_LENGTH - 1)
             _check_issued_by(certificate, role, self.certificates[issuer_position], _ROLES[issuer_position])
-            if position > 0 and not _is_signing_ca(certificate):
-                raise GpuCertificateChainError(f"GPU {role} certificate '{_name(certificate)}' is not a CA certificate")
+            if position > 0:
+                _check_signing_ca(certificate, role, intermediates_below=position - 1)
         self.leaf_key()
         if not _key_usage(self.leaf).digital_signature:
             raise GpuCertificateChainError("GPU leaf certificate's keyUsage does not allow digital signatures")
@@ -198,12 +198,18 @@ def _p384_key(certificate: x509.Certificate, role: str) -> ec.EllipticCurvePubli
     return key
 
 
-def _is_signing_ca(certificate: x509.Certificate) -> bool:
+def _check_signing_ca(certificate: x509.Certificate, role: str, *, intermediates_below: int) -> None:
+    """A CA allowed to sign certificates, whose path length constraint (RFC 5280) admits the CAs below it."""
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:
-        return False
-    return constraints.ca and _key_usage(certificate).key_cert_sign
+        constraints = x509.BasicConstraints(ca=False, path_length=None)
+    if not constraints.ca or not _key_usage(certificate).key_cert_sign:
+        raise GpuCertificateChainError(f"GPU {role} certificate '{_name(certificate)}' is not a CA certificate")
+    if constraints.path_length is not None and intermediates_below > constraints.path_length:
+        raise GpuCertificateChainError(
+            f"GPU {role} certificate allows {constraints.path_length} CAs below it, the chain has {intermediates_below}"
+        )
 
 
 def _key_usage(certificate: x509.Certificate) -> x509.KeyUsage:

@@ -75,7 +75,11 @@ class OpaqueData:
             if name in fields:
                 raise SpdmFormatError(f"OpaqueData: {name} appears twice")
             fields[name] = reader.take(reader.u16(f"{name} DataSize"), f"{name} Data")
-        return cls(fields)
+        opaque = cls(fields)
+        # Decode the fields this product reads now, so a malformed one is refused with the report, not later.
+        opaque.driver_version  # noqa: B018 - decoding checks the field
+        opaque.vbios_version  # noqa: B018
+        return opaque
 
     def to_bytes(self) -> bytes:
         """The entries as type-length-value, in their order: the form :meth:`from_bytes` reads."""
