@@ -204,6 +204,8 @@ def test_chain_out_of_order_or_short_is_refused() -> None:
     first_four = b"".join(CHAIN_PEM.partition(b"-----END CERTIFICATE-----")[0:2]) * 4
     with pytest.raises(GpuCertificateError, match="expected 5"):
         GpuCertificateChain.from_pem(first_four)
+    with pytest.raises(GpuCertificateError, match="holds 4 certificates"):
+        GpuCertificateChain(CHAIN.certificates[1:])
 
 
 def test_certificates_must_be_valid_now() -> None:

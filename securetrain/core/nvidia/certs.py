@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat import asn1
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtensionOID, SignatureAlgorithmOID
 
 from securetrain.core.nvidia.errors import GpuEvidenceError
@@ -81,6 +82,12 @@ class GpuCertificateChain:
 
     certificates: tuple[x509.Certificate, ...]
 
+    def __post_init__(self) -> None:
+        if len(self.certificates) != CHAIN_LENGTH:
+            raise GpuCertificateError(
+                f"GPU certificate chain holds {len(self.certificates)} certificates, expected {CHAIN_LENGTH}"
+            )
+
     @classmethod
     def from_pem(cls, data: bytes) -> GpuCertificateChain:
         """Read NVIDIA's PEM bundle, leaf first; exactly :data:`CHAIN_LENGTH` certificates."""
@@ -90,7 +97,10 @@ class GpuCertificateChain:
         certificates = []
         for block, role in zip(blocks, _ROLES, strict=True):
             try:
-                certificates.append(x509.load_pem_x509_certificate(block))
+                certificate = x509.load_pem_x509_certificate(block)
+                # Extensions are decoded lazily; decode them now, so a malformed one is refused here.
+                certificate.extensions  # noqa: B018
+                certificates.append(certificate)
             except ValueError as exc:
                 raise GpuCertificateError(f"GPU {role} certificate is not valid X.509: {exc}") from None
         return cls(tuple(certificates))
@@ -156,10 +166,15 @@ class GpuCertificateChain:
 def spki_sha256(certificate: x509.Certificate) -> bytes:
     """SHA-256 of a certificate's SubjectPublicKeyInfo: how a root is named."""
     digest = hashes.Hash(hashes.SHA256())
-    digest.update(
-        certificate.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    )
+    digest.update(_public_key(certificate).public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo))
     return digest.finalize()
+
+
+def _public_key(certificate: x509.Certificate) -> PublicKeyTypes:
+    try:
+        return certificate.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise GpuCertificateError(f"GPU certificate '{_name(certificate)}': its public key cannot be loaded: {exc}") from None
 
 
 def _trusted_root(certificate: x509.Certificate, trusted_roots: Collection[DeviceRoot]) -> DeviceRoot:
@@ -192,7 +207,7 @@ def _check_issued_by(certificate: x509.Certificate, role: str, issuer: x509.Cert
 
 
 def _p384_key(certificate: x509.Certificate, role: str) -> ec.EllipticCurvePublicKey:
-    key = certificate.public_key()
+    key = _public_key(certificate)
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP384R1):
         raise GpuCertificateChainError(f"GPU {role} key must be ECDSA P-384, as in NVIDIA's profile")
     return key
