@@ -14,8 +14,9 @@ GPU evidence on the local stack comes from the simulated H100
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from securetrain.core.nvidia.binding import gpu_nonce
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
@@ -23,6 +24,7 @@ from securetrain.localstack.platform.simulated_gpu import SimulatedH100
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
 from securetrain.tee.evidence.base import Evidence, check_report_data
 from securetrain.tee.evidence.nvidia_gpu import GpuEvidence
+from securetrain.tee.gpu_attestation import SIMULATED_GPU_TYPE
 from securetrain.tee.workload import host_data
 
 log = logging.getLogger(__name__)
@@ -33,9 +35,11 @@ class SimulatedSnpProvider:
 
     tee_type = "sev-snp-simulated"
 
-    def __init__(self, platform_dir: Path, data_owner_key_ids: Sequence[str]) -> None:
+    def __init__(
+        self, platform_dir: Path, data_owner_key_ids: Sequence[str], gpu: Mapping[str, Any] | None = None
+    ) -> None:
         self._platform = SimulatedSnpPlatform.load_or_create(platform_dir)
-        self.host_data = host_data(data_owner_key_ids)
+        self.host_data = host_data(data_owner_key_ids, gpu=gpu)
         log.info("simulated SEV-SNP evidence provider: HOST_DATA %s", self.host_data.hex())
 
     def report(self, report_data: bytes) -> Evidence:
@@ -49,7 +53,7 @@ class SimulatedSnpProvider:
 class SimulatedGpuProvider:
     """GPU evidence signed by the simulated H100 kept in ``gpu_dir``, for the nonce bound to the runtime data."""
 
-    gpu_type = "nvidia-h100-simulated"
+    gpu_type = SIMULATED_GPU_TYPE
 
     def __init__(self, gpu_dir: Path) -> None:
         self._gpu = SimulatedH100.load_or_create(gpu_dir)
