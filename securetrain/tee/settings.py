@@ -34,11 +34,10 @@ decides whether that host is an approved TEE.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from azure.core.credentials import TokenCredential
 from pydantic import AliasChoices, Field, FilePath
-
-from typing import Any
 
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
@@ -76,7 +75,7 @@ class GpuSettings(Settings):
     def gpu_configuration(self) -> dict[str, Any]:
         """The GPU requirement as the workload manifest measures it (:func:`securetrain.tee.workload.manifest`)."""
         requirement = self.gpu_requirement()
-        return NO_GPU if requirement is None else requirement.measured()
+        return dict(NO_GPU) if requirement is None else requirement.measured()
 
 
 class TeeSettings(ServiceSettings, GpuSettings):

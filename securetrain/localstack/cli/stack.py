@@ -61,6 +61,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"state directory: {config.layout.root}")
     running = "" if running_platform(config.layout) else " (not up; what `up` would start)"
     print(f"platform: {config.platform.value}, {config.platform.description}{running}")
+    print(f"gpu: {config.gpu.value}")
     for entry in statuses:
         where = f" pid {entry.pid} {entry.url}" if entry.pid is not None else ""
         print(f"{entry.name:<12} {entry.state.value}{where}")
