@@ -32,9 +32,10 @@ from tests.conftest import process_environment
 def in_the_tee(local_stack) -> Iterator[tuple[TeeSettings, SimulatedSnpProvider]]:
     """This process in the TEE's place: the TEE's settings and managed identity, the simulated chip's evidence."""
     with process_environment(local_stack.tee_environment()):
+        settings = TeeSettings.load()
         evidence = SimulatedSnpProvider(Path(local_stack.env["SECURETRAIN_SNP_PLATFORM_DIR"]),
-                                        data_owner.key_ids(local_stack.layout))  # fmt: skip
-        yield TeeSettings.load(), evidence
+                                        data_owner.key_ids(local_stack.layout), settings.gpu_configuration())  # fmt: skip
+        yield settings, evidence
 
 
 def released_kek(local_stack, kek_id: str) -> KekPrivateKey:

@@ -21,6 +21,7 @@ from securetrain.core.audit.checkpoints import load_or_create_signing_key, publi
 from securetrain.core.signed_documents import load_public_key
 from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.tee.data_owners import OWNER_KEY
+from securetrain.localstack.stack_gpu import gpu_configuration
 from securetrain.tee.workload import host_data
 
 
@@ -81,8 +82,9 @@ def stack_owner_keys(layout: StackLayout) -> list[Path]:
 
 
 def stack_host_data(layout: StackLayout) -> bytes:
-    """HOST_DATA of the local TEE: the installed workload, trusting the data owners whose keys it pins."""
-    return host_data(key_ids(layout))
+    """HOST_DATA of the local TEE: the installed workload, trusting the data owners whose keys it pins and
+    requiring the stack's GPU, if it has one (:mod:`securetrain.localstack.stack_gpu`)."""
+    return host_data(key_ids(layout), gpu=gpu_configuration(layout))
 
 
 def airflow_connection(layout: StackLayout, owner: StackDataOwner = FIRST_OWNER) -> dict[str, str]:

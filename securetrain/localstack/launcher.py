@@ -30,6 +30,8 @@ from securetrain.localstack.process import PidRecord, ProcessIdentity, start_pro
 from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform, running_platform
 from securetrain.localstack.registry import ALL_SERVICES, SERVICES, services_for, start_order
 from securetrain.localstack.service import Service, ServiceContext, ServiceUnhealthy
+from securetrain.localstack.services.attestation import ATTESTATION
+from securetrain.localstack.stack_gpu import StackGpu, chosen_gpu, requirement_file, write_requirement
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ class StackConfig:
     services: tuple[Service, ...] = SERVICES
     host: str = "127.0.0.1"
     platform: EmulatedPlatform = DEFAULT_PLATFORM
+    #: The local CVM's GPU (:mod:`securetrain.localstack.stack_gpu`).
+    gpu: StackGpu = StackGpu.NONE
 
     @classmethod
     def resolve(
@@ -55,11 +59,13 @@ class StackConfig:
         ports: Mapping[str, int] | None = None,
         services: Sequence[Service] | None = None,
         platform: EmulatedPlatform | None = None,
+        gpu: StackGpu | None = None,
     ) -> StackConfig:
         """Resolve the state directory (see :func:`~securetrain.localstack.layout.resolve_state_dir`), the platform
         (``platform`` if given, else ``$SECURETRAIN_PLATFORM``, else the one the stack in that directory runs, else
         :data:`~securetrain.localstack.emulated_platform.DEFAULT_PLATFORM`), its services unless ``services`` are
-        given, and each service's port: ``ports[name]`` if given, else ``$SECURETRAIN_<NAME>_PORT``, else its default.
+        given, and each service's port: ``ports[name]`` if given, else ``$SECURETRAIN_<NAME>_PORT``, else its default;
+        the CVM's GPU likewise (:func:`~securetrain.localstack.stack_gpu.chosen_gpu`).
 
         Raises:
             StackConfigurationError: a port is not a number in 1..65535, ``ports`` names an unknown service, or
@@ -86,7 +92,7 @@ class StackConfig:
             else:
                 port, source = service.default_port, "the default"
             resolved[service.name] = _valid_port(port, source)
-        return cls(layout, resolved, tuple(services), platform=platform)
+        return cls(layout, resolved, tuple(services), platform=platform, gpu=chosen_gpu(layout, gpu))
 
     def context(self, service: Service) -> ServiceContext:
         """The context ``service`` is started with under this configuration."""
@@ -301,6 +307,9 @@ def up(config: StackConfig) -> dict[str, str]:
         try:
             _stop_other_platforms(config)
             write_file(config.layout.platform_file, f"{config.platform.value}\n".encode(), mode=0o600)
+            # Before any service measures the workload: the TEE's GPU requirement is part of it.
+            attestation = config.context(ATTESTATION).base_url if ATTESTATION.name in config.ports else None
+            write_requirement(config.layout, config.gpu, attestation)
             ca = LocalCA.load_or_create(config.layout.ca_dir)
             # Every data owner's key before any service measures the workload that trusts them.
             stack_owner_keys(config.layout)
@@ -309,7 +318,8 @@ def up(config: StackConfig) -> dict[str, str]:
                 "SECURETRAIN_CA_BUNDLE": str(ca.cert_path),
                 PLATFORM_ENV: config.platform.value,
             }
-            logger.info("the stack's platform: %s, %s", config.platform.value, config.platform.description)
+            logger.info("the stack's platform: %s, %s; GPU: %s", config.platform.value, config.platform.description,
+                        config.gpu.value)  # fmt: skip
             for service in start_order(config.services):
                 _bring_up(service, config, ca)
                 exports.update(service.exports(config.context(service)))
@@ -352,4 +362,5 @@ def down(config: StackConfig) -> list[str]:
             _stop(service, config, record)
         config.layout.env_file.unlink(missing_ok=True)
         config.layout.platform_file.unlink(missing_ok=True)
+        requirement_file(config.layout).unlink(missing_ok=True)
     return stopped

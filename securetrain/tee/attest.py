@@ -18,6 +18,11 @@ with the job. How the hardware vouches for that key and the attestation nonce de
 
 Either way Key Vault wraps the released KEK to the key the token lists in ``x-ms-runtime.keys``.
 
+A TEE whose measured configuration requires a GPU (:mod:`securetrain.tee.gpu_attestation`) attests it in the
+same step: the GPU's report answers a nonce derived from the runtime data above (on the Azure CVM too, where
+the key, nonce and contract it names are what the vTPM evidence binds), and a GPU that fails any check stops
+the attestation, so no key is asked for on the strength of the CPU alone.
+
 The TEE trusts its token no more than anyone else would: :class:`Attester` validates the signature and
 issuer (``TokenValidator``), the nonce, and that the token's runtime key and its binding (REPORT_DATA, or the
 HCL user data) are the ones it attested, before the token is used to ask for a key.
@@ -60,6 +65,7 @@ from securetrain.core.errors import SecuretrainError
 from securetrain.core.release_policy import claim_value
 from securetrain.tee.evidence import EvidenceProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
+from securetrain.tee.gpu_attestation import GpuAttestation, GpuAttester
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +135,26 @@ def token_contract(token: ValidatedToken) -> str | None:
     return value if isinstance(value, str) else None
 
 
+@dataclass(frozen=True)
+class Attestation:
+    """One attestation of the TEE: the CPU's validated token and, where the TEE requires a GPU, its verified claims."""
+
+    token: ValidatedToken
+    gpu: GpuAttestation | None = None
+
+
 class Attester:
-    """Turns hardware evidence into a validated token: evidence provider → attestation service → checks."""
+    """Turns hardware evidence into a validated token: evidence provider → attestation service → checks, and the
+    GPU's attestation where ``gpu`` is given (the TEE's configuration requires one)."""
 
     def __init__(
-        self, provider: EvidenceProvider | AzureCvmProvider, service: AttestationServiceClient, validator: TokenValidator
-    ) -> None:
+        self, provider: EvidenceProvider | AzureCvmProvider, service: AttestationServiceClient, validator: TokenValidator,
+        gpu: GpuAttester | None = None,
+    ) -> None:  # fmt: skip
         self.provider = provider
         self._service = service
         self._validator = validator
+        self.gpu = gpu
 
     @property
     def tee_type(self) -> str:
@@ -150,7 +167,17 @@ class Attester:
 
     def attest(self, key: TeeKey, nonce: str, *, contract: str | None = None) -> ValidatedToken:
         """Attest ``key`` with ``nonce`` (and the digest of the ``contract`` the TEE enforces); the token is
-        checked before it is returned."""
+        checked before it is returned, and so is the GPU where one is required (:meth:`attest_tee`)."""
+        return self.attest_tee(key, nonce, contract=contract).token
+
+    def attest_tee(self, key: TeeKey, nonce: str, *, contract: str | None = None) -> Attestation:
+        """:meth:`attest`, with the GPU claims the attestation relied on."""
+        token = self._attest_cpu(key, nonce, contract)
+        if self.gpu is None:
+            return Attestation(token)
+        return Attestation(token, self.gpu.attest(runtime_data(key, nonce, contract)))
+
+    def _attest_cpu(self, key: TeeKey, nonce: str, contract: str | None) -> ValidatedToken:
         if isinstance(self.provider, AzureCvmProvider):
             token = self._attest_azure_guest(self.provider, key, nonce, contract)
         else:
@@ -219,6 +246,8 @@ class AttestationState:
     token: ValidatedToken
     attested_at: float
     sequence: int
+    #: The GPU's verified claims, where the TEE requires a GPU.
+    gpu: GpuAttestation | None = None
 
 
 class AttestationSession:
@@ -258,8 +287,10 @@ class AttestationSession:
         with self._lock:
             sequence = self._next_sequence
             self._next_sequence += 1
-            token = self._attester.attest(self.key, attestation_nonce(self._job_nonce, sequence), contract=self._contract)
-            self.state = AttestationState(token, time.time(), sequence)
+            attestation = self._attester.attest_tee(
+                self.key, attestation_nonce(self._job_nonce, sequence), contract=self._contract
+            )
+            self.state = AttestationState(attestation.token, time.time(), sequence, attestation.gpu)
         self._on_attested(self.state)
         return self.state
 

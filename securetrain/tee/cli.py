@@ -12,6 +12,7 @@ from securetrain.core import signed_documents
 from securetrain.core.signed_documents import load_public_key
 from securetrain.core.errors import ConfigurationError
 from securetrain.tee.data_owners import OWNER_KEY
+from securetrain.tee.settings import GpuSettings
 from securetrain.tee.workload import MEASURED_ZONES, host_data, manifest
 
 
@@ -20,10 +21,11 @@ def _measure(args: argparse.Namespace) -> int:
     if source is not None and not all((source / zone / "__init__.py").is_file() for zone in ("", *MEASURED_ZONES)):
         raise ConfigurationError(f"{source} is not a securetrain package directory (it needs __init__.py, core/ and tee/)")
     owners = [signed_documents.key_id(load_public_key(path, OWNER_KEY)) for path in args.data_owner_key]
+    gpu = GpuSettings.load().gpu_configuration()
     if args.manifest:
-        print(json.dumps(manifest(owners, source), indent=2, sort_keys=True))
+        print(json.dumps(manifest(owners, source, gpu), indent=2, sort_keys=True))
     else:
-        print(host_data(owners, source).hex())
+        print(host_data(owners, source, gpu).hex())
     return 0
 
 
@@ -34,7 +36,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "measure",
         help="print the workload's HOST_DATA digest (hex)",
         description="Print HOST_DATA: SHA-256 of the workload manifest (TEE and core code, installed "
-        "distributions, Python version, the data owner keys the TEE trusts). Pin it in the attestation and "
+        "distributions, Python version, the data owner keys the TEE trusts, the GPU it requires as "
+        "$SECURETRAIN_GPU and $SECURETRAIN_GPU_* in this environment say). Pin it in the attestation and "
         "release policies; a workload that differs in one byte reports another value and gets no key.",
         epilog="exit codes: 0 printed, 2 bad argument",
     )

@@ -16,6 +16,15 @@ The ``azure-aci`` provider (Azure Container Instances, confidential) reads the r
 the security context directory ``SECURETRAIN_SECURITY_CONTEXT_DIR``, by default ACI's own
 ``UVM_SECURITY_CONTEXT_DIR``.
 
+The GPU: ``SECURETRAIN_GPU`` names the GPU evidence provider the TEE requires before any key (``none``, the
+default; ``nvml``: an NVIDIA H100 in confidential-computing mode through NVIDIA's NVML; the local stack adds
+``simulated``). With a GPU, ``SECURETRAIN_GPU_ATTESTATION_ENDPOINT`` is the NRAS-style service that appraises
+its evidence, ``SECURETRAIN_GPU_TOKEN_ISSUER`` the issuer whose published keys must sign that service's tokens
+(by default the endpoint itself), and ``SECURETRAIN_GPU_REQUIRE_MEASUREMENTS`` (default true) whether the GPU's
+measurements must have matched reference values. All four are part of the measured configuration
+(:meth:`GpuSettings.gpu_configuration`, in HOST_DATA): a host that starts the TEE without its GPU requirement
+starts another workload, which the release policy refuses.
+
 The TEE signs in only as a managed identity (``ManagedIdentityCredential``: IMDS on a confidential VM, or
 ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` where the host exposes them): no secret that could sign in as the
 TEE exists anywhere, so only the TEE's host can obtain its tokens, and Key Vault's release policy still
@@ -25,15 +34,51 @@ decides whether that host is an approved TEE.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from azure.core.credentials import TokenCredential
 from pydantic import AliasChoices, Field, FilePath
 
-from securetrain.core.settings import HttpsUrl, ServiceSettings
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
 from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
+from securetrain.tee.gpu_attestation import NO_GPU, GpuRequirement
+
+NO_GPU_PROVIDER = "none"
 
 
-class TeeSettings(ServiceSettings):
+class GpuSettings(Settings):
+    """The GPU the TEE requires: read by the agent, and by ``securetrain cvm measure`` to measure the same workload."""
+
+    #: The GPU evidence provider the TEE requires (``none``: no GPU is attested).
+    gpu: str = NO_GPU_PROVIDER
+    #: The NRAS-style service that appraises the GPU's evidence.
+    gpu_attestation_endpoint: HttpsUrl | None = None
+    #: The issuer whose OpenID metadata publishes the keys that must sign the GPU service's tokens (default: the endpoint).
+    gpu_token_issuer: HttpsUrl | None = None
+    #: Whether the GPU's measurements must have matched reference values (``measres`` success).
+    gpu_require_measurements: bool = True
+
+    def gpu_requirement(self) -> GpuRequirement | None:
+        """What the TEE requires of its GPU; None when it requires none."""
+        if self.gpu == NO_GPU_PROVIDER:
+            return None
+        if self.gpu_attestation_endpoint is None:
+            raise ConfigurationError(
+                f"${self.variable('gpu')} is {self.gpu!r}: the TEE needs ${self.variable('gpu_attestation_endpoint')}, "
+                "the service that appraises its GPU's evidence"
+            )
+        endpoint = self.url("gpu_attestation_endpoint")
+        issuer = self.url("gpu_token_issuer") if self.gpu_token_issuer is not None else endpoint
+        return GpuRequirement(self.gpu, endpoint, issuer, self.gpu_require_measurements)
+
+    def gpu_configuration(self) -> dict[str, Any]:
+        """The GPU requirement as the workload manifest measures it (:func:`securetrain.tee.workload.manifest`)."""
+        requirement = self.gpu_requirement()
+        return dict(NO_GPU) if requirement is None else requirement.measured()
+
+
+class TeeSettings(ServiceSettings, GpuSettings):
     """What the agent needs to attest, obtain keys and read and write blobs."""
 
     storage_account_url: HttpsUrl

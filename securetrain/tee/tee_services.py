@@ -12,21 +12,44 @@ from cryptography import x509
 
 from securetrain.core.attestation.maa import AttestationServiceClient
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.core.errors import ConfigurationError
 from securetrain.core.storage import BlobStore
 from securetrain.tee.attest import Attester
 from securetrain.tee.evidence import EvidenceProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
+from securetrain.tee.evidence.nvidia_gpu import GpuEvidenceProvider
+from securetrain.tee.gpu_attestation import GpuAttestationClient, GpuAttester
 from securetrain.tee.release import VaultKeyReleaser
 from securetrain.tee.settings import TeeSettings
 
 
-def attester(settings: TeeSettings, evidence: EvidenceProvider | AzureCvmProvider) -> Attester:
-    """An attester that sends ``evidence`` to the attestation service and validates the tokens it returns."""
+def attester(
+    settings: TeeSettings, evidence: EvidenceProvider | AzureCvmProvider, gpu_evidence: GpuEvidenceProvider | None = None
+) -> Attester:
+    """An attester that sends ``evidence`` to the attestation service and validates the tokens it returns; and,
+    where the settings require a GPU, attests ``gpu_evidence`` with the GPU attestation service they name."""
     endpoint = settings.url("attestation_endpoint")
     return Attester(
         evidence,
         AttestationServiceClient(endpoint, verify=settings.tls_verify),
         TokenValidator(AuthorityKeys(endpoint, verify=settings.tls_verify)),
+        gpu_attester(settings, gpu_evidence),
+    )
+
+
+def gpu_attester(settings: TeeSettings, gpu_evidence: GpuEvidenceProvider | None) -> GpuAttester | None:
+    """The GPU attester the settings require (None where they require no GPU); a required GPU without evidence
+    is a configuration error, never a TEE attested without it."""
+    requirement = settings.gpu_requirement()
+    if requirement is None:
+        return None
+    if gpu_evidence is None:
+        raise ConfigurationError(f"${settings.variable('gpu')} is {settings.gpu!r}, but no GPU evidence provider was given")
+    return GpuAttester(
+        gpu_evidence,
+        GpuAttestationClient(requirement.attestation_endpoint, verify=settings.tls_verify),
+        TokenValidator(AuthorityKeys(requirement.token_issuer, verify=settings.tls_verify)),
+        requirement,
     )
 
 

@@ -4,7 +4,7 @@ Its digest, ``SHA-256(canonical JSON of the manifest)``, is the HOST_DATA the co
 (as Azure confidential containers bind their policy), so the hardware report names the exact code and
 dependency set, and a release policy that pins it refuses the key to a TEE in which one byte changed. What it
 lists (the TEE and core zones file by file, every installed distribution's ``RECORD``, the Python version, the
-fixed configuration with the data owner keys the TEE trusts) and what it does not cover are in
+fixed configuration with the data owner keys the TEE trusts and the GPU it requires) and what it does not cover are in
 docs/trainer.md ("What is measured"). The Airflow and local-stack zones never run in the TEE and are not measured.
 """
 
@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import platform
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import rfc8785
 
 import securetrain
+from securetrain.tee.gpu_attestation import NO_GPU
 
-MANIFEST_VERSION = 3
+MANIFEST_VERSION = 4
 #: The zones of the ``securetrain`` package whose source the TEE runs, measured file by file.
 MEASURED_ZONES = ("core", "tee")
 _PROJECT_DISTRIBUTION = "securetrain"
@@ -68,8 +69,11 @@ def source_files(source: Path) -> dict[str, dict[str, str]]:
     return files
 
 
-def manifest(data_owner_key_ids: Sequence[str] = (), source: Path | None = None) -> dict[str, Any]:
-    """The manifest of the installed workload trusting ``data_owner_key_ids``.
+def manifest(
+    data_owner_key_ids: Sequence[str] = (), source: Path | None = None, gpu: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The manifest of the installed workload trusting ``data_owner_key_ids`` and requiring the ``gpu`` it is
+    configured with (:meth:`securetrain.tee.settings.GpuSettings.gpu_configuration`; None: no GPU).
 
     ``source`` measures the ``securetrain`` package in another directory (a copy) instead of the installed one.
     """
@@ -78,10 +82,13 @@ def manifest(data_owner_key_ids: Sequence[str] = (), source: Path | None = None)
         "packages": source_files(source or installed_source()),
         "distributions": installed_distributions(),
         "python": {"implementation": platform.python_implementation(), "version": platform.python_version()},
-        "configuration": {**FIXED_CONFIGURATION, "data_owner_keys": sorted(data_owner_key_ids)},
+        "configuration": {**FIXED_CONFIGURATION, "data_owner_keys": sorted(data_owner_key_ids),
+                          "gpu": dict(gpu or NO_GPU)},
     }
 
 
-def host_data(data_owner_key_ids: Sequence[str] = (), source: Path | None = None) -> bytes:
+def host_data(
+    data_owner_key_ids: Sequence[str] = (), source: Path | None = None, gpu: Mapping[str, Any] | None = None
+) -> bytes:
     """HOST_DATA of the workload: the 32-byte SHA-256 of its canonical manifest."""
-    return hashlib.sha256(rfc8785.dumps(manifest(data_owner_key_ids, source))).digest()
+    return hashlib.sha256(rfc8785.dumps(manifest(data_owner_key_ids, source, gpu))).digest()

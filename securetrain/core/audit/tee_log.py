@@ -49,7 +49,7 @@ class TeeLogInvalid(SecurityViolation):
 class TeeEventKind(enum.StrEnum):
     """What the TEE witnessed."""
 
-    ATTESTED = "attested"  # {"token": raw JWT, "sequence": n}: introduces the key that signs the heads
+    ATTESTED = "attested"  # {"token": raw JWT, "sequence": n, "gpu"?: GPU claims}: introduces the key that signs the heads
     KEY_RELEASED = "key_released"  # {"kek_id"}
     DATA_VALIDATED = "data_validated"  # {"aggregates": the suite's aggregates}
     CHECKPOINT_SEALED = "checkpoint_sealed"  # {"epoch", "step", "blob", "sealed_sha256", "metrics"}

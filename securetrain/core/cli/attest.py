@@ -1,4 +1,8 @@
-"""``securetrain attest verify``: check Azure evidence offline, as Azure Attestation would, and print its claims.
+"""``securetrain attest verify`` / ``verify-gpu``: check TEE evidence offline and print its claims.
+
+``verify`` checks Azure evidence as Azure Attestation would; ``verify-gpu`` checks an NVIDIA H100's attestation
+report and device chain against NVIDIA's pinned root (:mod:`securetrain.core.nvidia`) and prints the claims NVIDIA's
+attestation service names, for the nonce given or the one derived from the TEE's runtime data.
 
 The document says its platform: ``report.snpCvm`` is an Azure confidential VM's (vTPM quote, HCL report,
 SNP report; :mod:`securetrain.core.azure_cvm`), ``report.snpCACI`` an Azure Container Instances utility
@@ -20,6 +24,12 @@ from typing import Any
 from securetrain.core.aci.verifier import verify_aci_document
 from securetrain.core.azure_cvm.verifier import verify_cvm_document
 from securetrain.core.errors import ConfigurationError
+from securetrain.core.nvidia.binding import gpu_nonce
+from securetrain.core.nvidia.certs import GpuCertificateChain
+from securetrain.core.nvidia.claims import gpu_claims
+from securetrain.core.nvidia.reference import ReferenceMeasurements
+from securetrain.core.nvidia.roots import NVIDIA_DEVICE_ROOTS
+from securetrain.core.nvidia.verifier import verify_gpu_report
 
 _EXIT_CODES = "exit codes: 0 verified (claims on stdout), 2 bad argument or unreadable file, 3 evidence refused"
 
@@ -71,10 +81,64 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {what} {path}: {exc}") from None
+
+
+def _gpu_report(path: Path) -> bytes:
+    """The report as NVML gives it (binary) or as hex text (how NVIDIA's tools and test vectors write it)."""
+    data = _read_bytes(path, "GPU report")
+    text = data.strip()
+    if text and all(chr(byte) in "0123456789abcdefABCDEF" for byte in text):
+        return bytes.fromhex(text.decode())
+    return data
+
+
+def _expected_gpu_nonce(args: argparse.Namespace) -> bytes:
+    if (args.nonce is None) == (args.runtime_data is None):
+        raise ConfigurationError("give exactly one of --nonce and --runtime-data")
+    if args.runtime_data is not None:
+        return gpu_nonce(_read_bytes(args.runtime_data, "runtime data"))
+    try:
+        nonce = bytes.fromhex(args.nonce)
+    except ValueError:
+        raise ConfigurationError("--nonce is not hex") from None
+    if len(nonce) != 32:
+        raise ConfigurationError("--nonce must be 32 bytes (64 hex digits)")
+    return nonce
+
+
+def _verify_gpu(args: argparse.Namespace) -> int:
+    nonce = _expected_gpu_nonce(args)
+    reference = None
+    if args.reference is not None:
+        try:
+            reference = ReferenceMeasurements.from_dict(json.loads(_read_text(args.reference, "reference measurements")))
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError(f"{args.reference} is not JSON: {exc}") from None
+    verified = verify_gpu_report(
+        _gpu_report(args.report),
+        GpuCertificateChain.from_pem(_read_bytes(args.chain, "certificate chain")),
+        NVIDIA_DEVICE_ROOTS,
+        expected_nonce=nonce,
+        reference=reference,
+    )
+    if reference is None:
+        _warn("no --reference: the measurements were not compared with NVIDIA's reference values (no measres)")
+    _warn("certificate revocation (NVIDIA's OCSP) is not checked offline")
+    json.dump({"claims": gpu_claims(verified), **verified.to_dict()}, sys.stdout, indent=2, sort_keys=True)
+    print()
+    return 0
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     group = subparsers.add_parser(
-        "attest", help="verify Azure attestation evidence offline",
-        description="Verify Azure TEE evidence offline: every signature, chain and binding Azure Attestation checks.",
+        "attest", help="verify TEE attestation evidence offline",
+        description="Verify TEE evidence offline: Azure's (every signature, chain and binding Azure Attestation "
+        "checks) and an NVIDIA H100's.",
     )  # fmt: skip
     commands = group.add_subparsers(dest="attest_command", metavar="SUBCOMMAND", required=True)
     verify = commands.add_parser(
@@ -101,3 +165,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "the report's HOST_DATA, which binds the containers. Without it no workload is bound",
     )  # fmt: skip
     verify.set_defaults(handler=_verify)
+    gpu = commands.add_parser(
+        "verify-gpu", help="verify an NVIDIA H100 attestation report and print its claims",
+        description="Verify an NVIDIA H100 attestation report (SPDM GET_MEASUREMENTS request and signed response) "
+        "and its device certificate chain against NVIDIA's pinned root: layout, chain, FWID, signature, nonce and, "
+        "with --reference, measurements. Print the claims NVIDIA's attestation service names.",
+        epilog=_EXIT_CODES,
+    )  # fmt: skip
+    gpu.add_argument("--report", type=Path, required=True, metavar="FILE", help="the report, binary or hex")
+    gpu.add_argument("--chain", type=Path, required=True, metavar="PEM", help="the device chain, leaf first")
+    gpu.add_argument("--nonce", metavar="HEX", help="the nonce the report was asked for (32 bytes, hex)")
+    gpu.add_argument(
+        "--runtime-data", type=Path, metavar="FILE",
+        help="instead of --nonce: the runtime data the TEE's CPU evidence binds; the nonce is derived from it",
+    )  # fmt: skip
+    gpu.add_argument(
+        "--reference", type=Path, metavar="JSON",
+        help='reference measurements: {"source": ..., "measurements": {"<index>": ["<SHA-384 hex>", ...]}}',
+    )  # fmt: skip
+    gpu.set_defaults(handler=_verify_gpu)

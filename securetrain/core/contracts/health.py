@@ -38,6 +38,22 @@ class Gpu(Contract):
     memory_free_bytes: int
 
 
+class GpuAttestationStatus(Contract):
+    """The GPU the TEE requires before any key, and what its latest attestation verified of it.
+
+    ``verified`` is true once an attestation verified the GPU (its chain, signature, nonce and the measurements
+    the TEE requires); ``cc_mode`` is ``on`` for a GPU whose confidential-computing mode NVML confirmed,
+    ``simulated`` for the local stack's simulated H100, None before the first attestation; ``gpus`` names the
+    verified GPUs' models (NRAS's ``hwmodel``); ``measurements`` is the service's ``measres``.
+    """
+
+    gpu_type: str
+    verified: bool
+    cc_mode: Literal["on", "simulated"] | None
+    gpus: list[str]
+    measurements: str | None
+
+
 class Health(Contract):
     """The agent answers, in a TEE of ``tee_type``; ``device`` is what training uses (None while probing)."""
 
@@ -49,3 +65,5 @@ class Health(Contract):
     memory: Memory
     #: None when there is no GPU; "probing" while the agent still looks for one.
     gpu: Gpu | Literal["probing"] | None
+    #: None when the TEE requires no GPU attestation.
+    gpu_attestation: GpuAttestationStatus | None = None

@@ -9,6 +9,7 @@ from securetrain.localstack.cli import add_state_dir
 from securetrain.localstack.emulated_platform import DEFAULT_PLATFORM, PLATFORM_ENV, EmulatedPlatform
 from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.emulated_platform import running_platform
+from securetrain.localstack.stack_gpu import GPU_ENV, StackGpu
 from securetrain.localstack.layout import StackLayout, resolve_state_dir
 from securetrain.localstack.registry import ALL_SERVICES, PLATFORM_SERVICES
 
@@ -28,13 +29,15 @@ def _port_assignment(text: str) -> tuple[str, int]:
     return name, int(port)
 
 
-def _config(args: argparse.Namespace, platform: EmulatedPlatform | None = None) -> StackConfig:
+def _config(
+    args: argparse.Namespace, platform: EmulatedPlatform | None = None, gpu: StackGpu | None = None
+) -> StackConfig:
     ports: dict[str, int] = {}
     for name, port in getattr(args, "port", None) or []:
         if name in ports:
             raise StackConfigurationError(f"--port gives {name} twice")
         ports[name] = port
-    return StackConfig.resolve(args.state_dir, ports, platform=platform)
+    return StackConfig.resolve(args.state_dir, ports, platform=platform, gpu=gpu)
 
 
 def _running_config(args: argparse.Namespace) -> StackConfig:
@@ -44,9 +47,10 @@ def _running_config(args: argparse.Namespace) -> StackConfig:
 
 def _up(args: argparse.Namespace) -> int:
     platform = EmulatedPlatform(args.platform) if args.platform else None
-    config = _config(args, platform)
+    config = _config(args, platform, StackGpu(args.gpu) if args.gpu else None)
     up(config)
-    print(f"stack is up on platform {config.platform.value}, {config.platform.description}; "
+    gpu = " with the simulated H100 (GPU attested before any key)" if config.gpu is StackGpu.SIMULATED else ""
+    print(f"stack is up on platform {config.platform.value}, {config.platform.description}{gpu}; "
           f"load its settings with: source {config.layout.env_file}")
     return 0
 
@@ -57,6 +61,7 @@ def _status(args: argparse.Namespace) -> int:
     print(f"state directory: {config.layout.root}")
     running = "" if running_platform(config.layout) else " (not up; what `up` would start)"
     print(f"platform: {config.platform.value}, {config.platform.description}{running}")
+    print(f"gpu: {config.gpu.value}")
     for entry in statuses:
         where = f" pid {entry.pid} {entry.url}" if entry.pid is not None else ""
         print(f"{entry.name:<12} {entry.state.value}{where}")
@@ -108,6 +113,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=[platform.value for platform in EmulatedPlatform],
         help=f"the platform the local CVM runs on (default: ${PLATFORM_ENV}, else the platform the stack runs on "
         f"now, else {DEFAULT_PLATFORM.value}); a stack up on another platform is moved to this one",
+    )
+    up_parser.add_argument(
+        "--gpu",
+        choices=[gpu.value for gpu in StackGpu],
+        help=f"the local CVM's GPU (default: ${GPU_ENV}, else the GPU of the stack that runs, else none). "
+        "simulated: a simulated H100 the TEE must attest before any key, and the attestation service trusts; "
+        "it changes the workload's measurement, so bring a stack up with it from the start",
     )
     up_parser.set_defaults(handler=_up)
 

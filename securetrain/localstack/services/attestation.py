@@ -43,6 +43,7 @@ from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.platform.local_cvm import LAUNCH_MEASUREMENT
 from securetrain.localstack.platform.snp_platform import DEFAULT_TCB, SimulatedSnpPlatform
 from securetrain.localstack.service import Service, ServiceContext, check_openid_issuer, python_service_argv
+from securetrain.localstack.stack_gpu import gpu_service_arguments
 from securetrain.localstack.services.identity import IDENTITY, authority, stack_identities
 from securetrain.localstack.standins.attestation_service.appraisal import AZURE_GUEST, SEV_SNP_VM
 from securetrain.localstack.standins.attestation_service.policy_language import AttestationPolicy, PolicyInvalid
@@ -251,6 +252,7 @@ def _argv(context: ServiceContext) -> Sequence[str]:
         "securetrain.localstack.standins.attestation_service", context,
         "--state-dir", str(context.data_dir),
         "--trust-root", str(platform.root_certificate_path),
+        *gpu_service_arguments(context.layout, context.data_dir),
         "--identity-authority", authority(context.running(IDENTITY)),
         "--identity-issuer", token_issuer(LOCAL_TENANT),
         "--ca-bundle", str(context.ca_bundle),

@@ -27,7 +27,8 @@ from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceProvider
 from securetrain.tee.evidence.azure_aci import AzureAciProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
-from securetrain.tee.settings import TeeSettings
+from securetrain.tee.evidence.nvidia_gpu import GpuEvidenceProvider
+from securetrain.tee.settings import NO_GPU_PROVIDER, TeeSettings
 from securetrain.tee.tee_services import attester, blob_store, key_releaser
 
 log = logging.getLogger("securetrain.tee.agent")
@@ -53,6 +54,32 @@ def _azure_aci(settings: TeeSettings, owners: DataOwnerKeys) -> EvidenceProvider
 HARDWARE_PROVIDERS: EvidenceProviders = {
     "azure-aci": _azure_aci, "azure-cvm": _azure_cvm, "configfs-tsm": _configfs_tsm,
 }  # fmt: skip
+
+
+#: GPU evidence providers by name (``SECURETRAIN_GPU``), each built from the TEE's settings.
+GpuProviders = Mapping[str, Callable[[TeeSettings], GpuEvidenceProvider]]
+
+
+def _nvml(settings: TeeSettings) -> GpuEvidenceProvider:
+    from securetrain.tee.evidence.nvidia_gpu import NvmlGpuProvider  # noqa: PLC0415 - loads NVML only when configured
+
+    return NvmlGpuProvider()
+
+
+HARDWARE_GPU_PROVIDERS: GpuProviders = {"nvml": _nvml}
+
+
+def gpu_evidence_provider(settings: TeeSettings, providers: GpuProviders) -> GpuEvidenceProvider | None:
+    """The GPU provider ``SECURETRAIN_GPU`` names (None for ``none``); :class:`ConfigurationError` listing the known ones."""
+    if settings.gpu == NO_GPU_PROVIDER:
+        return None
+    factory = providers.get(settings.gpu)
+    if factory is None:
+        raise ConfigurationError(
+            f"${settings.variable('gpu')} is {settings.gpu!r}; the GPU evidence providers here are "
+            f"{', '.join(sorted((NO_GPU_PROVIDER, *providers)))}"
+        )
+    return factory(settings)
 
 
 def evidence_provider(
@@ -101,14 +128,20 @@ def _training() -> TrainingFunction:
     return run_training
 
 
-def main(argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_PROVIDERS) -> int:
-    """Run the agent; ``providers`` are the evidence providers ``SECURETRAIN_EVIDENCE_PROVIDER`` chooses from."""
+def main(
+    argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_PROVIDERS,
+    gpu_providers: GpuProviders = HARDWARE_GPU_PROVIDERS,
+) -> int:  # fmt: skip
+    """Run the agent; ``providers`` are the evidence providers ``SECURETRAIN_EVIDENCE_PROVIDER`` chooses from,
+    ``gpu_providers`` the GPU evidence providers ``SECURETRAIN_GPU`` chooses from."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         settings = TeeSettings.load()
         owners = DataOwnerKeys.from_files(args.data_owner_key)
-        tee_attester = attester(settings, evidence_provider(settings, owners, providers))
+        tee_attester = attester(
+            settings, evidence_provider(settings, owners, providers), gpu_evidence_provider(settings, gpu_providers)
+        )
         runner = JobRunner(
             JobStore(args.work_dir / "jobs"), tee_attester, key_releaser(settings), blob_store(settings), _training,
             owners,
@@ -132,7 +165,8 @@ def main(argv: list[str] | None = None, providers: EvidenceProviders = HARDWARE_
         log_level="info",
     )
     runner.start()
-    log.info("trainer agent (%s) listening on https://%s:%d", tee_attester.tee_type, args.host, args.port)
+    log.info("trainer agent (%s, GPU: %s) listening on https://%s:%d", tee_attester.tee_type, runner.gpu_type or "none",
+             args.host, args.port)  # fmt: skip
     try:
         uvicorn.Server(config).run()
     finally:

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Literal
 
 import psutil
 
-from securetrain.core.contracts.health import AttestationAge, Cpu, Gpu, Health, Memory
+from securetrain.core.contracts.health import AttestationAge, Cpu, Gpu, GpuAttestationStatus, Health, Memory
+from securetrain.tee.gpu_attestation import GpuAttestation
 
 if TYPE_CHECKING:
     from securetrain.tee.agent.jobs import JobRunner
@@ -54,6 +55,20 @@ class GpuProbe:
         return self._result if self._done.is_set() else "probing"
 
 
+def gpu_attestation_status(gpu_type: str | None, latest: GpuAttestation | None) -> GpuAttestationStatus | None:
+    """What health says of the GPU the TEE requires (``gpu_type``; None: none) and its ``latest`` verified attestation."""
+    if gpu_type is None:
+        return None
+    if latest is None:
+        return GpuAttestationStatus(gpu_type=gpu_type, verified=False, cc_mode=None, gpus=[], measurements=None)
+    measurements = {claims.get("measres") for claims in latest.gpus.values()}
+    return GpuAttestationStatus(
+        gpu_type=gpu_type, verified=True, cc_mode=latest.cc_mode,
+        gpus=[str(claims.get("hwmodel", "")) for claims in latest.gpus.values()],
+        measurements=measurements.pop() if len(measurements) == 1 else None,
+    )  # fmt: skip
+
+
 def agent_health(runner: JobRunner, gpu: GpuProbe) -> Health:
     """The agent's health: its TEE, the age of its latest attestation, the device, CPU, memory and GPU."""
     latest = runner.latest_attestation
@@ -74,4 +89,5 @@ def agent_health(runner: JobRunner, gpu: GpuProbe) -> Health:
             total_bytes=memory.total, available_bytes=memory.available, agent_rss_bytes=psutil.Process().memory_info().rss
         ),
         gpu=gpu.report(),
+        gpu_attestation=gpu_attestation_status(runner.gpu_type, latest.gpu if latest is not None else None),
     )

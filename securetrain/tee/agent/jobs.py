@@ -278,7 +278,7 @@ class _JobRun:
         # Persisted before the token is used: a restarted job must never reuse a spent nonce.
         self.runner._update(self.job_id, attestation_sequence=state.sequence + 1)
         if self.events is not None:
-            self.events.attested(state.token, state.sequence)
+            self.events.attested(state.token, state.sequence, state.gpu)
 
     def renewal_failed(self, failure: ReattestationFailed) -> None:
         self.runner.metrics.attestation_failures.inc()
@@ -351,6 +351,11 @@ class JobRunner:
     @property
     def tee_type(self) -> str:
         return self._attester.tee_type
+
+    @property
+    def gpu_type(self) -> str | None:
+        """The GPU the TEE attests before any key (None: it requires none)."""
+        return self._attester.gpu.provider.gpu_type if self._attester.gpu is not None else None
 
     def start(self) -> None:
         self._worker = threading.Thread(target=self._work, name="job-runner", daemon=True)

@@ -17,6 +17,7 @@ from typing import Any
 from securetrain.core.attestation.tokens import ValidatedToken
 from securetrain.core.audit.tee_log import TeeEventKind, TeeEventLog
 from securetrain.tee.attest import TeeKey
+from securetrain.tee.gpu_attestation import GpuAttestation
 
 
 class TeeEvents:
@@ -42,12 +43,16 @@ class TeeEvents:
         log = TeeEventLog.from_json(stored) if stored else TeeEventLog(job_id, run_id)
         return cls(log, key, save)
 
-    def attested(self, token: ValidatedToken, sequence: int) -> None:
+    def attested(self, token: ValidatedToken, sequence: int, gpu: GpuAttestation | None = None) -> None:
         """An attestation of this log's key (``sequence``: which of the job's attestations): the token, which
-        the attester validated and which carries the key, is what makes every later signature the TEE's."""
+        the attester validated and which carries the key, is what makes every later signature the TEE's; where
+        the TEE requires a GPU, the GPU claims that attestation verified and relied on, with the service's token."""
+        details: dict[str, Any] = {"token": token.raw, "sequence": sequence}
+        if gpu is not None:
+            details["gpu"] = gpu.summary()
         with self._lock:
             self._key_attested = True
-            self._append(TeeEventKind.ATTESTED, {"token": token.raw, "sequence": sequence})
+            self._append(TeeEventKind.ATTESTED, details)
 
     def record(self, kind: TeeEventKind, details: Mapping[str, Any]) -> None:
         """Append a witnessed event (after :meth:`attested`: a head is signed only by an attested key)."""

@@ -8,6 +8,11 @@ from pathlib import Path
 from securetrain.core.errors import ConfigurationError
 from securetrain.localstack.standins.attestation_service.app import DEFAULT_TOKEN_LIFETIME_S, ServiceConfig, create_app
 from securetrain.localstack.standins.attestation_service.evidence import trusted_root
+from securetrain.localstack.standins.attestation_service.gpu_attestation import (
+    GpuVerifierConfig,
+    reference_measurements,
+    trusted_gpu_root,
+)
 from securetrain.localstack.standins.serving import add_listen_arguments, configure_logging, serve
 
 
@@ -22,6 +27,11 @@ def main() -> None:
     parser.add_argument("--trust-root", type=Path, action="append", default=[], metavar="ARK_CERT",
                         help="an ARK certificate evidence may chain to besides AMD's (the local stack's simulated "
                              "platform); what it signs is marked simulated. Repeatable")  # fmt: skip
+    parser.add_argument("--trust-gpu-root", type=Path, action="append", default=[], metavar="ROOT_CERT",
+                        help="a GPU device root certificate (PEM) GPU evidence may chain to besides NVIDIA's (the "
+                             "local stack's simulated H100); what it signs is marked simulated. Repeatable")  # fmt: skip
+    parser.add_argument("--gpu-reference", type=Path, metavar="JSON",
+                        help="reference measurements GPU reports must match (without them no GPU token says measres)")  # fmt: skip
     parser.add_argument("--identity-authority", required=True,
                         help="the Entra authority https://HOST/TENANT whose OpenID metadata publishes the keys of "
                              "policy managers' access tokens")  # fmt: skip
@@ -39,6 +49,10 @@ def main() -> None:
     configure_logging()
     try:
         roots = tuple(trusted_root(path) for path in args.trust_root)
+        gpu = GpuVerifierConfig(
+            additional_roots=tuple(trusted_gpu_root(path) for path in args.trust_gpu_root),
+            reference=None if args.gpu_reference is None else reference_measurements(args.gpu_reference),
+        )
     except ConfigurationError as exc:
         parser.error(str(exc))
     config = ServiceConfig(
@@ -50,6 +64,7 @@ def main() -> None:
         ca_bundle=args.ca_bundle,
         roles_file=args.roles,
         token_lifetime_s=args.token_lifetime,
+        gpu=gpu,
     )
     serve(create_app(config), args, log_level="info")
 

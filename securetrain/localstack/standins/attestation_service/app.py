@@ -8,6 +8,7 @@
     PUT  /policies/{type}?api-version=2020-10-01        body: the policy JWS; 200 {"token": JWT with
                                                         x-ms-policy-result "Updated", x-ms-policy-token-hash}
     POST /policies/{type}:reset?api-version=2020-10-01  body: an empty unsigned JWS; x-ms-policy-result "Removed"
+    POST /v4/attest/gpu                            NVIDIA NRAS's GPU attestation (:mod:`.gpu_attestation`), not MAA's
 
 Attestation needs no credential. Every refusal is a 400 whose message names the failed check — the verifier's,
 or the attestation policy's rule (:mod:`.appraisal`); nothing a client sends can make it answer 500 or sign a
@@ -35,6 +36,7 @@ from securetrain.localstack.standins.access_tokens import Caller, Unauthenticate
 from securetrain.localstack.standins.attestation_service.appraisal import DEFAULT_POLICY, EVIDENCE_TYPES, token_claims
 from securetrain.localstack.standins.attestation_service.authz import PolicyAction, attestation_authorizer
 from securetrain.localstack.standins.attestation_service.evidence import EvidenceRefused, NonceLedger
+from securetrain.localstack.standins.attestation_service.gpu_attestation import GpuVerifierConfig, attest_gpus, submods
 from securetrain.localstack.standins.attestation_service.policy_evaluation import PolicyDenied
 from securetrain.localstack.standins.attestation_service.policy_jws import PolicyJwsInvalid, check_reset_jws, jws_hash
 from securetrain.localstack.standins.attestation_service.policy_language import MAX_POLICY_CHARS, PolicyInvalid
@@ -67,6 +69,8 @@ class ServiceConfig:
     ca_bundle: Path
     roles_file: Path
     token_lifetime_s: int = DEFAULT_TOKEN_LIFETIME_S
+    #: GPU roots besides NVIDIA's and reference measurements for ``/v4/attest/gpu`` (none by default).
+    gpu: GpuVerifierConfig = GpuVerifierConfig()
 
     @property
     def trusted_roots(self) -> tuple[TrustedRoot, ...]:
@@ -148,6 +152,23 @@ def create_app(config: ServiceConfig) -> FastAPI:
         )  # fmt: skip
         log.info("token %s issued for %s evidence under policy %s", signed["jti"], kind.name, policy.hash)
         return JSONResponse({"token": token})
+
+    @app.post("/v4/attest/gpu")
+    async def attest_gpu(request: Request) -> JSONResponse:
+        try:
+            attested = attest_gpus(await request.body(), config.gpu)
+        except SecuretrainError as exc:
+            code = exc.code if isinstance(exc, EvidenceRefused) else type(exc).__name__
+            log.warning("GPU attestation refused (%s): %s", code, exc)
+            issuance.record(decision="refused", code=code, reason=str(exc), attestation_type="nvidia-gpu")
+            return _error(400, code, str(exc))
+        detached = {name: signer.sign(claims)[0] for name, claims in attested.detached.items()}
+        overall, signed = signer.sign({**attested.overall, "submods": submods(detached)})
+        issuance.record(decision="issued", jti=signed["jti"], kid=keys.current.kid, attestation_type="nvidia-gpu",
+                        nonce=attested.overall["eat_nonce"], platform=attested.overall["x-securetrain-platform"],
+                        **attested.log_fields)  # fmt: skip
+        log.info("GPU token %s issued for %d GPU(s)", signed["jti"], len(detached))
+        return JSONResponse([["JWT", overall], detached])
 
     def authorized(request: Request, attestation_type: str, action: PolicyAction) -> Caller:
         """Check the API version, the type, the caller and its role; every refusal is logged."""
