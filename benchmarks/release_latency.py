@@ -7,7 +7,9 @@ binding a fresh nonce and the key, ``POST /attest/SevSnpVm``, the token validate
 identity's ``KeyClient.release_key`` with that token: token verification, policy evaluation, wrapping to the
 TEE key, signing) and *unwrap* (``securetrain.core.skr``: the response's signature and chain, RSA-OAEP +
 AES-KWP, loading and checking the KEK). The goal is attest + release + unwrap <= 50 ms p50 (``path_goal_ratio``
-<= 1). Making the job's TEE key (RSA-3072) is timed apart: it precedes the path once per job. The baseline is
+<= 1). The job's TEE key (RSA-3072) is timed apart, made on demand and taken from the agent's
+:class:`~securetrain.tee.key_supply.TeeKeySupply` (made ahead while the agent waits between jobs, here a pause
+of a second before each take): the agent takes it, so only the take precedes the path. The baseline is
 ``get_key`` of the same key by the ``pipeline`` identity, N times on one connection: what HTTPS, bearer-token
 checks and the key store alone cost.
 
@@ -46,10 +48,13 @@ from securetrain.core.skr import unwrap_released_key
 from securetrain.localstack import StackConfig, down, up
 from securetrain.localstack.services.attestation import ATTESTATION
 from securetrain.tee.attest import TeeKey
+from securetrain.tee.key_supply import TeeKeySupply
 
 
 GOAL_MS = 50.0
 KEY_GENERATIONS = 20
+# Longer than making an RSA-3072 key takes here (p95 ~300 ms), shorter than any gap between two jobs.
+IDLE_BETWEEN_JOBS_S = 1.0
 
 
 class SnpAttester:
@@ -83,11 +88,18 @@ def main() -> int:
         try:
             env = dict(up(config))
             roots = [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
-            key_generation = []
+            key_generation, key_take = [], []
             for _ in range(KEY_GENERATIONS):
                 start = time.perf_counter()
-                tee_key = TeeKey()
+                TeeKey()
                 key_generation.append(time.perf_counter() - start)
+            supply = TeeKeySupply()
+            for _ in range(KEY_GENERATIONS):
+                time.sleep(IDLE_BETWEEN_JOBS_S)
+                start = time.perf_counter()
+                tee_key = supply.take()
+                key_take.append(time.perf_counter() - start)
+            supply.close()
             attester = SnpAttester(env)
             token = attester.attest(tee_key)  # the authority's signing keys fetched once, outside the timing
             baseline, attest, release, unwrap, path = [], [], [], [], []
@@ -125,13 +137,15 @@ def main() -> int:
     unwrap_p50, unwrap_p95 = percentiles(unwrap)
     path_p50, path_p95 = percentiles(path)
     keygen_p50, keygen_p95 = percentiles(key_generation)
+    take_p50, take_p95 = percentiles(key_take)
     base_p50, base_p95 = percentiles(baseline)
     print(f"attest (report, POST /attest/SevSnpVm, token validated):        p50 {attest_p50:.1f} ms, p95 {attest_p95:.1f} ms")
     print(f"release_key (vault: verify token, evaluate policy, wrap, sign): p50 {release_p50:.1f} ms, p95 {release_p95:.1f} ms")
     print(f"unwrap in the TEE (verify JWS, RSA-OAEP + AES-KWP, load key):   p50 {unwrap_p50:.1f} ms, p95 {unwrap_p95:.1f} ms")
     print(f"attest + release + unwrap:                                      p50 {path_p50:.1f} ms, p95 {path_p95:.1f} ms "
           f"({path_p50 / GOAL_MS:.2f} x the {GOAL_MS:.0f} ms goal)")
-    print(f"the job's TEE key (RSA-3072, once per job, before the path):    p50 {keygen_p50:.1f} ms, p95 {keygen_p95:.1f} ms")
+    print(f"the job's TEE key (RSA-3072) made on demand:                    p50 {keygen_p50:.1f} ms, p95 {keygen_p95:.1f} ms")
+    print(f"the job's TEE key taken from the agent's supply (made ahead):   p50 {take_p50:.3f} ms, p95 {take_p95:.3f} ms")
     print(f"baseline get_key (same vault, one connection):                 p50 {base_p50:.1f} ms, p95 {base_p95:.1f} ms")
     print(json.dumps({"benchmark": "release_latency", "requests": args.requests,
                       "attest_p50_ms": round(attest_p50, 2), "attest_p95_ms": round(attest_p95, 2),
@@ -140,6 +154,7 @@ def main() -> int:
                       "path_p50_ms": round(path_p50, 2), "path_p95_ms": round(path_p95, 2),
                       "path_goal_ratio": round(path_p50 / GOAL_MS, 2),
                       "tee_key_p50_ms": round(keygen_p50, 2), "tee_key_p95_ms": round(keygen_p95, 2),
+                      "tee_key_take_p50_ms": round(take_p50, 3), "tee_key_take_p95_ms": round(take_p95, 3),
                       "baseline_p50_ms": round(base_p50, 2), "baseline_p95_ms": round(base_p95, 2),
                       "p50_ratio": round(release_p50 / base_p50, 2),
                       "path_baseline_p50_ratio": round(path_p50 / base_p50, 2)}))  # fmt: skip

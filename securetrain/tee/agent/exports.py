@@ -169,13 +169,15 @@ def _record(store: BlobStore, events: TeeEvents) -> None:
 def export_model(
     request: ExportRequest,
     *,
+    tee_key: TeeKey,
     attester: Attester,
     releaser: VaultKeyReleaser,
     store: BlobStore,
     owners: DataOwnerKeys,
     metrics: RunnerMetrics,
 ) -> bytes:
-    """The model re-sealed for the approved recipient (see the module documentation for the steps)."""
+    """The model re-sealed for the approved recipient (see the module documentation for the steps), attested
+    with ``tee_key``, the export's own fresh key."""
     owner = _approved_by(request, owners, datetime.datetime.now(datetime.UTC))
     sealed = _stored_model(request, store)
     # The seal context is authenticated: a model trained under a contract says so, whatever the request says.
@@ -183,7 +185,6 @@ def export_model(
     if contract is not None:
         _contract_allows(request, contract, store)
 
-    tee_key = TeeKey()
     events = TeeEvents(TeeEventLog(f"export-{secrets.token_hex(8)}", request.run_id), tee_key)
     # Under a contract the KEK is released only to a TEE enforcing it (docs/governance.md).
     token = attester.attest(tee_key, request.nonce, contract=contract)

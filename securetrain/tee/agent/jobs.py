@@ -55,6 +55,7 @@ from securetrain.tee.agent.rewrap import RewrapRequest, run_rewrap
 from securetrain.tee.agent.tee_events import TeeEvents
 from securetrain.tee.attest import AttestationSession, AttestationState, Attester, ReattestationFailed, TeeKey
 from securetrain.tee.data_owners import DataOwnerKeys
+from securetrain.tee.key_supply import TeeKeySupply
 from securetrain.tee.datasets import read_manifests, resolve_training
 from securetrain.tee.governance import AdmittedJob, ContractGuard, ContractWithdrawn, admit, ledger_token_check
 from securetrain.tee.privacy_budget import PrivacyBudget, open_ledger
@@ -325,6 +326,8 @@ class JobRunner:
         self._releaser = releaser
         self._blob_store = blob_store
         self._load_training = train
+        # The job's, a challenge's, an export's and a rewrap's own key, each made ahead (securetrain.tee.key_supply).
+        self._tee_keys = TeeKeySupply()
         #: The data owners whose signatures this TEE accepts (pinned in its measured configuration).
         self.data_owners = data_owners
         self._lock = threading.Lock()
@@ -370,10 +373,11 @@ class JobRunner:
         self._queue.put(None)
         if self._worker is not None:
             self._worker.join(timeout=60)
+        self._tee_keys.close()
 
     def attest_challenge(self, nonce: str) -> ValidatedToken:
         """Attest a throwaway key with a caller's ``nonce``: the TEE's answer to "prove what you are, now"."""
-        token = self._attester.attest(TeeKey(), nonce)
+        token = self._attester.attest(self._tee_keys.take(), nonce)
         self.metrics.attestations.inc()
         return token
 
@@ -381,13 +385,13 @@ class JobRunner:
         """The model re-sealed for a recipient the data owner approved, the export recorded by the TEE
         (:mod:`securetrain.tee.agent.exports`). The only place a model is decrypted outside training, inside the TEE."""
         return export_model(
-            request, attester=self._attester, releaser=self._releaser, store=self._blob_store,
-            owners=self.data_owners, metrics=self.metrics,
+            request, tee_key=self._tee_keys.take(), attester=self._attester, releaser=self._releaser,
+            store=self._blob_store, owners=self.data_owners, metrics=self.metrics,
         )  # fmt: skip
 
     def rewrap(self, request: RewrapRequest) -> dict[str, Any]:
         """KEK rotation's rewrap, inside the TEE (:mod:`securetrain.tee.agent.rewrap`); the TEE-signed answer."""
-        answer = run_rewrap(request, self._attester, self._releaser, self._blob_store)
+        answer = run_rewrap(request, self._tee_keys.take(), self._attester, self._releaser, self._blob_store)
         self.metrics.attestations.inc()
         self.metrics.key_releases.inc(len(answer["statement"]["released_versions"]))
         return answer
@@ -512,7 +516,7 @@ class JobRunner:
                 training = resolve_training(spec, admitted.manifests, self.data_owners, admitted.owner_kek_ids(spec.kek_id))
                 training = training.model_copy(update={"min_noise_multiplier": admitted.min_noise_multiplier()})
             self._update(run.job_id, state=JobState.ATTESTING)
-            tee_key = TeeKey()
+            tee_key = self._tee_keys.take()
             run.events = TeeEvents.for_job(
                 record.tee_log, job_id=record.job_id, run_id=spec.run_id, key=tee_key,
                 save=lambda document: self._update(run.job_id, tee_log=document),

@@ -123,9 +123,11 @@ class _ReleasedVersions:
         return version.private.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
 
 
-def run_rewrap(request: RewrapRequest, attester: Attester, releaser: VaultKeyReleaser, store: BlobStore) -> dict[str, Any]:
-    """Rewrap as :mod:`this module <securetrain.tee.agent.rewrap>` describes; the signed answer."""
-    tee_key = TeeKey()
+def run_rewrap(
+    request: RewrapRequest, tee_key: TeeKey, attester: Attester, releaser: VaultKeyReleaser, store: BlobStore
+) -> dict[str, Any]:
+    """Rewrap as :mod:`this module <securetrain.tee.agent.rewrap>` describes, attested with ``tee_key`` (the
+    rewrap's own fresh key); the signed answer."""
     token = attester.attest(tee_key, request.nonce)
     versions = _ReleasedVersions(releaser, token, tee_key, request.kek_id)
     new_kek = KekPublicKey(request.kek_id, versions.target.private.private_key.public_key())
