@@ -34,12 +34,12 @@ from securetrain.tee.training.loop import (
     train,
 )
 from securetrain.tee.training.models import DataShape
-from securetrain.tee.training.stream import ShardStream
+from securetrain.tee.training.stream import BufferLedger, ShardStream
 from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, refuse_unsupported_layers
 from securetrain.core.storage import BlobStore
 from securetrain.core.validation import StreamedValidation, validate
 
-__all__ = ["DataLimits", "PrivacyPlan", "plan_privacy", "run_training"]
+__all__ = ["DataLimits", "PrivacyPlan", "StreamingRefused", "plan_privacy", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ def run_training(
 
     final = train(trainee, training, prepared.held_out, hyper, start, device, cancel, end_of_epoch, end_of_windows,
                   limits.checkpoint_windows)  # fmt: skip
+    if prepared.ledger is not None:
+        log.info("run %s: the streamed data path held at most %d bytes of its %d-byte budget", spec.run_id,
+                 prepared.ledger.peak, prepared.ledger.budget)  # fmt: skip
     if cancel.is_set():
         raise TrainingCancelled(f"cancelled after epoch {final.epoch}, before the model was sealed")
     spent = dp.spent() if dp is not None else None
@@ -150,6 +153,8 @@ class _Prepared:
     dp: DpSgd | None
     #: ``training(trainee, start)``: what the loop steps through, from checkpoint progress ``start``.
     training: Callable[[Trainee, Progress], Training]
+    #: What the streaming path holds against its budget (None in memory).
+    ledger: BufferLedger | None = None
 
 
 def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, device: torch.device,
@@ -209,4 +214,5 @@ def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataL
     def training(trainee: Trainee, start: Progress) -> Training:
         return stream.training(trainee, dataset, hyper.seed, hyper.batch_size)
 
-    return _Prepared(dataset.shape, dataset.stats, dataset.feature_names, held_out, aggregates, trainee, None, training)
+    return _Prepared(dataset.shape, dataset.stats, dataset.feature_names, held_out, aggregates, trainee, None, training,
+                     stream.ledger)  # fmt: skip
