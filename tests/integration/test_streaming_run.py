@@ -29,20 +29,21 @@ from securetrain.core.validation import ExpectationSuiteError
 from securetrain.tee.training import StreamingRefused, run_training
 from securetrain.tee.training.data import DataLimits
 from securetrain.tee.training.stream import DataBudgetExceeded
-from tests.integration.test_training_run import (  # noqa: F401 - the module's fixtures, keys and store
+from tests.integration import test_training_run
+from tests.integration.test_training_run import (
     CONTEXT,
     CancelAfterChecks,
     RecordingProgress,
     checkpoint_names,
-    keys,
     open_model,
     run_id,
-    store,
     training_spec,
     upload_sealed,
 )
 
 pytestmark = pytest.mark.integration
+# The same fixtures: the local stack's BlobStore, and a KEK made here as if released.
+store, keys = test_training_run.store, test_training_run.keys
 
 SHARDS, ROWS, FEATURES = 12, 200, 8
 #: Streaming for sure (the dataset is tens of kilobytes), windows of 2 shards, a mid-epoch checkpoint per window.
