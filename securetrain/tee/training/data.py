@@ -33,7 +33,7 @@ import torch
 
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import KekPrivateKey, SealedReader
-from securetrain.core.sealed.errors import SealedFileError
+from securetrain.core.sealed.errors import MalformedHeader, SealedFileError
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
 
@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 SHARDS_IN_FLIGHT = 2
+#: What is fetched of each shard to read its header when choosing the data path; sealed headers are a few KiB.
+HEADER_PREFIX_BYTES = 64 * 1024
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -335,11 +337,19 @@ def plaintext_sizes(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tupl
     """Each shard's plaintext length, from its authenticated header (its tag checked with the unwrapped data
     key), before any of its plaintext is read: what decides between the in-memory and the streaming path."""
 
+    def header(shard: DatasetShard, length: int | None) -> int:
+        with store.open_read(shard.container, shard.blob, length=length) as src:
+            reader = SealedReader(src, keys.for_shard(shard), expected_context=shard.context)
+            return reader.header.content.plaintext_length
+
     def size(shard: DatasetShard) -> int:
         try:
-            with store.open_read(shard.container, shard.blob) as src:
-                reader = SealedReader(src, keys.for_shard(shard), expected_context=shard.context)
-                return reader.header.content.plaintext_length
+            try:
+                return header(shard, HEADER_PREFIX_BYTES)
+            except MalformedHeader:
+                # A header longer than the prefix (a large context), or a malformed one: read from the whole blob,
+                # which raises again if the header itself is at fault.
+                return header(shard, None)
         except SealedFileError as exc:
             exc.args = (f"{describe_shard(shard)}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
             raise
