@@ -27,7 +27,7 @@ from securetrain.core.sealed.errors import SegmentTampered
 from securetrain.core.storage import BlobStore
 from securetrain.core.validation import ExpectationSuiteError
 from securetrain.tee.training import StreamingRefused, run_training
-from securetrain.tee.training.data import DataLimits
+from securetrain.tee.training.data import DataLimits, ShardChanged
 from securetrain.tee.training.stream import DataBudgetExceeded
 from tests.integration import test_training_run
 from tests.integration.test_training_run import (
@@ -145,9 +145,7 @@ def test_a_streamed_run_is_reproducible_and_resumes_mid_epoch_to_the_same_weight
 def test_a_shard_tampered_mid_stream_stops_training_naming_the_shard(store, keys) -> None:
     blobs = sealed_shards(store, keys, "parquet")
     victim = blobs[5]
-    sealed = io.BytesIO()
-    seal(io.BytesIO(encoded("parquet", *shard_rows(5))), sealed, keys.kek_public, CONTEXT, segment_size=4096)
-    tampered = bytearray(sealed.getvalue())
+    tampered = bytearray(b"".join(store.download_chunks("datasets", victim)))  # the same file, one bit flipped
     tampered[-20] ^= 0x01
 
     class TamperAfterSurvey(RecordingProgress):
@@ -160,6 +158,23 @@ def test_a_shard_tampered_mid_stream_stops_training_naming_the_shard(store, keys
     with pytest.raises(SegmentTampered, match=rf"^shard datasets/{victim}: segment \d+ failed authentication"):
         run_training(spec, keys, store, progress, threading.Event(), limits=LIMITS)
     assert [kind for kind, _ in progress.calls] == ["validation_done"]
+    assert not list(store.list_blobs("models", spec.run_id))
+
+
+def test_a_shard_swapped_for_another_file_sealed_for_the_same_key_is_refused_naming_it(store, keys) -> None:
+    blobs = sealed_shards(store, keys, "parquet")
+    victim = blobs[7]
+    other = io.BytesIO()  # authentic: sealed for the job's KEK under the manifest's context, other rows
+    seal(io.BytesIO(encoded("parquet", *shard_rows(99))), other, keys.kek_public, CONTEXT, segment_size=4096)
+
+    class SwapAfterSurvey(RecordingProgress):
+        def validation_done(self, aggregates) -> None:
+            super().validation_done(aggregates)
+            store.upload_stream("datasets", victim, io.BytesIO(other.getvalue()), overwrite=True)
+
+    spec = spec_for(blobs)
+    with pytest.raises(ShardChanged, match=rf"^shard datasets/{victim} is not the sealed file this run read before"):
+        run_training(spec, keys, store, SwapAfterSurvey(), threading.Event(), limits=LIMITS)
     assert not list(store.list_blobs("models", spec.run_id))
 
 

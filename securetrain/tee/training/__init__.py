@@ -17,9 +17,10 @@ import torch
 
 from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
 from securetrain.core.errors import ConfigurationError
+from securetrain.core.sealed import SealedHeader
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
 from securetrain.tee.settings import DataPathSettings
-from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, plaintext_sizes
+from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, shard_headers
 from securetrain.tee.training.loop import (
     Standardization,
     Trainee,
@@ -73,7 +74,8 @@ def run_training(
     limits = limits or DataLimits(**DataPathSettings.load().overrides())
     hyper = spec.hyperparameters
 
-    sizes = plaintext_sizes(spec, keys, store)
+    headers = shard_headers(spec, keys, store)
+    sizes = tuple(header.content.plaintext_length for header in headers)
     if sum(sizes) <= limits.cache_bytes:
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
@@ -83,7 +85,7 @@ def run_training(
                  "it (budget %d bytes, %d shards in flight, windows of %d shards)", spec.run_id, sum(sizes),
                  len(sizes), limits.cache_bytes, limits.stream_budget_bytes, limits.shards_in_flight,
                  limits.window_shards)  # fmt: skip
-        prepared = _streamed(spec, keys, store, limits, sizes, device, cancel)
+        prepared = _streamed(spec, keys, store, limits, headers, device, cancel)
     progress.validation_done(prepared.aggregates)
 
     def build() -> Trainee:
@@ -93,7 +95,8 @@ def run_training(
     dp = prepared.dp
     checkpoints = Checkpoints(store, spec.checkpoints, spec.run_id, keys)
     accountant_after = dp.plan.history_after if dp is not None else None
-    resumed = checkpoints.restore_latest(trainee.model, trainee.optimizer, hyper.epochs, accountant_after)
+    resumed = checkpoints.restore_latest(trainee.model, trainee.optimizer, hyper.epochs, accountant_after,
+                                         mid_epoch=prepared.ledger is not None)  # fmt: skip
     if resumed is None:
         # A checkpoint refused half-way may have loaded part of its state: start from a clean build.
         trainee = build()
@@ -187,9 +190,10 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
     return _Prepared(shape, stats, data.feature_names, (data, rows[1]), aggregates, trainee, dp, training)
 
 
-def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, sizes: tuple[int, ...],
-              device: torch.device, cancel: threading.Event) -> _Prepared:  # fmt: skip
+def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
+              headers: tuple[SealedHeader, ...], device: torch.device, cancel: threading.Event) -> _Prepared:  # fmt: skip
     """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path")."""
+    sizes = [header.content.plaintext_length for header in headers]
     if spec.privacy is not None:
         # Opacus' DP-SGD samples each batch from the whole dataset (Poisson sampling, every row with the same
         # probability at every step): the accounting that bounds epsilon assumes it, and a shuffle window is not it.
@@ -199,7 +203,7 @@ def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataL
             "dataset within the cache, or a TEE configured with a larger SECURETRAIN_DATA_CACHE_BYTES"
         )
     hyper = spec.hyperparameters
-    stream = ShardStream(spec, keys, store, limits, sizes)
+    stream = ShardStream(spec, keys, store, limits, headers)
     validation = StreamedValidation(spec.expectation_suite) if spec.expectation_suite is not None else None
     dataset = stream.survey(hyper.seed, validation.add if validation is not None else None)
     if cancel.is_set():

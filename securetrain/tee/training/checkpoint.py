@@ -255,14 +255,16 @@ class Checkpoints:
                  self._location.container, blob)  # fmt: skip
         return blob
 
-    def _epochs(self, max_epoch: int) -> list[tuple[int, int, str]]:
-        """(epoch, windows, blob) of each checkpoint, newest first."""
+    def _epochs(self, max_epoch: int, mid_epoch: bool) -> list[tuple[int, int, str]]:
+        """(epoch, windows, blob) of each checkpoint (mid-epoch ones only if ``mid_epoch``), newest first."""
         found = []
         for info in self._store.list_blobs(self._location.container, self._location.prefix):
             match = self._NAME.fullmatch(info.name[len(self._location.prefix) :])
             if match is None:
                 continue
             epoch, windows = int(match.group(1)), int(match.group(2) or 0)
+            if windows and not mid_epoch:
+                continue
             if (1 <= epoch <= max_epoch) if windows == 0 else (0 <= epoch < max_epoch):
                 found.append((epoch, windows, info.name))
             else:
@@ -282,17 +284,18 @@ class Checkpoints:
 
     def restore_latest(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epoch: int,
-        accountant_after: Callable[[int], AccountantHistory] | None = None,
+        accountant_after: Callable[[int], AccountantHistory] | None = None, mid_epoch: bool = False,
     ) -> tuple[Progress, str] | None:  # fmt: skip
         """Load the newest checkpoint that opens and verifies; None if there is none.
 
-        ``accountant_after`` is as for :func:`restore_checkpoint`.
+        ``accountant_after`` is as for :func:`restore_checkpoint`. ``mid_epoch``: whether checkpoints within an
+        epoch count (a streamed dataset's; training in memory cannot start in the middle of an epoch).
 
         A checkpoint that fails (seal, MAC, content) is skipped with a warning and the next older one
         tried. Storage failures are raised: starting over because storage did not answer would discard
         the run's progress and overwrite its checkpoints.
         """
-        for epoch, windows, blob in self._epochs(max_epoch):
+        for epoch, windows, blob in self._epochs(max_epoch, mid_epoch):
             try:
                 payload = self._open(blob, epoch, windows)
                 progress = restore_checkpoint(payload, model, optimizer, self._run_id, epoch, accountant_after, windows)

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 import safetensors.torch
 import torch
 
-from securetrain.core.errors import ConfigurationError
-from securetrain.core.sealed import KekPrivateKey, SealedReader
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+from securetrain.core.sealed import KekPrivateKey, SealedHeader, SealedReader
 from securetrain.core.sealed.errors import MalformedHeader, SealedFileError
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
@@ -58,6 +58,10 @@ class DatasetContentError(ConfigurationError):
 
 class ShardTooLarge(DatasetContentError):
     """A Parquet or safetensors shard is larger than the trainer may buffer in memory."""
+
+
+class ShardChanged(SecurityViolation):
+    """A shard read again in the same run is another sealed file than the one read first."""
 
 
 def _default_buffered_shard_bytes() -> int:
@@ -269,11 +273,22 @@ _BUFFERED = {"parquet", "safetensors"}
 
 
 def read_shard(
-    src: BinaryIO, kek: KekPrivateKey, shard: DatasetShard, columns: Columns, limits: DataLimits
+    src: BinaryIO, kek: KekPrivateKey, shard: DatasetShard, columns: Columns, limits: DataLimits,
+    expected_header: SealedHeader | None = None,
 ) -> ShardArrays:
-    """Open one sealed shard from ``src`` and decode it; seal failures name the shard and the segment."""
+    """Open one sealed shard from ``src`` and decode it; seal failures name the shard and the segment.
+
+    ``expected_header``: the header this run read for the shard before; another one (storage serving another
+    file sealed for the same key and context) is refused with :class:`ShardChanged`, so that every read of a
+    shard in a run is of the one file whose header the agent witnesses.
+    """
     try:
         reader = SealedReader(src, kek, expected_context=shard.context)
+        if expected_header is not None and reader.header.to_bytes() != expected_header.to_bytes():
+            raise ShardChanged(
+                f"{describe_shard(shard)} is not the sealed file this run read before (its header differs): storage "
+                "served another file under its name"
+            )
         length = reader.header.content.plaintext_length
         if shard.format in _BUFFERED and length > limits.max_buffered_shard_bytes:
             raise ShardTooLarge(
@@ -333,16 +348,16 @@ def _read_in_order(
     return read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT)
 
 
-def plaintext_sizes(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[int, ...]:
-    """Each shard's plaintext length, from its authenticated header (its tag checked with the unwrapped data
-    key), before any of its plaintext is read: what decides between the in-memory and the streaming path."""
+def shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[SealedHeader, ...]:
+    """Each shard's authenticated header (its tag checked with the unwrapped data key, its context with the
+    manifest's), before any of its plaintext is read: their plaintext lengths decide between the in-memory
+    and the streaming path."""
 
-    def header(shard: DatasetShard, length: int | None) -> int:
+    def header(shard: DatasetShard, length: int | None) -> SealedHeader:
         with store.open_read(shard.container, shard.blob, length=length) as src:
-            reader = SealedReader(src, keys.for_shard(shard), expected_context=shard.context)
-            return reader.header.content.plaintext_length
+            return SealedReader(src, keys.for_shard(shard), expected_context=shard.context).header
 
-    def size(shard: DatasetShard) -> int:
+    def read(shard: DatasetShard) -> SealedHeader:
         try:
             try:
                 return header(shard, HEADER_PREFIX_BYTES)
@@ -354,7 +369,7 @@ def plaintext_sizes(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tupl
             exc.args = (f"{describe_shard(shard)}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
             raise
 
-    return tuple(length for _, length in read_ahead(spec.datasets, size, SHARDS_IN_FLIGHT))
+    return tuple(header for _, header in read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT))
 
 
 def load_dataset(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits) -> TrainingData:
