@@ -58,9 +58,15 @@ def run_training(
 
     Calling it again for the same spec (after a crash or a cancel) resumes from the newest checkpoint that opens and verifies.
 
+    A dataset above ``limits.cache_bytes`` of plaintext is streamed shard by shard every epoch (docs/trainer.md,
+    "The data path").
+
     Raises:
         SealedFileError subclasses: a shard failed its seal (the message names shard and segment);
-            nothing was trained.
+            nothing was trained in memory; streamed, no row of that shard was trained on.
+        ShardChanged: streamed, storage served another sealed file under a shard's name than the run read first.
+        StreamingRefused: DP-SGD asked for on a dataset above the in-memory cache; refused before any plaintext.
+        DataBudgetExceeded: the streaming path would hold more than its budget.
         DataValidationFailed: the expectation suite failed; nothing was trained.
         PrivacyTermsRefused: the DP-SGD plan breaks a privacy term (its noise is below
             ``spec.min_noise_multiplier``, no noise reaches the ε asked for); refused before the suite runs.
