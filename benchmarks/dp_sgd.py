@@ -44,6 +44,7 @@ from securetrain.tee.training.loop import (
     Trainee,
     Training,
     build_trainee,
+    data_shape,
     plain_training,
     split_rows,
     train,
@@ -76,10 +77,10 @@ def run_side(data: TrainingData, params: dict[str, Any], hyper: Hyperparameters,
     """Train once; seconds per step and the final held-out accuracy."""
     device = torch.device("cpu")
     rows = split_rows(data.rows, hyper.seed)
-    trainee = build_trainee("mlp", params, hyper, data, Standardization.of(data, rows[0]), device)
+    trainee = build_trainee("mlp", params, hyper, data_shape(data), Standardization.of(data, rows[0]), device)
     training = private(trainee, rows[0]) if private else plain_training(trainee, data, rows[0], hyper, device)
     start = time.perf_counter()
-    final = train(trainee, training, data, hyper, rows, Progress(0, 0, {}), device, threading.Event(), lambda _: None)
+    final = train(trainee, training, (data, rows[1]), hyper, Progress(0, 0, {}), device, threading.Event(), lambda _: None)
     seconds = time.perf_counter() - start
     return {"step_seconds": seconds / final.step, "steps": final.step, "val_accuracy": final.metrics["val_accuracy"],
             "training": training}  # fmt: skip

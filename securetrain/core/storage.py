@@ -324,14 +324,18 @@ class BlobStore:
             chunks: Iterable[bytes] = downloader.chunks()
             yield from chunks
 
-    def open_read(self, container: str, blob: str) -> io.BufferedReader:
+    def open_read(self, container: str, blob: str, *, length: int | None = None) -> io.BufferedReader:
         """Open the blob as a readable binary stream that downloads as it is read. Close it when done.
+
+        ``length``: only the blob's first ``length`` bytes, fetched by one request of that size (a file's header,
+        without the first :data:`DOWNLOAD_CHUNK_SIZE` bytes a whole-blob read fetches at once).
 
         Raises:
             BlobNotFound, ContainerNotFound: at once, not on the first read.
         """
         with self._translate_errors("open", container, blob):
-            downloader = self._client.get_blob_client(container, blob).download_blob()
+            client = self._client.get_blob_client(container, blob)
+            downloader = client.download_blob() if length is None else client.download_blob(offset=0, length=length)
         return io.BufferedReader(_BlobReader(self, container, blob, downloader), buffer_size=DOWNLOAD_CHUNK_SIZE)
 
     def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]:

@@ -136,11 +136,76 @@ def _aggregate(expectation: CheckedExpectation, result: Any, frame: pandas.DataF
         entry["observed_value"] = observed
     elif "observed_value" in details:
         entry["withheld"] = [*entry.get("withheld", []), "observed_value"]
-    if (result.exception_info or {}).get("raised_exception") or any(
-        isinstance(info, Mapping) and info.get("raised_exception") for info in (result.exception_info or {}).values()
-    ):
+    if _raised(result):
         entry["raised_exception"] = True
     return entry
+
+
+class _SuiteRun:
+    """Great Expectations set up for ``expectations`` once, in an ephemeral context that writes nothing and sends
+    nothing; :meth:`results` runs them on one frame."""
+
+    def __init__(self, name: str, expectations: tuple[CheckedExpectation, ...]) -> None:
+        # Before the import: Great Expectations reads it when it is first loaded.
+        os.environ["GX_ANALYTICS_ENABLED"] = "false"
+        import great_expectations as gx  # noqa: PLC0415 - slow to import, only needed when a suite runs
+        from great_expectations.core.expectation_suite import ExpectationSuite as GxExpectationSuite  # noqa: PLC0415
+        from great_expectations.data_context.types.base import (  # noqa: PLC0415
+            DataContextConfig,
+            InMemoryStoreBackendDefaults,
+            ProgressBarsConfig,
+        )
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration  # noqa: PLC0415
+
+        config = DataContextConfig(
+            # In-memory stores and no data docs site: the default ephemeral context still reserves a
+            # temporary directory for one.
+            store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
+            # tqdm bars on stderr: noise in the agent's log, and they say nothing a reader needs.
+            progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+        )
+        context = gx.get_context(mode="ephemeral", project_config=config)
+        self._suite = GxExpectationSuite(name=name)
+        # Our own ids: Great Expectations orders results its way, and each result must be released under the
+        # rule of its own expectation.
+        self._ids = [str(uuid.uuid4()) for _ in expectations]
+        for index, expectation in enumerate(expectations):
+            # Only the allow-listed type and kwargs, copied: nothing of the spec's own objects reaches GE.
+            configuration = {"type": expectation.type, "kwargs": copy.deepcopy(dict(expectation.kwargs)),
+                             "id": self._ids[index]}  # fmt: skip
+            try:
+                self._suite.add_expectation_configuration(ExpectationConfiguration(**configuration))
+            except Exception as exc:  # noqa: BLE001 - GE raises many types for a bad configuration
+                raise ExpectationSuiteError(f"expectation_suite.expectations[{index}] ({expectation.type}): {exc}") from None
+        self._batches = context.data_sources.add_pandas("tee").add_dataframe_asset("training_data")
+        self._definition = self._batches.add_batch_definition_whole_dataframe("all_rows")
+
+    def results(self, frame: pandas.DataFrame) -> tuple[Any, list[Any]]:
+        """The outcome and the results in the order of the expectations."""
+        batch = self._definition.get_batch(batch_parameters={"dataframe": frame})
+        outcome = batch.validate(self._suite, result_format="BASIC")
+        by_id = {result.expectation_config.id: result for result in outcome.results}
+        if sorted(by_id) != sorted(self._ids) or len(outcome.results) != len(self._ids):
+            # A result we cannot pair with its expectation must not leave under another's rule.
+            raise ExpectationSuiteError("Great Expectations returned results that do not match the suite's expectations")
+        return outcome, [by_id[expectation_id] for expectation_id in self._ids]
+
+
+def _raised(result: Any) -> bool:
+    info = result.exception_info or {}
+    return bool(info.get("raised_exception")) or any(
+        isinstance(entry, Mapping) and entry.get("raised_exception") for entry in info.values()
+    )
+
+
+def _failed(checked: CheckedSuite, aggregates: dict[str, Any]) -> DataValidationFailed:
+    failed = [entry["expectation"] + (f"({', '.join(entry['columns'])})" if "columns" in entry else "")
+              for entry in aggregates["expectations"] if not entry["success"]]  # fmt: skip
+    return DataValidationFailed(
+        f"data validation failed: {len(failed)} of {len(aggregates['expectations'])} expectations of suite "
+        f"{checked.name!r} failed on the decrypted data: {', '.join(failed)}; nothing was trained",
+        aggregates,
+    )
 
 
 def validate(suite: ExpectationSuite | Mapping[str, Any], frame: pandas.DataFrame) -> dict[str, Any]:
@@ -154,48 +219,7 @@ def validate(suite: ExpectationSuite | Mapping[str, Any], frame: pandas.DataFram
     """
     checked = check_suite(suite)
     _check_columns(checked, frame)
-    # Before the import: Great Expectations reads it when it is first loaded.
-    os.environ["GX_ANALYTICS_ENABLED"] = "false"
-    import great_expectations as gx  # noqa: PLC0415 - slow to import, only needed when a suite runs
-    from great_expectations.core.expectation_suite import ExpectationSuite as GxExpectationSuite  # noqa: PLC0415
-    from great_expectations.data_context.types.base import (  # noqa: PLC0415
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
-    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration  # noqa: PLC0415
-
-    config = DataContextConfig(
-        # In-memory stores and no data docs site: the default ephemeral context still reserves a
-        # temporary directory for one.
-        store_backend_defaults=InMemoryStoreBackendDefaults(init_temp_docs_sites=False),
-        # tqdm bars on stderr: noise in the agent's log, and they say nothing a reader needs.
-        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
-    )
-    context = gx.get_context(mode="ephemeral", project_config=config)
-    expectation_suite = GxExpectationSuite(name=checked.name)
-    # Our own ids: Great Expectations orders results its way, and each result must be released under the
-    # rule of its own expectation.
-    ids = [str(uuid.uuid4()) for _ in checked.expectations]
-    for index, expectation in enumerate(checked.expectations):
-        # Only the allow-listed type and kwargs, copied: nothing of the spec's own objects reaches GE.
-        configuration = {"type": expectation.type, "kwargs": copy.deepcopy(dict(expectation.kwargs)), "id": ids[index]}
-        try:
-            expectation_suite.add_expectation_configuration(ExpectationConfiguration(**configuration))
-        except Exception as exc:  # noqa: BLE001 - GE raises many types for a bad configuration
-            raise ExpectationSuiteError(f"expectation_suite.expectations[{index}] ({expectation.type}): {exc}") from None
-    batch = (
-        context.data_sources.add_pandas("tee")
-        .add_dataframe_asset("training_data")
-        .add_batch_definition_whole_dataframe("all_rows")
-        .get_batch(batch_parameters={"dataframe": frame})
-    )
-    outcome = batch.validate(expectation_suite, result_format="BASIC")
-    by_id = {result.expectation_config.id: result for result in outcome.results}
-    if sorted(by_id) != sorted(ids) or len(outcome.results) != len(ids):
-        # A result we cannot pair with its expectation must not leave under another's rule.
-        raise ExpectationSuiteError("Great Expectations returned results that do not match the suite's expectations")
-    results = [by_id[expectation_id] for expectation_id in ids]
+    outcome, results = _SuiteRun(checked.name, checked.expectations).results(frame)
     statistics = {key: _number(value) for key, value in (outcome.statistics or {}).items()}
     aggregates = {
         "suite": checked.name,
@@ -205,12 +229,135 @@ def validate(suite: ExpectationSuite | Mapping[str, Any], frame: pandas.DataFram
         "expectations": [_aggregate(e, result, frame) for e, result in zip(checked.expectations, results, strict=True)],
     }
     if not outcome.success:
-        failed = [entry["expectation"] + (f"({', '.join(entry['columns'])})" if "columns" in entry else "")
-                  for entry in aggregates["expectations"] if not entry["success"]]  # fmt: skip
-        raise DataValidationFailed(
-            f"data validation failed: {len(failed)} of {len(aggregates['expectations'])} expectations of suite "
-            f"{checked.name!r} failed on the decrypted data: {', '.join(failed)}; nothing was trained",
-            aggregates,
-        )
+        raise _failed(checked, aggregates)
     log.info("expectation suite %r passed (%d expectations, %d rows)", checked.name, len(results), len(frame))
     return aggregates
+
+
+#: Expectations whose result needs a whole column at once (every value against every other).
+_WHOLE_COLUMN_ROWS = {"expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"}
+#: The table-level expectations a streamed dataset answers exactly: the column count is the same in every shard
+#: (the trainer checks the layout), the row count is the shards' sum.
+_TABLE_COLUMNS = {"expect_table_column_count_to_be_between", "expect_table_column_count_to_equal"}
+_TABLE_ROWS = {"expect_table_row_count_to_be_between", "expect_table_row_count_to_equal"}
+_COUNT_KEYS = ("element_count", "missing_count", "unexpected_count")
+
+
+def _streamable(expectation: CheckedExpectation) -> str | None:
+    """Why ``expectation`` cannot be validated shard by shard with its meaning unchanged; None if it can."""
+    if expectation.type in _TABLE_COLUMNS or expectation.type in _TABLE_ROWS:
+        return None
+    if expectation.release is not Release.COUNTS or expectation.type in _WHOLE_COLUMN_ROWS:
+        return "its result is a statistic of the whole column, which no shard holds"
+    if expectation.kwargs.get("mostly", 1) != 1:
+        return "with 'mostly' below 1 its success depends on the share of failing rows over the whole dataset"
+    return None
+
+
+class StreamedValidation:
+    """The suite on a dataset seen one shard at a time, with the meaning of its aggregates unchanged.
+
+    Only expectations that decompose exactly are run: a per-row condition without ``mostly`` holds for the
+    dataset exactly when it holds in every shard, and its counts are the shards' sums; the column count is
+    the same in every shard; the row count is the shards' sum (Great Expectations checks it on an index of
+    that many rows). Whole-column statistics (mean, median, unique values...) and ``mostly`` below 1 are
+    refused, before any shard is read. What leaves is released under the same rules as :func:`validate`,
+    applied to the whole dataset's counts.
+    """
+
+    def __init__(self, suite: ExpectationSuite | Mapping[str, Any]) -> None:
+        self._checked = check_suite(suite)
+        for index, expectation in enumerate(self._checked.expectations):
+            reason = _streamable(expectation)
+            if reason is not None:
+                raise ExpectationSuiteError(
+                    f"expectation_suite.expectations[{index}] ({expectation.type}) cannot be validated on a dataset "
+                    f"streamed shard by shard: {reason}; leave it out, or train on a dataset within the TEE's "
+                    "in-memory cache"
+                )
+        expectations = self._checked.expectations
+        self._per_shard = tuple(i for i, e in enumerate(expectations) if e.type not in _TABLE_ROWS)
+        self._on_rows = tuple(i for i, e in enumerate(expectations) if e.type in _TABLE_ROWS)
+        self._shard_run = _SuiteRun(self._checked.name, tuple(expectations[i] for i in self._per_shard))
+        self._rows = 0
+        self._success = dict.fromkeys(self._per_shard, True)
+        self._raised = dict.fromkeys(self._per_shard, False)
+        self._counts: dict[int, dict[str, int]] = {i: {} for i in self._per_shard}
+        self._observed: dict[int, Any] = {}
+
+    def add(self, frame: pandas.DataFrame) -> None:
+        """Validate one shard's rows and add up its results."""
+        if self._rows == 0:
+            _check_columns(self._checked, frame)
+        self._rows += len(frame)
+        _, results = self._shard_run.results(frame)
+        for index, result in zip(self._per_shard, results, strict=True):
+            self._success[index] = self._success[index] and bool(result.success)
+            self._raised[index] = self._raised[index] or _raised(result)
+            details = result.result or {}
+            for key in _COUNT_KEYS:
+                number = _number(details.get(key))
+                if isinstance(number, int):
+                    self._counts[index][key] = self._counts[index].get(key, 0) + number
+            if "observed_value" in details:
+                self._observed[index] = details["observed_value"]
+
+    def _count_entry(self, index: int) -> dict[str, Any]:
+        counts = self._counts[index]
+        element, missing, unexpected = (counts.get(key) for key in _COUNT_KEYS)
+        details: dict[str, Any] = dict(counts)
+        if element:
+            if missing is not None:
+                details["missing_percent"] = 100 * missing / element
+            if unexpected is not None:
+                present = element - (missing or 0)
+                details["unexpected_percent_total"] = 100 * unexpected / element
+                if present:
+                    details["unexpected_percent"] = details["unexpected_percent_nonmissing"] = 100 * unexpected / present
+        return _counts(details)
+
+    def finish(self) -> dict[str, Any]:
+        """The aggregates of the whole dataset, or :class:`DataValidationFailed` with them."""
+        import pandas  # noqa: PLC0415 - pandas is only needed when a suite runs
+
+        entries: dict[int, dict[str, Any]] = {}
+        for index in self._per_shard:
+            expectation = self._checked.expectations[index]
+            entry: dict[str, Any] = {"expectation": expectation.type, "success": self._success[index]}
+            if expectation.columns:
+                entry["columns"] = list(expectation.columns)
+            if expectation.release is Release.COUNTS:
+                entry |= self._count_entry(index)
+            observed = _number(self._observed.get(index))
+            if expectation.release is Release.TABLE and observed is not None:
+                entry["observed_value"] = observed
+            if self._raised[index]:
+                entry["raised_exception"] = True
+            entries[index] = entry
+        if self._on_rows:
+            # The row count alone, on an index of that many rows: no row of data, and Great Expectations' own
+            # comparison (bounds, strictness).
+            rows_only = tuple(self._checked.expectations[i] for i in self._on_rows)
+            frame = pandas.DataFrame(index=pandas.RangeIndex(self._rows))
+            _, results = _SuiteRun(self._checked.name, rows_only).results(frame)
+            for index, expectation, result in zip(self._on_rows, rows_only, results, strict=True):
+                entries[index] = _aggregate(expectation, result, frame)
+        ordered = [entries[index] for index in range(len(self._checked.expectations))]
+        successful = sum(1 for entry in ordered if entry["success"])
+        aggregates = {
+            "suite": self._checked.name,
+            "success": successful == len(ordered),
+            "statistics": {
+                "evaluated_expectations": len(ordered), "successful_expectations": successful,
+                "unsuccessful_expectations": len(ordered) - successful,
+                "success_percent": 100 * successful / len(ordered) if ordered else 100.0,
+            },  # fmt: skip
+            "rows": self._rows,
+            "validated": "per shard",
+            "expectations": ordered,
+        }
+        if not aggregates["success"]:
+            raise _failed(self._checked, aggregates)
+        log.info("expectation suite %r passed shard by shard (%d expectations, %d rows)", self._checked.name,
+                 len(ordered), self._rows)  # fmt: skip
+        return aggregates

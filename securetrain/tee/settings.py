@@ -29,6 +29,10 @@ The TEE signs in only as a managed identity (``ManagedIdentityCredential``: IMDS
 ``IDENTITY_ENDPOINT``/``IDENTITY_HEADER`` where the host exposes them): no secret that could sign in as the
 TEE exists anywhere, so only the TEE's host can obtain its tokens, and Key Vault's release policy still
 decides whether that host is an approved TEE.
+
+The data path's memory (:class:`DataPathSettings`) is the TEE's own configuration too, never the job's:
+``SECURETRAIN_DATA_CACHE_BYTES``, ``SECURETRAIN_DATA_STREAM_BUDGET_BYTES``, ``SECURETRAIN_DATA_SHARDS_IN_FLIGHT``,
+``SECURETRAIN_DATA_WINDOW_SHARDS`` and ``SECURETRAIN_DATA_CHECKPOINT_WINDOWS`` (docs/trainer.md, "The data path").
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from azure.core.credentials import TokenCredential
-from pydantic import AliasChoices, Field, FilePath
+from pydantic import AliasChoices, Field, FilePath, NonNegativeInt, PositiveInt
 
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
@@ -101,3 +105,18 @@ class TeeSettings(ServiceSettings, GpuSettings):
         from azure.identity import ManagedIdentityCredential  # noqa: PLC0415 - heavy import
 
         return ManagedIdentityCredential(client_id=self.managed_identity_client_id, connection_verify=self.tls_verify)
+
+
+class DataPathSettings(Settings):
+    """The trainer's data-path bounds; unset values take the defaults of
+    :class:`~securetrain.tee.training.data.DataLimits` (sized from the machine's memory)."""
+
+    data_cache_bytes: PositiveInt | None = None
+    data_stream_budget_bytes: PositiveInt | None = None
+    data_shards_in_flight: PositiveInt | None = None
+    data_window_shards: PositiveInt | None = None
+    data_checkpoint_windows: NonNegativeInt | None = None
+
+    def overrides(self) -> dict[str, int]:
+        """The values set, under the names of ``DataLimits``' fields."""
+        return {name.removeprefix("data_"): value for name, value in self.model_dump().items() if value is not None}

@@ -14,7 +14,7 @@ from securetrain.core.contracts.training import JobKeys, PrivacyTermsRefused
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.tee.training.checkpoint import CheckpointInvalid, Progress, encode_checkpoint, restore_checkpoint
 from securetrain.tee.training.data import TrainingData
-from securetrain.tee.training.loop import Standardization, build_trainee, split_rows
+from securetrain.tee.training.loop import Standardization, build_trainee, data_shape, split_rows
 from securetrain.tee.training.models import DataShape, ModelConfigurationError, build_model
 from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, refuse_unsupported_layers
 
@@ -75,7 +75,7 @@ def test_a_model_opacus_cannot_train_is_refused_naming_its_layer_and_left_as_it_
 def private_training(data: TrainingData, plan: PrivacyPlan, keys: JobKeys, batch_size: int, lr: float = 0.1):
     hyper = Hyperparameters(epochs=plan.epochs, batch_size=batch_size, learning_rate=lr, seed=7, optimizer="sgd")
     rows = split_rows(data.rows, hyper.seed)
-    trainee = build_trainee("mlp", {"hidden": [8]}, hyper, data, Standardization.of(data, rows[0]), torch.device("cpu"))
+    trainee = build_trainee("mlp", {"hidden": [8]}, hyper, data_shape(data), Standardization.of(data, rows[0]), torch.device("cpu"))
     dp = DpSgd(plan, keys, RUN, hyper.seed)
     return trainee, dp, dp.training(trainee, data, rows[0], batch_size, torch.device("cpu"), ())
 

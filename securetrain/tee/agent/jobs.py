@@ -131,8 +131,8 @@ class _WitnessedStore:
         self.sealed_model: bytes | None = None
         self.checkpoints: dict[str, str] = {}  # checkpoint blob -> sealed SHA-256 (content digest)
 
-    def open_read(self, container: str, blob: str) -> BinaryIO:
-        src = self._store.open_read(container, blob)
+    def open_read(self, container: str, blob: str, *, length: int | None = None) -> BinaryIO:
+        src = self._store.open_read(container, blob, length=length)
         if not any(s.container == container and s.blob == blob for s in self._spec.datasets):
             return src
         witness = _HeaderWitness(src)

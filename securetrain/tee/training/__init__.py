@@ -1,4 +1,5 @@
-"""Training inside the TEE: sealed shards to in-memory tensors, validation, training, sealed outputs.
+"""Training inside the TEE: sealed shards to in-memory tensors or a stream of them, validation, training, sealed
+outputs.
 
 The agent calls :func:`run_training` after attestation and Secure Key Release; the steps are in
 docs/trainer.md ("Training inside the TEE").
@@ -8,13 +9,24 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
 
 from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.sealed import SealedHeader
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
-from securetrain.tee.training.data import DataLimits, load_dataset
+from securetrain.tee.settings import DataPathSettings
+from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, shard_headers
 from securetrain.tee.training.loop import (
     Standardization,
+    Trainee,
+    Training,
     build_trainee,
+    data_shape,
     describe_device,
     make_deterministic,
     plain_training,
@@ -22,11 +34,13 @@ from securetrain.tee.training.loop import (
     split_rows,
     train,
 )
+from securetrain.tee.training.models import DataShape
+from securetrain.tee.training.stream import BufferLedger, ShardStream
 from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, refuse_unsupported_layers
 from securetrain.core.storage import BlobStore
-from securetrain.core.validation import validate
+from securetrain.core.validation import StreamedValidation, validate
 
-__all__ = ["DataLimits", "PrivacyPlan", "plan_privacy", "run_training"]
+__all__ = ["DataLimits", "PrivacyPlan", "StreamingRefused", "plan_privacy", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +58,15 @@ def run_training(
 
     Calling it again for the same spec (after a crash or a cancel) resumes from the newest checkpoint that opens and verifies.
 
+    A dataset above ``limits.cache_bytes`` of plaintext is streamed shard by shard every epoch (docs/trainer.md,
+    "The data path").
+
     Raises:
         SealedFileError subclasses: a shard failed its seal (the message names shard and segment);
-            nothing was trained.
+            nothing was trained in memory; streamed, no row of that shard was trained on.
+        ShardChanged: streamed, storage served another sealed file under a shard's name than the run read first.
+        StreamingRefused: DP-SGD asked for on a dataset above the in-memory cache; refused before any plaintext.
+        DataBudgetExceeded: the streaming path would hold more than its budget.
         DataValidationFailed: the expectation suite failed; nothing was trained.
         PrivacyTermsRefused: the DP-SGD plan breaks a privacy term (its noise is below
             ``spec.min_noise_multiplier``, no noise reaches the ε asked for); refused before the suite runs.
@@ -57,14 +77,106 @@ def run_training(
     device = select_device()
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
+    limits = limits or DataLimits(**DataPathSettings.load().overrides())
+    hyper = spec.hyperparameters
 
-    data = load_dataset(spec, keys, store, limits or DataLimits())
+    headers = shard_headers(spec, keys, store)
+    sizes = tuple(header.content.plaintext_length for header in headers)
+    if sum(sizes) <= limits.cache_bytes:
+        log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
+                 "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
+        prepared = _in_memory(spec, keys, store, limits, device, cancel)
+    else:
+        log.info("run %s: the dataset's %d plaintext bytes in %d shards exceed the %d-byte in-memory cache: streaming "
+                 "it (budget %d bytes, %d shards in flight, windows of %d shards)", spec.run_id, sum(sizes),
+                 len(sizes), limits.cache_bytes, limits.stream_budget_bytes, limits.shards_in_flight,
+                 limits.window_shards)  # fmt: skip
+        prepared = _streamed(spec, keys, store, limits, headers, device, cancel)
+    progress.validation_done(prepared.aggregates)
+
+    def build() -> Trainee:
+        return build_trainee(spec.model.name, spec.model.params, hyper, prepared.shape, prepared.stats, device)
+
+    trainee = prepared.trainee
+    dp = prepared.dp
+    checkpoints = Checkpoints(store, spec.checkpoints, spec.run_id, keys)
+    accountant_after = dp.plan.history_after if dp is not None else None
+    resumed = checkpoints.restore_latest(trainee.model, trainee.optimizer, hyper.epochs, accountant_after,
+                                         mid_epoch=prepared.ledger is not None)  # fmt: skip
+    if resumed is None:
+        # A checkpoint refused half-way may have loaded part of its state: start from a clean build.
+        trainee = build()
+    start = resumed[0] if resumed is not None else Progress(0, 0, {})
+    training = prepared.training(trainee, start)
+
+    def end_of_epoch(done: Progress) -> None:
+        # The plain model and optimizer: Opacus' wrappers share their parameters and state.
+        blob = checkpoints.save(trainee.model, trainee.optimizer, done)
+        progress.epoch_done(done.epoch, done.step, done.metrics, blob)
+
+    def end_of_windows(done: Progress) -> None:
+        checkpoints.save(trainee.model, trainee.optimizer, done)
+
+    final = train(trainee, training, prepared.held_out, hyper, start, device, cancel, end_of_epoch, end_of_windows,
+                  limits.checkpoint_windows)  # fmt: skip
+    if prepared.ledger is not None:
+        log.info("run %s: the streamed data path held at most %d bytes of its %d-byte budget", spec.run_id,
+                 prepared.ledger.peak, prepared.ledger.budget)  # fmt: skip
+    if cancel.is_set():
+        raise TrainingCancelled(f"cancelled after epoch {final.epoch}, before the model was sealed")
+    spent = dp.spent() if dp is not None else None
+    progress.sealing_model()
+    description = {
+        "model": spec.model.name,
+        "params": spec.model.model_dump(mode="json")["params"],
+        "features": list(prepared.feature_names),
+        "feature_shape": list(trainee.shape.feature_shape),
+        "num_classes": trainee.shape.num_classes,
+        "label": spec.columns.label,
+        "epochs": final.epoch,
+        "steps": final.step,
+        "metrics": dict(final.metrics),
+    }
+    seal_model(store, spec.output, spec.run_id, keys, trainee.model, description, contract=spec.contract)
+    return TrainingResult(
+        model_blob=spec.output, metrics=dict(final.metrics), device=describe_device(device), epochs_completed=final.epoch,
+        steps_completed=final.step, privacy=spent,
+    )  # fmt: skip
+
+
+class StreamingRefused(ConfigurationError):
+    """What the job asks cannot be done on a dataset streamed shard by shard."""
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """The data opened and validated, and what training over it needs."""
+
+    shape: DataShape
+    stats: Standardization
+    feature_names: tuple[str, ...]
+    #: The data and the rows of it evaluated after each epoch.
+    held_out: tuple[TrainingData, torch.Tensor]
+    aggregates: dict[str, Any]
+    trainee: Trainee
+    dp: DpSgd | None
+    #: ``training(trainee, start)``: what the loop steps through, from checkpoint progress ``start``.
+    training: Callable[[Trainee, Progress], Training]
+    #: What the streaming path holds against its budget (None in memory).
+    ledger: BufferLedger | None = None
+
+
+def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, device: torch.device,
+               cancel: threading.Event) -> _Prepared:  # fmt: skip
+    """The whole dataset decrypted into memory: a seeded 20% of its rows held out, DP-SGD possible."""
+    data = load_dataset(spec, keys, store, limits)
     if cancel.is_set():
         raise TrainingCancelled("cancelled after the data was opened, before training")
     hyper = spec.hyperparameters
     rows = split_rows(data.rows, hyper.seed)
     stats = Standardization.of(data, rows[0])
-    trainee = build_trainee(spec.model.name, spec.model.params, hyper, data, stats, device)
+    shape = data_shape(data)
+    trainee = build_trainee(spec.model.name, spec.model.params, hyper, shape, stats, device)
     # A plan outside the privacy terms is refused before anything about the data (the suite's aggregates) leaves.
     dp: DpSgd | None = None
     if spec.privacy is not None:
@@ -75,43 +187,42 @@ def run_training(
         aggregates = validate(spec.expectation_suite, data.validation_frame())
     else:
         aggregates = {"suite": None, "success": True, "rows": data.rows}
-    progress.validation_done(aggregates)
 
-    checkpoints = Checkpoints(store, spec.checkpoints, spec.run_id, keys)
-    accountant_after = dp.plan.history_after if dp is not None else None
-    resumed = checkpoints.restore_latest(trainee.model, trainee.optimizer, hyper.epochs, accountant_after)
-    if resumed is None:
-        # A checkpoint refused half-way may have loaded part of its state: start from a clean build.
-        trainee = build_trainee(spec.model.name, spec.model.params, hyper, data, stats, device)
-    start = resumed[0] if resumed is not None else Progress(0, 0, {})
-    if dp is not None:
-        training = dp.training(trainee, data, rows[0], hyper.batch_size, device, start.accountant)
-    else:
-        training = plain_training(trainee, data, rows[0], hyper, device)
+    def training(trainee: Trainee, start: Progress) -> Training:
+        if dp is not None:
+            return dp.training(trainee, data, rows[0], hyper.batch_size, device, start.accountant)
+        return plain_training(trainee, data, rows[0], hyper, device)
 
-    def end_of_epoch(done: Progress) -> None:
-        # The plain model and optimizer: Opacus' wrappers share their parameters and state.
-        blob = checkpoints.save(trainee.model, trainee.optimizer, done)
-        progress.epoch_done(done.epoch, done.step, done.metrics, blob)
+    return _Prepared(shape, stats, data.feature_names, (data, rows[1]), aggregates, trainee, dp, training)
 
-    final = train(trainee, training, data, hyper, rows, start, device, cancel, end_of_epoch)
+
+def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
+              headers: tuple[SealedHeader, ...], device: torch.device, cancel: threading.Event) -> _Prepared:  # fmt: skip
+    """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path")."""
+    sizes = [header.content.plaintext_length for header in headers]
+    if spec.privacy is not None:
+        # Opacus' DP-SGD samples each batch from the whole dataset (Poisson sampling, every row with the same
+        # probability at every step): the accounting that bounds epsilon assumes it, and a shuffle window is not it.
+        raise StreamingRefused(
+            f"DP-SGD needs the dataset in memory (Poisson sampling over all of its rows at every step), and its "
+            f"{sum(sizes)} plaintext bytes exceed the TEE's {limits.cache_bytes}-byte in-memory cache; use a "
+            "dataset within the cache, or a TEE configured with a larger SECURETRAIN_DATA_CACHE_BYTES"
+        )
+    hyper = spec.hyperparameters
+    stream = ShardStream(spec, keys, store, limits, headers)
+    validation = StreamedValidation(spec.expectation_suite) if spec.expectation_suite is not None else None
+    dataset = stream.survey(hyper.seed, validation.add if validation is not None else None)
     if cancel.is_set():
-        raise TrainingCancelled(f"cancelled after epoch {final.epoch}, before the model was sealed")
-    spent = dp.spent() if dp is not None else None
-    progress.sealing_model()
-    description = {
-        "model": spec.model.name,
-        "params": spec.model.model_dump(mode="json")["params"],
-        "features": list(data.feature_names),
-        "feature_shape": list(trainee.shape.feature_shape),
-        "num_classes": trainee.shape.num_classes,
-        "label": data.label_name,
-        "epochs": final.epoch,
-        "steps": final.step,
-        "metrics": dict(final.metrics),
-    }
-    seal_model(store, spec.output, spec.run_id, keys, trainee.model, description, contract=spec.contract)
-    return TrainingResult(
-        model_blob=spec.output, metrics=dict(final.metrics), device=describe_device(device), epochs_completed=final.epoch,
-        steps_completed=final.step, privacy=spent,
-    )  # fmt: skip
+        raise TrainingCancelled("cancelled after the data was surveyed, before training")
+    if validation is not None:
+        aggregates = validation.finish()
+    else:
+        aggregates = {"suite": None, "success": True, "rows": dataset.rows}
+    trainee = build_trainee(spec.model.name, spec.model.params, hyper, dataset.shape, dataset.stats, device)
+    held_out = (dataset.held_out, torch.arange(dataset.held_out.rows))
+
+    def training(trainee: Trainee, start: Progress) -> Training:
+        return stream.training(trainee, dataset, hyper.seed, hyper.batch_size)
+
+    return _Prepared(dataset.shape, dataset.stats, dataset.feature_names, held_out, aggregates, trainee, None, training,
+                     stream.ledger)  # fmt: skip

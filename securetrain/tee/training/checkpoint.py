@@ -1,4 +1,4 @@
-"""Sealed checkpoints after every epoch, resume from the newest one that verifies, and the sealed model.
+"""Sealed checkpoints after every epoch (and, when streaming, within one), resume from the newest one that verifies, and the sealed model.
 
 A checkpoint is one safetensors file (no pickle, no ``torch.load``) sealed for the KEK's public key under
 ``{run_id, kind: "checkpoint", epoch, mac}``; the final model is sealed under ``{run_id, kind: "model"}``.
@@ -50,16 +50,20 @@ class CheckpointInvalid(SecurityViolation):
 @dataclass(frozen=True)
 class Progress:
     """Where training stands after an epoch: epochs completed, optimizer steps taken, that epoch's metrics,
-    and for DP-SGD the accountant's history (empty without differential privacy)."""
+    and for DP-SGD the accountant's history (empty without differential privacy). Within an epoch (``windows`` >
+    0) ``metrics`` holds the epoch's ``train_loss_sum`` so far."""
 
     epoch: int
     step: int
     metrics: Mapping[str, float]
     accountant: AccountantHistory = ()
+    #: Windows of epoch ``epoch + 1`` done (a mid-epoch checkpoint of a streamed dataset); 0 at an epoch's end.
+    windows: int = 0
 
 
-def checkpoint_blob(location: CheckpointLocation, epoch: int) -> str:
-    return f"{location.prefix}epoch-{epoch:04d}.safetensors.sealed"
+def checkpoint_blob(location: CheckpointLocation, epoch: int, windows: int = 0) -> str:
+    within = f"-window-{windows:06d}" if windows else ""
+    return f"{location.prefix}epoch-{epoch:04d}{within}.safetensors.sealed"
 
 
 def kek_derived_key(kek: KekPrivateKey, info: bytes) -> bytes:
@@ -70,8 +74,11 @@ def kek_derived_key(kek: KekPrivateKey, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret)
 
 
-def _mac(kek: KekPrivateKey, run_id: str, epoch: int, payload: bytes) -> str:
-    message = rfc8785.dumps({"run_id": run_id, "epoch": epoch, "sha256": hashlib.sha256(payload).hexdigest()})
+def _mac(kek: KekPrivateKey, run_id: str, epoch: int, payload: bytes, windows: int = 0) -> str:
+    fields: dict[str, Any] = {"run_id": run_id, "epoch": epoch, "sha256": hashlib.sha256(payload).hexdigest()}
+    if windows:  # an end-of-epoch checkpoint's MAC is what it was before mid-epoch checkpoints existed
+        fields["windows"] = windows
+    message = rfc8785.dumps(fields)
     return hmac.new(kek_derived_key(kek, _MAC_INFO), message, hashlib.sha256).hexdigest()
 
 
@@ -126,6 +133,8 @@ def encode_checkpoint(
     }
     if progress.accountant:
         metadata["accountant"] = json.dumps([list(phase) for phase in progress.accountant])
+    if progress.windows:
+        metadata["windows"] = str(progress.windows)
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
@@ -138,7 +147,7 @@ def _accountant_history(metadata: Mapping[str, str]) -> AccountantHistory:
 
 def restore_checkpoint(
     payload: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_id: str, epoch: int,
-    accountant_after: Callable[[int], AccountantHistory] | None = None,
+    accountant_after: Callable[[int], AccountantHistory] | None = None, windows: int = 0,
 ) -> Progress:  # fmt: skip
     """Load a checkpoint's state into ``model``, ``optimizer`` and the RNGs; :class:`CheckpointInvalid` if unusable.
 
@@ -149,10 +158,13 @@ def restore_checkpoint(
     metadata = safetensors_metadata(payload)
     if metadata.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointInvalid(f"format is {metadata.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
-    if metadata.get("run_id") != run_id or metadata.get("epoch") != str(epoch):
+    if metadata.get("run_id") != run_id or metadata.get("epoch") != str(epoch) or metadata.get("windows", "0") != str(windows):
+        def position(at: object, within: object) -> str:
+            return f"epoch {at}" + (f" + {within} windows" if within not in (0, "0") else "")
+
         raise CheckpointInvalid(
-            f"it is epoch {metadata.get('epoch')} of run {metadata.get('run_id')!r}, "
-            f"expected epoch {epoch} of {run_id!r}"
+            f"it is {position(metadata.get('epoch'), metadata.get('windows', '0'))} of run {metadata.get('run_id')!r}, "
+            f"expected {position(epoch, windows)} of {run_id!r}"
         )
     try:
         tensors = safetensors.torch.load(payload)
@@ -200,7 +212,7 @@ def restore_checkpoint(
         torch.cuda.set_rng_state_all(cuda_states)
     elif any(name.startswith("rng.cuda.") for name in tensors):
         log.warning("the checkpoint has CUDA RNG state for other devices; the resumed run is not bit-exact")
-    return Progress(epoch, step, metrics, accountant)
+    return Progress(epoch, step, metrics, accountant, windows)
 
 
 def _sealed(payload: bytes, keys: JobKeys, context: Mapping[str, str]) -> io.BytesIO:
@@ -213,7 +225,7 @@ def _sealed(payload: bytes, keys: JobKeys, context: Mapping[str, str]) -> io.Byt
 class Checkpoints:
     """The sealed checkpoints of one run under its checkpoint location."""
 
-    _NAME = re.compile(r"epoch-(\d{4,})\.safetensors\.sealed")
+    _NAME = re.compile(r"epoch-(\d{4,})(?:-window-(\d{6,}))?\.safetensors\.sealed")
 
     def __init__(self, store: BlobStore, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
         self._store = store
@@ -222,63 +234,71 @@ class Checkpoints:
         self._keys = keys
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> str:
-        """Seal and upload the checkpoint of ``progress.epoch``; return its blob name."""
+        """Seal and upload the checkpoint of ``progress`` (an epoch's end, or windows within the next); return its
+        blob name."""
         payload = encode_checkpoint(model, optimizer, progress, self._run_id)
         context = {
             "run_id": self._run_id,
             "kind": "checkpoint",
             "epoch": str(progress.epoch),
-            "mac": _mac(self._keys.kek_private, self._run_id, progress.epoch, payload),
+            **({"windows": str(progress.windows)} if progress.windows else {}),
+            "mac": _mac(self._keys.kek_private, self._run_id, progress.epoch, payload, progress.windows),
         }
-        blob = checkpoint_blob(self._location, progress.epoch)
+        blob = checkpoint_blob(self._location, progress.epoch, progress.windows)
         sealed = _sealed(payload, self._keys, context)
         # A resumed run may redo an epoch whose checkpoint did not verify: replacing it is intended.
         self._store.upload_stream(
             self._location.container, blob, sealed, length=len(sealed.getbuffer()), overwrite=True
         )
-        log.info("sealed checkpoint of epoch %d (step %d) to %s/%s", progress.epoch, progress.step,
+        log.info("sealed checkpoint of epoch %d%s (step %d) to %s/%s", progress.epoch,
+                 f" + {progress.windows} windows" if progress.windows else "", progress.step,
                  self._location.container, blob)  # fmt: skip
         return blob
 
-    def _epochs(self, max_epoch: int) -> list[tuple[int, str]]:
+    def _epochs(self, max_epoch: int, mid_epoch: bool) -> list[tuple[int, int, str]]:
+        """(epoch, windows, blob) of each checkpoint (mid-epoch ones only if ``mid_epoch``), newest first."""
         found = []
         for info in self._store.list_blobs(self._location.container, self._location.prefix):
             match = self._NAME.fullmatch(info.name[len(self._location.prefix) :])
             if match is None:
                 continue
-            epoch = int(match.group(1))
-            if 1 <= epoch <= max_epoch:
-                found.append((epoch, info.name))
+            epoch, windows = int(match.group(1)), int(match.group(2) or 0)
+            if windows and not mid_epoch:
+                continue
+            if (1 <= epoch <= max_epoch) if windows == 0 else (0 <= epoch < max_epoch):
+                found.append((epoch, windows, info.name))
             else:
                 log.warning("ignoring checkpoint %s: epoch %d is outside this job's 1..%d", info.name, epoch, max_epoch)
         return sorted(found, reverse=True)
 
-    def _open(self, blob: str, epoch: int) -> bytes:
-        expected = {"run_id": self._run_id, "kind": "checkpoint", "epoch": str(epoch)}
+    def _open(self, blob: str, epoch: int, windows: int) -> bytes:
+        expected = {"run_id": self._run_id, "kind": "checkpoint", "epoch": str(epoch),
+                    **({"windows": str(windows)} if windows else {})}  # fmt: skip
         with self._store.open_read(self._location.container, blob) as src:
             reader = SealedReader(src, self._keys.kek_private, expected_context=expected)
             payload = b"".join(bytes(segment) for segment in reader.segments())
         mac = reader.header.content.context.get("mac", "")
-        if not hmac.compare_digest(mac, _mac(self._keys.kek_private, self._run_id, epoch, payload)):
+        if not hmac.compare_digest(mac, _mac(self._keys.kek_private, self._run_id, epoch, payload, windows)):
             raise CheckpointInvalid("its MAC does not verify: it was not written by a TEE holding this run's KEK")
         return payload
 
     def restore_latest(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, max_epoch: int,
-        accountant_after: Callable[[int], AccountantHistory] | None = None,
+        accountant_after: Callable[[int], AccountantHistory] | None = None, mid_epoch: bool = False,
     ) -> tuple[Progress, str] | None:  # fmt: skip
         """Load the newest checkpoint that opens and verifies; None if there is none.
 
-        ``accountant_after`` is as for :func:`restore_checkpoint`.
+        ``accountant_after`` is as for :func:`restore_checkpoint`. ``mid_epoch``: whether checkpoints within an
+        epoch count (a streamed dataset's; training in memory cannot start in the middle of an epoch).
 
         A checkpoint that fails (seal, MAC, content) is skipped with a warning and the next older one
         tried. Storage failures are raised: starting over because storage did not answer would discard
         the run's progress and overwrite its checkpoints.
         """
-        for epoch, blob in self._epochs(max_epoch):
+        for epoch, windows, blob in self._epochs(max_epoch, mid_epoch):
             try:
-                payload = self._open(blob, epoch)
-                progress = restore_checkpoint(payload, model, optimizer, self._run_id, epoch, accountant_after)
+                payload = self._open(blob, epoch, windows)
+                progress = restore_checkpoint(payload, model, optimizer, self._run_id, epoch, accountant_after, windows)
             except StorageError:
                 raise
             except SecuretrainError as exc:

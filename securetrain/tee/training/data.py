@@ -18,11 +18,11 @@ import io
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import islice
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -31,9 +31,9 @@ import pyarrow.parquet as pq
 import safetensors.torch
 import torch
 
-from securetrain.core.errors import ConfigurationError
-from securetrain.core.sealed import KekPrivateKey, SealedReader
-from securetrain.core.sealed.errors import SealedFileError
+from securetrain.core.errors import ConfigurationError, SecurityViolation
+from securetrain.core.sealed import KekPrivateKey, SealedHeader, SealedReader
+from securetrain.core.sealed.errors import MalformedHeader, SealedFileError
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
 
@@ -46,6 +46,10 @@ log = logging.getLogger(__name__)
 
 GiB = 1 << 30
 SHARDS_IN_FLIGHT = 2
+#: What is fetched of each shard to read its header when choosing the data path; sealed headers are a few KiB.
+HEADER_PREFIX_BYTES = 64 * 1024
+S = TypeVar("S")
+T = TypeVar("T")
 
 
 class DatasetContentError(ConfigurationError):
@@ -56,16 +60,38 @@ class ShardTooLarge(DatasetContentError):
     """A Parquet or safetensors shard is larger than the trainer may buffer in memory."""
 
 
+class ShardChanged(SecurityViolation):
+    """A shard read again in the same run is another sealed file than the one read first."""
+
+
 def _default_buffered_shard_bytes() -> int:
     physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return min(4 * GiB, physical // (4 * SHARDS_IN_FLIGHT))
 
 
+def _default_data_path_bytes() -> int:
+    physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return min(16 * GiB, physical // 8)
+
+
 @dataclass(frozen=True)
 class DataLimits:
-    """Memory bounds of the data path (see the module documentation for why these values)."""
+    """Memory bounds of the data path: the TEE's own configuration (:class:`~securetrain.tee.settings.DataPathSettings`),
+    never the job's. Why these values, and the arithmetic of the streaming path, are in docs/trainer.md
+    ("The data path")."""
 
     max_buffered_shard_bytes: int = _default_buffered_shard_bytes()
+    #: A dataset whose plaintext (from the shards' authenticated headers) is at most this many bytes is read
+    #: into memory whole; a larger one is streamed.
+    cache_bytes: int = _default_data_path_bytes()
+    #: What the streaming path may hold at once: shards in flight, the shuffle window, the held-out sample.
+    stream_budget_bytes: int = _default_data_path_bytes()
+    #: Shards downloaded, authenticated and decoded ahead of the one being trained on.
+    shards_in_flight: int = SHARDS_IN_FLIGHT
+    #: Consecutive shards (of an epoch's shard order) whose training rows are shuffled together.
+    window_shards: int = 4
+    #: A mid-epoch checkpoint after every this many windows when streaming (0: only at the ends of epochs).
+    checkpoint_windows: int = 8
 
 
 @dataclass(frozen=True)
@@ -102,14 +128,14 @@ class TrainingData:
 
 
 @dataclass(frozen=True)
-class _ShardArrays:
+class ShardArrays:
     features: np.ndarray
     labels: np.ndarray
     feature_names: tuple[str, ...]
     feature_columns: tuple[str, ...]
 
 
-def _where(shard: DatasetShard) -> str:
+def describe_shard(shard: DatasetShard) -> str:
     return f"shard {shard.container}/{shard.blob}"
 
 
@@ -139,7 +165,7 @@ def _tabular_columns(schema: pa.Schema, columns: Columns, where: str) -> tuple[s
     return features
 
 
-def _tabular_arrays(data: pa.Table | pa.RecordBatch, features: Sequence[str], label: str, where: str) -> _ShardArrays:
+def _tabular_arrays(data: pa.Table | pa.RecordBatch, features: Sequence[str], label: str, where: str) -> ShardArrays:
     """The feature columns as one float32 [rows, features] array and the label as int64."""
     matrix = np.empty((data.num_rows, len(features)), dtype=np.float32)
     for j, name in enumerate(features):
@@ -155,7 +181,7 @@ def _tabular_arrays(data: pa.Table | pa.RecordBatch, features: Sequence[str], la
         raise DatasetContentError(f"{where}: label column {label!r} has {labels.null_count} missing values")
     # A copy: Arrow's own buffers are read-only, and the tensors must own their memory.
     labels_array = labels.to_numpy(zero_copy_only=False).astype(np.int64)
-    return _ShardArrays(matrix, labels_array, tuple(features), tuple(features))
+    return ShardArrays(matrix, labels_array, tuple(features), tuple(features))
 
 
 def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
@@ -167,12 +193,12 @@ def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
         view[filled : filled + len(segment)] = segment
         filled += len(segment)
     if filled != len(buffer):  # the layout from the authenticated header makes this impossible; fail closed
-        raise DatasetContentError(f"{_where(shard)}: {filled} plaintext bytes, the header says {len(buffer)}")
+        raise DatasetContentError(f"{describe_shard(shard)}: {filled} plaintext bytes, the header says {len(buffer)}")
     return buffer
 
 
-def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -> _ShardArrays:
-    where = _where(shard)
+def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+    where = describe_shard(shard)
     buffer = _buffered_plaintext(reader, shard)
     try:
         file = pq.ParquetFile(pa.BufferReader(buffer))
@@ -183,8 +209,8 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -
     return _tabular_arrays(table, features, columns.label, where)
 
 
-def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Columns) -> _ShardArrays:
-    where = _where(shard)
+def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+    where = describe_shard(shard)
     # pyarrow takes a short read for the end of the file; the buffered reader reads until it has all
     # the bytes asked for (the sealed reader returns at most the rest of one segment per read).
     stream = io.BufferedReader(reader, buffer_size=reader.header.content.segment_size)
@@ -197,14 +223,14 @@ def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Colum
     if stream.read(1):  # the Arrow end-of-stream marker came before the sealed plaintext's end
         raise DatasetContentError(f"{where}: bytes follow the Arrow stream's end-of-stream marker")
     if not parts:
-        return _ShardArrays(np.empty((0, len(features)), np.float32), np.empty(0, np.int64), features, features)
-    return _ShardArrays(
+        return ShardArrays(np.empty((0, len(features)), np.float32), np.empty(0, np.int64), features, features)
+    return ShardArrays(
         np.concatenate([p.features for p in parts]), np.concatenate([p.labels for p in parts]), features, features
     )
 
 
-def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Columns) -> _ShardArrays:
-    where = _where(shard)
+def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+    where = describe_shard(shard)
     try:
         tensors = safetensors.torch.load(bytes(_buffered_plaintext(reader, shard)))
     except safetensors.SafetensorError as exc:
@@ -239,7 +265,7 @@ def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Column
         features = tensors[names[0]].to(torch.float32).numpy()
     else:
         features = torch.cat([tensors[name].reshape(rows, -1).to(torch.float32) for name in names], dim=1).numpy()
-    return _ShardArrays(features, labels.to(torch.int64).numpy(), tuple(names), tuple(flat_columns))
+    return ShardArrays(features, labels.to(torch.int64).numpy(), tuple(names), tuple(flat_columns))
 
 
 _READERS = {"parquet": _read_parquet, "arrow": _read_arrow_stream, "safetensors": _read_safetensors}
@@ -247,15 +273,26 @@ _BUFFERED = {"parquet", "safetensors"}
 
 
 def read_shard(
-    src: BinaryIO, kek: KekPrivateKey, shard: DatasetShard, columns: Columns, limits: DataLimits
-) -> _ShardArrays:
-    """Open one sealed shard from ``src`` and decode it; seal failures name the shard and the segment."""
+    src: BinaryIO, kek: KekPrivateKey, shard: DatasetShard, columns: Columns, limits: DataLimits,
+    expected_header: SealedHeader | None = None,
+) -> ShardArrays:
+    """Open one sealed shard from ``src`` and decode it; seal failures name the shard and the segment.
+
+    ``expected_header``: the header this run read for the shard before; another one (storage serving another
+    file sealed for the same key and context) is refused with :class:`ShardChanged`, so that every read of a
+    shard in a run is of the one file whose header the agent witnesses.
+    """
     try:
         reader = SealedReader(src, kek, expected_context=shard.context)
+        if expected_header is not None and reader.header.to_bytes() != expected_header.to_bytes():
+            raise ShardChanged(
+                f"{describe_shard(shard)} is not the sealed file this run read before (its header differs): storage "
+                "served another file under its name"
+            )
         length = reader.header.content.plaintext_length
         if shard.format in _BUFFERED and length > limits.max_buffered_shard_bytes:
             raise ShardTooLarge(
-                f"{_where(shard)} holds {length} bytes of {shard.format}, more than the "
+                f"{describe_shard(shard)} holds {length} bytes of {shard.format}, more than the "
                 f"{limits.max_buffered_shard_bytes} bytes a {shard.format} shard may hold in the trainer's memory; "
                 "split it into smaller shards, or seal it as an Arrow IPC stream (format 'arrow'), which is read "
                 "batch by batch"
@@ -264,39 +301,34 @@ def read_shard(
     except SealedFileError as exc:
         # Keep the exception's class (the job error code and exit code depend on it) and its segment
         # attributes; only say which shard it was.
-        exc.args = (f"{_where(shard)}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+        exc.args = (f"{describe_shard(shard)}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
         raise
 
 
-def _check_same_layout(first: _ShardArrays, other: _ShardArrays, shard: DatasetShard) -> None:
+def check_same_layout(first: ShardArrays, other: ShardArrays, shard: DatasetShard) -> None:
     if other.feature_names != first.feature_names or other.features.shape[1:] != first.features.shape[1:]:
         raise DatasetContentError(
-            f"{_where(shard)} has features {list(other.feature_names)} of shape {list(other.features.shape[1:])}, "
+            f"{describe_shard(shard)} has features {list(other.feature_names)} of shape {list(other.features.shape[1:])}, "
             f"the first shard {list(first.feature_names)} of shape {list(first.features.shape[1:])}; every shard "
             "must have the same features"
         )
 
 
-def _read_in_order(
-    spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits
-) -> Iterator[tuple[DatasetShard, _ShardArrays]]:
-    """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once.
+def read_ahead(items: Iterable[S], read: Callable[[S], T], in_flight: int) -> Iterator[tuple[S, T]]:
+    """``(item, read(item))`` for each of ``items`` (shards, or their indices), in order, with up to ``in_flight``
+    reads running at once.
 
-    The first failure, in shard order, is raised; shards not yet started are then not read at all.
+    The first failure, in order, is raised; items not yet started are then not read at all. Closing the
+    iterator waits for the reads under way and starts no more.
     """
-
-    def read(shard: DatasetShard) -> _ShardArrays:
-        with store.open_read(shard.container, shard.blob) as src:
-            return read_shard(src, keys.for_shard(shard), shard, spec.columns, limits)
-
-    shards = iter(spec.datasets)
-    pool = ThreadPoolExecutor(max_workers=SHARDS_IN_FLIGHT, thread_name_prefix="shard-reader")
+    remaining = iter(items)
+    pool = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="shard-reader")
     try:
-        pending = deque((shard, pool.submit(read, shard)) for shard in islice(shards, SHARDS_IN_FLIGHT))
+        pending = deque((shard, pool.submit(read, shard)) for shard in islice(remaining, in_flight))
         while pending:
             shard, future = pending.popleft()
             part = future.result()
-            following = next(shards, None)
+            following = next(remaining, None)
             if following is not None:
                 pending.append((following, pool.submit(read, following)))
             yield shard, part
@@ -304,14 +336,50 @@ def _read_in_order(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _read_in_order(
+    spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits
+) -> Iterator[tuple[DatasetShard, ShardArrays]]:
+    """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once."""
+
+    def read(shard: DatasetShard) -> ShardArrays:
+        with store.open_read(shard.container, shard.blob) as src:
+            return read_shard(src, keys.for_shard(shard), shard, spec.columns, limits)
+
+    return read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT)
+
+
+def shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[SealedHeader, ...]:
+    """Each shard's authenticated header (its tag checked with the unwrapped data key, its context with the
+    manifest's), before any of its plaintext is read: their plaintext lengths decide between the in-memory
+    and the streaming path."""
+
+    def header(shard: DatasetShard, length: int | None) -> SealedHeader:
+        with store.open_read(shard.container, shard.blob, length=length) as src:
+            return SealedReader(src, keys.for_shard(shard), expected_context=shard.context).header
+
+    def read(shard: DatasetShard) -> SealedHeader:
+        try:
+            try:
+                return header(shard, HEADER_PREFIX_BYTES)
+            except MalformedHeader:
+                # A header longer than the prefix (a large context), or a malformed one: read from the whole blob,
+                # which raises again if the header itself is at fault.
+                return header(shard, None)
+        except SealedFileError as exc:
+            exc.args = (f"{describe_shard(shard)}: {exc.args[0] if exc.args else exc}", *exc.args[1:])
+            raise
+
+    return tuple(header for _, header in read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT))
+
+
 def load_dataset(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits) -> TrainingData:
     """Read, authenticate and decode every shard of ``spec``, each with its owner's KEK; returns only when all
     of them opened."""
-    parts: list[_ShardArrays] = []
+    parts: list[ShardArrays] = []
     for shard, part in _read_in_order(spec, keys, store, limits):
         if parts:
-            _check_same_layout(parts[0], part, shard)
-        log.info("opened %s: %d rows", _where(shard), part.labels.shape[0])
+            check_same_layout(parts[0], part, shard)
+        log.info("opened %s: %d rows", describe_shard(shard), part.labels.shape[0])
         parts.append(part)
     features = torch.from_numpy(np.concatenate([p.features for p in parts]) if len(parts) > 1 else parts[0].features)
     labels = torch.from_numpy(np.concatenate([p.labels for p in parts]) if len(parts) > 1 else parts[0].labels)

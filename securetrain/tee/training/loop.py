@@ -115,21 +115,39 @@ class Trainee:
     shape: DataShape
 
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
 @dataclass(frozen=True)
 class Training:
-    """What the loop steps through: the plain model and optimizer, or Opacus' DP-SGD wrappers around them."""
+    """What the loop steps through: the plain model and optimizer, or Opacus' DP-SGD wrappers around them.
+
+    An epoch is a sequence of *windows*, each a sequence of batches; a window's end is a point where a
+    checkpoint can cut the epoch and a resumed run continue it exactly. In memory an epoch is one window.
+    """
 
     #: The forward pass during training: the model, or Opacus' per-sample-gradient module around it.
     module: nn.Module
     #: The optimizer step: the model's optimizer, or Opacus' clipping and noising optimizer around it.
     optimizer: torch.optim.Optimizer
     #: ``batches(epoch)``: the (features, labels) batches of that epoch, on the CPU.
-    batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    batches: Callable[[int], Iterable[Batch]]
+    #: The training rows of an epoch (what ``train_loss`` is averaged over).
+    rows: int
     #: Whether each epoch's metrics carry ``train_loss``. Not under DP-SGD: it is an exact, noiseless
     #: aggregate of the very rows the privacy guarantee protects.
     report_train_loss: bool = True
     #: The DP-SGD accountant's history so far, which each epoch's checkpoint carries (empty without DP-SGD).
     accountant: Callable[[], AccountantHistory] = tuple
+    #: ``windows(epoch, first)``: (index, batches) of each window of ``epoch`` from window ``first`` on, and how
+    #: many windows an epoch has; None: an epoch is the one window ``batches(epoch)``.
+    windows: Callable[[int, int], Iterator[tuple[int, Iterable[Batch]]]] | None = None
+    window_count: int = 1
+
+    def epoch(self, epoch: int, first_window: int) -> Iterator[tuple[int, Iterable[Batch]]]:
+        if self.windows is not None:
+            return self.windows(epoch, first_window)
+        return iter([(0, self.batches(epoch))])
 
 
 def plain_training(trainee: Trainee, data: TrainingData, train_rows: torch.Tensor, hyper: Hyperparameters,
@@ -145,7 +163,7 @@ def plain_training(trainee: Trainee, data: TrainingData, train_rows: torch.Tenso
             pin_memory=device.type == "cuda",
         )
 
-    return Training(trainee.model, trainee.optimizer, batches)
+    return Training(trainee.model, trainee.optimizer, batches, len(train_rows))
 
 
 @dataclass(frozen=True)
@@ -161,12 +179,16 @@ class Standardization:
         return cls(train_features.mean(dim=0), train_features.std(dim=0, correction=0))
 
 
+def data_shape(data: TrainingData) -> DataShape:
+    """The shape of the in-memory dataset's rows and the number of classes its labels imply."""
+    return DataShape(data.feature_shape, int(data.labels.max()) + 1)
+
+
 def build_trainee(
-    name: str, params: Mapping[str, Any], hyper: Hyperparameters, data: TrainingData, stats: Standardization,
+    name: str, params: Mapping[str, Any], hyper: Hyperparameters, shape: DataShape, stats: Standardization,
     device: torch.device,
 ) -> Trainee:  # fmt: skip
-    """Seed, build the model for ``data`` with standardization ``stats``, make its optimizer."""
-    shape = DataShape(data.feature_shape, int(data.labels.max()) + 1)
+    """Seed, build the model for rows of ``shape`` with standardization ``stats``, make its optimizer."""
     torch.manual_seed(hyper.seed)
     model = build_model(name, params, shape)
     model.standardize.fit(stats.mean, stats.std)
@@ -193,41 +215,51 @@ def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: t
 def train(
     trainee: Trainee,
     training: Training,
-    data: TrainingData,
+    held_out: tuple[TrainingData, torch.Tensor],
     hyper: Hyperparameters,
-    rows: tuple[torch.Tensor, torch.Tensor],
     start: Progress,
     device: torch.device,
     cancel: threading.Event,
     end_of_epoch: Callable[[Progress], None],
+    end_of_windows: Callable[[Progress], None] | None = None,
+    every_windows: int = 0,
 ) -> Progress:
     """Train ``trainee`` through ``training`` from ``start`` to ``hyper.epochs`` epochs; ``end_of_epoch(progress)``
-    runs after each.
+    runs after each, and ``end_of_windows(progress)`` after every ``every_windows`` windows of an epoch (not its
+    last). ``held_out`` is the data and the rows of it evaluated after each epoch.
 
     Raises:
         TrainingCancelled: ``cancel`` was set; training stopped before its next step.
     """
     module, optimizer = training.module, training.optimizer
-    train_rows, held_out_rows = rows
+    evaluation_data, held_out_rows = held_out
     progress = start
     for epoch in range(start.epoch + 1, hyper.epochs + 1):
         module.train()
         # Summed on the device: reading the loss back every step would stall a GPU.
         loss_sum, step = torch.zeros((), device=device), progress.step
-        for x, y in training.batches(epoch):
-            if cancel.is_set():
-                raise TrainingCancelled(f"cancelled during epoch {epoch} at step {step}; the last checkpoint is intact")
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = nn.functional.cross_entropy(module(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if training.report_train_loss:
-                loss_sum += loss.detach() * len(y)
-            step += 1
-        metrics = evaluate(trainee.model, data, held_out_rows, device)
+        first_window = progress.windows
+        if first_window:  # resumed within the epoch: the loss of its windows so far
+            loss_sum += progress.metrics.get("train_loss_sum", 0.0)
+        for window, batches in training.epoch(epoch, first_window):
+            for x, y in batches:
+                if cancel.is_set():
+                    raise TrainingCancelled(f"cancelled during epoch {epoch} at step {step}; the last checkpoint is intact")
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                loss = nn.functional.cross_entropy(module(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                if training.report_train_loss:
+                    loss_sum += loss.detach() * len(y)
+                step += 1
+            done = window + 1
+            if end_of_windows is not None and every_windows and done % every_windows == 0 and done < training.window_count:
+                partial = {"train_loss_sum": float(loss_sum)} if training.report_train_loss else {}
+                end_of_windows(Progress(epoch - 1, step, partial, training.accountant(), windows=done))
+        metrics = evaluate(trainee.model, evaluation_data, held_out_rows, device)
         if training.report_train_loss:
-            metrics = {"train_loss": float(loss_sum) / len(train_rows), **metrics}
+            metrics = {"train_loss": float(loss_sum) / training.rows, **metrics}
         progress = Progress(epoch, step, metrics, training.accountant())
         log.info("epoch %d/%d done at step %d: %s", epoch, hyper.epochs, step,
                  ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))  # fmt: skip

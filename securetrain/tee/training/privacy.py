@@ -211,7 +211,7 @@ class DpSgd:
             noise.manual_seed(self._epoch_seed("noise", epoch))
             return private_loader
 
-        return Training(module, optimizer, batches, report_train_loss=False, accountant=self.history)
+        return Training(module, optimizer, batches, len(train_rows), report_train_loss=False, accountant=self.history)
 
     def history(self) -> AccountantHistory:
         """The accountant's history so far: (noise multiplier, sample rate, steps) per phase."""

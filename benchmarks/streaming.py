@@ -1,0 +1,235 @@
+"""Streaming training through the TEE path beside plain PyTorch streaming the same shards unsealed.
+
+The data: ``--size-mib`` MiB of generated tabular data (benchmarks.trainer's rows: 64 float32 features and a
+label) as ``--shards`` Parquet shards, at least 4x the data path's ``--budget-mib``. Each side runs in a process
+of its own, so that peak RSS is its own, and both read from the same Azurite with the same prefetching
+(``--in-flight`` shards downloaded and decoded in threads ahead of training), the same shuffle window
+(``--window`` shards), the same model, seed, batch size and epochs:
+
+- ``plain``: plain PyTorch over the plaintext Parquet shards: one pass for the standardization statistics and
+  the held-out sample, then per epoch the shards in a seeded order, window by window, rows shuffled within a
+  window. What streaming without securetrain would do;
+- ``secure``: ``run_training`` on the same shards sealed, with ``DataLimits`` that stream (the in-memory cache
+  below the dataset, the stream's budget ``--budget-mib``): download, authenticate and decrypt each shard
+  every epoch, validate nothing (the plain side has no suite), seal a checkpoint after each epoch and the model.
+
+Figures: wall seconds and peak RSS of both, ``secure_plain_ratio`` (goal <= 1.05), the secure side's peak RSS
+above its RSS before the first shard (the data path's growth) against the budget + the model's size (goal:
+within). The last line is one JSON object.
+
+Usage: ``python -m benchmarks.streaming [--size-mib 1024] [--budget-mib 256] [--shards 64] [--epochs 1]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from benchmarks.trainer import (
+    BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED, _Quiet,
+    azurite_store, job_spec, peak_rss_mib, shard_parquet,
+)  # fmt: skip
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
+from securetrain.localstack import StackConfig, down, up
+from securetrain.localstack.ports import free_ports
+from securetrain.localstack.services.azurite import AZURITE
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096 / MIB
+
+
+def run_plain(stack_env: Path, shards: int, epochs: int, window: int, in_flight: int, budget: int) -> dict[str, Any]:
+    """Plain PyTorch streaming the plaintext Parquet shards from Azurite."""
+    import torch  # noqa: PLC0415 - only the child processes train
+
+    from securetrain.tee.training.data import read_ahead  # noqa: PLC0415 - the same thread pool read-ahead
+    from securetrain.tee.training.models import DataShape, build_model  # noqa: PLC0415
+    from securetrain.tee.training.stream import HELD_OUT_SHARE, shard_order, shard_split  # noqa: PLC0415
+
+    torch.use_deterministic_algorithms(True)
+    baseline = current_rss_mib()
+    start = time.perf_counter()
+    with azurite_store(stack_env) as store:
+
+        def read(index: int) -> tuple[np.ndarray, np.ndarray]:
+            data = b"".join(store.download_chunks(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet"))
+            table = pq.read_table(pa.BufferReader(data))
+            features = np.stack([column.to_numpy() for column in table.drop(["label"]).columns], axis=1)
+            return features.astype(np.float32), table.column("label").to_numpy().astype(np.int64)
+
+        quota = max(1, budget // HELD_OUT_SHARE // ROW_BYTES // shards)
+        total, sums, squares, held_x, held_y = 0, np.zeros(FEATURES), np.zeros(FEATURES), [], []
+        for index, (x, y) in read_ahead(range(shards), read, in_flight):
+            training, held = shard_split(len(y), SEED, index)
+            rows = x[training.numpy()].astype(np.float64)
+            total, sums, squares = total + len(rows), sums + rows.sum(0), squares + (rows**2).sum(0)
+            held_x.append(x[held[:quota].numpy()])
+            held_y.append(y[held[:quota].numpy()])
+        mean = sums / total
+        std = np.sqrt(np.maximum(squares / total - mean**2, 0))
+        val_x, val_y = torch.from_numpy(np.concatenate(held_x)), torch.from_numpy(np.concatenate(held_y))
+        torch.manual_seed(SEED)
+        model = build_model(MODEL["name"], MODEL["params"], DataShape((FEATURES,), 2))
+        model.standardize.fit(torch.from_numpy(mean).float(), torch.from_numpy(std).float())
+        optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+        for epoch in range(1, epochs + 1):
+            model.train()
+            order = shard_order(shards, SEED, epoch)
+            reading = read_ahead(order, read, in_flight)
+            for first in range(0, shards, window):
+                parts = []
+                for _ in order[first : first + window]:
+                    index, (x, y) = next(reading)
+                    training = shard_split(len(y), SEED, index)[0].numpy()
+                    parts.append((x[training], y[training]))
+                features = torch.from_numpy(np.concatenate([p[0] for p in parts]))
+                labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
+                del parts
+                for batch in torch.randperm(len(labels)).split(BATCH_SIZE):
+                    loss = torch.nn.functional.cross_entropy(model(features[batch]), labels[batch])
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                del features, labels
+            model.eval()
+            with torch.no_grad():
+                correct = sum(int((model(val_x[b]).argmax(1) == val_y[b]).sum())
+                              for b in torch.arange(len(val_y)).split(4096))  # fmt: skip
+            accuracy = correct / len(val_y)
+    return {"seconds": time.perf_counter() - start, "val_accuracy": accuracy, "peak_rss_mib": peak_rss_mib(),
+            "baseline_rss_mib": baseline}  # fmt: skip
+
+
+def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: int, in_flight: int,
+               budget: int) -> dict[str, Any]:  # fmt: skip
+    """``run_training`` streaming the sealed shards; the KEK's private key arrives on stdin."""
+    from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
+    from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec  # noqa: PLC0415
+    from securetrain.tee.training import DataLimits, run_training  # noqa: PLC0415
+
+    keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
+    spec = TrainingSpec.for_job(JobSpec.from_json(spec_json), [
+        DatasetShard(container="datasets", blob=f"bench/part-{i}.sealed", format="parquet", context=CONTEXT)
+        for i in range(shards)
+    ])  # fmt: skip
+    limits = DataLimits(cache_bytes=budget, stream_budget_bytes=budget, shards_in_flight=in_flight,
+                        window_shards=window, checkpoint_windows=0)  # fmt: skip
+    baseline = current_rss_mib()
+    with azurite_store(stack_env) as store:
+        start = time.perf_counter()
+        result = run_training(spec, keys, store, _Quiet(), threading.Event(), limits=limits)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "val_accuracy": result.metrics["val_accuracy"], "peak_rss_mib": peak_rss_mib(),
+            "baseline_rss_mib": baseline}  # fmt: skip
+
+
+def model_mib() -> float:
+    from securetrain.tee.training.models import DataShape, build_model  # noqa: PLC0415
+
+    model = build_model(MODEL["name"], MODEL["params"], DataShape((FEATURES,), 2))
+    # Weights, Adam's two moments and the gradients: four copies of the parameters.
+    return 4 * sum(p.numel() * p.element_size() for p in model.parameters()) / MIB
+
+
+def child(role: str, argv: list[str], stdin: bytes = b"") -> dict[str, Any]:
+    out = subprocess.run([sys.executable, "-m", "benchmarks.streaming", "--role", role, *argv], input=stdin,
+                         stdout=subprocess.PIPE, check=True)  # fmt: skip
+    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mib", type=int, default=1024, help="generated tabular data, at least this much")
+    parser.add_argument("--budget-mib", type=int, default=256, help="the streaming data path's memory budget")
+    parser.add_argument("--shards", type=int, default=64, help="number of Parquet shards")
+    parser.add_argument("--window", type=int, default=4, help="shards shuffled together")
+    parser.add_argument("--in-flight", type=int, default=2, help="shards read ahead")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--role", choices=["plain", "secure"], help=argparse.SUPPRESS)
+    parser.add_argument("--stack-env", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    budget = args.budget_mib * MIB
+    shape = (args.window, args.in_flight, budget)
+    if args.role == "plain":
+        print(json.dumps(run_plain(args.stack_env, args.shards, args.epochs, *shape)))
+        return 0
+    if args.role == "secure":
+        print(json.dumps(run_secure(args.stack_env, json.loads(args.spec), args.shards, *shape)))
+        return 0
+    if args.size_mib < 4 * args.budget_mib:
+        parser.error("--size-mib must be at least 4x --budget-mib: the dataset must not fit the data path")
+    rows = math.ceil(args.size_mib * MIB / ROW_BYTES / args.shards)
+
+    private_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+    keys_pem = private_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = KekPublicKey(KEK_ID, private_key.public_key())
+    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
+        config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
+        try:
+            up(config)
+            sealed_bytes = 0
+            with azurite_store(config.layout.env_file) as store:
+                for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
+                    store.ensure_container(container)
+                for index in range(args.shards):
+                    plaintext = shard_parquet(index, rows)
+                    store.upload_stream(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet", io.BytesIO(plaintext),
+                                        length=len(plaintext))  # fmt: skip
+                    sealed = io.BytesIO()
+                    seal(io.BytesIO(plaintext), sealed, public, CONTEXT)
+                    sealed_bytes += len(sealed.getbuffer())
+                    sealed.seek(0)
+                    store.upload_stream("datasets", f"bench/part-{index}.sealed", sealed, length=len(sealed.getbuffer()))
+            common = ["--size-mib", str(args.size_mib), "--budget-mib", str(args.budget_mib), "--shards",
+                      str(args.shards), "--window", str(args.window), "--in-flight", str(args.in_flight),
+                      "--epochs", str(args.epochs), "--stack-env", str(config.layout.env_file)]  # fmt: skip
+            plain = child("plain", common)
+            secure = child("secure", [*common, "--spec", json.dumps(job_spec("bench-stream", args.epochs))],
+                           stdin=keys_pem)  # fmt: skip
+        finally:
+            down(config)
+    ratio = secure["seconds"] / plain["seconds"]
+    growth = secure["peak_rss_mib"] - secure["baseline_rss_mib"]
+    bound = args.budget_mib + model_mib()
+    print(f"data: {args.shards} Parquet shards, {rows * args.shards} rows, {sealed_bytes / MIB:.0f} MiB sealed; budget "
+          f"{args.budget_mib} MiB, windows of {args.window} shards, {args.in_flight} in flight; {args.epochs} epochs "
+          f"of {MODEL}")  # fmt: skip
+    for name, side in (("plain PyTorch streaming (plaintext)", plain), ("run_training streaming (sealed)   ", secure)):
+        print(f"{name}: {side['seconds']:.1f} s, peak RSS {side['peak_rss_mib']:.0f} MiB (before data "
+              f"{side['baseline_rss_mib']:.0f} MiB), val_accuracy {side['val_accuracy']:.4f}")  # fmt: skip
+    print(f"secure/plain wall-time ratio: {ratio:.3f} (goal <= 1.05)")
+    print(f"secure data-path growth: {growth:.0f} MiB of RSS vs budget + model {bound:.1f} MiB (goal: within)")
+    print(json.dumps({
+        "benchmark": "streaming", "sealed_mib": round(sealed_bytes / MIB, 1), "budget_mib": args.budget_mib,
+        "shards": args.shards, "window": args.window, "in_flight": args.in_flight, "epochs": args.epochs,
+        "plain_seconds": round(plain["seconds"], 2), "secure_seconds": round(secure["seconds"], 2),
+        "secure_plain_ratio": round(ratio, 3), "plain_peak_rss_mib": round(plain["peak_rss_mib"]),
+        "secure_peak_rss_mib": round(secure["peak_rss_mib"]), "secure_rss_growth_mib": round(growth),
+        "budget_plus_model_mib": round(bound, 1), "within_budget": growth <= bound,
+        "plain_val_accuracy": plain["val_accuracy"], "secure_val_accuracy": secure["val_accuracy"],
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""Streaming a sealed dataset larger than the in-memory cache: shards read ahead, a shuffle window, exact resume.
+
+Every epoch reads the shards again, in a seeded per-epoch order; the order is cut into *windows* of
+``window_shards`` consecutive shards whose training rows are shuffled together (seeded by job seed, epoch and
+window). While a window trains, the next ``shards_in_flight`` shards download, authenticate and decode in
+threads (storage, AES-GCM and the Arrow/Parquet decoders release the GIL). A window's end is a cut point: a
+mid-epoch checkpoint records the windows done, and a resumed run starts at the next window, so it reaches the
+weights of a run never interrupted. Everything the stream holds is counted by a :class:`BufferLedger` against
+the configured budget. The arithmetic, the held-out sample, validation and why DP-SGD needs the in-memory
+path are in docs/trainer.md ("The data path").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
+from securetrain.core.errors import ConfigurationError
+from securetrain.core.sealed import SealedHeader
+from securetrain.core.storage import BlobStore
+from securetrain.tee.training.data import (
+    DataLimits,
+    DatasetContentError,
+    ShardArrays,
+    TrainingData,
+    check_same_layout,
+    describe_shard,
+    read_ahead,
+    read_shard,
+)
+from securetrain.tee.training.loop import Batch, Standardization, Trainee, Training, held_out_count
+from securetrain.tee.training.models import DataShape
+
+if TYPE_CHECKING:
+    import pandas
+
+log = logging.getLogger(__name__)
+
+#: The share of the streaming budget the held-out sample (kept in memory, evaluated every epoch) may take.
+HELD_OUT_SHARE = 8
+
+
+class DataBudgetExceeded(ConfigurationError):
+    """The streaming data path would hold more than its configured memory budget."""
+
+
+_WAYS_OUT = (
+    "raise SECURETRAIN_DATA_STREAM_BUDGET_BYTES, lower SECURETRAIN_DATA_WINDOW_SHARDS or "
+    "SECURETRAIN_DATA_SHARDS_IN_FLIGHT, or seal the dataset in smaller shards"
+)
+
+
+class BufferLedger:
+    """The bytes the streaming path holds (plaintext being decoded, decoded shards, the shuffle window, the
+    held-out sample) against its budget; holding more than the budget is refused, not waited for."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self._held = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def hold(self, nbytes: int, what: str) -> None:
+        with self._lock:
+            if self._held + nbytes > self.budget:
+                raise DataBudgetExceeded(
+                    f"{what} needs {nbytes} bytes while the data path holds {self._held} of its {self.budget}-byte "
+                    f"budget; {_WAYS_OUT}"
+                )
+            self._held += nbytes
+            self.peak = max(self.peak, self._held)
+
+    def release(self, nbytes: int) -> None:
+        with self._lock:
+            self._held -= nbytes
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+
+def _generator(*parts: int | str) -> torch.Generator:
+    """A generator seeded from ``parts`` (job seed, epoch, ...): distinct streams for distinct purposes."""
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "big") >> 1)
+
+
+def shard_split(rows: int, seed: int, shard: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(training rows, held-out rows) of the ``shard``-th shard (in the job's order), ``rows`` rows long:
+    :func:`~securetrain.tee.training.loop.held_out_count` of them held out by a seeded permutation."""
+    order = torch.randperm(rows, generator=_generator(seed, shard, "held-out"))
+    held = held_out_count(rows)
+    return order[held:].sort().values, order[:held]
+
+
+def shard_order(shards: int, seed: int, epoch: int) -> list[int]:
+    """The order in which epoch ``epoch`` reads the ``shards`` shards."""
+    return torch.randperm(shards, generator=_generator(seed, epoch, "shards")).tolist()
+
+
+def _decoded_bytes(part: ShardArrays) -> int:
+    return int(part.features.nbytes + part.labels.nbytes)
+
+
+@dataclass
+class _Moments:
+    """Count, mean and sum of squared deviations per feature in float64, merged shard by shard (Chan et al.)."""
+
+    count: int = 0
+    mean: np.ndarray | None = None
+    m2: np.ndarray | None = None
+
+    def add(self, values: np.ndarray) -> None:
+        if len(values) == 0:
+            return
+        values = values.astype(np.float64)
+        count, mean = len(values), values.mean(axis=0)
+        m2 = ((values - mean) ** 2).sum(axis=0)
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = count, mean, m2
+            return
+        total = self.count + count
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (count / total)
+        self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
+        self.count = total
+
+    def standardization(self) -> Standardization:
+        if self.mean is None or self.m2 is None:
+            raise DatasetContentError("the dataset has no training rows")
+        return Standardization(torch.from_numpy(self.mean).float(), torch.from_numpy(np.sqrt(self.m2 / self.count)).float())
+
+
+@dataclass(frozen=True)
+class StreamedDataset:
+    """What one streaming pass over the shards learned: shapes, row counts, standardization, the held-out sample."""
+
+    shards: tuple[DatasetShard, ...]
+    #: Training rows of each shard (the rest are held out).
+    train_rows: tuple[int, ...]
+    rows: int
+    feature_names: tuple[str, ...]
+    shape: DataShape
+    stats: Standardization
+    #: The held-out rows evaluated each epoch: per shard, the first of its held-out rows, up to an equal quota.
+    held_out: TrainingData
+
+
+class ShardStream:
+    """The shards of one job, read ahead through the budget's ledger."""
+
+    def __init__(
+        self, spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, headers: tuple[SealedHeader, ...]
+    ) -> None:
+        self._spec, self._keys, self._store, self._limits, self._headers = spec, keys, store, limits, headers
+        sizes = self._sizes = tuple(header.content.plaintext_length for header in headers)
+        self.ledger = BufferLedger(limits.stream_budget_bytes)
+        largest = max(sizes)
+        estimate = (limits.window_shards + limits.shards_in_flight + 1) * largest
+        if estimate + self.held_out_budget > limits.stream_budget_bytes:
+            raise DataBudgetExceeded(
+                f"streaming needs about ({limits.window_shards} window + {limits.shards_in_flight} in flight + 1) x "
+                f"{largest} bytes (the largest shard) + {self.held_out_budget} (held-out sample), more than the "
+                f"{limits.stream_budget_bytes}-byte budget; {_WAYS_OUT}"
+            )
+
+    @property
+    def held_out_budget(self) -> int:
+        return self._limits.stream_budget_bytes // HELD_OUT_SHARE
+
+    def _read(self, index: int) -> ShardArrays:
+        """Shard ``index`` decoded, held in the ledger until the caller releases it (:meth:`_release`)."""
+        shard, size = self._spec.datasets[index], self._sizes[index]
+        self.ledger.hold(size, f"the plaintext of {describe_shard(shard)}")
+        try:
+            with self._store.open_read(shard.container, shard.blob) as src:
+                # Every read of the shard in this run must be of the file whose header was read first.
+                part = read_shard(src, self._keys.for_shard(shard), shard, self._spec.columns, self._limits,
+                                  self._headers[index])  # fmt: skip
+            self.ledger.hold(_decoded_bytes(part), f"the decoded rows of {describe_shard(shard)}")
+        finally:
+            self.ledger.release(size)
+        return part
+
+    def _release(self, part: ShardArrays) -> None:
+        self.ledger.release(_decoded_bytes(part))
+
+    def _reading(self, indices: Iterable[int]) -> Iterator[tuple[int, ShardArrays]]:
+        return read_ahead(indices, self._read, self._limits.shards_in_flight)
+
+    def survey(self, seed: int, validate_shard: Callable[[pandas.DataFrame], None] | None) -> StreamedDataset:
+        """One pass over the shards in the job's order: their layout and labels checked, each shard handed to
+        ``validate_shard`` whole, standardization from the training rows, the held-out sample kept."""
+        shards = self._spec.datasets
+        first: ShardArrays | None = None
+        moments, classes, rows = _Moments(), 0, 0
+        train_rows: list[int] = []
+        held_features: list[np.ndarray] = []
+        held_labels: list[np.ndarray] = []
+        quota = row_bytes = 0
+        for index, part in self._reading(range(len(shards))):
+            try:
+                shard = shards[index]
+                if first is None:
+                    first = part
+                    row_bytes = int(np.prod(part.features.shape[1:], dtype=np.int64)) * 4 + 8
+                    quota = max(1, self.held_out_budget // row_bytes // len(shards))
+                else:
+                    check_same_layout(first, part, shard)
+                count = len(part.labels)
+                if count and int(part.labels.min()) < 0:
+                    raise DatasetContentError(f"{describe_shard(shard)}: label {self._spec.columns.label!r} has "
+                                              "negative values; labels must be class ids 0..K-1")  # fmt: skip
+                if count:
+                    classes = max(classes, int(part.labels.max()) + 1)
+                if validate_shard is not None:
+                    validate_shard(self._as_data(part).validation_frame())
+                training, held = shard_split(count, seed, index)
+                moments.add(part.features[training.numpy()].reshape(len(training), -1))
+                kept = held[:quota].numpy()
+                self.ledger.hold(len(kept) * row_bytes, "the held-out sample")
+                held_features.append(part.features[kept])
+                held_labels.append(part.labels[kept])
+                train_rows.append(len(training))
+                rows += count
+                log.info("surveyed %s: %d rows (%d for training)", describe_shard(shard), count, len(training))
+            finally:
+                self._release(part)
+        if first is None or rows == 0:
+            raise DatasetContentError("the dataset has no rows")
+        stats = moments.standardization()
+        feature_shape = tuple(first.features.shape[1:])
+        held_out = TrainingData(
+            torch.from_numpy(np.concatenate(held_features)), torch.from_numpy(np.concatenate(held_labels)),
+            first.feature_names, first.feature_columns, self._spec.columns.label,
+        )  # fmt: skip
+        return StreamedDataset(
+            tuple(shards), tuple(train_rows), rows, first.feature_names, DataShape(feature_shape, classes),
+            Standardization(stats.mean.reshape(feature_shape), stats.std.reshape(feature_shape)), held_out,
+        )  # fmt: skip
+
+    def _as_data(self, part: ShardArrays) -> TrainingData:
+        return TrainingData(torch.from_numpy(part.features), torch.from_numpy(part.labels), part.feature_names,
+                            part.feature_columns, self._spec.columns.label)  # fmt: skip
+
+    def windows(self, dataset: StreamedDataset, seed: int, batch_size: int) -> Callable[[int, int], Iterator[tuple[int, Iterable[Batch]]]]:
+        """``windows(epoch, first)`` for :class:`~securetrain.tee.training.loop.Training`."""
+        size = self._limits.window_shards
+        feature_shape = dataset.shape.feature_shape
+
+        def epoch_windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
+            order = shard_order(len(dataset.shards), seed, epoch)
+            groups = [order[start : start + size] for start in range(0, len(order), size)]
+            reading = self._reading(index for group in groups[first:] for index in group)
+            try:
+                for window, group in enumerate(groups[first:], start=first):
+                    total = sum(dataset.train_rows[index] for index in group)
+                    features = np.empty((total, *feature_shape), np.float32)
+                    labels = np.empty(total, np.int64)
+                    window_bytes = features.nbytes + labels.nbytes
+                    self.ledger.hold(window_bytes, f"shuffle window {window} of epoch {epoch}")
+                    try:
+                        filled = 0
+                        for index in group:
+                            _, part = next(reading)  # read_ahead keeps the order it was given
+                            try:
+                                training = shard_split(len(part.labels), seed, index)[0].numpy()
+                                np.take(part.features, training, axis=0, out=features[filled : filled + len(training)])
+                                np.take(part.labels, training, out=labels[filled : filled + len(training)])
+                                filled += len(training)
+                            finally:
+                                self._release(part)
+                        order_in_window = torch.randperm(total, generator=_generator(seed, epoch, window, "rows"))
+                        yield window, _batches(torch.from_numpy(features), torch.from_numpy(labels), order_in_window,
+                                               batch_size)  # fmt: skip
+                    finally:
+                        # Dropped before the next window is allocated, so that the ledger's count is what is held.
+                        del features, labels
+                        self.ledger.release(window_bytes)
+            finally:
+                reading.close()
+
+        return epoch_windows
+
+    def training(self, trainee: Trainee, dataset: StreamedDataset, seed: int, batch_size: int) -> Training:
+        """Plain training over the stream: every training row once per epoch, window by window."""
+        windows = self.windows(dataset, seed, batch_size)
+
+        def batches(epoch: int) -> Iterator[Batch]:
+            return (batch for _, window in windows(epoch, 0) for batch in window)
+
+        count = math.ceil(len(dataset.shards) / self._limits.window_shards)
+        return Training(trainee.model, trainee.optimizer, batches, sum(dataset.train_rows), windows=windows,
+                        window_count=count)  # fmt: skip
+
+
+def _batches(features: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
+    """The window's rows in ``order``, ``batch_size`` at a time (a window's last batch may be smaller)."""
+    for indices in order.split(batch_size):
+        yield features[indices], labels[indices]
