@@ -30,7 +30,7 @@ from securetrain.localstack.platform.simulated_evidence import SimulatedGpuProvi
 from securetrain.localstack.stack_gpu import StackGpu, gpu_dir
 from securetrain.tee.attest import TeeKey, runtime_data
 from securetrain.tee.evidence.nvidia_gpu import GpuEvidence
-from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.core.attestation.tokens import TokenValidator
 from securetrain.tee.gpu_attestation import GpuAttestationClient, GpuAttestationRefused, GpuAttester
 from securetrain.tee.tee_services import attester
 from tests.agent_process import AgentProcess
@@ -138,7 +138,7 @@ def attest_in_the_tee(local_stack, *, gpu=None, change=None) -> None:  # noqa: A
         if change is not None:
             requirement = settings.gpu_requirement()
             client = ServiceAnswers(requirement.attestation_endpoint, str(settings.ca_bundle), change)
-            validator = TokenValidator(AuthorityKeys(requirement.token_issuer, verify=str(settings.ca_bundle)))
+            validator = TokenValidator(requirement.token_keys(str(settings.ca_bundle)))
             tee.gpu = GpuAttester(provider, client, validator, requirement)
         tee.attest_tee(TeeKey(), secrets.token_urlsafe(24))
 
