@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
@@ -69,6 +70,7 @@ def test_a_job_attests_gpu_and_cpu_then_trains(local_stack, dataset_ref) -> None
     attested = [entry.details for entry in tee_log.entries.values() if entry.kind == "attested"]
     gpu = attested[0]["gpu"]
     assert gpu["gpu_type"] == "nvidia-h100-simulated" and gpu["cc_mode"] == "simulated"
+    assert jwt.get_unverified_header(gpu["token"])["alg"] == "ES384"  # as NRAS signs, not MAA's RS256
     [claims] = gpu["gpus"].values()
     assert claims["measres"] == "success" and claims["x-nvidia-gpu-attestation-report-signature-verified"] is True
     # ... and the agent's health says the GPU is verified.
