@@ -231,7 +231,7 @@ class TokenValidator:
         algorithm = self._keys.algorithm
         if header.get("alg") != algorithm:
             raise TokenRejected(
-                f"the token's algorithm is {header.get('alg')!r}; {self.issuer} signs {algorithm} only"
+                f"the token's algorithm is {header.get('alg')!r}; only {algorithm} is accepted from {self.issuer}"
             )
         kid = header.get("kid")
         if not isinstance(kid, str):
