@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from securetrain.localstack.errors import StackConfigurationError
 from securetrain.localstack.layout import StackLayout, write_file
 from securetrain.localstack.platform.simulated_gpu import SimulatedH100
-from securetrain.tee.gpu_attestation import GpuRequirement
+from securetrain.tee.gpu_attestation import GpuRequirement, default_token_jwks
 
 GPU_ENV = "SECURETRAIN_STACK_GPU"
 
@@ -77,7 +77,8 @@ def write_requirement(layout: StackLayout, gpu: StackGpu, attestation_url: str |
     if attestation_url is None:
         raise StackConfigurationError("a stack with a GPU needs the attestation service, which appraises the GPU")
     SimulatedH100.load_or_create(gpu_dir(layout))
-    requirement = GpuRequirement(gpu.value, attestation_url, attestation_url, require_measurements=True)
+    requirement = GpuRequirement(gpu.value, attestation_url, attestation_url, default_token_jwks(attestation_url),
+                                 require_measurements=True)  # fmt: skip
     write_file(requirement_file(layout), json.dumps(requirement.measured(), sort_keys=True).encode(), mode=0o600)
 
 
@@ -121,5 +122,6 @@ def gpu_tee_environment(layout: StackLayout) -> dict[str, str]:
         "SECURETRAIN_GPU_DIR": str(gpu_dir(layout)),
         "SECURETRAIN_GPU_ATTESTATION_ENDPOINT": requirement.attestation_endpoint,
         "SECURETRAIN_GPU_TOKEN_ISSUER": requirement.token_issuer,
+        "SECURETRAIN_GPU_TOKEN_JWKS": requirement.token_jwks,
         "SECURETRAIN_GPU_REQUIRE_MEASUREMENTS": "true" if requirement.require_measurements else "false",
     }

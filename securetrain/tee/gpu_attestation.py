@@ -10,7 +10,8 @@ runtime data its CPU evidence binds:
 2. the report and its device chain go to the GPU attestation service (``POST /v4/attest/gpu``, NVIDIA NRAS's
    request shape), which verifies the chain against its roots, the signature, the nonce and the measurements;
 3. the service's answer, an overall token and one detached token per GPU, is checked here: each signature
-   against the keys the pinned token issuer publishes (its OpenID metadata, like MAA's), expiry, every detached
+   (ES384 only, NRAS's algorithm) against the P-384 keys published in the pinned JWKS (NRAS's
+   ``/.well-known/jwks.json``: NRAS has no OpenID metadata), the pinned issuer, expiry, every detached
    token bound to the overall one (``submods``), ``eat_nonce`` equal to the nonce derived in step 1, the
    service's verification claims all true, and — where the requirement says so — ``measres`` ``success`` and
    the overall result true.
@@ -31,15 +32,22 @@ from typing import Any, Literal
 
 import requests
 
-from securetrain.core.attestation.tokens import AuthorityUnreachable, TokenRejected, TokenValidator
+from securetrain.core.attestation.tokens import AuthorityKeys, AuthorityUnreachable, TokenRejected, TokenValidator
 from securetrain.core.errors import SecurityViolation
 from securetrain.core.http import HttpsSession
 from securetrain.core.nvidia.binding import gpu_nonce
+from securetrain.core.nvidia.claims import NRAS_JWKS_PATH, NRAS_TOKEN_ALGORITHM
 from securetrain.tee.evidence.nvidia_gpu import GpuEvidence, GpuEvidenceProvider
 
 log = logging.getLogger(__name__)
 
 GPU_ATTEST_PATH = "/v4/attest/gpu"
+
+
+def default_token_jwks(attestation_endpoint: str) -> str:
+    """Where NRAS publishes its token keys, on the endpoint's origin (how NVIDIA's attestation SDK finds them)."""
+    return "/".join(attestation_endpoint.split("/", 3)[:3]) + NRAS_JWKS_PATH
+
 GPU_ARCH = "HOPPER"
 CLAIMS_VERSION = "3.0"
 #: The detached-token claims in which the service states that each of its checks passed (NVIDIA's names).
@@ -72,20 +80,27 @@ class GpuRequirement:
     """What the TEE requires of its GPU before any key: part of the measured configuration (HOST_DATA).
 
     ``provider`` is the GPU evidence provider (``nvml``, or ``simulated`` on the local stack); the service at
-    ``attestation_endpoint`` appraises the evidence and its tokens must be signed by a key ``token_issuer``
-    publishes; ``require_measurements``: the GPU's measurements must have matched reference values.
+    ``attestation_endpoint`` appraises the evidence; its tokens must name ``token_issuer`` as ``iss`` and be
+    signed ES384 by a key the JWKS at ``token_jwks`` publishes; ``require_measurements``: the GPU's measurements
+    must have matched reference values.
     """
 
     provider: str
     attestation_endpoint: str
     token_issuer: str
+    token_jwks: str
     require_measurements: bool = True
+
+    def token_keys(self, verify: str | bool) -> AuthorityKeys:
+        """The pinned authority of the GPU service's tokens: its issuer, its JWKS and NRAS's algorithm."""
+        return AuthorityKeys(self.token_issuer, jwks_url=self.token_jwks, algorithm=NRAS_TOKEN_ALGORITHM, verify=verify)
 
     def measured(self) -> dict[str, Any]:
         """The requirement as the workload manifest's configuration records it."""
         return {
             "provider": self.provider, "attestation_endpoint": self.attestation_endpoint,
-            "token_issuer": self.token_issuer, "require_measurements": self.require_measurements,
+            "token_issuer": self.token_issuer, "token_jwks": self.token_jwks,
+            "require_measurements": self.require_measurements,
         }  # fmt: skip
 
 

@@ -19,9 +19,11 @@ the security context directory ``SECURETRAIN_SECURITY_CONTEXT_DIR``, by default 
 The GPU: ``SECURETRAIN_GPU`` names the GPU evidence provider the TEE requires before any key (``none``, the
 default; ``nvml``: an NVIDIA H100 in confidential-computing mode through NVIDIA's NVML; the local stack adds
 ``simulated``). With a GPU, ``SECURETRAIN_GPU_ATTESTATION_ENDPOINT`` is the NRAS-style service that appraises
-its evidence, ``SECURETRAIN_GPU_TOKEN_ISSUER`` the issuer whose published keys must sign that service's tokens
-(by default the endpoint itself), and ``SECURETRAIN_GPU_REQUIRE_MEASUREMENTS`` (default true) whether the GPU's
-measurements must have matched reference values. All four are part of the measured configuration
+its evidence, ``SECURETRAIN_GPU_TOKEN_ISSUER`` the issuer its tokens must name (by default the endpoint itself),
+``SECURETRAIN_GPU_TOKEN_JWKS`` the JWKS whose P-384 keys must sign them ES384 (by default NRAS's
+``/.well-known/jwks.json`` on the endpoint's origin: NRAS publishes no OpenID metadata), and
+``SECURETRAIN_GPU_REQUIRE_MEASUREMENTS`` (default true) whether the GPU's measurements must have matched
+reference values. All five are part of the measured configuration
 (:meth:`GpuSettings.gpu_configuration`, in HOST_DATA): a host that starts the TEE without its GPU requirement
 starts another workload, which the release policy refuses.
 
@@ -46,7 +48,7 @@ from pydantic import AliasChoices, Field, FilePath, NonNegativeInt, PositiveInt
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
 from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
-from securetrain.tee.gpu_attestation import NO_GPU, GpuRequirement
+from securetrain.tee.gpu_attestation import NO_GPU, GpuRequirement, default_token_jwks
 
 NO_GPU_PROVIDER = "none"
 
@@ -58,8 +60,10 @@ class GpuSettings(Settings):
     gpu: str = NO_GPU_PROVIDER
     #: The NRAS-style service that appraises the GPU's evidence.
     gpu_attestation_endpoint: HttpsUrl | None = None
-    #: The issuer whose OpenID metadata publishes the keys that must sign the GPU service's tokens (default: the endpoint).
+    #: The issuer the GPU service's tokens must name (default: the endpoint).
     gpu_token_issuer: HttpsUrl | None = None
+    #: The JWKS that publishes the keys that must sign them (default: NRAS's path on the endpoint's origin).
+    gpu_token_jwks: HttpsUrl | None = None
     #: Whether the GPU's measurements must have matched reference values (``measres`` success).
     gpu_require_measurements: bool = True
 
@@ -74,7 +78,8 @@ class GpuSettings(Settings):
             )
         endpoint = self.url("gpu_attestation_endpoint")
         issuer = self.url("gpu_token_issuer") if self.gpu_token_issuer is not None else endpoint
-        return GpuRequirement(self.gpu, endpoint, issuer, self.gpu_require_measurements)
+        jwks = self.url("gpu_token_jwks") if self.gpu_token_jwks is not None else default_token_jwks(endpoint)
+        return GpuRequirement(self.gpu, endpoint, issuer, jwks, self.gpu_require_measurements)
 
     def gpu_configuration(self) -> dict[str, Any]:
         """The GPU requirement as the workload manifest measures it (:func:`securetrain.tee.workload.manifest`)."""

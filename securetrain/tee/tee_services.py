@@ -48,7 +48,7 @@ def gpu_attester(settings: TeeSettings, gpu_evidence: GpuEvidenceProvider | None
     return GpuAttester(
         gpu_evidence,
         GpuAttestationClient(requirement.attestation_endpoint, verify=settings.tls_verify),
-        TokenValidator(AuthorityKeys(requirement.token_issuer, verify=settings.tls_verify)),
+        TokenValidator(requirement.token_keys(settings.tls_verify)),
         requirement,
     )
 

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 
 from securetrain.core.audit.tee_log import audit_events as tee_audit_events
@@ -30,7 +31,7 @@ from securetrain.localstack.platform.simulated_evidence import SimulatedGpuProvi
 from securetrain.localstack.stack_gpu import StackGpu, gpu_dir
 from securetrain.tee.attest import TeeKey, runtime_data
 from securetrain.tee.evidence.nvidia_gpu import GpuEvidence
-from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
+from securetrain.core.attestation.tokens import TokenValidator
 from securetrain.tee.gpu_attestation import GpuAttestationClient, GpuAttestationRefused, GpuAttester
 from securetrain.tee.tee_services import attester
 from tests.agent_process import AgentProcess
@@ -69,6 +70,7 @@ def test_a_job_attests_gpu_and_cpu_then_trains(local_stack, dataset_ref) -> None
     attested = [entry.details for entry in tee_log.entries.values() if entry.kind == "attested"]
     gpu = attested[0]["gpu"]
     assert gpu["gpu_type"] == "nvidia-h100-simulated" and gpu["cc_mode"] == "simulated"
+    assert jwt.get_unverified_header(gpu["token"])["alg"] == "ES384"  # as NRAS signs, not MAA's RS256
     [claims] = gpu["gpus"].values()
     assert claims["measres"] == "success" and claims["x-nvidia-gpu-attestation-report-signature-verified"] is True
     # ... and the agent's health says the GPU is verified.
@@ -138,7 +140,7 @@ def attest_in_the_tee(local_stack, *, gpu=None, change=None) -> None:  # noqa: A
         if change is not None:
             requirement = settings.gpu_requirement()
             client = ServiceAnswers(requirement.attestation_endpoint, str(settings.ca_bundle), change)
-            validator = TokenValidator(AuthorityKeys(requirement.token_issuer, verify=str(settings.ca_bundle)))
+            validator = TokenValidator(requirement.token_keys(str(settings.ca_bundle)))
             tee.gpu = GpuAttester(provider, client, validator, requirement)
         tee.attest_tee(TeeKey(), secrets.token_urlsafe(24))
 

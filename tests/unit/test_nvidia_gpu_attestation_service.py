@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from fastapi.testclient import TestClient
 
+from securetrain.core.attestation.tokens import ES384, published_key
 from securetrain.core.nvidia.binding import gpu_nonce
 from securetrain.core.nvidia.reference import ReferenceMeasurements
 from securetrain.core.nvidia.spdm import GpuAttestationReport
@@ -48,10 +49,16 @@ def body(report: bytes = REPORT, chain: bytes = CHAIN_PEM, nonce: str = NONCE) -
 
 
 def decode(client: TestClient, token: str) -> dict:
-    kid = jwt.get_unverified_header(token)["kid"]
-    keys = {k["kid"]: k for k in client.get("/certs").json()["keys"]}
-    key = x509.load_der_x509_certificate(base64.b64decode(keys[kid]["x5c"][0])).public_key()
-    return jwt.decode(token, key, algorithms=["RS256"], issuer=ISSUER)
+    """The claims of ``token`` verified as NVIDIA's SDK verifies NRAS's: ES384 by ``x5c[0]`` of the JWKS key named."""
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "ES384" and set(header) == {"alg", "kid", "typ"}
+    keys = {k["kid"]: k for k in client.get("/.well-known/jwks.json").json()["keys"]}
+    assert header["kid"] not in {k["kid"] for k in client.get("/certs").json()["keys"]}  # MAA's keys are apart
+    published = keys[header["kid"]]
+    assert (published["kty"], published["crv"], published["alg"]) == ("EC", "P-384", "ES384")
+    key = x509.load_der_x509_certificate(base64.b64decode(published["x5c"][0])).public_key()
+    assert published_key(published, ES384).public_numbers() == key.public_numbers()  # x/y name the same key
+    return jwt.decode(token, key, algorithms=["ES384"], issuer=ISSUER)
 
 
 def test_genuine_report_earns_nras_shaped_tokens(tmp_path: Path) -> None:

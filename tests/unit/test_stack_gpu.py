@@ -49,7 +49,7 @@ def test_a_simulated_gpu_is_required_measured_and_trusted(layout: StackLayout, m
     assert chosen_gpu(layout, None) is StackGpu.SIMULATED
     assert chosen_gpu(layout, StackGpu.NONE) is StackGpu.NONE
     assert gpu_configuration(layout) == {"provider": "simulated", "attestation_endpoint": URL, "token_issuer": URL,
-                                         "require_measurements": True}  # fmt: skip
+                                         "token_jwks": f"{URL}/.well-known/jwks.json", "require_measurements": True}  # fmt: skip
     environment = gpu_tee_environment(layout)
     assert environment["SECURETRAIN_GPU"] == "simulated" and environment["SECURETRAIN_GPU_DIR"] == str(gpu_dir(layout))
     data_dir = layout.data_dir("attestation")

@@ -12,9 +12,9 @@ from typing import Any
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from securetrain.core.attestation.tokens import TokenValidator
+from securetrain.core.attestation.tokens import ES384, TokenValidator
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.nvidia.binding import gpu_nonce
 from securetrain.tee.agent.__main__ import gpu_evidence_provider
@@ -26,16 +26,18 @@ from securetrain.tee.workload import host_data, manifest
 
 ISSUER = "https://nras.example.test"
 RUNTIME_DATA = b'{"keys":[],"nonce":"job-nonce"}'
-SERVICE_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-OTHER_KEY = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+JWKS = ISSUER + "/.well-known/jwks.json"
+SERVICE_KEY = ec.generate_private_key(ec.SECP384R1())
+OTHER_KEY = ec.generate_private_key(ec.SECP384R1())
 
 
 class PinnedIssuer:
-    """The pinned issuer's published keys, as AuthorityKeys serves them to the validator."""
+    """The pinned issuer's published keys, as AuthorityKeys serves them to the validator: NRAS's, ES384."""
 
     issuer = ISSUER
+    algorithm = ES384
 
-    def key(self, kid: str) -> rsa.RSAPublicKey:
+    def key(self, kid: str) -> ec.EllipticCurvePublicKey:
         return SERVICE_KEY.public_key()
 
 
@@ -46,9 +48,9 @@ class Gpu:
         return GpuEvidence(b"report for " + gpu_nonce(runtime_data), b"chain")
 
 
-def _sign(claims: dict[str, Any], key: rsa.RSAPrivateKey = SERVICE_KEY) -> str:
+def _sign(claims: dict[str, Any], key: ec.EllipticCurvePrivateKey = SERVICE_KEY) -> str:
     now = int(time.time())
-    return jwt.encode({"iss": ISSUER, "iat": now, "nbf": now, "exp": now + 600, **claims}, key, algorithm="RS256",
+    return jwt.encode({"iss": ISSUER, "iat": now, "nbf": now, "exp": now + 600, **claims}, key, algorithm="ES384",
                       headers={"kid": "k1"})  # fmt: skip
 
 
@@ -71,7 +73,7 @@ class Service:
 
 
 def attester(service: Service, *, provider: str = "nvml", require_measurements: bool = True) -> GpuAttester:
-    requirement = GpuRequirement(provider, ISSUER, ISSUER, require_measurements)
+    requirement = GpuRequirement(provider, ISSUER, ISSUER, JWKS, require_measurements)
     return GpuAttester(Gpu(), service, TokenValidator(PinnedIssuer()), requirement)  # type: ignore[arg-type]
 
 
@@ -142,10 +144,14 @@ def test_the_gpu_requirement_is_measured(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("SECURETRAIN_GPU_ATTESTATION_ENDPOINT", ISSUER + "/")
     configured = GpuSettings.load().gpu_configuration()
     assert configured == {"provider": "nvml", "attestation_endpoint": ISSUER, "token_issuer": ISSUER,
-                          "require_measurements": True}  # fmt: skip
+                          "token_jwks": JWKS, "require_measurements": True}  # fmt: skip
+    monkeypatch.setenv("SECURETRAIN_GPU_TOKEN_JWKS", "https://keys.example.test/jwks.json")
+    pinned = GpuSettings.load().gpu_requirement().token_keys(True)
+    assert (pinned.issuer, pinned.algorithm, pinned.jwks_url) == (ISSUER, ES384, "https://keys.example.test/jwks.json")
     assert manifest(gpu=configured)["configuration"]["gpu"] == configured
     assert manifest()["configuration"]["gpu"] == {"provider": "none"}
     assert host_data(gpu=configured) != host_data() != host_data(gpu={**configured, "require_measurements": False})
+    assert host_data(gpu=configured) != host_data(gpu={**configured, "token_jwks": "https://keys.example.test/jwks.json"})
 
 
 def test_an_unknown_gpu_provider_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:

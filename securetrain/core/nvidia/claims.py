@@ -27,6 +27,10 @@ from cryptography.x509.oid import NameOID
 from securetrain.core.nvidia.verifier import VerifiedGpuReport
 
 HOPPER_MODEL_PREFIX = "GH100"
+#: Where NRAS publishes the keys that sign its tokens (a JWKS on the service's own origin; it has no OpenID
+#: metadata), and the one algorithm it signs them with: NVIDIA's SDKs fetch that path and verify ES384 only.
+NRAS_JWKS_PATH = "/.well-known/jwks.json"
+NRAS_TOKEN_ALGORITHM = "ES384"
 _DEVICE_CERTIFICATE = 1  # the BROM certificate: the GPU itself, as NRAS's hwmodel names it
 
 

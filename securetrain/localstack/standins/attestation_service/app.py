@@ -8,7 +8,9 @@
     PUT  /policies/{type}?api-version=2020-10-01        body: the policy JWS; 200 {"token": JWT with
                                                         x-ms-policy-result "Updated", x-ms-policy-token-hash}
     POST /policies/{type}:reset?api-version=2020-10-01  body: an empty unsigned JWS; x-ms-policy-result "Removed"
-    POST /v4/attest/gpu                            NVIDIA NRAS's GPU attestation (:mod:`.gpu_attestation`), not MAA's
+    POST /v4/attest/gpu                            NVIDIA NRAS's GPU attestation (:mod:`.gpu_attestation`), not MAA's:
+                                                   tokens signed ES384 by the keys of
+    GET  /.well-known/jwks.json                    {"keys": [{"kid", "kty": "EC", "crv": "P-384", "x", "y", "x5c"}]}
 
 Attestation needs no credential. Every refusal is a 400 whose message names the failed check — the verifier's,
 or the attestation policy's rule (:mod:`.appraisal`); nothing a client sends can make it answer 500 or sign a
@@ -30,7 +32,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from securetrain.core.attestation.policy import base64url
+from securetrain.core.attestation.tokens import ES384
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.nvidia.claims import NRAS_JWKS_PATH
 from securetrain.core.snp.roots import AMD_ROOTS, TrustedRoot
 from securetrain.localstack.standins.access_tokens import Caller, Unauthenticated
 from securetrain.localstack.standins.attestation_service.appraisal import DEFAULT_POLICY, EVIDENCE_TYPES, token_claims
@@ -100,7 +104,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys = SigningKeyStore(config.state_dir / "signing", token_lifetime=config.token_lifetime_s)
     issuer = config.issuer.rstrip("/")
-    signer = TokenSigner(keys, issuer, config.token_lifetime_s)
+    signer = TokenSigner(keys, issuer, config.token_lifetime_s, jku=f"{issuer}/certs")
+    # NRAS signs its tokens ES384 with keys of its own, published apart from MAA's (GET /.well-known/jwks.json).
+    gpu_keys = SigningKeyStore(config.state_dir / "gpu-signing", token_lifetime=config.token_lifetime_s, algorithm=ES384)
+    gpu_signer = TokenSigner(gpu_keys, issuer, config.token_lifetime_s)
     nonces = NonceLedger(config.state_dir / "nonces.sqlite", retention_s=config.token_lifetime_s)
     policies = PolicyStore(config.state_dir / "policies", EVIDENCE_TYPES, DEFAULT_POLICY)
     authorizer = attestation_authorizer(config.identity_issuer, config.identity_authority, str(config.ca_bundle),
@@ -126,6 +133,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @app.get("/certs")
     def certs() -> dict[str, Any]:
         return {"keys": [key.jwk() for key in keys.published()]}
+
+    @app.get(NRAS_JWKS_PATH)
+    def gpu_jwks() -> dict[str, Any]:
+        return {"keys": [key.jwk() for key in gpu_keys.published()]}
 
     @app.post("/attest/{attestation_type}")
     async def attest(attestation_type: str, request: Request) -> JSONResponse:
@@ -162,9 +173,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
             log.warning("GPU attestation refused (%s): %s", code, exc)
             issuance.record(decision="refused", code=code, reason=str(exc), attestation_type="nvidia-gpu")
             return _error(400, code, str(exc))
-        detached = {name: signer.sign(claims)[0] for name, claims in attested.detached.items()}
-        overall, signed = signer.sign({**attested.overall, "submods": submods(detached)})
-        issuance.record(decision="issued", jti=signed["jti"], kid=keys.current.kid, attestation_type="nvidia-gpu",
+        detached = {name: gpu_signer.sign(claims)[0] for name, claims in attested.detached.items()}
+        overall, signed = gpu_signer.sign({**attested.overall, "submods": submods(detached)})
+        issuance.record(decision="issued", jti=signed["jti"], kid=gpu_keys.current.kid, attestation_type="nvidia-gpu",
                         nonce=attested.overall["eat_nonce"], platform=attested.overall["x-securetrain-platform"],
                         **attested.log_fields)  # fmt: skip
         log.info("GPU token %s issued for %d GPU(s)", signed["jti"], len(detached))
