@@ -1,0 +1,176 @@
+"""Data-parallel training in several worker processes against Azurite: the same weights as one process within
+the documented tolerance, a killed worker survived, keys only through the pipe, rendezvous that times out.
+
+Workers sign in to storage as the TEE does (``tee_settings`` puts the TEE's environment in place); the job's
+keys and spec reach them only through their pipe.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+from cryptography.hazmat.primitives import serialization
+
+from securetrain.core.contracts.training import TrainingCancelled
+from securetrain.tee.training import run_training
+from securetrain.tee.training.frames import read_frame
+from securetrain.tee.training.handoff import Assignment, send_assignment
+from securetrain.tee.training.data import DataLimits, shard_headers
+from securetrain.tee.training.launcher import DataParallelRefused, _free_port
+from tests.integration import test_streaming_run, test_training_run
+from tests.integration.test_streaming_run import LIMITS, spec_for
+from tests.integration.test_training_run import RecordingProgress, open_model, run_id, training_spec
+
+pytestmark = pytest.mark.integration
+store, keys = test_training_run.store, test_training_run.keys
+breast_cancer, parquet_shards = test_training_run.breast_cancer, test_streaming_run.parquet_shards
+
+#: Two workers sum each gradient in another order than one process: float32 rounding, nothing more.
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def close(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> bool:
+    return expected.keys() == actual.keys() and all(
+        torch.allclose(expected[name], actual[name], rtol=RTOL, atol=ATOL) for name in expected
+    )
+
+
+def close_metrics(expected: Mapping[str, float], actual: Mapping[str, float]) -> bool:
+    return expected.keys() == actual.keys() and all(abs(expected[k] - actual[k]) <= 1e-4 * max(1.0, abs(expected[k]))
+                                                    for k in expected)  # fmt: skip
+
+
+@pytest.fixture
+def workers(tee_settings, monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKERS", "2")
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
+    monkeypatch.setenv("SECURETRAIN_TRAINING_RENDEZVOUS_TIMEOUT_S", "60")
+    return 2
+
+
+def worker_pids() -> list[int]:
+    """The training workers this test process started (its children running the worker module)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"securetrain.tee.training.worker" in cmdline:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+class KillAfterEpoch(RecordingProgress):
+    """Records progress; after epoch ``epoch`` checks what the workers expose and kills the newest with SIGKILL."""
+
+    def __init__(self, epoch: int, secrets: list[bytes]) -> None:
+        super().__init__()
+        self._epoch, self._secrets = epoch, secrets
+        self.killed: int | None = None
+        self.inspected = 0
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        super().epoch_done(epoch, step, metrics, checkpoint_blob)
+        if epoch != self._epoch or self.killed is not None:
+            return
+        pids = worker_pids()
+        assert len(pids) == 2
+        for pid in pids:
+            exposed = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+            assert not any(secret in exposed for secret in self._secrets)
+            self.inspected += 1
+        self.killed = pids[-1]
+        os.kill(self.killed, signal.SIGKILL)
+
+
+def test_two_workers_reach_the_single_process_weights_in_memory(store, keys, breast_cancer, tee_settings,
+                                                               monkeypatch) -> None:  # fmt: skip
+    # Batches of 61 rows split 30/31 between the workers: the gradient hook weights each worker's share.
+    alone = training_spec(run_id(), breast_cancer, hyperparameters={"batch_size": 61})
+    expected_result = run_training(alone, keys, store, RecordingProgress(), threading.Event())
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKERS", "2")
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
+    together = training_spec(run_id(), breast_cancer, hyperparameters={"batch_size": 61})
+    progress = RecordingProgress()
+    result = run_training(together, keys, store, progress, threading.Event())
+    assert [call[0] for call in progress.calls] == ["validation_done", "epoch_done", "epoch_done", "epoch_done",
+                                                    "sealing_model"]  # fmt: skip
+    assert result.steps_completed == expected_result.steps_completed
+    assert close_metrics(expected_result.metrics, result.metrics)
+    assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
+
+
+def test_a_worker_killed_mid_stream_is_restarted_from_the_checkpoint_to_the_same_weights(
+    store, keys, parquet_shards, tee_settings, monkeypatch, caplog
+) -> None:
+    alone = spec_for(parquet_shards)
+    expected_result = run_training(alone, keys, store, RecordingProgress(), threading.Event(), limits=LIMITS)
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKERS", "2")
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
+    together = spec_for(parquet_shards)
+    secrets = [
+        together.run_id.encode(),
+        keys.kek_private.private_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()),
+        keys.kek_private.private_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()),
+    ]  # fmt: skip
+    progress = KillAfterEpoch(1, secrets)
+    with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
+        result = run_training(together, keys, store, progress, threading.Event(), limits=LIMITS)
+    assert progress.killed is not None and progress.inspected == 2
+    assert "restarting the group from its newest checkpoint" in caplog.text
+    assert result.steps_completed == expected_result.steps_completed
+    assert close_metrics(expected_result.metrics, result.metrics)
+    assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
+    assert worker_pids() == []
+
+
+def test_a_cancel_stops_every_worker(store, keys, parquet_shards, workers) -> None:
+    cancel = threading.Event()
+    progress = RecordingProgress(cancel, cancel_after_epoch=1)
+    with pytest.raises(TrainingCancelled, match="training workers were stopped"):
+        run_training(spec_for(parquet_shards), keys, store, progress, cancel, limits=LIMITS)
+    assert worker_pids() == []
+
+
+def test_dp_sgd_is_refused_with_several_workers(store, keys, breast_cancer, workers) -> None:
+    spec = training_spec(run_id(), breast_cancer, privacy={"target_epsilon": 8.0, "target_delta": 1e-5,
+                                                           "max_grad_norm": 1.0})  # fmt: skip
+    with pytest.raises(DataParallelRefused, match="DP-SGD trains in one process"):
+        run_training(spec, keys, store, RecordingProgress(), threading.Event())
+
+
+def test_a_worker_that_cannot_meet_its_group_fails_within_its_timeout(store, keys, breast_cancer, tee_settings) -> None:
+    spec = training_spec(run_id(), breast_cancer)
+    headers = tuple(header.to_bytes() for header in shard_headers(spec, keys, store))
+    # Rank 1 of 2, with nobody at the rendezvous port: it must give up after its 3 s, not wait for ever.
+    job_read, job_write = os.pipe()
+    report_read, report_write = os.pipe()
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, "-m", "securetrain.tee.training.worker", str(job_read),
+                                str(report_write)], pass_fds=(job_read, report_write))  # fmt: skip
+    os.close(job_read)
+    os.close(report_write)
+    with io.open(job_write, "wb") as job:
+        send_assignment(job, Assignment(spec, keys, headers, 1, 2, _free_port(), 3, 1, DataLimits()))
+    with io.open(report_read, "rb") as reports:
+        frame = read_frame(reports)
+    assert process.wait(timeout=60) == 1
+    assert frame is not None and frame[0]["error"]["domain"] is False
+    assert time.monotonic() - started < 60
