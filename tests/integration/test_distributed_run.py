@@ -29,6 +29,7 @@ from securetrain.tee.training.handoff import Assignment, send_assignment
 from securetrain.tee.training.data import DataLimits, shard_headers
 from securetrain.tee.training.launcher import DataParallelRefused, _free_port
 from tests.integration import test_streaming_run, test_training_run
+from tests.integration.test_dp_training_run import PRIVACY
 from tests.integration.test_streaming_run import LIMITS, spec_for
 from tests.integration.test_training_run import RecordingProgress, open_model, run_id, training_spec
 
@@ -150,8 +151,7 @@ def test_a_cancel_stops_every_worker(store, keys, parquet_shards, workers) -> No
 
 
 def test_dp_sgd_is_refused_with_several_workers(store, keys, breast_cancer, workers) -> None:
-    spec = training_spec(run_id(), breast_cancer, privacy={"target_epsilon": 8.0, "target_delta": 1e-5,
-                                                           "max_grad_norm": 1.0})  # fmt: skip
+    spec = training_spec(run_id(), breast_cancer, privacy=PRIVACY)
     with pytest.raises(DataParallelRefused, match="DP-SGD trains in one process"):
         run_training(spec, keys, store, RecordingProgress(), threading.Event())
 
