@@ -124,7 +124,8 @@ def main(argv: list[str]) -> int:
     in_fd, out_fd = int(argv[0]), int(argv[1])
     with io.open(in_fd, "rb", closefd=True) as src:
         assignment = receive_assignment(src)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {assignment.rank} %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {assignment.rank} %(name)s %(levelname)s %(message)s",
+                        force=True)
     with io.open(out_fd, "wb", closefd=True) as out:
         try:
             work(assignment, out)
