@@ -15,14 +15,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 import torch
 from cryptography.hazmat.primitives import serialization
 
 from securetrain.core.contracts.training import TrainingCancelled
+from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.tee.training import run_training
 from securetrain.tee.training.frames import read_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
@@ -31,7 +34,7 @@ from securetrain.tee.training.launcher import DataParallelRefused, _free_port
 from tests.integration import test_streaming_run, test_training_run
 from tests.integration.test_dp_training_run import PRIVACY
 from tests.integration.test_streaming_run import LIMITS, spec_for
-from tests.integration.test_training_run import RecordingProgress, open_model, run_id, training_spec
+from tests.integration.test_training_run import RecordingProgress, open_model, run_id, training_spec, upload_sealed
 
 pytestmark = pytest.mark.integration
 store, keys = test_training_run.store, test_training_run.keys
@@ -116,6 +119,7 @@ def test_two_workers_reach_the_single_process_weights_in_memory(store, keys, bre
     assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_stream_is_restarted_from_the_checkpoint_to_the_same_weights(
     store, keys, parquet_shards, tee_settings, monkeypatch, caplog
 ) -> None:
@@ -174,3 +178,30 @@ def test_a_worker_that_cannot_meet_its_group_fails_within_its_timeout(store, key
     assert process.wait(timeout=60) == 1
     assert frame is not None and frame[0]["error"]["domain"] is False
     assert time.monotonic() - started < 60
+
+
+def test_workers_leave_no_plaintext_in_their_work_or_temp_dirs_or_storage(store, keys, workers, tmp_path,
+                                                                          monkeypatch) -> None:  # fmt: skip
+    marker = f"PLAINTEXT-MARKER-{uuid.uuid4().hex}"
+    table = bundled_table("breast-cancer")
+    table = table.append_column("note", pa.array([f"{marker}-{i}" for i in range(table.num_rows)]))
+    plaintext = to_parquet(table)
+    assert marker.encode() in plaintext  # the scan below can find it wherever the plaintext would land
+    blob = f"marker-{uuid.uuid4().hex[:8]}/part-0.sealed"
+    upload_sealed(store, keys, blob, plaintext)
+    features = [name for name in table.column_names if name not in ("label", "note")]
+    spec = training_spec(run_id(), [blob], columns={"features": features})
+    work, temp = tmp_path / "work", tmp_path / "temp"
+    work.mkdir(), temp.mkdir()
+    # The workers inherit the working directory and TMPDIR.
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("TMPDIR", str(temp))
+
+    run_training(spec, keys, store, RecordingProgress(), threading.Event())
+
+    needle = marker.encode()
+    assert [path for path in tmp_path.rglob("*") if path.is_file() and needle in path.read_bytes()] == []
+    outputs = [(spec.checkpoints.container, info.name) for info in store.list_blobs("checkpoints", spec.checkpoints.prefix)]
+    outputs.append((spec.output.container, spec.output.blob))
+    assert len(outputs) == 4  # three epochs' checkpoints and the model
+    assert [name for container, name in outputs if needle in b"".join(store.download_chunks(container, name))] == []

@@ -72,6 +72,8 @@ def run_training(
         ModelConfigurationError: the model has a layer DP-SGD cannot train; refused before the suite runs.
         TrainingCancelled: ``cancel`` was set; the checkpoints written so far are intact.
         StorageError subclasses: storage failed after its bounded retries.
+        DataParallelRefused: several workers and a DP-SGD job.
+        WorkersFailed: several workers, and the group kept losing one after its restarts.
     """
     limits = limits or DataLimits(**DataPathSettings.load().overrides())
     workers = WorkerSettings.load()
