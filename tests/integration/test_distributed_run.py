@@ -31,7 +31,9 @@ from securetrain.tee.training.frames import read_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
 from securetrain.tee.training.data import DataLimits, shard_headers
 from securetrain.tee.training.launcher import DataParallelRefused, _free_port
+from tests.agent_process import AgentProcess
 from tests.integration import test_streaming_run, test_training_run
+from tests.integration.test_agent_job import finished, job_spec, wait_for
 from tests.integration.test_dp_training_run import PRIVACY
 from tests.integration.test_streaming_run import LIMITS, spec_for
 from tests.integration.test_training_run import RecordingProgress, open_model, run_id, training_spec, upload_sealed
@@ -205,3 +207,20 @@ def test_workers_leave_no_plaintext_in_their_work_or_temp_dirs_or_storage(store,
     outputs.append((spec.output.container, spec.output.blob))
     assert len(outputs) == 4  # three epochs' checkpoints and the model
     assert [name for container, name in outputs if needle in b"".join(store.download_chunks(container, name))] == []
+
+
+@pytest.mark.slow
+def test_an_agent_with_two_workers_completes_a_job_with_its_provenance(local_stack, dataset_ref, tmp_path) -> None:
+    """The agent as the stack starts it, configured with two workers: one attestation and release, two workers,
+    the witnessed model and checkpoints in the job's result."""
+    agent = AgentProcess(local_stack, tmp_path, environment={"SECURETRAIN_TRAINING_WORKERS": "2",
+                                                             "SECURETRAIN_TRAINING_WORKER_THREADS": "1"})  # fmt: skip
+    client = agent.start()
+    try:
+        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref)).job_id, finished)
+    finally:
+        agent.stop()
+    assert job.state == "succeeded", job.error
+    assert job.epoch == 3 and job.metrics["val_accuracy"] > 0.8
+    assert job.result.provenance is not None
+    assert "starting 2 training workers" in agent.log_path.read_text()
