@@ -36,7 +36,9 @@ from tests.integration import test_streaming_run, test_training_run
 from tests.integration.test_agent_job import finished, job_spec, wait_for
 from tests.integration.test_dp_training_run import PRIVACY
 from tests.integration.test_streaming_run import LIMITS, spec_for
-from tests.integration.test_training_run import RecordingProgress, open_model, run_id, training_spec, upload_sealed
+from tests.integration.test_training_run import (
+    RecordingProgress, checkpoint_names, open_model, run_id, training_spec, upload_sealed,
+)
 
 pytestmark = pytest.mark.integration
 store, keys = test_training_run.store, test_training_run.keys
@@ -224,3 +226,23 @@ def test_an_agent_with_two_workers_completes_a_job_with_its_provenance(local_sta
     assert job.epoch == 3 and job.metrics["val_accuracy"] > 0.8
     assert job.result.provenance is not None
     assert "starting 2 training workers" in agent.log_path.read_text()
+
+
+class ContractRevoked(Exception):
+    pass
+
+
+class RefusingAfterEpoch(RecordingProgress):
+    """The agent's check at an epoch's end failing (a contract revoked meanwhile)."""
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        super().epoch_done(epoch, step, metrics, checkpoint_blob)
+        raise ContractRevoked(f"revoked at the end of epoch {epoch}")
+
+
+def test_the_group_waits_for_the_agents_check_at_each_epochs_end(store, keys, breast_cancer, workers) -> None:
+    spec = training_spec(run_id(), breast_cancer)
+    with pytest.raises(ContractRevoked, match="end of epoch 1"):
+        run_training(spec, keys, store, RefusingAfterEpoch(), threading.Event())
+    assert checkpoint_names(store, spec) == [f"{spec.checkpoints.prefix}epoch-0001.safetensors.sealed"]
+    assert worker_pids() == []

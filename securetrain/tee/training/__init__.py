@@ -142,6 +142,10 @@ def train_in_process(
             # The plain model and optimizer: Opacus' wrappers share their parameters and state.
             blob = checkpoints.save(trainee.model, trainee.optimizer, done)
             progress.epoch_done(done.epoch, done.step, done.metrics, blob)
+        if group is not None:
+            # The leader's report returns once the agent has checked the epoch's end (a contract still in force):
+            # no worker reads the next epoch's data before that.
+            group.barrier()
 
     def end_of_windows(done: Progress) -> None:
         done = group.combine(done) if group is not None else done

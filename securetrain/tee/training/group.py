@@ -51,6 +51,9 @@ class DataParallelGroup:
         """Whether this worker writes the checkpoints and the model and reports progress (rank 0)."""
         return self.rank == 0
 
+    def barrier(self) -> None:
+        dist.barrier()
+
     def close(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -25,7 +25,7 @@ from securetrain.core.errors import ConfigurationError, SecuretrainError, Securi
 from securetrain.core.storage import BlobStore
 from securetrain.tee.settings import WorkerSettings
 from securetrain.tee.training.data import DataLimits, shard_headers
-from securetrain.tee.training.frames import BrokenFrame, read_frame
+from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
 
 log = logging.getLogger(__name__)
@@ -97,12 +97,15 @@ class _Relay:
     result: TrainingResult | None = None
     validated: bool = False
 
-    def leader(self, message: dict[str, Any], data: bytes) -> None:
+    def leader(self, message: dict[str, Any], data: bytes, answer: BinaryIO) -> None:
         if "upload" in message:
             self._upload(message["upload"], data)
         elif "epoch_done" in message:
             done = message["epoch_done"]
+            # The agent's checks at an epoch's end (contract in force, attestation renewed) raise to stop the run;
+            # the group waits for this answer before it reads the next epoch's data.
             self.progress.epoch_done(done["epoch"], done["step"], done["metrics"], done["checkpoint_blob"])
+            write_frame(answer, {"ack": "epoch_done"})
         elif "validation_done" in message:
             # A restarted group validates again; the agent records the data's validation once.
             if not self.validated:
@@ -130,6 +133,8 @@ class _Relay:
 class _Worker:
     rank: int
     process: subprocess.Popen[bytes]
+    #: The job pipe, kept open for the launcher's answers to the leader.
+    answers: BinaryIO
     error: dict[str, Any] | None = None
     ended: bool = False
 
@@ -179,15 +184,14 @@ class _Group:
         finally:
             os.close(job_read)
             os.close(report_write)
-        worker = _Worker(assignment.rank, process)
+        worker = _Worker(assignment.rank, process, io.open(job_write, "wb", closefd=True))
         reports = io.open(report_read, "rb", closefd=True)
         threading.Thread(target=self._read, args=(assignment.rank, reports), daemon=True,
                          name=f"training-worker-{assignment.rank}").start()  # fmt: skip
-        with io.open(job_write, "wb", closefd=True) as job:
-            try:
-                send_assignment(job, assignment)
-            except BrokenPipeError:
-                pass  # the worker died at once: its exit is seen through its report pipe
+        try:
+            send_assignment(worker.answers, assignment)
+        except BrokenPipeError:
+            pass  # the worker died at once: its exit is seen through its report pipe
         return worker
 
     def _read(self, rank: int, reports: BinaryIO) -> None:
@@ -207,7 +211,10 @@ class _Group:
             if "error" in message:
                 worker.error = message["error"]
             elif worker.rank == 0:
-                self.relay.leader(message, data)
+                try:
+                    self.relay.leader(message, data, worker.answers)
+                except BrokenPipeError:
+                    return "the leading worker stopped reading its answers"
             return None
         worker.ended = True
         try:
@@ -227,6 +234,7 @@ class _Group:
                 worker.process.kill()
         for worker in self.workers:
             worker.process.wait()
+            worker.answers.close()
 
 
 def _product_error(error: dict[str, Any]) -> SecuretrainError:

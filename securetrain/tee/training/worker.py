@@ -24,7 +24,7 @@ from securetrain.tee.settings import TeeSettings
 from securetrain.tee.tee_services import blob_store
 from securetrain.tee.training import train_in_process
 from securetrain.tee.training.data import ShardChanged, describe_shard, shard_headers
-from securetrain.tee.training.frames import write_frame
+from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
 from securetrain.tee.training.group import DataParallelGroup
 from securetrain.tee.training.handoff import Assignment, receive_assignment
 from securetrain.tee.training.loop import select_device
@@ -33,10 +33,11 @@ log = logging.getLogger(__name__)
 
 
 class _Reports:
-    """The leader's :class:`ProgressSink`: each report a frame to the launcher, which tells the agent."""
+    """The leader's :class:`ProgressSink`: each report a frame to the launcher, which tells the agent; an epoch's
+    end returns only when the launcher acknowledges that the agent accepted it."""
 
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
+    def __init__(self, out: BinaryIO, acks: BinaryIO) -> None:
+        self._out, self._acks = out, acks
 
     def validation_done(self, aggregates: Mapping[str, Any]) -> None:
         write_frame(self._out, {"validation_done": dict(aggregates)})
@@ -44,6 +45,9 @@ class _Reports:
     def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
         write_frame(self._out, {"epoch_done": {"epoch": epoch, "step": step, "metrics": dict(metrics),
                                                "checkpoint_blob": checkpoint_blob}})  # fmt: skip
+        frame = read_frame(self._acks)
+        if frame is None or frame[0].get("ack") != "epoch_done":
+            raise BrokenFrame(f"the launcher did not acknowledge the end of epoch {epoch}")
 
     def sealing_model(self) -> None:
         write_frame(self._out, {"sealing_model": True})
@@ -100,8 +104,8 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return error
 
 
-def work(assignment: Assignment, out: BinaryIO) -> None:
-    """Train ``assignment``'s part of the job, reporting to ``out``."""
+def work(assignment: Assignment, out: BinaryIO, acks: BinaryIO) -> None:
+    """Train ``assignment``'s part of the job, reporting to ``out`` (the launcher's answers on ``acks``)."""
     torch.set_num_threads(assignment.threads)
     device = select_device()
     if device.type == "cuda":
@@ -110,7 +114,7 @@ def work(assignment: Assignment, out: BinaryIO) -> None:
         _check_witnessed(assignment, direct)
         group = DataParallelGroup(assignment.rank, assignment.world_size, assignment.port, assignment.timeout_s, device)
         try:
-            progress = _Reports(out) if group.leads else _Unreported()
+            progress = _Reports(out, acks) if group.leads else _Unreported()
             store = _RelayedUploads(direct, out)
             result = train_in_process(assignment.spec, assignment.keys, store, progress, threading.Event(),  # type: ignore[arg-type]
                                       limits=assignment.limits, group=group)  # fmt: skip
@@ -122,13 +126,12 @@ def work(assignment: Assignment, out: BinaryIO) -> None:
 
 def main(argv: list[str]) -> int:
     in_fd, out_fd = int(argv[0]), int(argv[1])
-    with io.open(in_fd, "rb", closefd=True) as src:
+    with io.open(in_fd, "rb", closefd=True) as src, io.open(out_fd, "wb", closefd=True) as out:
         assignment = receive_assignment(src)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {assignment.rank} %(name)s %(levelname)s %(message)s",
-                        force=True)
-    with io.open(out_fd, "wb", closefd=True) as out:
+        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {assignment.rank} %(name)s %(levelname)s "
+                            "%(message)s", force=True)  # fmt: skip
         try:
-            work(assignment, out)
+            work(assignment, out, src)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the launcher, which decides
             log.error("worker %d failed: %s", assignment.rank, exc, exc_info=not isinstance(exc, SecuretrainError))
             write_frame(out, {"error": _error(exc)})
