@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 BENCHMARKS = ["benchmarks.sealed", "benchmarks.attestation_latency", "benchmarks.release_latency",
-              "benchmarks.dag_parsing", "benchmarks.trainer", "benchmarks.streaming", "benchmarks.dp_sgd",
-              "benchmarks.gpu_verification"]
+              "benchmarks.dag_parsing", "benchmarks.trainer", "benchmarks.streaming", "benchmarks.distributed",
+              "benchmarks.dp_sgd", "benchmarks.gpu_verification"]
 
 
 def main() -> int:

@@ -35,6 +35,10 @@ decides whether that host is an approved TEE.
 The data path's memory (:class:`DataPathSettings`) is the TEE's own configuration too, never the job's:
 ``SECURETRAIN_DATA_CACHE_BYTES``, ``SECURETRAIN_DATA_STREAM_BUDGET_BYTES``, ``SECURETRAIN_DATA_SHARDS_IN_FLIGHT``,
 ``SECURETRAIN_DATA_WINDOW_SHARDS`` and ``SECURETRAIN_DATA_CHECKPOINT_WINDOWS`` (docs/trainer.md, "The data path").
+So is the number of data-parallel training workers (:class:`WorkerSettings`): ``SECURETRAIN_TRAINING_WORKERS``
+(default 1: training in the agent's process), ``SECURETRAIN_TRAINING_RESTARTS``,
+``SECURETRAIN_TRAINING_RENDEZVOUS_TIMEOUT_S`` and ``SECURETRAIN_TRAINING_WORKER_THREADS`` (docs/trainer.md,
+"Several workers in one TEE").
 """
 
 from __future__ import annotations
@@ -125,3 +129,16 @@ class DataPathSettings(Settings):
     def overrides(self) -> dict[str, int]:
         """The values set, under the names of ``DataLimits``' fields."""
         return {name.removeprefix("data_"): value for name, value in self.model_dump().items() if value is not None}
+
+
+class WorkerSettings(Settings):
+    """How many data-parallel worker processes train one job, and how their group is kept alive."""
+
+    #: 1: the job trains in the agent's process; N > 1: N worker processes under one launcher.
+    training_workers: PositiveInt = 1
+    #: How many times a group that lost a worker is restarted from the newest checkpoint before the job fails.
+    training_restarts: NonNegativeInt = 2
+    #: How long a worker waits for the whole group to meet (and for any collective) before it gives up.
+    training_rendezvous_timeout_s: PositiveInt = 120
+    #: PyTorch intra-op threads per worker; unset: the machine's cores divided among the workers.
+    training_worker_threads: PositiveInt | None = None

@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,7 +19,7 @@ from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingC
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import SealedHeader
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
-from securetrain.tee.settings import DataPathSettings
+from securetrain.tee.settings import DataPathSettings, WorkerSettings
 from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, shard_headers
 from securetrain.tee.training.loop import (
     Standardization,
@@ -40,6 +40,9 @@ from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, r
 from securetrain.core.storage import BlobStore
 from securetrain.core.validation import StreamedValidation, validate
 
+if TYPE_CHECKING:
+    from securetrain.tee.training.group import DataParallelGroup
+
 __all__ = ["DataLimits", "PrivacyPlan", "StreamingRefused", "plan_privacy", "run_training"]
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,8 @@ def run_training(
     """Train the model ``spec`` describes on its sealed dataset; return where the sealed model is.
 
     Calling it again for the same spec (after a crash or a cancel) resumes from the newest checkpoint that opens and verifies.
+    With ``SECURETRAIN_TRAINING_WORKERS`` > 1 the job trains in that many worker processes (docs/trainer.md,
+    "Several workers in one TEE"), which fail as this function does.
 
     A dataset above ``limits.cache_bytes`` of plaintext is streamed shard by shard every epoch (docs/trainer.md,
     "The data path").
@@ -73,7 +78,30 @@ def run_training(
         ModelConfigurationError: the model has a layer DP-SGD cannot train; refused before the suite runs.
         TrainingCancelled: ``cancel`` was set; the checkpoints written so far are intact.
         StorageError subclasses: storage failed after its bounded retries.
+        DataParallelRefused: several workers and a DP-SGD job.
+        WorkersFailed: several workers, and the group kept losing one after its restarts.
     """
+    limits = limits or DataLimits(**DataPathSettings.load().overrides())
+    workers = WorkerSettings.load()
+    if workers.training_workers > 1:
+        from securetrain.tee.training.launcher import run_workers  # noqa: PLC0415 - only with several workers
+
+        return run_workers(spec, keys, store, progress, cancel, workers, limits)
+    return train_in_process(spec, keys, store, progress, cancel, limits=limits)
+
+
+def train_in_process(
+    spec: TrainingSpec,
+    keys: JobKeys,
+    store: BlobStore,
+    progress: ProgressSink,
+    cancel: threading.Event,
+    *,
+    limits: DataLimits | None = None,
+    group: DataParallelGroup | None = None,
+) -> TrainingResult:
+    """:func:`run_training` in this process: alone, or as one worker of ``group`` (whose leader alone writes
+    checkpoints and the model)."""
     device = select_device()
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
@@ -108,14 +136,27 @@ def run_training(
         trainee = build()
     start = resumed[0] if resumed is not None else Progress(0, 0, {})
     training = prepared.training(trainee, start)
+    if group is not None:
+        training, start = group.share(training, start)
+    leads = group is None or group.leads
+    # The newest epoch's progress with the group's row sums (the loop's own is this worker's alone).
+    combined = [start]
 
     def end_of_epoch(done: Progress) -> None:
-        # The plain model and optimizer: Opacus' wrappers share their parameters and state.
-        blob = checkpoints.save(trainee.model, trainee.optimizer, done)
-        progress.epoch_done(done.epoch, done.step, done.metrics, blob)
+        done = combined[0] = group.combine(done) if group is not None else done
+        if leads:
+            # The plain model and optimizer: Opacus' wrappers share their parameters and state.
+            blob = checkpoints.save(trainee.model, trainee.optimizer, done)
+            progress.epoch_done(done.epoch, done.step, done.metrics, blob)
+        if group is not None:
+            # The leader's report returns once the agent has checked the epoch's end (a contract still in force):
+            # no worker reads the next epoch's data before that.
+            group.barrier()
 
     def end_of_windows(done: Progress) -> None:
-        checkpoints.save(trainee.model, trainee.optimizer, done)
+        done = group.combine(done) if group is not None else done
+        if leads:
+            checkpoints.save(trainee.model, trainee.optimizer, done)
 
     final = train(trainee, training, prepared.held_out, hyper, start, device, cancel, end_of_epoch, end_of_windows,
                   limits.checkpoint_windows)  # fmt: skip
@@ -125,6 +166,8 @@ def run_training(
     if cancel.is_set():
         raise TrainingCancelled(f"cancelled after epoch {final.epoch}, before the model was sealed")
     spent = dp.spent() if dp is not None else None
+    if group is not None:
+        final = combined[0]
     progress.sealing_model()
     description = {
         "model": spec.model.name,
@@ -137,7 +180,8 @@ def run_training(
         "steps": final.step,
         "metrics": dict(final.metrics),
     }
-    seal_model(store, spec.output, spec.run_id, keys, trainee.model, description, contract=spec.contract)
+    if leads:
+        seal_model(store, spec.output, spec.run_id, keys, trainee.model, description, contract=spec.contract)
     return TrainingResult(
         model_blob=spec.output, metrics=dict(final.metrics), device=describe_device(device), epochs_completed=final.epoch,
         steps_completed=final.step, privacy=spent,

@@ -1,0 +1,108 @@
+"""One worker's part in a data-parallel group: the same global batches as a single process, split by rows.
+
+Every worker steps through the same sequence of global batches (the data path's order is a function of the
+seed alone); worker ``r`` of ``W`` trains on the contiguous rows ``[B*r//W, B*(r+1)//W)`` of each batch of
+``B`` rows. DistributedDataParallel sums the workers' gradients weighted by their share of the batch's rows
+(a communication hook), which is the single-process gradient of the batch's mean loss however unevenly the
+last, partial batch splits. Only the order of floating-point sums differs from one process: the tolerance
+in docs/trainer.md ("Several workers in one TEE").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from securetrain.tee.training.checkpoint import Progress
+from securetrain.tee.training.loop import Batch, Training
+
+#: Progress metrics that are sums over the rows a worker trained on; the group's value is their sum.
+_SUMMED = ("train_loss", "train_loss_sum")
+
+
+@dataclasses.dataclass
+class _Share:
+    """This worker's share of the current global batch's rows, read by the gradient hook."""
+
+    weight: float = 1.0
+
+
+class DataParallelGroup:
+    """The worker's rank in a process group met on the launcher's loopback TCP store."""
+
+    def __init__(self, rank: int, world_size: int, port: int, timeout_s: int, device: torch.device) -> None:
+        self.rank, self.world_size = rank, world_size
+        self._device = device
+        self._share = _Share()
+        # gloo on the CPU; NCCL between GPUs (one per worker), untested here.
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(
+            backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+            timeout=timedelta(seconds=timeout_s),
+        )  # fmt: skip
+
+    @property
+    def leads(self) -> bool:
+        """Whether this worker writes the checkpoints and the model and reports progress (rank 0)."""
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+    def share(self, training: Training, start: Progress) -> tuple[Training, Progress]:
+        """``training`` as this worker steps through it, and where it starts: the model under DDP, each batch
+        cut to this worker's rows; a resumed epoch's loss so far counted once (by the leader)."""
+        module = DistributedDataParallel(training.module)
+        module.register_comm_hook(self._share, _weighted_sum)
+
+        def batches(epoch: int) -> Iterable[Batch]:
+            return self._rows(training.batches(epoch))
+
+        def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
+            for window, window_batches in training.epoch(epoch, first):
+                yield window, self._rows(window_batches)
+
+        ours = dataclasses.replace(training, module=module, batches=batches, windows=windows)
+        if not self.leads:
+            start = dataclasses.replace(start, metrics={k: v for k, v in start.metrics.items() if k != "train_loss_sum"})
+        return ours, start
+
+    def _rows(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        for x, y in batches:
+            total = len(y)
+            low, high = total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
+            if high > low:
+                self._share.weight = (high - low) / total
+                yield x[low:high], y[low:high]
+            else:
+                # Fewer rows than workers: this worker still takes part in the step (DDP's all-reduce needs every
+                # worker) with one row whose gradient counts zero times.
+                self._share.weight = 0.0
+                yield x[:1], y[:1]
+
+    def combine(self, progress: Progress) -> Progress:
+        """``progress`` with the row sums of every worker added up (a collective: every worker calls it)."""
+        names = [name for name in _SUMMED if name in progress.metrics]
+        if not names:
+            return progress
+        sums = torch.tensor([progress.metrics[name] for name in names], dtype=torch.float64, device=self._device)
+        dist.all_reduce(sums)
+        return dataclasses.replace(progress, metrics={**progress.metrics, **dict(zip(names, sums.tolist(), strict=True))})
+
+
+# Unannotated: DDP checks a hook's annotations against the real types, and this module's are strings.
+def _weighted_sum(share, bucket):  # type: ignore[no-untyped-def]
+    """Each worker's mean-loss gradient (a ``dist.GradBucket``) times its share of the batch's rows, summed over
+    the group: a future of the summed bucket."""
+    tensor = bucket.buffer()
+    tensor.mul_(share.weight)
+    return dist.all_reduce(tensor, async_op=True).get_future().then(lambda done: done.value()[0])
