@@ -23,7 +23,6 @@ Usage: ``python -m benchmarks.streaming [--size-mib 1024] [--budget-mib 256] [--
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import math
 import subprocess
@@ -42,9 +41,9 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from benchmarks.trainer import (
     BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED, _Quiet,
-    azurite_store, job_spec, peak_rss_mib, shard_parquet,
+    azurite_store, job_spec, peak_rss_mib, stage_shards,
 )  # fmt: skip
-from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey
 from securetrain.localstack import StackConfig, down, up
 from securetrain.localstack.ports import free_ports
 from securetrain.localstack.services.azurite import AZURITE
@@ -187,19 +186,7 @@ def main() -> int:
         config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
         try:
             up(config)
-            sealed_bytes = 0
-            with azurite_store(config.layout.env_file) as store:
-                for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
-                    store.ensure_container(container)
-                for index in range(args.shards):
-                    plaintext = shard_parquet(index, rows)
-                    store.upload_stream(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet", io.BytesIO(plaintext),
-                                        length=len(plaintext))  # fmt: skip
-                    sealed = io.BytesIO()
-                    seal(io.BytesIO(plaintext), sealed, public, CONTEXT)
-                    sealed_bytes += len(sealed.getbuffer())
-                    sealed.seek(0)
-                    store.upload_stream("datasets", f"bench/part-{index}.sealed", sealed, length=len(sealed.getbuffer()))
+            sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
             common = ["--size-mib", str(args.size_mib), "--budget-mib", str(args.budget_mib), "--shards",
                       str(args.shards), "--window", str(args.window), "--in-flight", str(args.in_flight),
                       "--epochs", str(args.epochs), "--stack-env", str(config.layout.env_file)]  # fmt: skip

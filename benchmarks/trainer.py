@@ -125,6 +125,25 @@ def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "val_accuracy": accuracy, "peak_rss_mib": peak_rss_mib()}
 
 
+def stage_shards(stack_env: Path, public: KekPublicKey, shards: int, rows: int) -> int:
+    """Upload ``shards`` generated Parquet shards of ``rows`` rows to Azurite twice, as plaintext (the plain
+    side's) and sealed for ``public`` (the secure side's); the sealed bytes in all."""
+    sealed_bytes = 0
+    with azurite_store(stack_env) as store:
+        for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
+            store.ensure_container(container)
+        for index in range(shards):
+            plaintext = shard_parquet(index, rows)
+            store.upload_stream(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet", io.BytesIO(plaintext),
+                                length=len(plaintext))  # fmt: skip
+            sealed = io.BytesIO()
+            seal(io.BytesIO(plaintext), sealed, public, CONTEXT)
+            sealed_bytes += len(sealed.getbuffer())
+            sealed.seek(0)
+            store.upload_stream("datasets", f"bench/part-{index}.sealed", sealed, length=len(sealed.getbuffer()))
+    return sealed_bytes
+
+
 class _Quiet:
     """The progress sink of a benchmark: nobody polls it."""
 
@@ -212,20 +231,7 @@ def main() -> int:
         config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
         try:
             up(config)
-            sealed_bytes = 0
-            with azurite_store(config.layout.env_file) as store:
-                for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
-                    store.ensure_container(container)
-                for index in range(args.shards):
-                    plaintext = shard_parquet(index, rows)
-                    store.upload_stream(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet", io.BytesIO(plaintext),
-                                        length=len(plaintext))  # fmt: skip
-                    sealed = io.BytesIO()
-                    seal(io.BytesIO(plaintext), sealed, public, CONTEXT)
-                    sealed_bytes += len(sealed.getbuffer())
-                    sealed.seek(0)
-                    blob = f"bench/part-{index}.sealed"
-                    store.upload_stream("datasets", blob, sealed, length=len(sealed.getbuffer()))
+            sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
             common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
                       "--stack-env", str(config.layout.env_file)]
             plains, secures = [], []

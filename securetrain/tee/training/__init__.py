@@ -97,7 +97,7 @@ def train_in_process(
     progress: ProgressSink,
     cancel: threading.Event,
     *,
-    limits: DataLimits | None = None,
+    limits: DataLimits,
     group: DataParallelGroup | None = None,
 ) -> TrainingResult:
     """:func:`run_training` in this process: alone, or as one worker of ``group`` (whose leader alone writes
@@ -105,7 +105,6 @@ def train_in_process(
     device = select_device()
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
-    limits = limits or DataLimits(**DataPathSettings.load().overrides())
     hyper = spec.hyperparameters
 
     headers = shard_headers(spec, keys, store)
