@@ -34,7 +34,8 @@ decides whether that host is an approved TEE.
 
 The data path's memory (:class:`DataPathSettings`) is the TEE's own configuration too, never the job's:
 ``SECURETRAIN_DATA_CACHE_BYTES``, ``SECURETRAIN_DATA_STREAM_BUDGET_BYTES``, ``SECURETRAIN_DATA_SHARDS_IN_FLIGHT``,
-``SECURETRAIN_DATA_WINDOW_SHARDS`` and ``SECURETRAIN_DATA_CHECKPOINT_WINDOWS`` (docs/trainer.md, "The data path").
+``SECURETRAIN_DATA_WINDOW_SHARDS``, ``SECURETRAIN_DATA_CHECKPOINT_WINDOWS`` and ``SECURETRAIN_DATA_LANES``
+(docs/trainer.md, "The data path").
 So is the number of data-parallel training workers (:class:`WorkerSettings`): ``SECURETRAIN_TRAINING_WORKERS``
 (default 1: training in the agent's process), ``SECURETRAIN_TRAINING_RESTARTS``,
 ``SECURETRAIN_TRAINING_RENDEZVOUS_TIMEOUT_S`` and ``SECURETRAIN_TRAINING_WORKER_THREADS`` (docs/trainer.md,
@@ -125,6 +126,7 @@ class DataPathSettings(Settings):
     data_shards_in_flight: PositiveInt | None = None
     data_window_shards: PositiveInt | None = None
     data_checkpoint_windows: NonNegativeInt | None = None
+    data_lanes: PositiveInt | None = None
 
     def overrides(self) -> dict[str, int]:
         """The values set, under the names of ``DataLimits``' fields."""

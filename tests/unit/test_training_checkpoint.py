@@ -13,6 +13,8 @@ from securetrain.tee.training.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointInvalid,
     Progress,
+    WindowCut,
+    WindowCutChanged,
     checkpoint_blob,
     encode_checkpoint,
     restore_checkpoint,
@@ -92,3 +94,23 @@ def test_a_malformed_safetensors_header_is_refused(payload: bytes) -> None:
 
 def test_checkpoint_blobs_are_named_by_epoch_under_the_prefix() -> None:
     assert checkpoint_blob(CheckpointLocation(container="checkpoints", prefix="run-1/"), 3) == "run-1/epoch-0003.safetensors.sealed"
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_under_the_window_settings_it_was_cut_under() -> None:
+    model, optimizer = trained(seed=1)
+    cut = WindowCut(window_shards=4, lanes=2)
+    payload = encode_checkpoint(model, optimizer, Progress(1, 30, {"train_loss_sum": 2.0}, windows=3), RUN, cut)
+    assert safetensors_metadata(payload)["lanes"] == "2" and safetensors_metadata(payload)["window_shards"] == "4"
+    assert restore_checkpoint(payload, *trained(seed=2, steps=0), RUN, 1, windows=3, cut=cut).windows == 3
+    with pytest.raises(WindowCutChanged, match="SECURETRAIN_DATA_LANES 2 \\(now 4\\)"):
+        restore_checkpoint(payload, *trained(seed=2, steps=0), RUN, 1, windows=3, cut=WindowCut(4, 4))
+    with pytest.raises(WindowCutChanged, match="SECURETRAIN_DATA_WINDOW_SHARDS 4 \\(now 8\\)"):
+        restore_checkpoint(payload, *trained(seed=2, steps=0), RUN, 1, windows=3, cut=WindowCut(8, 2))
+    # One that does not say how it was cut cannot be placed in this run's order.
+    unrecorded = encode_checkpoint(model, optimizer, Progress(1, 30, {}, windows=3), RUN)
+    with pytest.raises(WindowCutChanged, match="SECURETRAIN_DATA_LANES unrecorded"):
+        restore_checkpoint(unrecorded, *trained(seed=2, steps=0), RUN, 1, windows=3, cut=cut)
+    # An epoch's end does not depend on how the epoch was cut.
+    at_the_end = encode_checkpoint(model, optimizer, Progress(2, 60, {}), RUN, cut)
+    assert "lanes" not in safetensors_metadata(at_the_end)
+    assert restore_checkpoint(at_the_end, *trained(seed=2, steps=0), RUN, 2, cut=WindowCut(8, 4)).epoch == 2

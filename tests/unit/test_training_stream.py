@@ -1,4 +1,4 @@
-"""The streaming path's pieces: seeded splits and orders, float64 standardization, the budget's ledger."""
+"""The streaming path's pieces: seeded splits and orders, lanes, float64 standardization, the budget's ledger."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from securetrain.tee.training.loop import held_out_count
-from securetrain.tee.training.stream import BufferLedger, DataBudgetExceeded, _Moments, shard_order, shard_split
+from securetrain.tee.training.lanes import Lanes, LanesRefused
+from securetrain.tee.training.stream import (
+    BufferLedger, DataBudgetExceeded, _generator, _Moments, shard_order, shard_split, window_batches,
+)  # fmt: skip
 
 
 def test_each_shard_holds_out_its_share_by_a_seeded_permutation_of_its_own() -> None:
@@ -44,3 +47,59 @@ def test_the_ledger_refuses_what_would_pass_the_budget_and_keeps_the_peak() -> N
     with pytest.raises(DataBudgetExceeded, match="c needs 61 bytes while the data path holds 40 of its 100-byte budget"):
         ledger.hold(61, "c")
     assert ledger.held == 40 and ledger.peak == 100
+
+
+def _window_rows(lanes: Lanes, train_rows: list[int]) -> list[tuple[int, int]]:
+    """(shard position, row) of each of a process's window rows: its shards' rows in window order."""
+    return [(position, row) for position, rows in enumerate(train_rows) if lanes.reads(position) for row in range(rows)]
+
+
+def test_one_lane_is_the_window_shuffled_as_a_whole_in_batches_of_the_batch_size() -> None:
+    plans = window_batches(Lanes.of(1, 64), [160, 150, 0, 160], seed=7, epoch=2, window=3)
+    order = torch.randperm(470, generator=_generator(7, 2, 3, "rows"))
+    assert [len(indices) for indices, _ in plans] == [64] * 7 + [22]
+    assert torch.equal(torch.cat([indices for indices, _ in plans]), order)
+    assert [rows for _, rows in plans] == [len(indices) for indices, _ in plans]
+
+
+def test_lanes_give_each_batch_fixed_sub_batches_until_they_run_out_and_every_row_once() -> None:
+    train_rows = [100, 30, 50, 10, 40]  # lanes 0..2: positions (0, 3), (1, 4), (2,): 110, 70 and 50 rows
+    lanes = Lanes.of(3, 10)
+    assert [lanes.sub_batch(lane) for lane in range(3)] == [3, 3, 4]
+    plans = window_batches(lanes, train_rows, seed=1, epoch=1, window=0)
+    assert len(plans) == 37  # lane 0 needs ceil(110 / 3) batches, the longest
+    rows = _window_rows(lanes, train_rows)
+    lane_of_batch = [[rows[i][0] % 3 for i in indices.tolist()] for indices, _ in plans]
+    # Lane order within each batch; lane 2 (50 rows, 4 a batch) runs out in batch 12, lane 1 (70, 3) in batch 23.
+    assert lane_of_batch[0] == [0] * 3 + [1] * 3 + [2] * 4
+    assert lane_of_batch[12] == [0] * 3 + [1] * 3 + [2] * 2 and lane_of_batch[13] == [0] * 3 + [1] * 3
+    assert lane_of_batch[23] == [0] * 3 + [1] and lane_of_batch[24] == [0] * 3 and lane_of_batch[36] == [0] * 2
+    every = torch.cat([indices for indices, _ in plans])
+    assert sorted(every.tolist()) == list(range(sum(train_rows)))
+    assert [rows for _, rows in plans] == [len(indices) for indices, _ in plans]
+
+
+def test_workers_reading_their_lanes_train_on_exactly_the_rows_of_one_process_batch_by_batch() -> None:
+    train_rows = [100, 30, 50, 10, 40, 0, 70]
+    alone = Lanes.of(4, 16)
+    plans = window_batches(alone, train_rows, seed=5, epoch=3, window=1)
+    rows = _window_rows(alone, train_rows)
+    expected = [sorted(rows[i] for i in indices.tolist()) for indices, _ in plans]
+    together: list[list[tuple[int, int]]] = [[] for _ in plans]
+    for rank in range(2):
+        worker = Lanes.of(4, 16, rank, 2)
+        assert worker.owned == ((0, 2) if rank == 0 else (1, 3))
+        worker_rows = _window_rows(worker, train_rows)
+        assert {position % 4 for position, _ in worker_rows} <= set(worker.owned)
+        worker_plans = window_batches(worker, train_rows, seed=5, epoch=3, window=1)
+        assert [total for _, total in worker_plans] == [total for _, total in plans]
+        for batch, (indices, _) in enumerate(worker_plans):
+            together[batch] += [worker_rows[i] for i in indices.tolist()]
+    assert [sorted(batch) for batch in together] == expected
+
+
+def test_lanes_that_workers_cannot_split_or_a_batch_cannot_hold_are_refused_naming_the_settings() -> None:
+    with pytest.raises(LanesRefused, match="set SECURETRAIN_DATA_LANES to a multiple of SECURETRAIN_TRAINING_WORKERS"):
+        Lanes.of(3, 64, 0, 2)
+    with pytest.raises(LanesRefused, match="batch size 2 is smaller than the 4 lanes"):
+        Lanes.of(4, 2)

@@ -18,7 +18,7 @@ import torch
 from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.sealed import SealedHeader
-from securetrain.tee.training.checkpoint import Checkpoints, Progress, seal_model
+from securetrain.tee.training.checkpoint import Checkpoints, Progress, WindowCut, seal_model
 from securetrain.tee.settings import DataPathSettings, WorkerSettings
 from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, shard_headers
 from securetrain.tee.training.loop import (
@@ -34,6 +34,7 @@ from securetrain.tee.training.loop import (
     split_rows,
     train,
 )
+from securetrain.tee.training.lanes import Lanes
 from securetrain.tee.training.models import DataShape
 from securetrain.tee.training.stream import BufferLedger, ShardStream
 from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, refuse_unsupported_layers
@@ -79,6 +80,8 @@ def run_training(
         TrainingCancelled: ``cancel`` was set; the checkpoints written so far are intact.
         StorageError subclasses: storage failed after its bounded retries.
         DataParallelRefused: several workers and a DP-SGD job.
+        LanesRefused: streamed with a batch size below ``SECURETRAIN_DATA_LANES``, or with several workers and lanes
+            that are not a multiple of ``SECURETRAIN_TRAINING_WORKERS``; refused before any training.
         WorkersFailed: several workers, and the group kept losing one after its restarts.
     """
     limits = limits or DataLimits(**DataPathSettings.load().overrides())
@@ -109,16 +112,16 @@ def train_in_process(
 
     headers = shard_headers(spec, keys, store)
     sizes = tuple(header.content.plaintext_length for header in headers)
-    if sum(sizes) <= limits.cache_bytes:
+    if not limits.streams(sum(sizes)):
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
         prepared = _in_memory(spec, keys, store, limits, device, cancel)
     else:
         log.info("run %s: the dataset's %d plaintext bytes in %d shards exceed the %d-byte in-memory cache: streaming "
-                 "it (budget %d bytes, %d shards in flight, windows of %d shards)", spec.run_id, sum(sizes),
+                 "it (budget %d bytes, %d shards in flight, windows of %d shards in %d lanes)", spec.run_id, sum(sizes),
                  len(sizes), limits.cache_bytes, limits.stream_budget_bytes, limits.shards_in_flight,
-                 limits.window_shards)  # fmt: skip
-        prepared = _streamed(spec, keys, store, limits, headers, device, cancel)
+                 limits.window_shards, limits.lanes)  # fmt: skip
+        prepared = _streamed(spec, keys, store, limits, headers, device, cancel, group)
     progress.validation_done(prepared.aggregates)
 
     def build() -> Trainee:
@@ -126,7 +129,9 @@ def train_in_process(
 
     trainee = prepared.trainee
     dp = prepared.dp
-    checkpoints = Checkpoints(store, spec.checkpoints, spec.run_id, keys)
+    # A mid-epoch checkpoint's windows are a position in the streamed order, which these settings shape.
+    cut = WindowCut(limits.window_shards, limits.lanes) if prepared.ledger is not None else None
+    checkpoints = Checkpoints(store, spec.checkpoints, spec.run_id, keys, cut)
     accountant_after = dp.plan.history_after if dp is not None else None
     resumed = checkpoints.restore_latest(trainee.model, trainee.optimizer, hyper.epochs, accountant_after,
                                          mid_epoch=prepared.ledger is not None)  # fmt: skip
@@ -240,8 +245,10 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
 
 
 def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
-              headers: tuple[SealedHeader, ...], device: torch.device, cancel: threading.Event) -> _Prepared:  # fmt: skip
-    """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path")."""
+              headers: tuple[SealedHeader, ...], device: torch.device, cancel: threading.Event,
+              group: DataParallelGroup | None) -> _Prepared:  # fmt: skip
+    """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path"); in a group, each worker
+    reads only its lanes' shards in the epochs (all of them in the survey)."""
     sizes = [header.content.plaintext_length for header in headers]
     if spec.privacy is not None:
         # Opacus' DP-SGD samples each batch from the whole dataset (Poisson sampling, every row with the same
@@ -252,7 +259,11 @@ def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataL
             "dataset within the cache, or a TEE configured with a larger SECURETRAIN_DATA_CACHE_BYTES"
         )
     hyper = spec.hyperparameters
-    stream = ShardStream(spec, keys, store, limits, headers)
+    if group is not None:
+        lanes = Lanes.of(limits.lanes, hyper.batch_size, group.rank, group.world_size)
+    else:
+        lanes = Lanes.of(limits.lanes, hyper.batch_size)
+    stream = ShardStream(spec, keys, store, limits, headers, lanes)
     validation = StreamedValidation(spec.expectation_suite) if spec.expectation_suite is not None else None
     dataset = stream.survey(hyper.seed, validation.add if validation is not None else None)
     if cancel.is_set():
@@ -265,7 +276,7 @@ def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataL
     held_out = (dataset.held_out, torch.arange(dataset.held_out.rows))
 
     def training(trainee: Trainee, start: Progress) -> Training:
-        return stream.training(trainee, dataset, hyper.seed, hyper.batch_size)
+        return stream.training(trainee, dataset, hyper.seed)
 
     return _Prepared(dataset.shape, dataset.stats, dataset.feature_names, held_out, aggregates, trainee, None, training,
                      stream.ledger)  # fmt: skip

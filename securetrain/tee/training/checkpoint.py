@@ -26,7 +26,7 @@ import torch
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from securetrain.core.errors import SecuretrainError, SecurityViolation
+from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
 from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
 from securetrain.core.storage import BlobStore, StorageError
 from securetrain.core.contracts.job_spec import BlobRef, CheckpointLocation
@@ -59,6 +59,38 @@ class Progress:
     accountant: AccountantHistory = ()
     #: Windows of epoch ``epoch + 1`` done (a mid-epoch checkpoint of a streamed dataset); 0 at an epoch's end.
     windows: int = 0
+
+
+@dataclass(frozen=True)
+class WindowCut:
+    """The data-path settings that make a streamed epoch's windows what they are: a mid-epoch checkpoint's window
+    count is a position in that order only under the same ones."""
+
+    window_shards: int
+    lanes: int
+
+    def metadata(self) -> dict[str, str]:
+        return {"window_shards": str(self.window_shards), "lanes": str(self.lanes)}
+
+
+class WindowCutChanged(ConfigurationError):
+    """A mid-epoch checkpoint was cut under other data-path settings than this run streams with."""
+
+
+_CUT_SETTINGS = {"window_shards": "SECURETRAIN_DATA_WINDOW_SHARDS", "lanes": "SECURETRAIN_DATA_LANES"}
+
+
+def _check_cut(metadata: Mapping[str, str], cut: WindowCut | None) -> None:
+    """Refuse a mid-epoch checkpoint whose windows are not this run's (or that does not say under which settings
+    it was cut: resuming from it could skip rows or train some twice)."""
+    expected = cut.metadata() if cut is not None else {}
+    changed = [f"{setting} {metadata.get(name, 'unrecorded')} (now {expected.get(name, 'not streamed')})"
+               for name, setting in _CUT_SETTINGS.items() if metadata.get(name) != expected.get(name)]  # fmt: skip
+    if changed:
+        raise WindowCutChanged(
+            f"it was cut within an epoch under {' and '.join(changed)}: its windows are another order's; "
+            "the run resumes from an epoch's end instead (restore the setting to resume from it)"
+        )
 
 
 def checkpoint_blob(location: CheckpointLocation, epoch: int, windows: int = 0) -> str:
@@ -113,9 +145,10 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
 
 
 def encode_checkpoint(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, run_id: str
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress, run_id: str, cut: WindowCut | None = None
 ) -> bytes:
-    """The checkpoint as safetensors bytes (see the module documentation for the layout)."""
+    """The checkpoint as safetensors bytes (see the module documentation for the layout); a mid-epoch one records
+    ``cut``, the settings its windows count under (in the payload, so under its MAC)."""
     tensors = {f"model.{name}": value.detach().cpu().contiguous() for name, value in model.state_dict().items()}
     optimizer_tensors, optimizer_json = _optimizer_tensors(optimizer)
     tensors |= optimizer_tensors
@@ -135,6 +168,8 @@ def encode_checkpoint(
         metadata["accountant"] = json.dumps([list(phase) for phase in progress.accountant])
     if progress.windows:
         metadata["windows"] = str(progress.windows)
+        if cut is not None:
+            metadata |= cut.metadata()
     return safetensors.torch.save(tensors, metadata=metadata)
 
 
@@ -147,9 +182,10 @@ def _accountant_history(metadata: Mapping[str, str]) -> AccountantHistory:
 
 def restore_checkpoint(
     payload: bytes, model: torch.nn.Module, optimizer: torch.optim.Optimizer, run_id: str, epoch: int,
-    accountant_after: Callable[[int], AccountantHistory] | None = None, windows: int = 0,
+    accountant_after: Callable[[int], AccountantHistory] | None = None, windows: int = 0, cut: WindowCut | None = None,
 ) -> Progress:  # fmt: skip
-    """Load a checkpoint's state into ``model``, ``optimizer`` and the RNGs; :class:`CheckpointInvalid` if unusable.
+    """Load a checkpoint's state into ``model``, ``optimizer`` and the RNGs; :class:`CheckpointInvalid` if unusable,
+    :class:`WindowCutChanged` if it is ``windows`` into an epoch cut under other settings than ``cut``.
 
     ``accountant_after(step)`` is the DP-SGD accountant history this job has after ``step`` steps (None
     without differential privacy: then the checkpoint must carry none). Everything is checked before
@@ -166,6 +202,8 @@ def restore_checkpoint(
             f"it is {position(metadata.get('epoch'), metadata.get('windows', '0'))} of run {metadata.get('run_id')!r}, "
             f"expected {position(epoch, windows)} of {run_id!r}"
         )
+    if windows:
+        _check_cut(metadata, cut)
     try:
         tensors = safetensors.torch.load(payload)
         step = int(metadata["step"])
@@ -227,16 +265,19 @@ class Checkpoints:
 
     _NAME = re.compile(r"epoch-(\d{4,})(?:-window-(\d{6,}))?\.safetensors\.sealed")
 
-    def __init__(self, store: BlobStore, location: CheckpointLocation, run_id: str, keys: JobKeys) -> None:
+    def __init__(self, store: BlobStore, location: CheckpointLocation, run_id: str, keys: JobKeys,
+                 cut: WindowCut | None = None) -> None:  # fmt: skip
+        """``cut``: the settings a streamed run's windows count under (None in memory)."""
         self._store = store
         self._location = location
         self._run_id = run_id
         self._keys = keys
+        self._cut = cut
 
     def save(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, progress: Progress) -> str:
         """Seal and upload the checkpoint of ``progress`` (an epoch's end, or windows within the next); return its
         blob name."""
-        payload = encode_checkpoint(model, optimizer, progress, self._run_id)
+        payload = encode_checkpoint(model, optimizer, progress, self._run_id, self._cut)
         context = {
             "run_id": self._run_id,
             "kind": "checkpoint",
@@ -298,9 +339,13 @@ class Checkpoints:
         for epoch, windows, blob in self._epochs(max_epoch, mid_epoch):
             try:
                 payload = self._open(blob, epoch, windows)
-                progress = restore_checkpoint(payload, model, optimizer, self._run_id, epoch, accountant_after, windows)
+                progress = restore_checkpoint(payload, model, optimizer, self._run_id, epoch, accountant_after, windows,
+                                              self._cut)  # fmt: skip
             except StorageError:
                 raise
+            except WindowCutChanged as exc:
+                log.warning("skipping checkpoint %s/%s: %s", self._location.container, blob, exc)
+                continue
             except SecuretrainError as exc:
                 log.warning("skipping checkpoint %s/%s, it does not verify: %s", self._location.container, blob, exc)
                 continue

@@ -92,6 +92,13 @@ class DataLimits:
     window_shards: int = 4
     #: A mid-epoch checkpoint after every this many windows when streaming (0: only at the ends of epochs).
     checkpoint_windows: int = 8
+    #: Lanes a streamed window's shards are dealt to, each filling its own part of every batch; several workers
+    #: split the lanes among them (docs/trainer.md, "The data path").
+    lanes: int = 1
+
+    def streams(self, plaintext_bytes: int) -> bool:
+        """Whether a dataset of ``plaintext_bytes`` is streamed (above the in-memory cache)."""
+        return plaintext_bytes > self.cache_bytes
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,13 @@
-"""One worker's part in a data-parallel group: the same global batches as a single process, split by rows.
+"""One worker's part in a data-parallel group: the same global batches as a single process, split among the workers.
 
 Every worker steps through the same sequence of global batches (the data path's order is a function of the
-seed alone); worker ``r`` of ``W`` trains on the contiguous rows ``[B*r//W, B*(r+1)//W)`` of each batch of
-``B`` rows. DistributedDataParallel sums the workers' gradients weighted by their share of the batch's rows
-(a communication hook), which is the single-process gradient of the batch's mean loss however unevenly the
-last, partial batch splits. Only the order of floating-point sums differs from one process: the tolerance
-in docs/trainer.md ("Several workers in one TEE").
+seed and the data-path settings, never of the worker count). In memory, worker ``r`` of ``W`` trains on the
+contiguous rows ``[B*r//W, B*(r+1)//W)`` of each batch of ``B`` rows; streamed, each worker reads only its
+lanes' shards and trains on their part of each batch (:mod:`~securetrain.tee.training.lanes`).
+DistributedDataParallel sums the workers' gradients weighted by their share of the batch's rows (a
+communication hook), which is the single-process gradient of the batch's mean loss however unevenly a batch
+splits. Only the order of floating-point sums differs from one process: the tolerance in docs/trainer.md
+("Several workers in one TEE").
 """
 
 from __future__ import annotations
@@ -63,31 +65,45 @@ class DataParallelGroup:
         cut to this worker's rows; a resumed epoch's loss so far counted once (by the leader)."""
         module = DistributedDataParallel(training.module)
         module.register_comm_hook(self._share, _weighted_sum)
-
-        def batches(epoch: int) -> Iterable[Batch]:
-            return self._rows(training.batches(epoch))
+        parts = training.parts
 
         def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
-            for window, window_batches in training.epoch(epoch, first):
-                yield window, self._rows(window_batches)
+            if parts is not None:  # streamed: the data path read only this worker's lanes
+                for window, window_parts in parts(epoch, first):
+                    yield window, self._weighed(window_parts)
+            else:
+                for window, window_batches in training.epoch(epoch, first):
+                    yield window, self._weighed(self._rows(window_batches))
 
-        ours = dataclasses.replace(training, module=module, batches=batches, windows=windows)
+        def batches(epoch: int) -> Iterable[Batch]:
+            return (batch for _, window in windows(epoch, 0) for batch in window)
+
+        def counted_rows(labels: torch.Tensor) -> int:
+            return len(labels) if self._share.weight else 0
+
+        ours = dataclasses.replace(training, module=module, batches=batches, windows=windows, counted_rows=counted_rows)
         if not self.leads:
             start = dataclasses.replace(start, metrics={k: v for k, v in start.metrics.items() if k != "train_loss_sum"})
         return ours, start
 
-    def _rows(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+    def _rows(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, int]]:
+        """This worker's contiguous rows of each whole batch, and the batch's rows."""
         for x, y in batches:
             total = len(y)
             low, high = total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
-            if high > low:
-                self._share.weight = (high - low) / total
-                yield x[low:high], y[low:high]
+            yield (x[low:high], y[low:high]), total
+
+    def _weighed(self, parts: Iterable[tuple[Batch, int]]) -> Iterator[Batch]:
+        """Each of this worker's parts of a batch, its share of the batch's rows set for the gradient hook."""
+        for (x, y), total in parts:
+            if len(y):
+                self._share.weight = len(y) / total
+                yield x, y
             else:
-                # Fewer rows than workers: this worker still takes part in the step (DDP's all-reduce needs every
-                # worker) with one row whose gradient counts zero times.
+                # No rows of this batch here: this worker still takes part in the step (DDP's all-reduce needs every
+                # worker) with one row of zeros whose gradient counts zero times and whose loss counts for no row.
                 self._share.weight = 0.0
-                yield x[:1], y[:1]
+                yield x.new_zeros((1, *x.shape[1:])), y.new_zeros(1)
 
     def combine(self, progress: Progress) -> Progress:
         """``progress`` with the row sums of every worker added up (a collective: every worker calls it)."""

@@ -27,6 +27,7 @@ from securetrain.tee.settings import WorkerSettings
 from securetrain.tee.training.data import DataLimits, shard_headers
 from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
+from securetrain.tee.training.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ def run_workers(spec: TrainingSpec, keys: JobKeys, store: BlobStore, progress: P
             "(SECURETRAIN_TRAINING_WORKERS); run DP-SGD jobs on a TEE configured with 1"
         )
     # Read through the agent's store, which witnesses the headers; every worker must read the same files.
-    headers = tuple(header.to_bytes() for header in shard_headers(spec, keys, store))
+    read = shard_headers(spec, keys, store)
+    if limits.streams(sum(header.content.plaintext_length for header in read)):
+        # Refused here, before any worker starts: each worker streams whole lanes.
+        Lanes.of(limits.lanes, spec.hyperparameters.batch_size, 0, count)
+    headers = tuple(header.to_bytes() for header in read)
     threads = settings.training_worker_threads or max(1, (os.cpu_count() or 1) // count)
     relay = _Relay(spec, store, progress)
     for attempt in range(settings.training_restarts + 1):

@@ -143,6 +143,11 @@ class Training:
     #: many windows an epoch has; None: an epoch is the one window ``batches(epoch)``.
     windows: Callable[[int, int], Iterator[tuple[int, Iterable[Batch]]]] | None = None
     window_count: int = 1
+    #: Streamed: ``windows`` with each batch's rows in the whole batch beside it, which a worker that reads only
+    #: some lanes weighs its gradient by (:mod:`~securetrain.tee.training.group`); None in memory.
+    parts: Callable[[int, int], Iterator[tuple[int, Iterable[tuple[Batch, int]]]]] | None = None
+    #: The rows of a batch (given its labels) that count in ``train_loss``: a worker's idle step counts none.
+    counted_rows: Callable[[torch.Tensor], int] = len
 
     def epoch(self, epoch: int, first_window: int) -> Iterator[tuple[int, Iterable[Batch]]]:
         if self.windows is not None:
@@ -251,7 +256,7 @@ def train(
                 loss.backward()
                 optimizer.step()
                 if training.report_train_loss:
-                    loss_sum += loss.detach() * len(y)
+                    loss_sum += loss.detach() * training.counted_rows(y)
                 step += 1
             done = window + 1
             if end_of_windows is not None and every_windows and done % every_windows == 0 and done < training.window_count:

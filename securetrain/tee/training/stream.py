@@ -2,7 +2,8 @@
 
 Every epoch reads the shards again, in a seeded per-epoch order; the order is cut into *windows* of
 ``window_shards`` consecutive shards whose training rows are shuffled together (seeded by job seed, epoch and
-window). While a window trains, the next ``shards_in_flight`` shards download, authenticate and decode in
+window); within a window the shards are dealt to *lanes* (:mod:`~securetrain.tee.training.lanes`), each
+filling its own part of every batch, so that several workers each read only their lanes' shards. While a window trains, the next ``shards_in_flight`` shards download, authenticate and decode in
 threads (storage, AES-GCM and the Arrow/Parquet decoders release the GIL). A window's end is a cut point: a
 mid-epoch checkpoint records the windows done, and a resumed run starts at the next window, so it reaches the
 weights of a run never interrupted. Everything the stream holds is counted by a :class:`BufferLedger` against
@@ -17,7 +18,7 @@ import json
 import logging
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +39,7 @@ from securetrain.tee.training.data import (
     read_ahead,
     read_shard,
 )
+from securetrain.tee.training.lanes import Lanes
 from securetrain.tee.training.loop import Batch, Standardization, Trainee, Training, held_out_count
 from securetrain.tee.training.models import DataShape
 
@@ -108,6 +110,38 @@ def shard_order(shards: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(shards, generator=_generator(seed, epoch, "shards")).tolist()
 
 
+#: One batch as a process trains it: its rows (indices into the process's window rows) and the rows of the whole
+#: batch, every lane's (more than the process's own when it reads only some lanes).
+BatchPlan = tuple[torch.Tensor, int]
+
+
+def window_batches(lanes: Lanes, train_rows: Sequence[int], seed: int, epoch: int, window: int) -> list[BatchPlan]:
+    """The batches of window ``window`` of epoch ``epoch``, whose shards (in window order) have ``train_rows``
+    training rows, as this process trains them. The process's window rows are those of the shards it reads
+    (:meth:`Lanes.reads`) one after the other in window order; each lane shuffles its rows with a generator of
+    its own (lane 0's is the one a single lane uses, so one lane is the order of the window as a whole)."""
+    lane_rows = [0] * lanes.count
+    positions: dict[int, list[torch.Tensor]] = {lane: [] for lane in lanes.owned}
+    offset = 0
+    for position, rows in enumerate(train_rows):
+        lane = lanes.lane_of(position)
+        lane_rows[lane] += rows
+        if lanes.reads(position):
+            positions[lane].append(torch.arange(offset, offset + rows))
+            offset += rows
+    shuffled = {}
+    for lane, parts in positions.items():
+        rows_of_lane = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        generator = _generator(seed, epoch, window, "rows", *((lane,) if lane else ()))
+        shuffled[lane] = rows_of_lane[torch.randperm(len(rows_of_lane), generator=generator)]
+    plans = []
+    for batch in range(lanes.batches(lane_rows)):
+        taken = [order[batch * lanes.sub_batch(lane) :][: lanes.taken(lane, lane_rows[lane], batch)]
+                 for lane, order in shuffled.items()]  # fmt: skip
+        plans.append((torch.cat(taken), lanes.batch_rows(lane_rows, batch)))
+    return plans
+
+
 def _decoded_bytes(part: ShardArrays) -> int:
     return int(part.features.nbytes + part.labels.nbytes)
 
@@ -160,16 +194,20 @@ class ShardStream:
     """The shards of one job, read ahead through the budget's ledger."""
 
     def __init__(
-        self, spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, headers: tuple[SealedHeader, ...]
-    ) -> None:
+        self, spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, headers: tuple[SealedHeader, ...],
+        lanes: Lanes,
+    ) -> None:  # fmt: skip
         self._spec, self._keys, self._store, self._limits, self._headers = spec, keys, store, limits, headers
+        self._lanes = lanes
         sizes = self._sizes = tuple(header.content.plaintext_length for header in headers)
         self.ledger = BufferLedger(limits.stream_budget_bytes)
         largest = max(sizes)
-        estimate = (limits.window_shards + limits.shards_in_flight + 1) * largest
+        # A window holds only the shards of this process's lanes.
+        window = lanes.window_share(limits.window_shards)
+        estimate = (window + limits.shards_in_flight + 1) * largest
         if estimate + self.held_out_budget > limits.stream_budget_bytes:
             raise DataBudgetExceeded(
-                f"streaming needs about ({limits.window_shards} window + {limits.shards_in_flight} in flight + 1) x "
+                f"streaming needs about ({window} window + {limits.shards_in_flight} in flight + 1) x "
                 f"{largest} bytes (the largest shard) + {self.held_out_budget} (held-out sample), more than the "
                 f"{limits.stream_budget_bytes}-byte budget; {_WAYS_OUT}"
             )
@@ -253,25 +291,28 @@ class ShardStream:
         return TrainingData(torch.from_numpy(part.features), torch.from_numpy(part.labels), part.feature_names,
                             part.feature_columns, self._spec.columns.label)  # fmt: skip
 
-    def windows(self, dataset: StreamedDataset, seed: int, batch_size: int) -> Callable[[int, int], Iterator[tuple[int, Iterable[Batch]]]]:
-        """``windows(epoch, first)`` for :class:`~securetrain.tee.training.loop.Training`."""
+    def windows(self, dataset: StreamedDataset, seed: int) -> Callable[[int, int], Iterator[tuple[int, Iterable[tuple[Batch, int]]]]]:
+        """``windows(epoch, first)``: each window of ``epoch`` from window ``first`` on, as (index, batches), each
+        batch this process's rows of it (its lanes') and the rows of the whole batch."""
         size = self._limits.window_shards
         feature_shape = dataset.shape.feature_shape
+        lanes = self._lanes
 
-        def epoch_windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
+        def epoch_windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[tuple[Batch, int]]]]:
             order = shard_order(len(dataset.shards), seed, epoch)
             groups = [order[start : start + size] for start in range(0, len(order), size)]
-            reading = self._reading(index for group in groups[first:] for index in group)
+            ours = [[index for position, index in enumerate(group) if lanes.reads(position)] for group in groups]
+            reading = self._reading(index for group in ours[first:] for index in group)
             try:
                 for window, group in enumerate(groups[first:], start=first):
-                    total = sum(dataset.train_rows[index] for index in group)
+                    total = sum(dataset.train_rows[index] for index in ours[window])
                     features = np.empty((total, *feature_shape), np.float32)
                     labels = np.empty(total, np.int64)
                     window_bytes = features.nbytes + labels.nbytes
                     self.ledger.hold(window_bytes, f"shuffle window {window} of epoch {epoch}")
                     try:
                         filled = 0
-                        for index in group:
+                        for index in ours[window]:
                             _, part = next(reading)  # read_ahead keeps the order it was given
                             try:
                                 training = shard_split(len(part.labels), seed, index)[0].numpy()
@@ -280,9 +321,8 @@ class ShardStream:
                                 filled += len(training)
                             finally:
                                 self._release(part)
-                        order_in_window = torch.randperm(total, generator=_generator(seed, epoch, window, "rows"))
-                        yield window, _batches(torch.from_numpy(features), torch.from_numpy(labels), order_in_window,
-                                               batch_size)  # fmt: skip
+                        plans = window_batches(lanes, [dataset.train_rows[index] for index in group], seed, epoch, window)
+                        yield window, _batches(torch.from_numpy(features), torch.from_numpy(labels), plans)
                     finally:
                         # Dropped before the next window is allocated, so that the ledger's count is what is held.
                         del features, labels
@@ -292,19 +332,23 @@ class ShardStream:
 
         return epoch_windows
 
-    def training(self, trainee: Trainee, dataset: StreamedDataset, seed: int, batch_size: int) -> Training:
-        """Plain training over the stream: every training row once per epoch, window by window."""
-        windows = self.windows(dataset, seed, batch_size)
+    def training(self, trainee: Trainee, dataset: StreamedDataset, seed: int) -> Training:
+        """Plain training over the stream: every training row of this process's lanes once per epoch, window by
+        window (every row, in one process)."""
+        parts = self.windows(dataset, seed)
+
+        def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
+            return ((window, (batch for batch, _ in batches)) for window, batches in parts(epoch, first))
 
         def batches(epoch: int) -> Iterator[Batch]:
             return (batch for _, window in windows(epoch, 0) for batch in window)
 
         count = math.ceil(len(dataset.shards) / self._limits.window_shards)
         return Training(trainee.model, trainee.optimizer, batches, sum(dataset.train_rows), windows=windows,
-                        window_count=count)  # fmt: skip
+                        window_count=count, parts=parts)  # fmt: skip
 
 
-def _batches(features: torch.Tensor, labels: torch.Tensor, order: torch.Tensor, batch_size: int) -> Iterator[Batch]:
-    """The window's rows in ``order``, ``batch_size`` at a time (a window's last batch may be smaller)."""
-    for indices in order.split(batch_size):
-        yield features[indices], labels[indices]
+def _batches(features: torch.Tensor, labels: torch.Tensor, plans: list[BatchPlan]) -> Iterator[tuple[Batch, int]]:
+    """The window's batches as ``plans`` cut them from its rows, with each whole batch's rows."""
+    for indices, rows in plans:
+        yield (features[indices], labels[indices]), rows
