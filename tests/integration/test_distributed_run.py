@@ -1,5 +1,6 @@
 """Data-parallel training in several worker processes against Azurite: the same weights as one process within
-the documented tolerance, a killed worker survived, keys only through the pipe, rendezvous that times out.
+the documented tolerance, each worker streaming only its lanes' shards, a killed worker survived, keys only
+through the pipe, rendezvous that times out.
 
 Workers sign in to storage as the TEE does (``tee_settings`` puts the TEE's environment in place); the job's
 keys and spec reach them only through their pipe.
@@ -7,15 +8,18 @@ keys and spec reach them only through their pipe.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,7 +34,9 @@ from securetrain.tee.training import run_training
 from securetrain.tee.training.frames import read_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
 from securetrain.tee.training.data import DataLimits, shard_headers
+from securetrain.tee.training.lanes import LanesRefused
 from securetrain.tee.training.launcher import DataParallelRefused, _free_port
+from securetrain.tee.training.stream import shard_order
 from tests.agent_process import AgentProcess
 from tests.integration import test_streaming_run, test_training_run
 from tests.integration.test_agent_job import finished, job_spec, wait_for
@@ -46,6 +52,9 @@ breast_cancer, parquet_shards = test_training_run.breast_cancer, test_streaming_
 
 #: Two workers sum each gradient in another order than one process: float32 rounding, nothing more.
 RTOL, ATOL = 1e-4, 1e-5
+#: Streamed in two lanes, windows of 3 shards: lane 0 holds two shards of each window, lane 1 one, so lane 1 runs
+#: out half-way through each window and its worker takes the window's last steps with no rows.
+LANES = dataclasses.replace(LIMITS, stream_budget_bytes=96 * 1024, window_shards=3, lanes=2)
 
 
 def close(expected: dict[str, torch.Tensor], actual: dict[str, torch.Tensor]) -> bool:
@@ -123,12 +132,56 @@ def test_two_workers_reach_the_single_process_weights_in_memory(store, keys, bre
     assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
 
 
+def decrypted_by_worker(log_text: str) -> dict[int, Counter[str]]:
+    """How many times each worker decrypted each shard, from the workers' logs."""
+    reads: dict[int, Counter[str]] = {0: Counter(), 1: Counter()}
+    for rank, blob in re.findall(r"worker (\d) \S+ INFO decrypted shard datasets/(\S+): \d+ rows", log_text):
+        reads[int(rank)][blob] += 1
+    return reads
+
+
+def test_two_workers_streaming_their_own_lanes_reach_the_single_process_weights(
+    store, keys, parquet_shards, tee_settings, monkeypatch, capfd
+) -> None:
+    alone = spec_for(parquet_shards)
+    expected_result = run_training(alone, keys, store, RecordingProgress(), threading.Event(), limits=LANES)
+    capfd.readouterr()
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKERS", "2")
+    monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
+    together = spec_for(parquet_shards)
+    result = run_training(together, keys, store, RecordingProgress(), threading.Event(), limits=LANES)
+    # 4 windows of 2 x 160 rows in lane 0 (10 sub-batches of 32) and 160 in lane 1 (5 of 32) per epoch.
+    assert result.steps_completed == expected_result.steps_completed == 2 * 4 * 10
+    assert close_metrics(expected_result.metrics, result.metrics)
+    assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
+
+    # The survey reads every shard in each worker; each epoch, a worker reads only the shards of its own lane.
+    reads = decrypted_by_worker(capfd.readouterr().err)
+    for rank in (0, 1):
+        expected = Counter(parquet_shards)
+        for epoch in (1, 2):
+            order = shard_order(len(parquet_shards), together.hyperparameters.seed, epoch)
+            windows = [order[start : start + 3] for start in range(0, len(order), 3)]
+            expected.update(parquet_shards[index] for window in windows for position, index in enumerate(window)
+                            if position % 2 == rank)  # fmt: skip
+        assert reads[rank] == expected
+
+
+def test_streaming_in_lanes_the_workers_cannot_split_is_refused_before_any_worker_starts(
+    store, keys, parquet_shards, workers
+) -> None:
+    progress = RecordingProgress()
+    with pytest.raises(LanesRefused, match="set SECURETRAIN_DATA_LANES to a multiple of SECURETRAIN_TRAINING_WORKERS"):
+        run_training(spec_for(parquet_shards), keys, store, progress, threading.Event(), limits=LIMITS)
+    assert progress.calls == [] and worker_pids() == []
+
+
 @pytest.mark.slow
 def test_a_worker_killed_mid_stream_is_restarted_from_the_checkpoint_to_the_same_weights(
     store, keys, parquet_shards, tee_settings, monkeypatch, caplog
 ) -> None:
     alone = spec_for(parquet_shards)
-    expected_result = run_training(alone, keys, store, RecordingProgress(), threading.Event(), limits=LIMITS)
+    expected_result = run_training(alone, keys, store, RecordingProgress(), threading.Event(), limits=LANES)
     monkeypatch.setenv("SECURETRAIN_TRAINING_WORKERS", "2")
     monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
     together = spec_for(parquet_shards)
@@ -141,7 +194,7 @@ def test_a_worker_killed_mid_stream_is_restarted_from_the_checkpoint_to_the_same
     ]  # fmt: skip
     progress = KillAfterEpoch(1, secrets)
     with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
-        result = run_training(together, keys, store, progress, threading.Event(), limits=LIMITS)
+        result = run_training(together, keys, store, progress, threading.Event(), limits=LANES)
     assert progress.killed is not None and progress.inspected == 2
     assert "restarting the group from its newest checkpoint" in caplog.text
     assert result.steps_completed == expected_result.steps_completed
@@ -154,7 +207,7 @@ def test_a_cancel_stops_every_worker(store, keys, parquet_shards, workers) -> No
     cancel = threading.Event()
     progress = RecordingProgress(cancel, cancel_after_epoch=1)
     with pytest.raises(TrainingCancelled, match="training workers were stopped"):
-        run_training(spec_for(parquet_shards), keys, store, progress, cancel, limits=LIMITS)
+        run_training(spec_for(parquet_shards), keys, store, progress, cancel, limits=LANES)
     assert worker_pids() == []
 
 
