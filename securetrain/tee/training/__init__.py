@@ -259,10 +259,8 @@ def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataL
             "dataset within the cache, or a TEE configured with a larger SECURETRAIN_DATA_CACHE_BYTES"
         )
     hyper = spec.hyperparameters
-    if group is not None:
-        lanes = Lanes.of(limits.lanes, hyper.batch_size, group.rank, group.world_size)
-    else:
-        lanes = Lanes.of(limits.lanes, hyper.batch_size)
+    rank, workers = (group.rank, group.world_size) if group is not None else (0, 1)
+    lanes = Lanes.of(limits.lanes, hyper.batch_size, rank, workers)
     stream = ShardStream(spec, keys, store, limits, headers, lanes)
     validation = StreamedValidation(spec.expectation_suite) if spec.expectation_suite is not None else None
     dataset = stream.survey(hyper.seed, validation.add if validation is not None else None)

@@ -1,12 +1,12 @@
 """Streaming a sealed dataset larger than the in-memory cache: shards read ahead, a shuffle window, exact resume.
 
 Every epoch reads the shards again, in a seeded per-epoch order; the order is cut into *windows* of
-``window_shards`` consecutive shards whose training rows are shuffled together (seeded by job seed, epoch and
-window); within a window the shards are dealt to *lanes* (:mod:`~securetrain.tee.training.lanes`), each
-filling its own part of every batch, so that several workers each read only their lanes' shards. While a window trains, the next ``shards_in_flight`` shards download, authenticate and decode in
-threads (storage, AES-GCM and the Arrow/Parquet decoders release the GIL). A window's end is a cut point: a
-mid-epoch checkpoint records the windows done, and a resumed run starts at the next window, so it reaches the
-weights of a run never interrupted. Everything the stream holds is counted by a :class:`BufferLedger` against
+``window_shards`` consecutive shards, dealt to *lanes* (:mod:`~securetrain.tee.training.lanes`) whose training
+rows are shuffled (seeded by job seed, epoch, window and lane) and fill each their own part of every batch, so
+that several workers each read only their lanes' shards. While a window trains, the next ``shards_in_flight``
+shards download, authenticate and decode in threads (storage, AES-GCM and the Arrow/Parquet decoders release
+the GIL). A window's end is a cut point: a mid-epoch checkpoint records the windows done, and a resumed run
+starts at the next window, so it reaches the weights of a run never interrupted. Everything the stream holds is counted by a :class:`BufferLedger` against
 the configured budget. The arithmetic, the held-out sample, validation and why DP-SGD needs the in-memory
 path are in docs/trainer.md ("The data path").
 """
