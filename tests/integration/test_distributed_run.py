@@ -35,10 +35,10 @@ from tests.agent_process import AgentProcess
 from tests.integration import test_streaming_run, test_training_run
 from tests.integration.test_agent_job import finished, job_spec, wait_for
 from tests.integration.test_dp_training_run import PRIVACY
-from tests.integration.test_streaming_run import LIMITS, spec_for
 from tests.integration.test_training_run import (
     RecordingProgress, checkpoint_names, open_model, run_id, training_spec, upload_sealed,
 )
+from tests.streamed_shards import LIMITS, spec_for
 
 pytestmark = pytest.mark.integration
 store, keys = test_training_run.store, test_training_run.keys
