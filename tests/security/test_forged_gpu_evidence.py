@@ -29,7 +29,7 @@ from securetrain.tee.tee_services import attester
 from tests import gpu_stack
 from tests.agent_process import AgentProcess
 from tests.conftest import LocalStack
-from tests.integration.test_agent_job import finished, job_spec, wait_for
+from tests.integration.test_agent_job import job_spec
 from tests.jobs import in_the_tee
 
 pytestmark = pytest.mark.slow
@@ -46,11 +46,7 @@ def test_a_gpu_the_service_does_not_trust_stops_the_job_before_any_key(local_sta
     """Another simulated H100, whose root the attestation service was never told to trust."""
     before = releases(local_stack)
     agent = AgentProcess(local_stack, tmp_path, environment={"SECURETRAIN_GPU_DIR": str(tmp_path / "foreign-gpu")})
-    client = agent.start()
-    try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1)).job_id, finished)
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref, epochs=1))
     assert job.state == "failed" and job.key_release is None and job.error.security_violation, job
     assert job.error.code == "GpuAttestationRefused" and "(service)" in job.error.message, job.error
     assert "root" in job.error.message.lower(), job.error
@@ -62,11 +58,7 @@ def test_an_agent_started_without_its_gpu_requirement_is_refused_the_key(local_s
     which the approved attestation policy does not permit."""
     before = releases(local_stack)
     agent = AgentProcess(local_stack, tmp_path, environment={"SECURETRAIN_GPU": "none"})
-    client = agent.start()
-    try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1)).job_id, finished)
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref, epochs=1))
     assert job.state == "failed" and job.key_release is None and job.error.security_violation, job
     assert "host" in job.error.message.lower(), job.error
     assert releases(local_stack) == before
