@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from benchmarks.trainer import (
-    BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED, _Quiet,
+    BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED,
     azurite_store, job_spec, peak_rss_mib, stage_shards,
 )  # fmt: skip
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey
@@ -121,7 +121,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: 
                budget: int) -> dict[str, Any]:  # fmt: skip
     """``run_training`` streaming the sealed shards; the KEK's private key arrives on stdin."""
     from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
-    from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec  # noqa: PLC0415
+    from securetrain.core.contracts.training import DatasetShard, JobKeys, NullProgress, TrainingSpec  # noqa: PLC0415
     from securetrain.tee.training import DataLimits, run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
@@ -134,7 +134,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: 
     baseline = current_rss_mib()
     with azurite_store(stack_env) as store:
         start = time.perf_counter()
-        result = run_training(spec, keys, store, _Quiet(), threading.Event(), limits=limits)
+        result = run_training(spec, keys, store, NullProgress(), threading.Event(), limits=limits)
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "val_accuracy": result.metrics["val_accuracy"], "peak_rss_mib": peak_rss_mib(),
             "baseline_rss_mib": baseline}  # fmt: skip

@@ -35,7 +35,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -144,19 +143,6 @@ def stage_shards(stack_env: Path, public: KekPublicKey, shards: int, rows: int) 
     return sealed_bytes
 
 
-class _Quiet:
-    """The progress sink of a benchmark: nobody polls it."""
-
-    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
-        pass
-
-    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
-        pass
-
-    def sealing_model(self) -> None:
-        pass
-
-
 def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[str, Any]:
     """``run_training`` from the sealed shards in Azurite; the KEK's private key arrives on stdin.
 
@@ -164,7 +150,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     lookup is one small blob per job, not part of what training costs).
     """
     from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
-    from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec  # noqa: PLC0415
+    from securetrain.core.contracts.training import DatasetShard, JobKeys, NullProgress, TrainingSpec  # noqa: PLC0415
     from securetrain.tee.training import run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
@@ -174,7 +160,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     ])  # fmt: skip
     with azurite_store(stack_env) as store:
         start = time.perf_counter()
-        result = run_training(spec, keys, store, _Quiet(), threading.Event())
+        result = run_training(spec, keys, store, NullProgress(), threading.Event())
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "val_accuracy": result.metrics["val_accuracy"], "peak_rss_mib": peak_rss_mib()}
 
