@@ -32,7 +32,6 @@ import math
 import resource
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -42,16 +41,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from azure.core.credentials import AzureNamedKeyCredential
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from benchmarks.stack import KEK_ID, private_pem, released_keys, running_stack
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
-from securetrain.localstack.ports import free_ports
-from securetrain.localstack import StackConfig, down, read_stack_env, up
+from securetrain.localstack import read_stack_env
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.core.storage import BlobStore
 
-KEK_ID = "https://vault.securetrain.bench/keys/kek/1"
 MIB = 1 << 20
 FEATURES = 64
 ROW_BYTES = 4 * FEATURES + 8
@@ -208,27 +204,19 @@ def main() -> int:
         print(json.dumps(run_secure(args.stack_env, json.loads(args.spec), args.shards)))
         return 0
 
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    keys_pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = KekPublicKey(KEK_ID, private_key.public_key())
-    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
-        try:
-            up(config)
-            sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
-            common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
-                      "--stack-env", str(config.layout.env_file)]
-            plains, secures = [], []
-            for repeat in range(args.repeats):
-                # Alternating, so that a burst of load on a shared machine does not fall on one side only.
-                plains.append(child("plain", common))
-                spec = job_spec(f"bench-{repeat}", args.epochs)  # a run of its own: nothing to resume
-                secures.append(child("secure", [*common, "--spec", json.dumps(spec)], stdin=keys_pem))
-            plain, secure = _best(plains), _best(secures)
-        finally:
-            down(config)
+    keys = released_keys()
+    keys_pem, public = private_pem(keys.kek_private), keys.kek_public
+    with running_stack((AZURITE,)) as (config, _):
+        sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
+        common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
+                  "--stack-env", str(config.layout.env_file)]
+        plains, secures = [], []
+        for repeat in range(args.repeats):
+            # Alternating, so that a burst of load on a shared machine does not fall on one side only.
+            plains.append(child("plain", common))
+            spec = job_spec(f"bench-{repeat}", args.epochs)  # a run of its own: nothing to resume
+            secures.append(child("secure", [*common, "--spec", json.dumps(spec)], stdin=keys_pem))
+        plain, secure = _best(plains), _best(secures)
     ratio = secure["seconds"] / plain["seconds"]
     print(f"data: {args.shards} shards, {rows * args.shards} rows, {sealed_bytes / MIB:.0f} MiB sealed; "
           f"{args.epochs} epochs of {MODEL}")  # fmt: skip
