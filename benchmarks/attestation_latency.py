@@ -23,18 +23,16 @@ import json
 import secrets
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 
+from benchmarks.stack import running_stack
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
-from securetrain.localstack import StackConfig, down, up
 from securetrain.localstack.emulated_platform import EmulatedPlatform
 from securetrain.localstack.platform.snp_platform import SimulatedSnpPlatform
-from securetrain.localstack.ports import free_port_pair, free_ports
 from securetrain.localstack.registry import services_for
 from securetrain.localstack.services.attestation import approved_reference_values
 from securetrain.tee.attest import Attester, TeeKey
@@ -51,44 +49,36 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
     platform = EmulatedPlatform.AZURE_CVM
-    services = services_for(platform)
-    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        ports = dict(zip([service.name for service in services], free_ports(len(services)), strict=True))
-        ports["vtpm"] = free_port_pair(set(ports.values()))
-        config = StackConfig.resolve(Path(tmp), ports, services, platform)
-        try:
-            env = up(config)
-            endpoint, ca = env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"]
-            _, (host_data,) = approved_reference_values(Path(env["SECURETRAIN_ATTESTATION_POLICY"]).read_text())
-            snp_platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
-            measurement = bytes.fromhex(env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"])
-            client = AttestationServiceClient(endpoint, verify=ca)
-            validator = TokenValidator(AuthorityKeys(endpoint, verify=ca))
-            provider = AzureCvmProvider(env["SECURETRAIN_VTPM_TCTI"], env["SECURETRAIN_IMDS_ENDPOINT"],
-                                        event_log=Path(env["SECURETRAIN_EVENT_LOG"]), ca_bundle=Path(ca))  # fmt: skip
-            cvm_attester, key = Attester(provider, client, validator), TeeKey()
-            cvm_attester.attest(key, secrets.token_urlsafe(32))  # the paravisor's first report for this key
-            session = requests.Session()
+    with running_stack(services_for(platform), platform) as (_, env):
+        endpoint, ca = env["SECURETRAIN_ATTESTATION_ENDPOINT"], env["SECURETRAIN_CA_BUNDLE"]
+        _, (host_data,) = approved_reference_values(Path(env["SECURETRAIN_ATTESTATION_POLICY"]).read_text())
+        snp_platform = SimulatedSnpPlatform.load_or_create(Path(env["SECURETRAIN_SNP_PLATFORM_DIR"]))
+        measurement = bytes.fromhex(env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"])
+        client = AttestationServiceClient(endpoint, verify=ca)
+        validator = TokenValidator(AuthorityKeys(endpoint, verify=ca))
+        provider = AzureCvmProvider(env["SECURETRAIN_VTPM_TCTI"], env["SECURETRAIN_IMDS_ENDPOINT"],
+                                    event_log=Path(env["SECURETRAIN_EVENT_LOG"]), ca_bundle=Path(ca))  # fmt: skip
+        cvm_attester, key = Attester(provider, client, validator), TeeKey()
+        cvm_attester.attest(key, secrets.token_urlsafe(32))  # the paravisor's first report for this key
+        session = requests.Session()
 
-            baseline, snp, cvm = [], [], []
-            for _ in range(args.requests):
-                start = time.perf_counter()
-                session.get(f"{endpoint}/certs", verify=ca, timeout=10).raise_for_status()
-                baseline.append(time.perf_counter() - start)
-            for _ in range(args.requests):
-                nonce = secrets.token_hex(16)
-                runtime = runtime_data_bytes({"keys": [], "nonce": nonce})
-                start = time.perf_counter()
-                evidence = snp_platform.report(
-                    report_data=report_data_for(runtime), measurement=measurement, host_data=host_data)
-                token = client.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, runtime, nonce)
-                validator.validate(token, expected_nonce=nonce)
-                snp.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                cvm_attester.attest(key, secrets.token_urlsafe(32))
-                cvm.append(time.perf_counter() - start)
-        finally:
-            down(config)
+        baseline, snp, cvm = [], [], []
+        for _ in range(args.requests):
+            start = time.perf_counter()
+            session.get(f"{endpoint}/certs", verify=ca, timeout=10).raise_for_status()
+            baseline.append(time.perf_counter() - start)
+        for _ in range(args.requests):
+            nonce = secrets.token_hex(16)
+            runtime = runtime_data_bytes({"keys": [], "nonce": nonce})
+            start = time.perf_counter()
+            evidence = snp_platform.report(
+                report_data=report_data_for(runtime), measurement=measurement, host_data=host_data)
+            token = client.attest_sev_snp_vm(evidence.report, evidence.vcek_chain_pem, runtime, nonce)
+            validator.validate(token, expected_nonce=nonce)
+            snp.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            cvm_attester.attest(key, secrets.token_urlsafe(32))
+            cvm.append(time.perf_counter() - start)
     snp_p50, snp_p95 = percentiles(snp)
     cvm_p50, cvm_p95 = percentiles(cvm)
     base_p50, base_p95 = percentiles(baseline)

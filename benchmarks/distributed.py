@@ -22,12 +22,10 @@ import io
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,23 +33,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import safetensors.torch
 import torch
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from benchmarks.stack import KEK_ID, released_keys, running_stack
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
-from securetrain.core.sealed import KekPrivateKey, SealedReader, seal
+from securetrain.core.sealed import SealedReader, seal
 from securetrain.core.storage import BlobStore
-from securetrain.localstack import StackConfig, down, read_stack_env, up
 from securetrain.localstack.emulated_platform import EmulatedPlatform
-from securetrain.localstack.ports import free_port_pair, free_ports
 from securetrain.localstack.registry import services_for
-from securetrain.localstack.services.vtpm import VTPM
 from securetrain.localstack.settings import tee_environment
 from securetrain.tee.settings import TeeSettings
 from securetrain.tee.tee_services import blob_store
 from securetrain.tee.training import run_training
 
-KEK_ID = "https://vault.securetrain.bench/keys/kek/1"
 FEATURES = 64
 SEED = 7
 CONTEXT = {"dataset_id": "bench-distributed"}
@@ -82,15 +76,6 @@ def shard_parquet(index: int, rows: int) -> bytes:
     sink = io.BytesIO()
     pq.write_table(pa.table({**{f"f{j:02d}": features[:, j] for j in range(FEATURES)}, "label": label}), sink)
     return sink.getvalue()
-
-
-def stack_config(state_dir: Path) -> StackConfig:
-    platform = EmulatedPlatform.SNP
-    services = services_for(platform)
-    ports = dict(zip([service.name for service in services], free_ports(len(services)), strict=True))
-    if VTPM.name in ports:
-        ports[VTPM.name] = free_port_pair(set(ports.values()))
-    return StackConfig.resolve(state_dir, ports, services, platform)
 
 
 def job(blobs: list[str], epochs: int) -> TrainingSpec:
@@ -135,30 +120,25 @@ def main() -> int:
     # The launcher's and the workers' timings (start, each epoch) show where the wall time goes.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     logging.getLogger("azure").setLevel(logging.WARNING)
-    keys = JobKeys.from_released(KekPrivateKey(rsa.generate_private_key(public_exponent=65537, key_size=2048)), KEK_ID)
-    with tempfile.TemporaryDirectory(prefix="securetrain-bench-ddp-") as tmp:
-        config = stack_config(Path(tmp) / "stack")
-        try:
-            up(config)
-            os.environ.update(tee_environment(read_stack_env(config.layout.env_file), config.layout))
-            with blob_store(TeeSettings.load()) as store:
-                for container in ("datasets", "checkpoints", "models"):
-                    store.ensure_container(container)
-                blobs = []
-                for index in range(args.shards):
-                    sealed = io.BytesIO()
-                    seal(io.BytesIO(shard_parquet(index, args.rows // args.shards)), sealed, keys.kek_public, CONTEXT)
-                    blobs.append(f"bench-ddp/part-{index}.parquet.sealed")
-                    store.upload_stream("datasets", blobs[-1], io.BytesIO(sealed.getvalue()), overwrite=True)
-                alone, together = job(blobs, args.epochs), job(blobs, args.epochs)
-                one = timed(alone, keys, store, 1, args.threads)
-                print(f"1 worker, {args.threads} threads: {one}", flush=True)
-                two = timed(together, keys, store, 2, args.threads)
-                print(f"2 workers, {max(1, args.threads // 2)} threads each: {two}", flush=True)
-                expected, actual = weights(store, keys, alone), weights(store, keys, together)
-                diff = max(float((expected[name] - actual[name]).abs().max()) for name in expected)
-        finally:
-            down(config)
+    keys = released_keys(2048)
+    with running_stack(services_for(EmulatedPlatform.SNP), EmulatedPlatform.SNP) as (config, env):
+        os.environ.update(tee_environment(env, config.layout))
+        with blob_store(TeeSettings.load()) as store:
+            for container in ("datasets", "checkpoints", "models"):
+                store.ensure_container(container)
+            blobs = []
+            for index in range(args.shards):
+                sealed = io.BytesIO()
+                seal(io.BytesIO(shard_parquet(index, args.rows // args.shards)), sealed, keys.kek_public, CONTEXT)
+                blobs.append(f"bench-ddp/part-{index}.parquet.sealed")
+                store.upload_stream("datasets", blobs[-1], io.BytesIO(sealed.getvalue()), overwrite=True)
+            alone, together = job(blobs, args.epochs), job(blobs, args.epochs)
+            one = timed(alone, keys, store, 1, args.threads)
+            print(f"1 worker, {args.threads} threads: {one}", flush=True)
+            two = timed(together, keys, store, 2, args.threads)
+            print(f"2 workers, {max(1, args.threads // 2)} threads each: {two}", flush=True)
+            expected, actual = weights(store, keys, alone), weights(store, keys, together)
+            diff = max(float((expected[name] - actual[name]).abs().max()) for name in expected)
     print(json.dumps({
         "benchmark": "distributed", "rows": args.rows, "shards": args.shards, "epochs": args.epochs,
         "threads": args.threads, "one_worker_s": one["wall_s"], "two_workers_s": two["wall_s"],

@@ -31,12 +31,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from benchmarks.stack import released_keys
 from securetrain.core.contracts.job_spec import Hyperparameters, PrivacyRequest
 from securetrain.core.contracts.training import JobKeys
 from securetrain.core.datasets import bundled_table
-from securetrain.core.sealed import KekPrivateKey
 from securetrain.tee.training.checkpoint import Progress
 from securetrain.tee.training.data import TrainingData
 from securetrain.tee.training.loop import (
@@ -51,7 +50,6 @@ from securetrain.tee.training.loop import (
 )
 from securetrain.tee.training.privacy import DpSgd, plan_privacy
 
-KEK_ID = "https://vault.securetrain.bench/keys/kek/1"
 SEED = 5
 DELTA = 1e-5
 MAX_GRAD_NORM = 1.0
@@ -125,7 +123,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="runs per side; the fastest counts")
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
-    keys = JobKeys.from_released(KekPrivateKey(rsa.generate_private_key(public_exponent=65537, key_size=2048)), KEK_ID)
+    keys = released_keys(2048)
     results = {
         "breast_cancer": compare("breast-cancer", breast_cancer(), {"hidden": [16]},
                                  Hyperparameters(epochs=20, batch_size=64, learning_rate=0.01, seed=SEED),

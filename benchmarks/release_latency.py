@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,10 +30,10 @@ from azure.identity import ManagedIdentityCredential
 from cryptography import x509
 
 from benchmarks.attestation_latency import percentiles
+from benchmarks.stack import running_stack
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator, ValidatedToken
 from securetrain.core.settings import ServiceSettings
 from securetrain.localstack.emulated_platform import EmulatedPlatform
-from securetrain.localstack.ports import free_ports
 from securetrain.localstack.identities import CVM_IDENTITY, PIPELINE_IDENTITY
 from securetrain.localstack.services.identity import IDENTITY, stack_identities
 from securetrain.localstack.settings import settings_path
@@ -45,7 +44,6 @@ from securetrain.localstack.services.attestation import approved_reference_value
 from securetrain.core.attestation.maa import AttestationServiceClient, report_data_for, runtime_data_bytes
 from securetrain.core.keyvault import KEK_NAME, key_client, key_client_from_settings
 from securetrain.core.skr import unwrap_released_key
-from securetrain.localstack import StackConfig, down, up
 from securetrain.localstack.services.attestation import ATTESTATION
 from securetrain.tee.attest import TeeKey
 from securetrain.tee.key_supply import TeeKeySupply
@@ -81,57 +79,50 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=100)
     args = parser.parse_args()
-    services = (ATTESTATION, IDENTITY, KEYVAULT)
-    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        ports = dict(zip([service.name for service in services], free_ports(len(services)), strict=True))
-        config = StackConfig.resolve(Path(tmp), ports, services, EmulatedPlatform.SNP)
-        try:
-            env = dict(up(config))
-            roots = [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
-            key_generation, key_take = [], []
-            for _ in range(KEY_GENERATIONS):
+    with running_stack((ATTESTATION, IDENTITY, KEYVAULT), EmulatedPlatform.SNP) as (config, env):
+        roots = [x509.load_pem_x509_certificate(Path(env["SECURETRAIN_KEYVAULT_RELEASE_ROOT"]).read_bytes())]
+        key_generation, key_take = [], []
+        for _ in range(KEY_GENERATIONS):
+            start = time.perf_counter()
+            TeeKey()
+            key_generation.append(time.perf_counter() - start)
+        supply = TeeKeySupply()
+        for _ in range(KEY_GENERATIONS):
+            time.sleep(IDLE_BETWEEN_JOBS_S)
+            start = time.perf_counter()
+            tee_key = supply.take()
+            key_take.append(time.perf_counter() - start)
+        supply.close()
+        attester = SnpAttester(env)
+        token = attester.attest(tee_key)  # the authority's signing keys fetched once, outside the timing
+        baseline, attest, release, unwrap, path = [], [], [], [], []
+        pipeline = key_client_from_settings(ServiceSettings.load(settings_path(config.layout, PIPELINE_IDENTITY)))
+        # This process stands in the TEE's place: its managed identity, as the TEE's host exposes it.
+        os.environ["IDENTITY_ENDPOINT"] = f"{env['SECURETRAIN_IDENTITY_ENDPOINT']}/msi/token"
+        os.environ["IDENTITY_HEADER"] = stack_identities(config.layout)[CVM_IDENTITY].identity_header or ""
+        tee_identity = ManagedIdentityCredential(connection_verify=env["SECURETRAIN_CA_BUNDLE"])
+        cvm = key_client(env["SECURETRAIN_KEYVAULT_URL"], tee_identity, ca_bundle=env["SECURETRAIN_CA_BUNDLE"])
+        with pipeline, cvm:
+            pipeline.get_key(KEK_NAME)  # the bearer challenge and token, once, outside the timing
+            kek_id = env["SECURETRAIN_KEK_ID"]
+            version = kek_id.rsplit("/", 1)[1]
+            cvm.release_key(KEK_NAME, token.raw, version=version)
+            for _ in range(args.requests):
                 start = time.perf_counter()
-                TeeKey()
-                key_generation.append(time.perf_counter() - start)
-            supply = TeeKeySupply()
-            for _ in range(KEY_GENERATIONS):
-                time.sleep(IDLE_BETWEEN_JOBS_S)
+                pipeline.get_key(KEK_NAME)
+                baseline.append(time.perf_counter() - start)
+            for _ in range(args.requests):
                 start = time.perf_counter()
-                tee_key = supply.take()
-                key_take.append(time.perf_counter() - start)
-            supply.close()
-            attester = SnpAttester(env)
-            token = attester.attest(tee_key)  # the authority's signing keys fetched once, outside the timing
-            baseline, attest, release, unwrap, path = [], [], [], [], []
-            pipeline = key_client_from_settings(ServiceSettings.load(settings_path(config.layout, PIPELINE_IDENTITY)))
-            # This process stands in the TEE's place: its managed identity, as the TEE's host exposes it.
-            os.environ["IDENTITY_ENDPOINT"] = f"{env['SECURETRAIN_IDENTITY_ENDPOINT']}/msi/token"
-            os.environ["IDENTITY_HEADER"] = stack_identities(config.layout)[CVM_IDENTITY].identity_header or ""
-            tee_identity = ManagedIdentityCredential(connection_verify=env["SECURETRAIN_CA_BUNDLE"])
-            cvm = key_client(env["SECURETRAIN_KEYVAULT_URL"], tee_identity, ca_bundle=env["SECURETRAIN_CA_BUNDLE"])
-            with pipeline, cvm:
-                pipeline.get_key(KEK_NAME)  # the bearer challenge and token, once, outside the timing
-                kek_id = env["SECURETRAIN_KEK_ID"]
-                version = kek_id.rsplit("/", 1)[1]
-                cvm.release_key(KEK_NAME, token.raw, version=version)
-                for _ in range(args.requests):
-                    start = time.perf_counter()
-                    pipeline.get_key(KEK_NAME)
-                    baseline.append(time.perf_counter() - start)
-                for _ in range(args.requests):
-                    start = time.perf_counter()
-                    token = attester.attest(tee_key)
-                    attested = time.perf_counter()
-                    released = cvm.release_key(KEK_NAME, token.raw, version=version)
-                    middle = time.perf_counter()
-                    unwrap_released_key(released.value, tee_key.private_key, roots, expected_key_id=kek_id)
-                    end = time.perf_counter()
-                    attest.append(attested - start)
-                    release.append(middle - attested)
-                    unwrap.append(end - middle)
-                    path.append(end - start)
-        finally:
-            down(config)
+                token = attester.attest(tee_key)
+                attested = time.perf_counter()
+                released = cvm.release_key(KEK_NAME, token.raw, version=version)
+                middle = time.perf_counter()
+                unwrap_released_key(released.value, tee_key.private_key, roots, expected_key_id=kek_id)
+                end = time.perf_counter()
+                attest.append(attested - start)
+                release.append(middle - attested)
+                unwrap.append(end - middle)
+                path.append(end - start)
     attest_p50, attest_p95 = percentiles(attest)
     release_p50, release_p95 = percentiles(release)
     unwrap_p50, unwrap_p95 = percentiles(unwrap)

@@ -27,7 +27,6 @@ import json
 import math
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,16 +35,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from benchmarks.stack import private_pem, released_keys, running_stack
 from benchmarks.trainer import (
-    BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED, _Quiet,
+    BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED,
     azurite_store, job_spec, peak_rss_mib, stage_shards,
 )  # fmt: skip
-from securetrain.core.sealed import KekPrivateKey, KekPublicKey
-from securetrain.localstack import StackConfig, down, up
-from securetrain.localstack.ports import free_ports
+from securetrain.core.sealed import KekPrivateKey
 from securetrain.localstack.services.azurite import AZURITE
 
 
@@ -121,7 +117,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: 
                budget: int) -> dict[str, Any]:  # fmt: skip
     """``run_training`` streaming the sealed shards; the KEK's private key arrives on stdin."""
     from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
-    from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec  # noqa: PLC0415
+    from securetrain.core.contracts.training import DatasetShard, JobKeys, NullProgress, TrainingSpec  # noqa: PLC0415
     from securetrain.tee.training import DataLimits, run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
@@ -134,7 +130,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: 
     baseline = current_rss_mib()
     with azurite_store(stack_env) as store:
         start = time.perf_counter()
-        result = run_training(spec, keys, store, _Quiet(), threading.Event(), limits=limits)
+        result = run_training(spec, keys, store, NullProgress(), threading.Event(), limits=limits)
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "val_accuracy": result.metrics["val_accuracy"], "peak_rss_mib": peak_rss_mib(),
             "baseline_rss_mib": baseline}  # fmt: skip
@@ -178,24 +174,16 @@ def main() -> int:
         parser.error("--size-mib must be at least 4x --budget-mib: the dataset must not fit the data path")
     rows = math.ceil(args.size_mib * MIB / ROW_BYTES / args.shards)
 
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    keys_pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = KekPublicKey(KEK_ID, private_key.public_key())
-    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
-        try:
-            up(config)
-            sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
-            common = ["--size-mib", str(args.size_mib), "--budget-mib", str(args.budget_mib), "--shards",
-                      str(args.shards), "--window", str(args.window), "--in-flight", str(args.in_flight),
-                      "--epochs", str(args.epochs), "--stack-env", str(config.layout.env_file)]  # fmt: skip
-            plain = child("plain", common)
-            secure = child("secure", [*common, "--spec", json.dumps(job_spec("bench-stream", args.epochs))],
-                           stdin=keys_pem)  # fmt: skip
-        finally:
-            down(config)
+    keys = released_keys()
+    keys_pem, public = private_pem(keys.kek_private), keys.kek_public
+    with running_stack((AZURITE,)) as (config, _):
+        sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
+        common = ["--size-mib", str(args.size_mib), "--budget-mib", str(args.budget_mib), "--shards",
+                  str(args.shards), "--window", str(args.window), "--in-flight", str(args.in_flight),
+                  "--epochs", str(args.epochs), "--stack-env", str(config.layout.env_file)]  # fmt: skip
+        plain = child("plain", common)
+        secure = child("secure", [*common, "--spec", json.dumps(job_spec("bench-stream", args.epochs))],
+                       stdin=keys_pem)  # fmt: skip
     ratio = secure["seconds"] / plain["seconds"]
     growth = secure["peak_rss_mib"] - secure["baseline_rss_mib"]
     bound = args.budget_mib + model_mib()

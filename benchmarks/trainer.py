@@ -32,10 +32,8 @@ import math
 import resource
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +41,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from azure.core.credentials import AzureNamedKeyCredential
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
+from benchmarks.stack import KEK_ID, private_pem, released_keys, running_stack
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
-from securetrain.localstack.ports import free_ports
-from securetrain.localstack import StackConfig, down, read_stack_env, up
+from securetrain.localstack import read_stack_env
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.core.storage import BlobStore
 
-KEK_ID = "https://vault.securetrain.bench/keys/kek/1"
 MIB = 1 << 20
 FEATURES = 64
 ROW_BYTES = 4 * FEATURES + 8
@@ -144,19 +139,6 @@ def stage_shards(stack_env: Path, public: KekPublicKey, shards: int, rows: int) 
     return sealed_bytes
 
 
-class _Quiet:
-    """The progress sink of a benchmark: nobody polls it."""
-
-    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
-        pass
-
-    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
-        pass
-
-    def sealing_model(self) -> None:
-        pass
-
-
 def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[str, Any]:
     """``run_training`` from the sealed shards in Azurite; the KEK's private key arrives on stdin.
 
@@ -164,7 +146,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     lookup is one small blob per job, not part of what training costs).
     """
     from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
-    from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec  # noqa: PLC0415
+    from securetrain.core.contracts.training import DatasetShard, JobKeys, NullProgress, TrainingSpec  # noqa: PLC0415
     from securetrain.tee.training import run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
@@ -174,7 +156,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
     ])  # fmt: skip
     with azurite_store(stack_env) as store:
         start = time.perf_counter()
-        result = run_training(spec, keys, store, _Quiet(), threading.Event())
+        result = run_training(spec, keys, store, NullProgress(), threading.Event())
         seconds = time.perf_counter() - start
     return {"seconds": seconds, "val_accuracy": result.metrics["val_accuracy"], "peak_rss_mib": peak_rss_mib()}
 
@@ -222,27 +204,19 @@ def main() -> int:
         print(json.dumps(run_secure(args.stack_env, json.loads(args.spec), args.shards)))
         return 0
 
-    private_key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    keys_pem = private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    public = KekPublicKey(KEK_ID, private_key.public_key())
-    with tempfile.TemporaryDirectory(prefix="securetrain-bench-") as tmp:
-        config = StackConfig.resolve(Path(tmp), {AZURITE.name: free_ports(1)[0]}, (AZURITE,))
-        try:
-            up(config)
-            sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
-            common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
-                      "--stack-env", str(config.layout.env_file)]
-            plains, secures = [], []
-            for repeat in range(args.repeats):
-                # Alternating, so that a burst of load on a shared machine does not fall on one side only.
-                plains.append(child("plain", common))
-                spec = job_spec(f"bench-{repeat}", args.epochs)  # a run of its own: nothing to resume
-                secures.append(child("secure", [*common, "--spec", json.dumps(spec)], stdin=keys_pem))
-            plain, secure = _best(plains), _best(secures)
-        finally:
-            down(config)
+    keys = released_keys()
+    keys_pem, public = private_pem(keys.kek_private), keys.kek_public
+    with running_stack((AZURITE,)) as (config, _):
+        sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
+        common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
+                  "--stack-env", str(config.layout.env_file)]
+        plains, secures = [], []
+        for repeat in range(args.repeats):
+            # Alternating, so that a burst of load on a shared machine does not fall on one side only.
+            plains.append(child("plain", common))
+            spec = job_spec(f"bench-{repeat}", args.epochs)  # a run of its own: nothing to resume
+            secures.append(child("secure", [*common, "--spec", json.dumps(spec)], stdin=keys_pem))
+        plain, secure = _best(plains), _best(secures)
     ratio = secure["seconds"] / plain["seconds"]
     print(f"data: {args.shards} shards, {rows * args.shards} rows, {sealed_bytes / MIB:.0f} MiB sealed; "
           f"{args.epochs} epochs of {MODEL}")  # fmt: skip

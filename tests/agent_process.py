@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import securetrain
+from securetrain.core.contracts.jobs import JobView
 from securetrain.core.cvm_client import CvmClient
 from securetrain.localstack import data_owner
 from securetrain.localstack.pki import LocalCA
+from tests import jobs
 from tests.conftest import free_ports
 
 
@@ -83,6 +86,14 @@ class AgentProcess:
             )  # fmt: skip
         wait_port(self.port, self._process)
         return self.client
+
+    def run_job(self, spec: dict[str, Any]) -> JobView:
+        """Start the agent, run ``spec`` on it to its end and stop the agent: the job as it ended."""
+        client = self.start()
+        try:
+            return jobs.run_job(client, spec)
+        finally:
+            self.stop()
 
     def kill(self) -> None:
         """SIGKILL: the agent gets no chance to save anything, as in a crash."""

@@ -110,11 +110,7 @@ def test_an_agent_on_production_settings_alone_completes_a_job(local_stack, data
     environment = local_stack.tee_environment()
     assert not {"SECURETRAIN_BLOB_ACCOUNT_KEY", "AZURE_CLIENT_SECRET", "SECURETRAIN_STATE_DIR"} & environment.keys()
     assert environment["IDENTITY_ENDPOINT"].endswith("/msi/token")
-    client = agent.start()
-    try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1)).job_id, finished)
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref, epochs=1))
     assert job.state == "succeeded", job.error
     assert job.key_release.kek_id == local_stack.env["SECURETRAIN_KEK_ID"]
 
@@ -123,11 +119,7 @@ def test_a_host_without_the_tees_identity_header_gets_no_token_and_no_key(local_
     """A process on another host (or one that guessed) presents another header: the identity service refuses
     it the managed identity's token, so Key Vault is never asked."""
     agent = AgentProcess(local_stack, tmp_path, environment={"IDENTITY_HEADER": "not-this-hosts-secret"})
-    client = agent.start()
-    try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref, epochs=1)).job_id, finished)
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref, epochs=1))
     assert job.state == "failed" and job.key_release is None and job.error.security_violation, job
     assert "identity obtained no token" in job.error.message, job.error
 
@@ -174,11 +166,7 @@ def test_a_trainer_whose_code_changed_is_refused_the_key(local_stack, dataset_re
     with (source_copy(code_root) / "tee" / "training" / "loop.py").open("a") as source:
         source.write("# one changed line\n")
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
-    client = agent.start()
-    try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref)).job_id, finished)
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref))
     assert job.state == "failed" and job.error.security_violation, job
     # The approved policy pins the trainer's HOST_DATA: the changed code's differs, and the error says so.
     assert "host" in job.error.message.lower(), job.error

@@ -39,12 +39,12 @@ from securetrain.tee.training.launcher import DataParallelRefused, _free_port
 from securetrain.tee.training.stream import shard_order
 from tests.agent_process import AgentProcess
 from tests.integration import test_streaming_run, test_training_run
-from tests.integration.test_agent_job import finished, job_spec, wait_for
+from tests.integration.test_agent_job import job_spec
 from tests.integration.test_dp_training_run import PRIVACY
-from tests.integration.test_streaming_run import LIMITS, spec_for
 from tests.integration.test_training_run import (
     RecordingProgress, checkpoint_names, open_model, run_id, training_spec, upload_sealed,
 )
+from tests.streamed_shards import LIMITS, spec_for
 
 pytestmark = pytest.mark.integration
 store, keys = test_training_run.store, test_training_run.keys
@@ -270,11 +270,7 @@ def test_an_agent_with_two_workers_completes_a_job_with_its_provenance(local_sta
     the witnessed model and checkpoints in the job's result."""
     agent = AgentProcess(local_stack, tmp_path, environment={"SECURETRAIN_TRAINING_WORKERS": "2",
                                                              "SECURETRAIN_TRAINING_WORKER_THREADS": "1"})  # fmt: skip
-    client = agent.start()
-    try:
-        job = wait_for(client, client.submit(job_spec(local_stack, dataset_ref)).job_id, finished)
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref))
     assert job.state == "succeeded", job.error
     assert job.epoch == 3 and job.metrics["val_accuracy"] > 0.8
     assert job.result.provenance is not None

@@ -1,96 +1,38 @@
 """run_training on a dataset larger than the TEE's in-memory cache: streamed from Azurite shard by shard.
 
-The limits are tiny so that a few kilobytes of shards stream; the helpers and fixtures are those of
-test_training_run (a real BlobStore on the local stack's Azurite, a KEK made here as if released).
+The dataset and its tiny limits are tests/streamed_shards.py's; the helpers and fixtures are those of
+test_training_run (a real BlobStore on the local stack's Azurite, a KEK made here as if released). What storage
+can do to a streamed run (a shard tampered with or swapped mid-run) is in
+tests/security/test_storage_swaps_streamed_shards.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import logging
 import re
 import threading
-import uuid
-from typing import Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.ipc
 import pytest
-import safetensors.torch
 import torch
 
-from securetrain.core.contracts.training import DataValidationFailed, JobKeys, TrainingCancelled, TrainingSpec
-from securetrain.core.datasets import to_parquet
-from securetrain.core.sealed import seal
-from securetrain.core.sealed.errors import SegmentTampered
-from securetrain.core.storage import BlobStore
+from securetrain.core.contracts.training import DataValidationFailed, TrainingCancelled
 from securetrain.core.validation import ExpectationSuiteError
 from securetrain.tee.training import StreamingRefused, run_training
-from securetrain.tee.training.data import DataLimits, ShardChanged
+from securetrain.tee.training.data import DataLimits
 from securetrain.tee.training.stream import DataBudgetExceeded
 from tests.integration import test_training_run
-from tests.integration.test_training_run import (
-    CONTEXT,
-    CancelAfterChecks,
-    RecordingProgress,
-    checkpoint_names,
-    open_model,
-    run_id,
-    training_spec,
-    upload_sealed,
-)
+from tests.integration.test_training_run import CancelAfterChecks, RecordingProgress, checkpoint_names, open_model
+from tests.streamed_shards import FEATURES, LIMITS, ROWS, SHARDS, sealed_shards, shard_rows, spec_for
 
 pytestmark = pytest.mark.integration
 # The same fixtures: the local stack's BlobStore, and a KEK made here as if released.
 store, keys = test_training_run.store, test_training_run.keys
 
-SHARDS, ROWS, FEATURES = 12, 200, 8
-#: Streaming for sure (the dataset is tens of kilobytes), windows of 2 shards, a mid-epoch checkpoint per window.
-LIMITS = DataLimits(cache_bytes=10_000, stream_budget_bytes=64 * 1024, shards_in_flight=2, window_shards=2,
-                    checkpoint_windows=1)  # fmt: skip
-HYPER = {"epochs": 2, "batch_size": 64, "learning_rate": 0.01}
-
-
-def shard_rows(index: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(index)
-    features = rng.normal(size=(ROWS, FEATURES)).astype(np.float32)
-    labels = ((features[:, 0] + features[:, 1] > 0).astype(np.int64) + (features[:, 2] > 1)).astype(np.int64)
-    return features, labels
-
-
-def encoded(fmt: str, features: np.ndarray, labels: np.ndarray) -> bytes:
-    if fmt == "safetensors":
-        return safetensors.torch.save({"x": torch.from_numpy(features), "label": torch.from_numpy(labels)})
-    table = pa.table({**{f"f{j}": features[:, j] for j in range(FEATURES)}, "label": labels})
-    if fmt == "parquet":
-        return to_parquet(table)
-    sink = io.BytesIO()
-    with pyarrow.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=50):
-            writer.write_batch(batch)
-    return sink.getvalue()
-
-
-def sealed_shards(store: BlobStore, keys: JobKeys, fmt: str) -> list[str]:
-    prefix = f"stream-{fmt}-{uuid.uuid4().hex[:8]}"
-    blobs = []
-    for index in range(SHARDS):
-        blob = f"{prefix}/part-{index:02d}.sealed"
-        upload_sealed(store, keys, blob, encoded(fmt, *shard_rows(index)))
-        blobs.append(blob)
-    return blobs
-
 
 @pytest.fixture(scope="module")
 def parquet_shards(store, keys) -> list[str]:
     return sealed_shards(store, keys, "parquet")
-
-
-def spec_for(blobs: list[str], fmt: str = "parquet", **changes: Any) -> TrainingSpec:
-    return training_spec(run_id(), blobs, fmt, hyperparameters={**HYPER, **changes.pop("hyperparameters", {})},
-                         **changes)  # fmt: skip
 
 
 def peak_and_budget(text: str) -> tuple[int, int]:
@@ -156,42 +98,6 @@ def test_a_mid_epoch_checkpoint_cut_in_other_lanes_is_skipped_for_the_newest_epo
            "(now 2)" in caplog.text  # fmt: skip
     assert f"from checkpoints/{spec.run_id}/epoch-0001.safetensors.sealed" in caplog.text
     assert result.epochs_completed == 2 and result.steps_completed == 2 * 6 * 5
-
-
-def test_a_shard_tampered_mid_stream_stops_training_naming_the_shard(store, keys) -> None:
-    blobs = sealed_shards(store, keys, "parquet")
-    victim = blobs[5]
-    tampered = bytearray(b"".join(store.download_chunks("datasets", victim)))  # the same file, one bit flipped
-    tampered[-20] ^= 0x01
-
-    class TamperAfterSurvey(RecordingProgress):
-        def validation_done(self, aggregates) -> None:
-            super().validation_done(aggregates)
-            store.upload_stream("datasets", victim, io.BytesIO(bytes(tampered)), overwrite=True)
-
-    spec = spec_for(blobs)
-    progress = TamperAfterSurvey()
-    with pytest.raises(SegmentTampered, match=rf"^shard datasets/{victim}: segment \d+ failed authentication"):
-        run_training(spec, keys, store, progress, threading.Event(), limits=LIMITS)
-    assert [kind for kind, _ in progress.calls] == ["validation_done"]
-    assert not list(store.list_blobs("models", spec.run_id))
-
-
-def test_a_shard_swapped_for_another_file_sealed_for_the_same_key_is_refused_naming_it(store, keys) -> None:
-    blobs = sealed_shards(store, keys, "parquet")
-    victim = blobs[7]
-    other = io.BytesIO()  # authentic: sealed for the job's KEK under the manifest's context, other rows
-    seal(io.BytesIO(encoded("parquet", *shard_rows(99))), other, keys.kek_public, CONTEXT, segment_size=4096)
-
-    class SwapAfterSurvey(RecordingProgress):
-        def validation_done(self, aggregates) -> None:
-            super().validation_done(aggregates)
-            store.upload_stream("datasets", victim, io.BytesIO(other.getvalue()), overwrite=True)
-
-    spec = spec_for(blobs)
-    with pytest.raises(ShardChanged, match=rf"^shard datasets/{victim} is not the sealed file this run read before"):
-        run_training(spec, keys, store, SwapAfterSurvey(), threading.Event(), limits=LIMITS)
-    assert not list(store.list_blobs("models", spec.run_id))
 
 
 def test_a_streamed_suite_validates_shard_by_shard_with_whole_dataset_counts(store, keys, parquet_shards) -> None:

@@ -128,11 +128,7 @@ def test_a_tee_running_one_changed_byte_of_the_core_library_gets_no_key(local_st
     with (source_copy(code_root) / "core" / "sealed" / "stream.py").open("a") as source:
         source.write("# one changed line in the code that decrypts inside the TEE\n")
     agent = AgentProcess(local_stack, tmp_path, code_root=code_root)
-    client = agent.start()
-    try:
-        job = run_job(client, job_spec(local_stack, dataset_ref))
-    finally:
-        agent.stop()
+    job = agent.run_job(job_spec(local_stack, dataset_ref))
     assert job.state == "failed" and job.error.security_violation, job
     assert "host" in job.error.message.lower(), job.error
     assert job.key_release is None and job.epoch == 0

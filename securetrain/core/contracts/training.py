@@ -195,3 +195,18 @@ class ProgressSink(Protocol):
     def sealing_model(self) -> None:
         """Training is over; the final model is being sealed and uploaded."""
 
+
+class NullProgress:
+    """A :class:`ProgressSink` that reports nothing, for training whose progress is nobody's to follow: a
+    data-parallel worker other than the leader (the leader's reports are the job's) and a benchmark (nobody polls
+    it). Training always reports to a sink, so that no step of it has to ask whether anyone listens.
+    """
+
+    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
+        pass
+
+    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
+        pass
+
+    def sealing_model(self) -> None:
+        pass

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from securetrain.core.contracts.training import DataValidationFailed
+from securetrain.core.contracts.training import DataValidationFailed, NullProgress
 from securetrain.core.errors import SecuretrainError
 from securetrain.core.storage import BlobInfo, BlobStore
 from securetrain.tee.settings import TeeSettings
@@ -51,19 +51,6 @@ class _Reports:
 
     def sealing_model(self) -> None:
         write_frame(self._out, {"sealing_model": True})
-
-
-class _Unreported:
-    """The other workers' sink: their progress is the leader's."""
-
-    def validation_done(self, aggregates: Mapping[str, Any]) -> None:
-        pass
-
-    def epoch_done(self, epoch: int, step: int, metrics: Mapping[str, float], checkpoint_blob: str) -> None:
-        pass
-
-    def sealing_model(self) -> None:
-        pass
 
 
 class _RelayedUploads:
@@ -114,7 +101,7 @@ def work(assignment: Assignment, out: BinaryIO, acks: BinaryIO) -> None:
         _check_witnessed(assignment, direct)
         group = DataParallelGroup(assignment.rank, assignment.world_size, assignment.port, assignment.timeout_s, device)
         try:
-            progress = _Reports(out, acks) if group.leads else _Unreported()
+            progress = _Reports(out, acks) if group.leads else NullProgress()
             store = _RelayedUploads(direct, out)
             result = train_in_process(assignment.spec, assignment.keys, store, progress, threading.Event(),  # type: ignore[arg-type]
                                       limits=assignment.limits, group=group)  # fmt: skip
