@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import logging
 import os
 import re
@@ -153,7 +154,12 @@ def test_two_workers_streaming_their_own_lanes_reach_the_single_process_weights(
     # 4 windows of 2 x 160 rows in lane 0 (10 sub-batches of 32) and 160 in lane 1 (5 of 32) per epoch.
     assert result.steps_completed == expected_result.steps_completed == 2 * 4 * 10
     assert close_metrics(expected_result.metrics, result.metrics)
-    assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
+    (expected, alone_meta), (actual, together_meta) = open_model(store, keys, alone), open_model(store, keys, together)
+    assert close(expected, actual)
+    # The model says how its data was read: the same order (window, lanes) in one process and in two.
+    assert json.loads(alone_meta["description"])["data_path"] == {"streamed": True, "workers": 1, "window_shards": 3,
+                                                                  "lanes": 2}  # fmt: skip
+    assert json.loads(together_meta["description"])["data_path"]["workers"] == 2
 
     # The survey reads every shard in each worker; each epoch, a worker reads only the shards of its own lane.
     reads = decrypted_by_worker(capfd.readouterr().err)

@@ -7,6 +7,7 @@ release is the agent's part and is tested with it.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import tempfile
 import threading
@@ -287,6 +288,7 @@ def test_digits_as_safetensors_images_train_a_cnn(store, keys) -> None:
     assert result.metrics["val_accuracy"] > 0.85
     _, metadata = open_model(store, keys, spec)
     assert '"feature_shape": [1, 8, 8]' in metadata["description"] and '"num_classes": 10' in metadata["description"]
+    assert json.loads(metadata["description"])["data_path"] == {"streamed": False, "workers": 1}
 
 
 def test_no_plaintext_marker_in_work_or_temp_dirs_or_storage_after_a_run(

@@ -183,6 +183,9 @@ def train_in_process(
         "epochs": final.epoch,
         "steps": final.step,
         "metrics": dict(final.metrics),
+        # The TEE's own settings (not measured) that shaped the row order or the sums: a reviewer repeating the run
+        # needs them, and the sealed description is where a reader of the model finds them.
+        "data_path": _data_path(prepared.ledger is not None, limits, group),
     }
     if leads:
         seal_model(store, spec.output, spec.run_id, keys, trainee.model, description, contract=spec.contract)
@@ -190,6 +193,15 @@ def train_in_process(
         model_blob=spec.output, metrics=dict(final.metrics), device=describe_device(device), epochs_completed=final.epoch,
         steps_completed=final.step, privacy=spent,
     )  # fmt: skip
+
+
+def _data_path(streamed: bool, limits: DataLimits, group: DataParallelGroup | None) -> dict[str, Any]:
+    """How the data reached the model: in memory or streamed (with the window settings that fix the order), and
+    in how many workers."""
+    path: dict[str, Any] = {"streamed": streamed, "workers": group.world_size if group is not None else 1}
+    if streamed:
+        path.update(window_shards=limits.window_shards, lanes=limits.lanes)
+    return path
 
 
 class StreamingRefused(ConfigurationError):
