@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
+from securetrain.core.contracts.training import DatasetShard, TrainingSpec
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.sealed import SealedHeader
+from securetrain.core.sealed import OpenedHeader
 from securetrain.core.storage import BlobStore
 from securetrain.tee.training.data import (
     DataLimits,
@@ -160,10 +160,10 @@ class ShardStream:
     """The shards of one job, read ahead through the budget's ledger."""
 
     def __init__(
-        self, spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, headers: tuple[SealedHeader, ...]
+        self, spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers: tuple[OpenedHeader, ...]
     ) -> None:
-        self._spec, self._keys, self._store, self._limits, self._headers = spec, keys, store, limits, headers
-        sizes = self._sizes = tuple(header.content.plaintext_length for header in headers)
+        self._spec, self._store, self._limits, self._headers = spec, store, limits, headers
+        sizes = self._sizes = tuple(opened.header.content.plaintext_length for opened in headers)
         self.ledger = BufferLedger(limits.stream_budget_bytes)
         largest = max(sizes)
         estimate = (limits.window_shards + limits.shards_in_flight + 1) * largest
@@ -184,9 +184,8 @@ class ShardStream:
         self.ledger.hold(size, f"the plaintext of {describe_shard(shard)}")
         try:
             with self._store.open_read(shard.container, shard.blob) as src:
-                # Every read of the shard in this run must be of the file whose header was read first.
-                part = read_shard(src, self._keys.for_shard(shard), shard, self._spec.columns, self._limits,
-                                  self._headers[index])  # fmt: skip
+                # Every read of the shard in this run must be of the file whose header was opened first.
+                part = read_shard(src, self._headers[index], shard, self._spec.columns, self._limits)
             self.ledger.hold(_decoded_bytes(part), f"the decoded rows of {describe_shard(shard)}")
         finally:
             self.ledger.release(size)
