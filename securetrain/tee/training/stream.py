@@ -123,9 +123,10 @@ class _Moments:
     def add(self, values: np.ndarray) -> None:
         if len(values) == 0:
             return
-        values = values.astype(np.float64)
+        values = values.astype(np.float64)  # a copy of its own: the deviations are computed in place
         count, mean = len(values), values.mean(axis=0)
-        m2 = ((values - mean) ** 2).sum(axis=0)
+        values -= mean
+        m2 = np.square(values, out=values).sum(axis=0)
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
