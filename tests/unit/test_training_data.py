@@ -159,12 +159,13 @@ def test_a_shard_read_again_must_be_the_file_whose_header_was_opened(table, kek_
     other = sealed(to_parquet(table.slice(10, 10)), kek_public)  # authentic, same KEK and context
     with pytest.raises(ShardChanged, match=changed):
         read_shard(io.BytesIO(other), opened, shard(), Columns(label="label"), LIMITS)
-    header = opened.header  # the same file with its data key wrapped again: another header
-    rewrapped = header.with_key(KeyWrap(header.key.kek_id, header.key.kek_thumbprint, header.key.algorithm,
-                                        kek_public.wrap(kek_private.unwrap(header.key.wrapped_dek, kek_id=header.key.kek_id,
-                                                                            kek_thumbprint=header.key.kek_thumbprint))))  # fmt: skip
+    header, key = opened.header, opened.header.key  # the same file with its data key wrapped again: another header
+    dek = kek_private.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
+    rewrapped = header.with_key(KeyWrap(key.kek_id, key.kek_thumbprint, key.algorithm, kek_public.wrap(dek)))
+    assert rewrapped.to_bytes() != header.to_bytes()
     with pytest.raises(ShardChanged, match=changed):
-        read_shard(io.BytesIO(rewrapped.to_bytes() + blob[header.size :]), opened, shard(), Columns(label="label"), LIMITS)
+        read_shard(io.BytesIO(rewrapped.to_bytes() + blob[header.size :]), opened, shard(), Columns(label="label"),
+                   LIMITS)  # fmt: skip
     flipped = bytearray(blob)
     flipped[-20] ^= 1
     with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.parquet.sealed: segment \d+ failed"):

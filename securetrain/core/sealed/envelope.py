@@ -110,7 +110,11 @@ class OpenedHeader:
     """
 
     def __init__(
-        self, header: SealedHeader, kek: KekPrivateKey | OpenedHeader, *, expected_context: Mapping[str, str] | None = None
+        self,
+        header: SealedHeader,
+        kek: KekPrivateKey | OpenedHeader,
+        *,
+        expected_context: Mapping[str, str] | None = None,
     ) -> None:
         if isinstance(kek, OpenedHeader):
             self._kek = kek._kek
@@ -131,7 +135,8 @@ class OpenedHeader:
         self._dek = dek
 
     def _unwrap(self, header: SealedHeader) -> bytes:
-        return self._kek.unwrap(header.key.wrapped_dek, kek_id=header.key.kek_id, kek_thumbprint=header.key.kek_thumbprint)
+        key = header.key
+        return self._kek.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
 
     def __repr__(self) -> str:
         # Never print the data key, even by accident in a log line or traceback.

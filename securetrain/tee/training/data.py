@@ -378,7 +378,9 @@ def open_shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> t
     return tuple(header for _, header in read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT))
 
 
-def load_dataset(spec: TrainingSpec, opened: Sequence[OpenedHeader], store: BlobStore, limits: DataLimits) -> TrainingData:
+def load_dataset(
+    spec: TrainingSpec, opened: Sequence[OpenedHeader], store: BlobStore, limits: DataLimits
+) -> TrainingData:
     """Read, authenticate and decode every shard of ``spec``, each the file whose header was ``opened``
     (:func:`open_shard_headers`); returns only when all of them opened."""
     parts: list[ShardArrays] = []
