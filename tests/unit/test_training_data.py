@@ -13,11 +13,12 @@ import torch
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.datasets import bundled_table, to_parquet
-from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, seal
 from securetrain.core.sealed.errors import SegmentTampered, WrongContext, WrongKey
+from securetrain.core.sealed.header import KeyWrap
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetKeyMissing, DatasetShard, JobKeys
-from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardTooLarge, read_shard
+from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardChanged, ShardTooLarge, read_shard
 
 CONTEXT = {"dataset_id": "breast-cancer"}
 LIMITS = DataLimits(max_buffered_shard_bytes=1 << 30)
@@ -148,3 +149,24 @@ def test_each_shard_opens_with_its_owners_released_kek_and_no_other(table, kek_p
     with pytest.raises(DatasetKeyMissing, match="hospital-c"):
         keys.for_shard(unreleased)
     assert "hospital-b" in repr(keys) and "PRIVATE" not in repr(keys)
+
+
+def test_a_shard_read_again_must_be_the_file_whose_header_was_opened(table, kek_public, kek_private) -> None:
+    blob = sealed(to_parquet(table.slice(0, 10)), kek_public)
+    opened = SealedReader(io.BytesIO(blob), kek_private, expected_context=CONTEXT).opened
+    assert read_shard(io.BytesIO(blob), opened, shard(), Columns(label="label"), LIMITS).labels.shape == (10,)
+    changed = r"^shard datasets/bc/part-0.parquet.sealed is not the sealed file this run read before"
+    other = sealed(to_parquet(table.slice(10, 10)), kek_public)  # authentic, same KEK and context
+    with pytest.raises(ShardChanged, match=changed):
+        read_shard(io.BytesIO(other), opened, shard(), Columns(label="label"), LIMITS)
+    header, key = opened.header, opened.header.key  # the same file with its data key wrapped again: another header
+    dek = kek_private.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
+    rewrapped = header.with_key(KeyWrap(key.kek_id, key.kek_thumbprint, key.algorithm, kek_public.wrap(dek)))
+    assert rewrapped.to_bytes() != header.to_bytes()
+    with pytest.raises(ShardChanged, match=changed):
+        read_shard(io.BytesIO(rewrapped.to_bytes() + blob[header.size :]), opened, shard(), Columns(label="label"),
+                   LIMITS)  # fmt: skip
+    flipped = bytearray(blob)
+    flipped[-20] ^= 1
+    with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.parquet.sealed: segment \d+ failed"):
+        read_shard(io.BytesIO(bytes(flipped)), opened, shard(), Columns(label="label"), LIMITS)

@@ -99,36 +99,74 @@ def seal(
     return header
 
 
+class OpenedHeader:
+    """A sealed file's header opened with its KEK: the data key unwrapped, the header tag and the context checked.
+
+    Reading the same file again, pass this in the KEK's place (``SealedReader(src, opened, ...)``): a file whose
+    header is this one byte for byte reuses the data key instead of unwrapping it again (an RSA private-key
+    operation, milliseconds); any other header is opened with the KEK exactly as the first one was. The header tag
+    and the context are checked again either way, and every segment is authenticated as always. The data key
+    lives in this object, in memory only.
+    """
+
+    def __init__(
+        self,
+        header: SealedHeader,
+        kek: KekPrivateKey | OpenedHeader,
+        *,
+        expected_context: Mapping[str, str] | None = None,
+    ) -> None:
+        if isinstance(kek, OpenedHeader):
+            self._kek = kek._kek
+            # Keyed by every byte of the header (the wrapped key among them), never by where the file came from.
+            same = header.to_bytes() == kek.header.to_bytes()
+            dek = kek._dek if same else self._unwrap(header)
+        else:
+            self._kek = kek
+            dek = self._unwrap(header)
+        header.check_tag(dek)
+        content = header.content
+        for key, expected in (expected_context or {}).items():
+            if content.context.get(key) != expected:
+                raise WrongContext(
+                    f"context {key!r} is {content.context.get(key)!r} in the sealed file, expected {expected!r}"
+                )
+        self.header = header
+        self._dek = dek
+
+    def _unwrap(self, header: SealedHeader) -> bytes:
+        key = header.key
+        return self._kek.unwrap(key.wrapped_dek, kek_id=key.kek_id, kek_thumbprint=key.kek_thumbprint)
+
+    def __repr__(self) -> str:
+        # Never print the data key, even by accident in a log line or traceback.
+        return f"OpenedHeader(kek_id={self.header.key.kek_id!r}, context={dict(self.header.content.context)!r})"
+
+
 class SealedReader(io.RawIOBase):
     """The plaintext of a sealed file, decrypted segment by segment as it is read.
 
     Use :meth:`segments` for zero-copy iteration, or the file interface (``read``/``readinto``). A
     failure in any segment raises its specific error; a consumer must treat everything it has read
-    as untrusted until the stream has been read to its end without error.
+    as untrusted until the stream has been read to its end without error. ``kek`` is the KEK's private
+    key, or the :class:`OpenedHeader` of an earlier read of the same file.
     """
 
     def __init__(
         self,
         src: BinaryIO,
-        kek: KekPrivateKey,
+        kek: KekPrivateKey | OpenedHeader,
         *,
         expected_context: Mapping[str, str] | None = None,
         verify_digest: bool = False,
     ) -> None:
         super().__init__()
         self.header = read_header(src)
+        #: The header as opened here: hand it to the next reader of the same file to skip the data key's unwrap.
+        self.opened = OpenedHeader(self.header, kek, expected_context=expected_context)
         content = self.header.content
-        dek = kek.unwrap(
-            self.header.key.wrapped_dek, kek_id=self.header.key.kek_id, kek_thumbprint=self.header.key.kek_thumbprint
-        )
-        self.header.check_tag(dek)
-        for key, expected in (expected_context or {}).items():
-            if content.context.get(key) != expected:
-                raise WrongContext(
-                    f"context {key!r} is {content.context.get(key)!r} in the sealed file, expected {expected!r}"
-                )
         self._decryptor = StreamDecryptor(
-            src, dek=dek, associated_data=content.stream_associated_data(), layout=content.layout
+            src, dek=self.opened._dek, associated_data=content.stream_associated_data(), layout=content.layout
         )
         self._verify_digest = verify_digest
         self._iterator: Iterator[memoryview] | None = None

@@ -17,10 +17,10 @@ import torch
 
 from securetrain.core.contracts.training import JobKeys, ProgressSink, TrainingCancelled, TrainingResult, TrainingSpec
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.sealed import SealedHeader
+from securetrain.core.sealed import OpenedHeader
 from securetrain.tee.training.checkpoint import Checkpoints, Progress, WindowCut, seal_model
 from securetrain.tee.settings import DataPathSettings, WorkerSettings
-from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, shard_headers
+from securetrain.tee.training.data import DataLimits, TrainingData, load_dataset, open_shard_headers
 from securetrain.tee.training.loop import (
     Standardization,
     Trainee,
@@ -110,18 +110,18 @@ def train_in_process(
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
     hyper = spec.hyperparameters
 
-    headers = shard_headers(spec, keys, store)
-    sizes = tuple(header.content.plaintext_length for header in headers)
+    headers = open_shard_headers(spec, keys, store)
+    sizes = tuple(opened.header.content.plaintext_length for opened in headers)
     if not limits.streams(sum(sizes)):
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
-        prepared = _in_memory(spec, keys, store, limits, device, cancel)
+        prepared = _in_memory(spec, keys, store, limits, headers, device, cancel)
     else:
         log.info("run %s: the dataset's %d plaintext bytes in %d shards exceed the %d-byte in-memory cache: streaming "
                  "it (budget %d bytes, %d shards in flight, windows of %d shards in %d lanes)", spec.run_id, sum(sizes),
                  len(sizes), limits.cache_bytes, limits.stream_budget_bytes, limits.shards_in_flight,
                  limits.window_shards, limits.lanes)  # fmt: skip
-        prepared = _streamed(spec, keys, store, limits, headers, device, cancel, group)
+        prepared = _streamed(spec, store, limits, headers, device, cancel, group)
     progress.validation_done(prepared.aggregates)
 
     def build() -> Trainee:
@@ -226,10 +226,10 @@ class _Prepared:
     ledger: BufferLedger | None = None
 
 
-def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, device: torch.device,
-               cancel: threading.Event) -> _Prepared:  # fmt: skip
+def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
+               headers: tuple[OpenedHeader, ...], device: torch.device, cancel: threading.Event) -> _Prepared:  # fmt: skip
     """The whole dataset decrypted into memory: a seeded 20% of its rows held out, DP-SGD possible."""
-    data = load_dataset(spec, keys, store, limits)
+    data = load_dataset(spec, headers, store, limits)
     if cancel.is_set():
         raise TrainingCancelled("cancelled after the data was opened, before training")
     hyper = spec.hyperparameters
@@ -256,12 +256,11 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
     return _Prepared(shape, stats, data.feature_names, (data, rows[1]), aggregates, trainee, dp, training)
 
 
-def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
-              headers: tuple[SealedHeader, ...], device: torch.device, cancel: threading.Event,
-              group: DataParallelGroup | None) -> _Prepared:  # fmt: skip
+def _streamed(spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers: tuple[OpenedHeader, ...],
+              device: torch.device, cancel: threading.Event, group: DataParallelGroup | None) -> _Prepared:  # fmt: skip
     """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path"); in a group, each worker
     reads only its lanes' shards in the epochs (all of them in the survey)."""
-    sizes = [header.content.plaintext_length for header in headers]
+    sizes = [opened.header.content.plaintext_length for opened in headers]
     if spec.privacy is not None:
         # Opacus' DP-SGD samples each batch from the whole dataset (Poisson sampling, every row with the same
         # probability at every step): the accounting that bounds epsilon assumes it, and a shuffle window is not it.
@@ -273,7 +272,7 @@ def _streamed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataL
     hyper = spec.hyperparameters
     rank, workers = (group.rank, group.world_size) if group is not None else (0, 1)
     lanes = Lanes.of(limits.lanes, hyper.batch_size, rank, workers)
-    stream = ShardStream(spec, keys, store, limits, headers, lanes)
+    stream = ShardStream(spec, store, limits, headers, lanes)
     validation = StreamedValidation(spec.expectation_suite) if spec.expectation_suite is not None else None
     dataset = stream.survey(hyper.seed, validation.add if validation is not None else None)
     if cancel.is_set():

@@ -32,7 +32,7 @@ import safetensors.torch
 import torch
 
 from securetrain.core.errors import ConfigurationError, SecurityViolation
-from securetrain.core.sealed import KekPrivateKey, SealedHeader, SealedReader
+from securetrain.core.sealed import KekPrivateKey, OpenedHeader, SealedHeader, SealedReader
 from securetrain.core.sealed.errors import MalformedHeader, SealedFileError
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
@@ -280,18 +280,18 @@ _BUFFERED = {"parquet", "safetensors"}
 
 
 def read_shard(
-    src: BinaryIO, kek: KekPrivateKey, shard: DatasetShard, columns: Columns, limits: DataLimits,
-    expected_header: SealedHeader | None = None,
+    src: BinaryIO, key: KekPrivateKey | OpenedHeader, shard: DatasetShard, columns: Columns, limits: DataLimits
 ) -> ShardArrays:
-    """Open one sealed shard from ``src`` and decode it; seal failures name the shard and the segment.
+    """Open one sealed shard from ``src`` with ``key`` and decode it; seal failures name the shard and the segment.
 
-    ``expected_header``: the header this run read for the shard before; another one (storage serving another
-    file sealed for the same key and context) is refused with :class:`ShardChanged`, so that every read of a
-    shard in a run is of the one file whose header the agent witnesses.
+    ``key``: the shard's KEK, or its header as this run opened it before (:func:`open_shard_headers`); another
+    header then (storage serving another file sealed for the same key and context) is refused with
+    :class:`ShardChanged`, so that every read of a shard in a run is of the one file whose header the agent
+    witnesses, and the witnessed file's data key is not unwrapped again.
     """
     try:
-        reader = SealedReader(src, kek, expected_context=shard.context)
-        if expected_header is not None and reader.header.to_bytes() != expected_header.to_bytes():
+        reader = SealedReader(src, key, expected_context=shard.context)
+        if isinstance(key, OpenedHeader) and reader.header.to_bytes() != key.header.to_bytes():
             raise ShardChanged(
                 f"{describe_shard(shard)} is not the sealed file this run read before (its header differs): storage "
                 "served another file under its name"
@@ -344,27 +344,33 @@ def read_ahead(items: Iterable[S], read: Callable[[S], T], in_flight: int) -> It
 
 
 def _read_in_order(
-    spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits
+    spec: TrainingSpec, opened: Sequence[OpenedHeader], store: BlobStore, limits: DataLimits
 ) -> Iterator[tuple[DatasetShard, ShardArrays]]:
     """Every shard of ``spec``, in order, with up to :data:`SHARDS_IN_FLIGHT` read at once."""
 
-    def read(shard: DatasetShard) -> ShardArrays:
+    def read(index: int) -> ShardArrays:
+        shard = spec.datasets[index]
         with store.open_read(shard.container, shard.blob) as src:
-            return read_shard(src, keys.for_shard(shard), shard, spec.columns, limits)
+            return read_shard(src, opened[index], shard, spec.columns, limits)
 
-    return read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT)
+    return ((spec.datasets[index], part) for index, part in read_ahead(range(len(spec.datasets)), read, SHARDS_IN_FLIGHT))
 
 
 def shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[SealedHeader, ...]:
-    """Each shard's authenticated header (its tag checked with the unwrapped data key, its context with the
+    """Each shard's authenticated header (:func:`open_shard_headers`)."""
+    return tuple(opened.header for opened in open_shard_headers(spec, keys, store))
+
+
+def open_shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[OpenedHeader, ...]:
+    """Each shard's header opened (its data key unwrapped, its tag checked with it, its context with the
     manifest's), before any of its plaintext is read: their plaintext lengths decide between the in-memory
-    and the streaming path."""
+    and the streaming path, and every later read of the shard in the run must be of that file."""
 
-    def header(shard: DatasetShard, length: int | None) -> SealedHeader:
+    def header(shard: DatasetShard, length: int | None) -> OpenedHeader:
         with store.open_read(shard.container, shard.blob, length=length) as src:
-            return SealedReader(src, keys.for_shard(shard), expected_context=shard.context).header
+            return SealedReader(src, keys.for_shard(shard), expected_context=shard.context).opened
 
-    def read(shard: DatasetShard) -> SealedHeader:
+    def read(shard: DatasetShard) -> OpenedHeader:
         try:
             try:
                 return header(shard, HEADER_PREFIX_BYTES)
@@ -379,11 +385,13 @@ def shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[
     return tuple(header for _, header in read_ahead(spec.datasets, read, SHARDS_IN_FLIGHT))
 
 
-def load_dataset(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits) -> TrainingData:
-    """Read, authenticate and decode every shard of ``spec``, each with its owner's KEK; returns only when all
-    of them opened."""
+def load_dataset(
+    spec: TrainingSpec, opened: Sequence[OpenedHeader], store: BlobStore, limits: DataLimits
+) -> TrainingData:
+    """Read, authenticate and decode every shard of ``spec``, each the file whose header was ``opened``
+    (:func:`open_shard_headers`); returns only when all of them opened."""
     parts: list[ShardArrays] = []
-    for shard, part in _read_in_order(spec, keys, store, limits):
+    for shard, part in _read_in_order(spec, opened, store, limits):
         if parts:
             check_same_layout(parts[0], part, shard)
         log.info("opened %s: %d rows", describe_shard(shard), part.labels.shape[0])

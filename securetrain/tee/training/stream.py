@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
+from securetrain.core.contracts.training import DatasetShard, TrainingSpec
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.sealed import SealedHeader
+from securetrain.core.sealed import OpenedHeader
 from securetrain.core.storage import BlobStore
 from securetrain.tee.training.data import (
     DataLimits,
@@ -157,9 +157,10 @@ class _Moments:
     def add(self, values: np.ndarray) -> None:
         if len(values) == 0:
             return
-        values = values.astype(np.float64)
+        values = values.astype(np.float64)  # a copy of its own: the deviations are computed in place
         count, mean = len(values), values.mean(axis=0)
-        m2 = ((values - mean) ** 2).sum(axis=0)
+        values -= mean
+        m2 = np.square(values, out=values).sum(axis=0)
         if self.mean is None or self.m2 is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
@@ -194,12 +195,12 @@ class ShardStream:
     """The shards of one job, read ahead through the budget's ledger."""
 
     def __init__(
-        self, spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits, headers: tuple[SealedHeader, ...],
+        self, spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers: tuple[OpenedHeader, ...],
         lanes: Lanes,
     ) -> None:  # fmt: skip
-        self._spec, self._keys, self._store, self._limits, self._headers = spec, keys, store, limits, headers
+        self._spec, self._store, self._limits, self._headers = spec, store, limits, headers
         self._lanes = lanes
-        sizes = self._sizes = tuple(header.content.plaintext_length for header in headers)
+        sizes = self._sizes = tuple(opened.header.content.plaintext_length for opened in headers)
         self.ledger = BufferLedger(limits.stream_budget_bytes)
         largest = max(sizes)
         # A window holds only the shards of this process's lanes.
@@ -222,9 +223,8 @@ class ShardStream:
         self.ledger.hold(size, f"the plaintext of {describe_shard(shard)}")
         try:
             with self._store.open_read(shard.container, shard.blob) as src:
-                # Every read of the shard in this run must be of the file whose header was read first.
-                part = read_shard(src, self._keys.for_shard(shard), shard, self._spec.columns, self._limits,
-                                  self._headers[index])  # fmt: skip
+                # Every read of the shard in this run must be of the file whose header was opened first.
+                part = read_shard(src, self._headers[index], shard, self._spec.columns, self._limits)
             self.ledger.hold(_decoded_bytes(part), f"the decoded rows of {describe_shard(shard)}")
         finally:
             self.ledger.release(size)
