@@ -12,7 +12,11 @@ Figures: ``speedup`` (1-worker wall / 2-worker wall; goal >= 1.6 on 2 cores), bo
 data), and the largest difference between the two models' weights (``max_abs_weight_diff``; the tolerance is
 in docs/trainer.md).
 
-Usage: ``python -m benchmarks.distributed [--rows 40000] [--shards 4] [--epochs 6] [--threads N]``
+With ``--stream`` both runs stream the shards every epoch (an in-memory cache of one byte) in 2 lanes, so that
+each of the 2 workers decrypts and decodes only its own lane's shards in each epoch (docs/trainer.md, "The data
+path"); the single process, reading both lanes, trains on the same batches.
+
+Usage: ``python -m benchmarks.distributed [--rows 40000] [--shards 4] [--epochs 6] [--threads N] [--stream]``
 """
 
 from __future__ import annotations
@@ -116,7 +120,10 @@ def main() -> int:
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--stream", action="store_true", help="stream the shards every epoch, in 2 lanes")
     args = parser.parse_args()
+    if args.stream:
+        os.environ.update(SECURETRAIN_DATA_CACHE_BYTES="1", SECURETRAIN_DATA_LANES="2")
     # The launcher's and the workers' timings (start, each epoch) show where the wall time goes.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     logging.getLogger("azure").setLevel(logging.WARNING)
@@ -140,7 +147,7 @@ def main() -> int:
             expected, actual = weights(store, keys, alone), weights(store, keys, together)
             diff = max(float((expected[name] - actual[name]).abs().max()) for name in expected)
     print(json.dumps({
-        "benchmark": "distributed", "rows": args.rows, "shards": args.shards, "epochs": args.epochs,
+        "benchmark": "distributed", "streamed": args.stream, "rows": args.rows, "shards": args.shards, "epochs": args.epochs,
         "threads": args.threads, "one_worker_s": one["wall_s"], "two_workers_s": two["wall_s"],
         "speedup": round(one["wall_s"] / two["wall_s"], 3), "goal_speedup": 1.6,
         "one_worker_epoch_s": one["epoch_s"], "two_workers_epoch_s": two["epoch_s"],
