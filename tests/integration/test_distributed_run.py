@@ -29,7 +29,7 @@ import pytest
 import torch
 from cryptography.hazmat.primitives import serialization
 
-from securetrain.core.contracts.training import TrainingCancelled
+from securetrain.core.contracts.training import DataValidationFailed, TrainingCancelled
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.tee.training import run_training
 from securetrain.tee.training.frames import read_frame
@@ -45,7 +45,7 @@ from tests.integration.test_dp_training_run import PRIVACY
 from tests.integration.test_training_run import (
     RecordingProgress, checkpoint_names, open_model, run_id, training_spec, upload_sealed,
 )
-from tests.streamed_shards import LIMITS, spec_for
+from tests.streamed_shards import LIMITS, ROWS, spec_for
 
 pytestmark = pytest.mark.integration
 store, keys = test_training_run.store, test_training_run.keys
@@ -142,7 +142,7 @@ def decrypted_by_worker(log_text: str) -> dict[int, Counter[str]]:
 
 
 def test_two_workers_streaming_their_own_lanes_reach_the_single_process_weights(
-    store, keys, parquet_shards, tee_settings, monkeypatch, capfd
+    store, keys, parquet_shards, tee_settings, monkeypatch, capfd, caplog
 ) -> None:
     alone = spec_for(parquet_shards)
     expected_result = run_training(alone, keys, store, RecordingProgress(), threading.Event(), limits=LANES)
@@ -150,7 +150,10 @@ def test_two_workers_streaming_their_own_lanes_reach_the_single_process_weights(
     monkeypatch.setenv("SECURETRAIN_TRAINING_WORKERS", "2")
     monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
     together = spec_for(parquet_shards)
-    result = run_training(together, keys, store, RecordingProgress(), threading.Event(), limits=LANES)
+    progress = RecordingProgress()
+    with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
+        result = run_training(together, keys, store, progress, threading.Event(), limits=LANES)
+    assert [call[0] for call in progress.calls].count("validation_done") == 1
     # 4 windows of 2 x 160 rows in lane 0 (10 sub-batches of 32) and 160 in lane 1 (5 of 32) per epoch.
     assert result.steps_completed == expected_result.steps_completed == 2 * 4 * 10
     assert close_metrics(expected_result.metrics, result.metrics)
@@ -161,10 +164,13 @@ def test_two_workers_streaming_their_own_lanes_reach_the_single_process_weights(
                                                                   "lanes": 2}  # fmt: skip
     assert json.loads(together_meta["description"])["data_path"]["workers"] == 2
 
-    # The survey reads every shard in each worker; each epoch, a worker reads only the shards of its own lane.
+    # The launcher surveys every shard once; each epoch, a worker reads only the shards of its own lane (and no
+    # survey of its own).
+    surveyed = Counter(re.findall(r"decrypted shard datasets/(\S+): \d+ rows", caplog.text))
+    assert surveyed == Counter(parquet_shards)
     reads = decrypted_by_worker(capfd.readouterr().err)
     for rank in (0, 1):
-        expected = Counter(parquet_shards)
+        expected: Counter[str] = Counter()
         for epoch in (1, 2):
             order = shard_order(len(parquet_shards), together.hyperparameters.seed, epoch)
             windows = [order[start : start + 3] for start in range(0, len(order), 3)]
@@ -180,6 +186,21 @@ def test_streaming_in_lanes_the_workers_cannot_split_is_refused_before_any_worke
     with pytest.raises(LanesRefused, match="set SECURETRAIN_DATA_LANES to a multiple of SECURETRAIN_TRAINING_WORKERS"):
         run_training(spec_for(parquet_shards), keys, store, progress, threading.Event(), limits=LIMITS)
     assert progress.calls == [] and worker_pids() == []
+
+
+def test_a_streamed_dataset_failing_its_suite_fails_before_any_worker_starts(store, keys, parquet_shards, workers,
+                                                                           caplog) -> None:  # fmt: skip
+    suite = {"name": "strict", "expectations": [
+        {"type": "expect_column_values_to_be_between", "kwargs": {"column": "f3", "max_value": 2.5}},
+    ]}  # fmt: skip
+    spec = spec_for(parquet_shards, expectation_suite=suite)
+    progress = RecordingProgress()
+    with caplog.at_level(logging.INFO, logger="securetrain.tee.training"), \
+            pytest.raises(DataValidationFailed, match=r"expect_column_values_to_be_between\(f3\)") as err:
+        run_training(spec, keys, store, progress, threading.Event(), limits=LANES)
+    (result,) = err.value.aggregates["expectations"]
+    assert result["element_count"] == len(parquet_shards) * ROWS and result["unexpected_count"] > 0
+    assert progress.calls == [] and "training workers" not in caplog.text and checkpoint_names(store, spec) == []
 
 
 @pytest.mark.slow

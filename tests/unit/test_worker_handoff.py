@@ -6,14 +6,20 @@ import io
 import struct
 
 import pytest
+import safetensors.torch
+import torch
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
 from securetrain.core.sealed import KekPrivateKey
-from securetrain.tee.training.data import DataLimits
+from securetrain.tee.training.data import DataLimits, TrainingData
 from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
 from securetrain.tee.training.handoff import Assignment, receive_assignment, send_assignment
+from securetrain.tee.training.loop import Standardization
+from securetrain.tee.training.models import DataShape
+from securetrain.tee.training.stream import StreamedDataset
+from securetrain.tee.training.survey import Survey, survey_frame, survey_of_frame
 
 KEK_ID = "https://vault.example/keys/kek/1"
 OTHER_ID = "https://vault.example/keys/other/2"
@@ -74,3 +80,86 @@ def test_the_assignment_hands_over_every_released_key_and_the_spec() -> None:
 def test_a_closed_pipe_hands_over_nothing() -> None:
     with pytest.raises(BrokenFrame, match="closed the pipe"):
         receive_assignment(io.BytesIO())
+
+
+def surveyed(job: TrainingSpec) -> Survey:
+    """A survey of ``job``'s one shard: 10 rows of 2 x 3 features, 8 for training, the 2 others held out."""
+    held_out = TrainingData(torch.arange(12, dtype=torch.float32).reshape(2, 2, 3), torch.tensor([0, 2]), ("x",),
+                            tuple(f"x_{i}" for i in range(6)), "label")  # fmt: skip
+    stats = Standardization(torch.zeros(2, 3), torch.ones(2, 3))
+    dataset = StreamedDataset(tuple(job.datasets), (8,), 10, ("x",), DataShape((2, 3), 3), stats, held_out)
+    return Survey(dataset, {"suite": None, "success": True, "rows": 10})
+
+
+def test_the_assignment_hands_over_the_launchers_survey() -> None:
+    job = spec()
+    sent = Assignment(job, JobKeys.from_released(new_key(), KEK_ID, {}), (b"header",), 0, 2, 4242, 30, 1,
+                      DataLimits(), surveyed(job))  # fmt: skip
+    pipe = io.BytesIO()
+    send_assignment(pipe, sent)
+    pipe.seek(0)
+    received = receive_assignment(pipe)
+    assert received.survey is not None and sent.survey is not None
+    got, want = received.survey.dataset, sent.survey.dataset
+    assert received.survey.aggregates == sent.survey.aggregates
+    assert (got.shards, got.train_rows, got.rows, got.feature_names, got.shape) == (
+        want.shards, want.train_rows, want.rows, want.feature_names, want.shape)
+    assert torch.equal(got.stats.mean, want.stats.mean) and torch.equal(got.stats.std, want.stats.std)
+    assert torch.equal(got.held_out.features, want.held_out.features)
+    assert torch.equal(got.held_out.labels, want.held_out.labels)
+    assert got.held_out.feature_columns == want.held_out.feature_columns and got.held_out.label_name == "label"
+
+
+def test_an_assignment_without_its_announced_survey_is_refused() -> None:
+    job = spec()
+    pipe = io.BytesIO()
+    send_assignment(pipe, Assignment(job, JobKeys.from_released(new_key(), KEK_ID, {}), (b"h",), 0, 2, 1, 30, 1,
+                                     DataLimits(), surveyed(job)))  # fmt: skip
+    first = pipe.getvalue()
+    (length,) = struct.unpack(">Q", first[:8])
+    message, data = read_frame(io.BytesIO(first))
+    truncated = first[: 8 + length + message["size"]]
+    with pytest.raises(BrokenFrame, match="before handing over its survey"):
+        receive_assignment(io.BytesIO(truncated))
+
+
+def _tampered(change: str) -> tuple[dict, bytes]:
+    message, data = survey_frame(surveyed(spec()))
+    fields = message["survey"]
+    tensors = safetensors.torch.load(data)
+    if change == "shards":
+        fields["train_rows"] = [4, 4]
+    elif change == "rows":
+        fields["rows"] = 5
+    elif change == "type":
+        fields["rows"] = "10"
+    elif change == "extra":
+        fields["extra"] = 1
+    elif change == "columns":
+        fields["feature_columns"] = ["x_0"]
+    elif change == "mean":
+        tensors["mean"] = torch.zeros(3)
+    elif change == "dtype":
+        tensors["held_out_labels"] = tensors["held_out_labels"].float()
+    elif change == "missing":
+        del tensors["std"]
+    elif change == "held":
+        tensors["held_out_features"] = torch.zeros(3, 2, 3)
+    elif change == "labels":
+        tensors["held_out_labels"] = torch.tensor([0, 7])
+    elif change == "too_many":
+        fields["rows"] = 9
+        tensors["held_out_features"], tensors["held_out_labels"] = torch.zeros(2, 2, 3), torch.tensor([0, 1])
+    if change == "bytes":
+        return message, data[:8] + b"{not json" + data[17:]
+    if change == "length":
+        return message, (1 << 40).to_bytes(8, "little") + data[8:]
+    return message, safetensors.torch.save(tensors)
+
+
+@pytest.mark.parametrize("change", ["shards", "rows", "type", "extra", "columns", "mean", "dtype", "missing", "held",
+                                    "labels", "too_many", "bytes", "length"])  # fmt: skip
+def test_a_malformed_survey_is_refused(change: str) -> None:
+    message, data = _tampered(change)
+    with pytest.raises(BrokenFrame, match="survey"):
+        survey_of_frame(message, data, spec())

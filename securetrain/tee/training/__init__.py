@@ -37,9 +37,10 @@ from securetrain.tee.training.loop import (
 from securetrain.tee.training.lanes import Lanes
 from securetrain.tee.training.models import DataShape
 from securetrain.tee.training.stream import BufferLedger, ShardStream
+from securetrain.tee.training.survey import Survey, survey
 from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, refuse_unsupported_layers
 from securetrain.core.storage import BlobStore
-from securetrain.core.validation import StreamedValidation, validate
+from securetrain.core.validation import validate
 
 if TYPE_CHECKING:
     from securetrain.tee.training.group import DataParallelGroup
@@ -102,9 +103,11 @@ def train_in_process(
     *,
     limits: DataLimits,
     group: DataParallelGroup | None = None,
+    surveyed: Survey | None = None,
 ) -> TrainingResult:
     """:func:`run_training` in this process: alone, or as one worker of ``group`` (whose leader alone writes
-    checkpoints and the model)."""
+    checkpoints and the model). A streamed dataset is surveyed here, unless ``surveyed`` is the launcher's survey
+    of it."""
     device = select_device()
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
@@ -121,7 +124,7 @@ def train_in_process(
                  "it (budget %d bytes, %d shards in flight, windows of %d shards in %d lanes)", spec.run_id, sum(sizes),
                  len(sizes), limits.cache_bytes, limits.stream_budget_bytes, limits.shards_in_flight,
                  limits.window_shards, limits.lanes)  # fmt: skip
-        prepared = _streamed(spec, store, limits, headers, device, cancel, group)
+        prepared = _streamed(spec, store, limits, headers, device, cancel, group, surveyed)
     progress.validation_done(prepared.aggregates)
 
     def build() -> Trainee:
@@ -257,9 +260,10 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
 
 
 def _streamed(spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers: tuple[OpenedHeader, ...],
-              device: torch.device, cancel: threading.Event, group: DataParallelGroup | None) -> _Prepared:  # fmt: skip
+              device: torch.device, cancel: threading.Event, group: DataParallelGroup | None,
+              surveyed: Survey | None) -> _Prepared:  # fmt: skip
     """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path"); in a group, each worker
-    reads only its lanes' shards in the epochs (all of them in the survey)."""
+    reads only its lanes' shards, and the survey is the launcher's (``surveyed``)."""
     sizes = [opened.header.content.plaintext_length for opened in headers]
     if spec.privacy is not None:
         # Opacus' DP-SGD samples each batch from the whole dataset (Poisson sampling, every row with the same
@@ -273,14 +277,13 @@ def _streamed(spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers:
     rank, workers = (group.rank, group.world_size) if group is not None else (0, 1)
     lanes = Lanes.of(limits.lanes, hyper.batch_size, rank, workers)
     stream = ShardStream(spec, store, limits, headers, lanes)
-    validation = StreamedValidation(spec.expectation_suite) if spec.expectation_suite is not None else None
-    dataset = stream.survey(hyper.seed, validation.add if validation is not None else None)
-    if cancel.is_set():
-        raise TrainingCancelled("cancelled after the data was surveyed, before training")
-    if validation is not None:
-        aggregates = validation.finish()
+    if surveyed is None:
+        surveyed = survey(spec, stream, cancel)
     else:
-        aggregates = {"suite": None, "success": True, "rows": dataset.rows}
+        # The launcher's held-out sample is held here as the survey would have held it.
+        held = surveyed.dataset.held_out
+        stream.ledger.hold(held.features.nbytes + held.labels.nbytes, "the held-out sample")
+    dataset, aggregates = surveyed.dataset, surveyed.aggregates
     trainee = build_trainee(spec.model.name, spec.model.params, hyper, dataset.shape, dataset.stats, device)
     held_out = (dataset.held_out, torch.arange(dataset.held_out.rows))
 

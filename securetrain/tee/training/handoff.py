@@ -1,7 +1,9 @@
-"""What the launcher hands each worker over its inherited pipe: the job's released keys and its training spec.
+"""What the launcher hands each worker over its inherited pipe: the job's released keys, its training spec and,
+for a streamed dataset, the launcher's survey of it.
 
 The keys travel as raw PKCS#8 DER after the frame's JSON, only through the pipe: never in a file, an
-environment variable or a command line, where other processes or a crash dump would find them.
+environment variable or a command line, where other processes or a crash dump would find them. The survey
+follows in a frame of its own (:mod:`~securetrain.tee.training.survey`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from securetrain.core.contracts.training import JobKeys, TrainingSpec
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.tee.training.data import DataLimits
 from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
+from securetrain.tee.training.survey import Survey, survey_frame, survey_of_frame
 
 
 @dataclass(frozen=True, repr=False)
@@ -31,6 +34,8 @@ class Assignment:
     timeout_s: int
     threads: int
     limits: DataLimits
+    #: The launcher's survey of a streamed dataset (None in memory: each worker loads the dataset).
+    survey: Survey | None = None
 
 
 def _der(key: KekPrivateKey) -> bytes:
@@ -53,9 +58,11 @@ def send_assignment(out: BinaryIO, assignment: Assignment) -> None:
         "headers": [header.hex() for header in assignment.headers],
         "rank": assignment.rank, "world_size": assignment.world_size, "port": assignment.port,
         "timeout_s": assignment.timeout_s, "threads": assignment.threads,
-        "limits": asdict(assignment.limits),
+        "limits": asdict(assignment.limits), "surveyed": assignment.survey is not None,
     }  # fmt: skip
     write_frame(out, message, b"".join(der for _, der in keys))
+    if assignment.survey is not None:
+        write_frame(out, *survey_frame(assignment.survey))
 
 
 def receive_assignment(src: BinaryIO) -> Assignment:
@@ -70,12 +77,26 @@ def receive_assignment(src: BinaryIO) -> Assignment:
             released.append((entry["kek_id"], _key(data[offset : offset + entry["length"]])))
             offset += entry["length"]
         (_, kek_private), others = released[0], dict(released[1:])
+        spec = TrainingSpec.model_validate(message["spec"])
+        surveyed = message["surveyed"]
+        if not isinstance(surveyed, bool):
+            raise TypeError(f"'surveyed' is {surveyed!r}, not a boolean")
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise BrokenFrame(f"the job handed over is malformed: {exc!r}") from None
+    survey = None
+    if surveyed:
+        frame = read_frame(src)
+        if frame is None:
+            raise BrokenFrame("the launcher closed the pipe before handing over its survey of the data")
+        survey = survey_of_frame(*frame, spec)
+    try:
         return Assignment(
-            spec=TrainingSpec.model_validate(message["spec"]),
+            spec=spec,
             keys=JobKeys.from_released(kek_private, message["kek_id"], others),
             headers=tuple(bytes.fromhex(header) for header in message["headers"]),
             rank=message["rank"], world_size=message["world_size"], port=message["port"],
             timeout_s=message["timeout_s"], threads=message["threads"], limits=DataLimits(**message["limits"]),
+            survey=survey,
         )  # fmt: skip
     except (KeyError, IndexError, TypeError, ValueError) as exc:
         raise BrokenFrame(f"the job handed over is malformed: {exc!r}") from None

@@ -24,10 +24,12 @@ from securetrain.core.contracts.training import (
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
 from securetrain.core.storage import BlobStore
 from securetrain.tee.settings import WorkerSettings
-from securetrain.tee.training.data import DataLimits, shard_headers
+from securetrain.tee.training.data import DataLimits, open_shard_headers
 from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
 from securetrain.tee.training.lanes import Lanes
+from securetrain.tee.training.stream import ShardStream
+from securetrain.tee.training.survey import Survey, survey
 
 log = logging.getLogger(__name__)
 
@@ -61,19 +63,25 @@ def run_workers(spec: TrainingSpec, keys: JobKeys, store: BlobStore, progress: P
             "(SECURETRAIN_TRAINING_WORKERS); run DP-SGD jobs on a TEE configured with 1"
         )
     # Read through the agent's store, which witnesses the headers; every worker must read the same files.
-    read = shard_headers(spec, keys, store)
-    if limits.streams(sum(header.content.plaintext_length for header in read)):
-        # Refused here, before any worker starts: each worker streams whole lanes.
-        Lanes.of(limits.lanes, spec.hyperparameters.batch_size, 0, count)
-    headers = tuple(header.to_bytes() for header in read)
-    threads = settings.training_worker_threads or max(1, (os.cpu_count() or 1) // count)
+    opened = open_shard_headers(spec, keys, store)
     relay = _Relay(spec, store, progress)
+    surveyed: Survey | None = None
+    if limits.streams(sum(header.header.content.plaintext_length for header in opened)):
+        # Refused here, before any worker starts: each worker streams whole lanes.
+        lanes = Lanes.of(limits.lanes, spec.hyperparameters.batch_size, 0, count)
+        # Surveyed once, here, rather than in every worker: a validation or content failure ends the job before any
+        # worker starts, and the held-out sample stays in this process for the run, so a restarted group reuses it.
+        surveyed = survey(spec, ShardStream(spec, store, limits, opened, lanes), cancel)
+        progress.validation_done(surveyed.aggregates)
+        relay.validated = True
+    headers = tuple(header.header.to_bytes() for header in opened)
+    threads = settings.training_worker_threads or max(1, (os.cpu_count() or 1) // count)
     for attempt in range(settings.training_restarts + 1):
         port = _free_port()
         log.info("run %s: starting %d training workers (%d threads each, rendezvous on 127.0.0.1:%d, attempt %d of %d)",
                  spec.run_id, count, threads, port, attempt + 1, settings.training_restarts + 1)  # fmt: skip
         assignments = [Assignment(spec, keys, headers, rank, count, port, settings.training_rendezvous_timeout_s, threads,
-                                  limits)
+                                  limits, surveyed)
                        for rank in range(count)]  # fmt: skip
         crash = _Group(assignments, relay, cancel).run()
         if crash is None:
@@ -112,7 +120,8 @@ class _Relay:
             self.progress.epoch_done(done["epoch"], done["step"], done["metrics"], done["checkpoint_blob"])
             write_frame(answer, {"ack": "epoch_done"})
         elif "validation_done" in message:
-            # A restarted group validates again; the agent records the data's validation once.
+            # A restarted group validates again (in memory), and the launcher's survey validated a streamed dataset
+            # already: the agent records the data's validation once.
             if not self.validated:
                 self.progress.validation_done(message["validation_done"])
                 self.validated = True

@@ -1,9 +1,9 @@
 """A data-parallel training worker: ``python -m securetrain.tee.training.worker IN_FD OUT_FD``.
 
-The launcher starts it with two inherited pipe ends: ``IN_FD`` carries the job (keys and spec, see
-:mod:`~securetrain.tee.training.handoff`), ``OUT_FD`` carries what the worker reports back as frames:
-the leader's progress, the sealed checkpoints and model it uploads through the launcher (so the agent
-witnesses them), its result, or any worker's error.
+The launcher starts it with two inherited pipe ends: ``IN_FD`` carries the job (keys, spec and the survey of a
+streamed dataset, see :mod:`~securetrain.tee.training.handoff`), ``OUT_FD`` carries what the worker reports back
+as frames: the leader's progress, the sealed checkpoints and model it uploads through the launcher (so the
+agent witnesses them), its result, or any worker's error.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def work(assignment: Assignment, out: BinaryIO, acks: BinaryIO) -> None:
             progress = _Reports(out, acks) if group.leads else NullProgress()
             store = _RelayedUploads(direct, out)
             result = train_in_process(assignment.spec, assignment.keys, store, progress, threading.Event(),  # type: ignore[arg-type]
-                                      limits=assignment.limits, group=group)  # fmt: skip
+                                      limits=assignment.limits, group=group, surveyed=assignment.survey)  # fmt: skip
         finally:
             group.close()
     if group.leads:
