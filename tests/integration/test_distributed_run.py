@@ -224,6 +224,8 @@ def test_a_worker_killed_mid_stream_is_restarted_from_the_checkpoint_to_the_same
         result = run_training(together, keys, store, progress, threading.Event(), limits=LANES)
     assert progress.killed is not None and progress.inspected == 2
     assert "restarting the group from its newest checkpoint" in caplog.text
+    # The restarted group reuses the launcher's survey: every shard surveyed once in the run.
+    assert Counter(re.findall(r"surveyed shard datasets/(\S+):", caplog.text)) == Counter(parquet_shards)
     assert result.steps_completed == expected_result.steps_completed
     assert close_metrics(expected_result.metrics, result.metrics)
     assert close(open_model(store, keys, alone)[0], open_model(store, keys, together)[0])
