@@ -1,7 +1,7 @@
 """The launcher of a data-parallel training group: after the agent's one attestation and key release, it starts
-``SECURETRAIN_TRAINING_WORKERS`` worker processes of the same measured code, hands each the job over a pipe,
-relays the leader's progress and uploads to the agent, and restarts the group from its newest checkpoint
-when a worker dies (docs/trainer.md, "Several workers in one TEE").
+``SECURETRAIN_TRAINING_WORKERS`` worker processes of the same measured code, hands each the job (and its survey
+of a streamed dataset, done once here) over a pipe, relays the leader's progress and uploads to the agent, and
+restarts the group from its newest checkpoint when a worker dies (docs/trainer.md, "Several workers in one TEE").
 """
 
 from __future__ import annotations
