@@ -151,6 +151,8 @@ def test_two_workers_streaming_their_own_lanes_reach_the_single_process_weights(
     monkeypatch.setenv("SECURETRAIN_TRAINING_WORKER_THREADS", "1")
     together = spec_for(parquet_shards)
     progress = RecordingProgress()
+    # Only the group's run is counted: where logging is at INFO already, the single process's reads were captured too.
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
         result = run_training(together, keys, store, progress, threading.Event(), limits=LANES)
     assert [call[0] for call in progress.calls].count("validation_done") == 1
@@ -220,6 +222,7 @@ def test_a_worker_killed_mid_stream_is_restarted_from_the_checkpoint_to_the_same
                                                    serialization.NoEncryption()),
     ]  # fmt: skip
     progress = KillAfterEpoch(1, secrets)
+    caplog.clear()  # only the group's run: the single process's survey may have been captured too
     with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
         result = run_training(together, keys, store, progress, threading.Event(), limits=LANES)
     assert progress.killed is not None and progress.inspected == 2
