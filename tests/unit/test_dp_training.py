@@ -85,7 +85,7 @@ def test_every_sample_gradient_is_clipped_to_max_grad_norm() -> None:
     request = PrivacyRequest(epsilon=3.0, delta=1e-5, max_grad_norm=0.05)
     plan = PrivacyPlan(request, noise_multiplier=0.0, sample_rate=1 / 4, steps_per_epoch=4, epochs=1)
     _, _, training = private_training(table(200), plan, job_keys(), batch_size=40)
-    x, y = next(iter(training.batches(1)))
+    x, y, *_ = next(step for _, steps in training.windows(1, 0) for step in steps)
     loss = nn.functional.cross_entropy(training.module(x), 1 - y)  # wrong labels: large gradients
     training.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -110,7 +110,7 @@ def test_batches_are_poisson_samples_and_batches_and_noise_replay_per_epoch_unde
 
     def epoch_batches(keys: JobKeys, epoch: int) -> tuple[list[torch.Tensor], torch.Tensor]:
         trainee, _, training = private_training(data, plan, keys, batch_size=50)
-        labels = [y for _, y in training.batches(epoch)]
+        labels = [step.labels for _, steps in training.windows(epoch, 0) for step in steps]
         x, y = data.features[:50], data.labels[:50]
         nn.functional.cross_entropy(training.module(x), y).backward()
         training.optimizer.step()

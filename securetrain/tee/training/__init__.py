@@ -118,7 +118,7 @@ def train_in_process(
     if not limits.streams(sum(sizes)):
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
-        prepared = _in_memory(spec, keys, store, limits, headers, device, cancel)
+        prepared = _in_memory(spec, keys, store, limits, headers, device, cancel, group)
     else:
         log.info("run %s: the dataset's %d plaintext bytes in %d shards exceed the %d-byte in-memory cache: streaming "
                  "it (budget %d bytes, %d shards in flight, windows of %d shards in %d lanes)", spec.run_id, sum(sizes),
@@ -207,6 +207,11 @@ def _data_path(streamed: bool, limits: DataLimits, group: DataParallelGroup | No
     return path
 
 
+def _place(group: DataParallelGroup | None) -> tuple[int, int]:
+    """(rank, workers) of this process: (0, 1) alone."""
+    return (group.rank, group.world_size) if group is not None else (0, 1)
+
+
 class StreamingRefused(ConfigurationError):
     """What the job asks cannot be done on a dataset streamed shard by shard."""
 
@@ -230,8 +235,10 @@ class _Prepared:
 
 
 def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
-               headers: tuple[OpenedHeader, ...], device: torch.device, cancel: threading.Event) -> _Prepared:  # fmt: skip
-    """The whole dataset decrypted into memory: a seeded 20% of its rows held out, DP-SGD possible."""
+               headers: tuple[OpenedHeader, ...], device: torch.device, cancel: threading.Event,
+               group: DataParallelGroup | None) -> _Prepared:  # fmt: skip
+    """The whole dataset decrypted into memory: a seeded 20% of its rows held out, DP-SGD possible (in one
+    process); in a group, each worker trains on its part of each batch."""
     data = load_dataset(spec, headers, store, limits)
     if cancel.is_set():
         raise TrainingCancelled("cancelled after the data was opened, before training")
@@ -254,7 +261,7 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
     def training(trainee: Trainee, start: Progress) -> Training:
         if dp is not None:
             return dp.training(trainee, data, rows[0], hyper.batch_size, device, start.accountant)
-        return plain_training(trainee, data, rows[0], hyper, device)
+        return plain_training(trainee, data, rows[0], hyper, device, *_place(group))
 
     return _Prepared(shape, stats, data.feature_names, (data, rows[1]), aggregates, trainee, dp, training)
 
@@ -274,8 +281,7 @@ def _streamed(spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers:
             "dataset within the cache, or a TEE configured with a larger SECURETRAIN_DATA_CACHE_BYTES"
         )
     hyper = spec.hyperparameters
-    rank, workers = (group.rank, group.world_size) if group is not None else (0, 1)
-    lanes = Lanes.of(limits.lanes, hyper.batch_size, rank, workers)
+    lanes = Lanes.of(limits.lanes, hyper.batch_size, *_place(group))
     stream = ShardStream(spec, store, limits, headers, lanes)
     if surveyed is None:
         surveyed = survey(spec, stream, cancel)

@@ -1,7 +1,8 @@
 """One worker's part in a data-parallel group: the same global batches as a single process, split among the workers.
 
 Every worker steps through the same sequence of global batches (the data path's order is a function of the
-seed and the data-path settings, never of the worker count). In memory, worker ``r`` of ``W`` trains on the
+seed and the data-path settings, never of the worker count), and the data path gives each worker its part of
+each batch (:class:`~securetrain.tee.training.loop.Step`). In memory, worker ``r`` of ``W`` trains on the
 contiguous rows ``[B*r//W, B*(r+1)//W)`` of each batch of ``B`` rows; streamed, each worker reads only its
 lanes' shards and trains on their part of each batch (:mod:`~securetrain.tee.training.lanes`).
 DistributedDataParallel sums the workers' gradients weighted by their share of the batch's rows (a
@@ -21,7 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from securetrain.tee.training.checkpoint import Progress
-from securetrain.tee.training.loop import Batch, Training
+from securetrain.tee.training.loop import Step, Training
 
 #: Progress metrics that are sums over the rows a worker trained on; the group's value is their sum.
 _SUMMED = ("train_loss", "train_loss_sum")
@@ -61,49 +62,32 @@ class DataParallelGroup:
             dist.destroy_process_group()
 
     def share(self, training: Training, start: Progress) -> tuple[Training, Progress]:
-        """``training`` as this worker steps through it, and where it starts: the model under DDP, each batch
-        cut to this worker's rows; a resumed epoch's loss so far counted once (by the leader)."""
+        """``training`` as this worker steps through it, and where it starts: the model under DDP, each step's
+        gradient weighed by its share of the batch; a resumed epoch's loss so far counted once (by the leader)."""
         module = DistributedDataParallel(training.module)
         module.register_comm_hook(self._share, _weighted_sum)
-        parts = training.parts
 
-        def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
-            if parts is not None:  # streamed: the data path read only this worker's lanes
-                for window, window_parts in parts(epoch, first):
-                    yield window, self._weighed(window_parts)
-            else:
-                for window, window_batches in training.epoch(epoch, first):
-                    yield window, self._weighed(self._rows(window_batches))
+        def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Step]]]:
+            for window, steps in training.windows(epoch, first):
+                yield window, self._weighed(steps)
 
-        def batches(epoch: int) -> Iterable[Batch]:
-            return (batch for _, window in windows(epoch, 0) for batch in window)
-
-        def counted_rows(labels: torch.Tensor) -> int:
-            return len(labels) if self._share.weight else 0
-
-        ours = dataclasses.replace(training, module=module, batches=batches, windows=windows, counted_rows=counted_rows)
+        ours = dataclasses.replace(training, module=module, windows=windows)
         if not self.leads:
             start = dataclasses.replace(start, metrics={k: v for k, v in start.metrics.items() if k != "train_loss_sum"})
         return ours, start
 
-    def _rows(self, batches: Iterable[Batch]) -> Iterator[tuple[Batch, int]]:
-        """This worker's contiguous rows of each whole batch, and the batch's rows."""
-        for x, y in batches:
-            total = len(y)
-            low, high = total * self.rank // self.world_size, total * (self.rank + 1) // self.world_size
-            yield (x[low:high], y[low:high]), total
-
-    def _weighed(self, parts: Iterable[tuple[Batch, int]]) -> Iterator[Batch]:
-        """Each of this worker's parts of a batch, its share of the batch's rows set for the gradient hook."""
-        for (x, y), total in parts:
-            if len(y):
-                self._share.weight = len(y) / total
-                yield x, y
+    def _weighed(self, steps: Iterable[Step]) -> Iterator[Step]:
+        """Each of this worker's steps, its share of the batch's rows set for the gradient hook."""
+        for step in steps:
+            if step.rows:
+                self._share.weight = step.rows / step.batch_rows
+                yield step
             else:
                 # No rows of this batch here: this worker still takes part in the step (DDP's all-reduce needs every
                 # worker) with one row of zeros whose gradient counts zero times and whose loss counts for no row.
                 self._share.weight = 0.0
-                yield x.new_zeros((1, *x.shape[1:])), y.new_zeros(1)
+                x, y = step.features, step.labels
+                yield Step(x.new_zeros((1, *x.shape[1:])), y.new_zeros(1), 0, step.batch_rows)
 
     def combine(self, progress: Progress) -> Progress:
         """``progress`` with the row sums of every worker added up (a collective: every worker calls it)."""

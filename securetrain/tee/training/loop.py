@@ -15,7 +15,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -72,8 +72,37 @@ def epoch_order(count: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(count, generator=torch.Generator().manual_seed(seed * 65536 + epoch))
 
 
-class _Rows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Rows of the in-memory tensors, fetched a whole batch of indices at a time."""
+class Step(NamedTuple):
+    """One optimizer step's rows in this process, and the whole batch they are part of.
+
+    One process trains on every row of a batch. A worker of a group (:mod:`~securetrain.tee.training.group`)
+    trains on its part of it, and its gradient counts in proportion to ``rows / batch_rows``.
+    """
+
+    features: torch.Tensor
+    labels: torch.Tensor
+    #: The batch's rows these stand for (in ``train_loss`` and the gradient): ``len(labels)``, or 0 for the zero
+    #: row a worker with no rows in the batch steps on.
+    rows: int
+    #: The rows of the whole batch, every worker's.
+    batch_rows: int
+
+
+#: ``windows(epoch, first)``: (index, steps) of each window of ``epoch`` from window ``first`` on.
+Windows = Callable[[int, int], Iterator[tuple[int, Iterable[Step]]]]
+
+
+def one_window(steps: Callable[[int], Iterable[Step]]) -> Windows:
+    """The windows of an epoch that is one window, ``steps(epoch)`` (in memory: nothing cuts an epoch there)."""
+
+    def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Step]]]:
+        return iter([(0, steps(epoch))])
+
+    return windows
+
+
+class _Rows(Dataset[Step]):
+    """Rows of the in-memory tensors, fetched a whole (part of a) batch of indices at a time."""
 
     def __init__(self, data: TrainingData) -> None:
         self._features = data.features
@@ -82,22 +111,27 @@ class _Rows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __len__(self) -> int:
         return int(self._labels.shape[0])
 
-    def __getitem__(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        return self._features[indices], self._labels[indices]
+    def __getitem__(self, batch: tuple[torch.Tensor, int]) -> Step:  # type: ignore[override]
+        indices, batch_rows = batch
+        return Step(self._features[indices], self._labels[indices], len(indices), batch_rows)
 
 
-class _Batches(Sampler[torch.Tensor]):
-    """Index tensors of one epoch's batches, in :func:`epoch_order` (the last batch may be smaller)."""
+class _Batches(Sampler[tuple[torch.Tensor, int]]):
+    """One epoch's batches in :func:`epoch_order` (the last may be smaller): the indices of worker ``rank`` of
+    ``workers``' contiguous part of each (all of it in one process), and the batch's rows."""
 
-    def __init__(self, rows: torch.Tensor, batch_size: int, seed: int, epoch: int) -> None:
+    def __init__(self, rows: torch.Tensor, batch_size: int, seed: int, epoch: int, rank: int, workers: int) -> None:
         self._rows, self._batch_size, self._seed, self._epoch = rows, batch_size, seed, epoch
+        self._rank, self._workers = rank, workers
 
     def __len__(self) -> int:
         return math.ceil(len(self._rows) / self._batch_size)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, int]]:
         ordered = self._rows[epoch_order(len(self._rows), self._seed, self._epoch)]
-        return iter(ordered.split(self._batch_size))
+        for batch in ordered.split(self._batch_size):
+            total = len(batch)
+            yield batch[total * self._rank // self._workers : total * (self._rank + 1) // self._workers], total
 
 
 def _optimizer(model: nn.Module, hyper: Hyperparameters) -> torch.optim.Optimizer:
@@ -115,14 +149,11 @@ class Trainee:
     shape: DataShape
 
 
-Batch = tuple[torch.Tensor, torch.Tensor]
-
-
 @dataclass(frozen=True)
 class Training:
     """What the loop steps through: the plain model and optimizer, or Opacus' DP-SGD wrappers around them.
 
-    An epoch is a sequence of *windows*, each a sequence of batches; a window's end is a point where a
+    An epoch is a sequence of *windows*, each a sequence of steps; a window's end is a point where a
     checkpoint can cut the epoch and a resumed run continue it exactly. In memory an epoch is one window.
     """
 
@@ -130,45 +161,34 @@ class Training:
     module: nn.Module
     #: The optimizer step: the model's optimizer, or Opacus' clipping and noising optimizer around it.
     optimizer: torch.optim.Optimizer
-    #: ``batches(epoch)``: the (features, labels) batches of that epoch, on the CPU.
-    batches: Callable[[int], Iterable[Batch]]
+    #: Each epoch's windows of steps, their batches on the CPU.
+    windows: Windows
     #: The training rows of an epoch (what ``train_loss`` is averaged over).
     rows: int
+    #: How many windows an epoch has.
+    window_count: int = 1
     #: Whether each epoch's metrics carry ``train_loss``. Not under DP-SGD: it is an exact, noiseless
     #: aggregate of the very rows the privacy guarantee protects.
     report_train_loss: bool = True
     #: The DP-SGD accountant's history so far, which each epoch's checkpoint carries (empty without DP-SGD).
     accountant: Callable[[], AccountantHistory] = tuple
-    #: ``windows(epoch, first)``: (index, batches) of each window of ``epoch`` from window ``first`` on, and how
-    #: many windows an epoch has; None: an epoch is the one window ``batches(epoch)``.
-    windows: Callable[[int, int], Iterator[tuple[int, Iterable[Batch]]]] | None = None
-    window_count: int = 1
-    #: Streamed: ``windows`` with each batch's rows in the whole batch beside it, which a worker that reads only
-    #: some lanes weighs its gradient by (:mod:`~securetrain.tee.training.group`); None in memory.
-    parts: Callable[[int, int], Iterator[tuple[int, Iterable[tuple[Batch, int]]]]] | None = None
-    #: The rows of a batch (given its labels) that count in ``train_loss``: a worker's idle step counts none.
-    counted_rows: Callable[[torch.Tensor], int] = len
-
-    def epoch(self, epoch: int, first_window: int) -> Iterator[tuple[int, Iterable[Batch]]]:
-        if self.windows is not None:
-            return self.windows(epoch, first_window)
-        return iter([(0, self.batches(epoch))])
 
 
 def plain_training(trainee: Trainee, data: TrainingData, train_rows: torch.Tensor, hyper: Hyperparameters,
-                   device: torch.device) -> Training:  # fmt: skip
-    """Training without differential privacy: every training row once per epoch, in :func:`epoch_order`."""
+                   device: torch.device, rank: int = 0, workers: int = 1) -> Training:  # fmt: skip
+    """Training without differential privacy: every training row once per epoch, in :func:`epoch_order`; worker
+    ``rank`` of ``workers`` trains on its contiguous part of each batch."""
 
-    def batches(epoch: int) -> DataLoader:
+    def steps(epoch: int) -> DataLoader:
         return DataLoader(
             _Rows(data),
-            sampler=_Batches(train_rows, hyper.batch_size, hyper.seed, epoch),
+            sampler=_Batches(train_rows, hyper.batch_size, hyper.seed, epoch, rank, workers),
             batch_size=None,  # the sampler yields whole batches of indices
             num_workers=0,
             pin_memory=device.type == "cuda",
         )
 
-    return Training(trainee.model, trainee.optimizer, batches, len(train_rows))
+    return Training(trainee.model, trainee.optimizer, one_window(steps), len(train_rows))
 
 
 @dataclass(frozen=True)
@@ -246,8 +266,8 @@ def train(
         first_window = progress.windows
         if first_window:  # resumed within the epoch: the loss of its windows so far
             loss_sum += progress.metrics.get("train_loss_sum", 0.0)
-        for window, batches in training.epoch(epoch, first_window):
-            for x, y in batches:
+        for window, steps in training.windows(epoch, first_window):
+            for x, y, rows, _ in steps:
                 if cancel.is_set():
                     raise TrainingCancelled(f"cancelled during epoch {epoch} at step {step}; the last checkpoint is intact")
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -256,7 +276,7 @@ def train(
                 loss.backward()
                 optimizer.step()
                 if training.report_train_loss:
-                    loss_sum += loss.detach() * training.counted_rows(y)
+                    loss_sum += loss.detach() * rows
                 step += 1
             done = window + 1
             if end_of_windows is not None and every_windows and done % every_windows == 0 and done < training.window_count:

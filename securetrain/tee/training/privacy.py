@@ -15,7 +15,7 @@ import hmac
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import rfc8785
@@ -32,7 +32,7 @@ from securetrain.core.contracts.job_spec import PrivacyRequest
 from securetrain.core.contracts.training import JobKeys, PrivacySpent, PrivacyTermsRefused
 from securetrain.tee.training.checkpoint import AccountantHistory, kek_derived_key
 from securetrain.tee.training.data import TrainingData
-from securetrain.tee.training.loop import Trainee, Training, held_out_count
+from securetrain.tee.training.loop import Step, Trainee, Training, held_out_count, one_window
 from securetrain.tee.training.models import ModelConfigurationError
 
 log = logging.getLogger(__name__)
@@ -205,13 +205,14 @@ class DpSgd:
                  self.plan.noise_multiplier, private_loader.sample_rate, len(private_loader),
                  self.plan.request.max_grad_norm, self.plan.request.accountant)  # fmt: skip
 
-        def batches(epoch: int) -> DataLoader:
+        def steps(epoch: int) -> Iterator[Step]:
             # Seeded here, at the start of the epoch, so that a resumed epoch replays its batches and noise.
             sampling.manual_seed(self._epoch_seed("sampling", epoch))
             noise.manual_seed(self._epoch_seed("noise", epoch))
-            return private_loader
+            return (Step(x, y, len(y), len(y)) for x, y in private_loader)
 
-        return Training(module, optimizer, batches, len(train_rows), report_train_loss=False, accountant=self.history)
+        return Training(module, optimizer, one_window(steps), len(train_rows), report_train_loss=False,
+                        accountant=self.history)  # fmt: skip
 
     def history(self) -> AccountantHistory:
         """The accountant's history so far: (noise multiplier, sample rate, steps) per phase."""

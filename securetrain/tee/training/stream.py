@@ -40,7 +40,7 @@ from securetrain.tee.training.data import (
     read_shard,
 )
 from securetrain.tee.training.lanes import Lanes
-from securetrain.tee.training.loop import Batch, Standardization, Trainee, Training, held_out_count
+from securetrain.tee.training.loop import Standardization, Step, Trainee, Training, Windows, held_out_count
 from securetrain.tee.training.models import DataShape
 
 if TYPE_CHECKING:
@@ -293,14 +293,13 @@ class ShardStream:
         return TrainingData(torch.from_numpy(part.features), torch.from_numpy(part.labels), part.feature_names,
                             part.feature_columns, self._spec.columns.label)  # fmt: skip
 
-    def windows(self, dataset: StreamedDataset, seed: int) -> Callable[[int, int], Iterator[tuple[int, Iterable[tuple[Batch, int]]]]]:
-        """``windows(epoch, first)``: each window of ``epoch`` from window ``first`` on, as (index, batches), each
-        batch this process's rows of it (its lanes') and the rows of the whole batch."""
+    def windows(self, dataset: StreamedDataset, seed: int) -> Windows:
+        """Each epoch's windows, each step this process's rows (its lanes') of a batch."""
         size = self._limits.window_shards
         feature_shape = dataset.shape.feature_shape
         lanes = self._lanes
 
-        def epoch_windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[tuple[Batch, int]]]]:
+        def epoch_windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Step]]]:
             order = shard_order(len(dataset.shards), seed, epoch)
             groups = [order[start : start + size] for start in range(0, len(order), size)]
             ours = [[index for position, index in enumerate(group) if lanes.reads(position)] for group in groups]
@@ -324,7 +323,7 @@ class ShardStream:
                             finally:
                                 self._release(part)
                         plans = window_batches(lanes, [dataset.train_rows[index] for index in group], seed, epoch, window)
-                        yield window, _batches(torch.from_numpy(features), torch.from_numpy(labels), plans)
+                        yield window, _steps(torch.from_numpy(features), torch.from_numpy(labels), plans)
                     finally:
                         # Dropped before the next window is allocated, so that the ledger's count is what is held.
                         del features, labels
@@ -337,20 +336,12 @@ class ShardStream:
     def training(self, trainee: Trainee, dataset: StreamedDataset, seed: int) -> Training:
         """Plain training over the stream: every training row of this process's lanes once per epoch, window by
         window (every row, in one process)."""
-        parts = self.windows(dataset, seed)
-
-        def windows(epoch: int, first: int) -> Iterator[tuple[int, Iterable[Batch]]]:
-            return ((window, (batch for batch, _ in batches)) for window, batches in parts(epoch, first))
-
-        def batches(epoch: int) -> Iterator[Batch]:
-            return (batch for _, window in windows(epoch, 0) for batch in window)
-
         count = math.ceil(len(dataset.shards) / self._limits.window_shards)
-        return Training(trainee.model, trainee.optimizer, batches, sum(dataset.train_rows), windows=windows,
-                        window_count=count, parts=parts)  # fmt: skip
+        return Training(trainee.model, trainee.optimizer, self.windows(dataset, seed), sum(dataset.train_rows),
+                        window_count=count)  # fmt: skip
 
 
-def _batches(features: torch.Tensor, labels: torch.Tensor, plans: list[BatchPlan]) -> Iterator[tuple[Batch, int]]:
-    """The window's batches as ``plans`` cut them from its rows, with each whole batch's rows."""
-    for indices, rows in plans:
-        yield (features[indices], labels[indices]), rows
+def _steps(features: torch.Tensor, labels: torch.Tensor, plans: list[BatchPlan]) -> Iterator[Step]:
+    """The window's steps as ``plans`` cut them from its rows."""
+    for indices, batch_rows in plans:
+        yield Step(features[indices], labels[indices], len(indices), batch_rows)
