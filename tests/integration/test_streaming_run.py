@@ -3,12 +3,12 @@
 The dataset and its tiny limits are tests/streamed_shards.py's; the helpers and fixtures are those of
 test_training_run (a real BlobStore on the local stack's Azurite, a KEK made here as if released). What storage
 can do to a streamed run (a shard tampered with or swapped mid-run) is in
-tests/security/test_storage_swaps_streamed_shards.py.
+tests/security/test_storage_swaps_streamed_shards.py; a host that changes the data path's settings between a crash
+and its resume, in tests/security/test_host_changes_the_data_path_on_resume.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 import threading
@@ -83,21 +83,6 @@ def test_a_streamed_run_is_reproducible_and_resumes_mid_epoch_to_the_same_weight
     assert result.steps_completed == expected_result.steps_completed and result.metrics == expected_result.metrics
     actual, _ = open_model(store, keys, resumed)
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
-
-
-def test_a_mid_epoch_checkpoint_cut_in_other_lanes_is_skipped_for_the_newest_epochs_end(store, keys, parquet_shards,
-                                                                                         caplog) -> None:  # fmt: skip
-    spec = spec_for(parquet_shards)
-    with pytest.raises(TrainingCancelled, match="during epoch 2 at step 47"):
-        run_training(spec, keys, store, RecordingProgress(), CancelAfterChecks(1 + 30 + 15 + 2), limits=LIMITS)
-    with caplog.at_level(logging.INFO, logger="securetrain.tee.training"):
-        result = run_training(spec, keys, store, RecordingProgress(), threading.Event(),
-                              limits=dataclasses.replace(LIMITS, lanes=2))  # fmt: skip
-    # Its windows are positions in the one-lane order: resuming from them could skip rows or train some twice.
-    assert "epoch-0001-window-000003.safetensors.sealed: it was cut within an epoch under SECURETRAIN_DATA_LANES 1 " \
-           "(now 2)" in caplog.text  # fmt: skip
-    assert f"from checkpoints/{spec.run_id}/epoch-0001.safetensors.sealed" in caplog.text
-    assert result.epochs_completed == 2 and result.steps_completed == 2 * 6 * 5
 
 
 def test_a_streamed_suite_validates_shard_by_shard_with_whole_dataset_counts(store, keys, parquet_shards) -> None:
