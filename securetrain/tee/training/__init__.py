@@ -104,17 +104,18 @@ def train_in_process(
     limits: DataLimits,
     group: DataParallelGroup | None = None,
     surveyed: Survey | None = None,
+    opened: tuple[OpenedHeader, ...] | None = None,
 ) -> TrainingResult:
     """:func:`run_training` in this process: alone, or as one worker of ``group`` (whose leader alone writes
     checkpoints and the model). A streamed dataset is surveyed here, unless ``surveyed`` is the launcher's survey
-    of it."""
+    of it; the shards' headers are opened here, unless ``opened`` are the ones a worker opened and checked."""
     device = select_device()
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
     hyper = spec.hyperparameters
 
-    headers = open_shard_headers(spec, keys, store)
-    sizes = tuple(opened.header.content.plaintext_length for opened in headers)
+    headers = opened if opened is not None else open_shard_headers(spec, keys, store)
+    sizes = tuple(header.header.content.plaintext_length for header in headers)
     if not limits.streams(sum(sizes)):
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
