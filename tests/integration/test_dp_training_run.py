@@ -15,8 +15,9 @@ from opacus.accountants import create_accountant
 
 from securetrain.core.contracts.training import JobKeys, PrivacyTermsRefused
 from securetrain.core.sealed import SealedReader
-from securetrain.tee.training import plan_privacy, run_training
+from securetrain.tee.training import run_training
 from securetrain.tee.training.checkpoint import safetensors_metadata
+from securetrain.tee.training.privacy import plan_privacy
 from tests.integration.test_training_run import CancelAfterChecks, RecordingProgress, open_model, run_id, training_spec
 from tests.jobs import released_kek
 

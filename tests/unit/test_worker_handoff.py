@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -163,3 +165,11 @@ def test_a_malformed_survey_is_refused(change: str) -> None:
     message, data = _tampered(change)
     with pytest.raises(BrokenFrame, match="survey"):
         survey_of_frame(message, data, spec())
+
+
+def test_a_worker_starts_without_loading_opacus() -> None:
+    """Every job starts its workers afresh, and a worker never trains DP-SGD: Opacus (and the SciPy it loads) stay
+    out of its start-up."""
+    probe = "import sys, securetrain.tee.training.worker; print(sorted({'opacus', 'scipy'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

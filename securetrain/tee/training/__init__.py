@@ -38,14 +38,14 @@ from securetrain.tee.training.lanes import Lanes
 from securetrain.tee.training.models import DataShape
 from securetrain.tee.training.stream import BufferLedger, ShardStream
 from securetrain.tee.training.survey import Survey, survey
-from securetrain.tee.training.privacy import DpSgd, PrivacyPlan, plan_privacy, refuse_unsupported_layers
 from securetrain.core.storage import BlobStore
 from securetrain.core.validation import validate
 
 if TYPE_CHECKING:
     from securetrain.tee.training.group import DataParallelGroup
+    from securetrain.tee.training.privacy import DpSgd
 
-__all__ = ["DataLimits", "PrivacyPlan", "StreamingRefused", "plan_privacy", "run_training"]
+__all__ = ["DataLimits", "StreamingRefused", "run_training"]
 
 log = logging.getLogger(__name__)
 
@@ -104,17 +104,18 @@ def train_in_process(
     limits: DataLimits,
     group: DataParallelGroup | None = None,
     surveyed: Survey | None = None,
+    opened: tuple[OpenedHeader, ...] | None = None,
 ) -> TrainingResult:
     """:func:`run_training` in this process: alone, or as one worker of ``group`` (whose leader alone writes
     checkpoints and the model). A streamed dataset is surveyed here, unless ``surveyed`` is the launcher's survey
-    of it."""
+    of it; the shards' headers are opened here, unless ``opened`` are the ones a worker opened and checked."""
     device = select_device()
     make_deterministic(device)
     log.info("run %s: training on %s", spec.run_id, describe_device(device))
     hyper = spec.hyperparameters
 
-    headers = open_shard_headers(spec, keys, store)
-    sizes = tuple(opened.header.content.plaintext_length for opened in headers)
+    headers = opened if opened is not None else open_shard_headers(spec, keys, store)
+    sizes = tuple(header.header.content.plaintext_length for header in headers)
     if not limits.streams(sum(sizes)):
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
@@ -250,6 +251,10 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
     # A plan outside the privacy terms is refused before anything about the data (the suite's aggregates) leaves.
     dp: DpSgd | None = None
     if spec.privacy is not None:
+        # Imported for a DP-SGD job only: Opacus (and the SciPy it loads) is a second of a training worker's start,
+        # and a worker never trains DP-SGD.
+        from securetrain.tee.training.privacy import DpSgd, plan_privacy, refuse_unsupported_layers  # noqa: PLC0415
+
         plan = plan_privacy(spec.privacy, data.rows, hyper.batch_size, hyper.epochs, spec.min_noise_multiplier)
         refuse_unsupported_layers(trainee.model, spec.model.name)
         dp = DpSgd(plan, keys, spec.run_id, hyper.seed)

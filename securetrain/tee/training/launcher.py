@@ -167,8 +167,13 @@ class _Group:
         """None when the group finished; otherwise why it must be restarted. Raises a worker's own error
         (one of the product's, which a restart would only repeat), or TrainingCancelled."""
         try:
+            # Every worker is started before any is handed its job: a job with a survey is larger than a pipe's
+            # buffer, so handing it over waits until that worker has imported the trainer and reads it; started
+            # one after another, the workers would import one after another.
             for assignment in self.assignments:
-                self.workers.append(self._start(assignment))
+                self.workers.append(self._start(assignment.rank))
+            for worker, assignment in zip(self.workers, self.assignments, strict=True):
+                self._hand_over(worker, assignment)
             while not all(worker.ended for worker in self.workers):
                 if self.cancel.is_set():
                     raise TrainingCancelled("cancelled: the training workers were stopped; the last checkpoint is intact")
@@ -185,7 +190,7 @@ class _Group:
         finally:
             self._stop()
 
-    def _start(self, assignment: Assignment) -> _Worker:
+    def _start(self, rank: int) -> _Worker:
         job_read, job_write = os.pipe()
         report_read, report_write = os.pipe()
         try:
@@ -198,15 +203,17 @@ class _Group:
         finally:
             os.close(job_read)
             os.close(report_write)
-        worker = _Worker(assignment.rank, process, io.open(job_write, "wb", closefd=True))
+        worker = _Worker(rank, process, io.open(job_write, "wb", closefd=True))
         reports = io.open(report_read, "rb", closefd=True)
-        threading.Thread(target=self._read, args=(assignment.rank, reports), daemon=True,
-                         name=f"training-worker-{assignment.rank}").start()  # fmt: skip
+        threading.Thread(target=self._read, args=(rank, reports), daemon=True, name=f"training-worker-{rank}").start()
+        return worker
+
+    @staticmethod
+    def _hand_over(worker: _Worker, assignment: Assignment) -> None:
         try:
             send_assignment(worker.answers, assignment)
         except BrokenPipeError:
             pass  # the worker died at once: its exit is seen through its report pipe
-        return worker
 
     def _read(self, rank: int, reports: BinaryIO) -> None:
         with reports:

@@ -19,11 +19,12 @@ import torch
 
 from securetrain.core.contracts.training import DataValidationFailed, NullProgress
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.sealed import OpenedHeader
 from securetrain.core.storage import BlobInfo, BlobStore
 from securetrain.tee.settings import TeeSettings
 from securetrain.tee.tee_services import blob_store
 from securetrain.tee.training import train_in_process
-from securetrain.tee.training.data import ShardChanged, describe_shard, shard_headers
+from securetrain.tee.training.data import ShardChanged, describe_shard, open_shard_headers
 from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
 from securetrain.tee.training.group import DataParallelGroup
 from securetrain.tee.training.handoff import Assignment, receive_assignment
@@ -74,12 +75,13 @@ class _RelayedUploads:
         return None
 
 
-def _check_witnessed(assignment: Assignment, store: BlobStore) -> None:
-    """Refuse to train unless this worker reads the very shards whose headers the agent witnessed."""
-    for shard, header, witnessed in zip(assignment.spec.datasets, shard_headers(assignment.spec, assignment.keys, store),
-                                        assignment.headers, strict=True):  # fmt: skip
-        if header.to_bytes() != witnessed:
+def _open_witnessed(assignment: Assignment, store: BlobStore) -> tuple[OpenedHeader, ...]:
+    """The shards' headers opened, refused unless this worker reads the very files whose headers the agent witnessed."""
+    opened = open_shard_headers(assignment.spec, assignment.keys, store)
+    for shard, header, witnessed in zip(assignment.spec.datasets, opened, assignment.headers, strict=True):
+        if header.header.to_bytes() != witnessed:
             raise ShardChanged(f"{describe_shard(shard)} is not the sealed file the agent read (its header differs)")
+    return opened
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -98,13 +100,13 @@ def work(assignment: Assignment, out: BinaryIO, acks: BinaryIO) -> None:
     if device.type == "cuda":
         torch.cuda.set_device(assignment.rank % torch.cuda.device_count())
     with blob_store(TeeSettings.load()) as direct:
-        _check_witnessed(assignment, direct)
+        opened = _open_witnessed(assignment, direct)
         group = DataParallelGroup(assignment.rank, assignment.world_size, assignment.port, assignment.timeout_s, device)
         try:
             progress = _Reports(out, acks) if group.leads else NullProgress()
             store = _RelayedUploads(direct, out)
             result = train_in_process(assignment.spec, assignment.keys, store, progress, threading.Event(),  # type: ignore[arg-type]
-                                      limits=assignment.limits, group=group, surveyed=assignment.survey)  # fmt: skip
+                                      limits=assignment.limits, group=group, surveyed=assignment.survey, opened=opened)  # fmt: skip
         finally:
             group.close()
     if group.leads:
