@@ -34,7 +34,7 @@ from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.tee.training import run_training
 from securetrain.tee.training.frames import read_frame
 from securetrain.tee.training.handoff import Assignment, send_assignment
-from securetrain.tee.training.data import DataLimits, shard_headers
+from securetrain.tee.training.data import DataLimits, open_shard_headers
 from securetrain.tee.training.lanes import LanesRefused
 from securetrain.tee.training.launcher import DataParallelRefused, _free_port
 from securetrain.tee.training.stream import shard_order
@@ -251,7 +251,7 @@ def test_dp_sgd_is_refused_with_several_workers(store, keys, breast_cancer, work
 
 def test_a_worker_that_cannot_meet_its_group_fails_within_its_timeout(store, keys, breast_cancer, tee_settings) -> None:
     spec = training_spec(run_id(), breast_cancer)
-    headers = tuple(header.to_bytes() for header in shard_headers(spec, keys, store))
+    headers = tuple(opened.header.to_bytes() for opened in open_shard_headers(spec, keys, store))
     # Rank 1 of 2, with nobody at the rendezvous port: it must give up after its 3 s, not wait for ever.
     job_read, job_write = os.pipe()
     report_read, report_write = os.pipe()

@@ -32,7 +32,7 @@ import safetensors.torch
 import torch
 
 from securetrain.core.errors import ConfigurationError, SecurityViolation
-from securetrain.core.sealed import KekPrivateKey, OpenedHeader, SealedHeader, SealedReader
+from securetrain.core.sealed import KekPrivateKey, OpenedHeader, SealedReader
 from securetrain.core.sealed.errors import MalformedHeader, SealedFileError
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
@@ -358,11 +358,6 @@ def _read_in_order(
             return read_shard(src, opened[index], shard, spec.columns, limits)
 
     return ((spec.datasets[index], part) for index, part in read_ahead(range(len(spec.datasets)), read, SHARDS_IN_FLIGHT))
-
-
-def shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[SealedHeader, ...]:
-    """Each shard's authenticated header (:func:`open_shard_headers`)."""
-    return tuple(opened.header for opened in open_shard_headers(spec, keys, store))
 
 
 def open_shard_headers(spec: TrainingSpec, keys: JobKeys, store: BlobStore) -> tuple[OpenedHeader, ...]:
