@@ -183,7 +183,7 @@ def plain_training(trainee: Trainee, data: TrainingData, train_rows: torch.Tenso
         return DataLoader(
             _Rows(data),
             sampler=_Batches(train_rows, hyper.batch_size, hyper.seed, epoch, rank, workers),
-            batch_size=None,  # the sampler yields whole batches of indices
+            batch_size=None,  # the sampler yields each batch's indices (this process's part of it)
             num_workers=0,
             pin_memory=device.type == "cuda",
         )
