@@ -47,7 +47,6 @@ from securetrain.localstack.emulated_platform import EmulatedPlatform
 from securetrain.localstack.registry import services_for
 from securetrain.localstack.settings import tee_environment
 from securetrain.tee.settings import TeeSettings
-from securetrain.tee.tee_services import blob_store
 from securetrain.tee.training import run_training
 
 FEATURES = 64
@@ -130,7 +129,7 @@ def main() -> int:
     keys = released_keys(2048)
     with running_stack(services_for(EmulatedPlatform.SNP), EmulatedPlatform.SNP) as (config, env):
         os.environ.update(tee_environment(env, config.layout))
-        with blob_store(TeeSettings.load()) as store:
+        with TeeSettings.load().blob_store() as store:
             for container in ("datasets", "checkpoints", "models"):
                 store.ensure_container(container)
             blobs = []

@@ -45,7 +45,7 @@ So is the number of data-parallel training workers (:class:`WorkerSettings`): ``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.credentials import TokenCredential
 from pydantic import AliasChoices, Field, FilePath, NonNegativeInt, PositiveInt
@@ -54,6 +54,9 @@ from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
 from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
 from securetrain.tee.gpu_attestation import NO_GPU, GpuRequirement, default_token_jwks
+
+if TYPE_CHECKING:
+    from securetrain.core.storage import BlobStore
 
 NO_GPU_PROVIDER = "none"
 
@@ -115,6 +118,13 @@ class TeeSettings(ServiceSettings, GpuSettings):
         from azure.identity import ManagedIdentityCredential  # noqa: PLC0415 - heavy import
 
         return ManagedIdentityCredential(client_id=self.managed_identity_client_id, connection_verify=self.tls_verify)
+
+    def blob_store(self) -> BlobStore:
+        """Storage as the TEE's managed identity: all a training worker needs of these settings, so building it
+        loads no attestation or Key Vault client."""
+        from securetrain.core.storage import BlobStore  # noqa: PLC0415 - heavy import
+
+        return BlobStore(self.url("storage_account_url"), self.credential(), ca_bundle=self.ca_bundle)
 
 
 class DataPathSettings(Settings):

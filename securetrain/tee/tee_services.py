@@ -1,9 +1,9 @@
-"""The TEE's clients of the attestation service, Key Vault and storage, built from its settings.
+"""The TEE's clients of the attestation service and Key Vault, built from its settings.
 
 One place that turns :class:`~securetrain.tee.settings.TeeSettings` into an
-:class:`~securetrain.tee.attest.Attester`, a :class:`~securetrain.tee.release.VaultKeyReleaser` and a
-:class:`~securetrain.core.storage.BlobStore`, for the agent and for anything else that walks the TEE's path
-(tests that open a sealed model as the TEE would).
+:class:`~securetrain.tee.attest.Attester` and a :class:`~securetrain.tee.release.VaultKeyReleaser`, for the agent
+and for anything else that walks the TEE's path (tests that open a sealed model as the TEE would). Storage is
+:meth:`TeeSettings.blob_store`: a training worker needs it and none of these.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from cryptography import x509
 from securetrain.core.attestation.maa import AttestationServiceClient
 from securetrain.core.attestation.tokens import AuthorityKeys, TokenValidator
 from securetrain.core.errors import ConfigurationError
-from securetrain.core.storage import BlobStore
 from securetrain.tee.attest import Attester
 from securetrain.tee.evidence import EvidenceProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
@@ -57,8 +56,3 @@ def key_releaser(settings: TeeSettings) -> VaultKeyReleaser:
     """Secure Key Release as the TEE's managed identity; release responses must chain to the configured root."""
     roots = x509.load_pem_x509_certificates(settings.keyvault_release_root.read_bytes())
     return VaultKeyReleaser(settings.credential(), ca_bundle=settings.ca_bundle, trusted_roots=roots)
-
-
-def blob_store(settings: TeeSettings) -> BlobStore:
-    """Storage as the TEE's managed identity."""
-    return BlobStore(settings.url("storage_account_url"), settings.credential(), ca_bundle=settings.ca_bundle)

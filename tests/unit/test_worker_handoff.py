@@ -167,9 +167,10 @@ def test_a_malformed_survey_is_refused(change: str) -> None:
         survey_of_frame(message, data, spec())
 
 
-def test_a_worker_starts_without_loading_opacus() -> None:
-    """Every job starts its workers afresh, and a worker never trains DP-SGD: Opacus (and the SciPy it loads) stay
-    out of its start-up."""
-    probe = "import sys, securetrain.tee.training.worker; print(sorted({'opacus', 'scipy'} & set(sys.modules)))"
+def test_a_worker_loads_neither_opacus_nor_the_key_path() -> None:
+    """Every job starts its workers afresh, and a worker never trains DP-SGD, attests or asks Key Vault for a key:
+    Opacus (and the SciPy it loads), the attester and the Key Vault clients stay out of its start-up."""
+    unneeded = ["opacus", "scipy", "securetrain.tee.attest", "securetrain.tee.release", "azure.keyvault.keys"]
+    probe = f"import sys, securetrain.tee.training.worker; print(sorted(set({unneeded!r}) & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

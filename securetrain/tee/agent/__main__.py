@@ -29,7 +29,7 @@ from securetrain.tee.evidence.azure_aci import AzureAciProvider
 from securetrain.tee.evidence.azure_cvm import AzureCvmProvider
 from securetrain.tee.evidence.nvidia_gpu import GpuEvidenceProvider
 from securetrain.tee.settings import NO_GPU_PROVIDER, TeeSettings
-from securetrain.tee.tee_services import attester, blob_store, key_releaser
+from securetrain.tee.tee_services import attester, key_releaser
 
 log = logging.getLogger("securetrain.tee.agent")
 
@@ -143,7 +143,7 @@ def main(
             settings, evidence_provider(settings, owners, providers), gpu_evidence_provider(settings, gpu_providers)
         )
         runner = JobRunner(
-            JobStore(args.work_dir / "jobs"), tee_attester, key_releaser(settings), blob_store(settings), _training,
+            JobStore(args.work_dir / "jobs"), tee_attester, key_releaser(settings), settings.blob_store(), _training,
             owners,
         )
     except SecuretrainError as exc:

@@ -22,7 +22,6 @@ from securetrain.core.errors import SecuretrainError
 from securetrain.core.sealed import OpenedHeader
 from securetrain.core.storage import BlobInfo, BlobStore
 from securetrain.tee.settings import TeeSettings
-from securetrain.tee.tee_services import blob_store
 from securetrain.tee.training import train_in_process
 from securetrain.tee.training.data import ShardChanged, describe_shard, open_shard_headers
 from securetrain.tee.training.frames import BrokenFrame, read_frame, write_frame
@@ -99,7 +98,7 @@ def work(assignment: Assignment, out: BinaryIO, acks: BinaryIO) -> None:
     device = select_device()
     if device.type == "cuda":
         torch.cuda.set_device(assignment.rank % torch.cuda.device_count())
-    with blob_store(TeeSettings.load()) as direct:
+    with TeeSettings.load().blob_store() as direct:
         opened = _open_witnessed(assignment, direct)
         group = DataParallelGroup(assignment.rank, assignment.world_size, assignment.port, assignment.timeout_s, device)
         try:
