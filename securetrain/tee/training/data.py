@@ -52,6 +52,9 @@ HEADER_PREFIX_BYTES = 64 * 1024
 #: under a millisecond: the time is the storage round trip, so more are in flight than shards are read (each holds
 #: only its prefix), and fewer than the storage client's pool of 10 connections.
 HEADERS_IN_FLIGHT = 8
+#: What a Parquet shard decodes at once, in rows of 8 bytes a column (the widest a column decodes to): its arrays
+#: are filled batch by batch, never from a whole-shard Arrow table.
+PARQUET_BATCH_BYTES = 1 << 20
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -178,21 +181,45 @@ def _tabular_columns(schema: pa.Schema, columns: Columns, where: str) -> tuple[s
 
 def _tabular_arrays(data: pa.Table | pa.RecordBatch, features: Sequence[str], label: str, where: str) -> ShardArrays:
     """The feature columns as one float32 [rows, features] array and the label as int64."""
-    matrix = np.empty((data.num_rows, len(features)), dtype=np.float32)
-    for j, name in enumerate(features):
-        column = data.column(name)
-        if column.null_count:
+    arrays = _empty_arrays(data.num_rows, features)
+    nulls = np.zeros(len(features) + 1, np.int64)
+    _fill_tabular(data, arrays, 0, label, nulls)
+    _refuse_missing(features, label, nulls, where)
+    return arrays
+
+
+def _empty_arrays(rows: int, features: Sequence[str]) -> ShardArrays:
+    return ShardArrays(np.empty((rows, len(features)), np.float32), np.empty(rows, np.int64), tuple(features),
+                       tuple(features))  # fmt: skip
+
+
+def _fill_tabular(data: pa.Table | pa.RecordBatch, into: ShardArrays, offset: int, label: str, nulls: np.ndarray) -> None:
+    """Copy ``data``'s rows into ``into`` from row ``offset`` on (copies: Arrow's own buffers are read-only, and the
+    tensors must own their memory), adding each column's missing values to ``nulls`` (the features', then the
+    label's); a column with missing values is not copied: the shard is refused (:func:`_refuse_missing`)."""
+    rows = slice(offset, offset + data.num_rows)
+    for j, name in enumerate(into.feature_names):
+        nulls[j] += _copy_column(data.column(name), into.features[rows, j])
+    nulls[-1] += _copy_column(data.column(label), into.labels[rows])
+
+
+def _copy_column(column: pa.Array | pa.ChunkedArray, out: np.ndarray) -> int:
+    """Copy ``column`` into ``out``, cast to its type; the column's missing values (then nothing is copied)."""
+    if column.null_count:
+        return int(column.null_count)
+    out[:] = column.to_numpy(zero_copy_only=False)
+    return 0
+
+
+def _refuse_missing(features: Sequence[str], label: str, nulls: np.ndarray, where: str) -> None:
+    for name, count in zip(features, nulls):
+        if count:
             raise DatasetContentError(
-                f"{where}: feature column {name!r} has {column.null_count} missing values; the trainer does not "
-                "impute them: fill or drop them before sealing, or leave the column out of columns.features"
+                f"{where}: feature column {name!r} has {count} missing values; the trainer does not impute them: "
+                "fill or drop them before sealing, or leave the column out of columns.features"
             )
-        matrix[:, j] = column.to_numpy(zero_copy_only=False)
-    labels = data.column(label)
-    if labels.null_count:
-        raise DatasetContentError(f"{where}: label column {label!r} has {labels.null_count} missing values")
-    # A copy: Arrow's own buffers are read-only, and the tensors must own their memory.
-    labels_array = labels.to_numpy(zero_copy_only=False).astype(np.int64)
-    return ShardArrays(matrix, labels_array, tuple(features), tuple(features))
+    if nulls[-1]:
+        raise DatasetContentError(f"{where}: label column {label!r} has {nulls[-1]} missing values")
 
 
 def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
@@ -209,6 +236,8 @@ def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
 
 
 def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+    """Decoded record batch by record batch into arrays of the row count in the file's footer, so that the shard
+    never exists as a whole Arrow table beside its plaintext and its arrays."""
     where = describe_shard(shard)
     buffer = _buffered_plaintext(reader, shard)
     try:
@@ -216,8 +245,24 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -
     except (pa.ArrowInvalid, OSError) as exc:
         raise DatasetContentError(f"{where} is authentic but not a Parquet file: {exc}") from None
     features = _tabular_columns(file.schema_arrow, columns, where)
-    table = file.read(columns=[*features, columns.label])
-    return _tabular_arrays(table, features, columns.label, where)
+    rows = file.metadata.num_rows
+    arrays = _empty_arrays(rows, features)
+    nulls = np.zeros(len(features) + 1, np.int64)
+    filled = 0
+    batches = file.iter_batches(batch_size=max(1, PARQUET_BATCH_BYTES // (8 * (len(features) + 1))),
+                                columns=[*features, columns.label])  # fmt: skip
+    try:
+        for batch in batches:
+            if filled + batch.num_rows > rows:
+                raise DatasetContentError(f"{where}: its row groups hold more rows than the {rows} its footer says")
+            _fill_tabular(batch, arrays, filled, columns.label, nulls)
+            filled += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DatasetContentError(f"{where} is authentic but not a valid Parquet file: {exc}") from None
+    if filled != rows:
+        raise DatasetContentError(f"{where}: its row groups hold {filled} rows, its footer says {rows}")
+    _refuse_missing(features, columns.label, nulls, where)
+    return arrays
 
 
 def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
