@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc
 import pyarrow.parquet as pq
 import safetensors.torch
@@ -179,7 +180,7 @@ def _tabular_columns(schema: pa.Schema, columns: Columns, where: str) -> tuple[s
     return features
 
 
-def _tabular_arrays(data: pa.Table | pa.RecordBatch, features: Sequence[str], label: str, where: str) -> ShardArrays:
+def _tabular_arrays(data: pa.RecordBatch, features: Sequence[str], label: str, where: str) -> ShardArrays:
     """The feature columns as one float32 [rows, features] array and the label as int64."""
     arrays = _empty_arrays(data.num_rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
@@ -193,7 +194,7 @@ def _empty_arrays(rows: int, features: Sequence[str]) -> ShardArrays:
                        tuple(features))  # fmt: skip
 
 
-def _fill_tabular(data: pa.Table | pa.RecordBatch, into: ShardArrays, offset: int, label: str, nulls: np.ndarray) -> None:
+def _fill_tabular(data: pa.RecordBatch, into: ShardArrays, offset: int, label: str, nulls: np.ndarray) -> None:
     """Copy ``data``'s rows into ``into`` from row ``offset`` on (copies: Arrow's own buffers are read-only, and the
     tensors must own their memory), adding each column's missing values to ``nulls`` (the features', then the
     label's); a column with missing values is not copied: the shard is refused (:func:`_refuse_missing`)."""
@@ -203,11 +204,14 @@ def _fill_tabular(data: pa.Table | pa.RecordBatch, into: ShardArrays, offset: in
     nulls[-1] += _copy_column(data.column(label), into.labels[rows])
 
 
-def _copy_column(column: pa.Array | pa.ChunkedArray, out: np.ndarray) -> int:
-    """Copy ``column`` into ``out``, cast to its type; the column's missing values (then nothing is copied)."""
+def _copy_column(column: pa.Array, out: np.ndarray) -> int:
+    """Copy ``column`` into ``out``, cast to its type as numpy casts (no range check); the column's missing values
+    (then nothing is copied). Through the column's data buffer: pyarrow's ``to_numpy`` imports pandas (some 40 MiB
+    of memory), which the data path needs only when a suite validates a shard."""
     if column.null_count:
         return int(column.null_count)
-    out[:] = column.to_numpy(zero_copy_only=False)
+    values = pc.cast(column, pa.from_numpy_dtype(out.dtype), safe=False)
+    out[:] = np.frombuffer(values.buffers()[1], out.dtype, len(values), values.offset * out.dtype.itemsize)
     return 0
 
 
