@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +17,7 @@ import safetensors.torch
 import torch
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import securetrain
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, seal
 from securetrain.core.sealed.errors import SegmentTampered, WrongContext, WrongKey
@@ -124,6 +129,32 @@ def test_missing_values_are_counted_over_every_row_group(kek_public, kek_private
         read_shard(io.BytesIO(sealed(parquet(table.drop(["x"]).append_column("x", pa.array([1.0] * 4)),
                                              row_group_size=2), kek_public)),
                    kek_private, shard(), Columns(label="label"), LIMITS)  # fmt: skip
+
+
+READ_IN_A_FRESH_PROCESS = """
+import sys
+from pathlib import Path
+
+from securetrain.core.contracts.job_spec import Columns
+from securetrain.core.contracts.training import DatasetShard
+from securetrain.core.sealed import KekPrivateKey
+from securetrain.tee.training.data import DataLimits, read_shard
+
+key = KekPrivateKey.from_pem(Path(sys.argv[1]).read_bytes())
+with open(sys.argv[2], "rb") as src:
+    arrays = read_shard(src, key, DatasetShard(container="datasets", blob="bc/part-0.parquet.sealed", format="parquet",
+                        context={"dataset_id": "breast-cancer"}), Columns(label="label"), DataLimits())
+print(len(arrays.labels), "pandas" in sys.modules)
+"""
+
+
+def test_reading_a_parquet_shard_does_not_load_pandas(table, kek_public, key_pems, tmp_path) -> None:
+    """pyarrow's ``to_numpy`` imports pandas: some 40 MiB of every streamed run's memory, for nothing but a suite."""
+    blob = tmp_path / "part-0.parquet.sealed"
+    blob.write_bytes(sealed(to_parquet(table), kek_public))
+    out = subprocess.run([sys.executable, "-c", READ_IN_A_FRESH_PROCESS, str(key_pems[1]), str(blob)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(securetrain.__file__).parents[1])})  # fmt: skip
+    assert out.stdout.split() == [str(table.num_rows), "False"]
 
 
 def test_a_safetensors_shard_keeps_the_image_shape(kek_public, kek_private) -> None:
