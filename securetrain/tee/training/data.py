@@ -6,7 +6,8 @@ safetensors are buffered whole and Arrow IPC streams are not, and why nothing is
 in docs/trainer.md ("The data path").
 
 The bound of a buffered shard, :attr:`DataLimits.max_buffered_shard_bytes`: while it is parsed a shard exists
-up to three times (plaintext buffer, decoded columns, tensors), and :data:`SHARDS_IN_FLIGHT` shards are read at
+up to three times (plaintext buffer, decoded columns, tensors; a Parquet shard's columns only a record batch at a
+time), and :data:`SHARDS_IN_FLIGHT` shards are read at
 once (the next one downloads and decrypts while the current one decodes: storage, AES-GCM and the Parquet
 decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB). A larger shard
 is refused before it is downloaded, naming the two ways out (smaller shards, or the ``arrow`` format).
