@@ -211,7 +211,8 @@ def _copy_column(column: pa.Array, out: np.ndarray) -> int:
     of memory), which the data path needs only when a suite validates a shard."""
     if column.null_count:
         return int(column.null_count)
-    values = pc.cast(column, pa.from_numpy_dtype(out.dtype), safe=False)
+    kind = pa.from_numpy_dtype(out.dtype)
+    values = column if column.type == kind else pc.cast(column, kind, safe=False)
     out[:] = np.frombuffer(values.buffers()[1], out.dtype, len(values), values.offset * out.dtype.itemsize)
     return 0
 
@@ -254,8 +255,10 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -
     arrays = _empty_arrays(rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
     filled = 0
+    # One thread: the shards in flight are each decoded in a reader thread of their own already, and Arrow's pool
+    # spent more CPU on these small batches than it saved.
     batches = file.iter_batches(batch_size=max(1, PARQUET_BATCH_BYTES // (8 * (len(features) + 1))),
-                                columns=[*features, columns.label])  # fmt: skip
+                                columns=[*features, columns.label], use_threads=False)  # fmt: skip
     try:
         for batch in batches:
             if filled + batch.num_rows > rows:
