@@ -16,7 +16,8 @@ of its own, so that peak RSS is its own, and both read from the same Azurite wit
 Figures: wall seconds, CPU seconds (all of the side's threads; less moved than wall time by other work on the
 machine) and peak RSS of both, ``secure_plain_ratio`` (wall; goal <= 1.05) and ``secure_plain_cpu_ratio``, the
 secure side's peak RSS above its RSS before the first shard with the code both sides run loaded (the data path's
-growth) against the budget + the model's size (goal: within). The last line is one JSON object.
+growth) against the budget + the model's size (goal: within), and each side's growth split into anonymous memory
+(what it holds) and file-backed pages (the code it used). The last line is one JSON object.
 
 Usage: ``python -m benchmarks.streaming [--size-mib 1024] [--budget-mib 256] [--shards 64] [--epochs 1]``
 """
@@ -51,6 +52,43 @@ def current_rss_mib() -> float:
         return int(statm.read().split()[1]) * 4096 / MIB
 
 
+def rss_split_mib() -> tuple[float, float]:
+    """The process's (anonymous, file-backed) resident memory: its heap and buffers apart from its code's pages."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile"):
+                fields[name] = int(value.split()[0]) / 1024  # kB
+    return fields["RssAnon"], fields["RssFile"]
+
+
+class RssSplitPeaks(threading.Thread):
+    """The peaks of :func:`rss_split_mib` above their values at the start, sampled every 20 ms (the kernel keeps a
+    high-water mark of the whole RSS only): how much of a side's growth is memory it holds and how much the pages
+    of code it used."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self._initial = rss_split_mib()
+        self.anon = self.file = 0.0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.02):
+            self._sample()
+
+    def _sample(self) -> None:
+        anon, file = rss_split_mib()
+        self.anon, self.file = max(self.anon, anon - self._initial[0]), max(self.file, file - self._initial[1])
+
+    def growth(self) -> dict[str, float]:
+        self._done.set()
+        self.join()
+        self._sample()
+        return {"anon_growth_mib": self.anon, "file_growth_mib": self.file}
+
+
 def loaded_code_rss_mib() -> float:
     """The side's RSS once the code both sides run is loaded: PyTorch's deterministic mode imports its compiler
     stack on first use (about a second and 70 MiB here), code that is neither the data path's nor the model's, and
@@ -70,6 +108,8 @@ def run_plain(stack_env: Path, shards: int, epochs: int, window: int, in_flight:
     from securetrain.tee.training.stream import HELD_OUT_SHARE, shard_order, shard_split  # noqa: PLC0415
 
     baseline = loaded_code_rss_mib()
+    peaks = RssSplitPeaks()
+    peaks.start()
     start, cpu = time.perf_counter(), time.process_time()
     torch.use_deterministic_algorithms(True)  # inside the timing, as run_training's own call is
     with azurite_store(stack_env) as store:
@@ -120,7 +160,7 @@ def run_plain(stack_env: Path, shards: int, epochs: int, window: int, in_flight:
                               for b in torch.arange(len(val_y)).split(4096))  # fmt: skip
             accuracy = correct / len(val_y)
     return {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu, "val_accuracy": accuracy,
-            "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}  # fmt: skip
+            "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline, **peaks.growth()}  # fmt: skip
 
 
 def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: int, in_flight: int,
@@ -138,12 +178,14 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: 
     limits = DataLimits(cache_bytes=budget, stream_budget_bytes=budget, shards_in_flight=in_flight,
                         window_shards=window, checkpoint_windows=0)  # fmt: skip
     baseline = loaded_code_rss_mib()
+    peaks = RssSplitPeaks()
+    peaks.start()
     with azurite_store(stack_env) as store:
         start, cpu = time.perf_counter(), time.process_time()
         result = run_training(spec, keys, store, NullProgress(), threading.Event(), limits=limits)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "val_accuracy": result.metrics["val_accuracy"],
-            "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline}  # fmt: skip
+            "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline, **peaks.growth()}  # fmt: skip
 
 
 def model_mib() -> float:
@@ -205,7 +247,8 @@ def main() -> int:
     for name, side in (("plain PyTorch streaming (plaintext)", plain), ("run_training streaming (sealed)   ", secure)):
         print(f"{name}: {side['seconds']:.1f} s ({side['cpu_seconds']:.1f} s of CPU), peak RSS "
               f"{side['peak_rss_mib']:.0f} MiB (before data "
-              f"{side['baseline_rss_mib']:.0f} MiB), val_accuracy {side['val_accuracy']:.4f}")  # fmt: skip
+              f"{side['baseline_rss_mib']:.0f} MiB; growth: {side['anon_growth_mib']:.0f} MiB anonymous, "
+              f"{side['file_growth_mib']:.0f} MiB file-backed), val_accuracy {side['val_accuracy']:.4f}")  # fmt: skip
     print(f"secure/plain wall-time ratio: {ratio:.3f} (goal <= 1.05); CPU-time ratio {cpu_ratio:.3f}")
     print(f"secure data-path growth: {growth:.0f} MiB of RSS vs budget + model {bound:.1f} MiB (goal: within)")
     print(json.dumps({
@@ -216,6 +259,9 @@ def main() -> int:
         "secure_cpu_seconds": round(secure["cpu_seconds"], 2), "secure_plain_cpu_ratio": round(cpu_ratio, 3),
         "plain_peak_rss_mib": round(plain["peak_rss_mib"]),
         "secure_peak_rss_mib": round(secure["peak_rss_mib"]), "secure_rss_growth_mib": round(growth),
+        "plain_anon_growth_mib": round(plain["anon_growth_mib"]), "plain_file_growth_mib": round(plain["file_growth_mib"]),
+        "secure_anon_growth_mib": round(secure["anon_growth_mib"]),
+        "secure_file_growth_mib": round(secure["file_growth_mib"]),
         "budget_plus_model_mib": round(bound, 1), "within_budget": growth <= bound,
         "plain_val_accuracy": plain["val_accuracy"], "secure_val_accuracy": secure["val_accuracy"],
     }))  # fmt: skip

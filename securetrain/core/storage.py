@@ -42,6 +42,10 @@ BLOCK_SIZE = 4 * MiB
 DOWNLOAD_CHUNK_SIZE = 4 * MiB
 #: Blocks or chunks in flight at once per transfer; memory use is about this many blocks.
 MAX_CONCURRENCY = 2
+#: The buffer of a stream from :meth:`BlobStore.open_read`: small reads (a sealed header's fields) are served from
+#: it, and a read at least this large goes straight to the download (a sealed segment into its own buffer), so that
+#: a stream holds the SDK's current :data:`DOWNLOAD_CHUNK_SIZE` chunk and not a second copy of it.
+READ_BUFFER_SIZE = 64 * 1024
 
 
 class StorageError(SecuretrainError):
@@ -327,6 +331,8 @@ class BlobStore:
     def open_read(self, container: str, blob: str, *, length: int | None = None) -> io.BufferedReader:
         """Open the blob as a readable binary stream that downloads as it is read. Close it when done.
 
+        It holds the current download chunk (:data:`DOWNLOAD_CHUNK_SIZE`) and a :data:`READ_BUFFER_SIZE` buffer.
+
         ``length``: only the blob's first ``length`` bytes, fetched by one request of that size (a file's header,
         without the first :data:`DOWNLOAD_CHUNK_SIZE` bytes a whole-blob read fetches at once).
 
@@ -336,7 +342,7 @@ class BlobStore:
         with self._translate_errors("open", container, blob):
             client = self._client.get_blob_client(container, blob)
             downloader = client.download_blob() if length is None else client.download_blob(offset=0, length=length)
-        return io.BufferedReader(_BlobReader(self, container, blob, downloader), buffer_size=DOWNLOAD_CHUNK_SIZE)
+        return io.BufferedReader(_BlobReader(self, container, blob, downloader), buffer_size=READ_BUFFER_SIZE)
 
     def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobInfo]:
         """Yield the blobs in ``container`` whose names start with ``prefix``, metadata included."""

@@ -3,21 +3,28 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.ipc
+import pyarrow.parquet as pq
 import pytest
 import safetensors.torch
 import torch
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+import securetrain
 from securetrain.core.datasets import bundled_table, to_parquet
 from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, seal
 from securetrain.core.sealed.errors import SegmentTampered, WrongContext, WrongKey
 from securetrain.core.sealed.header import KeyWrap
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetKeyMissing, DatasetShard, JobKeys
+from securetrain.tee.training import data
 from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardChanged, ShardTooLarge, read_shard
 
 CONTEXT = {"dataset_id": "breast-cancer"}
@@ -65,6 +72,89 @@ def test_an_arrow_stream_shard_gives_the_same_arrays_as_parquet(table, kek_publi
     arrow = read_shard(io.BytesIO(stream), kek_private, shard("arrow"), columns, tiny)
     np.testing.assert_array_equal(arrow.features, parquet.features)
     np.testing.assert_array_equal(arrow.labels, parquet.labels)
+
+
+def parquet(table: pa.Table, row_group_size: int) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, row_group_size=row_group_size)
+    return sink.getvalue()
+
+
+def test_a_parquet_shard_of_several_row_groups_decodes_batch_by_batch_to_the_same_arrays(
+    table, kek_public, kek_private, monkeypatch
+) -> None:
+    whole = read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), Columns(label="label"),
+                       LIMITS)  # fmt: skip
+    # Batches of 40 rows across row groups of 100: no batch boundary falls on a row group's.
+    monkeypatch.setattr(data, "PARQUET_BATCH_BYTES", 8 * table.num_columns * 40)
+    grouped = read_shard(io.BytesIO(sealed(parquet(table, row_group_size=100), kek_public)), kek_private, shard(),
+                         Columns(label="label"), LIMITS)  # fmt: skip
+    assert pq.ParquetFile(io.BytesIO(parquet(table, row_group_size=100))).num_row_groups == 6
+    np.testing.assert_array_equal(grouped.features, whole.features)
+    np.testing.assert_array_equal(grouped.labels, whole.labels)
+
+
+def footer_rows_changed(table: pa.Table, rows: int) -> bytes:
+    """``table`` in two row groups, its footer's row count (a zigzag varint after its field header) set to ``rows``."""
+    def field(count: int) -> bytes:  # FileMetaData.num_rows: field 3, an i64, one after the schema (field 2)
+        value, out = count << 1, b"\x16"
+        while value >= 0x80:
+            out, value = out + bytes([value & 0x7F | 0x80]), value >> 7
+        return out + bytes([value])
+
+    plaintext = parquet(table, row_group_size=(table.num_rows + 1) // 2)
+    assert plaintext.count(field(table.num_rows)) == 1 and len(field(rows)) == len(field(table.num_rows))
+    return plaintext.replace(field(table.num_rows), field(rows))
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [(570, "its row groups hold 569 rows, its footer says 570"), (568, "its row groups hold more rows than the 568")],
+)
+def test_a_parquet_shard_whose_row_groups_do_not_add_up_to_its_footer_is_refused(
+    table, kek_public, kek_private, rows, message
+) -> None:
+    blob = sealed(footer_rows_changed(table, rows), kek_public)
+    with pytest.raises(DatasetContentError, match=message):
+        read_shard(io.BytesIO(blob), kek_private, shard(), Columns(label="label"), LIMITS)
+
+
+def test_missing_values_are_counted_over_every_row_group(kek_public, kek_private, monkeypatch) -> None:
+    table = pa.table({"x": pa.array([1.0, None, 3.0, None]), "label": pa.array([0, None, 1, 0])})
+    monkeypatch.setattr(data, "PARQUET_BATCH_BYTES", 8 * 2)
+    with pytest.raises(DatasetContentError, match="feature column 'x' has 2 missing values"):
+        read_shard(io.BytesIO(sealed(parquet(table, row_group_size=2), kek_public)), kek_private, shard(),
+                   Columns(label="label"), LIMITS)  # fmt: skip
+    with pytest.raises(DatasetContentError, match="label column 'label' has 1 missing values"):
+        read_shard(io.BytesIO(sealed(parquet(table.drop(["x"]).append_column("x", pa.array([1.0] * 4)),
+                                             row_group_size=2), kek_public)),
+                   kek_private, shard(), Columns(label="label"), LIMITS)  # fmt: skip
+
+
+READ_IN_A_FRESH_PROCESS = """
+import sys
+from pathlib import Path
+
+from securetrain.core.contracts.job_spec import Columns
+from securetrain.core.contracts.training import DatasetShard
+from securetrain.core.sealed import KekPrivateKey
+from securetrain.tee.training.data import DataLimits, read_shard
+
+key = KekPrivateKey.from_pem(Path(sys.argv[1]).read_bytes())
+with open(sys.argv[2], "rb") as src:
+    arrays = read_shard(src, key, DatasetShard(container="datasets", blob="bc/part-0.parquet.sealed", format="parquet",
+                        context={"dataset_id": "breast-cancer"}), Columns(label="label"), DataLimits())
+print(len(arrays.labels), "pandas" in sys.modules)
+"""
+
+
+def test_reading_a_parquet_shard_does_not_load_pandas(table, kek_public, key_pems, tmp_path) -> None:
+    """pyarrow's ``to_numpy`` imports pandas: some 40 MiB of every streamed run's memory, for nothing but a suite."""
+    blob = tmp_path / "part-0.parquet.sealed"
+    blob.write_bytes(sealed(to_parquet(table), kek_public))
+    out = subprocess.run([sys.executable, "-c", READ_IN_A_FRESH_PROCESS, str(key_pems[1]), str(blob)],
+                         capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(Path(securetrain.__file__).parents[1])})  # fmt: skip
+    assert out.stdout.split() == [str(table.num_rows), "False"]
 
 
 def test_a_safetensors_shard_keeps_the_image_shape(kek_public, kek_private) -> None:
