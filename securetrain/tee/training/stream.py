@@ -323,7 +323,7 @@ class ShardStream:
                             finally:
                                 self._release(part)
                         plans = window_batches(lanes, [dataset.train_rows[index] for index in group], seed, epoch, window)
-                        yield window, _steps(torch.from_numpy(features), torch.from_numpy(labels), plans)
+                        yield window, _steps(features, labels, plans)
                     finally:
                         # Dropped before the next window is allocated, so that the ledger's count is what is held.
                         del features, labels
@@ -341,7 +341,11 @@ class ShardStream:
                         window_count=count)  # fmt: skip
 
 
-def _steps(features: torch.Tensor, labels: torch.Tensor, plans: list[BatchPlan]) -> Iterator[Step]:
-    """The window's steps as ``plans`` cut them from its rows."""
+def _steps(features: np.ndarray, labels: np.ndarray, plans: list[BatchPlan]) -> Iterator[Step]:
+    """The window's steps as ``plans`` cut them from its rows. Gathered by NumPy, on this thread: PyTorch's gather
+    of a batch's rows would share it with its intra-op threads, which the training steps and the read-ahead
+    already keep busy."""
     for indices, batch_rows in plans:
-        yield Step(features[indices], labels[indices], len(indices), batch_rows)
+        rows = indices.numpy()
+        yield Step(torch.from_numpy(np.take(features, rows, axis=0)), torch.from_numpy(np.take(labels, rows)),
+                   len(indices), batch_rows)  # fmt: skip
