@@ -9,7 +9,7 @@ import torch
 from securetrain.tee.training.loop import held_out_count
 from securetrain.tee.training.lanes import Lanes, LanesRefused
 from securetrain.tee.training.stream import (
-    BufferLedger, DataBudgetExceeded, _generator, _Moments, shard_order, shard_split, window_batches,
+    BufferLedger, DataBudgetExceeded, _generator, _Moments, _steps, shard_order, shard_split, window_batches,
 )  # fmt: skip
 
 
@@ -96,6 +96,20 @@ def test_workers_reading_their_lanes_train_on_exactly_the_rows_of_one_process_ba
         for batch, (indices, _) in enumerate(worker_plans):
             together[batch] += [worker_rows[i] for i in indices.tolist()]
     assert [sorted(batch) for batch in together] == expected
+
+
+def test_a_windows_steps_are_the_rows_its_plans_name_in_their_order() -> None:
+    train_rows = [100, 30, 50, 10, 40]
+    plans = window_batches(Lanes.of(3, 10), train_rows, seed=1, epoch=1, window=0)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(sum(train_rows), 2, 3)).astype(np.float32)
+    labels = rng.integers(0, 5, sum(train_rows))
+    steps = list(_steps(features, labels, plans))
+    assert len(steps) == len(plans)
+    for step, (indices, batch_rows) in zip(steps, plans):
+        assert torch.equal(step.features, torch.from_numpy(features)[indices])
+        assert torch.equal(step.labels, torch.from_numpy(labels)[indices])
+        assert (step.rows, step.batch_rows) == (len(indices), batch_rows)
 
 
 def test_lanes_that_workers_cannot_split_or_a_batch_cannot_hold_are_refused_naming_the_settings() -> None:

@@ -120,25 +120,27 @@ def window_batches(lanes: Lanes, train_rows: Sequence[int], seed: int, epoch: in
     training rows, as this process trains them. The process's window rows are those of the shards it reads
     (:meth:`Lanes.reads`) one after the other in window order; each lane shuffles its rows with a generator of
     its own (lane 0's is the one a single lane uses, so one lane is the order of the window as a whole)."""
+    # The permutations are PyTorch's (their generators fix the order); the index arithmetic is NumPy's, on this
+    # thread: PyTorch would share each small operation with its intra-op threads, busy with training.
     lane_rows = [0] * lanes.count
-    positions: dict[int, list[torch.Tensor]] = {lane: [] for lane in lanes.owned}
+    positions: dict[int, list[np.ndarray]] = {lane: [] for lane in lanes.owned}
     offset = 0
     for position, rows in enumerate(train_rows):
         lane = lanes.lane_of(position)
         lane_rows[lane] += rows
         if lanes.reads(position):
-            positions[lane].append(torch.arange(offset, offset + rows))
+            positions[lane].append(np.arange(offset, offset + rows, dtype=np.int64))
             offset += rows
     shuffled = {}
     for lane, parts in positions.items():
-        rows_of_lane = torch.cat(parts) if parts else torch.empty(0, dtype=torch.int64)
+        rows_of_lane = np.concatenate(parts) if parts else np.empty(0, np.int64)
         generator = _generator(seed, epoch, window, "rows", *((lane,) if lane else ()))
-        shuffled[lane] = rows_of_lane[torch.randperm(len(rows_of_lane), generator=generator)]
+        shuffled[lane] = rows_of_lane[torch.randperm(len(rows_of_lane), generator=generator).numpy()]
     plans = []
     for batch in range(lanes.batches(lane_rows)):
         taken = [order[batch * lanes.sub_batch(lane) :][: lanes.taken(lane, lane_rows[lane], batch)]
                  for lane, order in shuffled.items()]  # fmt: skip
-        plans.append((torch.cat(taken), lanes.batch_rows(lane_rows, batch)))
+        plans.append((torch.from_numpy(np.concatenate(taken)), lanes.batch_rows(lane_rows, batch)))
     return plans
 
 
@@ -323,7 +325,7 @@ class ShardStream:
                             finally:
                                 self._release(part)
                         plans = window_batches(lanes, [dataset.train_rows[index] for index in group], seed, epoch, window)
-                        yield window, _steps(torch.from_numpy(features), torch.from_numpy(labels), plans)
+                        yield window, _steps(features, labels, plans)
                     finally:
                         # Dropped before the next window is allocated, so that the ledger's count is what is held.
                         del features, labels
@@ -341,7 +343,11 @@ class ShardStream:
                         window_count=count)  # fmt: skip
 
 
-def _steps(features: torch.Tensor, labels: torch.Tensor, plans: list[BatchPlan]) -> Iterator[Step]:
-    """The window's steps as ``plans`` cut them from its rows."""
+def _steps(features: np.ndarray, labels: np.ndarray, plans: list[BatchPlan]) -> Iterator[Step]:
+    """The window's steps as ``plans`` cut them from its rows. Gathered by NumPy, on this thread: PyTorch's gather
+    of a batch's rows would share it with its intra-op threads, which the training steps and the read-ahead
+    already keep busy."""
     for indices, batch_rows in plans:
-        yield Step(features[indices], labels[indices], len(indices), batch_rows)
+        rows = indices.numpy()
+        yield Step(torch.from_numpy(np.take(features, rows, axis=0)), torch.from_numpy(np.take(labels, rows)),
+                   len(indices), batch_rows)  # fmt: skip
