@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import threading
 import time
@@ -44,7 +43,7 @@ import pyarrow.parquet as pq
 from benchmarks.stack import private_pem, released_keys, running_stack
 from benchmarks.trainer import (
     BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED,
-    azurite_store, best_run, job_spec, peak_rss_mib, sides_in_order, stage_shards,
+    azurite_store, best_run, job_spec, peak_rss_mib, side_runs, stage_shards,
 )  # fmt: skip
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.localstack.services.azurite import AZURITE
@@ -207,12 +206,6 @@ def _combined(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                                                      "file_growth_mib")}}  # fmt: skip
 
 
-def child(role: str, argv: list[str], stdin: bytes = b"") -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "benchmarks.streaming", "--role", role, *argv], input=stdin,
-                         stdout=subprocess.PIPE, check=True)  # fmt: skip
-    return json.loads(out.stdout.decode().strip().splitlines()[-1])
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=1024, help="generated tabular data, at least this much")
@@ -247,12 +240,9 @@ def main() -> int:
         common = ["--size-mib", str(args.size_mib), "--budget-mib", str(args.budget_mib), "--shards",
                   str(args.shards), "--window", str(args.window), "--in-flight", str(args.in_flight),
                   "--epochs", str(args.epochs), "--stack-env", str(config.layout.env_file)]  # fmt: skip
-        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "secure": []}
-        for repeat in range(args.repeats):
-            spec = job_spec(f"bench-stream-{repeat}", args.epochs)  # a run of its own: nothing to resume
-            for side in sides_in_order(repeat):
-                argv, stdin = (common, b"") if side == "plain" else ([*common, "--spec", json.dumps(spec)], keys_pem)
-                runs[side].append(child(side, argv, stdin))
+        # Each secure run a run of its own: nothing to resume.
+        runs = side_runs("benchmarks.streaming", args.repeats, common,
+                         lambda repeat: job_spec(f"bench-stream-{repeat}", args.epochs), keys_pem)  # fmt: skip
     plain, secure = (_combined(runs[side]) for side in ("plain", "secure"))
     ratio = secure["seconds"] / plain["seconds"]
     # The CPU time of all of a side's threads: less moved than wall time by other work on the machine.

@@ -35,6 +35,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,19 +180,20 @@ def best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "peak_rss_mib": max(run["peak_rss_mib"] for run in runs)}
 
 
-def sides_in_order(repeat: int) -> tuple[str, str]:
-    """The sides of repeat ``repeat`` in the order they run: plain first, then secure first, and so on. Whichever
-    side ran second against a freshly staged Azurite measured 1-2 s slower, and a burst of load on a shared
-    machine should not fall on one side only."""
-    return ("plain", "secure") if repeat % 2 == 0 else ("secure", "plain")
-
-
-def child(role: str, argv: list[str], stdin: bytes = b"") -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.trainer", "--role", role, *argv],
-        input=stdin, stdout=subprocess.PIPE, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout.decode().strip().splitlines()[-1])
+def side_runs(module: str, repeats: int, common: list[str], spec: Callable[[int], dict[str, Any]],
+              keys_pem: bytes) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
+    """Each side's figures from ``repeats`` runs of ``python -m module --role SIDE`` with ``common`` arguments, the
+    secure side with the job ``spec(repeat)`` and the KEK's private key on stdin. The sides alternate which runs
+    first: whichever side ran second against a freshly staged Azurite measured 1-2 s slower, and a burst of load
+    on a shared machine should not fall on one side only."""
+    runs: dict[str, list[dict[str, Any]]] = {"plain": [], "secure": []}
+    for repeat in range(repeats):
+        for side in ("plain", "secure") if repeat % 2 == 0 else ("secure", "plain"):
+            argv, stdin = (common, b"") if side == "plain" else ([*common, "--spec", json.dumps(spec(repeat))], keys_pem)
+            out = subprocess.run([sys.executable, "-m", module, "--role", side, *argv], input=stdin,
+                                 stdout=subprocess.PIPE, check=True)  # fmt: skip
+            runs[side].append(json.loads(out.stdout.decode().strip().splitlines()[-1]))
+    return runs
 
 
 def main() -> int:
@@ -218,12 +220,9 @@ def main() -> int:
         sealed_bytes = stage_shards(config.layout.env_file, public, args.shards, rows)
         common = ["--size-mib", str(args.size_mib), "--shards", str(args.shards), "--epochs", str(args.epochs),
                   "--stack-env", str(config.layout.env_file)]
-        runs: dict[str, list[dict[str, Any]]] = {"plain": [], "secure": []}
-        for repeat in range(args.repeats):
-            spec = job_spec(f"bench-{repeat}", args.epochs)  # a run of its own: nothing to resume
-            for side in sides_in_order(repeat):
-                argv, stdin = (common, b"") if side == "plain" else ([*common, "--spec", json.dumps(spec)], keys_pem)
-                runs[side].append(child(side, argv, stdin))
+        # Each secure run a run of its own: nothing to resume.
+        runs = side_runs("benchmarks.trainer", args.repeats, common,
+                         lambda repeat: job_spec(f"bench-{repeat}", args.epochs), keys_pem)  # fmt: skip
         plain, secure = best_run(runs["plain"]), best_run(runs["secure"])
     ratio = secure["seconds"] / plain["seconds"]
     print(f"data: {args.shards} shards, {rows * args.shards} rows, {sealed_bytes / MIB:.0f} MiB sealed; "
