@@ -97,7 +97,7 @@ def test_a_parquet_shard_of_several_row_groups_decodes_batch_by_batch_to_the_sam
 def footer_rows_changed(table: pa.Table, rows: int) -> bytes:
     """``table`` in two row groups, its footer's row count (a zigzag varint after its field header) set to ``rows``."""
     def field(count: int) -> bytes:  # FileMetaData.num_rows: field 3, an i64, one after the schema (field 2)
-        value, out = count << 1, b"\x16"
+        value, out = (count << 1) ^ (count >> 63), b"\x16"
         while value >= 0x80:
             out, value = out + bytes([value & 0x7F | 0x80]), value >> 7
         return out + bytes([value])
@@ -109,7 +109,11 @@ def footer_rows_changed(table: pa.Table, rows: int) -> bytes:
 
 @pytest.mark.parametrize(
     ("rows", "message"),
-    [(570, "its row groups hold 569 rows, its footer says 570"), (568, "its row groups hold more rows than the 568")],
+    [
+        (570, "its row groups hold 569 rows, its footer says 570"),
+        (568, "its row groups hold more rows than the 568"),
+        (-100, "its footer says -100 rows"),
+    ],
 )
 def test_a_parquet_shard_whose_row_groups_do_not_add_up_to_its_footer_is_refused(
     table, kek_public, kek_private, rows, message

@@ -254,6 +254,8 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -
         raise DatasetContentError(f"{where} is authentic but not a Parquet file: {exc}") from None
     features = _tabular_columns(file.schema_arrow, columns, where)
     rows = file.metadata.num_rows
+    if rows < 0:  # the footer is the data owner's to write; it sizes the arrays below
+        raise DatasetContentError(f"{where}: its footer says {rows} rows")
     arrays = _empty_arrays(rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
     filled = 0
