@@ -38,10 +38,14 @@ def shard_rows(index: int) -> tuple[np.ndarray, np.ndarray]:
     return features, labels
 
 
+def as_table(features: np.ndarray, labels: np.ndarray) -> pa.Table:
+    return pa.table({**{f"f{j}": features[:, j] for j in range(FEATURES)}, "label": labels})
+
+
 def encoded(fmt: str, features: np.ndarray, labels: np.ndarray) -> bytes:
     if fmt == "safetensors":
         return safetensors.torch.save({"x": torch.from_numpy(features), "label": torch.from_numpy(labels)})
-    table = pa.table({**{f"f{j}": features[:, j] for j in range(FEATURES)}, "label": labels})
+    table = as_table(features, labels)
     if fmt == "parquet":
         return to_parquet(table)
     sink = io.BytesIO()

@@ -95,7 +95,8 @@ def test_a_parquet_shard_of_several_row_groups_decodes_batch_by_batch_to_the_sam
 
 
 def footer_rows_changed(table: pa.Table, rows: int) -> bytes:
-    """``table`` in two row groups, its footer's row count (a zigzag varint after its field header) set to ``rows``."""
+    """``table`` in two row groups, its footer's row count (a zigzag varint after its field header) set to ``rows``,
+    and the footer's length (the 4 bytes before the closing magic) to what the new varint makes it."""
     def field(count: int) -> bytes:  # FileMetaData.num_rows: field 3, an i64, one after the schema (field 2)
         value, out = (count << 1) ^ (count >> 63), b"\x16"
         while value >= 0x80:
@@ -103,8 +104,11 @@ def footer_rows_changed(table: pa.Table, rows: int) -> bytes:
         return out + bytes([value])
 
     plaintext = parquet(table, row_group_size=(table.num_rows + 1) // 2)
-    assert plaintext.count(field(table.num_rows)) == 1 and len(field(rows)) == len(field(table.num_rows))
-    return plaintext.replace(field(table.num_rows), field(rows))
+    footer_length = int.from_bytes(plaintext[-8:-4], "little")
+    footer = plaintext[-8 - footer_length : -8]
+    assert footer.count(field(table.num_rows)) == 1
+    footer = footer.replace(field(table.num_rows), field(rows))
+    return plaintext[: -8 - footer_length] + footer + len(footer).to_bytes(4, "little") + b"PAR1"
 
 
 @pytest.mark.parametrize(
@@ -121,6 +125,27 @@ def test_a_parquet_shard_whose_row_groups_do_not_add_up_to_its_footer_is_refused
     blob = sealed(footer_rows_changed(table, rows), kek_public)
     with pytest.raises(DatasetContentError, match=message):
         read_shard(io.BytesIO(blob), kek_private, shard(), Columns(label="label"), LIMITS)
+
+
+def test_a_parquet_footer_claiming_more_rows_than_the_bound_is_refused_before_its_arrays_exist(
+    table, kek_public, kek_private
+) -> None:
+    # Arrays of 2**40 rows (some 128 TiB) would fail to allocate with MemoryError, not name the shard.
+    blob = sealed(footer_rows_changed(table, 1 << 40), kek_public)
+    with pytest.raises(ShardTooLarge, match=r"decodes to 1099511627776 rows of 30 values, \d+ bytes, more than the "
+                       r"1073741824 bytes a parquet shard may take"):  # fmt: skip
+        read_shard(io.BytesIO(blob), kek_private, shard(), Columns(label="label"), LIMITS)
+
+
+def test_a_safetensors_shard_whose_values_widen_beyond_the_bound_is_refused(kek_public, kek_private) -> None:
+    # 64 KB of uint8 pixels and 8 KB of labels: within the bound as plaintext, four times larger as float32.
+    plaintext = safetensors.torch.save({"x": torch.zeros((1000, 64), dtype=torch.uint8),
+                                        "label": torch.zeros(1000, dtype=torch.int64)})  # fmt: skip
+    limits = DataLimits(max_buffered_shard_bytes=200_000)
+    assert len(plaintext) < limits.max_buffered_shard_bytes
+    with pytest.raises(ShardTooLarge, match=r"decodes to 1000 rows of 64 values, 264000 bytes"):
+        read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard("safetensors"), Columns(label="label"),
+                   limits)  # fmt: skip
 
 
 def test_missing_values_are_counted_over_every_row_group(kek_public, kek_private, monkeypatch) -> None:

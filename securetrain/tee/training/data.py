@@ -10,7 +10,9 @@ up to three times (plaintext buffer, decoded columns, tensors; a Parquet shard's
 time), and :data:`SHARDS_IN_FLIGHT` shards are read at
 once (the next one downloads and decrypts while the current one decodes: storage, AES-GCM and the Parquet
 decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB). A larger shard
-is refused before it is downloaded, naming the two ways out (smaller shards, or the ``arrow`` format).
+is refused before it is downloaded, and one whose arrays would be larger (as its Parquet footer or safetensors
+header states its rows) before they are allocated, naming the two ways out (smaller shards, or the ``arrow``
+format).
 """
 
 from __future__ import annotations
@@ -68,7 +70,8 @@ class DatasetContentError(ConfigurationError):
 
 
 class ShardTooLarge(DatasetContentError):
-    """A Parquet or safetensors shard is larger than the trainer may buffer in memory."""
+    """A Parquet or safetensors shard, as plaintext or as decoded arrays, is larger than the trainer may buffer in
+    memory."""
 
 
 class ShardChanged(SecurityViolation):
@@ -243,7 +246,20 @@ def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
     return buffer
 
 
-def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+def _refuse_decoded_beyond(limits: DataLimits, rows: int, values_per_row: int, shard: DatasetShard) -> None:
+    """Refuse, before they are allocated, a buffered shard's arrays (float32 values, int64 labels) larger than
+    :attr:`DataLimits.max_buffered_shard_bytes`: the row count is the data owner's to write (a Parquet footer, a
+    safetensors header), and a compressed Parquet column or a uint8 tensor decodes to more than its plaintext."""
+    size = rows * (4 * values_per_row + 8)
+    if size > limits.max_buffered_shard_bytes:
+        raise ShardTooLarge(
+            f"{describe_shard(shard)} decodes to {rows} rows of {values_per_row} values, {size} bytes, more than the "
+            f"{limits.max_buffered_shard_bytes} bytes a {shard.format} shard may take in the trainer's memory; split it "
+            "into smaller shards, or seal it as an Arrow IPC stream (format 'arrow')"
+        )
+
+
+def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns, limits: DataLimits) -> ShardArrays:
     """Decoded record batch by record batch into arrays of the row count in the file's footer, so that the shard
     never exists as a whole Arrow table beside its plaintext and its arrays."""
     where = describe_shard(shard)
@@ -256,6 +272,7 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns) -
     rows = file.metadata.num_rows
     if rows < 0:  # the footer is the data owner's to write; it sizes the arrays below
         raise DatasetContentError(f"{where}: its footer says {rows} rows")
+    _refuse_decoded_beyond(limits, rows, len(features), shard)
     arrays = _empty_arrays(rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
     filled = 0
@@ -297,7 +314,7 @@ def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Colum
     )
 
 
-def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Columns, limits: DataLimits) -> ShardArrays:
     where = describe_shard(shard)
     try:
         tensors = safetensors.torch.load(bytes(_buffered_plaintext(reader, shard)))
@@ -328,6 +345,7 @@ def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Column
     for name in names:
         width = tensors[name][0].numel() if rows else 0
         flat_columns += [name] if width == 1 else [f"{name}_{i}" for i in range(width)]
+    _refuse_decoded_beyond(limits, rows, len(flat_columns), shard)
     if len(names) == 1:
         # One feature tensor keeps its per-row shape (an image stays C x H x W for the CNN).
         features = tensors[names[0]].to(torch.float32).numpy()
@@ -336,8 +354,9 @@ def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Column
     return ShardArrays(features, labels.to(torch.int64).numpy(), tuple(names), tuple(flat_columns))
 
 
-_READERS = {"parquet": _read_parquet, "arrow": _read_arrow_stream, "safetensors": _read_safetensors}
-_BUFFERED = {"parquet", "safetensors"}
+#: The formats held whole while they are parsed, bounded by :attr:`DataLimits.max_buffered_shard_bytes` as plaintext
+#: and as decoded arrays; an Arrow IPC stream is read batch by batch, and only its training tensors must fit.
+_BUFFERED_READERS = {"parquet": _read_parquet, "safetensors": _read_safetensors}
 
 
 def read_shard(
@@ -357,15 +376,17 @@ def read_shard(
                 f"{describe_shard(shard)} is not the sealed file this run read before (its header differs): storage "
                 "served another file under its name"
             )
+        if shard.format == "arrow":
+            return _read_arrow_stream(reader, shard, columns)
         length = reader.header.content.plaintext_length
-        if shard.format in _BUFFERED and length > limits.max_buffered_shard_bytes:
+        if length > limits.max_buffered_shard_bytes:
             raise ShardTooLarge(
                 f"{describe_shard(shard)} holds {length} bytes of {shard.format}, more than the "
                 f"{limits.max_buffered_shard_bytes} bytes a {shard.format} shard may hold in the trainer's memory; "
                 "split it into smaller shards, or seal it as an Arrow IPC stream (format 'arrow'), which is read "
                 "batch by batch"
             )
-        return _READERS[shard.format](reader, shard, columns)
+        return _BUFFERED_READERS[shard.format](reader, shard, columns, limits)
     except SealedFileError as exc:
         # Keep the exception's class (the job error code and exit code depend on it) and its segment
         # attributes; only say which shard it was.
