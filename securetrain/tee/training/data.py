@@ -74,6 +74,10 @@ class ShardTooLarge(DatasetContentError):
     memory."""
 
 
+class DatasetTooLarge(DatasetContentError):
+    """A dataset read into memory decodes to more than the in-memory cache its plaintext fit in."""
+
+
 class ShardChanged(SecurityViolation):
     """A shard read again in the same run is another sealed file than the one read first."""
 
@@ -468,9 +472,19 @@ def load_dataset(
     """Read, authenticate and decode every shard of ``spec``, each the file whose header was ``opened``
     (:func:`open_shard_headers`); returns only when all of them opened."""
     parts: list[ShardArrays] = []
+    decoded = 0
     for shard, part in _read_in_order(spec, opened, store, limits):
         if parts:
             check_same_layout(parts[0], part, shard)
+        # The path was chosen by plaintext size; what the shards decode to is the data owners' to make larger (a
+        # well-compressed column), so the cache bounds it too.
+        decoded += part.features.nbytes + part.labels.nbytes
+        if decoded > limits.cache_bytes:
+            raise DatasetTooLarge(
+                f"the dataset decodes to more than the TEE's {limits.cache_bytes}-byte in-memory cache by "
+                f"{describe_shard(shard)} ({decoded} bytes so far), though its plaintext fits: seal it uncompressed, "
+                "or run it in a TEE whose SECURETRAIN_DATA_CACHE_BYTES is below its plaintext size, which streams it"
+            )
         log.info("opened %s: %d rows", describe_shard(shard), part.labels.shape[0])
         parts.append(part)
     features = torch.from_numpy(np.concatenate([p.features for p in parts]) if len(parts) > 1 else parts[0].features)
