@@ -113,7 +113,7 @@ def shard_order(shards: int, seed: int, epoch: int) -> list[int]:
 
 #: One batch as a process trains it: its rows (indices into the process's window rows) and the rows of the whole
 #: batch, every lane's (more than the process's own when it reads only some lanes).
-BatchPlan = tuple[torch.Tensor, int]
+BatchPlan = tuple[np.ndarray, int]
 
 
 def window_batches(lanes: Lanes, train_rows: Sequence[int], seed: int, epoch: int, window: int) -> list[BatchPlan]:
@@ -141,7 +141,7 @@ def window_batches(lanes: Lanes, train_rows: Sequence[int], seed: int, epoch: in
     for batch in range(lanes.batches(lane_rows)):
         taken = [order[batch * lanes.sub_batch(lane) :][: lanes.taken(lane, lane_rows[lane], batch)]
                  for lane, order in shuffled.items()]  # fmt: skip
-        plans.append((torch.from_numpy(np.concatenate(taken)), lanes.batch_rows(lane_rows, batch)))
+        plans.append((np.concatenate(taken), lanes.batch_rows(lane_rows, batch)))
     return plans
 
 
@@ -352,7 +352,6 @@ def _steps(features: np.ndarray, labels: np.ndarray, plans: list[BatchPlan]) -> 
     """The window's steps as ``plans`` cut them from its rows. Gathered by NumPy, on this thread: PyTorch's gather
     of a batch's rows would share it with its intra-op threads, which the training steps and the read-ahead
     already keep busy."""
-    for indices, batch_rows in plans:
-        rows = indices.numpy()
+    for rows, batch_rows in plans:
         yield Step(torch.from_numpy(np.take(features, rows, axis=0)), torch.from_numpy(np.take(labels, rows)),
-                   len(indices), batch_rows)  # fmt: skip
+                   len(rows), batch_rows)  # fmt: skip
