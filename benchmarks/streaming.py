@@ -34,7 +34,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +47,9 @@ from benchmarks.trainer import (
 )  # fmt: skip
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.localstack.services.azurite import AZURITE
+
+if TYPE_CHECKING:
+    from securetrain.tee.training.data import DataLimits
 
 
 def current_rss_mib() -> float:
@@ -165,20 +168,27 @@ def run_plain(stack_env: Path, shards: int, epochs: int, window: int, in_flight:
             "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline, **peaks.growth()}  # fmt: skip
 
 
+def streaming_limits(window: int, in_flight: int, budget: int) -> DataLimits:
+    """The secure side's data path: streamed (the in-memory cache below the dataset), no mid-epoch checkpoints."""
+    from securetrain.tee.training.data import DataLimits  # noqa: PLC0415 - the plain side must not load it
+
+    return DataLimits(cache_bytes=budget, stream_budget_bytes=budget, shards_in_flight=in_flight, window_shards=window,
+                      checkpoint_windows=0)  # fmt: skip
+
+
 def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: int, in_flight: int,
                budget: int) -> dict[str, Any]:  # fmt: skip
     """``run_training`` streaming the sealed shards; the KEK's private key arrives on stdin."""
     from securetrain.core.contracts.job_spec import JobSpec  # noqa: PLC0415
     from securetrain.core.contracts.training import DatasetShard, JobKeys, NullProgress, TrainingSpec  # noqa: PLC0415
-    from securetrain.tee.training import DataLimits, run_training  # noqa: PLC0415
+    from securetrain.tee.training import run_training  # noqa: PLC0415
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
     spec = TrainingSpec.for_job(JobSpec.from_json(spec_json), [
         DatasetShard(container="datasets", blob=f"bench/part-{i}.sealed", format="parquet", context=CONTEXT)
         for i in range(shards)
     ])  # fmt: skip
-    limits = DataLimits(cache_bytes=budget, stream_budget_bytes=budget, shards_in_flight=in_flight,
-                        window_shards=window, checkpoint_windows=0)  # fmt: skip
+    limits = streaming_limits(window, in_flight, budget)
     baseline = loaded_code_rss_mib()
     peaks = RssSplitPeaks()
     peaks.start()
@@ -232,6 +242,12 @@ def main() -> int:
     if args.size_mib < 4 * args.budget_mib:
         parser.error("--size-mib must be at least 4x --budget-mib: the dataset must not fit the data path")
     rows = math.ceil(args.size_mib * MIB / ROW_BYTES / args.shards)
+    from securetrain.tee.training.stream import DataBudgetExceeded, refuse_beyond_budget  # noqa: PLC0415
+
+    try:  # before anything is staged or run, as the secure side would refuse it (a shard's plaintext ~ its rows)
+        refuse_beyond_budget(streaming_limits(args.window, args.in_flight, budget), rows * ROW_BYTES, args.window)
+    except DataBudgetExceeded as exc:
+        parser.error(f"{exc} (here: a larger --budget-mib, a smaller --window or --in-flight, or more --shards)")
 
     keys = released_keys()
     keys_pem, public = private_pem(keys.kek_private), keys.kek_public

@@ -145,6 +145,18 @@ def window_batches(lanes: Lanes, train_rows: Sequence[int], seed: int, epoch: in
     return plans
 
 
+def refuse_beyond_budget(limits: DataLimits, largest: int, window: int) -> None:
+    """Refuse, before any plaintext is read, a streaming budget below what windows of ``window`` shards, the shards
+    in flight and one more, each of up to ``largest`` plaintext bytes, and the held-out sample need."""
+    held_out = limits.stream_budget_bytes // HELD_OUT_SHARE
+    if (window + limits.shards_in_flight + 1) * largest + held_out > limits.stream_budget_bytes:
+        raise DataBudgetExceeded(
+            f"streaming needs about ({window} window + {limits.shards_in_flight} in flight + 1) x {largest} bytes "
+            f"(the largest shard) + {held_out} (held-out sample), more than the {limits.stream_budget_bytes}-byte "
+            f"budget; {_WAYS_OUT}"
+        )
+
+
 def _decoded_bytes(part: ShardArrays) -> int:
     return int(part.features.nbytes + part.labels.nbytes)
 
@@ -207,18 +219,10 @@ class ShardStream:
         )
         self._spec, self._store, self._limits, self._headers = spec, store, limits, headers
         self._lanes = lanes
-        sizes = self._sizes = tuple(opened.header.content.plaintext_length for opened in headers)
+        self._sizes = tuple(opened.header.content.plaintext_length for opened in headers)
         self.ledger = BufferLedger(limits.stream_budget_bytes)
-        largest = max(sizes)
         # A window holds only the shards of this process's lanes.
-        window = lanes.window_share(limits.window_shards)
-        estimate = (window + limits.shards_in_flight + 1) * largest
-        if estimate + self.held_out_budget > limits.stream_budget_bytes:
-            raise DataBudgetExceeded(
-                f"streaming needs about ({window} window + {limits.shards_in_flight} in flight + 1) x "
-                f"{largest} bytes (the largest shard) + {self.held_out_budget} (held-out sample), more than the "
-                f"{limits.stream_budget_bytes}-byte budget; {_WAYS_OUT}"
-            )
+        refuse_beyond_budget(limits, max(self._sizes), lanes.window_share(limits.window_shards))
 
     @property
     def held_out_budget(self) -> int:
