@@ -119,13 +119,13 @@ def train_in_process(
     if not limits.streams(sum(sizes)):
         log.info("run %s: the dataset's %d plaintext bytes in %d shards fit the %d-byte in-memory cache: reading it "
                  "into memory", spec.run_id, sum(sizes), len(sizes), limits.cache_bytes)  # fmt: skip
-        prepared = _in_memory(spec, keys, store, limits, headers, device, cancel, group)
+        prepared = _in_memory(spec, keys, store, limits, headers, device, cancel, _place(group))
     else:
         log.info("run %s: the dataset's %d plaintext bytes in %d shards exceed the %d-byte in-memory cache: streaming "
                  "it (budget %d bytes, %d shards in flight, windows of %d shards in %d lanes)", spec.run_id, sum(sizes),
                  len(sizes), limits.cache_bytes, limits.stream_budget_bytes, limits.shards_in_flight,
                  limits.window_shards, limits.lanes)  # fmt: skip
-        prepared = _streamed(spec, store, limits, headers, device, cancel, group, surveyed)
+        prepared = _streamed(spec, store, limits, headers, device, cancel, _place(group), surveyed)
     progress.validation_done(prepared.aggregates)
 
     def build() -> Trainee:
@@ -237,9 +237,9 @@ class _Prepared:
 
 def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: DataLimits,
                headers: tuple[OpenedHeader, ...], device: torch.device, cancel: threading.Event,
-               group: DataParallelGroup | None) -> _Prepared:  # fmt: skip
+               place: tuple[int, int]) -> _Prepared:  # fmt: skip
     """The whole dataset decrypted into memory: a seeded 20% of its rows held out, DP-SGD possible (in one
-    process); in a group, each worker trains on its part of each batch."""
+    process); worker ``place`` = (rank, workers) of a group trains on its part of each batch."""
     data = load_dataset(spec, headers, store, limits)
     if cancel.is_set():
         raise TrainingCancelled("cancelled after the data was opened, before training")
@@ -266,16 +266,16 @@ def _in_memory(spec: TrainingSpec, keys: JobKeys, store: BlobStore, limits: Data
     def training(trainee: Trainee, start: Progress) -> Training:
         if dp is not None:
             return dp.training(trainee, data, rows[0], hyper.batch_size, device, start.accountant)
-        return plain_training(trainee, data, rows[0], hyper, device, *_place(group))
+        return plain_training(trainee, data, rows[0], hyper, device, *place)
 
     return _Prepared(shape, stats, data.feature_names, (data, rows[1]), aggregates, trainee, dp, training)
 
 
 def _streamed(spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers: tuple[OpenedHeader, ...],
-              device: torch.device, cancel: threading.Event, group: DataParallelGroup | None,
+              device: torch.device, cancel: threading.Event, place: tuple[int, int],
               surveyed: Survey | None) -> _Prepared:  # fmt: skip
-    """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path"); in a group, each worker
-    reads only its lanes' shards, and the survey is the launcher's (``surveyed``)."""
+    """The dataset streamed shard by shard every epoch (docs/trainer.md, "The data path"); worker ``place`` = (rank,
+    workers) of a group reads only its lanes' shards, and the survey is the launcher's (``surveyed``)."""
     sizes = [opened.header.content.plaintext_length for opened in headers]
     if spec.privacy is not None:
         # Opacus' DP-SGD samples each batch from the whole dataset (Poisson sampling, every row with the same
@@ -286,7 +286,7 @@ def _streamed(spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers:
             "dataset within the cache, or a TEE configured with a larger SECURETRAIN_DATA_CACHE_BYTES"
         )
     hyper = spec.hyperparameters
-    lanes = Lanes.of(limits.lanes, hyper.batch_size, *_place(group))
+    lanes = Lanes.of(limits.lanes, hyper.batch_size, *place)
     stream = ShardStream(spec, store, limits, headers, lanes)
     if surveyed is None:
         surveyed = survey(spec, stream, cancel)
