@@ -482,8 +482,9 @@ def load_dataset(
         if decoded > limits.cache_bytes:
             raise DatasetTooLarge(
                 f"the dataset decodes to more than the TEE's {limits.cache_bytes}-byte in-memory cache by "
-                f"{describe_shard(shard)} ({decoded} bytes so far), though its plaintext fits: seal it uncompressed, "
-                "or run it in a TEE whose SECURETRAIN_DATA_CACHE_BYTES is below its plaintext size, which streams it"
+                f"{describe_shard(shard)} ({decoded} bytes so far), though its plaintext fits: give the TEE a "
+                "SECURETRAIN_DATA_CACHE_BYTES above what the dataset decodes to, or below its plaintext size, which "
+                "streams it (a Parquet column of repeated values decodes to many times its plaintext, compressed or not)"
             )
         log.info("opened %s: %d rows", describe_shard(shard), part.labels.shape[0])
         parts.append(part)
