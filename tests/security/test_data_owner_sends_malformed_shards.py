@@ -4,16 +4,20 @@ What a data owner seals is authentic whatever it holds, so authentication cannot
 TEE's memory (which other jobs share) or to make it write past its arrays. A Parquet footer states the rows its
 arrays are sized to: it can claim far more rows than memory holds, or fewer than its row groups hold. A column of
 one repeated value decodes to thousands of times its plaintext, which is all the path chosen before any shard is
-read (in memory, or streamed) knows of it. Played through run_training on the local stack's Azurite, in memory
+read (in memory, or streamed) knows of it; a compressed Arrow record batch states the length Arrow decompresses it
+into, and a few kilobytes of ZSTD can state gigabytes. Played through run_training on the local stack's Azurite, in memory
 and streamed, with the dataset of tests/streamed_shards.py, one of its shards replaced by the hostile one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
 import threading
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 
 from securetrain.core.datasets import to_parquet
@@ -32,48 +36,73 @@ store, keys = test_training_run.store, test_training_run.keys
 IN_MEMORY = DataLimits(cache_bytes=4 << 20)
 #: Streamed: the budget of tests/streamed_shards.py, doubled for the larger hostile shards.
 STREAMED = dataclasses.replace(LIMITS, stream_budget_bytes=2 * LIMITS.stream_budget_bytes)
-#: 500,000 rows of zeros: 16.7 KB of Parquet, 20 MB of arrays.
-BOMB_ROWS = 500_000
+#: 500,000 rows of zeros: 16.7 KB of Parquet, 20 MB of arrays; 104,000 rows: 4.16 MB, within the in-memory cache.
+BOMB_ROWS, CACHE_SIZED_ROWS = 500_000, 104_000
 
 
 def lying_footer(claimed: int) -> bytes:
     return footer_rows_changed(as_table(*shard_rows(5)), claimed)
 
 
-def one_value_repeated() -> bytes:
-    return to_parquet(as_table(np.zeros((BOMB_ROWS, FEATURES), np.float32), np.zeros(BOMB_ROWS, np.int64)))
+def zeros(rows: int) -> pa.Table:
+    return as_table(np.zeros((rows, FEATURES), np.float32), np.zeros(rows, np.int64))
+
+
+def one_value_repeated(rows: int = BOMB_ROWS) -> bytes:
+    return to_parquet(zeros(rows))
+
+
+def compressed_arrow_batch() -> bytes:
+    """One record batch of zeros in ZSTD: a few kilobytes that Arrow would decompress into 22 MB before any check."""
+    sink = io.BytesIO()
+    options = pyarrow.ipc.IpcWriteOptions(compression="zstd")
+    with pyarrow.ipc.new_stream(sink, zeros(0).schema, options=options) as writer:
+        writer.write_table(zeros(BOMB_ROWS), max_chunksize=BOMB_ROWS)
+    return sink.getvalue()
+
+
+def bomb_beyond(bound: int) -> str:
+    return rf"shard datasets/{{victim}} decodes to {BOMB_ROWS} rows of 8 values, \d+ bytes, more than the {bound} bytes"
 
 
 @pytest.mark.parametrize(
-    ("limits", "hostile", "refusal", "message"),
+    ("fmt", "limits", "hostile", "refusal", "message"),
     [
-        pytest.param(limits, lambda: lying_footer(1 << 40), ShardTooLarge,
+        pytest.param("parquet", limits, lambda: lying_footer(1 << 40), ShardTooLarge,
                      r"shard datasets/{victim} decodes to 1099511627776 rows of 8 values",
                      id=f"footer-claims-more-rows-than-memory-{path}")  # fmt: skip
         for path, limits in (("in-memory", IN_MEMORY), ("streamed", STREAMED))
     ]
     + [
-        pytest.param(limits, lambda: lying_footer(199), DatasetContentError,
+        pytest.param("parquet", limits, lambda: lying_footer(199), DatasetContentError,
                      r"shard datasets/{victim}: its row groups hold more rows than the 199 its footer says",
                      id=f"footer-claims-fewer-rows-than-it-holds-{path}")  # fmt: skip
         for path, limits in (("in-memory", IN_MEMORY), ("streamed", STREAMED))
     ]
     + [
-        pytest.param(IN_MEMORY, one_value_repeated, DatasetTooLarge,
+        pytest.param("parquet", IN_MEMORY, lambda: one_value_repeated(CACHE_SIZED_ROWS), DatasetTooLarge,
                      r"the dataset decodes to more than the TEE's 4194304-byte in-memory cache by shard "
-                     r"datasets/{victim}", id="decodes-beyond-the-cache-in-memory"),  # fmt: skip
-        pytest.param(STREAMED, one_value_repeated, ShardTooLarge,
-                     rf"shard datasets/{{victim}} decodes to {BOMB_ROWS} rows of 8 values, \d+ bytes, more than the "
-                     rf"{STREAMED.stream_budget_bytes} bytes", id="decodes-beyond-the-budget-streamed"),  # fmt: skip
+                     r"datasets/{victim}", id="the-shards-decode-beyond-the-cache-in-memory"),  # fmt: skip
+        pytest.param("parquet", IN_MEMORY, one_value_repeated, ShardTooLarge, bomb_beyond(IN_MEMORY.cache_bytes),
+                     id="one-shard-decodes-beyond-the-cache-in-memory"),  # fmt: skip
+        pytest.param("parquet", STREAMED, one_value_repeated, ShardTooLarge, bomb_beyond(STREAMED.stream_budget_bytes),
+                     id="decodes-beyond-the-budget-streamed"),  # fmt: skip
+    ]
+    + [
+        pytest.param("arrow", limits, compressed_arrow_batch, ShardTooLarge,
+                     rf"shard datasets/{{victim}}: a record batch takes \d+ bytes decompressed, more than the {bound} bytes",
+                     id=f"compressed-arrow-batch-beyond-memory-{path}")  # fmt: skip
+        for path, limits, bound in (("in-memory", IN_MEMORY, IN_MEMORY.cache_bytes),
+                                    ("streamed", STREAMED, STREAMED.stream_budget_bytes))  # fmt: skip
     ],
 )
 def test_a_hostile_shard_fails_the_run_naming_it_before_it_takes_the_memory(
-    store, keys, limits, hostile, refusal, message
+    store, keys, fmt, limits, hostile, refusal, message
 ) -> None:
-    blobs = sealed_shards(store, keys, "parquet")
+    blobs = sealed_shards(store, keys, fmt)
     victim = blobs[5]
     upload_sealed(store, keys, victim, hostile())
-    spec = spec_for(blobs)
+    spec = spec_for(blobs, fmt)
     progress = RecordingProgress()
     with pytest.raises(refusal, match="^" + message.format(victim=victim)):
         run_training(spec, keys, store, progress, threading.Event(), limits=limits)

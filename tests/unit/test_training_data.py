@@ -66,10 +66,11 @@ def test_a_parquet_shard_opens_into_float_features_and_integer_labels(table, kek
 def test_an_arrow_stream_shard_gives_the_same_arrays_as_parquet(table, kek_public, kek_private) -> None:
     columns = Columns(label="label", features=("mean_radius", "worst_area"))
     parquet = read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), columns, LIMITS)
-    stream = sealed(arrow_stream(table, rows_per_batch=50), kek_public)
-    # The buffered-shard bound does not apply: an Arrow stream is consumed batch by batch.
-    tiny = DataLimits(max_buffered_shard_bytes=1)
-    arrow = read_shard(io.BytesIO(stream), kek_private, shard("arrow"), columns, tiny)
+    plaintext = arrow_stream(table, rows_per_batch=50)
+    # The buffered-shard bound holds for its batches and its arrays, not for its plaintext: it is read batch by batch.
+    limits = DataLimits(max_buffered_shard_bytes=16 << 10)
+    assert len(plaintext) > 5 * limits.max_buffered_shard_bytes
+    arrow = read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard("arrow"), columns, limits)
     np.testing.assert_array_equal(arrow.features, parquet.features)
     np.testing.assert_array_equal(arrow.labels, parquet.labels)
 
@@ -133,7 +134,7 @@ def test_a_parquet_footer_claiming_more_rows_than_the_bound_is_refused_before_it
     # Arrays of 2**40 rows (some 128 TiB) would fail to allocate with MemoryError, not name the shard.
     blob = sealed(footer_rows_changed(table, 1 << 40), kek_public)
     with pytest.raises(ShardTooLarge, match=r"decodes to 1099511627776 rows of 30 values, \d+ bytes, more than the "
-                       r"1073741824 bytes a parquet shard may take"):  # fmt: skip
+                       r"1073741824 bytes one parquet shard may take"):  # fmt: skip
         read_shard(io.BytesIO(blob), kek_private, shard(), Columns(label="label"), LIMITS)
 
 
@@ -249,6 +250,58 @@ def test_a_tampered_arrow_stream_fails_with_the_seal_error_not_an_arrow_error(ta
     blob[-3000] ^= 1
     with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.arrow.sealed: segment \d+ failed"):
         read_shard(io.BytesIO(bytes(blob)), kek_private, shard("arrow"), Columns(label="label"), LIMITS)
+
+
+def arrow_batches(batches: list[pa.RecordBatch], **options) -> bytes:
+    sink = io.BytesIO()
+    with pyarrow.ipc.new_stream(sink, batches[0].schema, options=pyarrow.ipc.IpcWriteOptions(**options)) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    return sink.getvalue()
+
+
+def zeros_batch(rows: int, **columns: pa.Array) -> pa.RecordBatch:
+    return pa.record_batch({"x": np.zeros(rows), **columns, "label": np.zeros(rows, np.int64)})
+
+
+def read_arrow(plaintext: bytes, kek_public, kek_private, limits: DataLimits):
+    return read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard("arrow"),
+                      Columns(label="label", features=("x",)), limits)  # fmt: skip
+
+
+def test_an_arrow_batch_that_decompresses_beyond_the_bound_is_refused_before_arrow_decompresses_it(
+    kek_public, kek_private
+) -> None:
+    """Ten million rows of zeros: 160 MB of buffers in a few kilobytes of ZSTD."""
+    plaintext = arrow_batches([zeros_batch(10_000_000)], compression="zstd")
+    assert len(plaintext) < 20_000
+    with pytest.raises(ShardTooLarge, match=r"^shard datasets/bc/part-0.arrow.sealed: a record batch takes 160\d{6} "
+                       r"bytes decompressed, more than the 67108864 bytes"):  # fmt: skip
+        read_arrow(plaintext, kek_public, kek_private, DataLimits(max_buffered_shard_bytes=64 << 20))
+
+
+def test_an_arrow_shards_arrays_beyond_the_bound_are_refused_before_they_are_allocated(kek_public, kek_private) -> None:
+    """Each batch fits; the rows they add up to would not (12 bytes each: x as float32, the label as int64)."""
+    plaintext = arrow_batches([zeros_batch(1000)] * 100)
+    with pytest.raises(ShardTooLarge, match=r"part-0.arrow.sealed decodes to 22000 rows of 1 values, 264000 bytes, "
+                       r"more than the 262144 bytes one arrow shard may take in the trainer's memory; split it into "
+                       r"smaller shards$"):  # fmt: skip
+        read_arrow(plaintext, kek_public, kek_private, DataLimits(max_buffered_shard_bytes=256 << 10))
+
+
+def test_an_arrow_shards_dictionaries_are_bounded_though_no_column_of_the_job_uses_them(kek_public, kek_private) -> None:
+    """A dictionary-encoded column is held for the whole stream, whichever columns the job trains on."""
+    notes = pa.array([f"{i:01024d}" for i in range(1000)]).dictionary_encode()
+    with pytest.raises(ShardTooLarge, match=r"part-0.arrow.sealed: its dictionaries take 10\d{5} bytes decompressed"):
+        read_arrow(arrow_batches([zeros_batch(1000, note=notes)]), kek_public, kek_private,
+                   DataLimits(max_buffered_shard_bytes=256 << 10))  # fmt: skip
+
+
+def test_an_arrow_stream_malformed_before_arrow_reads_it_is_named(kek_public, kek_private) -> None:
+    plaintext = arrow_batches([zeros_batch(10)], use_legacy_format=True)
+    with pytest.raises(DatasetContentError, match="is authentic but not a valid Arrow IPC stream: a message lacks the "
+                       "continuation marker"):  # fmt: skip
+        read_arrow(plaintext, kek_public, kek_private, LIMITS)
 
 
 def test_each_shard_opens_with_its_owners_released_kek_and_no_other(table, kek_public, kek_private) -> None:

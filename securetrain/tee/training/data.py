@@ -12,18 +12,18 @@ once (the next one downloads and decrypts while the current one decodes: storage
 decoder all release the GIL), so the default is an eighth of physical memory (at most 4 GiB). A larger shard
 is refused before it is downloaded, and one whose arrays would be larger (as its Parquet footer or safetensors
 header states its rows) before they are allocated, naming the two ways out (smaller shards, or the ``arrow``
-format).
+format). An ``arrow`` shard's plaintext is not bounded; its arrays are, and each of its record batches, before
+Arrow reads it (:class:`_ArrowStreamBounds`).
 """
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
@@ -40,6 +40,7 @@ from securetrain.core.sealed import KekPrivateKey, OpenedHeader, SealedReader
 from securetrain.core.sealed.errors import MalformedHeader, SealedFileError
 from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
+from securetrain.tee.training.arrow_messages import ArrowMessages, ArrowStreamError, BatchMetadata
 
 if TYPE_CHECKING:
     import pandas
@@ -117,6 +118,11 @@ class DataLimits:
     def streams(self, plaintext_bytes: int) -> bool:
         """Whether a dataset of ``plaintext_bytes`` is streamed (above the in-memory cache)."""
         return plaintext_bytes > self.cache_bytes
+
+    def within(self, memory_bytes: int) -> DataLimits:
+        """These limits for a path that holds at most ``memory_bytes`` (the in-memory cache, the streaming budget): a
+        shard decoding to more could never be held, so it is refused before its arrays exist."""
+        return replace(self, max_buffered_shard_bytes=min(self.max_buffered_shard_bytes, memory_bytes))
 
 
 @dataclass(frozen=True)
@@ -250,16 +256,23 @@ def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
     return buffer
 
 
+def _ways_out(shard: DatasetShard) -> str:
+    if shard.format == "arrow":
+        return "split it into smaller shards"
+    return "split it into smaller shards, or seal it as an Arrow IPC stream (format 'arrow'), which is read batch by batch"
+
+
 def _refuse_decoded_beyond(limits: DataLimits, rows: int, values_per_row: int, shard: DatasetShard) -> None:
-    """Refuse, before they are allocated, a buffered shard's arrays (float32 values, int64 labels) larger than
+    """Refuse, before they are allocated, a shard's arrays (float32 values, int64 labels) larger than
     :attr:`DataLimits.max_buffered_shard_bytes`: the row count is the data owner's to write (a Parquet footer, a
-    safetensors header), and a compressed Parquet column or a uint8 tensor decodes to more than its plaintext."""
+    safetensors header, an Arrow record batch), and a compressed column or a uint8 tensor decodes to more than its
+    plaintext."""
     size = rows * (4 * values_per_row + 8)
     if size > limits.max_buffered_shard_bytes:
         raise ShardTooLarge(
             f"{describe_shard(shard)} decodes to {rows} rows of {values_per_row} values, {size} bytes, more than the "
-            f"{limits.max_buffered_shard_bytes} bytes a {shard.format} shard may take in the trainer's memory; split it "
-            "into smaller shards, or seal it as an Arrow IPC stream (format 'arrow')"
+            f"{limits.max_buffered_shard_bytes} bytes one {shard.format} shard may take in the trainer's memory; "
+            f"{_ways_out(shard)}"
         )
 
 
@@ -298,18 +311,45 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns, l
     return arrays
 
 
-def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Columns) -> ShardArrays:
+class _ArrowStreamBounds:
+    """What an Arrow IPC shard may make the trainer allocate, checked for each batch before Arrow reads it: a record
+    batch is held whole while it is copied, so its body and decompressed buffers, the dictionaries (held for the
+    whole stream), and the shard's arrays so far are each bounded as a buffered shard is."""
+
+    def __init__(self, shard: DatasetShard, limits: DataLimits) -> None:
+        self._shard, self._limits = shard, limits
+        self.values_per_row = 0  # the feature columns, once the schema is read
+        self._rows = self._dictionaries = 0
+
+    def check(self, batch: BatchMetadata) -> None:
+        held = batch.body_bytes + batch.decompressed_bytes
+        if batch.dictionary:
+            self._dictionaries += held
+        if max(held, self._dictionaries) > self._limits.max_buffered_shard_bytes:
+            what = "its dictionaries take" if batch.dictionary else "a record batch takes"
+            raise ShardTooLarge(
+                f"{describe_shard(self._shard)}: {what} {max(held, self._dictionaries)} bytes decompressed, more than "
+                f"the {self._limits.max_buffered_shard_bytes} bytes an arrow shard's batch may take in the trainer's "
+                "memory; write it in smaller record batches, or split it into smaller shards"
+            )
+        if not batch.dictionary:
+            self._rows += batch.rows
+            _refuse_decoded_beyond(self._limits, self._rows, self.values_per_row, self._shard)
+
+
+def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Columns, limits: DataLimits) -> ShardArrays:
+    """Record batch by record batch as the plaintext is decrypted, each batch checked (:class:`_ArrowStreamBounds`)
+    before Arrow reads it."""
     where = describe_shard(shard)
-    # pyarrow takes a short read for the end of the file; the buffered reader reads until it has all
-    # the bytes asked for (the sealed reader returns at most the rest of one segment per read).
-    stream = io.BufferedReader(reader, buffer_size=reader.header.content.segment_size)
+    bounds = _ArrowStreamBounds(shard, limits)
     try:
-        batches = pyarrow.ipc.open_stream(stream)
+        batches = pyarrow.ipc.open_stream(ArrowMessages(reader, reader.header.content.plaintext_length, bounds.check))
         features = _tabular_columns(batches.schema, columns, where)
+        bounds.values_per_row = len(features)
         parts = [_tabular_arrays(batch, features, columns.label, where) for batch in batches]
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, ArrowStreamError) as exc:
         raise DatasetContentError(f"{where} is authentic but not a valid Arrow IPC stream: {exc}") from None
-    if stream.read(1):  # the Arrow end-of-stream marker came before the sealed plaintext's end
+    if reader.read(1):  # the Arrow end-of-stream marker came before the sealed plaintext's end
         raise DatasetContentError(f"{where}: bytes follow the Arrow stream's end-of-stream marker")
     if not parts:
         return ShardArrays(np.empty((0, len(features)), np.float32), np.empty(0, np.int64), features, features)
@@ -359,7 +399,7 @@ def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Column
 
 
 #: The formats held whole while they are parsed, bounded by :attr:`DataLimits.max_buffered_shard_bytes` as plaintext
-#: and as decoded arrays; an Arrow IPC stream is read batch by batch, and only its training tensors must fit.
+#: and as decoded arrays; an Arrow IPC stream is read batch by batch, and only its batches and arrays are bounded.
 _BUFFERED_READERS = {"parquet": _read_parquet, "safetensors": _read_safetensors}
 
 
@@ -381,14 +421,13 @@ def read_shard(
                 "served another file under its name"
             )
         if shard.format == "arrow":
-            return _read_arrow_stream(reader, shard, columns)
+            return _read_arrow_stream(reader, shard, columns, limits)
         length = reader.header.content.plaintext_length
         if length > limits.max_buffered_shard_bytes:
             raise ShardTooLarge(
                 f"{describe_shard(shard)} holds {length} bytes of {shard.format}, more than the "
                 f"{limits.max_buffered_shard_bytes} bytes a {shard.format} shard may hold in the trainer's memory; "
-                "split it into smaller shards, or seal it as an Arrow IPC stream (format 'arrow'), which is read "
-                "batch by batch"
+                f"{_ways_out(shard)}"
             )
         return _BUFFERED_READERS[shard.format](reader, shard, columns, limits)
     except SealedFileError as exc:
@@ -437,7 +476,7 @@ def _read_in_order(
     def read(index: int) -> ShardArrays:
         shard = spec.datasets[index]
         with store.open_read(shard.container, shard.blob) as src:
-            return read_shard(src, opened[index], shard, spec.columns, limits)
+            return read_shard(src, opened[index], shard, spec.columns, limits.within(limits.cache_bytes))
 
     return ((spec.datasets[index], part) for index, part in read_ahead(range(len(spec.datasets)), read, SHARDS_IN_FLIGHT))
 

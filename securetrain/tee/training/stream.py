@@ -13,7 +13,6 @@ path are in docs/trainer.md ("The data path").
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -213,10 +212,7 @@ class ShardStream:
         self, spec: TrainingSpec, store: BlobStore, limits: DataLimits, headers: tuple[OpenedHeader, ...],
         lanes: Lanes,
     ) -> None:  # fmt: skip
-        # A shard decoding to more than the whole budget could never be held: refused before its arrays exist.
-        limits = dataclasses.replace(
-            limits, max_buffered_shard_bytes=min(limits.max_buffered_shard_bytes, limits.stream_budget_bytes)
-        )
+        limits = limits.within(limits.stream_budget_bytes)
         self._spec, self._store, self._limits, self._headers = spec, store, limits, headers
         self._lanes = lanes
         self._sizes = tuple(opened.header.content.plaintext_length for opened in headers)
