@@ -36,7 +36,8 @@ store, keys = test_training_run.store, test_training_run.keys
 IN_MEMORY = DataLimits(cache_bytes=4 << 20)
 #: Streamed: the budget of tests/streamed_shards.py, doubled for the larger hostile shards.
 STREAMED = dataclasses.replace(LIMITS, stream_budget_bytes=2 * LIMITS.stream_budget_bytes)
-#: 500,000 rows of zeros: 16.7 KB of Parquet, 20 MB of arrays; 104,000 rows: 4.16 MB, within the in-memory cache.
+#: 500,000 rows of zeros: 16.7 KB of Parquet, 20 MB of arrays; 104,000 rows: 4.16 MB, within the in-memory cache
+#: alone, beyond it with the five shards read before it.
 BOMB_ROWS, CACHE_SIZED_ROWS = 500_000, 104_000
 
 
@@ -61,39 +62,35 @@ def compressed_arrow_batch() -> bytes:
     return sink.getvalue()
 
 
-def bomb_beyond(bound: int) -> str:
-    return rf"shard datasets/{{victim}} decodes to {BOMB_ROWS} rows of 8 values, \d+ bytes, more than the {bound} bytes"
+def hostile_on_each_path() -> list:
+    """The hostile shards refused on both paths, each against what that path may hold at most."""
+    cases = []
+    for path, limits, bound in (("in-memory", IN_MEMORY, IN_MEMORY.cache_bytes),
+                                ("streamed", STREAMED, STREAMED.stream_budget_bytes)):  # fmt: skip
+        cases += [
+            pytest.param("parquet", limits, lambda: lying_footer(1 << 40), ShardTooLarge,
+                         r"shard datasets/{victim} decodes to 1099511627776 rows of 8 values",
+                         id=f"footer-claims-more-rows-than-memory-{path}"),
+            pytest.param("parquet", limits, lambda: lying_footer(199), DatasetContentError,
+                         r"shard datasets/{victim}: its row groups hold more rows than the 199 its footer says",
+                         id=f"footer-claims-fewer-rows-than-it-holds-{path}"),
+            pytest.param("parquet", limits, one_value_repeated, ShardTooLarge,
+                         rf"shard datasets/{{victim}} decodes to {BOMB_ROWS} rows of 8 values, \d+ bytes, more than "
+                         rf"the {bound} bytes", id=f"one-shard-decodes-beyond-memory-{path}"),
+            pytest.param("arrow", limits, compressed_arrow_batch, ShardTooLarge,
+                         rf"shard datasets/{{victim}}: a record batch takes \d+ bytes decompressed, more than the "
+                         rf"{bound} bytes", id=f"compressed-arrow-batch-beyond-memory-{path}"),
+        ]  # fmt: skip
+    return cases
 
 
 @pytest.mark.parametrize(
     ("fmt", "limits", "hostile", "refusal", "message"),
     [
-        pytest.param("parquet", limits, lambda: lying_footer(1 << 40), ShardTooLarge,
-                     r"shard datasets/{victim} decodes to 1099511627776 rows of 8 values",
-                     id=f"footer-claims-more-rows-than-memory-{path}")  # fmt: skip
-        for path, limits in (("in-memory", IN_MEMORY), ("streamed", STREAMED))
-    ]
-    + [
-        pytest.param("parquet", limits, lambda: lying_footer(199), DatasetContentError,
-                     r"shard datasets/{victim}: its row groups hold more rows than the 199 its footer says",
-                     id=f"footer-claims-fewer-rows-than-it-holds-{path}")  # fmt: skip
-        for path, limits in (("in-memory", IN_MEMORY), ("streamed", STREAMED))
-    ]
-    + [
+        *hostile_on_each_path(),
         pytest.param("parquet", IN_MEMORY, lambda: one_value_repeated(CACHE_SIZED_ROWS), DatasetTooLarge,
                      r"the dataset decodes to more than the TEE's 4194304-byte in-memory cache by shard "
                      r"datasets/{victim}", id="the-shards-decode-beyond-the-cache-in-memory"),  # fmt: skip
-        pytest.param("parquet", IN_MEMORY, one_value_repeated, ShardTooLarge, bomb_beyond(IN_MEMORY.cache_bytes),
-                     id="one-shard-decodes-beyond-the-cache-in-memory"),  # fmt: skip
-        pytest.param("parquet", STREAMED, one_value_repeated, ShardTooLarge, bomb_beyond(STREAMED.stream_budget_bytes),
-                     id="decodes-beyond-the-budget-streamed"),  # fmt: skip
-    ]
-    + [
-        pytest.param("arrow", limits, compressed_arrow_batch, ShardTooLarge,
-                     rf"shard datasets/{{victim}}: a record batch takes \d+ bytes decompressed, more than the {bound} bytes",
-                     id=f"compressed-arrow-batch-beyond-memory-{path}")  # fmt: skip
-        for path, limits, bound in (("in-memory", IN_MEMORY, IN_MEMORY.cache_bytes),
-                                    ("streamed", STREAMED, STREAMED.stream_budget_bytes))  # fmt: skip
     ],
 )
 def test_a_hostile_shard_fails_the_run_naming_it_before_it_takes_the_memory(

@@ -100,13 +100,13 @@ class ArrowMessages:
     read whole, checked, and then served; ``check_batch`` sees every record and dictionary batch first and raises
     to refuse it (the exception reaches pyarrow's caller as it was raised)."""
 
+    closed = False
+
     def __init__(self, source: BinaryIO, length: int, check_batch: Callable[[BatchMetadata], None]) -> None:
         self._source, self._left, self._check_batch = source, length, check_batch
         self._message = memoryview(b"")
         self._served = 0
         self._ended = False
-
-    closed = False
 
     def readable(self) -> bool:
         return True

@@ -329,8 +329,8 @@ class _ArrowStreamBounds:
             what = "its dictionaries take" if batch.dictionary else "a record batch takes"
             raise ShardTooLarge(
                 f"{describe_shard(self._shard)}: {what} {max(held, self._dictionaries)} bytes decompressed, more than "
-                f"the {self._limits.max_buffered_shard_bytes} bytes an arrow shard's batch may take in the trainer's "
-                "memory; write it in smaller record batches, or split it into smaller shards"
+                f"the {self._limits.max_buffered_shard_bytes} bytes one arrow shard may take in the trainer's memory; "
+                "write it in smaller record batches (and dictionaries), or split it into smaller shards"
             )
         if not batch.dictionary:
             self._rows += batch.rows
