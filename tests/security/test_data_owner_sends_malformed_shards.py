@@ -12,12 +12,11 @@ and streamed, with the dataset of tests/streamed_shards.py, one of its shards re
 from __future__ import annotations
 
 import dataclasses
-import io
+import struct
 import threading
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc
 import pytest
 
 from securetrain.core.datasets import to_parquet
@@ -26,7 +25,7 @@ from securetrain.tee.training.data import DataLimits, DatasetContentError, Datas
 from tests.integration import test_training_run
 from tests.integration.test_training_run import RecordingProgress, upload_sealed
 from tests.streamed_shards import FEATURES, LIMITS, as_table, sealed_shards, shard_rows, spec_for
-from tests.unit.test_training_data import footer_rows_changed
+from tests.unit.test_training_data import arrow_batches, footer_rows_changed
 
 pytestmark = pytest.mark.integration
 # The fixtures of the training-path tests: the local stack's BlobStore, and a KEK made there as if released.
@@ -55,11 +54,20 @@ def one_value_repeated(rows: int = BOMB_ROWS) -> bytes:
 
 def compressed_arrow_batch() -> bytes:
     """One record batch of zeros in ZSTD: a few kilobytes that Arrow would decompress into 22 MB before any check."""
-    sink = io.BytesIO()
-    options = pyarrow.ipc.IpcWriteOptions(compression="zstd")
-    with pyarrow.ipc.new_stream(sink, zeros(0).schema, options=options) as writer:
-        writer.write_table(zeros(BOMB_ROWS), max_chunksize=BOMB_ROWS)
-    return sink.getvalue()
+    return arrow_batches(zeros(BOMB_ROWS).to_batches(), compression="zstd")
+
+
+def arrow_column_longer_than_its_buffer() -> bytes:
+    """A record batch whose first column states 200 float64 values and whose buffer holds 100: Arrow's IPC reader
+    takes it as it is, and casting the column to float32 would read past the buffer (here into the next column's
+    values; in general, whatever the TEE's memory holds there)."""
+    table = as_table(*shard_rows(5))
+    table = table.set_column(0, "f0", table.column(0).cast(pa.float64()))
+    plaintext = arrow_batches(table.to_batches())
+    # The batch's metadata lists f0's buffers first, each an (offset, length): validity (none), then its values.
+    f0_buffers = struct.pack("<4q", 0, 0, 0, 8 * len(table))
+    assert plaintext.count(f0_buffers) == 1
+    return plaintext.replace(f0_buffers, struct.pack("<4q", 0, 0, 0, 4 * len(table)))
 
 
 def hostile_on_each_path() -> list:
@@ -77,6 +85,9 @@ def hostile_on_each_path() -> list:
             pytest.param("parquet", limits, one_value_repeated, ShardTooLarge,
                          rf"shard datasets/{{victim}} decodes to {BOMB_ROWS} rows of 8 values, \d+ bytes, more than "
                          rf"the {bound} bytes", id=f"one-shard-decodes-beyond-memory-{path}"),
+            pytest.param("arrow", limits, arrow_column_longer_than_its_buffer, DatasetContentError,
+                         r"shard datasets/{victim} is authentic but not a valid Arrow IPC stream: .*Buffer #1 too small in "
+                         r"array of type double and length 200", id=f"arrow-column-longer-than-its-buffer-{path}"),
             pytest.param("arrow", limits, compressed_arrow_batch, ShardTooLarge,
                          rf"shard datasets/{{victim}}: a record batch takes \d+ bytes decompressed, more than the "
                          rf"{bound} bytes", id=f"compressed-arrow-batch-beyond-memory-{path}"),

@@ -62,6 +62,12 @@ HEADERS_IN_FLIGHT = 8
 #: batches of this size decode a 4 MiB shard in ~1.5 ms more CPU than one batch does, and kept the streaming
 #: benchmark's data path ~11 MiB smaller than batches of 4 MiB or whole row groups did.
 PARQUET_BATCH_BYTES = 1 << 20
+#: What reading bytes that are not a valid file of the format raises: pyarrow's errors (but for an allocation that
+#: failed, ``pa.ArrowMemoryError``, which is not the data owner's bytes' fault) and a column name that is not UTF-8.
+_UNREADABLE = (
+    pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowKeyError, pa.ArrowTypeError, pa.ArrowIndexError, OSError,
+    UnicodeDecodeError,
+)  # fmt: skip
 S = TypeVar("S")
 T = TypeVar("T")
 
@@ -197,7 +203,12 @@ def _tabular_columns(schema: pa.Schema, columns: Columns, where: str) -> tuple[s
 
 
 def _tabular_arrays(data: pa.RecordBatch, features: Sequence[str], label: str, where: str) -> ShardArrays:
-    """The feature columns as one float32 [rows, features] array and the label as int64."""
+    """The feature columns of an Arrow IPC record batch as one float32 [rows, features] array and the label as int64.
+
+    Arrow's IPC reader does not validate what it reads: a column may state more values than its buffers hold, and
+    the cast in :func:`_copy_column` would read past them, into whatever the TEE's memory holds there. So the
+    columns copied are validated first (pa.ArrowInvalid)."""
+    data.select([*features, label]).validate()
     arrays = _empty_arrays(data.num_rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
     _fill_tabular(data, arrays, 0, label, nulls)
@@ -283,9 +294,9 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns, l
     buffer = _buffered_plaintext(reader, shard)
     try:
         file = pq.ParquetFile(pa.BufferReader(buffer))
-    except (pa.ArrowInvalid, OSError) as exc:
+        features = _tabular_columns(file.schema_arrow, columns, where)
+    except _UNREADABLE as exc:
         raise DatasetContentError(f"{where} is authentic but not a Parquet file: {exc}") from None
-    features = _tabular_columns(file.schema_arrow, columns, where)
     rows = file.metadata.num_rows
     if rows < 0:  # the footer is the data owner's to write; it sizes the arrays below
         raise DatasetContentError(f"{where}: its footer says {rows} rows")
@@ -303,7 +314,7 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns, l
                 raise DatasetContentError(f"{where}: its row groups hold more rows than the {rows} its footer says")
             _fill_tabular(batch, arrays, filled, columns.label, nulls)
             filled += batch.num_rows
-    except (pa.ArrowInvalid, OSError) as exc:
+    except _UNREADABLE as exc:
         raise DatasetContentError(f"{where} is authentic but not a valid Parquet file: {exc}") from None
     if filled != rows:
         raise DatasetContentError(f"{where}: its row groups hold {filled} rows, its footer says {rows}")
@@ -347,7 +358,7 @@ def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Colum
         features = _tabular_columns(batches.schema, columns, where)
         bounds.values_per_row = len(features)
         parts = [_tabular_arrays(batch, features, columns.label, where) for batch in batches]
-    except (pa.ArrowInvalid, OSError, ArrowStreamError) as exc:
+    except (*_UNREADABLE, ArrowStreamError) as exc:
         raise DatasetContentError(f"{where} is authentic but not a valid Arrow IPC stream: {exc}") from None
     if reader.read(1):  # the Arrow end-of-stream marker came before the sealed plaintext's end
         raise DatasetContentError(f"{where}: bytes follow the Arrow stream's end-of-stream marker")
