@@ -322,8 +322,12 @@ def arrow_memory_pool() -> Iterator[pa.MemoryPool]:
 
 @functools.cache
 def unmutated(fmt: str, compression: str | None) -> bytes:
-    """A shard with a dictionary-encoded column the job does not read, in three record batches when it is Arrow."""
+    """A shard with a column the job does not read (dictionary-encoded strings, or a uint8 image tensor), in three
+    record batches when it is Arrow."""
     rows = 1234
+    if fmt == "safetensors":
+        return safetensors.torch.save({"x": torch.arange(rows, dtype=torch.float64), "label": torch.arange(rows) % 3,
+                                       "image": torch.zeros(rows, 1, 2, 2, dtype=torch.uint8)})  # fmt: skip
     table = pa.table({
         "x": np.arange(rows, dtype=np.float64),
         "site": pa.array(["a", "b", "c", "d"] * (rows // 4) + ["a"] * (rows % 4)).dictionary_encode(),
@@ -342,7 +346,7 @@ def read_mutated(fmt: str, plaintext: bytes, kek_public, kek_private) -> None:
                DataLimits(max_buffered_shard_bytes=MUTATION_BOUND))  # fmt: skip
 
 
-MUTATED_FORMATS = [("arrow", None), ("arrow", "zstd"), ("arrow", "lz4"), ("parquet", None)]
+MUTATED_FORMATS = [("arrow", None), ("arrow", "zstd"), ("arrow", "lz4"), ("parquet", None), ("safetensors", None)]
 
 
 @pytest.mark.parametrize(("fmt", "compression"), MUTATED_FORMATS)
