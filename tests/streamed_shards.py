@@ -8,13 +8,11 @@ streamed run (tests/security/test_storage_swaps_streamed_shards.py) train on the
 
 from __future__ import annotations
 
-import io
 import uuid
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc
 import safetensors.torch
 import torch
 
@@ -22,6 +20,7 @@ from securetrain.core.contracts.training import JobKeys, TrainingSpec
 from securetrain.core.datasets import to_parquet
 from securetrain.core.storage import BlobStore
 from securetrain.tee.training.data import DataLimits
+from tests.arrow_streams import arrow_batches
 from tests.integration.test_training_run import run_id, training_spec, upload_sealed
 
 SHARDS, ROWS, FEATURES = 12, 200, 8
@@ -48,11 +47,7 @@ def encoded(fmt: str, features: np.ndarray, labels: np.ndarray) -> bytes:
     table = as_table(features, labels)
     if fmt == "parquet":
         return to_parquet(table)
-    sink = io.BytesIO()
-    with pyarrow.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=50):
-            writer.write_batch(batch)
-    return sink.getvalue()
+    return arrow_batches(table.to_batches(max_chunksize=50))
 
 
 def sealed_shards(store: BlobStore, keys: JobKeys, fmt: str) -> list[str]:

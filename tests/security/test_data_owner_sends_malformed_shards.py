@@ -25,7 +25,8 @@ from securetrain.tee.training.data import DataLimits, DatasetContentError, Datas
 from tests.integration import test_training_run
 from tests.integration.test_training_run import RecordingProgress, upload_sealed
 from tests.streamed_shards import FEATURES, LIMITS, as_table, sealed_shards, shard_rows, spec_for
-from tests.unit.test_training_data import arrow_batches, footer_rows_changed
+from tests.arrow_streams import arrow_batches
+from tests.unit.test_training_data import footer_rows_changed
 
 pytestmark = pytest.mark.integration
 # The fixtures of the training-path tests: the local stack's BlobStore, and a KEK made there as if released.

@@ -11,6 +11,7 @@ import pyarrow.ipc
 import pytest
 
 from securetrain.tee.training.arrow_messages import ArrowMessages, ArrowStreamError, BatchMetadata
+from tests.arrow_streams import arrow_batches
 
 #: 1234 float64 rows: 9872 bytes of values, a length that occurs once in the stream (as each compressed buffer's prefix).
 ROWS = 1234
@@ -24,13 +25,6 @@ def table() -> pa.Table:
     })  # fmt: skip
 
 
-def stream(data: pa.Table, **options) -> bytes:
-    sink = io.BytesIO()
-    with pyarrow.ipc.new_stream(sink, data.schema, options=pyarrow.ipc.IpcWriteOptions(**options)) as writer:
-        writer.write_table(data)
-    return sink.getvalue()
-
-
 def read(plaintext: bytes, length: int | None = None) -> tuple[pa.Table, list[BatchMetadata]]:
     seen: list[BatchMetadata] = []
     messages = ArrowMessages(io.BytesIO(plaintext), len(plaintext) if length is None else length, seen.append)
@@ -39,12 +33,12 @@ def read(plaintext: bytes, length: int | None = None) -> tuple[pa.Table, list[Ba
 
 @pytest.mark.parametrize("compression", [None, "lz4", "zstd"])
 def test_arrow_reads_the_served_messages_as_it_reads_the_stream(compression) -> None:
-    read_back, _ = read(stream(table(), compression=compression))
+    read_back, _ = read(arrow_batches(table().to_batches(), compression=compression))
     assert read_back.equals(table())
 
 
 def test_each_batch_states_its_rows_and_what_its_buffers_decompress_to() -> None:
-    _, seen = read(stream(table(), compression="zstd"))
+    _, seen = read(arrow_batches(table().to_batches(), compression="zstd"))
     dictionary, batch = seen
     assert dictionary.dictionary and dictionary.rows == 4
     assert not batch.dictionary and batch.rows == ROWS
@@ -53,7 +47,7 @@ def test_each_batch_states_its_rows_and_what_its_buffers_decompress_to() -> None
 
 
 def test_an_uncompressed_batch_allocates_nothing_beyond_its_body() -> None:
-    _, seen = read(stream(table()))
+    _, seen = read(arrow_batches(table().to_batches()))
     assert [b.decompressed_bytes for b in seen] == [0, 0]
     assert seen[1].body_bytes >= VALUES_BYTES + 4 * ROWS
 
@@ -61,7 +55,7 @@ def test_an_uncompressed_batch_allocates_nothing_beyond_its_body() -> None:
 def test_the_check_refuses_a_batch_before_arrow_decompresses_it() -> None:
     """A single batch of 80 MB of zeros compresses to a few kilobytes; the check's exception reaches the caller."""
     zeros = pa.table({"x": np.zeros(10_000_000)})
-    plaintext = stream(zeros, compression="zstd")
+    plaintext = arrow_batches(zeros.to_batches(), compression="zstd")
     assert len(plaintext) < 10_000
 
     def refuse(batch: BatchMetadata) -> None:
@@ -86,7 +80,7 @@ def test_a_compressed_buffer_stating_a_larger_length_is_seen_at_that_length() ->
         if batch.decompressed_bytes > 1 << 30:
             raise MemoryError
 
-    plaintext = with_uncompressed_length(stream(table(), compression="zstd"), stated)
+    plaintext = with_uncompressed_length(arrow_batches(table().to_batches(), compression="zstd"), stated)
     with pytest.raises(MemoryError):
         pyarrow.ipc.open_stream(ArrowMessages(io.BytesIO(plaintext), len(plaintext), refuse)).read_all()
     assert seen[-1].decompressed_bytes == stated + 4 * ROWS
@@ -106,15 +100,15 @@ def test_a_compressed_buffer_stating_a_larger_length_is_seen_at_that_length() ->
 )
 def test_a_malformed_stream_is_refused_naming_what(hostile, message) -> None:
     with pytest.raises(ArrowStreamError, match="^" + message):
-        read(hostile(stream(table(), compression="zstd")))
+        read(hostile(arrow_batches(table().to_batches(), compression="zstd")))
 
 
 def test_a_body_longer_than_the_plaintext_left_is_refused_before_it_is_read() -> None:
-    plaintext = stream(table())
+    plaintext = arrow_batches(table().to_batches())
     with pytest.raises(ArrowStreamError, match=r"^a message states a \d+-byte body; \d+ bytes of the plaintext are left"):
         read(plaintext, length=len(plaintext) - 64)
 
 
 def test_the_pre_0_15_framing_is_refused() -> None:
     with pytest.raises(ArrowStreamError, match="continuation marker"):
-        read(stream(table(), use_legacy_format=True))
+        read(arrow_batches(table().to_batches(), use_legacy_format=True))

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 import safetensors.torch
@@ -30,6 +29,7 @@ from securetrain.core.contracts.job_spec import Columns
 from securetrain.core.contracts.training import DatasetKeyMissing, DatasetShard, JobKeys
 from securetrain.tee.training import data
 from securetrain.tee.training.data import DataLimits, DatasetContentError, ShardChanged, ShardTooLarge, read_shard
+from tests.arrow_streams import arrow_batches
 
 CONTEXT = {"dataset_id": "breast-cancer"}
 LIMITS = DataLimits(max_buffered_shard_bytes=1 << 30)
@@ -43,14 +43,6 @@ def sealed(plaintext: bytes, kek_public, context=CONTEXT, segment_size: int = 40
 
 def shard(fmt: str = "parquet", context=CONTEXT) -> DatasetShard:
     return DatasetShard(container="datasets", blob=f"bc/part-0.{fmt}.sealed", format=fmt, context=context)
-
-
-def arrow_stream(table: pa.Table, rows_per_batch: int) -> bytes:
-    sink = io.BytesIO()
-    with pyarrow.ipc.new_stream(sink, table.schema) as writer:
-        for batch in table.to_batches(max_chunksize=rows_per_batch):
-            writer.write_batch(batch)
-    return sink.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +62,7 @@ def test_a_parquet_shard_opens_into_float_features_and_integer_labels(table, kek
 def test_an_arrow_stream_shard_gives_the_same_arrays_as_parquet(table, kek_public, kek_private) -> None:
     columns = Columns(label="label", features=("mean_radius", "worst_area"))
     parquet = read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), columns, LIMITS)
-    plaintext = arrow_stream(table, rows_per_batch=50)
+    plaintext = arrow_batches(table.to_batches(max_chunksize=50))
     # The buffered-shard bound holds for its batches and its arrays, not for its plaintext: it is read batch by batch.
     limits = DataLimits(max_buffered_shard_bytes=16 << 10)
     assert len(plaintext) > 5 * limits.max_buffered_shard_bytes
@@ -250,26 +242,19 @@ def test_an_authentic_shard_in_another_format_is_named(table, kek_public, kek_pr
 
 
 def test_a_tampered_arrow_stream_fails_with_the_seal_error_not_an_arrow_error(table, kek_public, kek_private) -> None:
-    blob = bytearray(sealed(arrow_stream(table, rows_per_batch=50), kek_public))
+    blob = bytearray(sealed(arrow_batches(table.to_batches(max_chunksize=50)), kek_public))
     blob[-3000] ^= 1
     with pytest.raises(SegmentTampered, match=r"^shard datasets/bc/part-0.arrow.sealed: segment \d+ failed"):
         read_shard(io.BytesIO(bytes(blob)), kek_private, shard("arrow"), Columns(label="label"), LIMITS)
-
-
-def arrow_batches(batches: list[pa.RecordBatch], **options) -> bytes:
-    sink = io.BytesIO()
-    with pyarrow.ipc.new_stream(sink, batches[0].schema, options=pyarrow.ipc.IpcWriteOptions(**options)) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-    return sink.getvalue()
 
 
 def zeros_batch(rows: int, **columns: pa.Array) -> pa.RecordBatch:
     return pa.record_batch({"x": np.zeros(rows), **columns, "label": np.zeros(rows, np.int64)})
 
 
-def read_arrow(plaintext: bytes, kek_public, kek_private, limits: DataLimits):
-    return read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard("arrow"),
+def read_x(plaintext: bytes, kek_public, kek_private, limits: DataLimits, fmt: str = "arrow"):
+    """The shard's ``x`` column and its label, sealed and read as the trainer reads them."""
+    return read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard(fmt),
                       Columns(label="label", features=("x",)), limits)  # fmt: skip
 
 
@@ -281,7 +266,7 @@ def test_an_arrow_batch_that_decompresses_beyond_the_bound_is_refused_before_arr
     assert len(plaintext) < 20_000
     with pytest.raises(ShardTooLarge, match=r"^shard datasets/bc/part-0.arrow.sealed: a record batch takes 160\d{6} "
                        r"bytes decompressed, more than the 67108864 bytes"):  # fmt: skip
-        read_arrow(plaintext, kek_public, kek_private, DataLimits(max_buffered_shard_bytes=64 << 20))
+        read_x(plaintext, kek_public, kek_private, DataLimits(max_buffered_shard_bytes=64 << 20))
 
 
 def test_an_arrow_shards_arrays_beyond_the_bound_are_refused_before_they_are_allocated(kek_public, kek_private) -> None:
@@ -290,14 +275,14 @@ def test_an_arrow_shards_arrays_beyond_the_bound_are_refused_before_they_are_all
     with pytest.raises(ShardTooLarge, match=r"part-0.arrow.sealed decodes to 22000 rows of 1 values, 264000 bytes, "
                        r"more than the 262144 bytes one arrow shard may take in the trainer's memory; split it into "
                        r"smaller shards$"):  # fmt: skip
-        read_arrow(plaintext, kek_public, kek_private, DataLimits(max_buffered_shard_bytes=256 << 10))
+        read_x(plaintext, kek_public, kek_private, DataLimits(max_buffered_shard_bytes=256 << 10))
 
 
 def test_an_arrow_shards_dictionaries_are_bounded_though_no_column_of_the_job_uses_them(kek_public, kek_private) -> None:
     """A dictionary-encoded column is held for the whole stream, whichever columns the job trains on."""
     notes = pa.array([f"{i:01024d}" for i in range(1000)]).dictionary_encode()
     with pytest.raises(ShardTooLarge, match=r"part-0.arrow.sealed: its dictionaries take 10\d{5} bytes decompressed"):
-        read_arrow(arrow_batches([zeros_batch(1000, note=notes)]), kek_public, kek_private,
+        read_x(arrow_batches([zeros_batch(1000, note=notes)]), kek_public, kek_private,
                    DataLimits(max_buffered_shard_bytes=256 << 10))  # fmt: skip
 
 
@@ -305,7 +290,7 @@ def test_an_arrow_stream_malformed_before_arrow_reads_it_is_named(kek_public, ke
     plaintext = arrow_batches([zeros_batch(10)], use_legacy_format=True)
     with pytest.raises(DatasetContentError, match="is authentic but not a valid Arrow IPC stream: a message lacks the "
                        "continuation marker"):  # fmt: skip
-        read_arrow(plaintext, kek_public, kek_private, LIMITS)
+        read_x(plaintext, kek_public, kek_private, LIMITS)
 
 
 @pytest.fixture
@@ -339,11 +324,7 @@ def unmutated(fmt: str, compression: str | None) -> bytes:
 
 
 MUTATION_BOUND = 1 << 20
-
-
-def read_mutated(fmt: str, plaintext: bytes, kek_public, kek_private) -> None:
-    read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard(fmt), Columns(label="label", features=("x",)),
-               DataLimits(max_buffered_shard_bytes=MUTATION_BOUND))  # fmt: skip
+MUTATION_LIMITS = DataLimits(max_buffered_shard_bytes=MUTATION_BOUND)
 
 
 MUTATED_FORMATS = [("arrow", None), ("arrow", "zstd"), ("arrow", "lz4"), ("parquet", None), ("safetensors", None)]
@@ -351,7 +332,7 @@ MUTATED_FORMATS = [("arrow", None), ("arrow", "zstd"), ("arrow", "lz4"), ("parqu
 
 @pytest.mark.parametrize(("fmt", "compression"), MUTATED_FORMATS)
 def test_the_shards_the_mutations_start_from_read(fmt, compression, kek_public, kek_private) -> None:
-    read_mutated(fmt, unmutated(fmt, compression), kek_public, kek_private)
+    read_x(unmutated(fmt, compression), kek_public, kek_private, MUTATION_LIMITS, fmt)
 
 
 @pytest.mark.parametrize(("fmt", "compression"), MUTATED_FORMATS)
@@ -372,7 +353,7 @@ def test_no_mutation_of_a_shard_gets_past_the_bounds_or_out_as_another_error(
     for position, value in data.draw(st.lists(st.tuples(st.integers(0, len(plaintext) - 1), byte), min_size=1, max_size=4)):
         plaintext[position] = value
     try:
-        read_mutated(fmt, bytes(plaintext), kek_public, kek_private)
+        read_x(bytes(plaintext), kek_public, kek_private, MUTATION_LIMITS, fmt)
     except DatasetContentError:
         pass
     assert arrow_memory_pool.max_memory() <= MUTATION_BOUND
