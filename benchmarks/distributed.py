@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import logging
 import os
 import threading
 import time
@@ -41,6 +40,7 @@ import torch
 from benchmarks.stack import KEK_ID, released_keys, running_stack
 from securetrain.core.contracts.job_spec import JobSpec
 from securetrain.core.contracts.training import DatasetShard, JobKeys, TrainingSpec
+from securetrain.core.process_logging import configure_logging
 from securetrain.core.sealed import SealedReader, seal
 from securetrain.core.storage import BlobStore
 from securetrain.localstack.emulated_platform import EmulatedPlatform
@@ -124,8 +124,7 @@ def main() -> int:
     if args.stream:
         os.environ.update(SECURETRAIN_DATA_CACHE_BYTES="1", SECURETRAIN_DATA_LANES="2")
     # The launcher's and the workers' timings (start, each epoch) show where the wall time goes.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
-    logging.getLogger("azure").setLevel(logging.WARNING)
+    configure_logging("%(asctime)s %(name)s %(message)s", force=True)
     keys = released_keys(2048)
     with running_stack(services_for(EmulatedPlatform.SNP), EmulatedPlatform.SNP) as (config, env):
         os.environ.update(tee_environment(env, config.layout))

@@ -4,7 +4,7 @@ Nothing here decrypts training data or holds a private key: the operators move s
 ids, attestation claims and metrics, and the trainer inside the TEE does the rest.
 """
 
-import logging
+from securetrain.core.process_logging import quiet_libraries
 
-# The Azure SDK logs every request and response (headers included) at INFO; task logs want the stages.
-logging.getLogger("azure").setLevel(logging.WARNING)
+# Airflow configures the task logs' handlers; what the tasks log should be the stages, not the libraries' requests.
+quiet_libraries()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import socket
 import ssl
@@ -198,6 +199,15 @@ def test_a_job_attests_the_trainer_and_the_token_names_its_workload(pipeline, mo
     assert monitor.health().attestation.age_seconds >= 0
     counters = dict(line.rsplit(" ", 1) for line in monitor.metrics().splitlines() if not line.startswith("#"))
     assert float(counters["securetrain_agent_attestations_total"]) >= 1
+
+
+def test_the_agents_log_holds_its_jobs_records_and_not_the_libraries_bookkeeping(pipeline, local_stack) -> None:
+    """The Azure SDK logs each request and response with its headers at INFO, Great Expectations its registries as it
+    imports: two lines in three of the agent's log were theirs. Read across every job the stack's agent ran so far."""
+    finished = wait_finished(pipeline, pipeline.submit(job_spec()).job_id)
+    agent_log = local_stack.layout.log_file("cvm").read_text()
+    assert f"job {finished.job_id}: attesting" in agent_log
+    assert re.findall(r" INFO (?:azure|great_expectations)\.\S+: .*", agent_log)[:3] == []
 
 
 def test_resubmitting_a_run_id_returns_the_same_job(pipeline) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import logging
 import sys
 from pathlib import Path
 
 from securetrain import __version__
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.process_logging import configure_logging
 
 COMMAND_GROUP_ENTRY_POINTS = "securetrain.commands"
 
@@ -42,14 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if not args.verbose:
-        # The Azure SDK logs every HTTP request and its headers at INFO; only its warnings matter here.
-        logging.getLogger("azure").setLevel(logging.WARNING)
+    configure_logging("%(levelname)s %(name)s: %(message)s", verbose=args.verbose)
     try:
         return args.handler(args)
     except SecuretrainError as exc:

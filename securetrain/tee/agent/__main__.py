@@ -19,6 +19,7 @@ from pathlib import Path
 import uvicorn
 
 from securetrain.core.errors import ConfigurationError, SecuretrainError
+from securetrain.core.process_logging import configure_logging
 from securetrain.tee.agent.app import create_app
 from securetrain.tee.agent.health import GpuProbe
 from securetrain.tee.agent.jobs import JobRunner, JobStore, TrainingFunction
@@ -135,7 +136,7 @@ def main(
     """Run the agent; ``providers`` are the evidence providers ``SECURETRAIN_EVIDENCE_PROVIDER`` chooses from,
     ``gpu_providers`` the GPU evidence providers ``SECURETRAIN_GPU`` chooses from."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = TeeSettings.load()
         owners = DataOwnerKeys.from_files(args.data_owner_key)

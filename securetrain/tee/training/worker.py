@@ -19,6 +19,7 @@ import torch
 
 from securetrain.core.contracts.training import DataValidationFailed, NullProgress
 from securetrain.core.errors import SecuretrainError
+from securetrain.core.process_logging import configure_logging
 from securetrain.core.sealed import OpenedHeader
 from securetrain.core.storage import BlobInfo, BlobStore
 from securetrain.tee.settings import TeeSettings
@@ -116,8 +117,7 @@ def main(argv: list[str]) -> int:
     in_fd, out_fd = int(argv[0]), int(argv[1])
     with io.open(in_fd, "rb", closefd=True) as src, io.open(out_fd, "wb", closefd=True) as out:
         assignment = receive_assignment(src)
-        logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {assignment.rank} %(name)s %(levelname)s "
-                            "%(message)s", force=True)  # fmt: skip
+        configure_logging(f"%(asctime)s worker {assignment.rank} %(name)s %(levelname)s %(message)s", force=True)
         try:
             work(assignment, out, src)
         except Exception as exc:  # noqa: BLE001 - every failure goes to the launcher, which decides
