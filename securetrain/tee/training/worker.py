@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import threading
 from collections.abc import Mapping
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import torch
 
@@ -127,5 +128,16 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+def _exit_at_once(code: int) -> NoReturn:
+    """End the worker without finalising its interpreter: the logs flushed, then ``os._exit``, as a forked
+    multiprocessing child ends. Finalising an interpreter that imported PyTorch collects every module's objects
+    (``Py_FinalizeEx``), about 2 s here, and the launcher waits for a worker's exit status, so every job waited for
+    it. Nothing is lost: the pipes are closed, the process group destroyed, and the worker keeps nothing but memory."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    _exit_at_once(main(sys.argv[1:]))
