@@ -9,11 +9,23 @@ Azure CLI's sign-in). TLS to the authority is verified like every other connecti
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from azure.core.credentials import TokenCredential
 
 from securetrain.core.errors import ConfigurationError
+
+
+class ClosableCredential(TokenCredential, Protocol):
+    """An azure-identity credential: it keeps its connections to the identity endpoint open until it is closed
+    (``with``, or :meth:`close`). A server being stopped waits for such a connection: a process that lives on
+    after using one closes it."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ClosableCredential: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
 
 
 def azure_credential(
@@ -26,7 +38,7 @@ def azure_credential(
     workload_identity_tenant_id: str | None = None,
     verify: str | bool = True,
     instance_discovery: bool = True,
-) -> TokenCredential:
+) -> ClosableCredential:
     """A service principal's ``ClientSecretCredential`` when a secret is given, else ``DefaultAzureCredential``.
 
     ``verify``: the CA bundle TLS to Entra ID is checked against (True: the system's roots).

@@ -15,9 +15,8 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from azure.core.credentials import TokenCredential
 
-from securetrain.core.credentials import azure_credential
+from securetrain.core.credentials import ClosableCredential, azure_credential
 from securetrain.core.errors import ConfigurationError
 from securetrain.localstack.layout import write_file
 
@@ -93,7 +92,7 @@ class LocalIdentity:
         return identity
 
 
-def application_credential(identity: LocalIdentity, authority_host: str, ca_bundle: Path) -> TokenCredential:
+def application_credential(identity: LocalIdentity, authority_host: str, ca_bundle: Path) -> ClosableCredential:
     """azure-identity's credential of the application ``identity``, signing in at the identity stand-in."""
     if identity.client_secret is None:
         raise IdentityFileInvalid(f"{identity.name} is a managed identity: only its host obtains its tokens")

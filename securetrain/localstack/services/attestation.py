@@ -268,7 +268,7 @@ def _exports(context: ServiceContext) -> Mapping[str, str]:
     identity = context.running(IDENTITY)
     administrator = stack_identities(context.layout)[POLICY_ADMINISTRATOR]
     credential = application_credential(administrator, identity.base_url, context.ca_bundle)
-    with policy_administration_client(context.base_url, credential, context.ca_bundle) as client:
+    with credential, policy_administration_client(context.base_url, credential, context.ca_bundle) as client:
         policy_hash = apply_attestation_policy(client, SEV_SNP_VM.name, local_attestation_policy(context.layout))
         apply_attestation_policy(client, AZURE_GUEST.name, local_azure_guest_policy(context.layout))
     return {

@@ -118,7 +118,7 @@ def _demo_kek_id(context: ServiceContext) -> str:
     policy = approved_local_policy(context)
     owner = stack_identities(context.layout)[DATA_OWNER_IDENTITY]
     credential = application_credential(owner, context.running(IDENTITY).base_url, context.ca_bundle)
-    with key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
+    with credential, key_client(context.base_url, credential, ca_bundle=context.ca_bundle) as client:
         return str(create_kek_version(client, KEK_NAME, policy).id)
 
 
