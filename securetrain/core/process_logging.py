@@ -23,7 +23,7 @@ def quiet_libraries() -> None:
 
 def configure_logging(log_format: str, *, verbose: bool = False, force: bool = False) -> None:
     """Log to stderr in ``log_format``: INFO with the chatty libraries quiet, or with ``verbose`` DEBUG and
-    everything. ``force`` replaces handlers set up before (a worker's imports may have added some)."""
+    everything. ``force`` replaces the root logger's handlers, whatever set them up before."""
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format=log_format, stream=sys.stderr,
                         force=force)  # fmt: skip
     if not verbose:

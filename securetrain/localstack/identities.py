@@ -15,7 +15,6 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-
 from securetrain.core.credentials import ClosableCredential, azure_credential
 from securetrain.core.errors import ConfigurationError
 from securetrain.localstack.layout import write_file
