@@ -22,10 +22,10 @@ import pytest
 from securetrain.core.datasets import to_parquet
 from securetrain.tee.training import run_training
 from securetrain.tee.training.data import DataLimits, DatasetContentError, DatasetTooLarge, ShardTooLarge
+from tests.arrow_streams import arrow_batches
 from tests.integration import test_training_run
 from tests.integration.test_training_run import RecordingProgress, upload_sealed
 from tests.streamed_shards import FEATURES, LIMITS, as_table, sealed_shards, shard_rows, spec_for
-from tests.arrow_streams import arrow_batches
 from tests.unit.test_training_data import footer_rows_changed
 
 pytestmark = pytest.mark.integration
