@@ -96,13 +96,13 @@ def main() -> int:
         attester = SnpAttester(env)
         token = attester.attest(tee_key)  # the authority's signing keys fetched once, outside the timing
         baseline, attest, release, unwrap, path = [], [], [], [], []
-        pipeline = key_client_from_settings(ServiceSettings.load(settings_path(config.layout, PIPELINE_IDENTITY)))
+        pipeline_settings = ServiceSettings.load(settings_path(config.layout, PIPELINE_IDENTITY))
         # This process stands in the TEE's place: its managed identity, as the TEE's host exposes it.
         os.environ["IDENTITY_ENDPOINT"] = f"{env['SECURETRAIN_IDENTITY_ENDPOINT']}/msi/token"
         os.environ["IDENTITY_HEADER"] = stack_identities(config.layout)[CVM_IDENTITY].identity_header or ""
         tee_identity = ManagedIdentityCredential(connection_verify=env["SECURETRAIN_CA_BUNDLE"])
         cvm = key_client(env["SECURETRAIN_KEYVAULT_URL"], tee_identity, ca_bundle=env["SECURETRAIN_CA_BUNDLE"])
-        with pipeline, cvm:
+        with key_client_from_settings(pipeline_settings) as pipeline, tee_identity, cvm:
             pipeline.get_key(KEK_NAME)  # the bearer challenge and token, once, outside the timing
             kek_id = env["SECURETRAIN_KEK_ID"]
             version = kek_id.rsplit("/", 1)[1]

@@ -7,12 +7,13 @@ is not checked for a loopback vault, and only for one: docs/keys.md (:func:`chal
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import itertools
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -65,9 +66,13 @@ def cryptography_client(
                               **azure_client_options(ca_bundle))  # fmt: skip
 
 
-def key_client_from_settings(settings: ServiceSettings, vault_url: str | None = None) -> KeyClient:
-    """A ``KeyClient`` for ``vault_url`` (default ``$SECURETRAIN_KEYVAULT_URL``) as the process's identity."""
-    return key_client(vault_url or settings.url("keyvault_url"), settings.credential(), ca_bundle=settings.ca_bundle)
+@contextlib.contextmanager
+def key_client_from_settings(settings: ServiceSettings, vault_url: str | None = None) -> Iterator[KeyClient]:
+    """A ``KeyClient`` for ``vault_url`` (default ``$SECURETRAIN_KEYVAULT_URL``) as the process's identity; on
+    leaving, the client and the credential made for it are closed."""
+    with settings.credential() as credential, key_client(vault_url or settings.url("keyvault_url"), credential,
+                                                         ca_bundle=settings.ca_bundle) as client:  # fmt: skip
+        yield client
 
 
 def kek_public_key(key: KeyVaultKey) -> KekPublicKey:

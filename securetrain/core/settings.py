@@ -21,12 +21,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from azure.core.credentials import TokenCredential
 from pydantic import AliasChoices, Field, FilePath, SecretStr, UrlConstraints, ValidationError
 from pydantic_core import Url
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from securetrain.core.credentials import azure_credential
+from securetrain.core.credentials import ClosableCredential, azure_credential
 from securetrain.core.errors import ConfigurationError
 
 #: An https URL; the project talks to every service over TLS only.
@@ -101,7 +100,7 @@ class ServiceSettings(Settings):
         """What azure-core's ``connection_verify`` and requests' ``verify`` take: the CA bundle, or True."""
         return str(self.ca_bundle) if self.ca_bundle is not None else True
 
-    def credential(self) -> TokenCredential:
+    def credential(self) -> ClosableCredential:
         """The process's identity: the service principal when a secret is configured, else DefaultAzureCredential."""
         return azure_credential(
             client_id=self.client_id,

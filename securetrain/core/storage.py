@@ -27,6 +27,7 @@ from azure.storage.blob import (
     StorageStreamDownloader,
 )
 
+from securetrain.core.credentials import ClosableCredential
 from securetrain.core.errors import ConfigurationError, SecuretrainError, SecurityViolation
 from securetrain.core.http import AzureErrors, StorageRetry, azure_client_options
 from securetrain.core.settings import ServiceSettings
@@ -141,7 +142,8 @@ class _BlobReader(io.RawIOBase):
 class BlobStore:
     """Blob storage at one account endpoint, with one credential.
 
-    Build it with :meth:`from_settings`; the constructor takes any other credential. Use it as a context manager, or call :meth:`close`, to release its connections.
+    Build it with :meth:`from_settings`; the constructor takes any other credential. Use it as a context manager, or
+    call :meth:`close`, to release its connections, and those of the credential :meth:`from_settings` made for it.
     """
 
     def __init__(
@@ -175,14 +177,19 @@ class BlobStore:
             max_single_put_size=SINGLE_PUT_LIMIT, max_block_size=BLOCK_SIZE,
             max_single_get_size=DOWNLOAD_CHUNK_SIZE, max_chunk_get_size=DOWNLOAD_CHUNK_SIZE,
         )  # fmt: skip
+        self._own_credential: ClosableCredential | None = None
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings) -> BlobStore:
         """The store at ``$SECURETRAIN_STORAGE_ACCOUNT_URL``, signed in as the process's identity.
 
-        The identity needs a data-plane role such as *Storage Blob Data Contributor*.
+        The identity needs a data-plane role such as *Storage Blob Data Contributor*. The store owns the credential
+        it makes from ``settings`` and closes it with itself.
         """
-        return cls(settings.url("storage_account_url"), settings.credential(), ca_bundle=settings.ca_bundle)
+        credential = settings.credential()
+        store = cls(settings.url("storage_account_url"), credential, ca_bundle=settings.ca_bundle)
+        store._own_credential = credential
+        return store
 
     @classmethod
     def for_client(cls, client: BlobServiceClient, *, ca_bundle: Path | None) -> BlobStore:
@@ -197,6 +204,8 @@ class BlobStore:
 
     def close(self) -> None:
         self._client.close()
+        if self._own_credential is not None:
+            self._own_credential.close()
 
     def __enter__(self) -> BlobStore:
         return self

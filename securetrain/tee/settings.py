@@ -47,9 +47,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from azure.core.credentials import TokenCredential
 from pydantic import AliasChoices, Field, FilePath, NonNegativeInt, PositiveInt
 
+from securetrain.core.credentials import ClosableCredential
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
 from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
@@ -114,7 +114,7 @@ class TeeSettings(ServiceSettings, GpuSettings):
         default=None, validation_alias=AliasChoices("SECURETRAIN_SECURITY_CONTEXT_DIR", "UVM_SECURITY_CONTEXT_DIR")
     )
 
-    def credential(self) -> TokenCredential:
+    def credential(self) -> ClosableCredential:
         from azure.identity import ManagedIdentityCredential  # noqa: PLC0415 - heavy import
 
         return ManagedIdentityCredential(client_id=self.managed_identity_client_id, connection_verify=self.tls_verify)
@@ -124,7 +124,7 @@ class TeeSettings(ServiceSettings, GpuSettings):
         loads no attestation or Key Vault client."""
         from securetrain.core.storage import BlobStore  # noqa: PLC0415 - heavy import
 
-        return BlobStore(self.url("storage_account_url"), self.credential(), ca_bundle=self.ca_bundle)
+        return BlobStore.from_settings(self)
 
 
 class DataPathSettings(Settings):

@@ -33,6 +33,7 @@ from securetrain.localstack.services.identity import identities_dir, stack_ident
 from securetrain.localstack.standins.identity.app import token_issuer
 from securetrain.localstack.services.keyvault import roles_path
 from securetrain.localstack.process import PidRecord, stop_process
+from tests.open_connections import connections_to
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,16 @@ def env(local_stack) -> dict[str, str]:
 def officer(local_stack) -> KeyClient:
     with key_client_from_settings(local_stack.settings("data-owner")) as client:
         yield client
+
+
+def test_a_key_client_from_settings_closes_the_credential_made_for_it(local_stack) -> None:
+    settings = local_stack.settings("data-owner")
+    authority = str(settings.authority_host)
+    earlier = connections_to(authority)
+    with key_client_from_settings(settings) as client:
+        client.get_key("securetrain-kek")
+        assert connections_to(authority) - earlier, "the credential kept no connection to the identity service"
+    assert not connections_to(authority) - earlier
 
 
 def _assign(layout, identity: LocalIdentity, role: str) -> None:

@@ -33,6 +33,7 @@ from securetrain.core.storage import (
     StorageTlsError,
     StorageUnreachable,
 )
+from tests.open_connections import connections_to
 
 pytestmark = pytest.mark.integration
 
@@ -159,9 +160,14 @@ def test_plain_http_and_missing_settings_are_refused(local_stack, tmp_path: Path
 def test_the_identity_in_the_settings_file_reaches_storage_with_an_entra_token(local_stack, container: str) -> None:
     settings = local_stack.settings()
     assert settings.client_secret is not None  # a service principal, signing in at the identity stand-in
+    authority = str(settings.authority_host)
+    earlier = connections_to(authority)
     with BlobStore.from_settings(settings) as signed_in:
         assert signed_in.account_url == local_stack.blob_endpoint
         assert list(signed_in.list_blobs(container)) == []
+        assert connections_to(authority) - earlier, "the credential kept no connection to the identity service"
+    # The store closed the credential it made: a process that lives on holds no connection to Entra ID.
+    assert not connections_to(authority) - earlier
 
 
 @pytest.mark.slow
