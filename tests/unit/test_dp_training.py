@@ -104,6 +104,11 @@ def test_every_sample_gradient_is_clipped_to_max_grad_norm() -> None:
         assert torch.allclose(param.grad, expected, rtol=1e-4, atol=1e-7)
 
 
+def test_dp_sgd_never_trains_under_autocast() -> None:
+    _, _, training = private_training(table(200), plan_privacy(REQUEST, 200, 40, 1), job_keys(), batch_size=40)
+    assert not training.allows_autocast  # per-sample gradients and their clipping stay float32, on a GPU too
+
+
 def test_batches_are_poisson_samples_and_batches_and_noise_replay_per_epoch_under_the_same_kek() -> None:
     data, keys = table(500), job_keys()
     plan = plan_privacy(REQUEST, data.rows, 50, 2)

@@ -1,4 +1,4 @@
-"""The model registry: names, parameter checking, shapes."""
+"""The model registry: names, parameter checking, shapes, and where a model trains under autocast."""
 
 from __future__ import annotations
 
@@ -7,6 +7,11 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from securetrain.core.contracts.job_spec import Hyperparameters
+from securetrain.tee.training.data import TrainingData
+from securetrain.tee.training.loop import (
+    Standardization, build_trainee, data_shape, mixed_precision, plain_training, split_rows,
+)  # fmt: skip
 from securetrain.tee.training.models import (
     MODELS,
     DataShape,
@@ -81,3 +86,14 @@ def test_adding_a_model_is_one_registered_class() -> None:
             register("test_linear")(Linear)
     finally:
         del MODELS["test_linear"]
+
+
+def test_the_cpu_trains_in_float32_though_the_model_and_the_training_allow_autocast() -> None:
+    names = ("a", "b", "c")
+    data = TrainingData(torch.randn(8, 3), torch.tensor([0, 1] * 4), names, names, "y")
+    hyper = Hyperparameters(epochs=1, batch_size=4, learning_rate=0.1, seed=1)
+    rows, cpu = split_rows(data.rows, hyper.seed)[0], torch.device("cpu")
+    trainee = build_trainee("mlp", {}, hyper, data_shape(data), Standardization.of(data, rows), cpu)
+    training = plain_training(trainee, data, rows, hyper, cpu)
+    assert training.allows_autocast and type(trainee.model).allows_autocast
+    assert not mixed_precision(cpu, trainee.model, training)  # bit-exact with plain PyTorch's float32 runs

@@ -55,6 +55,15 @@ def make_deterministic(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True)
 
 
+def mixed_precision(device: torch.device, model: RegisteredModel, training: Training) -> bool:
+    """Whether the forward passes run under bfloat16 autocast: on a GPU with bfloat16 kernels, where the model and
+    the training allow. bfloat16 has float32's exponent range, so gradients neither underflow nor need a loss
+    scaler as float16's would; weights, gradients and the optimizer's state stay float32. Never on the CPU, whose
+    runs stay bit-exact with plain PyTorch's."""
+    return (device.type == "cuda" and training.allows_autocast and type(model).allows_autocast
+            and torch.cuda.is_bf16_supported())  # fmt: skip
+
+
 def held_out_count(rows: int) -> int:
     """How many of a dataset's ``rows`` are held out for evaluation (never trained on)."""
     return max(1, round(rows * VALIDATION_FRACTION)) if rows > 1 else 0
@@ -172,6 +181,8 @@ class Training:
     report_train_loss: bool = True
     #: The DP-SGD accountant's history so far, which each epoch's checkpoint carries (empty without DP-SGD).
     accountant: Callable[[], AccountantHistory] = tuple
+    #: Whether the forward pass may run under bfloat16 autocast on a GPU (:func:`mixed_precision`).
+    allows_autocast: bool = True
 
 
 def plain_training(trainee: Trainee, data: TrainingData, train_rows: torch.Tensor, hyper: Hyperparameters,
@@ -221,8 +232,9 @@ def build_trainee(
     return Trainee(model, _optimizer(model, hyper), shape)
 
 
-def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: torch.device) -> dict[str, float]:
-    """Loss and accuracy on ``rows`` (the held-out split)."""
+def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: torch.device, *,
+             autocast: bool = False) -> dict[str, float]:  # fmt: skip
+    """Loss and accuracy on ``rows`` (the held-out split), under bfloat16 autocast if ``autocast``."""
     if len(rows) == 0:
         return {}
     model.eval()
@@ -231,7 +243,8 @@ def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: t
         for batch in rows.split(EVALUATION_BATCH):
             x = data.features[batch].to(device, non_blocking=True)
             y = data.labels[batch].to(device, non_blocking=True)
-            logits = model(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                logits = model(x).float()  # the loss summed in float32, as training's is
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(dim=1) == y).sum())
     return {"val_loss": loss_sum / len(rows), "val_accuracy": correct / len(rows)}
@@ -258,6 +271,9 @@ def train(
     """
     module, optimizer = training.module, training.optimizer
     evaluation_data, held_out_rows = held_out
+    autocast = mixed_precision(device, trainee.model, training)
+    if autocast:
+        log.info("mixed precision: forward passes under bfloat16 autocast, weights and optimizer state in float32")
     progress = start
     for epoch in range(start.epoch + 1, hyper.epochs + 1):
         module.train()
@@ -271,7 +287,8 @@ def train(
                 if cancel.is_set():
                     raise TrainingCancelled(f"cancelled during epoch {epoch} at step {step}; the last checkpoint is intact")
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                loss = nn.functional.cross_entropy(module(x), y)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = nn.functional.cross_entropy(module(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -282,7 +299,7 @@ def train(
             if end_of_windows is not None and every_windows and done % every_windows == 0 and done < training.window_count:
                 partial = {"train_loss_sum": float(loss_sum)} if training.report_train_loss else {}
                 end_of_windows(Progress(epoch - 1, step, partial, training.accountant(), windows=done))
-        metrics = evaluate(trainee.model, evaluation_data, held_out_rows, device)
+        metrics = evaluate(trainee.model, evaluation_data, held_out_rows, device, autocast=autocast)
         if training.report_train_loss:
             metrics = {"train_loss": float(loss_sum) / training.rows, **metrics}
         progress = Progress(epoch, step, metrics, training.accountant())

@@ -65,6 +65,10 @@ class RegisteredModel(nn.Module):
     """Base of every registered model: ``Params`` says which parameters it takes, ``standardize`` comes first."""
 
     Params: ClassVar[type]
+    #: Whether the model keeps its accuracy with its matrix products and convolutions in bfloat16, so that
+    #: training on a GPU may run its forward pass under autocast (docs/trainer.md, "Devices"). A model that
+    #: needs float32 throughout (a layer whose sums lose what matters in bfloat16's 8-bit mantissa) says False.
+    allows_autocast: ClassVar[bool] = True
     standardize: Standardize
 
     def __init__(self, data: DataShape) -> None:

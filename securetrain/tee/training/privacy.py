@@ -211,8 +211,11 @@ class DpSgd:
             noise.manual_seed(self._epoch_seed("noise", epoch))
             return (Step(x, y, len(y), len(y)) for x, y in private_loader)
 
+        # No autocast: the guarantee rests on each row's gradient being clipped to max_grad_norm, and Opacus
+        # computes those gradients and their norms from the activations its hooks keep: they stay float32, as on
+        # the CPU, where this path is tested.
         return Training(module, optimizer, one_window(steps), len(train_rows), report_train_loss=False,
-                        accountant=self.history)  # fmt: skip
+                        accountant=self.history, allows_autocast=False)  # fmt: skip
 
     def history(self) -> AccountantHistory:
         """The accountant's history so far: (noise multiplier, sample rate, steps) per phase."""
