@@ -52,13 +52,18 @@ from pydantic import AliasChoices, Field, FilePath, NonNegativeInt, PositiveInt
 from securetrain.core.credentials import ClosableCredential
 from securetrain.core.errors import ConfigurationError
 from securetrain.core.settings import HttpsUrl, ServiceSettings, Settings
-from securetrain.tee.evidence.azure_cvm import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT, AZURE_TCTI
-from securetrain.tee.gpu_attestation import NO_GPU, GpuRequirement, default_token_jwks
 
 if TYPE_CHECKING:
     from securetrain.core.storage import BlobStore
+    from securetrain.tee.gpu_attestation import GpuRequirement
 
 NO_GPU_PROVIDER = "none"
+#: Where an Azure confidential VM exposes what the ``azure-cvm`` provider reads: the vTPM (as tpm2-tss names it),
+#: IMDS, and the TCG event log of its boot. Defined here, not by the provider, so that a process that only needs
+#: the TEE's storage settings (a training worker) loads neither the evidence providers nor tpm2-tss.
+AZURE_TCTI = "device:/dev/tpmrm0"
+AZURE_IMDS_ENDPOINT = "http://169.254.169.254"
+AZURE_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 
 
 class GpuSettings(Settings):
@@ -77,6 +82,8 @@ class GpuSettings(Settings):
 
     def gpu_requirement(self) -> GpuRequirement | None:
         """What the TEE requires of its GPU; None when it requires none."""
+        from securetrain.tee.gpu_attestation import GpuRequirement, default_token_jwks  # noqa: PLC0415 - not a worker's
+
         if self.gpu == NO_GPU_PROVIDER:
             return None
         if self.gpu_attestation_endpoint is None:
@@ -91,6 +98,8 @@ class GpuSettings(Settings):
 
     def gpu_configuration(self) -> dict[str, Any]:
         """The GPU requirement as the workload manifest measures it (:func:`securetrain.tee.workload.manifest`)."""
+        from securetrain.tee.gpu_attestation import NO_GPU  # noqa: PLC0415 - not a worker's
+
         requirement = self.gpu_requirement()
         return dict(NO_GPU) if requirement is None else requirement.measured()
 

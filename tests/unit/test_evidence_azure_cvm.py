@@ -16,12 +16,12 @@ from securetrain.core.errors import ConfigurationError
 from securetrain.core.http import HttpsSession
 from securetrain.tee.evidence import EvidenceError
 from securetrain.tee.evidence.azure_cvm import (
-    AZURE_IMDS_ENDPOINT,
     AzureCvmEvidenceInvalid,
     AzureCvmProvider,
     _imds_session,
     read_hcl_report,
 )
+from securetrain.tee.settings import AZURE_EVENT_LOG, AZURE_IMDS_ENDPOINT
 
 GENUINE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "azure-cvm" / "evidence.json"
 
@@ -69,7 +69,7 @@ def test_hostile_nv_content_raises_only_the_projects_error(noise, position, patc
 
 @pytest.mark.parametrize(("user_data", "nonce"), [(bytes(63), bytes(32)), (bytes(64), bytes(15)), (bytes(64), bytes(33))])
 def test_a_request_of_the_wrong_size_is_refused_before_the_vtpm_is_asked(user_data, nonce) -> None:
-    provider = AzureCvmProvider("swtpm:host=127.0.0.1,port=1", "https://127.0.0.1:1")
+    provider = AzureCvmProvider("swtpm:host=127.0.0.1,port=1", "https://127.0.0.1:1", event_log=AZURE_EVENT_LOG)
     with pytest.raises(AzureCvmEvidenceInvalid) as refused:
         provider.evidence(user_data, nonce)
     assert refused.value.step == "check-request"

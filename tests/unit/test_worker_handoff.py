@@ -167,10 +167,12 @@ def test_a_malformed_survey_is_refused(change: str) -> None:
         survey_of_frame(message, data, spec())
 
 
-def test_a_worker_loads_neither_opacus_nor_the_key_path() -> None:
+def test_a_worker_loads_neither_opacus_nor_the_key_path_nor_the_evidence_providers() -> None:
     """Every job starts its workers afresh, and a worker never trains DP-SGD, attests or asks Key Vault for a key:
-    Opacus (and the SciPy it loads), the attester and the Key Vault clients stay out of its start-up."""
-    unneeded = ["opacus", "scipy", "securetrain.tee.attest", "securetrain.tee.release", "azure.keyvault.keys"]
+    Opacus (and the SciPy it loads), the attester, the evidence providers (tpm2-tss with them) and the Key Vault
+    clients stay out of its start-up."""
+    unneeded = ["opacus", "scipy", "securetrain.tee.attest", "securetrain.tee.release", "azure.keyvault.keys",
+                "securetrain.tee.evidence", "securetrain.tee.gpu_attestation", "tpm2_pytss"]
     probe = f"import sys, securetrain.tee.training.worker; print(sorted(set({unneeded!r}) & set(sys.modules)))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"

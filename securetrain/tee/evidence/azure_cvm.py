@@ -74,9 +74,6 @@ AK_PERSISTENT_HANDLE = 0x81000003
 QUOTED_PCRS = tuple(range(24))
 QUOTE_BANK = "sha256"
 
-AZURE_TCTI = "device:/dev/tpmrm0"
-AZURE_IMDS_ENDPOINT = "http://169.254.169.254"
-AZURE_EVENT_LOG = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
 THIM_PATH = "/metadata/THIM/amd/certification"
 IMAGE_REFERENCE_PATH = "/metadata/instance/compute/storageProfile/imageReference"
 IMDS_API_VERSION = "2025-04-07"
@@ -147,7 +144,7 @@ class AzureCvmProvider:
     tee_type = "azure-cvm"
 
     def __init__(
-        self, tcti: str, imds_endpoint: str, *, event_log: Path = AZURE_EVENT_LOG, ca_bundle: Path | None = None
+        self, tcti: str, imds_endpoint: str, *, event_log: Path, ca_bundle: Path | None = None
     ) -> None:
         self._tcti = tcti
         self._imds_endpoint = imds_endpoint.rstrip("/")
