@@ -67,8 +67,8 @@ def mixed_precision(device: torch.device, model: RegisteredModel, training: Trai
 
 
 def forward_precision(device: torch.device, autocast: bool) -> Callable[[], contextlib.AbstractContextManager[Any]]:
-    """What each forward pass runs under: bfloat16 autocast, or nothing (a disabled autocast costs some 8 µs a
-    step to enter, as much as a small model's step on the CPU)."""
+    """What each forward pass runs under: bfloat16 autocast, or nothing (entering and leaving a disabled autocast
+    costs about 4 µs a step here, a ``nullcontext`` 0.4 µs)."""
     return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext
 
 
