@@ -241,13 +241,14 @@ def build_trainee(
 
 
 def evaluate(model: nn.Module, data: TrainingData, rows: torch.Tensor, device: torch.device, *,
-             autocast: bool = False) -> dict[str, float]:  # fmt: skip
-    """Loss and accuracy on ``rows`` (the held-out split), under bfloat16 autocast if ``autocast``."""
+             precision: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+             ) -> dict[str, float]:  # fmt: skip
+    """Loss and accuracy on ``rows`` (the held-out split), each forward pass under ``precision()``
+    (:func:`forward_precision`)."""
     if len(rows) == 0:
         return {}
     model.eval()
     loss_sum, correct = 0.0, 0
-    precision = forward_precision(device, autocast)
     with torch.no_grad():
         for batch in rows.split(EVALUATION_BATCH):
             x = data.features[batch].to(device, non_blocking=True)
@@ -309,7 +310,7 @@ def train(
             if end_of_windows is not None and every_windows and done % every_windows == 0 and done < training.window_count:
                 partial = {"train_loss_sum": float(loss_sum)} if training.report_train_loss else {}
                 end_of_windows(Progress(epoch - 1, step, partial, training.accountant(), windows=done))
-        metrics = evaluate(trainee.model, evaluation_data, held_out_rows, device, autocast=autocast)
+        metrics = evaluate(trainee.model, evaluation_data, held_out_rows, device, precision=precision)
         if training.report_train_loss:
             metrics = {"train_loss": float(loss_sum) / training.rows, **metrics}
         progress = Progress(epoch, step, metrics, training.accountant())
