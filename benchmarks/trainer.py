@@ -30,6 +30,7 @@ import argparse
 import io
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -49,6 +50,7 @@ from securetrain.core.sealed import KekPrivateKey, KekPublicKey, seal
 from securetrain.localstack import read_stack_env
 from securetrain.localstack.services.azurite import AZURITE
 from securetrain.core.storage import BlobStore
+from securetrain.tee.allocator import TEE_ALLOCATOR_ENVIRONMENT
 
 MIB = 1 << 20
 FEATURES = 64
@@ -185,13 +187,15 @@ def side_runs(module: str, repeats: int, common: list[str], spec: Callable[[int]
     """Each side's figures from ``repeats`` runs of ``python -m module --role SIDE`` with ``common`` arguments, the
     secure side with the job ``spec(repeat)`` and the KEK's private key on stdin. The sides alternate which runs
     first: whichever side ran second against a freshly staged Azurite measured 1-2 s slower, and a burst of load
-    on a shared machine should not fall on one side only."""
+    on a shared machine should not fall on one side only. Both sides run under the allocator setting of the TEE's
+    processes, so the secure side is measured as the agent runs it and the ratio does not count the setting."""
+    environment = {**os.environ, **TEE_ALLOCATOR_ENVIRONMENT}
     runs: dict[str, list[dict[str, Any]]] = {"plain": [], "secure": []}
     for repeat in range(repeats):
         for side in ("plain", "secure") if repeat % 2 == 0 else ("secure", "plain"):
             argv, stdin = (common, b"") if side == "plain" else ([*common, "--spec", json.dumps(spec(repeat))], keys_pem)
             out = subprocess.run([sys.executable, "-m", module, "--role", side, *argv], input=stdin,
-                                 stdout=subprocess.PIPE, check=True)  # fmt: skip
+                                 stdout=subprocess.PIPE, env=environment, check=True)  # fmt: skip
             runs[side].append(json.loads(out.stdout.decode().strip().splitlines()[-1]))
     return runs
 

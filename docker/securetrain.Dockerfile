@@ -9,6 +9,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# One malloc arena for every thread (securetrain/tee/allocator.py): glibc reads it as a process starts, and the
+# trainer agent and its training workers must start with it to keep a streamed dataset within its budget.
+ENV MALLOC_ARENA_MAX=1
+
 # uid 50000, as the Airflow image's `airflow` user: the files `pki` writes into Airflow's volume (0600
 # keys) are then readable by Airflow, and by no other user.
 RUN groupadd --gid 50000 securetrain \

@@ -18,6 +18,7 @@ from securetrain.localstack.identities import CVM_IDENTITY, DATA_OWNER_IDENTITY,
 from securetrain.localstack.layout import StackLayout
 from securetrain.localstack.services.identity import stack_identities
 from securetrain.localstack.stack_gpu import gpu_tee_environment
+from securetrain.tee.allocator import TEE_ALLOCATOR_ENVIRONMENT
 
 #: The applications a settings file is written for (the TEE's managed identity has none: no secret exists).
 APPLICATIONS = (PIPELINE_IDENTITY, ROTATOR_IDENTITY, DATA_OWNER_IDENTITY)
@@ -94,7 +95,7 @@ _EVIDENCE = {
 def tee_environment(stack_env: Mapping[str, str], layout: StackLayout) -> dict[str, str]:
     """The environment of the TEE's agent: its services, trust roots, managed identity, the evidence provider
     of the stack's platform (``SECURETRAIN_PLATFORM`` in ``stack_env``) with what it reads its evidence from, and
-    the GPU it requires, if the stack has one."""
+    the GPU it requires, if the stack has one, and the allocator setting every TEE process runs under."""
     managed = stack_identities(layout)[CVM_IDENTITY]
     assert managed.identity_header is not None  # a managed identity
     if not stack_env.get(PLATFORM_ENV):
@@ -114,4 +115,5 @@ def tee_environment(stack_env: Mapping[str, str], layout: StackLayout) -> dict[s
         "SECURETRAIN_EVIDENCE_PROVIDER": platform.evidence_provider,
         **_pick(stack_env, evidence),
         **gpu_tee_environment(layout),
+        **TEE_ALLOCATOR_ENVIRONMENT,
     }

@@ -210,6 +210,13 @@ def test_the_agents_log_holds_its_jobs_records_and_not_the_libraries_bookkeeping
     assert re.findall(r" INFO (?:azure|great_expectations)\.\S+: .*", agent_log)[:3] == []
 
 
+def test_the_stack_starts_its_agent_with_the_tee_s_allocator_setting(local_stack) -> None:
+    """The agent warns at start when an allocator variable is missing (securetrain/tee/allocator.py)."""
+    agent_log = local_stack.layout.log_file("cvm").read_text()
+    assert "listening on https://" in agent_log
+    assert "MALLOC_" not in agent_log
+
+
 def test_resubmitting_a_run_id_returns_the_same_job(pipeline) -> None:
     spec = job_spec()
     first = pipeline.submit(spec)

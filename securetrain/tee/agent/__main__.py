@@ -24,6 +24,7 @@ from securetrain.tee.agent.app import create_app
 from securetrain.tee.agent.health import GpuProbe
 from securetrain.tee.agent.jobs import JobRunner, JobStore, TrainingFunction
 from securetrain.tee.agent.tls import MutualTlsH11Protocol
+from securetrain.tee.allocator import warn_if_allocator_untuned
 from securetrain.tee.data_owners import DataOwnerKeys
 from securetrain.tee.evidence import ConfigfsTsmProvider, EvidenceProvider
 from securetrain.tee.evidence.azure_aci import AzureAciProvider
@@ -137,6 +138,7 @@ def main(
     ``gpu_providers`` the GPU evidence providers ``SECURETRAIN_GPU`` chooses from."""
     args = _parser().parse_args(argv)
     configure_logging("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    warn_if_allocator_untuned()
     try:
         settings = TeeSettings.load()
         owners = DataOwnerKeys.from_files(args.data_owner_key)
