@@ -97,7 +97,7 @@ def job(blobs: list[str], epochs: int) -> TrainingSpec:
 def weights(store: BlobStore, keys: JobKeys, spec: TrainingSpec) -> dict[str, torch.Tensor]:
     with store.open_read(spec.output.container, spec.output.blob) as src:
         reader = SealedReader(src, keys.kek_private, expected_context={"run_id": spec.run_id, "kind": "model"})
-        return safetensors.torch.load(b"".join(bytes(segment) for segment in reader.segments()))
+        return safetensors.torch.load(bytes(reader.read_plaintext()))
 
 
 def timed(spec: TrainingSpec, keys: JobKeys, store: BlobStore, workers: int, threads: int) -> dict[str, Any]:

@@ -218,7 +218,7 @@ def _consortium_run(layout: StackLayout, env: Mapping[str, str], pipeline_settin
     reader = SealedReader(io.BytesIO(sealed), lab_key, expected_context={
         "run_id": statement["run_id"], "kind": "model-recipient", "party": copy["party"],
         "source_sha256": statement["sealed_model_sha256"]})  # fmt: skip
-    tensors = safetensors.torch.load(b"".join(bytes(segment) for segment in reader.segments()))
+    tensors = safetensors.torch.load(bytes(reader.read_plaintext()))
     privacy = governance["privacy"]
     budget = _securetrain(root, "--settings", str(pipeline_settings), "contract", "budget", str(contract_file))
     print(f"    contract:     {contract.contract_id} {pool.digest}")

@@ -11,7 +11,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, inspect, seal, unseal, unseal_file
+from securetrain.core.sealed import KekPrivateKey, KekPublicKey, SealedReader, inspect, seal, unseal_file
 from securetrain.core.sealed import errors
 from securetrain.core.sealed.header import KeyWrap, SealedContent, SealedHeader
 from securetrain.core.sealed.stream import STREAM_HEADER_SIZE, TAG_SIZE, SegmentLayout, encrypt_stream
@@ -34,9 +34,39 @@ def sealed(data: bytes, kek: KekPublicKey, context=CONTEXT, segment_size: int = 
 
 
 def opened(blob: bytes, kek: KekPrivateKey, **kwargs) -> bytes:
+    """The plaintext of ``blob``, read both ways a reader has, which must agree: the same plaintext, or the same
+    error raised."""
+    by_segment, whole = _read(blob, kek, kwargs, _by_segment), _read(blob, kek, kwargs, _whole)
+    if isinstance(by_segment, errors.SealedFileError):
+        assert (type(whole), str(whole)) == (type(by_segment), str(by_segment))
+        raise by_segment
+    assert whole == by_segment
+    return by_segment
+
+
+def _read(blob: bytes, kek: KekPrivateKey, kwargs: dict, way) -> bytes | errors.SealedFileError:
+    try:
+        return way(SealedReader(io.BytesIO(blob), kek, **kwargs))
+    except errors.SealedFileError as exc:
+        return exc
+
+
+def _by_segment(reader: SealedReader) -> bytes:
     out = io.BytesIO()
-    unseal(io.BytesIO(blob), out, kek, **kwargs)
+    for segment in reader.segments():
+        out.write(segment)
     return out.getvalue()
+
+
+def _whole(reader: SealedReader) -> bytes:
+    buffer = bytearray(reader.header.content.plaintext_length)
+    try:
+        reader.decrypt_into(buffer)
+    except errors.SealedFileError:
+        # No byte of a failed read stays behind, authenticated or not.
+        assert buffer.count(0) == len(buffer)
+        raise
+    return bytes(buffer)
 
 
 def stream_start(blob: bytes) -> int:
@@ -84,6 +114,24 @@ def test_reader_file_interface_reads_in_any_chunking(kek_public, kek_private):
     while chunk := reader.read(1000):
         parts.append(chunk)
     assert b"".join(parts) == data
+
+
+def test_a_reader_reads_its_plaintext_once_whichever_way(kek_public, kek_private):
+    blob = sealed(payload(SEGMENT + 1), kek_public)
+    reader = SealedReader(io.BytesIO(blob), kek_private)
+    assert reader.read_plaintext() == payload(SEGMENT + 1)
+    with pytest.raises(errors.SealInputError, match="read once"):
+        reader.segments()
+    reader = SealedReader(io.BytesIO(blob), kek_private)
+    next(reader.segments())
+    with pytest.raises(errors.SealInputError, match="read once"):
+        reader.read_plaintext()
+
+
+def test_decrypting_into_a_buffer_of_another_size_is_refused(kek_public, kek_private):
+    reader = SealedReader(io.BytesIO(sealed(payload(100), kek_public)), kek_private)
+    with pytest.raises(errors.SealInputError, match="the plaintext is 100 bytes; the buffer is 99"):
+        reader.decrypt_into(bytearray(99))
 
 
 def test_header_records_what_was_sealed(kek_public):

@@ -174,10 +174,27 @@ class SealedReader(io.RawIOBase):
 
     def segments(self) -> Iterator[memoryview]:
         """Yield each segment's plaintext; a view is valid until the next one is requested."""
-        if self._iterator is not None:
-            raise SealInputError("a sealed file's plaintext can be read once")
+        self._start_reading()
         self._iterator = self._segments()
         return self._iterator
+
+    def read_plaintext(self) -> bytearray:
+        """The whole plaintext, decrypted straight into one buffer of its exact size (:meth:`decrypt_into`)."""
+        buffer = bytearray(self.header.content.plaintext_length)
+        self.decrypt_into(buffer)
+        return buffer
+
+    def decrypt_into(self, buffer: bytearray | memoryview) -> None:
+        """Decrypt the whole plaintext into ``buffer``, of exactly its length, each segment into its place; with
+        ``verify_digest`` it is hashed once it is whole. On a failure ``buffer`` is zeroed."""
+        self._start_reading()
+        self._iterator = iter(())
+        verify = (lambda plaintext: self._check_digest(hashlib.sha256(plaintext).hexdigest())) if self._verify_digest else None
+        self._decryptor.decrypt_into(buffer, verify)
+
+    def _start_reading(self) -> None:
+        if self._iterator is not None:
+            raise SealInputError("a sealed file's plaintext can be read once")
 
     def _segments(self) -> Iterator[memoryview]:
         digest = hashlib.sha256() if self._verify_digest else None
@@ -185,10 +202,13 @@ class SealedReader(io.RawIOBase):
             if digest is not None:
                 digest.update(plaintext)
             yield plaintext
-        if digest is not None and digest.hexdigest() != self.header.content.plaintext_sha256:
+        if digest is not None:
+            self._check_digest(digest.hexdigest())
+
+    def _check_digest(self, digest: str) -> None:
+        if digest != self.header.content.plaintext_sha256:
             raise PlaintextDigestMismatch(
-                f"the plaintext's SHA-256 is {digest.hexdigest()}, the header records "
-                f"{self.header.content.plaintext_sha256}"
+                f"the plaintext's SHA-256 is {digest}, the header records {self.header.content.plaintext_sha256}"
             )
 
     def readable(self) -> bool:

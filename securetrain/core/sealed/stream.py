@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
@@ -185,11 +185,11 @@ def encrypt_stream(
 
 
 class StreamDecryptor:
-    """Decrypts a segment stream one segment at a time into a buffer it owns.
+    """Decrypts a segment stream, read once: segment by segment into a buffer it owns (:meth:`segments`), or the
+    whole plaintext into the caller's buffer (:meth:`decrypt_into`).
 
-    :meth:`segments` yields read-only views of that buffer; a view is valid until the next one is
-    requested. A failure raises the specific :mod:`securetrain.core.sealed.errors` exception naming the
-    segment, and nothing after it is yielded.
+    A failure raises the specific :mod:`securetrain.core.sealed.errors` exception naming the segment, and
+    nothing after it is decrypted.
     """
 
     def __init__(self, src: BinaryIO, *, dek: bytes, associated_data: bytes, layout: SegmentLayout) -> None:
@@ -206,10 +206,35 @@ class StreamDecryptor:
         self._aes = _stream_key(dek, header[1 : 1 + KEY_SIZE], associated_data)
 
     def segments(self) -> Iterator[memoryview]:
+        """Yield read-only views of each segment's plaintext; a view is valid until the next one is requested."""
+        plain = memoryview(bytearray(self._layout.plaintext_segment_size))
+        for out in self._decrypted(lambda _offset, size: plain[:size]):
+            yield out.toreadonly()
+
+    def decrypt_into(self, buffer: bytearray | memoryview, verify: Callable[[memoryview], None] | None = None) -> None:
+        """Decrypt the whole stream into ``buffer``, of exactly the plaintext's length, each segment straight into
+        its place: no segment buffer and no copy; then ``verify`` it whole, if given. On a failure, of a segment or
+        of ``verify``, ``buffer`` is zeroed before the error is raised: cryptography's ``decrypt_into`` leaves the
+        failed segment's unauthenticated plaintext in its output."""
+        view = memoryview(buffer).cast("B")
+        if len(view) != self._layout.plaintext_length:
+            raise SealInputError(f"the plaintext is {self._layout.plaintext_length} bytes; the buffer is {len(view)}")
+        try:
+            for _ in self._decrypted(lambda offset, size: view[offset : offset + size]):
+                pass
+            if verify is not None:
+                verify(view)
+        except BaseException:
+            view[:] = bytes(len(view))
+            raise
+
+    def _decrypted(self, place: Callable[[int, int], memoryview]) -> Iterator[memoryview]:
+        """Decrypt each segment into ``place(plaintext offset, size)`` and yield that view, in order; then make sure
+        nothing follows the final segment."""
         layout = self._layout
         cipher = memoryview(bytearray(layout.segment_size))
-        plain = memoryview(bytearray(layout.plaintext_segment_size))
         last = layout.segment_count - 1
+        offset = 0
         for index in range(layout.segment_count):
             size = layout.ciphertext_size(index)
             got = read_exact(self._src, cipher[:size])
@@ -218,12 +243,13 @@ class StreamDecryptor:
                     f"the file ends inside segment {index} of {layout.segment_count} "
                     f"({got} of its {size} bytes are there)"
                 )
-            out = plain[: size - TAG_SIZE]
+            out = place(offset, size - TAG_SIZE)
             try:
                 self._aes.decrypt_into(_segment_nonce(self._prefix, index, index == last), cipher[:size], None, out)
             except InvalidTag:
                 raise self._diagnose(index, bytes(cipher[:size])) from None
-            yield out.toreadonly()
+            offset += len(out)
+            yield out
         if self._src.read(1):
             raise TrailingData(f"bytes follow the final segment ({layout.segment_count - 1}); something was appended")
 

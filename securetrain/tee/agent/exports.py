@@ -199,7 +199,7 @@ def export_model(
         io.BytesIO(sealed), keys.kek_private, expected_context={"run_id": request.run_id, "kind": "model"},
         verify_digest=True,
     )  # fmt: skip
-    plaintext = b"".join(bytes(segment) for segment in reader.segments())
+    plaintext = reader.read_plaintext()
     context = {"run_id": request.run_id, "kind": "model-export", "source_sha256": request.sealed_sha256}
     out = io.BytesIO()
     seal(io.BytesIO(plaintext), out, request.recipient, context)

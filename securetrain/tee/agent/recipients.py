@@ -27,7 +27,7 @@ def seal_for_recipients(
     """Seal the model (``sealed_model``, as training sealed it to ``kek``) to every recipient of ``outputs``."""
     reader = SealedReader(io.BytesIO(sealed_model), kek, expected_context={"run_id": run_id, "kind": "model"},
                           verify_digest=True)  # fmt: skip
-    plaintext = b"".join(bytes(segment) for segment in reader.segments())
+    plaintext = reader.read_plaintext()
     source = content_digest(sealed_model)
     copies = []
     for recipient in outputs.recipients:

@@ -317,7 +317,7 @@ class Checkpoints:
                     **({"windows": str(windows)} if windows else {})}  # fmt: skip
         with self._store.open_read(self._location.container, blob) as src:
             reader = SealedReader(src, self._keys.kek_private, expected_context=expected)
-            payload = b"".join(bytes(segment) for segment in reader.segments())
+            payload = bytes(reader.read_plaintext())
         mac = reader.header.content.context.get("mac", "")
         if not hmac.compare_digest(mac, _mac(self._keys.kek_private, self._run_id, epoch, payload, windows)):
             raise CheckpointInvalid("its MAC does not verify: it was not written by a TEE holding this run's KEK")

@@ -254,19 +254,6 @@ def _refuse_missing(features: Sequence[str], label: str, nulls: np.ndarray, wher
         raise DatasetContentError(f"{where}: label column {label!r} has {nulls[-1]} missing values")
 
 
-def _buffered_plaintext(reader: SealedReader, shard: DatasetShard) -> bytearray:
-    """The whole plaintext of ``reader``, decrypted segment by segment into one buffer of its exact size."""
-    buffer = bytearray(reader.header.content.plaintext_length)
-    view = memoryview(buffer)
-    filled = 0
-    for segment in reader.segments():
-        view[filled : filled + len(segment)] = segment
-        filled += len(segment)
-    if filled != len(buffer):  # the layout from the authenticated header makes this impossible; fail closed
-        raise DatasetContentError(f"{describe_shard(shard)}: {filled} plaintext bytes, the header says {len(buffer)}")
-    return buffer
-
-
 def _ways_out(shard: DatasetShard) -> str:
     if shard.format == "arrow":
         return "split it into smaller shards"
@@ -291,7 +278,7 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns, l
     """Decoded record batch by record batch into arrays of the row count in the file's footer, so that the shard
     never exists as a whole Arrow table beside its plaintext and its arrays."""
     where = describe_shard(shard)
-    buffer = _buffered_plaintext(reader, shard)
+    buffer = reader.read_plaintext()
     try:
         file = pq.ParquetFile(pa.BufferReader(buffer))
         features = _tabular_columns(file.schema_arrow, columns, where)
@@ -372,7 +359,7 @@ def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Colum
 def _read_safetensors(reader: SealedReader, shard: DatasetShard, columns: Columns, limits: DataLimits) -> ShardArrays:
     where = describe_shard(shard)
     try:
-        tensors = safetensors.torch.load(bytes(_buffered_plaintext(reader, shard)))
+        tensors = safetensors.torch.load(bytes(reader.read_plaintext()))
     except safetensors.SafetensorError as exc:
         raise DatasetContentError(f"{where} is authentic but not a safetensors file: {exc}") from None
     if columns.label not in tensors:
