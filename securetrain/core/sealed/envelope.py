@@ -146,7 +146,8 @@ class OpenedHeader:
 class SealedReader(io.RawIOBase):
     """The plaintext of a sealed file, decrypted segment by segment as it is read.
 
-    Use :meth:`segments` for zero-copy iteration, or the file interface (``read``/``readinto``). A
+    Use :meth:`segments` for zero-copy iteration, :meth:`read_plaintext` or :meth:`decrypt_into` for the
+    whole plaintext in one buffer, or the file interface (``read``/``readinto``); the plaintext is read once. A
     failure in any segment raises its specific error; a consumer must treat everything it has read
     as untrusted until the stream has been read to its end without error. ``kek`` is the KEK's private
     key, or the :class:`OpenedHeader` of an earlier read of the same file.
@@ -188,9 +189,8 @@ class SealedReader(io.RawIOBase):
         """Decrypt the whole plaintext into ``buffer``, of exactly its length, each segment into its place; with
         ``verify_digest`` it is hashed once it is whole. On a failure ``buffer`` is zeroed."""
         self._start_reading()
-        self._iterator = iter(())
-        verify = (lambda plaintext: self._check_digest(hashlib.sha256(plaintext).hexdigest())) if self._verify_digest else None
-        self._decryptor.decrypt_into(buffer, verify)
+        self._iterator = iter(())  # read: the file interface is at its end
+        self._decryptor.decrypt_into(buffer, self._check_whole_digest if self._verify_digest else None)
 
     def _start_reading(self) -> None:
         if self._iterator is not None:
@@ -204,6 +204,9 @@ class SealedReader(io.RawIOBase):
             yield plaintext
         if digest is not None:
             self._check_digest(digest.hexdigest())
+
+    def _check_whole_digest(self, plaintext: memoryview) -> None:
+        self._check_digest(hashlib.sha256(plaintext).hexdigest())
 
     def _check_digest(self, digest: str) -> None:
         if digest != self.header.content.plaintext_sha256:
