@@ -16,8 +16,8 @@ from securetrain.tee.allocator import TEE_ALLOCATOR_ENVIRONMENT, warn_if_allocat
 
 REPO = Path(__file__).resolve().parents[2]
 
-# Run as a training worker is: a new interpreter that imports torch (whose libraries start threads), then
-# allocates shard-sized buffers from several threads at once; it prints how many arenas glibc's malloc_info lists.
+# Started as a training worker is: a new interpreter that imports torch (whose libraries start threads); then four
+# threads hold 1 MiB buffers at once, and it prints how many arenas glibc's malloc_info lists.
 _ARENAS = """
 import ctypes, tempfile, threading, torch
 libc = ctypes.CDLL(None)
