@@ -27,8 +27,10 @@ pytestmark = pytest.mark.integration
 store, keys = test_training_run.store, test_training_run.keys
 
 
-def test_a_shard_tampered_mid_stream_stops_training_naming_the_shard(store, keys) -> None:
-    blobs = sealed_shards(store, keys, "parquet")
+# Parquet and safetensors shards are decrypted whole into one buffer, Arrow streams segment by segment.
+@pytest.mark.parametrize("fmt", ["parquet", "safetensors", "arrow"])
+def test_a_shard_tampered_mid_stream_stops_training_naming_the_shard(store, keys, fmt: str) -> None:
+    blobs = sealed_shards(store, keys, fmt)
     victim = blobs[5]
     tampered = bytearray(b"".join(store.download_chunks("datasets", victim)))  # the same file, one bit flipped
     tampered[-20] ^= 0x01
@@ -38,7 +40,7 @@ def test_a_shard_tampered_mid_stream_stops_training_naming_the_shard(store, keys
             super().validation_done(aggregates)
             store.upload_stream("datasets", victim, io.BytesIO(bytes(tampered)), overwrite=True)
 
-    spec = spec_for(blobs)
+    spec = spec_for(blobs, fmt)
     progress = TamperAfterSurvey()
     with pytest.raises(SegmentTampered, match=rf"^shard datasets/{victim}: segment \d+ failed authentication"):
         run_training(spec, keys, store, progress, threading.Event(), limits=LIMITS)
