@@ -1,4 +1,5 @@
-"""The streaming path's pieces: seeded splits and orders, lanes, float64 standardization, the budget's ledger."""
+"""The streaming path's pieces: seeded splits and orders, lanes, float64 standardization, the held-out sample, the
+budget's ledger."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import torch
 
 from securetrain.tee.training.loop import held_out_count
 from securetrain.tee.training.lanes import Lanes, LanesRefused
+from securetrain.tee.training import stream
+from securetrain.tee.training.data import ShardArrays
 from securetrain.tee.training.stream import (
-    BufferLedger, DataBudgetExceeded, _generator, _Moments, _steps, shard_order, shard_split, window_batches,
+    BufferLedger, DataBudgetExceeded, _generator, _HeldOutSample, _Moments, _steps, shard_order, shard_split,
+    window_batches,
 )  # fmt: skip
 
 
@@ -37,6 +41,37 @@ def test_standardization_merged_shard_by_shard_equals_the_whole_columns() -> Non
     stats = moments.standardization()
     assert torch.allclose(stats.mean.double(), whole.mean(0), rtol=1e-6)
     assert torch.allclose(stats.std.double(), whole.std(0, correction=0), rtol=1e-5)
+
+
+def test_standardization_of_chosen_rows_widened_a_chunk_at_a_time_equals_theirs_widened_at_once(monkeypatch) -> None:
+    rng = np.random.default_rng(1)
+    features = (rng.normal(size=(500, 2, 3)) * 10 + 1e3).astype(np.float32)
+    rows = rng.permutation(500)[:357]
+    monkeypatch.setattr(stream, "MOMENT_CHUNK_BYTES", 8 * 6 * 40)  # chunks of 40 rows, the last one shorter
+    chunked = _Moments()
+    chunked.add_rows(features, rows)
+    whole = torch.from_numpy(features[rows].reshape(len(rows), -1)).double()
+    stats = chunked.standardization()
+    # float64 throughout, float32 at the end: a chunk left out or counted twice moves them by far more.
+    assert torch.allclose(stats.mean, whole.mean(0).float(), rtol=1e-6)
+    assert torch.allclose(stats.std, whole.std(0, correction=0).float(), rtol=1e-6)
+
+
+def test_the_held_out_sample_keeps_each_shards_first_held_out_rows_up_to_its_quota_in_arrays_made_once() -> None:
+    ledger = BufferLedger(1 << 20)
+    row_bytes = 3 * 4 + 8
+    parts = [ShardArrays(np.arange(rows * 3, dtype=np.float32).reshape(rows, 3) + 1000 * shard,
+                         np.arange(rows, dtype=np.int64) + 1000 * shard, ("a", "b", "c"), ("a", "b", "c"))
+             for shard, rows in enumerate((50, 2, 50))]  # fmt: skip
+    held = _HeldOutSample(parts[0], budget=10 * 3 * row_bytes, shards=3, ledger=ledger)
+    assert held.quota == 10 and ledger.held == 30 * row_bytes  # every shard's quota, held at once
+    chosen = [np.array([7, 3, 40, 41, 42, 43, 44, 45, 46, 47, 48, 1]), np.array([1]), np.arange(49, 0, -4)]
+    for part, rows in zip(parts, chosen):
+        held.add(part, rows)
+    features, labels = held.arrays()
+    expected = np.concatenate([rows[:10] + 1000 * shard for shard, rows in enumerate(chosen)])
+    assert labels.tolist() == expected.tolist() and len(labels) == 21  # the second shard had one held-out row
+    assert np.array_equal(features, np.concatenate([part.features[rows[:10]] for part, rows in zip(parts, chosen)]))
 
 
 def test_the_ledger_refuses_what_would_pass_the_budget_and_keeps_the_peak() -> None:

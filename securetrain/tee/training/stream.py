@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: The share of the streaming budget the held-out sample (kept in memory, evaluated every epoch) may take.
 HELD_OUT_SHARE = 8
+#: The float64 values the survey's moments widen at once.
+MOMENT_CHUNK_BYTES = 4 << 20
 
 
 class DataBudgetExceeded(ConfigurationError):
@@ -168,6 +170,15 @@ class _Moments:
     mean: np.ndarray | None = None
     m2: np.ndarray | None = None
 
+    def add_rows(self, features: np.ndarray, rows: np.ndarray) -> None:
+        """Add the rows ``rows`` of ``features``, :data:`MOMENT_CHUNK_BYTES` of float64 at a time: a shard's training
+        rows gathered and widened at once were three copies of the shard beside it."""
+        values_per_row = max(1, int(np.prod(features.shape[1:], dtype=np.int64)))
+        chunk = max(1, MOMENT_CHUNK_BYTES // (8 * values_per_row))
+        for start in range(0, len(rows), chunk):
+            taken = rows[start : start + chunk]
+            self.add(np.take(features, taken, axis=0).reshape(len(taken), -1))
+
     def add(self, values: np.ndarray) -> None:
         if len(values) == 0:
             return
@@ -188,6 +199,32 @@ class _Moments:
         if self.mean is None or self.m2 is None:
             raise DatasetContentError("the dataset has no training rows")
         return Standardization(torch.from_numpy(self.mean).float(), torch.from_numpy(np.sqrt(self.m2 / self.count)).float())
+
+
+class _HeldOutSample:
+    """The held-out sample, filled shard by shard into arrays made once for every shard's quota: pieces concatenated
+    at the end would hold it twice, and leave the pieces' memory to the allocator in the middle of its heap."""
+
+    def __init__(self, first: ShardArrays, budget: int, shards: int, ledger: BufferLedger) -> None:
+        row_bytes = int(np.prod(first.features.shape[1:], dtype=np.int64)) * 4 + 8
+        #: Held-out rows kept of each shard: the first of its held-out rows, up to an equal share of the budget.
+        self.quota = max(1, budget // row_bytes // shards)
+        ledger.hold(self.quota * shards * row_bytes, "the held-out sample")
+        self._features = np.empty((self.quota * shards, *first.features.shape[1:]), np.float32)
+        self._labels = np.empty(self.quota * shards, np.int64)
+        self._filled = 0
+
+    def add(self, part: ShardArrays, held_rows: np.ndarray) -> None:
+        kept = held_rows[: self.quota]
+        rows = slice(self._filled, self._filled + len(kept))
+        # mode="clip": the rows are a permutation's, within the shard; the default "raise" copies through a buffer.
+        np.take(part.features, kept, axis=0, out=self._features[rows], mode="clip")
+        np.take(part.labels, kept, out=self._labels[rows], mode="clip")
+        self._filled += len(kept)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The sample's features and labels (views of the rows filled)."""
+        return self._features[: self._filled], self._labels[: self._filled]
 
 
 @dataclass(frozen=True)
@@ -252,16 +289,13 @@ class ShardStream:
         first: ShardArrays | None = None
         moments, classes, rows = _Moments(), 0, 0
         train_rows: list[int] = []
-        held_features: list[np.ndarray] = []
-        held_labels: list[np.ndarray] = []
-        quota = row_bytes = 0
+        held: _HeldOutSample | None = None
         for index, part in self._reading(range(len(shards))):
             try:
                 shard = shards[index]
                 if first is None:
                     first = part
-                    row_bytes = int(np.prod(part.features.shape[1:], dtype=np.int64)) * 4 + 8
-                    quota = max(1, self.held_out_budget // row_bytes // len(shards))
+                    held = _HeldOutSample(part, self.held_out_budget, len(shards), self.ledger)
                 else:
                     check_same_layout(first, part, shard)
                 count = len(part.labels)
@@ -272,25 +306,21 @@ class ShardStream:
                     classes = max(classes, int(part.labels.max()) + 1)
                 if validate_shard is not None:
                     validate_shard(self._as_data(part).validation_frame())
-                training, held = shard_split(count, seed, index)
-                moments.add(part.features[training.numpy()].reshape(len(training), -1))
-                kept = held[:quota].numpy()
-                self.ledger.hold(len(kept) * row_bytes, "the held-out sample")
-                held_features.append(part.features[kept])
-                held_labels.append(part.labels[kept])
+                training, held_rows = shard_split(count, seed, index)
+                moments.add_rows(part.features, training.numpy())
+                held.add(part, held_rows.numpy())
                 train_rows.append(len(training))
                 rows += count
                 log.info("surveyed %s: %d rows (%d for training)", describe_shard(shard), count, len(training))
             finally:
                 self._release(part)
-        if first is None or rows == 0:
+        if first is None or held is None or rows == 0:
             raise DatasetContentError("the dataset has no rows")
         stats = moments.standardization()
         feature_shape = tuple(first.features.shape[1:])
-        held_out = TrainingData(
-            torch.from_numpy(np.concatenate(held_features)), torch.from_numpy(np.concatenate(held_labels)),
-            first.feature_names, first.feature_columns, self._spec.columns.label,
-        )  # fmt: skip
+        features, labels = held.arrays()
+        held_out = TrainingData(torch.from_numpy(features), torch.from_numpy(labels), first.feature_names,
+                                first.feature_columns, self._spec.columns.label)  # fmt: skip
         return StreamedDataset(
             tuple(shards), tuple(train_rows), rows, first.feature_names, DataShape(feature_shape, classes),
             Standardization(stats.mean.reshape(feature_shape), stats.std.reshape(feature_shape)), held_out,
@@ -324,8 +354,10 @@ class ShardStream:
                             _, part = next(reading)  # read_ahead keeps the order it was given
                             try:
                                 training = shard_split(len(part.labels), seed, index)[0].numpy()
-                                np.take(part.features, training, axis=0, out=features[filled : filled + len(training)])
-                                np.take(part.labels, training, out=labels[filled : filled + len(training)])
+                                rows = slice(filled, filled + len(training))
+                                # mode="clip": the rows are within the shard; "raise" copies through a buffer.
+                                np.take(part.features, training, axis=0, out=features[rows], mode="clip")
+                                np.take(part.labels, training, out=labels[rows], mode="clip")
                                 filled += len(training)
                             finally:
                                 self._release(part)
