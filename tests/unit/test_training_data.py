@@ -83,12 +83,51 @@ def test_a_parquet_shard_of_several_row_groups_decodes_batch_by_batch_to_the_sam
     whole = read_shard(io.BytesIO(sealed(to_parquet(table), kek_public)), kek_private, shard(), Columns(label="label"),
                        LIMITS)  # fmt: skip
     # Batches of 40 rows across row groups of 100: no batch boundary falls on a row group's.
-    monkeypatch.setattr(data, "PARQUET_BATCH_BYTES", 8 * table.num_columns * 40)
+    monkeypatch.setattr(data, "TABULAR_BATCH_BYTES", 8 * table.num_columns * 40)
     grouped = read_shard(io.BytesIO(sealed(parquet(table, row_group_size=100), kek_public)), kek_private, shard(),
                          Columns(label="label"), LIMITS)  # fmt: skip
     assert pq.ParquetFile(io.BytesIO(parquet(table, row_group_size=100))).num_row_groups == 6
     np.testing.assert_array_equal(grouped.features, whole.features)
     np.testing.assert_array_equal(grouped.labels, whole.labels)
+
+
+@pytest.mark.parametrize("kind", [pa.int64(), pa.uint64(), pa.float64(), pa.float16(), pa.int8()])
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_columns_of_one_type_decode_a_slice_of_rows_at_once_to_what_they_decode_to_one_by_one(
+    kind, fmt, kek_public, kek_private, monkeypatch
+) -> None:
+    """Features of one numeric type are written by Arrow rows at a time and cast by NumPy; with one column of another
+    type beside them, column by column and cast by Arrow. Both must give the same float32 values, among them
+    integers and doubles that float32 rounds, and doubles beyond its range."""
+    rng = np.random.default_rng(7)
+    rows = 301
+    if pa.types.is_floating(kind):
+        values = [rng.normal(size=rows) * 10.0 ** rng.integers(-30, 30, size=rows) for _ in range(3)]
+        if kind == pa.float64():
+            values[0][:2] = 1e300, -1e300  # beyond float32: ±inf either way
+        values = [np.clip(v, -60000, 60000) for v in values] if kind == pa.float16() else values
+    else:
+        info = np.iinfo(kind.to_pandas_dtype())
+        values = [rng.integers(info.min, info.max, size=rows, dtype=kind.to_pandas_dtype(), endpoint=True)
+                  for _ in range(3)]  # fmt: skip
+    same = pa.table({**{f"x{i}": pa.array(v, type=kind) for i, v in enumerate(values)},
+                     "label": pa.array(np.arange(rows) % 2)})  # fmt: skip
+    mixed = same.append_column("flag", pa.array(np.arange(rows) % 3 == 0))
+    # Slices of 10 rows within batches of 50 (Arrow) or 40 (Parquet row groups of 100): none aligned with another.
+    monkeypatch.setattr(data, "TABULAR_BATCH_BYTES", 8 * 4 * 10)
+
+    def read(table: pa.Table) -> np.ndarray:
+        plaintext = (arrow_batches(table.to_batches(max_chunksize=50)) if fmt == "arrow"
+                     else parquet(table, row_group_size=100))  # fmt: skip
+        return read_shard(io.BytesIO(sealed(plaintext, kek_public)), kek_private, shard(fmt), Columns(label="label"),
+                          LIMITS).features  # fmt: skip
+
+    at_once, one_by_one = read(same), read(mixed)
+    np.testing.assert_array_equal(at_once, one_by_one[:, :3])
+    np.testing.assert_array_equal(one_by_one[:, 3], (np.arange(rows) % 3 == 0).astype(np.float32))
+    stored = np.stack([same.column(f"x{i}").to_numpy() for i in range(3)], axis=1)  # float16 rounded them
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(at_once, stored.astype(np.float32))
 
 
 def footer_rows_changed(table: pa.Table, rows: int) -> bytes:
@@ -147,7 +186,7 @@ def test_a_safetensors_shard_whose_values_widen_beyond_the_bound_is_refused(kek_
 
 def test_missing_values_are_counted_over_every_row_group(kek_public, kek_private, monkeypatch) -> None:
     table = pa.table({"x": pa.array([1.0, None, 3.0, None]), "label": pa.array([0, None, 1, 0])})
-    monkeypatch.setattr(data, "PARQUET_BATCH_BYTES", 8 * 2)
+    monkeypatch.setattr(data, "TABULAR_BATCH_BYTES", 8 * 2)
     with pytest.raises(DatasetContentError, match="feature column 'x' has 2 missing values"):
         read_shard(io.BytesIO(sealed(parquet(table, row_group_size=2), kek_public)), kek_private, shard(),
                    Columns(label="label"), LIMITS)  # fmt: skip

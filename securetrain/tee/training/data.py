@@ -57,11 +57,12 @@ HEADER_PREFIX_BYTES = 64 * 1024
 #: under a millisecond: the time is the storage round trip, so more are in flight than shards are read (each holds
 #: only its prefix), and fewer than the storage client's pool of 10 connections.
 HEADERS_IN_FLIGHT = 8
-#: What a Parquet shard decodes at once, in rows of 8 bytes a column (the widest a column decodes to): its arrays
-#: are filled batch by batch, never from a whole-shard Arrow table. Smaller batches cost Arrow more work per byte:
-#: batches of this size decode a 4 MiB shard in ~1.5 ms more CPU than one batch does, and kept the streaming
+#: What a tabular shard decodes at once, in rows of 8 bytes a column (the widest a column decodes to): a Parquet
+#: shard's arrays are filled batch by batch, never from a whole-shard Arrow table, and the feature columns of any
+#: record batch are written to them this many bytes of rows at a time. Smaller batches cost Arrow more work per
+#: byte: batches of this size decode a 4 MiB shard in ~1.5 ms more CPU than one batch does, and kept the streaming
 #: benchmark's data path ~11 MiB smaller than batches of 4 MiB or whole row groups did.
-PARQUET_BATCH_BYTES = 1 << 20
+TABULAR_BATCH_BYTES = 1 << 20
 #: What reading bytes that are not a valid file of the format raises: pyarrow's errors (but for an allocation that
 #: failed, ``pa.ArrowMemoryError``, which is not the data owner's bytes' fault) and a column name that is not UTF-8.
 _UNREADABLE = (
@@ -202,7 +203,9 @@ def _tabular_columns(schema: pa.Schema, columns: Columns, where: str) -> tuple[s
     return features
 
 
-def _tabular_arrays(data: pa.RecordBatch, features: Sequence[str], label: str, where: str) -> ShardArrays:
+def _tabular_arrays(
+    data: pa.RecordBatch, features: Sequence[str], label: str, one_type: bool, where: str
+) -> ShardArrays:
     """The feature columns of an Arrow IPC record batch as one float32 [rows, features] array and the label as int64.
 
     Arrow's IPC reader does not validate what it reads: a column may state more values than its buffers hold, and
@@ -211,7 +214,7 @@ def _tabular_arrays(data: pa.RecordBatch, features: Sequence[str], label: str, w
     data.select([*features, label]).validate()
     arrays = _empty_arrays(data.num_rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
-    _fill_tabular(data, arrays, 0, label, nulls)
+    _fill_tabular(data, arrays, 0, label, nulls, one_type)
     _refuse_missing(features, label, nulls, where)
     return arrays
 
@@ -221,14 +224,46 @@ def _empty_arrays(rows: int, features: Sequence[str]) -> ShardArrays:
                        tuple(features))  # fmt: skip
 
 
-def _fill_tabular(data: pa.RecordBatch, into: ShardArrays, offset: int, label: str, nulls: np.ndarray) -> None:
+def _batch_rows(columns: int) -> int:
+    """The rows of ``columns`` columns decoded at once (:data:`TABULAR_BATCH_BYTES`)."""
+    return max(1, TABULAR_BATCH_BYTES // (8 * columns))
+
+
+def _one_numeric_type(schema: pa.Schema, features: Sequence[str]) -> bool:
+    """Whether the feature columns are all of one integer or floating type: then Arrow writes rows of them at once
+    (:func:`_fill_tabular`)."""
+    kinds = {schema.field(name).type for name in features}
+    kind = next(iter(kinds))
+    return len(kinds) == 1 and (pa.types.is_integer(kind) or pa.types.is_floating(kind))
+
+
+def _fill_tabular(
+    data: pa.RecordBatch, into: ShardArrays, offset: int, label: str, nulls: np.ndarray, one_type: bool
+) -> None:
     """Copy ``data``'s rows into ``into`` from row ``offset`` on (copies: Arrow's own buffers are read-only, and the
     tensors must own their memory), adding each column's missing values to ``nulls`` (the features', then the
-    label's); a column with missing values is not copied: the shard is refused (:func:`_refuse_missing`)."""
+    label's); a column with missing values is not copied: the shard is refused (:func:`_refuse_missing`).
+
+    ``one_type`` (:func:`_one_numeric_type`): Arrow writes the feature columns' rows at once, a slice of
+    :data:`TABULAR_BATCH_BYTES` at a time (its row-major copy stays small beside the batch), and NumPy casts them to
+    float32 as :func:`_copy_column`'s cast would. A column at a time costs a Python call per column and batch, a
+    third of a 64-column shard's decoding. Arrow refuses rows with missing values; then the columns are copied one
+    by one, which counts them."""
     rows = slice(offset, offset + data.num_rows)
+    nulls[-1] += _copy_column(data.column(label), into.labels[rows])
+    if one_type and not nulls.any():
+        features = data.select(list(into.feature_names))
+        step = _batch_rows(len(into.feature_names) + 1)
+        try:
+            with np.errstate(over="ignore"):  # a double beyond float32's range becomes ±inf, as Arrow's cast makes it
+                for start in range(0, data.num_rows, step):
+                    part = features.slice(start, step)
+                    into.features[offset + start : offset + start + part.num_rows] = np.asarray(part.to_tensor())
+            return
+        except pa.ArrowTypeError:  # missing values
+            pass
     for j, name in enumerate(into.feature_names):
         nulls[j] += _copy_column(data.column(name), into.features[rows, j])
-    nulls[-1] += _copy_column(data.column(label), into.labels[rows])
 
 
 def _copy_column(column: pa.Array, out: np.ndarray) -> int:
@@ -290,16 +325,17 @@ def _read_parquet(reader: SealedReader, shard: DatasetShard, columns: Columns, l
     _refuse_decoded_beyond(limits, rows, len(features), shard)
     arrays = _empty_arrays(rows, features)
     nulls = np.zeros(len(features) + 1, np.int64)
+    one_type = _one_numeric_type(file.schema_arrow, features)
     filled = 0
     # One thread: the shards in flight are each decoded in a reader thread of their own already, and Arrow's pool
     # spent more CPU on these small batches than it saved.
-    batches = file.iter_batches(batch_size=max(1, PARQUET_BATCH_BYTES // (8 * (len(features) + 1))),
-                                columns=[*features, columns.label], use_threads=False)  # fmt: skip
+    batches = file.iter_batches(batch_size=_batch_rows(len(features) + 1), columns=[*features, columns.label],
+                                use_threads=False)  # fmt: skip
     try:
         for batch in batches:
             if filled + batch.num_rows > rows:
                 raise DatasetContentError(f"{where}: its row groups hold more rows than the {rows} its footer says")
-            _fill_tabular(batch, arrays, filled, columns.label, nulls)
+            _fill_tabular(batch, arrays, filled, columns.label, nulls, one_type)
             filled += batch.num_rows
     except _UNREADABLE as exc:
         raise DatasetContentError(f"{where} is authentic but not a valid Parquet file: {exc}") from None
@@ -344,7 +380,8 @@ def _read_arrow_stream(reader: SealedReader, shard: DatasetShard, columns: Colum
         batches = pyarrow.ipc.open_stream(ArrowMessages(reader, reader.header.content.plaintext_length, bounds.check))
         features = _tabular_columns(batches.schema, columns, where)
         bounds.values_per_row = len(features)
-        parts = [_tabular_arrays(batch, features, columns.label, where) for batch in batches]
+        one_type = _one_numeric_type(batches.schema, features)
+        parts = [_tabular_arrays(batch, features, columns.label, one_type, where) for batch in batches]
     except (*_UNREADABLE, ArrowStreamError) as exc:
         raise DatasetContentError(f"{where} is authentic but not a valid Arrow IPC stream: {exc}") from None
     if reader.read(1):  # the Arrow end-of-stream marker came before the sealed plaintext's end
