@@ -58,12 +58,14 @@ def compressed_arrow_batch() -> bytes:
     return arrow_batches(zeros(BOMB_ROWS).to_batches(), compression="zstd")
 
 
-def arrow_column_longer_than_its_buffer() -> bytes:
+def arrow_column_longer_than_its_buffer(every_feature: bool = False) -> bytes:
     """A record batch whose first column states 200 float64 values and whose buffer holds 100: Arrow's IPC reader
     takes it as it is, and casting the column to float32 would read past the buffer (here into the next column's
-    values; in general, whatever the TEE's memory holds there)."""
+    values; in general, whatever the TEE's memory holds there). ``every_feature``: every feature column float64,
+    so that the batch's rows would be written at once, by Arrow, rather than column by column."""
     table = as_table(*shard_rows(5))
-    table = table.set_column(0, "f0", table.column(0).cast(pa.float64()))
+    for index, name in enumerate(table.column_names[:FEATURES] if every_feature else ["f0"]):
+        table = table.set_column(index, name, table.column(index).cast(pa.float64()))
     plaintext = arrow_batches(table.to_batches())
     # The batch's metadata lists f0's buffers first, each an (offset, length): validity (none), then its values.
     f0_buffers = struct.pack("<4q", 0, 0, 0, 8 * len(table))
@@ -89,6 +91,11 @@ def hostile_on_each_path() -> list:
             pytest.param("arrow", limits, arrow_column_longer_than_its_buffer, DatasetContentError,
                          r"shard datasets/{victim} is authentic but not a valid Arrow IPC stream: .*Buffer #1 too small in "
                          r"array of type double and length 200", id=f"arrow-column-longer-than-its-buffer-{path}"),
+            pytest.param("arrow", limits, lambda: arrow_column_longer_than_its_buffer(every_feature=True),
+                         DatasetContentError,
+                         r"shard datasets/{victim} is authentic but not a valid Arrow IPC stream: .*Buffer #1 too small in "
+                         r"array of type double and length 200",
+                         id=f"arrow-column-longer-than-its-buffer-rows-at-once-{path}"),
             pytest.param("arrow", limits, compressed_arrow_batch, ShardTooLarge,
                          rf"shard datasets/{{victim}}: a record batch takes \d+ bytes decompressed, more than the "
                          rf"{bound} bytes", id=f"compressed-arrow-batch-beyond-memory-{path}"),
