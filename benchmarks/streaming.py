@@ -18,8 +18,9 @@ machine) and peak RSS of both, ``secure_plain_ratio`` (wall; goal <= 1.05) and `
 secure side's peak RSS above its RSS before the first shard with the code both sides run loaded (the data path's
 growth) against the budget + the model's size (goal: within), and each side's growth split into anonymous memory
 (what it holds) and file-backed pages (the code it used). Each side runs ``--repeats`` times, alternating which
-runs first; its fastest run's times count, and the largest growth of any of its runs. The last line is one JSON
-object.
+runs first; its fastest run's times count, and the largest growth of any of its runs. Beside the fastest-against-
+fastest ratio: each repeat's own wall ratio (``secure_plain_pair_ratios``; a repeat's two runs ran back to back)
+and their median. The last line is one JSON object.
 
 Usage: ``python -m benchmarks.streaming [--size-mib 1024] [--budget-mib 256] [--shards 64] [--epochs 1]
 [--repeats 2]``
@@ -43,7 +44,7 @@ import pyarrow.parquet as pq
 from benchmarks.stack import private_pem, released_keys, running_stack
 from benchmarks.trainer import (
     BATCH_SIZE, CONTEXT, FEATURES, KEK_ID, LEARNING_RATE, MIB, MODEL, PLAINTEXT_CONTAINER, ROW_BYTES, SEED,
-    azurite_store, best_run, job_spec, peak_rss_mib, side_runs, stage_shards,
+    azurite_store, best_run, job_spec, paired_ratios, peak_rss_mib, side_runs, stage_shards,
 )  # fmt: skip
 from securetrain.core.sealed import KekPrivateKey
 from securetrain.localstack.services.azurite import AZURITE
@@ -274,13 +275,14 @@ def main() -> int:
               f"{side['baseline_rss_mib']:.0f} MiB; growth: {side['anon_growth_mib']:.0f} MiB anonymous, "
               f"{side['file_growth_mib']:.0f} MiB file-backed), val_accuracy {side['val_accuracy']:.4f}")  # fmt: skip
     print(f"secure/plain wall-time ratio: {ratio:.3f} (goal <= 1.05); CPU-time ratio {cpu_ratio:.3f}")
+    paired = paired_ratios(runs)
     print(f"secure data-path growth: {growth:.0f} MiB of RSS vs budget + model {bound:.1f} MiB (goal: within)")
     print(json.dumps({
         "benchmark": "streaming", "sealed_mib": round(sealed_bytes / MIB, 1), "budget_mib": args.budget_mib,
         "shards": args.shards, "window": args.window, "in_flight": args.in_flight, "epochs": args.epochs,
         "repeats": args.repeats,
         "plain_seconds": round(plain["seconds"], 2), "secure_seconds": round(secure["seconds"], 2),
-        "secure_plain_ratio": round(ratio, 3), "plain_cpu_seconds": round(plain["cpu_seconds"], 2),
+        "secure_plain_ratio": round(ratio, 3), **paired, "plain_cpu_seconds": round(plain["cpu_seconds"], 2),
         "secure_cpu_seconds": round(secure["cpu_seconds"], 2), "secure_plain_cpu_ratio": round(cpu_ratio, 3),
         "plain_peak_rss_mib": round(plain["peak_rss_mib"]),
         "secure_peak_rss_mib": round(secure["peak_rss_mib"]), "secure_rss_growth_mib": round(growth),

@@ -19,7 +19,8 @@ has no validation step to match it.
 
 Figures: ``secure_plain_ratio`` (target <= 1.05), wall seconds and peak RSS of both, sealed bytes.
 Each side runs ``--repeats`` times, alternating which runs first, and its fastest run counts (the machine may be
-shared).
+shared); beside it each repeat's own ratio (``secure_plain_pair_ratios``: a repeat's two runs ran back to back)
+and their median.
 
 Usage: ``python -m benchmarks.trainer [--size-mib 256] [--shards 4] [--epochs 5] [--repeats 3]``
 """
@@ -32,6 +33,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import threading
@@ -182,6 +184,20 @@ def best_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {**best, "peak_rss_mib": max(run["peak_rss_mib"] for run in runs)}
 
 
+def paired_ratios(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Each repeat's secure/plain wall-time ratio and their median, printed, as figures for the JSON line. A
+    repeat's two runs ran back to back, so they met much the same load from the rest of the machine (Azurite's
+    included, which shares its cores): the ratios' spread is how far the host moves one comparison, and their
+    median a paired estimate that a single slow run of either side moves less than it moves the
+    fastest-against-fastest ratio."""
+    pairs = [secure["seconds"] / plain["seconds"] for plain, secure in zip(runs["plain"], runs["secure"], strict=True)]
+    median = statistics.median(pairs)
+    print(f"each repeat's secure/plain wall-time ratio: {', '.join(f'{pair:.3f}' for pair in pairs)}; median "
+          f"{median:.3f}")  # fmt: skip
+    return {"secure_plain_pair_ratios": [round(pair, 3) for pair in pairs],
+            "secure_plain_median_pair_ratio": round(median, 3)}  # fmt: skip
+
+
 def side_runs(module: str, repeats: int, common: list[str], spec: Callable[[int], dict[str, Any]],
               keys_pem: bytes) -> dict[str, list[dict[str, Any]]]:  # fmt: skip
     """Each side's figures from ``repeats`` runs of ``python -m module --role SIDE`` with ``common`` arguments, the
@@ -237,11 +253,12 @@ def main() -> int:
           f"val_accuracy {secure['val_accuracy']:.4f}")  # fmt: skip
     print(f"secure/plain wall-time ratio: {ratio:.3f} (target <= 1.05); "
           f"secure overhead {secure['seconds'] - plain['seconds']:.1f} s")  # fmt: skip
+    paired = paired_ratios(runs)
     print(json.dumps({
         "benchmark": "trainer", "sealed_mib": round(sealed_bytes / MIB, 1), "rows": rows * args.shards,
         "epochs": args.epochs, "repeats": args.repeats, "plain_seconds": round(plain["seconds"], 2),
         "secure_seconds": round(secure["seconds"], 2),
-        "secure_plain_ratio": round(ratio, 3),
+        "secure_plain_ratio": round(ratio, 3), **paired,
         "secure_overhead_seconds": round(secure["seconds"] - plain["seconds"], 2),
         "plain_peak_rss_mib": round(plain["peak_rss_mib"]),
         "secure_peak_rss_mib": round(secure["peak_rss_mib"]), "plain_val_accuracy": plain["val_accuracy"],
