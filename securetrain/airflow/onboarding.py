@@ -58,7 +58,7 @@ def publish_sealed_dataset(
         raise ConfigurationError(f"the connection {data_owner_conn_id} names no signing_key (the data owner's PEM key file)")
     owner_key = load_signing_key(Path(key_file))
     vault = KeyVaultHook(keyvault_conn_id or KeyVaultHook.default_conn_name)
-    with KEY_VAULT_ERRORS.translated("read", f"KEK {kek_name}"), vault.get_conn() as client:
+    with KEY_VAULT_ERRORS.translated("read", f"KEK {kek_name}"), vault.client() as client:
         kek = kek_public_key(client.get_key(kek_name))
     with SecureStorageHook(storage_conn_id or SecureStorageHook.default_conn_name).blob_store() as store:
         try:

@@ -1,4 +1,5 @@
-"""The sensors' checks against the real local stack: Airflow validating the TEE's attestation itself."""
+"""The sensors' checks and the hooks they use, against the real local stack: Airflow validating the TEE's
+attestation itself."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ from securetrain.airflow.hooks.cvm import ConfidentialVmHook
 from securetrain.airflow.hooks.keyvault import KeyVaultHook
 from securetrain.localstack.airflow_env import securetrain_connections
 from securetrain.core.errors import SecurityViolation
+from securetrain.core.keyvault import KEK_NAME
 from tests.agent_process import AgentProcess, source_copy
+from tests.open_connections import connections_to
 
 pytestmark = pytest.mark.integration
 
@@ -31,6 +34,20 @@ def test_the_stack_tee_attests_for_airflows_nonce_under_the_kek_policy(local_sta
     claims = attest_now(ConfidentialVmHook(), AttestationHook(), policy)
     assert claims["x-ms-sevsnpvm-hostdata"] == local_stack.env["SECURETRAIN_CVM_HOST_DATA"]
     assert claims["x-ms-sevsnpvm-launchmeasurement"] == local_stack.env["SECURETRAIN_CVM_LAUNCH_MEASUREMENT"]
+
+
+def test_the_key_vault_hook_closes_the_credential_it_signs_in_with(local_stack, connections) -> None:
+    # A task goes on after reading the KEK (it attests, then waits for the job): a credential left open would keep
+    # its connection to the identity endpoint for as long, and a server being stopped waits for it.
+    authority = local_stack.env["SECURETRAIN_IDENTITY_ENDPOINT"]
+    earlier = connections_to(authority)
+    hook = KeyVaultHook()
+    with hook.client() as client:
+        client.get_key(KEK_NAME)
+        assert connections_to(authority) - earlier, "the credential kept no connection to the identity service"
+    assert not connections_to(authority) - earlier
+    hook.release_policy(local_stack.env["SECURETRAIN_KEK_ID"])
+    assert not connections_to(authority) - earlier
 
 
 def test_a_changed_trainer_is_refused_by_the_attestation_check(local_stack, connections, tmp_path, monkeypatch) -> None:

@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from azure.core.credentials import TokenCredential
-
-from securetrain.core.credentials import azure_credential
+from securetrain.core.credentials import ClosableCredential, azure_credential
 from securetrain.core.errors import ConfigurationError
 
 
@@ -65,7 +63,7 @@ class ServiceConnection:
         ca_bundle = self.ca_bundle
         return str(ca_bundle) if ca_bundle is not None else True
 
-    def credential(self) -> TokenCredential:
+    def credential(self) -> ClosableCredential:
         """The connection's identity: a service principal (login, password, extra ``tenant_id``, optionally
         ``authority_host``), else ``DefaultAzureCredential`` with the extra's ``managed_identity_client_id`` (a
         user-assigned managed identity) and ``workload_identity_tenant_id``. Extra ``disable_instance_discovery``

@@ -6,6 +6,8 @@ Airflow's two identities, the pipeline's (``securetrain_keyvault``) and key rota
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cached_property
 
 from azure.keyvault.keys import KeyClient, KeyVaultKey, KeyVaultKeyIdentifier
@@ -47,11 +49,22 @@ class KeyVaultHook(BaseHook):
         return ServiceConnection.of(self.get_connection(self.keyvault_conn_id))
 
     def get_conn(self) -> KeyClient:
+        """Airflow's accessor: a ``KeyClient`` on the connection's vault. Closing it leaves the credential made for it
+        open, with its connection to the identity endpoint, until it is collected: :meth:`client` closes both."""
         return key_client(self.connection.endpoint, self.connection.credential(), ca_bundle=self.connection.ca_bundle)
+
+    @contextmanager
+    def client(self, vault_url: str | None = None) -> Iterator[KeyClient]:
+        """A ``KeyClient`` on ``vault_url`` (None: the connection's vault) as the connection's identity; on leaving,
+        the client and the credential made for it are closed, so a task that goes on keeps no connection open."""
+        connection = self.connection
+        with connection.credential() as credential, key_client(vault_url or connection.endpoint, credential,
+                                                               ca_bundle=connection.ca_bundle) as client:  # fmt: skip
+            yield client
 
     def get_key(self, kek_id: str) -> KeyVaultKey:
         ref = KeyVaultKeyIdentifier(kek_id)
-        with self.get_conn() as client:
+        with self.client() as client:
             return client.get_key(ref.name, ref.version)
 
     def kek_public_key(self, kek_id: str) -> KekPublicKey:
@@ -74,15 +87,14 @@ class KeyVaultHook(BaseHook):
 
         Reads only: a missing KEK or one under another policy is refused with an error saying that its data
         owner must create it (:func:`securetrain.core.keyvault.check_kek`)."""
-        with self.get_conn() as client:
+        with self.client() as client:
             return check_kek(client, name, approved)
 
     def check_kek_at(self, kek_url: str, approved: ReleasePolicy) -> KeyVaultKey:
         """:meth:`check_kek` for the key a Key Vault key URL names (``https://VAULT/keys/NAME[/VERSION]``, as a
         contract names an owner's KEK): its latest version, in that vault, as this connection's identity."""
         ref = KeyVaultKeyIdentifier(kek_url)
-        connection = self.connection
-        with key_client(ref.vault_url, connection.credential(), ca_bundle=connection.ca_bundle) as client:
+        with self.client(ref.vault_url) as client:
             return check_kek(client, ref.name, approved)
 
     def new_kek_version(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
@@ -90,12 +102,12 @@ class KeyVaultHook(BaseHook):
         public half, once the new version is checked to carry ``approved`` immutably. Needs the key's rotate
         action (the rotator's role)."""
         target = f"KEK {name} as connection {self.keyvault_conn_id!r}"
-        with KEY_VAULT_ERRORS.translated("make a new version of", target), self.get_conn() as client:
+        with KEY_VAULT_ERRORS.translated("make a new version of", target), self.client() as client:
             return kek_public_key(check_kek_version(client.rotate_key(name), approved))
 
     def versions_under_other_policies(self, name: str, approved: ReleasePolicy) -> set[str]:
         """The versions of the KEK ``name`` Key Vault releases under another policy than ``approved``."""
-        with self.get_conn() as client:
+        with self.client() as client:
             return versions_under_other_policies(client, name, approved)
 
     def latest_kek(self, name: str, approved: ReleasePolicy) -> KekPublicKey:
@@ -105,7 +117,7 @@ class KeyVaultHook(BaseHook):
 
     def test_connection(self) -> tuple[bool, str]:
         try:
-            with self.get_conn() as client:
+            with self.client() as client:
                 names = [properties.name for properties in client.list_properties_of_keys()]
         except Exception as exc:  # noqa: BLE001 - the UI shows the reason
             return False, str(exc)
