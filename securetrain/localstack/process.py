@@ -58,10 +58,17 @@ def _boot_id() -> str:
         raise StackError(f"cannot read {_BOOT_ID} ({exc}): the local stack needs Linux /proc") from exc
 
 
-def _reap_if_child(pid: int) -> None:
+def _reap_if_child(pid: int) -> bool:
+    """Collect ``pid``'s exit status if this process started it; False while it cannot be collected yet. /proc
+    shows a multithreaded process's leader as a zombie once its own thread has exited, before the kernel has
+    torn down its other threads and let its parent collect it."""
     child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        del _children[pid]
+    if child is None:
+        return True
+    if child.poll() is None:
+        return False
+    del _children[pid]
+    return True
 
 
 @dataclass(frozen=True)
@@ -167,10 +174,11 @@ def _group_members(group: int) -> list[int]:
 def _wait_group_gone(group: int, timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while True:
-        if not _group_members(group):
-            # The leader has exited: collect its status now. Reaping before the scan of /proc left it a zombie
-            # whenever it died during the scan (a third of the stops of a process that exits at once on SIGTERM).
-            _reap_if_child(group)
+        # Gone once no member is left and, if this process started the leader, its status is collected: reaping
+        # before the scan of /proc left it a zombie whenever it died during the scan (a third of the stops of a
+        # process that exits at once on SIGTERM), and reaping once, right after, whenever its other threads were
+        # still exiting (a service's leader, multithreaded, shows as a zombie before it can be collected).
+        if not _group_members(group) and _reap_if_child(group):
             return True
         if time.monotonic() >= deadline:
             return False
