@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from securetrain.localstack.process import ProcessIdentity, start_process, stop_process
+from securetrain.localstack.process import start_process, stop_process
 
 
 def _state(pid: int) -> str | None:
@@ -38,10 +38,10 @@ def test_a_stopped_multithreaded_process_is_reaped_once_its_threads_have_exited(
                "print('up', flush=True)\n"
                "time.sleep(60)\n")  # fmt: skip
     log = tmp_path / "threads.log"
-    for _ in range(30):
+    for started in range(1, 31):
         process = start_process([sys.executable, "-c", threads], os.environ, log, tmp_path)
         deadline = time.monotonic() + 10
-        while log.read_text().count("up\n") < _ + 1:
+        while log.read_text().count("up\n") < started:
             assert time.monotonic() < deadline, "the child did not start its threads"
             time.sleep(0.01)
         assert stop_process(process, grace_s=5.0)
