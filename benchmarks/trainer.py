@@ -63,6 +63,8 @@ BATCH_SIZE = 1024
 LEARNING_RATE = 0.001
 CONTEXT = {"dataset_id": "bench-tabular"}
 PLAINTEXT_CONTAINER = "plaintext"
+#: The measured shards' names: ``{SHARD_NAME}-{index}.parquet`` and ``.sealed``.
+SHARD_NAME = "bench/part"
 
 
 def shard_parquet(index: int, rows: int) -> bytes:
@@ -97,7 +99,8 @@ def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
 
     start = time.perf_counter()
     with azurite_store(stack_env) as store:
-        plaintext = [b"".join(store.download_chunks(PLAINTEXT_CONTAINER, f"bench/part-{i}.parquet")) for i in range(shards)]
+        plaintext = [b"".join(store.download_chunks(PLAINTEXT_CONTAINER, f"{SHARD_NAME}-{i}.parquet"))
+                     for i in range(shards)]  # fmt: skip
     tables = [pq.read_table(pa.BufferReader(data)) for data in plaintext]
     del plaintext
     features = torch.from_numpy(np.concatenate(
@@ -126,22 +129,23 @@ def run_plain(stack_env: Path, shards: int, epochs: int) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - start, "val_accuracy": accuracy, "peak_rss_mib": peak_rss_mib()}
 
 
-def stage_shards(stack_env: Path, public: KekPublicKey, shards: int, rows: int) -> int:
-    """Upload ``shards`` generated Parquet shards of ``rows`` rows to Azurite twice, as plaintext (the plain
-    side's) and sealed for ``public`` (the secure side's); the sealed bytes in all."""
+def stage_shards(stack_env: Path, public: KekPublicKey, shards: int, rows: int, name: str = SHARD_NAME) -> int:
+    """Upload ``shards`` generated Parquet shards of ``rows`` rows to Azurite twice, as plaintext
+    ``{name}-{index}.parquet`` (the plain side's) and sealed for ``public`` as ``{name}-{index}.sealed`` (the
+    secure side's); the sealed bytes in all."""
     sealed_bytes = 0
     with azurite_store(stack_env) as store:
         for container in ("datasets", "checkpoints", "models", PLAINTEXT_CONTAINER):
             store.ensure_container(container)
         for index in range(shards):
             plaintext = shard_parquet(index, rows)
-            store.upload_stream(PLAINTEXT_CONTAINER, f"bench/part-{index}.parquet", io.BytesIO(plaintext),
+            store.upload_stream(PLAINTEXT_CONTAINER, f"{name}-{index}.parquet", io.BytesIO(plaintext),
                                 length=len(plaintext))  # fmt: skip
             sealed = io.BytesIO()
             seal(io.BytesIO(plaintext), sealed, public, CONTEXT)
             sealed_bytes += len(sealed.getbuffer())
             sealed.seek(0)
-            store.upload_stream("datasets", f"bench/part-{index}.sealed", sealed, length=len(sealed.getbuffer()))
+            store.upload_stream("datasets", f"{name}-{index}.sealed", sealed, length=len(sealed.getbuffer()))
     return sealed_bytes
 
 
@@ -157,7 +161,7 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int) -> dict[
 
     keys = JobKeys.from_released(KekPrivateKey.from_pem(sys.stdin.buffer.read()), KEK_ID)
     spec = TrainingSpec.for_job(JobSpec.from_json(spec_json), [
-        DatasetShard(container="datasets", blob=f"bench/part-{i}.sealed", format="parquet", context=CONTEXT)
+        DatasetShard(container="datasets", blob=f"{SHARD_NAME}-{i}.sealed", format="parquet", context=CONTEXT)
         for i in range(shards)
     ])  # fmt: skip
     with azurite_store(stack_env) as store:
