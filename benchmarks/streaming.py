@@ -103,9 +103,9 @@ class RssSplitPeaks(threading.Thread):
 
 
 def loaded_code_rss_mib() -> float:
-    """The side's RSS once the code both sides run is loaded: PyTorch's deterministic mode imports its compiler
-    stack on first use (about a second and 70 MiB here), code that is neither the data path's nor the model's, and
-    which both sides would otherwise load at different points of their runs."""
+    """The side's RSS before its warm-up, the cold growth's baseline, with PyTorch's compiler stack loaded: its
+    deterministic mode imports that on first use (about a second and 70 MiB here), code that is neither the data
+    path's nor the model's, kept out of the cold growth as the measurements before the warm-up kept it out."""
     import torch  # noqa: PLC0415 - only the child processes train
 
     torch.use_deterministic_algorithms(True)
