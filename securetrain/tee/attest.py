@@ -40,7 +40,6 @@ import hashlib
 import json
 import logging
 import platform
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -70,8 +69,6 @@ from securetrain.tee.gpu_attestation import GpuAttestation, GpuAttester
 log = logging.getLogger(__name__)
 
 TEE_KEY_BITS = 3072
-#: A nonce a caller may hand the TEE to attest with: 22-200 base64url characters, at least 128 bits.
-NONCE_PATTERN = re.compile(r"[A-Za-z0-9_-]{22,200}")
 # Re-attest when this fraction of the token's lifetime has passed, so that a slow attestation service
 # still answers before the old token expires.
 RENEW_AT_FRACTION = 0.75

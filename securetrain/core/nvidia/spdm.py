@@ -40,8 +40,6 @@ SIGNATURE_SIZE = 96  # ECDSA P-384: r and s, 48 bytes each
 REQUEST_SIZE = 4 + NONCE_SIZE + 1
 _MAX_SLOT = 7
 _MAX_OPAQUE_LENGTH = 1024  # DSP0274 1.1: OpaqueLength shall not exceed 1024
-_BLOCK_HEADER = 4
-_DMTF_HEADER = 3
 
 
 @dataclass(frozen=True)
