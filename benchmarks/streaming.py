@@ -53,10 +53,12 @@ from benchmarks.trainer import (
     SHARD_NAME, azurite_store, best_run, job_spec, paired_ratios, peak_rss_mib, side_runs, stage_shards,
 )  # fmt: skip
 from securetrain.core.sealed import KekPrivateKey
-from securetrain.core.storage import BlobStore
 from securetrain.localstack.services.azurite import AZURITE
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from securetrain.core.storage import BlobStore
     from securetrain.tee.training.data import DataLimits
 
 
@@ -185,20 +187,31 @@ def train_plain(store: BlobStore, name: str, shards: int, epochs: int, window: i
     return accuracy
 
 
-def run_plain(stack_env: Path, shards: int, epochs: int, window: int, in_flight: int, budget: int) -> dict[str, Any]:
-    """Plain PyTorch streaming the plaintext Parquet shards from Azurite, after its warm-up."""
+def measured_after_warm_up(stack_env: Path, warm_up: Callable[[BlobStore], object],
+                           train: Callable[[BlobStore], float]) -> dict[str, Any]:  # fmt: skip
+    """One side's run: ``warm_up`` outside the clocks, what it freed given back, then ``train`` (its held-out
+    accuracy) timed and its RSS sampled above the baseline taken between the two; both read through one store."""
     cold = loaded_code_rss_mib()
     with azurite_store(stack_env) as store:
-        train_plain(store, WARM_UP_NAME, WARM_UP_SHARDS, 1, window, in_flight, budget)
+        warm_up(store)
         release_kept_memory()
         baseline = current_rss_mib()
         peaks = RssSplitPeaks()
         peaks.start()
         start, cpu = time.perf_counter(), time.process_time()
-        accuracy = train_plain(store, SHARD_NAME, shards, epochs, window, in_flight, budget)
+        accuracy = train(store)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "val_accuracy": accuracy, "peak_rss_mib": peak_rss_mib(),
             "baseline_rss_mib": baseline, "cold_rss_mib": cold, **peaks.growth()}  # fmt: skip
+
+
+def run_plain(stack_env: Path, shards: int, epochs: int, window: int, in_flight: int, budget: int) -> dict[str, Any]:
+    """Plain PyTorch streaming the plaintext Parquet shards from Azurite, after its warm-up."""
+    return measured_after_warm_up(
+        stack_env,
+        lambda store: train_plain(store, WARM_UP_NAME, WARM_UP_SHARDS, 1, window, in_flight, budget),
+        lambda store: train_plain(store, SHARD_NAME, shards, epochs, window, in_flight, budget),
+    )
 
 
 def streaming_limits(window: int, in_flight: int, budget: int) -> DataLimits:
@@ -224,23 +237,18 @@ def run_secure(stack_env: Path, spec_json: dict[str, Any], shards: int, window: 
             for i in range(count)
         ])  # fmt: skip
 
+    def train(store: BlobStore, job: dict[str, Any], name: str, count: int, limits: DataLimits) -> float:
+        result = run_training(spec(job, name, count), keys, store, NullProgress(), threading.Event(), limits=limits)
+        return result.metrics["val_accuracy"]
+
     limits = streaming_limits(window, in_flight, budget)
-    cold = loaded_code_rss_mib()
-    with azurite_store(stack_env) as store:
+    warm_up_job = job_spec(f"{spec_json['run_id']}-warm-up", 1)
+    return measured_after_warm_up(
+        stack_env,
         # Streamed too, below a cache smaller than it: the warm-up runs the code the measured run does.
-        run_training(spec(job_spec(f"{spec_json['run_id']}-warm-up", 1), WARM_UP_NAME, WARM_UP_SHARDS), keys, store,
-                     NullProgress(), threading.Event(), limits=replace(limits, cache_bytes=0))  # fmt: skip
-        release_kept_memory()
-        baseline = current_rss_mib()
-        peaks = RssSplitPeaks()
-        peaks.start()
-        start, cpu = time.perf_counter(), time.process_time()
-        result = run_training(spec(spec_json, SHARD_NAME, shards), keys, store, NullProgress(), threading.Event(),
-                              limits=limits)  # fmt: skip
-        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
-    return {"seconds": seconds, "cpu_seconds": cpu_seconds, "val_accuracy": result.metrics["val_accuracy"],
-            "peak_rss_mib": peak_rss_mib(), "baseline_rss_mib": baseline, "cold_rss_mib": cold,
-            **peaks.growth()}  # fmt: skip
+        lambda store: train(store, warm_up_job, WARM_UP_NAME, WARM_UP_SHARDS, replace(limits, cache_bytes=0)),
+        lambda store: train(store, spec_json, SHARD_NAME, shards, limits),
+    )
 
 
 def model_mib() -> float:
